@@ -19,3 +19,6 @@ pub use head::{
     encode_request_head, encode_response_head, parse_request_head, parse_response_head,
     request_body_kind, response_body_kind, HeadError, Limits,
 };
+
+#[cfg(test)]
+mod tests;
