@@ -350,6 +350,8 @@ impl BodyDecoder {
             State::TrailerLineStart => {
                 if b == b'\r' {
                     State::TrailerLf { last: true }
+                } else if b == b'\n' {
+                    return Err("bare LF in trailer section");
                 } else {
                     self.trailer_fields += 1;
                     if self.trailer_fields > MAX_TRAILER_FIELDS {

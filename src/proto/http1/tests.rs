@@ -521,6 +521,11 @@ fn request_vectors() -> Vec<(&'static str, &'static [u8], Exp<RequestHead>)> {
             Exp::Body(BAD("bare LF in trailer section")),
         ),
         (
+            "bare LF ending trailers",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n"[..],
+            Exp::Body(BAD("bare LF in trailer section")),
+        ),
+        (
             "obs-fold in trailers",
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\r\n 2\r\n\r\n"[..],
             Exp::Body(BAD("invalid trailer field")),
@@ -551,12 +556,15 @@ fn request_vectors_at_every_split() {
     }
 }
 
-fn response_vectors() -> Vec<(
+/// (name, request method, wire bytes, expected result).
+type ResponseVector = (
     &'static str,
     &'static [u8],
     &'static [u8],
     Exp<ResponseHead>,
-)> {
+);
+
+fn response_vectors() -> Vec<ResponseVector> {
     let cl5 = [("Content-Length", "5")];
     vec![
         (
