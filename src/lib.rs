@@ -1,5 +1,11 @@
 //! luring: a thread-per-core io_uring intercepting proxy, scriptable in Lua.
 
+pub mod cli;
+pub mod config;
 pub mod http;
-pub mod proto;
+pub mod io;
+pub mod logging;
 pub mod plugin;
+pub mod proto;
+pub mod proxy;
+pub mod runtime;

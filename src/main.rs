@@ -1,1 +1,31 @@
-fn main() {}
+//! The `luring` binary.
+
+use clap::Parser;
+use luring::cli::{Cli, Command};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => match args.to_config() {
+            Ok(cfg) => {
+                luring::logging::init(&cfg.log_level);
+                match luring::runtime::run(cfg) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("luring: {e}");
+                        1
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("luring: {e}");
+                2
+            }
+        },
+        Command::Check { files } => luring::cli::check_command(&files),
+    };
+    std::process::exit(code);
+}

@@ -1,7 +1,9 @@
 //! Request and response heads.
 
-use crate::http::{RequestHead, ResponseHead};
-use bytes::BytesMut;
+use std::mem::MaybeUninit;
+
+use crate::http::{Headers, RequestHead, ResponseHead, Version};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::BodyKind;
 
@@ -37,38 +39,463 @@ pub enum HeadError {
     Malformed(&'static str),
 }
 
+/// Header slots kept on the stack; larger `max_headers` limits fall back to the heap.
+/// Uninitialised slots cost nothing to set up, so a generous size is free.
+const STACK_HEADERS: usize = 128;
+
+type Slot<'b> = MaybeUninit<httparse::Header<'b>>;
+
 /// Parses a request head. `Ok(None)`: incomplete, read more.
 pub fn parse_request_head(
-    _buf: &[u8],
-    _limits: &Limits,
+    buf: &[u8],
+    limits: &Limits,
 ) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    todo!()
+    // Only the first max_head_size bytes can hold an acceptable head, so never parse more:
+    // an endless head costs at most one bounded parse per read.
+    let window = &buf[..buf.len().min(limits.max_head_size)];
+    if limits.max_headers <= STACK_HEADERS {
+        let mut slots = [Slot::uninit(); STACK_HEADERS];
+        request_with(buf.len(), window, limits, &mut slots[..limits.max_headers])
+    } else {
+        let mut slots = vec![Slot::uninit(); limits.max_headers];
+        request_with(buf.len(), window, limits, &mut slots)
+    }
+}
+
+fn request_with<'b>(
+    full_len: usize,
+    window: &'b [u8],
+    limits: &Limits,
+    slots: &mut [Slot<'b>],
+) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    let mut req = httparse::Request::new(&mut []);
+    let n = match req.parse_with_uninit_headers(window, slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return partial(full_len, limits),
+        Err(e) => return Err(map_error(e, window, limits)),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Malformed("incomplete request line"));
+    };
+    let raw = Bytes::copy_from_slice(&window[..n]);
+    let cut = Cutter {
+        base: window.as_ptr() as usize,
+        raw: &raw,
+    };
+    Ok(Some((
+        RequestHead {
+            method: cut.slice(method.as_bytes()),
+            target: cut.slice(target.as_bytes()),
+            version: version(minor),
+            headers: cut.headers(req.headers),
+        },
+        n,
+    )))
 }
 
 /// Parses a response head. `Ok(None)`: incomplete, read more.
 pub fn parse_response_head(
-    _buf: &[u8],
-    _limits: &Limits,
+    buf: &[u8],
+    limits: &Limits,
 ) -> Result<Option<(ResponseHead, usize)>, HeadError> {
-    todo!()
+    let window = &buf[..buf.len().min(limits.max_head_size)];
+    if limits.max_headers <= STACK_HEADERS {
+        let mut slots = [Slot::uninit(); STACK_HEADERS];
+        response_with(buf.len(), window, limits, &mut slots[..limits.max_headers])
+    } else {
+        let mut slots = vec![Slot::uninit(); limits.max_headers];
+        response_with(buf.len(), window, limits, &mut slots)
+    }
+}
+
+fn response_with<'b>(
+    full_len: usize,
+    window: &'b [u8],
+    limits: &Limits,
+    slots: &mut [Slot<'b>],
+) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+    let mut res = httparse::Response::new(&mut []);
+    // Default config: obs-fold, whitespace before the colon and leading whitespace are all
+    // rejected in responses too (RFC 9112 5.2 lets a proxy answer 502 instead of unfolding).
+    let config = httparse::ParserConfig::default();
+    let n = match config.parse_response_with_uninit_headers(&mut res, window, slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return partial(full_len, limits),
+        Err(e) => return Err(map_error(e, window, limits)),
+    };
+    let (Some(minor), Some(status), Some(reason)) = (res.version, res.code, res.reason) else {
+        return Err(HeadError::Malformed("incomplete status line"));
+    };
+    if status < 100 {
+        return Err(HeadError::Malformed("status code below 100"));
+    }
+    let raw = Bytes::copy_from_slice(&window[..n]);
+    let cut = Cutter {
+        base: window.as_ptr() as usize,
+        raw: &raw,
+    };
+    let reason = if reason.is_empty() {
+        // httparse blanks reasons holding obs-text; a proxy should pass them through as sent.
+        raw_reason(&raw)
+    } else {
+        cut.slice(reason.as_bytes())
+    };
+    Ok(Some((
+        ResponseHead {
+            version: version(minor),
+            status,
+            reason,
+            headers: cut.headers(res.headers),
+        },
+        n,
+    )))
+}
+
+fn partial<T>(full_len: usize, limits: &Limits) -> Result<Option<T>, HeadError> {
+    // A head that is still open after max_head_size bytes can only end up too large.
+    if full_len >= limits.max_head_size {
+        Err(HeadError::TooLarge(limits.max_head_size))
+    } else {
+        Ok(None)
+    }
+}
+
+fn version(minor: u8) -> Version {
+    if minor == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
+    }
+}
+
+/// Turns httparse's borrowed slices into `Bytes` sharing one copy of the head.
+struct Cutter<'a> {
+    base: usize,
+    raw: &'a Bytes,
+}
+
+impl Cutter<'_> {
+    fn slice(&self, s: &[u8]) -> Bytes {
+        if s.is_empty() {
+            return Bytes::new();
+        }
+        let start = (s.as_ptr() as usize).wrapping_sub(self.base);
+        match start.checked_add(s.len()) {
+            Some(end) if end <= self.raw.len() => self.raw.slice(start..end),
+            // httparse only hands out slices of its input; copying keeps us panic-free anyway.
+            _ => Bytes::copy_from_slice(s),
+        }
+    }
+
+    fn headers(&self, fields: &[httparse::Header<'_>]) -> Headers {
+        let mut headers = Headers::with_capacity(fields.len());
+        for h in fields {
+            headers.add(self.slice(h.name.as_bytes()), self.slice(h.value));
+        }
+        headers
+    }
+}
+
+/// The reason phrase taken straight from the status line ("HTTP/1.1 200 " is 13 bytes).
+fn raw_reason(raw: &Bytes) -> Bytes {
+    let start = raw
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(0);
+    let line_end = raw[start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(raw.len(), |i| start + i);
+    let mut end = line_end;
+    if end > start && raw[end - 1] == b'\r' {
+        end -= 1;
+    }
+    if end <= start + 13 {
+        return Bytes::new();
+    }
+    raw.slice(start + 13..end)
+}
+
+fn map_error(e: httparse::Error, window: &[u8], limits: &Limits) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooManyHeaders(limits.max_headers),
+        httparse::Error::HeaderName => HeadError::Malformed(diagnose_field_line(window)),
+        httparse::Error::HeaderValue => HeadError::Malformed("invalid character in field value"),
+        httparse::Error::NewLine => HeadError::Malformed("bad line ending"),
+        httparse::Error::Status => HeadError::Malformed("bad status line"),
+        httparse::Error::Token => HeadError::Malformed("bad request line"),
+        httparse::Error::Version => HeadError::Malformed("unsupported HTTP version"),
+    }
+}
+
+/// Explains a rejected field line; only runs on the error path. It looks at the first
+/// byte after each field name, which is where httparse stops, so a prefix of the input
+/// gets the same explanation as the whole of it.
+fn diagnose_field_line(window: &[u8]) -> &'static str {
+    let mut lines = window
+        .split(|&b| b == b'\n')
+        .skip_while(|l| l.is_empty() || *l == b"\r");
+    // The start line parsed fine, otherwise httparse would have reported that instead.
+    lines.next();
+    for (i, line) in lines.enumerate() {
+        let name_len = line.iter().take_while(|&&b| is_tchar(b)).count();
+        return match (line.get(name_len), name_len) {
+            // An unterminated last line, or the end of the head.
+            (None, _) | (Some(b'\r'), 0) => break,
+            (Some(b':'), 0) => "empty field name",
+            (Some(b':'), _) => continue,
+            (Some(b' ' | b'\t'), 0) if i == 0 => "whitespace before first header field",
+            (Some(b' ' | b'\t'), 0) => "obs-fold line folding",
+            (Some(b' ' | b'\t'), _) => "whitespace between field name and colon",
+            (Some(b'\r'), _) => "field line without colon",
+            _ => "invalid character in field name",
+        };
+    }
+    "invalid field name"
+}
+
+/// RFC 9110 5.6.2 token character.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Appends the wire form of a request head (ends with CRLFCRLF).
-pub fn encode_request_head(_head: &RequestHead, _out: &mut BytesMut) {
-    todo!()
+pub fn encode_request_head(head: &RequestHead, out: &mut BytesMut) {
+    let line = head.method.len() + head.target.len() + 12;
+    out.reserve(line + fields_len(&head.headers) + 2);
+    put_token(out, &head.method);
+    out.put_u8(b' ');
+    put_target(out, &head.target);
+    out.put_u8(b' ');
+    out.extend_from_slice(version_str(head.version));
+    out.extend_from_slice(b"\r\n");
+    put_fields(out, &head.headers);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends the wire form of a response head (ends with CRLFCRLF).
-pub fn encode_response_head(_head: &ResponseHead, _out: &mut BytesMut) {
-    todo!()
+pub fn encode_response_head(head: &ResponseHead, out: &mut BytesMut) {
+    let line = head.reason.len() + 15;
+    out.reserve(line + fields_len(&head.headers) + 2);
+    out.extend_from_slice(version_str(head.version));
+    out.put_u8(b' ');
+    // Three digits always: status-code = 3DIGIT (RFC 9112 4); out-of-range codes are clamped
+    // rather than allowed to shift the line.
+    let status = head.status.min(999);
+    out.put_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    put_text(out, &head.reason);
+    out.extend_from_slice(b"\r\n");
+    put_fields(out, &head.headers);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn version_str(v: Version) -> &'static [u8] {
+    match v {
+        Version::Http10 => b"HTTP/1.0",
+        // An HTTP/2 message relayed over HTTP/1 is sent as HTTP/1.1.
+        Version::Http11 | Version::Http2 => b"HTTP/1.1",
+    }
+}
+
+fn fields_len(headers: &Headers) -> usize {
+    headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + 4)
+        .sum()
+}
+
+/// Appends `name: value CRLF` lines. Plugins can put anything into heads, so nothing they
+/// set may break the framing: fields with invalid names are dropped, and CR/LF/NUL in
+/// values become SP (what RFC 9110 5.5 asks of recipients of such values).
+pub(crate) fn put_fields(out: &mut BytesMut, headers: &Headers) {
+    for h in headers {
+        if h.name.is_empty() || !h.name.iter().all(|&b| is_tchar(b)) {
+            continue;
+        }
+        out.extend_from_slice(&h.name);
+        out.extend_from_slice(b": ");
+        put_text(out, &h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Appends a field value or reason phrase with CR, LF and NUL replaced by SP.
+fn put_text(out: &mut BytesMut, text: &[u8]) {
+    if !text.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        out.extend_from_slice(text);
+        return;
+    }
+    out.extend(text.iter().map(|&b| {
+        if b == b'\r' || b == b'\n' || b == 0 {
+            b' '
+        } else {
+            b
+        }
+    }));
+}
+
+/// Appends the method, dropping bytes that could end the token early.
+fn put_token(out: &mut BytesMut, token: &[u8]) {
+    if token.iter().all(|&b| is_tchar(b)) {
+        out.extend_from_slice(token);
+    } else {
+        out.extend(token.iter().copied().filter(|&b| is_tchar(b)));
+    }
+}
+
+/// Appends the target, percent-encoding SP and control bytes so it stays one token.
+fn put_target(out: &mut BytesMut, target: &[u8]) {
+    let bad = |b: u8| b <= b' ' || b == 0x7f;
+    if !target.iter().any(|&b| bad(b)) {
+        out.extend_from_slice(target);
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in target {
+        if bad(b) {
+            out.put_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        } else {
+            out.put_u8(b);
+        }
+    }
 }
 
 /// Body framing of a request (RFC 9112 6.3); conflicting/invalid framing is an error (400).
-pub fn request_body_kind(_head: &RequestHead) -> Result<BodyKind, HeadError> {
-    todo!()
+pub fn request_body_kind(head: &RequestHead) -> Result<BodyKind, HeadError> {
+    let framing = Framing::of(&head.headers)?;
+    if framing.te {
+        // RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
+        if head.version == Version::Http10 {
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        // Request smuggling defence (RFC 9112 6.3 point 3, 11.2): a request carrying both
+        // can be framed differently by two hops, so it is refused rather than repaired.
+        if framing.length.is_some() {
+            return Err(HeadError::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        // A request body without chunked last has no knowable end (RFC 9112 6.3 point 4).
+        if !framing.chunked_last {
+            return Err(HeadError::Malformed(
+                "chunked is not the final transfer coding",
+            ));
+        }
+        return Ok(BodyKind::Chunked);
+    }
+    Ok(match framing.length {
+        Some(n) => BodyKind::Length(n),
+        None => BodyKind::Empty,
+    })
 }
 
 /// Body framing of a response to a request with `method` (HEAD, CONNECT 2xx, 1xx/204/304 have none).
-pub fn response_body_kind(_method: &[u8], _head: &ResponseHead) -> Result<BodyKind, HeadError> {
-    todo!()
+pub fn response_body_kind(method: &[u8], head: &ResponseHead) -> Result<BodyKind, HeadError> {
+    let status = head.status;
+    if method == b"HEAD"
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304
+        || (method == b"CONNECT" && (200..300).contains(&status))
+    {
+        return Ok(BodyKind::Empty);
+    }
+    let framing = Framing::of(&head.headers)?;
+    if framing.te {
+        // Unlike hyper and like nginx, both fields in a response are refused (502) rather
+        // than TE winning: forwarding would need the proxy to strip Content-Length, and a
+        // client that trusts it instead would desynchronise (response splitting).
+        if framing.length.is_some() {
+            return Err(HeadError::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        // HTTP/1.0 cannot use Transfer-Encoding (RFC 9112 6.1): its framing is faulty, and
+        // reading until close is the one reading that cannot desynchronise.
+        if head.version == Version::Http10 || !framing.chunked_last {
+            return Ok(BodyKind::CloseDelimited);
+        }
+        return Ok(BodyKind::Chunked);
+    }
+    Ok(match framing.length {
+        Some(n) => BodyKind::Length(n),
+        None => BodyKind::CloseDelimited,
+    })
+}
+
+/// What the framing fields of a head say.
+struct Framing {
+    /// Transfer-Encoding is present.
+    te: bool,
+    /// chunked is the last transfer coding (and appears only there).
+    chunked_last: bool,
+    /// The one Content-Length value, if present.
+    length: Option<u64>,
+}
+
+impl Framing {
+    fn of(headers: &Headers) -> Result<Framing, HeadError> {
+        let mut f = Framing {
+            te: false,
+            chunked_last: false,
+            length: None,
+        };
+        for h in headers {
+            if h.name.eq_ignore_ascii_case(b"transfer-encoding") {
+                f.te = true;
+                for coding in h.value.split(|&b| b == b',') {
+                    let coding = coding.trim_ascii();
+                    if coding.is_empty() {
+                        // Empty list elements are allowed (RFC 9110 5.6.1).
+                        continue;
+                    }
+                    if f.chunked_last {
+                        // chunked must be last and applied once (RFC 9112 7).
+                        return Err(HeadError::Malformed(
+                            "chunked is not the final transfer coding",
+                        ));
+                    }
+                    let name = coding.split(|&b| b == b';').next().unwrap_or(coding);
+                    f.chunked_last = name.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                }
+            } else if h.name.eq_ignore_ascii_case(b"content-length") {
+                // "5, 5" and repeated fields are one length; anything else is a conflict
+                // that a different hop could resolve differently (RFC 9110 8.6).
+                for v in h.value.split(|&b| b == b',') {
+                    let n = parse_length(v.trim_ascii())?;
+                    match f.length {
+                        Some(m) if m != n => {
+                            return Err(HeadError::Malformed("conflicting Content-Length values"))
+                        }
+                        _ => f.length = Some(n),
+                    }
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+fn parse_length(v: &[u8]) -> Result<u64, HeadError> {
+    if v.is_empty() {
+        return Err(HeadError::Malformed("invalid Content-Length"));
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return Err(HeadError::Malformed("invalid Content-Length"));
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(HeadError::Malformed("invalid Content-Length"))?;
+    }
+    Ok(n)
 }

@@ -10,6 +10,22 @@
 //!   leading bytes of the buffer belong to the body (to forward verbatim);
 //!   `BodyDecoder::decode` strips the framing (for plugins that read the body).
 //! - `encode_chunk` / `encode_last_chunk` write chunked framing.
+//!
+//! Details the proxy can rely on:
+//! - Head `Bytes` fields are slices of one copy of the head bytes (one allocation per head).
+//! - `BodyDecoder` consumes every byte it is given until the body ends (it keeps partial
+//!   chunk-size lines and trailers itself), so `consumed < buf.len()` only when `done`, and
+//!   the bytes after it start the next message. A decoder is used either with `scan` or
+//!   with `decode` for a whole body, never both.
+//! - `Content-Length: 0` gives `BodyKind::Length(0)`, whose decoder starts done.
+//! - `decode` returns trailers once, in the call that completes the body, and `None` when
+//!   the trailer section is empty. `BodyError::Truncated` comes from `eof` only.
+//! - Framing that two hops could read differently (TE with CL, differing CLs, chunked not
+//!   last, obs-fold, whitespace before the colon) is refused, in responses too; the texts in
+//!   `HeadError::Malformed` say which rule was broken.
+//! - The encoders never let header values, reasons or targets set by plugins break the
+//!   framing: CR/LF/NUL in values become SP, fields with invalid names are dropped, the
+//!   target has SP and controls percent-encoded.
 
 mod body;
 mod head;
@@ -19,3 +35,6 @@ pub use head::{
     encode_request_head, encode_response_head, parse_request_head, parse_response_head,
     request_body_kind, response_body_kind, HeadError, Limits,
 };
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+//! Command line: `luring run`, `luring check`.
+
+use crate::config::Config;
+use crate::io::IoChoice;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// luring: a thread-per-core io_uring intercepting proxy, scriptable in Lua.
+#[derive(Parser, Debug)]
+#[command(name = "luring", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy (forward proxy on 127.0.0.1:8080 by default).
+    Run(Box<RunArgs>),
+    /// Load plugin files in a scratch Lua state and list their hooks, or their errors (exit 1).
+    Check {
+        /// Plugin files, loaded in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Flags of `luring run`; each overrides the config key of the same name.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// TOML config file; its keys are the flag names with '-' as '_'.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Proxy mode: `regular` (forward proxy + CONNECT) or `reverse:http://HOST[:PORT]`.
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+    /// Listening address [default: 127.0.0.1:8080]; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Name given to plugins as ctx.listener_name [default: default].
+    #[arg(long, value_name = "NAME")]
+    pub listener_name: Option<String>,
+    /// Worker threads, each with its own runtime and listening socket [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Log level: error, warn, info, debug, trace [default: info]; RUST_LOG-style filters work too.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// io backend: auto (io_uring, else epoll with a warning), uring (or fail), epoll.
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub io: Option<IoChoice>,
+    /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<f64>,
+    /// Reverse mode: send the client's Host header upstream instead of the upstream's.
+    #[arg(long)]
+    pub keep_host_header: bool,
+    /// Largest request head in bytes; larger gets 431 [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub max_head_size: Option<usize>,
+    /// Most header fields in a request head; more gets 431 [default: 100].
+    #[arg(long, value_name = "N")]
+    pub max_headers: Option<usize>,
+    /// Seconds a client has to send a whole request head (slowloris guard) [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub head_timeout: Option<f64>,
+    /// Seconds an idle client keep-alive connection is kept [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
+    /// Seconds to connect to an upstream; beyond it the client gets 504 [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<f64>,
+    /// Seconds to wait for an upstream's response head; beyond it 504 [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub upstream_timeout: Option<f64>,
+    /// Seconds an idle upstream connection stays in the pool [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub pool_idle_timeout: Option<f64>,
+    /// Idle upstream connections kept per host per worker [default: 64].
+    #[arg(long, value_name = "N")]
+    pub pool_max_idle: Option<usize>,
+    /// Client connections per worker; further ones are closed at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Lua plugin file (repeatable; loaded in order into every worker).
+    #[arg(long = "plugin", value_name = "FILE")]
+    pub plugins: Vec<PathBuf>,
+    /// Largest body a plugin may read via msg.body, in bytes [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    pub max_plugin_body: Option<usize>,
+    /// Time budget of one hook call in milliseconds; a runaway hook becomes an error [default: 100].
+    #[arg(long, value_name = "MS")]
+    pub hook_budget_ms: Option<u64>,
+    /// Request header set by the rewrite pipeline step, NAME=VALUE (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set_request_header: Vec<String>,
+    /// Response header set by the rewrite pipeline step, NAME=VALUE (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set_response_header: Vec<String>,
+    /// Reload plugins when their files change (SIGHUP always reloads).
+    #[arg(long)]
+    pub watch: bool,
+}
+
+impl RunArgs {
+    /// Builds the effective config: defaults, then the file, then these flags.
+    pub fn to_config(&self) -> Result<Config, String> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        macro_rules! over {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
+        }
+        over!(
+            mode,
+            listen,
+            listener_name,
+            workers,
+            log_level,
+            io,
+            drain_timeout,
+            max_head_size,
+            max_headers,
+            head_timeout,
+            idle_timeout,
+            connect_timeout,
+            upstream_timeout,
+            pool_idle_timeout,
+            pool_max_idle,
+            max_connections,
+            max_plugin_body,
+            hook_budget_ms
+        );
+        c.keep_host_header |= self.keep_host_header;
+        c.watch |= self.watch;
+        if !self.plugins.is_empty() {
+            c.plugins = self.plugins.clone();
+        }
+        c.set_request_header
+            .extend(self.set_request_header.iter().cloned());
+        c.set_response_header
+            .extend(self.set_response_header.iter().cloned());
+        Ok(c)
+    }
+}
+
+/// `luring check`: prints the registered hooks (exit 0) or the load errors (exit 1).
+pub fn check_command(files: &[PathBuf]) -> i32 {
+    match crate::plugin::check(files) {
+        Ok(hooks) => {
+            print!("{}", crate::plugin::format_hooks(&hooks));
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}

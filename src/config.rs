@@ -1,0 +1,271 @@
+//! Run configuration: defaults embedded in the binary, an optional TOML file, CLI overrides.
+//!
+//! Every `luring run` flag has a key of the same name with `-` turned into `_`.
+
+use crate::io::IoChoice;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward proxy: absolute-form requests and CONNECT tunnels.
+    Regular,
+    /// Reverse proxy to one upstream.
+    Reverse(Upstream),
+}
+
+/// A fixed upstream for reverse mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// "http" (https lands with TLS interception).
+    pub scheme: String,
+    /// Host name or IP literal.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path prefix prepended to request paths ("" for none).
+    pub path_prefix: String,
+}
+
+impl Upstream {
+    /// "host:port" with brackets for IPv6 literals.
+    pub fn authority(&self) -> String {
+        crate::http::Target {
+            scheme: self.scheme.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            path: String::new(),
+        }
+        .authority()
+    }
+}
+
+impl Mode {
+    /// Parses `regular` or `reverse:URL`.
+    pub fn parse(s: &str) -> Result<Mode, String> {
+        if s == "regular" {
+            return Ok(Mode::Regular);
+        }
+        let Some(url) = s.strip_prefix("reverse:") else {
+            return Err(format!(
+                "unknown mode '{s}' (expected regular or reverse:URL)"
+            ));
+        };
+        let t = crate::http::Target::parse_absolute(url.as_bytes()).ok_or_else(|| {
+            format!("bad reverse upstream URL '{url}' (expected http://HOST[:PORT])")
+        })?;
+        if t.scheme != "http" {
+            return Err(format!(
+                "reverse upstream scheme '{}' is not supported yet (only http)",
+                t.scheme
+            ));
+        }
+        let path_prefix = t.path.trim_end_matches('/').to_string();
+        Ok(Mode::Reverse(Upstream {
+            scheme: t.scheme,
+            host: t.host,
+            port: t.port,
+            path_prefix,
+        }))
+    }
+
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Regular => "regular",
+            Mode::Reverse(_) => "reverse",
+        }
+    }
+}
+
+/// Everything `luring run` needs; built from defaults, file and flags.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `regular` or `reverse:URL`.
+    pub mode: String,
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Name given to plugins as ctx.listener_name.
+    pub listener_name: String,
+    /// Worker threads (0 = one per core).
+    pub workers: usize,
+    /// Log level filter.
+    pub log_level: String,
+    /// io backend choice.
+    pub io: IoChoice,
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
+    pub drain_timeout: f64,
+    /// Reverse mode: keep the client's Host header.
+    pub keep_host_header: bool,
+    /// Largest request head in bytes.
+    pub max_head_size: usize,
+    /// Most header fields in a head.
+    pub max_headers: usize,
+    /// Seconds to receive a whole request head.
+    pub head_timeout: f64,
+    /// Seconds a client keep-alive connection may sit idle.
+    pub idle_timeout: f64,
+    /// Seconds to connect upstream.
+    pub connect_timeout: f64,
+    /// Seconds to wait for the upstream's response head.
+    pub upstream_timeout: f64,
+    /// Seconds an idle upstream connection is kept in the pool.
+    pub pool_idle_timeout: f64,
+    /// Idle upstream connections kept per (scheme, host, port) per worker.
+    pub pool_max_idle: usize,
+    /// Client connections per worker.
+    pub max_connections: usize,
+    /// Plugin files, loaded in order.
+    pub plugins: Vec<PathBuf>,
+    /// Largest body a plugin may read.
+    pub max_plugin_body: usize,
+    /// Per hook call budget in milliseconds.
+    pub hook_budget_ms: u64,
+    /// `NAME=VALUE` request headers set by the rewrite step.
+    pub set_request_header: Vec<String>,
+    /// `NAME=VALUE` response headers set by the rewrite step.
+    pub set_response_header: Vec<String>,
+    /// Reload plugins when their files change.
+    pub watch: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: "regular".into(),
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            listener_name: "default".into(),
+            workers: 0,
+            log_level: "info".into(),
+            io: IoChoice::Auto,
+            drain_timeout: 10.0,
+            keep_host_header: false,
+            max_head_size: 64 * 1024,
+            max_headers: 100,
+            head_timeout: 30.0,
+            idle_timeout: 60.0,
+            connect_timeout: 10.0,
+            upstream_timeout: 60.0,
+            pool_idle_timeout: 30.0,
+            pool_max_idle: 64,
+            max_connections: 10_000,
+            plugins: Vec::new(),
+            max_plugin_body: 16 * 1024 * 1024,
+            hook_budget_ms: 100,
+            set_request_header: Vec::new(),
+            set_response_header: Vec::new(),
+            watch: false,
+        }
+    }
+}
+
+/// Seconds (possibly fractional) as a Duration; negative or NaN become zero.
+pub fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("bad config {}: {e}", path.display()))
+    }
+
+    /// Checks values that serde cannot; returns the parsed mode.
+    pub fn validate(&self) -> Result<Mode, String> {
+        let mode = Mode::parse(&self.mode)?;
+        if self.max_head_size < 256 {
+            return Err("max_head_size must be at least 256 bytes".into());
+        }
+        if self.max_headers == 0 {
+            return Err("max_headers must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        for kv in self
+            .set_request_header
+            .iter()
+            .chain(&self.set_response_header)
+        {
+            parse_header_assignment(kv)?;
+        }
+        Ok(mode)
+    }
+
+    /// Worker count with 0 resolved to the number of cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// Parses `NAME=VALUE` for the header rewrite step.
+pub fn parse_header_assignment(kv: &str) -> Result<(String, String), String> {
+    match kv.split_once('=') {
+        Some((n, v))
+            if !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+                && !v.bytes().any(|b| b == b'\r' || b == b'\n') =>
+        {
+            Ok((n.to_string(), v.to_string()))
+        }
+        _ => Err(format!(
+            "bad header assignment '{kv}' (expected NAME=VALUE)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(Mode::parse("regular").unwrap(), Mode::Regular);
+        let Mode::Reverse(u) = Mode::parse("reverse:http://127.0.0.1:9000").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path_prefix.as_str()),
+            ("127.0.0.1", 9000, "")
+        );
+        let Mode::Reverse(u) = Mode::parse("reverse:http://h/api/").unwrap() else {
+            panic!()
+        };
+        assert_eq!((u.port, u.path_prefix.as_str()), (80, "/api"));
+        assert!(Mode::parse("socks5").is_err());
+        assert!(Mode::parse("reverse:ftp://x").is_err());
+    }
+
+    #[test]
+    fn file_keys_match_flags() {
+        let c: Config = toml::from_str(
+            "listen = \"127.0.0.1:9999\"\nmode = \"reverse:http://127.0.0.1:1\"\nmax_head_size = 1024\nplugins = [\"a.lua\"]\nio = \"epoll\"",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.io, IoChoice::Epoll);
+        assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+    }
+
+    #[test]
+    fn header_assignments() {
+        assert_eq!(
+            parse_header_assignment("x-a=1=2").unwrap(),
+            ("x-a".into(), "1=2".into())
+        );
+        assert!(parse_header_assignment("=1").is_err());
+        assert!(parse_header_assignment("a b=1").is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! The only code that touches file descriptors.
+//!
+//! Two backends implement one owned-buffer stream interface: io_uring (tokio-uring) and
+//! epoll (a plain tokio current-thread runtime). Nothing above this module knows which
+//! one runs. Buffers are moved into the kernel operation and handed back with the result,
+//! so a buffer read from one socket can be written to another without a copy.
+//!
+//! tokio-uring pitfalls handled here or documented for callers:
+//! - a dropped in-flight operation is not cancelled: it keeps its buffer and the socket
+//!   stays open, so every timeout path must call [`Stream::shutdown`] explicitly;
+//! - `read(buf)` writes at offset 0 of the buffer, so reads go into a slice of the spare
+//!   capacity;
+//! - a read into a full buffer returns 0 like EOF, so callers always pass spare capacity.
+
+mod probe;
+
+pub use probe::{probe_uring, Backend, IoChoice};
+
+use bytes::{Bytes, BytesMut};
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use tokio_uring::buf::BoundedBuf;
+
+/// A connected TCP stream on either backend. Methods take `&self` so one task can read
+/// while another writes (tunnels, concurrent relay).
+pub enum Stream {
+    /// io_uring-backed stream.
+    Uring(tokio_uring::net::TcpStream),
+    /// epoll-backed stream.
+    Epoll(tokio::net::TcpStream),
+}
+
+/// A listening socket on either backend.
+pub enum Listener {
+    /// io_uring-backed listener.
+    Uring(tokio_uring::net::TcpListener),
+    /// epoll-backed listener.
+    Epoll(tokio::net::TcpListener),
+}
+
+impl Listener {
+    /// Wraps a bound, listening std socket for `backend` (must run inside that backend's runtime).
+    pub fn from_std(backend: Backend, l: std::net::TcpListener) -> io::Result<Listener> {
+        l.set_nonblocking(true)?;
+        Ok(match backend {
+            Backend::Uring => Listener::Uring(tokio_uring::net::TcpListener::from_std(l)),
+            Backend::Epoll => Listener::Epoll(tokio::net::TcpListener::from_std(l)?),
+        })
+    }
+
+    /// Accepts one connection.
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        match self {
+            Listener::Uring(l) => {
+                let (s, a) = l.accept().await?;
+                Ok((Stream::Uring(s), a))
+            }
+            Listener::Epoll(l) => {
+                let (s, a) = l.accept().await?;
+                Ok((Stream::Epoll(s), a))
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// Connects to `addr` on `backend`.
+    pub async fn connect(backend: Backend, addr: SocketAddr) -> io::Result<Stream> {
+        let s = match backend {
+            Backend::Uring => Stream::Uring(tokio_uring::net::TcpStream::connect(addr).await?),
+            Backend::Epoll => Stream::Epoll(tokio::net::TcpStream::connect(addr).await?),
+        };
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    /// Disables Nagle: a proxy forwards what it has at once.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Uring(s) => s.set_nodelay(on),
+            Stream::Epoll(s) => s.set_nodelay(on),
+        }
+    }
+
+    /// Reads into the spare capacity of `buf` (appending after its current length).
+    /// Returns the byte count (0 = EOF). `buf` must have spare capacity.
+    pub async fn read(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        if buf.capacity() == buf.len() {
+            buf.reserve(16 * 1024);
+        }
+        match self {
+            Stream::Uring(s) => {
+                let len = buf.len();
+                let (res, slice) = s.read(buf.slice(len..)).await;
+                (res, slice.into_inner())
+            }
+            Stream::Epoll(s) => loop {
+                if let Err(e) = s.readable().await {
+                    return (Err(e), buf);
+                }
+                match s.try_read_buf(&mut buf) {
+                    Ok(n) => return (Ok(n), buf),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return (Err(e), buf),
+                }
+            },
+        }
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&self, buf: Bytes) -> io::Result<()> {
+        match self {
+            Stream::Uring(s) => s.write_all(buf).await.0,
+            Stream::Epoll(s) => {
+                let mut off = 0;
+                while off < buf.len() {
+                    s.writable().await?;
+                    match s.try_write(&buf[off..]) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => off += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes all buffers in order with as few system calls as the backend allows.
+    pub async fn write_all_vectored(&self, mut bufs: Vec<Bytes>) -> io::Result<()> {
+        bufs.retain(|b| !b.is_empty());
+        match bufs.len() {
+            0 => return Ok(()),
+            1 => return self.write_all(bufs.pop().unwrap_or_default()).await,
+            _ => {}
+        }
+        while !bufs.is_empty() {
+            let mut n = match self {
+                Stream::Uring(s) => {
+                    let (res, back) = s.writev(bufs).await;
+                    bufs = back;
+                    res?
+                }
+                Stream::Epoll(s) => {
+                    s.writable().await?;
+                    let slices: Vec<io::IoSlice<'_>> =
+                        bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+                    match s.try_write_vectored(&slices) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            // drop fully written buffers, advance into a partially written one
+            let mut done = 0;
+            for b in bufs.iter_mut() {
+                if n >= b.len() {
+                    n -= b.len();
+                    done += 1;
+                } else {
+                    let _ = b.split_to(n);
+                    break;
+                }
+            }
+            bufs.drain(..done);
+        }
+        Ok(())
+    }
+
+    /// Shuts down one or both directions. Also the way to make an abandoned in-flight
+    /// io_uring operation complete (see module docs).
+    pub fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Stream::Uring(s) => s.shutdown(how),
+            Stream::Epoll(s) => socket2::SockRef::from(s).shutdown(how),
+        };
+    }
+}
+
+/// Runs `make()`'s future to completion on a new single-threaded runtime of `backend`
+/// on the current thread; tasks spawned with [`spawn`] run on it.
+pub fn run_on_current_thread<F, Fut>(backend: Backend, make: F) -> io::Result<Fut::Output>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    match backend {
+        Backend::Uring => {
+            let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))?;
+            Ok(rt.block_on(make()))
+        }
+        Backend::Epoll => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let local = tokio::task::LocalSet::new();
+            Ok(local.block_on(&rt, make()))
+        }
+    }
+}
+
+/// Spawns a task on the current worker's runtime (either backend).
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    tokio::task::spawn_local(fut)
+}

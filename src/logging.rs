@@ -1,0 +1,13 @@
+//! Logger set-up: tracing to stderr, level from the CLI or RUST_LOG.
+
+/// Installs the global subscriber; `level` is a level name or an env-filter expression.
+pub fn init(level: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,811 @@
+//! HTTP/1.1 client connections: read a request, run the request event, forward it
+//! upstream (or open a tunnel), run the response event, stream the response back;
+//! repeat while both sides keep the connection alive.
+
+use crate::config::Mode;
+use crate::http::{Body, Request, RequestHead, Response, Target, Version};
+use crate::io::Stream;
+use crate::plugin::{ConnInfo, Engine, Event, Phase, Step, Suspended};
+use crate::proto::http1::{
+    parse_request_head, parse_response_head, request_body_kind, response_body_kind, BodyDecoder,
+    BodyKind, HeadError,
+};
+use crate::proxy::relay::{self, Buffered, Output, RelayError};
+use crate::proxy::respond::{self, error_response, CONTINUE_100};
+use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
+use crate::proxy::worker::{Counters, Worker};
+use bytes::{Bytes, BytesMut};
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// What happens to the client connection after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// The outcome of a message event (hooks + pipeline).
+enum Decision {
+    Forward,
+    Drop,
+    Respond(Response),
+    /// Reading the body for a hook failed; the text says why.
+    Failed(String),
+}
+
+/// The request body as it is being handled.
+struct ReqBody {
+    kind: BodyKind,
+    dec: BodyDecoder,
+    /// Wire bytes read for a plugin that then found the body too large.
+    prefix: Option<BytesMut>,
+    /// The client asked for `100 Continue` and has not been sent it yet.
+    owe_continue: bool,
+}
+
+/// One client connection speaking HTTP/1.x.
+pub struct ClientConn {
+    w: Rc<Worker>,
+    /// The client socket.
+    pub stream: Stream,
+    /// Context handed to hooks.
+    pub info: ConnInfo,
+    buf: BytesMut,
+    /// Bytes received from the client.
+    pub bytes_in: u64,
+    /// Bytes sent to the client.
+    pub bytes_out: u64,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl ClientConn {
+    /// Wraps an accepted stream.
+    pub fn new(w: Rc<Worker>, stream: Stream, info: ConnInfo) -> ClientConn {
+        ClientConn {
+            w,
+            stream,
+            info,
+            buf: BytesMut::with_capacity(8 * 1024),
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// Serves requests until either side ends the connection.
+    pub async fn run(&mut self) {
+        let mut drain = self.w.draining.subscribe();
+        let mut first = true;
+        loop {
+            if self.w.is_draining() && self.buf.is_empty() {
+                return;
+            }
+            let Some(head) = self.read_head(first, &mut drain).await else {
+                return;
+            };
+            first = false;
+            Counters::bump(&self.w.counters.requests);
+            if self.exchange(head).await == Next::Close {
+                return;
+            }
+        }
+    }
+
+    async fn write(&mut self, b: Bytes) -> bool {
+        self.bytes_out += b.len() as u64;
+        self.stream.write_all(b).await.is_ok()
+    }
+
+    /// Answers with an error and closes.
+    async fn fail(&mut self, status: u16, text: &str) -> Next {
+        tracing::info!(conn = self.info.conn_id, status, "{text}");
+        let _ = self.write(error_response(status, text)).await;
+        self.stream.shutdown(Shutdown::Both);
+        Next::Close
+    }
+
+    /// Reads one request head. None: the connection is over (EOF, timeout, bad head
+    /// answered, drain).
+    async fn read_head(
+        &mut self,
+        first: bool,
+        drain: &mut watch::Receiver<bool>,
+    ) -> Option<RequestHead> {
+        let t = self.w.timeouts;
+        let mut started = first || !self.buf.is_empty();
+        let mut deadline = Instant::now() + if started { t.head } else { t.idle };
+        loop {
+            if !self.buf.is_empty() {
+                match parse_request_head(&self.buf, &self.w.limits) {
+                    Ok(Some((head, n))) => {
+                        let _ = self.buf.split_to(n);
+                        return Some(head);
+                    }
+                    Ok(None) => {}
+                    Err(e @ (HeadError::TooLarge(_) | HeadError::TooManyHeaders(_))) => {
+                        self.fail(431, &format!("request head rejected: {e}")).await;
+                        return None;
+                    }
+                    Err(e) => {
+                        self.fail(400, &format!("bad request: {e}")).await;
+                        return None;
+                    }
+                }
+                if !started {
+                    started = true;
+                    deadline = Instant::now() + t.head;
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(8 * 1024);
+            }
+            let idle = self.buf.is_empty();
+            let b = std::mem::take(&mut self.buf);
+            let read = tokio::time::timeout_at(deadline.into(), self.stream.read(b));
+            tokio::select! {
+                r = read => match r {
+                    Ok((Ok(n), b)) if n > 0 => {
+                        self.buf = b;
+                        self.bytes_in += n as u64;
+                    }
+                    Ok(_) => return None,
+                    Err(_) => {
+                        // dropped io_uring read: shut down so it completes (see io docs)
+                        if idle {
+                            self.stream.shutdown(Shutdown::Both);
+                        } else {
+                            self.fail(408, "request head not received in time").await;
+                        }
+                        return None;
+                    }
+                },
+                _ = drain.changed(), if idle => {
+                    self.stream.shutdown(Shutdown::Both);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Turns a parsed head into the version-agnostic request for this mode.
+    fn to_request(&self, head: RequestHead) -> Result<Request, (u16, String)> {
+        let RequestHead {
+            method,
+            target,
+            version,
+            headers,
+        } = head;
+        let mut req = Request {
+            method,
+            scheme: String::new(),
+            authority: String::new(),
+            path: None,
+            version,
+            headers,
+            body: Body::Streaming,
+            trailers: None,
+            timestamp_start: now_unix(),
+        };
+        let is_connect = req.method.as_ref() == b"CONNECT";
+        match &self.w.mode {
+            Mode::Regular if is_connect => {
+                let t = Target::parse_authority(&target)
+                    .ok_or((400, "CONNECT target must be host:port".to_string()))?;
+                req.authority = t.authority();
+            }
+            Mode::Regular => {
+                let t = Target::parse_absolute(&target).ok_or_else(|| {
+                    if target.starts_with(b"/") {
+                        (
+                            400,
+                            "a forward proxy needs an absolute URI (http://host/path)".to_string(),
+                        )
+                    } else {
+                        (400, "bad request target".to_string())
+                    }
+                })?;
+                if t.scheme != "http" {
+                    return Err((
+                        501,
+                        format!("{}:// requests without CONNECT are not supported", t.scheme),
+                    ));
+                }
+                req.authority = if t.port == 80 {
+                    Target {
+                        port: 0,
+                        ..t.clone()
+                    }
+                    .authority()
+                    .trim_end_matches(":0")
+                    .to_string()
+                } else {
+                    t.authority()
+                };
+                req.scheme = t.scheme;
+                req.path = Some(t.path);
+            }
+            Mode::Reverse(_) if is_connect => {
+                return Err((405, "CONNECT is not accepted by a reverse proxy".into()));
+            }
+            Mode::Reverse(up) => {
+                let path = if target.starts_with(b"/") {
+                    String::from_utf8(target.to_vec())
+                        .map_err(|_| (400, "request target is not UTF-8".to_string()))?
+                } else if target.as_ref() == b"*" {
+                    "*".to_string()
+                } else {
+                    Target::parse_absolute(&target)
+                        .ok_or((400, "bad request target".to_string()))?
+                        .path
+                };
+                if version == Version::Http11 && !req.headers.contains("host") {
+                    return Err((400, "HTTP/1.1 request without Host".into()));
+                }
+                req.scheme = up.scheme.clone();
+                req.authority = up.authority();
+                req.path = Some(format!("{}{}", up.path_prefix, path));
+            }
+        }
+        Ok(req)
+    }
+
+    /// One request/response exchange.
+    async fn exchange(&mut self, head: RequestHead) -> Next {
+        let kind = match request_body_kind(&head) {
+            Ok(k) => k,
+            Err(e) => return self.fail(400, &format!("bad request: {e}")).await,
+        };
+        let client_version = head.version;
+        let mut keep_alive =
+            client_version == Version::Http11 && !head.headers.has_token("connection", "close");
+        let expects_continue = head.headers.has_token("expect", "100-continue");
+        let is_head = head.is_head();
+        let mut req = match self.to_request(head) {
+            Ok(r) => r,
+            Err((status, text)) => return self.fail(status, &text).await,
+        };
+        let flow_id = self.w.next_conn_id();
+        let engine = self.w.engine();
+        let engine = engine.as_deref();
+        let mut body = ReqBody {
+            kind,
+            dec: BodyDecoder::new(kind),
+            prefix: None,
+            owe_continue: expects_continue,
+        };
+
+        match self
+            .request_event(engine, flow_id, &mut req, &mut body)
+            .await
+        {
+            Decision::Forward => {}
+            Decision::Drop => {
+                tracing::debug!(conn = self.info.conn_id, "request dropped by plugin");
+                return Next::Close;
+            }
+            Decision::Respond(resp) => {
+                let unread = !body.dec.is_done() && body.prefix.is_none();
+                let close = !keep_alive || unread || self.w.is_draining();
+                let wire = respond::synthesized(&resp, is_head, close);
+                if !self.write(wire).await || close {
+                    return Next::Close;
+                }
+                return Next::KeepAlive;
+            }
+            Decision::Failed(why) => return self.fail(400, &why).await,
+        }
+        if req.method.as_ref() == b"CONNECT" {
+            return self.tunnel(req, engine).await;
+        }
+        // a plugin that replaced the body without reading it leaves the client's body unread
+        if matches!(req.body, Body::Full(_)) && !body.dec.is_done() {
+            keep_alive = false;
+        }
+
+        let key = Key {
+            scheme: req.scheme.clone(),
+            host: req.host(),
+            port: req.port(),
+        };
+        let retryable = matches!(req.body, Body::Full(_)) || body.dec.is_done();
+        let mut attempt = 0;
+        let (mut up, rhead) = loop {
+            attempt += 1;
+            let mut up = match self.w.pool.take(&key) {
+                Some(u) if attempt == 1 => {
+                    Counters::bump(&self.w.counters.upstream_reuses);
+                    u
+                }
+                _ => {
+                    Counters::bump(&self.w.counters.upstream_connects);
+                    match upstream::connect(
+                        self.w.backend,
+                        &key.host,
+                        key.port,
+                        self.w.timeouts.connect,
+                    )
+                    .await
+                    {
+                        Ok(u) => u,
+                        Err(ConnectError::Timeout(t)) => return self.fail(504, &t).await,
+                        Err(ConnectError::Resolve(t) | ConnectError::Connect(t)) => {
+                            return self.fail(502, &t).await
+                        }
+                    }
+                }
+            };
+            self.info.server_addr = Some(up.addr);
+            match self.send_request(&mut req, &mut body, &mut up).await {
+                Ok(()) => {}
+                Err(SendError::Client(why)) => {
+                    tracing::debug!(
+                        conn = self.info.conn_id,
+                        "client failed during upload: {why}"
+                    );
+                    up.stream.shutdown(Shutdown::Both);
+                    return Next::Close;
+                }
+                Err(SendError::Upstream(_)) if up.reused && retryable => continue,
+                Err(SendError::Upstream(why)) => {
+                    up.stream.shutdown(Shutdown::Both);
+                    return self
+                        .fail(
+                            502,
+                            &format!("upstream failed while receiving the request: {why}"),
+                        )
+                        .await;
+                }
+            }
+            match self.read_response_head(&mut up, client_version).await {
+                Ok(h) => break (up, h),
+                Err(RespError::Closed) if up.reused && retryable && attempt == 1 => continue,
+                Err(e) => {
+                    up.stream.shutdown(Shutdown::Both);
+                    let (status, text) = e.status_text(self.w.timeouts.upstream);
+                    return self.fail(status, &text).await;
+                }
+            }
+        };
+
+        let rkind = match response_body_kind(&req.method, &rhead) {
+            Ok(k) => k,
+            Err(e) => {
+                up.stream.shutdown(Shutdown::Both);
+                return self
+                    .fail(502, &format!("bad response framing from upstream: {e}"))
+                    .await;
+            }
+        };
+        let upstream_reusable = rhead.version == Version::Http11
+            && !rhead.headers.has_token("connection", "close")
+            && rkind != BodyKind::CloseDelimited;
+        let mut resp = Response {
+            status: rhead.status,
+            reason: String::from_utf8_lossy(&rhead.reason).into_owned(),
+            version: rhead.version,
+            headers: rhead.headers,
+            body: Body::Streaming,
+            trailers: None,
+        };
+        let mut rdec = BodyDecoder::new(rkind);
+        let mut rprefix = None;
+        match self
+            .response_event(
+                engine,
+                flow_id,
+                &req,
+                &mut resp,
+                &mut up,
+                &mut rdec,
+                rkind,
+                &mut rprefix,
+            )
+            .await
+        {
+            Decision::Forward => {}
+            Decision::Respond(r) => {
+                up.stream.shutdown(Shutdown::Both);
+                let close = !keep_alive || self.w.is_draining();
+                let wire = respond::synthesized(&r, is_head, close);
+                if !self.write(wire).await || close {
+                    return Next::Close;
+                }
+                return Next::KeepAlive;
+            }
+            Decision::Drop => {
+                up.stream.shutdown(Shutdown::Both);
+                return Next::Close;
+            }
+            Decision::Failed(why) => {
+                up.stream.shutdown(Shutdown::Both);
+                return self
+                    .fail(502, &format!("reading the upstream body: {why}"))
+                    .await;
+            }
+        }
+
+        // commit the response
+        let chunked_ok = client_version == Version::Http11;
+        let streaming = !matches!(resp.body, Body::Full(_));
+        let mut output = Output::Verbatim;
+        if streaming && rkind == BodyKind::Chunked && !chunked_ok {
+            output = Output::Decoded;
+            keep_alive = false;
+        }
+        if streaming && rkind == BodyKind::CloseDelimited {
+            keep_alive = false;
+        }
+        let close = !keep_alive || self.w.is_draining();
+        respond::fix_framing(&mut resp.headers, &resp.body, rkind, chunked_ok);
+        let mut head_buf = BytesMut::with_capacity(256 + resp.headers.len() * 48);
+        respond::response_head(&resp, close, &mut head_buf);
+        let upstream_done;
+        match std::mem::replace(&mut resp.body, Body::Streaming) {
+            Body::Full(b) => {
+                upstream_done = rdec.is_done();
+                let parts = if is_head {
+                    vec![head_buf.freeze()]
+                } else {
+                    vec![head_buf.freeze(), b]
+                };
+                let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
+                self.bytes_out += n;
+                if self.stream.write_all_vectored(parts).await.is_err() {
+                    up.stream.shutdown(Shutdown::Both);
+                    return Next::Close;
+                }
+            }
+            _ => {
+                if let Some(p) = rprefix.take() {
+                    head_buf.extend_from_slice(&p);
+                }
+                let r = relay::body(
+                    &up.stream,
+                    &mut up.buf,
+                    &self.stream,
+                    &mut rdec,
+                    Some(head_buf),
+                    output,
+                    self.w.timeouts.upstream,
+                )
+                .await;
+                match r {
+                    Ok(n) => self.bytes_out += n,
+                    Err(e) => {
+                        tracing::info!(
+                            conn = self.info.conn_id,
+                            "response body relay ended: {e:?}"
+                        );
+                        up.stream.shutdown(Shutdown::Both);
+                        return Next::Close;
+                    }
+                }
+                upstream_done = true;
+            }
+        }
+        if upstream_reusable && upstream_done && body.dec.is_done() {
+            self.w.pool.put(key, up);
+        } else {
+            up.stream.shutdown(Shutdown::Both);
+        }
+        if close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// Sends `100 Continue` once if the client is waiting for it before its body.
+    async fn pay_continue(&mut self, body: &mut ReqBody) -> bool {
+        if body.owe_continue && !body.dec.is_done() {
+            body.owe_continue = false;
+            return self.write(Bytes::from_static(CONTINUE_100)).await;
+        }
+        true
+    }
+
+    /// pre_pipeline hooks, the pipeline steps, post_pipeline hooks.
+    async fn request_event(
+        &mut self,
+        engine: Option<&Engine>,
+        flow_id: u64,
+        req: &mut Request,
+        body: &mut ReqBody,
+    ) -> Decision {
+        let hooked = engine.filter(|e| e.has(Event::HttpOnRequest));
+        for phase in [Phase::Pre, Phase::Post] {
+            if matches!(phase, Phase::Post) {
+                self.w.pipeline.on_request(req);
+            }
+            let Some(e) = hooked else { continue };
+            let mut step = e.http_request(phase, &self.info, flow_id, req);
+            loop {
+                match step {
+                    Step::Continue => break,
+                    Step::Drop => return Decision::Drop,
+                    Step::Respond(r) => return Decision::Respond(r),
+                    Step::NeedBody(s) => {
+                        if let Err(why) = self.fill_request_body(req, body).await {
+                            return Decision::Failed(why);
+                        }
+                        step = e.resume_request(s, &self.info, flow_id, req);
+                    }
+                }
+            }
+        }
+        Decision::Forward
+    }
+
+    async fn fill_request_body(
+        &mut self,
+        req: &mut Request,
+        body: &mut ReqBody,
+    ) -> Result<(), String> {
+        if !matches!(req.body, Body::Streaming) {
+            return Ok(());
+        }
+        if !self.pay_continue(body).await {
+            return Err("client went away".into());
+        }
+        let got = relay::buffer_body(
+            &self.stream,
+            &mut self.buf,
+            &mut body.dec,
+            body.kind,
+            self.w.cfg.max_plugin_body,
+            self.w.timeouts.idle,
+        )
+        .await?;
+        match got {
+            Buffered::Complete(b, trailers) => {
+                self.bytes_in += b.len() as u64;
+                req.body = Body::Full(b);
+                req.trailers = trailers;
+            }
+            Buffered::TooLarge(prefix) => {
+                self.bytes_in += prefix.len() as u64;
+                body.prefix = Some(prefix);
+                req.body = Body::TooLarge;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the request head and body upstream.
+    async fn send_request(
+        &mut self,
+        req: &mut Request,
+        body: &mut ReqBody,
+        up: &mut Upstream,
+    ) -> Result<(), SendError> {
+        // luring answers Expect itself (as nginx does), so the upstream never waits on it
+        req.headers.remove("expect");
+        respond::fix_framing(&mut req.headers, &req.body, body.kind, true);
+        let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
+        respond::request_head(req, &mut head);
+        match &req.body {
+            Body::Full(b) => up
+                .stream
+                .write_all_vectored(vec![head.freeze(), b.clone()])
+                .await
+                .map_err(|e| SendError::Upstream(e.to_string())),
+            _ => {
+                if let Some(p) = body.prefix.take() {
+                    head.extend_from_slice(&p);
+                }
+                if body.dec.is_done() {
+                    return up
+                        .stream
+                        .write_all(head.freeze())
+                        .await
+                        .map_err(|e| SendError::Upstream(e.to_string()));
+                }
+                if !self.pay_continue(body).await {
+                    return Err(SendError::Client("client went away".into()));
+                }
+                let r = relay::body(
+                    &self.stream,
+                    &mut self.buf,
+                    &up.stream,
+                    &mut body.dec,
+                    Some(head),
+                    Output::Verbatim,
+                    self.w.timeouts.idle,
+                )
+                .await;
+                match r {
+                    Ok(n) => {
+                        self.bytes_in += n;
+                        Ok(())
+                    }
+                    Err(RelayError::Source(why)) => Err(SendError::Client(why)),
+                    Err(RelayError::Sink(e)) => Err(SendError::Upstream(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Reads the final response head, passing 1xx interim responses to the client.
+    async fn read_response_head(
+        &mut self,
+        up: &mut Upstream,
+        client_version: Version,
+    ) -> Result<crate::http::ResponseHead, RespError> {
+        let deadline = Instant::now() + self.w.timeouts.upstream;
+        let mut seen_any = false;
+        loop {
+            if !up.buf.is_empty() {
+                seen_any = true;
+                match parse_response_head(&up.buf, &self.w.limits) {
+                    Ok(Some((h, n))) => {
+                        let _ = up.buf.split_to(n);
+                        match h.status {
+                            101 => {
+                                return Err(RespError::Bad(
+                                    "protocol upgrades are not supported yet".into(),
+                                ))
+                            }
+                            100 => continue,
+                            102..=199 => {
+                                if client_version == Version::Http11 {
+                                    let mut out = BytesMut::new();
+                                    crate::proto::http1::encode_response_head(&h, &mut out);
+                                    let _ = self.write(out.freeze()).await;
+                                }
+                                continue;
+                            }
+                            _ => return Ok(h),
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(RespError::Bad(e.to_string())),
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match relay::read_some(&up.stream, &mut up.buf, left).await {
+                Ok(0) if seen_any => return Err(RespError::Bad("upstream closed mid-head".into())),
+                Ok(0) => return Err(RespError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(RespError::Timeout)
+                }
+                Err(_) if !seen_any => return Err(RespError::Closed),
+                Err(e) => return Err(RespError::Bad(e.to_string())),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn response_event(
+        &mut self,
+        engine: Option<&Engine>,
+        flow_id: u64,
+        req: &Request,
+        resp: &mut Response,
+        up: &mut Upstream,
+        dec: &mut BodyDecoder,
+        kind: BodyKind,
+        prefix: &mut Option<BytesMut>,
+    ) -> Decision {
+        let hooked = engine.filter(|e| e.has(Event::HttpOnResponse));
+        for phase in [Phase::Pre, Phase::Post] {
+            if matches!(phase, Phase::Post) {
+                self.w.pipeline.on_response(req, resp);
+            }
+            let Some(e) = hooked else { continue };
+            let mut step = e.http_response(phase, &self.info, flow_id, req, resp);
+            loop {
+                match step {
+                    Step::Continue => break,
+                    Step::Drop => return Decision::Drop,
+                    Step::Respond(r) => return Decision::Respond(r),
+                    Step::NeedBody(s) => {
+                        if matches!(resp.body, Body::Streaming) {
+                            match relay::buffer_body(
+                                &up.stream,
+                                &mut up.buf,
+                                dec,
+                                kind,
+                                self.w.cfg.max_plugin_body,
+                                self.w.timeouts.upstream,
+                            )
+                            .await
+                            {
+                                Ok(Buffered::Complete(b, t)) => {
+                                    resp.body = Body::Full(b);
+                                    resp.trailers = t;
+                                }
+                                Ok(Buffered::TooLarge(p)) => {
+                                    *prefix = Some(p);
+                                    resp.body = Body::TooLarge;
+                                }
+                                Err(why) => return Decision::Failed(why),
+                            }
+                        }
+                        step = resume(e, s, &self.info, flow_id, req, resp);
+                    }
+                }
+            }
+        }
+        Decision::Forward
+    }
+
+    /// CONNECT: answer 200 and relay bytes both ways.
+    async fn tunnel(&mut self, req: Request, engine: Option<&Engine>) -> Next {
+        let host = req.host();
+        let port = req.port();
+        let up = match upstream::connect(self.w.backend, &host, port, self.w.timeouts.connect).await
+        {
+            Ok(u) => u,
+            Err(ConnectError::Timeout(t)) => return self.fail(504, &t).await,
+            Err(ConnectError::Resolve(t) | ConnectError::Connect(t)) => {
+                return self.fail(502, &t).await
+            }
+        };
+        self.info.server_addr = Some(up.addr);
+        if !self
+            .write(Bytes::from_static(
+                b"HTTP/1.1 200 Connection Established\r\n\r\n",
+            ))
+            .await
+        {
+            up.stream.shutdown(Shutdown::Both);
+            return Next::Close;
+        }
+        let early = std::mem::take(&mut self.buf);
+        let stats =
+            crate::proxy::tunnel::run(&self.stream, early, &up.stream, up.buf, engine, &self.info)
+                .await;
+        self.bytes_in += stats.up;
+        self.bytes_out += stats.down;
+        up.stream.shutdown(Shutdown::Both);
+        Next::Close
+    }
+}
+
+fn resume(
+    e: &Engine,
+    s: Suspended,
+    info: &ConnInfo,
+    flow_id: u64,
+    req: &Request,
+    resp: &mut Response,
+) -> Step {
+    e.resume_response(s, info, flow_id, req, resp)
+}
+
+/// Why sending a request failed.
+enum SendError {
+    Client(String),
+    Upstream(String),
+}
+
+/// Why no response head came.
+#[derive(Debug)]
+enum RespError {
+    /// Closed before any byte (a stale pooled connection, or a crash).
+    Closed,
+    Timeout,
+    Bad(String),
+}
+
+impl RespError {
+    fn status_text(&self, timeout: Duration) -> (u16, String) {
+        match self {
+            RespError::Closed => (
+                502,
+                "upstream closed the connection without responding".into(),
+            ),
+            RespError::Timeout => (504, format!("upstream did not respond within {timeout:?}")),
+            RespError::Bad(t) => (502, format!("bad response from upstream: {t}")),
+        }
+    }
+}

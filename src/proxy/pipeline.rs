@@ -1,0 +1,177 @@
+//! Built-in pipeline steps: the proxy's own processing that runs between pre_pipeline
+//! and post_pipeline hooks (spec section 3).
+
+use crate::config::{parse_header_assignment, Config};
+use crate::http::{Headers, Request, Response};
+
+/// One built-in processing step of a message event.
+pub trait PipelineStep {
+    /// Name for logs.
+    fn name(&self) -> &'static str;
+    /// Processes a request before it goes upstream.
+    fn on_request(&self, _req: &mut Request) {}
+    /// Processes a response before it goes to the client.
+    fn on_response(&self, _req: &Request, _resp: &mut Response) {}
+}
+
+/// The ordered step chain.
+pub struct Pipeline {
+    steps: Vec<Box<dyn PipelineStep>>,
+}
+
+impl Pipeline {
+    /// Hop-by-hop normalisation, Host, then the configured header rewrites.
+    pub fn from_config(cfg: &Config) -> Result<Pipeline, String> {
+        let keep_client_host = cfg.keep_host_header
+            && matches!(
+                crate::config::Mode::parse(&cfg.mode),
+                Ok(crate::config::Mode::Reverse(_))
+            );
+        let mut steps: Vec<Box<dyn PipelineStep>> = vec![
+            Box::new(HopByHop),
+            Box::new(HostHeader { keep_client_host }),
+        ];
+        let parse = |list: &[String]| -> Result<Vec<(String, String)>, String> {
+            list.iter().map(|kv| parse_header_assignment(kv)).collect()
+        };
+        let request = parse(&cfg.set_request_header)?;
+        let response = parse(&cfg.set_response_header)?;
+        if !request.is_empty() || !response.is_empty() {
+            steps.push(Box::new(SetHeaders { request, response }));
+        }
+        Ok(Pipeline { steps })
+    }
+
+    /// Runs every step on a request.
+    pub fn on_request(&self, req: &mut Request) {
+        for s in &self.steps {
+            s.on_request(req);
+        }
+    }
+
+    /// Runs every step on a response.
+    pub fn on_response(&self, req: &Request, resp: &mut Response) {
+        for s in &self.steps {
+            s.on_response(req, resp);
+        }
+    }
+}
+
+/// Removes hop-by-hop fields (RFC 9110 section 7.6.1).
+///
+/// Transfer-Encoding and Content-Length are left alone: framing is decided when the
+/// message is committed to the wire, from what the body then is.
+pub struct HopByHop;
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Strips the fixed hop-by-hop names and every name listed in Connection.
+pub fn strip_hop_by_hop(h: &mut Headers) {
+    let listed: Vec<String> = h
+        .get_all("connection")
+        .chain(h.get_all("proxy-connection"))
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "transfer-encoding" && t != "content-length")
+        .collect();
+    h.retain(|f| {
+        let keep_fixed = !HOP_BY_HOP
+            .iter()
+            .any(|n| f.name.eq_ignore_ascii_case(n.as_bytes()));
+        keep_fixed
+            && !listed
+                .iter()
+                .any(|n| f.name.eq_ignore_ascii_case(n.as_bytes()))
+    });
+}
+
+impl PipelineStep for HopByHop {
+    fn name(&self) -> &'static str {
+        "hop-by-hop"
+    }
+    fn on_request(&self, req: &mut Request) {
+        strip_hop_by_hop(&mut req.headers);
+    }
+    fn on_response(&self, _req: &Request, resp: &mut Response) {
+        strip_hop_by_hop(&mut resp.headers);
+    }
+}
+
+/// `--set-request-header` / `--set-response-header`.
+pub struct SetHeaders {
+    request: Vec<(String, String)>,
+    response: Vec<(String, String)>,
+}
+
+impl PipelineStep for SetHeaders {
+    fn name(&self) -> &'static str {
+        "set-headers"
+    }
+    fn on_request(&self, req: &mut Request) {
+        for (n, v) in &self.request {
+            req.headers.set(n.clone(), v.clone());
+        }
+    }
+    fn on_response(&self, _req: &Request, resp: &mut Response) {
+        for (n, v) in &self.response {
+            resp.headers.set(n.clone(), v.clone());
+        }
+    }
+}
+
+/// Sets Host to the request's authority (RFC 9112 3.2.2 for absolute-form; the
+/// upstream's name in reverse mode unless `--keep-host-header`).
+pub struct HostHeader {
+    /// Keep the client's Host when it sent one.
+    pub keep_client_host: bool,
+}
+
+impl PipelineStep for HostHeader {
+    fn name(&self) -> &'static str {
+        "host-header"
+    }
+    fn on_request(&self, req: &mut Request) {
+        if req.path.is_none() || (self.keep_client_host && req.headers.contains("host")) {
+            return;
+        }
+        let authority = req.authority.clone();
+        req.headers.set("Host", authority);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_and_listed_names_go() {
+        let mut h = Headers::new();
+        for (n, v) in [
+            ("Host", "a"),
+            ("Connection", "keep-alive, X-Hop"),
+            ("X-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Transfer-Encoding", "chunked"),
+            ("Proxy-Authorization", "Basic x"),
+            ("X-End", "2"),
+        ] {
+            h.add(n, v);
+        }
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.name).into_owned())
+            .collect();
+        assert_eq!(names, ["Host", "Transfer-Encoding", "X-End"]);
+    }
+}

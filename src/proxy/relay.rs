@@ -1,0 +1,224 @@
+//! Moving body bytes between sockets: reads go into a buffer whose filled part is
+//! written to the other side as the same allocation (no copy), and the next read runs
+//! while that write is in flight.
+
+use crate::io::Stream;
+use crate::proto::http1::{encode_chunk, BodyDecoder};
+use bytes::{Bytes, BytesMut};
+use std::io;
+use std::net::Shutdown;
+use std::time::Duration;
+
+/// Size of body read buffers: large enough that a 64 KiB response moves in one read.
+pub const READ_BUF: usize = 64 * 1024;
+
+/// Which side failed during a relay.
+#[derive(Debug)]
+pub enum RelayError {
+    /// Reading the source failed, timed out, or it ended too early.
+    Source(String),
+    /// Writing the destination failed.
+    Sink(io::Error),
+}
+
+/// Makes sure `buf` has at least `min` bytes of spare capacity, moving leftover bytes
+/// (a partial chunk-size line at most) into a fresh allocation when needed.
+pub fn ensure_spare(buf: &mut BytesMut, min: usize) {
+    if buf.capacity() - buf.len() < min {
+        let mut fresh = BytesMut::with_capacity(READ_BUF.max(buf.len() + min));
+        fresh.extend_from_slice(buf);
+        *buf = fresh;
+    }
+}
+
+/// Reads once into `buf` with a timeout; on timeout the socket is shut down so the
+/// abandoned io_uring read completes (tokio-uring does not cancel dropped operations).
+pub async fn read_some(
+    stream: &Stream,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> io::Result<usize> {
+    ensure_spare(buf, 4096);
+    let b = std::mem::take(buf);
+    match tokio::time::timeout(timeout, stream.read(b)).await {
+        Ok((res, b)) => {
+            *buf = b;
+            res
+        }
+        Err(_) => {
+            stream.shutdown(Shutdown::Both);
+            Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
+        }
+    }
+}
+
+/// How the body is written to the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Verbatim: same framing on both sides.
+    Verbatim,
+    /// Framing stripped (chunked to close-delimited, for HTTP/1.0 clients).
+    Decoded,
+}
+
+/// Relays one body from `src` to `dst`. `first` (e.g. an already encoded head) is
+/// written before the body, coalesced with the first body bytes when small.
+/// Returns the bytes written to `dst`.
+pub async fn body(
+    src: &Stream,
+    src_buf: &mut BytesMut,
+    dst: &Stream,
+    dec: &mut BodyDecoder,
+    mut first: Option<BytesMut>,
+    output: Output,
+    timeout: Duration,
+) -> Result<u64, RelayError> {
+    let mut written = 0u64;
+    loop {
+        let (piece, done) = take_ready(src_buf, dec, output)?;
+        let pending = match (first.take(), piece) {
+            (Some(mut head), Some(p)) if p.len() <= 16 * 1024 => {
+                head.extend_from_slice(&p);
+                vec![head.freeze()]
+            }
+            (Some(head), Some(p)) => vec![head.freeze(), p],
+            (Some(head), None) => vec![head.freeze()],
+            (None, Some(p)) => vec![p],
+            (None, None) => Vec::new(),
+        };
+        let n: u64 = pending.iter().map(|b| b.len() as u64).sum();
+        if done {
+            dst.write_all_vectored(pending)
+                .await
+                .map_err(RelayError::Sink)?;
+            return Ok(written + n);
+        }
+        ensure_spare(src_buf, 4096);
+        let rb = std::mem::take(src_buf);
+        let read = async {
+            match tokio::time::timeout(timeout, src.read(rb)).await {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    src.shutdown(Shutdown::Both);
+                    None
+                }
+            }
+        };
+        let (r, w) = tokio::join!(read, dst.write_all_vectored(pending));
+        w.map_err(RelayError::Sink)?;
+        written += n;
+        let Some((res, b)) = r else {
+            return Err(RelayError::Source(format!("no data for {timeout:?}")));
+        };
+        *src_buf = b;
+        match res {
+            Ok(0) => {
+                dec.eof().map_err(|e| RelayError::Source(e.to_string()))?;
+                if output == Output::Decoded {
+                    return Ok(written);
+                }
+                // close-delimited body ends here; flush what the decoder accepted
+                let (piece, _) = take_ready(src_buf, dec, output)?;
+                if let Some(p) = piece {
+                    written += p.len() as u64;
+                    dst.write_all(p).await.map_err(RelayError::Sink)?;
+                }
+                return Ok(written);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(RelayError::Source(e.to_string())),
+        }
+    }
+}
+
+/// Splits off the body bytes that are ready to go, and says whether the body ended.
+fn take_ready(
+    buf: &mut BytesMut,
+    dec: &mut BodyDecoder,
+    output: Output,
+) -> Result<(Option<Bytes>, bool), RelayError> {
+    if buf.is_empty() {
+        return Ok((None, dec.is_done()));
+    }
+    match output {
+        Output::Verbatim => {
+            let s = dec
+                .scan(buf)
+                .map_err(|e| RelayError::Source(e.to_string()))?;
+            let piece = (s.consumed > 0).then(|| buf.split_to(s.consumed).freeze());
+            Ok((piece, s.done))
+        }
+        Output::Decoded => {
+            let d = dec
+                .decode(buf)
+                .map_err(|e| RelayError::Source(e.to_string()))?;
+            let piece = match d.data.len() {
+                0 => None,
+                1 => d.data.into_iter().next(),
+                _ => Some(Bytes::from(d.data.concat())),
+            };
+            Ok((piece, d.done))
+        }
+    }
+}
+
+/// Re-frames a fully known payload as chunked (used when a body must stay chunked).
+pub fn chunked(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 32);
+    encode_chunk(data, &mut out);
+    crate::proto::http1::encode_last_chunk(None, &mut out);
+    out.freeze()
+}
+
+/// Result of reading a whole body for a plugin.
+pub enum Buffered {
+    /// The whole body, framing removed, and its trailers.
+    Complete(Bytes, Option<crate::http::Headers>),
+    /// Over the limit: these wire bytes were read and must still be forwarded.
+    TooLarge(BytesMut),
+}
+
+/// Reads a whole body (for a plugin that asked for it) up to `max` wire bytes.
+pub async fn buffer_body(
+    src: &Stream,
+    buf: &mut BytesMut,
+    dec: &mut BodyDecoder,
+    kind: crate::proto::http1::BodyKind,
+    max: usize,
+    timeout: Duration,
+) -> Result<Buffered, String> {
+    let mut wire = BytesMut::new();
+    loop {
+        if !buf.is_empty() {
+            let s = dec.scan(buf).map_err(|e| e.to_string())?;
+            wire.extend_from_slice(&buf.split_to(s.consumed));
+            if s.done {
+                break;
+            }
+        } else if dec.is_done() {
+            break;
+        }
+        if wire.len() > max {
+            return Ok(Buffered::TooLarge(wire));
+        }
+        match read_some(src, buf, timeout).await {
+            Ok(0) => {
+                dec.eof().map_err(|e| e.to_string())?;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if wire.len() > max {
+        return Ok(Buffered::TooLarge(wire));
+    }
+    let mut d = BodyDecoder::new(kind);
+    let decoded = d.decode(&mut wire).map_err(|e| e.to_string())?;
+    let payload = match decoded.data.len() {
+        0 => Bytes::new(),
+        1 => decoded.data.into_iter().next().unwrap_or_default(),
+        _ => Bytes::from(decoded.data.concat()),
+    };
+    Ok(Buffered::Complete(payload, decoded.trailers))
+}

@@ -1,0 +1,156 @@
+//! Wire forms the proxy writes itself: error responses, synthesized (plugin) responses,
+//! and the commit of a request or response head with its framing fixed up.
+
+use crate::http::{Body, Headers, Request, Response, ResponseHead, Version};
+use crate::proto::http1::{encode_request_head, encode_response_head, BodyKind};
+use bytes::{Bytes, BytesMut};
+
+/// Canonical reason phrase for a status.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+/// A complete plain-text error response that closes the connection.
+pub fn error_response(status: u16, text: &str) -> Bytes {
+    let body = format!("luring: {text}\n");
+    Bytes::from(format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        reason(status),
+        body.len()
+    ))
+}
+
+/// The interim response that tells a client to send its body.
+pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Sets Content-Length / Transfer-Encoding to match how the body will be sent.
+pub fn fix_framing(h: &mut Headers, body: &Body, kind: BodyKind, chunked_ok: bool) {
+    match body {
+        Body::Full(b) => {
+            h.remove("transfer-encoding");
+            h.set("content-length", b.len().to_string());
+        }
+        Body::Streaming | Body::TooLarge => match kind {
+            BodyKind::Chunked if chunked_ok => {
+                h.remove("content-length");
+                h.set("transfer-encoding", "chunked");
+            }
+            BodyKind::Chunked | BodyKind::CloseDelimited => {
+                h.remove("content-length");
+                h.remove("transfer-encoding");
+            }
+            BodyKind::Length(n) => {
+                h.remove("transfer-encoding");
+                h.set("content-length", n.to_string());
+            }
+            BodyKind::Empty => {}
+        },
+    }
+}
+
+/// Encodes the upstream request head (origin-form target, HTTP/1.1).
+pub fn request_head(req: &Request, out: &mut BytesMut) {
+    let head = crate::http::RequestHead {
+        method: req.method.clone(),
+        target: Bytes::from(req.path.clone().unwrap_or_else(|| "/".into())),
+        version: Version::Http11,
+        headers: req.headers.clone(),
+    };
+    encode_request_head(&head, out);
+}
+
+/// Encodes a response head for the client; `close` adds `Connection: close`.
+pub fn response_head(resp: &Response, close: bool, out: &mut BytesMut) {
+    let mut headers = resp.headers.clone();
+    if close {
+        headers.set("connection", "close");
+    }
+    let reason = if resp.reason.is_empty() {
+        reason(resp.status).to_string()
+    } else {
+        resp.reason.clone()
+    };
+    let head = ResponseHead {
+        version: Version::Http11,
+        status: resp.status,
+        reason: Bytes::from(reason),
+        headers,
+    };
+    encode_response_head(&head, out);
+}
+
+/// Wire bytes of a whole synthesized response (plugin RESPOND).
+pub fn synthesized(resp: &Response, head_request: bool, close: bool) -> Bytes {
+    let mut r = resp.clone();
+    let body = match &r.body {
+        Body::Full(b) => b.clone(),
+        _ => Bytes::new(),
+    };
+    r.headers.remove("transfer-encoding");
+    r.headers.set("content-length", body.len().to_string());
+    let mut out = BytesMut::with_capacity(256 + body.len());
+    response_head(&r, close, &mut out);
+    if !head_request {
+        out.extend_from_slice(&body);
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_name_the_reason() {
+        let r = error_response(
+            502,
+            "cannot connect to upstream 127.0.0.1:9: connection refused",
+        );
+        let s = std::str::from_utf8(&r).unwrap();
+        assert!(s.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert!(s.ends_with("connection refused\n"));
+        let body_len = s.split("\r\n\r\n").nth(1).unwrap().len();
+        assert!(s.contains(&format!("content-length: {body_len}\r\n")));
+    }
+
+    #[test]
+    fn framing_follows_the_body() {
+        let mut h = Headers::new();
+        h.add("Transfer-Encoding", "chunked");
+        fix_framing(
+            &mut h,
+            &Body::Full(Bytes::from_static(b"abc")),
+            BodyKind::Chunked,
+            true,
+        );
+        assert_eq!(h.get("content-length").unwrap().as_ref(), b"3");
+        assert!(h.get("transfer-encoding").is_none());
+        let mut h = Headers::new();
+        h.add("Transfer-Encoding", "chunked");
+        fix_framing(&mut h, &Body::Streaming, BodyKind::Chunked, false);
+        assert!(h.is_empty());
+    }
+}

@@ -1,0 +1,187 @@
+//! Upstream connections: name resolution, connect with timeout, and the per-worker
+//! keep-alive pool keyed by (scheme, host, port).
+
+use crate::io::{Backend, Stream};
+use bytes::BytesMut;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Pool key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// "http" (or "https" once TLS lands).
+    pub scheme: String,
+    /// Host as named by the request.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// A connection to an upstream, with its read buffer.
+pub struct Upstream {
+    /// The socket.
+    pub stream: Stream,
+    /// Bytes read but not yet consumed.
+    pub buf: BytesMut,
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// True when taken from the pool (so a failure before any response byte may be retried).
+    pub reused: bool,
+}
+
+/// Why an upstream could not be reached; the text goes into the 502/504 body.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Name did not resolve (502).
+    Resolve(String),
+    /// Connect failed (502).
+    Connect(String),
+    /// Connect timed out (504).
+    Timeout(String),
+}
+
+struct Idle {
+    stream: Stream,
+    addr: SocketAddr,
+    since: Instant,
+}
+
+/// Per-worker pool of idle upstream connections (no locks: one worker owns it).
+pub struct Pool {
+    idle: RefCell<HashMap<Key, Vec<Idle>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            idle: RefCell::new(HashMap::new()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// Takes the most recently used idle connection for `key`, if one is fresh enough.
+    pub fn take(&self, key: &Key) -> Option<Upstream> {
+        let mut map = self.idle.borrow_mut();
+        let list = map.get_mut(key)?;
+        while let Some(i) = list.pop() {
+            if i.since.elapsed() < self.idle_timeout {
+                return Some(Upstream {
+                    stream: i.stream,
+                    buf: BytesMut::new(),
+                    addr: i.addr,
+                    reused: true,
+                });
+            }
+            i.stream.shutdown(Shutdown::Both);
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange completed cleanly.
+    pub fn put(&self, key: Key, up: Upstream) {
+        if !up.buf.is_empty() || self.max_idle == 0 {
+            // unsolicited bytes after a complete response: the connection is out of sync
+            up.stream.shutdown(Shutdown::Both);
+            return;
+        }
+        let mut map = self.idle.borrow_mut();
+        let list = map.entry(key).or_default();
+        if list.len() >= self.max_idle {
+            let old = list.remove(0);
+            old.stream.shutdown(Shutdown::Both);
+        }
+        list.push(Idle {
+            stream: up.stream,
+            addr: up.addr,
+            since: Instant::now(),
+        });
+    }
+
+    /// Number of idle connections (all keys).
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+
+    /// Closes expired idle connections now and then, for the worker's lifetime.
+    pub async fn reap_forever(&self) {
+        let period =
+            (self.idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(period).await;
+            let mut map = self.idle.borrow_mut();
+            for list in map.values_mut() {
+                list.retain(|i| {
+                    let keep = i.since.elapsed() < self.idle_timeout;
+                    if !keep {
+                        i.stream.shutdown(Shutdown::Both);
+                    }
+                    keep
+                });
+            }
+            map.retain(|_, l| !l.is_empty());
+        }
+    }
+}
+
+/// Resolves `host` without blocking the worker: literals and "localhost" directly,
+/// other names on tokio's blocking pool.
+pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ConnectError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| {
+            ConnectError::Resolve(format!("cannot resolve host '{host}': no address"))
+        }),
+        Err(e) => Err(ConnectError::Resolve(format!(
+            "cannot resolve host '{host}': {e}"
+        ))),
+    }
+}
+
+/// Opens a new connection to `host:port` within `timeout`.
+pub async fn connect(
+    backend: Backend,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<Upstream, ConnectError> {
+    let fut = async {
+        let addr = resolve(host, port).await?;
+        let stream = Stream::connect(backend, addr).await.map_err(|e| {
+            ConnectError::Connect(format!(
+                "cannot connect to upstream {addr}: {}",
+                describe(&e)
+            ))
+        })?;
+        Ok(Upstream {
+            stream,
+            buf: BytesMut::new(),
+            addr,
+            reused: false,
+        })
+    };
+    // a timed-out io_uring connect op keeps its own socket; it is closed when the op ends
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout(format!(
+            "upstream {host}:{port} did not accept the connection within {timeout:?}"
+        ))),
+    }
+}
+
+fn describe(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,285 @@
+//! One worker: its runtime's accept loop, its connections, upstream pool, plugin engine
+//! and counters. Nothing here is shared with other workers.
+
+use crate::config::{secs, Config, Mode};
+use crate::io::{self, Backend, Listener};
+use crate::plugin::{Engine, EngineConfig};
+use crate::proto::http1::Limits;
+use crate::proxy::pipeline::Pipeline;
+use crate::proxy::upstream::Pool;
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Process-wide orders to the workers (rare path: a watch channel).
+#[derive(Clone, Debug, Default)]
+pub struct Control {
+    /// Stop accepting and drain.
+    pub stopping: bool,
+    /// Bumped for every validated plugin reload.
+    pub reload_generation: u64,
+}
+
+/// What a worker thread starts from.
+pub struct Setup {
+    /// Worker index (ctx.worker).
+    pub index: usize,
+    /// Effective config.
+    pub cfg: Arc<Config>,
+    /// Parsed mode.
+    pub mode: Mode,
+    /// io backend.
+    pub backend: Backend,
+    /// This worker's socket of the SO_REUSEPORT group.
+    pub listener: std::net::TcpListener,
+    /// Orders from the signal thread.
+    pub control: watch::Receiver<Control>,
+    /// Reports start-up success or failure to the main thread.
+    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+/// Per-worker counters; plain cells, merged by readers (no shared atomics on the hot path).
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Accepted client connections.
+    pub accepted: Cell<u64>,
+    /// Connections refused by max_connections.
+    pub refused: Cell<u64>,
+    /// Requests answered (any status).
+    pub requests: Cell<u64>,
+    /// Upstream connections opened.
+    pub upstream_connects: Cell<u64>,
+    /// Upstream connections taken from the pool.
+    pub upstream_reuses: Cell<u64>,
+}
+
+impl Counters {
+    /// Adds one to a counter.
+    pub fn bump(c: &Cell<u64>) {
+        c.set(c.get() + 1);
+    }
+}
+
+/// The state one worker's connections share.
+pub struct Worker {
+    /// Worker index.
+    pub index: usize,
+    /// Effective config.
+    pub cfg: Arc<Config>,
+    /// Parsed mode.
+    pub mode: Mode,
+    /// io backend.
+    pub backend: Backend,
+    /// Head parsing limits.
+    pub limits: Limits,
+    /// Timeouts from the config.
+    pub timeouts: Timeouts,
+    /// Listener name for plugins.
+    pub listener_name: Rc<str>,
+    /// Current plugin engine (None without plugins); connections hold an Rc per request
+    /// so a reload never pulls a state from under a running request.
+    pub engine: RefCell<Option<Rc<Engine>>>,
+    /// Built-in pipeline steps.
+    pub pipeline: Pipeline,
+    /// Upstream connection pool.
+    pub pool: Pool,
+    /// Counters.
+    pub counters: Counters,
+    /// Open client connections.
+    pub active: Cell<usize>,
+    /// Set once the worker drains; connections finish their request and close.
+    pub draining: watch::Sender<bool>,
+    next_conn: Cell<u64>,
+}
+
+/// Timeouts as Durations.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Whole request head.
+    pub head: Duration,
+    /// Idle client keep-alive.
+    pub idle: Duration,
+    /// Upstream connect.
+    pub connect: Duration,
+    /// Upstream response head.
+    pub upstream: Duration,
+}
+
+impl Worker {
+    /// A connection id unique across workers (worker index in the top bits).
+    pub fn next_conn_id(&self) -> u64 {
+        let n = self.next_conn.get() + 1;
+        self.next_conn.set(n);
+        ((self.index as u64) << 48) | n
+    }
+
+    /// The engine for a new request (cheap Rc clone; None without plugins).
+    pub fn engine(&self) -> Option<Rc<Engine>> {
+        self.engine.borrow().clone()
+    }
+
+    /// True once the worker is draining.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+}
+
+fn engine_config(cfg: &Config) -> EngineConfig {
+    EngineConfig {
+        files: cfg.plugins.clone(),
+        max_plugin_body: cfg.max_plugin_body,
+        hook_budget: Duration::from_millis(cfg.hook_budget_ms),
+    }
+}
+
+fn load_engine(cfg: &Config, index: usize) -> Result<Option<Rc<Engine>>, String> {
+    if cfg.plugins.is_empty() {
+        return Ok(None);
+    }
+    Engine::load(&engine_config(cfg), index)
+        .map(|e| Some(Rc::new(e)))
+        .map_err(|e| e.to_string())
+}
+
+/// The worker's main task: accept until told to stop, then drain.
+pub async fn main(setup: Setup) {
+    let Setup {
+        index,
+        cfg,
+        mode,
+        backend,
+        listener,
+        mut control,
+        ready,
+    } = setup;
+    let listen_fd = listener.as_raw_fd();
+    let listener = match Listener::from_std(backend, listener) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "worker {index}: cannot register listener: {e}"
+            )));
+            return;
+        }
+    };
+    let engine = match load_engine(&cfg, index) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = ready.send(Err(format!("worker {index}: plugins failed to load:\n{e}")));
+            return;
+        }
+    };
+    let pipeline = match Pipeline::from_config(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let w = Rc::new(Worker {
+        index,
+        limits: Limits {
+            max_head_size: cfg.max_head_size,
+            max_headers: cfg.max_headers,
+        },
+        timeouts: Timeouts {
+            head: secs(cfg.head_timeout),
+            idle: secs(cfg.idle_timeout),
+            connect: secs(cfg.connect_timeout),
+            upstream: secs(cfg.upstream_timeout),
+        },
+        listener_name: Rc::from(cfg.listener_name.as_str()),
+        pool: Pool::new(cfg.pool_max_idle, secs(cfg.pool_idle_timeout)),
+        engine: RefCell::new(engine),
+        pipeline,
+        counters: Counters::default(),
+        active: Cell::new(0),
+        draining: watch::channel(false).0,
+        next_conn: Cell::new(0),
+        cfg,
+        mode,
+        backend,
+    });
+    let _ = ready.send(Ok(()));
+
+    // Control runs beside the accept loop rather than in a select with it: dropping an
+    // in-flight io_uring accept would not cancel it, and the connection it later
+    // accepted would be lost. Stopping shuts the listening socket down instead, which
+    // completes the pending accept with an error.
+    let wc = w.clone();
+    io::spawn(async move {
+        let mut generation = control.borrow().reload_generation;
+        while control.changed().await.is_ok() {
+            let c = control.borrow_and_update().clone();
+            if c.reload_generation != generation {
+                generation = c.reload_generation;
+                match load_engine(&wc.cfg, wc.index) {
+                    Ok(e) => {
+                        *wc.engine.borrow_mut() = e;
+                        tracing::info!(worker = wc.index, "plugins reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        worker = wc.index,
+                        "plugin reload failed, keeping the old set:\n{e}"
+                    ),
+                }
+            }
+            if c.stopping {
+                wc.draining.send_replace(true);
+                // SAFETY: shutdown(2) on a descriptor we own and that is still open (the
+                // listener lives until the accept loop ends, which this call triggers)
+                unsafe { libc::shutdown(listen_fd, libc::SHUT_RDWR) };
+                break;
+            }
+        }
+    });
+    let wp = w.clone();
+    io::spawn(async move { wp.pool.reap_forever().await });
+
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if w.is_draining() {
+                    stream.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+                if w.active.get() >= w.cfg.max_connections {
+                    Counters::bump(&w.counters.refused);
+                    tracing::warn!(worker = index, %peer, "max connections reached; closing new connection");
+                    stream.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                Counters::bump(&w.counters.accepted);
+                let _ = stream.set_nodelay(true);
+                io::spawn(crate::proxy::serve(w.clone(), stream, peer));
+            }
+            Err(e) => {
+                if w.is_draining() {
+                    break;
+                }
+                tracing::warn!(worker = index, "accept failed: {e}");
+                // EMFILE and friends: back off instead of spinning
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    drop(listener);
+    drain(&w).await;
+}
+
+async fn drain(w: &Worker) {
+    let deadline = Instant::now() + secs(w.cfg.drain_timeout);
+    while w.active.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if w.active.get() > 0 {
+        tracing::warn!(
+            worker = w.index,
+            open = w.active.get(),
+            "drain timeout: closing remaining connections"
+        );
+    }
+}

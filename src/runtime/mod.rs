@@ -1,0 +1,101 @@
+//! Process runtime: io backend choice, worker threads, the listening group, signals
+//! (drain, stop, reload) and plugin file watching.
+
+mod listen;
+mod signals;
+
+pub use listen::bind_group;
+
+use crate::config::{secs, Config};
+use crate::io::{self, Backend, IoChoice};
+use crate::proxy::worker::{self, Control};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Runs the proxy until it is stopped by a signal; returns after the drain.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let mode = cfg.validate()?;
+    let backend = choose_backend(cfg.io)?;
+    if !cfg.plugins.is_empty() {
+        crate::plugin::check(&cfg.plugins).map_err(|e| format!("plugins rejected:\n{e}"))?;
+    }
+    let n = cfg.worker_count();
+    let listeners = bind_group(cfg.listen, n)?;
+    let addr = listeners[0]
+        .local_addr()
+        .map_err(|e| format!("cannot read listening address: {e}"))?;
+
+    let (control_tx, control_rx) = watch::channel(Control::default());
+    let cfg = Arc::new(cfg);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut threads = Vec::with_capacity(n);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let cfg = cfg.clone();
+        let mode = mode.clone();
+        let control = control_rx.clone();
+        let ready = ready_tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("luring-w{index}"))
+            .spawn(move || {
+                let ready2 = ready.clone();
+                let r = io::run_on_current_thread(backend, move || {
+                    worker::main(worker::Setup {
+                        index,
+                        cfg,
+                        mode,
+                        backend,
+                        listener,
+                        control,
+                        ready: ready2,
+                    })
+                });
+                if let Err(e) = r {
+                    let _ = ready.send(Err(format!("worker {index}: cannot start runtime: {e}")));
+                }
+            })
+            .map_err(|e| format!("cannot spawn worker thread: {e}"))?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = control_tx.send(Control {
+                    stopping: true,
+                    ..Control::default()
+                });
+                return Err(e);
+            }
+            Err(_) => return Err("a worker died during start".into()),
+        }
+    }
+    eprintln!(
+        "luring listening on {addr} (mode {}, {n} workers, io {backend})",
+        mode.name()
+    );
+    tracing::info!(%addr, workers = n, io = %backend, "ready");
+
+    signals::spawn(cfg.clone(), control_tx, secs(cfg.drain_timeout))?;
+    for t in threads {
+        let _ = t.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn choose_backend(choice: IoChoice) -> Result<Backend, String> {
+    match choice {
+        IoChoice::Epoll => Ok(Backend::Epoll),
+        IoChoice::Uring => io::probe_uring()
+            .map(|_| Backend::Uring)
+            .map_err(|why| format!("--io uring: io_uring unavailable: {why}")),
+        IoChoice::Auto => match io::probe_uring() {
+            Ok(()) => Ok(Backend::Uring),
+            Err(why) => {
+                tracing::warn!("io_uring unavailable ({why}); falling back to epoll");
+                Ok(Backend::Epoll)
+            }
+        },
+    }
+}

@@ -1,0 +1,81 @@
+//! Signal handling on a dedicated thread: SIGTERM/SIGINT drain then stop (a second one
+//! stops at once), SIGHUP reloads plugins; `--watch` polls plugin files for changes.
+
+use crate::config::Config;
+use crate::proxy::worker::Control;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+/// Starts the signal thread (and the watcher thread with `--watch`).
+pub fn spawn(
+    cfg: Arc<Config>,
+    control: watch::Sender<Control>,
+    drain: Duration,
+) -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let control = Arc::new(control);
+    if cfg.watch && !cfg.plugins.is_empty() {
+        let cfg = cfg.clone();
+        let control = control.clone();
+        std::thread::Builder::new()
+            .name("luring-watch".into())
+            .spawn(move || watch_files(&cfg, &control))
+            .map_err(|e| e.to_string())?;
+    }
+    std::thread::Builder::new()
+        .name("luring-signals".into())
+        .spawn(move || {
+            let mut stopping = false;
+            for sig in signals.forever() {
+                match sig {
+                    SIGHUP => reload(&cfg, &control, "SIGHUP"),
+                    _ if stopping => {
+                        tracing::warn!("second stop signal: stopping at once");
+                        std::process::exit(1);
+                    }
+                    _ => {
+                        stopping = true;
+                        tracing::info!(
+                            "stop signal: draining in-flight requests for up to {:?}",
+                            drain
+                        );
+                        control.send_modify(|c| c.stopping = true);
+                    }
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Validates the plugin set in a scratch state, then tells every worker to rebuild.
+fn reload(cfg: &Config, control: &watch::Sender<Control>, why: &str) {
+    match crate::plugin::check(&cfg.plugins) {
+        Ok(_) => {
+            tracing::info!("{why}: reloading {} plugin file(s)", cfg.plugins.len());
+            control.send_modify(|c| c.reload_generation += 1);
+        }
+        Err(e) => tracing::error!("{why}: plugin reload rejected, keeping the old set:\n{e}"),
+    }
+}
+
+fn watch_files(cfg: &Config, control: &watch::Sender<Control>) {
+    let stamp = || -> Vec<Option<SystemTime>> {
+        cfg.plugins
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut last = stamp();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = stamp();
+        if now != last {
+            last = now;
+            reload(cfg, control, "plugin file changed");
+        }
+    }
+}
