@@ -138,7 +138,9 @@ pub struct Proxy {
 const LISTENING: &str = "luring listening on ";
 
 fn parse_listening(text: &str) -> Option<(SocketAddr, String)> {
-    for line in text.lines() {
+    // Only complete lines: the pipe may deliver a line in pieces.
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    for line in complete.lines() {
         if let Some(i) = line.find(LISTENING) {
             let rest = &line[i + LISTENING.len()..];
             let addr = rest.split_whitespace().next()?;
