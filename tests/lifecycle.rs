@@ -419,3 +419,24 @@ fn broken_config_file_is_reported() {
         }
     }
 }
+
+#[test]
+fn log_level_error_silences_info() {
+    let origin = Origin::start(echo());
+    let mut proxy = Proxy::start(&["--log-level", "error"]);
+    let out = curl(&["-x", &proxy.url(), &origin.url()]);
+    assert_eq!(out.status, 200, "{}", out.stderr);
+    assert!(proxy.terminate(Duration::from_secs(10)).is_some());
+    let noisy: Vec<String> = proxy
+        .stderr()
+        .lines()
+        .filter(|l| !l.contains("luring listening on"))
+        .filter(|l| {
+            ["INFO", "DEBUG", "TRACE", "WARN"]
+                .iter()
+                .any(|lvl| l.contains(lvl))
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(noisy.is_empty(), "--log-level error still logs: {noisy:?}");
+}
