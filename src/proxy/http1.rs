@@ -99,6 +99,25 @@ impl ClientConn {
         }
     }
 
+    /// Closes gracefully: send FIN, then read and discard what the client still sends
+    /// (bounded), so an unread request body does not turn our close into a reset that
+    /// would destroy the response in flight (nginx's lingering close).
+    pub async fn linger(&mut self) {
+        self.stream.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut budget: usize = 64 * 1024 * 1024;
+        let mut buf = BytesMut::with_capacity(relay::READ_BUF);
+        while budget > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            buf.clear();
+            match relay::read_some(&self.stream, &mut buf, left).await {
+                Ok(n) if n > 0 => budget = budget.saturating_sub(n),
+                _ => break,
+            }
+        }
+        self.stream.shutdown(Shutdown::Both);
+    }
+
     async fn write(&mut self, b: Bytes) -> bool {
         self.bytes_out += b.len() as u64;
         self.stream.write_all(b).await.is_ok()
@@ -108,7 +127,6 @@ impl ClientConn {
     async fn fail(&mut self, status: u16, text: &str) -> Next {
         tracing::info!(conn = self.info.conn_id, status, "{text}");
         let _ = self.write(error_response(status, text)).await;
-        self.stream.shutdown(Shutdown::Both);
         Next::Close
     }
 
@@ -317,6 +335,7 @@ impl ClientConn {
         };
         let retryable = matches!(req.body, Body::Full(_)) || body.dec.is_done();
         let mut attempt = 0;
+        let mut upload_complete = true;
         let (mut up, rhead) = loop {
             attempt += 1;
             let mut up = match self.w.pool.take(&key) {
@@ -355,13 +374,19 @@ impl ClientConn {
                 }
                 Err(SendError::Upstream(_)) if up.reused && retryable => continue,
                 Err(SendError::Upstream(why)) => {
-                    up.stream.shutdown(Shutdown::Both);
-                    return self
-                        .fail(
-                            502,
-                            &format!("upstream failed while receiving the request: {why}"),
-                        )
-                        .await;
+                    // an upstream may answer early (413, 401...) and stop reading the body:
+                    // its response is still the best thing to give the client
+                    upload_complete = false;
+                    keep_alive = false;
+                    match self.read_response_head(&mut up, client_version).await {
+                        Ok(h) => break (up, h),
+                        Err(_) => {
+                            up.stream.shutdown(Shutdown::Both);
+                            let text =
+                                format!("upstream failed while receiving the request: {why}");
+                            return self.fail(502, &text).await;
+                        }
+                    }
                 }
             }
             match self.read_response_head(&mut up, client_version).await {
@@ -491,7 +516,7 @@ impl ClientConn {
                 upstream_done = true;
             }
         }
-        if upstream_reusable && upstream_done && body.dec.is_done() {
+        if upstream_reusable && upstream_done && upload_complete && body.dec.is_done() {
             self.w.pool.put(key, up);
         } else {
             up.stream.shutdown(Shutdown::Both);

@@ -61,7 +61,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
     tracing::trace!(conn = info.conn_id, %peer, "accepted");
     let mut conn = http1::ClientConn::new(w.clone(), stream, info);
     conn.run().await;
-    conn.stream.shutdown(Shutdown::Both);
+    conn.linger().await;
     if let Some(e) = w.engine() {
         if e.has(Event::ConnectionOnDisconnect) {
             let stats = ConnStats {
