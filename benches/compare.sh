@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# Side-by-side throughput/CPU comparison on this machine, in one run:
+#   direct        wrk -> origin
+#   nginx-proxy   wrk -> nginx reverse proxy (core 0) -> origin
+#   luring-uring  wrk -> luring --mode reverse --workers 1 --io uring (core 0) -> origin
+#   luring-epoll  same with --io epoll
+#   (+ luring-*+plugin rows with --plugin FILE)
+# for 1 KiB and 64 KiB responses. wrk and the origin (nginx serving two static
+# files, or a small python origin if nginx is missing) are pinned to core 1.
+#
+# usage: bash benches/compare.sh [--plugin FILE] [--duration SECS] [--no-build]
+# Prints a table: target, size, req/s, proxy CPU us/request
+# ((utime+stime) delta of the proxy process from /proc/PID/stat, in clock
+# ticks -> us, divided by the requests wrk completed), and ratios vs nginx-proxy.
+# Figures are for comparison on one machine in one run, not absolutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=5
+PLUGIN=""
+BUILD=1
+while (( $# )); do
+  case "$1" in
+    --plugin) PLUGIN=$(realpath "$2"); shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+BIN="$TARGET_DIR/release/luring"
+CLK_TCK=$(getconf CLK_TCK)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/luring-bench.XXXXXX")
+PIDS=()
+
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+log() { echo "# $*" >&2; }
+
+# --- tools -----------------------------------------------------------------
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v taskset >/dev/null || missing+=(util-linux)
+command -v curl >/dev/null || missing+=(curl)
+command -v nginx >/dev/null || missing+=(nginx-light)
+if (( ${#missing[@]} )) && command -v apt-get >/dev/null; then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+    || log "install failed; continuing with what is there"
+fi
+command -v wrk >/dev/null || { echo "wrk is required" >&2; exit 1; }
+command -v taskset >/dev/null || { echo "taskset is required" >&2; exit 1; }
+HAVE_NGINX=0
+command -v nginx >/dev/null && HAVE_NGINX=1
+
+if (( BUILD )); then
+  log "cargo build --release"
+  cargo build --release --locked >&2
+fi
+[[ -x "$BIN" ]] || { echo "no release binary at $BIN" >&2; exit 1; }
+
+T0=$(date +%s)
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() { # port -> 0 when accepting within 10 s
+  local i
+  for i in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# --- origin ------------------------------------------------------------------
+mkdir -p "$TMP/www" "$TMP/ngx"
+head -c 1024 /dev/urandom > "$TMP/www/1k.bin"
+head -c 65536 /dev/urandom > "$TMP/www/64k.bin"
+ORIGIN_PORT=$(free_port)
+
+nginx_conf() { # name listen-port body -> path of a config
+  local conf="$TMP/ngx/$1.conf"
+  mkdir -p "$TMP/ngx/$1"
+  cat > "$conf" <<NGX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $TMP/ngx/$1/nginx.pid;
+error_log $TMP/ngx/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nodelay on;
+  keepalive_requests 10000000;
+  keepalive_timeout 60s;
+  client_body_temp_path $TMP/ngx/$1/body;
+  proxy_temp_path $TMP/ngx/$1/proxy;
+  fastcgi_temp_path $TMP/ngx/$1/fastcgi;
+  uwsgi_temp_path $TMP/ngx/$1/uwsgi;
+  scgi_temp_path $TMP/ngx/$1/scgi;
+  default_type application/octet-stream;
+  $3
+}
+NGX
+  echo "$conf"
+}
+
+if (( HAVE_NGINX )); then
+  conf=$(nginx_conf origin "$ORIGIN_PORT" "server { listen 127.0.0.1:$ORIGIN_PORT; root $TMP/www; }")
+  taskset -c 1 nginx -p "$TMP/ngx/origin" -c "$conf" 2>"$TMP/origin.err" &
+  PIDS+=($!)
+  ORIGIN_KIND="nginx"
+else
+  log "nginx unavailable: using a small python origin (it will be the bottleneck)"
+  cat > "$TMP/origin.py" <<'PY'
+import asyncio, sys
+root, port = sys.argv[1], int(sys.argv[2])
+files = {"/1k.bin": open(root + "/1k.bin", "rb").read(), "/64k.bin": open(root + "/64k.bin", "rb").read()}
+async def serve(r, w):
+    try:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            path = head.split(b" ")[1].decode()
+            body = files.get(path, b"")
+            status = b"200 OK" if path in files else b"404 Not Found"
+            w.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            await w.drain()
+    except Exception:
+        w.close()
+async def main():
+    s = await asyncio.start_server(serve, "127.0.0.1", port)
+    async with s: await s.serve_forever()
+asyncio.run(main())
+PY
+  taskset -c 1 python3 "$TMP/origin.py" "$TMP/www" "$ORIGIN_PORT" &
+  PIDS+=($!)
+  ORIGIN_KIND="python"
+fi
+wait_port "$ORIGIN_PORT" || { echo "origin did not start" >&2; cat "$TMP/origin.err" >&2 || true; exit 1; }
+
+# --- targets -----------------------------------------------------------------
+# Each target: name, port, pid of the proxy process ("" for direct).
+NAMES=(direct); PORTS=("$ORIGIN_PORT"); TPIDS=("")
+
+if (( HAVE_NGINX )); then
+  NP=$(free_port)
+  conf=$(nginx_conf proxy "$NP" "upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$NP;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }")
+  taskset -c 0 nginx -p "$TMP/ngx/proxy" -c "$conf" 2>"$TMP/nproxy.err" &
+  NPID=$!
+  PIDS+=("$NPID")
+  if wait_port "$NP"; then
+    NAMES+=(nginx-proxy); PORTS+=("$NP"); TPIDS+=("$NPID")
+  else
+    log "nginx proxy did not start: $(cat "$TMP/nproxy.err")"
+  fi
+fi
+
+start_luring() { # name io extra-args...
+  local name=$1 io=$2; shift 2
+  local err="$TMP/$name.err"
+  taskset -c 0 "$BIN" run --listen 127.0.0.1:0 --mode "reverse:http://127.0.0.1:$ORIGIN_PORT" \
+    --workers 1 --io "$io" --log-level warn "$@" 2>"$err" &
+  local pid=$!
+  PIDS+=("$pid")
+  local i port=""
+  for i in $(seq 1 100); do
+    port=$(sed -n 's/.*luring listening on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$err" | head -1)
+    [[ -n "$port" ]] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [[ -z "$port" ]]; then
+    log "$name did not start: $(head -c 300 "$err")"
+    return 0
+  fi
+  NAMES+=("$name"); PORTS+=("$port"); TPIDS+=("$pid")
+}
+
+for io in uring epoll; do
+  start_luring "luring-$io" "$io"
+  if [[ -n "$PLUGIN" ]]; then start_luring "luring-$io+plugin" "$io" --plugin "$PLUGIN"; fi
+done
+
+cpu_ticks() { # pid -> utime+stime in clock ticks
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# --- measure -----------------------------------------------------------------
+declare -A RPS CPU NOTE
+for size in 1k 64k; do
+  for i in "${!NAMES[@]}"; do
+    name=${NAMES[$i]} port=${PORTS[$i]} pid=${TPIDS[$i]}
+    url="http://127.0.0.1:$port/$size.bin"
+    check=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 "$url" || true)
+    want=$([[ $size == 1k ]] && echo 1024 || echo 65536)
+    if [[ "$check" != "200 $want" ]]; then
+      RPS[$name,$size]="-"; CPU[$name,$size]="-"; NOTE[$name,$size]="bad response: $check"
+      continue
+    fi
+    taskset -c 1 wrk -t1 -c32 -d1s "$url" >/dev/null 2>&1 || true   # warm-up
+    before=""
+    [[ -n "$pid" ]] && before=$(cpu_ticks "$pid")
+    out=$(taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" "$url" 2>&1 || true)
+    after=""
+    [[ -n "$pid" ]] && after=$(cpu_ticks "$pid")
+    reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+    rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+    RPS[$name,$size]=${rps:--}
+    CPU[$name,$size]="-"
+    if [[ -n "$pid" && -n "$reqs" && "$reqs" -gt 0 ]]; then
+      CPU[$name,$size]=$(awk -v d=$((after - before)) -v t="$CLK_TCK" -v n="$reqs" \
+        'BEGIN { printf "%.1f", d * 1e6 / t / n }')
+    fi
+    errs=$(grep -E "Non-2xx|Socket errors" <<<"$out" | tr -s ' ' | paste -sd';' - || true)
+    NOTE[$name,$size]=${errs:-}
+    log "$name $size: ${rps:-?} req/s ${CPU[$name,$size]} us/req ${errs:-}"
+  done
+done
+
+# --- report ------------------------------------------------------------------
+ratio() { # a b -> a/b or -
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "-" }'
+}
+echo
+echo "luring reverse proxy vs nginx: wrk -t1 -c32 -d${DURATION}s on core 1, proxies on core 0, origin: $ORIGIN_KIND (core 1)"
+printf '%-20s %-5s %10s %12s %12s %12s  %s\n' target size req/s "cpu-us/req" "rps/nginx" "cpu/nginx" notes
+for size in 1k 64k; do
+  for name in "${NAMES[@]}"; do
+    printf '%-20s %-5s %10s %12s %12s %12s  %s\n' "$name" "$size" "${RPS[$name,$size]}" "${CPU[$name,$size]}" \
+      "$(ratio "${RPS[$name,$size]}" "${RPS[nginx-proxy,$size]:-}")" \
+      "$(ratio "${CPU[$name,$size]}" "${CPU[nginx-proxy,$size]:-}")" "${NOTE[$name,$size]}"
+  done
+done
+echo "(measured in $(( $(date +%s) - T0 )) s, excluding the build)"
