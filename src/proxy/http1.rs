@@ -362,8 +362,15 @@ impl ClientConn {
                 }
             };
             self.info.server_addr = Some(up.addr);
-            match self.send_request(&mut req, &mut body, &mut up).await {
-                Ok(()) => {}
+            match self.send_and_receive(&mut req, &mut body, &mut up).await {
+                Ok((h, complete)) => {
+                    if !complete {
+                        // the upstream answered before taking the whole body
+                        upload_complete = false;
+                        keep_alive = false;
+                    }
+                    break (up, h);
+                }
                 Err(SendError::Client(why)) => {
                     tracing::debug!(
                         conn = self.info.conn_id,
@@ -372,27 +379,12 @@ impl ClientConn {
                     up.stream.shutdown(Shutdown::Both);
                     return Next::Close;
                 }
-                Err(SendError::Upstream(_)) if up.reused && retryable => continue,
-                Err(SendError::Upstream(why)) => {
-                    // an upstream may answer early (413, 401...) and stop reading the body:
-                    // its response is still the best thing to give the client
-                    upload_complete = false;
-                    keep_alive = false;
-                    match self.read_response_head(&mut up, client_version).await {
-                        Ok(h) => break (up, h),
-                        Err(_) => {
-                            up.stream.shutdown(Shutdown::Both);
-                            let text =
-                                format!("upstream failed while receiving the request: {why}");
-                            return self.fail(502, &text).await;
-                        }
-                    }
+                Err(SendError::Upstream(RespError::Closed))
+                    if up.reused && retryable && attempt == 1 =>
+                {
+                    continue
                 }
-            }
-            match self.read_response_head(&mut up, client_version).await {
-                Ok(h) => break (up, h),
-                Err(RespError::Closed) if up.reused && retryable && attempt == 1 => continue,
-                Err(e) => {
+                Err(SendError::Upstream(e)) => {
                     up.stream.shutdown(Shutdown::Both);
                     let (status, text) = e.status_text(self.w.timeouts.upstream);
                     return self.fail(status, &text).await;
@@ -604,108 +596,107 @@ impl ClientConn {
         Ok(())
     }
 
-    /// Writes the request head and body upstream.
-    async fn send_request(
+    /// Writes the request upstream and reads the final response head. A streamed body is
+    /// uploaded while the upstream is watched, so an early final response (413, 401...)
+    /// reaches the client even when it holds its body back. Returns the head and whether
+    /// the whole request body went upstream.
+    async fn send_and_receive(
         &mut self,
         req: &mut Request,
         body: &mut ReqBody,
         up: &mut Upstream,
-    ) -> Result<(), SendError> {
+    ) -> Result<(crate::http::ResponseHead, bool), SendError> {
         // luring answers Expect itself (as nginx does), so the upstream never waits on it
         req.headers.remove("expect");
         respond::fix_framing(&mut req.headers, &req.body, body.kind, true);
         let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
         respond::request_head(req, &mut head);
-        match &req.body {
-            Body::Full(b) => up
-                .stream
-                .write_all_vectored(vec![head.freeze(), b.clone()])
-                .await
-                .map_err(|e| SendError::Upstream(e.to_string())),
-            _ => {
-                if let Some(p) = body.prefix.take() {
-                    head.extend_from_slice(&p);
-                }
-                if body.dec.is_done() {
-                    return up
-                        .stream
-                        .write_all(head.freeze())
-                        .await
-                        .map_err(|e| SendError::Upstream(e.to_string()));
-                }
-                if !self.pay_continue(body).await {
-                    return Err(SendError::Client("client went away".into()));
-                }
-                let r = relay::body(
-                    &self.stream,
-                    &mut self.buf,
-                    &up.stream,
-                    &mut body.dec,
-                    Some(head),
-                    Output::Verbatim,
-                    self.w.timeouts.idle,
-                )
-                .await;
-                match r {
-                    Ok(n) => {
-                        self.bytes_in += n;
-                        Ok(())
+        let limits = self.w.limits;
+        let t = self.w.timeouts;
+        let streamed = !matches!(req.body, Body::Full(_)) && !body.dec.is_done();
+        let (interim, result) = if !streamed {
+            let parts = match &req.body {
+                Body::Full(b) => vec![head.freeze(), b.clone()],
+                _ => {
+                    if let Some(p) = body.prefix.take() {
+                        head.extend_from_slice(&p);
                     }
-                    Err(RelayError::Source(why)) => Err(SendError::Client(why)),
-                    Err(RelayError::Sink(e)) => Err(SendError::Upstream(e.to_string())),
+                    vec![head.freeze()]
                 }
+            };
+            if let Err(e) = up.stream.write_all_vectored(parts).await {
+                tracing::debug!(conn = self.info.conn_id, "upstream write failed: {e}");
+                return Err(SendError::Upstream(RespError::Closed));
             }
-        }
-    }
-
-    /// Reads the final response head, passing 1xx interim responses to the client.
-    async fn read_response_head(
-        &mut self,
-        up: &mut Upstream,
-        client_version: Version,
-    ) -> Result<crate::http::ResponseHead, RespError> {
-        let deadline = Instant::now() + self.w.timeouts.upstream;
-        let mut seen_any = false;
-        loop {
-            if !up.buf.is_empty() {
-                seen_any = true;
-                match parse_response_head(&up.buf, &self.w.limits) {
-                    Ok(Some((h, n))) => {
-                        let _ = up.buf.split_to(n);
-                        match h.status {
-                            101 => {
-                                return Err(RespError::Bad(
-                                    "protocol upgrades are not supported yet".into(),
-                                ))
+            let r = read_response_head(&up.stream, &mut up.buf, &limits, Some(t.upstream)).await;
+            match r {
+                Ok((interim, h)) => (interim, Ok((h, true))),
+                Err(e) => return Err(SendError::Upstream(e)),
+            }
+        } else {
+            if let Some(p) = body.prefix.take() {
+                head.extend_from_slice(&p);
+            }
+            if !self.pay_continue(body).await {
+                return Err(SendError::Client("client went away".into()));
+            }
+            let Upstream {
+                stream: ups,
+                buf: upbuf,
+                ..
+            } = up;
+            let upload = relay::body(
+                &self.stream,
+                &mut self.buf,
+                ups,
+                &mut body.dec,
+                Some(head),
+                Output::Verbatim,
+                t.idle,
+            );
+            // no deadline while the upload runs: a long upload is not a slow upstream
+            let response = read_response_head(ups, upbuf, &limits, None);
+            tokio::pin!(upload);
+            tokio::pin!(response);
+            let mut uploaded = 0;
+            let outcome = tokio::select! {
+                biased;
+                r = &mut response => r.map(|(i, h)| (i, h, false)),
+                u = &mut upload => match u {
+                    Ok(n) => {
+                        uploaded = n;
+                        match tokio::time::timeout(t.upstream, &mut response).await {
+                            Ok(r) => r.map(|(i, h)| (i, h, true)),
+                            Err(_) => {
+                                ups.shutdown(Shutdown::Both);
+                                Err(RespError::Timeout)
                             }
-                            100 => continue,
-                            102..=199 => {
-                                if client_version == Version::Http11 {
-                                    let mut out = BytesMut::new();
-                                    crate::proto::http1::encode_response_head(&h, &mut out);
-                                    let _ = self.write(out.freeze()).await;
-                                }
-                                continue;
-                            }
-                            _ => return Ok(h),
                         }
                     }
-                    Ok(None) => {}
-                    Err(e) => return Err(RespError::Bad(e.to_string())),
-                }
+                    Err(RelayError::Source(why)) => {
+                        ups.shutdown(Shutdown::Both);
+                        return Err(SendError::Client(why));
+                    }
+                    // the upstream stopped reading; it may have answered already
+                    Err(RelayError::Sink(_)) => response.await.map(|(i, h)| (i, h, false)),
+                },
+            };
+            self.bytes_in += uploaded;
+            match outcome {
+                Ok((interim, h, complete)) => (interim, Ok((h, complete))),
+                Err(e) => return Err(SendError::Upstream(e)),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match relay::read_some(&up.stream, &mut up.buf, left).await {
-                Ok(0) if seen_any => return Err(RespError::Bad("upstream closed mid-head".into())),
-                Ok(0) => return Err(RespError::Closed),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(RespError::Timeout)
+        };
+        if req.version == Version::Http11 {
+            for h in interim {
+                let mut out = BytesMut::new();
+                crate::proto::http1::encode_response_head(&h, &mut out);
+                if !self.write(out.freeze()).await {
+                    return Err(SendError::Client("client went away".into()));
                 }
-                Err(_) if !seen_any => return Err(RespError::Closed),
-                Err(e) => return Err(RespError::Bad(e.to_string())),
             }
         }
+        result
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -796,6 +787,55 @@ impl ClientConn {
     }
 }
 
+/// Reads up to the final response head; returns the interim (1xx other than 100)
+/// heads to pass on, and the final head. `timeout` None waits as long as it takes.
+async fn read_response_head(
+    stream: &Stream,
+    buf: &mut BytesMut,
+    limits: &crate::proto::http1::Limits,
+    timeout: Option<Duration>,
+) -> Result<(Vec<crate::http::ResponseHead>, crate::http::ResponseHead), RespError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut seen_any = false;
+    let mut interim = Vec::new();
+    loop {
+        if !buf.is_empty() {
+            seen_any = true;
+            match parse_response_head(buf, limits) {
+                Ok(Some((h, n))) => {
+                    let _ = buf.split_to(n);
+                    match h.status {
+                        101 => {
+                            return Err(RespError::Bad(
+                                "protocol upgrades are not supported yet".into(),
+                            ))
+                        }
+                        // luring answered Expect itself; an upstream 100 is redundant
+                        100 => {}
+                        102..=199 => interim.push(h),
+                        _ => return Ok((interim, h)),
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(RespError::Bad(e.to_string())),
+            }
+        }
+        let left = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => Duration::from_secs(86400 * 365),
+        };
+        match relay::read_some(stream, buf, left).await {
+            Ok(0) if seen_any => return Err(RespError::Bad("upstream closed mid-head".into())),
+            Ok(0) => return Err(RespError::Closed),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(RespError::Timeout),
+            Err(_) if !seen_any => return Err(RespError::Closed),
+            Err(e) => return Err(RespError::Bad(e.to_string())),
+        }
+    }
+}
+
 fn resume(
     e: &Engine,
     s: Suspended,
@@ -807,10 +847,10 @@ fn resume(
     e.resume_response(s, info, flow_id, req, resp)
 }
 
-/// Why sending a request failed.
+/// Why an exchange with the upstream failed.
 enum SendError {
     Client(String),
-    Upstream(String),
+    Upstream(RespError),
 }
 
 /// Why no response head came.

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 /// Runs the proxy until it is stopped by a signal; returns after the drain.
 pub fn run(cfg: Config) -> Result<(), String> {
     let mode = cfg.validate()?;
+    // installed first so a signal that arrives during start-up is not lost
+    let signals = signals::install()?;
     let backend = choose_backend(cfg.io)?;
     if !cfg.plugins.is_empty() {
         crate::plugin::check(&cfg.plugins).map_err(|e| format!("plugins rejected:\n{e}"))?;
@@ -76,7 +78,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     );
     tracing::info!(%addr, workers = n, io = %backend, "ready");
 
-    signals::spawn(cfg.clone(), control_tx, secs(cfg.drain_timeout))?;
+    signals::spawn(signals, cfg.clone(), control_tx, secs(cfg.drain_timeout))?;
     for t in threads {
         let _ = t.join();
     }
