@@ -463,7 +463,7 @@ impl ClientConn {
         let close = !keep_alive || self.w.is_draining();
         respond::fix_framing(&mut resp.headers, &resp.body, rkind, chunked_ok);
         let mut head_buf = BytesMut::with_capacity(256 + resp.headers.len() * 48);
-        respond::response_head(&resp, close, &mut head_buf);
+        respond::response_head(&mut resp, close, &mut head_buf);
         let upstream_done;
         match std::mem::replace(&mut resp.body, Body::Streaming) {
             Body::Full(b) => {

@@ -71,35 +71,37 @@ pub fn fix_framing(h: &mut Headers, body: &Body, kind: BodyKind, chunked_ok: boo
     }
 }
 
-/// Encodes the upstream request head (origin-form target, HTTP/1.1).
-pub fn request_head(req: &Request, out: &mut BytesMut) {
+/// Encodes the upstream request head (origin-form target, HTTP/1.1). The headers are
+/// moved out and back rather than cloned: this runs for every request.
+pub fn request_head(req: &mut Request, out: &mut BytesMut) {
     let head = crate::http::RequestHead {
         method: req.method.clone(),
         target: Bytes::from(req.path.clone().unwrap_or_else(|| "/".into())),
         version: Version::Http11,
-        headers: req.headers.clone(),
+        headers: std::mem::take(&mut req.headers),
     };
     encode_request_head(&head, out);
+    req.headers = head.headers;
 }
 
 /// Encodes a response head for the client; `close` adds `Connection: close`.
-pub fn response_head(resp: &Response, close: bool, out: &mut BytesMut) {
-    let mut headers = resp.headers.clone();
+pub fn response_head(resp: &mut Response, close: bool, out: &mut BytesMut) {
     if close {
-        headers.set("connection", "close");
+        resp.headers.set("connection", "close");
     }
     let reason = if resp.reason.is_empty() {
-        reason(resp.status).to_string()
+        Bytes::from_static(reason(resp.status).as_bytes())
     } else {
-        resp.reason.clone()
+        Bytes::from(resp.reason.clone())
     };
     let head = ResponseHead {
         version: Version::Http11,
         status: resp.status,
-        reason: Bytes::from(reason),
-        headers,
+        reason,
+        headers: std::mem::take(&mut resp.headers),
     };
     encode_response_head(&head, out);
+    resp.headers = head.headers;
 }
 
 /// Wire bytes of a whole synthesized response (plugin RESPOND).
@@ -112,7 +114,7 @@ pub fn synthesized(resp: &Response, head_request: bool, close: bool) -> Bytes {
     r.headers.remove("transfer-encoding");
     r.headers.set("content-length", body.len().to_string());
     let mut out = BytesMut::with_capacity(256 + body.len());
-    response_head(&r, close, &mut out);
+    response_head(&mut r, close, &mut out);
     if !head_request {
         out.extend_from_slice(&body);
     }

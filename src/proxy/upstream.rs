@@ -44,6 +44,8 @@ pub enum ConnectError {
 
 struct Idle {
     stream: Stream,
+    /// Kept so the next exchange reads into the spare capacity left by this one.
+    buf: BytesMut,
     addr: SocketAddr,
     since: Instant,
 }
@@ -73,7 +75,7 @@ impl Pool {
             if i.since.elapsed() < self.idle_timeout {
                 return Some(Upstream {
                     stream: i.stream,
-                    buf: BytesMut::new(),
+                    buf: i.buf,
                     addr: i.addr,
                     reused: true,
                 });
@@ -98,6 +100,7 @@ impl Pool {
         }
         list.push(Idle {
             stream: up.stream,
+            buf: up.buf,
             addr: up.addr,
             since: Instant::now(),
         });
