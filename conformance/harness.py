@@ -406,15 +406,18 @@ class Proxy:
                 time.sleep(0.1)   # let the readers drain
                 self.stop()
                 raise ProxyStartError(f"luring exited with {self.p.returncode} before listening: "
-                                      f"{self.log_tail()}")
+                                      f"{self.log_tail(200)}")
             time.sleep(0.02)
         self.stop()
         raise ProxyStartError(f"no 'luring listening on' line within {timeout}s: {self.log_tail()}")
 
+    ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
     def _pump(self, stream, sink):
         for raw in iter(stream.readline, b""):
+            line = self.ANSI_RE.sub("", raw.decode("utf-8", "replace").rstrip("\n"))
             with self.lock:
-                sink.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                sink.append(line)
 
     @property
     def addr(self):
@@ -477,7 +480,7 @@ def run_cli(binary, args, timeout=15):
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"") + (e.stderr or b"")
         return None, out.decode("utf-8", "replace")
-    return p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
+    return p.returncode, Proxy.ANSI_RE.sub("", (p.stdout + p.stderr).decode("utf-8", "replace"))
 
 
 # --------------------------------------------------------------------------- clients
