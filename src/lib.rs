@@ -3,3 +3,4 @@
 pub mod http;
 pub mod proto;
 pub mod plugin;
+pub mod tls;
