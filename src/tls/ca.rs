@@ -574,6 +574,39 @@ mod tests {
     }
 
     #[test]
+    fn rsa_ca_made_elsewhere_is_used() {
+        let dir = test_dir("rsa-openssl");
+        fs::create_dir_all(dir.path()).unwrap();
+        let status = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+            ])
+            .args([
+                "-subj",
+                "/CN=rsa test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+            ])
+            .arg("-keyout")
+            .arg(dir.key_path())
+            .arg("-out")
+            .arg(dir.cert_pem_path())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("openssl not available; skipping");
+            return;
+        }
+        fs::set_permissions(dir.key_path(), fs::Permissions::from_mode(0o600)).unwrap();
+        let ca = std::sync::Arc::new(Ca::load_or_create(&dir, CaKeyType::EcdsaP256).unwrap());
+        assert_eq!(ca.info().subject, "CN=rsa test CA");
+        let minter = crate::tls::leaf::LeafMinter::new(ca).unwrap();
+        let leaf = minter.mint("rsa.test", None).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf.cert[0]).unwrap();
+        assert_eq!(cert.issuer().to_string(), "CN=rsa test CA");
+    }
+
+    #[test]
     fn cli_helpers() {
         use crate::tls::cli::*;
         let dir = test_dir("cli");

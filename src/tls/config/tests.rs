@@ -211,6 +211,14 @@ fn upstream_verification_failures_are_readable() {
         None
     );
 
+    // Native roots only add trust; loading them works offline.
+    let native = ClientTlsFactory::new(&UpstreamTlsOptions {
+        native_roots: true,
+        ..UpstreamTlsOptions::default()
+    })
+    .unwrap();
+    assert!(native.roots().len() >= public_only.roots().len());
+
     let expired = RustlsError::InvalidCertificate(CertificateError::Expired);
     assert_eq!(describe_tls_error(&expired, "h"), "certificate expired");
 }
