@@ -537,9 +537,9 @@ impl ClientConn {
         req: &mut Request,
         body: &mut ReqBody,
     ) -> Decision {
-        let hooked = engine.filter(|e| e.has(Event::HttpOnRequest));
-        for phase in [Phase::Pre, Phase::Post] {
-            if matches!(phase, Phase::Post) {
+        let hooked = engine.filter(|e| e.has(Event::HttpRequest));
+        for phase in [Phase::PrePipeline, Phase::PostPipeline] {
+            if matches!(phase, Phase::PostPipeline) {
                 self.w.pipeline.on_request(req);
             }
             let Some(e) = hooked else { continue };
@@ -711,9 +711,9 @@ impl ClientConn {
         kind: BodyKind,
         prefix: &mut Option<BytesMut>,
     ) -> Decision {
-        let hooked = engine.filter(|e| e.has(Event::HttpOnResponse));
-        for phase in [Phase::Pre, Phase::Post] {
-            if matches!(phase, Phase::Post) {
+        let hooked = engine.filter(|e| e.has(Event::HttpResponse));
+        for phase in [Phase::PrePipeline, Phase::PostPipeline] {
+            if matches!(phase, Phase::PostPipeline) {
                 self.w.pipeline.on_response(req, resp);
             }
             let Some(e) = hooked else { continue };

@@ -50,7 +50,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
         worker: w.index,
     };
     if let Some(e) = w.engine() {
-        if e.has(Event::ConnectionOnConnect) {
+        if e.has(Event::ConnectionConnect) {
             if let Step::Drop = e.on_connect(&info) {
                 tracing::debug!(conn = info.conn_id, %peer, "dropped by connection.on_connect");
                 stream.shutdown(Shutdown::Both);
@@ -63,7 +63,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
     conn.run().await;
     conn.linger().await;
     if let Some(e) = w.engine() {
-        if e.has(Event::ConnectionOnDisconnect) {
+        if e.has(Event::ConnectionDisconnect) {
             let stats = ConnStats {
                 duration_ms: started.elapsed().as_secs_f64() * 1000.0,
                 bytes_in: conn.bytes_in,

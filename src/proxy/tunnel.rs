@@ -26,7 +26,7 @@ pub async fn run(
     engine: Option<&Engine>,
     info: &ConnInfo,
 ) -> TunnelStats {
-    let hook = engine.filter(|e| e.has(Event::RawOnChunk));
+    let hook = engine.filter(|e| e.has(Event::RawChunk));
     let (up, down) = tokio::join!(
         one_way(client, client_buf, upstream, true, hook, info),
         one_way(upstream, upstream_buf, client, false, hook, info),
@@ -54,8 +54,8 @@ async fn one_way(
                     data,
                     offset,
                 };
-                e.raw_chunk(Phase::Pre, info, &mut chunk);
-                e.raw_chunk(Phase::Post, info, &mut chunk);
+                e.raw_chunk(Phase::PrePipeline, info, &mut chunk);
+                e.raw_chunk(Phase::PostPipeline, info, &mut chunk);
                 data = chunk.data;
             }
             offset += len;
