@@ -352,6 +352,8 @@ impl UserData for LReq {
                 b"http_version" => this.env.with(|r| lstr(lua, version(r.version).as_bytes())),
                 b"body" => this.env.with(|r| body_value(lua, &r.body)),
                 b"trailers" => this.env.with(|r| match r.trailers {
+                    // trailers come after the body: asking for them reads it first
+                    _ if matches!(r.body, Body::Streaming) => body_value(lua, &r.body),
                     Some(_) => Ok(Value::UserData(lua.create_userdata(LHeaders {
                         src: HSrc::ReqTrailers(this.env.clone()),
                         read_only: this.read_only,
@@ -446,6 +448,8 @@ impl UserData for LResp {
                 b"http_version" => this.env.with(|r| lstr(lua, version(r.version).as_bytes())),
                 b"body" => this.env.with(|r| body_value(lua, &r.body)),
                 b"trailers" => this.env.with(|r| match r.trailers {
+                    // trailers come after the body: asking for them reads it first
+                    _ if matches!(r.body, Body::Streaming) => body_value(lua, &r.body),
                     Some(_) => Ok(Value::UserData(lua.create_userdata(LHeaders {
                         src: HSrc::RespTrailers(this.env.clone()),
                         read_only: false,

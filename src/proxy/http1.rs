@@ -461,7 +461,13 @@ impl ClientConn {
             keep_alive = false;
         }
         let close = !keep_alive || self.w.is_draining();
-        respond::fix_framing(&mut resp.headers, &resp.body, rkind, chunked_ok);
+        respond::fix_framing(
+            &mut resp.headers,
+            &resp.body,
+            resp.trailers.as_ref(),
+            rkind,
+            chunked_ok,
+        );
         let mut head_buf = BytesMut::with_capacity(256 + resp.headers.len() * 48);
         respond::response_head(&mut resp, close, &mut head_buf);
         let upstream_done;
@@ -471,7 +477,10 @@ impl ClientConn {
                 let parts = if is_head {
                     vec![head_buf.freeze()]
                 } else {
-                    vec![head_buf.freeze(), b]
+                    vec![
+                        head_buf.freeze(),
+                        respond::full_body_wire(&b, resp.trailers.as_ref(), chunked_ok),
+                    ]
                 };
                 let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
                 self.bytes_out += n;
@@ -608,7 +617,13 @@ impl ClientConn {
     ) -> Result<(crate::http::ResponseHead, bool), SendError> {
         // luring answers Expect itself (as nginx does), so the upstream never waits on it
         req.headers.remove("expect");
-        respond::fix_framing(&mut req.headers, &req.body, body.kind, true);
+        respond::fix_framing(
+            &mut req.headers,
+            &req.body,
+            req.trailers.as_ref(),
+            body.kind,
+            true,
+        );
         let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
         respond::request_head(req, &mut head);
         let limits = self.w.limits;
@@ -616,7 +631,10 @@ impl ClientConn {
         let streamed = !matches!(req.body, Body::Full(_)) && !body.dec.is_done();
         let (interim, result) = if !streamed {
             let parts = match &req.body {
-                Body::Full(b) => vec![head.freeze(), b.clone()],
+                Body::Full(b) => vec![
+                    head.freeze(),
+                    respond::full_body_wire(b, req.trailers.as_ref(), true),
+                ],
                 _ => {
                     if let Some(p) = body.prefix.take() {
                         head.extend_from_slice(&p);

@@ -46,9 +46,35 @@ pub fn error_response(status: u16, text: &str) -> Bytes {
 /// The interim response that tells a client to send its body.
 pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// True when a whole body must go out chunked so that its trailers survive.
+pub fn full_needs_chunked(trailers: Option<&Headers>, chunked_ok: bool) -> bool {
+    chunked_ok && trailers.is_some_and(|t| !t.is_empty())
+}
+
+/// Wire form of a whole body: as is, or chunked with its trailers.
+pub fn full_body_wire(b: &Bytes, trailers: Option<&Headers>, chunked_ok: bool) -> Bytes {
+    if !full_needs_chunked(trailers, chunked_ok) {
+        return b.clone();
+    }
+    let mut out = BytesMut::with_capacity(b.len() + 64);
+    crate::proto::http1::encode_chunk(b, &mut out);
+    crate::proto::http1::encode_last_chunk(trailers, &mut out);
+    out.freeze()
+}
+
 /// Sets Content-Length / Transfer-Encoding to match how the body will be sent.
-pub fn fix_framing(h: &mut Headers, body: &Body, kind: BodyKind, chunked_ok: bool) {
+pub fn fix_framing(
+    h: &mut Headers,
+    body: &Body,
+    trailers: Option<&Headers>,
+    kind: BodyKind,
+    chunked_ok: bool,
+) {
     match body {
+        Body::Full(_) if full_needs_chunked(trailers, chunked_ok) => {
+            h.remove("content-length");
+            h.set("transfer-encoding", "chunked");
+        }
         Body::Full(b) => {
             h.remove("transfer-encoding");
             h.set("content-length", b.len().to_string());
@@ -145,6 +171,7 @@ mod tests {
         fix_framing(
             &mut h,
             &Body::Full(Bytes::from_static(b"abc")),
+            None,
             BodyKind::Chunked,
             true,
         );
@@ -152,7 +179,7 @@ mod tests {
         assert!(h.get("transfer-encoding").is_none());
         let mut h = Headers::new();
         h.add("Transfer-Encoding", "chunked");
-        fix_framing(&mut h, &Body::Streaming, BodyKind::Chunked, false);
+        fix_framing(&mut h, &Body::Streaming, None, BodyKind::Chunked, false);
         assert!(h.is_empty());
     }
 }
