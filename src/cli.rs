@@ -26,6 +26,90 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Manage the local CA used for TLS interception.
+    Ca {
+        /// Config directory [default: $XDG_CONFIG_HOME/luring, else ~/.luring].
+        #[arg(long, value_name = "DIR", global = true)]
+        confdir: Option<PathBuf>,
+        /// What to do with the CA.
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+/// `luring ca` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum CaAction {
+    /// Print the config directory and the CA file paths.
+    Path,
+    /// Show subject, SHA-256 fingerprint, validity and how to trust the CA (creates it if missing).
+    Show {
+        /// Key type when the CA has to be created: ecdsa-p256 or rsa2048.
+        #[arg(long, default_value = "ecdsa-p256", value_name = "TYPE")]
+        ca_key_type: String,
+    },
+    /// Write the CA certificate (never the key) to stdout or a file.
+    Export {
+        /// pem or der.
+        #[arg(long, default_value = "pem", value_name = "FORMAT")]
+        format: String,
+        /// Output file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Create a new CA, replacing the current one only with --force (rotation).
+    New {
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+        /// ecdsa-p256 or rsa2048.
+        #[arg(long, default_value = "ecdsa-p256", value_name = "TYPE")]
+        ca_key_type: String,
+    },
+}
+
+/// `luring ca ...`: returns the exit code.
+pub fn ca_command(confdir: Option<PathBuf>, action: CaAction) -> i32 {
+    use crate::tls::ca::{Ca, CaKeyType, Confdir};
+    use crate::tls::cli as tc;
+    use std::io::Write;
+    let run = || -> Result<(), String> {
+        let dir = Confdir::resolve(confdir).map_err(|e| e.to_string())?;
+        match action {
+            CaAction::Path => print!("{}", tc::ca_path(&dir)),
+            CaAction::Show { ca_key_type } => {
+                let kt: CaKeyType = ca_key_type.parse()?;
+                let ca = Ca::load_or_create(&dir, kt).map_err(|e| e.to_string())?;
+                print!("{}", tc::ca_show(&ca));
+            }
+            CaAction::Export { format, out } => {
+                let f: tc::ExportFormat = format.parse()?;
+                let ca =
+                    Ca::load_or_create(&dir, CaKeyType::default()).map_err(|e| e.to_string())?;
+                match out {
+                    Some(p) => tc::ca_export_to(&ca, f, &p).map_err(|e| e.to_string())?,
+                    None => std::io::stdout()
+                        .write_all(&tc::ca_export(&ca, f))
+                        .map_err(|e| e.to_string())?,
+                }
+            }
+            CaAction::New { force, ca_key_type } => {
+                let kt: CaKeyType = ca_key_type.parse()?;
+                print!(
+                    "{}",
+                    tc::ca_new(&dir, kt, force).map_err(|e| e.to_string())?
+                );
+            }
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("luring ca: {e}");
+            1
+        }
+    }
 }
 
 /// Flags of `luring run`; each overrides the config key of the same name.
