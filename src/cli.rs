@@ -118,7 +118,7 @@ pub struct RunArgs {
     /// TOML config file; its keys are the flag names with '-' as '_'.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Proxy mode: `regular` (forward proxy + CONNECT) or `reverse:http://HOST[:PORT]`.
+    /// Proxy mode: `regular` (forward proxy + CONNECT) or `reverse:http[s]://HOST[:PORT]`.
     #[arg(long, value_name = "MODE")]
     pub mode: Option<String>,
     /// Listening address [default: 127.0.0.1:8080]; port 0 picks a free port.
@@ -187,6 +187,33 @@ pub struct RunArgs {
     /// Reload plugins when their files change (SIGHUP always reloads).
     #[arg(long)]
     pub watch: bool,
+    /// CA directory [default: $XDG_CONFIG_HOME/luring, else ~/.luring].
+    #[arg(long, value_name = "DIR")]
+    pub confdir: Option<PathBuf>,
+    /// Key type of a CA created on first run: ecdsa-p256 or rsa2048 [default: ecdsa-p256].
+    #[arg(long, value_name = "TYPE")]
+    pub ca_key_type: Option<String>,
+    /// Extra PEM CA file trusted for upstream certificates (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Do not verify upstream TLS certificates.
+    #[arg(long, short = 'k')]
+    pub insecure: bool,
+    /// Regex on host:port relayed as is, without TLS interception (repeatable).
+    #[arg(long, value_name = "REGEX")]
+    pub ignore_hosts: Vec<String>,
+    /// Regex on host:port: only matching hosts are intercepted (repeatable).
+    #[arg(long, value_name = "REGEX")]
+    pub allow_hosts: Vec<String>,
+    /// Copy the upstream certificate's subject alternative names into minted leaves.
+    #[arg(long)]
+    pub upstream_cert: bool,
+    /// Client certificate (PEM chain + key) presented to HOST, as HOST=FILE (repeatable).
+    #[arg(long, value_name = "HOST=FILE")]
+    pub client_cert: Vec<String>,
+    /// Leaf certificates kept in the cache [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub cert_cache_size: Option<usize>,
 }
 
 impl RunArgs {
@@ -217,8 +244,19 @@ impl RunArgs {
             pool_max_idle,
             max_connections,
             max_plugin_body,
-            hook_budget_ms
+            hook_budget_ms,
+            ca_key_type,
+            cert_cache_size
         );
+        if self.confdir.is_some() {
+            c.confdir = self.confdir.clone();
+        }
+        c.insecure |= self.insecure;
+        c.upstream_cert |= self.upstream_cert;
+        c.upstream_ca.extend(self.upstream_ca.iter().cloned());
+        c.ignore_hosts.extend(self.ignore_hosts.iter().cloned());
+        c.allow_hosts.extend(self.allow_hosts.iter().cloned());
+        c.client_cert.extend(self.client_cert.iter().cloned());
         c.keep_host_header |= self.keep_host_header;
         c.watch |= self.watch;
         if !self.plugins.is_empty() {

@@ -353,7 +353,7 @@ impl UserData for LReq {
                 b"body" => this.env.with(|r| body_value(lua, &r.body)),
                 b"trailers" => this.env.with(|r| match r.trailers {
                     // trailers come after the body: asking for them reads it first
-                    _ if matches!(r.body, Body::Streaming) => body_value(lua, &r.body),
+                    None if matches!(r.body, Body::Streaming) => body_value(lua, &r.body),
                     Some(_) => Ok(Value::UserData(lua.create_userdata(LHeaders {
                         src: HSrc::ReqTrailers(this.env.clone()),
                         read_only: this.read_only,
@@ -449,7 +449,7 @@ impl UserData for LResp {
                 b"body" => this.env.with(|r| body_value(lua, &r.body)),
                 b"trailers" => this.env.with(|r| match r.trailers {
                     // trailers come after the body: asking for them reads it first
-                    _ if matches!(r.body, Body::Streaming) => body_value(lua, &r.body),
+                    None if matches!(r.body, Body::Streaming) => body_value(lua, &r.body),
                     Some(_) => Ok(Value::UserData(lua.create_userdata(LHeaders {
                         src: HSrc::RespTrailers(this.env.clone()),
                         read_only: false,

@@ -6,12 +6,15 @@ use crate::config::Mode;
 use crate::http::{Body, Request, RequestHead, Response, Target, Version};
 use crate::io::Stream;
 use crate::plugin::{ConnInfo, Engine, Event, Phase, Step, Suspended};
+use crate::proto::client_hello::ClientHello;
 use crate::proto::http1::{
     parse_request_head, parse_response_head, request_body_kind, response_body_kind, BodyDecoder,
     BodyKind, HeadError,
 };
 use crate::proxy::relay::{self, Buffered, Output, RelayError};
 use crate::proxy::respond::{self, error_response, CONTINUE_100};
+use crate::proxy::tls::WorkerTls;
+use crate::proxy::tunnel::PendingRead;
 use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
 use crate::proxy::worker::{Counters, Worker};
 use bytes::{Bytes, BytesMut};
@@ -58,6 +61,8 @@ pub struct ClientConn {
     pub bytes_in: u64,
     /// Bytes sent to the client.
     pub bytes_out: u64,
+    /// Inside an intercepted CONNECT tunnel: the authority its requests go to (https).
+    intercept: Option<String>,
 }
 
 fn now_unix() -> f64 {
@@ -77,11 +82,30 @@ impl ClientConn {
             buf: BytesMut::with_capacity(8 * 1024),
             bytes_in: 0,
             bytes_out: 0,
+            intercept: None,
         }
     }
 
     /// Serves requests until either side ends the connection.
     pub async fn run(&mut self) {
+        if let Mode::Reverse(up) = &self.w.mode {
+            // reverse mode terminates TLS from clients and accepts plaintext too
+            let host = up.host.clone();
+            let t = self.w.timeouts.head;
+            match WorkerTls::read_client_hello(&self.stream, &mut self.buf, t).await {
+                Ok(Some(hello)) => {
+                    // requests keep going to the configured upstream: no intercept authority
+                    if self.start_tls(&hello, &host, None).await == Next::Close {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::debug!(conn = self.info.conn_id, "{why}");
+                    return;
+                }
+            }
+        }
         let mut drain = self.w.draining.subscribe();
         let mut first = true;
         loop {
@@ -213,6 +237,23 @@ impl ClientConn {
             timestamp_start: now_unix(),
         };
         let is_connect = req.method.as_ref() == b"CONNECT";
+        if let Some(authority) = &self.intercept {
+            if is_connect {
+                return Err((405, "CONNECT inside an intercepted tunnel".into()));
+            }
+            let path = if target.starts_with(b"/") || target.as_ref() == b"*" {
+                String::from_utf8(target.to_vec())
+                    .map_err(|_| (400, "request target is not UTF-8".to_string()))?
+            } else {
+                Target::parse_absolute(&target)
+                    .ok_or((400, "bad request target".to_string()))?
+                    .path
+            };
+            req.scheme = "https".into();
+            req.authority = authority.clone();
+            req.path = Some(path);
+            return Ok(req);
+        }
         match &self.w.mode {
             Mode::Regular if is_connect => {
                 let t = Target::parse_authority(&target)
@@ -345,15 +386,22 @@ impl ClientConn {
                 }
                 _ => {
                     Counters::bump(&self.w.counters.upstream_connects);
+                    let tls = (key.scheme == "https").then_some(&self.w.tls);
                     match upstream::connect(
                         self.w.backend,
                         &key.host,
                         key.port,
                         self.w.timeouts.connect,
+                        tls,
                     )
                     .await
                     {
-                        Ok(u) => u,
+                        Ok(u) => {
+                            if let Some(info) = &u.tls_info {
+                                crate::proxy::fire_tls_hook(&self.w, &self.info, info);
+                            }
+                            u
+                        }
                         Err(ConnectError::Timeout(t)) => return self.fail(504, &t).await,
                         Err(ConnectError::Resolve(t) | ConnectError::Connect(t)) => {
                             return self.fail(502, &t).await
@@ -772,11 +820,13 @@ impl ClientConn {
         Decision::Forward
     }
 
-    /// CONNECT: answer 200 and relay bytes both ways.
+    /// CONNECT: answer 200, then intercept TLS inside the tunnel (the requests then
+    /// arrive on this same connection), or relay the bytes both ways unchanged.
     async fn tunnel(&mut self, req: Request, engine: Option<&Engine>) -> Next {
         let host = req.host();
         let port = req.port();
-        let up = match upstream::connect(self.w.backend, &host, port, self.w.timeouts.connect).await
+        let up = match upstream::connect(self.w.backend, &host, port, self.w.timeouts.connect, None)
+            .await
         {
             Ok(u) => u,
             Err(ConnectError::Timeout(t)) => return self.fail(504, &t).await,
@@ -794,14 +844,105 @@ impl ClientConn {
             up.stream.shutdown(Shutdown::Both);
             return Next::Close;
         }
-        let early = std::mem::take(&mut self.buf);
-        let stats =
-            crate::proxy::tunnel::run(&self.stream, early, &up.stream, up.buf, engine, &self.info)
-                .await;
+        let mut early = std::mem::take(&mut self.buf);
+        let mut pending: [Option<PendingRead<'_>>; 2] = [None, None];
+        let mut upstream_early = BytesMut::new();
+        if self.intercept.is_none() && self.w.tls.intercepts(&host, port) {
+            // Who speaks first decides: a client ClientHello is intercepted; a server
+            // greeting (SMTP, SSH...) means a plain relay. Neither read can be cancelled,
+            // so the one still in flight is handed to the relay.
+            if early.is_empty() {
+                let mut client_read: PendingRead<'_> =
+                    Box::pin(self.stream.read(BytesMut::with_capacity(16 * 1024)));
+                let mut upstream_read: PendingRead<'_> =
+                    Box::pin(up.stream.read(BytesMut::with_capacity(relay::READ_BUF)));
+                tokio::select! {
+                    (res, b) = &mut client_read => {
+                        early = b;
+                        if !matches!(res, Ok(n) if n > 0) {
+                            up.stream.shutdown(Shutdown::Both);
+                            return Next::Close;
+                        }
+                        pending[1] = Some(upstream_read);
+                    }
+                    (res, b) = &mut upstream_read => {
+                        upstream_early = b;
+                        if !matches!(res, Ok(n) if n > 0) {
+                            self.stream.shutdown(Shutdown::Both);
+                            return Next::Close;
+                        }
+                        pending[0] = Some(client_read);
+                    }
+                }
+            }
+            if pending[0].is_none()
+                && crate::proto::client_hello::is_tls_client_hello_start(&early) != Some(false)
+            {
+                drop(pending);
+                up.stream.shutdown(Shutdown::Both);
+                self.buf = early;
+                let head_timeout = self.w.timeouts.head;
+                return match WorkerTls::read_client_hello(&self.stream, &mut self.buf, head_timeout)
+                    .await
+                {
+                    Ok(Some(hello)) => {
+                        self.start_tls(&hello, &host, Some(req.authority.clone()))
+                            .await
+                    }
+                    Ok(None) => Next::Close,
+                    Err(why) => {
+                        tracing::info!(conn = self.info.conn_id, "tunnel to {host}:{port}: {why}");
+                        Next::Close
+                    }
+                };
+            }
+        }
+        upstream_early.extend_from_slice(&up.buf);
+        let stats = crate::proxy::tunnel::run(
+            &self.stream,
+            early,
+            &up.stream,
+            upstream_early,
+            engine,
+            &self.info,
+            pending,
+        )
+        .await;
         self.bytes_in += stats.up;
         self.bytes_out += stats.down;
         up.stream.shutdown(Shutdown::Both);
         Next::Close
+    }
+
+    /// Terminates the client's TLS; later requests on this connection go to
+    /// `authority` over TLS.
+    async fn start_tls(
+        &mut self,
+        hello: &ClientHello,
+        host: &str,
+        authority: Option<String>,
+    ) -> Next {
+        let head_timeout = self.w.timeouts.head;
+        let w = self.w.clone();
+        match w
+            .tls
+            .accept(&mut self.stream, &mut self.buf, hello, host, head_timeout)
+            .await
+        {
+            Ok(acc) => {
+                self.info.sni = Some(acc.server_name);
+                crate::proxy::fire_tls_hook(&self.w, &self.info, &acc.info);
+                self.intercept = authority.map(|a| a.trim_end_matches(":443").to_string());
+                Next::KeepAlive
+            }
+            Err(why) => {
+                tracing::info!(
+                    conn = self.info.conn_id,
+                    "TLS interception of {host}: {why}"
+                );
+                Next::Close
+            }
+        }
     }
 }
 

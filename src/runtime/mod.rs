@@ -21,6 +21,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if !cfg.plugins.is_empty() {
         crate::plugin::check(&cfg.plugins).map_err(|e| format!("plugins rejected:\n{e}"))?;
     }
+    let tls = Arc::new(crate::proxy::tls::TlsSetup::from_config(&cfg)?);
     let n = cfg.worker_count();
     let listeners = bind_group(cfg.listen, n)?;
     let addr = listeners[0]
@@ -36,6 +37,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let mode = mode.clone();
         let control = control_rx.clone();
         let ready = ready_tx.clone();
+        let tls = tls.clone();
         let t = std::thread::Builder::new()
             .name(format!("luring-w{index}"))
             .spawn(move || {
@@ -49,6 +51,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                         listener,
                         control,
                         ready: ready2,
+                        tls,
                     })
                 });
                 if let Err(e) = r {
