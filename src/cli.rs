@@ -26,6 +26,90 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Manage the local CA used for TLS interception.
+    Ca {
+        /// Config directory [default: $XDG_CONFIG_HOME/luring, else ~/.luring].
+        #[arg(long, value_name = "DIR", global = true)]
+        confdir: Option<PathBuf>,
+        /// What to do with the CA.
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+/// `luring ca` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum CaAction {
+    /// Print the config directory and the CA file paths.
+    Path,
+    /// Show subject, SHA-256 fingerprint, validity and how to trust the CA (creates it if missing).
+    Show {
+        /// Key type when the CA has to be created: ecdsa-p256 or rsa2048.
+        #[arg(long, default_value = "ecdsa-p256", value_name = "TYPE")]
+        ca_key_type: String,
+    },
+    /// Write the CA certificate (never the key) to stdout or a file.
+    Export {
+        /// pem or der.
+        #[arg(long, default_value = "pem", value_name = "FORMAT")]
+        format: String,
+        /// Output file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Create a new CA, replacing the current one only with --force (rotation).
+    New {
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+        /// ecdsa-p256 or rsa2048.
+        #[arg(long, default_value = "ecdsa-p256", value_name = "TYPE")]
+        ca_key_type: String,
+    },
+}
+
+/// `luring ca ...`: returns the exit code.
+pub fn ca_command(confdir: Option<PathBuf>, action: CaAction) -> i32 {
+    use crate::tls::ca::{Ca, CaKeyType, Confdir};
+    use crate::tls::cli as tc;
+    use std::io::Write;
+    let run = || -> Result<(), String> {
+        let dir = Confdir::resolve(confdir).map_err(|e| e.to_string())?;
+        match action {
+            CaAction::Path => print!("{}", tc::ca_path(&dir)),
+            CaAction::Show { ca_key_type } => {
+                let kt: CaKeyType = ca_key_type.parse()?;
+                let ca = Ca::load_or_create(&dir, kt).map_err(|e| e.to_string())?;
+                print!("{}", tc::ca_show(&ca));
+            }
+            CaAction::Export { format, out } => {
+                let f: tc::ExportFormat = format.parse()?;
+                let ca =
+                    Ca::load_or_create(&dir, CaKeyType::default()).map_err(|e| e.to_string())?;
+                match out {
+                    Some(p) => tc::ca_export_to(&ca, f, &p).map_err(|e| e.to_string())?,
+                    None => std::io::stdout()
+                        .write_all(&tc::ca_export(&ca, f))
+                        .map_err(|e| e.to_string())?,
+                }
+            }
+            CaAction::New { force, ca_key_type } => {
+                let kt: CaKeyType = ca_key_type.parse()?;
+                print!(
+                    "{}",
+                    tc::ca_new(&dir, kt, force).map_err(|e| e.to_string())?
+                );
+            }
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("luring ca: {e}");
+            1
+        }
+    }
 }
 
 /// Flags of `luring run`; each overrides the config key of the same name.
@@ -34,7 +118,7 @@ pub struct RunArgs {
     /// TOML config file; its keys are the flag names with '-' as '_'.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Proxy mode: `regular` (forward proxy + CONNECT) or `reverse:http://HOST[:PORT]`.
+    /// Proxy mode: `regular` (forward proxy + CONNECT) or `reverse:http[s]://HOST[:PORT]`.
     #[arg(long, value_name = "MODE")]
     pub mode: Option<String>,
     /// Listening address [default: 127.0.0.1:8080]; port 0 picks a free port.
@@ -103,6 +187,33 @@ pub struct RunArgs {
     /// Reload plugins when their files change (SIGHUP always reloads).
     #[arg(long)]
     pub watch: bool,
+    /// CA directory [default: $XDG_CONFIG_HOME/luring, else ~/.luring].
+    #[arg(long, value_name = "DIR")]
+    pub confdir: Option<PathBuf>,
+    /// Key type of a CA created on first run: ecdsa-p256 or rsa2048 [default: ecdsa-p256].
+    #[arg(long, value_name = "TYPE")]
+    pub ca_key_type: Option<String>,
+    /// Extra PEM CA file trusted for upstream certificates (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Do not verify upstream TLS certificates.
+    #[arg(long, short = 'k')]
+    pub insecure: bool,
+    /// Regex on host:port relayed as is, without TLS interception (repeatable).
+    #[arg(long, value_name = "REGEX")]
+    pub ignore_hosts: Vec<String>,
+    /// Regex on host:port: only matching hosts are intercepted (repeatable).
+    #[arg(long, value_name = "REGEX")]
+    pub allow_hosts: Vec<String>,
+    /// Copy the upstream certificate's subject alternative names into minted leaves.
+    #[arg(long)]
+    pub upstream_cert: bool,
+    /// Client certificate (PEM chain + key) presented to HOST, as HOST=FILE (repeatable).
+    #[arg(long, value_name = "HOST=FILE")]
+    pub client_cert: Vec<String>,
+    /// Leaf certificates kept in the cache [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub cert_cache_size: Option<usize>,
 }
 
 impl RunArgs {
@@ -133,8 +244,19 @@ impl RunArgs {
             pool_max_idle,
             max_connections,
             max_plugin_body,
-            hook_budget_ms
+            hook_budget_ms,
+            ca_key_type,
+            cert_cache_size
         );
+        if self.confdir.is_some() {
+            c.confdir = self.confdir.clone();
+        }
+        c.insecure |= self.insecure;
+        c.upstream_cert |= self.upstream_cert;
+        c.upstream_ca.extend(self.upstream_ca.iter().cloned());
+        c.ignore_hosts.extend(self.ignore_hosts.iter().cloned());
+        c.allow_hosts.extend(self.allow_hosts.iter().cloned());
+        c.client_cert.extend(self.client_cert.iter().cloned());
         c.keep_host_header |= self.keep_host_header;
         c.watch |= self.watch;
         if !self.plugins.is_empty() {

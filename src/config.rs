@@ -20,7 +20,7 @@ pub enum Mode {
 /// A fixed upstream for reverse mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
-    /// "http" (https lands with TLS interception).
+    /// "http" or "https".
     pub scheme: String,
     /// Host name or IP literal.
     pub host: String,
@@ -55,11 +55,11 @@ impl Mode {
             ));
         };
         let t = crate::http::Target::parse_absolute(url.as_bytes()).ok_or_else(|| {
-            format!("bad reverse upstream URL '{url}' (expected http://HOST[:PORT])")
+            format!("bad reverse upstream URL '{url}' (expected http[s]://HOST[:PORT])")
         })?;
-        if t.scheme != "http" {
+        if t.scheme != "http" && t.scheme != "https" {
             return Err(format!(
-                "reverse upstream scheme '{}' is not supported yet (only http)",
+                "reverse upstream scheme '{}' is not supported (http or https)",
                 t.scheme
             ));
         }
@@ -131,6 +131,24 @@ pub struct Config {
     pub set_response_header: Vec<String>,
     /// Reload plugins when their files change.
     pub watch: bool,
+    /// Directory of the CA (default $XDG_CONFIG_HOME/luring, else ~/.luring).
+    pub confdir: Option<PathBuf>,
+    /// Key type of a newly created CA: ecdsa-p256 or rsa2048.
+    pub ca_key_type: String,
+    /// Extra CA files trusted for upstream certificates.
+    pub upstream_ca: Vec<PathBuf>,
+    /// Do not verify upstream certificates.
+    pub insecure: bool,
+    /// host:port regexes relayed without interception.
+    pub ignore_hosts: Vec<String>,
+    /// host:port regexes that alone are intercepted.
+    pub allow_hosts: Vec<String>,
+    /// Copy the upstream certificate's names into minted leaves.
+    pub upstream_cert: bool,
+    /// HOST=FILE client certificates presented to upstreams.
+    pub client_cert: Vec<String>,
+    /// Leaf certificate cache entries.
+    pub cert_cache_size: usize,
 }
 
 impl Default for Config {
@@ -159,6 +177,15 @@ impl Default for Config {
             set_request_header: Vec::new(),
             set_response_header: Vec::new(),
             watch: false,
+            confdir: None,
+            ca_key_type: "ecdsa-p256".into(),
+            upstream_ca: Vec::new(),
+            insecure: false,
+            ignore_hosts: Vec::new(),
+            allow_hosts: Vec::new(),
+            upstream_cert: false,
+            client_cert: Vec::new(),
+            cert_cache_size: 10_000,
         }
     }
 }

@@ -9,3 +9,4 @@ pub mod plugin;
 pub mod proto;
 pub mod proxy;
 pub mod runtime;
+pub mod tls;

@@ -26,6 +26,7 @@ fn main() {
             }
         },
         Command::Check { files } => luring::cli::check_command(&files),
+        Command::Ca { confdir, action } => luring::cli::ca_command(confdir, action),
     };
     std::process::exit(code);
 }

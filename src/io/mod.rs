@@ -13,8 +13,10 @@
 //! - a read into a full buffer returns 0 like EOF, so callers always pass spare capacity.
 
 mod probe;
+pub mod tls;
 
 pub use probe::{probe_uring, Backend, IoChoice};
+pub use tls::TlsStream;
 
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
@@ -29,6 +31,14 @@ pub enum Stream {
     Uring(tokio_uring::net::TcpStream),
     /// epoll-backed stream.
     Epoll(tokio::net::TcpStream),
+    /// TLS session over another stream.
+    Tls(Box<TlsStream>),
+    /// Placeholder left while a stream is being wrapped; every operation fails.
+    Detached,
+}
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "stream detached")
 }
 
 /// A listening socket on either backend.
@@ -80,12 +90,30 @@ impl Stream {
         match self {
             Stream::Uring(s) => s.set_nodelay(on),
             Stream::Epoll(s) => s.set_nodelay(on),
+            Stream::Tls(t) => t.inner().set_nodelay(on),
+            Stream::Detached => Err(detached()),
         }
     }
 
     /// Reads into the spare capacity of `buf` (appending after its current length).
     /// Returns the byte count (0 = EOF). `buf` must have spare capacity.
-    pub async fn read(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+    pub async fn read(&self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        match self {
+            Stream::Tls(t) => t.read(buf).await,
+            _ => self.read_plain(buf).await,
+        }
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&self, buf: Bytes) -> io::Result<()> {
+        match self {
+            Stream::Tls(t) => t.write_all(&buf).await,
+            _ => self.write_plain(buf).await,
+        }
+    }
+
+    /// [`Stream::read`] on the socket itself (TLS reads its ciphertext with it).
+    pub(crate) async fn read_plain(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         if buf.capacity() == buf.len() {
             buf.reserve(16 * 1024);
         }
@@ -105,11 +133,12 @@ impl Stream {
                     Err(e) => return (Err(e), buf),
                 }
             },
+            Stream::Tls(_) | Stream::Detached => (Err(detached()), buf),
         }
     }
 
-    /// Writes all of `buf`.
-    pub async fn write_all(&self, buf: Bytes) -> io::Result<()> {
+    /// [`Stream::write_all`] on the socket itself.
+    pub(crate) async fn write_plain(&self, buf: Bytes) -> io::Result<()> {
         match self {
             Stream::Uring(s) => s.write_all(buf).await.0,
             Stream::Epoll(s) => {
@@ -125,6 +154,7 @@ impl Stream {
                 }
                 Ok(())
             }
+            Stream::Tls(_) | Stream::Detached => Err(detached()),
         }
     }
 
@@ -136,6 +166,10 @@ impl Stream {
             1 => return self.write_all(bufs.pop().unwrap_or_default()).await,
             _ => {}
         }
+        if let Stream::Tls(t) = self {
+            // one flush: every piece becomes records in a single socket write
+            return t.write_all(&bufs.concat()).await;
+        }
         while !bufs.is_empty() {
             let mut n = match self {
                 Stream::Uring(s) => {
@@ -143,6 +177,7 @@ impl Stream {
                     bufs = back;
                     res?
                 }
+                Stream::Tls(_) | Stream::Detached => return Err(detached()),
                 Stream::Epoll(s) => {
                     s.writable().await?;
                     let slices: Vec<io::IoSlice<'_>> =
@@ -173,12 +208,31 @@ impl Stream {
         Ok(())
     }
 
+    /// Starts TLS on this stream in place; `early` holds bytes already read from the peer.
+    pub fn wrap_tls(&mut self, conn: impl Into<rustls::Connection>, early: BytesMut) {
+        let inner = std::mem::replace(self, Stream::Detached);
+        *self = Stream::Tls(Box::new(TlsStream::new(inner, conn, early)));
+    }
+
+    /// The TLS session, when this stream is one.
+    pub fn tls(&self) -> Option<&TlsStream> {
+        match self {
+            Stream::Tls(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// Shuts down one or both directions. Also the way to make an abandoned in-flight
     /// io_uring operation complete (see module docs).
     pub fn shutdown(&self, how: Shutdown) {
         let _ = match self {
             Stream::Uring(s) => s.shutdown(how),
             Stream::Epoll(s) => socket2::SockRef::from(s).shutdown(how),
+            Stream::Tls(t) => {
+                t.shutdown(how);
+                Ok(())
+            }
+            Stream::Detached => Ok(()),
         };
     }
 }

@@ -1,3 +1,4 @@
 //! Sans-IO protocol code: bytes in, events and bytes out. No sockets, no clocks, no Lua.
 
+pub mod client_hello;
 pub mod http1;

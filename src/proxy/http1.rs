@@ -6,12 +6,15 @@ use crate::config::Mode;
 use crate::http::{Body, Request, RequestHead, Response, Target, Version};
 use crate::io::Stream;
 use crate::plugin::{ConnInfo, Engine, Event, Phase, Step, Suspended};
+use crate::proto::client_hello::ClientHello;
 use crate::proto::http1::{
     parse_request_head, parse_response_head, request_body_kind, response_body_kind, BodyDecoder,
     BodyKind, HeadError,
 };
 use crate::proxy::relay::{self, Buffered, Output, RelayError};
 use crate::proxy::respond::{self, error_response, CONTINUE_100};
+use crate::proxy::tls::WorkerTls;
+use crate::proxy::tunnel::PendingRead;
 use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
 use crate::proxy::worker::{Counters, Worker};
 use bytes::{Bytes, BytesMut};
@@ -58,6 +61,8 @@ pub struct ClientConn {
     pub bytes_in: u64,
     /// Bytes sent to the client.
     pub bytes_out: u64,
+    /// Inside an intercepted CONNECT tunnel: the authority its requests go to (https).
+    intercept: Option<String>,
 }
 
 fn now_unix() -> f64 {
@@ -77,11 +82,30 @@ impl ClientConn {
             buf: BytesMut::with_capacity(8 * 1024),
             bytes_in: 0,
             bytes_out: 0,
+            intercept: None,
         }
     }
 
     /// Serves requests until either side ends the connection.
     pub async fn run(&mut self) {
+        if let Mode::Reverse(up) = &self.w.mode {
+            // reverse mode terminates TLS from clients and accepts plaintext too
+            let host = up.host.clone();
+            let t = self.w.timeouts.head;
+            match WorkerTls::read_client_hello(&self.stream, &mut self.buf, t).await {
+                Ok(Some(hello)) => {
+                    // requests keep going to the configured upstream: no intercept authority
+                    if self.start_tls(&hello, &host, None).await == Next::Close {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::debug!(conn = self.info.conn_id, "{why}");
+                    return;
+                }
+            }
+        }
         let mut drain = self.w.draining.subscribe();
         let mut first = true;
         loop {
@@ -213,6 +237,23 @@ impl ClientConn {
             timestamp_start: now_unix(),
         };
         let is_connect = req.method.as_ref() == b"CONNECT";
+        if let Some(authority) = &self.intercept {
+            if is_connect {
+                return Err((405, "CONNECT inside an intercepted tunnel".into()));
+            }
+            let path = if target.starts_with(b"/") || target.as_ref() == b"*" {
+                String::from_utf8(target.to_vec())
+                    .map_err(|_| (400, "request target is not UTF-8".to_string()))?
+            } else {
+                Target::parse_absolute(&target)
+                    .ok_or((400, "bad request target".to_string()))?
+                    .path
+            };
+            req.scheme = "https".into();
+            req.authority = authority.clone();
+            req.path = Some(path);
+            return Ok(req);
+        }
         match &self.w.mode {
             Mode::Regular if is_connect => {
                 let t = Target::parse_authority(&target)
@@ -345,15 +386,22 @@ impl ClientConn {
                 }
                 _ => {
                     Counters::bump(&self.w.counters.upstream_connects);
+                    let tls = (key.scheme == "https").then_some(&self.w.tls);
                     match upstream::connect(
                         self.w.backend,
                         &key.host,
                         key.port,
                         self.w.timeouts.connect,
+                        tls,
                     )
                     .await
                     {
-                        Ok(u) => u,
+                        Ok(u) => {
+                            if let Some(info) = &u.tls_info {
+                                crate::proxy::fire_tls_hook(&self.w, &self.info, info);
+                            }
+                            u
+                        }
                         Err(ConnectError::Timeout(t)) => return self.fail(504, &t).await,
                         Err(ConnectError::Resolve(t) | ConnectError::Connect(t)) => {
                             return self.fail(502, &t).await
@@ -362,8 +410,15 @@ impl ClientConn {
                 }
             };
             self.info.server_addr = Some(up.addr);
-            match self.send_request(&mut req, &mut body, &mut up).await {
-                Ok(()) => {}
+            match self.send_and_receive(&mut req, &mut body, &mut up).await {
+                Ok((h, complete)) => {
+                    if !complete {
+                        // the upstream answered before taking the whole body
+                        upload_complete = false;
+                        keep_alive = false;
+                    }
+                    break (up, h);
+                }
                 Err(SendError::Client(why)) => {
                     tracing::debug!(
                         conn = self.info.conn_id,
@@ -372,27 +427,12 @@ impl ClientConn {
                     up.stream.shutdown(Shutdown::Both);
                     return Next::Close;
                 }
-                Err(SendError::Upstream(_)) if up.reused && retryable => continue,
-                Err(SendError::Upstream(why)) => {
-                    // an upstream may answer early (413, 401...) and stop reading the body:
-                    // its response is still the best thing to give the client
-                    upload_complete = false;
-                    keep_alive = false;
-                    match self.read_response_head(&mut up, client_version).await {
-                        Ok(h) => break (up, h),
-                        Err(_) => {
-                            up.stream.shutdown(Shutdown::Both);
-                            let text =
-                                format!("upstream failed while receiving the request: {why}");
-                            return self.fail(502, &text).await;
-                        }
-                    }
+                Err(SendError::Upstream(RespError::Closed))
+                    if up.reused && retryable && attempt == 1 =>
+                {
+                    continue
                 }
-            }
-            match self.read_response_head(&mut up, client_version).await {
-                Ok(h) => break (up, h),
-                Err(RespError::Closed) if up.reused && retryable && attempt == 1 => continue,
-                Err(e) => {
+                Err(SendError::Upstream(e)) => {
                     up.stream.shutdown(Shutdown::Both);
                     let (status, text) = e.status_text(self.w.timeouts.upstream);
                     return self.fail(status, &text).await;
@@ -469,9 +509,15 @@ impl ClientConn {
             keep_alive = false;
         }
         let close = !keep_alive || self.w.is_draining();
-        respond::fix_framing(&mut resp.headers, &resp.body, rkind, chunked_ok);
+        respond::fix_framing(
+            &mut resp.headers,
+            &resp.body,
+            resp.trailers.as_ref(),
+            rkind,
+            chunked_ok,
+        );
         let mut head_buf = BytesMut::with_capacity(256 + resp.headers.len() * 48);
-        respond::response_head(&resp, close, &mut head_buf);
+        respond::response_head(&mut resp, close, &mut head_buf);
         let upstream_done;
         match std::mem::replace(&mut resp.body, Body::Streaming) {
             Body::Full(b) => {
@@ -479,7 +525,10 @@ impl ClientConn {
                 let parts = if is_head {
                     vec![head_buf.freeze()]
                 } else {
-                    vec![head_buf.freeze(), b]
+                    vec![
+                        head_buf.freeze(),
+                        respond::full_body_wire(&b, resp.trailers.as_ref(), chunked_ok),
+                    ]
                 };
                 let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
                 self.bytes_out += n;
@@ -545,9 +594,9 @@ impl ClientConn {
         req: &mut Request,
         body: &mut ReqBody,
     ) -> Decision {
-        let hooked = engine.filter(|e| e.has(Event::HttpOnRequest));
-        for phase in [Phase::Pre, Phase::Post] {
-            if matches!(phase, Phase::Post) {
+        let hooked = engine.filter(|e| e.has(Event::HttpRequest));
+        for phase in [Phase::PrePipeline, Phase::PostPipeline] {
+            if matches!(phase, Phase::PostPipeline) {
                 self.w.pipeline.on_request(req);
             }
             let Some(e) = hooked else { continue };
@@ -604,108 +653,116 @@ impl ClientConn {
         Ok(())
     }
 
-    /// Writes the request head and body upstream.
-    async fn send_request(
+    /// Writes the request upstream and reads the final response head. A streamed body is
+    /// uploaded while the upstream is watched, so an early final response (413, 401...)
+    /// reaches the client even when it holds its body back. Returns the head and whether
+    /// the whole request body went upstream.
+    async fn send_and_receive(
         &mut self,
         req: &mut Request,
         body: &mut ReqBody,
         up: &mut Upstream,
-    ) -> Result<(), SendError> {
+    ) -> Result<(crate::http::ResponseHead, bool), SendError> {
         // luring answers Expect itself (as nginx does), so the upstream never waits on it
         req.headers.remove("expect");
-        respond::fix_framing(&mut req.headers, &req.body, body.kind, true);
+        respond::fix_framing(
+            &mut req.headers,
+            &req.body,
+            req.trailers.as_ref(),
+            body.kind,
+            true,
+        );
         let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
         respond::request_head(req, &mut head);
-        match &req.body {
-            Body::Full(b) => up
-                .stream
-                .write_all_vectored(vec![head.freeze(), b.clone()])
-                .await
-                .map_err(|e| SendError::Upstream(e.to_string())),
-            _ => {
-                if let Some(p) = body.prefix.take() {
-                    head.extend_from_slice(&p);
-                }
-                if body.dec.is_done() {
-                    return up
-                        .stream
-                        .write_all(head.freeze())
-                        .await
-                        .map_err(|e| SendError::Upstream(e.to_string()));
-                }
-                if !self.pay_continue(body).await {
-                    return Err(SendError::Client("client went away".into()));
-                }
-                let r = relay::body(
-                    &self.stream,
-                    &mut self.buf,
-                    &up.stream,
-                    &mut body.dec,
-                    Some(head),
-                    Output::Verbatim,
-                    self.w.timeouts.idle,
-                )
-                .await;
-                match r {
-                    Ok(n) => {
-                        self.bytes_in += n;
-                        Ok(())
+        let limits = self.w.limits;
+        let t = self.w.timeouts;
+        let streamed = !matches!(req.body, Body::Full(_)) && !body.dec.is_done();
+        let (interim, result) = if !streamed {
+            let parts = match &req.body {
+                Body::Full(b) => vec![
+                    head.freeze(),
+                    respond::full_body_wire(b, req.trailers.as_ref(), true),
+                ],
+                _ => {
+                    if let Some(p) = body.prefix.take() {
+                        head.extend_from_slice(&p);
                     }
-                    Err(RelayError::Source(why)) => Err(SendError::Client(why)),
-                    Err(RelayError::Sink(e)) => Err(SendError::Upstream(e.to_string())),
+                    vec![head.freeze()]
                 }
+            };
+            if let Err(e) = up.stream.write_all_vectored(parts).await {
+                tracing::debug!(conn = self.info.conn_id, "upstream write failed: {e}");
+                return Err(SendError::Upstream(RespError::Closed));
             }
-        }
-    }
-
-    /// Reads the final response head, passing 1xx interim responses to the client.
-    async fn read_response_head(
-        &mut self,
-        up: &mut Upstream,
-        client_version: Version,
-    ) -> Result<crate::http::ResponseHead, RespError> {
-        let deadline = Instant::now() + self.w.timeouts.upstream;
-        let mut seen_any = false;
-        loop {
-            if !up.buf.is_empty() {
-                seen_any = true;
-                match parse_response_head(&up.buf, &self.w.limits) {
-                    Ok(Some((h, n))) => {
-                        let _ = up.buf.split_to(n);
-                        match h.status {
-                            101 => {
-                                return Err(RespError::Bad(
-                                    "protocol upgrades are not supported yet".into(),
-                                ))
+            let r = read_response_head(&up.stream, &mut up.buf, &limits, Some(t.upstream)).await;
+            match r {
+                Ok((interim, h)) => (interim, Ok((h, true))),
+                Err(e) => return Err(SendError::Upstream(e)),
+            }
+        } else {
+            if let Some(p) = body.prefix.take() {
+                head.extend_from_slice(&p);
+            }
+            if !self.pay_continue(body).await {
+                return Err(SendError::Client("client went away".into()));
+            }
+            let Upstream {
+                stream: ups,
+                buf: upbuf,
+                ..
+            } = up;
+            let upload = relay::body(
+                &self.stream,
+                &mut self.buf,
+                ups,
+                &mut body.dec,
+                Some(head),
+                Output::Verbatim,
+                t.idle,
+            );
+            // no deadline while the upload runs: a long upload is not a slow upstream
+            let response = read_response_head(ups, upbuf, &limits, None);
+            tokio::pin!(upload);
+            tokio::pin!(response);
+            let mut uploaded = 0;
+            let outcome = tokio::select! {
+                biased;
+                r = &mut response => r.map(|(i, h)| (i, h, false)),
+                u = &mut upload => match u {
+                    Ok(n) => {
+                        uploaded = n;
+                        match tokio::time::timeout(t.upstream, &mut response).await {
+                            Ok(r) => r.map(|(i, h)| (i, h, true)),
+                            Err(_) => {
+                                ups.shutdown(Shutdown::Both);
+                                Err(RespError::Timeout)
                             }
-                            100 => continue,
-                            102..=199 => {
-                                if client_version == Version::Http11 {
-                                    let mut out = BytesMut::new();
-                                    crate::proto::http1::encode_response_head(&h, &mut out);
-                                    let _ = self.write(out.freeze()).await;
-                                }
-                                continue;
-                            }
-                            _ => return Ok(h),
                         }
                     }
-                    Ok(None) => {}
-                    Err(e) => return Err(RespError::Bad(e.to_string())),
-                }
+                    Err(RelayError::Source(why)) => {
+                        ups.shutdown(Shutdown::Both);
+                        return Err(SendError::Client(why));
+                    }
+                    // the upstream stopped reading; it may have answered already
+                    Err(RelayError::Sink(_)) => response.await.map(|(i, h)| (i, h, false)),
+                },
+            };
+            self.bytes_in += uploaded;
+            match outcome {
+                Ok((interim, h, complete)) => (interim, Ok((h, complete))),
+                Err(e) => return Err(SendError::Upstream(e)),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match relay::read_some(&up.stream, &mut up.buf, left).await {
-                Ok(0) if seen_any => return Err(RespError::Bad("upstream closed mid-head".into())),
-                Ok(0) => return Err(RespError::Closed),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(RespError::Timeout)
+        };
+        if req.version == Version::Http11 {
+            for h in interim {
+                let mut out = BytesMut::new();
+                crate::proto::http1::encode_response_head(&h, &mut out);
+                if !self.write(out.freeze()).await {
+                    return Err(SendError::Client("client went away".into()));
                 }
-                Err(_) if !seen_any => return Err(RespError::Closed),
-                Err(e) => return Err(RespError::Bad(e.to_string())),
             }
         }
+        result
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -720,9 +777,9 @@ impl ClientConn {
         kind: BodyKind,
         prefix: &mut Option<BytesMut>,
     ) -> Decision {
-        let hooked = engine.filter(|e| e.has(Event::HttpOnResponse));
-        for phase in [Phase::Pre, Phase::Post] {
-            if matches!(phase, Phase::Post) {
+        let hooked = engine.filter(|e| e.has(Event::HttpResponse));
+        for phase in [Phase::PrePipeline, Phase::PostPipeline] {
+            if matches!(phase, Phase::PostPipeline) {
                 self.w.pipeline.on_response(req, resp);
             }
             let Some(e) = hooked else { continue };
@@ -763,11 +820,13 @@ impl ClientConn {
         Decision::Forward
     }
 
-    /// CONNECT: answer 200 and relay bytes both ways.
+    /// CONNECT: answer 200, then intercept TLS inside the tunnel (the requests then
+    /// arrive on this same connection), or relay the bytes both ways unchanged.
     async fn tunnel(&mut self, req: Request, engine: Option<&Engine>) -> Next {
         let host = req.host();
         let port = req.port();
-        let up = match upstream::connect(self.w.backend, &host, port, self.w.timeouts.connect).await
+        let up = match upstream::connect(self.w.backend, &host, port, self.w.timeouts.connect, None)
+            .await
         {
             Ok(u) => u,
             Err(ConnectError::Timeout(t)) => return self.fail(504, &t).await,
@@ -785,14 +844,154 @@ impl ClientConn {
             up.stream.shutdown(Shutdown::Both);
             return Next::Close;
         }
-        let early = std::mem::take(&mut self.buf);
-        let stats =
-            crate::proxy::tunnel::run(&self.stream, early, &up.stream, up.buf, engine, &self.info)
-                .await;
+        let mut early = std::mem::take(&mut self.buf);
+        let mut pending: [Option<PendingRead<'_>>; 2] = [None, None];
+        let mut upstream_early = BytesMut::new();
+        if self.intercept.is_none() && self.w.tls.intercepts(&host, port) {
+            // Who speaks first decides: a client ClientHello is intercepted; a server
+            // greeting (SMTP, SSH...) means a plain relay. Neither read can be cancelled,
+            // so the one still in flight is handed to the relay.
+            if early.is_empty() {
+                let mut client_read: PendingRead<'_> =
+                    Box::pin(self.stream.read(BytesMut::with_capacity(16 * 1024)));
+                let mut upstream_read: PendingRead<'_> =
+                    Box::pin(up.stream.read(BytesMut::with_capacity(relay::READ_BUF)));
+                tokio::select! {
+                    (res, b) = &mut client_read => {
+                        early = b;
+                        if !matches!(res, Ok(n) if n > 0) {
+                            up.stream.shutdown(Shutdown::Both);
+                            return Next::Close;
+                        }
+                        pending[1] = Some(upstream_read);
+                    }
+                    (res, b) = &mut upstream_read => {
+                        upstream_early = b;
+                        if !matches!(res, Ok(n) if n > 0) {
+                            self.stream.shutdown(Shutdown::Both);
+                            return Next::Close;
+                        }
+                        pending[0] = Some(client_read);
+                    }
+                }
+            }
+            if pending[0].is_none()
+                && crate::proto::client_hello::is_tls_client_hello_start(&early) != Some(false)
+            {
+                drop(pending);
+                up.stream.shutdown(Shutdown::Both);
+                self.buf = early;
+                let head_timeout = self.w.timeouts.head;
+                return match WorkerTls::read_client_hello(&self.stream, &mut self.buf, head_timeout)
+                    .await
+                {
+                    Ok(Some(hello)) => {
+                        self.start_tls(&hello, &host, Some(req.authority.clone()))
+                            .await
+                    }
+                    Ok(None) => Next::Close,
+                    Err(why) => {
+                        tracing::info!(conn = self.info.conn_id, "tunnel to {host}:{port}: {why}");
+                        Next::Close
+                    }
+                };
+            }
+        }
+        upstream_early.extend_from_slice(&up.buf);
+        let stats = crate::proxy::tunnel::run(
+            &self.stream,
+            early,
+            &up.stream,
+            upstream_early,
+            engine,
+            &self.info,
+            pending,
+        )
+        .await;
         self.bytes_in += stats.up;
         self.bytes_out += stats.down;
         up.stream.shutdown(Shutdown::Both);
         Next::Close
+    }
+
+    /// Terminates the client's TLS; later requests on this connection go to
+    /// `authority` over TLS.
+    async fn start_tls(
+        &mut self,
+        hello: &ClientHello,
+        host: &str,
+        authority: Option<String>,
+    ) -> Next {
+        let head_timeout = self.w.timeouts.head;
+        let w = self.w.clone();
+        match w
+            .tls
+            .accept(&mut self.stream, &mut self.buf, hello, host, head_timeout)
+            .await
+        {
+            Ok(acc) => {
+                self.info.sni = Some(acc.server_name);
+                crate::proxy::fire_tls_hook(&self.w, &self.info, &acc.info);
+                self.intercept = authority.map(|a| a.trim_end_matches(":443").to_string());
+                Next::KeepAlive
+            }
+            Err(why) => {
+                tracing::info!(
+                    conn = self.info.conn_id,
+                    "TLS interception of {host}: {why}"
+                );
+                Next::Close
+            }
+        }
+    }
+}
+
+/// Reads up to the final response head; returns the interim (1xx other than 100)
+/// heads to pass on, and the final head. `timeout` None waits as long as it takes.
+async fn read_response_head(
+    stream: &Stream,
+    buf: &mut BytesMut,
+    limits: &crate::proto::http1::Limits,
+    timeout: Option<Duration>,
+) -> Result<(Vec<crate::http::ResponseHead>, crate::http::ResponseHead), RespError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut seen_any = false;
+    let mut interim = Vec::new();
+    loop {
+        if !buf.is_empty() {
+            seen_any = true;
+            match parse_response_head(buf, limits) {
+                Ok(Some((h, n))) => {
+                    let _ = buf.split_to(n);
+                    match h.status {
+                        101 => {
+                            return Err(RespError::Bad(
+                                "protocol upgrades are not supported yet".into(),
+                            ))
+                        }
+                        // luring answered Expect itself; an upstream 100 is redundant
+                        100 => {}
+                        102..=199 => interim.push(h),
+                        _ => return Ok((interim, h)),
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(RespError::Bad(e.to_string())),
+            }
+        }
+        let left = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => Duration::from_secs(86400 * 365),
+        };
+        match relay::read_some(stream, buf, left).await {
+            Ok(0) if seen_any => return Err(RespError::Bad("upstream closed mid-head".into())),
+            Ok(0) => return Err(RespError::Closed),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(RespError::Timeout),
+            Err(_) if !seen_any => return Err(RespError::Closed),
+            Err(e) => return Err(RespError::Bad(e.to_string())),
+        }
     }
 }
 
@@ -807,10 +1006,10 @@ fn resume(
     e.resume_response(s, info, flow_id, req, resp)
 }
 
-/// Why sending a request failed.
+/// Why an exchange with the upstream failed.
 enum SendError {
     Client(String),
-    Upstream(String),
+    Upstream(RespError),
 }
 
 /// Why no response head came.

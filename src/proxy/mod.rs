@@ -10,6 +10,7 @@ pub mod http1;
 pub mod pipeline;
 pub mod relay;
 pub mod respond;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod worker;
@@ -50,7 +51,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
         worker: w.index,
     };
     if let Some(e) = w.engine() {
-        if e.has(Event::ConnectionOnConnect) {
+        if e.has(Event::ConnectionConnect) {
             if let Step::Drop = e.on_connect(&info) {
                 tracing::debug!(conn = info.conn_id, %peer, "dropped by connection.on_connect");
                 stream.shutdown(Shutdown::Both);
@@ -63,7 +64,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
     conn.run().await;
     conn.linger().await;
     if let Some(e) = w.engine() {
-        if e.has(Event::ConnectionOnDisconnect) {
+        if e.has(Event::ConnectionDisconnect) {
             let stats = ConnStats {
                 duration_ms: started.elapsed().as_secs_f64() * 1000.0,
                 bytes_in: conn.bytes_in,
@@ -72,4 +73,22 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
             e.on_disconnect(&conn.info, &stats);
         }
     }
+}
+
+/// Fires tls.on_handshake when a plugin hooks it.
+pub(crate) fn fire_tls_hook(w: &Worker, conn: &ConnInfo, info: &crate::tls::TlsInfo) {
+    let Some(e) = w.engine() else { return };
+    if !e.has(Event::TlsHandshake) {
+        return;
+    }
+    let dict = crate::plugin::TlsInfo {
+        side: info.side.as_str(),
+        sni: info.sni.clone(),
+        alpn: info.alpn.clone(),
+        version_name: info.version_name.map(str::to_string),
+        cipher_name: info.cipher_name.clone(),
+        peer_cert_subject: info.peer_cert_subject.clone(),
+        client_fingerprint: info.client_fingerprint.clone(),
+    };
+    e.tls_handshake(conn, &dict);
 }

@@ -46,9 +46,35 @@ pub fn error_response(status: u16, text: &str) -> Bytes {
 /// The interim response that tells a client to send its body.
 pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// True when a whole body must go out chunked so that its trailers survive.
+pub fn full_needs_chunked(trailers: Option<&Headers>, chunked_ok: bool) -> bool {
+    chunked_ok && trailers.is_some_and(|t| !t.is_empty())
+}
+
+/// Wire form of a whole body: as is, or chunked with its trailers.
+pub fn full_body_wire(b: &Bytes, trailers: Option<&Headers>, chunked_ok: bool) -> Bytes {
+    if !full_needs_chunked(trailers, chunked_ok) {
+        return b.clone();
+    }
+    let mut out = BytesMut::with_capacity(b.len() + 64);
+    crate::proto::http1::encode_chunk(b, &mut out);
+    crate::proto::http1::encode_last_chunk(trailers, &mut out);
+    out.freeze()
+}
+
 /// Sets Content-Length / Transfer-Encoding to match how the body will be sent.
-pub fn fix_framing(h: &mut Headers, body: &Body, kind: BodyKind, chunked_ok: bool) {
+pub fn fix_framing(
+    h: &mut Headers,
+    body: &Body,
+    trailers: Option<&Headers>,
+    kind: BodyKind,
+    chunked_ok: bool,
+) {
     match body {
+        Body::Full(_) if full_needs_chunked(trailers, chunked_ok) => {
+            h.remove("content-length");
+            h.set("transfer-encoding", "chunked");
+        }
         Body::Full(b) => {
             h.remove("transfer-encoding");
             h.set("content-length", b.len().to_string());
@@ -71,35 +97,37 @@ pub fn fix_framing(h: &mut Headers, body: &Body, kind: BodyKind, chunked_ok: boo
     }
 }
 
-/// Encodes the upstream request head (origin-form target, HTTP/1.1).
-pub fn request_head(req: &Request, out: &mut BytesMut) {
+/// Encodes the upstream request head (origin-form target, HTTP/1.1). The headers are
+/// moved out and back rather than cloned: this runs for every request.
+pub fn request_head(req: &mut Request, out: &mut BytesMut) {
     let head = crate::http::RequestHead {
         method: req.method.clone(),
         target: Bytes::from(req.path.clone().unwrap_or_else(|| "/".into())),
         version: Version::Http11,
-        headers: req.headers.clone(),
+        headers: std::mem::take(&mut req.headers),
     };
     encode_request_head(&head, out);
+    req.headers = head.headers;
 }
 
 /// Encodes a response head for the client; `close` adds `Connection: close`.
-pub fn response_head(resp: &Response, close: bool, out: &mut BytesMut) {
-    let mut headers = resp.headers.clone();
+pub fn response_head(resp: &mut Response, close: bool, out: &mut BytesMut) {
     if close {
-        headers.set("connection", "close");
+        resp.headers.set("connection", "close");
     }
     let reason = if resp.reason.is_empty() {
-        reason(resp.status).to_string()
+        Bytes::from_static(reason(resp.status).as_bytes())
     } else {
-        resp.reason.clone()
+        Bytes::from(resp.reason.clone())
     };
     let head = ResponseHead {
         version: Version::Http11,
         status: resp.status,
-        reason: Bytes::from(reason),
-        headers,
+        reason,
+        headers: std::mem::take(&mut resp.headers),
     };
     encode_response_head(&head, out);
+    resp.headers = head.headers;
 }
 
 /// Wire bytes of a whole synthesized response (plugin RESPOND).
@@ -112,7 +140,7 @@ pub fn synthesized(resp: &Response, head_request: bool, close: bool) -> Bytes {
     r.headers.remove("transfer-encoding");
     r.headers.set("content-length", body.len().to_string());
     let mut out = BytesMut::with_capacity(256 + body.len());
-    response_head(&r, close, &mut out);
+    response_head(&mut r, close, &mut out);
     if !head_request {
         out.extend_from_slice(&body);
     }
@@ -143,6 +171,7 @@ mod tests {
         fix_framing(
             &mut h,
             &Body::Full(Bytes::from_static(b"abc")),
+            None,
             BodyKind::Chunked,
             true,
         );
@@ -150,7 +179,7 @@ mod tests {
         assert!(h.get("transfer-encoding").is_none());
         let mut h = Headers::new();
         h.add("Transfer-Encoding", "chunked");
-        fix_framing(&mut h, &Body::Streaming, BodyKind::Chunked, false);
+        fix_framing(&mut h, &Body::Streaming, None, BodyKind::Chunked, false);
         assert!(h.is_empty());
     }
 }

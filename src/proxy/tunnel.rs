@@ -5,7 +5,13 @@ use crate::io::Stream;
 use crate::plugin::{ConnInfo, Engine, Event, Phase, RawChunk};
 use crate::proxy::relay::{ensure_spare, READ_BUF};
 use bytes::BytesMut;
+use std::future::Future;
 use std::net::Shutdown;
+use std::pin::Pin;
+
+/// A read already in flight when the tunnel starts (io_uring reads cannot be
+/// cancelled, so a read started while deciding how to handle the tunnel is finished here).
+pub type PendingRead<'a> = Pin<Box<dyn Future<Output = (std::io::Result<usize>, BytesMut)> + 'a>>;
 
 /// Byte counts of a finished tunnel.
 #[derive(Debug, Default, Clone, Copy)]
@@ -25,11 +31,21 @@ pub async fn run(
     upstream_buf: BytesMut,
     engine: Option<&Engine>,
     info: &ConnInfo,
+    pending: [Option<PendingRead<'_>>; 2],
 ) -> TunnelStats {
-    let hook = engine.filter(|e| e.has(Event::RawOnChunk));
+    let hook = engine.filter(|e| e.has(Event::RawChunk));
+    let [client_read, upstream_read] = pending;
     let (up, down) = tokio::join!(
-        one_way(client, client_buf, upstream, true, hook, info),
-        one_way(upstream, upstream_buf, client, false, hook, info),
+        one_way(client, client_buf, client_read, upstream, true, hook, info),
+        one_way(
+            upstream,
+            upstream_buf,
+            upstream_read,
+            client,
+            false,
+            hook,
+            info
+        ),
     );
     TunnelStats { up, down }
 }
@@ -37,6 +53,7 @@ pub async fn run(
 async fn one_way(
     src: &Stream,
     mut buf: BytesMut,
+    mut pending: Option<PendingRead<'_>>,
     dst: &Stream,
     from_client: bool,
     hook: Option<&Engine>,
@@ -54,8 +71,8 @@ async fn one_way(
                     data,
                     offset,
                 };
-                e.raw_chunk(Phase::Pre, info, &mut chunk);
-                e.raw_chunk(Phase::Post, info, &mut chunk);
+                e.raw_chunk(Phase::PrePipeline, info, &mut chunk);
+                e.raw_chunk(Phase::PostPipeline, info, &mut chunk);
                 data = chunk.data;
             }
             offset += len;
@@ -65,8 +82,14 @@ async fn one_way(
                 return sent;
             }
         }
-        ensure_spare(&mut buf, READ_BUF / 2);
-        let (res, b) = src.read(buf).await;
+        let (res, b) = match pending.take() {
+            // `buf` was flushed above, so the pending read's bytes come next in order
+            Some(read) => read.await,
+            None => {
+                ensure_spare(&mut buf, READ_BUF / 2);
+                src.read(buf).await
+            }
+        };
         buf = b;
         match res {
             Ok(n) if n > 0 => {}

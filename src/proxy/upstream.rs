@@ -29,6 +29,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// True when taken from the pool (so a failure before any response byte may be retried).
     pub reused: bool,
+    /// Handshake details of a new TLS connection (for tls.on_handshake).
+    pub tls_info: Option<crate::tls::TlsInfo>,
 }
 
 /// Why an upstream could not be reached; the text goes into the 502/504 body.
@@ -44,6 +46,8 @@ pub enum ConnectError {
 
 struct Idle {
     stream: Stream,
+    /// Kept so the next exchange reads into the spare capacity left by this one.
+    buf: BytesMut,
     addr: SocketAddr,
     since: Instant,
 }
@@ -73,9 +77,10 @@ impl Pool {
             if i.since.elapsed() < self.idle_timeout {
                 return Some(Upstream {
                     stream: i.stream,
-                    buf: BytesMut::new(),
+                    buf: i.buf,
                     addr: i.addr,
                     reused: true,
+                    tls_info: None,
                 });
             }
             i.stream.shutdown(Shutdown::Both);
@@ -98,6 +103,7 @@ impl Pool {
         }
         list.push(Idle {
             stream: up.stream,
+            buf: up.buf,
             addr: up.addr,
             since: Instant::now(),
         });
@@ -148,26 +154,36 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ConnectError> 
     }
 }
 
-/// Opens a new connection to `host:port` within `timeout`.
+/// Opens a new connection to `host:port` within `timeout`, with TLS when `tls` is given.
 pub async fn connect(
     backend: Backend,
     host: &str,
     port: u16,
     timeout: Duration,
+    tls: Option<&crate::proxy::tls::WorkerTls>,
 ) -> Result<Upstream, ConnectError> {
     let fut = async {
         let addr = resolve(host, port).await?;
-        let stream = Stream::connect(backend, addr).await.map_err(|e| {
+        let mut stream = Stream::connect(backend, addr).await.map_err(|e| {
             ConnectError::Connect(format!(
                 "cannot connect to upstream {addr}: {}",
                 describe(&e)
             ))
         })?;
+        let tls_info = match tls {
+            Some(t) => Some(
+                t.connect(&mut stream, host, timeout)
+                    .await
+                    .map_err(ConnectError::Connect)?,
+            ),
+            None => None,
+        };
         Ok(Upstream {
             stream,
             buf: BytesMut::new(),
             addr,
             reused: false,
+            tls_info,
         })
     };
     // a timed-out io_uring connect op keeps its own socket; it is closed when the op ends

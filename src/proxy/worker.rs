@@ -39,6 +39,8 @@ pub struct Setup {
     pub control: watch::Receiver<Control>,
     /// Reports start-up success or failure to the main thread.
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+    /// Process-wide TLS material (CA, configs).
+    pub tls: Arc<crate::proxy::tls::TlsSetup>,
 }
 
 /// Per-worker counters; plain cells, merged by readers (no shared atomics on the hot path).
@@ -86,6 +88,8 @@ pub struct Worker {
     pub pipeline: Pipeline,
     /// Upstream connection pool.
     pub pool: Pool,
+    /// TLS interception state.
+    pub tls: crate::proxy::tls::WorkerTls,
     /// Counters.
     pub counters: Counters,
     /// Open client connections.
@@ -154,6 +158,7 @@ pub async fn main(setup: Setup) {
         listener,
         mut control,
         ready,
+        tls,
     } = setup;
     let listen_fd = listener.as_raw_fd();
     let listener = match Listener::from_std(backend, listener) {
@@ -193,6 +198,7 @@ pub async fn main(setup: Setup) {
         },
         listener_name: Rc::from(cfg.listener_name.as_str()),
         pool: Pool::new(cfg.pool_max_idle, secs(cfg.pool_idle_timeout)),
+        tls: crate::proxy::tls::WorkerTls::new(tls),
         engine: RefCell::new(engine),
         pipeline,
         counters: Counters::default(),

@@ -15,10 +15,13 @@ use tokio::sync::watch;
 /// Runs the proxy until it is stopped by a signal; returns after the drain.
 pub fn run(cfg: Config) -> Result<(), String> {
     let mode = cfg.validate()?;
+    // installed first so a signal that arrives during start-up is not lost
+    let signals = signals::install()?;
     let backend = choose_backend(cfg.io)?;
     if !cfg.plugins.is_empty() {
         crate::plugin::check(&cfg.plugins).map_err(|e| format!("plugins rejected:\n{e}"))?;
     }
+    let tls = Arc::new(crate::proxy::tls::TlsSetup::from_config(&cfg)?);
     let n = cfg.worker_count();
     let listeners = bind_group(cfg.listen, n)?;
     let addr = listeners[0]
@@ -34,6 +37,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let mode = mode.clone();
         let control = control_rx.clone();
         let ready = ready_tx.clone();
+        let tls = tls.clone();
         let t = std::thread::Builder::new()
             .name(format!("luring-w{index}"))
             .spawn(move || {
@@ -47,6 +51,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                         listener,
                         control,
                         ready: ready2,
+                        tls,
                     })
                 });
                 if let Err(e) = r {
@@ -76,7 +81,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     );
     tracing::info!(%addr, workers = n, io = %backend, "ready");
 
-    signals::spawn(cfg.clone(), control_tx, secs(cfg.drain_timeout))?;
+    signals::spawn(signals, cfg.clone(), control_tx, secs(cfg.drain_timeout))?;
     for t in threads {
         let _ = t.join();
     }

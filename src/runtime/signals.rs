@@ -4,18 +4,24 @@
 use crate::config::Config;
 use crate::proxy::worker::Control;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
+/// Registers the handled signals; they queue until [`spawn`] serves them.
+pub fn install() -> Result<Signals, String> {
+    Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))
+}
+
 /// Starts the signal thread (and the watcher thread with `--watch`).
 pub fn spawn(
+    mut signals: Signals,
     cfg: Arc<Config>,
     control: watch::Sender<Control>,
     drain: Duration,
 ) -> Result<(), String> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let control = Arc::new(control);
     if cfg.watch && !cfg.plugins.is_empty() {
         let cfg = cfg.clone();

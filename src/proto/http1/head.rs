@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 use crate::http::{Headers, RequestHead, ResponseHead, Version};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::BodyKind;
+use super::{known, BodyKind};
 
 /// Limits applied while parsing a head.
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +84,7 @@ fn request_with<'b>(
     };
     Ok(Some((
         RequestHead {
-            method: cut.slice(method.as_bytes()),
+            method: cut.slice_or(method.as_bytes(), known::method),
             target: cut.slice(target.as_bytes()),
             version: version(minor),
             headers: cut.headers(req.headers),
@@ -187,10 +187,21 @@ impl Cutter<'_> {
         }
     }
 
+    #[inline]
+    fn slice_or(&self, s: &[u8], table: fn(&[u8]) -> Option<&'static [u8]>) -> Bytes {
+        match table(s) {
+            Some(k) => Bytes::from_static(k),
+            None => self.slice(s),
+        }
+    }
+
     fn headers(&self, fields: &[httparse::Header<'_>]) -> Headers {
         let mut headers = Headers::with_capacity(fields.len());
         for h in fields {
-            headers.add(self.slice(h.name.as_bytes()), self.slice(h.value));
+            headers.add(
+                self.slice_or(h.name.as_bytes(), known::name),
+                self.slice_or(h.value, known::value),
+            );
         }
         headers
     }
@@ -256,7 +267,7 @@ fn diagnose_field_line(window: &[u8]) -> &'static str {
 
 /// RFC 9110 5.6.2 token character.
 pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    known::TCHAR[usize::from(b)]
 }
 
 /// Appends the wire form of a request head (ends with CRLFCRLF).
@@ -326,7 +337,10 @@ pub(crate) fn put_fields(out: &mut BytesMut, headers: &Headers) {
 
 /// Appends a field value or reason phrase with CR, LF and NUL replaced by SP.
 fn put_text(out: &mut BytesMut, text: &[u8]) {
-    if !text.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+    // A fold without early exit vectorises; it finds all candidates (and HT) at once, and
+    // only then is the exact check run.
+    let low = text.iter().fold(0u8, |acc, &b| acc | u8::from(b < 0x0e));
+    if low == 0 || !text.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
         out.extend_from_slice(text);
         return;
     }

@@ -29,6 +29,7 @@
 
 mod body;
 mod head;
+mod known;
 
 pub use body::{encode_chunk, encode_last_chunk, BodyDecoder, BodyError, BodyKind, Decoded, Scan};
 pub use head::{

@@ -1,0 +1,236 @@
+"""Every allowed action of the wired rows (spec section 3): CONTINUE, DROP, RESPOND on
+http.on_request, CONTINUE and RESPOND (replace) on http.on_response, DROP on
+connection.on_connect, and the CONNECT request as seen by http.on_request
+(RESPOND refuses the tunnel, DROP closes, an assigned authority redirects, CONTINUE opens).
+"""
+
+from harness import case, check, connect_tunnel, eq, hget, hget_all, settle
+
+
+def get_line(t, path="/echo"):
+    return f"GET {t.url(path)} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n\r\n".encode()
+
+
+# --------------------------------------------------------------------------- http.on_request
+
+@case("action http.on_request CONTINUE", plugins={"cont.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:add("x-cont", "explicit")
+  return action.CONTINUE
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:add("x-cont", "nil-return")
+  return nil
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:add("x-cont", "no-return")
+end)
+"""})
+def _req_continue(t):
+    r = t.curl("/echo")
+    eq(r.status, 200, f"client status (curl: {r.err})")
+    eq(hget_all(t.one_request()["headers"], "x-cont"), ["explicit", "nil-return", "no-return"],
+       "x-cont at the origin (every CONTINUE form lets the chain and the request go on)")
+
+
+@case("action http.on_request DROP", plugins={"drop.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.path == "/drop-me" then return action.DROP end
+end)
+"""})
+def _req_drop(t):
+    c = t.raw()
+    try:
+        c.send(get_line(t, "/drop-me"))
+        data, closed = c.read_until_closed(timeout=5)
+    finally:
+        c.close()
+    eq(data, b"", "bytes the client got for a DROPped request")
+    check(closed, "the client connection was not closed within 5s")
+    reqs, conns = t.origin.snapshot()
+    eq((len(reqs), conns), (0, 0), "(requests, connections) at the origin")
+    # the proxy still serves other requests
+    r = t.curl("/echo")
+    eq(r.status, 200, f"status of a following request (curl: {r.err})")
+
+
+@case("action http.on_request RESPOND headers as map", plugins={"respond_map.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  return action.RESPOND{ status = 403,
+    headers = { ["content-type"] = "text/plain", ["x-why"] = "blocked" },
+    body = "no entry" }
+end)
+"""})
+def _req_respond_map(t):
+    r = t.curl("/echo")
+    eq(r.rc, 0, f"curl exit code ({r.err})")
+    eq(r.status, 403, "client status")
+    eq(r.body, b"no entry", "client body")
+    eq(hget(r.headers, "content-type"), "text/plain", "content-type at the client")
+    eq(hget(r.headers, "x-why"), "blocked", "x-why at the client")
+    cl = hget(r.headers, "content-length")
+    check(cl is None or cl == "8", f"content-length {cl!r} does not match the 8-byte body")
+    reqs, conns = t.origin.snapshot()
+    eq((len(reqs), conns), (0, 0), "(requests, connections) at the origin: upstream never contacted")
+
+
+@case("action http.on_request RESPOND headers as ordered list", plugins={"respond_list.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  return action.RESPOND{ status = 200,
+    headers = { {"X-R", "1"}, {"x-a", "a"}, {"X-R", "2"}, {"x-r", "3"} },
+    body = "listed" }
+end)
+"""})
+def _req_respond_list(t):
+    c = t.raw()
+    try:
+        c.send(get_line(t))
+        status, _reason, headers, body, _tr = c.read_response()
+    finally:
+        c.close()
+    eq(status, 200, "client status")
+    eq(body, b"listed", "client body")
+    mine = [(k.lower(), v) for k, v in headers if k.lower() in ("x-r", "x-a")]
+    eq(mine, [("x-r", "1"), ("x-a", "a"), ("x-r", "2"), ("x-r", "3")],
+       "RESPOND list headers on the wire (order and repeats kept)")
+    eq(t.origin.snapshot()[1], 0, "connections at the origin")
+
+
+# --------------------------------------------------------------------------- http.on_response
+
+@case("action http.on_response CONTINUE", plugins={"resp_cont.lua": """
+register_hook("http", "on_response", function(msg, ctx)
+  msg.headers:add("x-cont", "explicit")
+  return action.CONTINUE
+end)
+register_hook("http", "on_response", function(msg, ctx)
+  msg.headers:add("x-cont", "implicit")
+end)
+"""})
+def _resp_continue(t):
+    r = t.curl("/fixed?body=origin-body")
+    eq(r.status, 200, f"client status (curl: {r.err})")
+    eq(r.body, b"origin-body", "client body")
+    eq(hget_all(r.headers, "x-cont"), ["explicit", "implicit"], "x-cont at the client")
+
+
+@case("action http.on_response RESPOND replaces", plugins={"resp_replace.lua": """
+register_hook("http", "on_response", function(msg, ctx)
+  return action.RESPOND{ status = 503, headers = { ["x-replaced"] = tostring(msg.status) },
+    body = "replaced by plugin" }
+end)
+"""})
+def _resp_respond(t):
+    r = t.curl("/fixed?status=201&body=from-origin&h=X-Origin:%20yes")
+    eq(r.status, 503, f"client status (curl: {r.err})")
+    eq(r.body, b"replaced by plugin", "client body")
+    eq(hget(r.headers, "x-replaced"), "201", "x-replaced (the hook saw the origin's status)")
+    eq(hget(r.headers, "x-origin"), None, "origin header must be gone with the replaced response")
+    eq(len(t.origin_requests()), 1, "requests at the origin (the upstream was contacted)")
+
+
+# --------------------------------------------------------------------------- connection.on_connect
+
+@case("action connection.on_connect DROP", plugins={"conn_drop.lua": """
+register_hook("connection", "on_connect", function(msg, ctx)
+  log.info("CONF-CONNECT-DROP " .. tostring(msg.conn_id))
+  return action.DROP
+end)
+"""})
+def _conn_drop(t):
+    c = t.raw()
+    try:
+        try:
+            c.send(get_line(t))
+        except OSError:
+            pass                      # already closed by the proxy: fine
+        data, closed = c.read_until_closed(timeout=5)
+    finally:
+        c.close()
+    eq(data, b"", "bytes the client got from a DROPped connection")
+    check(closed, "the connection was not closed within 5s")
+    t.proxy.expect_log(r"CONF-CONNECT-DROP", what="the on_connect hook's log line")
+    settle(0.3)
+    reqs, conns = t.origin.snapshot()
+    eq((len(reqs), conns), (0, 0), "(requests, connections) at the origin")
+
+
+# --------------------------------------------------------------------------- CONNECT
+
+CONNECT_LOG = """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.method == "CONNECT" then
+    log.info(string.format("CONF-CONNECT-REQ method=%s authority=%s path=%s",
+      msg.method, tostring(msg.authority), tostring(msg.path)))
+  end
+end)
+"""
+
+
+@case("action CONNECT CONTINUE opens the tunnel", plugins={"connect_cont.lua": CONNECT_LOG})
+def _connect_continue(t):
+    r = t.curl("/echo", tunnel=True)
+    eq(r.status, 200, f"status of the request inside the tunnel (curl: {r.err})")
+    req = t.one_request()
+    eq(req["target"], "/echo", "target at the origin (origin-form inside the tunnel)")
+    line = t.proxy.expect_log(r"CONF-CONNECT-REQ ", what="the CONNECT hook's log line")[0]
+    check(f"method=CONNECT authority=127.0.0.1:{t.origin.port} path=nil" in line,
+          f"CONNECT message fields: expected authority=127.0.0.1:{t.origin.port} path=nil in {line!r}")
+
+
+@case("action CONNECT RESPOND 403 refuses the tunnel", plugins={"connect_403.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.method == "CONNECT" then
+    return action.RESPOND{ status = 403, headers = { ["x-tunnel"] = "refused" }, body = "no tunnel" }
+  end
+end)
+"""})
+def _connect_respond(t):
+    c, status, headers = connect_tunnel(t.proxy.port, f"127.0.0.1:{t.echo.port}")
+    try:
+        eq(status, 403, "CONNECT answer status")
+        eq(hget(headers, "x-tunnel"), "refused", "x-tunnel on the CONNECT answer")
+        try:
+            c.send(b"should-not-pass")
+        except OSError:
+            pass
+        settle(0.3)
+    finally:
+        c.close()
+    eq(t.echo.snapshot(), [], "connections/bytes at the tunnel target (none may be opened)")
+
+
+@case("action CONNECT DROP closes", plugins={"connect_drop.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.method == "CONNECT" then return action.DROP end
+end)
+"""})
+def _connect_drop(t):
+    c = t.raw()
+    try:
+        c.send(f"CONNECT 127.0.0.1:{t.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:{t.echo.port}\r\n\r\n".encode())
+        data, closed = c.read_until_closed(timeout=5)
+    finally:
+        c.close()
+    eq(data, b"", "bytes the client got for a DROPped CONNECT")
+    check(closed, "the client connection was not closed within 5s")
+    eq(t.echo.snapshot(), [], "connections at the tunnel target")
+
+
+@case("action CONNECT assigned authority redirects the tunnel", plugins={"connect_redirect.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.method == "CONNECT" and msg.authority == "127.0.0.1:1" then
+    msg.authority = "127.0.0.1:@ECHO_PORT@"
+  end
+end)
+"""})
+def _connect_redirect(t):
+    # port 1 on loopback has no listener: without the redirect the tunnel cannot open
+    c, status, _h = connect_tunnel(t.proxy.port, "127.0.0.1:1")
+    try:
+        eq(status, 200, "CONNECT status for the redirected tunnel")
+        c.send(b"via-redirect")
+        eq(c.recv_some(12), b"via-redirect", "echo through the redirected tunnel")
+    finally:
+        c.close()
+    eq(t.echo.snapshot(), [b"via-redirect"], "bytes at the redirect target")

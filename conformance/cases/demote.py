@@ -1,0 +1,86 @@
+"""Forbidden actions are logged (plugin, hook, action) once and demoted to CONTINUE:
+traffic goes on unchanged (spec section 3)."""
+
+from harness import case, check, connect_tunnel, eq, hget, settle
+
+
+def demotion_logged_once(t, stem, action):
+    """Exactly one stderr line names the plugin and the demoted action."""
+    pattern = rf"{stem}.*\b{action}\b|\b{action}\b.*{stem}"
+    t.proxy.expect_log(pattern, what=f"demotion of {action} from {stem}")
+    settle(0.4)
+    lines = t.proxy.find(pattern)
+    eq(len(lines), 1, f"log lines about the demoted {action} of {stem} ({lines})")
+
+
+@case("demote DROP from http.on_response", plugins={"demote_resp_drop.lua": """
+register_hook("http", "on_response", function(msg, ctx)
+  return action.DROP
+end)
+"""})
+def _resp_drop(t):
+    r = t.curl("/fixed?status=200&body=still-here&h=X-Origin:%20o")
+    eq(r.rc, 0, f"curl exit code ({r.err})")
+    eq((r.status, r.body), (200, b"still-here"), "client (status, body): the origin's response")
+    eq(hget(r.headers, "x-origin"), "o", "origin header at the client")
+    demotion_logged_once(t, "demote_resp_drop", "DROP")
+
+
+@case("demote RESPOND from connection.on_connect", plugins={"demote_conn_respond.lua": """
+register_hook("connection", "on_connect", function(msg, ctx)
+  return action.RESPOND{ status = 403, body = "must not be sent" }
+end)
+"""})
+def _conn_respond(t):
+    r = t.curl("/echo")
+    eq(r.status, 200, f"client status (curl: {r.err})")
+    check(b"must not be sent" not in r.body, "the demoted RESPOND body reached the client")
+    eq(len(t.origin_requests()), 1, "requests at the origin")
+    demotion_logged_once(t, "demote_conn_respond", "RESPOND")
+
+
+def raw_plugin(act):
+    return f"""
+register_hook("raw", "on_chunk", function(msg, ctx)
+  if msg.from_client and msg.offset == 0 then
+    return action.{act}
+  end
+end)
+"""
+
+
+def tunnel_unchanged(t):
+    c, status, _h = connect_tunnel(t.proxy.port, f"127.0.0.1:{t.echo.port}")
+    try:
+        eq(status, 200, "CONNECT status")
+        c.send(b"unchanged-bytes")
+        eq(c.recv_some(15), b"unchanged-bytes", "echo through the tunnel")
+    finally:
+        c.close()
+    eq(t.echo.snapshot(), [b"unchanged-bytes"], "bytes at the tunnel target")
+
+
+@case("demote RESPOND from raw.on_chunk", plugins={"demote_raw_respond.lua": raw_plugin(
+    'RESPOND{ status = 403, body = "must not be sent" }')})
+def _raw_respond(t):
+    tunnel_unchanged(t)
+    demotion_logged_once(t, "demote_raw_respond", "RESPOND")
+
+
+@case("demote DROP from raw.on_chunk", plugins={"demote_raw_drop.lua": raw_plugin("DROP")})
+def _raw_drop(t):
+    tunnel_unchanged(t)
+    demotion_logged_once(t, "demote_raw_drop", "DROP")
+
+
+@case("demote DROP from connection.on_disconnect", plugins={"demote_disc_drop.lua": """
+register_hook("connection", "on_disconnect", function(msg, ctx)
+  return action.DROP
+end)
+"""})
+def _disc_drop(t):
+    r = t.curl("/echo")
+    eq(r.status, 200, f"client status (curl: {r.err})")
+    demotion_logged_once(t, "demote_disc_drop", "DROP")
+    r = t.curl("/echo")
+    eq(r.status, 200, f"status of a second request (curl: {r.err})")
