@@ -158,7 +158,16 @@ fn pipelined_posts_with_bodies_in_one_write() {
     }
     c.send(batch.as_bytes());
     for i in 1..=3 {
-        let r = c.read_response();
+        let r = c.try_read_response_to("POST").unwrap_or_else(|e| {
+            panic!(
+                "response {i} of 3: {e}; origin got {:?}",
+                origin
+                    .requests()
+                    .iter()
+                    .map(|r| (r.target.clone(), r.body_len))
+                    .collect::<Vec<_>>()
+            )
+        });
         assert_eq!(r.header("x-echo-target"), Some(format!("/b{i}").as_str()));
         let expect = format!("body-{i}-{}", "x".repeat(i * 10));
         assert!(r.body_str().ends_with(&expect), "{}", r.body_str());
