@@ -17,7 +17,7 @@ use bytes::Bytes;
 use mlua::{
     AnyUserData, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Thread, Value, VmState,
 };
-use msg::{BodyCfg, Env, LCtx, LRaw, LReq, LResp, ReqRef};
+use msg::{BodyCfg, CtxData, Env, LCtx, LRaw, LReq, LResp, ReqRef};
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fmt;
@@ -333,6 +333,7 @@ pub struct Engine {
     worker: usize,
     warned: RefCell<HashSet<(usize, u8)>>,
     stats: Cell<EngineStats>,
+    ctx_ud: AnyUserData,
 }
 
 const INIT: &str = r#"
@@ -369,10 +370,18 @@ coroutine.resume = function(co, ...) return pass(ores(co, ...)) end
 
 -- msg.body on a streaming body: the Rust getter returns NEED and this wrapper
 -- suspends the hook's coroutine until the proxy has buffered the body.
+-- `msg.headers` is cached on the Lua side (weak keys) so `msg.headers:get(x)` costs one
+-- Rust call, not two; a stale message's headers still fail on use.
+local hcache = setmetatable({}, { __mode = "k" })
 local function wrap(ud)
   local mt = getmeta(ud)
   local idx = mt.__index
   mt.__index = function(u, k)
+    if k == "headers" then
+      local h = hcache[u]
+      if h == nil then h = idx(u, k) ; hcache[u] = h end
+      return h
+    end
     local v = idx(u, k)
     if v == NEED then
       yield(NEED)
@@ -573,7 +582,20 @@ impl Engine {
             mask |= 1 << ev as u32;
             chains[ev as usize][phase].push(entry);
         }
+        let ctx_ud = lua
+            .create_userdata(LCtx(RefCell::new(CtxData {
+                conn_id: 0,
+                flow_id: None,
+                client_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                server_addr: None,
+                sni: None,
+                listener_name: Rc::from(""),
+                worker,
+                plugin: Rc::from(""),
+            })))
+            .map_err(LoadError::engine)?;
         Ok(Engine {
+            ctx_ud,
             lua,
             rt,
             tok,
@@ -809,16 +831,20 @@ impl Engine {
     }
 
     fn ctx(&self, conn: &ConnInfo, flow_id: Option<u64>) -> mlua::Result<AnyUserData> {
-        self.lua.create_userdata(LCtx {
-            conn_id: conn.conn_id,
-            flow_id,
-            client_addr: conn.client_addr,
-            server_addr: conn.server_addr,
-            sni: conn.sni.clone(),
-            listener_name: conn.listener_name.clone(),
-            worker: conn.worker,
-            plugin: RefCell::new(Rc::from("")),
-        })
+        {
+            let c = self.ctx_ud.borrow::<LCtx>()?;
+            let mut d = c.0.borrow_mut();
+            d.conn_id = conn.conn_id;
+            d.flow_id = flow_id;
+            d.client_addr = conn.client_addr;
+            d.server_addr = conn.server_addr;
+            d.sni.clone_from(&conn.sni);
+            if !Rc::ptr_eq(&d.listener_name, &conn.listener_name) {
+                d.listener_name = conn.listener_name.clone();
+            }
+            d.worker = conn.worker;
+        }
+        Ok(self.ctx_ud.clone())
     }
 
     fn classify(&self, v: &Value) -> Act {
@@ -905,7 +931,7 @@ impl Engine {
         let chain = &self.chains[ev as usize][phase];
         for (i, entry) in chain.iter().enumerate().skip(start) {
             if let Ok(c) = ctx.borrow::<LCtx>() {
-                *c.plugin.borrow_mut() = entry.plugin.clone();
+                c.0.borrow_mut().plugin = entry.plugin.clone();
             }
             *self.rt.plugin.borrow_mut() = entry.plugin.clone();
             self.rt.interrupted.set(false);
