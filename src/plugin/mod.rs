@@ -4,6 +4,7 @@
 //! The engine is sans-IO: it never touches a socket, and when a hook wants a body that
 //! is still streaming it returns [`Step::NeedBody`] and lets the proxy buffer it.
 
+mod budget;
 mod msg;
 mod shared;
 pub mod surface;
@@ -13,20 +14,17 @@ mod tests;
 pub use surface::{Event, Phase, Row, SURFACE};
 
 use crate::http::{Body, Headers, Request, Response, Version};
+use budget::Watchdog;
 use bytes::Bytes;
-use mlua::{
-    AnyUserData, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Thread, Value, VmState,
-};
+use mlua::{AnyUserData, Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
 use msg::{BodyCfg, CtxData, Env, LCtx, LRaw, LReq, LResp, ReqRef};
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How many VM instructions run between two budget checks.
-const BUDGET_CHECK_EVERY: u32 = 1000;
 /// Idle trampoline coroutines kept for reuse.
 const POOL_MAX: usize = 16;
 
@@ -262,16 +260,8 @@ struct HookEntry {
 
 /// State shared with the Rust closures living inside the Lua state.
 struct Rt {
-    deadline: Cell<Option<Instant>>,
-    interrupted: Cell<bool>,
     budget: Cell<Duration>,
     plugin: RefCell<Rc<str>>,
-}
-
-impl Rt {
-    fn expired(&self) -> bool {
-        self.deadline.get().is_some_and(|d| Instant::now() >= d)
-    }
 }
 
 /// Values the init chunk creates and the dispatcher compares by identity.
@@ -322,6 +312,9 @@ enum Outcome {
 
 /// One worker's plugin engine: a LuaJIT state and its hook chains. Not `Send`.
 pub struct Engine {
+    // Declared before `lua`: the watchdog must stop before the state is closed.
+    wd: Watchdog,
+    state: *mut mlua::ffi::lua_State,
     lua: Lua,
     rt: Rc<Rt>,
     tok: Tokens,
@@ -485,12 +478,16 @@ impl Engine {
         // it; no C library loading is left to plugins (loadlib and C searchers removed).
         let lua = unsafe { Lua::unsafe_new_with(libs, LuaOptions::default()) };
         let rt = Rc::new(Rt {
-            deadline: Cell::new(None),
-            interrupted: Cell::new(false),
             budget: Cell::new(cfg.hook_budget),
             plugin: RefCell::new(Rc::from("")),
         });
         let (tok, tramp) = Self::init(&lua, &rt, cfg).map_err(LoadError::engine)?;
+        // Outside any callback this is the main state, which lives as long as `lua`.
+        let lstate = lua.exec_raw_lua(|raw| raw.state());
+        let tick = (cfg.hook_budget / 4).clamp(Duration::from_millis(1), Duration::from_millis(20));
+        let wd = Watchdog::new(lstate, tick).map_err(|e| {
+            LoadError::engine(lua_err(format!("cannot start the hook watchdog: {e}")))
+        })?;
 
         let state = Rc::new(RefCell::new(LoadState {
             file: PathBuf::new(),
@@ -531,13 +528,12 @@ impl Engine {
                     continue;
                 }
             };
-            rt.interrupted.set(false);
-            rt.deadline.set(Some(Instant::now() + load_budget));
+            wd.enter(load_budget);
             let res = lua
                 .load(&src[..])
                 .set_name(format!("@{}", file.display()))
                 .exec();
-            rt.deadline.set(None);
+            wd.leave(lstate);
             if let Err(e) = res {
                 let text = match &e {
                     mlua::Error::SyntaxError { message, .. } => message.clone(),
@@ -595,6 +591,8 @@ impl Engine {
             })))
             .map_err(LoadError::engine)?;
         Ok(Engine {
+            wd,
+            state: lstate,
             ctx_ud,
             lua,
             rt,
@@ -617,8 +615,7 @@ impl Engine {
             need: need.clone(),
             max: cfg.max_plugin_body,
         });
-        let r = rt.clone();
-        let expired = lua.create_function(move |_, ()| Ok(r.interrupted.get() || r.expired()))?;
+        let expired = lua.create_function(|_, ()| Ok(Watchdog::expired()))?;
         let req_ud = lua.create_userdata(LReq::new(Env::new(placeholder_request()), true))?;
         let resp_ud =
             lua.create_userdata(LResp::new(Env::new(placeholder_response()), ReqRef::new()))?;
@@ -667,19 +664,6 @@ impl Engine {
         level!("warn", warn);
         level!("error", error);
         g.set("log", log)?;
-
-        let r = rt.clone();
-        lua.set_global_hook(
-            HookTriggers::new().every_nth_instruction(BUDGET_CHECK_EVERY),
-            move |_, _| {
-                if r.expired() {
-                    r.interrupted.set(true);
-                    let ms = r.budget.get().as_secs_f64() * 1000.0;
-                    return Err(lua_err(format!("hook exceeded its time budget ({ms} ms)")));
-                }
-                Ok(VmState::Continue)
-            },
-        )?;
 
         let tok = Tokens {
             cont: cont.to_pointer(),
@@ -894,7 +878,7 @@ impl Engine {
 
     fn hook_error(&self, entry: &HookEntry, msg: &str) {
         self.bump(|s| s.errors += 1);
-        if self.rt.interrupted.get() {
+        if Watchdog::interrupted() {
             self.bump(|s| s.budget_interrupts += 1);
         }
         tracing::error!(
@@ -934,7 +918,6 @@ impl Engine {
                 c.0.borrow_mut().plugin = entry.plugin.clone();
             }
             *self.rt.plugin.borrow_mut() = entry.plugin.clone();
-            self.rt.interrupted.set(false);
             let resumed = resume.is_some();
             let thread = match resume.take() {
                 Some(t) => t,
@@ -949,9 +932,7 @@ impl Engine {
             if !resumed {
                 self.bump(|s| s.hook_calls += 1);
             }
-            self.rt
-                .deadline
-                .set(Some(Instant::now() + self.rt.budget.get()));
+            self.wd.enter(self.rt.budget.get());
             let res = if resumed {
                 thread.resume::<(Value, Value, Value)>(())
             } else {
@@ -961,7 +942,7 @@ impl Engine {
                 };
                 thread.resume::<(Value, Value, Value)>((entry.func.clone(), m, ctx.clone()))
             };
-            self.rt.deadline.set(None);
+            self.wd.leave(self.state);
             let (tag, ok, ret) = match res {
                 Ok(r) => r,
                 Err(e) => {
