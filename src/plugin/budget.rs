@@ -72,7 +72,9 @@ impl Watchdog {
                 while !s.stop.load(Ordering::Acquire) {
                     std::thread::park_timeout(tick);
                     let started = s.started.load(Ordering::Acquire);
-                    if started == 0 || s.armed.load(Ordering::Acquire) {
+                    // Re-armed on every tick while the call overruns: the hook may have
+                    // disarmed itself for an earlier, already finished call.
+                    if started == 0 {
                         continue;
                     }
                     let now = s.base.elapsed().as_nanos() as u64;
@@ -106,14 +108,14 @@ impl Watchdog {
     /// Marks the start of a Lua call that may run for `budget`.
     #[inline]
     pub(crate) fn enter(&self, budget: Duration) {
-        DEADLINE.with(|d| d.set(Some(Instant::now() + budget)));
+        // One clock read per call: it is a visible share of a no-op hook's cost.
+        let now = Instant::now();
+        DEADLINE.with(|d| d.set(Some(now + budget)));
         INTERRUPTED.with(|i| i.set(false));
         let s = &self.shared;
         s.budget.store(budget.as_nanos() as u64, Ordering::Relaxed);
-        s.started.store(
-            (s.base.elapsed().as_nanos() as u64).max(1),
-            Ordering::Release,
-        );
+        let started = now.saturating_duration_since(s.base).as_nanos() as u64;
+        s.started.store(started.max(1), Ordering::Release);
     }
 
     /// Marks the end of the call; disarms the hook if the watchdog armed it.

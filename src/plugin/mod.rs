@@ -940,7 +940,7 @@ impl Engine {
                     Some(d) => self.frozen(d).unwrap_or(Value::Nil),
                     None => msg.clone(),
                 };
-                thread.resume::<(Value, Value, Value)>((entry.func.clone(), m, ctx.clone()))
+                thread.resume::<(Value, Value, Value)>((&entry.func, m, ctx))
             };
             self.wd.leave(self.state);
             let (tag, ok, ret) = match res {
