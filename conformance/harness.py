@@ -510,7 +510,7 @@ def curl(proxy_addr, url, *args, timeout=CURL_TIMEOUT, tunnel=False) -> Reply:
     """curl through the proxy (forward mode).  tunnel=True uses CONNECT (-p)."""
     with tempfile.TemporaryDirectory() as d:
         hfile, bfile = os.path.join(d, "h"), os.path.join(d, "b")
-        cmd = ["curl", "-sS", "--max-time", str(timeout), "-D", hfile, "-o", bfile]
+        cmd = ["curl", "-sS", "--globoff", "--max-time", str(timeout), "-D", hfile, "-o", bfile]
         if proxy_addr:
             cmd += ["-x", f"http://{proxy_addr}"]
         if tunnel:
