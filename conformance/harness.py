@@ -253,7 +253,11 @@ class Origin:
                 with self.lock:
                     self.requests.append(req)
                 close = (hget(headers, "connection") or "").lower() == "close" or version == "HTTP/1.0"
-                s.sendall(self._respond(req, close))
+                out = self._respond(req, close)
+                if out.endswith(CLOSE):
+                    s.sendall(out[:-len(CLOSE)])
+                    return
+                s.sendall(out)
                 if close:
                     return
         except (OSError, ValueError, ConnectionError, CaseFail):
@@ -275,6 +279,9 @@ class Origin:
             body = q.get("body", [""])[0].encode()
             hs = [tuple(x.split(":", 1)) for x in q.get("h", [])]
             hs = [(k, v.strip()) for k, v in hs]
+            if q.get("nolen"):          # close-delimited body: no Content-Length, then close
+                head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hs)
+                return (head + "Connection: close\r\n\r\n").encode("latin-1") + body + CLOSE
             return build_response(status, reason, hs + conn_hdr, body)
         if path == "/chunked":
             parts = [p.encode() for p in q.get("part", ["hello"])]
@@ -299,6 +306,7 @@ class Origin:
         return build_response(200, "OK", [("Content-Type", "application/json")] + conn_hdr, body)
 
 
+CLOSE = b"\x00<close>\x00"     # marker: the origin closes after this response
 JSON_BODY = '{"user": "alice", "role": "guest", "items": [1, 2, 3]}'
 
 
@@ -379,7 +387,8 @@ class Proxy:
     LISTEN_RE = re.compile(r"luring listening on 127\.0\.0\.1:(\d+)")
 
     def __init__(self, binary, args, timeout=PROXY_START_TIMEOUT):
-        self.cmd = [binary, "run", "--listen", "127.0.0.1:0", "--workers", "1", *args]
+        workers = [] if "--workers" in args else ["--workers", "1"]   # a case may ask for more
+        self.cmd = [binary, "run", "--listen", "127.0.0.1:0", *workers, *args]
         self.stderr_lines: list[str] = []
         self.stdout_lines: list[str] = []
         self.lock = threading.Lock()
