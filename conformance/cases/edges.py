@@ -221,12 +221,14 @@ register_hook("http", "on_request", function(msg, ctx)
   local n = 0
   while true do n = f(n) % 7 end
 end)
+register_hook("http", "on_request", function(msg, ctx) msg.headers:set("x-after", "1") end)
 """})
 def _runaway_calls(t):
     start = time.monotonic()
     r = t.curl("/echo", timeout=8)
     eq(r.status, 200, f"client status (curl rc {r.rc}: {r.err})")
     check(time.monotonic() - start < 5, "the request took more than 5 s with a 50 ms budget")
+    eq(hget(t.one_request()["headers"], "x-after"), "1", "x-after (the interrupted hook counted as an error, skip)")
 
 
 @case("http_version of an HTTP/1.0 request", plugins={"v10.lua": """
