@@ -8,6 +8,10 @@ import time
 from harness import case, check, connect_tunnel, eq, hget, hget_all
 
 
+def hook_ran(t):
+    t.proxy.expect_log(r"CONF-RAN", what="the hook's log line (the hook ran)")
+
+
 def one_get(t, path="/echo", extra=""):
     c = t.raw()
     try:
@@ -18,10 +22,10 @@ def one_get(t, path="/echo", extra=""):
 
 
 @case("header value with CRLF cannot inject a header", plugins={"inject_hdr.lua": """
-register_hook("http", "on_request", function(msg, ctx)
+register_hook("http", "on_request", function(msg, ctx) log.info("CONF-RAN")
   msg.headers:set("x-a", "v\\r\\nX-Injected: 1")
 end)
-register_hook("http", "on_response", function(msg, ctx)
+register_hook("http", "on_response", function(msg, ctx) log.info("CONF-RAN")
   msg.headers:set("x-b", "v\\r\\nX-Injected-Resp: 1")
 end)
 """})
@@ -31,10 +35,11 @@ def _inject_header(t):
     eq(hget_all(headers, "x-injected-resp"), [], "injected header at the client")
     for q in t.origin_requests(1):
         eq(hget_all(q["headers"], "x-injected"), [], "injected header at the origin")
+    hook_ran(t)
 
 
 @case("path with CRLF cannot smuggle a request", plugins={"inject_path.lua": """
-register_hook("http", "on_request", function(msg, ctx)
+register_hook("http", "on_request", function(msg, ctx) log.info("CONF-RAN")
   msg.path = "/echo HTTP/1.1\\r\\nHost: x\\r\\n\\r\\nGET /smuggled"
 end)
 """})
@@ -46,10 +51,11 @@ def _inject_path(t):
     check(len(reqs) <= 1, f"the origin received {len(reqs)} requests: {[q['target'] for q in reqs]}")
     check(all(q["method"] == "GET" and not any(ch in q["target"] for ch in " \r\n") for q in reqs),
           f"a raw space/CR/LF reached the request line at the origin: {[q['target'] for q in reqs]}")
+    hook_ran(t)
 
 
 @case("reason with CRLF cannot inject a response header", plugins={"inject_reason.lua": """
-register_hook("http", "on_response", function(msg, ctx)
+register_hook("http", "on_response", function(msg, ctx) log.info("CONF-RAN")
   msg.reason = "OK\\r\\nX-Injected: 1"
 end)
 """})
@@ -58,22 +64,25 @@ def _inject_reason(t):
     check(100 <= status <= 599, f"client status {status}")
     eq(hget_all(headers, "x-injected"), [], "injected header at the client")
     check("\n" not in reason and "\r" not in reason, f"reason {reason!r}")
+    hook_ran(t)
 
 
 @case("invalid status from a hook never reaches the wire", plugins={"bad_status.lua": """
-register_hook("http", "on_response", function(msg, ctx) msg.status = 1000 end)
+register_hook("http", "on_response", function(msg, ctx) log.info("CONF-RAN") msg.status = 1000 end)
 """})
 def _bad_status(t):
     status, *_ = one_get(t, "/fixed?status=201&body=x")
     check(100 <= status <= 599, f"status {status} on the wire")
+    hook_ran(t)
 
 
 @case("RESPOND with an invalid status is not sent as is", plugins={"bad_respond.lua": """
-register_hook("http", "on_request", function(msg, ctx) return action.RESPOND{ status = 42, body = "x" } end)
+register_hook("http", "on_request", function(msg, ctx) log.info("CONF-RAN") return action.RESPOND{ status = 42, body = "x" } end)
 """})
 def _bad_respond(t):
     status, *_ = one_get(t)
     check(100 <= status <= 599, f"status {status} on the wire")
+    hook_ran(t)
 
 
 @case("invalid CONNECT authority from a hook: an error answer, proxy lives", plugins={"bad_auth.lua": """
