@@ -294,3 +294,67 @@ def _check_missing(t):
     rc, out = run_cli(t.bin, ["check", str(t.tmp / "no_such_plugin.lua")])
     eq(rc, 1, f"exit code (output {out.strip()[:200]!r})")
     check("no_such_plugin.lua" in out, f"output does not name the file: {out.strip()[:200]!r}")
+
+
+@case("RESPOND in on_response skips the response pipeline steps",
+      flags=["--set-response-header", "x-rstep=1"], plugins={"resp_skip_steps.lua": """
+register_hook("http", "on_response", function(msg, ctx)
+  return action.RESPOND{ status = 418, body = "teapot" }
+end)
+"""})
+def _respond_skips_steps(t):
+    r = t.curl("/fixed?body=origin")
+    eq((r.status, r.body), (418, b"teapot"), f"client (status, body) (curl: {r.err})")
+    eq(hget_all(r.headers, "x-rstep"), [], "x-rstep (the pipeline steps are skipped after RESPOND)")
+
+
+@case("ctx.server_addr is nil in connection.on_connect", plugins={"ctx_conn.lua": """
+register_hook("connection", "on_connect", function(msg, ctx)
+  log.info("CONF-SRV server_addr=" .. tostring(ctx.server_addr) .. " conn_id=" .. tostring(ctx.conn_id))
+end)
+"""})
+def _ctx_on_connect(t):
+    r = t.curl("/echo")
+    eq(r.status, 200, f"client status (curl: {r.err})")
+    line = t.proxy.expect_log(r"CONF-SRV ", what="the on_connect log line")[0]
+    check("server_addr=nil" in line and "conn_id=nil" not in line, f"ctx in on_connect: {line!r}")
+
+
+@case("RESPOND with a wrong content-length header gets consistent framing", plugins={"respond_cl.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  return action.RESPOND{ status = 200, headers = { ["content-length"] = "999" }, body = "abc" }
+end)
+"""})
+def _respond_cl(t):
+    c = t.raw()
+    try:
+        c.send(f"GET {t.url('/echo')} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n\r\n".encode())
+        c.conn.timeout = 2
+        c.sock.settimeout(2)
+        status, _r, headers, body, _t = c.read_response()
+    finally:
+        c.close()
+    eq((status, body), (200, b"abc"), "client (status, body)")
+    eq(hget_all(headers, "content-length"), ["3"], "content-length at the client")
+
+
+@case("mutate the body of a chunked upload", plugins={"m_chunked_body.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  msg.body = "replaced:" .. msg.body
+end)
+"""})
+def _mutate_chunked(t):
+    c = t.raw()
+    try:
+        c.send((f"POST {t.url('/echo')} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n").encode())
+        status, *_ = c.read_response()
+    finally:
+        c.close()
+    eq(status, 200, "client status")
+    req = t.one_request()
+    eq(req["body"], b"replaced:abcdef", "body at the origin")
+    cl = hget_all(req["headers"], "content-length")
+    te = hget(req["headers"], "transfer-encoding")
+    check(cl == ["15"] or (not cl and te and "chunked" in te.lower()),
+          f"framing at the origin: content-length {cl}, transfer-encoding {te!r}")
