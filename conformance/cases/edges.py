@@ -358,3 +358,82 @@ def _mutate_chunked(t):
     te = hget(req["headers"], "transfer-encoding")
     check(cl == ["15"] or (not cl and te and "chunked" in te.lower()),
           f"framing at the origin: content-length {cl}, transfer-encoding {te!r}")
+
+
+@case("a 30 ms hook is within the default 100 ms budget", plugins={"busy30.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  local t0 = os.clock()
+  local n = 0
+  while os.clock() - t0 < 0.03 do n = n + 1 end
+  msg.headers:set("x-busy", "done")
+end)
+"""})
+def _busy_ok(t):
+    r = t.curl("/echo")
+    eq(r.status, 200, f"client status (curl: {r.err})")
+    eq(hget(t.one_request()["headers"], "x-busy"), "done", "x-busy (the hook was not interrupted)")
+
+
+@case("waiting for a slow body does not count against the hook budget",
+      flags=["--hook-budget-ms", "50"], plugins={"slow_budget.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-body", msg.body)
+end)
+"""})
+def _slow_budget(t):
+    c = t.raw()
+    try:
+        c.send((f"POST {t.url('/echo')} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n"
+                "Content-Length: 10\r\n\r\nfirst").encode())
+        time.sleep(0.5)                 # ten times the budget, spent waiting for the client
+        c.send(b"-half")
+        status, *_ = c.read_response()
+    finally:
+        c.close()
+    eq(status, 200, "client status")
+    req = t.one_request()
+    eq((req["body"], hget(req["headers"], "x-body")), (b"first-half", "first-half"),
+       "(body at the origin, msg.body seen by the hook)")
+
+
+@case("connection.on_disconnect fires after a DROPped request", plugins={"drop_disc.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  log.info("CONF-DROPPING " .. tostring(ctx.conn_id))
+  return action.DROP
+end)
+register_hook("connection", "on_disconnect", function(msg, ctx)
+  log.info("CONF-GONE " .. tostring(msg.conn_id))
+end)
+"""})
+def _drop_then_disconnect(t):
+    c = t.raw()
+    try:
+        c.send(f"GET {t.url('/echo')} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n\r\n".encode())
+        c.read_until_closed(timeout=5)
+    finally:
+        c.close()
+    dropping = t.proxy.expect_log(r"CONF-DROPPING \S+", what="the DROP hook's line")[0]
+    gone = t.proxy.expect_log(r"CONF-GONE \S+", what="the on_disconnect line")[0]
+    cid = re.search(r"CONF-DROPPING (\S+)", dropping).group(1)
+    eq(re.search(r"CONF-GONE (\S+)", gone).group(1), cid, "conn_id in on_disconnect")
+
+
+@case("connection.on_disconnect counts tunnel bytes", plugins={"tunnel_disc.lua": """
+register_hook("connection", "on_disconnect", function(msg, ctx)
+  log.info(string.format("CONF-TDISC bytes_in=%d bytes_out=%d", msg.bytes_in, msg.bytes_out))
+end)
+"""})
+def _tunnel_bytes(t):
+    payload = b"t" * 20000
+    c, status, _h = connect_tunnel(t.proxy.port, f"127.0.0.1:{t.echo.port}")
+    try:
+        eq(status, 200, "CONNECT status")
+        c.send(payload)
+        got = c.recv_some(len(payload))
+        eq(len(got), len(payload), "bytes echoed through the tunnel")
+    finally:
+        c.close()
+    line = t.proxy.expect_log(r"CONF-TDISC ", what="the on_disconnect line")[0]
+    b_in, b_out = map(int, re.search(r"bytes_in=(\d+) bytes_out=(\d+)", line).groups())
+    check(b_in >= len(payload) and b_out >= len(payload),
+          f"bytes_in {b_in}, bytes_out {b_out} after {len(payload)} bytes each way through a tunnel")
