@@ -191,8 +191,9 @@ class Conn:
 class Origin:
     """Threaded HTTP/1.1 origin on 127.0.0.1:0 recording what it receives."""
 
-    def __init__(self, label="origin"):
+    def __init__(self, label="origin", ssl_context=None):
         self.label = label
+        self.ssl_context = ssl_context        # serve HTTPS when given
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.conn_count = 0
@@ -212,6 +213,10 @@ class Origin:
 
     def stop(self):
         self.stopping = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
     def snapshot(self):
         with self.lock:
@@ -231,6 +236,13 @@ class Origin:
             threading.Thread(target=self._serve, args=(s, conn_no), daemon=True).start()
 
     def _serve(self, s, conn_no):
+        if self.ssl_context is not None:
+            try:
+                s.settimeout(10)
+                s = self.ssl_context.wrap_socket(s, server_side=True)
+            except OSError:
+                s.close()
+                return
         c = Conn(s, timeout=30)
         try:
             for _ in range(1000):          # bounded keep-alive
@@ -663,6 +675,12 @@ class Ctx:
         p.write_text(text)
         return p
 
+    def require_layer(self, flag, layer):
+        """PENDING unless `luring run --help` lists `flag` (the layer's own option)."""
+        rc, out = run_cli(self.bin, ["run", "--help"])
+        if flag not in out:
+            raise Pending(f"layer not built: {layer}")
+
     def check_cli(self, *files, timeout=15):
         return run_cli(self.bin, ["check", *map(str, files)], timeout)
 
@@ -719,7 +737,7 @@ ROWS = [
 ]
 
 # Layers the proxy does not have yet: their rows are PENDING (registration is still checked).
-LAYERS_NOT_BUILT = {"ws", "grpc", "grpc-web", "sse", "tls", "socks5"}
+LAYERS_NOT_BUILT = {"ws", "grpc", "grpc-web", "sse", "socks5"}
 
 
 def settle(seconds=0.4):
