@@ -172,13 +172,14 @@ fi
 start_luring() { # name io extra-args...
   local name=$1 io=$2; shift 2
   local err="$TMP/$name.err"
+  : > "$err"
   taskset -c 0 "$BIN" run --listen 127.0.0.1:0 --mode "reverse:http://127.0.0.1:$ORIGIN_PORT" \
     --workers 1 --io "$io" --log-level warn "$@" 2>"$err" &
   local pid=$!
   PIDS+=("$pid")
   local i port=""
   for i in $(seq 1 100); do
-    port=$(sed -n 's/.*luring listening on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$err" | head -1)
+    port=$(sed -n 's/.*luring listening on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$err" | head -1 || true)
     [[ -n "$port" ]] && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1

@@ -172,7 +172,7 @@ fn raw_expect_100_continue() {
 }
 
 #[test]
-fn expect_100_continue_final_response_without_body() {
+fn expect_100_continue_early_final_response_relayed() {
     // The origin refuses without reading the body: the client gets the final
     // status, not a 100, and the proxy does not wait for the body.
     let origin = Origin::start(handler(|ex| {
@@ -191,15 +191,24 @@ fn expect_100_continue_final_response_without_body() {
         )
         .as_bytes(),
     );
-    // The proxy may answer 100 itself (RFC 9110 10.1.1 allows it); the
-    // origin's early final response must reach the client all the same,
-    // without the client sending the body.
+    // The proxy may answer 100 itself (RFC 9110 10.1.1 allows it); then the
+    // client sends its body, as a real client would. Either way the origin's
+    // early final response must reach the client.
     let mut r = c.read_response();
+    let mut writer = None;
     if r.status == 100 {
+        let mut w = c.stream().try_clone().unwrap();
+        writer = Some(std::thread::spawn(move || {
+            // The proxy may stop reading once it has the final response.
+            let _ = write_pattern(&mut w, 1_000_000);
+        }));
         r = c.read_response();
     }
     assert_eq!(r.status, 413, "{}", r.head_str());
     assert_eq!(r.body, b"nope");
+    if let Some(w) = writer {
+        w.join().unwrap();
+    }
 }
 
 #[test]
