@@ -105,6 +105,10 @@ pub struct TlsInfo {
     pub peer_cert_subject: Option<String>,
     /// JA4 of the ClientHello (server side only).
     pub client_fingerprint: Option<String>,
+    /// JA3 MD5 of the ClientHello (server side only).
+    pub ja3: Option<String>,
+    /// JA3 input string (server side only).
+    pub ja3_string: Option<String>,
 }
 
 /// The SOCKS5 connect dict of socks5.on_connect.
@@ -1312,7 +1316,9 @@ impl Engine {
             t.raw_set("version_name", info.version_name.as_deref())?;
             t.raw_set("cipher_name", info.cipher_name.as_deref())?;
             t.raw_set("peer_cert_subject", info.peer_cert_subject.as_deref())?;
-            t.raw_set("client_fingerprint", info.client_fingerprint.as_deref())
+            t.raw_set("client_fingerprint", info.client_fingerprint.as_deref())?;
+            t.raw_set("ja3", info.ja3.as_deref())?;
+            t.raw_set("ja3_string", info.ja3_string.as_deref())
         });
     }
 
