@@ -1,1 +1,182 @@
-fn main() {}
+//! Plugin engine costs: dispatch, header access from Lua, a full exchange, and the
+//! price of the runaway-hook budget (JIT off + instruction-count hook).
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use luring::http::{Body, Headers, Request, Response, Version};
+use luring::plugin::{ConnInfo, Engine, EngineConfig, Phase, Step};
+use mlua::{HookTriggers, Lua, VmState};
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+fn engine(name: &str, src: &str) -> Engine {
+    let dir = std::env::temp_dir().join(format!("luring-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p: PathBuf = dir.join(name);
+    std::fs::write(&p, src).unwrap();
+    Engine::load(
+        &EngineConfig {
+            files: vec![p],
+            ..EngineConfig::default()
+        },
+        0,
+    )
+    .unwrap()
+}
+
+fn conn() -> ConnInfo {
+    ConnInfo {
+        conn_id: 1,
+        client_addr: "127.0.0.1:4000".parse().unwrap(),
+        server_addr: None,
+        sni: None,
+        listener_name: Rc::from("bench"),
+        worker: 0,
+    }
+}
+
+fn req() -> Request {
+    let mut headers = Headers::new();
+    for (n, v) in [
+        ("Host", "example.com"),
+        ("User-Agent", "bench"),
+        ("Accept", "*/*"),
+        ("X-A", "1"),
+    ] {
+        headers.add(n, v);
+    }
+    Request {
+        method: Bytes::from_static(b"GET"),
+        scheme: "http".into(),
+        authority: "example.com".into(),
+        path: Some("/".into()),
+        version: Version::Http11,
+        headers,
+        body: Body::Full(Bytes::new()),
+        trailers: None,
+        timestamp_start: 0.0,
+    }
+}
+
+fn resp() -> Response {
+    let mut headers = Headers::new();
+    headers.add("Content-Type", "text/plain");
+    Response {
+        status: 200,
+        reason: "OK".into(),
+        version: Version::Http11,
+        headers,
+        body: Body::Full(Bytes::from_static(b"hi")),
+        trailers: None,
+    }
+}
+
+const LOOP: usize = 100;
+
+fn dispatch(c: &mut Criterion) {
+    let c0 = conn();
+    let e = engine(
+        "noop.lua",
+        "register_hook('http', 'on_request', function(m, ctx) end)",
+    );
+    let mut r = req();
+    c.bench_function("noop_hook_dispatch", |b| {
+        b.iter(|| {
+            assert!(matches!(
+                e.http_request(Phase::PrePipeline, &c0, 1, black_box(&mut r)),
+                Step::Continue
+            ))
+        })
+    });
+    let none = engine("none.lua", "-- no hooks");
+    c.bench_function("no_hook_registered", |b| {
+        b.iter(|| black_box(none.has(luring::plugin::Event::HttpRequest)))
+    });
+
+    let e = engine(
+        "get.lua",
+        "register_hook('http', 'on_request', function(m) for i = 1, 100 do local v = m.headers:get('x-a') end end)",
+    );
+    let mut r = req();
+    c.bench_function("headers_get_x100_from_lua", |b| {
+        b.iter(|| e.http_request(Phase::PrePipeline, &c0, 1, black_box(&mut r)))
+    });
+    let e = engine(
+        "set.lua",
+        "register_hook('http', 'on_request', function(m) for i = 1, 100 do m.headers:set('x-b', 'v') end end)",
+    );
+    let mut r = req();
+    c.bench_function("headers_set_x100_from_lua", |b| {
+        b.iter(|| e.http_request(Phase::PrePipeline, &c0, 1, black_box(&mut r)))
+    });
+    let e = engine(
+        "loop.lua",
+        "register_hook('http', 'on_request', function(m) for i = 1, 100 do local v = i end end)",
+    );
+    let mut r = req();
+    c.bench_function("empty_loop_x100_baseline", |b| {
+        b.iter(|| e.http_request(Phase::PrePipeline, &c0, 1, black_box(&mut r)))
+    });
+
+    let e = engine(
+        "pair.lua",
+        "register_hook('http', 'on_request', function(m) m.headers:set('x-proxy', 'luring') end)\n\
+         register_hook('http', 'on_response', function(m) if m.status == 200 then m.headers:add('x-seen', m.request.path) end end)",
+    );
+    c.bench_function("request_response_two_hooks", |b| {
+        b.iter(|| {
+            let mut rq = req();
+            let mut rs = resp();
+            e.http_request(Phase::PrePipeline, &c0, 1, &mut rq);
+            e.http_response(Phase::PrePipeline, &c0, 1, &rq, &mut rs);
+            black_box((rq, rs))
+        })
+    });
+    let _ = LOOP;
+}
+
+/// The floor: one Lua -> Rust call through mlua, on this machine, at this load.
+fn floor(c: &mut Criterion) {
+    let lua = Lua::new();
+    lua.globals()
+        .set("f", lua.create_function(|_, ()| Ok(())).unwrap())
+        .unwrap();
+    let g = lua
+        .load("return function() for i = 1, 100 do f() end end")
+        .eval::<mlua::Function>()
+        .unwrap();
+    c.bench_function("lua_to_rust_call_x100", |b| {
+        b.iter(|| g.call::<()>(()).unwrap())
+    });
+}
+
+/// The budget's price on plain Lua: JIT on, JIT off, JIT off with the count hook.
+fn budget(c: &mut Criterion) {
+    let src = "local x = 0 for i = 1, 10000 do x = (x + i * 3) % 1000003 end return x";
+    for (name, jit, hook) in [
+        ("lua_10k_jit_on", true, false),
+        ("lua_10k_jit_off", false, false),
+        ("lua_10k_jit_off_count_hook", false, true),
+    ] {
+        let lua = Lua::new();
+        lua.load(if jit {
+            "jit.on()"
+        } else {
+            "jit.off() jit.flush()"
+        })
+        .exec()
+        .unwrap();
+        if hook {
+            lua.set_global_hook(HookTriggers::new().every_nth_instruction(1000), |_, _| {
+                Ok(VmState::Continue)
+            })
+            .unwrap();
+        }
+        let f = lua.load(src).into_function().unwrap();
+        c.bench_function(name, |b| b.iter(|| black_box(f.call::<i64>(()).unwrap())));
+    }
+}
+
+criterion_group!(benches, dispatch, budget, floor);
+criterion_main!(benches);

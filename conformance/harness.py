@@ -191,8 +191,9 @@ class Conn:
 class Origin:
     """Threaded HTTP/1.1 origin on 127.0.0.1:0 recording what it receives."""
 
-    def __init__(self, label="origin"):
+    def __init__(self, label="origin", ssl_context=None):
         self.label = label
+        self.ssl_context = ssl_context        # serve HTTPS when given
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.conn_count = 0
@@ -212,6 +213,10 @@ class Origin:
 
     def stop(self):
         self.stopping = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
     def snapshot(self):
         with self.lock:
@@ -231,6 +236,13 @@ class Origin:
             threading.Thread(target=self._serve, args=(s, conn_no), daemon=True).start()
 
     def _serve(self, s, conn_no):
+        if self.ssl_context is not None:
+            try:
+                s.settimeout(10)
+                s = self.ssl_context.wrap_socket(s, server_side=True)
+            except OSError:
+                s.close()
+                return
         c = Conn(s, timeout=30)
         try:
             for _ in range(1000):          # bounded keep-alive
@@ -253,7 +265,11 @@ class Origin:
                 with self.lock:
                     self.requests.append(req)
                 close = (hget(headers, "connection") or "").lower() == "close" or version == "HTTP/1.0"
-                s.sendall(self._respond(req, close))
+                out = self._respond(req, close)
+                if out.endswith(CLOSE):
+                    s.sendall(out[:-len(CLOSE)])
+                    return
+                s.sendall(out)
                 if close:
                     return
         except (OSError, ValueError, ConnectionError, CaseFail):
@@ -275,6 +291,9 @@ class Origin:
             body = q.get("body", [""])[0].encode()
             hs = [tuple(x.split(":", 1)) for x in q.get("h", [])]
             hs = [(k, v.strip()) for k, v in hs]
+            if q.get("nolen"):          # close-delimited body: no Content-Length, then close
+                head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hs)
+                return (head + "Connection: close\r\n\r\n").encode("latin-1") + body + CLOSE
             return build_response(status, reason, hs + conn_hdr, body)
         if path == "/chunked":
             parts = [p.encode() for p in q.get("part", ["hello"])]
@@ -299,6 +318,7 @@ class Origin:
         return build_response(200, "OK", [("Content-Type", "application/json")] + conn_hdr, body)
 
 
+CLOSE = b"\x00<close>\x00"     # marker: the origin closes after this response
 JSON_BODY = '{"user": "alice", "role": "guest", "items": [1, 2, 3]}'
 
 
@@ -379,7 +399,8 @@ class Proxy:
     LISTEN_RE = re.compile(r"luring listening on 127\.0\.0\.1:(\d+)")
 
     def __init__(self, binary, args, timeout=PROXY_START_TIMEOUT):
-        self.cmd = [binary, "run", "--listen", "127.0.0.1:0", "--workers", "1", *args]
+        workers = [] if "--workers" in args else ["--workers", "1"]   # a case may ask for more
+        self.cmd = [binary, "run", "--listen", "127.0.0.1:0", *workers, *args]
         self.stderr_lines: list[str] = []
         self.stdout_lines: list[str] = []
         self.lock = threading.Lock()
@@ -654,6 +675,12 @@ class Ctx:
         p.write_text(text)
         return p
 
+    def require_layer(self, flag, layer):
+        """PENDING unless `luring run --help` lists `flag` (the layer's own option)."""
+        rc, out = run_cli(self.bin, ["run", "--help"])
+        if flag not in out:
+            raise Pending(f"layer not built: {layer}")
+
     def check_cli(self, *files, timeout=15):
         return run_cli(self.bin, ["check", *map(str, files)], timeout)
 
@@ -710,7 +737,7 @@ ROWS = [
 ]
 
 # Layers the proxy does not have yet: their rows are PENDING (registration is still checked).
-LAYERS_NOT_BUILT = {"ws", "grpc", "grpc-web", "sse", "tls", "socks5"}
+LAYERS_NOT_BUILT = {"ws", "grpc", "grpc-web", "sse", "socks5"}
 
 
 def settle(seconds=0.4):

@@ -128,6 +128,9 @@ def main(argv=None):
         print("curl not found in PATH", file=sys.stderr)
         return 2
 
+    # the proxy keeps its CA under $XDG_CONFIG_HOME/luring: a scratch one per suite run
+    confhome = tempfile.mkdtemp(prefix="luring-conf-home-")
+    os.environ["XDG_CONFIG_HOME"] = confhome
     servers = (Origin("origin"), Origin("origin2"), EchoServer())
     counts = {"PASS": 0, "FAIL": 0, "PENDING": 0}
     for c in selected:
@@ -137,6 +140,7 @@ def main(argv=None):
         print(f"{verdict} {c.name}" + (f": {reason}" if reason else ""), flush=True)
     for s in servers:
         s.stop()
+    shutil.rmtree(confhome, ignore_errors=True)
     print(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['PENDING']} pending", flush=True)
     return 1 if counts["FAIL"] else 0
 

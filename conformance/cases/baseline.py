@@ -62,6 +62,10 @@ def _chunked(t):
                 "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").encode())
         status, *_ = c.read_response()
         eq(status, 200, "status of the chunked upload")
+    finally:
+        c.close()
+    c = t.raw()
+    try:
         c.send(f"GET {t.url('/chunked?part=ab&part=c&t=x-trailer:%20t1')} HTTP/1.1\r\n"
                f"Host: 127.0.0.1:{t.origin.port}\r\nTE: trailers\r\n\r\n".encode())
         status, _r, _h, body, trailers = c.read_response()
@@ -70,6 +74,32 @@ def _chunked(t):
     eq(t.origin_requests(1)[0]["body"], b"abcde", "uploaded body at the origin")
     eq((status, body), (200, b"abc"), "chunked response at the client")
     eq(hget(trailers, "x-trailer"), "t1", "trailer at the client")
+
+
+def keepalive_after_upload(t, upload: bytes, rounds=20):
+    """Several client connections, each: upload, then a GET on the same connection.
+    From the second round on the upload goes over a pooled upstream connection."""
+    for i in range(rounds):
+        c = t.raw()
+        try:
+            c.send(f"POST {t.url('/echo')} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n".encode() + upload)
+            status, _r, headers, _b, _t = c.read_response()
+            eq(status, 200, f"round {i + 1}: status of the upload")
+            eq(hget(headers, "connection"), None, f"round {i + 1}: Connection header on the answer to a keep-alive upload")
+            c.send(f"GET {t.url('/echo')} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n\r\n".encode())
+            eq(c.read_response()[0], 200, f"round {i + 1}: status of the next request on the same connection")
+        finally:
+            c.close()
+
+
+@case("baseline keep-alive after a Content-Length upload on a pooled upstream connection")
+def _keepalive_cl(t):
+    keepalive_after_upload(t, b"Content-Length: 3\r\n\r\nabc")
+
+
+@case("baseline keep-alive after a chunked upload on a pooled upstream connection")
+def _keepalive_chunked(t):
+    keepalive_after_upload(t, b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
 
 
 @case("baseline keep-alive: two requests, one upstream connection reused")

@@ -84,3 +84,16 @@ def _disc_drop(t):
     demotion_logged_once(t, "demote_disc_drop", "DROP")
     r = t.curl("/echo")
     eq(r.status, 200, f"status of a second request (curl: {r.err})")
+
+
+@case("demote RESPOND_GRPC from http.on_request", plugins={"demote_req_grpc.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  return action.RESPOND_GRPC{ status = 7, message = "denied" }
+end)
+"""})
+def _req_grpc(t):
+    r = t.curl("/echo")
+    eq(r.status, 200, f"client status (curl: {r.err})")
+    eq(hget(r.headers, "grpc-status"), None, "grpc-status at the client")
+    eq(len(t.origin_requests(1)), 1, "requests at the origin")
+    demotion_logged_once(t, "demote_req_grpc", "RESPOND_GRPC")

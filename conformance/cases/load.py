@@ -181,3 +181,16 @@ def _run_all_rows(t):
     r = t.curl("/echo")
     eq(r.status, 200, f"status through a proxy with all rows registered (curl: {r.err})")
     eq(t.one_request()["target"], "/echo", "target at the origin")
+
+
+@case("load error via check: phase 'none' is not a phase name", proxy=False)
+def _phase_none(t):
+    p = t.write("phase_none.lua", 'register_hook("http", "on_request", function() end, { phase = "none" })\n')
+    rc, out = t.check_cli(p)
+    eq(rc, 1, "exit code for phase 'none' on a pipeline event")
+    check("unknown phase 'none'" in out, f"output lacks \"unknown phase 'none'\": {out.strip()[:300]!r}")
+    p = t.write("phase_none_lc.lua", 'register_hook("connection", "on_connect", function() end, { phase = "none" })\n')
+    rc, out = t.check_cli(p)
+    eq(rc, 1, "exit code for phase 'none' on a lifecycle event")
+    check("lifecycle event connection.on_connect takes no phase" in out,
+          f"output lacks the lifecycle phase error: {out.strip()[:300]!r}")

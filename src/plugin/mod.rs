@@ -4,6 +4,7 @@
 //! The engine is sans-IO: it never touches a socket, and when a hook wants a body that
 //! is still streaming it returns [`Step::NeedBody`] and lets the proxy buffer it.
 
+mod budget;
 mod msg;
 mod shared;
 pub mod surface;
@@ -13,20 +14,17 @@ mod tests;
 pub use surface::{Event, Phase, Row, SURFACE};
 
 use crate::http::{Body, Headers, Request, Response, Version};
+use budget::Watchdog;
 use bytes::Bytes;
-use mlua::{
-    AnyUserData, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Thread, Value, VmState,
-};
-use msg::{BodyCfg, Env, LCtx, LRaw, LReq, LResp, ReqRef};
+use mlua::{AnyUserData, Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
+use msg::{BodyCfg, CtxData, Env, LCtx, LRaw, LReq, LResp, ReqRef};
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How many VM instructions run between two budget checks.
-const BUDGET_CHECK_EVERY: u32 = 1000;
 /// Idle trampoline coroutines kept for reuse.
 const POOL_MAX: usize = 16;
 
@@ -107,6 +105,10 @@ pub struct TlsInfo {
     pub peer_cert_subject: Option<String>,
     /// JA4 of the ClientHello (server side only).
     pub client_fingerprint: Option<String>,
+    /// JA3 MD5 of the ClientHello (server side only).
+    pub ja3: Option<String>,
+    /// JA3 input string (server side only).
+    pub ja3_string: Option<String>,
 }
 
 /// The SOCKS5 connect dict of socks5.on_connect.
@@ -262,16 +264,8 @@ struct HookEntry {
 
 /// State shared with the Rust closures living inside the Lua state.
 struct Rt {
-    deadline: Cell<Option<Instant>>,
-    interrupted: Cell<bool>,
     budget: Cell<Duration>,
     plugin: RefCell<Rc<str>>,
-}
-
-impl Rt {
-    fn expired(&self) -> bool {
-        self.deadline.get().is_some_and(|d| Instant::now() >= d)
-    }
 }
 
 /// Values the init chunk creates and the dispatcher compares by identity.
@@ -322,6 +316,9 @@ enum Outcome {
 
 /// One worker's plugin engine: a LuaJIT state and its hook chains. Not `Send`.
 pub struct Engine {
+    // Declared before `lua`: the watchdog must stop before the state is closed.
+    wd: Watchdog,
+    state: *mut mlua::ffi::lua_State,
     lua: Lua,
     rt: Rc<Rt>,
     tok: Tokens,
@@ -333,6 +330,7 @@ pub struct Engine {
     worker: usize,
     warned: RefCell<HashSet<(usize, u8)>>,
     stats: Cell<EngineStats>,
+    ctx_ud: AnyUserData,
 }
 
 const INIT: &str = r#"
@@ -369,10 +367,18 @@ coroutine.resume = function(co, ...) return pass(ores(co, ...)) end
 
 -- msg.body on a streaming body: the Rust getter returns NEED and this wrapper
 -- suspends the hook's coroutine until the proxy has buffered the body.
+-- `msg.headers` is cached on the Lua side (weak keys) so `msg.headers:get(x)` costs one
+-- Rust call, not two; a stale message's headers still fail on use.
+local hcache = setmetatable({}, { __mode = "k" })
 local function wrap(ud)
   local mt = getmeta(ud)
   local idx = mt.__index
   mt.__index = function(u, k)
+    if k == "headers" then
+      local h = hcache[u]
+      if h == nil then h = idx(u, k) ; hcache[u] = h end
+      return h
+    end
     local v = idx(u, k)
     if v == NEED then
       yield(NEED)
@@ -476,12 +482,16 @@ impl Engine {
         // it; no C library loading is left to plugins (loadlib and C searchers removed).
         let lua = unsafe { Lua::unsafe_new_with(libs, LuaOptions::default()) };
         let rt = Rc::new(Rt {
-            deadline: Cell::new(None),
-            interrupted: Cell::new(false),
             budget: Cell::new(cfg.hook_budget),
             plugin: RefCell::new(Rc::from("")),
         });
         let (tok, tramp) = Self::init(&lua, &rt, cfg).map_err(LoadError::engine)?;
+        // Outside any callback this is the main state, which lives as long as `lua`.
+        let lstate = lua.exec_raw_lua(|raw| raw.state());
+        let tick = (cfg.hook_budget / 4).clamp(Duration::from_millis(1), Duration::from_millis(20));
+        let wd = Watchdog::new(lstate, tick).map_err(|e| {
+            LoadError::engine(lua_err(format!("cannot start the hook watchdog: {e}")))
+        })?;
 
         let state = Rc::new(RefCell::new(LoadState {
             file: PathBuf::new(),
@@ -522,13 +532,12 @@ impl Engine {
                     continue;
                 }
             };
-            rt.interrupted.set(false);
-            rt.deadline.set(Some(Instant::now() + load_budget));
+            wd.enter(load_budget);
             let res = lua
                 .load(&src[..])
                 .set_name(format!("@{}", file.display()))
                 .exec();
-            rt.deadline.set(None);
+            wd.leave(lstate);
             if let Err(e) = res {
                 let text = match &e {
                     mlua::Error::SyntaxError { message, .. } => message.clone(),
@@ -573,7 +582,22 @@ impl Engine {
             mask |= 1 << ev as u32;
             chains[ev as usize][phase].push(entry);
         }
+        let ctx_ud = lua
+            .create_userdata(LCtx(RefCell::new(CtxData {
+                conn_id: 0,
+                flow_id: None,
+                client_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                server_addr: None,
+                sni: None,
+                listener_name: Rc::from(""),
+                worker,
+                plugin: Rc::from(""),
+            })))
+            .map_err(LoadError::engine)?;
         Ok(Engine {
+            wd,
+            state: lstate,
+            ctx_ud,
             lua,
             rt,
             tok,
@@ -595,8 +619,7 @@ impl Engine {
             need: need.clone(),
             max: cfg.max_plugin_body,
         });
-        let r = rt.clone();
-        let expired = lua.create_function(move |_, ()| Ok(r.interrupted.get() || r.expired()))?;
+        let expired = lua.create_function(|_, ()| Ok(Watchdog::expired()))?;
         let req_ud = lua.create_userdata(LReq::new(Env::new(placeholder_request()), true))?;
         let resp_ud =
             lua.create_userdata(LResp::new(Env::new(placeholder_response()), ReqRef::new()))?;
@@ -645,19 +668,6 @@ impl Engine {
         level!("warn", warn);
         level!("error", error);
         g.set("log", log)?;
-
-        let r = rt.clone();
-        lua.set_global_hook(
-            HookTriggers::new().every_nth_instruction(BUDGET_CHECK_EVERY),
-            move |_, _| {
-                if r.expired() {
-                    r.interrupted.set(true);
-                    let ms = r.budget.get().as_secs_f64() * 1000.0;
-                    return Err(lua_err(format!("hook exceeded its time budget ({ms} ms)")));
-                }
-                Ok(VmState::Continue)
-            },
-        )?;
 
         let tok = Tokens {
             cont: cont.to_pointer(),
@@ -809,16 +819,20 @@ impl Engine {
     }
 
     fn ctx(&self, conn: &ConnInfo, flow_id: Option<u64>) -> mlua::Result<AnyUserData> {
-        self.lua.create_userdata(LCtx {
-            conn_id: conn.conn_id,
-            flow_id,
-            client_addr: conn.client_addr,
-            server_addr: conn.server_addr,
-            sni: conn.sni.clone(),
-            listener_name: conn.listener_name.clone(),
-            worker: conn.worker,
-            plugin: RefCell::new(Rc::from("")),
-        })
+        {
+            let c = self.ctx_ud.borrow::<LCtx>()?;
+            let mut d = c.0.borrow_mut();
+            d.conn_id = conn.conn_id;
+            d.flow_id = flow_id;
+            d.client_addr = conn.client_addr;
+            d.server_addr = conn.server_addr;
+            d.sni.clone_from(&conn.sni);
+            if !Rc::ptr_eq(&d.listener_name, &conn.listener_name) {
+                d.listener_name = conn.listener_name.clone();
+            }
+            d.worker = conn.worker;
+        }
+        Ok(self.ctx_ud.clone())
     }
 
     fn classify(&self, v: &Value) -> Act {
@@ -868,7 +882,7 @@ impl Engine {
 
     fn hook_error(&self, entry: &HookEntry, msg: &str) {
         self.bump(|s| s.errors += 1);
-        if self.rt.interrupted.get() {
+        if Watchdog::interrupted() {
             self.bump(|s| s.budget_interrupts += 1);
         }
         tracing::error!(
@@ -905,10 +919,9 @@ impl Engine {
         let chain = &self.chains[ev as usize][phase];
         for (i, entry) in chain.iter().enumerate().skip(start) {
             if let Ok(c) = ctx.borrow::<LCtx>() {
-                *c.plugin.borrow_mut() = entry.plugin.clone();
+                c.0.borrow_mut().plugin = entry.plugin.clone();
             }
             *self.rt.plugin.borrow_mut() = entry.plugin.clone();
-            self.rt.interrupted.set(false);
             let resumed = resume.is_some();
             let thread = match resume.take() {
                 Some(t) => t,
@@ -923,9 +936,7 @@ impl Engine {
             if !resumed {
                 self.bump(|s| s.hook_calls += 1);
             }
-            self.rt
-                .deadline
-                .set(Some(Instant::now() + self.rt.budget.get()));
+            self.wd.enter(self.rt.budget.get());
             let res = if resumed {
                 thread.resume::<(Value, Value, Value)>(())
             } else {
@@ -933,9 +944,9 @@ impl Engine {
                     Some(d) => self.frozen(d).unwrap_or(Value::Nil),
                     None => msg.clone(),
                 };
-                thread.resume::<(Value, Value, Value)>((entry.func.clone(), m, ctx.clone()))
+                thread.resume::<(Value, Value, Value)>((&entry.func, m, ctx))
             };
-            self.rt.deadline.set(None);
+            self.wd.leave(self.state);
             let (tag, ok, ret) = match res {
                 Ok(r) => r,
                 Err(e) => {
@@ -1305,7 +1316,9 @@ impl Engine {
             t.raw_set("version_name", info.version_name.as_deref())?;
             t.raw_set("cipher_name", info.cipher_name.as_deref())?;
             t.raw_set("peer_cert_subject", info.peer_cert_subject.as_deref())?;
-            t.raw_set("client_fingerprint", info.client_fingerprint.as_deref())
+            t.raw_set("client_fingerprint", info.client_fingerprint.as_deref())?;
+            t.raw_set("ja3", info.ja3.as_deref())?;
+            t.raw_set("ja3_string", info.ja3_string.as_deref())
         });
     }
 

@@ -537,8 +537,8 @@ impl UserData for LRaw {
     }
 }
 
-/// Read-only `ctx`; `plugin` changes per hook within one chain.
-pub(crate) struct LCtx {
+/// What `ctx` shows; refilled before each chain run (and each resume).
+pub(crate) struct CtxData {
     pub(crate) conn_id: u64,
     pub(crate) flow_id: Option<u64>,
     pub(crate) client_addr: std::net::SocketAddr,
@@ -546,13 +546,18 @@ pub(crate) struct LCtx {
     pub(crate) sni: Option<String>,
     pub(crate) listener_name: Rc<str>,
     pub(crate) worker: usize,
-    pub(crate) plugin: RefCell<Rc<str>>,
+    pub(crate) plugin: Rc<str>,
 }
+
+/// Read-only `ctx`: one userdata per engine, refilled per call, so a chain costs no
+/// ctx allocation (ctx holds no message, so reuse cannot leak one).
+pub(crate) struct LCtx(pub(crate) RefCell<CtxData>);
 
 impl UserData for LCtx {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
             let key = key.as_bytes();
+            let this = this.0.borrow();
             Ok(match &*key {
                 b"conn_id" => Value::Integer(this.conn_id as i64),
                 b"flow_id" => this
@@ -569,7 +574,7 @@ impl UserData for LCtx {
                 },
                 b"listener_name" => lstr(lua, this.listener_name.as_bytes())?,
                 b"worker" => Value::Integer(this.worker as i64),
-                b"plugin" => lstr(lua, this.plugin.borrow().as_bytes())?,
+                b"plugin" => lstr(lua, this.plugin.as_bytes())?,
                 _ => Value::Nil,
             })
         });

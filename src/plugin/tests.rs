@@ -1,5 +1,7 @@
 use super::*;
+use mlua::{HookTriggers, VmState};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 

@@ -198,7 +198,11 @@ impl ClientConn {
                         self.buf = b;
                         self.bytes_in += n as u64;
                     }
-                    Ok(_) => return None,
+                    Ok((Ok(_), _)) => return None,
+                    Ok((Err(e), _)) => {
+                        tracing::debug!(conn = self.info.conn_id, "client read failed: {e}");
+                        return None;
+                    }
                     Err(_) => {
                         // dropped io_uring read: shut down so it completes (see io docs)
                         if idle {
@@ -549,6 +553,7 @@ impl ClientConn {
                     Some(head_buf),
                     output,
                     self.w.timeouts.upstream,
+                    None,
                 )
                 .await;
                 match r {
@@ -711,6 +716,7 @@ impl ClientConn {
                 buf: upbuf,
                 ..
             } = up;
+            let body_read = std::cell::Cell::new(false);
             let upload = relay::body(
                 &self.stream,
                 &mut self.buf,
@@ -719,6 +725,7 @@ impl ClientConn {
                 Some(head),
                 Output::Verbatim,
                 t.idle,
+                Some(&body_read),
             );
             // no deadline while the upload runs: a long upload is not a slow upstream
             let response = read_response_head(ups, upbuf, &limits, None);
@@ -727,7 +734,18 @@ impl ClientConn {
             let mut uploaded = 0;
             let outcome = tokio::select! {
                 biased;
-                r = &mut response => r.map(|(i, h)| (i, h, false)),
+                r = &mut response => {
+                    // the upstream answered first; if the client's body was read whole the
+                    // connection stays in sync once the last write lands
+                    let mut complete = false;
+                    if body_read.get() {
+                        if let Ok(Ok(n)) = tokio::time::timeout(t.upstream, &mut upload).await {
+                            uploaded = n;
+                            complete = true;
+                        }
+                    }
+                    r.map(|(i, h)| (i, h, complete))
+                }
                 u = &mut upload => match u {
                     Ok(n) => {
                         uploaded = n;

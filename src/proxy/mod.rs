@@ -89,6 +89,8 @@ pub(crate) fn fire_tls_hook(w: &Worker, conn: &ConnInfo, info: &crate::tls::TlsI
         cipher_name: info.cipher_name.clone(),
         peer_cert_subject: info.peer_cert_subject.clone(),
         client_fingerprint: info.client_fingerprint.clone(),
+        ja3: info.ja3.clone(),
+        ja3_string: info.ja3_string.clone(),
     };
     e.tls_handshake(conn, &dict);
 }

@@ -63,7 +63,9 @@ pub enum Output {
 
 /// Relays one body from `src` to `dst`. `first` (e.g. an already encoded head) is
 /// written before the body, coalesced with the first body bytes when small.
-/// Returns the bytes written to `dst`.
+/// Returns the bytes written to `dst`. `source_done` is set once the whole body has
+/// been read from `src` (only the last write may still be under way).
+#[allow(clippy::too_many_arguments)]
 pub async fn body(
     src: &Stream,
     src_buf: &mut BytesMut,
@@ -72,6 +74,7 @@ pub async fn body(
     mut first: Option<BytesMut>,
     output: Output,
     timeout: Duration,
+    source_done: Option<&std::cell::Cell<bool>>,
 ) -> Result<u64, RelayError> {
     let mut written = 0u64;
     loop {
@@ -88,6 +91,9 @@ pub async fn body(
         };
         let n: u64 = pending.iter().map(|b| b.len() as u64).sum();
         if done {
+            if let Some(flag) = source_done {
+                flag.set(true);
+            }
             dst.write_all_vectored(pending)
                 .await
                 .map_err(RelayError::Sink)?;

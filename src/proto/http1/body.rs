@@ -154,13 +154,8 @@ impl BodyDecoder {
     /// when the trailer section is empty.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, BodyError> {
         let mut ranges: Vec<(usize, usize)> = Vec::new();
-        let consumed = self.run(buf, true, |start, end| {
-            // Adjacent pieces (a chunk split over steps never happens, but cheap to merge).
-            match ranges.last_mut() {
-                Some(last) if last.1 == start => last.1 = end,
-                _ => ranges.push((start, end)),
-            }
-        })?;
+        let consumed = self.run(buf, true, |start, end| ranges.push((start, end)))?;
+        // One freeze, then every payload piece is a slice of it: no copy.
         let framed = buf.split_to(consumed).freeze();
         let data = ranges
             .into_iter()
