@@ -293,7 +293,13 @@ fn cli_flags() -> Vec<String> {
     let flags: Vec<String> = doc
         .lines()
         .filter_map(|l| l.trim_start().strip_prefix("--"))
-        .map(|rest| format!("--{}", rest.split_whitespace().next().unwrap()))
+        .map(|rest| {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            format!("--{name}")
+        })
         .collect();
     assert!(
         flags.len() >= 20,
