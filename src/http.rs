@@ -319,10 +319,7 @@ mod tests {
     #[test]
     fn absolute_targets() {
         let t = Target::parse_absolute(b"http://Example.com:8080/a?b").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("Example.com", 8080, "/a?b")
-        );
+        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("Example.com", 8080, "/a?b"));
         let t = Target::parse_absolute(b"http://h?x=1").unwrap();
         assert_eq!(t.path, "/?x=1");
         let t = Target::parse_absolute(b"https://[::1]/").unwrap();
@@ -337,10 +334,7 @@ mod tests {
         let t = Target::parse_authority(b"example.com:443").unwrap();
         assert_eq!(t.authority(), "example.com:443");
         assert!(Target::parse_authority(b"example.com").is_none());
-        assert_eq!(
-            Target::parse_authority(b"[::1]:8443").unwrap().authority(),
-            "[::1]:8443"
-        );
+        assert_eq!(Target::parse_authority(b"[::1]:8443").unwrap().authority(), "[::1]:8443");
     }
 }
 

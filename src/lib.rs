@@ -1,5 +1,5 @@
 //! luring: a thread-per-core io_uring intercepting proxy, scriptable in Lua.
 
 pub mod http;
-pub mod plugin;
 pub mod proto;
+pub mod plugin;
