@@ -710,7 +710,7 @@ ROWS = [
 ]
 
 # Layers the proxy does not have yet: their rows are PENDING (registration is still checked).
-LAYERS_NOT_BUILT = {"ws", "grpc", "grpc-web", "sse", "tls", "socks5"}
+LAYERS_NOT_BUILT = {"ws", "grpc", "grpc-web", "sse", "socks5"}
 
 
 def settle(seconds=0.4):
