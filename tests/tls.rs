@@ -229,6 +229,21 @@ fn ip_target_without_sni_gets_ip_san() {
     let info = x509_text(&leaf, &["-issuer", "-ext", "subjectAltName"]);
     assert!(info.contains("IP Address:127.0.0.1"), "{info}");
     assert!(info.contains("issuer=CN = luring CA, O = luring"), "{info}");
+    // and a request to the IP goes through (upstream verified against its IP SAN)
+    let r = curl(&[
+        "-x",
+        &proxy.url(),
+        "--cacert",
+        conf.ca(),
+        &format!("https://127.0.0.1:{}/by-ip", origin.port()),
+    ]);
+    assert_eq!(
+        (r.status, r.body_str()),
+        (200, "tls-origin says: /by-ip".to_string()),
+        "{}\n{}",
+        r.stderr,
+        proxy.stderr()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -659,7 +674,7 @@ fn reverse_https_serves_plain_and_tls_clients_on_one_port() {
 const HOOK: &str = r#"
 register_hook("tls", "on_handshake", function(msg, ctx)
   log.info(string.format(
-    "TLSHOOK side=%s sni=%s alpn=%s version_name=%s cipher_name=%s client_fingerprint=%s peer_cert_subject=%s",
+    "TLSHOOK side=%s sni=%s alpn=%s version_name=%s cipher_name=%s client_fingerprint=%s peer_cert_subject=[%s]",
     tostring(msg.side), tostring(msg.sni), tostring(msg.alpn), tostring(msg.version_name),
     tostring(msg.cipher_name), tostring(msg.client_fingerprint), tostring(msg.peer_cert_subject)))
 end)
@@ -672,7 +687,8 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in {line}"));
     let rest = &line[i + pat.len()..];
     if key == "peer_cert_subject" {
-        rest.trim_end()
+        let rest = rest.strip_prefix('[').expect("peer_cert_subject=[...]");
+        &rest[..rest.find(']').expect("peer_cert_subject=[...]")]
     } else {
         rest.split(' ').next().unwrap()
     }
@@ -742,4 +758,186 @@ fn on_handshake_fires_for_both_sides_with_every_key() {
         "{client}"
     );
     assert_eq!(field(client, "client_fingerprint"), "nil", "{client}");
+}
+
+// ---------------------------------------------------------------------------
+// bulk data and concurrency through the intercepting TLS streams
+// ---------------------------------------------------------------------------
+
+#[test]
+fn large_bodies_both_ways_through_interception() {
+    let pki = TestPki::new();
+    let origin = TlsOrigin::start(&pki);
+    let conf = Conf::new();
+    let proxy = start(&conf, &["--upstream-ca", pki.ca_pem.to_str().unwrap()]);
+    let up_len: u64 = 3 * 1024 * 1024 + 17;
+    let upload = conf.dir.path("upload.bin");
+    let mut f = std::fs::File::create(&upload).unwrap();
+    write_pattern(&mut f, up_len).unwrap();
+    drop(f);
+    let base = format!("https://localhost:{}", origin.port());
+    let r = curl(&[
+        "-x",
+        &proxy.url(),
+        "--cacert",
+        conf.ca(),
+        "--data-binary",
+        &format!("@{}", upload.display()),
+        &format!("{base}/upload"),
+    ]);
+    assert_eq!(
+        (r.status, r.body_str()),
+        (200, "tls-origin says: /upload".to_string()),
+        "{}\n{}",
+        r.stderr,
+        proxy.stderr()
+    );
+    let reqs = origin.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(
+        (reqs[0].body_len, reqs[0].body_is_pattern),
+        (up_len, true),
+        "upload as the origin got it"
+    );
+    let down_len: u64 = 5 * 1024 * 1024 + 3;
+    let r = curl(&[
+        "-x",
+        &proxy.url(),
+        "--cacert",
+        conf.ca(),
+        &format!("{base}/big/{down_len}"),
+    ]);
+    assert_eq!(r.status, 200, "{}\n{}", r.stderr, proxy.stderr());
+    let mut check = PatternCheck::default();
+    check.feed(&r.body);
+    assert_eq!(
+        (check.count, check.ok()),
+        (down_len, true),
+        "download as the client got it ({:?})",
+        check.first_mismatch
+    );
+}
+
+#[test]
+fn parallel_intercepted_clients() {
+    let pki = TestPki::new();
+    let origin = TlsOrigin::start(&pki);
+    let conf = Conf::new();
+    let proxy = start(&conf, &["--upstream-ca", pki.ca_pem.to_str().unwrap()]);
+    let url = proxy.url();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (url, ca) = (url.clone(), conf.ca().to_string());
+            let target = format!("https://localhost:{}/p{i}", origin.port());
+            std::thread::spawn(move || curl(&["-x", &url, "--cacert", &ca, &target]))
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        let r = t.join().unwrap();
+        assert_eq!(
+            (r.status, r.body_str()),
+            (200, format!("tls-origin says: /p{i}")),
+            "client {i}: {}\n{}",
+            r.stderr,
+            proxy.stderr()
+        );
+    }
+    assert_eq!(origin.requests().len(), 8);
+}
+
+// ---------------------------------------------------------------------------
+// CA file states documented in docs/tls.md
+// ---------------------------------------------------------------------------
+
+fn refused(conf: &Conf, file: &str, why: &str) {
+    let cd = conf.confdir();
+    let e = match Proxy::try_start(&["--confdir", &cd]) {
+        Ok(p) => panic!("started with {why}: {}", p.stderr()),
+        Err(e) => e,
+    };
+    assert!(
+        e.status.is_some_and(|s| !s.success()),
+        "{why}: exit status {:?}: {}",
+        e.status,
+        e.stderr
+    );
+    assert!(
+        e.stderr.contains(file),
+        "{why}: error must name {file}: {}",
+        e.stderr
+    );
+}
+
+#[test]
+fn key_not_matching_cert_is_refused() {
+    let conf = Conf::new();
+    let key = conf.file("luring-ca.key");
+    let other = conf.dir.path("other.key");
+    let o = run_cmd(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            other.to_str().unwrap(),
+        ],
+        b"",
+        CMD_WAIT,
+    );
+    assert!(o.ok(), "{o:?}");
+    std::fs::copy(&other, &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    refused(
+        &conf,
+        "luring-ca.key",
+        "a key that does not match the certificate",
+    );
+}
+
+#[test]
+fn missing_cert_with_key_present_is_refused_not_replaced() {
+    let conf = Conf::new();
+    let key_before = std::fs::read(conf.file("luring-ca.key")).unwrap();
+    std::fs::remove_file(conf.file("luring-ca.pem")).unwrap();
+    refused(&conf, "luring-ca.pem", "the key but no certificate");
+    assert_eq!(
+        std::fs::read(conf.file("luring-ca.key")).unwrap(),
+        key_before,
+        "the CA key was replaced"
+    );
+}
+
+#[test]
+fn deleted_der_is_recreated() {
+    let conf = Conf::new();
+    std::fs::remove_file(conf.file("luring-ca.der")).unwrap();
+    let proxy = start(&conf, &[]);
+    assert!(
+        conf.file("luring-ca.der").exists(),
+        "luring-ca.der not recreated: {}",
+        proxy.stderr()
+    );
+    let o = run_cmd(
+        "openssl",
+        &[
+            "x509",
+            "-inform",
+            "der",
+            "-in",
+            conf.file("luring-ca.der").to_str().unwrap(),
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+        ],
+        b"",
+        CMD_WAIT,
+    );
+    let pem_fp = x509_text(
+        &std::fs::read_to_string(conf.ca()).unwrap(),
+        &["-fingerprint", "-sha256"],
+    );
+    assert!(o.ok() && o.stdout == pem_fp, "{o:?} vs {pem_fp}");
 }

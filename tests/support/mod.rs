@@ -1760,10 +1760,16 @@ impl TestPki {
 pub struct TlsRequest {
     pub line: String,
     pub conn: usize,
+    /// Content-Length bytes read after the head.
+    pub body_len: u64,
+    /// The body was the deterministic pattern ([`write_pattern`]).
+    pub body_is_pattern: bool,
 }
 
 /// An HTTPS/1.1 origin on 127.0.0.1:0 (rustls, thread per connection, keep-alive).
-/// Answers every request with 200 and the body `tls-origin says: <request target>`.
+/// Answers every request with 200 and the body `tls-origin says: <request target>`,
+/// except `GET /big/N`: N bytes of the deterministic pattern. Request bodies
+/// (Content-Length) are read and checked against the pattern.
 pub struct TlsOrigin {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<TlsRequest>>>,
@@ -1851,13 +1857,50 @@ fn serve_tls_conn(
         buf.drain(..end);
         let line = head.lines().next().unwrap_or("").to_string();
         let target = line.split(' ').nth(1).unwrap_or("").to_string();
-        rq.lock().unwrap().push(TlsRequest { line, conn: n });
-        let body = format!("tls-origin says: {target}");
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        tls.write_all(resp.as_bytes())?;
+        let content_length: u64 = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        // request body: counted and checked against the pattern
+        let mut check = PatternCheck::default();
+        let from_buf = (content_length as usize).min(buf.len());
+        check.feed(&buf[..from_buf]);
+        buf.drain(..from_buf);
+        while check.count < content_length {
+            let want = ((content_length - check.count) as usize).min(chunk.len());
+            let got = tls.read(&mut chunk[..want])?;
+            if got == 0 {
+                return Ok(());
+            }
+            check.feed(&chunk[..got]);
+        }
+        rq.lock().unwrap().push(TlsRequest {
+            line,
+            conn: n,
+            body_len: check.count,
+            body_is_pattern: check.ok(),
+        });
+        // GET /big/N answers N pattern bytes; anything else a short text
+        if let Some(n) = target
+            .strip_prefix("/big/")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+            tls.write_all(head.as_bytes())?;
+            write_pattern(&mut tls, n)?;
+        } else {
+            let body = format!("tls-origin says: {target}");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            tls.write_all(resp.as_bytes())?;
+        }
         tls.flush()?;
     }
 }
