@@ -941,3 +941,48 @@ fn deleted_der_is_recreated() {
     );
     assert!(o.ok() && o.stdout == pem_fp, "{o:?} vs {pem_fp}");
 }
+
+// ---------------------------------------------------------------------------
+// passthrough by SNI (docs/tls.md: a connection is known by its CONNECT host and
+// its SNI; ignored if any name matches an ignore pattern, intercepted under allow
+// rules if any name matches)
+// ---------------------------------------------------------------------------
+
+/// CONNECT to 127.0.0.1:ORIGIN with SNI `localhost`; returns the leaf's issuer line.
+fn issuer_seen_for_sni_only_rule(flag: &str, regex: &str) -> String {
+    let pki = TestPki::new();
+    let origin = TlsOrigin::start(&pki);
+    let conf = Conf::new();
+    let proxy = start(
+        &conf,
+        &[flag, regex, "--upstream-ca", pki.ca_pem.to_str().unwrap()],
+    );
+    let o = s_client(
+        &proxy,
+        &format!("127.0.0.1:{}", origin.port()),
+        &["-servername", "localhost"],
+    );
+    let leaf = leaf_of(&o);
+    x509_text(&leaf, &["-issuer"]).trim().to_string()
+}
+
+#[test]
+fn ignore_hosts_matching_only_the_sni_relays() {
+    let issuer = issuer_seen_for_sni_only_rule("--ignore-hosts", "^localhost:");
+    assert_eq!(
+        issuer,
+        format!("issuer=CN = {TEST_CA_CN}"),
+        "CONNECT 127.0.0.1 with SNI localhost under --ignore-hosts ^localhost: \
+         must be relayed (the client must see the origin's certificate)"
+    );
+}
+
+#[test]
+fn allow_hosts_matching_only_the_sni_intercepts() {
+    let issuer = issuer_seen_for_sni_only_rule("--allow-hosts", "^localhost:");
+    assert_eq!(
+        issuer, "issuer=CN = luring CA, O = luring",
+        "CONNECT 127.0.0.1 with SNI localhost under --allow-hosts ^localhost: \
+         must be intercepted (the client must see a luring leaf)"
+    );
+}
