@@ -986,3 +986,105 @@ fn allow_hosts_matching_only_the_sni_intercepts() {
          must be intercepted (the client must see a luring leaf)"
     );
 }
+
+#[test]
+fn on_handshake_fires_for_both_sides_in_reverse_mode() {
+    let pki = TestPki::new();
+    let origin = TlsOrigin::start(&pki);
+    let conf = Conf::new();
+    let plugin = conf.dir.path("hook.lua");
+    std::fs::write(&plugin, HOOK).unwrap();
+    let mode = format!("reverse:https://localhost:{}", origin.port());
+    let proxy = start(
+        &conf,
+        &[
+            "--mode",
+            &mode,
+            "--upstream-ca",
+            pki.ca_pem.to_str().unwrap(),
+            "--plugin",
+            plugin.to_str().unwrap(),
+        ],
+    );
+    let resolve = format!("localhost:{}:127.0.0.1", proxy.port());
+    let r = curl(&[
+        "--cacert",
+        conf.ca(),
+        "--resolve",
+        &resolve,
+        &format!("https://localhost:{}/rev", proxy.port()),
+    ]);
+    assert_eq!(r.status, 200, "{}\n{}", r.stderr, proxy.stderr());
+    let both = || {
+        let log = proxy.stderr();
+        log.contains("TLSHOOK side=server") && log.contains("TLSHOOK side=client")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), both),
+        "both sides expected: {}",
+        proxy.stderr()
+    );
+    let log = proxy.stderr();
+    let server = log
+        .lines()
+        .find(|l| l.contains("TLSHOOK side=server"))
+        .unwrap();
+    let client = log
+        .lines()
+        .find(|l| l.contains("TLSHOOK side=client"))
+        .unwrap();
+    assert_eq!(field(server, "sni"), "localhost", "{server}");
+    assert!(
+        field(client, "peer_cert_subject").contains(&format!("CN={TEST_ORIGIN_CN}")),
+        "{client}"
+    );
+}
+
+#[test]
+fn two_requests_in_one_tunnel_one_handshake_per_side() {
+    let pki = TestPki::new();
+    let origin = TlsOrigin::start(&pki);
+    let conf = Conf::new();
+    let plugin = conf.dir.path("hook.lua");
+    std::fs::write(&plugin, HOOK).unwrap();
+    let proxy = start(
+        &conf,
+        &[
+            "--upstream-ca",
+            pki.ca_pem.to_str().unwrap(),
+            "--plugin",
+            plugin.to_str().unwrap(),
+        ],
+    );
+    let base = format!("https://localhost:{}", origin.port());
+    let (out, xfers, _) = curl_xfers(&[
+        "-x",
+        &proxy.url(),
+        "--cacert",
+        conf.ca(),
+        &format!("{base}/one"),
+        &format!("{base}/two"),
+    ]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(
+        xfers.iter().map(|x| x.status).collect::<Vec<_>>(),
+        [200, 200]
+    );
+    assert_eq!(origin.requests().len(), 2);
+    // the upstream keeps its connection alive: the proxy reuses it
+    assert_eq!(origin.handshakes(), 1, "upstream TLS handshakes");
+    let count = |side: &str| {
+        proxy
+            .stderr()
+            .matches(&format!("TLSHOOK side={side}"))
+            .count()
+    };
+    assert!(wait_until(Duration::from_secs(5), || count("client") >= 1));
+    std::thread::sleep(Duration::from_millis(300)); // lines that must not appear
+    assert_eq!(
+        (count("server"), count("client")),
+        (1, 1),
+        "{}",
+        proxy.stderr()
+    );
+}
