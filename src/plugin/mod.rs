@@ -14,7 +14,7 @@ mod tests;
 pub use surface::{Event, Phase, Row, SURFACE};
 
 use crate::http::{Body, Headers, Request, Response, Version};
-use budget::Watchdog;
+use budget::Budget;
 use bytes::Bytes;
 use mlua::{AnyUserData, Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
 use msg::{BodyCfg, CtxData, Env, LCtx, LRaw, LReq, LResp, ReqRef};
@@ -316,9 +316,7 @@ enum Outcome {
 
 /// One worker's plugin engine: a LuaJIT state and its hook chains. Not `Send`.
 pub struct Engine {
-    // Declared before `lua`: the watchdog must stop before the state is closed.
-    wd: Watchdog,
-    state: *mut mlua::ffi::lua_State,
+    wd: Budget,
     lua: Lua,
     rt: Rc<Rt>,
     tok: Tokens,
@@ -488,10 +486,7 @@ impl Engine {
         let (tok, tramp) = Self::init(&lua, &rt, cfg).map_err(LoadError::engine)?;
         // Outside any callback this is the main state, which lives as long as `lua`.
         let lstate = lua.exec_raw_lua(|raw| raw.state());
-        let tick = (cfg.hook_budget / 4).clamp(Duration::from_millis(1), Duration::from_millis(20));
-        let wd = Watchdog::new(lstate, tick).map_err(|e| {
-            LoadError::engine(lua_err(format!("cannot start the hook watchdog: {e}")))
-        })?;
+        let wd = Budget::install(lstate);
 
         let state = Rc::new(RefCell::new(LoadState {
             file: PathBuf::new(),
@@ -537,7 +532,7 @@ impl Engine {
                 .load(&src[..])
                 .set_name(format!("@{}", file.display()))
                 .exec();
-            wd.leave(lstate);
+            wd.leave();
             if let Err(e) = res {
                 let text = match &e {
                     mlua::Error::SyntaxError { message, .. } => message.clone(),
@@ -596,7 +591,6 @@ impl Engine {
             .map_err(LoadError::engine)?;
         Ok(Engine {
             wd,
-            state: lstate,
             ctx_ud,
             lua,
             rt,
@@ -619,7 +613,7 @@ impl Engine {
             need: need.clone(),
             max: cfg.max_plugin_body,
         });
-        let expired = lua.create_function(|_, ()| Ok(Watchdog::expired()))?;
+        let expired = lua.create_function(|_, ()| Ok(Budget::expired()))?;
         let req_ud = lua.create_userdata(LReq::new(Env::new(placeholder_request()), true))?;
         let resp_ud =
             lua.create_userdata(LResp::new(Env::new(placeholder_response()), ReqRef::new()))?;
@@ -882,7 +876,7 @@ impl Engine {
 
     fn hook_error(&self, entry: &HookEntry, msg: &str) {
         self.bump(|s| s.errors += 1);
-        if Watchdog::interrupted() {
+        if Budget::interrupted() {
             self.bump(|s| s.budget_interrupts += 1);
         }
         tracing::error!(
@@ -946,7 +940,7 @@ impl Engine {
                 };
                 thread.resume::<(Value, Value, Value)>((&entry.func, m, ctx))
             };
-            self.wd.leave(self.state);
+            self.wd.leave();
             let (tag, ok, ret) = match res {
                 Ok(r) => r,
                 Err(e) => {

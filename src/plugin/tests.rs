@@ -841,3 +841,13 @@ fn hook_yielding_on_its_own_is_an_error_not_a_hang() {
     assert_eq!(h(&r, "x-next").as_deref(), Some("1"));
     assert_eq!(e.stats().errors, 1);
 }
+
+#[test]
+fn annotations_file_is_valid_lua() {
+    let lua = Lua::new();
+    let src = include_str!("../../lua/luring.d.lua");
+    lua.load(src)
+        .set_name("@lua/luring.d.lua")
+        .into_function()
+        .unwrap();
+}

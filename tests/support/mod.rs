@@ -1569,3 +1569,428 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+// ---------------------------------------------------------------------------
+// TLS: a test PKI made with the openssl CLI, an HTTPS origin, bounded commands
+// ---------------------------------------------------------------------------
+
+/// Output of [`run_cmd`]. `code` is None when the command was killed at the bound.
+#[derive(Debug)]
+pub struct CmdOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Run `program ARGS` with `stdin` as its input; killed after `timeout`.
+pub fn run_cmd(program: &str, args: &[&str], stdin: &[u8], timeout: Duration) -> CmdOutput {
+    let mut child = Command::new(program)
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e} (is it installed?)"));
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = Capture::spawn(child.stdout.take().unwrap());
+    let err = Capture::spawn(child.stderr.take().unwrap());
+    let mut st = None;
+    wait_until(timeout, || {
+        st = child.try_wait().ok().flatten();
+        st.is_some()
+    });
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = writer.join();
+    out.wait(Duration::from_secs(2), |_| false);
+    err.wait(Duration::from_secs(2), |_| false);
+    CmdOutput {
+        code: st.and_then(|s| s.code()),
+        stdout: out.text(),
+        stderr: err.text(),
+    }
+}
+
+/// A throwaway PKI: a CA and a server certificate for `localhost` / 127.0.0.1
+/// (subject `CN=luring-test-origin`), made with the openssl command line.
+pub struct TestPki {
+    pub dir: TempDir,
+    pub ca_pem: std::path::PathBuf,
+    pub server_pem: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+}
+
+/// Subject CN of the [`TestPki`] server certificate.
+pub const TEST_ORIGIN_CN: &str = "luring-test-origin";
+/// Subject CN of the [`TestPki`] CA.
+pub const TEST_CA_CN: &str = "luring test CA";
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = TempDir::new("pki");
+        let p = |n: &str| dir.path(n).to_string_lossy().to_string();
+        let (ca_key, ca_pem, key, csr, pem, ext) = (
+            p("ca.key"),
+            p("ca.pem"),
+            p("server.key"),
+            p("server.csr"),
+            p("server.pem"),
+            p("ext.cnf"),
+        );
+        std::fs::write(
+            &ext,
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        let ca_subj = format!("/CN={TEST_CA_CN}");
+        let srv_subj = format!("/CN={TEST_ORIGIN_CN}");
+        let steps: Vec<Vec<&str>> = vec![
+            vec![
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca_pem,
+                "-days",
+                "30",
+                "-subj",
+                &ca_subj,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+            vec![
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &srv_subj,
+            ],
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_pem,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "30",
+                "-extfile",
+                &ext,
+            ],
+        ];
+        for args in steps {
+            let o = run_cmd("openssl", &args, b"", Duration::from_secs(30));
+            assert!(o.ok(), "openssl {args:?}: {o:?}");
+        }
+        TestPki {
+            ca_pem: dir.path("ca.pem"),
+            server_pem: dir.path("server.pem"),
+            server_key: dir.path("server.key"),
+            dir,
+        }
+    }
+
+    /// The rustls server config of the test origin, offering `alpn`.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        let certs: Vec<_> = rustls_pemfile::certs(&mut io::BufReader::new(
+            std::fs::File::open(&self.server_pem).unwrap(),
+        ))
+        .collect::<Result<_, _>>()
+        .unwrap();
+        let key = rustls_pemfile::private_key(&mut io::BufReader::new(
+            std::fs::File::open(&self.server_key).unwrap(),
+        ))
+        .unwrap()
+        .expect("a private key in server.key");
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+}
+
+/// What [`TlsOrigin`] received: request line, and the connection number it came on.
+#[derive(Debug, Clone)]
+pub struct TlsRequest {
+    pub line: String,
+    pub conn: usize,
+    /// Content-Length bytes read after the head.
+    pub body_len: u64,
+    /// The body was the deterministic pattern ([`write_pattern`]).
+    pub body_is_pattern: bool,
+}
+
+/// An HTTPS/1.1 origin on 127.0.0.1:0 (rustls, thread per connection, keep-alive).
+/// Answers every request with 200 and the body `tls-origin says: <request target>`,
+/// except `GET /big/N`: N bytes of the deterministic pattern. Request bodies
+/// (Content-Length) are read and checked against the pattern.
+pub struct TlsOrigin {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<TlsRequest>>>,
+    handshakes: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TlsOrigin {
+    pub fn start(pki: &TestPki) -> TlsOrigin {
+        let cfg = pki.server_config(&[b"http/1.1"]);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind tls origin");
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (rq, hs, st) = (requests.clone(), handshakes.clone(), stop.clone());
+        thread::spawn(move || {
+            for (n, s) in listener.incoming().enumerate() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(s) = s else { continue };
+                let (cfg, rq, hs) = (cfg.clone(), rq.clone(), hs.clone());
+                thread::spawn(move || {
+                    let _ = serve_tls_conn(s, cfg, n, &rq, &hs);
+                });
+            }
+        });
+        TlsOrigin {
+            addr,
+            requests,
+            handshakes,
+            stop,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn requests(&self) -> Vec<TlsRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Completed TLS handshakes.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsOrigin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+fn serve_tls_conn(
+    s: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    n: usize,
+    rq: &Mutex<Vec<TlsRequest>>,
+    hs: &AtomicUsize,
+) -> io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let conn = rustls::ServerConnection::new(cfg).map_err(io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let mut counted = false;
+    loop {
+        while find(&buf, b"\r\n\r\n").is_none() {
+            let got = tls.read(&mut chunk)?;
+            if !counted && !tls.conn.is_handshaking() {
+                counted = true;
+                hs.fetch_add(1, Ordering::SeqCst);
+            }
+            if got == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..got]);
+        }
+        let end = find(&buf, b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        buf.drain(..end);
+        let line = head.lines().next().unwrap_or("").to_string();
+        let target = line.split(' ').nth(1).unwrap_or("").to_string();
+        let content_length: u64 = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        // request body: counted and checked against the pattern
+        let mut check = PatternCheck::default();
+        let from_buf = (content_length as usize).min(buf.len());
+        check.feed(&buf[..from_buf]);
+        buf.drain(..from_buf);
+        while check.count < content_length {
+            let want = ((content_length - check.count) as usize).min(chunk.len());
+            let got = tls.read(&mut chunk[..want])?;
+            if got == 0 {
+                return Ok(());
+            }
+            check.feed(&chunk[..got]);
+        }
+        rq.lock().unwrap().push(TlsRequest {
+            line,
+            conn: n,
+            body_len: check.count,
+            body_is_pattern: check.ok(),
+        });
+        // GET /big/N answers N pattern bytes; anything else a short text
+        if let Some(n) = target
+            .strip_prefix("/big/")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+            tls.write_all(head.as_bytes())?;
+            write_pattern(&mut tls, n)?;
+        } else {
+            let body = format!("tls-origin says: {target}");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            tls.write_all(resp.as_bytes())?;
+        }
+        tls.flush()?;
+    }
+}
+
+/// Raw TCP echo on 127.0.0.1:0 that never speaks first (unlike [`EchoServer`]);
+/// records the bytes each connection received.
+pub struct QuietEcho {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl QuietEcho {
+    pub fn start() -> QuietEcho {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind quiet echo");
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (rc, st) = (received.clone(), stop.clone());
+        thread::spawn(move || {
+            for s in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut s) = s else { continue };
+                let idx = {
+                    let mut r = rc.lock().unwrap();
+                    r.push(Vec::new());
+                    r.len() - 1
+                };
+                let rc = rc.clone();
+                thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        rc.lock().unwrap()[idx].extend_from_slice(&buf[..n]);
+                        if s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        QuietEcho {
+            addr,
+            received,
+            stop,
+        }
+    }
+
+    /// Bytes received, one entry per accepted connection.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for QuietEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+/// A genuine ClientHello (rustls client, SNI `sni`, ALPN http/1.1) as wire bytes.
+pub fn client_hello_bytes(sni: &str) -> Vec<u8> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+/// First PEM certificate block in `text` (e.g. `openssl s_client -showcerts` output).
+pub fn first_pem_cert(text: &str) -> Option<String> {
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end_mark = "-----END CERTIFICATE-----";
+    let end = text[start..].find(end_mark)? + start + end_mark.len();
+    Some(text[start..end].to_string() + "\n")
+}
