@@ -865,7 +865,7 @@ impl ClientConn {
         let mut early = std::mem::take(&mut self.buf);
         let mut pending: [Option<PendingRead<'_>>; 2] = [None, None];
         let mut upstream_early = BytesMut::new();
-        if self.intercept.is_none() && self.w.tls.intercepts(&host, port) {
+        if self.intercept.is_none() {
             // Who speaks first decides: a client ClientHello is intercepted; a server
             // greeting (SMTP, SSH...) means a plain relay. Neither read can be cancelled,
             // so the one still in flight is handed to the relay.
@@ -896,23 +896,28 @@ impl ClientConn {
             if pending[0].is_none()
                 && crate::proto::client_hello::is_tls_client_hello_start(&early) != Some(false)
             {
-                drop(pending);
-                up.stream.shutdown(Shutdown::Both);
-                self.buf = early;
                 let head_timeout = self.w.timeouts.head;
-                return match WorkerTls::read_client_hello(&self.stream, &mut self.buf, head_timeout)
-                    .await
-                {
-                    Ok(Some(hello)) => {
-                        self.start_tls(&hello, &host, Some(req.authority.clone()))
-                            .await
+                match WorkerTls::read_client_hello(&self.stream, &mut early, head_timeout).await {
+                    // the passthrough rules see both names, as in mitmproxy
+                    Ok(Some(hello))
+                        if self.w.tls.intercepts_any(&host, hello.sni.as_deref(), port) =>
+                    {
+                        drop(pending);
+                        up.stream.shutdown(Shutdown::Both);
+                        self.buf = early;
+                        return self
+                            .start_tls(&hello, &host, Some(req.authority.clone()))
+                            .await;
                     }
-                    Ok(None) => Next::Close,
+                    // ignored host: the buffered ClientHello is relayed as it came
+                    Ok(Some(_)) | Ok(None) => {}
                     Err(why) => {
                         tracing::info!(conn = self.info.conn_id, "tunnel to {host}:{port}: {why}");
-                        Next::Close
+                        drop(pending);
+                        up.stream.shutdown(Shutdown::Both);
+                        return Next::Close;
                     }
-                };
+                }
             }
         }
         upstream_early.extend_from_slice(&up.buf);

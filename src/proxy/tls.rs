@@ -67,7 +67,12 @@ impl TlsSetup {
 /// Serializes CA creation between processes started at once (test suites, systemd
 /// templates): the loser of the race then loads what the winner wrote.
 fn with_dir_lock<T>(dir: &Confdir, f: impl FnOnce() -> T) -> T {
-    let _ = std::fs::create_dir_all(dir.path());
+    use std::os::unix::fs::DirBuilderExt;
+    // same mode as the CA code would use: the directory holds the CA key
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.path());
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -104,9 +109,15 @@ impl WorkerTls {
         }
     }
 
-    /// Whether a CONNECT to host:port is intercepted.
-    pub fn intercepts(&self, host: &str, port: u16) -> bool {
-        self.setup.passthrough.should_intercept(host, port)
+    /// Whether a tunnel to host:port whose ClientHello named `sni` is intercepted.
+    pub fn intercepts_any(&self, host: &str, sni: Option<&str>, port: u16) -> bool {
+        match sni {
+            Some(name) if name != host => self
+                .setup
+                .passthrough
+                .should_intercept_any(&[host, name], port),
+            _ => self.setup.passthrough.should_intercept(host, port),
+        }
     }
 
     /// Reads a whole ClientHello from `stream` into `buf` (which may already hold its
