@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# TLS termination cost, side by side in one run: wrk over HTTPS (keep-alive) to
+#   nginx-tls     nginx terminating TLS, proxying to the plain origin
+#   luring-tls    luring --mode reverse:http://origin terminating TLS (leaf from its CA)
+# and new TLS connections per second (wrk with Connection: close).
+# Proxies pinned to core 0, wrk and the origin to core 1. Prints req/s and proxy CPU
+# microseconds per request. usage: bash benches/tls-compare.sh [--duration SECS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=4
+[[ "${1:-}" == "--duration" ]] && DURATION=$2
+BIN=target/release/luring
+[[ -x $BIN ]] || cargo build --release
+W=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; [[ -f $W/ngx.pid ]] && kill $(cat $W/ngx.pid) 2>/dev/null; rm -rf $W' EXIT
+head -c 1024 /dev/zero | tr '\0' x > $W/1k
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $W/k.pem \
+  -out $W/c.pem -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost 2>/dev/null
+cat > $W/origin.conf <<NGX
+worker_processes 1; daemon off; pid $W/origin.pid; error_log $W/origin.err;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:19100; root $W; keepalive_requests 1000000; } }
+NGX
+cat > $W/ngx.conf <<NGX
+worker_processes 1; daemon off; pid $W/ngx.pid; error_log $W/ngx.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream o { server 127.0.0.1:19100; keepalive 64; }
+  server { listen 127.0.0.1:19443 ssl; ssl_certificate $W/c.pem; ssl_certificate_key $W/k.pem;
+    ssl_protocols TLSv1.3; keepalive_requests 1000000;
+    location / { proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGX
+taskset -c 1 nginx -c $W/origin.conf & sleep 0.3
+cpu_of() { awk '{print $14+$15}' /proc/$1/stat; }
+run() { # name pid url extra-wrk-args...
+  local name=$1 pid=$2 url=$3; shift 3
+  local t0; t0=$(cpu_of "$pid")
+  local out; out=$(taskset -c 1 wrk -t1 -c32 -d${DURATION}s "$@" "$url")
+  local t1; t1=$(cpu_of "$pid")
+  local reqs; reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local tick; tick=$(getconf CLK_TCK)
+  printf '%-22s %10s req/s %8.1f cpu-us/req\n' "$name" "$rps" \
+    "$(echo "($t1-$t0)*1000000/$tick/$reqs" | bc -l)"
+}
+taskset -c 0 nginx -c $W/ngx.conf & sleep 0.5
+NGX_PID=$(pgrep -f "nginx: worker process" -n)
+taskset -c 0 $BIN run --mode reverse:http://127.0.0.1:19100 --listen 127.0.0.1:19444 \
+  --workers 1 --confdir $W/ca --log-level warn 2>$W/luring.err & sleep 1
+LPID=$!
+curl -sk -o /dev/null https://localhost:19444/1k --resolve localhost:19444:127.0.0.1
+echo "TLS 1.3 keep-alive, 1 KiB responses (wrk -c32, ${DURATION}s)"
+run nginx-tls "$NGX_PID" https://localhost:19443/1k
+run luring-tls "$LPID" https://localhost:19444/1k
+echo "new TLS connection per request"
+run nginx-tls-newconn "$NGX_PID" https://localhost:19443/1k -H "Connection: close"
+run luring-tls-newconn "$LPID" https://localhost:19444/1k -H "Connection: close"
