@@ -246,7 +246,17 @@ where
 {
     match backend {
         Backend::Uring => {
-            let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))?;
+            // COOP_TASKRUN: completions are processed when the worker next enters the
+            // kernel instead of interrupting it; one thread owns each ring (SINGLE_ISSUER).
+            // Older kernels refuse the flags, so fall back to a plain ring.
+            let mut tuned = tokio_uring::uring_builder();
+            tuned.setup_coop_taskrun().setup_single_issuer();
+            let rt = match tokio_uring::Runtime::new(
+                tokio_uring::builder().entries(1024).uring_builder(&tuned),
+            ) {
+                Ok(rt) => rt,
+                Err(_) => tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))?,
+            };
             Ok(rt.block_on(make()))
         }
         Backend::Epoll => {
