@@ -5,7 +5,7 @@
 use crate::config::Mode;
 use crate::http::{Body, Request, RequestHead, Response, Target, Version};
 use crate::io::Stream;
-use crate::plugin::{ConnInfo, Engine, Event, Phase, Step, Suspended};
+use crate::plugin::{ConnInfo, Engine, Event, Phase, Step};
 use crate::proto::client_hello::ClientHello;
 use crate::proto::http1::{
     parse_request_head, parse_response_head, request_body_kind, response_body_kind, BodyDecoder,
@@ -355,13 +355,9 @@ impl ClientConn {
                 return Next::Close;
             }
             Decision::Respond(resp) => {
-                let unread = !body.dec.is_done() && body.prefix.is_none();
-                let close = !keep_alive || unread || self.w.is_draining();
-                let wire = respond::synthesized(&resp, is_head, close);
-                if !self.write(wire).await || close {
-                    return Next::Close;
-                }
-                return Next::KeepAlive;
+                // a request body left unread would be taken for the next request
+                let close = !keep_alive || !body.dec.is_done();
+                return self.answer(&resp, is_head, close).await;
             }
             Decision::Failed(why) => return self.fail(400, &why).await,
         }
@@ -482,12 +478,7 @@ impl ClientConn {
             Decision::Forward => {}
             Decision::Respond(r) => {
                 up.stream.shutdown(Shutdown::Both);
-                let close = !keep_alive || self.w.is_draining();
-                let wire = respond::synthesized(&r, is_head, close);
-                if !self.write(wire).await || close {
-                    return Next::Close;
-                }
-                return Next::KeepAlive;
+                return self.answer(&r, is_head, !keep_alive).await;
             }
             Decision::Drop => {
                 up.stream.shutdown(Shutdown::Both);
@@ -580,6 +571,16 @@ impl ClientConn {
         } else {
             Next::KeepAlive
         }
+    }
+
+    /// Writes a response made by a plugin (RESPOND) and says what happens next.
+    async fn answer(&mut self, resp: &Response, is_head: bool, close: bool) -> Next {
+        let close = close || self.w.is_draining();
+        let wire = respond::synthesized(resp, is_head, close);
+        if !self.write(wire).await || close {
+            return Next::Close;
+        }
+        Next::KeepAlive
     }
 
     /// Sends `100 Continue` once if the client is waiting for it before its body.
@@ -830,7 +831,7 @@ impl ClientConn {
                                 Err(why) => return Decision::Failed(why),
                             }
                         }
-                        step = resume(e, s, &self.info, flow_id, req, resp);
+                        step = e.resume_response(s, &self.info, flow_id, req, resp);
                     }
                 }
             }
@@ -1016,17 +1017,6 @@ async fn read_response_head(
             Err(e) => return Err(RespError::Bad(e.to_string())),
         }
     }
-}
-
-fn resume(
-    e: &Engine,
-    s: Suspended,
-    info: &ConnInfo,
-    flow_id: u64,
-    req: &Request,
-    resp: &mut Response,
-) -> Step {
-    e.resume_response(s, info, flow_id, req, resp)
 }
 
 /// Why an exchange with the upstream failed.

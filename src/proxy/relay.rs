@@ -3,7 +3,7 @@
 //! while that write is in flight.
 
 use crate::io::Stream;
-use crate::proto::http1::{encode_chunk, BodyDecoder};
+use crate::proto::http1::BodyDecoder;
 use bytes::{Bytes, BytesMut};
 use std::io;
 use std::net::Shutdown;
@@ -166,14 +166,6 @@ fn take_ready(
             Ok((piece, d.done))
         }
     }
-}
-
-/// Re-frames a fully known payload as chunked (used when a body must stay chunked).
-pub fn chunked(data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(data.len() + 32);
-    encode_chunk(data, &mut out);
-    crate::proto::http1::encode_last_chunk(None, &mut out);
-    out.freeze()
 }
 
 /// Result of reading a whole body for a plugin.
