@@ -246,6 +246,36 @@ fn ip_target_without_sni_gets_ip_san() {
     );
 }
 
+#[test]
+fn upstream_cert_copies_the_origin_names_into_the_leaf() {
+    let pki = TestPki::new();
+    let origin = TlsOrigin::start(&pki);
+    let conf = Conf::new();
+    let target = format!("127.0.0.1:{}", origin.port());
+    // without --upstream-cert an IP target without SNI gets only its IP
+    let plain = start(&conf, &["--upstream-ca", pki.ca_pem.to_str().unwrap()]);
+    let o = s_client(&plain, &target, &["-noservername", "-CAfile", conf.ca()]);
+    let info = x509_text(&leaf_of(&o), &["-ext", "subjectAltName"]);
+    assert!(!info.contains("DNS:localhost"), "{info}");
+    drop(plain);
+    let proxy = start(
+        &conf,
+        &[
+            "--upstream-ca",
+            pki.ca_pem.to_str().unwrap(),
+            "--upstream-cert",
+        ],
+    );
+    let o = s_client(&proxy, &target, &["-noservername", "-CAfile", conf.ca()]);
+    assert!(o.stdout.contains("Verify return code: 0 (ok)"), "{o:?}");
+    let info = x509_text(&leaf_of(&o), &["-ext", "subjectAltName"]);
+    assert!(
+        info.contains("DNS:localhost") && info.contains("IP Address:127.0.0.1"),
+        "{info}\n{}",
+        proxy.stderr()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // (c) passthrough
 // ---------------------------------------------------------------------------

@@ -938,6 +938,34 @@ impl ClientConn {
         Next::Close
     }
 
+    /// `--upstream-cert`: connects to the tunnel's target first and returns the names
+    /// of its certificate; the connection then serves the first request from the pool.
+    /// On failure the leaf is minted without them and the request reports the error.
+    async fn upstream_sans(&mut self, authority: &str) -> Option<Vec<String>> {
+        let (host, port) = crate::http::split_authority(authority, 443)?;
+        let tls = Some(&self.w.tls);
+        let timeout = self.w.timeouts.connect;
+        match upstream::connect(self.w.backend, &host, port, timeout, tls).await {
+            Ok(up) => {
+                if let Some(info) = &up.tls_info {
+                    crate::proxy::fire_tls_hook(&self.w, &self.info, info);
+                }
+                let sans = crate::proxy::tls::peer_sans(&up.stream);
+                let key = Key {
+                    scheme: "https".into(),
+                    host,
+                    port,
+                };
+                self.w.pool.put(key, up);
+                Some(sans)
+            }
+            Err(ConnectError::Resolve(t) | ConnectError::Connect(t) | ConnectError::Timeout(t)) => {
+                tracing::info!(conn = self.info.conn_id, "--upstream-cert: {t}");
+                None
+            }
+        }
+    }
+
     /// Terminates the client's TLS; later requests on this connection go to
     /// `authority` over TLS.
     async fn start_tls(
@@ -948,9 +976,20 @@ impl ClientConn {
     ) -> Next {
         let head_timeout = self.w.timeouts.head;
         let w = self.w.clone();
+        let sans = match &authority {
+            Some(a) if w.cfg.upstream_cert => self.upstream_sans(a).await,
+            _ => None,
+        };
         match w
             .tls
-            .accept(&mut self.stream, &mut self.buf, hello, host, head_timeout)
+            .accept(
+                &mut self.stream,
+                &mut self.buf,
+                hello,
+                host,
+                sans.as_deref(),
+                head_timeout,
+            )
             .await
         {
             Ok(acc) => {

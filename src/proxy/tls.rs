@@ -85,6 +85,18 @@ fn with_dir_lock<T>(dir: &Confdir, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Subject alternative names of the certificate an upstream TLS stream presented.
+pub fn peer_sans(stream: &Stream) -> Vec<String> {
+    let Some(tls) = stream.tls() else {
+        return Vec::new();
+    };
+    let conn = tls.connection();
+    match conn.peer_certificates().and_then(|c| c.first()) {
+        Some(der) => crate::tls::sans_from_der(der),
+        None => Vec::new(),
+    }
+}
+
 /// One worker's view: the shared setup plus a lock-free local leaf cache.
 pub struct WorkerTls {
     setup: Arc<TlsSetup>,
@@ -148,13 +160,15 @@ impl WorkerTls {
     }
 
     /// Terminates the client's TLS on `stream` (whose first bytes, the ClientHello,
-    /// are in `buf`) with a leaf for its SNI or `fallback_host`.
+    /// are in `buf`) with a leaf for its SNI or `fallback_host`, carrying
+    /// `upstream_sans` too when given (`--upstream-cert`).
     pub async fn accept(
         &self,
         stream: &mut Stream,
         buf: &mut BytesMut,
         hello: &ClientHello,
         fallback_host: &str,
+        upstream_sans: Option<&[String]>,
         timeout: Duration,
     ) -> Result<Accepted, String> {
         let name = hello
@@ -164,7 +178,7 @@ impl WorkerTls {
         let leaf = self
             .leaves
             .borrow_mut()
-            .get(&name, None)
+            .get(&name, upstream_sans)
             .map_err(|e| format!("cannot mint a certificate for {name}: {e}"))?;
         let config = self.setup.server.config_for_cert(leaf, &alpn());
         let conn = rustls::ServerConnection::new(config).map_err(|e| e.to_string())?;
