@@ -74,9 +74,9 @@ pub enum CaError {
     /// `create_new` without `force` found an existing CA.
     #[error("{0}: a CA already exists; use --force to replace it")]
     AlreadyExists(PathBuf),
-    /// RSA key generation is unavailable with the ring backend of rcgen.
-    #[error("rsa2048 key generation is not supported in this build (rcgen with ring cannot generate RSA keys); use ecdsa-p256, or place an RSA PKCS#8 key and its CA certificate in the config directory")]
-    RsaUnsupported,
+    /// Generating a key pair failed.
+    #[error("{0}")]
+    KeyGen(String),
     /// rcgen failed to build or sign a certificate.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
@@ -309,7 +309,7 @@ impl Ca {
         }
         let key = match key_type {
             CaKeyType::EcdsaP256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
-            CaKeyType::Rsa2048 => return Err(CaError::RsaUnsupported),
+            CaKeyType::Rsa2048 => generate_rsa2048()?,
         };
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -423,6 +423,20 @@ pub fn colon_hex(bytes: &[u8]) -> String {
     out
 }
 
+/// A fresh RSA-2048 key pair (ring can sign with RSA keys but not make them).
+pub fn generate_rsa2048() -> Result<KeyPair, CaError> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let fail = |e: String| CaError::KeyGen(format!("rsa2048 key generation failed: {e}"));
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+        .map_err(|e| fail(e.to_string()))?;
+    let der = key.to_pkcs8_der().map_err(|e| fail(e.to_string()))?;
+    KeyPair::from_pkcs8_der_and_sign_algo(
+        &rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_bytes()),
+        &rcgen::PKCS_RSA_SHA256,
+    )
+    .map_err(|e| fail(e.to_string()))
+}
+
 fn make_info(dir: &Confdir, der: &CertificateDer<'_>, key: &KeyPair) -> Result<CaInfo, CaError> {
     let pem_path = dir.cert_pem_path();
     let (_, parsed) = x509_parser::parse_x509_certificate(der).map_err(|e| CaError::Corrupt {
@@ -432,6 +446,8 @@ fn make_info(dir: &Confdir, der: &CertificateDer<'_>, key: &KeyPair) -> Result<C
     let validity = parsed.validity();
     let key_algorithm = if key.algorithm() == &PKCS_ECDSA_P256_SHA256 {
         "ECDSA P-256".to_owned()
+    } else if key.algorithm() == &rcgen::PKCS_RSA_SHA256 {
+        "RSA 2048 (SHA-256)".to_owned()
     } else {
         format!("{:?}", key.algorithm())
     };
@@ -561,13 +577,19 @@ mod tests {
     }
 
     #[test]
-    fn rsa_generation_reports_clearly() {
+    fn rsa2048_ca_is_created_and_reloaded() {
         let dir = test_dir("rsa");
-        let err = Ca::load_or_create(&dir, CaKeyType::Rsa2048).unwrap_err();
-        assert!(err
-            .to_string()
-            .starts_with("rsa2048 key generation is not supported in this build"));
-        assert!(!dir.key_path().exists());
+        let ca = Ca::load_or_create(&dir, CaKeyType::Rsa2048).unwrap();
+        assert!(
+            ca.info().key_algorithm.starts_with("RSA"),
+            "{}",
+            ca.info().key_algorithm
+        );
+        let again = Ca::load_or_create(&dir, CaKeyType::EcdsaP256).unwrap();
+        assert_eq!(
+            ca.info().sha256_fingerprint,
+            again.info().sha256_fingerprint
+        );
         assert_eq!("rsa2048".parse::<CaKeyType>(), Ok(CaKeyType::Rsa2048));
         assert_eq!("ECDSA-P256".parse::<CaKeyType>(), Ok(CaKeyType::EcdsaP256));
         assert!("dsa".parse::<CaKeyType>().is_err());

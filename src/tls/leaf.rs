@@ -50,6 +50,9 @@ pub enum LeafError {
     /// rustls refused the leaf key.
     #[error("leaf key unusable by rustls: {0}")]
     Key(#[from] rustls::Error),
+    /// The leaf key pair could not be generated.
+    #[error("{0}")]
+    KeyGen(String),
 }
 
 /// The process-wide crypto provider the TLS code uses (ring).
@@ -75,9 +78,14 @@ impl std::fmt::Debug for LeafMinter {
 }
 
 impl LeafMinter {
-    /// Generates the process's leaf key pair.
+    /// Generates the process's leaf key pair, of the CA's kind (RSA leaves under an
+    /// RSA CA, for the old clients that CA type is for).
     pub fn new(ca: Arc<Ca>) -> Result<Self, LeafError> {
-        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let leaf_key = if ca.info().key_algorithm.starts_with("RSA") {
+            super::ca::generate_rsa2048().map_err(|e| LeafError::KeyGen(e.to_string()))?
+        } else {
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?
+        };
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let signing_key = provider().key_provider.load_private_key(der)?;
         let ca_not_after = ca.info().not_after;
