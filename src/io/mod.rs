@@ -13,15 +13,18 @@
 //! - a read into a full buffer returns 0 like EOF, so callers always pass spare capacity.
 
 mod probe;
+pub mod splice;
 pub mod tls;
 
 pub use probe::{probe_uring, Backend, IoChoice};
+pub use splice::{can_splice, splice, SpliceError};
 pub use tls::TlsStream;
 
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use tokio_uring::buf::BoundedBuf;
 
 /// A connected TCP stream on either backend. Methods take `&self` so one task can read
@@ -35,6 +38,20 @@ pub enum Stream {
     Tls(Box<TlsStream>),
     /// Placeholder left while a stream is being wrapped; every operation fails.
     Detached,
+}
+
+/// io_uring sockets are made non-blocking too: io_uring still waits by polling on
+/// them (since Linux 5.10 it retries O_NONBLOCK files that support async), and
+/// [`splice`]'s own calls must never block the worker: splice(2) from a TCP socket
+/// waits according to the socket's O_NONBLOCK flag, whatever SPLICE_F_NONBLOCK says.
+fn set_nonblocking(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd owned by a live stream; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn detached() -> io::Error {
@@ -64,6 +81,7 @@ impl Listener {
         match self {
             Listener::Uring(l) => {
                 let (s, a) = l.accept().await?;
+                set_nonblocking(s.as_raw_fd())?;
                 Ok((Stream::Uring(s), a))
             }
             Listener::Epoll(l) => {
@@ -78,7 +96,11 @@ impl Stream {
     /// Connects to `addr` on `backend`.
     pub async fn connect(backend: Backend, addr: SocketAddr) -> io::Result<Stream> {
         let s = match backend {
-            Backend::Uring => Stream::Uring(tokio_uring::net::TcpStream::connect(addr).await?),
+            Backend::Uring => {
+                let s = tokio_uring::net::TcpStream::connect(addr).await?;
+                set_nonblocking(s.as_raw_fd())?;
+                Stream::Uring(s)
+            }
             Backend::Epoll => Stream::Epoll(tokio::net::TcpStream::connect(addr).await?),
         };
         s.set_nodelay(true)?;
@@ -98,9 +120,15 @@ impl Stream {
     /// Reads into the spare capacity of `buf` (appending after its current length).
     /// Returns the byte count (0 = EOF). `buf` must have spare capacity.
     pub async fn read(&self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        self.read_at_most(buf, usize::MAX).await
+    }
+
+    /// [`Stream::read`] taking at most `max` bytes from a plain socket (TLS ignores
+    /// `max`): leaves the rest in the kernel, where [`splice`] can move it uncopied.
+    pub async fn read_at_most(&self, buf: BytesMut, max: usize) -> (io::Result<usize>, BytesMut) {
         match self {
             Stream::Tls(t) => t.read(buf).await,
-            _ => self.read_plain(buf).await,
+            _ => self.read_plain(buf, max).await,
         }
     }
 
@@ -113,21 +141,27 @@ impl Stream {
     }
 
     /// [`Stream::read`] on the socket itself (TLS reads its ciphertext with it).
-    pub(crate) async fn read_plain(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+    pub(crate) async fn read_plain(
+        &self,
+        mut buf: BytesMut,
+        max: usize,
+    ) -> (io::Result<usize>, BytesMut) {
         if buf.capacity() == buf.len() {
             buf.reserve(16 * 1024);
         }
+        let max = max.max(1);
         match self {
             Stream::Uring(s) => {
                 let len = buf.len();
-                let (res, slice) = s.read(buf.slice(len..)).await;
+                let end = len.saturating_add(max).min(buf.capacity());
+                let (res, slice) = s.read(buf.slice(len..end)).await;
                 (res, slice.into_inner())
             }
             Stream::Epoll(s) => loop {
                 if let Err(e) = s.readable().await {
                     return (Err(e), buf);
                 }
-                match s.try_read_buf(&mut buf) {
+                match s.try_read_buf(&mut bytes::BufMut::limit(&mut buf, max)) {
                     Ok(n) => return (Ok(n), buf),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return (Err(e), buf),

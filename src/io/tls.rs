@@ -104,7 +104,7 @@ impl TlsStream {
         if b.capacity() - b.len() < 4096 {
             b.reserve(32 * 1024);
         }
-        let (res, b) = self.inner.read_plain(b).await;
+        let (res, b) = self.inner.read_plain(b, usize::MAX).await;
         // nothing touches `pending` while the read is in flight: only the reader fills it
         *self.pending.borrow_mut() = b;
         match res {

@@ -1047,7 +1047,7 @@ async fn read_response_head(
             Some(d) => d.saturating_duration_since(Instant::now()),
             None => Duration::from_secs(86400 * 365),
         };
-        match relay::read_some(stream, buf, left).await {
+        match relay::read_some_at_most(stream, buf, left, relay::HEAD_READ).await {
             Ok(0) if seen_any => return Err(RespError::Bad("upstream closed mid-head".into())),
             Ok(0) => return Err(RespError::Closed),
             Ok(_) => {}

@@ -2,15 +2,23 @@
 //! written to the other side as the same allocation (no copy), and the next read runs
 //! while that write is in flight.
 
-use crate::io::Stream;
-use crate::proto::http1::BodyDecoder;
+use crate::io::{self, SpliceError, Stream};
+use crate::proto::http1::{BodyDecoder, BodyKind};
 use bytes::{Bytes, BytesMut};
-use std::io;
 use std::net::Shutdown;
 use std::time::Duration;
 
 /// Size of body read buffers: large enough that a 64 KiB response moves in one read.
 pub const READ_BUF: usize = 64 * 1024;
+/// Most bytes a head read takes, so that a large body behind the head stays in the
+/// kernel for [`io::splice`].
+pub const HEAD_READ: usize = 16 * 1024;
+/// Largest first body piece copied behind the head to make one buffer; a larger one
+/// goes out as a second iovec of the same write instead of being copied.
+const COALESCE_MAX: usize = 4 * 1024;
+/// Shortest run of opaque body bytes moved with splice instead of read + write: below
+/// it, the copy costs less than the extra system calls.
+pub const SPLICE_MIN: u64 = 16 * 1024;
 
 /// Which side failed during a relay.
 #[derive(Debug)]
@@ -18,7 +26,7 @@ pub enum RelayError {
     /// Reading the source failed, timed out, or it ended too early.
     Source(String),
     /// Writing the destination failed.
-    Sink(io::Error),
+    Sink(std::io::Error),
 }
 
 /// Makes sure `buf` has at least `min` bytes of spare capacity, moving leftover bytes
@@ -37,17 +45,30 @@ pub async fn read_some(
     stream: &Stream,
     buf: &mut BytesMut,
     timeout: Duration,
-) -> io::Result<usize> {
+) -> std::io::Result<usize> {
+    read_some_at_most(stream, buf, timeout, usize::MAX).await
+}
+
+/// [`read_some`] taking at most `max` bytes.
+pub async fn read_some_at_most(
+    stream: &Stream,
+    buf: &mut BytesMut,
+    timeout: Duration,
+    max: usize,
+) -> std::io::Result<usize> {
     ensure_spare(buf, 4096);
     let b = std::mem::take(buf);
-    match tokio::time::timeout(timeout, stream.read(b)).await {
+    match tokio::time::timeout(timeout, stream.read_at_most(b, max)).await {
         Ok((res, b)) => {
             *buf = b;
             res
         }
         Err(_) => {
             stream.shutdown(Shutdown::Both);
-            Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "read timed out",
+            ))
         }
     }
 }
@@ -80,7 +101,7 @@ pub async fn body(
     loop {
         let (piece, done) = take_ready(src_buf, dec, output)?;
         let pending = match (first.take(), piece) {
-            (Some(mut head), Some(p)) if p.len() <= 16 * 1024 => {
+            (Some(mut head), Some(p)) if p.len() <= COALESCE_MAX => {
                 head.extend_from_slice(&p);
                 vec![head.freeze()]
             }
@@ -98,6 +119,23 @@ pub async fn body(
                 .await
                 .map_err(RelayError::Sink)?;
             return Ok(written + n);
+        }
+        if output == Output::Verbatim
+            && src_buf.is_empty()
+            && dec.opaque_run() >= SPLICE_MIN
+            && io::can_splice(src, dst)
+        {
+            dst.write_all_vectored(pending)
+                .await
+                .map_err(RelayError::Sink)?;
+            written += n + splice_run(src, dst, dec, timeout).await?;
+            if dec.is_done() || dec.kind() == BodyKind::CloseDelimited {
+                if let Some(flag) = source_done {
+                    flag.set(true);
+                }
+                return Ok(written);
+            }
+            continue;
         }
         ensure_spare(src_buf, 4096);
         let rb = std::mem::take(src_buf);
@@ -134,6 +172,28 @@ pub async fn body(
             Ok(_) => {}
             Err(e) => return Err(RelayError::Source(e.to_string())),
         }
+    }
+}
+
+/// Moves the decoder's opaque run from `src` to `dst` in the kernel; a close-delimited
+/// body is moved to its end.
+async fn splice_run(
+    src: &Stream,
+    dst: &Stream,
+    dec: &mut BodyDecoder,
+    timeout: Duration,
+) -> Result<u64, RelayError> {
+    let run = dec.opaque_run();
+    match io::splice(src, dst, run, timeout).await {
+        Ok(n) => {
+            dec.skip_opaque(n);
+            Ok(n)
+        }
+        Err(SpliceError::Eof) => Err(RelayError::Source(
+            dec.eof().err().map(|e| e.to_string()).unwrap_or_default(),
+        )),
+        Err(SpliceError::Source(e)) => Err(RelayError::Source(e.to_string())),
+        Err(SpliceError::Sink(e)) => Err(RelayError::Sink(e)),
     }
 }
 

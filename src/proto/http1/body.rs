@@ -178,6 +178,28 @@ impl BodyDecoder {
         }
     }
 
+    /// Payload bytes that come next with no framing among them: the rest of a Length
+    /// body or of the current chunk (`u64::MAX` for close-delimited). They can be
+    /// forwarded verbatim without being looked at; see [`BodyDecoder::skip_opaque`].
+    pub fn opaque_run(&self) -> u64 {
+        match self.state {
+            State::Raw(n) | State::Data(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// Records that `n` bytes of the [`BodyDecoder::opaque_run`] went by unscanned.
+    pub fn skip_opaque(&mut self, n: u64) {
+        self.state = match self.state {
+            State::Raw(u64::MAX) if self.kind == BodyKind::CloseDelimited => State::Raw(u64::MAX),
+            State::Raw(left) if n >= left => State::Done,
+            State::Raw(left) => State::Raw(left - n),
+            State::Data(left) if n >= left => State::DataCr,
+            State::Data(left) => State::Data(left - n),
+            other => other,
+        };
+    }
+
     /// True once the whole body was seen.
     pub fn is_done(&self) -> bool {
         self.state == State::Done

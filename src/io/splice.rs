@@ -1,0 +1,408 @@
+//! Socket-to-socket moves through a pipe with splice(2): the bytes stay in kernel pages
+//! (page references move from one socket's receive queue to the other's send queue), so
+//! a large body crosses the proxy without being copied into or out of user space.
+//!
+//! io_uring's IORING_OP_SPLICE always runs in an io-wq worker thread (the kernel punts
+//! splice off the submitting thread), which costs two context switches per call. So both
+//! backends issue non-blocking splice calls from the worker thread and wait for socket
+//! readiness through tokio's reactor when one would block; the io_uring runtime is a
+//! tokio runtime underneath, so its reactor is there too. See docs/perf.md.
+
+use super::Stream;
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Pipe capacity asked for; the kernel rounds to pages and caps at pipe-max-size.
+const PIPE_SIZE: i32 = 256 * 1024;
+/// Idle pipes kept per worker thread.
+const PIPE_POOL: usize = 64;
+
+/// Why a splice stopped early.
+#[derive(Debug)]
+pub enum SpliceError {
+    /// Reading the source failed or timed out.
+    Source(io::Error),
+    /// The source ended before the requested length.
+    Eof,
+    /// Writing the destination failed.
+    Sink(io::Error),
+}
+
+/// An empty pipe, returned to the worker's pool when dropped empty.
+struct Pipe {
+    r: RawFd,
+    w: RawFd,
+    /// What the pipe holds at most.
+    cap: usize,
+    /// Bytes sitting in the pipe.
+    held: usize,
+}
+
+thread_local! {
+    static PIPES: RefCell<Vec<(RawFd, RawFd, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pipe {
+    fn take() -> io::Result<Pipe> {
+        if let Some((r, w, cap)) = PIPES.with(|p| p.borrow_mut().pop()) {
+            return Ok(Pipe { r, w, cap, held: 0 });
+        }
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid two-element array for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // A bigger pipe moves more per call; when refused, the default size stays.
+        // SAFETY: fds[1] is the pipe we just created.
+        let mut cap = unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        if cap <= 0 {
+            // SAFETY: as above.
+            cap = unsafe { libc::fcntl(fds[1], libc::F_GETPIPE_SZ) };
+        }
+        Ok(Pipe {
+            r: fds[0],
+            w: fds[1],
+            cap: cap.max(4096) as usize,
+            held: 0,
+        })
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // A pipe with bytes left in it belongs to a failed move: never reuse it.
+        if self.held == 0 {
+            let pooled = PIPES.with(|p| {
+                let mut p = p.borrow_mut();
+                (p.len() < PIPE_POOL)
+                    .then(|| p.push((self.r, self.w, self.cap)))
+                    .is_some()
+            });
+            if pooled {
+                return;
+            }
+        }
+        // SAFETY: both fds are owned by this pipe and closed exactly once.
+        unsafe {
+            libc::close(self.r);
+            libc::close(self.w);
+        }
+    }
+}
+
+fn splice_raw(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    // SAFETY: plain fds; null offsets are required for sockets and pipes.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A borrowed fd registered with the reactor for the length of one move.
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// A socket end of a move, with a way to wait until it is ready.
+enum End<'a> {
+    Epoll(&'a tokio::net::TcpStream),
+    /// io_uring sockets are not in the reactor: registered lazily, on the first wait.
+    Uring(RawFd, Option<AsyncFd<Fd>>),
+}
+
+impl End<'_> {
+    fn of(s: &Stream) -> Option<End<'_>> {
+        match s {
+            Stream::Epoll(t) => Some(End::Epoll(t)),
+            Stream::Uring(t) => Some(End::Uring(t.as_raw_fd(), None)),
+            Stream::Tls(_) | Stream::Detached => None,
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            End::Epoll(t) => t.as_raw_fd(),
+            End::Uring(fd, _) => *fd,
+        }
+    }
+
+    /// Runs `op` until it does not return WouldBlock, waiting for `interest` in between.
+    async fn io(
+        &mut self,
+        interest: Interest,
+        mut op: impl FnMut(RawFd) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        // Optimistic first try: data usually is already there.
+        match op(self.fd()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+        match self {
+            End::Epoll(t) => loop {
+                t.ready(interest).await?;
+                match t.try_io(interest, || op(t.as_raw_fd())) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            },
+            End::Uring(fd, reg) => {
+                let afd = match reg {
+                    Some(a) => a,
+                    None => {
+                        // SAFETY: the fd belongs to a Stream borrowed for this whole
+                        // move, so it stays open and the same socket while registered;
+                        // the registration ends when this End is dropped.
+                        let afd = unsafe {
+                            AsyncFd::register_with_interest(
+                                Fd(*fd),
+                                Interest::READABLE | Interest::WRITABLE,
+                            )
+                        }
+                        .map_err(|e| e.into_parts().1)?;
+                        reg.insert(afd)
+                    }
+                };
+                loop {
+                    let mut guard = afd.ready(interest).await?;
+                    match guard.try_io(|f| op(f.get_ref().0)) {
+                        Ok(r) => return r,
+                        Err(_would_block) => continue,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// True when bytes can move from `src` to `dst` with [`splice`] (both plain sockets).
+pub fn can_splice(src: &Stream, dst: &Stream) -> bool {
+    End::of(src).is_some() && End::of(dst).is_some()
+}
+
+/// Moves `len` bytes from `src` to `dst` (`u64::MAX`: until `src` ends), waiting at most
+/// `idle` for each read. Returns the bytes moved. On error the sockets are left as they
+/// are; the caller closes them.
+pub async fn splice(
+    src: &Stream,
+    dst: &Stream,
+    len: u64,
+    idle: Duration,
+) -> Result<u64, SpliceError> {
+    let (Some(mut from), Some(mut to)) = (End::of(src), End::of(dst)) else {
+        return Err(SpliceError::Sink(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "splice needs two plain sockets",
+        )));
+    };
+    let mut pipe = Pipe::take().map_err(SpliceError::Source)?;
+    let until_eof = len == u64::MAX;
+    let mut left = len;
+    let mut moved = 0u64;
+    let mut eof = false;
+    while left > 0 || pipe.held > 0 {
+        if left > 0 && !eof && pipe.held < pipe.cap {
+            let want = left.min((pipe.cap - pipe.held) as u64) as usize;
+            let pw = pipe.w;
+            // Only wait for the source when the pipe has nothing to drain meanwhile.
+            let n = if pipe.held == 0 {
+                match tokio::time::timeout(
+                    idle,
+                    from.io(Interest::READABLE, |fd| splice_raw(fd, pw, want)),
+                )
+                .await
+                {
+                    Ok(r) => r.map_err(SpliceError::Source)?,
+                    Err(_) => {
+                        return Err(SpliceError::Source(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no data for {idle:?}"),
+                        )))
+                    }
+                }
+            } else {
+                match splice_raw(from.fd(), pw, want) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => usize::MAX,
+                    Err(e) => return Err(SpliceError::Source(e)),
+                }
+            };
+            match n {
+                usize::MAX => {}
+                0 => {
+                    eof = true;
+                    if !until_eof {
+                        left = 0;
+                    }
+                }
+                n => {
+                    pipe.held += n;
+                    if !until_eof {
+                        left -= n as u64;
+                    }
+                }
+            }
+        }
+        if pipe.held > 0 {
+            let pr = pipe.r;
+            let held = pipe.held;
+            let n = to
+                .io(Interest::WRITABLE, |fd| splice_raw(pr, fd, held))
+                .await
+                .map_err(SpliceError::Sink)?;
+            pipe.held -= n;
+            moved += n as u64;
+        } else if eof {
+            break;
+        }
+    }
+    if eof && !until_eof && moved < len {
+        return Err(SpliceError::Eof);
+    }
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{probe_uring, run_on_current_thread, Backend, Listener};
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// A connected pair of the backend's streams: (proxy side of a, proxy side of b),
+    /// plus the std peers (a's client, b's server).
+    async fn pair(backend: Backend) -> (Stream, std::net::TcpStream, Stream, std::net::TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let listener = Listener::from_std(backend, l).unwrap();
+        let peer_a = std::net::TcpStream::connect(addr).unwrap();
+        let (src, _) = listener.accept().await.unwrap();
+        let far = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dst = Stream::connect(backend, far.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer_b, _) = far.accept().unwrap();
+        (src, peer_a, dst, peer_b)
+    }
+
+    fn backends() -> Vec<Backend> {
+        let mut b = vec![Backend::Epoll];
+        if probe_uring().is_ok() {
+            b.push(Backend::Uring);
+        }
+        b
+    }
+
+    /// Writes `data` from a thread (closing after when `close`), so a move larger than
+    /// the socket buffers can progress while the test reads the other end.
+    fn feed(
+        mut peer: std::net::TcpStream,
+        data: Vec<u8>,
+        close: bool,
+    ) -> std::thread::JoinHandle<std::net::TcpStream> {
+        std::thread::spawn(move || {
+            peer.write_all(&data).unwrap();
+            if close {
+                peer.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            peer
+        })
+    }
+
+    fn drain(mut peer: std::net::TcpStream, n: usize) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut got = vec![0; n];
+            peer.read_exact(&mut got).unwrap();
+            got
+        })
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn moves_an_exact_length_and_leaves_the_rest() {
+        for backend in backends() {
+            run_on_current_thread(backend, || async move {
+                let (src, peer_a, dst, peer_b) = pair(backend).await;
+                let data = pattern(3 * 1024 * 1024 + 17);
+                let len = data.len() as u64 - 5;
+                let writer = feed(peer_a, data.clone(), false);
+                let reader = drain(peer_b, len as usize);
+                let moved = splice(&src, &dst, len, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                assert_eq!(moved, len, "{backend:?}");
+                assert_eq!(reader.join().unwrap(), data[..len as usize], "{backend:?}");
+                let _keep = writer.join().unwrap();
+                // the five bytes past the length are still readable in user space
+                let (r, b) = src.read(bytes::BytesMut::with_capacity(64)).await;
+                assert_eq!(r.unwrap(), 5);
+                assert_eq!(&b[..], &data[len as usize..]);
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn until_eof_and_early_eof() {
+        for backend in backends() {
+            run_on_current_thread(backend, || async move {
+                let (src, peer_a, dst, peer_b) = pair(backend).await;
+                let data = pattern(200_000);
+                let writer = feed(peer_a, data.clone(), true);
+                let reader = drain(peer_b, data.len());
+                let moved = splice(&src, &dst, u64::MAX, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                assert_eq!(moved, data.len() as u64, "{backend:?}");
+                assert_eq!(reader.join().unwrap(), data);
+                drop(writer.join());
+
+                let (src, peer_a, dst, peer_b) = pair(backend).await;
+                let writer = feed(peer_a, pattern(1000), true);
+                let reader = drain(peer_b, 1000);
+                let r = splice(&src, &dst, 5000, Duration::from_secs(10)).await;
+                assert!(matches!(r, Err(SpliceError::Eof)), "{backend:?}: {r:?}");
+                assert_eq!(reader.join().unwrap(), pattern(1000));
+                drop(writer.join());
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_silent_source_times_out() {
+        for backend in backends() {
+            run_on_current_thread(backend, || async move {
+                let (src, _peer_a, dst, _peer_b) = pair(backend).await;
+                let r = splice(&src, &dst, 10, Duration::from_millis(50)).await;
+                match r {
+                    Err(SpliceError::Source(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
+                    other => panic!("{backend:?}: {other:?}"),
+                }
+            })
+            .unwrap();
+        }
+    }
+}
