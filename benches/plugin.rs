@@ -74,6 +74,9 @@ fn resp() -> Response {
 
 const LOOP: usize = 100;
 
+/// The plugin of `benches/two-headers.lua`: what the proxy-level comparison loads.
+const TWO_HEADERS: &str = include_str!("two-headers.lua");
+
 fn dispatch(c: &mut Criterion) {
     let c0 = conn();
     let e = engine(
@@ -124,6 +127,17 @@ fn dispatch(c: &mut Criterion) {
         "register_hook('http', 'on_request', function(m) m.headers:set('x-proxy', 'luring') end)\n\
          register_hook('http', 'on_response', function(m) if m.status == 200 then m.headers:add('x-seen', m.request.path) end end)",
     );
+    let e2 = engine("two-headers.lua", TWO_HEADERS);
+    let (rq0, rs0) = (req(), resp());
+    c.bench_function("two_headers_plugin", |b| {
+        b.iter(|| {
+            let mut rq = rq0.clone();
+            let mut rs = rs0.clone();
+            e2.http_request(Phase::PrePipeline, &c0, 1, &mut rq);
+            e2.http_response(Phase::PrePipeline, &c0, 1, &rq, &mut rs);
+            black_box((rq, rs))
+        })
+    });
     c.bench_function("request_response_two_hooks", |b| {
         b.iter(|| {
             let mut rq = req();
@@ -208,6 +222,18 @@ fn mins(_: &mut Criterion) {
         e.http_request(Phase::PrePipeline, &c0, 1, &mut rq);
         e.http_response(Phase::PrePipeline, &c0, 1, &rq, &mut rs);
         black_box((rq, rs));
+    });
+    let e = engine("two-headers.lua", TWO_HEADERS);
+    let (rq0, rs0) = (req(), resp());
+    min_per_iter("two_headers_plugin (per request)", 1.0, || {
+        let mut rq = rq0.clone();
+        let mut rs = rs0.clone();
+        e.http_request(Phase::PrePipeline, &c0, 1, &mut rq);
+        e.http_response(Phase::PrePipeline, &c0, 1, &rq, &mut rs);
+        black_box((rq, rs));
+    });
+    min_per_iter("  same, clones only (subtract)", 1.0, || {
+        black_box((rq0.clone(), rs0.clone()));
     });
     let lua = Lua::new();
     lua.globals()

@@ -17,11 +17,23 @@ thread_local! {
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Set when the hook raised the budget error for the current call.
     static INTERRUPTED: Cell<bool> = const { Cell::new(false) };
+    /// Error to raise at the next VM instruction (see `Budget::fail_next`).
+    static FAIL: Cell<Option<String>> = const { Cell::new(None) };
+    static FAIL_SET: Cell<bool> = const { Cell::new(false) };
 }
 
 static BUDGET_MSG: &[u8] = b"hook exceeded its time budget\0";
 
 unsafe extern "C-unwind" fn count_hook(l: *mut ffi::lua_State, _ar: *mut ffi::lua_Debug) {
+    if FAIL_SET.with(|f| f.get()) {
+        FAIL_SET.with(|f| f.set(false));
+        ffi::lua_sethook(l, Some(count_hook), ffi::LUA_MASKCOUNT, CHECK_EVERY);
+        if let Some(m) = FAIL.with(|f| f.take()) {
+            ffi::lua_pushlstring(l, m.as_ptr().cast(), m.len());
+            drop(m);
+            ffi::lua_error(l);
+        }
+    }
     if !DEADLINE.with(|d| d.get().is_some_and(|d| Instant::now() >= d)) {
         return;
     }
@@ -32,7 +44,9 @@ unsafe extern "C-unwind" fn count_hook(l: *mut ffi::lua_State, _ar: *mut ffi::lu
 }
 
 /// The per-state budget; calls are bracketed by `enter` / `leave`.
-pub(crate) struct Budget;
+pub(crate) struct Budget {
+    state: *mut ffi::lua_State,
+}
 
 impl Budget {
     /// Installs the count hook on `state`'s global state (LuaJIT hooks are global, so
@@ -40,7 +54,7 @@ impl Budget {
     pub(crate) fn install(state: *mut ffi::lua_State) -> Budget {
         // SAFETY: `state` is the engine's live main state, used on its own thread.
         unsafe { ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, CHECK_EVERY) };
-        Budget
+        Budget { state }
     }
 
     /// Marks the start of a Lua call that may run for `budget`.
@@ -54,6 +68,30 @@ impl Budget {
     #[inline]
     pub(crate) fn leave(&self) {
         DEADLINE.with(|d| d.set(None));
+        if FAIL_SET.with(|f| f.get()) {
+            FAIL_SET.with(|f| f.set(false));
+            FAIL.with(|f| f.take());
+            // SAFETY: as in `install`.
+            unsafe {
+                ffi::lua_sethook(
+                    self.state,
+                    Some(count_hook),
+                    ffi::LUA_MASKCOUNT,
+                    CHECK_EVERY,
+                )
+            };
+        }
+    }
+
+    /// Makes the next VM instruction raise `msg`: how a getter that yielded for a body
+    /// raises its error once resumed (a C frame resumes as a plain return, so the error
+    /// cannot come from the getter itself). Costs one extra hook call.
+    pub(crate) fn fail_next(&self, msg: String) {
+        let state = self.state;
+        FAIL.with(|f| f.set(Some(msg)));
+        FAIL_SET.with(|f| f.set(true));
+        // SAFETY: the engine's own state, on its thread; hooks are per global state.
+        unsafe { ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, 1) };
     }
 
     /// True when the current call's deadline has passed or the hook fired.

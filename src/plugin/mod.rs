@@ -16,11 +16,12 @@ pub use surface::{Event, Phase, Row, SURFACE};
 use crate::http::{Body, Headers, Request, Response, Version};
 use budget::Budget;
 use bytes::Bytes;
-use mlua::{AnyUserData, Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
-use msg::{BodyCfg, CtxData, Env, LCtx, LRaw, LReq, LResp, ReqRef};
+use mlua::{ffi, AnyUserData, Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
+use msg::{Core, Env, LCtx, LRaw, Msg, Pending, SlotId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fmt;
+use std::os::raw::c_int;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -175,14 +176,17 @@ pub struct Suspended {
     phase: usize,
     idx: usize,
     thread: Thread,
-    msg: Value,
-    ctx: AnyUserData,
-    env: SuspEnv,
+    slot: Option<SlotId>,
+    core: Rc<Core>,
 }
 
-enum SuspEnv {
-    Req(Rc<Env<Request>>),
-    Resp(Rc<Env<Response>>, Rc<ReqRef>),
+impl Drop for Suspended {
+    fn drop(&mut self) {
+        // A chain the proxy gave up on (connection closed) frees its message slot here.
+        if let Some(id) = self.slot.take() {
+            self.core.release(id);
+        }
+    }
 }
 
 impl fmt::Debug for Suspended {
@@ -256,7 +260,9 @@ impl LoadError {
 }
 
 struct HookEntry {
-    func: Function,
+    /// Registry ref of `_func`, pushed straight onto the hook's coroutine.
+    fref: c_int,
+    _func: Function,
     info: usize,
     on_error: OnError,
     plugin: Rc<str>,
@@ -276,9 +282,10 @@ struct Tokens {
     respond_mt: *const std::ffi::c_void,
     grpc: *const std::ffi::c_void,
     grpc_mt: *const std::ffi::c_void,
-    done: *const std::ffi::c_void,
     need: *const std::ffi::c_void,
     frozen_newindex: Function,
+    /// `function(co, err)`: the traceback of a hook that failed in coroutine `co`.
+    errtext: Function,
     _keep: Vec<Table>,
 }
 
@@ -314,13 +321,25 @@ enum Outcome {
     Suspend(usize, Thread),
 }
 
+/// What a chain passes as `msg`.
+#[derive(Clone, Copy)]
+enum Arg<'a> {
+    Slot(SlotId),
+    Val(&'a Value),
+    Frozen(&'a Table),
+}
+
 /// One worker's plugin engine: a LuaJIT state and its hook chains. Not `Send`.
 pub struct Engine {
     wd: Budget,
     lua: Lua,
     rt: Rc<Rt>,
     tok: Tokens,
-    tramp: Function,
+    core: Rc<Core>,
+    /// Registry ref of `ctx_ud`.
+    ctx_ref: c_int,
+    /// Body of a fresh coroutine until its first hook replaces it.
+    idle: Function,
     pool: RefCell<Vec<Thread>>,
     hooks: Vec<HookInfo>,
     chains: Vec<[Vec<HookEntry>; 2]>,
@@ -328,13 +347,20 @@ pub struct Engine {
     worker: usize,
     warned: RefCell<HashSet<(usize, u8)>>,
     stats: Cell<EngineStats>,
-    ctx_ud: AnyUserData,
+    _ctx_ud: AnyUserData,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // A `Suspended` may outlive the engine; its slot release must not touch the state.
+        self.core.kill();
+    }
 }
 
 const INIT: &str = r#"
-local NEED, DONE, expired, req_ud, resp_ud = ...
-local yield, oxpcall, opcall, tb, tostring, type = coroutine.yield, xpcall, pcall, debug.traceback, tostring, type
-local error, setmetatable, getmeta = error, setmetatable, debug.getmetatable
+local expired = ...
+local oxpcall, opcall, tb, tostring, type = xpcall, pcall, debug.traceback, tostring, type
+local error, setmetatable = error, setmetatable
 
 -- Compiled traces never call the instruction-count hook, so a budget can only be
 -- enforced on interpreted code: the JIT is switched off for this state, for good.
@@ -346,12 +372,7 @@ os.exit = nil
 package.loadlib = nil
 if package.loaders then package.loaders[3], package.loaders[4] = nil, nil end
 
-local function handler(e) return tb(tostring(e), 2) end
-local function tramp(f, m, c)
-  while true do
-    f, m, c = yield(DONE, oxpcall(f, handler, m, c))
-  end
-end
+local function errtext(co, e) return tb(co, tostring(e)) end
 
 -- A plugin's own pcall must not swallow the budget error of an endless loop.
 local function pass(ok, ...)
@@ -363,31 +384,6 @@ xpcall = function(f, h, ...) return pass(oxpcall(f, h, ...)) end
 local ores = coroutine.resume
 coroutine.resume = function(co, ...) return pass(ores(co, ...)) end
 
--- msg.body on a streaming body: the Rust getter returns NEED and this wrapper
--- suspends the hook's coroutine until the proxy has buffered the body.
--- `msg.headers` is cached on the Lua side (weak keys) so `msg.headers:get(x)` costs one
--- Rust call, not two; a stale message's headers still fail on use.
-local hcache = setmetatable({}, { __mode = "k" })
-local function wrap(ud)
-  local mt = getmeta(ud)
-  local idx = mt.__index
-  mt.__index = function(u, k)
-    if k == "headers" then
-      local h = hcache[u]
-      if h == nil then h = idx(u, k) ; hcache[u] = h end
-      return h
-    end
-    local v = idx(u, k)
-    if v == NEED then
-      yield(NEED)
-      v = idx(u, k)
-      if v == NEED then error("body is not available", 2) end
-    end
-    return v
-  end
-end
-wrap(req_ud)
-wrap(resp_ud)
 debug = { traceback = tb }
 package.loaded.debug = debug
 
@@ -409,7 +405,7 @@ local function callable(n, mt)
 end
 local RESPOND, RESPOND_GRPC = callable("RESPOND", RESP_MT), callable("RESPOND_GRPC", GRPC_MT)
 action = { CONTINUE = CONTINUE, DROP = DROP, RESPOND = RESPOND, RESPOND_GRPC = RESPOND_GRPC }
-return tramp, CONTINUE, DROP, RESPOND, RESP_MT, RESPOND_GRPC, GRPC_MT, function() end
+return errtext, CONTINUE, DROP, RESPOND, RESP_MT, RESPOND_GRPC, GRPC_MT, function() end
 "#;
 
 struct LoadState {
@@ -483,10 +479,12 @@ impl Engine {
             budget: Cell::new(cfg.hook_budget),
             plugin: RefCell::new(Rc::from("")),
         });
-        let (tok, tramp) = Self::init(&lua, &rt, cfg).map_err(LoadError::engine)?;
+        let (tok, need) = Self::init(&lua, &rt).map_err(LoadError::engine)?;
         // Outside any callback this is the main state, which lives as long as `lua`.
         let lstate = lua.exec_raw_lua(|raw| raw.state());
         let wd = Budget::install(lstate);
+        let core = Core::new(lstate, cfg.max_plugin_body, worker);
+        core.install(&lua, &need).map_err(LoadError::engine)?;
 
         let state = Rc::new(RefCell::new(LoadState {
             file: PathBuf::new(),
@@ -573,29 +571,29 @@ impl Engine {
             .map(|_| [Vec::new(), Vec::new()])
             .collect();
         let mut mask = 0u32;
-        for (ev, phase, entry) in regs {
+        for (ev, phase, mut entry) in regs {
             mask |= 1 << ev as u32;
+            entry.fref = registry_ref(&lua, &Value::Function(entry._func.clone()))
+                .map_err(LoadError::engine)?;
             chains[ev as usize][phase].push(entry);
         }
         let ctx_ud = lua
-            .create_userdata(LCtx(RefCell::new(CtxData {
-                conn_id: 0,
-                flow_id: None,
-                client_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-                server_addr: None,
-                sni: None,
-                listener_name: Rc::from(""),
-                worker,
-                plugin: Rc::from(""),
-            })))
+            .create_userdata(LCtx(core.clone()))
+            .map_err(LoadError::engine)?;
+        let ctx_ref =
+            registry_ref(&lua, &Value::UserData(ctx_ud.clone())).map_err(LoadError::engine)?;
+        let idle = lua
+            .create_function(|_, ()| Ok(()))
             .map_err(LoadError::engine)?;
         Ok(Engine {
             wd,
-            ctx_ud,
+            _ctx_ud: ctx_ud,
+            ctx_ref,
+            core,
+            idle,
             lua,
             rt,
             tok,
-            tramp,
             pool: RefCell::new(Vec::new()),
             hooks,
             chains,
@@ -606,18 +604,10 @@ impl Engine {
         })
     }
 
-    fn init(lua: &Lua, rt: &Rc<Rt>, cfg: &EngineConfig) -> mlua::Result<(Tokens, Function)> {
+    fn init(lua: &Lua, rt: &Rc<Rt>) -> mlua::Result<(Tokens, Table)> {
         let need = lua.create_table()?;
-        let done = lua.create_table()?;
-        lua.set_app_data(BodyCfg {
-            need: need.clone(),
-            max: cfg.max_plugin_body,
-        });
         let expired = lua.create_function(|_, ()| Ok(Budget::expired()))?;
-        let req_ud = lua.create_userdata(LReq::new(Env::new(placeholder_request()), true))?;
-        let resp_ud =
-            lua.create_userdata(LResp::new(Env::new(placeholder_response()), ReqRef::new()))?;
-        let (tramp, cont, drop, respond, respond_mt, grpc, grpc_mt, noop): (
+        let (errtext, cont, drop, respond, respond_mt, grpc, grpc_mt, noop): (
             Function,
             Table,
             Table,
@@ -626,13 +616,7 @@ impl Engine {
             Table,
             Table,
             Function,
-        ) = lua.load(INIT).set_name("=luring-init").call((
-            need.clone(),
-            done.clone(),
-            expired,
-            req_ud,
-            resp_ud,
-        ))?;
+        ) = lua.load(INIT).set_name("=luring-init").call(expired)?;
 
         let g = lua.globals();
         g.set("shared", shared::table(lua)?)?;
@@ -670,12 +654,12 @@ impl Engine {
             respond_mt: respond_mt.to_pointer(),
             grpc: grpc.to_pointer(),
             grpc_mt: grpc_mt.to_pointer(),
-            done: done.to_pointer(),
             need: need.to_pointer(),
             frozen_newindex: noop,
-            _keep: vec![cont, drop, respond, respond_mt, grpc, grpc_mt, done, need],
+            errtext,
+            _keep: vec![cont, drop, respond, respond_mt, grpc, grpc_mt, need.clone()],
         };
-        Ok((tok, tramp))
+        Ok((tok, need))
     }
 
     fn register_fn(lua: &Lua, state: Rc<RefCell<LoadState>>) -> mlua::Result<Function> {
@@ -775,7 +759,8 @@ impl Engine {
                 row.event,
                 phase.map_or(0, Phase::idx),
                 HookEntry {
-                    func,
+                    fref: ffi::LUA_NOREF,
+                    _func: func,
                     info,
                     on_error,
                     plugin,
@@ -812,30 +797,35 @@ impl Engine {
         self.stats.set(s);
     }
 
-    fn ctx(&self, conn: &ConnInfo, flow_id: Option<u64>) -> mlua::Result<AnyUserData> {
-        {
-            let c = self.ctx_ud.borrow::<LCtx>()?;
-            let mut d = c.0.borrow_mut();
-            d.conn_id = conn.conn_id;
-            d.flow_id = flow_id;
-            d.client_addr = conn.client_addr;
-            d.server_addr = conn.server_addr;
+    fn ctx(&self, conn: &ConnInfo, flow_id: Option<u64>) {
+        let mut d = self.core.ctx.borrow_mut();
+        d.conn_id = conn.conn_id;
+        d.flow_id = flow_id;
+        d.client_addr = conn.client_addr;
+        d.server_addr = conn.server_addr;
+        if d.sni != conn.sni {
             d.sni.clone_from(&conn.sni);
-            if !Rc::ptr_eq(&d.listener_name, &conn.listener_name) {
-                d.listener_name = conn.listener_name.clone();
-            }
-            d.worker = conn.worker;
         }
-        Ok(self.ctx_ud.clone())
+        if !Rc::ptr_eq(&d.listener_name, &conn.listener_name) {
+            d.listener_name = conn.listener_name.clone();
+        }
+        d.worker = conn.worker;
     }
 
-    fn classify(&self, v: &Value) -> Act {
-        let t = match v {
-            Value::Nil => return Act::Continue,
-            Value::Table(t) => t,
+    /// Classifies a finished hook's first result, at index 1 of `co` (if any).
+    ///
+    /// # Safety
+    /// `co` must be a finished coroutine of this engine's state.
+    unsafe fn classify(&self, co: *mut ffi::lua_State) -> Act {
+        if ffi::lua_gettop(co) < 1 {
+            return Act::Continue;
+        }
+        match ffi::lua_type(co, 1) {
+            ffi::LUA_TNIL => return Act::Continue,
+            ffi::LUA_TTABLE => {}
             _ => return Act::Unknown,
-        };
-        let p = t.to_pointer();
+        }
+        let p = ffi::lua_topointer(co, 1);
         if p == self.tok.cont {
             return Act::Continue;
         }
@@ -848,11 +838,43 @@ impl Engine {
         if p == self.tok.grpc {
             return Act::RespondGrpc(None);
         }
-        match t.metatable().map(|m| m.to_pointer()) {
-            Some(m) if m == self.tok.respond_mt => Act::Respond(Some(t.clone())),
-            Some(m) if m == self.tok.grpc_mt => Act::RespondGrpc(Some(t.clone())),
-            _ => Act::Unknown,
+        if ffi::lua_getmetatable(co, 1) == 0 {
+            return Act::Unknown;
         }
+        let m = ffi::lua_topointer(co, -1);
+        ffi::lua_pop(co, 1);
+        let grpc = if m == self.tok.respond_mt {
+            false
+        } else if m == self.tok.grpc_mt {
+            true
+        } else {
+            return Act::Unknown;
+        };
+        let t = match self.take_value(co, 1) {
+            Value::Table(t) => t,
+            _ => return Act::Unknown,
+        };
+        if grpc {
+            Act::RespondGrpc(Some(t))
+        } else {
+            Act::Respond(Some(t))
+        }
+    }
+
+    /// Copies value `idx` of coroutine `co` out as an mlua value (cold paths only).
+    ///
+    /// # Safety
+    /// `co` must be a thread of this engine's state, not running.
+    unsafe fn take_value(&self, co: *mut ffi::lua_State, idx: c_int) -> Value {
+        self.lua.exec_raw_lua(|raw| {
+            let l = raw.state();
+            if ffi::lua_checkstack(l, 2) == 0 {
+                return Value::Nil;
+            }
+            ffi::lua_pushvalue(co, idx);
+            ffi::lua_xmove(co, l, 1);
+            raw.pop_value()
+        })
     }
 
     fn demote(&self, entry: &HookEntry, ev: Event, act: &Act) {
@@ -897,25 +919,67 @@ impl Engine {
         Ok(Value::Table(t))
     }
 
+    /// Pushes `v` onto coroutine `co` through the main state (cold paths only).
+    ///
+    /// # Safety
+    /// `co` must be a thread of this engine's state with a free stack slot.
+    unsafe fn push_value(&self, co: *mut ffi::lua_State, v: &Value) {
+        self.lua.exec_raw_lua(|raw| {
+            let l = raw.state();
+            if ffi::lua_checkstack(l, 3) == 0 || raw.push_value(v).is_err() {
+                ffi::lua_pushnil(co);
+                return;
+            }
+            ffi::lua_xmove(l, co, 1);
+        })
+    }
+
+    /// The message of a hook that failed in `thread`, with its Lua traceback.
+    ///
+    /// # Safety
+    /// `thread` must have just returned an error status from `lua_resume`.
+    unsafe fn failure_text(&self, thread: &Thread) -> String {
+        let co = thread.state();
+        let e = if ffi::lua_gettop(co) >= 1 {
+            self.take_value(co, -1)
+        } else {
+            Value::Nil
+        };
+        match self
+            .tok
+            .errtext
+            .call::<mlua::String>((thread.clone(), e.clone()))
+        {
+            Ok(s) => s.to_string_lossy(),
+            Err(_) => describe(&e),
+        }
+    }
+
     /// Runs hooks `start..` of one chain; `resume` continues a suspended hook first.
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// Each hook runs as the body of a pooled coroutine, resumed directly with its
+    /// function, `msg` and `ctx` on the coroutine's stack: a finished coroutine can be
+    /// started again, so a hook that returns costs one `lua_resume` and no conversion.
+    /// A hook that fails leaves its coroutine dead (its stack is kept for the traceback)
+    /// and the coroutine is dropped.
     fn run(
         &self,
         ev: Event,
         phase: usize,
         start: usize,
         mut resume: Option<Thread>,
-        msg: &Value,
-        ctx: &AnyUserData,
-        dict: Option<&Table>,
+        arg: Arg<'_>,
     ) -> Outcome {
         let row = ev.row();
         let chain = &self.chains[ev as usize][phase];
         for (i, entry) in chain.iter().enumerate().skip(start) {
-            if let Ok(c) = ctx.borrow::<LCtx>() {
-                c.0.borrow_mut().plugin = entry.plugin.clone();
+            {
+                let mut c = self.core.ctx.borrow_mut();
+                if !Rc::ptr_eq(&c.plugin, &entry.plugin) {
+                    c.plugin = entry.plugin.clone();
+                    *self.rt.plugin.borrow_mut() = entry.plugin.clone();
+                }
             }
-            *self.rt.plugin.borrow_mut() = entry.plugin.clone();
             let resumed = resume.is_some();
             let thread = match resume.take() {
                 Some(t) => t,
@@ -927,55 +991,67 @@ impl Engine {
                     }
                 },
             };
-            if !resumed {
-                self.bump(|s| s.hook_calls += 1);
-            }
-            self.wd.enter(self.rt.budget.get());
-            let res = if resumed {
-                thread.resume::<(Value, Value, Value)>(())
-            } else {
-                let m = match dict {
-                    Some(d) => self.frozen(d).unwrap_or(Value::Nil),
-                    None => msg.clone(),
-                };
-                thread.resume::<(Value, Value, Value)>((&entry.func, m, ctx))
-            };
-            self.wd.leave();
-            let (tag, ok, ret) = match res {
-                Ok(r) => r,
-                Err(e) => {
-                    // The trampoline itself died (e.g. out of memory); drop the coroutine.
-                    self.hook_error(entry, &e.to_string());
-                    if entry.on_error == OnError::Abort {
+            let co = thread.state();
+            // SAFETY: `co` is a coroutine of this state that is not running (pooled,
+            // or suspended by us); every value pushed is consumed by lua_resume, and
+            // results are cleared before the coroutine goes back to the pool.
+            let status = unsafe {
+                let nargs = if resumed {
+                    self.resume_args(co, arg)
+                } else {
+                    self.bump(|s| s.hook_calls += 1);
+                    if ffi::lua_checkstack(co, 4) == 0 {
+                        self.hook_error(entry, "stack overflow");
                         return Outcome::Done(Step::Continue);
                     }
-                    continue;
-                }
+                    ffi::lua_rawgeti(co, ffi::LUA_REGISTRYINDEX, entry.fref as _);
+                    match arg {
+                        Arg::Slot(id) => self.core.push_ud(co, id),
+                        Arg::Val(v) => self.push_value(co, v),
+                        Arg::Frozen(d) => {
+                            self.push_value(co, &self.frozen(d).unwrap_or(Value::Nil))
+                        }
+                    }
+                    ffi::lua_rawgeti(co, ffi::LUA_REGISTRYINDEX, self.ctx_ref as _);
+                    2
+                };
+                self.wd.enter(self.rt.budget.get());
+                let st = ffi::lua_resume_(co, nargs);
+                self.wd.leave();
+                st
             };
-            let tp = tag.to_pointer();
-            if tp == self.tok.need {
-                return Outcome::Suspend(i, thread);
-            }
-            if tp != self.tok.done {
+            if status == ffi::LUA_YIELD {
+                // SAFETY: a yielded coroutine's stack holds exactly the yielded values.
+                let need = unsafe {
+                    let n = ffi::lua_gettop(co) == 1 && ffi::lua_topointer(co, 1) == self.tok.need;
+                    ffi::lua_settop(co, 0);
+                    n
+                };
+                if need {
+                    return Outcome::Suspend(i, thread);
+                }
                 self.hook_error(entry, "hook yielded from its own body (coroutine.yield outside a coroutine it created)");
                 if entry.on_error == OnError::Abort {
                     return Outcome::Done(Step::Continue);
                 }
                 continue;
             }
-            self.give_back(thread);
-            if ok != Value::Boolean(true) {
-                let msg = match &ret {
-                    Value::String(s) => s.to_string_lossy(),
-                    other => describe(other),
-                };
+            if status != ffi::LUA_OK {
+                // SAFETY: the coroutine just failed; it is dropped afterwards.
+                let msg = unsafe { self.failure_text(&thread) };
                 self.hook_error(entry, &msg);
                 if entry.on_error == OnError::Abort {
                     return Outcome::Done(Step::Continue);
                 }
                 continue;
             }
-            let act = self.classify(&ret);
+            // SAFETY: the coroutine finished; its stack holds the hook's results.
+            let act = unsafe {
+                let a = self.classify(co);
+                ffi::lua_settop(co, 0);
+                a
+            };
+            self.give_back(thread);
             if !row.allows(act.bit()) || matches!(act, Act::Unknown) {
                 self.demote(entry, ev, &act);
                 continue;
@@ -1015,10 +1091,36 @@ impl Engine {
         Outcome::Done(Step::Continue)
     }
 
+    /// Pushes what the getter a hook suspended in returns; 0 values when it must raise
+    /// instead (the budget hook raises at the first instruction after the resume).
+    ///
+    /// # Safety
+    /// `co` must be the suspended coroutine.
+    unsafe fn resume_args(&self, co: *mut ffi::lua_State, arg: Arg<'_>) -> c_int {
+        let Arg::Slot(id) = arg else { return 0 };
+        let p = self.core.take_pending(id);
+        if p == Pending::None || ffi::lua_checkstack(co, 3) == 0 {
+            return 0;
+        }
+        match self.core.push_resumed(co, id, p) {
+            Ok(()) => 1,
+            Err(e) => {
+                self.wd.fail_next(e.into_owned());
+                0
+            }
+        }
+    }
+
     fn take_thread(&self) -> mlua::Result<Thread> {
         match self.pool.borrow_mut().pop() {
             Some(t) => Ok(t),
-            None => self.lua.create_thread(self.tramp.clone()),
+            None => {
+                let t = self.lua.create_thread(self.idle.clone())?;
+                // SAFETY: a new coroutine holds only its body; clearing it leaves an
+                // empty, startable coroutine.
+                unsafe { ffi::lua_settop(t.state(), 0) };
+                Ok(t)
+            }
         }
     }
 
@@ -1044,76 +1146,68 @@ impl Engine {
         if self.chain_len(ev, phase.idx()) == 0 {
             return Step::Continue;
         }
-        let env = Env::new(std::mem::replace(req, placeholder_request()));
-        let made = self
-            .lua
-            .create_userdata(LReq::new(env.clone(), false))
-            .and_then(|m| Ok((m, self.ctx(conn, Some(flow_id))?)));
-        let (m, ctx) = match made {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(target: "luring::plugin", "cannot build hook arguments: {e}");
-                *req = env.take().unwrap_or_else(placeholder_request);
+        let m = Msg::Req(std::mem::replace(req, placeholder_request()));
+        let id = match self.core.open(m, false) {
+            Ok(id) => id,
+            Err(m) => {
+                tracing::error!(target: "luring::plugin", "cannot build hook arguments");
+                if let Msg::Req(r) = m {
+                    *req = r;
+                }
                 return Step::Continue;
             }
         };
-        let msg = Value::UserData(m);
-        let out = self.run(ev, phase.idx(), 0, None, &msg, &ctx, None);
-        self.finish_req(out, ev, phase.idx(), msg, ctx, env, req)
+        self.ctx(conn, Some(flow_id));
+        let out = self.run(ev, phase.idx(), 0, None, Arg::Slot(id));
+        self.finish_req(out, ev, phase.idx(), id, req)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn finish_req(
         &self,
         out: Outcome,
         ev: Event,
         phase: usize,
-        msg: Value,
-        ctx: AnyUserData,
-        env: Rc<Env<Request>>,
+        id: SlotId,
         req: &mut Request,
     ) -> Step {
-        *req = env.take().unwrap_or_else(placeholder_request);
+        *req = match self.core.take(id) {
+            Some(Msg::Req(r)) => r,
+            _ => placeholder_request(),
+        };
+        self.suspend_or_release(out, ev, phase, id)
+    }
+
+    fn suspend_or_release(&self, out: Outcome, ev: Event, phase: usize, id: SlotId) -> Step {
         match out {
-            Outcome::Done(s) => s,
+            Outcome::Done(s) => {
+                self.core.release(id);
+                s
+            }
             Outcome::Suspend(idx, thread) => Step::NeedBody(Suspended {
                 event: ev,
                 phase,
                 idx,
                 thread,
-                msg,
-                ctx,
-                env: SuspEnv::Req(env),
+                slot: Some(id),
+                core: self.core.clone(),
             }),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn finish_resp(
         &self,
         out: Outcome,
         ev: Event,
         phase: usize,
-        msg: Value,
-        ctx: AnyUserData,
-        env: Rc<Env<Response>>,
-        rr: Rc<ReqRef>,
+        id: SlotId,
         resp: &mut Response,
     ) -> Step {
-        rr.clear();
-        *resp = env.take().unwrap_or_else(placeholder_response);
-        match out {
-            Outcome::Done(s) => s,
-            Outcome::Suspend(idx, thread) => Step::NeedBody(Suspended {
-                event: ev,
-                phase,
-                idx,
-                thread,
-                msg,
-                ctx,
-                env: SuspEnv::Resp(env, rr),
-            }),
-        }
+        self.core.clear_request(id);
+        *resp = match self.core.take(id) {
+            Some(Msg::Resp(r)) => r,
+            _ => placeholder_response(),
+        };
+        self.suspend_or_release(out, ev, phase, id)
     }
 
     /// http.on_request for one phase; `req` carries the hooks' mutations afterwards.
@@ -1151,80 +1245,81 @@ impl Engine {
         if self.chain_len(ev, phase.idx()) == 0 {
             return Step::Continue;
         }
-        let env = Env::new(std::mem::replace(resp, placeholder_response()));
-        let rr = ReqRef::new();
-        let made = self
-            .lua
-            .create_userdata(LResp::new(env.clone(), rr.clone()))
-            .and_then(|m| Ok((m, self.ctx(conn, Some(flow_id))?)));
-        let (m, ctx) = match made {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(target: "luring::plugin", "cannot build hook arguments: {e}");
-                *resp = env.take().unwrap_or_else(placeholder_response);
+        let m = Msg::Resp(std::mem::replace(resp, placeholder_response()));
+        let id = match self.core.open(m, false) {
+            Ok(id) => id,
+            Err(m) => {
+                tracing::error!(target: "luring::plugin", "cannot build hook arguments");
+                if let Msg::Resp(r) = m {
+                    *resp = r;
+                }
                 return Step::Continue;
             }
         };
-        rr.set(req);
-        let msg = Value::UserData(m);
-        let out = self.run(ev, phase.idx(), 0, None, &msg, &ctx, None);
-        self.finish_resp(out, ev, phase.idx(), msg, ctx, env, rr, resp)
+        self.ctx(conn, Some(flow_id));
+        self.core.set_request(id, req);
+        let out = self.run(ev, phase.idx(), 0, None, Arg::Slot(id));
+        self.finish_resp(out, ev, phase.idx(), id, resp)
     }
 
     /// Continues a request chain after the proxy set `req.body` to Full or TooLarge.
     pub fn resume_request(
         &self,
-        s: Suspended,
+        mut s: Suspended,
         conn: &ConnInfo,
         flow_id: u64,
         req: &mut Request,
     ) -> Step {
-        let _ = (conn, flow_id);
-        let Suspended {
-            event,
-            phase,
-            idx,
-            thread,
-            msg,
-            ctx,
-            env,
-        } = s;
-        let SuspEnv::Req(env) = env else {
-            tracing::error!(target: "luring::plugin", "resume_request called with a suspended response chain");
+        let Some(id) = s.slot.take() else {
             return Step::Continue;
         };
-        env.put(std::mem::replace(req, placeholder_request()));
-        let out = self.run(event, phase, idx, Some(thread), &msg, &ctx, None);
-        self.finish_req(out, event, phase, msg, ctx, env, req)
+        if s.event == Event::HttpResponse {
+            tracing::error!(target: "luring::plugin", "resume_request called with a suspended response chain");
+            self.core.release(id);
+            return Step::Continue;
+        }
+        if let Err(Msg::Req(r)) = self
+            .core
+            .put(id, Msg::Req(std::mem::replace(req, placeholder_request())))
+        {
+            *req = r;
+            return Step::Continue;
+        }
+        self.ctx(conn, Some(flow_id));
+        let thread = s.thread.clone();
+        let out = self.run(s.event, s.phase, s.idx, Some(thread), Arg::Slot(id));
+        self.finish_req(out, s.event, s.phase, id, req)
     }
 
     /// Continues a response chain after the proxy set `resp.body` to Full or TooLarge.
     pub fn resume_response(
         &self,
-        s: Suspended,
+        mut s: Suspended,
         conn: &ConnInfo,
         flow_id: u64,
         req: &Request,
         resp: &mut Response,
     ) -> Step {
-        let _ = (conn, flow_id);
-        let Suspended {
-            event,
-            phase,
-            idx,
-            thread,
-            msg,
-            ctx,
-            env,
-        } = s;
-        let SuspEnv::Resp(env, rr) = env else {
-            tracing::error!(target: "luring::plugin", "resume_response called with a suspended request chain");
+        let Some(id) = s.slot.take() else {
             return Step::Continue;
         };
-        env.put(std::mem::replace(resp, placeholder_response()));
-        rr.set(req);
-        let out = self.run(event, phase, idx, Some(thread), &msg, &ctx, None);
-        self.finish_resp(out, event, phase, msg, ctx, env, rr, resp)
+        if s.event != Event::HttpResponse {
+            tracing::error!(target: "luring::plugin", "resume_response called with a suspended request chain");
+            self.core.release(id);
+            return Step::Continue;
+        }
+        if let Err(Msg::Resp(r)) = self.core.put(
+            id,
+            Msg::Resp(std::mem::replace(resp, placeholder_response())),
+        ) {
+            *resp = r;
+            return Step::Continue;
+        }
+        self.ctx(conn, Some(flow_id));
+        self.core.set_request(id, req);
+        let thread = s.thread.clone();
+        let out = self.run(s.event, s.phase, s.idx, Some(thread), Arg::Slot(id));
+        self.finish_resp(out, s.event, s.phase, id, resp)
     }
 
     /// raw.on_chunk for one phase; hooks may replace `chunk.data`.
@@ -1239,14 +1334,11 @@ impl Engine {
             offset: chunk.offset,
         };
         let env = Env::new(std::mem::replace(chunk, hollow));
-        let made = self
-            .lua
-            .create_userdata(LRaw { env: env.clone() })
-            .and_then(|m| Ok((m, self.ctx(conn, None)?)));
-        if let Ok((m, ctx)) = made {
+        if let Ok(m) = self.lua.create_userdata(LRaw { env: env.clone() }) {
+            self.ctx(conn, None);
             let msg = Value::UserData(m);
             // Only CONTINUE is allowed here, so the outcome carries nothing for the proxy.
-            let _ = self.run(ev, phase.idx(), 0, None, &msg, &ctx, None);
+            let _ = self.run(ev, phase.idx(), 0, None, Arg::Val(&msg));
         }
         if let Some(c) = env.take() {
             *chunk = c;
@@ -1266,16 +1358,17 @@ impl Engine {
         let made = (|| {
             let t = self.lua.create_table()?;
             fill(&self.lua, &t)?;
-            Ok::<_, mlua::Error>((t, self.ctx(conn, None)?))
+            Ok::<_, mlua::Error>(t)
         })();
-        let (dict, ctx) = match made {
+        let dict = match made {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(target: "luring::plugin", "cannot build hook arguments: {e}");
                 return Step::Continue;
             }
         };
-        match self.run(ev, 0, 0, None, &Value::Nil, &ctx, Some(&dict)) {
+        self.ctx(conn, None);
+        match self.run(ev, 0, 0, None, Arg::Frozen(&dict)) {
             Outcome::Done(s) => s,
             Outcome::Suspend(..) => Step::Continue,
         }
@@ -1450,7 +1543,7 @@ pub fn check(files: &[PathBuf]) -> Result<Vec<HookInfo>, LoadError> {
         files: files.to_vec(),
         ..EngineConfig::default()
     };
-    Engine::load(&cfg, 0).map(|e| e.hooks)
+    Engine::load(&cfg, 0).map(|e| e.hooks.clone())
 }
 
 /// What `luring check` prints: one line per hook (protocol, event, phase, on_error, name).
@@ -1467,4 +1560,18 @@ pub fn format_hooks(hooks: &[HookInfo]) -> String {
         ));
     }
     out
+}
+
+/// Anchors `v` in the registry; the ref is pushed with one `lua_rawgeti`.
+fn registry_ref(lua: &Lua, v: &Value) -> mlua::Result<c_int> {
+    lua.exec_raw_lua(|raw| {
+        // SAFETY: main state outside callbacks; the pushed value is popped by luaL_ref.
+        unsafe {
+            if ffi::lua_checkstack(raw.state(), 3) == 0 {
+                return Err(mlua::Error::runtime("stack overflow"));
+            }
+            raw.push_value(v)?;
+            Ok(ffi::luaL_ref(raw.state(), ffi::LUA_REGISTRYINDEX))
+        }
+    })
 }

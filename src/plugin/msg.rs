@@ -1,17 +1,28 @@
-//! Message userdata: lazy views over a Rust message held in an envelope for one chain.
+//! Message userdata: lazy views over a Rust message held in an engine-owned slot.
 //!
-//! The message is moved into an [`Env`] while hooks run and moved back out afterwards;
-//! the userdata only holds the `Rc<Env>`, so a `msg` a plugin stashed in a global goes
-//! dead ("message is no longer valid") once the chain returns, as in Envoy's Lua filter.
+//! While a chain runs, the proxy's message is moved into a [`Slot`] of the engine's
+//! [`Core`]; the Lua side only holds plain userdata tagged with (slot, generation). When
+//! the chain returns the message moves back out and the slot's generation changes, so a
+//! `msg` a plugin stashed in a global goes dead ("message is no longer valid") without
+//! any finaliser or per-call Rust allocation (as in Envoy's Lua filter).
+//!
+//! The hot accessors (message fields, `headers:get/set/add`, header indexing) are raw
+//! `lua_CFunction`s: mlua's generic callback path (registry type checks, reference
+//! slots for every argument) cost several times the work they wrap. This is the only
+//! module of the engine with `unsafe` code besides the budget hook.
 
 use super::RawChunk;
 use crate::http::{Body, Headers, Request, Response, Version};
 use bytes::Bytes;
-use mlua::{AnyUserData, Error, Lua, MetaMethod, Result, Table, UserData, UserDataMethods, Value};
+use mlua::{
+    ffi, Error, Function, Lua, MetaMethod, Result, Table, UserData, UserDataMethods, Value,
+};
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
+use std::os::raw::{c_int, c_void};
 use std::rc::Rc;
 
-/// Holds a message for the duration of a chain; empty before and after.
+/// Holds a raw chunk for the duration of a chain; empty before and after.
 pub(crate) struct Env<T> {
     slot: RefCell<Option<T>>,
 }
@@ -25,15 +36,6 @@ impl<T> Env<T> {
     pub(crate) fn take(&self) -> Option<T> {
         self.slot.borrow_mut().take()
     }
-    pub(crate) fn put(&self, v: T) {
-        *self.slot.borrow_mut() = Some(v);
-    }
-    fn set(&self, f: impl FnOnce(&mut T)) -> Result<()> {
-        self.with(|m| {
-            f(m);
-            Ok(())
-        })
-    }
     fn with<R>(&self, f: impl FnOnce(&mut T) -> Result<R>) -> Result<R> {
         match self.slot.borrow_mut().as_mut() {
             Some(m) => f(m),
@@ -42,27 +44,975 @@ impl<T> Env<T> {
     }
 }
 
-/// Values the body getter needs without a Rust borrow on the engine.
-pub(crate) struct BodyCfg {
-    /// Returned by `__index` when the body must be read first; the Lua wrapper yields it.
-    pub need: Table,
-    pub max: usize,
+/// A message a slot can hold.
+pub(crate) enum Msg {
+    Req(Request),
+    Resp(Response),
 }
 
-fn body_value(lua: &Lua, b: &Body) -> Result<Value> {
-    match b {
-        Body::Full(bytes) => Ok(Value::String(lua.create_string(bytes)?)),
-        Body::Streaming => match lua.app_data_ref::<BodyCfg>() {
-            Some(c) => Ok(Value::Table(c.need.clone())),
-            None => Ok(Value::Nil),
-        },
-        Body::TooLarge => {
-            let max = lua.app_data_ref::<BodyCfg>().map(|c| c.max).unwrap_or(0);
-            Err(Error::runtime(format!(
-                "body exceeds max-plugin-body ({max} bytes)"
-            )))
+const K_REQ: u8 = 1;
+const K_RESP: u8 = 2;
+const K_HDR: u8 = 3;
+const K_TRL: u8 = 4;
+const MAGIC: u32 = 0x6c75_7267;
+
+/// The whole payload of a message or headers userdata: plain data, no finaliser.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Tag {
+    magic: u32,
+    kind: u8,
+    ro: u8,
+    slot: u32,
+    gen: u32,
+}
+
+/// Getter waiting for the body when a hook suspended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pending {
+    None,
+    Body,
+    Trailers,
+}
+
+struct Slot {
+    gen: u32,
+    used: bool,
+    ro: bool,
+    msg: Option<Msg>,
+    /// Registry ref of the message userdata (anchors it for the whole chain).
+    ud: c_int,
+    /// Registry ref of the cached `msg.headers` userdata.
+    headers: c_int,
+    /// Response slots: the proxy's request while a run is in progress.
+    req_ptr: *const Request,
+    /// Response slots: slot of the read-only `resp.request` view, once created.
+    view: Option<u32>,
+    pending: Pending,
+}
+
+/// What `ctx` shows; refilled before each chain run (and each resume).
+pub(crate) struct CtxData {
+    pub(crate) conn_id: u64,
+    pub(crate) flow_id: Option<u64>,
+    pub(crate) client_addr: std::net::SocketAddr,
+    pub(crate) server_addr: Option<std::net::SocketAddr>,
+    pub(crate) sni: Option<String>,
+    pub(crate) listener_name: Rc<str>,
+    pub(crate) worker: usize,
+    pub(crate) plugin: Rc<str>,
+}
+
+/// Engine-owned state the C accessors reach through a light-userdata upvalue.
+pub(crate) struct Core {
+    /// The main state; valid while `alive`.
+    state: *mut ffi::lua_State,
+    alive: Cell<bool>,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+    pub(crate) ctx: RefCell<CtxData>,
+    mt_req: Cell<c_int>,
+    mt_resp: Cell<c_int>,
+    mt_hdr: Cell<c_int>,
+    need: Cell<c_int>,
+    max_body: usize,
+}
+
+/// A slot handed out for one chain; `gen` makes stale handles harmless.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlotId {
+    idx: u32,
+    gen: u32,
+}
+
+type Fail = Cow<'static, str>;
+const STALE: &str = "message is no longer valid";
+
+impl Core {
+    pub(crate) fn new(state: *mut ffi::lua_State, max_body: usize, worker: usize) -> Rc<Core> {
+        Rc::new(Core {
+            state,
+            alive: Cell::new(true),
+            slots: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            ctx: RefCell::new(CtxData {
+                conn_id: 0,
+                flow_id: None,
+                client_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                server_addr: None,
+                sni: None,
+                listener_name: Rc::from(""),
+                worker,
+                plugin: Rc::from(""),
+            }),
+            mt_req: Cell::new(ffi::LUA_NOREF),
+            mt_resp: Cell::new(ffi::LUA_NOREF),
+            mt_hdr: Cell::new(ffi::LUA_NOREF),
+            need: Cell::new(ffi::LUA_NOREF),
+            max_body,
+        })
+    }
+
+    /// Called when the Lua state is about to close: refs are meaningless afterwards.
+    pub(crate) fn kill(&self) {
+        self.alive.set(false);
+    }
+
+    /// Builds the metatables and C accessors; `need` is the token a getter yields.
+    pub(crate) fn install(self: &Rc<Self>, lua: &Lua, need: &Table) -> Result<()> {
+        let cold = cold_fns(lua, self)?;
+        let core_ptr = Rc::as_ptr(self) as *mut c_void;
+        lua.exec_raw_lua(|raw| -> Result<()> {
+            let l = raw.state();
+            // SAFETY: main state outside any callback; every push is balanced by a
+            // luaL_ref or a setfield, and the stack has room (checked first).
+            unsafe {
+                if ffi::lua_checkstack(l, 8) == 0 {
+                    return Err(Error::runtime("stack overflow"));
+                }
+                raw.push(need)?;
+                self.need.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
+                for (kind, cell) in [(K_REQ, &self.mt_req), (K_RESP, &self.mt_resp)] {
+                    ffi::lua_createtable(l, 0, 3);
+                    ffi::lua_pushlightuserdata(l, core_ptr);
+                    ffi::lua_pushcclosure(l, msg_index, 1);
+                    ffi::lua_setfield(l, -2, c"__index".as_ptr());
+                    raw.push(if kind == K_REQ {
+                        &cold.req_newindex
+                    } else {
+                        &cold.resp_newindex
+                    })?;
+                    ffi::lua_setfield(l, -2, c"__newindex".as_ptr());
+                    ffi::lua_pushboolean(l, 0);
+                    ffi::lua_setfield(l, -2, c"__metatable".as_ptr());
+                    cell.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
+                }
+                ffi::lua_createtable(l, 0, 4);
+                // methods table: the upvalue of the headers __index
+                ffi::lua_createtable(l, 0, 6);
+                for (name, f) in [
+                    (c"get", hdr_get as ffi::lua_CFunction),
+                    (c"set", hdr_set),
+                    (c"add", hdr_add),
+                ] {
+                    ffi::lua_pushlightuserdata(l, core_ptr);
+                    ffi::lua_pushcclosure(l, f, 1);
+                    ffi::lua_setfield(l, -2, name.as_ptr());
+                }
+                for (name, f) in [
+                    (c"get_all", &cold.get_all),
+                    (c"remove", &cold.remove),
+                    (c"pairs", &cold.pairs),
+                ] {
+                    raw.push(f)?;
+                    ffi::lua_setfield(l, -2, name.as_ptr());
+                }
+                ffi::lua_pushlightuserdata(l, core_ptr);
+                ffi::lua_pushcclosure(l, hdr_index, 2);
+                ffi::lua_setfield(l, -2, c"__index".as_ptr());
+                raw.push(&cold.len)?;
+                ffi::lua_setfield(l, -2, c"__len".as_ptr());
+                ffi::lua_pushboolean(l, 0);
+                ffi::lua_setfield(l, -2, c"__metatable".as_ptr());
+                self.mt_hdr.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
+            }
+            Ok(())
+        })
+    }
+
+    /// Moves `msg` into a fresh slot and creates its userdata (anchored until `release`).
+    // The message comes back on failure so the proxy keeps it; boxing would allocate.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn open(&self, msg: Msg, ro: bool) -> std::result::Result<SlotId, Msg> {
+        let idx = {
+            let mut slots = self.slots.borrow_mut();
+            match self.free.borrow_mut().pop() {
+                Some(i) => i,
+                None => {
+                    slots.push(Slot {
+                        gen: 0,
+                        used: false,
+                        ro: false,
+                        msg: None,
+                        ud: ffi::LUA_NOREF,
+                        headers: ffi::LUA_NOREF,
+                        req_ptr: std::ptr::null(),
+                        view: None,
+                        pending: Pending::None,
+                    });
+                    (slots.len() - 1) as u32
+                }
+            }
+        };
+        let kind = match msg {
+            Msg::Req(_) => K_REQ,
+            Msg::Resp(_) => K_RESP,
+        };
+        let gen = {
+            let mut slots = self.slots.borrow_mut();
+            let s = &mut slots[idx as usize];
+            s.gen = s.gen.wrapping_add(1);
+            s.used = true;
+            s.ro = ro;
+            s.msg = Some(msg);
+            s.gen
+        };
+        let id = SlotId { idx, gen };
+        let l = self.state;
+        // SAFETY: `l` is the live main state (engines are single-threaded and the
+        // state outlives the core's use); one value is pushed and popped by luaL_ref.
+        let made = unsafe {
+            if ffi::lua_checkstack(l, 2) == 0 {
+                false
+            } else {
+                push_tag(l, self, kind, id, ro);
+                let r = ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX);
+                self.slots.borrow_mut()[idx as usize].ud = r;
+                true
+            }
+        };
+        if !made {
+            let m = self.take(id);
+            self.release(id);
+            return Err(m.expect("slot just filled"));
+        }
+        Ok(id)
+    }
+
+    /// Pushes the slot's message userdata onto `l` (any thread of this state).
+    ///
+    /// # Safety
+    /// `l` must be a thread of the core's state with one free stack slot.
+    pub(crate) unsafe fn push_ud(&self, l: *mut ffi::lua_State, id: SlotId) {
+        let r = self.slots.borrow()[id.idx as usize].ud;
+        ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, r as _);
+    }
+
+    /// Moves the message out (the slot stays allocated for a suspended chain).
+    pub(crate) fn take(&self, id: SlotId) -> Option<Msg> {
+        let mut slots = self.slots.borrow_mut();
+        let s = slots.get_mut(id.idx as usize)?;
+        if s.gen != id.gen || !s.used {
+            return None;
+        }
+        s.msg.take()
+    }
+
+    /// Puts a message back into a suspended chain's slot.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn put(&self, id: SlotId, m: Msg) -> std::result::Result<(), Msg> {
+        let mut slots = self.slots.borrow_mut();
+        match slots.get_mut(id.idx as usize) {
+            Some(s) if s.gen == id.gen && s.used => {
+                s.msg = Some(m);
+                Ok(())
+            }
+            _ => Err(m),
         }
     }
+
+    /// Frees the slot (and its request view): every userdata of it goes stale.
+    pub(crate) fn release(&self, id: SlotId) {
+        let (refs, view) = {
+            let mut slots = self.slots.borrow_mut();
+            let Some(s) = slots.get_mut(id.idx as usize) else {
+                return;
+            };
+            if s.gen != id.gen || !s.used {
+                return;
+            }
+            s.used = false;
+            s.msg = None;
+            s.gen = s.gen.wrapping_add(1);
+            s.req_ptr = std::ptr::null();
+            s.pending = Pending::None;
+            let refs = [
+                std::mem::replace(&mut s.ud, ffi::LUA_NOREF),
+                std::mem::replace(&mut s.headers, ffi::LUA_NOREF),
+            ];
+            (refs, s.view.take())
+        };
+        self.free.borrow_mut().push(id.idx);
+        if self.alive.get() {
+            for r in refs {
+                if r != ffi::LUA_NOREF {
+                    // SAFETY: live main state; unref pushes nothing.
+                    unsafe { ffi::luaL_unref(self.state, ffi::LUA_REGISTRYINDEX, r) };
+                }
+            }
+        }
+        if let Some(v) = view {
+            let gen = self.slots.borrow()[v as usize].gen;
+            self.release(SlotId { idx: v, gen });
+        }
+    }
+
+    /// Response slots: `resp.request` reads `r` until `clear_request`.
+    pub(crate) fn set_request(&self, id: SlotId, r: &Request) {
+        let view = {
+            let mut slots = self.slots.borrow_mut();
+            let s = &mut slots[id.idx as usize];
+            s.req_ptr = r;
+            s.view
+        };
+        if let Some(v) = view {
+            let mut slots = self.slots.borrow_mut();
+            slots[v as usize].msg = Some(Msg::Req(r.clone()));
+        }
+    }
+
+    /// Ends the `set_request` window; a stashed `resp.request` goes dead.
+    pub(crate) fn clear_request(&self, id: SlotId) {
+        let mut slots = self.slots.borrow_mut();
+        let s = &mut slots[id.idx as usize];
+        s.req_ptr = std::ptr::null();
+        if let Some(v) = s.view {
+            slots[v as usize].msg = None;
+        }
+    }
+
+    /// The getter a suspended hook waits in, cleared.
+    pub(crate) fn take_pending(&self, id: SlotId) -> Pending {
+        let mut slots = self.slots.borrow_mut();
+        std::mem::replace(&mut slots[id.idx as usize].pending, Pending::None)
+    }
+
+    /// After a body wait: pushes what the waiting getter returns, or the error it raises.
+    ///
+    /// # Safety
+    /// `l` must be the suspended thread with a free stack slot.
+    pub(crate) unsafe fn push_resumed(
+        &self,
+        l: *mut ffi::lua_State,
+        id: SlotId,
+        p: Pending,
+    ) -> std::result::Result<(), Fail> {
+        let tag = Tag {
+            magic: MAGIC,
+            kind: K_REQ,
+            ro: 0,
+            slot: id.idx,
+            gen: id.gen,
+        };
+        match msg_field(
+            self,
+            tag,
+            if p == Pending::Body {
+                b"body"
+            } else {
+                b"trailers"
+            },
+        ) {
+            Ok(Got::Need) => Err("body is not available".into()),
+            Ok(g) => {
+                push_got(l, self, g);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn with_msg<R>(
+        &self,
+        t: Tag,
+        f: impl FnOnce(&mut Slot) -> std::result::Result<R, Fail>,
+    ) -> std::result::Result<R, Fail> {
+        let mut slots = self.slots.try_borrow_mut().map_err(|_| Fail::from(STALE))?;
+        match slots.get_mut(t.slot as usize) {
+            Some(s) if s.gen == t.gen && s.used && s.msg.is_some() => f(s),
+            _ => Err(STALE.into()),
+        }
+    }
+
+    fn with_headers<R>(
+        &self,
+        t: Tag,
+        write: bool,
+        f: impl FnOnce(&mut Headers) -> R,
+    ) -> std::result::Result<R, Fail> {
+        if write && t.ro != 0 {
+            return Err("headers are read-only here".into());
+        }
+        self.with_msg(t, |s| {
+            let trailers = t.kind == K_TRL;
+            let h = match s.msg.as_mut() {
+                Some(Msg::Req(r)) if trailers => r.trailers.as_mut(),
+                Some(Msg::Resp(r)) if trailers => r.trailers.as_mut(),
+                Some(Msg::Req(r)) => Some(&mut r.headers),
+                Some(Msg::Resp(r)) => Some(&mut r.headers),
+                None => None,
+            };
+            match h {
+                Some(h) => Ok(f(h)),
+                None => Err("trailers are no longer present".into()),
+            }
+        })
+    }
+}
+
+/// Pushes a new tagged userdata with its kind's metatable.
+///
+/// # Safety
+/// `l` must be a thread of the core's state with two free stack slots.
+unsafe fn push_tag(l: *mut ffi::lua_State, core: &Core, kind: u8, id: SlotId, ro: bool) {
+    let p = ffi::lua_newuserdata(l, std::mem::size_of::<Tag>()) as *mut Tag;
+    p.write_unaligned(Tag {
+        magic: MAGIC,
+        kind,
+        ro: ro as u8,
+        slot: id.idx,
+        gen: id.gen,
+    });
+    let mt = match kind {
+        K_REQ => core.mt_req.get(),
+        K_RESP => core.mt_resp.get(),
+        _ => core.mt_hdr.get(),
+    };
+    ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, mt as _);
+    ffi::lua_setmetatable(l, -2);
+}
+
+/// Reads our tag from stack slot `idx`, or None for any other value.
+///
+/// # Safety
+/// `l` must be a valid state and `idx` an acceptable index.
+unsafe fn tag_at(l: *mut ffi::lua_State, idx: c_int) -> Option<Tag> {
+    if ffi::lua_type(l, idx) != ffi::LUA_TUSERDATA
+        || ffi::lua_objlen(l, idx) != std::mem::size_of::<Tag>()
+    {
+        return None;
+    }
+    let t = (ffi::lua_touserdata(l, idx) as *const Tag).read_unaligned();
+    (t.magic == MAGIC).then_some(t)
+}
+
+/// The core a C accessor was registered with (upvalue 1).
+///
+/// # Safety
+/// Only for the closures built in `Core::install`; the engine keeps the `Rc<Core>` alive
+/// for as long as its state can run code.
+unsafe fn core_of<'a>(l: *mut ffi::lua_State) -> &'a Core {
+    &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Core)
+}
+
+/// Raises `e` as a Lua error; nothing with a destructor is left alive in this frame.
+unsafe fn raise(l: *mut ffi::lua_State, e: Fail) -> c_int {
+    ffi::lua_pushlstring(l, e.as_ptr().cast(), e.len());
+    drop(e);
+    ffi::lua_error(l)
+}
+
+/// A value computed under a slot borrow, pushed after the borrow ends.
+enum Got {
+    Nil,
+    Bytes(Bytes),
+    Str(Cow<'static, str>),
+    Int(i64),
+    Num(f64),
+    Ud(c_int),
+    NewTrailers(Tag),
+    View(Option<u32>),
+    Need,
+}
+
+/// Pushes a `Got` (the trailers case creates a userdata).
+unsafe fn push_got(l: *mut ffi::lua_State, core: &Core, g: Got) {
+    match g {
+        Got::Nil | Got::Need | Got::View(_) => ffi::lua_pushnil(l),
+        Got::Bytes(b) => {
+            ffi::lua_pushlstring(l, b.as_ptr().cast(), b.len());
+        }
+        Got::Str(s) => {
+            ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len());
+        }
+        Got::Int(i) => ffi::lua_pushinteger(l, i as _),
+        Got::Num(n) => ffi::lua_pushnumber(l, n),
+        Got::Ud(r) => {
+            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, r as _);
+        }
+        Got::NewTrailers(t) => push_tag(
+            l,
+            core,
+            K_TRL,
+            SlotId {
+                idx: t.slot,
+                gen: t.gen,
+            },
+            t.ro != 0,
+        ),
+    }
+}
+
+fn body_got(b: &Body, max: usize) -> std::result::Result<Got, Fail> {
+    match b {
+        Body::Full(bytes) => Ok(Got::Bytes(bytes.clone())),
+        Body::Streaming => Ok(Got::Need),
+        Body::TooLarge => Err(format!("body exceeds max-plugin-body ({max} bytes)").into()),
+    }
+}
+
+fn ver(v: Version) -> Got {
+    Got::Str(Cow::Borrowed(v.as_str()))
+}
+
+/// One message field (`headers` and `request` create userdata, see `msg_index`).
+fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> {
+    let max = core.max_body;
+    let got = core.with_msg(t, |s| {
+        let ro = s.ro as u8;
+        let trl = Tag {
+            kind: K_TRL,
+            ro,
+            ..t
+        };
+        Ok(match s.msg.as_mut() {
+            Some(Msg::Req(r)) => match key {
+                b"headers" => Got::Ud(s.headers),
+                b"method" => Got::Bytes(r.method.clone()),
+                b"scheme" => Got::Str(r.scheme.clone().into()),
+                b"authority" => Got::Str(r.authority.clone().into()),
+                b"host" => Got::Str(r.host().into()),
+                b"port" => Got::Int(r.port() as i64),
+                b"path" => match &r.path {
+                    Some(p) => Got::Str(p.clone().into()),
+                    None => Got::Nil,
+                },
+                b"http_version" => ver(r.version),
+                b"body" => body_got(&r.body, max)?,
+                // trailers come after the body: asking for them reads it first
+                b"trailers" => match r.trailers {
+                    None if matches!(r.body, Body::Streaming) => body_got(&r.body, max)?,
+                    Some(_) => Got::NewTrailers(trl),
+                    None => Got::Nil,
+                },
+                b"timestamp_start" => Got::Num(r.timestamp_start),
+                _ => Got::Nil,
+            },
+            Some(Msg::Resp(r)) => match key {
+                b"headers" => Got::Ud(s.headers),
+                b"status" => Got::Int(r.status as i64),
+                b"reason" => Got::Str(r.reason.clone().into()),
+                b"http_version" => ver(r.version),
+                b"body" => body_got(&r.body, max)?,
+                b"trailers" => match r.trailers {
+                    None if matches!(r.body, Body::Streaming) => body_got(&r.body, max)?,
+                    Some(_) => Got::NewTrailers(trl),
+                    None => Got::Nil,
+                },
+                b"request" => Got::View(s.view),
+                _ => Got::Nil,
+            },
+            None => return Err(STALE.into()),
+        })
+    })?;
+    Ok(got)
+}
+
+/// `__index` of requests and responses.
+unsafe extern "C-unwind" fn msg_index(l: *mut ffi::lua_State) -> c_int {
+    let core = core_of(l);
+    let r = msg_index_impl(l, core);
+    match r {
+        Ok(n) => n,
+        Err(e) => raise(l, e),
+    }
+}
+
+unsafe fn msg_index_impl(l: *mut ffi::lua_State, core: &Core) -> std::result::Result<c_int, Fail> {
+    let Some(t) = tag_at(l, 1) else {
+        return Err("bad self".into());
+    };
+    let mut len = 0usize;
+    let k = ffi::lua_tolstring(l, 2, &mut len);
+    if k.is_null() {
+        return Err("bad argument #2: string expected".into());
+    }
+    // SAFETY: Lua strings stay alive while on the stack (slot 2, untouched below).
+    let key = std::slice::from_raw_parts(k as *const u8, len);
+    if ffi::lua_checkstack(l, 4) == 0 {
+        return Err("stack overflow".into());
+    }
+    let got = msg_field(core, t, key)?;
+    match got {
+        Got::Need => {
+            core.with_msg(t, |s| {
+                s.pending = if key == b"body" {
+                    Pending::Body
+                } else {
+                    Pending::Trailers
+                };
+                Ok(())
+            })?;
+            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, core.need.get() as _);
+            // The engine resumes this frame with the getter's value (push_resumed).
+            Ok(ffi::lua_yield(l, 1))
+        }
+        Got::Ud(r) if r == ffi::LUA_NOREF => {
+            // first `msg.headers` of this message: create and cache its userdata
+            push_tag(
+                l,
+                core,
+                K_HDR,
+                SlotId {
+                    idx: t.slot,
+                    gen: t.gen,
+                },
+                t.ro != 0,
+            );
+            ffi::lua_pushvalue(l, -1);
+            let r = ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX);
+            core.with_msg(t, |s| {
+                s.headers = r;
+                Ok(())
+            })?;
+            Ok(1)
+        }
+        Got::View(v) => request_view(l, core, t, v),
+        g => {
+            push_got(l, core, g);
+            Ok(1)
+        }
+    }
+}
+
+/// `resp.request`: a read-only copy of the proxy's request, made on first access.
+unsafe fn request_view(
+    l: *mut ffi::lua_State,
+    core: &Core,
+    t: Tag,
+    view: Option<u32>,
+) -> std::result::Result<c_int, Fail> {
+    let v = match view {
+        Some(v) => v,
+        None => {
+            let p = core.with_msg(t, |s| Ok(s.req_ptr))?;
+            if p.is_null() {
+                return Err(STALE.into());
+            }
+            // SAFETY: `req_ptr` is set from a `&Request` borrowed by the engine call
+            // running this Lua code, and cleared before that call returns.
+            let copy = (*p).clone();
+            let id = core
+                .open(Msg::Req(copy), true)
+                .map_err(|_| Fail::from("out of memory"))?;
+            core.with_msg(t, |s| {
+                s.view = Some(id.idx);
+                Ok(())
+            })?;
+            id.idx
+        }
+    };
+    let r = core.slots.borrow()[v as usize].ud;
+    ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, r as _);
+    Ok(1)
+}
+
+/// A header name or value argument: strings as they are, numbers printed.
+unsafe fn arg_bytes(
+    l: *mut ffi::lua_State,
+    idx: c_int,
+    what: &str,
+) -> std::result::Result<Bytes, Fail> {
+    match ffi::lua_type(l, idx) {
+        ffi::LUA_TSTRING => {
+            let mut len = 0usize;
+            let p = ffi::lua_tolstring(l, idx, &mut len);
+            Ok(Bytes::copy_from_slice(std::slice::from_raw_parts(
+                p as *const u8,
+                len,
+            )))
+        }
+        ffi::LUA_TNUMBER => Ok(Bytes::from(number_text(ffi::lua_tonumber(l, idx)))),
+        ty => {
+            let name = std::ffi::CStr::from_ptr(ffi::lua_typename(l, ty)).to_string_lossy();
+            Err(format!("{what} must be a string, got {name}").into())
+        }
+    }
+}
+
+/// Numbers as mlua converts them: integral values without a fraction.
+fn number_text(n: f64) -> String {
+    if n.fract() == 0.0 && n >= i64::MIN as f64 && n < i64::MAX as f64 {
+        (n as i64).to_string()
+    } else {
+        n.to_string()
+    }
+}
+
+unsafe fn self_tag(l: *mut ffi::lua_State) -> std::result::Result<Tag, Fail> {
+    match tag_at(l, 1) {
+        Some(t) if t.kind == K_HDR || t.kind == K_TRL => Ok(t),
+        _ => Err("bad argument #1: Headers expected".into()),
+    }
+}
+
+/// `headers:get(name)`.
+unsafe extern "C-unwind" fn hdr_get(l: *mut ffi::lua_State) -> c_int {
+    let core = core_of(l);
+    match hdr_get_impl(l, core, 2) {
+        Ok(n) => n,
+        Err(e) => raise(l, e),
+    }
+}
+
+unsafe fn hdr_get_impl(
+    l: *mut ffi::lua_State,
+    core: &Core,
+    at: c_int,
+) -> std::result::Result<c_int, Fail> {
+    let t = self_tag(l)?;
+    let mut len = 0usize;
+    let p = ffi::lua_tolstring(l, at, &mut len);
+    if p.is_null() {
+        return Err("bad argument #2: string expected".into());
+    }
+    // SAFETY: the string is kept alive by its stack slot.
+    let name = std::slice::from_raw_parts(p as *const u8, len);
+    let name = std::str::from_utf8(name).map_err(|_| Fail::from("bad header name"))?;
+    let v = core.with_headers(t, false, |h| h.get(name).cloned())?;
+    match v {
+        Some(b) => {
+            ffi::lua_pushlstring(l, b.as_ptr().cast(), b.len());
+        }
+        None => ffi::lua_pushnil(l),
+    }
+    Ok(1)
+}
+
+/// `headers:set(name, value)`.
+unsafe extern "C-unwind" fn hdr_set(l: *mut ffi::lua_State) -> c_int {
+    match hdr_write(l, true) {
+        Ok(n) => n,
+        Err(e) => raise(l, e),
+    }
+}
+
+/// `headers:add(name, value)`.
+unsafe extern "C-unwind" fn hdr_add(l: *mut ffi::lua_State) -> c_int {
+    match hdr_write(l, false) {
+        Ok(n) => n,
+        Err(e) => raise(l, e),
+    }
+}
+
+unsafe fn hdr_write(l: *mut ffi::lua_State, replace: bool) -> std::result::Result<c_int, Fail> {
+    let core = core_of(l);
+    let t = self_tag(l)?;
+    let n = arg_bytes(l, 2, "header name")?;
+    let v = arg_bytes(l, 3, "header value")?;
+    core.with_headers(t, true, |h| if replace { h.set(n, v) } else { h.add(n, v) })?;
+    Ok(0)
+}
+
+/// `__index` of headers: a method, else the first value of that header.
+unsafe extern "C-unwind" fn hdr_index(l: *mut ffi::lua_State) -> c_int {
+    ffi::lua_pushvalue(l, 2);
+    ffi::lua_rawget(l, ffi::lua_upvalueindex(1));
+    if ffi::lua_type(l, -1) != ffi::LUA_TNIL {
+        return 1;
+    }
+    ffi::lua_settop(l, 2);
+    // SAFETY: upvalue 2 is the core pointer (see `Core::install`).
+    let core = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *const Core);
+    match hdr_get_impl(l, core, 2) {
+        Ok(n) => n,
+        Err(e) => raise(l, e),
+    }
+}
+
+/// The headers and message methods that are not on the hot path, as mlua functions.
+struct Cold {
+    req_newindex: Function,
+    resp_newindex: Function,
+    get_all: Function,
+    remove: Function,
+    pairs: Function,
+    len: Function,
+}
+
+/// Our tag of a Lua value (validated: size and magic), for the mlua-side functions.
+fn tag_of(lua: &Lua, v: &Value) -> Option<Tag> {
+    let Value::UserData(_) = v else { return None };
+    lua.exec_raw_lua(|raw| {
+        // SAFETY: one value pushed and popped on the current state.
+        unsafe {
+            if ffi::lua_checkstack(raw.state(), 2) == 0 {
+                return None;
+            }
+            raw.push_value(v).ok()?;
+            let t = tag_at(raw.state(), -1);
+            ffi::lua_pop(raw.state(), 1);
+            t
+        }
+    })
+}
+
+fn err(e: Fail) -> Error {
+    Error::runtime(e.into_owned())
+}
+
+fn hdr_tag(lua: &Lua, v: &Value) -> Result<Tag> {
+    match tag_of(lua, v) {
+        Some(t) if t.kind == K_HDR || t.kind == K_TRL => Ok(t),
+        _ => Err(Error::runtime("bad argument #1: Headers expected")),
+    }
+}
+
+fn cold_fns(lua: &Lua, core: &Rc<Core>) -> Result<Cold> {
+    let c = core.clone();
+    let get_all = lua.create_function(move |lua, (h, name): (Value, String)| {
+        let t = hdr_tag(lua, &h)?;
+        let vals: Vec<Bytes> = c
+            .with_headers(t, false, |h| h.get_all(&name).cloned().collect())
+            .map_err(err)?;
+        let out = lua.create_table()?;
+        for (i, v) in vals.iter().enumerate() {
+            out.raw_set(i + 1, lua.create_string(v)?)?;
+        }
+        Ok(out)
+    })?;
+    let c = core.clone();
+    let remove = lua.create_function(move |lua, (h, name): (Value, String)| {
+        let t = hdr_tag(lua, &h)?;
+        c.with_headers(t, true, |h| h.remove(&name)).map_err(err)
+    })?;
+    let c = core.clone();
+    let pairs = lua.create_function(move |lua, h: Value| {
+        let t = hdr_tag(lua, &h)?;
+        let list: Vec<(Bytes, Bytes)> = c
+            .with_headers(t, false, |h| {
+                h.iter()
+                    .map(|f| (f.name.clone(), f.value.clone()))
+                    .collect()
+            })
+            .map_err(err)?;
+        let i = Cell::new(0usize);
+        lua.create_function(move |lua, _: mlua::MultiValue| {
+            let k = i.get();
+            i.set(k + 1);
+            match list.get(k) {
+                Some((n, v)) => Ok((lstr(lua, n)?, lstr(lua, v)?)),
+                None => Ok((Value::Nil, Value::Nil)),
+            }
+        })
+    })?;
+    let c = core.clone();
+    let len = lua.create_function(move |lua, (h, _): (Value, mlua::MultiValue)| {
+        let t = hdr_tag(lua, &h)?;
+        c.with_headers(t, false, |h| h.len()).map_err(err)
+    })?;
+    let c = core.clone();
+    let req_newindex =
+        lua.create_function(move |lua, (u, key, v): (Value, mlua::String, Value)| {
+            let t = tag_of(lua, &u).ok_or_else(|| Error::runtime("bad self"))?;
+            if t.ro != 0 {
+                return Err(Error::runtime("msg.request is read-only"));
+            }
+            let key = key.as_bytes();
+            let set = |f: &mut dyn FnMut(&mut Request)| -> Result<()> {
+                c.with_msg(t, |s| match s.msg.as_mut() {
+                    Some(Msg::Req(r)) => {
+                        f(r);
+                        Ok(())
+                    }
+                    _ => Err(STALE.into()),
+                })
+                .map_err(err)
+            };
+            match &*key {
+                b"method" => {
+                    let b = bytes_of(&v, "method")?;
+                    set(&mut |r| r.method = b.clone())
+                }
+                b"scheme" => {
+                    let s = string_of(&v, "scheme")?;
+                    set(&mut |r| r.scheme = s.clone())
+                }
+                b"authority" => {
+                    let s = string_of(&v, "authority")?;
+                    set(&mut |r| r.authority = s.clone())
+                }
+                b"path" => {
+                    let p = match v {
+                        Value::Nil => None,
+                        v => Some(string_of(&v, "path")?),
+                    };
+                    set(&mut |r| r.path = p.clone())
+                }
+                b"body" => {
+                    let b = body_from(v)?;
+                    set(&mut |r| r.body = b.clone())
+                }
+                b"headers" => {
+                    let h = headers_from(lua, &c, v)?.unwrap_or_default();
+                    set(&mut |r| r.headers = h.clone())
+                }
+                b"trailers" => {
+                    let h = headers_from(lua, &c, v)?;
+                    set(&mut |r| r.trailers = h.clone())
+                }
+                other => Err(Error::runtime(format!(
+                    "request field '{}' is read-only or unknown",
+                    String::from_utf8_lossy(other)
+                ))),
+            }
+        })?;
+    let c = core.clone();
+    let resp_newindex =
+        lua.create_function(move |lua, (u, key, v): (Value, mlua::String, Value)| {
+            let t = tag_of(lua, &u).ok_or_else(|| Error::runtime("bad self"))?;
+            let key = key.as_bytes();
+            let set = |f: &mut dyn FnMut(&mut Response)| -> Result<()> {
+                c.with_msg(t, |s| match s.msg.as_mut() {
+                    Some(Msg::Resp(r)) => {
+                        f(r);
+                        Ok(())
+                    }
+                    _ => Err(STALE.into()),
+                })
+                .map_err(err)
+            };
+            match &*key {
+                b"status" => {
+                    let s = match v {
+                        Value::Integer(i) if (100..=999).contains(&i) => i as u16,
+                        Value::Number(n) if (100.0..=999.0).contains(&n) && n.fract() == 0.0 => {
+                            n as u16
+                        }
+                        _ => return Err(Error::runtime("status must be an integer in 100..999")),
+                    };
+                    set(&mut |r| r.status = s)
+                }
+                b"reason" => {
+                    let s = string_of(&v, "reason")?;
+                    set(&mut |r| r.reason = s.clone())
+                }
+                b"body" => {
+                    let b = body_from(v)?;
+                    set(&mut |r| r.body = b.clone())
+                }
+                b"headers" => {
+                    let h = headers_from(lua, &c, v)?.unwrap_or_default();
+                    set(&mut |r| r.headers = h.clone())
+                }
+                b"trailers" => {
+                    let h = headers_from(lua, &c, v)?;
+                    set(&mut |r| r.trailers = h.clone())
+                }
+                other => Err(Error::runtime(format!(
+                    "response field '{}' is read-only or unknown",
+                    String::from_utf8_lossy(other)
+                ))),
+            }
+        })?;
+    Ok(Cold {
+        req_newindex,
+        resp_newindex,
+        get_all,
+        remove,
+        pairs,
+        len,
+    })
 }
 
 fn body_from(v: Value) -> Result<Body> {
@@ -131,380 +1081,20 @@ pub(crate) fn headers_from_table(t: &Table) -> Result<Headers> {
     Ok(h)
 }
 
-fn headers_from(v: Value) -> Result<Option<Headers>> {
+fn headers_from(lua: &Lua, core: &Core, v: Value) -> Result<Option<Headers>> {
     match v {
         Value::Nil => Ok(None),
         Value::Table(t) => headers_from_table(&t).map(Some),
-        Value::UserData(ud) => {
-            let h = ud.borrow::<LHeaders>()?;
-            h.with(|h| Ok(h.clone())).map(Some)
+        Value::UserData(_) => {
+            let t = hdr_tag(lua, &v)?;
+            core.with_headers(t, false, |h| h.clone())
+                .map(Some)
+                .map_err(err)
         }
         other => Err(Error::runtime(format!(
             "headers must be a table, got {}",
             other.type_name()
         ))),
-    }
-}
-
-/// Which header list of which envelope a Headers object views.
-#[derive(Clone)]
-enum HSrc {
-    Req(Rc<Env<Request>>),
-    ReqTrailers(Rc<Env<Request>>),
-    Resp(Rc<Env<Response>>),
-    RespTrailers(Rc<Env<Response>>),
-}
-
-/// `msg.headers` / `msg.trailers`.
-pub(crate) struct LHeaders {
-    src: HSrc,
-    read_only: bool,
-}
-
-impl LHeaders {
-    fn with<R>(&self, f: impl FnOnce(&mut Headers) -> Result<R>) -> Result<R> {
-        let missing = || Error::runtime("trailers are no longer present");
-        match &self.src {
-            HSrc::Req(e) => e.with(|m| f(&mut m.headers)),
-            HSrc::Resp(e) => e.with(|m| f(&mut m.headers)),
-            HSrc::ReqTrailers(e) => e.with(|m| f(m.trailers.as_mut().ok_or_else(missing)?)),
-            HSrc::RespTrailers(e) => e.with(|m| f(m.trailers.as_mut().ok_or_else(missing)?)),
-        }
-    }
-    fn write<R>(&self, f: impl FnOnce(&mut Headers) -> Result<R>) -> Result<R> {
-        if self.read_only {
-            return Err(Error::runtime("headers are read-only here"));
-        }
-        self.with(f)
-    }
-}
-
-fn get_first(lua: &Lua, h: &LHeaders, name: &[u8]) -> Result<Value> {
-    let name = std::str::from_utf8(name).map_err(|_| Error::runtime("bad header name"))?;
-    h.with(|h| match h.get(name) {
-        Some(v) => lstr(lua, v),
-        None => Ok(Value::Nil),
-    })
-}
-
-impl UserData for LHeaders {
-    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("get", |lua, this, name: mlua::String| {
-            get_first(lua, this, &name.as_bytes())
-        });
-        m.add_method("get_all", |lua, this, name: String| {
-            let t = lua.create_table()?;
-            this.with(|h| {
-                for (i, v) in h.get_all(&name).enumerate() {
-                    t.raw_set(i + 1, lua.create_string(v)?)?;
-                }
-                Ok(())
-            })?;
-            Ok(t)
-        });
-        m.add_method("set", |_, this, (name, value): (Value, Value)| {
-            let (n, v) = (
-                bytes_of(&name, "header name")?,
-                bytes_of(&value, "header value")?,
-            );
-            this.write(|h| {
-                h.set(n, v);
-                Ok(())
-            })
-        });
-        m.add_method("add", |_, this, (name, value): (Value, Value)| {
-            let (n, v) = (
-                bytes_of(&name, "header name")?,
-                bytes_of(&value, "header value")?,
-            );
-            this.write(|h| {
-                h.add(n, v);
-                Ok(())
-            })
-        });
-        m.add_method("remove", |_, this, name: String| {
-            this.write(|h| Ok(h.remove(&name)))
-        });
-        m.add_method("pairs", |lua, this, ()| {
-            let list: Vec<(Bytes, Bytes)> = this.with(|h| {
-                Ok(h.iter()
-                    .map(|f| (f.name.clone(), f.value.clone()))
-                    .collect())
-            })?;
-            let i = Cell::new(0usize);
-            lua.create_function(move |lua, _: mlua::MultiValue| {
-                let k = i.get();
-                i.set(k + 1);
-                match list.get(k) {
-                    Some((n, v)) => Ok((lstr(lua, n)?, lstr(lua, v)?)),
-                    None => Ok((Value::Nil, Value::Nil)),
-                }
-            })
-        });
-        m.add_meta_method(MetaMethod::Index, |lua, this, name: mlua::String| {
-            get_first(lua, this, &name.as_bytes())
-        });
-        m.add_meta_method(MetaMethod::Len, |_, this, ()| this.with(|h| Ok(h.len())));
-    }
-}
-
-/// Where `resp.request` reads from: the proxy's `&Request`, valid only while a chain runs.
-pub(crate) struct ReqRef {
-    ptr: Cell<*const Request>,
-    view: RefCell<Option<(Rc<Env<Request>>, AnyUserData)>>,
-}
-
-impl ReqRef {
-    pub(crate) fn new() -> Rc<Self> {
-        Rc::new(ReqRef {
-            ptr: Cell::new(std::ptr::null()),
-            view: RefCell::new(None),
-        })
-    }
-    /// Points at the proxy's request for the duration of a resume; `clear` must follow.
-    pub(crate) fn set(&self, r: &Request) {
-        self.ptr.set(r);
-        if let Some((env, _)) = &*self.view.borrow() {
-            env.put(r.clone());
-        }
-    }
-    pub(crate) fn clear(&self) {
-        self.ptr.set(std::ptr::null());
-        if let Some((env, _)) = &*self.view.borrow() {
-            env.take();
-        }
-    }
-    fn get(&self, lua: &Lua) -> Result<Value> {
-        if let Some((_, ud)) = &*self.view.borrow() {
-            return Ok(Value::UserData(ud.clone()));
-        }
-        let p = self.ptr.get();
-        if p.is_null() {
-            return Err(Error::runtime("message is no longer valid"));
-        }
-        // SAFETY: `ptr` is set from a `&Request` borrowed by the engine call that is
-        // running this Lua code, and cleared before that call returns.
-        let copy = unsafe { (*p).clone() };
-        let env = Env::new(copy);
-        let ud = lua.create_userdata(LReq::new(env.clone(), true))?;
-        *self.view.borrow_mut() = Some((env, ud.clone()));
-        Ok(Value::UserData(ud))
-    }
-}
-
-/// A request (`http.on_request`, `ws.on_upgrade`) or the read-only `resp.request` view.
-pub(crate) struct LReq {
-    env: Rc<Env<Request>>,
-    read_only: bool,
-    headers: RefCell<Option<AnyUserData>>,
-}
-
-impl LReq {
-    pub(crate) fn new(env: Rc<Env<Request>>, read_only: bool) -> Self {
-        LReq {
-            env,
-            read_only,
-            headers: RefCell::new(None),
-        }
-    }
-}
-
-fn cached_headers(
-    lua: &Lua,
-    slot: &RefCell<Option<AnyUserData>>,
-    make: impl FnOnce() -> LHeaders,
-) -> Result<Value> {
-    if let Some(ud) = &*slot.borrow() {
-        return Ok(Value::UserData(ud.clone()));
-    }
-    let ud = lua.create_userdata(make())?;
-    *slot.borrow_mut() = Some(ud.clone());
-    Ok(Value::UserData(ud))
-}
-
-fn version(v: Version) -> &'static str {
-    v.as_str()
-}
-
-impl UserData for LReq {
-    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
-            let key = key.as_bytes();
-            match &*key {
-                b"headers" => {
-                    // Validity is checked on use, but a dead message should fail here too.
-                    this.env.with(|_| Ok(()))?;
-                    let (env, ro) = (this.env.clone(), this.read_only);
-                    cached_headers(lua, &this.headers, || LHeaders {
-                        src: HSrc::Req(env),
-                        read_only: ro,
-                    })
-                }
-                b"method" => this.env.with(|r| lstr(lua, &r.method)),
-                b"scheme" => this.env.with(|r| lstr(lua, r.scheme.as_bytes())),
-                b"authority" => this.env.with(|r| lstr(lua, r.authority.as_bytes())),
-                b"host" => this.env.with(|r| lstr(lua, r.host().as_bytes())),
-                b"port" => this.env.with(|r| Ok(Value::Integer(r.port() as i64))),
-                b"path" => this.env.with(|r| match &r.path {
-                    Some(p) => lstr(lua, p.as_bytes()),
-                    None => Ok(Value::Nil),
-                }),
-                b"http_version" => this.env.with(|r| lstr(lua, version(r.version).as_bytes())),
-                b"body" => this.env.with(|r| body_value(lua, &r.body)),
-                b"trailers" => this.env.with(|r| match r.trailers {
-                    // trailers come after the body: asking for them reads it first
-                    None if matches!(r.body, Body::Streaming) => body_value(lua, &r.body),
-                    Some(_) => Ok(Value::UserData(lua.create_userdata(LHeaders {
-                        src: HSrc::ReqTrailers(this.env.clone()),
-                        read_only: this.read_only,
-                    })?)),
-                    None => Ok(Value::Nil),
-                }),
-                b"timestamp_start" => this.env.with(|r| Ok(Value::Number(r.timestamp_start))),
-                _ => Ok(Value::Nil),
-            }
-        });
-        m.add_meta_method(
-            MetaMethod::NewIndex,
-            |_, this, (key, v): (mlua::String, Value)| {
-                if this.read_only {
-                    return Err(Error::runtime("msg.request is read-only"));
-                }
-                let key = key.as_bytes();
-                match &*key {
-                    b"method" => {
-                        let b = bytes_of(&v, "method")?;
-                        this.env.set(|r| r.method = b)
-                    }
-                    b"scheme" => {
-                        let s = string_of(&v, "scheme")?;
-                        this.env.set(|r| r.scheme = s)
-                    }
-                    b"authority" => {
-                        let s = string_of(&v, "authority")?;
-                        this.env.set(|r| r.authority = s)
-                    }
-                    b"path" => {
-                        let p = match v {
-                            Value::Nil => None,
-                            v => Some(string_of(&v, "path")?),
-                        };
-                        this.env.set(|r| r.path = p)
-                    }
-                    b"body" => {
-                        let b = body_from(v)?;
-                        this.env.set(|r| r.body = b)
-                    }
-                    b"headers" => {
-                        let h = headers_from(v)?.unwrap_or_default();
-                        this.env.set(|r| r.headers = h)
-                    }
-                    b"trailers" => {
-                        let h = headers_from(v)?;
-                        this.env.set(|r| r.trailers = h)
-                    }
-                    other => Err(Error::runtime(format!(
-                        "request field '{}' is read-only or unknown",
-                        String::from_utf8_lossy(other)
-                    ))),
-                }
-            },
-        );
-    }
-}
-
-/// A response (`http.on_response`).
-pub(crate) struct LResp {
-    env: Rc<Env<Response>>,
-    req: Rc<ReqRef>,
-    headers: RefCell<Option<AnyUserData>>,
-}
-
-impl LResp {
-    pub(crate) fn new(env: Rc<Env<Response>>, req: Rc<ReqRef>) -> Self {
-        LResp {
-            env,
-            req,
-            headers: RefCell::new(None),
-        }
-    }
-}
-
-impl UserData for LResp {
-    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
-            let key = key.as_bytes();
-            match &*key {
-                b"headers" => {
-                    this.env.with(|_| Ok(()))?;
-                    let env = this.env.clone();
-                    cached_headers(lua, &this.headers, || LHeaders {
-                        src: HSrc::Resp(env),
-                        read_only: false,
-                    })
-                }
-                b"status" => this.env.with(|r| Ok(Value::Integer(r.status as i64))),
-                b"reason" => this.env.with(|r| lstr(lua, r.reason.as_bytes())),
-                b"http_version" => this.env.with(|r| lstr(lua, version(r.version).as_bytes())),
-                b"body" => this.env.with(|r| body_value(lua, &r.body)),
-                b"trailers" => this.env.with(|r| match r.trailers {
-                    // trailers come after the body: asking for them reads it first
-                    None if matches!(r.body, Body::Streaming) => body_value(lua, &r.body),
-                    Some(_) => Ok(Value::UserData(lua.create_userdata(LHeaders {
-                        src: HSrc::RespTrailers(this.env.clone()),
-                        read_only: false,
-                    })?)),
-                    None => Ok(Value::Nil),
-                }),
-                b"request" => {
-                    this.env.with(|_| Ok(()))?;
-                    this.req.get(lua)
-                }
-                _ => Ok(Value::Nil),
-            }
-        });
-        m.add_meta_method(
-            MetaMethod::NewIndex,
-            |_, this, (key, v): (mlua::String, Value)| {
-                let key = key.as_bytes();
-                match &*key {
-                    b"status" => {
-                        let s = match v {
-                            Value::Integer(i) if (100..=999).contains(&i) => i as u16,
-                            Value::Number(n)
-                                if (100.0..=999.0).contains(&n) && n.fract() == 0.0 =>
-                            {
-                                n as u16
-                            }
-                            _ => {
-                                return Err(Error::runtime("status must be an integer in 100..999"))
-                            }
-                        };
-                        this.env.set(|r| r.status = s)
-                    }
-                    b"reason" => {
-                        let s = string_of(&v, "reason")?;
-                        this.env.set(|r| r.reason = s)
-                    }
-                    b"body" => {
-                        let b = body_from(v)?;
-                        this.env.set(|r| r.body = b)
-                    }
-                    b"headers" => {
-                        let h = headers_from(v)?.unwrap_or_default();
-                        this.env.set(|r| r.headers = h)
-                    }
-                    b"trailers" => {
-                        let h = headers_from(v)?;
-                        this.env.set(|r| r.trailers = h)
-                    }
-                    other => Err(Error::runtime(format!(
-                        "response field '{}' is read-only or unknown",
-                        String::from_utf8_lossy(other)
-                    ))),
-                }
-            },
-        );
     }
 }
 
@@ -531,33 +1121,24 @@ impl UserData for LRaw {
                     return Err(Error::runtime("only RawMessage.data is writable"));
                 }
                 let b = bytes_of(&v, "data")?;
-                this.env.set(|c| c.data = b)
+                this.env.with(|c| {
+                    c.data = b;
+                    Ok(())
+                })
             },
         );
     }
 }
 
-/// What `ctx` shows; refilled before each chain run (and each resume).
-pub(crate) struct CtxData {
-    pub(crate) conn_id: u64,
-    pub(crate) flow_id: Option<u64>,
-    pub(crate) client_addr: std::net::SocketAddr,
-    pub(crate) server_addr: Option<std::net::SocketAddr>,
-    pub(crate) sni: Option<String>,
-    pub(crate) listener_name: Rc<str>,
-    pub(crate) worker: usize,
-    pub(crate) plugin: Rc<str>,
-}
-
-/// Read-only `ctx`: one userdata per engine, refilled per call, so a chain costs no
-/// ctx allocation (ctx holds no message, so reuse cannot leak one).
-pub(crate) struct LCtx(pub(crate) RefCell<CtxData>);
+/// Read-only `ctx`: one userdata per engine reading the core's refilled `CtxData`, so a
+/// chain costs no ctx allocation (ctx holds no message, so reuse cannot leak one).
+pub(crate) struct LCtx(pub(crate) Rc<Core>);
 
 impl UserData for LCtx {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
             let key = key.as_bytes();
-            let this = this.0.borrow();
+            let this = this.0.ctx.borrow();
             Ok(match &*key {
                 b"conn_id" => Value::Integer(this.conn_id as i64),
                 b"flow_id" => this

@@ -851,3 +851,68 @@ fn annotations_file_is_valid_lua() {
         .into_function()
         .unwrap();
 }
+
+#[test]
+fn body_error_after_a_wait_is_catchable_where_it_was_read() {
+    let e = engine(&[(
+        "p.lua",
+        r#"register_hook('http', 'on_request', function(m)
+             local ok, err = pcall(function() return m.body end)
+             m.headers:set('x-caught', tostring(ok) .. ' ' .. tostring(err))
+           end)"#,
+    )]);
+    let mut r = req();
+    let s = match e.http_request(Phase::PrePipeline, &conn(), 1, &mut r) {
+        Step::NeedBody(s) => s,
+        other => panic!("{other:?}"),
+    };
+    r.body = Body::TooLarge;
+    assert!(matches!(
+        e.resume_request(s, &conn(), 1, &mut r),
+        Step::Continue
+    ));
+    let v = h(&r, "x-caught").unwrap();
+    assert!(
+        v.starts_with("false") && v.contains("body exceeds max-plugin-body"),
+        "{v}"
+    );
+    assert_eq!(e.stats().errors, 0);
+    // The one-shot error did not stay armed: the next call runs normally.
+    let mut r = req();
+    r.body = Body::Full(Bytes::from_static(b"ok"));
+    e.http_request(Phase::PrePipeline, &conn(), 1, &mut r);
+    assert_eq!(h(&r, "x-caught").as_deref(), Some("true ok"));
+}
+
+#[test]
+fn dropped_suspension_and_stale_request_view() {
+    let e = engine(&[(
+        "p.lua",
+        r#"register_hook('http', 'on_response', function(m)
+             if old then
+               local ok, err = pcall(function() return old.method end)
+               m.headers:set('x-old', tostring(ok) .. ' ' .. tostring(err))
+               m.headers:set('x-trl', tostring(pcall(function() return old_h:get('x') end)))
+             end
+             old, old_h = m.request, m.headers
+             if m.status == 202 then local _ = m.body end
+           end)"#,
+    )]);
+    let rq = req();
+    let mut rs = resp();
+    rs.status = 202;
+    rs.body = Body::Streaming;
+    match e.http_response(Phase::PrePipeline, &conn(), 1, &rq, &mut rs) {
+        Step::NeedBody(s) => drop(s),
+        other => panic!("{other:?}"),
+    }
+    let mut rs = resp();
+    e.http_response(Phase::PrePipeline, &conn(), 1, &rq, &mut rs);
+    let v = rs.headers.get("x-old").unwrap();
+    assert!(
+        v.starts_with(b"false") && String::from_utf8_lossy(v).contains("no longer valid"),
+        "{v:?}"
+    );
+    assert_eq!(rs.headers.get("x-trl").unwrap().as_ref(), b"false");
+    assert_eq!(e.stats().errors, 0);
+}
