@@ -33,13 +33,7 @@ pub struct Upstream {
 impl Upstream {
     /// "host:port" with brackets for IPv6 literals.
     pub fn authority(&self) -> String {
-        crate::http::Target {
-            scheme: self.scheme.clone(),
-            host: self.host.clone(),
-            port: self.port,
-            path: String::new(),
-        }
-        .authority()
+        crate::http::authority_of(&self.host, self.port)
     }
 }
 

@@ -249,12 +249,20 @@ impl Target {
 
     /// "host:port" with brackets around IPv6 literals.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        authority_of(&self.host, self.port)
     }
+}
+
+/// "host:port", with brackets around an IPv6 literal.
+pub fn authority_of(host: &str, port: u16) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(host.len() + 8);
+    let _ = if host.contains(':') {
+        write!(s, "[{host}]:{port}")
+    } else {
+        write!(s, "{host}:{port}")
+    };
+    s
 }
 
 /// Splits "host[:port]" / "[v6][:port]"; rejects empty hosts and bad ports.

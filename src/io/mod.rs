@@ -17,7 +17,7 @@ pub mod splice;
 pub mod tls;
 
 pub use probe::{probe_uring, Backend, IoChoice};
-pub use splice::{can_splice, splice, SpliceError};
+pub use splice::{can_splice, splice, SpliceError, UringTcp};
 pub use tls::TlsStream;
 
 use bytes::{Bytes, BytesMut};
@@ -31,7 +31,7 @@ use tokio_uring::buf::BoundedBuf;
 /// while another writes (tunnels, concurrent relay).
 pub enum Stream {
     /// io_uring-backed stream.
-    Uring(tokio_uring::net::TcpStream),
+    Uring(UringTcp),
     /// epoll-backed stream.
     Epoll(tokio::net::TcpStream),
     /// TLS session over another stream.
@@ -82,7 +82,7 @@ impl Listener {
             Listener::Uring(l) => {
                 let (s, a) = l.accept().await?;
                 set_nonblocking(s.as_raw_fd())?;
-                Ok((Stream::Uring(s), a))
+                Ok((Stream::Uring(UringTcp::new(s)), a))
             }
             Listener::Epoll(l) => {
                 let (s, a) = l.accept().await?;
@@ -99,7 +99,7 @@ impl Stream {
             Backend::Uring => {
                 let s = tokio_uring::net::TcpStream::connect(addr).await?;
                 set_nonblocking(s.as_raw_fd())?;
-                Stream::Uring(s)
+                Stream::Uring(UringTcp::new(s))
             }
             Backend::Epoll => Stream::Epoll(tokio::net::TcpStream::connect(addr).await?),
         };

@@ -9,7 +9,7 @@
 //! tokio runtime underneath, so its reactor is there too. See docs/perf.md.
 
 use super::Stream;
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -114,7 +114,7 @@ fn splice_raw(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// A borrowed fd registered with the reactor for the length of one move.
+/// A borrowed fd, as the reactor sees it.
 struct Fd(RawFd);
 
 impl AsRawFd for Fd {
@@ -123,18 +123,59 @@ impl AsRawFd for Fd {
     }
 }
 
+/// An io_uring TCP stream, plus its registration with the tokio reactor, made the first
+/// time a splice has to wait on it and kept for the stream's life (both directions of
+/// a tunnel share it; a second registration of one fd would be refused).
+pub struct UringTcp {
+    // Declared first so it is dropped (deregistered) before the socket is closed.
+    reg: OnceCell<AsyncFd<Fd>>,
+    tcp: tokio_uring::net::TcpStream,
+}
+
+impl UringTcp {
+    /// Wraps a connected stream.
+    pub fn new(tcp: tokio_uring::net::TcpStream) -> UringTcp {
+        UringTcp {
+            reg: OnceCell::new(),
+            tcp,
+        }
+    }
+
+    fn registration(&self) -> io::Result<&AsyncFd<Fd>> {
+        if let Some(r) = self.reg.get() {
+            return Ok(r);
+        }
+        // SAFETY: the fd belongs to `self.tcp`, which outlives the registration (field
+        // order above), so it stays open and the same socket while registered.
+        let afd = unsafe {
+            AsyncFd::register_with_interest(
+                Fd(self.tcp.as_raw_fd()),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        }
+        .map_err(|e| e.into_parts().1)?;
+        Ok(self.reg.get_or_init(move || afd))
+    }
+}
+
+impl std::ops::Deref for UringTcp {
+    type Target = tokio_uring::net::TcpStream;
+    fn deref(&self) -> &Self::Target {
+        &self.tcp
+    }
+}
+
 /// A socket end of a move, with a way to wait until it is ready.
 enum End<'a> {
     Epoll(&'a tokio::net::TcpStream),
-    /// io_uring sockets are not in the reactor: registered lazily, on the first wait.
-    Uring(RawFd, Option<AsyncFd<Fd>>),
+    Uring(&'a UringTcp),
 }
 
 impl End<'_> {
     fn of(s: &Stream) -> Option<End<'_>> {
         match s {
             Stream::Epoll(t) => Some(End::Epoll(t)),
-            Stream::Uring(t) => Some(End::Uring(t.as_raw_fd(), None)),
+            Stream::Uring(t) => Some(End::Uring(t)),
             Stream::Tls(_) | Stream::Detached => None,
         }
     }
@@ -142,13 +183,13 @@ impl End<'_> {
     fn fd(&self) -> RawFd {
         match self {
             End::Epoll(t) => t.as_raw_fd(),
-            End::Uring(fd, _) => *fd,
+            End::Uring(t) => t.tcp.as_raw_fd(),
         }
     }
 
     /// Runs `op` until it does not return WouldBlock, waiting for `interest` in between.
     async fn io(
-        &mut self,
+        &self,
         interest: Interest,
         mut op: impl FnMut(RawFd) -> io::Result<usize>,
     ) -> io::Result<usize> {
@@ -165,23 +206,8 @@ impl End<'_> {
                     r => return r,
                 }
             },
-            End::Uring(fd, reg) => {
-                let afd = match reg {
-                    Some(a) => a,
-                    None => {
-                        // SAFETY: the fd belongs to a Stream borrowed for this whole
-                        // move, so it stays open and the same socket while registered;
-                        // the registration ends when this End is dropped.
-                        let afd = unsafe {
-                            AsyncFd::register_with_interest(
-                                Fd(*fd),
-                                Interest::READABLE | Interest::WRITABLE,
-                            )
-                        }
-                        .map_err(|e| e.into_parts().1)?;
-                        reg.insert(afd)
-                    }
-                };
+            End::Uring(t) => {
+                let afd = t.registration()?;
                 loop {
                     let mut guard = afd.ready(interest).await?;
                     match guard.try_io(|f| op(f.get_ref().0)) {
@@ -200,15 +226,16 @@ pub fn can_splice(src: &Stream, dst: &Stream) -> bool {
 }
 
 /// Moves `len` bytes from `src` to `dst` (`u64::MAX`: until `src` ends), waiting at most
-/// `idle` for each read. Returns the bytes moved. On error the sockets are left as they
-/// are; the caller closes them.
+/// `idle` for each read; `moved` counts the bytes written to `dst`, also when it fails.
+/// On error the sockets are left as they are; the caller closes them.
 pub async fn splice(
     src: &Stream,
     dst: &Stream,
     len: u64,
     idle: Duration,
-) -> Result<u64, SpliceError> {
-    let (Some(mut from), Some(mut to)) = (End::of(src), End::of(dst)) else {
+    moved: &mut u64,
+) -> Result<(), SpliceError> {
+    let (Some(from), Some(to)) = (End::of(src), End::of(dst)) else {
         return Err(SpliceError::Sink(io::Error::new(
             io::ErrorKind::Unsupported,
             "splice needs two plain sockets",
@@ -217,7 +244,7 @@ pub async fn splice(
     let mut pipe = Pipe::take().map_err(SpliceError::Source)?;
     let until_eof = len == u64::MAX;
     let mut left = len;
-    let mut moved = 0u64;
+    let start = *moved;
     let mut eof = false;
     while left > 0 || pipe.held > 0 {
         if left > 0 && !eof && pipe.held < pipe.cap {
@@ -270,15 +297,15 @@ pub async fn splice(
                 .await
                 .map_err(SpliceError::Sink)?;
             pipe.held -= n;
-            moved += n as u64;
+            *moved += n as u64;
         } else if eof {
             break;
         }
     }
-    if eof && !until_eof && moved < len {
+    if eof && !until_eof && *moved - start < len {
         return Err(SpliceError::Eof);
     }
-    Ok(moved)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -349,7 +376,8 @@ mod tests {
                 let len = data.len() as u64 - 5;
                 let writer = feed(peer_a, data.clone(), false);
                 let reader = drain(peer_b, len as usize);
-                let moved = splice(&src, &dst, len, Duration::from_secs(10))
+                let mut moved = 0;
+                splice(&src, &dst, len, Duration::from_secs(10), &mut moved)
                     .await
                     .unwrap();
                 assert_eq!(moved, len, "{backend:?}");
@@ -372,7 +400,8 @@ mod tests {
                 let data = pattern(200_000);
                 let writer = feed(peer_a, data.clone(), true);
                 let reader = drain(peer_b, data.len());
-                let moved = splice(&src, &dst, u64::MAX, Duration::from_secs(10))
+                let mut moved = 0;
+                splice(&src, &dst, u64::MAX, Duration::from_secs(10), &mut moved)
                     .await
                     .unwrap();
                 assert_eq!(moved, data.len() as u64, "{backend:?}");
@@ -382,8 +411,10 @@ mod tests {
                 let (src, peer_a, dst, peer_b) = pair(backend).await;
                 let writer = feed(peer_a, pattern(1000), true);
                 let reader = drain(peer_b, 1000);
-                let r = splice(&src, &dst, 5000, Duration::from_secs(10)).await;
+                let mut moved = 0;
+                let r = splice(&src, &dst, 5000, Duration::from_secs(10), &mut moved).await;
                 assert!(matches!(r, Err(SpliceError::Eof)), "{backend:?}: {r:?}");
+                assert_eq!(moved, 1000);
                 assert_eq!(reader.join().unwrap(), pattern(1000));
                 drop(writer.join());
             })
@@ -396,7 +427,7 @@ mod tests {
         for backend in backends() {
             run_on_current_thread(backend, || async move {
                 let (src, _peer_a, dst, _peer_b) = pair(backend).await;
-                let r = splice(&src, &dst, 10, Duration::from_millis(50)).await;
+                let r = splice(&src, &dst, 10, Duration::from_millis(50), &mut 0).await;
                 match r {
                     Err(SpliceError::Source(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
                     other => panic!("{backend:?}: {other:?}"),

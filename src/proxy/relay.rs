@@ -184,10 +184,11 @@ async fn splice_run(
     timeout: Duration,
 ) -> Result<u64, RelayError> {
     let run = dec.opaque_run();
-    match io::splice(src, dst, run, timeout).await {
-        Ok(n) => {
-            dec.skip_opaque(n);
-            Ok(n)
+    let mut moved = 0;
+    match io::splice(src, dst, run, timeout, &mut moved).await {
+        Ok(()) => {
+            dec.skip_opaque(moved);
+            Ok(moved)
         }
         Err(SpliceError::Eof) => Err(RelayError::Source(
             dec.eof().err().map(|e| e.to_string()).unwrap_or_default(),

@@ -1,13 +1,14 @@
 //! Raw byte tunnels (CONNECT without interception): both directions at once, each
 //! read buffer written to the other side as is; raw.on_chunk when a plugin hooks it.
 
-use crate::io::Stream;
+use crate::io::{self, SpliceError, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, RawChunk};
 use crate::proxy::relay::{ensure_spare, READ_BUF};
 use bytes::BytesMut;
 use std::future::Future;
 use std::net::Shutdown;
 use std::pin::Pin;
+use std::time::Duration;
 
 /// A read already in flight when the tunnel starts (io_uring reads cannot be
 /// cancelled, so a read started while deciding how to handle the tunnel is finished here).
@@ -82,6 +83,9 @@ async fn one_way(
                 return sent;
             }
         }
+        if pending.is_none() && hook.is_none() && io::can_splice(src, dst) {
+            return sent + splice_rest(src, dst).await;
+        }
         let (res, b) = match pending.take() {
             // `buf` was flushed above, so the pending read's bytes come next in order
             Some(read) => read.await,
@@ -100,4 +104,17 @@ async fn one_way(
             }
         }
     }
+}
+
+/// With nothing to look at the bytes, the rest of a direction moves in the kernel
+/// (passthrough TLS, plain CONNECT): the same end-of-stream handling as the read loop.
+async fn splice_rest(src: &Stream, dst: &Stream) -> u64 {
+    // a tunnel has no idle limit of its own (the peers keep their own timeouts)
+    let forever = Duration::from_secs(u64::from(u32::MAX));
+    let mut moved = 0;
+    match io::splice(src, dst, u64::MAX, forever, &mut moved).await {
+        Err(SpliceError::Sink(_)) => src.shutdown(Shutdown::Read),
+        Ok(()) | Err(SpliceError::Source(_) | SpliceError::Eof) => dst.shutdown(Shutdown::Write),
+    }
+    moved
 }
