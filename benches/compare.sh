@@ -5,10 +5,10 @@
 #   luring-uring  wrk -> luring --mode reverse --workers 1 --io uring (core 0) -> origin
 #   luring-epoll  same with --io epoll
 #   (+ luring-*+plugin rows with --plugin FILE)
-# for 1 KiB and 64 KiB responses. wrk and the origin (nginx serving two static
-# files, or a small python origin if nginx is missing) are pinned to core 1.
+# for 1 KiB and 64 KiB responses (or --sizes). wrk and the origin (nginx serving
+# static files, or a small python origin if nginx is missing) are pinned to core 1.
 #
-# usage: bash benches/compare.sh [--plugin FILE] [--duration SECS] [--no-build]
+# usage: bash benches/compare.sh [--plugin FILE] [--duration SECS] [--sizes "1k 64k 1m"] [--no-build]
 # Prints a table: target, size, req/s, proxy CPU us/request
 # ((utime+stime) delta of the proxy process from /proc/PID/stat, in clock
 # ticks -> us, divided by the requests wrk completed), and ratios vs nginx-proxy.
@@ -17,12 +17,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=5
+SIZES="1k 64k"
 PLUGIN=""
 BUILD=1
 while (( $# )); do
   case "$1" in
     --plugin) PLUGIN=$(realpath "$2"); shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
+    --sizes) SIZES=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -85,8 +87,11 @@ wait_port() { # port -> 0 when accepting within 10 s
 
 # --- origin ------------------------------------------------------------------
 mkdir -p "$TMP/www" "$TMP/ngx"
-head -c 1024 /dev/urandom > "$TMP/www/1k.bin"
-head -c 65536 /dev/urandom > "$TMP/www/64k.bin"
+bytes_of() { # 1k / 64k / 1m -> byte count
+  local n=${1%[km]}
+  case $1 in *k) echo $((n * 1024)) ;; *m) echo $((n * 1024 * 1024)) ;; *) echo "$n" ;; esac
+}
+for size in $SIZES; do head -c "$(bytes_of "$size")" /dev/urandom > "$TMP/www/$size.bin"; done
 ORIGIN_PORT=$(free_port)
 
 nginx_conf() { # name listen-port body -> path of a config
@@ -127,7 +132,8 @@ else
   cat > "$TMP/origin.py" <<'PY'
 import asyncio, sys
 root, port = sys.argv[1], int(sys.argv[2])
-files = {"/1k.bin": open(root + "/1k.bin", "rb").read(), "/64k.bin": open(root + "/64k.bin", "rb").read()}
+import os
+files = {"/" + f: open(os.path.join(root, f), "rb").read() for f in os.listdir(root)}
 async def serve(r, w):
     try:
         while True:
@@ -202,12 +208,12 @@ cpu_ticks() { # pid -> utime+stime in clock ticks
 
 # --- measure -----------------------------------------------------------------
 declare -A RPS CPU NOTE
-for size in 1k 64k; do
+for size in $SIZES; do
   for i in "${!NAMES[@]}"; do
     name=${NAMES[$i]} port=${PORTS[$i]} pid=${TPIDS[$i]}
     url="http://127.0.0.1:$port/$size.bin"
     check=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 "$url" || true)
-    want=$([[ $size == 1k ]] && echo 1024 || echo 65536)
+    want=$(bytes_of "$size")
     if [[ "$check" != "200 $want" ]]; then
       RPS[$name,$size]="-"; CPU[$name,$size]="-"; NOTE[$name,$size]="bad response: $check"
       continue
@@ -239,7 +245,7 @@ ratio() { # a b -> a/b or -
 echo
 echo "luring reverse proxy vs nginx: wrk -t1 -c32 -d${DURATION}s on core 1, proxies on core 0, origin: $ORIGIN_KIND (core 1)"
 printf '%-20s %-5s %10s %12s %12s %12s  %s\n' target size req/s "cpu-us/req" "rps/nginx" "cpu/nginx" notes
-for size in 1k 64k; do
+for size in $SIZES; do
   for name in "${NAMES[@]}"; do
     printf '%-20s %-5s %10s %12s %12s %12s  %s\n' "$name" "$size" "${RPS[$name,$size]}" "${CPU[$name,$size]}" \
       "$(ratio "${RPS[$name,$size]}" "${RPS[nginx-proxy,$size]:-}")" \

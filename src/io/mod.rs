@@ -3,7 +3,8 @@
 //! Two backends implement one owned-buffer stream interface: io_uring (tokio-uring) and
 //! epoll (a plain tokio current-thread runtime). Nothing above this module knows which
 //! one runs. Buffers are moved into the kernel operation and handed back with the result,
-//! so a buffer read from one socket can be written to another without a copy.
+//! so a buffer read from one socket can be written to another without a copy; bytes
+//! nobody needs to see move socket to socket inside the kernel with [`splice`].
 //!
 //! tokio-uring pitfalls handled here or documented for callers:
 //! - a dropped in-flight operation is not cancelled: it keeps its buffer and the socket
