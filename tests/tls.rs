@@ -697,6 +697,34 @@ fn reverse_https_serves_plain_and_tls_clients_on_one_port() {
     );
 }
 
+#[test]
+fn large_bodies_both_ways_through_tls_termination() {
+    let big = pattern_vec(700_000);
+    let download = Origin::start(fixed(200, &[], &big));
+    let echo_origin = Origin::start(echo());
+    let conf = Conf::new();
+    let file = conf.dir.path("upload.bin");
+    std::fs::write(&file, &big).unwrap();
+    for origin in [&download, &echo_origin] {
+        let mode = format!("reverse:http://127.0.0.1:{}", origin.port());
+        let proxy = start(&conf, &["--mode", &mode]);
+        let resolve = format!("localhost:{}:127.0.0.1", proxy.port());
+        let url = format!("https://localhost:{}/big", proxy.port());
+        let upload = format!("@{}", file.display());
+        let mut args = vec!["--cacert", conf.ca(), "--resolve", &resolve, &url];
+        if std::ptr::eq(origin, &echo_origin) {
+            args.extend_from_slice(&["--data-binary", &upload]);
+        }
+        let r = curl(&args);
+        assert_eq!(r.status, 200, "{}\n{}", r.stderr, proxy.stderr());
+        assert!(
+            r.body.ends_with(&big),
+            "body through TLS differs ({} bytes)",
+            r.body.len()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // (h) tls.on_handshake
 // ---------------------------------------------------------------------------

@@ -202,8 +202,7 @@ impl Stream {
             _ => {}
         }
         if let Stream::Tls(t) = self {
-            // one flush: every piece becomes records in a single socket write
-            return t.write_all(&bufs.concat()).await;
+            return t.write_all_vectored(&bufs).await;
         }
         while !bufs.is_empty() {
             let mut n = match self {

@@ -8,7 +8,32 @@ use super::Stream;
 use bytes::{Bytes, BytesMut};
 use rustls::Connection;
 use std::cell::{Cell, RefCell};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
+
+/// Most plaintext one TLS record carries.
+const ONE_RECORD: usize = 16 * 1024;
+
+/// Copies decrypted bytes rustls holds into the spare capacity of `buf` (no zero-fill
+/// of the spare room first). Ok(0) is the clean end of the session; WouldBlock means
+/// nothing is there yet.
+fn take_plaintext(reader: &mut rustls::Reader<'_>, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.capacity() - buf.len();
+    let mut n = 0;
+    while n < spare {
+        match reader.fill_buf() {
+            Ok([]) => break,
+            Ok(chunk) => {
+                let take = chunk.len().min(spare - n);
+                buf.extend_from_slice(&chunk[..take]);
+                reader.consume(take);
+                n += take;
+            }
+            Err(e) if n == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(n)
+}
 
 /// A TLS session on top of a plain stream.
 pub struct TlsStream {
@@ -147,13 +172,7 @@ impl TlsStream {
             }
             let got = {
                 let mut conn = self.conn.borrow_mut();
-                let len = buf.len();
-                let spare = buf.capacity() - len;
-                buf.resize(len + spare, 0);
-                let r = conn.reader().read(&mut buf[len..]);
-                let n = *r.as_ref().unwrap_or(&0);
-                buf.truncate(len + n);
-                r
+                take_plaintext(&mut conn.reader(), &mut buf)
             };
             match got {
                 Ok(n) => return (Ok(n), buf),
@@ -178,6 +197,25 @@ impl TlsStream {
     /// Encrypts and writes all of `data`.
     pub async fn write_all(&self, data: &[u8]) -> io::Result<()> {
         self.conn.borrow_mut().writer().write_all(data)?;
+        self.flush().await
+    }
+
+    /// Encrypts and writes all of `bufs` in order with one socket write. Pieces that
+    /// fit one record together are joined first (one seal instead of several);
+    /// larger ones are encrypted where they lie, without being joined.
+    pub async fn write_all_vectored(&self, bufs: &[Bytes]) -> io::Result<()> {
+        let total: usize = bufs.iter().map(Bytes::len).sum();
+        {
+            let mut conn = self.conn.borrow_mut();
+            let mut w = conn.writer();
+            if total <= ONE_RECORD {
+                w.write_all(&bufs.concat())?;
+            } else {
+                for b in bufs {
+                    w.write_all(b)?;
+                }
+            }
+        }
         self.flush().await
     }
 
