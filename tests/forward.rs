@@ -197,6 +197,51 @@ fn http10_client_gets_response_then_close() {
 }
 
 #[test]
+fn http10_keep_alive_is_honoured_when_the_length_is_known() {
+    let origin = Origin::start(fixed(200, &[], b"kept"));
+    let chunky = Origin::start(chunked(vec![b"no length".to_vec()], vec![]));
+    let proxy = Proxy::start(&[]);
+    let mut c = Client::connect(proxy.addr);
+    for round in 0..3 {
+        c.send(
+            format!(
+                "GET {}/ka HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nConnection: Keep-Alive\r\n\r\n",
+                origin.url(),
+                origin.port()
+            )
+            .as_bytes(),
+        );
+        let r = c.read_response();
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (200, &b"kept"[..]),
+            "round {round}"
+        );
+        assert!(
+            r.has_token("connection", "keep-alive"),
+            "an HTTP/1.0 client must be told the connection persists: {}",
+            r.head_str()
+        );
+    }
+    // a body without a length can only end with the connection
+    c.send(
+        format!(
+            "GET {}/c HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+            chunky.url()
+        )
+        .as_bytes(),
+    );
+    let raw = c
+        .read_until_close(Duration::from_secs(10))
+        .expect("close after a body of unknown length");
+    assert!(
+        raw.ends_with(b"no length"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+}
+
+#[test]
 fn http10_client_never_gets_chunked() {
     // RFC 9112 7.1: chunked must not be sent to an HTTP/1.0 recipient.
     let origin = Origin::start(chunked(

@@ -314,7 +314,11 @@ impl ClientConn {
                 }
                 req.scheme = up.scheme.clone();
                 req.authority = up.authority();
-                req.path = Some(format!("{}{}", up.path_prefix, path));
+                req.path = Some(if up.path_prefix.is_empty() {
+                    path
+                } else {
+                    format!("{}{}", up.path_prefix, path)
+                });
             }
         }
         Ok(req)
@@ -327,8 +331,12 @@ impl ClientConn {
             Err(e) => return self.fail(400, &format!("bad request: {e}")).await,
         };
         let client_version = head.version;
-        let mut keep_alive =
-            client_version == Version::Http11 && !head.headers.has_token("connection", "close");
+        // HTTP/1.0 keeps the connection only when asked to (RFC 9112 section 9.3), as
+        // ab -k and old clients do
+        let mut keep_alive = match client_version {
+            Version::Http11 => !head.headers.has_token("connection", "close"),
+            _ => head.headers.has_token("connection", "keep-alive"),
+        };
         let expects_continue = head.headers.has_token("expect", "100-continue");
         let is_head = head.is_head();
         let mut req = match self.to_request(head) {
@@ -357,7 +365,7 @@ impl ClientConn {
             Decision::Respond(resp) => {
                 // a request body left unread would be taken for the next request
                 let close = !keep_alive || !body.dec.is_done();
-                return self.answer(&resp, is_head, close).await;
+                return self.answer(&resp, is_head, close, client_version).await;
             }
             Decision::Failed(why) => return self.fail(400, &why).await,
         }
@@ -478,7 +486,7 @@ impl ClientConn {
             Decision::Forward => {}
             Decision::Respond(r) => {
                 up.stream.shutdown(Shutdown::Both);
-                return self.answer(&r, is_head, !keep_alive).await;
+                return self.answer(&r, is_head, !keep_alive, client_version).await;
             }
             Decision::Drop => {
                 up.stream.shutdown(Shutdown::Both);
@@ -512,7 +520,7 @@ impl ClientConn {
             chunked_ok,
         );
         let mut head_buf = BytesMut::with_capacity(256 + resp.headers.len() * 48);
-        respond::response_head(&mut resp, close, &mut head_buf);
+        respond::response_head(&mut resp, close, client_version, &mut head_buf);
         let upstream_done;
         match std::mem::replace(&mut resp.body, Body::Streaming) {
             Body::Full(b) => {
@@ -574,9 +582,15 @@ impl ClientConn {
     }
 
     /// Writes a response made by a plugin (RESPOND) and says what happens next.
-    async fn answer(&mut self, resp: &Response, is_head: bool, close: bool) -> Next {
+    async fn answer(
+        &mut self,
+        resp: &Response,
+        is_head: bool,
+        close: bool,
+        client: Version,
+    ) -> Next {
         let close = close || self.w.is_draining();
-        let wire = respond::synthesized(resp, is_head, close);
+        let wire = respond::synthesized(resp, is_head, close, client);
         if !self.write(wire).await || close {
             return Next::Close;
         }

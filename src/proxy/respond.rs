@@ -110,10 +110,14 @@ pub fn request_head(req: &mut Request, out: &mut BytesMut) {
     req.headers = head.headers;
 }
 
-/// Encodes a response head for the client; `close` adds `Connection: close`.
-pub fn response_head(resp: &mut Response, close: bool, out: &mut BytesMut) {
+/// Encodes a response head for the client: `close` adds `Connection: close`; a kept
+/// HTTP/1.0 connection gets `Connection: keep-alive`.
+pub fn response_head(resp: &mut Response, close: bool, client: Version, out: &mut BytesMut) {
     if close {
         resp.headers.set("connection", "close");
+    } else if client == Version::Http10 {
+        // an HTTP/1.0 client closes unless told the connection persists
+        resp.headers.set("connection", "keep-alive");
     }
     let reason = if resp.reason.is_empty() {
         Bytes::from_static(reason(resp.status).as_bytes())
@@ -131,7 +135,7 @@ pub fn response_head(resp: &mut Response, close: bool, out: &mut BytesMut) {
 }
 
 /// Wire bytes of a whole synthesized response (plugin RESPOND).
-pub fn synthesized(resp: &Response, head_request: bool, close: bool) -> Bytes {
+pub fn synthesized(resp: &Response, head_request: bool, close: bool, client: Version) -> Bytes {
     let mut r = resp.clone();
     let body = match &r.body {
         Body::Full(b) => b.clone(),
@@ -140,7 +144,7 @@ pub fn synthesized(resp: &Response, head_request: bool, close: bool) -> Bytes {
     r.headers.remove("transfer-encoding");
     r.headers.set("content-length", body.len().to_string());
     let mut out = BytesMut::with_capacity(256 + body.len());
-    response_head(&mut r, close, &mut out);
+    response_head(&mut r, close, client, &mut out);
     if !head_request {
         out.extend_from_slice(&body);
     }
