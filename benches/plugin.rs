@@ -152,8 +152,14 @@ fn dispatch(c: &mut Criterion) {
 
 /// Best per-iteration time over many short batches: on a shared, overloaded machine
 /// the mean measures the scheduler, the minimum still measures the code.
+/// `LURING_MINS=substring` runs only the cases whose name contains it (for `perf`).
 fn min_per_iter(name: &str, per_iter_div: f64, mut f: impl FnMut()) {
     const BATCH: u32 = 200;
+    if let Ok(only) = std::env::var("LURING_MINS") {
+        if !name.contains(only.as_str()) {
+            return;
+        }
+    }
     let mut best = f64::MAX;
     for _ in 0..300 {
         let t = std::time::Instant::now();

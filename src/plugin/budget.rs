@@ -1,6 +1,11 @@
 //! Runaway-hook budget: an instruction-count hook, installed once per state, compares
 //! the running call's deadline with the clock every 1000 VM instructions.
 //!
+//! The clock is not read when a call starts: the first count-hook call of a call reads
+//! it and fixes the deadline then. Most hooks finish in fewer than 1000 instructions and
+//! so never read the clock; a runaway one is stopped after its budget plus at most 2000
+//! instructions (the first 1000 before the clock starts, up to 1000 after the deadline).
+//!
 //! LuaJIT calls count hooks only from the interpreter (never from compiled traces), so
 //! the engine also keeps the JIT off; see docs/rfc/001-plugin-engine.md section 6.
 
@@ -13,8 +18,11 @@ const CHECK_EVERY: i32 = 1000;
 
 thread_local! {
     /// Deadline of the Lua call running on this thread (engines are per thread and
-    /// never re-entered, so one slot per thread is enough).
+    /// never re-entered, so one slot per thread is enough); None until the count hook
+    /// first runs during the call (see `ARMED`).
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Budget of the running call, turned into `DEADLINE` by the first count-hook call.
+    static ARMED: Cell<Option<Duration>> = const { Cell::new(None) };
     /// Set when the hook raised the budget error for the current call.
     static INTERRUPTED: Cell<bool> = const { Cell::new(false) };
     /// Error to raise at the next VM instruction (see `Budget::fail_next`).
@@ -34,7 +42,18 @@ unsafe extern "C-unwind" fn count_hook(l: *mut ffi::lua_State, _ar: *mut ffi::lu
             ffi::lua_error(l);
         }
     }
-    if !DEADLINE.with(|d| d.get().is_some_and(|d| Instant::now() >= d)) {
+    let now = Instant::now();
+    let past = DEADLINE.with(|d| match d.get() {
+        Some(d) => now >= d,
+        None => {
+            // first check of this call: the budget counts from here
+            if let Some(b) = ARMED.with(|a| a.get()) {
+                d.set(Some(now + b));
+            }
+            false
+        }
+    });
+    if !past {
         return;
     }
     INTERRUPTED.with(|i| i.set(true));
@@ -57,16 +76,19 @@ impl Budget {
         Budget { state }
     }
 
-    /// Marks the start of a Lua call that may run for `budget`.
+    /// Marks the start of a Lua call that may run for `budget` (counted from the first
+    /// count-hook call, so a short call never reads the clock).
     #[inline]
     pub(crate) fn enter(&self, budget: Duration) {
-        DEADLINE.with(|d| d.set(Some(Instant::now() + budget)));
+        ARMED.with(|a| a.set(Some(budget)));
+        DEADLINE.with(|d| d.set(None));
         INTERRUPTED.with(|i| i.set(false));
     }
 
     /// Marks the end of the call.
     #[inline]
     pub(crate) fn leave(&self) {
+        ARMED.with(|a| a.set(None));
         DEADLINE.with(|d| d.set(None));
         if FAIL_SET.with(|f| f.get()) {
             FAIL_SET.with(|f| f.set(false));

@@ -350,13 +350,6 @@ pub struct Engine {
     _ctx_ud: AnyUserData,
 }
 
-impl Drop for Engine {
-    fn drop(&mut self) {
-        // A `Suspended` may outlive the engine; its slot release must not touch the state.
-        self.core.kill();
-    }
-}
-
 const INIT: &str = r#"
 local expired = ...
 local oxpcall, opcall, tb, tostring, type = xpcall, pcall, debug.traceback, tostring, type
@@ -1004,7 +997,8 @@ impl Engine {
                         self.hook_error(entry, "stack overflow");
                         return Outcome::Done(Step::Continue);
                     }
-                    ffi::lua_rawgeti(co, ffi::LUA_REGISTRYINDEX, entry.fref as _);
+                    // (`lua_rawgeti_`: mlua-sys's compat `lua_rawgeti` adds a `lua_type`)
+                    ffi::lua_rawgeti_(co, ffi::LUA_REGISTRYINDEX, entry.fref);
                     match arg {
                         Arg::Slot(id) => self.core.push_ud(co, id),
                         Arg::Val(v) => self.push_value(co, v),
@@ -1012,7 +1006,7 @@ impl Engine {
                             self.push_value(co, &self.frozen(d).unwrap_or(Value::Nil))
                         }
                     }
-                    ffi::lua_rawgeti(co, ffi::LUA_REGISTRYINDEX, self.ctx_ref as _);
+                    ffi::lua_rawgeti_(co, ffi::LUA_REGISTRYINDEX, self.ctx_ref);
                     2
                 };
                 self.wd.enter(self.rt.budget.get());

@@ -80,10 +80,9 @@ struct Slot {
     used: bool,
     ro: bool,
     msg: Option<Msg>,
-    /// Registry ref of the message userdata (anchors it for the whole chain).
-    ud: c_int,
-    /// Registry ref of the cached `msg.headers` userdata.
-    headers: c_int,
+    /// True once `msg.headers` was created for this message (it sits in the anchor
+    /// table, see `Core::anchor`).
+    headers: bool,
     /// Response slots: the proxy's request while a run is in progress.
     req_ptr: *const Request,
     /// Response slots: slot of the read-only `resp.request` view, once created.
@@ -105,9 +104,8 @@ pub(crate) struct CtxData {
 
 /// Engine-owned state the C accessors reach through a light-userdata upvalue.
 pub(crate) struct Core {
-    /// The main state; valid while `alive`.
+    /// The main state.
     state: *mut ffi::lua_State,
-    alive: Cell<bool>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
     pub(crate) ctx: RefCell<CtxData>,
@@ -115,6 +113,14 @@ pub(crate) struct Core {
     mt_resp: Cell<c_int>,
     mt_hdr: Cell<c_int>,
     need: Cell<c_int>,
+    /// Registry ref of the anchor table: slot `i`'s message userdata at `2i+1`, its
+    /// `msg.headers` userdata at `2i+2`. They stay there until the slot is reused
+    /// (stale userdata hold no Rust value, so keeping them a little longer is harmless),
+    /// which costs a chain two `rawseti` instead of a `luaL_ref`/`luaL_unref` pair.
+    anchor: Cell<c_int>,
+    /// `lua_topointer` of the interned strings "get", "set", "add" (kept alive as keys
+    /// of the headers methods table): the headers `__index` compares keys by identity.
+    hdr_keys: Cell<[usize; 3]>,
     max_body: usize,
 }
 
@@ -132,7 +138,6 @@ impl Core {
     pub(crate) fn new(state: *mut ffi::lua_State, max_body: usize, worker: usize) -> Rc<Core> {
         Rc::new(Core {
             state,
-            alive: Cell::new(true),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             ctx: RefCell::new(CtxData {
@@ -149,13 +154,10 @@ impl Core {
             mt_resp: Cell::new(ffi::LUA_NOREF),
             mt_hdr: Cell::new(ffi::LUA_NOREF),
             need: Cell::new(ffi::LUA_NOREF),
+            anchor: Cell::new(ffi::LUA_NOREF),
+            hdr_keys: Cell::new([0; 3]),
             max_body,
         })
-    }
-
-    /// Called when the Lua state is about to close: refs are meaningless afterwards.
-    pub(crate) fn kill(&self) {
-        self.alive.set(false);
     }
 
     /// Builds the metatables and C accessors; `need` is the token a getter yields.
@@ -172,10 +174,13 @@ impl Core {
                 }
                 raw.push(need)?;
                 self.need.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
+                ffi::lua_createtable(l, 64, 0);
+                self.anchor.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
                 for (kind, cell) in [(K_REQ, &self.mt_req), (K_RESP, &self.mt_resp)] {
                     ffi::lua_createtable(l, 0, 3);
                     ffi::lua_pushlightuserdata(l, core_ptr);
-                    ffi::lua_pushcclosure(l, msg_index, 1);
+                    ffi::lua_rawgeti_(l, ffi::LUA_REGISTRYINDEX, self.anchor.get() as _);
+                    ffi::lua_pushcclosure(l, msg_index, 2);
                     ffi::lua_setfield(l, -2, c"__index".as_ptr());
                     raw.push(if kind == K_REQ {
                         &cold.req_newindex
@@ -188,17 +193,26 @@ impl Core {
                     cell.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
                 }
                 ffi::lua_createtable(l, 0, 4);
-                // methods table: the upvalue of the headers __index
+                // methods table: upvalue 1 of the headers __index; the hot methods are
+                // also upvalues 3-5, found by key identity (`hdr_keys`)
                 ffi::lua_createtable(l, 0, 6);
-                for (name, f) in [
+                let mut keys = [0usize; 3];
+                for (i, (name, f)) in [
                     (c"get", hdr_get as ffi::lua_CFunction),
                     (c"set", hdr_set),
                     (c"add", hdr_add),
-                ] {
+                ]
+                .into_iter()
+                .enumerate()
+                {
                     ffi::lua_pushlightuserdata(l, core_ptr);
                     ffi::lua_pushcclosure(l, f, 1);
                     ffi::lua_setfield(l, -2, name.as_ptr());
+                    ffi::lua_pushstring(l, name.as_ptr());
+                    keys[i] = ffi::lua_topointer(l, -1) as usize;
+                    ffi::lua_pop(l, 1);
                 }
+                self.hdr_keys.set(keys);
                 for (name, f) in [
                     (c"get_all", &cold.get_all),
                     (c"remove", &cold.remove),
@@ -207,8 +221,12 @@ impl Core {
                     raw.push(f)?;
                     ffi::lua_setfield(l, -2, name.as_ptr());
                 }
+                let methods = ffi::lua_gettop(l);
                 ffi::lua_pushlightuserdata(l, core_ptr);
-                ffi::lua_pushcclosure(l, hdr_index, 2);
+                for name in [c"get", c"set", c"add"] {
+                    ffi::lua_getfield(l, methods, name.as_ptr());
+                }
+                ffi::lua_pushcclosure(l, hdr_index, 5);
                 ffi::lua_setfield(l, -2, c"__index".as_ptr());
                 raw.push(&cold.len)?;
                 ffi::lua_setfield(l, -2, c"__len".as_ptr());
@@ -234,8 +252,7 @@ impl Core {
                         used: false,
                         ro: false,
                         msg: None,
-                        ud: ffi::LUA_NOREF,
-                        headers: ffi::LUA_NOREF,
+                        headers: false,
                         req_ptr: std::ptr::null(),
                         view: None,
                         pending: Pending::None,
@@ -255,19 +272,22 @@ impl Core {
             s.used = true;
             s.ro = ro;
             s.msg = Some(msg);
+            s.headers = false;
             s.gen
         };
         let id = SlotId { idx, gen };
         let l = self.state;
         // SAFETY: `l` is the live main state (engines are single-threaded and the
-        // state outlives the core's use); one value is pushed and popped by luaL_ref.
+        // state outlives the core's use); the anchor table and the userdata are pushed,
+        // the userdata goes into the table and the table is popped.
         let made = unsafe {
-            if ffi::lua_checkstack(l, 2) == 0 {
+            if ffi::lua_checkstack(l, 3) == 0 {
                 false
             } else {
+                ffi::lua_rawgeti_(l, ffi::LUA_REGISTRYINDEX, self.anchor.get() as _);
                 push_tag(l, self, kind, id, ro);
-                let r = ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX);
-                self.slots.borrow_mut()[idx as usize].ud = r;
+                ffi::lua_rawseti_(l, -2, 2 * idx as c_int + 1);
+                ffi::lua_pop(l, 1);
                 true
             }
         };
@@ -282,10 +302,11 @@ impl Core {
     /// Pushes the slot's message userdata onto `l` (any thread of this state).
     ///
     /// # Safety
-    /// `l` must be a thread of the core's state with one free stack slot.
+    /// `l` must be a thread of the core's state with two free stack slots.
     pub(crate) unsafe fn push_ud(&self, l: *mut ffi::lua_State, id: SlotId) {
-        let r = self.slots.borrow()[id.idx as usize].ud;
-        ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, r as _);
+        ffi::lua_rawgeti_(l, ffi::LUA_REGISTRYINDEX, self.anchor.get() as _);
+        ffi::lua_rawgeti_(l, -1, 2 * id.idx as c_int + 1);
+        ffi::lua_replace(l, -2);
     }
 
     /// Moves the message out (the slot stays allocated for a suspended chain).
@@ -311,9 +332,11 @@ impl Core {
         }
     }
 
-    /// Frees the slot (and its request view): every userdata of it goes stale.
+    /// Frees the slot (and its request view): every userdata of it goes stale. Touches
+    /// no Lua state (the anchored userdata are replaced when the slot is reused), so it
+    /// is safe after the engine is gone.
     pub(crate) fn release(&self, id: SlotId) {
-        let (refs, view) = {
+        let view = {
             let mut slots = self.slots.borrow_mut();
             let Some(s) = slots.get_mut(id.idx as usize) else {
                 return;
@@ -326,21 +349,10 @@ impl Core {
             s.gen = s.gen.wrapping_add(1);
             s.req_ptr = std::ptr::null();
             s.pending = Pending::None;
-            let refs = [
-                std::mem::replace(&mut s.ud, ffi::LUA_NOREF),
-                std::mem::replace(&mut s.headers, ffi::LUA_NOREF),
-            ];
-            (refs, s.view.take())
+            s.headers = false;
+            s.view.take()
         };
         self.free.borrow_mut().push(id.idx);
-        if self.alive.get() {
-            for r in refs {
-                if r != ffi::LUA_NOREF {
-                    // SAFETY: live main state; unref pushes nothing.
-                    unsafe { ffi::luaL_unref(self.state, ffi::LUA_REGISTRYINDEX, r) };
-                }
-            }
-        }
         if let Some(v) = view {
             let gen = self.slots.borrow()[v as usize].gen;
             self.release(SlotId { idx: v, gen });
@@ -468,7 +480,7 @@ unsafe fn push_tag(l: *mut ffi::lua_State, core: &Core, kind: u8, id: SlotId, ro
         K_RESP => core.mt_resp.get(),
         _ => core.mt_hdr.get(),
     };
-    ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, mt as _);
+    ffi::lua_rawgeti_(l, ffi::LUA_REGISTRYINDEX, mt as _);
     ffi::lua_setmetatable(l, -2);
 }
 
@@ -495,6 +507,20 @@ unsafe fn core_of<'a>(l: *mut ffi::lua_State) -> &'a Core {
     &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Core)
 }
 
+/// Pushes a string. mlua-sys's `lua_pushlstring` (5.1 compat) also calls
+/// `lua_tolstring` on the result for its return value; this does not.
+///
+/// # Safety
+/// `l` must be a valid state with a free stack slot.
+#[inline]
+unsafe fn push_bytes(l: *mut ffi::lua_State, b: &[u8]) {
+    if b.is_empty() {
+        ffi::lua_pushlstring_(l, c"".as_ptr(), 0);
+    } else {
+        ffi::lua_pushlstring_(l, b.as_ptr().cast(), b.len());
+    }
+}
+
 /// Raises `e` as a Lua error; nothing with a destructor is left alive in this frame.
 unsafe fn raise(l: *mut ffi::lua_State, e: Fail) -> c_int {
     ffi::lua_pushlstring(l, e.as_ptr().cast(), e.len());
@@ -509,7 +535,8 @@ enum Got {
     Str(Cow<'static, str>),
     Int(i64),
     Num(f64),
-    Ud(c_int),
+    /// `msg.headers`: whether its userdata exists already.
+    Headers(bool),
     NewTrailers(Tag),
     View(Option<u32>),
     Need,
@@ -518,18 +545,15 @@ enum Got {
 /// Pushes a `Got` (the trailers case creates a userdata).
 unsafe fn push_got(l: *mut ffi::lua_State, core: &Core, g: Got) {
     match g {
-        Got::Nil | Got::Need | Got::View(_) => ffi::lua_pushnil(l),
+        Got::Nil | Got::Need | Got::View(_) | Got::Headers(_) => ffi::lua_pushnil(l),
         Got::Bytes(b) => {
-            ffi::lua_pushlstring(l, b.as_ptr().cast(), b.len());
+            push_bytes(l, &b);
         }
         Got::Str(s) => {
-            ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len());
+            push_bytes(l, s.as_bytes());
         }
         Got::Int(i) => ffi::lua_pushinteger(l, i as _),
         Got::Num(n) => ffi::lua_pushnumber(l, n),
-        Got::Ud(r) => {
-            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, r as _);
-        }
         Got::NewTrailers(t) => push_tag(
             l,
             core,
@@ -567,7 +591,7 @@ fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> 
         };
         Ok(match s.msg.as_mut() {
             Some(Msg::Req(r)) => match key {
-                b"headers" => Got::Ud(s.headers),
+                b"headers" => Got::Headers(s.headers),
                 b"method" => Got::Bytes(r.method.clone()),
                 b"scheme" => Got::Str(r.scheme.clone().into()),
                 b"authority" => Got::Str(r.authority.clone().into()),
@@ -589,7 +613,7 @@ fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> 
                 _ => Got::Nil,
             },
             Some(Msg::Resp(r)) => match key {
-                b"headers" => Got::Ud(s.headers),
+                b"headers" => Got::Headers(s.headers),
                 b"status" => Got::Int(r.status as i64),
                 b"reason" => Got::Str(r.reason.clone().into()),
                 b"http_version" => ver(r.version),
@@ -618,10 +642,23 @@ unsafe extern "C-unwind" fn msg_index(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
+/// The tag of argument 1 of a metamethod, unchecked.
+///
+/// # Safety
+/// Only for the `__index` metamethods built in `Core::install`. Their metatables are
+/// protected (`__metatable`), the debug library is gone and the functions are stored
+/// nowhere else, so Lua can only call them with one of our tagged userdata as argument
+/// 1 (the VM passes the object being indexed).
+unsafe fn trusted_tag(l: *mut ffi::lua_State) -> Tag {
+    let t = (ffi::lua_touserdata(l, 1) as *const Tag).read_unaligned();
+    debug_assert!(t.magic == MAGIC);
+    t
+}
+
+// A C function may use LUA_MINSTACK (20) stack slots without `lua_checkstack`; the
+// accessors below push at most 4 values.
 unsafe fn msg_index_impl(l: *mut ffi::lua_State, core: &Core) -> std::result::Result<c_int, Fail> {
-    let Some(t) = tag_at(l, 1) else {
-        return Err("bad self".into());
-    };
+    let t = trusted_tag(l);
     let mut len = 0usize;
     let k = ffi::lua_tolstring(l, 2, &mut len);
     if k.is_null() {
@@ -629,9 +666,6 @@ unsafe fn msg_index_impl(l: *mut ffi::lua_State, core: &Core) -> std::result::Re
     }
     // SAFETY: Lua strings stay alive while on the stack (slot 2, untouched below).
     let key = std::slice::from_raw_parts(k as *const u8, len);
-    if ffi::lua_checkstack(l, 4) == 0 {
-        return Err("stack overflow".into());
-    }
     let got = msg_field(core, t, key)?;
     match got {
         Got::Need => {
@@ -643,12 +677,17 @@ unsafe fn msg_index_impl(l: *mut ffi::lua_State, core: &Core) -> std::result::Re
                 };
                 Ok(())
             })?;
-            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, core.need.get() as _);
+            ffi::lua_rawgeti_(l, ffi::LUA_REGISTRYINDEX, core.need.get() as _);
             // The engine resumes this frame with the getter's value (push_resumed).
             Ok(ffi::lua_yield(l, 1))
         }
-        Got::Ud(r) if r == ffi::LUA_NOREF => {
-            // first `msg.headers` of this message: create and cache its userdata
+        Got::Headers(true) => {
+            // upvalue 2 is the anchor table (see `Core::install`)
+            ffi::lua_rawgeti_(l, ffi::lua_upvalueindex(2), 2 * t.slot as c_int + 2);
+            Ok(1)
+        }
+        Got::Headers(false) => {
+            // first `msg.headers` of this message: create and anchor its userdata
             push_tag(
                 l,
                 core,
@@ -660,9 +699,9 @@ unsafe fn msg_index_impl(l: *mut ffi::lua_State, core: &Core) -> std::result::Re
                 t.ro != 0,
             );
             ffi::lua_pushvalue(l, -1);
-            let r = ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX);
+            ffi::lua_rawseti_(l, ffi::lua_upvalueindex(2), 2 * t.slot as c_int + 2);
             core.with_msg(t, |s| {
-                s.headers = r;
+                s.headers = true;
                 Ok(())
             })?;
             Ok(1)
@@ -702,8 +741,8 @@ unsafe fn request_view(
             id.idx
         }
     };
-    let r = core.slots.borrow()[v as usize].ud;
-    ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, r as _);
+    // upvalue 2 of `msg_index` is the anchor table
+    ffi::lua_rawgeti_(l, ffi::lua_upvalueindex(2), 2 * v as c_int + 1);
     Ok(1)
 }
 
@@ -749,30 +788,35 @@ unsafe fn self_tag(l: *mut ffi::lua_State) -> std::result::Result<Tag, Fail> {
 /// `headers:get(name)`.
 unsafe extern "C-unwind" fn hdr_get(l: *mut ffi::lua_State) -> c_int {
     let core = core_of(l);
-    match hdr_get_impl(l, core, 2) {
+    match self_tag(l).and_then(|t| hdr_get_impl(l, core, t)) {
         Ok(n) => n,
         Err(e) => raise(l, e),
     }
 }
 
+/// The first value of header `name` (argument 2) of headers `t`.
 unsafe fn hdr_get_impl(
     l: *mut ffi::lua_State,
     core: &Core,
-    at: c_int,
+    t: Tag,
 ) -> std::result::Result<c_int, Fail> {
-    let t = self_tag(l)?;
     let mut len = 0usize;
-    let p = ffi::lua_tolstring(l, at, &mut len);
+    let p = ffi::lua_tolstring(l, 2, &mut len);
     if p.is_null() {
         return Err("bad argument #2: string expected".into());
     }
     // SAFETY: the string is kept alive by its stack slot.
     let name = std::slice::from_raw_parts(p as *const u8, len);
-    let name = std::str::from_utf8(name).map_err(|_| Fail::from("bad header name"))?;
+    let name = if name.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        std::str::from_utf8_unchecked(name)
+    } else {
+        std::str::from_utf8(name).map_err(|_| Fail::from("bad header name"))?
+    };
     let v = core.with_headers(t, false, |h| h.get(name).cloned())?;
     match v {
         Some(b) => {
-            ffi::lua_pushlstring(l, b.as_ptr().cast(), b.len());
+            push_bytes(l, &b);
         }
         None => ffi::lua_pushnil(l),
     }
@@ -805,16 +849,27 @@ unsafe fn hdr_write(l: *mut ffi::lua_State, replace: bool) -> std::result::Resul
 }
 
 /// `__index` of headers: a method, else the first value of that header.
+///
+/// Upvalues (see `Core::install`): 1 the methods table, 2 the core, 3-5 the methods
+/// `get`, `set`, `add`, which are found by comparing the key with the interned names.
 unsafe extern "C-unwind" fn hdr_index(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: upvalue 2 is the core pointer (see `Core::install`).
+    let core = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *const Core);
+    if ffi::lua_type(l, 2) == ffi::LUA_TSTRING {
+        let k = ffi::lua_topointer(l, 2) as usize;
+        let keys = core.hdr_keys.get();
+        if let Some(i) = keys.iter().position(|&p| p == k) {
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3 + i as c_int));
+            return 1;
+        }
+    }
     ffi::lua_pushvalue(l, 2);
-    ffi::lua_rawget(l, ffi::lua_upvalueindex(1));
+    ffi::lua_rawget_(l, ffi::lua_upvalueindex(1));
     if ffi::lua_type(l, -1) != ffi::LUA_TNIL {
         return 1;
     }
     ffi::lua_settop(l, 2);
-    // SAFETY: upvalue 2 is the core pointer (see `Core::install`).
-    let core = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *const Core);
-    match hdr_get_impl(l, core, 2) {
+    match hdr_get_impl(l, core, trusted_tag(l)) {
         Ok(n) => n,
         Err(e) => raise(l, e),
     }
