@@ -8,7 +8,9 @@
 # for 1 KiB and 64 KiB responses (or --sizes). wrk and the origin (nginx serving
 # static files, or a small python origin if nginx is missing) are pinned to core 1.
 #
-# usage: bash benches/compare.sh [--plugin FILE] [--duration SECS] [--sizes "1k 64k 1m"] [--no-build]
+# usage: bash benches/compare.sh [--plugin FILE] [--duration SECS] [--sizes "1k 64k 1m"]
+#                                [--rounds N] [--no-build]
+# With --rounds N every target is measured N times, interleaved, and the median is shown.
 # Prints a table: target, size, req/s, proxy CPU us/request
 # ((utime+stime) delta of the proxy process from /proc/PID/stat, in clock
 # ticks -> us, divided by the requests wrk completed), and ratios vs nginx-proxy.
@@ -17,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=5
+ROUNDS=1
 SIZES="1k 64k"
 PLUGIN=""
 BUILD=1
@@ -25,8 +28,9 @@ while (( $# )); do
     --plugin) PLUGIN=$(realpath "$2"); shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --sizes) SIZES=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -208,34 +212,51 @@ cpu_ticks() { # pid -> utime+stime in clock ticks
 
 # --- measure -----------------------------------------------------------------
 declare -A RPS CPU NOTE
+median() { # numbers... -> the median, or - when none
+  printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -n | awk '{ v[NR] = $1 } END {
+    if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 for size in $SIZES; do
-  for i in "${!NAMES[@]}"; do
-    name=${NAMES[$i]} port=${PORTS[$i]} pid=${TPIDS[$i]}
-    url="http://127.0.0.1:$port/$size.bin"
-    check=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 "$url" || true)
-    want=$(bytes_of "$size")
-    if [[ "$check" != "200 $want" ]]; then
-      RPS[$name,$size]="-"; CPU[$name,$size]="-"; NOTE[$name,$size]="bad response: $check"
-      continue
-    fi
-    taskset -c 1 wrk -t1 -c32 -d1s "$url" >/dev/null 2>&1 || true   # warm-up
-    before=""
-    [[ -n "$pid" ]] && before=$(cpu_ticks "$pid")
-    out=$(taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" "$url" 2>&1 || true)
-    after=""
-    [[ -n "$pid" ]] && after=$(cpu_ticks "$pid")
-    reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
-    rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
-    RPS[$name,$size]=${rps:--}
-    CPU[$name,$size]="-"
-    if [[ -n "$pid" && -n "$reqs" && "$reqs" -gt 0 ]]; then
-      CPU[$name,$size]=$(awk -v d=$((after - before)) -v t="$CLK_TCK" -v n="$reqs" \
-        'BEGIN { printf "%.1f", d * 1e6 / t / n }')
-    fi
-    errs=$(grep -E "Non-2xx|Socket errors" <<<"$out" | tr -s ' ' | paste -sd';' - || true)
-    NOTE[$name,$size]=${errs:-}
-    log "$name $size: ${rps:-?} req/s ${CPU[$name,$size]} us/req ${errs:-}"
+  declare -A RUN_RPS=() RUN_CPU=()
+  # rounds interleave the targets, so a noisy minute hits all of them alike
+  for round in $(seq 1 "$ROUNDS"); do
+    for i in "${!NAMES[@]}"; do
+      name=${NAMES[$i]} port=${PORTS[$i]} pid=${TPIDS[$i]}
+      url="http://127.0.0.1:$port/$size.bin"
+      if (( round == 1 )); then
+        check=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 "$url" || true)
+        if [[ "$check" != "200 $(bytes_of "$size")" ]]; then
+          NOTE[$name,$size]="bad response: $check"
+          continue
+        fi
+        taskset -c 1 wrk -t1 -c32 -d1s "$url" >/dev/null 2>&1 || true   # warm-up
+      fi
+      [[ "${NOTE[$name,$size]:-}" == bad* ]] && continue
+      before=""
+      [[ -n "$pid" ]] && before=$(cpu_ticks "$pid")
+      out=$(taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" "$url" 2>&1 || true)
+      after=""
+      [[ -n "$pid" ]] && after=$(cpu_ticks "$pid")
+      reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+      rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+      cpu="-"
+      if [[ -n "$pid" && -n "$reqs" && "$reqs" -gt 0 ]]; then
+        cpu=$(awk -v d=$((after - before)) -v t="$CLK_TCK" -v n="$reqs" \
+          'BEGIN { printf "%.1f", d * 1e6 / t / n }')
+      fi
+      RUN_RPS[$name]+="${rps:--} " RUN_CPU[$name]+="$cpu "
+      errs=$(grep -E "Non-2xx|Socket errors" <<<"$out" | tr -s ' ' | paste -sd';' - || true)
+      [[ -n "$errs" ]] && NOTE[$name,$size]=$errs
+      log "round $round $name $size: ${rps:-?} req/s $cpu us/req ${errs:-}"
+    done
   done
+  for name in "${NAMES[@]}"; do
+    # shellcheck disable=SC2086
+    RPS[$name,$size]=$(median ${RUN_RPS[$name]:-})
+    # shellcheck disable=SC2086
+    CPU[$name,$size]=$(median ${RUN_CPU[$name]:-})
+  done
+  unset RUN_RPS RUN_CPU
 done
 
 # --- report ------------------------------------------------------------------
@@ -243,13 +264,13 @@ ratio() { # a b -> a/b or -
   awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "-" }'
 }
 echo
-echo "luring reverse proxy vs nginx: wrk -t1 -c32 -d${DURATION}s on core 1, proxies on core 0, origin: $ORIGIN_KIND (core 1)"
+echo "luring reverse proxy vs nginx: wrk -t1 -c32 -d${DURATION}s on core 1, proxies on core 0, origin: $ORIGIN_KIND (core 1), median of $ROUNDS round(s)"
 printf '%-20s %-5s %10s %12s %12s %12s  %s\n' target size req/s "cpu-us/req" "rps/nginx" "cpu/nginx" notes
 for size in $SIZES; do
   for name in "${NAMES[@]}"; do
     printf '%-20s %-5s %10s %12s %12s %12s  %s\n' "$name" "$size" "${RPS[$name,$size]}" "${CPU[$name,$size]}" \
       "$(ratio "${RPS[$name,$size]}" "${RPS[nginx-proxy,$size]:-}")" \
-      "$(ratio "${CPU[$name,$size]}" "${CPU[nginx-proxy,$size]:-}")" "${NOTE[$name,$size]}"
+      "$(ratio "${CPU[$name,$size]}" "${CPU[nginx-proxy,$size]:-}")" "${NOTE[$name,$size]:-}"
   done
 done
 echo "(measured in $(( $(date +%s) - T0 )) s, excluding the build)"
