@@ -74,24 +74,34 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authenticate",
 ];
 
+fn is_fixed_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|n| n.len() == name.len() && name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
 /// Strips the fixed hop-by-hop names and every name listed in Connection.
 pub fn strip_hop_by_hop(h: &mut Headers) {
-    let listed: Vec<String> = h
+    // Names listed in Connection that are not fixed hop-by-hop names already; usually
+    // none (keep-alive traffic lists "keep-alive"), so most messages allocate nothing.
+    let listed: Vec<Vec<u8>> = h
         .get_all("connection")
         .chain(h.get_all("proxy-connection"))
         .flat_map(|v| v.split(|&b| b == b','))
-        .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "transfer-encoding" && t != "content-length")
+        .map(|t| t.trim_ascii())
+        .filter(|t| {
+            !t.is_empty()
+                && !is_fixed_hop(t)
+                && !t.eq_ignore_ascii_case(b"transfer-encoding")
+                && !t.eq_ignore_ascii_case(b"content-length")
+        })
+        .map(<[u8]>::to_vec)
         .collect();
-    h.retain(|f| {
-        let keep_fixed = !HOP_BY_HOP
-            .iter()
-            .any(|n| f.name.eq_ignore_ascii_case(n.as_bytes()));
-        keep_fixed
-            && !listed
-                .iter()
-                .any(|n| f.name.eq_ignore_ascii_case(n.as_bytes()))
-    });
+    let drop =
+        |name: &[u8]| is_fixed_hop(name) || listed.iter().any(|n| name.eq_ignore_ascii_case(n));
+    if h.into_iter().any(|f| drop(&f.name)) {
+        h.retain(|f| !drop(&f.name));
+    }
 }
 
 impl PipelineStep for HopByHop {
