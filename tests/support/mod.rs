@@ -152,9 +152,22 @@ fn parse_listening(text: &str) -> Option<(SocketAddr, String)> {
     None
 }
 
+/// A scratch config home shared by the proxies of one test binary, so tests that do
+/// not pass `--confdir` keep their CA out of the real ~/.luring (CA creation is
+/// serialised by luring's own lock, so parallel tests may share it).
+fn scratch_config_home() -> &'static std::path::Path {
+    static HOME: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("luring-test-config-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("scratch config home");
+        d
+    })
+}
+
 fn spawn_child(args: &[&str]) -> io::Result<Child> {
     Command::new(bin())
         .args(args)
+        .env("XDG_CONFIG_HOME", scratch_config_home())
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
         .env("RUST_BACKTRACE", "1")
