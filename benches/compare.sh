@@ -4,7 +4,8 @@
 #   nginx-proxy   wrk -> nginx reverse proxy (core 0) -> origin
 #   luring-uring  wrk -> luring --mode reverse --workers 1 --io uring (core 0) -> origin
 #   luring-epoll  same with --io epoll
-#   (+ luring-*+plugin rows with --plugin FILE)
+#   (+ luring-*+plugin rows with --plugin FILE, and nginx-lua: nginx with
+#    lua-nginx-module setting the two headers of benches/two-headers.lua)
 # for 1 KiB and 64 KiB responses (or --sizes). wrk and the origin (nginx serving
 # static files, or a small python origin if nginx is missing) are pinned to core 1.
 #
@@ -30,7 +31,7 @@ while (( $# )); do
     --sizes) SIZES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -98,10 +99,11 @@ bytes_of() { # 1k / 64k / 1m -> byte count
 for size in $SIZES; do head -c "$(bytes_of "$size")" /dev/urandom > "$TMP/www/$size.bin"; done
 ORIGIN_PORT=$(free_port)
 
-nginx_conf() { # name listen-port body -> path of a config
+nginx_conf() { # name listen-port body [main-context lines] -> path of a config
   local conf="$TMP/ngx/$1.conf"
   mkdir -p "$TMP/ngx/$1"
   cat > "$conf" <<NGX
+${4:-}
 worker_processes 1;
 master_process off;
 daemon off;
@@ -177,6 +179,31 @@ if (( HAVE_NGINX )); then
   else
     log "nginx proxy did not start: $(cat "$TMP/nproxy.err")"
   fi
+fi
+
+# With --plugin, nginx with lua-nginx-module doing the same work as
+# benches/two-headers.lua (one request header, one response header) is the baseline
+# for the plugin rows, as the plugin engine issue asks.
+LUA_MODS=/usr/lib/nginx/modules
+if (( HAVE_NGINX )) && [[ -n "$PLUGIN" && -f $LUA_MODS/ngx_http_lua_module.so && -f $LUA_MODS/ndk_http_module.so ]]; then
+  LP=$(free_port)
+  conf=$(nginx_conf lua "$LP" "upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$LP;
+    location / {
+      rewrite_by_lua_block { ngx.req.set_header(\"x-bench-request\", \"1\") }
+      header_filter_by_lua_block { ngx.header[\"x-bench-response\"] = \"1\" }
+      proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" \
+    "load_module $LUA_MODS/ndk_http_module.so; load_module $LUA_MODS/ngx_http_lua_module.so;")
+  taskset -c 0 nginx -p "$TMP/ngx/lua" -c "$conf" 2>"$TMP/nlua.err" &
+  LPID=$!
+  PIDS+=("$LPID")
+  if wait_port "$LP"; then
+    NAMES+=(nginx-lua); PORTS+=("$LP"); TPIDS+=("$LPID")
+  else
+    log "nginx with lua did not start: $(cat "$TMP/nlua.err")"
+  fi
+elif [[ -n "$PLUGIN" ]]; then
+  log "no lua-nginx-module (apt: libnginx-mod-http-lua): no nginx-lua baseline row"
 fi
 
 start_luring() { # name io extra-args...
