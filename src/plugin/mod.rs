@@ -476,7 +476,7 @@ impl Engine {
         // Outside any callback this is the main state, which lives as long as `lua`.
         let lstate = lua.exec_raw_lua(|raw| raw.state());
         let wd = Budget::install(lstate);
-        let core = Core::new(lstate, cfg.max_plugin_body, worker);
+        let core = Core::new(cfg.max_plugin_body, worker);
         core.install(&lua, &need).map_err(LoadError::engine)?;
 
         let state = Rc::new(RefCell::new(LoadState {

@@ -1,10 +1,11 @@
-//! Message userdata: lazy views over a Rust message held in an engine-owned slot.
+//! Message handles: lazy views over a Rust message held in an engine-owned slot.
 //!
 //! While a chain runs, the proxy's message is moved into a [`Slot`] of the engine's
-//! [`Core`]; the Lua side only holds plain userdata tagged with (slot, generation). When
-//! the chain returns the message moves back out and the slot's generation changes, so a
-//! `msg` a plugin stashed in a global goes dead ("message is no longer valid") without
-//! any finaliser or per-call Rust allocation (as in Envoy's Lua filter).
+//! [`Core`]; the Lua side only holds light userdata whose value is a tag (kind, slot,
+//! generation; see `Tag`), so a chain allocates nothing in Lua. When the chain returns
+//! the message moves back out and the slot's generation changes, so a `msg` a plugin
+//! stashed in a global goes dead ("message is no longer valid") without any finaliser
+//! or per-call allocation (as in Envoy's Lua filter).
 //!
 //! The hot accessors (message fields, `headers:get/set/add`, header indexing) are raw
 //! `lua_CFunction`s: mlua's generic callback path (registry type checks, reference
@@ -15,7 +16,7 @@ use super::RawChunk;
 use crate::http::{Body, Headers, Request, Response, Version};
 use bytes::Bytes;
 use mlua::{
-    ffi, Error, Function, Lua, MetaMethod, Result, Table, UserData, UserDataMethods, Value,
+    ffi, Error, FromLua, Function, Lua, MetaMethod, Result, Table, UserData, UserDataMethods, Value,
 };
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -54,17 +55,66 @@ const K_REQ: u8 = 1;
 const K_RESP: u8 = 2;
 const K_HDR: u8 = 3;
 const K_TRL: u8 = 4;
-const MAGIC: u32 = 0x6c75_7267;
 
-/// The whole payload of a message or headers userdata: plain data, no finaliser.
-#[repr(C)]
-#[derive(Clone, Copy)]
+// A message or headers handle is a light userdata whose pointer value is the tag:
+//
+//   bits 63..39  MAGIC_HI (25 bits)   bit 38  read-only   bits 37..36  kind - 1
+//   bits 35..20  slot index (16 bits) bits 19..0  generation (20 bits)
+//
+// LuaJIT (64-bit, GC64 or not) keeps 47 bits of a light userdata: the low 39 bits as
+// they are and the upper 25 bits through a per-state table of at most 254 "segments"
+// (`lj_lightud_intern`, lj_udata.c; `LJ_LIGHTUD_BITS_LO` = 39 in lj_obj.h). Every
+// 64-bit value round-trips exactly through `lua_pushlightuserdata`/`lua_touserdata`
+// (tested in `light_userdata_round_trip`); a new upper-bits pattern costs a segment
+// (an allocation the first time, an error once 254 are in use). All tags share one
+// upper pattern, interned in `Core::install`, so pushing a tag later never allocates
+// and never raises. MAGIC_HI has bit 62 set: no user-space pointer (what mlua or
+// LuaJIT push as light userdata) can carry it.
+const LO_BITS: u32 = 39;
+const LO_MASK: u64 = (1 << LO_BITS) - 1;
+const MAGIC_HI: u64 = 0x6c75_7200_0000_0000;
+const GEN_BITS: u32 = 20;
+const SLOT_BITS: u32 = 16;
+/// A slot whose generation reaches this is retired (see `Core::release`).
+const GEN_LIMIT: u32 = 1 << GEN_BITS;
+const MAX_SLOTS: usize = 1 << SLOT_BITS;
+// The encoding needs 64-bit pointers (and LuaJIT's 64-bit light userdata).
+const _: () = assert!(std::mem::size_of::<usize>() == 8);
+
+/// What a message or headers handle designates (see the layout above).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Tag {
-    magic: u32,
     kind: u8,
     ro: u8,
     slot: u32,
     gen: u32,
+}
+
+impl Tag {
+    fn encode(self) -> *mut c_void {
+        debug_assert!((K_REQ..=K_TRL).contains(&self.kind));
+        debug_assert!(self.gen < GEN_LIMIT && (self.slot as usize) < MAX_SLOTS);
+        let u = MAGIC_HI
+            | (self.ro as u64 & 1) << 38
+            | ((self.kind as u64 - 1) & 3) << 36
+            | (self.slot as u64) << GEN_BITS
+            | self.gen as u64;
+        u as usize as *mut c_void
+    }
+
+    /// The tag a light userdata value carries, or None for any other pointer.
+    fn decode(p: *mut c_void) -> Option<Tag> {
+        let u = p as usize as u64;
+        if u & !LO_MASK != MAGIC_HI {
+            return None;
+        }
+        Some(Tag {
+            kind: ((u >> 36) & 3) as u8 + 1,
+            ro: ((u >> 38) & 1) as u8,
+            slot: ((u >> GEN_BITS) & ((1 << SLOT_BITS) - 1)) as u32,
+            gen: (u & (GEN_LIMIT as u64 - 1)) as u32,
+        })
+    }
 }
 
 /// Getter waiting for the body when a hook suspended.
@@ -80,13 +130,12 @@ struct Slot {
     used: bool,
     ro: bool,
     msg: Option<Msg>,
-    /// True once `msg.headers` was created for this message (it sits in the anchor
-    /// table, see `Core::anchor`).
-    headers: bool,
+    /// K_REQ or K_RESP: the kind of the message handle (`Core::push_ud`).
+    kind: u8,
     /// Response slots: the proxy's request while a run is in progress.
     req_ptr: *const Request,
     /// Response slots: slot of the read-only `resp.request` view, once created.
-    view: Option<u32>,
+    view: Option<SlotId>,
     pending: Pending,
 }
 
@@ -104,20 +153,12 @@ pub(crate) struct CtxData {
 
 /// Engine-owned state the C accessors reach through a light-userdata upvalue.
 pub(crate) struct Core {
-    /// The main state.
-    state: *mut ffi::lua_State,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
     pub(crate) ctx: RefCell<CtxData>,
-    mt_req: Cell<c_int>,
-    mt_resp: Cell<c_int>,
-    mt_hdr: Cell<c_int>,
     need: Cell<c_int>,
-    /// Registry ref of the anchor table: slot `i`'s message userdata at `2i+1`, its
-    /// `msg.headers` userdata at `2i+2`. They stay there until the slot is reused
-    /// (stale userdata hold no Rust value, so keeping them a little longer is harmless),
-    /// which costs a chain two `rawseti` instead of a `luaL_ref`/`luaL_unref` pair.
-    anchor: Cell<c_int>,
+    /// Slots whose generation ran out (`GEN_LIMIT`), kept off the free list.
+    retired: RefCell<Vec<u32>>,
     /// `lua_topointer` of the interned strings "get", "set", "add" (kept alive as keys
     /// of the headers methods table): the headers `__index` compares keys by identity.
     hdr_keys: Cell<[usize; 3]>,
@@ -135,9 +176,8 @@ type Fail = Cow<'static, str>;
 const STALE: &str = "message is no longer valid";
 
 impl Core {
-    pub(crate) fn new(state: *mut ffi::lua_State, max_body: usize, worker: usize) -> Rc<Core> {
+    pub(crate) fn new(max_body: usize, worker: usize) -> Rc<Core> {
         Rc::new(Core {
-            state,
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             ctx: RefCell::new(CtxData {
@@ -150,51 +190,41 @@ impl Core {
                 worker,
                 plugin: Rc::from(""),
             }),
-            mt_req: Cell::new(ffi::LUA_NOREF),
-            mt_resp: Cell::new(ffi::LUA_NOREF),
-            mt_hdr: Cell::new(ffi::LUA_NOREF),
             need: Cell::new(ffi::LUA_NOREF),
-            anchor: Cell::new(ffi::LUA_NOREF),
+            retired: RefCell::new(Vec::new()),
             hdr_keys: Cell::new([0; 3]),
             max_body,
         })
     }
 
-    /// Builds the metatables and C accessors; `need` is the token a getter yields.
+    /// Installs the light-userdata metatable and the C accessors; `need` is the token a
+    /// getter yields.
     pub(crate) fn install(self: &Rc<Self>, lua: &Lua, need: &Table) -> Result<()> {
         let cold = cold_fns(lua, self)?;
         let core_ptr = Rc::as_ptr(self) as *mut c_void;
         lua.exec_raw_lua(|raw| -> Result<()> {
             let l = raw.state();
             // SAFETY: main state outside any callback; every push is balanced by a
-            // luaL_ref or a setfield, and the stack has room (checked first).
+            // luaL_ref, a setfield, a setmetatable or a pop, and the stack has room
+            // (checked first). Interning the tags' light-userdata segment can only
+            // raise once 254 segments are in use; a fresh state uses a handful.
             unsafe {
-                if ffi::lua_checkstack(l, 8) == 0 {
+                if ffi::lua_checkstack(l, 10) == 0 {
                     return Err(Error::runtime("stack overflow"));
                 }
                 raw.push(need)?;
                 self.need.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
-                ffi::lua_createtable(l, 64, 0);
-                self.anchor.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
-                for (kind, cell) in [(K_REQ, &self.mt_req), (K_RESP, &self.mt_resp)] {
-                    ffi::lua_createtable(l, 0, 3);
-                    ffi::lua_pushlightuserdata(l, core_ptr);
-                    ffi::lua_rawgeti_(l, ffi::LUA_REGISTRYINDEX, self.anchor.get() as _);
-                    ffi::lua_pushcclosure(l, msg_index, 2);
-                    ffi::lua_setfield(l, -2, c"__index".as_ptr());
-                    raw.push(if kind == K_REQ {
-                        &cold.req_newindex
-                    } else {
-                        &cold.resp_newindex
-                    })?;
-                    ffi::lua_setfield(l, -2, c"__newindex".as_ptr());
-                    ffi::lua_pushboolean(l, 0);
-                    ffi::lua_setfield(l, -2, c"__metatable".as_ptr());
-                    cell.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
-                }
+                // Intern the tags' segment now, so no later tag push allocates or raises.
+                ffi::lua_pushlightuserdata(l, MAGIC_HI as usize as *mut c_void);
+                ffi::lua_pop(l, 1);
+
+                // One metatable for every light userdata of this state (Lua has one per
+                // type for non-table, non-full-userdata values): it dispatches on the
+                // tag's kind and refuses anything without the tag's magic.
                 ffi::lua_createtable(l, 0, 4);
-                // methods table: upvalue 1 of the headers __index; the hot methods are
-                // also upvalues 3-5, found by key identity (`hdr_keys`)
+                let mt = ffi::lua_gettop(l);
+                // methods table: upvalue 2 of `ud_index`; the hot methods are also
+                // upvalues 3-5, found by key identity (`hdr_keys`)
                 ffi::lua_createtable(l, 0, 6);
                 let mut keys = [0usize; 3];
                 for (i, (name, f)) in [
@@ -223,90 +253,97 @@ impl Core {
                 }
                 let methods = ffi::lua_gettop(l);
                 ffi::lua_pushlightuserdata(l, core_ptr);
+                ffi::lua_insert(l, methods);
                 for name in [c"get", c"set", c"add"] {
-                    ffi::lua_getfield(l, methods, name.as_ptr());
+                    ffi::lua_getfield(l, methods + 1, name.as_ptr());
                 }
-                ffi::lua_pushcclosure(l, hdr_index, 5);
-                ffi::lua_setfield(l, -2, c"__index".as_ptr());
+                ffi::lua_pushcclosure(l, ud_index, 5);
+                ffi::lua_setfield(l, mt, c"__index".as_ptr());
+                raw.push(&cold.newindex)?;
+                ffi::lua_setfield(l, mt, c"__newindex".as_ptr());
                 raw.push(&cold.len)?;
-                ffi::lua_setfield(l, -2, c"__len".as_ptr());
+                ffi::lua_setfield(l, mt, c"__len".as_ptr());
                 ffi::lua_pushboolean(l, 0);
-                ffi::lua_setfield(l, -2, c"__metatable".as_ptr());
-                self.mt_hdr.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
+                ffi::lua_setfield(l, mt, c"__metatable".as_ptr());
+                // lua_setmetatable on a light userdata sets the type's base metatable
+                // (what debug.setmetatable does); it flushes traces, none exist yet.
+                ffi::lua_pushlightuserdata(l, std::ptr::null_mut());
+                ffi::lua_pushvalue(l, mt);
+                ffi::lua_setmetatable(l, -2);
+                ffi::lua_settop(l, mt - 1);
             }
             Ok(())
         })
     }
 
-    /// Moves `msg` into a fresh slot and creates its userdata (anchored until `release`).
+    /// Moves `msg` into a fresh slot. Its handle is a light userdata (`push_ud`), so
+    /// nothing is created in Lua; it fails only when `MAX_SLOTS` messages are open.
     // The message comes back on failure so the proxy keeps it; boxing would allocate.
     #[allow(clippy::result_large_err)]
     pub(crate) fn open(&self, msg: Msg, ro: bool) -> std::result::Result<SlotId, Msg> {
-        let idx = {
-            let mut slots = self.slots.borrow_mut();
-            match self.free.borrow_mut().pop() {
-                Some(i) => i,
-                None => {
-                    slots.push(Slot {
-                        gen: 0,
-                        used: false,
-                        ro: false,
-                        msg: None,
-                        headers: false,
-                        req_ptr: std::ptr::null(),
-                        view: None,
-                        pending: Pending::None,
-                    });
-                    (slots.len() - 1) as u32
+        let mut slots = self.slots.borrow_mut();
+        let mut free = self.free.borrow_mut();
+        let idx = match free.pop() {
+            Some(i) => i,
+            None if slots.len() < MAX_SLOTS => {
+                slots.push(Slot {
+                    gen: 0,
+                    used: false,
+                    ro: false,
+                    msg: None,
+                    kind: K_REQ,
+                    req_ptr: std::ptr::null(),
+                    view: None,
+                    pending: Pending::None,
+                });
+                (slots.len() - 1) as u32
+            }
+            None => {
+                // Every index is open or retired: restart the retired ones at
+                // generation 0. A handle stashed 2^36 chains ago could then alias a
+                // live message (the u32 generation before this wrapped per slot,
+                // after 2^32 chains on slot 0).
+                let mut retired = self.retired.borrow_mut();
+                if retired.is_empty() {
+                    return Err(msg);
                 }
+                for &i in retired.iter() {
+                    slots[i as usize].gen = 0;
+                }
+                free.append(&mut retired);
+                free.pop()
+                    .expect("retired slots were moved to the free list")
             }
         };
-        let kind = match msg {
+        let s = &mut slots[idx as usize];
+        s.used = true;
+        s.ro = ro;
+        s.kind = match msg {
             Msg::Req(_) => K_REQ,
             Msg::Resp(_) => K_RESP,
         };
-        let gen = {
-            let mut slots = self.slots.borrow_mut();
-            let s = &mut slots[idx as usize];
-            s.gen = s.gen.wrapping_add(1);
-            s.used = true;
-            s.ro = ro;
-            s.msg = Some(msg);
-            s.headers = false;
-            s.gen
-        };
-        let id = SlotId { idx, gen };
-        let l = self.state;
-        // SAFETY: `l` is the live main state (engines are single-threaded and the
-        // state outlives the core's use); the anchor table and the userdata are pushed,
-        // the userdata goes into the table and the table is popped.
-        let made = unsafe {
-            if ffi::lua_checkstack(l, 3) == 0 {
-                false
-            } else {
-                ffi::lua_rawgeti_(l, ffi::LUA_REGISTRYINDEX, self.anchor.get() as _);
-                push_tag(l, self, kind, id, ro);
-                ffi::lua_rawseti_(l, -2, 2 * idx as c_int + 1);
-                ffi::lua_pop(l, 1);
-                true
-            }
-        };
-        if !made {
-            let m = self.take(id);
-            self.release(id);
-            return Err(m.expect("slot just filled"));
-        }
-        Ok(id)
+        s.msg = Some(msg);
+        Ok(SlotId { idx, gen: s.gen })
     }
 
-    /// Pushes the slot's message userdata onto `l` (any thread of this state).
+    /// Pushes the slot's message handle onto `l` (any thread of this state).
     ///
     /// # Safety
-    /// `l` must be a thread of the core's state with two free stack slots.
+    /// `l` must be a thread of the core's state with a free stack slot.
     pub(crate) unsafe fn push_ud(&self, l: *mut ffi::lua_State, id: SlotId) {
-        ffi::lua_rawgeti_(l, ffi::LUA_REGISTRYINDEX, self.anchor.get() as _);
-        ffi::lua_rawgeti_(l, -1, 2 * id.idx as c_int + 1);
-        ffi::lua_replace(l, -2);
+        let (kind, ro) = match self.slots.borrow().get(id.idx as usize) {
+            Some(s) => (s.kind, s.ro as u8),
+            None => (K_REQ, 0),
+        };
+        push_tag(
+            l,
+            Tag {
+                kind,
+                ro,
+                slot: id.idx,
+                gen: id.gen,
+            },
+        );
     }
 
     /// Moves the message out (the slot stays allocated for a suspended chain).
@@ -332,9 +369,10 @@ impl Core {
         }
     }
 
-    /// Frees the slot (and its request view): every userdata of it goes stale. Touches
-    /// no Lua state (the anchored userdata are replaced when the slot is reused), so it
-    /// is safe after the engine is gone.
+    /// Frees the slot (and its request view): every handle of it goes stale. Touches
+    /// no Lua state, so it is safe after the engine is gone. A slot whose generation
+    /// reaches `GEN_LIMIT` (the 20 bits a handle carries) is retired instead of reused,
+    /// until every slot index is (see `open`).
     pub(crate) fn release(&self, id: SlotId) {
         let view = {
             let mut slots = self.slots.borrow_mut();
@@ -346,30 +384,28 @@ impl Core {
             }
             s.used = false;
             s.msg = None;
-            s.gen = s.gen.wrapping_add(1);
+            s.gen += 1;
             s.req_ptr = std::ptr::null();
             s.pending = Pending::None;
-            s.headers = false;
+            if s.gen >= GEN_LIMIT {
+                self.retired.borrow_mut().push(id.idx);
+            } else {
+                self.free.borrow_mut().push(id.idx);
+            }
             s.view.take()
         };
-        self.free.borrow_mut().push(id.idx);
         if let Some(v) = view {
-            let gen = self.slots.borrow()[v as usize].gen;
-            self.release(SlotId { idx: v, gen });
+            self.release(v);
         }
     }
 
     /// Response slots: `resp.request` reads `r` until `clear_request`.
     pub(crate) fn set_request(&self, id: SlotId, r: &Request) {
-        let view = {
-            let mut slots = self.slots.borrow_mut();
-            let s = &mut slots[id.idx as usize];
-            s.req_ptr = r;
-            s.view
-        };
-        if let Some(v) = view {
-            let mut slots = self.slots.borrow_mut();
-            slots[v as usize].msg = Some(Msg::Req(r.clone()));
+        let mut slots = self.slots.borrow_mut();
+        let s = &mut slots[id.idx as usize];
+        s.req_ptr = r;
+        if let Some(v) = s.view {
+            slots[v.idx as usize].msg = Some(Msg::Req(r.clone()));
         }
     }
 
@@ -379,7 +415,7 @@ impl Core {
         let s = &mut slots[id.idx as usize];
         s.req_ptr = std::ptr::null();
         if let Some(v) = s.view {
-            slots[v as usize].msg = None;
+            slots[v.idx as usize].msg = None;
         }
     }
 
@@ -400,7 +436,6 @@ impl Core {
         p: Pending,
     ) -> std::result::Result<(), Fail> {
         let tag = Tag {
-            magic: MAGIC,
             kind: K_REQ,
             ro: 0,
             slot: id.idx,
@@ -417,7 +452,7 @@ impl Core {
         ) {
             Ok(Got::Need) => Err("body is not available".into()),
             Ok(g) => {
-                push_got(l, self, g);
+                push_got(l, g);
                 Ok(())
             }
             Err(e) => Err(e),
@@ -462,40 +497,24 @@ impl Core {
     }
 }
 
-/// Pushes a new tagged userdata with its kind's metatable.
+/// Pushes the light userdata handle of `t`.
 ///
 /// # Safety
-/// `l` must be a thread of the core's state with two free stack slots.
-unsafe fn push_tag(l: *mut ffi::lua_State, core: &Core, kind: u8, id: SlotId, ro: bool) {
-    let p = ffi::lua_newuserdata(l, std::mem::size_of::<Tag>()) as *mut Tag;
-    p.write_unaligned(Tag {
-        magic: MAGIC,
-        kind,
-        ro: ro as u8,
-        slot: id.idx,
-        gen: id.gen,
-    });
-    let mt = match kind {
-        K_REQ => core.mt_req.get(),
-        K_RESP => core.mt_resp.get(),
-        _ => core.mt_hdr.get(),
-    };
-    ffi::lua_rawgeti_(l, ffi::LUA_REGISTRYINDEX, mt as _);
-    ffi::lua_setmetatable(l, -2);
+/// `l` must be a thread of the core's state with a free stack slot, and the tags'
+/// segment interned (`Core::install`), so that the push neither allocates nor raises.
+#[inline]
+unsafe fn push_tag(l: *mut ffi::lua_State, t: Tag) {
+    ffi::lua_pushlightuserdata(l, t.encode());
 }
 
-/// Reads our tag from stack slot `idx`, or None for any other value.
+/// Our tag at stack slot `idx`, or None for any other value (`lua_touserdata` gives
+/// NULL for non-userdata and a real address for full userdata: neither has the magic).
 ///
 /// # Safety
 /// `l` must be a valid state and `idx` an acceptable index.
+#[inline]
 unsafe fn tag_at(l: *mut ffi::lua_State, idx: c_int) -> Option<Tag> {
-    if ffi::lua_type(l, idx) != ffi::LUA_TUSERDATA
-        || ffi::lua_objlen(l, idx) != std::mem::size_of::<Tag>()
-    {
-        return None;
-    }
-    let t = (ffi::lua_touserdata(l, idx) as *const Tag).read_unaligned();
-    (t.magic == MAGIC).then_some(t)
+    Tag::decode(ffi::lua_touserdata(l, idx))
 }
 
 /// The core a C accessor was registered with (upvalue 1).
@@ -535,17 +554,16 @@ enum Got {
     Str(Cow<'static, str>),
     Int(i64),
     Num(f64),
-    /// `msg.headers`: whether its userdata exists already.
-    Headers(bool),
-    NewTrailers(Tag),
-    View(Option<u32>),
+    /// `msg.headers`, `msg.trailers`: a handle.
+    Tag(Tag),
+    View(Option<SlotId>),
     Need,
 }
 
-/// Pushes a `Got` (the trailers case creates a userdata).
-unsafe fn push_got(l: *mut ffi::lua_State, core: &Core, g: Got) {
+/// Pushes a `Got`.
+unsafe fn push_got(l: *mut ffi::lua_State, g: Got) {
     match g {
-        Got::Nil | Got::Need | Got::View(_) | Got::Headers(_) => ffi::lua_pushnil(l),
+        Got::Nil | Got::Need | Got::View(_) => ffi::lua_pushnil(l),
         Got::Bytes(b) => {
             push_bytes(l, &b);
         }
@@ -554,16 +572,7 @@ unsafe fn push_got(l: *mut ffi::lua_State, core: &Core, g: Got) {
         }
         Got::Int(i) => ffi::lua_pushinteger(l, i as _),
         Got::Num(n) => ffi::lua_pushnumber(l, n),
-        Got::NewTrailers(t) => push_tag(
-            l,
-            core,
-            K_TRL,
-            SlotId {
-                idx: t.slot,
-                gen: t.gen,
-            },
-            t.ro != 0,
-        ),
+        Got::Tag(t) => push_tag(l, t),
     }
 }
 
@@ -579,19 +588,20 @@ fn ver(v: Version) -> Got {
     Got::Str(Cow::Borrowed(v.as_str()))
 }
 
-/// One message field (`headers` and `request` create userdata, see `msg_index`).
+/// One message field (`request` may open a slot, see `msg_index`).
 fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> {
     let max = core.max_body;
     let got = core.with_msg(t, |s| {
         let ro = s.ro as u8;
-        let trl = Tag {
-            kind: K_TRL,
+        let hdr = Tag {
+            kind: K_HDR,
             ro,
             ..t
         };
+        let trl = Tag { kind: K_TRL, ..hdr };
         Ok(match s.msg.as_mut() {
             Some(Msg::Req(r)) => match key {
-                b"headers" => Got::Headers(s.headers),
+                b"headers" => Got::Tag(hdr),
                 b"method" => Got::Bytes(r.method.clone()),
                 b"scheme" => Got::Str(r.scheme.clone().into()),
                 b"authority" => Got::Str(r.authority.clone().into()),
@@ -606,21 +616,21 @@ fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> 
                 // trailers come after the body: asking for them reads it first
                 b"trailers" => match r.trailers {
                     None if matches!(r.body, Body::Streaming) => body_got(&r.body, max)?,
-                    Some(_) => Got::NewTrailers(trl),
+                    Some(_) => Got::Tag(trl),
                     None => Got::Nil,
                 },
                 b"timestamp_start" => Got::Num(r.timestamp_start),
                 _ => Got::Nil,
             },
             Some(Msg::Resp(r)) => match key {
-                b"headers" => Got::Headers(s.headers),
+                b"headers" => Got::Tag(hdr),
                 b"status" => Got::Int(r.status as i64),
                 b"reason" => Got::Str(r.reason.clone().into()),
                 b"http_version" => ver(r.version),
                 b"body" => body_got(&r.body, max)?,
                 b"trailers" => match r.trailers {
                     None if matches!(r.body, Body::Streaming) => body_got(&r.body, max)?,
-                    Some(_) => Got::NewTrailers(trl),
+                    Some(_) => Got::Tag(trl),
                     None => Got::Nil,
                 },
                 b"request" => Got::View(s.view),
@@ -632,33 +642,32 @@ fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> 
     Ok(got)
 }
 
-/// `__index` of requests and responses.
-unsafe extern "C-unwind" fn msg_index(l: *mut ffi::lua_State) -> c_int {
+/// `__index` of every light userdata: message fields for message handles, methods and
+/// header values for headers handles, an error for anything else.
+///
+/// Upvalues (see `Core::install`): 1 the core, 2 the headers methods table, 3-5 the
+/// methods `get`, `set`, `add`, which are found by comparing the key with the interned
+/// names.
+unsafe extern "C-unwind" fn ud_index(l: *mut ffi::lua_State) -> c_int {
     let core = core_of(l);
-    let r = msg_index_impl(l, core);
+    let r = match tag_at(l, 1) {
+        Some(t) if t.kind == K_REQ || t.kind == K_RESP => msg_index(l, core, t),
+        Some(t) => hdr_index(l, core, t),
+        None => Err(Fail::from("attempt to index a userdata value")),
+    };
     match r {
         Ok(n) => n,
         Err(e) => raise(l, e),
     }
 }
 
-/// The tag of argument 1 of a metamethod, unchecked.
-///
-/// # Safety
-/// Only for the `__index` metamethods built in `Core::install`. Their metatables are
-/// protected (`__metatable`), the debug library is gone and the functions are stored
-/// nowhere else, so Lua can only call them with one of our tagged userdata as argument
-/// 1 (the VM passes the object being indexed).
-unsafe fn trusted_tag(l: *mut ffi::lua_State) -> Tag {
-    let t = (ffi::lua_touserdata(l, 1) as *const Tag).read_unaligned();
-    debug_assert!(t.magic == MAGIC);
-    t
-}
-
 // A C function may use LUA_MINSTACK (20) stack slots without `lua_checkstack`; the
 // accessors below push at most 4 values.
-unsafe fn msg_index_impl(l: *mut ffi::lua_State, core: &Core) -> std::result::Result<c_int, Fail> {
-    let t = trusted_tag(l);
+unsafe fn msg_index(
+    l: *mut ffi::lua_State,
+    core: &Core,
+    t: Tag,
+) -> std::result::Result<c_int, Fail> {
     let mut len = 0usize;
     let k = ffi::lua_tolstring(l, 2, &mut len);
     if k.is_null() {
@@ -681,34 +690,9 @@ unsafe fn msg_index_impl(l: *mut ffi::lua_State, core: &Core) -> std::result::Re
             // The engine resumes this frame with the getter's value (push_resumed).
             Ok(ffi::lua_yield(l, 1))
         }
-        Got::Headers(true) => {
-            // upvalue 2 is the anchor table (see `Core::install`)
-            ffi::lua_rawgeti_(l, ffi::lua_upvalueindex(2), 2 * t.slot as c_int + 2);
-            Ok(1)
-        }
-        Got::Headers(false) => {
-            // first `msg.headers` of this message: create and anchor its userdata
-            push_tag(
-                l,
-                core,
-                K_HDR,
-                SlotId {
-                    idx: t.slot,
-                    gen: t.gen,
-                },
-                t.ro != 0,
-            );
-            ffi::lua_pushvalue(l, -1);
-            ffi::lua_rawseti_(l, ffi::lua_upvalueindex(2), 2 * t.slot as c_int + 2);
-            core.with_msg(t, |s| {
-                s.headers = true;
-                Ok(())
-            })?;
-            Ok(1)
-        }
         Got::View(v) => request_view(l, core, t, v),
         g => {
-            push_got(l, core, g);
+            push_got(l, g);
             Ok(1)
         }
     }
@@ -719,7 +703,7 @@ unsafe fn request_view(
     l: *mut ffi::lua_State,
     core: &Core,
     t: Tag,
-    view: Option<u32>,
+    view: Option<SlotId>,
 ) -> std::result::Result<c_int, Fail> {
     let v = match view {
         Some(v) => v,
@@ -733,16 +717,23 @@ unsafe fn request_view(
             let copy = (*p).clone();
             let id = core
                 .open(Msg::Req(copy), true)
-                .map_err(|_| Fail::from("out of memory"))?;
+                .map_err(|_| Fail::from("too many open messages"))?;
             core.with_msg(t, |s| {
-                s.view = Some(id.idx);
+                s.view = Some(id);
                 Ok(())
             })?;
-            id.idx
+            id
         }
     };
-    // upvalue 2 of `msg_index` is the anchor table
-    ffi::lua_rawgeti_(l, ffi::lua_upvalueindex(2), 2 * v as c_int + 1);
+    push_tag(
+        l,
+        Tag {
+            kind: K_REQ,
+            ro: 1,
+            slot: v.idx,
+            gen: v.gen,
+        },
+    );
     Ok(1)
 }
 
@@ -848,66 +839,53 @@ unsafe fn hdr_write(l: *mut ffi::lua_State, replace: bool) -> std::result::Resul
     Ok(0)
 }
 
-/// `__index` of headers: a method, else the first value of that header.
-///
-/// Upvalues (see `Core::install`): 1 the methods table, 2 the core, 3-5 the methods
-/// `get`, `set`, `add`, which are found by comparing the key with the interned names.
-unsafe extern "C-unwind" fn hdr_index(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: upvalue 2 is the core pointer (see `Core::install`).
-    let core = &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *const Core);
+/// `__index` of headers (from `ud_index`): a method, else the first value of that
+/// header.
+unsafe fn hdr_index(
+    l: *mut ffi::lua_State,
+    core: &Core,
+    t: Tag,
+) -> std::result::Result<c_int, Fail> {
     if ffi::lua_type(l, 2) == ffi::LUA_TSTRING {
         let k = ffi::lua_topointer(l, 2) as usize;
         let keys = core.hdr_keys.get();
         if let Some(i) = keys.iter().position(|&p| p == k) {
             ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3 + i as c_int));
-            return 1;
+            return Ok(1);
         }
     }
     ffi::lua_pushvalue(l, 2);
-    ffi::lua_rawget_(l, ffi::lua_upvalueindex(1));
+    ffi::lua_rawget_(l, ffi::lua_upvalueindex(2));
     if ffi::lua_type(l, -1) != ffi::LUA_TNIL {
-        return 1;
+        return Ok(1);
     }
     ffi::lua_settop(l, 2);
-    match hdr_get_impl(l, core, trusted_tag(l)) {
-        Ok(n) => n,
-        Err(e) => raise(l, e),
-    }
+    hdr_get_impl(l, core, t)
 }
 
-/// The headers and message methods that are not on the hot path, as mlua functions.
+/// The metamethods and headers methods that are not on the hot path, as mlua functions.
 struct Cold {
-    req_newindex: Function,
-    resp_newindex: Function,
+    newindex: Function,
     get_all: Function,
     remove: Function,
     pairs: Function,
     len: Function,
 }
 
-/// Our tag of a Lua value (validated: size and magic), for the mlua-side functions.
-fn tag_of(lua: &Lua, v: &Value) -> Option<Tag> {
-    let Value::UserData(_) = v else { return None };
-    lua.exec_raw_lua(|raw| {
-        // SAFETY: one value pushed and popped on the current state.
-        unsafe {
-            if ffi::lua_checkstack(raw.state(), 2) == 0 {
-                return None;
-            }
-            raw.push_value(v).ok()?;
-            let t = tag_at(raw.state(), -1);
-            ffi::lua_pop(raw.state(), 1);
-            t
-        }
-    })
+/// Our tag of a Lua value, for the mlua-side functions.
+fn tag_of(v: &Value) -> Option<Tag> {
+    match v {
+        Value::LightUserData(p) => Tag::decode(p.0),
+        _ => None,
+    }
 }
 
 fn err(e: Fail) -> Error {
     Error::runtime(e.into_owned())
 }
 
-fn hdr_tag(lua: &Lua, v: &Value) -> Result<Tag> {
-    match tag_of(lua, v) {
+fn hdr_tag(v: &Value) -> Result<Tag> {
+    match tag_of(v) {
         Some(t) if t.kind == K_HDR || t.kind == K_TRL => Ok(t),
         _ => Err(Error::runtime("bad argument #1: Headers expected")),
     }
@@ -916,7 +894,7 @@ fn hdr_tag(lua: &Lua, v: &Value) -> Result<Tag> {
 fn cold_fns(lua: &Lua, core: &Rc<Core>) -> Result<Cold> {
     let c = core.clone();
     let get_all = lua.create_function(move |lua, (h, name): (Value, String)| {
-        let t = hdr_tag(lua, &h)?;
+        let t = hdr_tag(&h)?;
         let vals: Vec<Bytes> = c
             .with_headers(t, false, |h| h.get_all(&name).cloned().collect())
             .map_err(err)?;
@@ -927,13 +905,13 @@ fn cold_fns(lua: &Lua, core: &Rc<Core>) -> Result<Cold> {
         Ok(out)
     })?;
     let c = core.clone();
-    let remove = lua.create_function(move |lua, (h, name): (Value, String)| {
-        let t = hdr_tag(lua, &h)?;
+    let remove = lua.create_function(move |_, (h, name): (Value, String)| {
+        let t = hdr_tag(&h)?;
         c.with_headers(t, true, |h| h.remove(&name)).map_err(err)
     })?;
     let c = core.clone();
     let pairs = lua.create_function(move |lua, h: Value| {
-        let t = hdr_tag(lua, &h)?;
+        let t = hdr_tag(&h)?;
         let list: Vec<(Bytes, Bytes)> = c
             .with_headers(t, false, |h| {
                 h.iter()
@@ -952,122 +930,131 @@ fn cold_fns(lua: &Lua, core: &Rc<Core>) -> Result<Cold> {
         })
     })?;
     let c = core.clone();
-    let len = lua.create_function(move |lua, (h, _): (Value, mlua::MultiValue)| {
-        let t = hdr_tag(lua, &h)?;
+    let len = lua.create_function(move |_, (h, _): (Value, mlua::MultiValue)| {
+        let t = match tag_of(&h) {
+            Some(t) if t.kind == K_HDR || t.kind == K_TRL => t,
+            _ => return Err(Error::runtime("attempt to get length of a userdata value")),
+        };
         c.with_headers(t, false, |h| h.len()).map_err(err)
     })?;
     let c = core.clone();
-    let req_newindex =
-        lua.create_function(move |lua, (u, key, v): (Value, mlua::String, Value)| {
-            let t = tag_of(lua, &u).ok_or_else(|| Error::runtime("bad self"))?;
-            if t.ro != 0 {
-                return Err(Error::runtime("msg.request is read-only"));
-            }
-            let key = key.as_bytes();
-            let set = |f: &mut dyn FnMut(&mut Request)| -> Result<()> {
-                c.with_msg(t, |s| match s.msg.as_mut() {
-                    Some(Msg::Req(r)) => {
-                        f(r);
-                        Ok(())
-                    }
-                    _ => Err(STALE.into()),
-                })
-                .map_err(err)
-            };
-            match &*key {
-                b"method" => {
-                    let b = bytes_of(&v, "method")?;
-                    set(&mut |r| r.method = b.clone())
-                }
-                b"scheme" => {
-                    let s = string_of(&v, "scheme")?;
-                    set(&mut |r| r.scheme = s.clone())
-                }
-                b"authority" => {
-                    let s = string_of(&v, "authority")?;
-                    set(&mut |r| r.authority = s.clone())
-                }
-                b"path" => {
-                    let p = match v {
-                        Value::Nil => None,
-                        v => Some(string_of(&v, "path")?),
-                    };
-                    set(&mut |r| r.path = p.clone())
-                }
-                b"body" => {
-                    let b = body_from(v)?;
-                    set(&mut |r| r.body = b.clone())
-                }
-                b"headers" => {
-                    let h = headers_from(lua, &c, v)?.unwrap_or_default();
-                    set(&mut |r| r.headers = h.clone())
-                }
-                b"trailers" => {
-                    let h = headers_from(lua, &c, v)?;
-                    set(&mut |r| r.trailers = h.clone())
-                }
-                other => Err(Error::runtime(format!(
-                    "request field '{}' is read-only or unknown",
-                    String::from_utf8_lossy(other)
-                ))),
-            }
-        })?;
-    let c = core.clone();
-    let resp_newindex =
-        lua.create_function(move |lua, (u, key, v): (Value, mlua::String, Value)| {
-            let t = tag_of(lua, &u).ok_or_else(|| Error::runtime("bad self"))?;
-            let key = key.as_bytes();
-            let set = |f: &mut dyn FnMut(&mut Response)| -> Result<()> {
-                c.with_msg(t, |s| match s.msg.as_mut() {
-                    Some(Msg::Resp(r)) => {
-                        f(r);
-                        Ok(())
-                    }
-                    _ => Err(STALE.into()),
-                })
-                .map_err(err)
-            };
-            match &*key {
-                b"status" => {
-                    let s = match v {
-                        Value::Integer(i) if (100..=999).contains(&i) => i as u16,
-                        Value::Number(n) if (100.0..=999.0).contains(&n) && n.fract() == 0.0 => {
-                            n as u16
-                        }
-                        _ => return Err(Error::runtime("status must be an integer in 100..999")),
-                    };
-                    set(&mut |r| r.status = s)
-                }
-                b"reason" => {
-                    let s = string_of(&v, "reason")?;
-                    set(&mut |r| r.reason = s.clone())
-                }
-                b"body" => {
-                    let b = body_from(v)?;
-                    set(&mut |r| r.body = b.clone())
-                }
-                b"headers" => {
-                    let h = headers_from(lua, &c, v)?.unwrap_or_default();
-                    set(&mut |r| r.headers = h.clone())
-                }
-                b"trailers" => {
-                    let h = headers_from(lua, &c, v)?;
-                    set(&mut |r| r.trailers = h.clone())
-                }
-                other => Err(Error::runtime(format!(
-                    "response field '{}' is read-only or unknown",
-                    String::from_utf8_lossy(other)
-                ))),
-            }
-        })?;
+    let newindex = lua.create_function(move |lua, (u, key, v): (Value, Value, Value)| {
+        let t = match tag_of(&u) {
+            Some(t) if t.kind == K_REQ || t.kind == K_RESP => t,
+            _ => return Err(Error::runtime("attempt to index a userdata value")),
+        };
+        let key = mlua::String::from_lua(key, lua)?;
+        if t.kind == K_REQ {
+            set_req_field(&c, t, &key.as_bytes(), v)
+        } else {
+            set_resp_field(&c, t, &key.as_bytes(), v)
+        }
+    })?;
     Ok(Cold {
-        req_newindex,
-        resp_newindex,
+        newindex,
         get_all,
         remove,
         pairs,
         len,
     })
+}
+
+/// `msg.key = v` on a request handle.
+fn set_req_field(c: &Core, t: Tag, key: &[u8], v: Value) -> Result<()> {
+    if t.ro != 0 {
+        return Err(Error::runtime("msg.request is read-only"));
+    }
+    let set = |f: &mut dyn FnMut(&mut Request)| -> Result<()> {
+        c.with_msg(t, |s| match s.msg.as_mut() {
+            Some(Msg::Req(r)) => {
+                f(r);
+                Ok(())
+            }
+            _ => Err(STALE.into()),
+        })
+        .map_err(err)
+    };
+    match key {
+        b"method" => {
+            let b = bytes_of(&v, "method")?;
+            set(&mut |r| r.method = b.clone())
+        }
+        b"scheme" => {
+            let s = string_of(&v, "scheme")?;
+            set(&mut |r| r.scheme = s.clone())
+        }
+        b"authority" => {
+            let s = string_of(&v, "authority")?;
+            set(&mut |r| r.authority = s.clone())
+        }
+        b"path" => {
+            let p = match v {
+                Value::Nil => None,
+                v => Some(string_of(&v, "path")?),
+            };
+            set(&mut |r| r.path = p.clone())
+        }
+        b"body" => {
+            let b = body_from(v)?;
+            set(&mut |r| r.body = b.clone())
+        }
+        b"headers" => {
+            let h = headers_from(c, v)?.unwrap_or_default();
+            set(&mut |r| r.headers = h.clone())
+        }
+        b"trailers" => {
+            let h = headers_from(c, v)?;
+            set(&mut |r| r.trailers = h.clone())
+        }
+        other => Err(Error::runtime(format!(
+            "request field '{}' is read-only or unknown",
+            String::from_utf8_lossy(other)
+        ))),
+    }
+}
+
+/// `msg.key = v` on a response handle.
+fn set_resp_field(c: &Core, t: Tag, key: &[u8], v: Value) -> Result<()> {
+    let set = |f: &mut dyn FnMut(&mut Response)| -> Result<()> {
+        c.with_msg(t, |s| match s.msg.as_mut() {
+            Some(Msg::Resp(r)) => {
+                f(r);
+                Ok(())
+            }
+            _ => Err(STALE.into()),
+        })
+        .map_err(err)
+    };
+    match key {
+        b"status" => {
+            let s = match v {
+                Value::Integer(i) if (100..=999).contains(&i) => i as u16,
+                Value::Number(n) if (100.0..=999.0).contains(&n) && n.fract() == 0.0 => n as u16,
+                _ => return Err(Error::runtime("status must be an integer in 100..999")),
+            };
+            set(&mut |r| r.status = s)
+        }
+        b"reason" => {
+            let s = string_of(&v, "reason")?;
+            set(&mut |r| r.reason = s.clone())
+        }
+        b"body" => {
+            let b = body_from(v)?;
+            set(&mut |r| r.body = b.clone())
+        }
+        b"headers" => {
+            let h = headers_from(c, v)?.unwrap_or_default();
+            set(&mut |r| r.headers = h.clone())
+        }
+        b"trailers" => {
+            let h = headers_from(c, v)?;
+            set(&mut |r| r.trailers = h.clone())
+        }
+        other => Err(Error::runtime(format!(
+            "response field '{}' is read-only or unknown",
+            String::from_utf8_lossy(other)
+        ))),
+    }
 }
 
 fn body_from(v: Value) -> Result<Body> {
@@ -1136,12 +1123,12 @@ pub(crate) fn headers_from_table(t: &Table) -> Result<Headers> {
     Ok(h)
 }
 
-fn headers_from(lua: &Lua, core: &Core, v: Value) -> Result<Option<Headers>> {
+fn headers_from(core: &Core, v: Value) -> Result<Option<Headers>> {
     match v {
         Value::Nil => Ok(None),
         Value::Table(t) => headers_from_table(&t).map(Some),
-        Value::UserData(_) => {
-            let t = hdr_tag(lua, &v)?;
+        Value::LightUserData(_) => {
+            let t = hdr_tag(&v)?;
             core.with_headers(t, false, |h| h.clone())
                 .map(Some)
                 .map_err(err)
@@ -1218,5 +1205,207 @@ impl UserData for LCtx {
             MetaMethod::NewIndex,
             |_, _, _: mlua::MultiValue| -> Result<()> { Err(Error::runtime("ctx is read-only")) },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> Request {
+        Request {
+            method: Bytes::from_static(b"GET"),
+            scheme: "http".into(),
+            authority: "example.com".into(),
+            path: Some("/".into()),
+            version: Version::Http11,
+            headers: Headers::new(),
+            body: Body::Full(Bytes::new()),
+            trailers: None,
+            timestamp_start: 0.0,
+        }
+    }
+
+    fn open(core: &Core) -> SlotId {
+        match core.open(Msg::Req(req()), false) {
+            Ok(id) => id,
+            Err(_) => panic!("no slot"),
+        }
+    }
+
+    /// A state with the core installed (as `Engine::load` does, without the sandbox).
+    fn state() -> (Lua, Rc<Core>) {
+        let lua = Lua::new();
+        let core = Core::new(1024, 0);
+        let need = lua.create_table().unwrap();
+        core.install(&lua, &need).unwrap();
+        (lua, core)
+    }
+
+    /// What LuaJIT gives back for a light userdata we pushed.
+    fn round_trip(lua: &Lua, u: u64) -> u64 {
+        lua.exec_raw_lua(|raw| {
+            // SAFETY: one value pushed and popped on the main state.
+            unsafe {
+                let l = raw.state();
+                ffi::lua_pushlightuserdata(l, u as usize as *mut c_void);
+                assert_eq!(ffi::lua_type(l, -1), ffi::LUA_TLIGHTUSERDATA);
+                let back = ffi::lua_touserdata(l, -1) as usize as u64;
+                ffi::lua_pop(l, 1);
+                back
+            }
+        })
+    }
+
+    #[test]
+    fn light_userdata_round_trip() {
+        let (lua, _core) = state();
+        // Boundary values of the tag layout and of LuaJIT's 47-bit / segment split.
+        for u in [
+            0,
+            1,
+            LO_MASK,
+            LO_MASK + 1,
+            (1 << 47) - 1,
+            1 << 47,
+            MAGIC_HI,
+            MAGIC_HI | LO_MASK,
+            1 << 63,
+            u64::MAX,
+            u64::MAX - LO_MASK,
+        ] {
+            assert_eq!(round_trip(&lua, u), u, "{u:#x}");
+        }
+        let extremes = [
+            (K_REQ, 0, 0, 0),
+            (K_TRL, 1, MAX_SLOTS as u32 - 1, GEN_LIMIT - 1),
+            (K_RESP, 0, 0x5a5a, 0x5_a5a5),
+            (K_HDR, 1, 1, 1),
+        ];
+        for (kind, ro, slot, gen) in extremes {
+            let t = Tag {
+                kind,
+                ro,
+                slot,
+                gen,
+            };
+            let u = t.encode() as usize as u64;
+            assert_eq!(u & !LO_MASK, MAGIC_HI);
+            assert_eq!(round_trip(&lua, u), u);
+            assert_eq!(Tag::decode(t.encode()), Some(t));
+        }
+        for foreign in [
+            0u64,
+            0x7fff_dead_beef,
+            0x5555_0000_1000,
+            MAGIC_HI ^ (1 << 39),
+        ] {
+            assert_eq!(Tag::decode(foreign as usize as *mut c_void), None);
+        }
+    }
+
+    #[test]
+    fn foreign_light_userdata_is_refused_not_trusted() {
+        let (lua, _core) = state();
+        // mlua's NULL is a light userdata, the only kind mlua hands to Lua code; it and
+        // any other pointer without the magic get the errors a plain userdata gives.
+        lua.globals().set("null", Value::NULL).unwrap();
+        lua.globals()
+            .set(
+                "odd",
+                Value::LightUserData(mlua::LightUserData(0x7fff_1234_5678 as *mut c_void)),
+            )
+            .unwrap();
+        let errs: Vec<String> = lua
+            .load(
+                r#"
+                local out = {}
+                for _, u in ipairs({null, odd}) do
+                  for _, f in ipairs({
+                    function() return u.method end,
+                    function() return u.get end,
+                    function() u.method = 'PUT' end,
+                    function() return #u end,
+                  }) do
+                    local ok, e = pcall(f)
+                    assert(not ok)
+                    out[#out + 1] = tostring(e)
+                  end
+                  assert(getmetatable(u) == false)
+                  assert(type(u) == 'userdata')
+                  assert(tostring(u):find('^userdata: '))
+                end
+                return out
+            "#,
+            )
+            .eval()
+            .unwrap();
+        assert_eq!(errs.len(), 8);
+        for e in &errs {
+            assert!(
+                e.contains("attempt to index a userdata value")
+                    || e.contains("attempt to get length of a userdata value"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn handles_go_stale_and_methods_check_their_self() {
+        let (lua, core) = state();
+        let id = open(&core);
+        lua.exec_raw_lua(|raw| {
+            // SAFETY: one value pushed and stored on the main state.
+            unsafe {
+                core.push_ud(raw.state(), id);
+                ffi::lua_setglobal(raw.state(), c"m".as_ptr());
+            }
+        });
+        let f: Function = lua
+            .load(
+                r#"
+                local h = m.headers
+                h:set('x-a', '1')
+                assert(m.headers == h and h:get('x-a') == '1' and m.method == 'GET')
+                assert(not pcall(h.get, m, 'x-a'))       -- a message is not headers
+                assert(not pcall(h.get, 'str', 'x-a'))
+                stash_h = h
+                return function()
+                  local ok1, e1 = pcall(function() return m.method end)
+                  local ok2, e2 = pcall(function() return stash_h:get('x-a') end)
+                  local ok3, e3 = pcall(function() m.path = '/' end)
+                  assert(not ok1 and not ok2 and not ok3)
+                  return tostring(e1) .. '|' .. tostring(e2) .. '|' .. tostring(e3)
+                end
+            "#,
+            )
+            .eval()
+            .unwrap();
+        let Some(Msg::Req(r)) = core.take(id) else {
+            panic!("message gone")
+        };
+        assert_eq!(r.headers.get("x-a").unwrap().as_ref(), b"1");
+        core.release(id);
+        let e: String = f.call(()).unwrap();
+        assert_eq!(e.matches(STALE).count(), 3, "{e}");
+    }
+
+    #[test]
+    fn a_slot_retires_when_its_generation_runs_out() {
+        let core = Core::new(1024, 0);
+        let first = open(&core);
+        core.release(first);
+        let mut last = first;
+        for _ in 1..GEN_LIMIT {
+            last = open(&core);
+            assert_eq!(last.idx, first.idx);
+            core.release(last);
+        }
+        assert_eq!(last.gen, GEN_LIMIT - 1);
+        // Slot 0 is retired: the next message gets a new index, so no handle of slot 0
+        // can alias it.
+        let next = open(&core);
+        assert_ne!(next.idx, first.idx);
+        assert!(core.take(first).is_none() && core.take(last).is_none());
     }
 }
