@@ -166,42 +166,34 @@ wait_port "$ORIGIN_PORT" || { echo "origin did not start" >&2; cat "$TMP/origin.
 # Each target: name, port, pid of the proxy process ("" for direct).
 NAMES=(direct); PORTS=("$ORIGIN_PORT"); TPIDS=("")
 
-if (( HAVE_NGINX )); then
-  NP=$(free_port)
-  conf=$(nginx_conf proxy "$NP" "upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 64; }
-  server { listen 127.0.0.1:$NP;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }")
-  taskset -c 0 nginx -p "$TMP/ngx/proxy" -c "$conf" 2>"$TMP/nproxy.err" &
-  NPID=$!
-  PIDS+=("$NPID")
-  if wait_port "$NP"; then
-    NAMES+=(nginx-proxy); PORTS+=("$NP"); TPIDS+=("$NPID")
+start_nginx_proxy() { # name [location directives] [main-context lines]
+  local name=$1 port
+  port=$(free_port)
+  local conf
+  conf=$(nginx_conf "$name" "$port" "upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$port;
+    location / { ${2:-} proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" "${3:-}")
+  taskset -c 0 nginx -p "$TMP/ngx/$name" -c "$conf" 2>"$TMP/$name.err" &
+  local pid=$!
+  PIDS+=("$pid")
+  if wait_port "$port"; then
+    NAMES+=("$name"); PORTS+=("$port"); TPIDS+=("$pid")
   else
-    log "nginx proxy did not start: $(cat "$TMP/nproxy.err")"
+    log "$name did not start: $(cat "$TMP/$name.err")"
   fi
-fi
+}
+
+(( HAVE_NGINX )) && start_nginx_proxy nginx-proxy
 
 # With --plugin, nginx with lua-nginx-module doing the same work as
 # benches/two-headers.lua (one request header, one response header) is the baseline
 # for the plugin rows, as the plugin engine issue asks.
 LUA_MODS=/usr/lib/nginx/modules
 if (( HAVE_NGINX )) && [[ -n "$PLUGIN" && -f $LUA_MODS/ngx_http_lua_module.so && -f $LUA_MODS/ndk_http_module.so ]]; then
-  LP=$(free_port)
-  conf=$(nginx_conf lua "$LP" "upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 64; }
-  server { listen 127.0.0.1:$LP;
-    location / {
-      rewrite_by_lua_block { ngx.req.set_header(\"x-bench-request\", \"1\") }
-      header_filter_by_lua_block { ngx.header[\"x-bench-response\"] = \"1\" }
-      proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" \
-    "load_module $LUA_MODS/ndk_http_module.so; load_module $LUA_MODS/ngx_http_lua_module.so;")
-  taskset -c 0 nginx -p "$TMP/ngx/lua" -c "$conf" 2>"$TMP/nlua.err" &
-  LPID=$!
-  PIDS+=("$LPID")
-  if wait_port "$LP"; then
-    NAMES+=(nginx-lua); PORTS+=("$LP"); TPIDS+=("$LPID")
-  else
-    log "nginx with lua did not start: $(cat "$TMP/nlua.err")"
-  fi
+  start_nginx_proxy nginx-lua \
+    "rewrite_by_lua_block { ngx.req.set_header(\"x-bench-request\", \"1\") }
+     header_filter_by_lua_block { ngx.header[\"x-bench-response\"] = \"1\" }" \
+    "load_module $LUA_MODS/ndk_http_module.so; load_module $LUA_MODS/ngx_http_lua_module.so;"
 elif [[ -n "$PLUGIN" ]]; then
   log "no lua-nginx-module (apt: libnginx-mod-http-lua): no nginx-lua baseline row"
 fi

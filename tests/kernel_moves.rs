@@ -26,6 +26,19 @@ fn get(origin: &Origin, path: &str) -> String {
     )
 }
 
+/// Sends a POST of `body` to `target` and reads the response.
+fn post(c: &mut Client, target: &str, body: &[u8]) -> Response {
+    c.send(
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.send(body);
+    c.read_response()
+}
+
 #[test]
 fn content_length_body_exact_and_connection_reused() {
     let body = pattern_vec(BIG);
@@ -79,16 +92,7 @@ fn large_upload_arrives_exact() {
     for io in backends() {
         let proxy = Proxy::start(&["--io", io]);
         let mut c = Client::connect(proxy.addr);
-        c.send(
-            format!(
-                "POST {}/up HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-                origin.url(),
-                body.len()
-            )
-            .as_bytes(),
-        );
-        c.send(&body);
-        let r = c.read_response();
+        let r = post(&mut c, &format!("{}/up", origin.url()), &body);
         assert_eq!(r.status, 200, "{io}");
         assert_eq!(r.header("x-echo-body-len"), Some(BIG.to_string().as_str()));
         assert!(r.body.ends_with(&body), "{io}: echoed body differs");
@@ -136,15 +140,7 @@ fn connect_tunnel_moves_a_large_body_both_ways() {
         let r = c.read_response_to("CONNECT");
         assert_eq!(r.status, 200, "{io}");
         for _ in 0..2 {
-            c.send(
-                format!(
-                    "POST /t HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                )
-                .as_bytes(),
-            );
-            c.send(&body);
-            let r = c.read_response();
+            let r = post(&mut c, "/t", &body);
             assert_eq!(r.status, 200, "{io}");
             assert!(r.body.ends_with(&body), "{io}: tunnelled echo differs");
         }

@@ -661,6 +661,20 @@ unsafe extern "C-unwind" fn ud_index(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
+/// Argument 2 of a C function as bytes (numbers are converted in place, as Lua does).
+///
+/// # Safety
+/// `l` must be a valid state inside a C function with at least two arguments' worth of
+/// stack; the slice lives as long as argument 2 stays on the stack untouched.
+unsafe fn str_arg2<'a>(l: *mut ffi::lua_State) -> std::result::Result<&'a [u8], Fail> {
+    let mut len = 0usize;
+    let p = ffi::lua_tolstring(l, 2, &mut len);
+    if p.is_null() {
+        return Err("bad argument #2: string expected".into());
+    }
+    Ok(std::slice::from_raw_parts(p as *const u8, len))
+}
+
 // A C function may use LUA_MINSTACK (20) stack slots without `lua_checkstack`; the
 // accessors below push at most 4 values.
 unsafe fn msg_index(
@@ -668,13 +682,7 @@ unsafe fn msg_index(
     core: &Core,
     t: Tag,
 ) -> std::result::Result<c_int, Fail> {
-    let mut len = 0usize;
-    let k = ffi::lua_tolstring(l, 2, &mut len);
-    if k.is_null() {
-        return Err("bad argument #2: string expected".into());
-    }
-    // SAFETY: Lua strings stay alive while on the stack (slot 2, untouched below).
-    let key = std::slice::from_raw_parts(k as *const u8, len);
+    let key = str_arg2(l)?;
     let got = msg_field(core, t, key)?;
     match got {
         Got::Need => {
@@ -791,13 +799,7 @@ unsafe fn hdr_get_impl(
     core: &Core,
     t: Tag,
 ) -> std::result::Result<c_int, Fail> {
-    let mut len = 0usize;
-    let p = ffi::lua_tolstring(l, 2, &mut len);
-    if p.is_null() {
-        return Err("bad argument #2: string expected".into());
-    }
-    // SAFETY: the string is kept alive by its stack slot.
-    let name = std::slice::from_raw_parts(p as *const u8, len);
+    let name = str_arg2(l)?;
     let name = if name.is_ascii() {
         // SAFETY: ASCII is UTF-8.
         std::str::from_utf8_unchecked(name)
