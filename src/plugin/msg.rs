@@ -996,23 +996,51 @@ fn set_req_field(c: &Core, t: Tag, key: &[u8], v: Value) -> Result<()> {
             };
             set(&mut |r| r.path = p.clone())
         }
-        b"body" => {
-            let b = body_from(v)?;
-            set(&mut |r| r.body = b.clone())
-        }
-        b"headers" => {
-            let h = headers_from(c, v)?.unwrap_or_default();
-            set(&mut |r| r.headers = h.clone())
-        }
-        b"trailers" => {
-            let h = headers_from(c, v)?;
-            set(&mut |r| r.trailers = h.clone())
-        }
-        other => Err(Error::runtime(format!(
-            "request field '{}' is read-only or unknown",
-            String::from_utf8_lossy(other)
-        ))),
+        other => set_common_field(c, other, v, &set).unwrap_or_else(|| {
+            Err(Error::runtime(format!(
+                "request field '{}' is read-only or unknown",
+                String::from_utf8_lossy(other)
+            )))
+        }),
     }
+}
+
+/// The parts requests and responses share, for the setters below.
+trait MessageParts {
+    fn parts(&mut self) -> (&mut Body, &mut Headers, &mut Option<Headers>);
+}
+
+impl MessageParts for Request {
+    fn parts(&mut self) -> (&mut Body, &mut Headers, &mut Option<Headers>) {
+        (&mut self.body, &mut self.headers, &mut self.trailers)
+    }
+}
+
+impl MessageParts for Response {
+    fn parts(&mut self) -> (&mut Body, &mut Headers, &mut Option<Headers>) {
+        (&mut self.body, &mut self.headers, &mut self.trailers)
+    }
+}
+
+/// Applies a change to the message behind a handle (fails when the handle is stale).
+type Setter<'a, T> = dyn Fn(&mut dyn FnMut(&mut T)) -> Result<()> + 'a;
+
+/// `msg.body`, `msg.headers` and `msg.trailers` assignments on either message kind;
+/// None for any other key.
+fn set_common_field<T: MessageParts>(
+    c: &Core,
+    key: &[u8],
+    v: Value,
+    set: &Setter<'_, T>,
+) -> Option<Result<()>> {
+    let r = match key {
+        b"body" => body_from(v).and_then(|b| set(&mut |m| *m.parts().0 = b.clone())),
+        b"headers" => headers_from(c, v)
+            .and_then(|h| set(&mut |m| *m.parts().1 = h.clone().unwrap_or_default())),
+        b"trailers" => headers_from(c, v).and_then(|h| set(&mut |m| *m.parts().2 = h.clone())),
+        _ => return None,
+    };
+    Some(r)
 }
 
 /// `msg.key = v` on a response handle.
@@ -1040,22 +1068,12 @@ fn set_resp_field(c: &Core, t: Tag, key: &[u8], v: Value) -> Result<()> {
             let s = string_of(&v, "reason")?;
             set(&mut |r| r.reason = s.clone())
         }
-        b"body" => {
-            let b = body_from(v)?;
-            set(&mut |r| r.body = b.clone())
-        }
-        b"headers" => {
-            let h = headers_from(c, v)?.unwrap_or_default();
-            set(&mut |r| r.headers = h.clone())
-        }
-        b"trailers" => {
-            let h = headers_from(c, v)?;
-            set(&mut |r| r.trailers = h.clone())
-        }
-        other => Err(Error::runtime(format!(
-            "response field '{}' is read-only or unknown",
-            String::from_utf8_lossy(other)
-        ))),
+        other => set_common_field(c, other, v, &set).unwrap_or_else(|| {
+            Err(Error::runtime(format!(
+                "response field '{}' is read-only or unknown",
+                String::from_utf8_lossy(other)
+            )))
+        }),
     }
 }
 
