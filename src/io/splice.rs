@@ -250,15 +250,16 @@ pub async fn splice(
         if left > 0 && !eof && pipe.held < pipe.cap {
             let want = left.min((pipe.cap - pipe.held) as u64) as usize;
             let pw = pipe.w;
-            // Only wait for the source when the pipe has nothing to drain meanwhile.
-            let n = if pipe.held == 0 {
+            // Only wait for the source when the pipe has nothing to drain meanwhile;
+            // None: no bytes right now.
+            let got = if pipe.held == 0 {
                 match tokio::time::timeout(
                     idle,
                     from.io(Interest::READABLE, |fd| splice_raw(fd, pw, want)),
                 )
                 .await
                 {
-                    Ok(r) => r.map_err(SpliceError::Source)?,
+                    Ok(r) => Some(r.map_err(SpliceError::Source)?),
                     Err(_) => {
                         return Err(SpliceError::Source(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -268,20 +269,20 @@ pub async fn splice(
                 }
             } else {
                 match splice_raw(from.fd(), pw, want) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => usize::MAX,
+                    Ok(n) => Some(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                     Err(e) => return Err(SpliceError::Source(e)),
                 }
             };
-            match n {
-                usize::MAX => {}
-                0 => {
+            match got {
+                None => {}
+                Some(0) => {
                     eof = true;
                     if !until_eof {
                         left = 0;
                     }
                 }
-                n => {
+                Some(n) => {
                     pipe.held += n;
                     if !until_eof {
                         left -= n as u64;
