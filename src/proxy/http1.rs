@@ -339,6 +339,17 @@ impl ClientConn {
         };
         let expects_continue = head.headers.has_token("expect", "100-continue");
         let is_head = head.is_head();
+        // a protocol upgrade (WebSocket, h2c...) the client asks for; the pipeline strips
+        // Upgrade and Connection as hop-by-hop, so they are put back below
+        let upgrade = match head.headers.get("upgrade") {
+            Some(p)
+                if client_version == Version::Http11
+                    && head.headers.has_token("connection", "upgrade") =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        };
         let mut req = match self.to_request(head) {
             Ok(r) => r,
             Err((status, text)) => return self.fail(status, &text).await,
@@ -371,6 +382,10 @@ impl ClientConn {
         }
         if req.method.as_ref() == b"CONNECT" {
             return self.tunnel(req, engine).await;
+        }
+        if let Some(p) = &upgrade {
+            req.headers.set("connection", "upgrade");
+            req.headers.set("upgrade", p.clone());
         }
         // a plugin that replaced the body without reading it leaves the client's body unread
         if matches!(req.body, Body::Full(_)) && !body.dec.is_done() {
@@ -448,6 +463,15 @@ impl ClientConn {
             }
         };
 
+        if rhead.status == 101 {
+            if upgrade.is_some() && upload_complete && body.dec.is_done() {
+                return self.switch_protocols(rhead, up, engine).await;
+            }
+            up.stream.shutdown(Shutdown::Both);
+            return self
+                .fail(502, "upstream switched protocols without being asked to")
+                .await;
+        }
         let rkind = match response_body_kind(&req.method, &rhead) {
             Ok(k) => k,
             Err(e) => {
@@ -579,6 +603,46 @@ impl ClientConn {
         } else {
             Next::KeepAlive
         }
+    }
+
+    /// The upstream agreed to an upgrade: pass its 101 on, then relay both directions
+    /// as raw bytes (raw.on_chunk sees them) until either side closes. The ws layer will
+    /// take over WebSocket here when it lands.
+    async fn switch_protocols(
+        &mut self,
+        mut rhead: crate::http::ResponseHead,
+        mut up: Upstream,
+        engine: Option<&Engine>,
+    ) -> Next {
+        let proto = rhead.headers.get("upgrade").cloned();
+        crate::proxy::pipeline::strip_hop_by_hop(&mut rhead.headers);
+        if let Some(p) = proto {
+            rhead.headers.set("upgrade", p);
+        }
+        rhead.headers.set("connection", "upgrade");
+        rhead.version = Version::Http11;
+        let mut wire = BytesMut::with_capacity(256);
+        crate::proto::http1::encode_response_head(&rhead, &mut wire);
+        if !self.write(wire.freeze()).await {
+            up.stream.shutdown(Shutdown::Both);
+            return Next::Close;
+        }
+        let client_early = std::mem::take(&mut self.buf);
+        let upstream_early = std::mem::take(&mut up.buf);
+        let stats = crate::proxy::tunnel::run(
+            &self.stream,
+            client_early,
+            &up.stream,
+            upstream_early,
+            engine,
+            &self.info,
+            [None, None],
+        )
+        .await;
+        self.bytes_in += stats.up;
+        self.bytes_out += stats.down;
+        up.stream.shutdown(Shutdown::Both);
+        Next::Close
     }
 
     /// Writes a response made by a plugin (RESPOND) and says what happens next.
@@ -1041,13 +1105,9 @@ async fn read_response_head(
                 Ok(Some((h, n))) => {
                     let _ = buf.split_to(n);
                     match h.status {
-                        101 => {
-                            return Err(RespError::Bad(
-                                "protocol upgrades are not supported yet".into(),
-                            ))
-                        }
                         // luring answered Expect itself; an upstream 100 is redundant
                         100 => {}
+                        // 101 ends HTTP on this connection: the caller decides what follows
                         102..=199 => interim.push(h),
                         _ => return Ok((interim, h)),
                     }
