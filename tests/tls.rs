@@ -725,6 +725,100 @@ fn large_bodies_both_ways_through_tls_termination() {
     }
 }
 
+/// `openssl s_server -www` with a self-signed certificate made by `openssl req -x509`,
+/// which carries CA:TRUE as OpenSSL's defaults have it.
+struct SelfSignedOrigin {
+    child: std::process::Child,
+    port: u16,
+    cert: PathBuf,
+    _dir: TempDir,
+}
+
+impl SelfSignedOrigin {
+    fn start() -> SelfSignedOrigin {
+        let dir = TempDir::new("selfsigned");
+        let (cert, key) = (dir.path("c.pem"), dir.path("k.pem"));
+        let made = run_cmd(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                cert.to_str().unwrap(),
+            ],
+            b"",
+            CMD_WAIT,
+        );
+        assert!(made.ok(), "openssl req: {}", made.stderr);
+        let port = closed_port();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args([
+                "-cert",
+                cert.to_str().unwrap(),
+                "-key",
+                key.to_str().unwrap(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
+            "s_server did not listen"
+        );
+        SelfSignedOrigin {
+            child,
+            port,
+            cert,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SelfSignedOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn self_signed_upstream_trusted_through_upstream_ca() {
+    let origin = SelfSignedOrigin::start();
+    let conf = Conf::new();
+    let ca = origin.cert.to_str().unwrap();
+    for (host, want) in [("localhost", 200), ("127.0.0.1", 502)] {
+        let mode = format!("reverse:https://{host}:{}", origin.port);
+        let proxy = start(&conf, &["--mode", &mode, "--upstream-ca", ca]);
+        let r = curl(&[&format!("{}/", proxy.url())]);
+        assert_eq!(
+            r.status,
+            want,
+            "{host}: the certificate names localhost only\n{}\n{}",
+            r.body_str(),
+            proxy.stderr()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // (h) tls.on_handshake
 // ---------------------------------------------------------------------------

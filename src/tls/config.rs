@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ClientHello as RustlsClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -54,6 +55,9 @@ pub enum TlsConfigError {
     /// rustls rejected the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] RustlsError),
+    /// The certificate verifier could not be built from the roots.
+    #[error("upstream certificate verifier: {0}")]
+    Verifier(String),
 }
 
 /// Always presents one certificate: the leaf picked by the proxy before the
@@ -222,16 +226,23 @@ impl ClientTlsFactory {
         let roots = Arc::new(roots);
         let builder = ClientConfig::builder_with_provider(provider().clone())
             .with_safe_default_protocol_versions()?;
-        let mut base = if opts.insecure {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert))
-                .with_no_client_auth()
+        let verifier: Arc<dyn ServerCertVerifier> = if opts.insecure {
+            Arc::new(AcceptAnyServerCert)
         } else {
-            builder
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth()
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider().clone())
+                    .build()
+                    .map_err(|e| TlsConfigError::Verifier(e.to_string()))?;
+            let mut pinned = Vec::new();
+            for path in &opts.extra_ca_files {
+                pinned.extend(read_certs(path)?);
+            }
+            Arc::new(UpstreamVerifier { webpki, pinned })
         };
+        let mut base = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
         base.key_log = Arc::new(rustls::KeyLogFile::new());
         let mut client_certs = HashMap::new();
         for (host, path) in &opts.client_certs {
@@ -283,6 +294,117 @@ impl ResolvesClientCert for HostClientCert {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// Verifies upstream certificates with webpki against the roots, and also accepts a
+/// server certificate that is itself one of the `--upstream-ca` certificates: a
+/// self-signed certificate trusted directly, as OpenSSL-based clients do. webpki alone
+/// refuses those when they carry `CA:TRUE` (what `openssl req -x509` makes by default).
+/// Such a certificate must still be valid now and name the host.
+#[derive(Debug)]
+struct UpstreamVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for UpstreamVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, RustlsError> {
+        let err = match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if !self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return Err(err);
+        }
+        check_pinned(end_entity, server_name, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, RustlsError> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, RustlsError> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// Validity period and names of a directly trusted certificate.
+fn check_pinned(
+    der: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), RustlsError> {
+    let bad = |e| Err(RustlsError::InvalidCertificate(e));
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return bad(CertificateError::BadEncoding);
+    };
+    let now = now.as_secs() as i64;
+    let validity = cert.validity();
+    if now < validity.not_before.timestamp() {
+        return bad(CertificateError::NotValidYet);
+    }
+    if now > validity.not_after.timestamp() {
+        return bad(CertificateError::Expired);
+    }
+    let sans = crate::tls::sans_from_der(der);
+    let matches = match server_name {
+        ServerName::DnsName(d) => sans.iter().any(|san| dns_matches(san, d.as_ref())),
+        ServerName::IpAddress(ip) => {
+            let ip = std::net::IpAddr::from(*ip);
+            sans.iter()
+                .any(|san| san.parse::<std::net::IpAddr>() == Ok(ip))
+        }
+        _ => false,
+    };
+    if matches {
+        Ok(())
+    } else {
+        bad(CertificateError::NotValidForName)
+    }
+}
+
+/// RFC 6125 matching: case-insensitive, a wildcard only as the whole leftmost label.
+fn dns_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.');
+    let host = host.trim_end_matches('.');
+    match pattern.strip_prefix("*.") {
+        Some(rest) => host
+            .split_once('.')
+            .is_some_and(|(first, tail)| !first.is_empty() && tail.eq_ignore_ascii_case(rest)),
+        None => pattern.eq_ignore_ascii_case(host),
     }
 }
 

@@ -285,3 +285,12 @@ fn client_certificate_per_host() {
     });
     assert!(missing.unwrap_err().to_string().contains("missing.pem"));
 }
+
+#[test]
+fn dns_names_match_like_rfc_6125() {
+    assert!(dns_matches("localhost", "LocalHost."));
+    assert!(dns_matches("*.example.com", "a.example.com"));
+    assert!(!dns_matches("*.example.com", "example.com"));
+    assert!(!dns_matches("*.example.com", "a.b.example.com"));
+    assert!(!dns_matches("a.example.com", "b.example.com"));
+}
