@@ -819,6 +819,45 @@ fn self_signed_upstream_trusted_through_upstream_ca() {
     }
 }
 
+/// Reads a response to EOF with python's ssl, which reports a close without
+/// close_notify as an error when ragged EOFs are not suppressed.
+const STRICT_EOF_PY: &str = r#"
+import socket, ssl, sys
+port, ca, host = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+s = ctx.wrap_socket(raw, server_hostname=host, suppress_ragged_eofs=False)
+s.sendall(b"GET /close HTTP/1.1\r\nHost: " + host.encode() + b"\r\nConnection: close\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+print(len(data.split(b"\r\n\r\n", 1)[1]))
+"#;
+
+#[test]
+fn tls_close_sends_close_notify_after_a_close_delimited_body() {
+    let origin = Origin::start(close_delimited(&pattern_vec(50_000)));
+    let conf = Conf::new();
+    let mode = format!("reverse:http://127.0.0.1:{}", origin.port());
+    let proxy = start(&conf, &["--mode", &mode]);
+    let port = proxy.port().to_string();
+    let out = run_cmd(
+        "python3",
+        &["-c", STRICT_EOF_PY, &port, conf.ca(), "localhost"],
+        b"",
+        CMD_WAIT,
+    );
+    assert!(
+        out.ok() && out.stdout.trim() == "50000",
+        "the body must end with close_notify, not a bare TCP close: {} {}",
+        out.stdout,
+        out.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------
 // (h) tls.on_handshake
 // ---------------------------------------------------------------------------

@@ -55,6 +55,9 @@ fn set_nonblocking(fd: std::os::fd::RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// How long a TLS close_notify may wait to be written before the socket is just closed.
+const CLOSE_NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn detached() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "stream detached")
 }
@@ -253,6 +256,22 @@ impl Stream {
         match self {
             Stream::Tls(t) => Some(t),
             _ => None,
+        }
+    }
+
+    /// Ends our sending direction cleanly: TLS sends close_notify and waits for it to be
+    /// written (a peer reading to the end of a close-delimited body needs it to tell the
+    /// end from a truncation), then the socket's write side is shut down.
+    pub async fn close_write(&self) {
+        match self {
+            Stream::Tls(t) => {
+                // a peer that reads nothing must not hold the connection open
+                let flushed = tokio::time::timeout(CLOSE_NOTIFY_WAIT, t.close_write()).await;
+                if flushed.is_err() {
+                    t.shutdown(Shutdown::Both);
+                }
+            }
+            _ => self.shutdown(Shutdown::Write),
         }
     }
 

@@ -127,7 +127,7 @@ impl ClientConn {
     /// (bounded), so an unread request body does not turn our close into a reset that
     /// would destroy the response in flight (nginx's lingering close).
     pub async fn linger(&mut self) {
-        self.stream.shutdown(Shutdown::Write);
+        self.stream.close_write().await;
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut budget: usize = 64 * 1024 * 1024;
         let mut buf = BytesMut::with_capacity(relay::READ_BUF);

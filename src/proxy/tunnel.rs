@@ -99,7 +99,7 @@ async fn one_way(
             Ok(n) if n > 0 => {}
             _ => {
                 // pass the half-close on so the other side sees EOF and can finish
-                dst.shutdown(Shutdown::Write);
+                dst.close_write().await;
                 return sent;
             }
         }
