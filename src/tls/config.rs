@@ -226,19 +226,18 @@ impl ClientTlsFactory {
         let roots = Arc::new(roots);
         let builder = ClientConfig::builder_with_provider(provider().clone())
             .with_safe_default_protocol_versions()?;
-        let verifier: Arc<dyn ServerCertVerifier> = if opts.insecure {
-            Arc::new(AcceptAnyServerCert)
-        } else {
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider().clone())
-                    .build()
-                    .map_err(|e| TlsConfigError::Verifier(e.to_string()))?;
-            let mut pinned = Vec::new();
-            for path in &opts.extra_ca_files {
-                pinned.extend(read_certs(path)?);
-            }
-            Arc::new(UpstreamVerifier { webpki, pinned })
-        };
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider().clone())
+            .build()
+            .map_err(|e| TlsConfigError::Verifier(e.to_string()))?;
+        let mut pinned = Vec::new();
+        for path in &opts.extra_ca_files {
+            pinned.extend(read_certs(path)?);
+        }
+        let verifier = Arc::new(UpstreamVerifier {
+            webpki,
+            pinned,
+            insecure: opts.insecure,
+        });
         let mut base = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier)
@@ -302,10 +301,15 @@ impl ResolvesClientCert for HostClientCert {
 /// self-signed certificate trusted directly, as OpenSSL-based clients do. webpki alone
 /// refuses those when they carry `CA:TRUE` (what `openssl req -x509` makes by default).
 /// Such a certificate must still be valid now and name the host.
+///
+/// With `insecure` any certificate is accepted: chain and name are not checked, but the
+/// handshake signature still is, against the presented certificate's key (free, and it
+/// catches broken peers). That gives no security.
 #[derive(Debug)]
 struct UpstreamVerifier {
     webpki: Arc<WebPkiServerVerifier>,
     pinned: Vec<CertificateDer<'static>>,
+    insecure: bool,
 }
 
 impl ServerCertVerifier for UpstreamVerifier {
@@ -317,6 +321,9 @@ impl ServerCertVerifier for UpstreamVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, RustlsError> {
+        if self.insecure {
+            return Ok(ServerCertVerified::assertion());
+        }
         let err = match self.webpki.verify_server_cert(
             end_entity,
             intermediates,
@@ -405,57 +412,6 @@ fn dns_matches(pattern: &str, host: &str) -> bool {
             .split_once('.')
             .is_some_and(|(first, tail)| !first.is_empty() && tail.eq_ignore_ascii_case(rest)),
         None => pattern.eq_ignore_ascii_case(host),
-    }
-}
-
-/// Accepts any server certificate; used only with `insecure`.
-#[derive(Debug)]
-pub struct AcceptAnyServerCert;
-
-impl ServerCertVerifier for AcceptAnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, RustlsError> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, RustlsError> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, RustlsError> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
