@@ -107,6 +107,22 @@ fn a_request_without_upgrade_keeps_plain_http() {
 }
 
 #[test]
+fn h2c_upgrade_is_not_passed_on() {
+    let origin = Origin::start(echo());
+    let proxy = Proxy::start(&["--mode", &format!("reverse:{}", origin.url())]);
+    let mut c = Client::connect(proxy.addr);
+    let r = c.request(
+        "GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let seen = String::from_utf8_lossy(&origin.requests()[0].raw_head).to_ascii_lowercase();
+    assert!(
+        !seen.contains("upgrade") && !seen.contains("http2-settings"),
+        "h2c upgrade fields must not reach the upstream: {seen}"
+    );
+}
+
+#[test]
 fn a_101_nobody_asked_for_is_a_502() {
     let origin = Origin::start(raw_response(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-echo\r\nConnection: Upgrade\r\n\r\n",

@@ -339,12 +339,14 @@ impl ClientConn {
         };
         let expects_continue = head.headers.has_token("expect", "100-continue");
         let is_head = head.is_head();
-        // a protocol upgrade (WebSocket, h2c...) the client asks for; the pipeline strips
-        // Upgrade and Connection as hop-by-hop, so they are put back below
+        // a protocol upgrade (WebSocket...) the client asks for; the pipeline strips
+        // Upgrade and Connection as hop-by-hop, so they are put back below. h2c is not
+        // passed on (as mitmproxy does): the exchange stays HTTP/1.1, visible to hooks.
         let upgrade = match head.headers.get("upgrade") {
             Some(p)
                 if client_version == Version::Http11
-                    && head.headers.has_token("connection", "upgrade") =>
+                    && head.headers.has_token("connection", "upgrade")
+                    && !head.headers.has_token("upgrade", "h2c") =>
             {
                 Some(p.clone())
             }
