@@ -199,3 +199,82 @@ fn proxy_survives_errors_and_keeps_serving() {
     assert_eq!(out.status, 200, "{}", out.stderr);
     assert_eq!(out.body, b"still here");
 }
+
+#[test]
+fn malformed_chunked_request_body_is_400_and_close() {
+    // the head has already gone upstream when the body breaks: the client still gets
+    // its 400 and the upstream connection is dropped
+    let origin = Origin::start(echo());
+    let proxy = Proxy::start(&[]);
+    for bad in ["zz\r\nabc\r\n0\r\n\r\n", "3\r\nabc\r\nffffffffffffffffff1\r\n"] {
+        let mut c = Client::connect(proxy.addr);
+        c.send(
+            format!(
+                "POST {}/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nTransfer-Encoding: chunked\r\n\r\n{bad}",
+                origin.url(),
+                origin.port()
+            )
+            .as_bytes(),
+        );
+        let r = c.read_response();
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.head_str());
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("chunk"),
+            "the reason names the framing: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(c.closed_within(Duration::from_secs(10)));
+    }
+}
+
+#[test]
+fn two_host_headers_are_400() {
+    // RFC 9112 section 3.2
+    let origin = Origin::start(echo());
+    let proxy = Proxy::start(&[]);
+    let mut c = Client::connect(proxy.addr);
+    c.send(
+        format!(
+            "GET {}/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nHost: other.example\r\n\r\n",
+            origin.url(),
+            origin.port()
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 400, "{}", r.head_str());
+    assert!(origin.requests().is_empty());
+}
+
+#[test]
+fn broken_upstream_chunking_passes_the_good_part_then_closes() {
+    let origin = Origin::start(raw_response(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    ));
+    let proxy = Proxy::start(&[]);
+    let mut c = Client::connect(proxy.addr);
+    c.send(get(&origin.url(), &format!("127.0.0.1:{}", origin.port())).as_bytes());
+    let raw = c
+        .read_until_close(Duration::from_secs(10))
+        .expect("the proxy closes the client connection at the fault");
+    let i = find(&raw, b"\r\n\r\n").expect("head relayed");
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{raw:?}");
+    assert!(
+        find(&raw[i..], b"5\r\nhello\r\n").is_some(),
+        "the chunk before the fault was lost: {raw:?}"
+    );
+    assert!(find(&raw[i..], b"0\r\n\r\n").is_none(), "an end was invented");
+}
+
+#[test]
+fn transfer_codings_before_chunked_stay_named() {
+    // "gzip, chunked": the body is relayed as is, so the gzip coding must stay declared
+    let origin = Origin::start(raw_response(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ));
+    let proxy = Proxy::start(&[]);
+    let mut c = Client::connect(proxy.addr);
+    let r = c.request(&get(&origin.url(), &format!("127.0.0.1:{}", origin.port())));
+    assert_eq!(r.status, 200, "{}", r.head_str());
+    assert_eq!(r.header("transfer-encoding"), Some("gzip, chunked"));
+}

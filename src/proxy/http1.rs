@@ -229,6 +229,10 @@ impl ClientConn {
             version,
             headers,
         } = head;
+        // RFC 9112 section 3.2: two Host lines make the target ambiguous between hops
+        if headers.get_all("host").nth(1).is_some() {
+            return Err((400, "more than one Host header".into()));
+        }
         let mut req = Request {
             method,
             scheme: String::new(),
@@ -451,6 +455,9 @@ impl ClientConn {
                     );
                     up.stream.shutdown(Shutdown::Both);
                     return Next::Close;
+                }
+                Err(SendError::BadBody(why)) => {
+                    return self.fail(400, &format!("bad request body: {why}")).await;
                 }
                 Err(SendError::Upstream(RespError::Closed))
                     if up.reused && retryable && attempt == 1 =>
@@ -842,6 +849,10 @@ impl ClientConn {
                         ups.shutdown(Shutdown::Both);
                         return Err(SendError::Client(why));
                     }
+                    Err(RelayError::Malformed(why)) => {
+                        ups.shutdown(Shutdown::Both);
+                        return Err(SendError::BadBody(why));
+                    }
                     // the upstream stopped reading; it may have answered already
                     Err(RelayError::Sink(_)) => response.await.map(|(i, h)| (i, h, false)),
                 },
@@ -1137,6 +1148,8 @@ async fn read_response_head(
 /// Why an exchange with the upstream failed.
 enum SendError {
     Client(String),
+    /// The client's body framing is broken: it gets a 400 if nothing was answered yet.
+    BadBody(String),
     Upstream(RespError),
 }
 

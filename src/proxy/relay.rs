@@ -25,6 +25,8 @@ pub const SPLICE_MIN: u64 = 16 * 1024;
 pub enum RelayError {
     /// Reading the source failed, timed out, or it ended too early.
     Source(String),
+    /// The source's body framing is broken (a bad chunk-size line...).
+    Malformed(String),
     /// Writing the destination failed.
     Sink(std::io::Error),
 }
@@ -99,7 +101,7 @@ pub async fn body(
 ) -> Result<u64, RelayError> {
     let mut written = 0u64;
     loop {
-        let (piece, done) = take_ready(src_buf, dec, output)?;
+        let (piece, done) = take_ready(src_buf, dec, output);
         let pending = match (first.take(), piece) {
             (Some(mut head), Some(p)) if p.len() <= COALESCE_MAX => {
                 head.extend_from_slice(&p);
@@ -111,6 +113,13 @@ pub async fn body(
             (None, None) => Vec::new(),
         };
         let n: u64 = pending.iter().map(|b| b.len() as u64).sum();
+        if let Some(why) = dec.fault() {
+            // what came before the fault still goes out, so the peer sees where it broke
+            dst.write_all_vectored(pending)
+                .await
+                .map_err(RelayError::Sink)?;
+            return Err(RelayError::Malformed(format!("bad chunked framing: {why}")));
+        }
         if done {
             if let Some(flag) = source_done {
                 flag.set(true);
@@ -162,7 +171,7 @@ pub async fn body(
                     return Ok(written);
                 }
                 // close-delimited body ends here; flush what the decoder accepted
-                let (piece, _) = take_ready(src_buf, dec, output)?;
+                let (piece, _) = take_ready(src_buf, dec, output);
                 if let Some(p) = piece {
                     written += p.len() as u64;
                     dst.write_all(p).await.map_err(RelayError::Sink)?;
@@ -199,33 +208,31 @@ async fn splice_run(
 }
 
 /// Splits off the body bytes that are ready to go, and says whether the body ended.
-fn take_ready(
-    buf: &mut BytesMut,
-    dec: &mut BodyDecoder,
-    output: Output,
-) -> Result<(Option<Bytes>, bool), RelayError> {
+/// Broken framing is left for the caller to find in [`BodyDecoder::fault`], after the
+/// good bytes before it.
+fn take_ready(buf: &mut BytesMut, dec: &mut BodyDecoder, output: Output) -> (Option<Bytes>, bool) {
     if buf.is_empty() {
-        return Ok((None, dec.is_done()));
+        return (None, dec.is_done());
     }
     match output {
-        Output::Verbatim => {
-            let s = dec
-                .scan(buf)
-                .map_err(|e| RelayError::Source(e.to_string()))?;
-            let piece = (s.consumed > 0).then(|| buf.split_to(s.consumed).freeze());
-            Ok((piece, s.done))
-        }
-        Output::Decoded => {
-            let d = dec
-                .decode(buf)
-                .map_err(|e| RelayError::Source(e.to_string()))?;
-            let piece = match d.data.len() {
-                0 => None,
-                1 => d.data.into_iter().next(),
-                _ => Some(Bytes::from(d.data.concat())),
-            };
-            Ok((piece, d.done))
-        }
+        Output::Verbatim => match dec.scan(buf) {
+            Ok(s) => {
+                let piece = (s.consumed > 0).then(|| buf.split_to(s.consumed).freeze());
+                (piece, s.done)
+            }
+            Err(_) => (None, false),
+        },
+        Output::Decoded => match dec.decode(buf) {
+            Ok(d) => {
+                let piece = match d.data.len() {
+                    0 => None,
+                    1 => d.data.into_iter().next(),
+                    _ => Some(Bytes::from(d.data.concat())),
+                };
+                (piece, d.done)
+            }
+            Err(_) => (None, false),
+        },
     }
 }
 

@@ -82,7 +82,10 @@ pub fn fix_framing(
         Body::Streaming | Body::TooLarge => match kind {
             BodyKind::Chunked if chunked_ok => {
                 h.remove("content-length");
-                h.set("transfer-encoding", "chunked");
+                // relayed verbatim: codings before chunked (gzip, chunked) stay named
+                if !crate::proto::http1::chunked_is_final(h) {
+                    h.set("transfer-encoding", "chunked");
+                }
             }
             BodyKind::Chunked | BodyKind::CloseDelimited => {
                 h.remove("content-length");

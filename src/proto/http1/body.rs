@@ -200,6 +200,14 @@ impl BodyDecoder {
         };
     }
 
+    /// Why the framing is broken, once a scan or decode has found it so.
+    pub fn fault(&self) -> Option<&'static str> {
+        match self.state {
+            State::Failed(why) => Some(why),
+            _ => None,
+        }
+    }
+
     /// True once the whole body was seen.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
@@ -218,8 +226,14 @@ impl BodyDecoder {
         let mut i = 0;
         // Every step consumes at least one byte, so this ends.
         while i < buf.len() && self.state != State::Done {
+            let before = i;
             if let Err(why) = self.step(buf, &mut i, keep_trailers, &mut data) {
                 self.state = State::Failed(why);
+                // the good bytes before the fault are handed out first, so a relay
+                // forwards them; the error comes with the next call
+                if before > 0 {
+                    return Ok(before);
+                }
                 return Err(BodyError::BadChunk(why));
             }
         }

@@ -444,6 +444,11 @@ pub fn response_body_kind(method: &[u8], head: &ResponseHead) -> Result<BodyKind
     })
 }
 
+/// Whether Transfer-Encoding names chunked as its final (and only chunked) coding.
+pub fn chunked_is_final(headers: &Headers) -> bool {
+    Framing::of(headers).is_ok_and(|f| f.chunked_last)
+}
+
 /// What the framing fields of a head say.
 struct Framing {
     /// Transfer-Encoding is present.

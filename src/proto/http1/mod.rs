@@ -33,8 +33,8 @@ mod known;
 
 pub use body::{encode_chunk, encode_last_chunk, BodyDecoder, BodyError, BodyKind, Decoded, Scan};
 pub use head::{
-    encode_request_head, encode_response_head, parse_request_head, parse_response_head,
-    request_body_kind, response_body_kind, HeadError, Limits,
+    chunked_is_final, encode_request_head, encode_response_head, parse_request_head,
+    parse_response_head, request_body_kind, response_body_kind, HeadError, Limits,
 };
 
 #[cfg(test)]

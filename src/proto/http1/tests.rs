@@ -34,6 +34,17 @@ enum BodyOutcome {
     },
 }
 
+/// Scans `buf` the way a relay does: the good bytes before a fault come out first,
+/// then the next call reports the fault.
+fn scan_all(dec: &mut BodyDecoder, buf: &[u8]) -> Result<Scan, BodyError> {
+    let s = dec.scan(buf)?;
+    if !s.done && s.consumed < buf.len() {
+        dec.scan(&buf[s.consumed..])?;
+        panic!("scan held bytes back without a fault");
+    }
+    Ok(s)
+}
+
 fn scan_pieces(
     kind: BodyKind,
     pieces: &[&[u8]],
@@ -46,7 +57,7 @@ fn scan_pieces(
         if dec.is_done() {
             continue;
         }
-        let s = dec.scan(&pending)?;
+        let s = scan_all(&mut dec, &pending)?;
         assert!(s.consumed <= pending.len());
         assert!(
             s.done || s.consumed == pending.len(),
@@ -71,7 +82,13 @@ fn decode_pieces(kind: BodyKind, pieces: &[&[u8]]) -> BodyOutcome {
             continue;
         }
         let before = buf.len();
-        match dec.decode(&mut buf) {
+        let mut result = dec.decode(&mut buf);
+        if matches!(&result, Ok(d) if !d.done && !buf.is_empty()) {
+            // a fault behind good bytes is reported by the next call
+            result = dec.decode(&mut buf);
+            assert!(result.is_err(), "decode held bytes back without a fault");
+        }
+        match result {
             Ok(d) => {
                 framed += before - buf.len();
                 assert!(d.done || buf.is_empty(), "decode held bytes back");
@@ -906,14 +923,14 @@ fn decode_is_zero_copy() {
 fn decoder_after_end_and_after_error() {
     let mut dec = BodyDecoder::new(BodyKind::Length(2));
     assert_eq!(
-        dec.scan(b"abcd").unwrap(),
+        scan_all(&mut dec, b"abcd").unwrap(),
         Scan {
             consumed: 2,
             done: true
         }
     );
     assert_eq!(
-        dec.scan(b"cd").unwrap(),
+        scan_all(&mut dec, b"cd").unwrap(),
         Scan {
             consumed: 0,
             done: true
@@ -923,19 +940,22 @@ fn decoder_after_end_and_after_error() {
     let mut dec = BodyDecoder::new(BodyKind::Empty);
     assert!(dec.is_done());
     assert_eq!(
-        dec.scan(b"x").unwrap(),
+        scan_all(&mut dec, b"x").unwrap(),
         Scan {
             consumed: 0,
             done: true
         }
     );
     let mut dec = BodyDecoder::new(BodyKind::Chunked);
-    assert!(dec.scan(b"q").is_err());
-    assert_eq!(dec.scan(b"0\r\n\r\n"), Err(BAD("missing chunk size")));
+    assert!(scan_all(&mut dec, b"q").is_err());
+    assert_eq!(
+        scan_all(&mut dec, b"0\r\n\r\n"),
+        Err(BAD("missing chunk size"))
+    );
     assert_eq!(dec.eof(), Err(BAD("missing chunk size")));
     let mut dec = BodyDecoder::new(BodyKind::CloseDelimited);
     assert_eq!(
-        dec.scan(b"abc").unwrap(),
+        scan_all(&mut dec, b"abc").unwrap(),
         Scan {
             consumed: 3,
             done: false
@@ -953,24 +973,30 @@ fn chunk_line_and_trailer_bounds() {
     let mut long_ext = b"5;".to_vec();
     long_ext.resize(5000, b'a');
     let mut dec = BodyDecoder::new(BodyKind::Chunked);
-    assert_eq!(dec.scan(&long_ext), Err(BAD("chunk extension too long")));
+    assert_eq!(
+        scan_all(&mut dec, &long_ext),
+        Err(BAD("chunk extension too long"))
+    );
 
     let zeros = vec![b'0'; 5000];
     let mut dec = BodyDecoder::new(BodyKind::Chunked);
-    assert_eq!(dec.scan(&zeros), Err(BAD("chunk size line too long")));
+    assert_eq!(
+        scan_all(&mut dec, &zeros),
+        Err(BAD("chunk size line too long"))
+    );
 
     // Many leading zeros are still a valid size.
     let mut dec = BodyDecoder::new(BodyKind::Chunked);
     let ok = b"00000000000000000000005\r\nhello\r\n0\r\n\r\n";
     assert_eq!(
-        dec.scan(ok).unwrap(),
+        scan_all(&mut dec, ok).unwrap(),
         Scan {
             consumed: ok.len(),
             done: true
         }
     );
     let mut dec = BodyDecoder::new(BodyKind::Chunked);
-    assert!(dec.scan(b"ffffffffffffffff\r\n").is_ok());
+    assert!(scan_all(&mut dec, b"ffffffffffffffff\r\n").is_ok());
 
     let mut big = b"0\r\nX: ".to_vec();
     big.resize(70_000, b'v');
@@ -978,7 +1004,7 @@ fn chunk_line_and_trailer_bounds() {
         let mut dec = BodyDecoder::new(BodyKind::Chunked);
         let r = big
             .chunks(big.len() / pieces)
-            .try_for_each(|p| dec.scan(p).map(|_| ()));
+            .try_for_each(|p| scan_all(&mut dec, p).map(|_| ()));
         assert_eq!(r, Err(BAD("trailer section too large")));
     }
     let mut many = b"0\r\n".to_vec();
@@ -986,7 +1012,10 @@ fn chunk_line_and_trailer_bounds() {
         many.extend_from_slice(b"a: b\r\n");
     }
     let mut dec = BodyDecoder::new(BodyKind::Chunked);
-    assert_eq!(dec.scan(&many), Err(BAD("too many trailer fields")));
+    assert_eq!(
+        scan_all(&mut dec, &many),
+        Err(BAD("too many trailer fields"))
+    );
 }
 
 #[test]
@@ -1164,9 +1193,24 @@ fn random_bytes_never_panic() {
             BodyKind::CloseDelimited,
         ] {
             let mut dec = BodyDecoder::new(kind);
-            let _ = dec.scan(&buf);
+            let _ = scan_all(&mut dec, &buf);
             let mut dec = BodyDecoder::new(kind);
             let _ = dec.decode(&mut BytesMut::from(&buf[..]));
         }
     }
+}
+
+#[test]
+fn good_chunks_before_a_fault_come_out_first() {
+    let mut dec = BodyDecoder::new(BodyKind::Chunked);
+    let wire = b"3\r\nabc\r\nzz\r\n";
+    assert_eq!(
+        dec.scan(wire),
+        Ok(Scan {
+            consumed: 8,
+            done: false
+        })
+    );
+    assert_eq!(dec.scan(&wire[8..]), Err(BAD("missing chunk size")));
+    assert_eq!(dec.eof(), Err(BAD("missing chunk size")));
 }
