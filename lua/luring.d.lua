@@ -51,7 +51,7 @@ action = {}
 ---@field worker integer core index
 ---@field plugin string script file name of the running hook
 
----Header list: case-insensitive lookups, wire order and repeats kept. `h["x-a"]` is `h:get("x-a")`.
+---Header list: case-insensitive lookups, wire order and repeats kept. `h["x-a"]` is `h:get("x-a")`; `h["x-a"] = v` is `h:set("x-a", v)` and `h["x-a"] = nil` removes.
 ---@class Headers
 ---@field [string] string?
 local Headers = {}

@@ -206,7 +206,10 @@ fn malformed_chunked_request_body_is_400_and_close() {
     // its 400 and the upstream connection is dropped
     let origin = Origin::start(echo());
     let proxy = Proxy::start(&[]);
-    for bad in ["zz\r\nabc\r\n0\r\n\r\n", "3\r\nabc\r\nffffffffffffffffff1\r\n"] {
+    for bad in [
+        "zz\r\nabc\r\n0\r\n\r\n",
+        "3\r\nabc\r\nffffffffffffffffff1\r\n",
+    ] {
         let mut c = Client::connect(proxy.addr);
         c.send(
             format!(
@@ -263,7 +266,10 @@ fn broken_upstream_chunking_passes_the_good_part_then_closes() {
         find(&raw[i..], b"5\r\nhello\r\n").is_some(),
         "the chunk before the fault was lost: {raw:?}"
     );
-    assert!(find(&raw[i..], b"0\r\n\r\n").is_none(), "an end was invented");
+    assert!(
+        find(&raw[i..], b"0\r\n\r\n").is_none(),
+        "an end was invented"
+    );
 }
 
 #[test]

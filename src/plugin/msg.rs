@@ -943,6 +943,28 @@ fn cold_fns(lua: &Lua, core: &Rc<Core>) -> Result<Cold> {
     let newindex = lua.create_function(move |lua, (u, key, v): (Value, Value, Value)| {
         let t = match tag_of(&u) {
             Some(t) if t.kind == K_REQ || t.kind == K_RESP => t,
+            // headers["x-a"] = v sets (replaces every line), = nil removes, mirroring
+            // headers["x-a"] reading as get
+            Some(t) if t.kind == K_HDR || t.kind == K_TRL => {
+                let name = String::from_lua(key, lua)
+                    .map_err(|_| Error::runtime("header names are strings"))?;
+                let value = match v {
+                    Value::Nil => None,
+                    v => Some(Bytes::copy_from_slice(
+                        &mlua::String::from_lua(v, lua)
+                            .map_err(|_| Error::runtime("header values are strings"))?
+                            .as_bytes(),
+                    )),
+                };
+                return c
+                    .with_headers(t, true, |h| match value {
+                        Some(v) => h.set(name, v),
+                        None => {
+                            h.remove(&name);
+                        }
+                    })
+                    .map_err(err);
+            }
             _ => return Err(Error::runtime("attempt to index a userdata value")),
         };
         let key = mlua::String::from_lua(key, lua)?;

@@ -440,6 +440,11 @@ fn headers_api() {
              h:add('x-new', 'n2')
              assert(h:remove('X-B') == 1)
              assert(#h == 4)
+             h['x-idx'] = 'i'
+             h['x-idx'] = 5
+             assert(h:get('x-idx') == '5' and #h:get_all('x-idx') == 1)
+             h['X-IDX'] = nil
+             assert(h['x-idx'] == nil and #h == 4)
              m.method = 'POST'
              m.path = '/new'
              m.authority = 'other:81'
