@@ -439,7 +439,34 @@ fn log_line(args: mlua::MultiValue) -> String {
 }
 
 /// Splits "path:12: message" into (12, "message") when it names `file`.
+/// Puts `dir/?.lua` and `dir/?/init.lua` first on `package.path` (once per directory).
+fn add_module_dir(lua: &Lua, dir: &Path) {
+    let Ok(package) = lua.globals().get::<Table>("package") else {
+        return;
+    };
+    let path: String = package.get("path").unwrap_or_default();
+    let dir = dir.display();
+    let ours = format!("{dir}/?.lua;{dir}/?/init.lua;");
+    if !path.contains(&ours) {
+        package.set("path", format!("{ours}{path}")).ok();
+    }
+}
+
+/// Splits Lua's "file:line: message" into the line and the message; the lines after
+/// the first (the places `require` looked in) are kept, a traceback is not.
 fn split_location(file: &Path, msg: &str) -> (Option<usize>, String) {
+    let body = msg.split("\nstack traceback:").next().unwrap_or("");
+    let mut rest_lines = body.lines().skip(1).map(str::trim_end).peekable();
+    let more = if rest_lines.peek().is_some() {
+        rest_lines.fold(String::new(), |acc, l| acc + "\n" + l)
+    } else {
+        String::new()
+    };
+    let (line, first) = split_first_line(file, msg);
+    (line, first + &more)
+}
+
+fn split_first_line(file: &Path, msg: &str) -> (Option<usize>, String) {
     let first = msg.lines().next().unwrap_or("").trim();
     let first = first.strip_prefix("runtime error: ").unwrap_or(first);
     let first = first.strip_prefix("syntax error: ").unwrap_or(first);
@@ -518,6 +545,10 @@ impl Engine {
                     continue;
                 }
             };
+            // a plugin's own modules sit next to it: require("util") finds util.lua there
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                add_module_dir(&lua, dir);
+            }
             wd.enter(load_budget);
             let res = lua
                 .load(&src[..])

@@ -921,3 +921,31 @@ fn dropped_suspension_and_stale_request_view() {
     assert_eq!(rs.headers.get("x-trl").unwrap().as_ref(), b"false");
     assert_eq!(e.stats().errors, 0);
 }
+
+#[test]
+fn require_finds_modules_next_to_the_plugin() {
+    let paths = files(&[(
+        "p.lua",
+        r#"local util = require('sibling_util')
+           register_hook('http', 'on_request', function(m) m.headers:set('x-u', util.tag()) end)"#,
+    )]);
+    let dir = paths[0].parent().unwrap();
+    std::fs::write(
+        dir.join("sibling_util.lua"),
+        "return { tag = function() return 'sib' end }",
+    )
+    .unwrap();
+    let cfg = EngineConfig {
+        files: paths,
+        ..EngineConfig::default()
+    };
+    let e = Engine::load(&cfg, 0).unwrap_or_else(|e| panic!("{e}"));
+    let mut r = req();
+    e.http_request(Phase::PrePipeline, &conn(), 1, &mut r);
+    assert_eq!(r.headers.get("x-u").map(|v| v.as_ref()), Some(&b"sib"[..]));
+
+    // a missing module is reported with the places searched
+    let err = load_err("require('no_such_module_here')");
+    assert!(err.contains("bad.lua:1"), "{err}");
+    assert!(err.contains("no_such_module_here.lua"), "{err}");
+}

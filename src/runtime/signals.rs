@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::proxy::worker::Control;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -68,11 +69,36 @@ fn reload(cfg: &Config, control: &watch::Sender<Control>, why: &str) {
     }
 }
 
+/// Polls the plugin files and the Lua modules beside them (what `require` finds
+/// first), so editing a module a plugin requires reloads too.
 fn watch_files(cfg: &Config, control: &watch::Sender<Control>) {
-    let stamp = || -> Vec<Option<SystemTime>> {
-        cfg.plugins
-            .iter()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    let stamp = || -> Vec<(PathBuf, Option<SystemTime>)> {
+        let mut files: Vec<PathBuf> = cfg.plugins.clone();
+        let mut dirs: Vec<&Path> = cfg.plugins.iter().filter_map(|p| p.parent()).collect();
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            let d = if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            };
+            if let Ok(rd) = std::fs::read_dir(d) {
+                files.extend(
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "lua")),
+                );
+            }
+        }
+        files.sort();
+        files.dedup();
+        files
+            .into_iter()
+            .map(|p| {
+                let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+                (p, t)
+            })
             .collect()
     };
     let mut last = stamp();
