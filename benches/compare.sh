@@ -4,6 +4,8 @@
 #   nginx-proxy   wrk -> nginx reverse proxy (core 0) -> origin
 #   luring-uring  wrk -> luring --mode reverse --workers 1 --io uring (core 0) -> origin
 #   luring-epoll  same with --io epoll
+#   haproxy-http  HAProxy in http mode, haproxy-tcp: HAProxy as a pure L4 relay
+#                 (when haproxy is installed)
 #   (+ luring-*+plugin rows with --plugin FILE, and nginx-lua: nginx with
 #    lua-nginx-module setting the two headers of benches/two-headers.lua)
 # for 1 KiB and 64 KiB responses (or --sizes). wrk and the origin (nginx serving
@@ -31,7 +33,7 @@ while (( $# )); do
     --sizes) SIZES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -196,6 +198,48 @@ if (( HAVE_NGINX )) && [[ -n "$PLUGIN" && -f $LUA_MODS/ngx_http_lua_module.so &&
     "load_module $LUA_MODS/ndk_http_module.so; load_module $LUA_MODS/ngx_http_lua_module.so;"
 elif [[ -n "$PLUGIN" ]]; then
   log "no lua-nginx-module (apt: libnginx-mod-http-lua): no nginx-lua baseline row"
+fi
+
+# HAProxy, when installed (apt: haproxy), as two more baselines: http mode (a full
+# HTTP/1.1 reverse proxy, keep-alive both sides) and tcp mode (a pure L4 relay: the
+# cost of moving the bytes of each request and response through one process, with no
+# HTTP work at all; the floor any user-space proxy starts from).
+start_haproxy() { # name mode
+  local name=$1 mode=$2 port
+  port=$(free_port)
+  local cfg="$TMP/$name.cfg"
+  cat > "$cfg" <<HAP
+global
+  nbthread 1
+  cpu-map 1/1 0
+  maxconn 4096
+defaults
+  mode $mode
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  $( [[ $mode == http ]] && echo "option http-keep-alive" )
+frontend fe
+  bind 127.0.0.1:$port
+  default_backend be
+backend be
+  $( [[ $mode == http ]] && echo "http-reuse always" )
+  server origin 127.0.0.1:$ORIGIN_PORT
+HAP
+  taskset -c 0 haproxy -db -f "$cfg" 2>"$TMP/$name.err" >/dev/null &
+  local pid=$!
+  PIDS+=("$pid")
+  if wait_port "$port"; then
+    NAMES+=("$name"); PORTS+=("$port"); TPIDS+=("$pid")
+  else
+    log "$name did not start: $(head -c 300 "$TMP/$name.err")"
+  fi
+}
+if command -v haproxy >/dev/null; then
+  start_haproxy haproxy-http http
+  start_haproxy haproxy-tcp tcp
+else
+  log "no haproxy (apt: haproxy): no haproxy-http / haproxy-tcp rows"
 fi
 
 start_luring() { # name io extra-args...
