@@ -121,8 +121,9 @@ pub struct RunArgs {
     /// Proxy mode: `regular` (forward proxy + CONNECT) or `reverse:http[s]://HOST[:PORT]`.
     #[arg(long, value_name = "MODE")]
     pub mode: Option<String>,
-    /// Listening address [default: 127.0.0.1:8080]; port 0 picks a free port.
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Listening address [default: 127.0.0.1:8080]: ADDR:PORT, [V6]:PORT, HOST:PORT, or a
+    /// bare PORT (on 127.0.0.1); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = crate::config::parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Name given to plugins as ctx.listener_name [default: default].
     #[arg(long, value_name = "NAME")]

@@ -82,6 +82,7 @@ pub struct Config {
     /// `regular` or `reverse:URL`.
     pub mode: String,
     /// Listening address.
+    #[serde(deserialize_with = "listen_from_toml")]
     pub listen: SocketAddr,
     /// Name given to plugins as ctx.listener_name.
     pub listener_name: String,
@@ -288,5 +289,69 @@ mod tests {
         );
         assert!(parse_header_assignment("=1").is_err());
         assert!(parse_header_assignment("a b=1").is_err());
+    }
+}
+
+/// Parses a listening address: `ADDR:PORT`, `[V6]:PORT`, a bare `PORT` (on 127.0.0.1,
+/// the safe default) or `HOST:PORT` with a name such as `localhost`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let port_of = |p: &str| -> Result<u16, String> {
+        p.parse::<u16>()
+            .map_err(|_| format!("'{p}' is not a port (0-65535; 0 picks a free one)"))
+    };
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port_of(s)?)));
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("'{s}' is not ADDR:PORT (e.g. 127.0.0.1:8080)"));
+    };
+    let port = port_of(port)?;
+    if host.is_empty() {
+        return Err(format!(
+            "'{s}' has no address: use 127.0.0.1:{port} (this machine only) or 0.0.0.0:{port} (every interface)"
+        ));
+    }
+    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{host}': {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("'{host}' has no address"))
+}
+
+fn listen_from_toml<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_listen(&s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_forms() {
+        let ok = |s: &str| parse_listen(s).unwrap().to_string();
+        assert_eq!(ok("127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(ok("[::1]:8080"), "[::1]:8080");
+        assert_eq!(ok("8080"), "127.0.0.1:8080");
+        assert_eq!(ok("localhost:8080"), "127.0.0.1:8080");
+        assert_eq!(ok("0"), "127.0.0.1:0");
+        assert!(parse_listen(":8080").unwrap_err().contains("0.0.0.0:8080"));
+        assert!(parse_listen("127.0.0.1:99999")
+            .unwrap_err()
+            .contains("not a port"));
+        assert!(parse_listen("nonsense").is_err());
     }
 }
