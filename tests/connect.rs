@@ -107,7 +107,9 @@ fn curl_proxytunnel_several_requests_one_tunnel() {
     assert_eq!(out.code, 0, "curl: {}", out.stderr);
     let targets: Vec<String> = origin.requests().iter().map(|r| r.target.clone()).collect();
     assert_eq!(targets, vec!["/one", "/two"]);
-    assert_eq!(origin.accepted(), 1, "both requests in one tunnel");
+    // the HTTP inside is proxied over one pooled upstream connection; the connection
+    // opened for the CONNECT itself is closed once the bytes turn out to be HTTP
+    assert!(origin.accepted() <= 2, "accepted {}", origin.accepted());
 }
 
 #[test]
@@ -137,4 +139,30 @@ fn tunnel_does_not_interpret_bytes_as_http() {
         s.read(&mut extra).is_err(),
         "unexpected extra bytes from the tunnel"
     );
+}
+
+#[test]
+fn plain_http_inside_a_tunnel_is_handled_as_http() {
+    // as mitmproxy does: the requests of curl --proxytunnel go through the HTTP layer
+    // (pipeline steps, hooks), unless the host is passed through
+    let origin = Origin::start(echo());
+    let url = format!("{}/in/tunnel", origin.url());
+    let proxy = Proxy::start(&["--set-request-header", "x-in-tunnel=1"]);
+    let out = curl(&["-p", "-x", &proxy.url(), &url]);
+    assert_eq!(out.code, 0, "curl: {}", out.stderr);
+    let reqs = origin.requests();
+    assert_eq!(reqs[0].target, "/in/tunnel");
+    assert_eq!(reqs[0].header("x-in-tunnel"), Some("1"), "{:?}", reqs[0]);
+
+    let passthrough = Proxy::start(&[
+        "--set-request-header",
+        "x-in-tunnel=1",
+        "--ignore-hosts",
+        "^127\\.0\\.0\\.1",
+    ]);
+    let out = curl(&["-p", "-x", &passthrough.url(), &url]);
+    assert_eq!(out.code, 0, "curl: {}", out.stderr);
+    let reqs = origin.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[1].header("x-in-tunnel"), None, "ignored host relayed raw");
 }

@@ -61,8 +61,29 @@ pub struct ClientConn {
     pub bytes_in: u64,
     /// Bytes sent to the client.
     pub bytes_out: u64,
-    /// Inside an intercepted CONNECT tunnel: the authority its requests go to (https).
-    intercept: Option<String>,
+    /// Inside an intercepted CONNECT tunnel: where its requests go.
+    intercept: Option<Intercept>,
+}
+
+/// The target of an intercepted CONNECT tunnel's requests.
+struct Intercept {
+    /// "https" after TLS interception, "http" for plain HTTP inside the tunnel.
+    scheme: &'static str,
+    /// host[:port], the scheme's default port left out.
+    authority: String,
+}
+
+impl Intercept {
+    fn new(scheme: &'static str, authority: &str) -> Intercept {
+        let default = if scheme == "https" { ":443" } else { ":80" };
+        Intercept {
+            scheme,
+            authority: authority
+                .strip_suffix(default)
+                .unwrap_or(authority)
+                .to_string(),
+        }
+    }
 }
 
 fn now_unix() -> f64 {
@@ -245,7 +266,7 @@ impl ClientConn {
             timestamp_start: now_unix(),
         };
         let is_connect = req.method.as_ref() == b"CONNECT";
-        if let Some(authority) = &self.intercept {
+        if let Some(Intercept { scheme, authority }) = &self.intercept {
             if is_connect {
                 return Err((405, "CONNECT inside an intercepted tunnel".into()));
             }
@@ -257,7 +278,7 @@ impl ClientConn {
                     .ok_or((400, "bad request target".to_string()))?
                     .path
             };
-            req.scheme = "https".into();
+            req.scheme = (*scheme).into();
             req.authority = authority.clone();
             req.path = Some(path);
             return Ok(req);
@@ -1010,6 +1031,17 @@ impl ClientConn {
                         return Next::Close;
                     }
                 }
+            } else if pending[0].is_none()
+                && crate::proto::http1::looks_like_request_start(&early)
+                && self.w.tls.intercepts_any(&host, None, port)
+            {
+                // plain HTTP inside the tunnel (curl --proxytunnel, ws:// through a proxy)
+                // is served like intercepted HTTPS, so hooks see its requests
+                drop(pending);
+                up.stream.shutdown(Shutdown::Both);
+                self.buf = early;
+                self.intercept = Some(Intercept::new("http", &req.authority));
+                return Next::KeepAlive;
             }
         }
         upstream_early.extend_from_slice(&up.buf);
@@ -1086,7 +1118,7 @@ impl ClientConn {
             Ok(acc) => {
                 self.info.sni = Some(acc.server_name);
                 crate::proxy::fire_tls_hook(&self.w, &self.info, &acc.info);
-                self.intercept = authority.map(|a| a.trim_end_matches(":443").to_string());
+                self.intercept = authority.map(|a| Intercept::new("https", &a));
                 Next::KeepAlive
             }
             Err(why) => {

@@ -444,6 +444,29 @@ pub fn response_body_kind(method: &[u8], head: &ResponseHead) -> Result<BodyKind
     })
 }
 
+/// Whether `buf` starts with a whole HTTP/1 request line: a method of capitals, a
+/// target, and `HTTP/1.0` or `HTTP/1.1`. Strict on purpose: it decides whether a
+/// tunnel's bytes are treated as HTTP, so other protocols must not match.
+pub fn looks_like_request_start(buf: &[u8]) -> bool {
+    let Some(end) = buf.iter().take(8192).position(|&b| b == b'\n') else {
+        return false;
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    (1..=20).contains(&method.len())
+        && method.iter().all(u8::is_ascii_uppercase)
+        && matches!(
+            target.first(),
+            Some(b'/' | b'*' | b'a'..=b'z' | b'A'..=b'Z')
+        )
+        && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
+}
+
 /// Whether Transfer-Encoding names chunked as its final (and only chunked) coding.
 pub fn chunked_is_final(headers: &Headers) -> bool {
     Framing::of(headers).is_ok_and(|f| f.chunked_last)

@@ -1214,3 +1214,24 @@ fn good_chunks_before_a_fault_come_out_first() {
     assert_eq!(dec.scan(&wire[8..]), Err(BAD("missing chunk size")));
     assert_eq!(dec.eof(), Err(BAD("missing chunk size")));
 }
+
+#[test]
+fn request_line_sniffing_is_strict() {
+    assert!(looks_like_request_start(
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    ));
+    assert!(looks_like_request_start(b"OPTIONS * HTTP/1.0\r\n"));
+    assert!(looks_like_request_start(b"GET http://a/ HTTP/1.1\n"));
+    for other in [
+        &b"HELLO world\r\n"[..],
+        b"GET / HTTP/1.1",
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+        b"EHLO example.com\r\n",
+        b"get / HTTP/1.1\r\n",
+        b"PRI * HTTP/2.0\r\n",
+        b"GET  / HTTP/1.1\r\n",
+        b"",
+    ] {
+        assert!(!looks_like_request_start(other), "{other:?}");
+    }
+}
