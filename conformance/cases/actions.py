@@ -234,3 +234,22 @@ def _connect_redirect(t):
     finally:
         c.close()
     eq(t.echo.snapshot(), [b"via-redirect"], "bytes at the redirect target")
+
+
+@case("plain HTTP inside a CONNECT tunnel fires http.on_request/on_response", plugins={"tunnel_http.lua": """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.method ~= "CONNECT" then
+    msg.headers:set("x-inner", msg.scheme .. " " .. msg.authority .. " " .. msg.path)
+  end
+end)
+register_hook("http", "on_response", function(msg, ctx)
+  msg.headers:set("x-inner-resp", msg.request.scheme)
+end)
+"""})
+def _connect_plain_http_inside(t):
+    r = t.curl("/echo?in=tunnel", tunnel=True)
+    eq(r.status, 200, f"status inside the tunnel (curl: {r.err})")
+    req = t.one_request()
+    eq(hget(req["headers"], "x-inner"), f"http 127.0.0.1:{t.origin.port} /echo?in=tunnel",
+       "what on_request saw, as received by the origin")
+    eq(hget(r.headers, "x-inner-resp"), "http", "on_response's mark at the client")
