@@ -164,5 +164,9 @@ fn plain_http_inside_a_tunnel_is_handled_as_http() {
     assert_eq!(out.code, 0, "curl: {}", out.stderr);
     let reqs = origin.requests();
     assert_eq!(reqs.len(), 2);
-    assert_eq!(reqs[1].header("x-in-tunnel"), None, "ignored host relayed raw");
+    assert_eq!(
+        reqs[1].header("x-in-tunnel"),
+        None,
+        "ignored host relayed raw"
+    );
 }

@@ -333,6 +333,40 @@ fn ignore_hosts_relays_tls_untouched() {
 }
 
 #[test]
+fn client_offering_only_h2_is_passed_through() {
+    // a gRPC-style client (ALPN h2 only) cannot be intercepted before the HTTP/2 layer
+    // exists; its handshake reaches the origin instead of failing at the proxy
+    let pki = TestPki::new();
+    let origin = TlsOrigin::start_with_alpn(&pki, &[b"h2", b"http/1.1"]);
+    let conf = Conf::new();
+    let proxy = start(&conf, &[]);
+    let o = s_client(
+        &proxy,
+        &format!("localhost:{}", origin.port()),
+        &[
+            "-servername",
+            "localhost",
+            "-alpn",
+            "h2",
+            "-CAfile",
+            pki.ca_pem.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        o.stdout.contains("Verify return code: 0 (ok)"),
+        "{o:?}\n{}",
+        proxy.stderr()
+    );
+    assert!(o.stdout.contains("ALPN protocol: h2"), "{o:?}");
+    let info = x509_text(&leaf_of(&o), &["-issuer"]);
+    assert!(
+        info.contains(&format!("issuer=CN = {TEST_CA_CN}")),
+        "{info}"
+    );
+    assert!(proxy.wait_stderr("without http/1.1", Duration::from_secs(5)));
+}
+
+#[test]
 fn allow_hosts_not_matching_relays_tls_untouched() {
     assert_origin_cert_passed_through("--allow-hosts", r"^nomatch\.example:");
 }

@@ -1012,6 +1012,16 @@ impl ClientConn {
                 let head_timeout = self.w.timeouts.head;
                 match WorkerTls::read_client_hello(&self.stream, &mut early, head_timeout).await {
                     // the passthrough rules see both names, as in mitmproxy
+                    // a client that offers ALPN but not http/1.1 (gRPC: h2 only) could not
+                    // finish a handshake with us: its bytes are relayed unchanged instead
+                    Ok(Some(hello)) if !speaks_http1(&hello) => {
+                        tracing::info!(
+                            conn = self.info.conn_id,
+                            "tunnel to {host}:{port}: the client offers ALPN {} without \
+                             http/1.1; passed through (HTTP/2 interception is not built yet)",
+                            alpn_list(&hello)
+                        );
+                    }
                     Ok(Some(hello))
                         if self.w.tls.intercepts_any(&host, hello.sni.as_deref(), port) =>
                     {
@@ -1130,6 +1140,20 @@ impl ClientConn {
             }
         }
     }
+}
+
+/// Whether luring can serve the client's TLS: it offers no ALPN, or http/1.1 among it.
+fn speaks_http1(hello: &ClientHello) -> bool {
+    hello.alpn.is_empty() || hello.alpn.iter().any(|p| p.as_slice() == b"http/1.1")
+}
+
+fn alpn_list(hello: &ClientHello) -> String {
+    let names: Vec<_> = hello
+        .alpn
+        .iter()
+        .map(|p| String::from_utf8_lossy(p))
+        .collect();
+    names.join(",")
 }
 
 /// Reads up to the final response head; returns the interim (1xx other than 100)

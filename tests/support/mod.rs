@@ -1792,7 +1792,12 @@ pub struct TlsOrigin {
 
 impl TlsOrigin {
     pub fn start(pki: &TestPki) -> TlsOrigin {
-        let cfg = pki.server_config(&[b"http/1.1"]);
+        TlsOrigin::start_with_alpn(pki, &[b"http/1.1"])
+    }
+
+    /// An origin that offers `alpn` (it still answers in HTTP/1.1).
+    pub fn start_with_alpn(pki: &TestPki, alpn: &[&[u8]]) -> TlsOrigin {
+        let cfg = pki.server_config(alpn);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind tls origin");
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
