@@ -9,6 +9,22 @@ fn get(origin_url: &str, host: &str) -> String {
     format!("GET {origin_url}/ HTTP/1.1\r\nHost: {host}\r\n\r\n")
 }
 
+/// Sends `METHOD <origin>/ HTTP/1.1`, the origin's Host, then `rest` (more fields, the
+/// blank line, a body) through a fresh connection to `proxy`; returns the answer.
+fn send_raw(proxy: &Proxy, origin: &Origin, method: &str, rest: &str) -> (Client, Response) {
+    let mut c = Client::connect(proxy.addr);
+    c.send(
+        format!(
+            "{method} {}/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{rest}",
+            origin.url(),
+            origin.port()
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response();
+    (c, r)
+}
+
 #[test]
 fn malformed_request_line_is_400_and_close() {
     let proxy = Proxy::start(&[]);
@@ -26,16 +42,7 @@ fn malformed_request_line_is_400_and_close() {
 fn malformed_header_line_is_400_and_close() {
     let origin = Origin::start(echo());
     let proxy = Proxy::start(&[]);
-    let mut c = Client::connect(proxy.addr);
-    c.send(
-        format!(
-            "GET {}/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nNo colon in this line\r\n\r\n",
-            origin.url(),
-            origin.port()
-        )
-        .as_bytes(),
-    );
-    let r = c.read_response();
+    let (mut c, r) = send_raw(&proxy, &origin, "GET", "No colon in this line\r\n\r\n");
     assert_eq!(r.status, 400, "{}", r.head_str());
     assert!(c.closed_within(Duration::from_secs(10)));
     assert!(
@@ -49,16 +56,12 @@ fn conflicting_content_lengths_are_400() {
     // RFC 9112 6.3 (request smuggling guard).
     let origin = Origin::start(echo());
     let proxy = Proxy::start(&[]);
-    let mut c = Client::connect(proxy.addr);
-    c.send(
-        format!(
-            "POST {}/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-            origin.url(),
-            origin.port()
-        )
-        .as_bytes(),
+    let (mut c, r) = send_raw(
+        &proxy,
+        &origin,
+        "POST",
+        "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
     );
-    let r = c.read_response();
     assert_eq!(r.status, 400, "{}", r.head_str());
     assert!(c.closed_within(Duration::from_secs(10)));
     assert!(origin.requests().is_empty());
@@ -68,16 +71,7 @@ fn conflicting_content_lengths_are_400() {
 fn invalid_content_length_is_400() {
     let origin = Origin::start(echo());
     let proxy = Proxy::start(&[]);
-    let mut c = Client::connect(proxy.addr);
-    c.send(
-        format!(
-            "POST {}/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: -1\r\n\r\n",
-            origin.url(),
-            origin.port()
-        )
-        .as_bytes(),
-    );
-    let r = c.read_response();
+    let (_c, r) = send_raw(&proxy, &origin, "POST", "Content-Length: -1\r\n\r\n");
     assert_eq!(r.status, 400, "{}", r.head_str());
     assert!(origin.requests().is_empty());
 }
@@ -210,16 +204,8 @@ fn malformed_chunked_request_body_is_400_and_close() {
         "zz\r\nabc\r\n0\r\n\r\n",
         "3\r\nabc\r\nffffffffffffffffff1\r\n",
     ] {
-        let mut c = Client::connect(proxy.addr);
-        c.send(
-            format!(
-                "POST {}/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nTransfer-Encoding: chunked\r\n\r\n{bad}",
-                origin.url(),
-                origin.port()
-            )
-            .as_bytes(),
-        );
-        let r = c.read_response();
+        let rest = format!("Transfer-Encoding: chunked\r\n\r\n{bad}");
+        let (mut c, r) = send_raw(&proxy, &origin, "POST", &rest);
         assert_eq!(r.status, 400, "{bad:?}: {}", r.head_str());
         assert!(
             String::from_utf8_lossy(&r.body).contains("chunk"),
@@ -235,16 +221,7 @@ fn two_host_headers_are_400() {
     // RFC 9112 section 3.2
     let origin = Origin::start(echo());
     let proxy = Proxy::start(&[]);
-    let mut c = Client::connect(proxy.addr);
-    c.send(
-        format!(
-            "GET {}/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nHost: other.example\r\n\r\n",
-            origin.url(),
-            origin.port()
-        )
-        .as_bytes(),
-    );
-    let r = c.read_response();
+    let (_c, r) = send_raw(&proxy, &origin, "GET", "Host: other.example\r\n\r\n");
     assert_eq!(r.status, 400, "{}", r.head_str());
     assert!(origin.requests().is_empty());
 }
