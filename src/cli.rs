@@ -188,6 +188,9 @@ pub struct RunArgs {
     /// Reload plugins when their files change (SIGHUP always reloads).
     #[arg(long)]
     pub watch: bool,
+    /// Log one line per request: client, request line, status, bytes sent, duration.
+    #[arg(long)]
+    pub access_log: bool,
     /// CA directory [default: $XDG_CONFIG_HOME/luring, else ~/.luring].
     #[arg(long, value_name = "DIR")]
     pub confdir: Option<PathBuf>,
@@ -253,6 +256,7 @@ impl RunArgs {
             c.confdir = self.confdir.clone();
         }
         c.insecure |= self.insecure;
+        c.access_log |= self.access_log;
         c.upstream_cert |= self.upstream_cert;
         c.upstream_ca.extend(self.upstream_ca.iter().cloned());
         c.ignore_hosts.extend(self.ignore_hosts.iter().cloned());

@@ -126,6 +126,8 @@ pub struct Config {
     pub set_response_header: Vec<String>,
     /// Reload plugins when their files change.
     pub watch: bool,
+    /// Log one line per request (target `luring::access`).
+    pub access_log: bool,
     /// Directory of the CA (default $XDG_CONFIG_HOME/luring, else ~/.luring).
     pub confdir: Option<PathBuf>,
     /// Key type of a newly created CA: ecdsa-p256 or rsa2048.
@@ -172,6 +174,7 @@ impl Default for Config {
             set_request_header: Vec::new(),
             set_response_header: Vec::new(),
             watch: false,
+            access_log: false,
             confdir: None,
             ca_key_type: "ecdsa-p256".into(),
             upstream_ca: Vec::new(),

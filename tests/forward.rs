@@ -310,3 +310,24 @@ fn two_origins_through_one_client_connection() {
     assert_eq!(a.requests().len(), 2);
     assert_eq!(b.requests().len(), 1);
 }
+
+#[test]
+fn access_log_has_one_line_per_request() {
+    let origin = Origin::start(fixed(201, &[], b"made"));
+    let proxy = Proxy::start(&["--access-log"]);
+    let url = format!("{}/logged?q=1", origin.url());
+    let out = curl(&["-x", &proxy.url(), &url]);
+    assert_eq!(out.status, 201, "{}", out.stderr);
+    let line = format!("\"GET {url} HTTP/1.1\" 201 ");
+    assert!(
+        proxy.wait_stderr(&line, Duration::from_secs(5)),
+        "no access line {line:?} in:\n{}",
+        proxy.stderr()
+    );
+    // without the flag, nothing per request
+    let quiet = Proxy::start(&[]);
+    let out = curl(&["-x", &quiet.url(), &url]);
+    assert_eq!(out.status, 201);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!quiet.stderr().contains("\"GET "), "{}", quiet.stderr());
+}

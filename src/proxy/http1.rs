@@ -63,6 +63,8 @@ pub struct ClientConn {
     pub bytes_out: u64,
     /// Inside an intercepted CONNECT tunnel: where its requests go.
     intercept: Option<Intercept>,
+    /// Status sent for the current exchange (0: none), for the access log.
+    status: u16,
 }
 
 /// The target of an intercepted CONNECT tunnel's requests.
@@ -104,6 +106,7 @@ impl ClientConn {
             bytes_in: 0,
             bytes_out: 0,
             intercept: None,
+            status: 0,
         }
     }
 
@@ -138,10 +141,48 @@ impl ClientConn {
             };
             first = false;
             Counters::bump(&self.w.counters.requests);
-            if self.exchange(head).await == Next::Close {
+            let next = if self.w.cfg.access_log {
+                self.logged_exchange(head).await
+            } else {
+                self.exchange(head).await
+            };
+            if next == Next::Close {
                 return;
             }
         }
+    }
+
+    /// [`Self::exchange`] followed by one access log line: client, request line, status
+    /// ("-" when none was sent), bytes sent to the client, milliseconds.
+    async fn logged_exchange(&mut self, head: RequestHead) -> Next {
+        let t0 = std::time::Instant::now();
+        let line = format!(
+            "{} {} {}",
+            String::from_utf8_lossy(&head.method),
+            String::from_utf8_lossy(&head.target),
+            head.version.as_str()
+        );
+        let host = head.headers.get("host").cloned();
+        let out0 = self.bytes_out;
+        let scheme = self.intercept.as_ref().map_or("", |i| i.scheme);
+        self.status = 0;
+        let next = self.exchange(head).await;
+        let status = match self.status {
+            0 => "-".to_string(),
+            s => s.to_string(),
+        };
+        tracing::info!(
+            target: "luring::access",
+            "{} \"{line}\" {status} {} {:.1}ms host={}{}{} conn={}",
+            self.info.client_addr,
+            self.bytes_out - out0,
+            t0.elapsed().as_secs_f64() * 1e3,
+            scheme,
+            if scheme.is_empty() { "" } else { "://" },
+            host.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
+            self.info.conn_id,
+        );
+        next
     }
 
     /// Closes gracefully: send FIN, then read and discard what the client still sends
@@ -170,6 +211,7 @@ impl ClientConn {
 
     /// Answers with an error and closes.
     async fn fail(&mut self, status: u16, text: &str) -> Next {
+        self.status = status;
         tracing::info!(conn = self.info.conn_id, status, "{text}");
         let _ = self.write(error_response(status, text)).await;
         Next::Close
@@ -575,6 +617,7 @@ impl ClientConn {
         );
         let mut head_buf = BytesMut::with_capacity(256 + resp.headers.len() * 48);
         respond::response_head(&mut resp, close, client_version, &mut head_buf);
+        self.status = resp.status;
         let upstream_done;
         match std::mem::replace(&mut resp.body, Body::Streaming) {
             Body::Full(b) => {
@@ -651,6 +694,7 @@ impl ClientConn {
         }
         rhead.headers.set("connection", "upgrade");
         rhead.version = Version::Http11;
+        self.status = 101;
         let mut wire = BytesMut::with_capacity(256);
         crate::proto::http1::encode_response_head(&rhead, &mut wire);
         if !self.write(wire.freeze()).await {
@@ -684,6 +728,7 @@ impl ClientConn {
         client: Version,
     ) -> Next {
         let close = close || self.w.is_draining();
+        self.status = resp.status;
         let wire = respond::synthesized(resp, is_head, close, client);
         if !self.write(wire).await || close {
             return Next::Close;
@@ -966,6 +1011,7 @@ impl ClientConn {
             }
         };
         self.info.server_addr = Some(up.addr);
+        self.status = 200;
         if !self
             .write(Bytes::from_static(
                 b"HTTP/1.1 200 Connection Established\r\n\r\n",
