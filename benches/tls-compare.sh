@@ -2,6 +2,7 @@
 # TLS termination cost, side by side in one run: wrk over HTTPS (keep-alive) to
 #   nginx-tls     nginx terminating TLS, proxying to the plain origin
 #   luring-tls    luring --mode reverse:http://origin terminating TLS (leaf from its CA)
+#   haproxy-tls   HAProxy (http mode) terminating TLS, when haproxy is installed
 # and new TLS connections per second (wrk with Connection: close).
 # Proxies pinned to core 0, wrk and the origin to core 1. Prints req/s and proxy CPU
 # microseconds per request. usage: bash benches/tls-compare.sh [--duration SECS]
@@ -12,7 +13,7 @@ DURATION=4
 BIN=target/release/luring
 [[ -x $BIN ]] || cargo build --release
 W=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; [[ -f $W/ngx.pid ]] && kill $(cat $W/ngx.pid) 2>/dev/null; rm -rf $W' EXIT
+trap 'kill $(cat $W/ngx.pid 2>/dev/null) $(jobs -p) 2>/dev/null; rm -rf $W' EXIT
 head -c 1024 /dev/zero | tr '\0' x > $W/1k
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $W/k.pem \
   -out $W/c.pem -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost 2>/dev/null
@@ -49,9 +50,35 @@ taskset -c 0 $BIN run --mode reverse:http://127.0.0.1:19100 --listen 127.0.0.1:1
   --workers 1 --confdir $W/ca --log-level warn 2>$W/luring.err & sleep 1
 LPID=$!
 curl -sk -o /dev/null https://localhost:19444/1k --resolve localhost:19444:127.0.0.1
+# HAProxy terminating TLS (http mode), when installed (apt: haproxy)
+HPID=""
+if command -v haproxy >/dev/null; then
+  cat $W/c.pem $W/k.pem > $W/hap.pem
+  cat > $W/hap.cfg <<HAP
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:19445 ssl crt $W/hap.pem ssl-min-ver TLSv1.3
+  default_backend be
+backend be
+  http-reuse always
+  server o 127.0.0.1:19100
+HAP
+  taskset -c 0 haproxy -db -f $W/hap.cfg >/dev/null 2>$W/hap.err & HPID=$!
+  sleep 0.5
+fi
 echo "TLS 1.3 keep-alive, 1 KiB responses (wrk -c32, ${DURATION}s)"
 run nginx-tls "$NGX_PID" https://localhost:19443/1k
+[[ -n $HPID ]] && run haproxy-tls "$HPID" https://localhost:19445/1k
 run luring-tls "$LPID" https://localhost:19444/1k
 echo "new TLS connection per request"
 run nginx-tls-newconn "$NGX_PID" https://localhost:19443/1k -H "Connection: close"
+[[ -n $HPID ]] && run haproxy-tls-newconn "$HPID" https://localhost:19445/1k -H "Connection: close"
 run luring-tls-newconn "$LPID" https://localhost:19444/1k -H "Connection: close"
