@@ -253,3 +253,19 @@ def _connect_plain_http_inside(t):
     eq(hget(req["headers"], "x-inner"), f"http 127.0.0.1:{t.origin.port} /echo?in=tunnel",
        "what on_request saw, as received by the origin")
     eq(hget(r.headers, "x-inner-resp"), "http", "on_response's mark at the client")
+
+
+@case("raw.on_chunk gets the bytes of plain HTTP inside a CONNECT tunnel", plugins={"tunnel_raw.lua": """
+register_hook("raw", "on_chunk", function(msg, ctx)
+  if msg.from_client then msg.data = string.gsub(msg.data, "/echo%?in=raw", "/echo?in=RAW") end
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-http-hook", msg.method)
+end)
+"""})
+def _connect_plain_http_raw(t):
+    r = t.curl("/echo?in=raw", tunnel=True)
+    eq(r.status, 200, f"status inside the tunnel (curl: {r.err})")
+    req = t.one_request()
+    eq(req["target"], "/echo?in=RAW", "target rewritten by raw.on_chunk, as received by the origin")
+    eq(hget(req["headers"], "x-http-hook"), None, "http.on_request must not see a raw tunnel's requests")

@@ -1090,9 +1090,12 @@ impl ClientConn {
             } else if pending[0].is_none()
                 && crate::proto::http1::looks_like_request_start(&early)
                 && self.w.tls.intercepts_any(&host, None, port)
+                && !engine.is_some_and(|e| e.has(Event::RawChunk))
             {
                 // plain HTTP inside the tunnel (curl --proxytunnel, ws:// through a proxy)
-                // is served like intercepted HTTPS, so hooks see its requests
+                // is served like intercepted HTTPS, so hooks see its requests; a plugin
+                // that registered raw.on_chunk gets the tunnel's bytes instead, as the
+                // hook surface says of a tunnel that is not TLS-intercepted
                 drop(pending);
                 up.stream.shutdown(Shutdown::Both);
                 self.buf = early;
