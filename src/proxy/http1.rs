@@ -1057,7 +1057,6 @@ impl ClientConn {
             {
                 let head_timeout = self.w.timeouts.head;
                 match WorkerTls::read_client_hello(&self.stream, &mut early, head_timeout).await {
-                    // the passthrough rules see both names, as in mitmproxy
                     // a client that offers ALPN but not http/1.1 (gRPC: h2 only) could not
                     // finish a handshake with us: its bytes are relayed unchanged instead
                     Ok(Some(hello)) if !speaks_http1(&hello) => {
@@ -1068,6 +1067,7 @@ impl ClientConn {
                             alpn_list(&hello)
                         );
                     }
+                    // the passthrough rules see both names, as in mitmproxy
                     Ok(Some(hello))
                         if self.w.tls.intercepts_any(&host, hello.sni.as_deref(), port) =>
                     {
