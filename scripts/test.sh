@@ -85,9 +85,9 @@ install_apt() {
   apt-get install -y -q --no-install-recommends "${APT_NEED[@]}"
 }
 
-# Python packages the tests import: "import-name:pip-name" (websockets: tests/upgrade.rs).
-# e.g. PIP_NEED=(websockets:websockets grpc:grpcio)
-PIP_NEED=(websockets:websockets)
+# Python packages the tests import: "import-name:pip-name" (websockets: tests/upgrade.rs;
+# grpcio: tests/tls.rs).
+PIP_NEED=(websockets:websockets grpc:grpcio)
 install_pip() {
   local missing=() spec
   for spec in "${PIP_NEED[@]}"; do

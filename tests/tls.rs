@@ -1313,3 +1313,69 @@ fn two_requests_in_one_tunnel_one_handshake_per_side() {
         proxy.stderr()
     );
 }
+
+// ---------------------------------------------------------------------------
+// gRPC clients (python grpcio) through a CONNECT tunnel
+// ---------------------------------------------------------------------------
+
+/// A grpcio server and a client that reaches it through the proxy (grpc.http_proxy),
+/// plaintext (h2c inside the tunnel) or TLS (ALPN h2 only). Prints the echoed reply.
+const GRPC_PY: &str = r#"
+import sys
+from concurrent import futures
+import grpc
+proxy, mode, pem, key = sys.argv[1:5]
+def echo(req, ctx): return b"echo:" + req
+server = grpc.server(futures.ThreadPoolExecutor(2))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+    "t.Echo", {"Say": grpc.unary_unary_rpc_method_handler(echo)}),))
+opts = [("grpc.http_proxy", proxy), ("grpc.enable_http_proxy", 1)]
+if mode == "tls":
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(open(key, "rb").read(), open(pem, "rb").read())]))
+else:
+    port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+target = f"localhost:{port}"
+if mode == "tls":
+    ca = open(sys.argv[5], "rb").read()
+    ch = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca), options=opts)
+else:
+    ch = grpc.insecure_channel(target, options=opts)
+say = ch.unary_unary("/t.Echo/Say")
+print(say(b"hi", timeout=10).decode())
+server.stop(0)
+"#;
+
+#[test]
+fn grpcio_clients_work_through_a_connect_tunnel() {
+    let probe = run_cmd("python3", &["-c", "import grpc"], b"", CMD_WAIT);
+    assert!(
+        probe.ok(),
+        "python grpcio is needed (scripts/test.sh installs it): {}",
+        probe.stderr
+    );
+    let pki = TestPki::new();
+    let conf = Conf::new();
+    let proxy = start(&conf, &[]);
+    let (pem, key, ca) = (
+        pki.server_pem.to_str().unwrap(),
+        pki.server_key.to_str().unwrap(),
+        pki.ca_pem.to_str().unwrap(),
+    );
+    for mode in ["plain", "tls"] {
+        let out = run_cmd(
+            "python3",
+            &["-c", GRPC_PY, &proxy.url(), mode, pem, key, ca],
+            b"",
+            CMD_WAIT,
+        );
+        assert!(
+            out.ok() && out.stdout.trim() == "echo:hi",
+            "{mode}: {} {}\nproxy: {}",
+            out.stdout,
+            out.stderr,
+            proxy.stderr()
+        );
+    }
+}
