@@ -1379,3 +1379,74 @@ fn grpcio_clients_work_through_a_connect_tunnel() {
         );
     }
 }
+
+/// A grpcio server; prints its port, reads the address to call on stdin, calls it and
+/// prints the echoed reply.
+const GRPC_REVERSE_PY: &str = r#"
+import sys
+from concurrent import futures
+import grpc
+mode, pem, key, ca = sys.argv[1:5]
+def echo(req, ctx): return b"echo:" + req
+server = grpc.server(futures.ThreadPoolExecutor(2))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+    "t.Echo", {"Say": grpc.unary_unary_rpc_method_handler(echo)}),))
+if mode == "tls":
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(open(key, "rb").read(), open(pem, "rb").read())]))
+else:
+    port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+target = sys.stdin.readline().strip()
+if mode == "tls":
+    ch = grpc.secure_channel(target, grpc.ssl_channel_credentials(open(ca, "rb").read()))
+else:
+    ch = grpc.insecure_channel(target)
+print(ch.unary_unary("/t.Echo/Say")(b"hi", timeout=10).decode(), flush=True)
+server.stop(0)
+"#;
+
+#[test]
+fn grpcio_through_reverse_mode_is_relayed_to_the_upstream() {
+    use std::io::BufRead;
+    let pki = TestPki::new();
+    let conf = Conf::new();
+    let (pem, key, ca) = (
+        pki.server_pem.to_str().unwrap(),
+        pki.server_key.to_str().unwrap(),
+        pki.ca_pem.to_str().unwrap(),
+    );
+    for (mode, scheme, log) in [
+        ("plain", "http", "HTTP/2 with prior knowledge"),
+        ("tls", "https", "without http/1.1"),
+    ] {
+        let mut py = std::process::Command::new("python3")
+            .args(["-c", GRPC_REVERSE_PY, mode, pem, key, ca])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("python3 with grpcio (scripts/test.sh installs it)");
+        let mut out = std::io::BufReader::new(py.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().expect("grpc server port");
+        let proxy = start(
+            &conf,
+            &[
+                "--mode",
+                &format!("reverse:{scheme}://localhost:{port}"),
+                "--upstream-ca",
+                ca,
+            ],
+        );
+        writeln!(py.stdin.take().unwrap(), "localhost:{}", proxy.port()).unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        let _ = py.kill();
+        let _ = py.wait();
+        assert_eq!(line.trim(), "echo:hi", "{mode}: proxy: {}", proxy.stderr());
+        assert!(proxy.wait_stderr(log, Duration::from_secs(5)), "{mode}");
+    }
+}

@@ -114,14 +114,33 @@ impl ClientConn {
     pub async fn run(&mut self) {
         if let Mode::Reverse(up) = &self.w.mode {
             // reverse mode terminates TLS from clients and accepts plaintext too
-            let host = up.host.clone();
+            let (host, port, tls_up) = (up.host.clone(), up.port, up.scheme == "https");
             let t = self.w.timeouts.head;
             match WorkerTls::read_client_hello(&self.stream, &mut self.buf, t).await {
+                // HTTP/2 only (gRPC): relayed to a TLS upstream untouched, which can
+                // then negotiate h2 itself
+                Ok(Some(hello)) if !speaks_http1(&hello) && tls_up => {
+                    tracing::info!(
+                        conn = self.info.conn_id,
+                        "the client offers ALPN {} without http/1.1; relayed to the \
+                         upstream unchanged (HTTP/2 interception is not built yet)",
+                        alpn_list(&hello)
+                    );
+                    return self.relay_raw(&host, port).await;
+                }
                 Ok(Some(hello)) => {
                     // requests keep going to the configured upstream: no intercept authority
                     if self.start_tls(&hello, &host, None).await == Next::Close {
                         return;
                     }
+                }
+                Ok(None) if !tls_up && self.h2c_preface().await => {
+                    tracing::info!(
+                        conn = self.info.conn_id,
+                        "HTTP/2 with prior knowledge; relayed to the upstream unchanged \
+                         (HTTP/2 interception is not built yet)"
+                    );
+                    return self.relay_raw(&host, port).await;
                 }
                 Ok(None) => {}
                 Err(why) => {
@@ -150,6 +169,51 @@ impl ClientConn {
                 return;
             }
         }
+    }
+
+    /// Whether the client opened with the HTTP/2 connection preface (h2c with prior
+    /// knowledge, as gRPC's plaintext channels do); reads until that is known.
+    async fn h2c_preface(&mut self) -> bool {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let deadline = tokio::time::Instant::now() + self.w.timeouts.head;
+        while self.buf.len() < PREFACE.len() && PREFACE.starts_with(&self.buf) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match relay::read_some(&self.stream, &mut self.buf, left).await {
+                Ok(n) if n > 0 => {}
+                _ => return false,
+            }
+        }
+        self.buf.starts_with(PREFACE)
+    }
+
+    /// Relays the connection's bytes to the reverse upstream unchanged, both ways
+    /// (raw.on_chunk sees them), the client's bytes read so far first.
+    async fn relay_raw(&mut self, host: &str, port: u16) {
+        let up = match upstream::connect(self.w.backend, host, port, self.w.timeouts.connect, None)
+            .await
+        {
+            Ok(u) => u,
+            Err(ConnectError::Timeout(t) | ConnectError::Resolve(t) | ConnectError::Connect(t)) => {
+                tracing::info!(conn = self.info.conn_id, "{t}");
+                return;
+            }
+        };
+        self.info.server_addr = Some(up.addr);
+        let engine = self.w.engine();
+        let early = std::mem::take(&mut self.buf);
+        let stats = crate::proxy::tunnel::run(
+            &self.stream,
+            early,
+            &up.stream,
+            BytesMut::new(),
+            engine.as_deref(),
+            &self.info,
+            [None, None],
+        )
+        .await;
+        self.bytes_in += stats.up;
+        self.bytes_out += stats.down;
+        up.stream.shutdown(Shutdown::Both);
     }
 
     /// [`Self::exchange`] followed by one access log line: client, request line, status
