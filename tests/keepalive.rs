@@ -186,3 +186,60 @@ fn pool_max_idle_bounds_idle_connections() {
         origin.conns()
     );
 }
+
+#[test]
+fn stale_pooled_connection_is_skipped_for_a_post() {
+    // a POST is never sent twice, so it must not meet a connection the origin closed
+    // while it sat in the pool
+    let origin = Origin::start_with(
+        echo(),
+        OriginOptions {
+            idle_close: Some(Duration::from_millis(100)),
+        },
+    );
+    let proxy = Proxy::start(&["--workers", "1"]);
+    let mut c = Client::connect(proxy.addr);
+    for i in 0..3 {
+        let url = format!("{}/post{i}", origin.url());
+        let r = c.request(&format!(
+            "POST {url} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 2\r\n\r\nhi",
+            origin.port()
+        ));
+        assert_eq!(r.status, 200, "request {i}: {}", r.body_str());
+        assert!(wait_until(Duration::from_secs(5), || origin
+            .conns()
+            .iter()
+            .all(|c| c.ended)));
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(origin.requests().len(), 3);
+}
+
+#[test]
+fn post_is_not_resent_when_a_reused_connection_dies() {
+    // the origin takes the POST on a reused connection, then closes without answering:
+    // it may have acted on it, so the proxy answers 502 rather than send it again
+    let origin = Origin::start(handler(|ex| {
+        ex.read_body()?;
+        if ex.req.method == "POST" {
+            return Ok(Next::Close);
+        }
+        ex.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
+        Ok(Next::KeepAlive)
+    }));
+    let proxy = Proxy::start(&["--workers", "1"]);
+    let mut c = Client::connect(proxy.addr);
+    assert_eq!(c.request(&get(&origin, "/first")).status, 200);
+    let r = c.request(&format!(
+        "POST {}/once HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 2\r\n\r\nhi",
+        origin.url(),
+        origin.port()
+    ));
+    assert_eq!(r.status, 502, "{}", r.head_str());
+    let posts = origin
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 1, "the POST was sent again");
+}

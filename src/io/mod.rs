@@ -277,6 +277,29 @@ impl Stream {
 
     /// Shuts down one or both directions. Also the way to make an abandoned in-flight
     /// io_uring operation complete (see module docs).
+    /// For a pooled connection: true when the peer has neither closed it nor sent
+    /// anything since the last exchange (a non-blocking peek at the socket; for TLS,
+    /// pending bytes such as a close_notify count as sent).
+    pub fn is_idle_and_open(&self) -> bool {
+        let fd = match self {
+            Stream::Uring(s) => s.as_raw_fd(),
+            Stream::Epoll(s) => s.as_raw_fd(),
+            Stream::Tls(t) => return t.inner().is_idle_and_open(),
+            Stream::Detached => return false,
+        };
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local; the fd is owned by `self` and open.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+
     pub fn shutdown(&self, how: Shutdown) {
         let _ = match self {
             Stream::Uring(s) => s.shutdown(how),

@@ -530,12 +530,15 @@ impl ClientConn {
             host: req.host(),
             port: req.port(),
         };
-        let retryable = matches!(req.body, Body::Full(_)) || body.dec.is_done();
+        // a request that failed on a reused connection before any answer is sent again
+        // only when that is safe: the body is at hand and the method idempotent
+        let idempotent = is_idempotent(&req);
+        let retryable = idempotent && (matches!(req.body, Body::Full(_)) || body.dec.is_done());
         let mut attempt = 0;
         let mut upload_complete = true;
         let (mut up, rhead) = loop {
             attempt += 1;
-            let mut up = match self.w.pool.take(&key) {
+            let mut up = match self.w.pool.take(&key, !idempotent) {
                 Some(u) if attempt == 1 => {
                     Counters::bump(&self.w.counters.upstream_reuses);
                     u
@@ -1253,6 +1256,15 @@ impl ClientConn {
             }
         }
     }
+}
+
+/// RFC 9110 section 9.2.2 idempotent methods, or a request that carries an
+/// Idempotency-Key: such a request may be sent again after a stale connection.
+fn is_idempotent(req: &Request) -> bool {
+    matches!(
+        req.method.as_ref(),
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    ) || req.headers.contains("idempotency-key")
 }
 
 /// Whether luring can serve the client's TLS: it offers no ALPN, or http/1.1 among it.

@@ -70,11 +70,15 @@ impl Pool {
     }
 
     /// Takes the most recently used idle connection for `key`, if one is fresh enough.
-    pub fn take(&self, key: &Key) -> Option<Upstream> {
+    /// An idle connection to `key`. With `probe`, each candidate is first checked with
+    /// a non-blocking peek and skipped when the upstream has closed it meanwhile: a
+    /// request that must not be sent twice gets no retry, so it should not meet a
+    /// stale connection.
+    pub fn take(&self, key: &Key, probe: bool) -> Option<Upstream> {
         let mut map = self.idle.borrow_mut();
         let list = map.get_mut(key)?;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < self.idle_timeout {
+            if i.since.elapsed() < self.idle_timeout && (!probe || i.stream.is_idle_and_open()) {
                 return Some(Upstream {
                     stream: i.stream,
                     buf: i.buf,
