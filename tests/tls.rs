@@ -1315,74 +1315,13 @@ fn two_requests_in_one_tunnel_one_handshake_per_side() {
 }
 
 // ---------------------------------------------------------------------------
-// gRPC clients (python grpcio) through a CONNECT tunnel
+// gRPC clients (python grpcio): through a CONNECT tunnel and through reverse mode
 // ---------------------------------------------------------------------------
 
-/// A grpcio server and a client that reaches it through the proxy (grpc.http_proxy),
-/// plaintext (h2c inside the tunnel) or TLS (ALPN h2 only). Prints the echoed reply.
+/// A grpcio server (plaintext or TLS); prints its port, then reads "TARGET PROXY" on
+/// stdin (PROXY "-" for none), calls TARGET through PROXY (grpc.http_proxy, which
+/// uses CONNECT) and prints the echoed reply.
 const GRPC_PY: &str = r#"
-import sys
-from concurrent import futures
-import grpc
-proxy, mode, pem, key = sys.argv[1:5]
-def echo(req, ctx): return b"echo:" + req
-server = grpc.server(futures.ThreadPoolExecutor(2))
-server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-    "t.Echo", {"Say": grpc.unary_unary_rpc_method_handler(echo)}),))
-opts = [("grpc.http_proxy", proxy), ("grpc.enable_http_proxy", 1)]
-if mode == "tls":
-    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
-        [(open(key, "rb").read(), open(pem, "rb").read())]))
-else:
-    port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-target = f"localhost:{port}"
-if mode == "tls":
-    ca = open(sys.argv[5], "rb").read()
-    ch = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca), options=opts)
-else:
-    ch = grpc.insecure_channel(target, options=opts)
-say = ch.unary_unary("/t.Echo/Say")
-print(say(b"hi", timeout=10).decode())
-server.stop(0)
-"#;
-
-#[test]
-fn grpcio_clients_work_through_a_connect_tunnel() {
-    let probe = run_cmd("python3", &["-c", "import grpc"], b"", CMD_WAIT);
-    assert!(
-        probe.ok(),
-        "python grpcio is needed (scripts/test.sh installs it): {}",
-        probe.stderr
-    );
-    let pki = TestPki::new();
-    let conf = Conf::new();
-    let proxy = start(&conf, &[]);
-    let (pem, key, ca) = (
-        pki.server_pem.to_str().unwrap(),
-        pki.server_key.to_str().unwrap(),
-        pki.ca_pem.to_str().unwrap(),
-    );
-    for mode in ["plain", "tls"] {
-        let out = run_cmd(
-            "python3",
-            &["-c", GRPC_PY, &proxy.url(), mode, pem, key, ca],
-            b"",
-            CMD_WAIT,
-        );
-        assert!(
-            out.ok() && out.stdout.trim() == "echo:hi",
-            "{mode}: {} {}\nproxy: {}",
-            out.stdout,
-            out.stderr,
-            proxy.stderr()
-        );
-    }
-}
-
-/// A grpcio server; prints its port, reads the address to call on stdin, calls it and
-/// prints the echoed reply.
-const GRPC_REVERSE_PY: &str = r#"
 import sys
 from concurrent import futures
 import grpc
@@ -1398,55 +1337,78 @@ else:
     port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 print(port, flush=True)
-target = sys.stdin.readline().strip()
+target, proxy = sys.stdin.readline().split()
+opts = [("grpc.http_proxy", proxy), ("grpc.enable_http_proxy", 1)] if proxy != "-" else []
 if mode == "tls":
-    ch = grpc.secure_channel(target, grpc.ssl_channel_credentials(open(ca, "rb").read()))
+    ch = grpc.secure_channel(target, grpc.ssl_channel_credentials(open(ca, "rb").read()), options=opts)
 else:
-    ch = grpc.insecure_channel(target)
+    ch = grpc.insecure_channel(target, options=opts)
 print(ch.unary_unary("/t.Echo/Say")(b"hi", timeout=10).decode(), flush=True)
 server.stop(0)
 "#;
 
-#[test]
-fn grpcio_through_reverse_mode_is_relayed_to_the_upstream() {
+/// Runs [`GRPC_PY`] in `mode` ("plain" or "tls"); `route` gets the gRPC server's port
+/// and returns the proxy to go through and the "TARGET PROXY" line. Returns the reply.
+fn grpc_echo(
+    mode: &str,
+    pki: &TestPki,
+    route: impl FnOnce(u16) -> (Proxy, String),
+) -> (String, Proxy) {
     use std::io::BufRead;
+    let mut py = std::process::Command::new("python3")
+        .args(["-c", GRPC_PY, mode])
+        .args([&pki.server_pem, &pki.server_key, &pki.ca_pem])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("python3 with grpcio (scripts/test.sh installs it)");
+    let mut out = std::io::BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port: u16 = line
+        .trim()
+        .parse()
+        .expect("grpc server port (is grpcio installed?)");
+    let (proxy, call) = route(port);
+    writeln!(py.stdin.take().unwrap(), "{call}").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let _ = py.kill();
+    let _ = py.wait();
+    (line.trim().to_string(), proxy)
+}
+
+#[test]
+fn grpcio_clients_work_through_a_connect_tunnel() {
     let pki = TestPki::new();
     let conf = Conf::new();
-    let (pem, key, ca) = (
-        pki.server_pem.to_str().unwrap(),
-        pki.server_key.to_str().unwrap(),
-        pki.ca_pem.to_str().unwrap(),
-    );
+    for mode in ["plain", "tls"] {
+        let (reply, proxy) = grpc_echo(mode, &pki, |port| {
+            let proxy = start(&conf, &[]);
+            let call = format!("localhost:{port} {}", proxy.url());
+            (proxy, call)
+        });
+        assert_eq!(reply, "echo:hi", "{mode}: proxy: {}", proxy.stderr());
+    }
+}
+
+#[test]
+fn grpcio_through_reverse_mode_is_relayed_to_the_upstream() {
+    let pki = TestPki::new();
+    let conf = Conf::new();
+    let ca = pki.ca_pem.to_str().unwrap().to_string();
     for (mode, scheme, log) in [
         ("plain", "http", "HTTP/2 with prior knowledge"),
         ("tls", "https", "without http/1.1"),
     ] {
-        let mut py = std::process::Command::new("python3")
-            .args(["-c", GRPC_REVERSE_PY, mode, pem, key, ca])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("python3 with grpcio (scripts/test.sh installs it)");
-        let mut out = std::io::BufReader::new(py.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let port: u16 = line.trim().parse().expect("grpc server port");
-        let proxy = start(
-            &conf,
-            &[
-                "--mode",
-                &format!("reverse:{scheme}://localhost:{port}"),
-                "--upstream-ca",
-                ca,
-            ],
-        );
-        writeln!(py.stdin.take().unwrap(), "localhost:{}", proxy.port()).unwrap();
-        line.clear();
-        out.read_line(&mut line).unwrap();
-        let _ = py.kill();
-        let _ = py.wait();
-        assert_eq!(line.trim(), "echo:hi", "{mode}: proxy: {}", proxy.stderr());
+        let (reply, proxy) = grpc_echo(mode, &pki, |port| {
+            let upstream = format!("reverse:{scheme}://localhost:{port}");
+            let proxy = start(&conf, &["--mode", &upstream, "--upstream-ca", &ca]);
+            let call = format!("localhost:{} -", proxy.port());
+            (proxy, call)
+        });
+        assert_eq!(reply, "echo:hi", "{mode}: proxy: {}", proxy.stderr());
         assert!(proxy.wait_stderr(log, Duration::from_secs(5)), "{mode}");
     }
 }

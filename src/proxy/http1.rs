@@ -200,13 +200,20 @@ impl ClientConn {
         };
         self.info.server_addr = Some(up.addr);
         let engine = self.w.engine();
-        let early = std::mem::take(&mut self.buf);
+        self.relay_both_ways(up, engine.as_deref()).await;
+    }
+
+    /// Relays raw bytes between the client and `up` until both directions end (the
+    /// bytes either side sent early go first), then closes `up`.
+    async fn relay_both_ways(&mut self, mut up: Upstream, engine: Option<&Engine>) {
+        let client_early = std::mem::take(&mut self.buf);
+        let upstream_early = std::mem::take(&mut up.buf);
         let stats = crate::proxy::tunnel::run(
             &self.stream,
-            early,
+            client_early,
             &up.stream,
-            BytesMut::new(),
-            engine.as_deref(),
+            upstream_early,
+            engine,
             &self.info,
             [None, None],
         )
@@ -532,13 +539,13 @@ impl ClientConn {
         };
         // a request that failed on a reused connection before any answer is sent again
         // only when that is safe: the body is at hand and the method idempotent
-        let idempotent = is_idempotent(&req);
-        let retryable = idempotent && (matches!(req.body, Body::Full(_)) || body.dec.is_done());
+        let retryable =
+            is_idempotent(&req) && (matches!(req.body, Body::Full(_)) || body.dec.is_done());
         let mut attempt = 0;
         let mut upload_complete = true;
         let (mut up, rhead) = loop {
             attempt += 1;
-            let mut up = match self.w.pool.take(&key, !idempotent) {
+            let mut up = match self.w.pool.take(&key, !retryable) {
                 Some(u) if attempt == 1 => {
                     Counters::bump(&self.w.counters.upstream_reuses);
                     u
@@ -751,7 +758,7 @@ impl ClientConn {
     async fn switch_protocols(
         &mut self,
         mut rhead: crate::http::ResponseHead,
-        mut up: Upstream,
+        up: Upstream,
         engine: Option<&Engine>,
     ) -> Next {
         let proto = rhead.headers.get("upgrade").cloned();
@@ -768,21 +775,7 @@ impl ClientConn {
             up.stream.shutdown(Shutdown::Both);
             return Next::Close;
         }
-        let client_early = std::mem::take(&mut self.buf);
-        let upstream_early = std::mem::take(&mut up.buf);
-        let stats = crate::proxy::tunnel::run(
-            &self.stream,
-            client_early,
-            &up.stream,
-            upstream_early,
-            engine,
-            &self.info,
-            [None, None],
-        )
-        .await;
-        self.bytes_in += stats.up;
-        self.bytes_out += stats.down;
-        up.stream.shutdown(Shutdown::Both);
+        self.relay_both_ways(up, engine).await;
         Next::Close
     }
 

@@ -72,8 +72,8 @@ impl Pool {
     /// Takes the most recently used idle connection for `key`, if one is fresh enough.
     /// An idle connection to `key`. With `probe`, each candidate is first checked with
     /// a non-blocking peek and skipped when the upstream has closed it meanwhile: a
-    /// request that must not be sent twice gets no retry, so it should not meet a
-    /// stale connection.
+    /// request that cannot be sent twice gets no retry, so it should not meet a stale
+    /// connection.
     pub fn take(&self, key: &Key, probe: bool) -> Option<Upstream> {
         let mut map = self.idle.borrow_mut();
         let list = map.get_mut(key)?;
