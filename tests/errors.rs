@@ -261,3 +261,22 @@ fn transfer_codings_before_chunked_stay_named() {
     assert_eq!(r.status, 200, "{}", r.head_str());
     assert_eq!(r.header("transfer-encoding"), Some("gzip, chunked"));
 }
+
+#[test]
+fn upstream_response_with_many_fields_passes_while_clients_keep_their_limit() {
+    // --max-headers guards against clients; an upstream may send more (Set-Cookie...)
+    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..300 {
+        head.extend_from_slice(format!("Set-Cookie: c{i}=v\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+    let origin = Origin::start(raw_response(&head));
+    let proxy = Proxy::start(&[]);
+    let out = curl(&["-i", "-x", &proxy.url(), &origin.url()]);
+    assert_eq!(out.status, 200, "{}", out.stderr);
+    assert_eq!(out.body_str().matches("Set-Cookie: ").count(), 300);
+
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let (_c, r) = send_raw(&proxy, &origin, "GET", &format!("{many}\r\n"));
+    assert_eq!(r.status, 431, "{}", r.head_str());
+}

@@ -893,7 +893,7 @@ impl ClientConn {
         );
         let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
         respond::request_head(req, &mut head);
-        let limits = self.w.limits;
+        let limits = self.w.upstream_limits;
         let t = self.w.timeouts;
         let streamed = !matches!(req.body, Body::Full(_)) && !body.dec.is_done();
         let (interim, result) = if !streamed {

@@ -14,6 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// Fewest header fields accepted in an upstream response. `--max-headers` guards
+/// against clients; an upstream is trusted more, and a response with many Set-Cookie
+/// lines is legitimate (nginx sets no count limit on upstream responses).
+pub const UPSTREAM_MIN_HEADERS: usize = 1000;
 /// Process-wide orders to the workers (rare path: a watch channel).
 #[derive(Clone, Debug, Default)]
 pub struct Control {
@@ -75,8 +79,11 @@ pub struct Worker {
     pub mode: Mode,
     /// io backend.
     pub backend: Backend,
-    /// Head parsing limits.
+    /// Limits on request heads from clients.
     pub limits: Limits,
+    /// Limits on response heads from upstreams: the same size, and at least
+    /// [`UPSTREAM_MIN_HEADERS`] fields.
+    pub upstream_limits: Limits,
     /// Timeouts from the config.
     pub timeouts: Timeouts,
     /// Listener name for plugins.
@@ -189,6 +196,10 @@ pub async fn main(setup: Setup) {
         limits: Limits {
             max_head_size: cfg.max_head_size,
             max_headers: cfg.max_headers,
+        },
+        upstream_limits: Limits {
+            max_head_size: cfg.max_head_size,
+            max_headers: cfg.max_headers.max(UPSTREAM_MIN_HEADERS),
         },
         timeouts: Timeouts {
             head: secs(cfg.head_timeout),

@@ -39,8 +39,9 @@ pub enum HeadError {
     Malformed(&'static str),
 }
 
-/// Header slots kept on the stack; larger `max_headers` limits fall back to the heap.
-/// Uninitialised slots cost nothing to set up, so a generous size is free.
+/// Header slots kept on the stack; a head with more fields (under a larger
+/// `max_headers`) is parsed again with slots on the heap. Uninitialised slots cost
+/// nothing to set up, so a generous size is free.
 const STACK_HEADERS: usize = 128;
 
 type Slot<'b> = MaybeUninit<httparse::Header<'b>>;
@@ -53,12 +54,15 @@ pub fn parse_request_head(
     // Only the first max_head_size bytes can hold an acceptable head, so never parse more:
     // an endless head costs at most one bounded parse per read.
     let window = &buf[..buf.len().min(limits.max_head_size)];
-    if limits.max_headers <= STACK_HEADERS {
-        let mut slots = [Slot::uninit(); STACK_HEADERS];
-        request_with(buf.len(), window, limits, &mut slots[..limits.max_headers])
-    } else {
-        let mut slots = vec![Slot::uninit(); limits.max_headers];
-        request_with(buf.len(), window, limits, &mut slots)
+    let mut slots = [Slot::uninit(); STACK_HEADERS];
+    let stack = limits.max_headers.min(STACK_HEADERS);
+    match request_with(buf.len(), window, limits, &mut slots[..stack]) {
+        // only a head with that many fields pays for slots on the heap
+        Err(HeadError::TooManyHeaders(_)) if limits.max_headers > STACK_HEADERS => {
+            let mut slots = vec![Slot::uninit(); limits.max_headers];
+            request_with(buf.len(), window, limits, &mut slots)
+        }
+        r => r,
     }
 }
 
@@ -99,12 +103,14 @@ pub fn parse_response_head(
     limits: &Limits,
 ) -> Result<Option<(ResponseHead, usize)>, HeadError> {
     let window = &buf[..buf.len().min(limits.max_head_size)];
-    if limits.max_headers <= STACK_HEADERS {
-        let mut slots = [Slot::uninit(); STACK_HEADERS];
-        response_with(buf.len(), window, limits, &mut slots[..limits.max_headers])
-    } else {
-        let mut slots = vec![Slot::uninit(); limits.max_headers];
-        response_with(buf.len(), window, limits, &mut slots)
+    let mut slots = [Slot::uninit(); STACK_HEADERS];
+    let stack = limits.max_headers.min(STACK_HEADERS);
+    match response_with(buf.len(), window, limits, &mut slots[..stack]) {
+        Err(HeadError::TooManyHeaders(_)) if limits.max_headers > STACK_HEADERS => {
+            let mut slots = vec![Slot::uninit(); limits.max_headers];
+            response_with(buf.len(), window, limits, &mut slots)
+        }
+        r => r,
     }
 }
 
