@@ -146,7 +146,8 @@ pub struct RunArgs {
     /// Largest request head in bytes; larger gets 431 [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub max_head_size: Option<usize>,
-    /// Most header fields in a request head; more gets 431 [default: 100].
+    /// Most header fields in a request head; more gets 431 [default: 100]. Upstream
+    /// responses may carry max(N, 1000).
     #[arg(long, value_name = "N")]
     pub max_headers: Option<usize>,
     /// Seconds a client has to send a whole request head (slowloris guard) [default: 30].
