@@ -168,7 +168,7 @@ pub struct RunArgs {
     /// Idle upstream connections kept per host per worker [default: 64].
     #[arg(long, value_name = "N")]
     pub pool_max_idle: Option<usize>,
-    /// Client connections per worker; further ones are closed at once [default: 10000].
+    /// Client connections per worker; further ones get a 503 and are closed [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
     /// Lua plugin file (repeatable; loaded in order into every worker).

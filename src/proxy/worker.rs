@@ -101,6 +101,10 @@ pub struct Worker {
     pub counters: Counters,
     /// Open client connections.
     pub active: Cell<usize>,
+    /// Connections over `max_connections` being answered 503 (bounded by [`REFUSING_MAX`]).
+    refusing: Cell<usize>,
+    /// When the last over-the-limit warning was logged (one a second at most).
+    refused_logged: Cell<Option<Instant>>,
     /// Set once the worker drains; connections finish their request and close.
     pub draining: watch::Sender<bool>,
     next_conn: Cell<u64>,
@@ -214,6 +218,8 @@ pub async fn main(setup: Setup) {
         pipeline,
         counters: Counters::default(),
         active: Cell::new(0),
+        refusing: Cell::new(0),
+        refused_logged: Cell::new(None),
         draining: watch::channel(false).0,
         next_conn: Cell::new(0),
         cfg,
@@ -265,8 +271,29 @@ pub async fn main(setup: Setup) {
                 }
                 if w.active.get() >= w.cfg.max_connections {
                     Counters::bump(&w.counters.refused);
-                    tracing::warn!(worker = index, %peer, "max connections reached; closing new connection");
-                    stream.shutdown(std::net::Shutdown::Both);
+                    let now = Instant::now();
+                    if w.refused_logged
+                        .get()
+                        .is_none_or(|t| now - t >= Duration::from_secs(1))
+                    {
+                        w.refused_logged.set(Some(now));
+                        tracing::warn!(
+                            worker = index,
+                            %peer,
+                            "max connections ({}) reached; new connections get 503",
+                            w.cfg.max_connections
+                        );
+                    }
+                    if w.refusing.get() < REFUSING_MAX {
+                        w.refusing.set(w.refusing.get() + 1);
+                        let wr = w.clone();
+                        io::spawn(async move {
+                            refuse(stream).await;
+                            wr.refusing.set(wr.refusing.get() - 1);
+                        });
+                    } else {
+                        stream.shutdown(std::net::Shutdown::Both);
+                    }
                     continue;
                 }
                 Counters::bump(&w.counters.accepted);
@@ -299,4 +326,33 @@ async fn drain(w: &Worker) {
             "drain timeout: closing remaining connections"
         );
     }
+}
+
+/// Most over-the-limit connections answered 503 at once; beyond it they are closed
+/// without a word, so a flood cannot grow the worker's load.
+const REFUSING_MAX: usize = 64;
+
+/// Answers a connection over `max_connections` with a 503, then closes it after
+/// reading (briefly) what the client sent, so the answer is not lost to a reset.
+async fn refuse(stream: io::Stream) {
+    let body = "luring: too many connections, try again\n";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(bytes::Bytes::from(answer)).await.is_ok() {
+        stream.shutdown(std::net::Shutdown::Write);
+        let mut buf = bytes::BytesMut::with_capacity(4096);
+        let deadline = Instant::now() + Duration::from_millis(500);
+        for _ in 0..16 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            buf.clear();
+            match crate::proxy::relay::read_some(&stream, &mut buf, left).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
+    stream.shutdown(std::net::Shutdown::Both);
 }
