@@ -275,8 +275,6 @@ impl Stream {
         }
     }
 
-    /// Shuts down one or both directions. Also the way to make an abandoned in-flight
-    /// io_uring operation complete (see module docs).
     /// For a pooled connection: true when the peer has neither closed it nor sent
     /// anything since the last exchange (a non-blocking peek at the socket; for TLS,
     /// pending bytes such as a close_notify count as sent).
@@ -300,6 +298,8 @@ impl Stream {
         n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
+    /// Shuts down one or both directions. Also the way to make an abandoned in-flight
+    /// io_uring operation complete (see module docs).
     pub fn shutdown(&self, how: Shutdown) {
         let _ = match self {
             Stream::Uring(s) => s.shutdown(how),

@@ -70,7 +70,7 @@ impl Pool {
     }
 
     /// Takes the most recently used idle connection for `key`, if one is fresh enough.
-    /// An idle connection to `key`. With `probe`, each candidate is first checked with
+    /// With `probe`, each candidate is first checked with
     /// a non-blocking peek and skipped when the upstream has closed it meanwhile: a
     /// request that cannot be sent twice gets no retry, so it should not meet a stale
     /// connection.

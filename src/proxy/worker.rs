@@ -18,6 +18,7 @@ use tokio::sync::watch;
 /// against clients; an upstream is trusted more, and a response with many Set-Cookie
 /// lines is legitimate (nginx sets no count limit on upstream responses).
 pub const UPSTREAM_MIN_HEADERS: usize = 1000;
+
 /// Process-wide orders to the workers (rare path: a watch channel).
 #[derive(Clone, Debug, Default)]
 pub struct Control {
