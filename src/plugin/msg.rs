@@ -162,6 +162,9 @@ pub(crate) struct Core {
     /// `lua_topointer` of the interned strings "get", "set", "add" (kept alive as keys
     /// of the headers methods table): the headers `__index` compares keys by identity.
     hdr_keys: Cell<[usize; 3]>,
+    /// `lua_topointer` of the interned string "headers" (anchored in the registry):
+    /// `msg.headers` is answered from the handle alone, the most frequent field.
+    headers_key: Cell<usize>,
     max_body: usize,
 }
 
@@ -193,6 +196,7 @@ impl Core {
             need: Cell::new(ffi::LUA_NOREF),
             retired: RefCell::new(Vec::new()),
             hdr_keys: Cell::new([0; 3]),
+            headers_key: Cell::new(0),
             max_body,
         })
     }
@@ -243,6 +247,9 @@ impl Core {
                     ffi::lua_pop(l, 1);
                 }
                 self.hdr_keys.set(keys);
+                ffi::lua_pushstring(l, c"headers".as_ptr());
+                self.headers_key.set(ffi::lua_topointer(l, -1) as usize);
+                ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX);
                 for (name, f) in [
                     (c"get_all", &cold.get_all),
                     (c"remove", &cold.remove),
@@ -651,6 +658,14 @@ fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> 
 unsafe extern "C-unwind" fn ud_index(l: *mut ffi::lua_State) -> c_int {
     let core = core_of(l);
     let r = match tag_at(l, 1) {
+        // a stale handle still gives a headers handle, which fails on first use
+        Some(t)
+            if (t.kind == K_REQ || t.kind == K_RESP)
+                && ffi::lua_topointer(l, 2) as usize == core.headers_key.get() =>
+        {
+            push_tag(l, Tag { kind: K_HDR, ..t });
+            Ok(1)
+        }
         Some(t) if t.kind == K_REQ || t.kind == K_RESP => msg_index(l, core, t),
         Some(t) => hdr_index(l, core, t),
         None => Err(Fail::from("attempt to index a userdata value")),
