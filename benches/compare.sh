@@ -6,6 +6,7 @@
 #   luring-epoll  same with --io epoll
 #   haproxy-http  HAProxy in http mode, haproxy-tcp: HAProxy as a pure L4 relay
 #                 (when haproxy is installed)
+#   uring-l4      the io_uring floor: examples/uring_relay.rs, a minimal L4 relay
 #   (+ luring-*+plugin rows with --plugin FILE, and nginx-lua: nginx with
 #    lua-nginx-module setting the two headers of benches/two-headers.lua)
 # for 1 KiB and 64 KiB responses (or --sizes). wrk and the origin (nginx serving
@@ -73,7 +74,7 @@ command -v nginx >/dev/null && HAVE_NGINX=1
 
 if (( BUILD )); then
   log "cargo build --release"
-  cargo build --release --locked >&2
+  cargo build --release --locked --bin luring --example uring_relay >&2
 fi
 [[ -x "$BIN" ]] || { echo "no release binary at $BIN" >&2; exit 1; }
 
@@ -240,6 +241,28 @@ if command -v haproxy >/dev/null; then
   start_haproxy haproxy-tcp tcp
 else
   log "no haproxy (apt: haproxy): no haproxy-http / haproxy-tcp rows"
+fi
+
+# The io_uring floor (examples/uring_relay.rs): the least an io_uring proxy can do per
+# request, an L4 relay with multishot receives and DEFER_TASKRUN (uring-l4), and with
+# one plain receive at a time and COOP_TASKRUN (uring-l4-basic, the way tokio-uring
+# drives the ring).
+RELAY="$TARGET_DIR/release/examples/uring_relay"
+start_relay() { # name extra-args...
+  local name=$1 port; shift
+  port=$(free_port)
+  taskset -c 0 "$RELAY" "$port" "127.0.0.1:$ORIGIN_PORT" "$@" >/dev/null 2>"$TMP/$name.err" &
+  local pid=$!
+  PIDS+=("$pid")
+  if wait_port "$port"; then
+    NAMES+=("$name"); PORTS+=("$port"); TPIDS+=("$pid")
+  else
+    log "$name did not start: $(head -c 300 "$TMP/$name.err")"
+  fi
+}
+if [[ -x "$RELAY" ]]; then
+  start_relay uring-l4
+  start_relay uring-l4-basic --basic --no-defer
 fi
 
 start_luring() { # name io extra-args...
