@@ -37,21 +37,143 @@ pub struct Header {
 }
 
 /// An ordered header list that keeps repeats, case and order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Headers {
     list: Vec<Header>,
+    /// A bit per [`known_bit`] name that may be present (a superset: set on insertion,
+    /// recomputed on removal), so looking up an absent well-known name costs no scan.
+    known: u16,
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Eq for Headers {}
+
+/// Bits of the field names the proxy itself looks up on every message.
+pub mod known_names {
+    /// Host.
+    pub const HOST: u16 = 1;
+    /// Connection.
+    pub const CONNECTION: u16 = 1 << 1;
+    /// Proxy-Connection.
+    pub const PROXY_CONNECTION: u16 = 1 << 2;
+    /// Keep-Alive.
+    pub const KEEP_ALIVE: u16 = 1 << 3;
+    /// TE.
+    pub const TE: u16 = 1 << 4;
+    /// Trailer.
+    pub const TRAILER: u16 = 1 << 5;
+    /// Upgrade.
+    pub const UPGRADE: u16 = 1 << 6;
+    /// Proxy-Authorization.
+    pub const PROXY_AUTHORIZATION: u16 = 1 << 7;
+    /// Proxy-Authenticate.
+    pub const PROXY_AUTHENTICATE: u16 = 1 << 8;
+    /// Transfer-Encoding.
+    pub const TRANSFER_ENCODING: u16 = 1 << 9;
+    /// Content-Length.
+    pub const CONTENT_LENGTH: u16 = 1 << 10;
+    /// Expect.
+    pub const EXPECT: u16 = 1 << 11;
+    /// The hop-by-hop names of RFC 9110 7.6.1 (plus Proxy-Connection).
+    pub const HOP_BY_HOP: u16 = CONNECTION
+        | PROXY_CONNECTION
+        | KEEP_ALIVE
+        | TE
+        | TRAILER
+        | UPGRADE
+        | PROXY_AUTHORIZATION
+        | PROXY_AUTHENTICATE;
+}
+
+/// True for a non-empty token (RFC 9110 5.1), the only thing a field name may be.
+fn is_field_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&b| crate::proto::http1::is_tchar(b))
+}
+
+/// `value` with CR, LF and NUL replaced by SP (what RFC 9110 5.5 asks of recipients).
+fn safe_value(value: Bytes) -> Bytes {
+    let bad = |b: &u8| matches!(b, b'\r' | b'\n' | 0);
+    if !value.iter().any(bad) {
+        return value;
+    }
+    value
+        .iter()
+        .map(|b| if bad(b) { b' ' } else { *b })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// The [`known_names`] bit of `name` (case-insensitive), 0 for any other name.
+pub fn known_bit(name: &[u8]) -> u16 {
+    use known_names::*;
+    // Length and first letter rule out almost every other name before any comparison.
+    let Some(&first) = name.first() else { return 0 };
+    let (bit, lower): (u16, &[u8]) = match (name.len(), first | 0x20) {
+        (2, b't') => (TE, b"te"),
+        (4, b'h') => (HOST, b"host"),
+        (6, b'e') => (EXPECT, b"expect"),
+        (7, b't') => (TRAILER, b"trailer"),
+        (7, b'u') => (UPGRADE, b"upgrade"),
+        (10, b'c') => (CONNECTION, b"connection"),
+        (10, b'k') => (KEEP_ALIVE, b"keep-alive"),
+        (14, b'c') => (CONTENT_LENGTH, b"content-length"),
+        (16, b'p') => (PROXY_CONNECTION, b"proxy-connection"),
+        (17, b't') => (TRANSFER_ENCODING, b"transfer-encoding"),
+        (18, b'p') => (PROXY_AUTHENTICATE, b"proxy-authenticate"),
+        (19, b'p') => (PROXY_AUTHORIZATION, b"proxy-authorization"),
+        _ => return 0,
+    };
+    if token_eq_lower(name, lower) {
+        bit
+    } else {
+        0
+    }
+}
+
+/// Case-insensitive equality of a token (RFC 9110 5.6.2) with a lowercase name, eight
+/// bytes at a time. Setting bit 5 lowercases letters and leaves '-' and digits alone; the
+/// only other byte it maps onto a name byte is CR (onto '-'), which no token holds.
+fn token_eq_lower(token: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let n = token.len();
+    if n != lower.len() {
+        return false;
+    }
+    if n < 8 {
+        return token.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b);
+    }
+    let mut at = 0;
+    while at + 8 < n {
+        if word(token, at) | CASE != word(lower, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // the last eight bytes, overlapping the previous word when n is not a multiple of 8
+    word(token, n - 8) | CASE == word(lower, n - 8)
 }
 
 impl Headers {
     /// An empty list.
     pub fn new() -> Self {
-        Self { list: Vec::new() }
+        Self::default()
     }
 
     /// An empty list with room for `n` fields.
     pub fn with_capacity(n: usize) -> Self {
         Self {
             list: Vec::with_capacity(n),
+            known: 0,
         }
     }
 
@@ -70,8 +192,23 @@ impl Headers {
         self.list.iter()
     }
 
+    /// True when a field named by one of the `bits` may be present ([`known_names`]);
+    /// false means none is.
+    pub fn may_have(&self, bits: u16) -> bool {
+        self.known & bits != 0
+    }
+
+    /// False when `name` is a well-known name that is certainly absent.
+    fn worth_scanning(&self, name: &[u8]) -> bool {
+        let bit = known_bit(name);
+        bit == 0 || self.known & bit != 0
+    }
+
     /// First value of `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&Bytes> {
+        if !self.worth_scanning(name.as_bytes()) {
+            return None;
+        }
         self.list
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
@@ -80,8 +217,12 @@ impl Headers {
 
     /// Every value of `name` in wire order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Bytes> + 'a {
-        self.list
-            .iter()
+        let list = if self.worth_scanning(name.as_bytes()) {
+            &self.list[..]
+        } else {
+            &[]
+        };
+        list.iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name.as_bytes()))
             .map(|h| &h.value)
     }
@@ -91,23 +232,38 @@ impl Headers {
         self.get(name).is_some()
     }
 
-    /// Appends a field at the end.
+    /// Appends a field at the end. A name that is not a token is ignored, and CR, LF
+    /// and NUL in the value become SP: whatever plugins set, the head stays well framed.
     pub fn add(&mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) {
-        self.list.push(Header {
-            name: name.into(),
-            value: value.into(),
-        });
+        let name = name.into();
+        if !is_field_name(&name) {
+            return;
+        }
+        self.push_wire(name, safe_value(value.into()));
+    }
+
+    /// Appends a field a parser took from the wire, which is valid already.
+    pub(crate) fn push_wire(&mut self, name: Bytes, value: Bytes) {
+        self.known |= known_bit(&name);
+        self.list.push(Header { name, value });
     }
 
     /// Replaces every field called `name` by one field; keeps the position of the first.
+    /// Names and values are checked as in [`Headers::add`].
     pub fn set(&mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) {
         let name = name.into();
-        let value = value.into();
-        match self
-            .list
-            .iter()
-            .position(|h| h.name.eq_ignore_ascii_case(&name))
-        {
+        if !is_field_name(&name) {
+            return;
+        }
+        let value = safe_value(value.into());
+        let pos = if self.worth_scanning(&name) {
+            self.list
+                .iter()
+                .position(|h| h.name.eq_ignore_ascii_case(&name))
+        } else {
+            None
+        };
+        match pos {
             Some(i) => {
                 self.list[i].value = value;
                 let mut j = i + 1;
@@ -119,21 +275,29 @@ impl Headers {
                     }
                 }
             }
-            None => self.list.push(Header { name, value }),
+            None => {
+                self.known |= known_bit(&name);
+                self.list.push(Header { name, value })
+            }
         }
     }
 
     /// Removes every field called `name`; returns how many were removed.
     pub fn remove(&mut self, name: &str) -> usize {
+        if !self.worth_scanning(name.as_bytes()) {
+            return 0;
+        }
         let before = self.list.len();
         self.list
             .retain(|h| !h.name.eq_ignore_ascii_case(name.as_bytes()));
+        self.known &= !known_bit(name.as_bytes());
         before - self.list.len()
     }
 
     /// Keeps only the fields for which `keep` returns true.
     pub fn retain(&mut self, keep: impl FnMut(&Header) -> bool) {
-        self.list.retain(keep)
+        self.list.retain(keep);
+        self.known = self.list.iter().fold(0, |k, h| k | known_bit(&h.name));
     }
 
     /// True when the comma-separated list in field `name` contains `token` (case-insensitive).
@@ -317,6 +481,72 @@ mod tests {
     }
 
     #[test]
+    fn known_names_are_found_in_any_case_and_nothing_else_is() {
+        use known_names::*;
+        for (name, bit) in [
+            ("te", TE),
+            ("HOST", HOST),
+            ("Expect", EXPECT),
+            ("Trailer", TRAILER),
+            ("upgrade", UPGRADE),
+            ("Connection", CONNECTION),
+            ("KEEP-ALIVE", KEEP_ALIVE),
+            ("Content-Length", CONTENT_LENGTH),
+            ("proxy-connection", PROXY_CONNECTION),
+            ("Transfer-Encoding", TRANSFER_ENCODING),
+            ("Proxy-Authenticate", PROXY_AUTHENTICATE),
+            ("Proxy-Authorization", PROXY_AUTHORIZATION),
+        ] {
+            assert_eq!(known_bit(name.as_bytes()), bit, "{name}");
+        }
+        for other in [
+            "",
+            "t",
+            "tf",
+            "hosts",
+            "Date",
+            "Content-Type",
+            "Content-Lengths",
+            "Content_Length",
+            "Connectiom",
+            "xonnection",
+            "Transfer-Encodinh",
+        ] {
+            assert_eq!(known_bit(other.as_bytes()), 0, "{other}");
+        }
+    }
+
+    #[test]
+    fn absent_known_names_are_answered_without_a_scan_and_stay_right() {
+        let mut h = Headers::new();
+        h.add("Content-Length", "5");
+        assert!(h.may_have(known_names::CONTENT_LENGTH));
+        assert!(!h.may_have(known_names::HOP_BY_HOP));
+        assert_eq!(h.get("connection"), None);
+        h.set("CONNECTION", "close");
+        assert!(h.has_token("connection", "close"));
+        assert_eq!(h.remove("Connection"), 1);
+        assert!(!h.may_have(known_names::CONNECTION));
+        h.add("Upgrade", "websocket");
+        h.retain(|f| f.name.as_ref() != b"Upgrade");
+        assert!(!h.may_have(known_names::UPGRADE));
+        assert!(h.may_have(known_names::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn fields_that_would_break_the_head_are_refused_or_made_safe() {
+        let mut h = Headers::new();
+        h.add("bad name", "x");
+        h.add("", "x");
+        h.set("X-Split:", "x");
+        assert!(h.is_empty());
+        h.add("X-Inject", "a\r\nEvil: 1\0");
+        h.set("X-Set", "b\nc");
+        assert_eq!(h.get("x-inject").unwrap().as_ref(), b"a  Evil: 1 ");
+        assert_eq!(h.get("x-set").unwrap().as_ref(), b"b c");
+    }
+
+    #[test]
     fn tokens() {
         let mut h = Headers::new();
         h.add("Connection", "keep-alive, Upgrade");
@@ -406,16 +636,15 @@ pub struct Response {
 impl Request {
     /// Host part of `authority` (without brackets or port).
     pub fn host(&self) -> String {
-        split_authority(&self.authority, 0)
-            .map(|(h, _)| h)
-            .unwrap_or_default()
+        self.host_port().0
     }
     /// Port of `authority`, defaulted from the scheme.
     pub fn port(&self) -> u16 {
+        self.host_port().1
+    }
+    /// Host and port of `authority` in one parse; the port defaults from the scheme.
+    pub fn host_port(&self) -> (String, u16) {
         let default = if self.scheme == "https" { 443 } else { 80 };
-        match split_authority(&self.authority, default) {
-            Some((_, p)) => p,
-            None => default,
-        }
+        split_authority(&self.authority, default).unwrap_or((String::new(), default))
     }
 }

@@ -2,7 +2,7 @@
 //! and post_pipeline hooks (spec section 3).
 
 use crate::config::{parse_header_assignment, Config};
-use crate::http::{Headers, Request, Response};
+use crate::http::{known_bit, known_names, Headers, Request, Response};
 
 /// One built-in processing step of a message event.
 pub trait PipelineStep {
@@ -63,25 +63,15 @@ impl Pipeline {
 /// message is committed to the wire, from what the body then is.
 pub struct HopByHop;
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
 fn is_fixed_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|n| n.len() == name.len() && name.eq_ignore_ascii_case(n.as_bytes()))
+    known_bit(name) & known_names::HOP_BY_HOP != 0
 }
 
 /// Strips the fixed hop-by-hop names and every name listed in Connection.
 pub fn strip_hop_by_hop(h: &mut Headers) {
+    if !h.may_have(known_names::HOP_BY_HOP) {
+        return;
+    }
     // Names listed in Connection that are not fixed hop-by-hop names already; usually
     // none (keep-alive traffic lists "keep-alive"), so most messages allocate nothing.
     let listed: Vec<Vec<u8>> = h
@@ -97,11 +87,7 @@ pub fn strip_hop_by_hop(h: &mut Headers) {
         })
         .map(<[u8]>::to_vec)
         .collect();
-    let drop =
-        |name: &[u8]| is_fixed_hop(name) || listed.iter().any(|n| name.eq_ignore_ascii_case(n));
-    if h.into_iter().any(|f| drop(&f.name)) {
-        h.retain(|f| !drop(&f.name));
-    }
+    h.retain(|f| !is_fixed_hop(&f.name) && !listed.iter().any(|n| f.name.eq_ignore_ascii_case(n)));
 }
 
 impl PipelineStep for HopByHop {

@@ -463,7 +463,7 @@ impl BodyDecoder {
             };
             let mut headers = Headers::with_capacity(fields.len());
             for f in fields.iter() {
-                headers.add(cut(f.name.as_bytes()), cut(f.value));
+                headers.push_wire(cut(f.name.as_bytes()), cut(f.value));
             }
             self.trailers = Some(headers);
         }

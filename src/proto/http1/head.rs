@@ -2,7 +2,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::http::{Headers, RequestHead, ResponseHead, Version};
+use crate::http::{known_names, Headers, RequestHead, ResponseHead, Version};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{known, BodyKind};
@@ -204,7 +204,7 @@ impl Cutter<'_> {
     fn headers(&self, fields: &[httparse::Header<'_>]) -> Headers {
         let mut headers = Headers::with_capacity(fields.len());
         for h in fields {
-            headers.add(
+            headers.push_wire(
                 self.slice_or(h.name.as_bytes(), known::name),
                 self.slice_or(h.value, known::value),
             );
@@ -326,22 +326,19 @@ fn fields_len(headers: &Headers) -> usize {
         .sum()
 }
 
-/// Appends `name: value CRLF` lines. Plugins can put anything into heads, so nothing they
-/// set may break the framing: fields with invalid names are dropped, and CR/LF/NUL in
-/// values become SP (what RFC 9110 5.5 asks of recipients of such values).
+/// Appends `name: value CRLF` lines. [`Headers`] holds only fields that are safe to
+/// write (see [`Headers::add`]), so they are copied as they are.
 pub(crate) fn put_fields(out: &mut BytesMut, headers: &Headers) {
+    out.reserve(fields_len(headers));
     for h in headers {
-        if h.name.is_empty() || !h.name.iter().all(|&b| is_tchar(b)) {
-            continue;
-        }
         out.extend_from_slice(&h.name);
         out.extend_from_slice(b": ");
-        put_text(out, &h.value);
+        out.extend_from_slice(&h.value);
         out.extend_from_slice(b"\r\n");
     }
 }
 
-/// Appends a field value or reason phrase with CR, LF and NUL replaced by SP.
+/// Appends a reason phrase with CR, LF and NUL replaced by SP.
 fn put_text(out: &mut BytesMut, text: &[u8]) {
     // A fold without early exit vectorises; it finds all candidates (and HT) at once, and
     // only then is the exact check run.
@@ -495,6 +492,9 @@ impl Framing {
             chunked_last: false,
             length: None,
         };
+        if !headers.may_have(known_names::TRANSFER_ENCODING | known_names::CONTENT_LENGTH) {
+            return Ok(f);
+        }
         for h in headers {
             if h.name.eq_ignore_ascii_case(b"transfer-encoding") {
                 f.te = true;
