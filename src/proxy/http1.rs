@@ -4,7 +4,7 @@
 
 use crate::config::Mode;
 use crate::http::{Body, Request, RequestHead, Response, Target, Version};
-use crate::io::Stream;
+use crate::io::{Deadline, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, Step};
 use crate::proto::client_hello::ClientHello;
 use crate::proto::http1::{
@@ -65,6 +65,10 @@ pub struct ClientConn {
     intercept: Option<Intercept>,
     /// Status sent for the current exchange (0: none), for the access log.
     status: u16,
+    /// Limits reads from the client (head and idle timeouts).
+    client_deadline: Deadline,
+    /// Limits waiting for upstream response heads.
+    upstream_deadline: Deadline,
 }
 
 /// The target of an intercepted CONNECT tunnel's requests.
@@ -107,6 +111,8 @@ impl ClientConn {
             bytes_out: 0,
             intercept: None,
             status: 0,
+            client_deadline: Deadline::new(),
+            upstream_deadline: Deadline::new(),
         }
     }
 
@@ -297,7 +303,8 @@ impl ClientConn {
     ) -> Option<RequestHead> {
         let t = self.w.timeouts;
         let mut started = first || !self.buf.is_empty();
-        let mut deadline = Instant::now() + if started { t.head } else { t.idle };
+        self.client_deadline
+            .arm(if started { t.head } else { t.idle });
         loop {
             if !self.buf.is_empty() {
                 match parse_request_head(&self.buf, &self.w.limits) {
@@ -317,7 +324,7 @@ impl ClientConn {
                 }
                 if !started {
                     started = true;
-                    deadline = Instant::now() + t.head;
+                    self.client_deadline.arm(t.head);
                 }
             }
             if self.buf.capacity() - self.buf.len() < 1024 {
@@ -325,7 +332,7 @@ impl ClientConn {
             }
             let idle = self.buf.is_empty();
             let b = std::mem::take(&mut self.buf);
-            let read = tokio::time::timeout_at(deadline.into(), self.stream.read(b));
+            let read = self.client_deadline.limit(self.stream.read(b));
             tokio::select! {
                 r = read => match r {
                     Ok((Ok(n), b)) if n > 0 => {
@@ -532,10 +539,11 @@ impl ClientConn {
             keep_alive = false;
         }
 
+        let (host, port) = req.host_port();
         let key = Key {
             scheme: req.scheme.clone(),
-            host: req.host(),
-            port: req.port(),
+            host,
+            port,
         };
         // a request that failed on a reused connection before any answer is sent again
         // only when that is safe: the body is at hand and the method idempotent
@@ -689,7 +697,9 @@ impl ClientConn {
             rkind,
             chunked_ok,
         );
-        let mut head_buf = BytesMut::with_capacity(256 + resp.headers.len() * 48);
+        // room for a small body already read, which relay::body copies behind the head
+        let body_ready = up.buf.len().min(relay::COALESCE_MAX);
+        let mut head_buf = BytesMut::with_capacity(256 + resp.headers.len() * 48 + body_ready);
         respond::response_head(&mut resp, close, client_version, &mut head_buf);
         self.status = resp.status;
         let upstream_done;
@@ -913,7 +923,9 @@ impl ClientConn {
                 tracing::debug!(conn = self.info.conn_id, "upstream write failed: {e}");
                 return Err(SendError::Upstream(RespError::Closed));
             }
-            let r = read_response_head(&up.stream, &mut up.buf, &limits, Some(t.upstream)).await;
+            self.upstream_deadline.arm(t.upstream);
+            let limit = Some(&self.upstream_deadline);
+            let r = read_response_head(&up.stream, &mut up.buf, &limits, limit).await;
             match r {
                 Ok((interim, h)) => (interim, Ok((h, true))),
                 Err(e) => return Err(SendError::Upstream(e)),
@@ -1275,14 +1287,13 @@ fn alpn_list(hello: &ClientHello) -> String {
 }
 
 /// Reads up to the final response head; returns the interim (1xx other than 100)
-/// heads to pass on, and the final head. `timeout` None waits as long as it takes.
+/// heads to pass on, and the final head. `deadline` None waits as long as it takes.
 async fn read_response_head(
     stream: &Stream,
     buf: &mut BytesMut,
     limits: &crate::proto::http1::Limits,
-    timeout: Option<Duration>,
+    deadline: Option<&Deadline>,
 ) -> Result<(Vec<crate::http::ResponseHead>, crate::http::ResponseHead), RespError> {
-    let deadline = timeout.map(|t| Instant::now() + t);
     let mut seen_any = false;
     let mut interim = Vec::new();
     loop {
@@ -1304,11 +1315,14 @@ async fn read_response_head(
                 Err(e) => return Err(RespError::Bad(e.to_string())),
             }
         }
-        let left = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()),
-            None => Duration::from_secs(86400 * 365),
+        let read = match deadline {
+            Some(d) => relay::read_some_by(stream, buf, d, relay::HEAD_READ).await,
+            None => {
+                let forever = Duration::from_secs(86400 * 365);
+                relay::read_some_at_most(stream, buf, forever, relay::HEAD_READ).await
+            }
         };
-        match relay::read_some_at_most(stream, buf, left, relay::HEAD_READ).await {
+        match read {
             Ok(0) if seen_any => return Err(RespError::Bad("upstream closed mid-head".into())),
             Ok(0) => return Err(RespError::Closed),
             Ok(_) => {}

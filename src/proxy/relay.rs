@@ -2,7 +2,7 @@
 //! written to the other side as the same allocation (no copy), and the next read runs
 //! while that write is in flight.
 
-use crate::io::{self, SpliceError, Stream};
+use crate::io::{self, Deadline, SpliceError, Stream};
 use crate::proto::http1::{BodyDecoder, BodyKind};
 use bytes::{Bytes, BytesMut};
 use std::net::Shutdown;
@@ -15,7 +15,7 @@ pub const READ_BUF: usize = 64 * 1024;
 pub const HEAD_READ: usize = 16 * 1024;
 /// Largest first body piece copied behind the head to make one buffer; a larger one
 /// goes out as a second iovec of the same write instead of being copied.
-const COALESCE_MAX: usize = 4 * 1024;
+pub const COALESCE_MAX: usize = 4 * 1024;
 /// Shortest run of opaque body bytes moved with splice instead of read + write: below
 /// it, the copy costs less than the extra system calls.
 pub const SPLICE_MIN: u64 = 16 * 1024;
@@ -60,12 +60,36 @@ pub async fn read_some_at_most(
 ) -> std::io::Result<usize> {
     ensure_spare(buf, 4096);
     let b = std::mem::take(buf);
-    match tokio::time::timeout(timeout, stream.read_at_most(b, max)).await {
-        Ok((res, b)) => {
+    let read = tokio::time::timeout(timeout, stream.read_at_most(b, max)).await;
+    finish_read(stream, buf, read.ok())
+}
+
+/// [`read_some_at_most`] limited by a long-lived [`Deadline`] instead of a new timer.
+pub async fn read_some_by(
+    stream: &Stream,
+    buf: &mut BytesMut,
+    deadline: &Deadline,
+    max: usize,
+) -> std::io::Result<usize> {
+    ensure_spare(buf, 4096);
+    let b = std::mem::take(buf);
+    let read = deadline.limit(stream.read_at_most(b, max)).await;
+    finish_read(stream, buf, read.ok())
+}
+
+/// Puts the buffer of a finished read back; a read that timed out (None) shuts the
+/// socket down so the abandoned io_uring operation completes.
+fn finish_read(
+    stream: &Stream,
+    buf: &mut BytesMut,
+    read: Option<(std::io::Result<usize>, BytesMut)>,
+) -> std::io::Result<usize> {
+    match read {
+        Some((res, b)) => {
             *buf = b;
             res
         }
-        Err(_) => {
+        None => {
             stream.shutdown(Shutdown::Both);
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

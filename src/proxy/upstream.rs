@@ -3,8 +3,8 @@
 
 use crate::io::{Backend, Stream};
 use bytes::BytesMut;
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ struct Idle {
 
 /// Per-worker pool of idle upstream connections (no locks: one worker owns it).
 pub struct Pool {
-    idle: RefCell<HashMap<Key, Vec<Idle>>>,
+    idle: RefCell<FxHashMap<Key, Vec<Idle>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -63,7 +63,7 @@ impl Pool {
     /// An empty pool.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: RefCell::new(HashMap::new()),
+            idle: RefCell::new(FxHashMap::default()),
             max_idle,
             idle_timeout,
         }
