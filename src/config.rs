@@ -28,12 +28,14 @@ pub struct Upstream {
     pub port: u16,
     /// Path prefix prepended to request paths ("" for none).
     pub path_prefix: String,
+    /// "host:port", made once: every request in reverse mode carries it.
+    authority: String,
 }
 
 impl Upstream {
     /// "host:port" with brackets for IPv6 literals.
     pub fn authority(&self) -> String {
-        crate::http::authority_of(&self.host, self.port)
+        self.authority.clone()
     }
 }
 
@@ -59,6 +61,7 @@ impl Mode {
         }
         let path_prefix = t.path.trim_end_matches('/').to_string();
         Ok(Mode::Reverse(Upstream {
+            authority: crate::http::authority_of(&t.host, t.port),
             scheme: t.scheme,
             host: t.host,
             port: t.port,
@@ -108,6 +111,9 @@ pub struct Config {
     pub connect_timeout: f64,
     /// Seconds to wait for the upstream's response head.
     pub upstream_timeout: f64,
+    /// Seconds a tunnel (CONNECT relay, TLS passthrough, upgraded connection) may carry
+    /// no byte in either direction before both sides are closed; 0: no limit.
+    pub tunnel_idle_timeout: f64,
     /// Seconds an idle upstream connection is kept in the pool.
     pub pool_idle_timeout: f64,
     /// Idle upstream connections kept per (scheme, host, port) per worker.
@@ -165,6 +171,7 @@ impl Default for Config {
             idle_timeout: 60.0,
             connect_timeout: 10.0,
             upstream_timeout: 60.0,
+            tunnel_idle_timeout: 3600.0,
             pool_idle_timeout: 30.0,
             pool_max_idle: 64,
             max_connections: 10_000,

@@ -122,8 +122,9 @@ pub fn response_head(resp: &mut Response, close: bool, client: Version, out: &mu
         // an HTTP/1.0 client closes unless told the connection persists
         resp.headers.set("connection", "keep-alive");
     }
-    let reason = if resp.reason.is_empty() {
-        Bytes::from_static(reason(resp.status).as_bytes())
+    let canonical = reason(resp.status);
+    let reason = if resp.reason.is_empty() || resp.reason == canonical {
+        Bytes::from_static(canonical.as_bytes())
     } else {
         Bytes::from(resp.reason.clone())
     };

@@ -202,7 +202,9 @@ impl Cutter<'_> {
     }
 
     fn headers(&self, fields: &[httparse::Header<'_>]) -> Headers {
-        let mut headers = Headers::with_capacity(fields.len());
+        // room for the few fields the proxy or a plugin adds, so adding one does not
+        // copy the list into a new allocation
+        let mut headers = Headers::with_capacity(fields.len() + 4);
         for h in fields {
             headers.push_wire(
                 self.slice_or(h.name.as_bytes(), known::name),
