@@ -162,6 +162,10 @@ pub struct RunArgs {
     /// Seconds to wait for an upstream's response head; beyond it 504 [default: 60].
     #[arg(long, value_name = "SECS")]
     pub upstream_timeout: Option<f64>,
+    /// Seconds a tunnel (CONNECT, TLS passthrough, WebSocket or other upgrade) may pass
+    /// no byte either way before both sides are closed; 0 = no limit [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub tunnel_idle_timeout: Option<f64>,
     /// Seconds an idle upstream connection stays in the pool [default: 30].
     #[arg(long, value_name = "SECS")]
     pub pool_idle_timeout: Option<f64>,
@@ -245,6 +249,7 @@ impl RunArgs {
             idle_timeout,
             connect_timeout,
             upstream_timeout,
+            tunnel_idle_timeout,
             pool_idle_timeout,
             pool_max_idle,
             max_connections,

@@ -170,3 +170,48 @@ fn plain_http_inside_a_tunnel_is_handled_as_http() {
         "ignored host relayed raw"
     );
 }
+
+/// A tunnel through which nothing moves is closed after --tunnel-idle-timeout, on the
+/// kernel (splice) path and, with a raw.on_chunk hook, on the read/write path.
+#[test]
+fn quiet_tunnel_is_closed_after_the_idle_timeout() {
+    let dir = TempDir::new("tunnel-idle");
+    let plugin = dir.path("watch.lua");
+    std::fs::write(
+        &plugin,
+        "register_hook('raw', 'on_chunk', function(c) end)\n",
+    )
+    .unwrap();
+    let plugin = plugin.to_str().unwrap().to_string();
+    for extra in [vec![], vec!["--plugin", plugin.as_str()]] {
+        let echo = EchoServer::start();
+        let mut args = vec!["--tunnel-idle-timeout", "1"];
+        args.extend(extra.iter().copied());
+        let proxy = Proxy::start(&args);
+        let (mut c, r) = open_tunnel(&proxy, &echo.addr.to_string());
+        assert_eq!(r.status, 200);
+        assert_eq!(read_exactly(&mut c, ECHO_BANNER.len()), ECHO_BANNER);
+        // the echo server would keep this open forever; the proxy closes it
+        c.read_until_close(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+    }
+}
+
+/// Traffic in either direction keeps a tunnel open past the idle timeout.
+#[test]
+fn busy_tunnel_outlives_the_idle_timeout() {
+    let echo = EchoServer::start();
+    let proxy = Proxy::start(&["--tunnel-idle-timeout", "2"]);
+    let (mut c, r) = open_tunnel(&proxy, &echo.addr.to_string());
+    assert_eq!(r.status, 200);
+    assert_eq!(read_exactly(&mut c, ECHO_BANNER.len()), ECHO_BANNER);
+    // 5 s of traffic, a message every 200 ms: the tunnel must stay up throughout
+    for i in 0..25 {
+        let msg = format!("ping {i:02}");
+        c.send(msg.as_bytes());
+        assert_eq!(read_exactly(&mut c, msg.len()), msg.as_bytes());
+        thread::sleep(Duration::from_millis(200));
+    }
+    c.read_until_close(Duration::from_secs(20))
+        .expect("closed once quiet");
+}

@@ -20,7 +20,7 @@ pub mod tls;
 
 pub use deadline::{Deadline, Expired};
 pub use probe::{probe_uring, Backend, IoChoice};
-pub use splice::{can_splice, splice, SpliceError, UringTcp};
+pub use splice::{can_splice, splice, Idle, SpliceError, UringTcp};
 pub use tls::TlsStream;
 
 use bytes::{Bytes, BytesMut};

@@ -8,7 +8,7 @@
 //! readiness through tokio's reactor when one would block; the io_uring runtime is a
 //! tokio runtime underneath, so its reactor is there too. See docs/perf.md.
 
-use super::Stream;
+use super::{Deadline, Stream};
 use std::cell::{OnceCell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -225,14 +225,45 @@ pub fn can_splice(src: &Stream, dst: &Stream) -> bool {
     End::of(src).is_some() && End::of(dst).is_some()
 }
 
-/// Moves `len` bytes from `src` to `dst` (`u64::MAX`: until `src` ends), waiting at most
-/// `idle` for each read; `moved` counts the bytes written to `dst`, also when it fails.
+/// How long a [`splice`] may wait without progress.
+#[derive(Clone, Copy)]
+pub enum Idle<'a> {
+    /// At most this long for each read from the source.
+    EachRead(Duration),
+    /// Until the deadline, which every byte moved (here or by whoever else shares it,
+    /// like the other direction of a tunnel) pushes this far ahead; writes wait on it too.
+    Shared(&'a Deadline, Duration),
+}
+
+impl Idle<'_> {
+    async fn wait<F: std::future::Future>(self, fut: F) -> Option<F::Output> {
+        match self {
+            Idle::EachRead(d) => tokio::time::timeout(d, fut).await.ok(),
+            Idle::Shared(deadline, _) => deadline.limit(fut).await.ok(),
+        }
+    }
+
+    fn progress(self) {
+        if let Idle::Shared(deadline, d) = self {
+            deadline.arm(d);
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Idle::EachRead(d) | Idle::Shared(_, d) => format!("no data for {d:?}"),
+        }
+    }
+}
+
+/// Moves `len` bytes from `src` to `dst` (`u64::MAX`: until `src` ends), waiting as long
+/// as `idle` allows; `moved` counts the bytes written to `dst`, also when it fails.
 /// On error the sockets are left as they are; the caller closes them.
 pub async fn splice(
     src: &Stream,
     dst: &Stream,
     len: u64,
-    idle: Duration,
+    idle: Idle<'_>,
     moved: &mut u64,
 ) -> Result<(), SpliceError> {
     let (Some(from), Some(to)) = (End::of(src), End::of(dst)) else {
@@ -253,17 +284,13 @@ pub async fn splice(
             // Only wait for the source when the pipe has nothing to drain meanwhile;
             // None: no bytes right now.
             let got = if pipe.held == 0 {
-                match tokio::time::timeout(
-                    idle,
-                    from.io(Interest::READABLE, |fd| splice_raw(fd, pw, want)),
-                )
-                .await
-                {
-                    Ok(r) => Some(r.map_err(SpliceError::Source)?),
-                    Err(_) => {
+                let read = from.io(Interest::READABLE, |fd| splice_raw(fd, pw, want));
+                match idle.wait(read).await {
+                    Some(r) => Some(r.map_err(SpliceError::Source)?),
+                    None => {
                         return Err(SpliceError::Source(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            format!("no data for {idle:?}"),
+                            idle.describe(),
                         )))
                     }
                 }
@@ -293,12 +320,17 @@ pub async fn splice(
         if pipe.held > 0 {
             let pr = pipe.r;
             let held = pipe.held;
-            let n = to
-                .io(Interest::WRITABLE, |fd| splice_raw(pr, fd, held))
-                .await
-                .map_err(SpliceError::Sink)?;
+            let write = to.io(Interest::WRITABLE, |fd| splice_raw(pr, fd, held));
+            let n = match idle {
+                Idle::EachRead(_) => write.await,
+                Idle::Shared(..) => idle.wait(write).await.unwrap_or_else(|| {
+                    Err(io::Error::new(io::ErrorKind::TimedOut, idle.describe()))
+                }),
+            }
+            .map_err(SpliceError::Sink)?;
             pipe.held -= n;
             *moved += n as u64;
+            idle.progress();
         } else if eof {
             break;
         }
@@ -378,9 +410,15 @@ mod tests {
                 let writer = feed(peer_a, data.clone(), false);
                 let reader = drain(peer_b, len as usize);
                 let mut moved = 0;
-                splice(&src, &dst, len, Duration::from_secs(10), &mut moved)
-                    .await
-                    .unwrap();
+                splice(
+                    &src,
+                    &dst,
+                    len,
+                    Idle::EachRead(Duration::from_secs(10)),
+                    &mut moved,
+                )
+                .await
+                .unwrap();
                 assert_eq!(moved, len, "{backend:?}");
                 assert_eq!(reader.join().unwrap(), data[..len as usize], "{backend:?}");
                 let _keep = writer.join().unwrap();
@@ -402,9 +440,15 @@ mod tests {
                 let writer = feed(peer_a, data.clone(), true);
                 let reader = drain(peer_b, data.len());
                 let mut moved = 0;
-                splice(&src, &dst, u64::MAX, Duration::from_secs(10), &mut moved)
-                    .await
-                    .unwrap();
+                splice(
+                    &src,
+                    &dst,
+                    u64::MAX,
+                    Idle::EachRead(Duration::from_secs(10)),
+                    &mut moved,
+                )
+                .await
+                .unwrap();
                 assert_eq!(moved, data.len() as u64, "{backend:?}");
                 assert_eq!(reader.join().unwrap(), data);
                 drop(writer.join());
@@ -413,7 +457,14 @@ mod tests {
                 let writer = feed(peer_a, pattern(1000), true);
                 let reader = drain(peer_b, 1000);
                 let mut moved = 0;
-                let r = splice(&src, &dst, 5000, Duration::from_secs(10), &mut moved).await;
+                let r = splice(
+                    &src,
+                    &dst,
+                    5000,
+                    Idle::EachRead(Duration::from_secs(10)),
+                    &mut moved,
+                )
+                .await;
                 assert!(matches!(r, Err(SpliceError::Eof)), "{backend:?}: {r:?}");
                 assert_eq!(moved, 1000);
                 assert_eq!(reader.join().unwrap(), pattern(1000));
@@ -428,7 +479,14 @@ mod tests {
         for backend in backends() {
             run_on_current_thread(backend, || async move {
                 let (src, _peer_a, dst, _peer_b) = pair(backend).await;
-                let r = splice(&src, &dst, 10, Duration::from_millis(50), &mut 0).await;
+                let r = splice(
+                    &src,
+                    &dst,
+                    10,
+                    Idle::EachRead(Duration::from_millis(50)),
+                    &mut 0,
+                )
+                .await;
                 match r {
                     Err(SpliceError::Source(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
                     other => panic!("{backend:?}: {other:?}"),

@@ -222,6 +222,7 @@ impl ClientConn {
             engine,
             &self.info,
             [None, None],
+            self.w.timeouts.tunnel,
         )
         .await;
         self.bytes_in += stats.up;
@@ -1184,6 +1185,7 @@ impl ClientConn {
             engine,
             &self.info,
             pending,
+            self.w.timeouts.tunnel,
         )
         .await;
         self.bytes_in += stats.up;

@@ -218,7 +218,7 @@ async fn splice_run(
 ) -> Result<u64, RelayError> {
     let run = dec.opaque_run();
     let mut moved = 0;
-    match io::splice(src, dst, run, timeout, &mut moved).await {
+    match io::splice(src, dst, run, io::Idle::EachRead(timeout), &mut moved).await {
         Ok(()) => {
             dec.skip_opaque(moved);
             Ok(moved)

@@ -1,7 +1,7 @@
 //! Raw byte tunnels (CONNECT without interception): both directions at once, each
 //! read buffer written to the other side as is; raw.on_chunk when a plugin hooks it.
 
-use crate::io::{self, SpliceError, Stream};
+use crate::io::{self, Deadline, SpliceError, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, RawChunk};
 use crate::proxy::relay::{ensure_spare, READ_BUF};
 use bytes::BytesMut;
@@ -23,8 +23,10 @@ pub struct TunnelStats {
     pub down: u64,
 }
 
-/// Relays until both directions have ended. `client_buf` holds bytes the client sent
-/// after its CONNECT head (pipelined early data).
+/// Relays until both directions have ended, or until `idle` passes with no byte moved
+/// either way (then both sockets are shut down). `client_buf` holds bytes the client
+/// sent after its CONNECT head (pipelined early data).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: &Stream,
     client_buf: BytesMut,
@@ -33,11 +35,30 @@ pub async fn run(
     engine: Option<&Engine>,
     info: &ConnInfo,
     pending: [Option<PendingRead<'_>>; 2],
+    idle: Option<Duration>,
 ) -> TunnelStats {
     let hook = engine.filter(|e| e.has(Event::RawChunk));
     let [client_read, upstream_read] = pending;
+    // one deadline for both directions: a download the client never answers is not idle
+    let deadline = Deadline::new();
+    let quiet = idle.map(|d| {
+        deadline.arm(d);
+        Quiet {
+            deadline: &deadline,
+            after: d,
+        }
+    });
     let (up, down) = tokio::join!(
-        one_way(client, client_buf, client_read, upstream, true, hook, info),
+        one_way(
+            client,
+            client_buf,
+            client_read,
+            upstream,
+            true,
+            hook,
+            info,
+            quiet
+        ),
         one_way(
             upstream,
             upstream_buf,
@@ -45,12 +66,49 @@ pub async fn run(
             client,
             false,
             hook,
-            info
+            info,
+            quiet
         ),
     );
     TunnelStats { up, down }
 }
 
+/// A tunnel's idle limit, shared by its two directions.
+#[derive(Clone, Copy)]
+struct Quiet<'a> {
+    deadline: &'a Deadline,
+    after: Duration,
+}
+
+impl Quiet<'_> {
+    /// Runs `fut` unless the tunnel goes quiet first (None).
+    async fn within<F: Future>(quiet: Option<Self>, fut: F) -> Option<F::Output> {
+        match quiet {
+            Some(q) => q.deadline.limit(fut).await.ok(),
+            None => Some(fut.await),
+        }
+    }
+
+    fn progress(quiet: Option<Self>) {
+        if let Some(q) = quiet {
+            q.deadline.arm(q.after);
+        }
+    }
+}
+
+/// Ends a tunnel that went quiet: both sockets are shut down both ways, which also ends
+/// the other direction's pending operations.
+fn close_quiet(src: &Stream, dst: &Stream, info: &ConnInfo, after: Option<Duration>) {
+    tracing::debug!(
+        conn = info.conn_id,
+        "tunnel idle for {:?}: closed",
+        after.unwrap_or_default()
+    );
+    src.shutdown(Shutdown::Both);
+    dst.shutdown(Shutdown::Both);
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn one_way(
     src: &Stream,
     mut buf: BytesMut,
@@ -59,6 +117,7 @@ async fn one_way(
     from_client: bool,
     hook: Option<&Engine>,
     info: &ConnInfo,
+    quiet: Option<Quiet<'_>>,
 ) -> u64 {
     let mut offset = 0u64;
     let mut sent = 0u64;
@@ -78,25 +137,40 @@ async fn one_way(
             }
             offset += len;
             sent += data.len() as u64;
-            if !data.is_empty() && dst.write_all(data).await.is_err() {
-                src.shutdown(Shutdown::Read);
-                return sent;
+            if !data.is_empty() {
+                match Quiet::within(quiet, dst.write_all(data)).await {
+                    Some(Ok(())) => Quiet::progress(quiet),
+                    Some(Err(_)) => {
+                        src.shutdown(Shutdown::Read);
+                        return sent;
+                    }
+                    None => {
+                        close_quiet(src, dst, info, quiet.map(|q| q.after));
+                        return sent;
+                    }
+                }
             }
         }
         if pending.is_none() && hook.is_none() && io::can_splice(src, dst) {
-            return sent + splice_rest(src, dst).await;
+            return sent + splice_rest(src, dst, info, quiet).await;
         }
-        let (res, b) = match pending.take() {
-            // `buf` was flushed above, so the pending read's bytes come next in order
-            Some(read) => read.await,
-            None => {
-                ensure_spare(&mut buf, READ_BUF / 2);
-                src.read(buf).await
+        let read = async {
+            match pending.take() {
+                // `buf` was flushed above, so the pending read's bytes come next in order
+                Some(read) => read.await,
+                None => {
+                    ensure_spare(&mut buf, READ_BUF / 2);
+                    src.read(std::mem::take(&mut buf)).await
+                }
             }
+        };
+        let Some((res, b)) = Quiet::within(quiet, read).await else {
+            close_quiet(src, dst, info, quiet.map(|q| q.after));
+            return sent;
         };
         buf = b;
         match res {
-            Ok(n) if n > 0 => {}
+            Ok(n) if n > 0 => Quiet::progress(quiet),
             _ => {
                 // pass the half-close on so the other side sees EOF and can finish
                 dst.close_write().await;
@@ -108,11 +182,19 @@ async fn one_way(
 
 /// With nothing to look at the bytes, the rest of a direction moves in the kernel
 /// (passthrough TLS, plain CONNECT): the same end-of-stream handling as the read loop.
-async fn splice_rest(src: &Stream, dst: &Stream) -> u64 {
-    // a tunnel has no idle limit of its own (the peers keep their own timeouts)
-    let forever = Duration::from_secs(u64::from(u32::MAX));
+async fn splice_rest(src: &Stream, dst: &Stream, info: &ConnInfo, quiet: Option<Quiet<'_>>) -> u64 {
+    let idle = match quiet {
+        Some(q) => io::Idle::Shared(q.deadline, q.after),
+        // no limit of our own: the peers keep their own timeouts
+        None => io::Idle::EachRead(Duration::from_secs(u64::from(u32::MAX))),
+    };
     let mut moved = 0;
-    match io::splice(src, dst, u64::MAX, forever, &mut moved).await {
+    match io::splice(src, dst, u64::MAX, idle, &mut moved).await {
+        Err(SpliceError::Source(e) | SpliceError::Sink(e))
+            if e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            close_quiet(src, dst, info, quiet.map(|q| q.after))
+        }
         Err(SpliceError::Sink(_)) => src.shutdown(Shutdown::Read),
         Ok(()) | Err(SpliceError::Source(_) | SpliceError::Eof) => dst.shutdown(Shutdown::Write),
     }

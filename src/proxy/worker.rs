@@ -122,6 +122,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Upstream response head.
     pub upstream: Duration,
+    /// A tunnel with no byte either way; None: no limit.
+    pub tunnel: Option<Duration>,
 }
 
 impl Worker {
@@ -211,6 +213,7 @@ pub async fn main(setup: Setup) {
             idle: secs(cfg.idle_timeout),
             connect: secs(cfg.connect_timeout),
             upstream: secs(cfg.upstream_timeout),
+            tunnel: Some(secs(cfg.tunnel_idle_timeout)).filter(|d| !d.is_zero()),
         },
         listener_name: Rc::from(cfg.listener_name.as_str()),
         pool: Pool::new(cfg.pool_max_idle, secs(cfg.pool_idle_timeout)),
