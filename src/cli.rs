@@ -162,6 +162,10 @@ pub struct RunArgs {
     /// Seconds to wait for an upstream's response head; beyond it 504 [default: 60].
     #[arg(long, value_name = "SECS")]
     pub upstream_timeout: Option<f64>,
+    /// Seconds a client may go without accepting any more of a response before the
+    /// connection is closed (as nginx's send_timeout) [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub send_timeout: Option<f64>,
     /// Seconds a tunnel (CONNECT, TLS passthrough, WebSocket or other upgrade) may pass
     /// no byte either way before both sides are closed; 0 = no limit [default: 3600].
     #[arg(long, value_name = "SECS")]
@@ -250,6 +254,7 @@ impl RunArgs {
             connect_timeout,
             upstream_timeout,
             tunnel_idle_timeout,
+            send_timeout,
             pool_idle_timeout,
             pool_max_idle,
             max_connections,

@@ -111,6 +111,8 @@ pub struct Config {
     pub connect_timeout: f64,
     /// Seconds to wait for the upstream's response head.
     pub upstream_timeout: f64,
+    /// Seconds a client may take to accept more of a response before it is dropped.
+    pub send_timeout: f64,
     /// Seconds a tunnel (CONNECT relay, TLS passthrough, upgraded connection) may carry
     /// no byte in either direction before both sides are closed; 0: no limit.
     pub tunnel_idle_timeout: f64,
@@ -172,6 +174,7 @@ impl Default for Config {
             connect_timeout: 10.0,
             upstream_timeout: 60.0,
             tunnel_idle_timeout: 3600.0,
+            send_timeout: 60.0,
             pool_idle_timeout: 30.0,
             pool_max_idle: 64,
             max_connections: 10_000,

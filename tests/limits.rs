@@ -163,3 +163,27 @@ fn max_connections_caps_clients_per_worker() {
     assert!(served, "no connection served after one of the two closed");
     drop(b);
 }
+
+/// A client that stops reading a response is dropped after --send-timeout, instead of
+/// holding the connection (and the upstream's) for ever.
+#[test]
+fn client_that_stops_reading_is_dropped_after_send_timeout() {
+    let total: u64 = 64 << 20;
+    let origin = Origin::start(stream_bytes(total));
+    let mode = format!("reverse:{}", origin.url());
+    let proxy = Proxy::start(&["--mode", &mode, "--workers", "1", "--send-timeout", "1"]);
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"GET /big HTTP/1.1\r\nHost: front\r\n\r\n");
+    assert_eq!(c.read_response_head().status, 200);
+    let mut got = 0u64;
+    c.read_exact_to(1 << 20, &mut |d| got += d.len() as u64)
+        .expect("the first MiB");
+    // socket buffers fill up within the first second; then nothing moves for 5 s
+    thread::sleep(Duration::from_secs(5));
+    let rest = c.read_exact_to(total - got, &mut |d| got += d.len() as u64);
+    assert!(
+        rest.is_err(),
+        "the whole {total}-byte body arrived: the stalled client was kept"
+    );
+    assert!(got < total);
+}

@@ -228,8 +228,16 @@ pub fn can_splice(src: &Stream, dst: &Stream) -> bool {
 /// How long a [`splice`] may wait without progress.
 #[derive(Clone, Copy)]
 pub enum Idle<'a> {
-    /// At most this long for each read from the source.
+    /// At most this long for each read from the source; writes wait as long as it takes.
     EachRead(Duration),
+    /// At most `read` for each read and `write` for each write (the destination taking
+    /// nothing that long is an error of the sink).
+    Each {
+        /// Longest wait for the source.
+        read: Duration,
+        /// Longest wait for the destination.
+        write: Duration,
+    },
     /// Until the deadline, which every byte moved (here or by whoever else shares it,
     /// like the other direction of a tunnel) pushes this far ahead; writes wait on it too.
     Shared(&'a Deadline, Duration),
@@ -238,7 +246,18 @@ pub enum Idle<'a> {
 impl Idle<'_> {
     async fn wait<F: std::future::Future>(self, fut: F) -> Option<F::Output> {
         match self {
-            Idle::EachRead(d) => tokio::time::timeout(d, fut).await.ok(),
+            Idle::EachRead(d) | Idle::Each { read: d, .. } => {
+                tokio::time::timeout(d, fut).await.ok()
+            }
+            Idle::Shared(deadline, _) => deadline.limit(fut).await.ok(),
+        }
+    }
+
+    /// [`Idle::wait`] for the destination.
+    async fn wait_write<F: std::future::Future>(self, fut: F) -> Option<F::Output> {
+        match self {
+            Idle::EachRead(_) => Some(fut.await),
+            Idle::Each { write, .. } => tokio::time::timeout(write, fut).await.ok(),
             Idle::Shared(deadline, _) => deadline.limit(fut).await.ok(),
         }
     }
@@ -251,7 +270,9 @@ impl Idle<'_> {
 
     fn describe(self) -> String {
         match self {
-            Idle::EachRead(d) | Idle::Shared(_, d) => format!("no data for {d:?}"),
+            Idle::EachRead(d) | Idle::Each { read: d, .. } | Idle::Shared(_, d) => {
+                format!("no data for {d:?}")
+            }
         }
     }
 }
@@ -321,13 +342,16 @@ pub async fn splice(
             let pr = pipe.r;
             let held = pipe.held;
             let write = to.io(Interest::WRITABLE, |fd| splice_raw(pr, fd, held));
-            let n = match idle {
-                Idle::EachRead(_) => write.await,
-                Idle::Shared(..) => idle.wait(write).await.unwrap_or_else(|| {
-                    Err(io::Error::new(io::ErrorKind::TimedOut, idle.describe()))
-                }),
-            }
-            .map_err(SpliceError::Sink)?;
+            let n = idle
+                .wait_write(write)
+                .await
+                .unwrap_or_else(|| {
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the destination accepted nothing in time",
+                    ))
+                })
+                .map_err(SpliceError::Sink)?;
             pipe.held -= n;
             *moved += n as u64;
             idle.progress();

@@ -69,6 +69,8 @@ pub struct ClientConn {
     client_deadline: Deadline,
     /// Limits waiting for upstream response heads.
     upstream_deadline: Deadline,
+    /// Limits writes to a client that stops reading (`--send-timeout`).
+    send_deadline: Deadline,
 }
 
 /// The target of an intercepted CONNECT tunnel's requests.
@@ -113,6 +115,7 @@ impl ClientConn {
             status: 0,
             client_deadline: Deadline::new(),
             upstream_deadline: Deadline::new(),
+            send_deadline: Deadline::new(),
         }
     }
 
@@ -283,8 +286,20 @@ impl ClientConn {
     }
 
     async fn write(&mut self, b: Bytes) -> bool {
-        self.bytes_out += b.len() as u64;
-        self.stream.write_all(b).await.is_ok()
+        self.send_parts(vec![b]).await
+    }
+
+    /// Writes to the client within `--send-timeout`; false when that failed.
+    async fn send_parts(&mut self, parts: Vec<Bytes>) -> bool {
+        self.bytes_out += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        let limit = Some((&self.send_deadline, self.w.timeouts.send));
+        match relay::send(&self.stream, parts, limit).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(conn = self.info.conn_id, "client write failed: {e}");
+                false
+            }
+        }
     }
 
     /// Answers with an error and closes.
@@ -715,9 +730,7 @@ impl ClientConn {
                         respond::full_body_wire(&b, resp.trailers.as_ref(), chunked_ok),
                     ]
                 };
-                let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
-                self.bytes_out += n;
-                if self.stream.write_all_vectored(parts).await.is_err() {
+                if !self.send_parts(parts).await {
                     up.stream.shutdown(Shutdown::Both);
                     return Next::Close;
                 }
@@ -734,6 +747,7 @@ impl ClientConn {
                     Some(head_buf),
                     output,
                     self.w.timeouts.upstream,
+                    Some((&self.send_deadline, self.w.timeouts.send)),
                     None,
                 )
                 .await;
@@ -952,6 +966,7 @@ impl ClientConn {
                 Some(head),
                 Output::Verbatim,
                 t.idle,
+                None,
                 Some(&body_read),
             );
             // no deadline while the upload runs: a long upload is not a slow upstream

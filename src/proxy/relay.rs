@@ -108,10 +108,33 @@ pub enum Output {
     Decoded,
 }
 
+/// How long a write may wait for its peer to accept bytes, with the deadline it arms.
+pub type SendLimit<'a> = Option<(&'a Deadline, Duration)>;
+
+/// Writes `parts` to `dst`; with a [`SendLimit`], a peer that accepts nothing for that
+/// long ends the write with `TimedOut` and the socket is shut down.
+pub async fn send(dst: &Stream, parts: Vec<Bytes>, limit: SendLimit<'_>) -> std::io::Result<()> {
+    let Some((deadline, after)) = limit else {
+        return dst.write_all_vectored(parts).await;
+    };
+    deadline.arm(after);
+    match deadline.limit(dst.write_all_vectored(parts)).await {
+        Ok(r) => r,
+        Err(_) => {
+            dst.shutdown(Shutdown::Both);
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the peer accepted nothing for {after:?}"),
+            ))
+        }
+    }
+}
+
 /// Relays one body from `src` to `dst`. `first` (e.g. an already encoded head) is
 /// written before the body, coalesced with the first body bytes when small.
 /// Returns the bytes written to `dst`. `source_done` is set once the whole body has
-/// been read from `src` (only the last write may still be under way).
+/// been read from `src` (only the last write may still be under way). `timeout` limits
+/// each read, `limit` each write.
 #[allow(clippy::too_many_arguments)]
 pub async fn body(
     src: &Stream,
@@ -121,6 +144,7 @@ pub async fn body(
     mut first: Option<BytesMut>,
     output: Output,
     timeout: Duration,
+    limit: SendLimit<'_>,
     source_done: Option<&std::cell::Cell<bool>>,
 ) -> Result<u64, RelayError> {
     let mut written = 0u64;
@@ -139,18 +163,14 @@ pub async fn body(
         let n: u64 = pending.iter().map(|b| b.len() as u64).sum();
         if let Some(why) = dec.fault() {
             // what came before the fault still goes out, so the peer sees where it broke
-            dst.write_all_vectored(pending)
-                .await
-                .map_err(RelayError::Sink)?;
+            send(dst, pending, limit).await.map_err(RelayError::Sink)?;
             return Err(RelayError::Malformed(format!("bad chunked framing: {why}")));
         }
         if done {
             if let Some(flag) = source_done {
                 flag.set(true);
             }
-            dst.write_all_vectored(pending)
-                .await
-                .map_err(RelayError::Sink)?;
+            send(dst, pending, limit).await.map_err(RelayError::Sink)?;
             return Ok(written + n);
         }
         if output == Output::Verbatim
@@ -158,10 +178,8 @@ pub async fn body(
             && dec.opaque_run() >= SPLICE_MIN
             && io::can_splice(src, dst)
         {
-            dst.write_all_vectored(pending)
-                .await
-                .map_err(RelayError::Sink)?;
-            written += n + splice_run(src, dst, dec, timeout).await?;
+            send(dst, pending, limit).await.map_err(RelayError::Sink)?;
+            written += n + splice_run(src, dst, dec, timeout, limit).await?;
             if dec.is_done() || dec.kind() == BodyKind::CloseDelimited {
                 if let Some(flag) = source_done {
                     flag.set(true);
@@ -181,7 +199,7 @@ pub async fn body(
                 }
             }
         };
-        let (r, w) = tokio::join!(read, dst.write_all_vectored(pending));
+        let (r, w) = tokio::join!(read, send(dst, pending, limit));
         w.map_err(RelayError::Sink)?;
         written += n;
         let Some((res, b)) = r else {
@@ -198,7 +216,7 @@ pub async fn body(
                 let (piece, _) = take_ready(src_buf, dec, output);
                 if let Some(p) = piece {
                     written += p.len() as u64;
-                    dst.write_all(p).await.map_err(RelayError::Sink)?;
+                    send(dst, vec![p], limit).await.map_err(RelayError::Sink)?;
                 }
                 return Ok(written);
             }
@@ -215,10 +233,18 @@ async fn splice_run(
     dst: &Stream,
     dec: &mut BodyDecoder,
     timeout: Duration,
+    limit: SendLimit<'_>,
 ) -> Result<u64, RelayError> {
     let run = dec.opaque_run();
     let mut moved = 0;
-    match io::splice(src, dst, run, io::Idle::EachRead(timeout), &mut moved).await {
+    let idle = match limit {
+        Some((_, write)) => io::Idle::Each {
+            read: timeout,
+            write,
+        },
+        None => io::Idle::EachRead(timeout),
+    };
+    match io::splice(src, dst, run, idle, &mut moved).await {
         Ok(()) => {
             dec.skip_opaque(moved);
             Ok(moved)

@@ -122,6 +122,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Upstream response head.
     pub upstream: Duration,
+    /// A client accepting no more of a response.
+    pub send: Duration,
     /// A tunnel with no byte either way; None: no limit.
     pub tunnel: Option<Duration>,
 }
@@ -213,6 +215,7 @@ pub async fn main(setup: Setup) {
             idle: secs(cfg.idle_timeout),
             connect: secs(cfg.connect_timeout),
             upstream: secs(cfg.upstream_timeout),
+            send: secs(cfg.send_timeout),
             tunnel: Some(secs(cfg.tunnel_idle_timeout)).filter(|d| !d.is_zero()),
         },
         listener_name: Rc::from(cfg.listener_name.as_str()),
