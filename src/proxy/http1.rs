@@ -71,6 +71,8 @@ pub struct ClientConn {
     upstream_deadline: Deadline,
     /// Limits writes to a client that stops reading (`--send-timeout`).
     send_deadline: Deadline,
+    /// The pool key of the last request, with the scheme and authority it was made for.
+    last_key: Option<(String, String, Key)>,
 }
 
 /// The target of an intercepted CONNECT tunnel's requests.
@@ -116,6 +118,7 @@ impl ClientConn {
             client_deadline: Deadline::new(),
             upstream_deadline: Deadline::new(),
             send_deadline: Deadline::new(),
+            last_key: None,
         }
     }
 
@@ -287,6 +290,19 @@ impl ClientConn {
 
     async fn write(&mut self, b: Bytes) -> bool {
         self.send_parts(vec![b]).await
+    }
+
+    /// The pool key for `req`: the last one again while requests go to the same place,
+    /// which on a keep-alive connection is nearly always.
+    fn key_for(&mut self, req: &Request) -> Key {
+        if let Some((scheme, authority, key)) = &self.last_key {
+            if *scheme == req.scheme && *authority == req.authority {
+                return key.clone();
+            }
+        }
+        let key = Key::new(&req.scheme, &req.authority);
+        self.last_key = Some((req.scheme.clone(), req.authority.clone(), key.clone()));
+        key
     }
 
     /// Writes to the client within `--send-timeout`; false when that failed.
@@ -555,12 +571,7 @@ impl ClientConn {
             keep_alive = false;
         }
 
-        let (host, port) = req.host_port();
-        let key = Key {
-            scheme: req.scheme.clone(),
-            host,
-            port,
-        };
+        let key = self.key_for(&req);
         // a request that failed on a reused connection before any answer is sent again
         // only when that is safe: the body is at hand and the method idempotent
         let retryable =
@@ -576,7 +587,7 @@ impl ClientConn {
                 }
                 _ => {
                     Counters::bump(&self.w.counters.upstream_connects);
-                    let tls = (key.scheme == "https").then_some(&self.w.tls);
+                    let tls = (&*key.scheme == "https").then_some(&self.w.tls);
                     match upstream::connect(
                         self.w.backend,
                         &key.host,
@@ -1224,7 +1235,7 @@ impl ClientConn {
                 let sans = crate::proxy::tls::peer_sans(&up.stream);
                 let key = Key {
                     scheme: "https".into(),
-                    host,
+                    host: host.into(),
                     port,
                 };
                 self.w.pool.put(key, up);

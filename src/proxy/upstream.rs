@@ -6,17 +6,33 @@ use bytes::BytesMut;
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Pool key.
+/// Pool key. Cheap to clone (shared strings): a connection keeps the key of its last
+/// request and reuses it while requests go to the same place.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
-    /// "http" (or "https" once TLS lands).
-    pub scheme: String,
+    /// "http" or "https".
+    pub scheme: Rc<str>,
     /// Host as named by the request.
-    pub host: String,
+    pub host: Rc<str>,
     /// Port.
     pub port: u16,
+}
+
+impl Key {
+    /// The key of a request to `authority` ("host[:port]") with `scheme`.
+    pub fn new(scheme: &str, authority: &str) -> Key {
+        let default = if scheme == "https" { 443 } else { 80 };
+        let (host, port) =
+            crate::http::split_authority(authority, default).unwrap_or((String::new(), default));
+        Key {
+            scheme: scheme.into(),
+            host: host.into(),
+            port,
+        }
+    }
 }
 
 /// A connection to an upstream, with its read buffer.
