@@ -169,6 +169,15 @@ wait_port "$ORIGIN_PORT" || { echo "origin did not start" >&2; cat "$TMP/origin.
 # Each target: name, port, pid of the proxy process ("" for direct).
 NAMES=(direct); PORTS=("$ORIGIN_PORT"); TPIDS=("")
 
+register() { # name port pid: a started proxy becomes a target once it accepts connections
+  PIDS+=("$3")
+  if wait_port "$2"; then
+    NAMES+=("$1"); PORTS+=("$2"); TPIDS+=("$3")
+  else
+    log "$1 did not start: $(head -c 300 "$TMP/$1.err")"
+  fi
+}
+
 start_nginx_proxy() { # name [location directives] [main-context lines]
   local name=$1 port
   port=$(free_port)
@@ -177,13 +186,7 @@ start_nginx_proxy() { # name [location directives] [main-context lines]
   server { listen 127.0.0.1:$port;
     location / { ${2:-} proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" "${3:-}")
   taskset -c 0 nginx -p "$TMP/ngx/$name" -c "$conf" 2>"$TMP/$name.err" &
-  local pid=$!
-  PIDS+=("$pid")
-  if wait_port "$port"; then
-    NAMES+=("$name"); PORTS+=("$port"); TPIDS+=("$pid")
-  else
-    log "$name did not start: $(cat "$TMP/$name.err")"
-  fi
+  register "$name" "$port" $!
 }
 
 (( HAVE_NGINX )) && start_nginx_proxy nginx-proxy
@@ -228,13 +231,7 @@ backend be
   server origin 127.0.0.1:$ORIGIN_PORT
 HAP
   taskset -c 0 haproxy -db -f "$cfg" 2>"$TMP/$name.err" >/dev/null &
-  local pid=$!
-  PIDS+=("$pid")
-  if wait_port "$port"; then
-    NAMES+=("$name"); PORTS+=("$port"); TPIDS+=("$pid")
-  else
-    log "$name did not start: $(head -c 300 "$TMP/$name.err")"
-  fi
+  register "$name" "$port" $!
 }
 if command -v haproxy >/dev/null; then
   start_haproxy haproxy-http http
@@ -252,13 +249,7 @@ start_relay() { # name extra-args...
   local name=$1 port; shift
   port=$(free_port)
   taskset -c 0 "$RELAY" "$port" "127.0.0.1:$ORIGIN_PORT" "$@" >/dev/null 2>"$TMP/$name.err" &
-  local pid=$!
-  PIDS+=("$pid")
-  if wait_port "$port"; then
-    NAMES+=("$name"); PORTS+=("$port"); TPIDS+=("$pid")
-  else
-    log "$name did not start: $(head -c 300 "$TMP/$name.err")"
-  fi
+  register "$name" "$port" $!
 }
 if [[ -x "$RELAY" ]]; then
   start_relay uring-l4
