@@ -172,7 +172,8 @@ fn plain_http_inside_a_tunnel_is_handled_as_http() {
 }
 
 /// A tunnel through which nothing moves is closed after --tunnel-idle-timeout, on the
-/// kernel (splice) path and, with a raw.on_chunk hook, on the read/write path.
+/// kernel (splice) path and, with a raw.on_chunk hook, on the read/write path, with
+/// both io backends.
 #[test]
 fn quiet_tunnel_is_closed_after_the_idle_timeout() {
     let dir = TempDir::new("tunnel-idle");
@@ -183,7 +184,13 @@ fn quiet_tunnel_is_closed_after_the_idle_timeout() {
     )
     .unwrap();
     let plugin = plugin.to_str().unwrap().to_string();
-    for extra in [vec![], vec!["--plugin", plugin.as_str()]] {
+    let cases = [
+        vec!["--io", "uring"],
+        vec!["--io", "epoll"],
+        vec!["--io", "uring", "--plugin", plugin.as_str()],
+        vec!["--io", "epoll", "--plugin", plugin.as_str()],
+    ];
+    for extra in cases {
         let echo = EchoServer::start();
         let mut args = vec!["--tunnel-idle-timeout", "1"];
         args.extend(extra.iter().copied());

@@ -168,10 +168,26 @@ fn max_connections_caps_clients_per_worker() {
 /// holding the connection (and the upstream's) for ever.
 #[test]
 fn client_that_stops_reading_is_dropped_after_send_timeout() {
+    for io in ["uring", "epoll"] {
+        stalled_client_is_dropped(io);
+    }
+}
+
+fn stalled_client_is_dropped(io: &str) {
     let total: u64 = 64 << 20;
     let origin = Origin::start(stream_bytes(total));
     let mode = format!("reverse:{}", origin.url());
-    let proxy = Proxy::start(&["--mode", &mode, "--workers", "1", "--send-timeout", "1"]);
+    let args = [
+        "--mode",
+        &mode,
+        "--workers",
+        "1",
+        "--send-timeout",
+        "1",
+        "--io",
+        io,
+    ];
+    let proxy = Proxy::start(&args);
     let mut c = Client::connect(proxy.addr);
     c.send(b"GET /big HTTP/1.1\r\nHost: front\r\n\r\n");
     assert_eq!(c.read_response_head().status, 200);
@@ -183,7 +199,7 @@ fn client_that_stops_reading_is_dropped_after_send_timeout() {
     let rest = c.read_exact_to(total - got, &mut |d| got += d.len() as u64);
     assert!(
         rest.is_err(),
-        "the whole {total}-byte body arrived: the stalled client was kept"
+        "--io {io}: the whole {total}-byte body arrived: the stalled client was kept"
     );
     assert!(got < total);
 }
