@@ -225,18 +225,18 @@ pub fn can_splice(src: &Stream, dst: &Stream) -> bool {
     End::of(src).is_some() && End::of(dst).is_some()
 }
 
-/// How long a [`splice`] may wait without progress.
+/// How long a [`splice`] (or a tunnel) may wait without progress.
 #[derive(Clone, Copy)]
 pub enum Idle<'a> {
-    /// At most this long for each read from the source; writes wait as long as it takes.
-    EachRead(Duration),
-    /// At most `read` for each read and `write` for each write (the destination taking
-    /// nothing that long is an error of the sink).
+    /// As long as it takes.
+    Never,
+    /// At most `read` for each read from the source, and `write` (None: no limit) for
+    /// each write to the destination, whose taking nothing that long is a sink error.
     Each {
         /// Longest wait for the source.
         read: Duration,
         /// Longest wait for the destination.
-        write: Duration,
+        write: Option<Duration>,
     },
     /// Until the deadline, which every byte moved (here or by whoever else shares it,
     /// like the other direction of a tunnel) pushes this far ahead; writes wait on it too.
@@ -244,25 +244,31 @@ pub enum Idle<'a> {
 }
 
 impl Idle<'_> {
-    async fn wait<F: std::future::Future>(self, fut: F) -> Option<F::Output> {
+    /// Each read waits at most `read`; writes are not limited.
+    pub fn reads(read: Duration) -> Idle<'static> {
+        Idle::Each { read, write: None }
+    }
+
+    /// Runs a wait for the source; None when it took too long.
+    pub async fn wait<F: std::future::Future>(self, fut: F) -> Option<F::Output> {
         match self {
-            Idle::EachRead(d) | Idle::Each { read: d, .. } => {
-                tokio::time::timeout(d, fut).await.ok()
-            }
+            Idle::Never => Some(fut.await),
+            Idle::Each { read, .. } => tokio::time::timeout(read, fut).await.ok(),
             Idle::Shared(deadline, _) => deadline.limit(fut).await.ok(),
         }
     }
 
-    /// [`Idle::wait`] for the destination.
-    async fn wait_write<F: std::future::Future>(self, fut: F) -> Option<F::Output> {
+    /// Runs a wait for the destination; None when it took too long.
+    pub async fn wait_write<F: std::future::Future>(self, fut: F) -> Option<F::Output> {
         match self {
-            Idle::EachRead(_) => Some(fut.await),
-            Idle::Each { write, .. } => tokio::time::timeout(write, fut).await.ok(),
+            Idle::Never | Idle::Each { write: None, .. } => Some(fut.await),
+            Idle::Each { write: Some(w), .. } => tokio::time::timeout(w, fut).await.ok(),
             Idle::Shared(deadline, _) => deadline.limit(fut).await.ok(),
         }
     }
 
-    fn progress(self) {
+    /// Bytes moved: a shared deadline moves ahead.
+    pub fn progress(self) {
         if let Idle::Shared(deadline, d) = self {
             deadline.arm(d);
         }
@@ -270,9 +276,8 @@ impl Idle<'_> {
 
     fn describe(self) -> String {
         match self {
-            Idle::EachRead(d) | Idle::Each { read: d, .. } | Idle::Shared(_, d) => {
-                format!("no data for {d:?}")
-            }
+            Idle::Never => "no data".into(),
+            Idle::Each { read: d, .. } | Idle::Shared(_, d) => format!("no data for {d:?}"),
         }
     }
 }
@@ -438,7 +443,7 @@ mod tests {
                     &src,
                     &dst,
                     len,
-                    Idle::EachRead(Duration::from_secs(10)),
+                    Idle::reads(Duration::from_secs(10)),
                     &mut moved,
                 )
                 .await
@@ -468,7 +473,7 @@ mod tests {
                     &src,
                     &dst,
                     u64::MAX,
-                    Idle::EachRead(Duration::from_secs(10)),
+                    Idle::reads(Duration::from_secs(10)),
                     &mut moved,
                 )
                 .await
@@ -485,7 +490,7 @@ mod tests {
                     &src,
                     &dst,
                     5000,
-                    Idle::EachRead(Duration::from_secs(10)),
+                    Idle::reads(Duration::from_secs(10)),
                     &mut moved,
                 )
                 .await;
@@ -507,7 +512,7 @@ mod tests {
                     &src,
                     &dst,
                     10,
-                    Idle::EachRead(Duration::from_millis(50)),
+                    Idle::reads(Duration::from_millis(50)),
                     &mut 0,
                 )
                 .await;

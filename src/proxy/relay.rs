@@ -237,12 +237,9 @@ async fn splice_run(
 ) -> Result<u64, RelayError> {
     let run = dec.opaque_run();
     let mut moved = 0;
-    let idle = match limit {
-        Some((_, write)) => io::Idle::Each {
-            read: timeout,
-            write,
-        },
-        None => io::Idle::EachRead(timeout),
+    let idle = io::Idle::Each {
+        read: timeout,
+        write: limit.map(|(_, w)| w),
     };
     match io::splice(src, dst, run, idle, &mut moved).await {
         Ok(()) => {

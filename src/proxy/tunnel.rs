@@ -1,7 +1,7 @@
 //! Raw byte tunnels (CONNECT without interception): both directions at once, each
 //! read buffer written to the other side as is; raw.on_chunk when a plugin hooks it.
 
-use crate::io::{self, Deadline, SpliceError, Stream};
+use crate::io::{self, Deadline, Idle, SpliceError, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, RawChunk};
 use crate::proxy::relay::{ensure_spare, READ_BUF};
 use bytes::BytesMut;
@@ -41,13 +41,13 @@ pub async fn run(
     let [client_read, upstream_read] = pending;
     // one deadline for both directions: a download the client never answers is not idle
     let deadline = Deadline::new();
-    let quiet = idle.map(|d| {
-        deadline.arm(d);
-        Quiet {
-            deadline: &deadline,
-            after: d,
+    let idle = match idle {
+        Some(d) => {
+            deadline.arm(d);
+            Idle::Shared(&deadline, d)
         }
-    });
+        None => Idle::Never,
+    };
     let (up, down) = tokio::join!(
         one_way(
             client,
@@ -57,7 +57,7 @@ pub async fn run(
             true,
             hook,
             info,
-            quiet
+            idle
         ),
         one_way(
             upstream,
@@ -67,43 +67,16 @@ pub async fn run(
             false,
             hook,
             info,
-            quiet
+            idle
         ),
     );
     TunnelStats { up, down }
 }
 
-/// A tunnel's idle limit, shared by its two directions.
-#[derive(Clone, Copy)]
-struct Quiet<'a> {
-    deadline: &'a Deadline,
-    after: Duration,
-}
-
-impl Quiet<'_> {
-    /// Runs `fut` unless the tunnel goes quiet first (None).
-    async fn within<F: Future>(quiet: Option<Self>, fut: F) -> Option<F::Output> {
-        match quiet {
-            Some(q) => q.deadline.limit(fut).await.ok(),
-            None => Some(fut.await),
-        }
-    }
-
-    fn progress(quiet: Option<Self>) {
-        if let Some(q) = quiet {
-            q.deadline.arm(q.after);
-        }
-    }
-}
-
 /// Ends a tunnel that went quiet: both sockets are shut down both ways, which also ends
 /// the other direction's pending operations.
-fn close_quiet(src: &Stream, dst: &Stream, info: &ConnInfo, after: Option<Duration>) {
-    tracing::debug!(
-        conn = info.conn_id,
-        "tunnel idle for {:?}: closed",
-        after.unwrap_or_default()
-    );
+fn close_quiet(src: &Stream, dst: &Stream, info: &ConnInfo) {
+    tracing::debug!(conn = info.conn_id, "tunnel idle: closed");
     src.shutdown(Shutdown::Both);
     dst.shutdown(Shutdown::Both);
 }
@@ -117,7 +90,7 @@ async fn one_way(
     from_client: bool,
     hook: Option<&Engine>,
     info: &ConnInfo,
-    quiet: Option<Quiet<'_>>,
+    idle: Idle<'_>,
 ) -> u64 {
     let mut offset = 0u64;
     let mut sent = 0u64;
@@ -138,21 +111,21 @@ async fn one_way(
             offset += len;
             sent += data.len() as u64;
             if !data.is_empty() {
-                match Quiet::within(quiet, dst.write_all(data)).await {
-                    Some(Ok(())) => Quiet::progress(quiet),
+                match idle.wait_write(dst.write_all(data)).await {
+                    Some(Ok(())) => idle.progress(),
                     Some(Err(_)) => {
                         src.shutdown(Shutdown::Read);
                         return sent;
                     }
                     None => {
-                        close_quiet(src, dst, info, quiet.map(|q| q.after));
+                        close_quiet(src, dst, info);
                         return sent;
                     }
                 }
             }
         }
         if pending.is_none() && hook.is_none() && io::can_splice(src, dst) {
-            return sent + splice_rest(src, dst, info, quiet).await;
+            return sent + splice_rest(src, dst, info, idle).await;
         }
         let read = async {
             match pending.take() {
@@ -164,13 +137,13 @@ async fn one_way(
                 }
             }
         };
-        let Some((res, b)) = Quiet::within(quiet, read).await else {
-            close_quiet(src, dst, info, quiet.map(|q| q.after));
+        let Some((res, b)) = idle.wait(read).await else {
+            close_quiet(src, dst, info);
             return sent;
         };
         buf = b;
         match res {
-            Ok(n) if n > 0 => Quiet::progress(quiet),
+            Ok(n) if n > 0 => idle.progress(),
             _ => {
                 // pass the half-close on so the other side sees EOF and can finish
                 dst.close_write().await;
@@ -182,18 +155,13 @@ async fn one_way(
 
 /// With nothing to look at the bytes, the rest of a direction moves in the kernel
 /// (passthrough TLS, plain CONNECT): the same end-of-stream handling as the read loop.
-async fn splice_rest(src: &Stream, dst: &Stream, info: &ConnInfo, quiet: Option<Quiet<'_>>) -> u64 {
-    let idle = match quiet {
-        Some(q) => io::Idle::Shared(q.deadline, q.after),
-        // no limit of our own: the peers keep their own timeouts
-        None => io::Idle::EachRead(Duration::from_secs(u64::from(u32::MAX))),
-    };
+async fn splice_rest(src: &Stream, dst: &Stream, info: &ConnInfo, idle: Idle<'_>) -> u64 {
     let mut moved = 0;
     match io::splice(src, dst, u64::MAX, idle, &mut moved).await {
         Err(SpliceError::Source(e) | SpliceError::Sink(e))
             if e.kind() == std::io::ErrorKind::TimedOut =>
         {
-            close_quiet(src, dst, info, quiet.map(|q| q.after))
+            close_quiet(src, dst, info)
         }
         Err(SpliceError::Sink(_)) => src.shutdown(Shutdown::Read),
         Ok(()) | Err(SpliceError::Source(_) | SpliceError::Eof) => dst.shutdown(Shutdown::Write),
