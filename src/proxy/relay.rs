@@ -114,7 +114,7 @@ pub type SendLimit<'a> = Option<(&'a Deadline, Duration)>;
 /// Writes `parts` to `dst`; with a [`SendLimit`], a peer that accepts nothing for that
 /// long ends the write with `TimedOut` and the socket is shut down.
 pub async fn send(dst: &Stream, parts: Vec<Bytes>, limit: SendLimit<'_>) -> std::io::Result<()> {
-    let Some((deadline, after)) = limit else {
+    let Some((deadline, after)) = limit.filter(|_| parts.iter().any(|p| !p.is_empty())) else {
         return dst.write_all_vectored(parts).await;
     };
     deadline.arm(after);
