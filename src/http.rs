@@ -429,6 +429,13 @@ pub fn authority_of(host: &str, port: u16) -> String {
     s
 }
 
+/// Host and port of "host[:port]" for `scheme` (the port defaults from it); an
+/// unusable authority gives an empty host.
+pub fn host_port_of(scheme: &str, authority: &str) -> (String, u16) {
+    let default = if scheme == "https" { 443 } else { 80 };
+    split_authority(authority, default).unwrap_or((String::new(), default))
+}
+
 /// Splits "host[:port]" / "[v6][:port]"; rejects empty hosts and bad ports.
 pub fn split_authority(s: &str, default_port: u16) -> Option<(String, u16)> {
     if s.is_empty() {
@@ -644,7 +651,6 @@ impl Request {
     }
     /// Host and port of `authority` in one parse; the port defaults from the scheme.
     pub fn host_port(&self) -> (String, u16) {
-        let default = if self.scheme == "https" { 443 } else { 80 };
-        split_authority(&self.authority, default).unwrap_or((String::new(), default))
+        host_port_of(&self.scheme, &self.authority)
     }
 }

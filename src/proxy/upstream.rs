@@ -24,9 +24,7 @@ pub struct Key {
 impl Key {
     /// The key of a request to `authority` ("host[:port]") with `scheme`.
     pub fn new(scheme: &str, authority: &str) -> Key {
-        let default = if scheme == "https" { 443 } else { 80 };
-        let (host, port) =
-            crate::http::split_authority(authority, default).unwrap_or((String::new(), default));
+        let (host, port) = crate::http::host_port_of(scheme, authority);
         Key {
             scheme: scheme.into(),
             host: host.into(),
