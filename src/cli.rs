@@ -221,6 +221,9 @@ pub struct RunArgs {
     /// Copy the upstream certificate's subject alternative names into minted leaves.
     #[arg(long)]
     pub upstream_cert: bool,
+    /// Never offer HTTP/2 to clients: intercepted TLS speaks HTTP/1.1 only.
+    #[arg(long)]
+    pub no_http2: bool,
     /// Client certificate (PEM chain + key) presented to HOST, as HOST=FILE (repeatable).
     #[arg(long, value_name = "HOST=FILE")]
     pub client_cert: Vec<String>,
@@ -269,6 +272,7 @@ impl RunArgs {
         c.insecure |= self.insecure;
         c.access_log |= self.access_log;
         c.upstream_cert |= self.upstream_cert;
+        c.http2 &= !self.no_http2;
         c.upstream_ca.extend(self.upstream_ca.iter().cloned());
         c.ignore_hosts.extend(self.ignore_hosts.iter().cloned());
         c.allow_hosts.extend(self.allow_hosts.iter().cloned());

@@ -150,6 +150,8 @@ pub struct Config {
     pub allow_hosts: Vec<String>,
     /// Copy the upstream certificate's names into minted leaves.
     pub upstream_cert: bool,
+    /// Offer HTTP/2 to TLS clients when the upstream speaks it.
+    pub http2: bool,
     /// HOST=FILE client certificates presented to upstreams.
     pub client_cert: Vec<String>,
     /// Leaf certificate cache entries.
@@ -192,6 +194,7 @@ impl Default for Config {
             ignore_hosts: Vec::new(),
             allow_hosts: Vec::new(),
             upstream_cert: false,
+            http2: true,
             client_cert: Vec::new(),
             cert_cache_size: 10_000,
         }

@@ -13,50 +13,6 @@ use support::*;
 
 const CMD_WAIT: Duration = Duration::from_secs(30);
 
-/// A confdir with the luring CA exported as PEM (`luring ca export`).
-struct Conf {
-    dir: TempDir,
-    ca: PathBuf,
-}
-
-impl Conf {
-    fn new() -> Conf {
-        let dir = TempDir::new("tlsconf");
-        let ca = dir.path("exported-ca.pem");
-        let conf = dir.path("conf");
-        let (st, out, err) = run_luring(
-            &[
-                "ca",
-                "export",
-                "--confdir",
-                conf.to_str().unwrap(),
-                "--format",
-                "pem",
-                "--out",
-                ca.to_str().unwrap(),
-            ],
-            CMD_WAIT,
-        );
-        assert!(
-            st.is_some_and(|s| s.success()),
-            "luring ca export: {st:?} {out} {err}"
-        );
-        Conf { dir, ca }
-    }
-
-    fn confdir(&self) -> String {
-        self.dir.path("conf").to_string_lossy().to_string()
-    }
-
-    fn ca(&self) -> &str {
-        self.ca.to_str().unwrap()
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path("conf").join(name)
-    }
-}
-
 fn start(conf: &Conf, extra: &[&str]) -> Proxy {
     let cd = conf.confdir();
     let mut args = vec!["--confdir", cd.as_str()];

@@ -13,11 +13,13 @@
 //!   capacity;
 //! - a read into a full buffer returns 0 like EOF, so callers always pass spare capacity.
 
+mod bridge;
 mod deadline;
 mod probe;
 pub mod splice;
 pub mod tls;
 
+pub use bridge::PollStream;
 pub use deadline::{Deadline, Expired};
 pub use probe::{probe_uring, Backend, IoChoice};
 pub use splice::{can_splice, splice, Idle, SpliceError, UringTcp};

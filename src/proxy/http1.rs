@@ -13,7 +13,7 @@ use crate::proto::http1::{
 };
 use crate::proxy::relay::{self, Buffered, Output, RelayError};
 use crate::proxy::respond::{self, error_response, CONTINUE_100};
-use crate::proxy::tls::WorkerTls;
+use crate::proxy::tls::{Alpn, Offer, WorkerTls};
 use crate::proxy::tunnel::PendingRead;
 use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
 use crate::proxy::worker::{Counters, Worker};
@@ -73,6 +73,9 @@ pub struct ClientConn {
     send_deadline: Deadline,
     /// The pool key of the last request, with the scheme and authority it was made for.
     last_key: Option<(String, String, Key)>,
+    /// A connection made ahead of the client's TLS handshake failed: the first request
+    /// to that upstream gets this status and reason.
+    ahead_failed: Option<(Key, u16, String)>,
 }
 
 /// The target of an intercepted CONNECT tunnel's requests.
@@ -119,6 +122,7 @@ impl ClientConn {
             upstream_deadline: Deadline::new(),
             send_deadline: Deadline::new(),
             last_key: None,
+            ahead_failed: None,
         }
     }
 
@@ -586,6 +590,11 @@ impl ClientConn {
                     u
                 }
                 _ => {
+                    if let Some((k, status, text)) = self.ahead_failed.take() {
+                        if k == key {
+                            return self.fail(status, &text).await;
+                        }
+                    }
                     Counters::bump(&self.w.counters.upstream_connects);
                     let tls = (&*key.scheme == "https").then_some(&self.w.tls);
                     match upstream::connect(
@@ -1220,36 +1229,41 @@ impl ClientConn {
         Next::Close
     }
 
-    /// `--upstream-cert`: connects to the tunnel's target first and returns the names
-    /// of its certificate; the connection then serves the first request from the pool.
-    /// On failure the leaf is minted without them and the request reports the error.
-    async fn upstream_sans(&mut self, authority: &str) -> Option<Vec<String>> {
+    /// Connects to `authority` over TLS before the client's handshake, offering `alpn`
+    /// (`--upstream-cert` needs the upstream's names for the leaf; offering h2 to the
+    /// client needs to know the upstream agreed to it). On failure the client's
+    /// handshake goes on without it and the first request reports the error.
+    async fn connect_ahead(&mut self, authority: &str, alpn: Alpn) -> Option<Upstream> {
         let (host, port) = crate::http::split_authority(authority, 443)?;
         let tls = Some(&self.w.tls);
         let timeout = self.w.timeouts.connect;
-        match upstream::connect(self.w.backend, &host, port, timeout, tls).await {
+        match upstream::connect_offering(self.w.backend, &host, port, timeout, tls, alpn).await {
             Ok(up) => {
                 if let Some(info) = &up.tls_info {
                     crate::proxy::fire_tls_hook(&self.w, &self.info, info);
                 }
-                let sans = crate::proxy::tls::peer_sans(&up.stream);
-                let key = Key {
-                    scheme: "https".into(),
-                    host: host.into(),
-                    port,
-                };
-                self.w.pool.put(key, up);
-                Some(sans)
+                Some(up)
             }
-            Err(ConnectError::Resolve(t) | ConnectError::Connect(t) | ConnectError::Timeout(t)) => {
-                tracing::info!(conn = self.info.conn_id, "--upstream-cert: {t}");
+            Err(e) => {
+                let (status, text) = match e {
+                    ConnectError::Timeout(t) => (504, t),
+                    ConnectError::Resolve(t) | ConnectError::Connect(t) => (502, t),
+                };
+                tracing::info!(
+                    conn = self.info.conn_id,
+                    "connecting ahead to {authority}: {text}"
+                );
+                // the first request reports this instead of waiting for a second failure
+                self.ahead_failed = Some((Key::new("https", authority), status, text));
                 None
             }
         }
     }
 
     /// Terminates the client's TLS; later requests on this connection go to
-    /// `authority` over TLS.
+    /// `authority` over TLS. When the client offers h2 and the upstream (reached ahead
+    /// of the handshake) chose h2 too, the client is offered h2 and the connection is
+    /// served by the HTTP/2 layer.
     async fn start_tls(
         &mut self,
         hello: &ClientHello,
@@ -1258,29 +1272,91 @@ impl ClientConn {
     ) -> Next {
         let head_timeout = self.w.timeouts.head;
         let w = self.w.clone();
-        let sans = match &authority {
-            Some(a) if w.cfg.upstream_cert => self.upstream_sans(a).await,
+        // where this connection's requests go over TLS, and with what path prefix
+        let tls_target = match (&authority, &w.mode) {
+            (Some(a), _) => Some((Intercept::new("https", a).authority, String::new())),
+            (None, Mode::Reverse(up)) if up.scheme == "https" => {
+                Some((up.authority(), up.path_prefix.clone()))
+            }
             _ => None,
         };
-        match w
+        let want_h2 = w.cfg.http2 && offers_h2(hello) && tls_target.is_some();
+        let want_sans = authority.is_some() && w.cfg.upstream_cert;
+        let mut sans = None;
+        let mut h2_upstream = None;
+        if let Some((target, _)) = tls_target.as_ref().filter(|_| want_h2 || want_sans) {
+            let alpn = if want_h2 {
+                Alpn::H2OrHttp1
+            } else {
+                Alpn::Http1
+            };
+            if let Some(up) = self.connect_ahead(target, alpn).await {
+                if want_sans {
+                    sans = Some(crate::proxy::tls::peer_sans(&up.stream));
+                }
+                if crate::proxy::tls::chose_h2(&up.stream) {
+                    h2_upstream = Some(up);
+                } else {
+                    // the first request takes it from the pool
+                    self.w.pool.put(Key::new("https", target), up);
+                }
+            }
+        }
+        let alpn = if h2_upstream.is_some() {
+            Alpn::H2OrHttp1
+        } else {
+            Alpn::Http1
+        };
+        let accepted = w
             .tls
             .accept(
                 &mut self.stream,
                 &mut self.buf,
                 hello,
                 host,
-                sans.as_deref(),
+                Offer {
+                    upstream_sans: sans.as_deref(),
+                    alpn,
+                },
                 head_timeout,
             )
-            .await
-        {
+            .await;
+        match accepted {
             Ok(acc) => {
                 self.info.sni = Some(acc.server_name);
                 crate::proxy::fire_tls_hook(&self.w, &self.info, &acc.info);
+                if let Some(up) = h2_upstream {
+                    if crate::proxy::tls::chose_h2(&self.stream) {
+                        let (authority, path_prefix) = tls_target.unwrap_or_default();
+                        self.info.server_addr = Some(up.addr);
+                        let target = crate::proxy::http2::Target {
+                            scheme: "https".into(),
+                            authority,
+                            path_prefix,
+                        };
+                        let early = std::mem::take(&mut self.buf);
+                        let (i, o) = crate::proxy::http2::serve(
+                            w,
+                            &self.stream,
+                            early,
+                            &self.info,
+                            up,
+                            target,
+                        )
+                        .await;
+                        self.bytes_in += i;
+                        self.bytes_out += o;
+                        return Next::Close;
+                    }
+                    up.stream.shutdown(Shutdown::Both);
+                }
                 self.intercept = authority.map(|a| Intercept::new("https", &a));
                 Next::KeepAlive
             }
             Err(why) => {
+                if let Some(up) = h2_upstream {
+                    up.stream.shutdown(Shutdown::Both);
+                }
                 tracing::info!(
                     conn = self.info.conn_id,
                     "TLS interception of {host}: {why}"
@@ -1303,6 +1379,11 @@ fn is_idempotent(req: &Request) -> bool {
 /// Whether luring can serve the client's TLS: it offers no ALPN, or http/1.1 among it.
 fn speaks_http1(hello: &ClientHello) -> bool {
     hello.alpn.is_empty() || hello.alpn.iter().any(|p| p.as_slice() == b"http/1.1")
+}
+
+/// Whether the client offers h2 in its ALPN.
+fn offers_h2(hello: &ClientHello) -> bool {
+    hello.alpn.iter().any(|p| p.as_slice() == b"h2")
 }
 
 fn alpn_list(hello: &ClientHello) -> String {

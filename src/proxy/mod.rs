@@ -7,6 +7,7 @@
 //! event) nothing is built and no Lua runs.
 
 pub mod http1;
+pub mod http2;
 pub mod pipeline;
 pub mod relay;
 pub mod respond;

@@ -16,11 +16,29 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The HTTP versions luring speaks inside TLS today (h2 lands with the HTTP/2 layer).
-const ALPN: &[&[u8]] = &[b"http/1.1"];
+/// The HTTP versions luring offers in a TLS handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    /// http/1.1 only.
+    Http1,
+    /// h2 first, then http/1.1.
+    H2OrHttp1,
+}
 
-fn alpn() -> Vec<Vec<u8>> {
-    ALPN.iter().map(|p| p.to_vec()).collect()
+impl Alpn {
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::Http1 => vec![b"http/1.1".to_vec()],
+            Alpn::H2OrHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+/// Whether a TLS stream negotiated h2.
+pub fn chose_h2(stream: &Stream) -> bool {
+    stream
+        .tls()
+        .is_some_and(|t| t.connection().alpn_protocol() == Some(b"h2"))
 }
 
 /// Process-wide TLS material, built once at start.
@@ -103,6 +121,14 @@ pub struct WorkerTls {
     leaves: RefCell<LeafCache>,
 }
 
+/// What the proxy's side of a client handshake offers.
+pub struct Offer<'a> {
+    /// Names copied into the leaf from the upstream's certificate (`--upstream-cert`).
+    pub upstream_sans: Option<&'a [String]>,
+    /// Protocols offered in ALPN.
+    pub alpn: Alpn,
+}
+
 /// A completed client-side interception.
 pub struct Accepted {
     /// Handshake details for tls.on_handshake.
@@ -160,17 +186,20 @@ impl WorkerTls {
     }
 
     /// Terminates the client's TLS on `stream` (whose first bytes, the ClientHello,
-    /// are in `buf`) with a leaf for its SNI or `fallback_host`, carrying
-    /// `upstream_sans` too when given (`--upstream-cert`).
+    /// are in `buf`) with a leaf for its SNI or `fallback_host`, as `offer` says.
     pub async fn accept(
         &self,
         stream: &mut Stream,
         buf: &mut BytesMut,
         hello: &ClientHello,
         fallback_host: &str,
-        upstream_sans: Option<&[String]>,
+        offer: Offer<'_>,
         timeout: Duration,
     ) -> Result<Accepted, String> {
+        let Offer {
+            upstream_sans,
+            alpn,
+        } = offer;
         let name = hello
             .sni
             .clone()
@@ -180,7 +209,7 @@ impl WorkerTls {
             .borrow_mut()
             .get(&name, upstream_sans)
             .map_err(|e| format!("cannot mint a certificate for {name}: {e}"))?;
-        let config = self.setup.server.config_for_cert(leaf, &alpn());
+        let config = self.setup.server.config_for_cert(leaf, &alpn.protocols());
         let conn = rustls::ServerConnection::new(config).map_err(|e| e.to_string())?;
         stream.wrap_tls(conn, std::mem::take(buf));
         let Some(tls) = stream.tls() else {
@@ -210,11 +239,12 @@ impl WorkerTls {
         &self,
         stream: &mut Stream,
         host: &str,
+        alpn: Alpn,
         timeout: Duration,
     ) -> Result<TlsInfo, String> {
         let name = ServerName::try_from(host.to_string())
             .map_err(|_| format!("'{host}' is not a valid TLS server name"))?;
-        let config = self.setup.client.config_for(host, &alpn());
+        let config = self.setup.client.config_for(host, &alpn.protocols());
         let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
         stream.wrap_tls(conn, BytesMut::new());
         let Some(tls) = stream.tls() else {

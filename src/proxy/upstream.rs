@@ -2,6 +2,7 @@
 //! keep-alive pool keyed by (scheme, host, port).
 
 use crate::io::{Backend, Stream};
+use crate::proxy::tls::Alpn;
 use bytes::BytesMut;
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
@@ -180,6 +181,18 @@ pub async fn connect(
     timeout: Duration,
     tls: Option<&crate::proxy::tls::WorkerTls>,
 ) -> Result<Upstream, ConnectError> {
+    connect_offering(backend, host, port, timeout, tls, Alpn::Http1).await
+}
+
+/// [`connect`] offering `alpn` in the TLS handshake.
+pub async fn connect_offering(
+    backend: Backend,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    tls: Option<&crate::proxy::tls::WorkerTls>,
+    alpn: Alpn,
+) -> Result<Upstream, ConnectError> {
     let fut = async {
         let addr = resolve(host, port).await?;
         let mut stream = Stream::connect(backend, addr).await.map_err(|e| {
@@ -190,7 +203,7 @@ pub async fn connect(
         })?;
         let tls_info = match tls {
             Some(t) => Some(
-                t.connect(&mut stream, host, timeout)
+                t.connect(&mut stream, host, alpn, timeout)
                     .await
                     .map_err(ConnectError::Connect)?,
             ),

@@ -2012,3 +2012,47 @@ pub fn first_pem_cert(text: &str) -> Option<String> {
     let end = text[start..].find(end_mark)? + start + end_mark.len();
     Some(text[start..end].to_string() + "\n")
 }
+
+/// A confdir with the luring CA exported as PEM (`luring ca export`).
+pub struct Conf {
+    pub dir: TempDir,
+    pub ca: std::path::PathBuf,
+}
+
+impl Conf {
+    pub fn new() -> Conf {
+        let dir = TempDir::new("tlsconf");
+        let ca = dir.path("exported-ca.pem");
+        let conf = dir.path("conf");
+        let (st, out, err) = run_luring(
+            &[
+                "ca",
+                "export",
+                "--confdir",
+                conf.to_str().unwrap(),
+                "--format",
+                "pem",
+                "--out",
+                ca.to_str().unwrap(),
+            ],
+            Duration::from_secs(30),
+        );
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "luring ca export: {st:?} {out} {err}"
+        );
+        Conf { dir, ca }
+    }
+
+    pub fn confdir(&self) -> String {
+        self.dir.path("conf").to_string_lossy().to_string()
+    }
+
+    pub fn ca(&self) -> &str {
+        self.ca.to_str().unwrap()
+    }
+
+    pub fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path("conf").join(name)
+    }
+}

@@ -1,0 +1,142 @@
+//! tokio `AsyncRead`/`AsyncWrite` over a [`Stream`], for codecs that want poll-based
+//! IO (the h2 crate). Owned-buffer operations cannot be polled on a borrowed slice, so
+//! the bridge keeps one read and one write operation in flight and copies between them
+//! and the caller's buffers: one copy each way, which h2 would make into its own
+//! buffers anyway.
+
+use super::Stream;
+use bytes::{Buf, Bytes, BytesMut};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+type ReadOp<'a> = Pin<Box<dyn Future<Output = (io::Result<usize>, BytesMut)> + 'a>>;
+type WriteOp<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;
+
+/// Size of each socket read.
+const READ_CHUNK: usize = 32 * 1024;
+/// Bytes accepted from the caller while a write is still in flight; beyond it the
+/// caller is told to wait, which is how backpressure reaches h2.
+const WRITE_BEHIND: usize = 256 * 1024;
+
+/// A poll-based view of a stream that outlives none of its operations: when it is
+/// dropped with a read in flight, the owner must shut the stream down (io module docs).
+pub struct PollStream<'a> {
+    stream: &'a Stream,
+    read: Option<ReadOp<'a>>,
+    /// Bytes read and not yet handed out.
+    ready: BytesMut,
+    eof: bool,
+    write: Option<WriteOp<'a>>,
+    /// Bytes accepted and not yet handed to a write operation.
+    queued: BytesMut,
+    /// Bytes moved each way, for connection statistics.
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+}
+
+impl<'a> PollStream<'a> {
+    /// Wraps `stream`; `early` holds bytes already read from it.
+    pub fn new(stream: &'a Stream, early: BytesMut) -> PollStream<'a> {
+        PollStream {
+            stream,
+            read: None,
+            ready: early,
+            eof: false,
+            write: None,
+            queued: BytesMut::new(),
+            bytes_read: 0,
+            bytes_written: 0,
+        }
+    }
+
+    /// Drives the write in flight, then starts one for the queued bytes.
+    fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(op) = self.write.as_mut() {
+                let r = ready!(op.as_mut().poll(cx));
+                self.write = None;
+                r?;
+            }
+            if self.queued.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let data: Bytes = self.queued.split().freeze();
+            self.bytes_written += data.len() as u64;
+            let s = self.stream;
+            self.write = Some(Box::pin(async move { s.write_all(data).await }));
+        }
+    }
+}
+
+impl AsyncRead for PollStream<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(out.remaining());
+                out.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let op = this.read.get_or_insert_with(|| {
+                let s = this.stream;
+                let mut buf = std::mem::take(&mut this.ready);
+                buf.clear();
+                buf.reserve(READ_CHUNK);
+                Box::pin(async move { s.read(buf).await })
+            });
+            let (res, buf) = ready!(op.as_mut().poll(cx));
+            this.read = None;
+            this.ready = buf;
+            match res {
+                Ok(0) => this.eof = true,
+                Ok(n) => this.bytes_read += n as u64,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PollStream<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        // a failed write is reported now; a pending one is fine while little is queued
+        if let Poll::Ready(Err(e)) = this.poll_writes(cx) {
+            return Poll::Ready(Err(e));
+        }
+        if this.queued.len() >= WRITE_BEHIND {
+            return Poll::Pending;
+        }
+        this.queued.extend_from_slice(data);
+        if this.write.is_none() {
+            if let Poll::Ready(Err(e)) = this.poll_writes(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_writes(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // the owner ends the stream (close_notify for TLS) once the codec is done
+        self.poll_writes(cx)
+    }
+}

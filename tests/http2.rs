@@ -1,0 +1,347 @@
+//! HTTP/2 inside intercepted TLS, through the real binary: curl, nghttp and h2load as
+//! clients, nghttpd (an h2-only server) as the upstream. luring offers h2 to a client
+//! only when the upstream chose h2 too.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+const CMD_WAIT: Duration = Duration::from_secs(60);
+
+/// `nghttpd` on 127.0.0.1 with the test PKI's certificate: serves files from a docroot
+/// (`index.html`, `big.bin` of 1 MiB of the test pattern) and echoes request bodies
+/// (`--echo-upload`).
+struct H2Origin {
+    child: Child,
+    port: u16,
+    _root: TempDir,
+}
+
+const BIG: usize = 1024 * 1024;
+
+impl H2Origin {
+    fn start(pki: &TestPki) -> H2Origin {
+        let root = TempDir::new("h2root");
+        std::fs::write(root.path("index.html"), "hello over h2\n").unwrap();
+        std::fs::write(root.path("big.bin"), pattern_vec(BIG)).unwrap();
+        let port = closed_port();
+        let child = Command::new("nghttpd")
+            .args(["-a", "127.0.0.1", "--echo-upload", "-d"])
+            .arg(&root.0)
+            .arg(port.to_string())
+            .arg(&pki.server_key)
+            .arg(&pki.server_pem)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nghttpd (apt nghttp2-server)");
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "nghttpd did not listen on {port}");
+        H2Origin {
+            child,
+            port,
+            _root: root,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+}
+
+impl Drop for H2Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(conf: &Conf, pki: &TestPki, extra: &[&str]) -> Proxy {
+    let cd = conf.confdir();
+    let mut args = vec![
+        "--confdir",
+        cd.as_str(),
+        "--upstream-ca",
+        pki.ca_pem.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Proxy::start(&args)
+}
+
+/// curl through the proxy trusting luring's CA; `-w` appends
+/// "## <http_version> <status> <num_connects>" after each transfer.
+fn curl_via(proxy: &Proxy, conf: &Conf, args: &[&str]) -> (CmdOutput, Vec<(String, String)>) {
+    let url = proxy.url();
+    let mut full = vec![
+        "-sS",
+        "--max-time",
+        "30",
+        "-x",
+        url.as_str(),
+        "--cacert",
+        conf.ca(),
+        "-w",
+        "## %{http_version} %{http_code} %{num_connects}\n",
+    ];
+    full.extend_from_slice(args);
+    let out = run_cmd("curl", &full, b"", CMD_WAIT);
+    let mut xfers = Vec::new();
+    let mut rest = out.stdout.as_str();
+    while let Some(i) = rest.find("## ") {
+        let line_end = rest[i..].find('\n').map_or(rest.len(), |e| i + e);
+        xfers.push((rest[..i].to_string(), rest[i + 3..line_end].to_string()));
+        rest = &rest[(line_end + 1).min(rest.len())..];
+    }
+    (out, xfers)
+}
+
+#[test]
+fn curl_speaks_h2_on_both_sides_and_reuses_the_connection() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki);
+    let conf = Conf::new();
+    let proxy = start(&conf, &pki, &[]);
+    let (out, xfers) = curl_via(
+        &proxy,
+        &conf,
+        &[&origin.url("/index.html"), &origin.url("/index.html")],
+    );
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(
+        xfers,
+        vec![
+            ("hello over h2\n".to_string(), "2 200 1".to_string()),
+            ("hello over h2\n".to_string(), "2 200 0".to_string()),
+        ],
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
+fn large_bodies_stream_both_ways_over_h2() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki);
+    let conf = Conf::new();
+    let proxy = start(&conf, &pki, &[]);
+    let dir = TempDir::new("h2bodies");
+    let down = dir.path("down.bin");
+    let (out, xfers) = curl_via(
+        &proxy,
+        &conf,
+        &["-o", down.to_str().unwrap(), &origin.url("/big.bin")],
+    );
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(xfers[0].1, "2 200 1");
+    assert!(
+        std::fs::read(&down).unwrap() == pattern_vec(BIG),
+        "download differs"
+    );
+
+    // 3 MiB up, echoed back: flow control in both directions on one stream
+    let up = dir.path("up.bin");
+    let n = 3 * BIG + 7;
+    std::fs::write(&up, pattern_vec(n)).unwrap();
+    let echoed = dir.path("echoed.bin");
+    let data = format!("@{}", up.to_str().unwrap());
+    let (out, xfers) = curl_via(
+        &proxy,
+        &conf,
+        &[
+            "--data-binary",
+            &data,
+            "-o",
+            echoed.to_str().unwrap(),
+            &origin.url("/echo"),
+        ],
+    );
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(xfers[0].1, "2 200 1");
+    assert!(
+        std::fs::read(&echoed).unwrap() == pattern_vec(n),
+        "echoed body differs"
+    );
+}
+
+#[test]
+fn many_parallel_streams_on_one_connection() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki);
+    let conf = Conf::new();
+    let proxy = start(&conf, &pki, &["--workers", "1", "--io", "epoll"]);
+    let big = origin.url("/big.bin");
+    let small = origin.url("/index.html");
+    let mut args = vec!["--parallel", "--parallel-max", "20"];
+    for i in 0..20 {
+        args.extend(["-o", "/dev/null", if i % 4 == 0 { &big } else { &small }]);
+    }
+    let (out, xfers) = curl_via(&proxy, &conf, &args);
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(xfers.len(), 20, "{out:?}");
+    let connects: u32 = xfers
+        .iter()
+        .map(|(_, x)| x.rsplit(' ').next().unwrap().parse::<u32>().unwrap())
+        .sum();
+    assert!(
+        xfers.iter().all(|(_, x)| x.starts_with("2 200 ")),
+        "{xfers:?}"
+    );
+    assert_eq!(connects, 1, "one connection carries all streams: {xfers:?}");
+}
+
+#[test]
+fn upstream_without_h2_keeps_the_client_on_http1() {
+    let pki = TestPki::new();
+    let origin = TlsOrigin::start(&pki); // offers http/1.1 only
+    let conf = Conf::new();
+    let proxy = start(&conf, &pki, &[]);
+    let url = format!("https://localhost:{}/one", origin.port());
+    let (out, xfers) = curl_via(&proxy, &conf, &[&url]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(
+        xfers,
+        vec![("tls-origin says: /one".to_string(), "1.1 200 1".to_string())]
+    );
+    // the connection made ahead of the handshake served the request
+    assert_eq!(origin.handshakes(), 1, "{:?}", origin.requests());
+}
+
+#[test]
+fn no_http2_flag_offers_http1_only() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki); // h2 only: refuses an http/1.1 client
+    let conf = Conf::new();
+    let proxy = start(&conf, &pki, &["--no-http2"]);
+    let (out, xfers) = curl_via(&proxy, &conf, &[&origin.url("/index.html")]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(xfers.len(), 1);
+    // nghttpd takes the handshake, then closes on an HTTP/1.1 request
+    assert!(xfers[0].1.starts_with("1.1 502 "), "{xfers:?}");
+    assert!(
+        xfers[0].0.contains("upstream"),
+        "the 502 names why: {xfers:?}"
+    );
+}
+
+const ACTIONS: &str = r#"
+register_hook("http", "on_request", function(m, ctx)
+  if m.path == "/drop" then return action.DROP end
+  if m.path == "/respond" then
+    return action.RESPOND{ status = 403, headers = { ["content-type"] = "text/plain" },
+                           body = "refused " .. m.http_version .. " " .. tostring(ctx.sni) }
+  end
+  if m.path == "/echo" then m.body = "[" .. m.body .. "]" end
+end)
+register_hook("http", "on_response", function(m)
+  m.headers:set("x-seen", m.http_version)
+  if m.request.path == "/index.html" then m.body = m.body .. "+tail" end
+end)
+"#;
+
+#[test]
+fn hooks_see_h2_streams_and_their_actions_apply_per_stream() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki);
+    let conf = Conf::new();
+    let dir = TempDir::new("h2plugin");
+    let plugin = dir.path("actions.lua");
+    std::fs::write(&plugin, ACTIONS).unwrap();
+    let proxy = start(&conf, &pki, &["--plugin", plugin.to_str().unwrap()]);
+
+    // RESPOND answers from the proxy; the response hook's edits reach the client
+    let (out, xfers) = curl_via(
+        &proxy,
+        &conf,
+        &["-i", &origin.url("/respond"), &origin.url("/index.html")],
+    );
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(xfers.len(), 2, "{out:?}");
+    assert!(
+        xfers[0].0.ends_with("refused HTTP/2.0 localhost"),
+        "{xfers:?}"
+    );
+    assert_eq!(xfers[0].1, "2 403 1");
+    let page = &xfers[1].0;
+    assert!(page.contains("x-seen: HTTP/2.0"), "{page}");
+    assert!(page.ends_with("hello over h2\n+tail"), "{page}");
+    assert!(
+        page.contains("content-length: 19"),
+        "length follows the body: {page}"
+    );
+    assert_eq!(xfers[1].1, "2 200 0", "same connection: {xfers:?}");
+
+    // the origin echoes what it got: the request hook's new body went upstream
+    let (out, xfers) = curl_via(
+        &proxy,
+        &conf,
+        &["--data-binary", "abc", &origin.url("/echo")],
+    );
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(xfers, vec![("[abc]".to_string(), "2 200 1".to_string())]);
+
+    // DROP resets that stream only: the next request uses the same connection
+    let (out, xfers) = curl_via(
+        &proxy,
+        &conf,
+        &[&origin.url("/drop"), &origin.url("/respond")],
+    );
+    assert!(
+        out.stderr.contains("CANCEL"),
+        "the dropped stream is reset with CANCEL: {out:?}"
+    );
+    assert_eq!(xfers.len(), 2, "{out:?}");
+    assert_eq!(xfers[1].1, "2 403 0", "{xfers:?}");
+}
+
+#[test]
+fn reverse_https_serves_h2_clients() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki);
+    let conf = Conf::new();
+    let mode = format!("reverse:https://localhost:{}", origin.port);
+    let proxy = start(&conf, &pki, &["--mode", &mode]);
+    let resolve = format!("localhost:{}:127.0.0.1", proxy.port());
+    let url = format!("https://localhost:{}/index.html", proxy.port());
+    let out = run_cmd(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "30",
+            "--cacert",
+            conf.ca(),
+            "--resolve",
+            &resolve,
+            "-w",
+            " %{http_version}",
+            &url,
+        ],
+        b"",
+        CMD_WAIT,
+    );
+    assert_eq!(
+        out.stdout,
+        "hello over h2\n 2",
+        "{out:?}\n{}",
+        proxy.stderr()
+    );
+
+    // h2load: many streams on few connections, every one answered
+    let url = format!("https://127.0.0.1:{}/index.html", proxy.port());
+    let out = run_cmd(
+        "h2load",
+        &["-n", "400", "-c", "2", "-m", "8", &url],
+        b"",
+        CMD_WAIT,
+    );
+    assert!(
+        out.stdout.contains("400 succeeded, 0 failed"),
+        "{out:?}\n{}",
+        proxy.stderr()
+    );
+    assert!(out.stdout.contains("Application protocol: h2"), "{out:?}");
+}
