@@ -288,26 +288,28 @@ fn ignore_hosts_relays_tls_untouched() {
     assert_origin_cert_passed_through("--ignore-hosts", "localhost");
 }
 
-#[test]
-fn client_offering_only_h2_is_passed_through() {
-    // a gRPC-style client (ALPN h2 only) cannot be intercepted before the HTTP/2 layer
-    // exists; its handshake reaches the origin instead of failing at the proxy
+/// `openssl s_client -alpn h2` through the proxy to a [`TlsOrigin`] offering `alpn`.
+fn h2_only_client(alpn: &[&[u8]], flags: &[&str]) -> (CmdOutput, Proxy) {
     let pki = TestPki::new();
-    let origin = TlsOrigin::start_with_alpn(&pki, &[b"h2", b"http/1.1"]);
     let conf = Conf::new();
-    let proxy = start(&conf, &[]);
+    let ca = pki.ca_pem.to_str().unwrap();
+    let origin = TlsOrigin::start_with_alpn(&pki, alpn);
+    let mut all = vec!["--upstream-ca", ca];
+    all.extend_from_slice(flags);
+    let proxy = start(&conf, &all);
     let o = s_client(
         &proxy,
         &format!("localhost:{}", origin.port()),
-        &[
-            "-servername",
-            "localhost",
-            "-alpn",
-            "h2",
-            "-CAfile",
-            pki.ca_pem.to_str().unwrap(),
-        ],
+        &["-servername", "localhost", "-alpn", "h2", "-CAfile", ca],
     );
+    (o, proxy)
+}
+
+#[test]
+fn client_offering_only_h2_is_passed_through_with_no_http2() {
+    // a gRPC-style client (ALPN h2 only) is intercepted when the upstream chooses h2
+    // (tests/http2.rs); with --no-http2 its handshake reaches the origin instead
+    let (o, proxy) = h2_only_client(&[b"h2", b"http/1.1"], &["--no-http2"]);
     assert!(
         o.stdout.contains("Verify return code: 0 (ok)"),
         "{o:?}\n{}",
@@ -320,6 +322,15 @@ fn client_offering_only_h2_is_passed_through() {
         "{info}"
     );
     assert!(proxy.wait_stderr("without http/1.1", Duration::from_secs(5)));
+}
+
+#[test]
+fn client_offering_only_h2_meets_an_upstream_without_h2_as_it_is() {
+    // the upstream did not choose h2 when luring asked: the client's own handshake is
+    // relayed, and the origin's refusal (no common ALPN) reaches it unchanged
+    let (o, proxy) = h2_only_client(&[b"http/1.1"], &[]);
+    assert!(o.stderr.contains("no application protocol"), "{o:?}");
+    assert!(proxy.wait_stderr("did not choose h2", Duration::from_secs(5)));
 }
 
 #[test]
@@ -1282,10 +1293,13 @@ import sys
 from concurrent import futures
 import grpc
 mode, pem, key, ca = sys.argv[1:5]
-def echo(req, ctx): return b"echo:" + req
+def echo(req, ctx):
+    md = dict(ctx.invocation_metadata())
+    return b"echo:" + req + (b" via " + md["x-luring"].encode() if "x-luring" in md else b"")
 server = grpc.server(futures.ThreadPoolExecutor(2))
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
     "t.Echo", {"Say": grpc.unary_unary_rpc_method_handler(echo)}),))
+# "tls-client": the client speaks TLS to the proxy, the server is plaintext
 if mode == "tls":
     port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
         [(open(key, "rb").read(), open(pem, "rb").read())]))
@@ -1295,7 +1309,7 @@ server.start()
 print(port, flush=True)
 target, proxy = sys.stdin.readline().split()
 opts = [("grpc.http_proxy", proxy), ("grpc.enable_http_proxy", 1)] if proxy != "-" else []
-if mode == "tls":
+if mode in ("tls", "tls-client"):
     ch = grpc.secure_channel(target, grpc.ssl_channel_credentials(open(ca, "rb").read()), options=opts)
 else:
     ch = grpc.insecure_channel(target, options=opts)
@@ -1303,17 +1317,20 @@ print(ch.unary_unary("/t.Echo/Say")(b"hi", timeout=10).decode(), flush=True)
 server.stop(0)
 "#;
 
-/// Runs [`GRPC_PY`] in `mode` ("plain" or "tls"); `route` gets the gRPC server's port
-/// and returns the proxy to go through and the "TARGET PROXY" line. Returns the reply.
+/// Runs [`GRPC_PY`] in `mode` ("plain" or "tls"; the client trusts `client_ca`);
+/// `route` gets the gRPC server's port and returns the proxy to go through and the
+/// "TARGET PROXY" line. Returns the reply.
 fn grpc_echo(
     mode: &str,
     pki: &TestPki,
+    client_ca: &str,
     route: impl FnOnce(u16) -> (Proxy, String),
 ) -> (String, Proxy) {
     use std::io::BufRead;
     let mut py = std::process::Command::new("python3")
         .args(["-c", GRPC_PY, mode])
-        .args([&pki.server_pem, &pki.server_key, &pki.ca_pem])
+        .args([&pki.server_pem, &pki.server_key])
+        .arg(client_ca)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -1335,13 +1352,56 @@ fn grpc_echo(
     (line.trim().to_string(), proxy)
 }
 
+/// A plugin that marks every request it sees, so the gRPC server's echo shows that
+/// the call was intercepted (not relayed) and that the mutation went upstream.
+const MARK_PLUGIN: &str = r#"
+register_hook("http", "on_request", function(m)
+  if m.method == "CONNECT" then return end
+  m.headers:set("x-luring", m.http_version)
+  log.info("grpc call " .. m.method .. " " .. m.path)
+end)
+"#;
+
+fn mark_plugin(dir: &TempDir) -> String {
+    let p = dir.path("mark.lua");
+    std::fs::write(&p, MARK_PLUGIN).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
 #[test]
-fn grpcio_clients_work_through_a_connect_tunnel() {
+fn grpcio_calls_through_a_connect_tunnel_are_intercepted_as_http2() {
     let pki = TestPki::new();
     let conf = Conf::new();
+    let plugin = mark_plugin(&conf.dir);
+    let up_ca = pki.ca_pem.to_str().unwrap().to_string();
     for mode in ["plain", "tls"] {
-        let (reply, proxy) = grpc_echo(mode, &pki, |port| {
-            let proxy = start(&conf, &[]);
+        let (reply, proxy) = grpc_echo(mode, &pki, conf.ca(), |port| {
+            let proxy = start(&conf, &["--upstream-ca", &up_ca, "--plugin", &plugin]);
+            let call = format!("localhost:{port} {}", proxy.url());
+            (proxy, call)
+        });
+        assert_eq!(
+            reply,
+            "echo:hi via HTTP/2.0",
+            "{mode}: proxy: {}",
+            proxy.stderr()
+        );
+        assert!(
+            proxy.wait_stderr("grpc call POST /t.Echo/Say", Duration::from_secs(5)),
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn grpcio_with_no_http2_is_relayed_through_a_connect_tunnel() {
+    let pki = TestPki::new();
+    let conf = Conf::new();
+    let ca = pki.ca_pem.to_str().unwrap().to_string();
+    for mode in ["plain", "tls"] {
+        // the client trusts the real server's CA: its handshake reaches that server
+        let (reply, proxy) = grpc_echo(mode, &pki, &ca, |port| {
+            let proxy = start(&conf, &["--no-http2"]);
             let call = format!("localhost:{port} {}", proxy.url());
             (proxy, call)
         });
@@ -1350,21 +1410,48 @@ fn grpcio_clients_work_through_a_connect_tunnel() {
 }
 
 #[test]
-fn grpcio_through_reverse_mode_is_relayed_to_the_upstream() {
+fn grpcio_through_reverse_mode_is_served_as_http2() {
     let pki = TestPki::new();
     let conf = Conf::new();
+    let plugin = mark_plugin(&conf.dir);
     let ca = pki.ca_pem.to_str().unwrap().to_string();
-    for (mode, scheme, log) in [
-        ("plain", "http", "HTTP/2 with prior knowledge"),
-        ("tls", "https", "without http/1.1"),
-    ] {
-        let (reply, proxy) = grpc_echo(mode, &pki, |port| {
+    for (mode, scheme) in [("plain", "http"), ("tls", "https")] {
+        let (reply, proxy) = grpc_echo(mode, &pki, conf.ca(), |port| {
             let upstream = format!("reverse:{scheme}://localhost:{port}");
-            let proxy = start(&conf, &["--mode", &upstream, "--upstream-ca", &ca]);
+            let proxy = start(
+                &conf,
+                &[
+                    "--mode",
+                    &upstream,
+                    "--upstream-ca",
+                    &ca,
+                    "--plugin",
+                    &plugin,
+                ],
+            );
             let call = format!("localhost:{} -", proxy.port());
             (proxy, call)
         });
-        assert_eq!(reply, "echo:hi", "{mode}: proxy: {}", proxy.stderr());
-        assert!(proxy.wait_stderr(log, Duration::from_secs(5)), "{mode}");
+        assert_eq!(
+            reply,
+            "echo:hi via HTTP/2.0",
+            "{mode}: proxy: {}",
+            proxy.stderr()
+        );
     }
+}
+
+#[test]
+fn grpcio_tls_client_in_front_of_a_plaintext_grpc_server() {
+    // TLS termination for an h2-only client, h2c with prior knowledge to the upstream
+    let pki = TestPki::new();
+    let conf = Conf::new();
+    let plugin = mark_plugin(&conf.dir);
+    let (reply, proxy) = grpc_echo("tls-client", &pki, conf.ca(), |port| {
+        let upstream = format!("reverse:http://localhost:{port}");
+        let proxy = start(&conf, &["--mode", &upstream, "--plugin", &plugin]);
+        let call = format!("localhost:{} -", proxy.port());
+        (proxy, call)
+    });
+    assert_eq!(reply, "echo:hi via HTTP/2.0", "proxy: {}", proxy.stderr());
 }

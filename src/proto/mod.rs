@@ -1,4 +1,5 @@
 //! Sans-IO protocol code: bytes in, events and bytes out. No sockets, no clocks, no Lua.
 
 pub mod client_hello;
+pub mod detect;
 pub mod http1;

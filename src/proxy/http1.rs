@@ -7,10 +7,12 @@ use crate::http::{Body, Request, RequestHead, Response, Target, Version};
 use crate::io::{Deadline, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, Step};
 use crate::proto::client_hello::ClientHello;
+use crate::proto::detect::{is_h2_settings_frame, starts_like_h2_preface, H2_PREFACE as PREFACE};
 use crate::proto::http1::{
     parse_request_head, parse_response_head, request_body_kind, response_body_kind, BodyDecoder,
     BodyKind, HeadError,
 };
+use crate::proxy::http2;
 use crate::proxy::relay::{self, Buffered, Output, RelayError};
 use crate::proxy::respond::{self, error_response, CONTINUE_100};
 use crate::proxy::tls::{Alpn, Offer, WorkerTls};
@@ -128,33 +130,29 @@ impl ClientConn {
 
     /// Serves requests until either side ends the connection.
     pub async fn run(&mut self) {
-        if let Mode::Reverse(up) = &self.w.mode {
+        let w = self.w.clone();
+        if let Mode::Reverse(up) = &w.mode {
             // reverse mode terminates TLS from clients and accepts plaintext too
             let (host, port, tls_up) = (up.host.clone(), up.port, up.scheme == "https");
             let t = self.w.timeouts.head;
             match WorkerTls::read_client_hello(&self.stream, &mut self.buf, t).await {
-                // HTTP/2 only (gRPC): relayed to a TLS upstream untouched, which can
-                // then negotiate h2 itself
-                Ok(Some(hello)) if !speaks_http1(&hello) && tls_up => {
-                    tracing::info!(
-                        conn = self.info.conn_id,
-                        "the client offers ALPN {} without http/1.1; relayed to the \
-                         upstream unchanged (HTTP/2 interception is not built yet)",
-                        alpn_list(&hello)
-                    );
-                    return self.relay_raw(&host, port).await;
-                }
                 Ok(Some(hello)) => {
                     // requests keep going to the configured upstream: no intercept authority
                     if self.start_tls(&hello, &host, None).await == Next::Close {
                         return;
                     }
                 }
-                Ok(None) if !tls_up && self.h2c_preface().await => {
+                Ok(None) if (self.w.cfg.http2 || !tls_up) && self.h2c_preface().await => {
+                    if self.w.cfg.http2 {
+                        let authority = up.authority();
+                        self.serve_h2_prior_knowledge(&up.scheme, &authority, &up.path_prefix)
+                            .await;
+                        return;
+                    }
                     tracing::info!(
                         conn = self.info.conn_id,
                         "HTTP/2 with prior knowledge; relayed to the upstream unchanged \
-                         (HTTP/2 interception is not built yet)"
+                         (--no-http2)"
                     );
                     return self.relay_raw(&host, port).await;
                 }
@@ -190,7 +188,6 @@ impl ClientConn {
     /// Whether the client opened with the HTTP/2 connection preface (h2c with prior
     /// knowledge, as gRPC's plaintext channels do); reads until that is known.
     async fn h2c_preface(&mut self) -> bool {
-        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
         let deadline = tokio::time::Instant::now() + self.w.timeouts.head;
         while self.buf.len() < PREFACE.len() && PREFACE.starts_with(&self.buf) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -1160,21 +1157,26 @@ impl ClientConn {
                     }
                 }
             }
+            // An h2c server may send its SETTINGS before the client's preface arrives:
+            // that is not a server-first protocol, so the client's bytes decide.
+            if self.w.cfg.http2 && is_h2_settings_frame(&upstream_early) {
+                if let Some(mut client_read) = pending[0].take() {
+                    let wait = self.w.timeouts.head;
+                    match tokio::time::timeout(wait, &mut client_read).await {
+                        Ok((Ok(n), b)) if n > 0 => early = b,
+                        Ok(_) => {
+                            up.stream.shutdown(Shutdown::Both);
+                            return Next::Close;
+                        }
+                        Err(_) => pending[0] = Some(client_read),
+                    }
+                }
+            }
             if pending[0].is_none()
                 && crate::proto::client_hello::is_tls_client_hello_start(&early) != Some(false)
             {
                 let head_timeout = self.w.timeouts.head;
                 match WorkerTls::read_client_hello(&self.stream, &mut early, head_timeout).await {
-                    // a client that offers ALPN but not http/1.1 (gRPC: h2 only) could not
-                    // finish a handshake with us: its bytes are relayed unchanged instead
-                    Ok(Some(hello)) if !speaks_http1(&hello) => {
-                        tracing::info!(
-                            conn = self.info.conn_id,
-                            "tunnel to {host}:{port}: the client offers ALPN {} without \
-                             http/1.1; passed through (HTTP/2 interception is not built yet)",
-                            alpn_list(&hello)
-                        );
-                    }
                     // the passthrough rules see both names, as in mitmproxy
                     Ok(Some(hello))
                         if self.w.tls.intercepts_any(&host, hello.sni.as_deref(), port) =>
@@ -1209,6 +1211,19 @@ impl ClientConn {
                 self.buf = early;
                 self.intercept = Some(Intercept::new("http", &req.authority));
                 return Next::KeepAlive;
+            } else if pending[0].is_none()
+                && self.w.cfg.http2
+                && starts_like_h2_preface(&early)
+                && self.w.tls.intercepts_any(&host, None, port)
+                && !engine.is_some_and(|e| e.has(Event::RawChunk))
+            {
+                // h2c with prior knowledge inside the tunnel (gRPC over an insecure
+                // channel through a proxy): served by the HTTP/2 layer, as plain HTTP/1 is
+                drop(pending);
+                up.stream.shutdown(Shutdown::Both);
+                self.buf = early;
+                let authority = Intercept::new("http", &req.authority).authority;
+                return self.serve_h2_prior_knowledge("http", &authority, "").await;
             }
         }
         upstream_early.extend_from_slice(&up.buf);
@@ -1229,20 +1244,25 @@ impl ClientConn {
         Next::Close
     }
 
-    /// Connects to `authority` over TLS before the client's handshake, offering `alpn`
-    /// (`--upstream-cert` needs the upstream's names for the leaf; offering h2 to the
-    /// client needs to know the upstream agreed to it). On failure the client's
-    /// handshake goes on without it and the first request reports the error.
-    async fn connect_ahead(&mut self, authority: &str, alpn: Alpn) -> Option<Upstream> {
-        let (host, port) = crate::http::split_authority(authority, 443)?;
-        let tls = Some(&self.w.tls);
+    /// Connects to `authority` before the client's TLS handshake, over TLS offering
+    /// `alpn` when `scheme` is https (`--upstream-cert` needs the upstream's names for
+    /// the leaf; offering h2 to the client needs to know the upstream agreed to it).
+    /// On failure the first request to that upstream reports the error.
+    async fn connect_ahead(
+        &mut self,
+        scheme: &str,
+        authority: &str,
+        alpn: Alpn,
+    ) -> Result<Upstream, String> {
+        let (host, port) = crate::http::host_port_of(scheme, authority);
+        let tls = (scheme == "https").then_some(&self.w.tls);
         let timeout = self.w.timeouts.connect;
         match upstream::connect_offering(self.w.backend, &host, port, timeout, tls, alpn).await {
             Ok(up) => {
                 if let Some(info) = &up.tls_info {
                     crate::proxy::fire_tls_hook(&self.w, &self.info, info);
                 }
-                Some(up)
+                Ok(up)
             }
             Err(e) => {
                 let (status, text) = match e {
@@ -1254,16 +1274,58 @@ impl ClientConn {
                     "connecting ahead to {authority}: {text}"
                 );
                 // the first request reports this instead of waiting for a second failure
-                self.ahead_failed = Some((Key::new("https", authority), status, text));
-                None
+                self.ahead_failed = Some((Key::new(scheme, authority), status, text.clone()));
+                Err(text)
             }
         }
     }
 
+    /// Serves the rest of the connection with the HTTP/2 layer, relaying to `up`.
+    async fn serve_h2(&mut self, up: Result<Upstream, String>, target: http2::Target) -> Next {
+        if let Ok(u) = &up {
+            self.info.server_addr = Some(u.addr);
+        }
+        let early = std::mem::take(&mut self.buf);
+        let w = self.w.clone();
+        let (i, o) = http2::serve(w, &self.stream, early, &self.info, up, target).await;
+        self.bytes_in += i;
+        self.bytes_out += o;
+        Next::Close
+    }
+
+    /// HTTP/2 with prior knowledge (h2c) from the client: served by the HTTP/2 layer
+    /// over an h2 connection to `authority` (plaintext h2c for http, TLS that must
+    /// choose h2 for https).
+    async fn serve_h2_prior_knowledge(
+        &mut self,
+        scheme: &str,
+        authority: &str,
+        path_prefix: &str,
+    ) -> Next {
+        let up = match self.connect_ahead(scheme, authority, Alpn::H2OrHttp1).await {
+            Ok(u) if scheme == "http" || crate::proxy::tls::chose_h2(&u.stream) => Ok(u),
+            Ok(u) => {
+                u.stream.shutdown(Shutdown::Both);
+                Err(format!(
+                    "upstream {authority} did not choose h2 in its TLS handshake"
+                ))
+            }
+            Err(e) => Err(e),
+        };
+        let target = http2::Target {
+            scheme: scheme.to_string(),
+            authority: authority.to_string(),
+            path_prefix: path_prefix.to_string(),
+        };
+        self.serve_h2(up, target).await
+    }
+
     /// Terminates the client's TLS; later requests on this connection go to
-    /// `authority` over TLS. When the client offers h2 and the upstream (reached ahead
-    /// of the handshake) chose h2 too, the client is offered h2 and the connection is
-    /// served by the HTTP/2 layer.
+    /// `authority` over TLS (reverse mode: the upstream). When the client offers h2
+    /// and the upstream, reached ahead of the handshake, chose h2 too (or is a
+    /// plaintext reverse upstream and the client speaks only h2), the client is
+    /// offered h2 and the connection is served by the HTTP/2 layer. A client that
+    /// speaks only h2 and cannot be served so is relayed to the upstream untouched.
     async fn start_tls(
         &mut self,
         hello: &ClientHello,
@@ -1272,40 +1334,65 @@ impl ClientConn {
     ) -> Next {
         let head_timeout = self.w.timeouts.head;
         let w = self.w.clone();
-        // where this connection's requests go over TLS, and with what path prefix
-        let tls_target = match (&authority, &w.mode) {
-            (Some(a), _) => Some((Intercept::new("https", a).authority, String::new())),
-            (None, Mode::Reverse(up)) if up.scheme == "https" => {
-                Some((up.authority(), up.path_prefix.clone()))
+        // where this connection's requests go, and with what path prefix
+        let (scheme, target, prefix) = match (&authority, &w.mode) {
+            (None, Mode::Reverse(up)) => {
+                (up.scheme.as_str(), up.authority(), up.path_prefix.as_str())
             }
-            _ => None,
+            (a, _) => (
+                "https",
+                Intercept::new("https", a.as_deref().unwrap_or(host)).authority,
+                "",
+            ),
         };
-        let want_h2 = w.cfg.http2 && offers_h2(hello) && tls_target.is_some();
+        let h2_only = !speaks_http1(hello);
+        let want_h2 = w.cfg.http2 && offers_h2(hello) && (scheme == "https" || h2_only);
         let want_sans = authority.is_some() && w.cfg.upstream_cert;
         let mut sans = None;
         let mut h2_upstream = None;
-        if let Some((target, _)) = tls_target.as_ref().filter(|_| want_h2 || want_sans) {
+        if want_h2 || want_sans {
             let alpn = if want_h2 {
                 Alpn::H2OrHttp1
             } else {
                 Alpn::Http1
             };
-            if let Some(up) = self.connect_ahead(target, alpn).await {
-                if want_sans {
-                    sans = Some(crate::proxy::tls::peer_sans(&up.stream));
+            match self.connect_ahead(scheme, &target, alpn).await {
+                Ok(up) => {
+                    if want_sans {
+                        sans = Some(crate::proxy::tls::peer_sans(&up.stream));
+                    }
+                    // a plaintext upstream of an h2-only client is taken to speak h2c
+                    if want_h2 && (scheme == "http" || crate::proxy::tls::chose_h2(&up.stream)) {
+                        h2_upstream = Some(Ok(up));
+                    } else {
+                        // the first request takes it from the pool
+                        self.w.pool.put(Key::new(scheme, &target), up);
+                    }
                 }
-                if crate::proxy::tls::chose_h2(&up.stream) {
-                    h2_upstream = Some(up);
-                } else {
-                    // the first request takes it from the pool
-                    self.w.pool.put(Key::new("https", target), up);
-                }
+                // the client's streams will be answered 502 with the reason
+                Err(why) if want_h2 && h2_only => h2_upstream = Some(Err(why)),
+                Err(_) => {}
             }
+        }
+        if h2_only && h2_upstream.is_none() && scheme == "https" {
+            let (up_host, up_port) = crate::http::host_port_of(scheme, &target);
+            tracing::info!(
+                conn = self.info.conn_id,
+                "the client offers ALPN {} without http/1.1, and h2 cannot be served to it \
+                 (--no-http2, or {target} did not choose h2); relayed unchanged",
+                alpn_list(hello)
+            );
+            self.relay_raw(&up_host, up_port).await;
+            return Next::Close;
         }
         let alpn = if h2_upstream.is_some() {
             Alpn::H2OrHttp1
         } else {
             Alpn::Http1
+        };
+        let offer = Offer {
+            upstream_sans: sans.as_deref(),
+            alpn,
         };
         let accepted = w
             .tls
@@ -1314,56 +1401,40 @@ impl ClientConn {
                 &mut self.buf,
                 hello,
                 host,
-                Offer {
-                    upstream_sans: sans.as_deref(),
-                    alpn,
-                },
+                offer,
                 head_timeout,
             )
             .await;
-        match accepted {
-            Ok(acc) => {
-                self.info.sni = Some(acc.server_name);
-                crate::proxy::fire_tls_hook(&self.w, &self.info, &acc.info);
-                if let Some(up) = h2_upstream {
-                    if crate::proxy::tls::chose_h2(&self.stream) {
-                        let (authority, path_prefix) = tls_target.unwrap_or_default();
-                        self.info.server_addr = Some(up.addr);
-                        let target = crate::proxy::http2::Target {
-                            scheme: "https".into(),
-                            authority,
-                            path_prefix,
-                        };
-                        let early = std::mem::take(&mut self.buf);
-                        let (i, o) = crate::proxy::http2::serve(
-                            w,
-                            &self.stream,
-                            early,
-                            &self.info,
-                            up,
-                            target,
-                        )
-                        .await;
-                        self.bytes_in += i;
-                        self.bytes_out += o;
-                        return Next::Close;
-                    }
-                    up.stream.shutdown(Shutdown::Both);
-                }
-                self.intercept = authority.map(|a| Intercept::new("https", &a));
-                Next::KeepAlive
-            }
+        let acc = match accepted {
+            Ok(acc) => acc,
             Err(why) => {
-                if let Some(up) = h2_upstream {
+                if let Some(Ok(up)) = h2_upstream {
                     up.stream.shutdown(Shutdown::Both);
                 }
                 tracing::info!(
                     conn = self.info.conn_id,
                     "TLS interception of {host}: {why}"
                 );
-                Next::Close
+                return Next::Close;
+            }
+        };
+        self.info.sni = Some(acc.server_name);
+        crate::proxy::fire_tls_hook(&self.w, &self.info, &acc.info);
+        if let Some(up) = h2_upstream {
+            if crate::proxy::tls::chose_h2(&self.stream) {
+                let target = http2::Target {
+                    scheme: scheme.to_string(),
+                    authority: target,
+                    path_prefix: prefix.to_string(),
+                };
+                return self.serve_h2(up, target).await;
+            }
+            if let Ok(up) = up {
+                up.stream.shutdown(Shutdown::Both);
             }
         }
+        self.intercept = authority.map(|a| Intercept::new("https", &a));
+        Next::KeepAlive
     }
 }
 

@@ -48,7 +48,8 @@ struct Session {
     path_prefix: String,
     /// Where the one upstream connection goes; a request re-routed elsewhere gets a 502.
     key: Key,
-    upstream: h2::client::SendRequest<Bytes>,
+    /// The upstream connection, or why there is none (each stream gets a 502 saying so).
+    upstream: Result<h2::client::SendRequest<Bytes>, String>,
     /// Streams in progress, and when the last one ended (idle timeout).
     open: Cell<usize>,
     last_end: Cell<Instant>,
@@ -64,45 +65,61 @@ pub struct Target {
     pub path_prefix: String,
 }
 
-/// Serves an h2 client connection whose TLS handshake chose h2, relaying its streams
-/// over `up`, an upstream connection that chose h2 too. `early` holds decrypted bytes
-/// already read. Returns (bytes in, bytes out) on the client side.
+/// Serves an h2 client connection (TLS that chose h2, or h2c with prior knowledge),
+/// relaying its streams over `up`, an upstream connection that speaks h2 too; when
+/// there is none, every stream is answered 502 with the reason. `early` holds client
+/// bytes already read. Returns (bytes in, bytes out) on the client side.
 pub async fn serve(
     w: Rc<Worker>,
     client: &crate::io::Stream,
     early: BytesMut,
     info: &ConnInfo,
-    up: Upstream,
+    up: Result<Upstream, String>,
     target: Target,
 ) -> (u64, u64) {
-    let Upstream { stream, buf, .. } = up;
     let mut cio = PollStream::new(client, early);
-    run(w, &mut cio, PollStream::new(&stream, buf), info, target).await;
-    stream.shutdown(Shutdown::Both);
+    match up {
+        Ok(Upstream { stream, buf, .. }) => {
+            run(w, &mut cio, Ok(PollStream::new(&stream, buf)), info, target).await;
+            stream.shutdown(Shutdown::Both);
+        }
+        Err(why) => run(w, &mut cio, Err(why), info, target).await,
+    }
     (cio.bytes_read, cio.bytes_written)
 }
+
+/// Settings both sides of luring offer: windows larger than the protocol's 64 KiB
+/// default, so one stream is not limited to 64 KiB per round trip.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONN_WINDOW: u32 = 4 * 1024 * 1024;
 
 async fn run(
     w: Rc<Worker>,
     cio: &mut PollStream<'_>,
-    uio: PollStream<'_>,
+    uio: Result<PollStream<'_>, String>,
     info: &ConnInfo,
     target: Target,
 ) {
     let conn = info.conn_id;
-    let (upstream, up_conn) = match h2::client::Builder::new()
-        .max_concurrent_streams(MAX_STREAMS)
-        .handshake::<_, Bytes>(uio)
-        .await
-    {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::info!(conn, "HTTP/2 handshake with the upstream failed: {e}");
-            return;
-        }
+    let (upstream, up_conn) = match uio {
+        Ok(uio) => match h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .handshake::<_, Bytes>(uio)
+            .await
+        {
+            Ok((send, conn)) => (Ok(send), Some(conn)),
+            Err(e) => (
+                Err(format!("HTTP/2 handshake with the upstream failed: {e}")),
+                None,
+            ),
+        },
+        Err(why) => (Err(why), None),
     };
     let mut srv = match h2::server::Builder::new()
         .max_concurrent_streams(MAX_STREAMS)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
         .max_header_list_size(w.cfg.max_head_size as u32)
         .handshake::<_, Bytes>(cio)
         .await
@@ -125,6 +142,12 @@ async fn run(
         open: Cell::new(0),
         last_end: Cell::new(Instant::now()),
     });
+    let up_conn = async move {
+        match up_conn {
+            Some(c) => c.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::pin!(up_conn);
     let mut upstream_open = true;
     let mut closing = false;
@@ -247,7 +270,11 @@ async fn exchange(
         Ok(h) => h,
         Err(why) => return fail(&mut respond, 502, &why),
     };
-    let mut sender = match s.upstream.clone().ready().await {
+    let upstream = match &s.upstream {
+        Ok(u) => u.clone(),
+        Err(why) => return fail(&mut respond, 502, why),
+    };
+    let mut sender = match upstream.ready().await {
         Ok(x) => x,
         Err(e) => {
             return fail(
