@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -743,3 +744,28 @@ LAYERS_NOT_BUILT = {"ws", "grpc", "grpc-web", "sse", "socks5"}
 def settle(seconds=0.4):
     """Give the proxy a moment to emit log lines that must NOT appear (bounded)."""
     time.sleep(seconds)
+
+
+# --------------------------------------------------------------------------- TLS test PKI
+
+ORIGIN_CN = "luring-conf-origin"
+
+
+def make_pki(tmp):
+    """A CA and a server certificate for localhost/127.0.0.1; returns (ca, cert, key)."""
+    if shutil.which("openssl") is None:
+        raise Pending("openssl command line not found")
+    ca_key, ca, key, csr, cert, ext = (str(tmp / n) for n in
+                                       ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem", "ext.cnf"))
+    (tmp / "ext.cnf").write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                                 "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for args in (["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "30",
+                  "-subj", "/CN=luring conf CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                  "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                 ["req", "-new", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={ORIGIN_CN}"],
+                 ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                  "-out", cert, "-days", "30", "-extfile", ext]):
+        p = subprocess.run(["openssl", *args], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        check(p.returncode == 0, f"openssl {args[0]} failed: {p.stderr.decode(errors='replace')}")
+    return ca, cert, key

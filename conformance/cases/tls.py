@@ -6,36 +6,13 @@ Every proxy here gets its own --confdir in the case's temp dir (never ~/.luring)
 """
 
 import re
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 
-from harness import Pending, case, check, curl, eq, run_cli, settle
+from harness import ORIGIN_CN, case, check, curl, eq, make_pki, run_cli, settle
 
-ORIGIN_CN = "luring-conf-origin"
 JA4_RE = re.compile(r"^t1[23]d\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$")
-
-
-def make_pki(tmp):
-    """A CA and a server certificate for localhost/127.0.0.1; returns (ca, cert, key)."""
-    if shutil.which("openssl") is None:
-        raise Pending("openssl command line not found")
-    ca_key, ca, key, csr, cert, ext = (str(tmp / n) for n in
-                                       ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem", "ext.cnf"))
-    (tmp / "ext.cnf").write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-                                 "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    for args in (["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "30",
-                  "-subj", "/CN=luring conf CA", "-addext", "basicConstraints=critical,CA:TRUE",
-                  "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-                 ["req", "-new", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={ORIGIN_CN}"],
-                 ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-                  "-out", cert, "-days", "30", "-extfile", ext]):
-        p = subprocess.run(["openssl", *args], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
-        check(p.returncode == 0, f"openssl {args[0]} failed: {p.stderr.decode(errors='replace')}")
-    return ca, cert, key
 
 
 class HttpsOrigin:

@@ -1,0 +1,192 @@
+"""The http rows over HTTP/2: curl speaks h2 to the proxy inside an intercepted CONNECT
+tunnel, the proxy speaks h2 to nghttpd (an h2-only origin, `-v` so its log shows every
+frame it received). Spec section 3: DROP of an HTTP/2 request resets that stream only
+(RST_STREAM CANCEL) and the connection lives on; RESPOND answers without contacting
+the upstream; mutations reach the wire; the phases sit around the pipeline steps.
+"""
+
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+from harness import Pending, case, check, eq, make_pki, run_cli
+
+W = "## %{http_version} %{http_code} %{num_connects}\n"
+
+
+class NghttpdOrigin:
+    """nghttpd -v on 127.0.0.1 serving a docroot; keeps its log (received frames)."""
+
+    def __init__(self, tmp, cert, key):
+        if shutil.which("nghttpd") is None:
+            raise Pending("nghttpd not found (apt nghttp2-server)")
+        root = tmp / "h2root"
+        root.mkdir()
+        (root / "index.html").write_text("h2 origin\n")
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.proc = subprocess.Popen(
+            ["nghttpd", "-v", "-a", "127.0.0.1", "--echo-upload", "-d", str(root), str(self.port), key, cert],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.lines = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                check(time.monotonic() < deadline, "nghttpd did not listen")
+                time.sleep(0.05)
+
+    def _pump(self):
+        for ln in self.proc.stdout:
+            with self.lock:
+                self.lines.append(ln.decode("utf-8", "replace"))
+
+    def log(self):
+        with self.lock:
+            return "".join(self.lines)
+
+    def paths(self):
+        """The :path of every request HEADERS frame received."""
+        return re.findall(r":path: (\S+)", self.log())
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(timeout=5)
+
+
+def h2_setup(t, plugin_name, extra=()):
+    ca, cert, key = make_pki(t.tmp)
+    origin = NghttpdOrigin(t.tmp, cert, key)
+    conf = str(t.tmp / "confdir")
+    luring_ca = str(t.tmp / "luring-ca.pem")
+    rc, out = run_cli(t.bin, ["ca", "export", "--confdir", conf, "--format", "pem", "--out", luring_ca])
+    eq(rc, 0, f"luring ca export ({out})")
+    proxy = t.start_proxy(["--confdir", conf, "--upstream-ca", ca,
+                           "--plugin", str(t.plugin_paths[plugin_name]), *extra])
+    return origin, proxy, luring_ca
+
+
+def curl_h2(proxy, luring_ca, urls, *args):
+    """One curl process, several transfers (one connection when it can); returns
+    (exit code, stderr, [(body, "version status connects")])."""
+    cmd = ["curl", "-sS", "--max-time", "20", "-x", f"http://{proxy.addr}", "--cacert", luring_ca,
+           "-w", W, *args, *urls]
+    p = subprocess.run(cmd, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    out = p.stdout.decode("utf-8", "replace")
+    xfers = []
+    while "## " in out:
+        i = out.index("## ")
+        j = out.index("\n", i)
+        xfers.append((out[:i], out[i + 3:j]))
+        out = out[j + 1:]
+    return p.returncode, p.stderr.decode("utf-8", "replace"), xfers
+
+
+ACTIONS = """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.path == "/drop" then return action.DROP end
+  if msg.path == "/respond" then
+    return action.RESPOND{ status = 418, headers = { {"x-made", "by-plugin"} },
+                           body = "answered " .. msg.http_version }
+  end
+end)
+"""
+
+
+@case("http2: DROP resets that stream only (RST_STREAM CANCEL); the connection lives on",
+      proxy=False, plugins={"h2_drop.lua": ACTIONS})
+def _h2_drop(t):
+    origin, proxy, ca = h2_setup(t, "h2_drop.lua")
+    try:
+        base = f"https://localhost:{origin.port}"
+        rc, err, xfers = curl_h2(proxy, ca, [f"{base}/drop", f"{base}/index.html"])
+        check("CANCEL" in err, f"curl did not see the stream reset with CANCEL: {err!r}")
+        eq(len(xfers), 2, f"transfers ({xfers})")
+        eq(xfers[1], ("h2 origin\n", "2 200 0"), "the next request, on the same connection")
+        eq(origin.paths(), ["/index.html"], "requests at the origin (the dropped one never went)")
+    finally:
+        origin.stop()
+
+
+@case("http2: RESPOND answers the stream; the upstream is not contacted",
+      proxy=False, plugins={"h2_respond.lua": ACTIONS})
+def _h2_respond(t):
+    origin, proxy, ca = h2_setup(t, "h2_respond.lua")
+    try:
+        base = f"https://localhost:{origin.port}"
+        rc, err, xfers = curl_h2(proxy, ca, [f"{base}/respond"], "-i")
+        eq(rc, 0, f"curl exit code ({err})")
+        eq(len(xfers), 1, f"transfers ({xfers})")
+        body, stat = xfers[0]
+        eq(stat, "2 418 1", "version, status, connections")
+        check("x-made: by-plugin" in body, f"RESPOND header missing: {body!r}")
+        check(body.endswith("answered HTTP/2.0"), f"RESPOND body: {body!r}")
+        eq(origin.paths(), [], "requests at the origin")
+    finally:
+        origin.stop()
+
+
+MUTATE = """
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-added", "req-" .. msg.http_version)
+  if msg.path == "/echo" then msg.body = "<" .. msg.body .. ">" end
+end)
+register_hook("http", "on_response", function(msg, ctx)
+  msg.headers:set("x-resp-version", msg.http_version)
+  msg.status = 203
+end)
+"""
+
+
+@case("http2: request and response mutations reach the wire", proxy=False,
+      plugins={"h2_mutate.lua": MUTATE})
+def _h2_mutate(t):
+    origin, proxy, ca = h2_setup(t, "h2_mutate.lua")
+    try:
+        base = f"https://localhost:{origin.port}"
+        rc, err, xfers = curl_h2(proxy, ca, [f"{base}/echo"], "-i", "--data-binary", "abc")
+        eq(rc, 0, f"curl exit code ({err})")
+        body, stat = xfers[0]
+        eq(stat, "2 203 1", "version, mutated status, connections")
+        check("x-resp-version: HTTP/2.0" in body, f"response header: {body!r}")
+        check(body.endswith("\r\n\r\n<abc>"), f"the origin echoed the mutated body: {body!r}")
+        log = origin.log()
+        check("x-added: req-HTTP/2.0" in log, f"mutated request header not at the origin:\n{log[-2000:]}")
+        check("content-length: 5" in log, "content-length follows the new body")
+    finally:
+        origin.stop()
+
+
+PHASES = """
+local seen_pre
+register_hook("http", "on_request", function(msg)
+  seen_pre = tostring(msg.headers:get("x-step"))
+end)
+register_hook("http", "on_request", function(msg)
+  msg.headers:set("x-phases", seen_pre .. "," .. tostring(msg.headers:get("x-step")))
+end, { phase = "post_pipeline" })
+"""
+
+
+@case("http2: pre_pipeline sees the client's request, post_pipeline the pipeline's output",
+      proxy=False, plugins={"h2_phases.lua": PHASES})
+def _h2_phases(t):
+    origin, proxy, ca = h2_setup(t, "h2_phases.lua", ("--set-request-header", "x-step=1"))
+    try:
+        rc, err, xfers = curl_h2(proxy, ca, [f"https://localhost:{origin.port}/index.html"])
+        eq(rc, 0, f"curl exit code ({err})")
+        eq(xfers, [("h2 origin\n", "2 200 1")], "transfers")
+        log = origin.log()
+        check("x-phases: nil,1" in log, f"phases seen (pre nil, post 1) not at the origin:\n{log[-2000:]}")
+        check("x-step: 1" in log, "the pipeline step's header reached the origin")
+    finally:
+        origin.stop()
