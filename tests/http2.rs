@@ -104,7 +104,7 @@ fn curl_speaks_h2_on_both_sides_and_reuses_the_connection() {
     let pki = TestPki::new();
     let origin = H2Origin::start(&pki);
     let conf = Conf::new();
-    let proxy = start(&conf, &pki, &[]);
+    let proxy = start(&conf, &pki, &["--access-log"]);
     let (out, xfers) = curl_via(
         &proxy,
         &conf,
@@ -118,6 +118,12 @@ fn curl_speaks_h2_on_both_sides_and_reuses_the_connection() {
             ("hello over h2\n".to_string(), "2 200 0".to_string()),
         ],
         "{}",
+        proxy.stderr()
+    );
+    let line = format!("\"GET {} HTTP/2.0\" 200 14 ", origin.url("/index.html"));
+    assert!(
+        proxy.wait_stderr(&line, Duration::from_secs(5)),
+        "access log line {line:?} missing: {}",
         proxy.stderr()
     );
 }

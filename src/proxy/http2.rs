@@ -157,12 +157,20 @@ async fn run(
     loop {
         tokio::select! {
             next = srv.accept() => match next {
-                Some(Ok((req, respond))) => {
+                Some(Ok((req, tx))) => {
                     Counters::bump(&w.counters.requests);
                     session.open.set(session.open.get() + 1);
                     let s = session.clone();
                     crate::io::spawn(async move {
-                        exchange(&s, req, respond).await;
+                        let mut reply = Reply { tx, status: 0, bytes: 0 };
+                        if s.w.cfg.access_log {
+                            let t0 = Instant::now();
+                            let line = format!("{} {} HTTP/2.0", req.method(), req.uri());
+                            exchange(&s, req, &mut reply).await;
+                            s.access_log(&line, &reply, t0);
+                        } else {
+                            exchange(&s, req, &mut reply).await;
+                        }
                         s.open.set(s.open.get() - 1);
                         s.last_end.set(Instant::now());
                     });
@@ -196,6 +204,26 @@ async fn run(
     }
 }
 
+impl Session {
+    /// One access log line per stream, in the HTTP/1 layout.
+    fn access_log(&self, line: &str, reply: &Reply, t0: Instant) {
+        let status = match reply.status {
+            0 => "-".to_string(),
+            s => s.to_string(),
+        };
+        tracing::info!(
+            target: "luring::access",
+            "{} \"{line}\" {status} {} {:.1}ms host={}://{} conn={}",
+            self.info.client_addr,
+            reply.bytes,
+            t0.elapsed().as_secs_f64() * 1e3,
+            self.scheme,
+            self.authority,
+            self.info.conn_id,
+        );
+    }
+}
+
 fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -219,16 +247,12 @@ struct Incoming {
 }
 
 /// One stream: request event, upstream exchange, response event, response back.
-async fn exchange(
-    s: &Session,
-    req: http::Request<RecvStream>,
-    mut respond: h2::server::SendResponse<Bytes>,
-) {
+async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Reply) {
     let (parts, rx) = req.into_parts();
     let ended = rx.is_end_stream();
     let mut req = match to_request(s, parts) {
         Ok(r) => r,
-        Err((status, text)) => return fail(&mut respond, status, &text),
+        Err((status, text)) => return respond.fail(status, &text),
     };
     let is_head = req.method.as_ref() == b"HEAD";
     let flow_id = s.w.next_conn_id();
@@ -246,12 +270,11 @@ async fn exchange(
             respond.send_reset(Reason::CANCEL);
             return;
         }
-        Decision::Respond(r) => return answer(&mut respond, r, is_head),
-        Decision::Failed(why) => return fail(&mut respond, 400, &why),
+        Decision::Respond(r) => return respond.answer(r, is_head),
+        Decision::Failed(why) => return respond.fail(400, &why),
     }
     if Key::new(&req.scheme, &req.authority) != s.key {
-        return fail(
-            &mut respond,
+        return respond.fail(
             502,
             &format!(
                 "an HTTP/2 request cannot be re-routed to {}://{} (its connection goes to {}://{})",
@@ -268,32 +291,20 @@ async fn exchange(
     }
     let head = match upstream_head(&req) {
         Ok(h) => h,
-        Err(why) => return fail(&mut respond, 502, &why),
+        Err(why) => return respond.fail(502, &why),
     };
     let upstream = match &s.upstream {
         Ok(u) => u.clone(),
-        Err(why) => return fail(&mut respond, 502, why),
+        Err(why) => return respond.fail(502, why),
     };
     let mut sender = match upstream.ready().await {
         Ok(x) => x,
-        Err(e) => {
-            return fail(
-                &mut respond,
-                502,
-                &format!("upstream HTTP/2 connection: {e}"),
-            )
-        }
+        Err(e) => return respond.fail(502, &format!("upstream HTTP/2 connection: {e}")),
     };
     let no_body = matches!(&req.body, Body::Full(b) if b.is_empty()) && req.trailers.is_none();
     let (resp_fut, mut tx) = match sender.send_request(head, no_body) {
         Ok(x) => x,
-        Err(e) => {
-            return fail(
-                &mut respond,
-                502,
-                &format!("upstream refused the stream: {e}"),
-            )
-        }
+        Err(e) => return respond.fail(502, &format!("upstream refused the stream: {e}")),
     };
     let upload = {
         let full = match std::mem::replace(&mut req.body, Body::Streaming) {
@@ -305,14 +316,7 @@ async fn exchange(
             let r = match full {
                 Some(_) if no_body => Ok(0),
                 Some(b) => send_full(&mut tx, b, trailers.as_ref()).await,
-                None => {
-                    let mut n = 0;
-                    if let Some(p) = body.prefix.take() {
-                        n += p.len() as u64;
-                        send_data(&mut tx, p, false).await?;
-                    }
-                    Ok(n + pump(&mut body.rx, &mut tx).await?)
-                }
+                None => relay_rest(&mut body, &mut tx).await,
             };
             if r.is_err() {
                 tx.send_reset(Reason::CANCEL);
@@ -329,16 +333,12 @@ async fn exchange(
             return match e.reason() {
                 // the upstream reset the stream: the client's stream is reset the same way
                 Some(reason) if e.is_remote() => respond.send_reset(reason),
-                _ => fail(&mut respond, 502, &format!("upstream: {e}")),
+                _ => respond.fail(502, &format!("upstream: {e}")),
             };
         }
         Err(_) => {
             upload.abort();
-            return fail(
-                &mut respond,
-                504,
-                &format!("upstream did not respond within {timeout:?}"),
-            );
+            return respond.fail(504, &format!("upstream did not respond within {timeout:?}"));
         }
     };
     let (rparts, rrx) = resp.into_parts();
@@ -365,8 +365,8 @@ async fn exchange(
     match response_event(s, engine, flow_id, &req, &mut resp, &mut rbody).await {
         Decision::Forward => {}
         Decision::Drop => return respond.send_reset(Reason::CANCEL),
-        Decision::Respond(r) => return answer(&mut respond, r, is_head),
-        Decision::Failed(why) => return fail(&mut respond, 502, &format!("upstream body: {why}")),
+        Decision::Respond(r) => return respond.answer(r, is_head),
+        Decision::Failed(why) => return respond.fail(502, &format!("upstream body: {why}")),
     }
     let full = match std::mem::replace(&mut resp.body, Body::Streaming) {
         Body::Full(b) => Some(b),
@@ -390,18 +390,14 @@ async fn exchange(
     }
     let r = match full {
         Some(b) => send_full(&mut tx, b, trailers.as_ref()).await,
-        None => {
-            if let Some(p) = rbody.prefix.take() {
-                if let Err(e) = send_data(&mut tx, p, false).await {
-                    return tracing::debug!(conn = s.info.conn_id, "response relay: {e}");
-                }
-            }
-            pump(&mut rbody.rx, &mut tx).await
-        }
+        None => relay_rest(&mut rbody, &mut tx).await,
     };
-    if let Err(e) = r {
-        tracing::debug!(conn = s.info.conn_id, "HTTP/2 response relay ended: {e}");
-        tx.send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR));
+    match r {
+        Ok(n) => respond.bytes += n,
+        Err(e) => {
+            tracing::debug!(conn = s.info.conn_id, "HTTP/2 response relay ended: {e}");
+            tx.send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR));
+        }
     }
     let _ = upload.await;
 }
@@ -547,6 +543,17 @@ async fn send_full(
     Ok(n)
 }
 
+/// Relays what is left of a body: the part a hook read before finding it too large,
+/// then the rest as it arrives.
+async fn relay_rest(body: &mut Incoming, tx: &mut SendStream<Bytes>) -> Result<u64, h2::Error> {
+    let mut n = 0;
+    if let Some(p) = body.prefix.take() {
+        n += p.len() as u64;
+        send_data(tx, p, false).await?;
+    }
+    Ok(n + pump(&mut body.rx, tx).await?)
+}
+
 /// Relays a body frame by frame, then its trailers; the receive window opens only as
 /// the other side takes the data, so a slow reader slows the sender.
 async fn pump(rx: &mut RecvStream, tx: &mut SendStream<Bytes>) -> Result<u64, h2::Error> {
@@ -663,39 +670,66 @@ fn to_header_map(h: &Headers, head: bool) -> http::HeaderMap {
     map
 }
 
-/// Answers a stream with a response a plugin made.
-fn answer(respond: &mut h2::server::SendResponse<Bytes>, mut r: Response, is_head: bool) {
-    let body = match std::mem::replace(&mut r.body, Body::Streaming) {
-        Body::Full(b) => b,
-        _ => Bytes::new(),
-    };
-    r.headers.set("content-length", body.len().to_string());
-    let end = is_head || (body.is_empty() && r.trailers.is_none());
-    let Ok(mut tx) = respond.send_response(response_head(&r), end) else {
-        return;
-    };
-    if end {
-        return;
-    }
-    // a plugin's body is small; it is queued at once and flows as the window allows
-    let trailers = r.trailers.take();
-    crate::io::spawn(async move {
-        let _ = send_full(&mut tx, body, trailers.as_ref()).await;
-    });
+/// The client side of one stream, remembering what was answered (for the access log).
+struct Reply {
+    tx: h2::server::SendResponse<Bytes>,
+    /// Status sent (0: none, e.g. the stream was reset).
+    status: u16,
+    /// Body bytes sent.
+    bytes: u64,
 }
 
-/// Answers a stream with an error naming the reason, as the HTTP/1 side does.
-fn fail(respond: &mut h2::server::SendResponse<Bytes>, status: u16, text: &str) {
-    tracing::debug!("HTTP/2 stream answered {status}: {text}");
-    let mut headers = Headers::new();
-    headers.add("content-type", "text/plain; charset=utf-8");
-    let r = Response {
-        status,
-        reason: String::new(),
-        version: Version::Http2,
-        headers,
-        body: Body::Full(Bytes::from(format!("{text}\n"))),
-        trailers: None,
-    };
-    answer(respond, r, false);
+impl Reply {
+    fn send_response(
+        &mut self,
+        head: http::Response<()>,
+        end: bool,
+    ) -> Result<SendStream<Bytes>, h2::Error> {
+        let status = head.status().as_u16();
+        let tx = self.tx.send_response(head, end)?;
+        self.status = status;
+        Ok(tx)
+    }
+
+    fn send_reset(&mut self, reason: Reason) {
+        self.tx.send_reset(reason);
+    }
+
+    /// Answers the stream with a response a plugin made.
+    fn answer(&mut self, mut r: Response, is_head: bool) {
+        let body = match std::mem::replace(&mut r.body, Body::Streaming) {
+            Body::Full(b) => b,
+            _ => Bytes::new(),
+        };
+        r.headers.set("content-length", body.len().to_string());
+        let end = is_head || (body.is_empty() && r.trailers.is_none());
+        let Ok(mut tx) = self.send_response(response_head(&r), end) else {
+            return;
+        };
+        if end {
+            return;
+        }
+        self.bytes += body.len() as u64;
+        // a plugin's body is small; it is queued at once and flows as the window allows
+        let trailers = r.trailers.take();
+        crate::io::spawn(async move {
+            let _ = send_full(&mut tx, body, trailers.as_ref()).await;
+        });
+    }
+
+    /// Answers the stream with an error naming the reason, as the HTTP/1 side does.
+    fn fail(&mut self, status: u16, text: &str) {
+        tracing::debug!("HTTP/2 stream answered {status}: {text}");
+        let mut headers = Headers::new();
+        headers.add("content-type", "text/plain; charset=utf-8");
+        let r = Response {
+            status,
+            reason: String::new(),
+            version: Version::Http2,
+            headers,
+            body: Body::Full(Bytes::from(format!("luring: {text}\n"))),
+            trailers: None,
+        };
+        self.answer(r, false);
+    }
 }
