@@ -3,7 +3,10 @@
 #   nginx-tls     nginx terminating TLS, proxying to the plain origin
 #   luring-tls    luring --mode reverse:http://origin terminating TLS (leaf from its CA)
 #   haproxy-tls   HAProxy (http mode) terminating TLS, when haproxy is installed
-# and new TLS connections per second (wrk with Connection: close).
+# and new TLS connections per second (wrk with Connection: close); then HTTP/2 with TLS
+# on both sides (h2load to the proxy, the proxy to an nginx origin over TLS):
+#   nginx-h2      nginx http2 terminating TLS, proxy_pass https:// to the origin (HTTP/1.1)
+#   luring-h2     luring --mode reverse:https://origin, h2 to the client and the origin
 # Proxies pinned to core 0, wrk and the origin to core 1. Prints req/s and proxy CPU
 # microseconds per request. usage: bash benches/tls-compare.sh [--duration SECS]
 set -euo pipefail
@@ -20,7 +23,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $W/
 cat > $W/origin.conf <<NGX
 worker_processes 1; daemon off; pid $W/origin.pid; error_log $W/origin.err;
 events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:19100; root $W; keepalive_requests 1000000; } }
+http { access_log off; server { listen 127.0.0.1:19100; root $W; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:19101 ssl http2; ssl_certificate $W/c.pem; ssl_certificate_key $W/k.pem;
+    root $W; keepalive_requests 1000000; } }
 NGX
 cat > $W/ngx.conf <<NGX
 worker_processes 1; daemon off; pid $W/ngx.pid; error_log $W/ngx.err;
@@ -29,7 +34,12 @@ http { access_log off;
   upstream o { server 127.0.0.1:19100; keepalive 64; }
   server { listen 127.0.0.1:19443 ssl; ssl_certificate $W/c.pem; ssl_certificate_key $W/k.pem;
     ssl_protocols TLSv1.3; keepalive_requests 1000000;
-    location / { proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+    location / { proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  upstream ot { server 127.0.0.1:19101; keepalive 64; }
+  server { listen 127.0.0.1:19446 ssl http2; ssl_certificate $W/c.pem; ssl_certificate_key $W/k.pem;
+    ssl_protocols TLSv1.3; keepalive_requests 1000000;
+    location / { proxy_pass https://ot; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_session_reuse on; } } }
 NGX
 taskset -c 1 nginx -c $W/origin.conf & sleep 0.3
 cpu_of() { awk '{print $14+$15}' /proc/$1/stat; }
@@ -82,3 +92,28 @@ echo "new TLS connection per request"
 run nginx-tls-newconn "$NGX_PID" https://localhost:19443/1k -H "Connection: close"
 [[ -n $HPID ]] && run haproxy-tls-newconn "$HPID" https://localhost:19445/1k -H "Connection: close"
 run luring-tls-newconn "$LPID" https://localhost:19444/1k -H "Connection: close"
+# h2load: run_h2 name pid url; -c32 connections, -m4 streams each, for DURATION seconds
+run_h2() {
+  local name=$1 pid=$2 url=$3
+  local t0; t0=$(cpu_of "$pid")
+  local out; out=$(taskset -c 1 h2load -c32 -m4 -D "$DURATION" "$url" 2>&1)
+  local t1; t1=$(cpu_of "$pid")
+  # in timing mode h2load's "requests:" line may read 0; rate x time is the count
+  local rps; rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  local secs; secs=$(awk '/^finished in/ {sub(/s,$/, "", $3); print $3}' <<<"$out")
+  local reqs; reqs=$(echo "$rps*$secs" | bc -l)
+  local proto; proto=$(awk '/^Application protocol:/ {print $3}' <<<"$out")
+  local tick; tick=$(getconf CLK_TCK)
+  printf '%-22s %10s req/s %8.1f cpu-us/req  (%s)\n' "$name" "$rps" \
+    "$(echo "($t1-$t0)*1000000/$tick/$reqs" | bc -l)" "$proto"
+}
+if command -v h2load >/dev/null; then
+  taskset -c 0 $BIN run --mode reverse:https://localhost:19101 --upstream-ca $W/c.pem \
+    --listen 127.0.0.1:19447 --workers 1 --confdir $W/ca --log-level warn 2>$W/luring-h2.err &
+  L2PID=$!
+  sleep 1
+  echo "HTTP/2 over TLS on both sides, 1 KiB responses (h2load -c32 -m4, ${DURATION}s)"
+  run_h2 nginx-h2 "$NGX_PID" https://127.0.0.1:19446/1k
+  run_h2 luring-h2 "$L2PID" https://127.0.0.1:19447/1k
+fi
+

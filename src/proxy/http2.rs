@@ -19,7 +19,7 @@ use h2::{Reason, RecvStream, SendStream};
 use std::cell::Cell;
 use std::net::Shutdown;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Fields that are meaningful on one HTTP/1 connection only and must not appear in
 /// HTTP/2 (RFC 9113 section 8.2.2); `te` is allowed with the value "trailers" only.
@@ -116,17 +116,21 @@ async fn run(
         },
         Err(why) => (Err(why), None),
     };
-    let mut srv = match h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_STREAMS)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_header_list_size(w.cfg.max_head_size as u32)
-        .handshake::<_, Bytes>(cio)
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
+        .handshake::<_, Bytes>(cio);
+    // a client that never sends its preface is cut off like a slow HTTP/1 head
+    let mut srv = match tokio::time::timeout(w.timeouts.head, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             tracing::debug!(conn, "client HTTP/2 handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(conn, "client HTTP/2 preface timed out");
             return;
         }
     };
@@ -152,8 +156,9 @@ async fn run(
     let mut upstream_open = true;
     let mut closing = false;
     let mut drain = w.draining.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     let idle = w.timeouts.idle;
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     loop {
         tokio::select! {
             next = srv.accept() => match next {
@@ -194,10 +199,18 @@ async fn run(
                 srv.graceful_shutdown();
                 closing = true;
             }
-            _ = tick.tick(), if !closing => {
-                if session.open.get() == 0 && session.last_end.get().elapsed() >= idle {
+            // one wake-up per idle period: the timer moves to a period after the last
+            // stream ended, or a period from now while streams are open
+            _ = &mut idle_timer, if !closing => {
+                let now = tokio::time::Instant::now();
+                if session.open.get() > 0 {
+                    idle_timer.as_mut().reset(now + idle);
+                } else if session.last_end.get().elapsed() >= idle {
                     srv.graceful_shutdown();
                     closing = true;
+                } else {
+                    let since = session.last_end.get().elapsed();
+                    idle_timer.as_mut().reset(now + idle.saturating_sub(since));
                 }
             }
         }
@@ -595,13 +608,19 @@ fn to_request(s: &Session, parts: http::request::Parts) -> Result<Request, (u16,
     } else {
         format!("{}{}", s.path_prefix, path)
     };
+    // hooks and pipeline steps see the client's :authority as Host, as an HTTP/1
+    // request carries it (it goes back into :authority upstream)
+    let mut headers = from_header_map(&parts.headers);
+    if let Some(a) = parts.uri.authority().filter(|_| !headers.contains("host")) {
+        headers.add("host", a.as_str().to_string());
+    }
     Ok(Request {
         method: Bytes::copy_from_slice(parts.method.as_str().as_bytes()),
         scheme: s.scheme.clone(),
         authority: s.authority.clone(),
         path: Some(path),
         version: Version::Http2,
-        headers: from_header_map(&parts.headers),
+        headers,
         body: Body::Streaming,
         trailers: None,
         timestamp_start: now_unix(),
