@@ -351,3 +351,181 @@ fn reverse_https_serves_h2_clients() {
     );
     assert!(out.stdout.contains("Application protocol: h2"), "{out:?}");
 }
+
+/// curl over TLS to a reverse-mode proxy (luring's CA trusted, localhost resolved).
+fn curl_reverse(proxy: &Proxy, conf: &Conf, args: &[&str]) -> (CmdOutput, Vec<(String, String)>) {
+    let resolve = format!("localhost:{}:127.0.0.1", proxy.port());
+    let mut full = vec![
+        "-sS",
+        "--max-time",
+        "30",
+        "--cacert",
+        conf.ca(),
+        "--resolve",
+        resolve.as_str(),
+        "-w",
+        "## %{http_version} %{http_code} %{num_connects}\n",
+    ];
+    full.extend_from_slice(args);
+    let out = run_cmd("curl", &full, b"", CMD_WAIT);
+    let mut xfers = Vec::new();
+    let mut rest = out.stdout.as_str();
+    while let Some(i) = rest.find("## ") {
+        let line_end = rest[i..].find('\n').map_or(rest.len(), |e| i + e);
+        xfers.push((rest[..i].to_string(), rest[i + 3..line_end].to_string()));
+        rest = &rest[(line_end + 1).min(rest.len())..];
+    }
+    (out, xfers)
+}
+
+#[test]
+fn reverse_mode_serves_h2_clients_of_an_http1_upstream() {
+    let origin = Origin::start(echo());
+    let conf = Conf::new();
+    let mode = format!("reverse:http://127.0.0.1:{}", origin.port());
+    let cd = conf.confdir();
+    let proxy = Proxy::start(&["--confdir", &cd, "--mode", &mode, "--workers", "1"]);
+    let base = format!("https://localhost:{}", proxy.port());
+    let (out, xfers) = curl_reverse(
+        &proxy,
+        &conf,
+        &[&format!("{base}/one"), &format!("{base}/two?q=1")],
+    );
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(xfers.len(), 2, "{out:?}");
+    assert!(xfers[0].0.starts_with("GET /one HTTP/1.1\r\n"), "{xfers:?}");
+    assert!(
+        xfers[1].0.starts_with("GET /two?q=1 HTTP/1.1\r\n"),
+        "{xfers:?}"
+    );
+    assert_eq!(xfers[0].1, "2 200 1");
+    assert_eq!(xfers[1].1, "2 200 0");
+    // the upstream connection was kept and reused between the two streams
+    assert_eq!(
+        origin.requests_per_conn(),
+        vec![2],
+        "{:?}",
+        origin.requests()
+    );
+    let first = &origin.requests()[0];
+    assert_eq!(
+        first.header("host"),
+        Some(&*format!("127.0.0.1:{}", origin.port()))
+    );
+    assert_eq!(
+        first.header("content-length"),
+        None,
+        "a GET gets no framing fields"
+    );
+
+    // uploads: a known length goes as Content-Length, an unknown one chunked
+    let dir = TempDir::new("h2up");
+    let up = dir.path("up.bin");
+    std::fs::write(&up, pattern_vec(300_000)).unwrap();
+    let data = format!("@{}", up.to_str().unwrap());
+    let (out, xfers) = curl_reverse(
+        &proxy,
+        &conf,
+        &[
+            "--data-binary",
+            &data,
+            "-o",
+            "/dev/null",
+            &format!("{base}/len"),
+        ],
+    );
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(xfers[0].1, "2 200 1");
+    let (out, _) = curl_reverse(
+        &proxy,
+        &conf,
+        &[
+            "-H",
+            "content-length:",
+            "-T",
+            up.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            &format!("{base}/chunked"),
+        ],
+    );
+    assert!(out.ok(), "{out:?}");
+    let reqs = origin.requests();
+    let len = reqs
+        .iter()
+        .find(|r| r.target == "/len")
+        .expect("/len upstream");
+    assert_eq!(len.header("content-length"), Some("300000"));
+    assert!(len.body == pattern_vec(300_000), "uploaded body differs");
+    let ch = reqs
+        .iter()
+        .find(|r| r.target == "/chunked")
+        .expect("/chunked upstream");
+    assert_eq!(
+        ch.header("transfer-encoding"),
+        Some("chunked"),
+        "{:?}",
+        ch.header("content-length")
+    );
+    assert!(ch.body == pattern_vec(300_000), "chunked upload differs");
+}
+
+#[test]
+fn chunked_upstream_body_and_trailers_reach_an_h2_client() {
+    let origin = Origin::start(chunked(
+        vec![b"abc".to_vec(), b"defg".to_vec()],
+        vec![("x-checksum".into(), "42".into())],
+    ));
+    let conf = Conf::new();
+    let mode = format!("reverse:http://127.0.0.1:{}", origin.port());
+    let cd = conf.confdir();
+    let proxy = Proxy::start(&["--confdir", &cd, "--mode", &mode]);
+    let url = format!("https://localhost:{}/c", proxy.port());
+    let (out, xfers) = curl_reverse(&proxy, &conf, &["-v", &url]);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(xfers, vec![("abcdefg".to_string(), "2 200 1".to_string())]);
+    assert!(
+        out.stderr.contains("x-checksum: 42"),
+        "trailer not seen by curl: {}",
+        out.stderr
+    );
+}
+
+const REROUTE: &str = r#"
+register_hook("http", "on_request", function(m)
+  if m.path == "/elsewhere" then
+    m.scheme = "http"
+    m.authority = "127.0.0.1:@PORT@"
+  end
+end)
+"#;
+
+#[test]
+fn a_hook_reroutes_an_h2_request_to_an_http1_upstream() {
+    let pki = TestPki::new();
+    let h2 = H2Origin::start(&pki);
+    let other = Origin::start(fixed(200, &[], b"from the other upstream"));
+    let conf = Conf::new();
+    let dir = TempDir::new("h2reroute");
+    let plugin = dir.path("reroute.lua");
+    std::fs::write(
+        &plugin,
+        REROUTE.replace("@PORT@", &other.port().to_string()),
+    )
+    .unwrap();
+    let proxy = start(&conf, &pki, &["--plugin", plugin.to_str().unwrap()]);
+    let (out, xfers) = curl_via(
+        &proxy,
+        &conf,
+        &[&h2.url("/index.html"), &h2.url("/elsewhere")],
+    );
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(
+        xfers,
+        vec![
+            ("hello over h2\n".to_string(), "2 200 1".to_string()),
+            ("from the other upstream".to_string(), "2 200 0".to_string()),
+        ]
+    );
+    assert_eq!(other.requests()[0].target, "/elsewhere");
+}

@@ -1280,52 +1280,53 @@ impl ClientConn {
         }
     }
 
-    /// Serves the rest of the connection with the HTTP/2 layer, relaying to `up`.
-    async fn serve_h2(&mut self, up: Result<Upstream, String>, target: http2::Target) -> Next {
-        if let Ok(u) = &up {
+    /// Serves the rest of the connection with the HTTP/2 layer, relaying as `via` says.
+    async fn serve_h2(&mut self, via: http2::Via, target: http2::Target) -> Next {
+        if let http2::Via::H2(u) = &via {
             self.info.server_addr = Some(u.addr);
         }
         let early = std::mem::take(&mut self.buf);
         let w = self.w.clone();
-        let (i, o) = http2::serve(w, &self.stream, early, &self.info, up, target).await;
+        let (i, o) = http2::serve(w, &self.stream, early, &self.info, via, target).await;
         self.bytes_in += i;
         self.bytes_out += o;
         Next::Close
     }
 
-    /// HTTP/2 with prior knowledge (h2c) from the client: served by the HTTP/2 layer
-    /// over an h2 connection to `authority` (plaintext h2c for http, TLS that must
-    /// choose h2 for https).
+    /// HTTP/2 with prior knowledge (h2c) from the client: served by the HTTP/2 layer,
+    /// over plaintext h2c to an http upstream, or over TLS to an https one (h2 when it
+    /// chooses h2, else HTTP/1.1).
     async fn serve_h2_prior_knowledge(
         &mut self,
         scheme: &str,
         authority: &str,
         path_prefix: &str,
     ) -> Next {
-        let up = match self.connect_ahead(scheme, authority, Alpn::H2OrHttp1).await {
-            Ok(u) if scheme == "http" || crate::proxy::tls::chose_h2(&u.stream) => Ok(u),
-            Ok(u) => {
-                u.stream.shutdown(Shutdown::Both);
-                Err(format!(
-                    "upstream {authority} did not choose h2 in its TLS handshake"
-                ))
+        let via = match self.connect_ahead(scheme, authority, Alpn::H2OrHttp1).await {
+            Ok(u) if scheme == "http" || crate::proxy::tls::chose_h2(&u.stream) => {
+                http2::Via::H2(Box::new(u))
             }
-            Err(e) => Err(e),
+            Ok(u) => {
+                self.w.pool.put(Key::new(scheme, authority), u);
+                http2::Via::Http1
+            }
+            Err(e) => http2::Via::Failed(e),
         };
         let target = http2::Target {
             scheme: scheme.to_string(),
             authority: authority.to_string(),
             path_prefix: path_prefix.to_string(),
         };
-        self.serve_h2(up, target).await
+        self.serve_h2(via, target).await
     }
 
     /// Terminates the client's TLS; later requests on this connection go to
-    /// `authority` over TLS (reverse mode: the upstream). When the client offers h2
-    /// and the upstream, reached ahead of the handshake, chose h2 too (or is a
-    /// plaintext reverse upstream and the client speaks only h2), the client is
-    /// offered h2 and the connection is served by the HTTP/2 layer. A client that
-    /// speaks only h2 and cannot be served so is relayed to the upstream untouched.
+    /// `authority` over TLS (reverse mode: the upstream). A client offering h2 is
+    /// offered h2 when it can be served: intercepting, when the upstream (reached
+    /// ahead of the handshake) chose h2 too, so ALPN follows the upstream; in reverse
+    /// mode always, over h2 when the upstream has it (h2c for an h2-only client of a
+    /// plaintext upstream) and HTTP/1.1 otherwise. A client that speaks only h2 and
+    /// cannot be served so is relayed to the upstream untouched.
     async fn start_tls(
         &mut self,
         hello: &ClientHello,
@@ -1345,13 +1346,14 @@ impl ClientConn {
                 "",
             ),
         };
+        let reverse = authority.is_none();
         let h2_only = !speaks_http1(hello);
-        let want_h2 = w.cfg.http2 && offers_h2(hello) && (scheme == "https" || h2_only);
-        let want_sans = authority.is_some() && w.cfg.upstream_cert;
+        let client_h2 = w.cfg.http2 && offers_h2(hello);
+        let want_sans = !reverse && w.cfg.upstream_cert;
         let mut sans = None;
-        let mut h2_upstream = None;
-        if want_h2 || want_sans {
-            let alpn = if want_h2 {
+        let mut via = None;
+        if scheme == "https" && (client_h2 || want_sans) {
+            let alpn = if client_h2 {
                 Alpn::H2OrHttp1
             } else {
                 Alpn::Http1
@@ -1361,20 +1363,30 @@ impl ClientConn {
                     if want_sans {
                         sans = Some(crate::proxy::tls::peer_sans(&up.stream));
                     }
-                    // a plaintext upstream of an h2-only client is taken to speak h2c
-                    if want_h2 && (scheme == "http" || crate::proxy::tls::chose_h2(&up.stream)) {
-                        h2_upstream = Some(Ok(up));
+                    if client_h2 && crate::proxy::tls::chose_h2(&up.stream) {
+                        via = Some(http2::Via::H2(Box::new(up)));
                     } else {
                         // the first request takes it from the pool
                         self.w.pool.put(Key::new(scheme, &target), up);
+                        via = (client_h2 && reverse).then_some(http2::Via::Http1);
                     }
                 }
                 // the client's streams will be answered 502 with the reason
-                Err(why) if want_h2 && h2_only => h2_upstream = Some(Err(why)),
-                Err(_) => {}
+                Err(why) if client_h2 && h2_only => via = Some(http2::Via::Failed(why)),
+                Err(_) => via = (client_h2 && reverse).then_some(http2::Via::Http1),
             }
+        } else if client_h2 && h2_only {
+            // a plaintext reverse upstream of an h2-only client is taken to speak h2c
+            via = Some(
+                match self.connect_ahead(scheme, &target, Alpn::Http1).await {
+                    Ok(up) => http2::Via::H2(Box::new(up)),
+                    Err(why) => http2::Via::Failed(why),
+                },
+            );
+        } else if client_h2 {
+            via = Some(http2::Via::Http1);
         }
-        if h2_only && h2_upstream.is_none() && scheme == "https" {
+        if h2_only && via.is_none() && scheme == "https" {
             let (up_host, up_port) = crate::http::host_port_of(scheme, &target);
             tracing::info!(
                 conn = self.info.conn_id,
@@ -1385,7 +1397,7 @@ impl ClientConn {
             self.relay_raw(&up_host, up_port).await;
             return Next::Close;
         }
-        let alpn = if h2_upstream.is_some() {
+        let alpn = if via.is_some() {
             Alpn::H2OrHttp1
         } else {
             Alpn::Http1
@@ -1408,7 +1420,7 @@ impl ClientConn {
         let acc = match accepted {
             Ok(acc) => acc,
             Err(why) => {
-                if let Some(Ok(up)) = h2_upstream {
+                if let Some(http2::Via::H2(up)) = via {
                     up.stream.shutdown(Shutdown::Both);
                 }
                 tracing::info!(
@@ -1420,16 +1432,16 @@ impl ClientConn {
         };
         self.info.sni = Some(acc.server_name);
         crate::proxy::fire_tls_hook(&self.w, &self.info, &acc.info);
-        if let Some(up) = h2_upstream {
+        if let Some(via) = via {
             if crate::proxy::tls::chose_h2(&self.stream) {
                 let target = http2::Target {
                     scheme: scheme.to_string(),
                     authority: target,
                     path_prefix: prefix.to_string(),
                 };
-                return self.serve_h2(up, target).await;
+                return self.serve_h2(via, target).await;
             }
-            if let Ok(up) = up {
+            if let http2::Via::H2(up) = via {
                 up.stream.shutdown(Shutdown::Both);
             }
         }
@@ -1468,7 +1480,7 @@ fn alpn_list(hello: &ClientHello) -> String {
 
 /// Reads up to the final response head; returns the interim (1xx other than 100)
 /// heads to pass on, and the final head. `deadline` None waits as long as it takes.
-async fn read_response_head(
+pub(crate) async fn read_response_head(
     stream: &Stream,
     buf: &mut BytesMut,
     limits: &crate::proto::http1::Limits,
@@ -1523,7 +1535,7 @@ enum SendError {
 
 /// Why no response head came.
 #[derive(Debug)]
-enum RespError {
+pub(crate) enum RespError {
     /// Closed before any byte (a stale pooled connection, or a crash).
     Closed,
     Timeout,
@@ -1531,7 +1543,7 @@ enum RespError {
 }
 
 impl RespError {
-    fn status_text(&self, timeout: Duration) -> (u16, String) {
+    pub(crate) fn status_text(&self, timeout: Duration) -> (u16, String) {
         match self {
             RespError::Closed => (
                 502,

@@ -10,9 +10,13 @@
 //! needed and gRPC's trailers pass end to end.
 
 use crate::http::{Body, Headers, Request, Response, Version};
-use crate::io::PollStream;
+use crate::io::{Deadline, PollStream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, Step};
-use crate::proxy::upstream::{Key, Upstream};
+use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
+use crate::proxy::http1::read_response_head;
+use crate::proxy::relay::{self, Buffered};
+use crate::proxy::respond;
+use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
 use crate::proxy::worker::{Counters, Worker};
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
@@ -48,11 +52,31 @@ struct Session {
     path_prefix: String,
     /// Where the one upstream connection goes; a request re-routed elsewhere gets a 502.
     key: Key,
-    /// The upstream connection, or why there is none (each stream gets a 502 saying so).
-    upstream: Result<h2::client::SendRequest<Bytes>, String>,
+    /// How this session's requests reach the upstream.
+    upstream: UpstreamConn,
     /// Streams in progress, and when the last one ended (idle timeout).
     open: Cell<usize>,
     last_end: Cell<Instant>,
+}
+
+/// How an h2 session reaches its upstream.
+enum UpstreamConn {
+    /// One h2 connection; every client stream is a stream of it.
+    H2(h2::client::SendRequest<Bytes>),
+    /// HTTP/1.1 per request, through the worker's pool.
+    Http1,
+    /// Neither: every stream gets a 502 with this reason.
+    Failed(String),
+}
+
+/// The upstream a session relays to.
+pub enum Via {
+    /// An upstream connection that speaks h2 (TLS that chose h2, or h2c).
+    H2(Box<Upstream>),
+    /// HTTP/1.1 through the pool (an upstream without h2).
+    Http1,
+    /// None could be had: why.
+    Failed(String),
 }
 
 /// Where an h2 session's requests go.
@@ -66,24 +90,28 @@ pub struct Target {
 }
 
 /// Serves an h2 client connection (TLS that chose h2, or h2c with prior knowledge),
-/// relaying its streams over `up`, an upstream connection that speaks h2 too; when
-/// there is none, every stream is answered 502 with the reason. `early` holds client
-/// bytes already read. Returns (bytes in, bytes out) on the client side.
+/// relaying its streams as `via` says: over one h2 upstream connection, or over
+/// HTTP/1.1 through the pool; without an upstream every stream is answered 502 with
+/// the reason. `early` holds client bytes already read. Returns (bytes in, bytes out)
+/// on the client side.
 pub async fn serve(
     w: Rc<Worker>,
     client: &crate::io::Stream,
     early: BytesMut,
     info: &ConnInfo,
-    up: Result<Upstream, String>,
+    via: Via,
     target: Target,
 ) -> (u64, u64) {
     let mut cio = PollStream::new(client, early);
-    match up {
-        Ok(Upstream { stream, buf, .. }) => {
-            run(w, &mut cio, Ok(PollStream::new(&stream, buf)), info, target).await;
+    match via {
+        Via::H2(up) => {
+            let Upstream { stream, buf, .. } = *up;
+            let uio = Some(PollStream::new(&stream, buf));
+            run(w, &mut cio, uio, UpstreamConn::Http1, info, target).await;
             stream.shutdown(Shutdown::Both);
         }
-        Err(why) => run(w, &mut cio, Err(why), info, target).await,
+        Via::Http1 => run(w, &mut cio, None, UpstreamConn::Http1, info, target).await,
+        Via::Failed(why) => run(w, &mut cio, None, UpstreamConn::Failed(why), info, target).await,
     }
     (cio.bytes_read, cio.bytes_written)
 }
@@ -93,28 +121,30 @@ pub async fn serve(
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONN_WINDOW: u32 = 4 * 1024 * 1024;
 
+/// `uio` is the h2 upstream connection when there is one (then `otherwise` is unused).
 async fn run(
     w: Rc<Worker>,
     cio: &mut PollStream<'_>,
-    uio: Result<PollStream<'_>, String>,
+    uio: Option<PollStream<'_>>,
+    otherwise: UpstreamConn,
     info: &ConnInfo,
     target: Target,
 ) {
     let conn = info.conn_id;
     let (upstream, up_conn) = match uio {
-        Ok(uio) => match h2::client::Builder::new()
+        Some(uio) => match h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
             .handshake::<_, Bytes>(uio)
             .await
         {
-            Ok((send, conn)) => (Ok(send), Some(conn)),
+            Ok((send, conn)) => (UpstreamConn::H2(send), Some(conn)),
             Err(e) => (
-                Err(format!("HTTP/2 handshake with the upstream failed: {e}")),
+                UpstreamConn::Failed(format!("HTTP/2 handshake with the upstream failed: {e}")),
                 None,
             ),
         },
-        Err(why) => (Err(why), None),
+        None => (otherwise, None),
     };
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_STREAMS)
@@ -259,7 +289,7 @@ struct Incoming {
     prefix: Option<Bytes>,
 }
 
-/// One stream: request event, upstream exchange, response event, response back.
+/// One stream: request event, then the exchange with the upstream over h2 or HTTP/1.1.
 async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Reply) {
     let (parts, rx) = req.into_parts();
     let ended = rx.is_end_stream();
@@ -267,7 +297,6 @@ async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Rep
         Ok(r) => r,
         Err((status, text)) => return respond.fail(status, &text),
     };
-    let is_head = req.method.as_ref() == b"HEAD";
     let flow_id = s.w.next_conn_id();
     let engine = s.w.engine();
     let engine = engine.as_deref();
@@ -276,7 +305,9 @@ async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Rep
         req.body = Body::Full(Bytes::new());
     }
     let te_trailers = req.headers.has_token("te", "trailers");
-    match request_event(s, engine, flow_id, &mut req, &mut body).await {
+    let is_head = req.method.as_ref() == b"HEAD";
+    let mut src = Source::H2(&mut body);
+    match request_event(s, engine, flow_id, &mut req, &mut src).await {
         Decision::Forward => {}
         Decision::Drop => {
             tracing::debug!(conn = s.info.conn_id, "HTTP/2 stream reset by plugin");
@@ -286,46 +317,67 @@ async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Rep
         Decision::Respond(r) => return respond.answer(r, is_head),
         Decision::Failed(why) => return respond.fail(400, &why),
     }
-    if Key::new(&req.scheme, &req.authority) != s.key {
-        return respond.fail(
-            502,
-            &format!(
-                "an HTTP/2 request cannot be re-routed to {}://{} (its connection goes to {}://{})",
-                req.scheme, req.authority, s.scheme, s.authority
-            ),
-        );
+    let ex = Exchange {
+        s,
+        engine,
+        flow_id,
+        is_head,
+    };
+    // a request a hook re-routed leaves this session's upstream: HTTP/1.1 to its own
+    match &s.upstream {
+        _ if Key::new(&req.scheme, &req.authority) != s.key => {
+            ex.via_http1(req, body, respond).await
+        }
+        UpstreamConn::H2(up) => {
+            if te_trailers {
+                req.headers.set("te", "trailers");
+            }
+            ex.via_h2(up.clone(), req, body, respond).await
+        }
+        UpstreamConn::Http1 => ex.via_http1(req, body, respond).await,
+        UpstreamConn::Failed(why) => respond.fail(502, why),
     }
-    if te_trailers {
-        req.headers.set("te", "trailers");
-    }
+}
 
-    if let Body::Full(b) = &req.body {
-        set_length(&mut req.headers, b);
-    }
-    let head = match upstream_head(&req) {
-        Ok(h) => h,
-        Err(why) => return respond.fail(502, &why),
-    };
-    let upstream = match &s.upstream {
-        Ok(u) => u.clone(),
-        Err(why) => return respond.fail(502, why),
-    };
-    let mut sender = match upstream.ready().await {
-        Ok(x) => x,
-        Err(e) => return respond.fail(502, &format!("upstream HTTP/2 connection: {e}")),
-    };
-    let no_body = matches!(&req.body, Body::Full(b) if b.is_empty()) && req.trailers.is_none();
-    let (resp_fut, mut tx) = match sender.send_request(head, no_body) {
-        Ok(x) => x,
-        Err(e) => return respond.fail(502, &format!("upstream refused the stream: {e}")),
-    };
-    let upload = {
+/// What one stream's exchange with the upstream needs to know.
+struct Exchange<'a> {
+    s: &'a Session,
+    engine: Option<&'a Engine>,
+    flow_id: u64,
+    is_head: bool,
+}
+
+impl Exchange<'_> {
+    /// Relays the request as a stream of the session's h2 upstream connection.
+    async fn via_h2(
+        &self,
+        upstream: h2::client::SendRequest<Bytes>,
+        mut req: Request,
+        mut body: Incoming,
+        respond: &mut Reply,
+    ) {
+        if let Body::Full(b) = &req.body {
+            set_length(&mut req.headers, b);
+        }
+        let head = match upstream_head(&req) {
+            Ok(h) => h,
+            Err(why) => return respond.fail(502, &why),
+        };
+        let mut sender = match upstream.ready().await {
+            Ok(x) => x,
+            Err(e) => return respond.fail(502, &format!("upstream HTTP/2 connection: {e}")),
+        };
+        let no_body = matches!(&req.body, Body::Full(b) if b.is_empty()) && req.trailers.is_none();
+        let (resp_fut, mut tx) = match sender.send_request(head, no_body) {
+            Ok(x) => x,
+            Err(e) => return respond.fail(502, &format!("upstream refused the stream: {e}")),
+        };
         let full = match std::mem::replace(&mut req.body, Body::Streaming) {
             Body::Full(b) => Some(b),
             _ => None,
         };
         let trailers = req.trailers.take();
-        async move {
+        let upload = crate::io::spawn(async move {
             let r = match full {
                 Some(_) if no_body => Ok(0),
                 Some(b) => send_full(&mut tx, b, trailers.as_ref()).await,
@@ -335,84 +387,386 @@ async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Rep
                 tx.send_reset(Reason::CANCEL);
             }
             r
+        });
+        let timeout = self.s.w.timeouts.upstream;
+        let resp = match tokio::time::timeout(timeout, resp_fut).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                upload.abort();
+                return match e.reason() {
+                    // the upstream reset the stream: the client's stream is reset the same way
+                    Some(reason) if e.is_remote() => respond.send_reset(reason),
+                    _ => respond.fail(502, &format!("upstream: {e}")),
+                };
+            }
+            Err(_) => {
+                upload.abort();
+                return respond.fail(504, &format!("upstream did not respond within {timeout:?}"));
+            }
+        };
+        let (rparts, rrx) = resp.into_parts();
+        let ended = rrx.is_end_stream();
+        let resp = Response {
+            status: rparts.status.as_u16(),
+            reason: String::new(),
+            version: Version::Http2,
+            headers: from_header_map(&rparts.headers),
+            body: if ended {
+                Body::Full(Bytes::new())
+            } else {
+                Body::Streaming
+            },
+            trailers: None,
+        };
+        let mut rbody = Incoming {
+            rx: rrx,
+            prefix: None,
+        };
+        self.respond(&req, resp, Source::H2(&mut rbody), respond)
+            .await;
+        let _ = upload.await;
+    }
+
+    /// Relays the request over HTTP/1.1 (a pooled or new connection to its authority),
+    /// and the HTTP/1 response back as h2.
+    async fn via_http1(&self, mut req: Request, mut body: Incoming, respond: &mut Reply) {
+        let s = self.s;
+        let key = Key::new(&req.scheme, &req.authority);
+        let mut up = match s.w.pool.take(&key, true) {
+            Some(u) => u,
+            None => {
+                let tls = (&*key.scheme == "https").then_some(&s.w.tls);
+                let t = s.w.timeouts.connect;
+                match upstream::connect(s.w.backend, &key.host, key.port, t, tls).await {
+                    Ok(u) => {
+                        if let Some(info) = &u.tls_info {
+                            crate::proxy::fire_tls_hook(&s.w, &s.info, info);
+                        }
+                        u
+                    }
+                    Err(ConnectError::Timeout(t)) => return respond.fail(504, &t),
+                    Err(ConnectError::Resolve(t) | ConnectError::Connect(t)) => {
+                        return respond.fail(502, &t)
+                    }
+                }
+            }
+        };
+        // framing: a body held whole goes with its length; a streamed one keeps the
+        // client's content-length, or is chunked; an empty one gets no field at all
+        let kind = match (&req.body, content_length(&req.headers)) {
+            (Body::Full(b), _) if b.is_empty() && req.trailers.is_none() => BodyKind::Empty,
+            (Body::Full(b), _) => BodyKind::Length(b.len() as u64),
+            (_, Some(n)) if body.prefix.is_none() => BodyKind::Length(n),
+            _ => BodyKind::Chunked,
+        };
+        if kind == BodyKind::Empty {
+            req.headers.remove("content-length");
+            req.headers.remove("transfer-encoding");
+        } else {
+            respond::fix_framing(
+                &mut req.headers,
+                &req.body,
+                req.trailers.as_ref(),
+                kind,
+                true,
+            );
         }
-    };
-    let upload = crate::io::spawn(upload);
-    let timeout = s.w.timeouts.upstream;
-    let resp = match tokio::time::timeout(timeout, resp_fut).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            upload.abort();
-            return match e.reason() {
-                // the upstream reset the stream: the client's stream is reset the same way
-                Some(reason) if e.is_remote() => respond.send_reset(reason),
-                _ => respond.fail(502, &format!("upstream: {e}")),
+        let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
+        respond::request_head(&mut req, &mut head);
+        let sent = match std::mem::replace(&mut req.body, Body::Streaming) {
+            Body::Full(b) => {
+                let mut parts = vec![head.freeze()];
+                if !b.is_empty() || req.trailers.is_some() {
+                    let chunked = respond::full_needs_chunked(req.trailers.as_ref(), true);
+                    parts.push(if chunked {
+                        respond::full_body_wire(&b, req.trailers.as_ref(), true)
+                    } else {
+                        b
+                    });
+                }
+                up.stream
+                    .write_all_vectored(parts)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            _ => {
+                let chunked = kind == BodyKind::Chunked;
+                upload_http1(&up.stream, head.freeze(), &mut body, chunked).await
+            }
+        };
+        if let Err(why) = sent {
+            up.stream.shutdown(Shutdown::Both);
+            return respond.fail(502, &format!("sending the request upstream: {why}"));
+        }
+        let deadline = Deadline::new();
+        deadline.arm(s.w.timeouts.upstream);
+        let limits = s.w.upstream_limits;
+        let rhead =
+            match read_response_head(&up.stream, &mut up.buf, &limits, Some(&deadline)).await {
+                Ok((_interim, h)) => h,
+                Err(e) => {
+                    up.stream.shutdown(Shutdown::Both);
+                    let (status, text) = e.status_text(s.w.timeouts.upstream);
+                    return respond.fail(status, &text);
+                }
             };
-        }
-        Err(_) => {
-            upload.abort();
-            return respond.fail(504, &format!("upstream did not respond within {timeout:?}"));
-        }
-    };
-    let (rparts, rrx) = resp.into_parts();
-    let mut resp = Response {
-        status: rparts.status.as_u16(),
-        reason: rparts
-            .status
-            .canonical_reason()
-            .unwrap_or_default()
-            .to_string(),
-        version: Version::Http2,
-        headers: from_header_map(&rparts.headers),
-        body: Body::Streaming,
-        trailers: None,
-    };
-    let ended = rrx.is_end_stream();
-    if ended {
-        resp.body = Body::Full(Bytes::new());
-    }
-    let mut rbody = Incoming {
-        rx: rrx,
-        prefix: None,
-    };
-    match response_event(s, engine, flow_id, &req, &mut resp, &mut rbody).await {
-        Decision::Forward => {}
-        Decision::Drop => return respond.send_reset(Reason::CANCEL),
-        Decision::Respond(r) => return respond.answer(r, is_head),
-        Decision::Failed(why) => return respond.fail(502, &format!("upstream body: {why}")),
-    }
-    let full = match std::mem::replace(&mut resp.body, Body::Streaming) {
-        Body::Full(b) => Some(b),
-        _ => None,
-    };
-    // a HEAD or 304 response keeps the length of the body it does not carry
-    if let Some(b) = full.as_ref().filter(|_| !is_head && resp.status != 304) {
-        set_length(&mut resp.headers, b);
-    }
-    let trailers = resp.trailers.take();
-    let end_now = is_head || matches!(&full, Some(b) if b.is_empty() && trailers.is_none());
-    let mut tx = match respond.send_response(response_head(&resp), end_now) {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::debug!(conn = s.info.conn_id, "client stream gone: {e}");
-            return;
-        }
-    };
-    if end_now {
-        return;
-    }
-    let r = match full {
-        Some(b) => send_full(&mut tx, b, trailers.as_ref()).await,
-        None => relay_rest(&mut rbody, &mut tx).await,
-    };
-    match r {
-        Ok(n) => respond.bytes += n,
-        Err(e) => {
-            tracing::debug!(conn = s.info.conn_id, "HTTP/2 response relay ended: {e}");
-            tx.send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR));
+        let rkind = match response_body_kind(&req.method, &rhead) {
+            Ok(k) if rhead.status != 101 => k,
+            Ok(_) => {
+                up.stream.shutdown(Shutdown::Both);
+                return respond.fail(502, "upstream switched protocols on an HTTP/2 request");
+            }
+            Err(e) => {
+                up.stream.shutdown(Shutdown::Both);
+                return respond.fail(502, &format!("bad response framing from upstream: {e}"));
+            }
+        };
+        let reusable = rhead.version == Version::Http11
+            && !rhead.headers.has_token("connection", "close")
+            && rkind != BodyKind::CloseDelimited;
+        let resp = Response {
+            status: rhead.status,
+            reason: String::from_utf8_lossy(&rhead.reason).into_owned(),
+            version: rhead.version,
+            headers: rhead.headers,
+            body: if rkind == BodyKind::Empty {
+                Body::Full(Bytes::new())
+            } else {
+                Body::Streaming
+            },
+            trailers: None,
+        };
+        let mut dec = BodyDecoder::new(rkind);
+        let src = Source::Http1 {
+            up: &mut up,
+            dec: &mut dec,
+            kind: rkind,
+            timeout: s.w.timeouts.upstream,
+        };
+        let complete = self.respond(&req, resp, src, respond).await;
+        if reusable && complete && dec.is_done() {
+            s.w.pool.put(key, up);
+        } else {
+            up.stream.shutdown(Shutdown::Both);
         }
     }
-    let _ = upload.await;
+
+    /// The response event, then the response to the client, its body from `src`.
+    /// Returns whether the upstream's body was read to its end.
+    async fn respond(
+        &self,
+        req: &Request,
+        mut resp: Response,
+        mut src: Source<'_>,
+        respond: &mut Reply,
+    ) -> bool {
+        let s = self.s;
+        match response_event(s, self.engine, self.flow_id, req, &mut resp, &mut src).await {
+            Decision::Forward => {}
+            Decision::Drop => {
+                respond.send_reset(Reason::CANCEL);
+                return false;
+            }
+            Decision::Respond(r) => {
+                respond.answer(r, self.is_head);
+                return false;
+            }
+            Decision::Failed(why) => {
+                respond.fail(502, &format!("upstream body: {why}"));
+                return false;
+            }
+        }
+        let full = match std::mem::replace(&mut resp.body, Body::Streaming) {
+            Body::Full(b) => Some(b),
+            _ => None,
+        };
+        // a HEAD or 304 response keeps the length of the body it does not carry
+        if let Some(b) = full
+            .as_ref()
+            .filter(|_| !self.is_head && resp.status != 304)
+        {
+            set_length(&mut resp.headers, b);
+        }
+        let trailers = resp.trailers.take();
+        let end_now =
+            self.is_head || matches!(&full, Some(b) if b.is_empty() && trailers.is_none());
+        let mut tx = match respond.send_response(response_head(&resp), end_now) {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::debug!(conn = s.info.conn_id, "client stream gone: {e}");
+                return false;
+            }
+        };
+        if end_now {
+            return full.is_some() || src.is_done();
+        }
+        let r = match full {
+            Some(b) => send_full(&mut tx, b, trailers.as_ref()).await,
+            None => src.relay(&mut tx).await,
+        };
+        match r {
+            Ok(n) => {
+                respond.bytes += n;
+                true
+            }
+            Err(e) => {
+                tracing::debug!(conn = s.info.conn_id, "HTTP/2 response relay ended: {e}");
+                tx.send_reset(Reason::INTERNAL_ERROR);
+                false
+            }
+        }
+    }
+}
+
+/// The client's Content-Length, when it is one valid number.
+fn content_length(h: &Headers) -> Option<u64> {
+    let mut all = h.get_all("content-length");
+    let v = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+/// Writes a request head and then an h2 request body to an HTTP/1 upstream, chunked
+/// when `chunked` (trailers then go in the last chunk).
+async fn upload_http1(
+    up: &crate::io::Stream,
+    head: Bytes,
+    body: &mut Incoming,
+    chunked: bool,
+) -> Result<(), String> {
+    let frame = |data: Bytes| -> Bytes {
+        if !chunked {
+            return data;
+        }
+        let mut out = BytesMut::with_capacity(data.len() + 16);
+        crate::proto::http1::encode_chunk(&data, &mut out);
+        out.freeze()
+    };
+    let mut parts = vec![head];
+    if let Some(p) = body.prefix.take() {
+        parts.push(frame(p));
+    }
+    up.write_all_vectored(parts)
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(chunk) = body.rx.data().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let len = chunk.len();
+        up.write_all(frame(chunk))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = body.rx.flow_control().release_capacity(len);
+    }
+    let trailers = body.rx.trailers().await.map_err(|e| e.to_string())?;
+    if chunked {
+        let mut out = BytesMut::new();
+        let t = trailers.as_ref().map(from_header_map);
+        crate::proto::http1::encode_last_chunk(t.as_ref(), &mut out);
+        up.write_all(out.freeze())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Where a body comes from: an h2 stream, or an HTTP/1 upstream connection.
+enum Source<'a> {
+    H2(&'a mut Incoming),
+    Http1 {
+        up: &'a mut Upstream,
+        dec: &'a mut BodyDecoder,
+        kind: BodyKind,
+        timeout: std::time::Duration,
+    },
+}
+
+impl Source<'_> {
+    /// Reads the whole body for a hook: Full with its trailers, or TooLarge (what was
+    /// read is kept to be sent first).
+    async fn buffer(&mut self, limit: usize) -> Result<(Body, Option<Headers>), String> {
+        match self {
+            Source::H2(body) => buffer(body, limit).await,
+            Source::Http1 {
+                up,
+                dec,
+                kind,
+                timeout,
+            } => {
+                let got = relay::buffer_body(&up.stream, &mut up.buf, dec, *kind, limit, *timeout)
+                    .await?;
+                match got {
+                    Buffered::Complete(b, t) => Ok((Body::Full(b), t)),
+                    Buffered::TooLarge(wire) => {
+                        // decoded again from the body's first byte when it is relayed
+                        let mut again = wire;
+                        again.extend_from_slice(&up.buf);
+                        up.buf = again;
+                        **dec = BodyDecoder::new(*kind);
+                        Ok((Body::TooLarge, None))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the body has been read to its end.
+    fn is_done(&self) -> bool {
+        match self {
+            Source::H2(body) => body.rx.is_end_stream(),
+            Source::Http1 { dec, .. } => dec.is_done(),
+        }
+    }
+
+    /// Relays the rest of the body (and trailers) to the client, ending the stream.
+    async fn relay(&mut self, tx: &mut SendStream<Bytes>) -> Result<u64, h2::Error> {
+        match self {
+            Source::H2(body) => relay_rest(body, tx).await,
+            Source::Http1 {
+                up, dec, timeout, ..
+            } => relay_http1(up, dec, *timeout, tx).await,
+        }
+    }
+}
+
+/// Relays an HTTP/1 body to an h2 stream: framing removed, trailers as h2 trailers.
+async fn relay_http1(
+    up: &mut Upstream,
+    dec: &mut BodyDecoder,
+    timeout: std::time::Duration,
+    tx: &mut SendStream<Bytes>,
+) -> Result<u64, h2::Error> {
+    let broken = || h2::Error::from(Reason::INTERNAL_ERROR);
+    let mut n = 0;
+    loop {
+        if !up.buf.is_empty() {
+            let d = dec.decode(&mut up.buf).map_err(|_| broken())?;
+            for piece in d.data {
+                n += piece.len() as u64;
+                send_data(tx, piece, false).await?;
+            }
+            if d.done {
+                match d.trailers {
+                    Some(t) => tx.send_trailers(to_header_map(&t, false))?,
+                    None => tx.send_data(Bytes::new(), true)?,
+                }
+                return Ok(n);
+            }
+        } else if dec.is_done() {
+            tx.send_data(Bytes::new(), true)?;
+            return Ok(n);
+        }
+        match relay::read_some(&up.stream, &mut up.buf, timeout).await {
+            Ok(0) => {
+                dec.eof().map_err(|_| broken())?;
+                tx.send_data(Bytes::new(), true)?;
+                return Ok(n);
+            }
+            Ok(_) => {}
+            Err(_) => return Err(broken()),
+        }
+    }
 }
 
 /// pre_pipeline hooks, the pipeline steps, post_pipeline hooks, for a request.
@@ -421,7 +775,7 @@ async fn request_event(
     engine: Option<&Engine>,
     flow_id: u64,
     req: &mut Request,
-    body: &mut Incoming,
+    src: &mut Source<'_>,
 ) -> Decision {
     let hooked = engine.filter(|e| e.has(Event::HttpRequest));
     for phase in [Phase::PrePipeline, Phase::PostPipeline] {
@@ -437,7 +791,7 @@ async fn request_event(
                 Step::Respond(r) => return Decision::Respond(r),
                 Step::NeedBody(susp) => {
                     if matches!(req.body, Body::Streaming) {
-                        match buffer(body, s.w.cfg.max_plugin_body).await {
+                        match src.buffer(s.w.cfg.max_plugin_body).await {
                             Ok((b, t)) => {
                                 req.body = b;
                                 req.trailers = t;
@@ -460,7 +814,7 @@ async fn response_event(
     flow_id: u64,
     req: &Request,
     resp: &mut Response,
-    body: &mut Incoming,
+    src: &mut Source<'_>,
 ) -> Decision {
     let hooked = engine.filter(|e| e.has(Event::HttpResponse));
     for phase in [Phase::PrePipeline, Phase::PostPipeline] {
@@ -476,7 +830,7 @@ async fn response_event(
                 Step::Respond(r) => return Decision::Respond(r),
                 Step::NeedBody(susp) => {
                     if matches!(resp.body, Body::Streaming) {
-                        match buffer(body, s.w.cfg.max_plugin_body).await {
+                        match src.buffer(s.w.cfg.max_plugin_body).await {
                             Ok((b, t)) => {
                                 resp.body = b;
                                 resp.trailers = t;
@@ -492,8 +846,8 @@ async fn response_event(
     Decision::Forward
 }
 
-/// Reads a body for a hook: Full with its trailers, or TooLarge with what was read kept
-/// in `prefix` to be sent first.
+/// Reads an h2 body for a hook: Full with its trailers, or TooLarge with what was read
+/// kept in `prefix` to be sent first.
 async fn buffer(body: &mut Incoming, limit: usize) -> Result<(Body, Option<Headers>), String> {
     let mut got = BytesMut::new();
     while let Some(chunk) = body.rx.data().await {
