@@ -35,7 +35,7 @@ http { access_log off;
   server { listen 127.0.0.1:19443 ssl; ssl_certificate $W/c.pem; ssl_certificate_key $W/k.pem;
     ssl_protocols TLSv1.3; keepalive_requests 1000000;
     location / { proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-  upstream ot { server 127.0.0.1:19101; keepalive 64; }
+  upstream ot { server 127.0.0.1:19101; keepalive 256; }
   server { listen 127.0.0.1:19446 ssl http2; ssl_certificate $W/c.pem; ssl_certificate_key $W/k.pem;
     ssl_protocols TLSv1.3; keepalive_requests 1000000;
     location / { proxy_pass https://ot; proxy_http_version 1.1; proxy_set_header Connection "";

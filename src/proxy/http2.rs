@@ -1,13 +1,14 @@
-//! HTTP/2 inside intercepted TLS: the client speaks h2 to luring, luring speaks h2 to
-//! the upstream over one connection, and every stream is one exchange that runs the
-//! same request and response events as HTTP/1 (hooks, pipeline steps, RESPOND, DROP as
+//! HTTP/2 toward clients: every client stream is one exchange that runs the same
+//! request and response events as HTTP/1 (hooks, pipeline steps, RESPOND, DROP as
 //! RST_STREAM CANCEL). Streams run as tasks of their own on the worker, so a slow
 //! stream never holds up another; bodies stream frame by frame under h2's flow control
 //! unless a hook reads them.
 //!
-//! ALPN decides when this layer runs (docs/decisions.md, "HTTP/2"): luring offers h2 to
-//! a client only after the upstream agreed to h2, so no h2 <-> HTTP/1 translation is
-//! needed and gRPC's trailers pass end to end.
+//! Upstream, a stream goes as a stream of one h2 connection when the upstream speaks
+//! h2 (end to end: trailers and gRPC pass as they are), or is translated to an
+//! HTTP/1.1 request through the worker's pool (reverse mode in front of an HTTP/1.1
+//! upstream, and requests a hook re-routed). When h2 is offered: docs/decisions.md,
+//! "HTTP/2".
 
 use crate::http::{Body, Headers, Request, Response, Version};
 use crate::io::{Deadline, PollStream};
@@ -50,7 +51,7 @@ struct Session {
     authority: String,
     /// Path prefix of a reverse upstream.
     path_prefix: String,
-    /// Where the one upstream connection goes; a request re-routed elsewhere gets a 502.
+    /// Where the session's upstream is; a request re-routed elsewhere goes over HTTP/1.1.
     key: Key,
     /// How this session's requests reach the upstream.
     upstream: UpstreamConn,
