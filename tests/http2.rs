@@ -48,6 +48,11 @@ impl H2Origin {
         }
     }
 
+    /// Adds `name`, `len` bytes of the test pattern, to the docroot.
+    fn add_file(&self, name: &str, len: usize) {
+        std::fs::write(self._root.path(name), pattern_vec(len)).unwrap();
+    }
+
     fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.port)
     }
@@ -528,4 +533,103 @@ fn a_hook_reroutes_an_h2_request_to_an_http1_upstream() {
         ]
     );
     assert_eq!(other.requests()[0].target, "/elsewhere");
+}
+
+#[test]
+fn garbage_instead_of_the_h2_preface_closes_and_the_proxy_keeps_serving() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki);
+    let conf = Conf::new();
+    let mode = format!("reverse:https://localhost:{}", origin.port);
+    let proxy = start(&conf, &pki, &["--mode", &mode]);
+    let connect = format!("127.0.0.1:{}", proxy.port());
+    let started = std::time::Instant::now();
+    let o = run_cmd(
+        "openssl",
+        &[
+            "s_client",
+            "-quiet",
+            "-alpn",
+            "h2",
+            "-servername",
+            "localhost",
+            "-connect",
+            &connect,
+        ],
+        b"this is not an HTTP/2 preface\r\n\r\n",
+        CMD_WAIT,
+    );
+    assert!(o.code.is_some(), "openssl did not end: {o:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "closed late");
+    let url = format!("https://localhost:{}/index.html", proxy.port());
+    let (out, xfers) = curl_reverse(&proxy, &conf, &[&url]);
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(
+        xfers,
+        vec![("hello over h2\n".to_string(), "2 200 1".to_string())]
+    );
+}
+
+#[test]
+fn an_upstream_dying_mid_response_resets_the_stream_and_nothing_hangs() {
+    let pki = TestPki::new();
+    let mut origin = H2Origin::start(&pki);
+    let conf = Conf::new();
+    let proxy = start(&conf, &pki, &[]);
+    // far more than h2 windows and socket buffers hold, so most is still upstream
+    let huge = 48 * BIG;
+    origin.add_file("huge.bin", huge);
+    let url = origin.url("/huge.bin");
+    let ca = conf.ca().to_string();
+    let purl = proxy.url();
+    // a slow reader keeps the response in flight while the origin is killed
+    let slow = std::thread::spawn(move || {
+        run_cmd(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "40",
+                "--limit-rate",
+                "2M",
+                "-x",
+                &purl,
+                "--cacert",
+                &ca,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{size_download}",
+                &url,
+            ],
+            b"",
+            CMD_WAIT,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = origin.child.kill();
+    let _ = origin.child.wait();
+    let started = std::time::Instant::now();
+    let o = slow.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the client hung after the upstream died: {o:?}"
+    );
+    assert_ne!(
+        o.code,
+        Some(0),
+        "a truncated body must not look complete: {o:?}"
+    );
+    let got: u64 = o
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(got < huge as u64, "{o:?}");
+    // the proxy is still there for the next client
+    let other = H2Origin::start(&pki);
+    let (out, xfers) = curl_via(&proxy, &conf, &[&other.url("/index.html")]);
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(xfers[0].1, "2 200 1");
 }
