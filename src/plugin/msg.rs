@@ -649,6 +649,7 @@ unsafe extern "C-unwind" fn ud_index(l: *mut ffi::lua_State) -> c_int {
     let key: &[u8] = if p.is_null() {
         &[]
     } else {
+        // SAFETY: the string stays referenced by stack slot 2 for the whole call.
         std::slice::from_raw_parts(p as *const u8, len)
     };
     let is_msg = t.kind == K_REQ || t.kind == K_RESP;
@@ -840,6 +841,7 @@ unsafe fn hdr_get_impl(
     let found = core.with_headers(t, false, |h| match h.get(name) {
         None => Found::Absent,
         Some(v) if v.len() <= SHORT => {
+            // SAFETY: `buf` holds SHORT bytes and `v` at most that many.
             std::ptr::copy_nonoverlapping(v.as_ptr(), buf.as_mut_ptr().cast::<u8>(), v.len());
             Found::Short(v.len())
         }
