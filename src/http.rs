@@ -209,9 +209,17 @@ impl Headers {
         if !self.worth_scanning(name.as_bytes()) {
             return None;
         }
+        let name = name.as_bytes();
+        // Bytes equal ignoring ASCII case are still equal with bit 5 set, so length and
+        // first byte rule most fields out before the byte-wise comparison.
+        let first = name.first().map_or(0, |&b| b | 0x20);
         self.list
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+            .find(|h| {
+                h.name.len() == name.len()
+                    && h.name.first().is_none_or(|&b| b | 0x20 == first)
+                    && h.name.eq_ignore_ascii_case(name)
+            })
             .map(|h| &h.value)
     }
 

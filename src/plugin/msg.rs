@@ -159,12 +159,6 @@ pub(crate) struct Core {
     need: Cell<c_int>,
     /// Slots whose generation ran out (`GEN_LIMIT`), kept off the free list.
     retired: RefCell<Vec<u32>>,
-    /// `lua_topointer` of the interned strings "get", "set", "add" (kept alive as keys
-    /// of the headers methods table): the headers `__index` compares keys by identity.
-    hdr_keys: Cell<[usize; 3]>,
-    /// `lua_topointer` of the interned string "headers" (anchored in the registry):
-    /// `msg.headers` is answered from the handle alone, the most frequent field.
-    headers_key: Cell<usize>,
     max_body: usize,
 }
 
@@ -195,8 +189,6 @@ impl Core {
             }),
             need: Cell::new(ffi::LUA_NOREF),
             retired: RefCell::new(Vec::new()),
-            hdr_keys: Cell::new([0; 3]),
-            headers_key: Cell::new(0),
             max_body,
         })
     }
@@ -228,28 +220,17 @@ impl Core {
                 ffi::lua_createtable(l, 0, 4);
                 let mt = ffi::lua_gettop(l);
                 // methods table: upvalue 2 of `ud_index`; the hot methods are also
-                // upvalues 3-5, found by key identity (`hdr_keys`)
+                // upvalues 3-5, which `ud_index` returns by the key's bytes
                 ffi::lua_createtable(l, 0, 6);
-                let mut keys = [0usize; 3];
-                for (i, (name, f)) in [
+                for (name, f) in [
                     (c"get", hdr_get as ffi::lua_CFunction),
                     (c"set", hdr_set),
                     (c"add", hdr_add),
-                ]
-                .into_iter()
-                .enumerate()
-                {
+                ] {
                     ffi::lua_pushlightuserdata(l, core_ptr);
                     ffi::lua_pushcclosure(l, f, 1);
                     ffi::lua_setfield(l, -2, name.as_ptr());
-                    ffi::lua_pushstring(l, name.as_ptr());
-                    keys[i] = ffi::lua_topointer(l, -1) as usize;
-                    ffi::lua_pop(l, 1);
                 }
-                self.hdr_keys.set(keys);
-                ffi::lua_pushstring(l, c"headers".as_ptr());
-                self.headers_key.set(ffi::lua_topointer(l, -1) as usize);
-                ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX);
                 for (name, f) in [
                     (c"get_all", &cold.get_all),
                     (c"remove", &cold.remove),
@@ -653,22 +634,47 @@ fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> 
 /// header values for headers handles, an error for anything else.
 ///
 /// Upvalues (see `Core::install`): 1 the core, 2 the headers methods table, 3-5 the
-/// methods `get`, `set`, `add`, which are found by comparing the key with the interned
-/// names.
+/// methods `get`, `set`, `add`.
 unsafe extern "C-unwind" fn ud_index(l: *mut ffi::lua_State) -> c_int {
-    let core = core_of(l);
-    let r = match tag_at(l, 1) {
-        // a stale handle still gives a headers handle, which fails on first use
-        Some(t)
-            if (t.kind == K_REQ || t.kind == K_RESP)
-                && ffi::lua_topointer(l, 2) as usize == core.headers_key.get() =>
-        {
+    let Some(t) = tag_at(l, 1) else {
+        return raise(l, Fail::from("attempt to index a userdata value"));
+    };
+    // `msg.headers` and `headers:get/set/add` are most of the lookups plugins make, so
+    // they are answered from the tag and the key's bytes alone: no core, no slot (a
+    // stale handle still yields a headers handle, which fails on first use). Comparing
+    // a few bytes costs less than fetching the core to compare interned pointers.
+    // A number key is converted in place, as `msg_index`/`hdr_index` would anyway.
+    let mut len = 0usize;
+    let p = ffi::lua_tolstring(l, 2, &mut len);
+    let key: &[u8] = if p.is_null() {
+        &[]
+    } else {
+        // SAFETY: the string stays referenced by stack slot 2 for the whole call.
+        std::slice::from_raw_parts(p as *const u8, len)
+    };
+    let is_msg = t.kind == K_REQ || t.kind == K_RESP;
+    if is_msg {
+        if key == b"headers" {
             push_tag(l, Tag { kind: K_HDR, ..t });
-            Ok(1)
+            return 1;
         }
-        Some(t) if t.kind == K_REQ || t.kind == K_RESP => msg_index(l, core, t),
-        Some(t) => hdr_index(l, core, t),
-        None => Err(Fail::from("attempt to index a userdata value")),
+    } else {
+        let up = match key {
+            b"get" => 3,
+            b"set" => 4,
+            b"add" => 5,
+            _ => 0,
+        };
+        if up != 0 {
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(up));
+            return 1;
+        }
+    }
+    let core = core_of(l);
+    let r = if is_msg {
+        msg_index(l, core, t)
+    } else {
+        hdr_index(l, core, t)
     };
     match r {
         Ok(n) => n,
@@ -821,12 +827,31 @@ unsafe fn hdr_get_impl(
     } else {
         std::str::from_utf8(name).map_err(|_| Fail::from("bad header name"))?
     };
-    let v = core.with_headers(t, false, |h| h.get(name).cloned())?;
-    match v {
-        Some(b) => {
-            push_bytes(l, &b);
+    // The push runs after the borrow ends (it can run a GC step, hence Lua code), so the
+    // value leaves the borrow as a copy. A short one is copied onto the stack rather
+    // than cloned: a `Bytes` clone is an indirect call and, for a value sharing the read
+    // buffer, an atomic increment (and a decrement on drop).
+    const SHORT: usize = 128;
+    enum Found {
+        Absent,
+        Short(usize),
+        Long(Bytes),
+    }
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); SHORT];
+    let found = core.with_headers(t, false, |h| match h.get(name) {
+        None => Found::Absent,
+        Some(v) if v.len() <= SHORT => {
+            // SAFETY: `buf` holds SHORT bytes and `v` at most that many.
+            std::ptr::copy_nonoverlapping(v.as_ptr(), buf.as_mut_ptr().cast::<u8>(), v.len());
+            Found::Short(v.len())
         }
-        None => ffi::lua_pushnil(l),
+        Some(v) => Found::Long(v.clone()),
+    })?;
+    match found {
+        Found::Absent => ffi::lua_pushnil(l),
+        // SAFETY: the first `n` bytes of `buf` were written just above.
+        Found::Short(n) => push_bytes(l, std::slice::from_raw_parts(buf.as_ptr().cast(), n)),
+        Found::Long(b) => push_bytes(l, &b),
     }
     Ok(1)
 }
@@ -863,14 +888,6 @@ unsafe fn hdr_index(
     core: &Core,
     t: Tag,
 ) -> std::result::Result<c_int, Fail> {
-    if ffi::lua_type(l, 2) == ffi::LUA_TSTRING {
-        let k = ffi::lua_topointer(l, 2) as usize;
-        let keys = core.hdr_keys.get();
-        if let Some(i) = keys.iter().position(|&p| p == k) {
-            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3 + i as c_int));
-            return Ok(1);
-        }
-    }
     ffi::lua_pushvalue(l, 2);
     ffi::lua_rawget_(l, ffi::lua_upvalueindex(2));
     if ffi::lua_type(l, -1) != ffi::LUA_TNIL {
