@@ -3,6 +3,8 @@
 #   nginx-tls     nginx terminating TLS, proxying to the plain origin
 #   luring-tls    luring --mode reverse:http://origin terminating TLS (leaf from its CA)
 #   haproxy-tls   HAProxy (http mode) terminating TLS, when haproxy is installed
+#   uring-l4-tls  the floor: examples/uring_relay.rs relaying the TLS bytes untouched to
+#                 a TLS origin (no HTTP, no crypto: what any TLS proxy costs at least)
 # and new TLS connections per second (wrk with Connection: close); then HTTP/2 with TLS
 # on both sides (h2load to the proxy, the proxy to an nginx origin over TLS):
 #   nginx-h2      nginx http2 terminating TLS, proxy_pass https:// to the origin (HTTP/1.1)
@@ -14,7 +16,8 @@ cd "$(dirname "$0")/.."
 DURATION=4
 [[ "${1:-}" == "--duration" ]] && DURATION=$2
 BIN=target/release/luring
-[[ -x $BIN ]] || cargo build --release
+RELAY=target/release/examples/uring_relay
+[[ -x $BIN && -x $RELAY ]] || cargo build --release --bin luring --example uring_relay
 W=$(mktemp -d)
 trap 'kill $(cat $W/ngx.pid 2>/dev/null) $(jobs -p) 2>/dev/null; rm -rf $W' EXIT
 head -c 1024 /dev/zero | tr '\0' x > $W/1k
@@ -84,8 +87,11 @@ HAP
   taskset -c 0 haproxy -db -f $W/hap.cfg >/dev/null 2>$W/hap.err & HPID=$!
   sleep 0.5
 fi
+taskset -c 0 $RELAY 19448 127.0.0.1:19101 >/dev/null 2>$W/relay.err & RPID=$!
+sleep 0.3
 echo "TLS 1.3 keep-alive, 1 KiB responses (wrk -c32, ${DURATION}s)"
 run nginx-tls "$NGX_PID" https://localhost:19443/1k
+run uring-l4-tls "$RPID" https://localhost:19448/1k
 [[ -n $HPID ]] && run haproxy-tls "$HPID" https://localhost:19445/1k
 run luring-tls "$LPID" https://localhost:19444/1k
 echo "new TLS connection per request"
