@@ -1499,10 +1499,15 @@ fn build_response(t: Option<&Table>) -> mlua::Result<Response> {
     r.body = Body::Full(Bytes::new());
     if let Some(t) = t {
         let s = get_status(t, 200)?;
+        // a 1xx cannot end an exchange: it would leave the client waiting for the answer
         r.status = u16::try_from(s)
             .ok()
-            .filter(|s| (100..=999).contains(s))
-            .ok_or_else(|| lua_err("status out of range"))?;
+            .filter(|s| (200..=999).contains(s))
+            .ok_or_else(|| {
+                lua_err(format!(
+                    "status must be 200-999 (a final response), got {s}"
+                ))
+            })?;
         if let Some(h) = t.get::<Option<Table>>("headers")? {
             r.headers = msg::headers_from_table(&h)?;
         }

@@ -304,6 +304,23 @@ fn respond_grpc_builds_trailers_only_response() {
 }
 
 #[test]
+fn respond_with_an_interim_status_is_a_hook_error() {
+    let e = engine(&[(
+        "p.lua",
+        r#"register_hook('http', 'on_request', function(m) return action.RESPOND{ status = 101 } end)
+           register_hook('http', 'on_request', function(m) m.headers:set('x-next', '1') end)"#,
+    )]);
+    let mut r = req();
+    // the error is handled as on_error says (skip): the chain goes on, nothing answers
+    assert!(matches!(
+        e.http_request(Phase::PrePipeline, &conn(), 1, &mut r),
+        Step::Continue
+    ));
+    assert_eq!(h(&r, "x-next").as_deref(), Some("1"));
+    assert_eq!(e.stats().errors, 1);
+}
+
+#[test]
 fn on_error_skip_and_abort() {
     let e = engine(&[(
         "p.lua",

@@ -1075,8 +1075,14 @@ impl Reply {
             Body::Full(b) => b,
             _ => Bytes::new(),
         };
-        r.headers.set("content-length", body.len().to_string());
-        let end = is_head || (body.is_empty() && r.trailers.is_none());
+        // 204 and 304 carry no body (RFC 9110 sections 15.3.5 and 15.4.5)
+        let bodiless = matches!(r.status, 204 | 304);
+        if r.status == 204 {
+            r.headers.remove("content-length");
+        } else if !bodiless {
+            r.headers.set("content-length", body.len().to_string());
+        }
+        let end = is_head || bodiless || (body.is_empty() && r.trailers.is_none());
         let Ok(mut tx) = self.send_response(response_head(&r), end) else {
             return;
         };
