@@ -633,3 +633,32 @@ fn an_upstream_dying_mid_response_resets_the_stream_and_nothing_hangs() {
     assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
     assert_eq!(xfers[0].1, "2 200 1");
 }
+
+#[test]
+fn h2c_with_prior_knowledge_to_a_reverse_http1_upstream_is_translated() {
+    // curl --http2-prior-knowledge in front of an HTTP/1.1 origin: only gRPC calls would
+    // need h2c upstream (tests/tls.rs covers those); this one goes as HTTP/1.1
+    let origin = Origin::start(echo());
+    let mode = format!("reverse:http://127.0.0.1:{}", origin.port());
+    let proxy = Proxy::start(&["--mode", &mode]);
+    let url = format!("http://127.0.0.1:{}/pk", proxy.port());
+    let out = run_cmd(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "20",
+            "--http2-prior-knowledge",
+            "--data-binary",
+            "xyz",
+            "-w",
+            "## %{http_version} %{http_code}",
+            &url,
+        ],
+        b"",
+        CMD_WAIT,
+    );
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert!(out.stdout.starts_with("POST /pk HTTP/1.1\r\n"), "{out:?}");
+    assert!(out.stdout.ends_with("\r\n\r\nxyz## 2 200"), "{out:?}");
+}

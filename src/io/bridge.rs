@@ -8,6 +8,7 @@ use super::Stream;
 use bytes::{Buf, Bytes, BytesMut};
 use std::future::Future;
 use std::io;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -21,10 +22,11 @@ const READ_CHUNK: usize = 32 * 1024;
 /// caller is told to wait, which is how backpressure reaches h2.
 const WRITE_BEHIND: usize = 256 * 1024;
 
-/// A poll-based view of a stream that outlives none of its operations: when it is
-/// dropped with a read in flight, the owner must shut the stream down (io module docs).
-pub struct PollStream<'a> {
-    stream: &'a Stream,
+/// A poll-based view of a stream, borrowed (`&Stream`) or shared (`Rc<Stream>`, for a
+/// view that lives in a task of its own). When it is dropped with a read in flight,
+/// the owner must shut the stream down (io module docs).
+pub struct PollStream<'a, S = &'a Stream> {
+    stream: S,
     read: Option<ReadOp<'a>>,
     /// Bytes read and not yet handed out.
     ready: BytesMut,
@@ -38,9 +40,9 @@ pub struct PollStream<'a> {
     pub bytes_written: u64,
 }
 
-impl<'a> PollStream<'a> {
+impl<'a, S: Deref<Target = Stream> + Clone + 'a> PollStream<'a, S> {
     /// Wraps `stream`; `early` holds bytes already read from it.
-    pub fn new(stream: &'a Stream, early: BytesMut) -> PollStream<'a> {
+    pub fn new(stream: S, early: BytesMut) -> PollStream<'a, S> {
         PollStream {
             stream,
             read: None,
@@ -66,13 +68,13 @@ impl<'a> PollStream<'a> {
             }
             let data: Bytes = self.queued.split().freeze();
             self.bytes_written += data.len() as u64;
-            let s = self.stream;
+            let s = self.stream.clone();
             self.write = Some(Box::pin(async move { s.write_all(data).await }));
         }
     }
 }
 
-impl AsyncRead for PollStream<'_> {
+impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncRead for PollStream<'a, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -90,7 +92,7 @@ impl AsyncRead for PollStream<'_> {
                 return Poll::Ready(Ok(()));
             }
             let op = this.read.get_or_insert_with(|| {
-                let s = this.stream;
+                let s = this.stream.clone();
                 let mut buf = std::mem::take(&mut this.ready);
                 buf.clear();
                 buf.reserve(READ_CHUNK);
@@ -108,7 +110,7 @@ impl AsyncRead for PollStream<'_> {
     }
 }
 
-impl AsyncWrite for PollStream<'_> {
+impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncWrite for PollStream<'a, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -145,8 +145,18 @@ impl ClientConn {
                 Ok(None) if (self.w.cfg.http2 || !tls_up) && self.h2c_preface().await => {
                     if self.w.cfg.http2 {
                         let authority = up.authority();
-                        self.serve_h2_prior_knowledge(&up.scheme, &authority, &up.path_prefix)
-                            .await;
+                        if tls_up {
+                            self.serve_h2_prior_knowledge("https", &authority, &up.path_prefix)
+                                .await;
+                        } else {
+                            // h2c for gRPC, HTTP/1.1 for the rest
+                            let target = http2::Target {
+                                scheme: "http".into(),
+                                authority,
+                                path_prefix: up.path_prefix.clone(),
+                            };
+                            self.serve_h2(http2::Via::Http1OrH2c, target).await;
+                        }
                         return;
                     }
                     tracing::info!(
@@ -1294,8 +1304,8 @@ impl ClientConn {
     }
 
     /// HTTP/2 with prior knowledge (h2c) from the client: served by the HTTP/2 layer,
-    /// over plaintext h2c to an http upstream, or over TLS to an https one (h2 when it
-    /// chooses h2, else HTTP/1.1).
+    /// over plaintext h2c to an http upstream (a tunnel's target: the client chose h2c
+    /// with it), or over TLS to an https one (h2 when it chooses h2, else HTTP/1.1).
     async fn serve_h2_prior_knowledge(
         &mut self,
         scheme: &str,
@@ -1324,7 +1334,7 @@ impl ClientConn {
     /// `authority` over TLS (reverse mode: the upstream). A client offering h2 is
     /// offered h2 when it can be served: intercepting, when the upstream (reached
     /// ahead of the handshake) chose h2 too, so ALPN follows the upstream; in reverse
-    /// mode always, over h2 when the upstream has it (h2c for an h2-only client of a
+    /// mode always, over h2 when the upstream has it (h2c for gRPC calls to a
     /// plaintext upstream) and HTTP/1.1 otherwise. A client that speaks only h2 and
     /// cannot be served so is relayed to the upstream untouched.
     async fn start_tls(
@@ -1375,16 +1385,9 @@ impl ClientConn {
                 Err(why) if client_h2 && h2_only => via = Some(http2::Via::Failed(why)),
                 Err(_) => via = (client_h2 && reverse).then_some(http2::Via::Http1),
             }
-        } else if client_h2 && h2_only {
-            // a plaintext reverse upstream of an h2-only client is taken to speak h2c
-            via = Some(
-                match self.connect_ahead(scheme, &target, Alpn::Http1).await {
-                    Ok(up) => http2::Via::H2(Box::new(up)),
-                    Err(why) => http2::Via::Failed(why),
-                },
-            );
         } else if client_h2 {
-            via = Some(http2::Via::Http1);
+            // a plaintext reverse upstream: h2c for gRPC, HTTP/1.1 for the rest
+            via = Some(http2::Via::Http1OrH2c);
         }
         if h2_only && via.is_none() && scheme == "https" {
             let (up_host, up_port) = crate::http::host_port_of(scheme, &target);

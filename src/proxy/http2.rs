@@ -55,6 +55,9 @@ struct Session {
     key: Key,
     /// How this session's requests reach the upstream.
     upstream: UpstreamConn,
+    /// The h2c connection of [`UpstreamConn::Http1OrH2c`], once made.
+    /// The flag turns false when that connection ends.
+    h2c: std::cell::RefCell<Option<(h2::client::SendRequest<Bytes>, Rc<Cell<bool>>)>>,
     /// Streams in progress, and when the last one ended (idle timeout).
     open: Cell<usize>,
     last_end: Cell<Instant>,
@@ -66,6 +69,10 @@ enum UpstreamConn {
     H2(h2::client::SendRequest<Bytes>),
     /// HTTP/1.1 per request, through the worker's pool.
     Http1,
+    /// A plaintext upstream that may speak h2c: gRPC requests (which need h2 end to
+    /// end) go over one h2c connection made when the first one comes, the rest over
+    /// HTTP/1.1.
+    Http1OrH2c,
     /// Neither: every stream gets a 502 with this reason.
     Failed(String),
 }
@@ -76,6 +83,8 @@ pub enum Via {
     H2(Box<Upstream>),
     /// HTTP/1.1 through the pool (an upstream without h2).
     Http1,
+    /// A plaintext upstream: h2c for gRPC, HTTP/1.1 for the rest.
+    Http1OrH2c,
     /// None could be had: why.
     Failed(String),
 }
@@ -112,6 +121,7 @@ pub async fn serve(
             stream.shutdown(Shutdown::Both);
         }
         Via::Http1 => run(w, &mut cio, None, UpstreamConn::Http1, info, target).await,
+        Via::Http1OrH2c => run(w, &mut cio, None, UpstreamConn::Http1OrH2c, info, target).await,
         Via::Failed(why) => run(w, &mut cio, None, UpstreamConn::Failed(why), info, target).await,
     }
     (cio.bytes_read, cio.bytes_written)
@@ -174,6 +184,7 @@ async fn run(
         path_prefix: target.path_prefix,
         key,
         upstream,
+        h2c: Default::default(),
         open: Cell::new(0),
         last_end: Cell::new(Instant::now()),
     });
@@ -335,8 +346,68 @@ async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Rep
             }
             ex.via_h2(up.clone(), req, body, respond).await
         }
-        UpstreamConn::Http1 => ex.via_http1(req, body, respond).await,
+        UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => match s.h2c_sender().await {
+            Ok(up) => {
+                if te_trailers {
+                    req.headers.set("te", "trailers");
+                }
+                ex.via_h2(up, req, body, respond).await
+            }
+            Err(why) => respond.fail(502, &why),
+        },
+        UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => ex.via_http1(req, body, respond).await,
         UpstreamConn::Failed(why) => respond.fail(502, why),
+    }
+}
+
+/// Whether a request is a gRPC call, which needs h2 end to end (gRPC-web does not).
+fn is_grpc(h: &Headers) -> bool {
+    h.get("content-type").is_some_and(|ct| {
+        let ct = ct.to_ascii_lowercase();
+        ct == b"application/grpc"
+            || ct.starts_with(b"application/grpc+")
+            || ct.starts_with(b"application/grpc;")
+    })
+}
+
+impl Session {
+    /// The h2c connection to the session's upstream, made on first use; its driver
+    /// runs as a task of its own and ends when the last handle is gone.
+    async fn h2c_sender(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
+        if let Some((up, alive)) = self.h2c.borrow().as_ref() {
+            if alive.get() {
+                return Ok(up.clone());
+            }
+        }
+        let (host, port) = crate::http::host_port_of(&self.scheme, &self.authority);
+        let t = self.w.timeouts.connect;
+        let up = match upstream::connect(self.w.backend, &host, port, t, None).await {
+            Ok(u) => u,
+            Err(ConnectError::Timeout(t) | ConnectError::Resolve(t) | ConnectError::Connect(t)) => {
+                return Err(t)
+            }
+        };
+        let stream = Rc::new(up.stream);
+        let io = PollStream::new(stream.clone(), up.buf);
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(|e| format!("h2c handshake with the upstream failed: {e}"))?;
+        let conn_id = self.info.conn_id;
+        let alive = Rc::new(Cell::new(true));
+        let flag = alive.clone();
+        crate::io::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(conn = conn_id, "upstream h2c connection ended: {e}");
+            }
+            // the next gRPC request of the session makes a new connection
+            flag.set(false);
+            stream.shutdown(Shutdown::Both);
+        });
+        *self.h2c.borrow_mut() = Some((send.clone(), alive));
+        Ok(send)
     }
 }
 
