@@ -57,11 +57,14 @@ struct Session {
     upstream: UpstreamConn,
     /// The h2c connection of [`UpstreamConn::Http1OrH2c`], once made.
     /// The flag turns false when that connection ends.
-    h2c: std::cell::RefCell<Option<(h2::client::SendRequest<Bytes>, Rc<Cell<bool>>)>>,
+    h2c: std::cell::RefCell<Option<H2c>>,
     /// Streams in progress, and when the last one ended (idle timeout).
     open: Cell<usize>,
     last_end: Cell<Instant>,
 }
+
+/// A lazily made h2c upstream connection and whether it is still open.
+type H2c = (h2::client::SendRequest<Bytes>, Rc<Cell<bool>>);
 
 /// How an h2 session reaches its upstream.
 enum UpstreamConn {
