@@ -77,21 +77,12 @@ fn start(conf: &Conf, pki: &TestPki, extra: &[&str]) -> Proxy {
     Proxy::start(&args)
 }
 
-/// curl through the proxy trusting luring's CA; `-w` appends
-/// "## <http_version> <status> <num_connects>" after each transfer.
-fn curl_via(proxy: &Proxy, conf: &Conf, args: &[&str]) -> (CmdOutput, Vec<(String, String)>) {
-    let url = proxy.url();
-    let mut full = vec![
-        "-sS",
-        "--max-time",
-        "30",
-        "-x",
-        url.as_str(),
-        "--cacert",
-        conf.ca(),
-        "-w",
-        "## %{http_version} %{http_code} %{num_connects}\n",
-    ];
+/// Transfers of one curl run: luring's CA trusted, `first` then `args`; each body is
+/// paired with "<http_version> <status> <num_connects>" (curl's `-w` after it).
+fn curl_xfers(conf: &Conf, first: &[&str], args: &[&str]) -> (CmdOutput, Vec<(String, String)>) {
+    let mut full = vec!["-sS", "--max-time", "30", "--cacert", conf.ca()];
+    full.extend_from_slice(first);
+    full.extend_from_slice(&["-w", "## %{http_version} %{http_code} %{num_connects}\n"]);
     full.extend_from_slice(args);
     let out = run_cmd("curl", &full, b"", CMD_WAIT);
     let mut xfers = Vec::new();
@@ -102,6 +93,17 @@ fn curl_via(proxy: &Proxy, conf: &Conf, args: &[&str]) -> (CmdOutput, Vec<(Strin
         rest = &rest[(line_end + 1).min(rest.len())..];
     }
     (out, xfers)
+}
+
+/// curl through the proxy (forward mode, CONNECT).
+fn curl_via(proxy: &Proxy, conf: &Conf, args: &[&str]) -> (CmdOutput, Vec<(String, String)>) {
+    curl_xfers(conf, &["-x", &proxy.url()], args)
+}
+
+/// curl over TLS to a reverse-mode proxy, `localhost` resolved to it.
+fn curl_reverse(proxy: &Proxy, conf: &Conf, args: &[&str]) -> (CmdOutput, Vec<(String, String)>) {
+    let resolve = format!("localhost:{}:127.0.0.1", proxy.port());
+    curl_xfers(conf, &["--resolve", &resolve], args)
 }
 
 #[test]
@@ -355,32 +357,6 @@ fn reverse_https_serves_h2_clients() {
         proxy.stderr()
     );
     assert!(out.stdout.contains("Application protocol: h2"), "{out:?}");
-}
-
-/// curl over TLS to a reverse-mode proxy (luring's CA trusted, localhost resolved).
-fn curl_reverse(proxy: &Proxy, conf: &Conf, args: &[&str]) -> (CmdOutput, Vec<(String, String)>) {
-    let resolve = format!("localhost:{}:127.0.0.1", proxy.port());
-    let mut full = vec![
-        "-sS",
-        "--max-time",
-        "30",
-        "--cacert",
-        conf.ca(),
-        "--resolve",
-        resolve.as_str(),
-        "-w",
-        "## %{http_version} %{http_code} %{num_connects}\n",
-    ];
-    full.extend_from_slice(args);
-    let out = run_cmd("curl", &full, b"", CMD_WAIT);
-    let mut xfers = Vec::new();
-    let mut rest = out.stdout.as_str();
-    while let Some(i) = rest.find("## ") {
-        let line_end = rest[i..].find('\n').map_or(rest.len(), |e| i + e);
-        xfers.push((rest[..i].to_string(), rest[i + 3..line_end].to_string()));
-        rest = &rest[(line_end + 1).min(rest.len())..];
-    }
-    (out, xfers)
 }
 
 #[test]

@@ -280,6 +280,45 @@ impl Session {
             self.info.conn_id,
         );
     }
+
+    /// The h2c connection to the session's upstream, made on first use; its driver
+    /// runs as a task of its own and ends when the last handle is gone.
+    async fn h2c_sender(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
+        if let Some((up, alive)) = self.h2c.borrow().as_ref() {
+            if alive.get() {
+                return Ok(up.clone());
+            }
+        }
+        let (host, port) = crate::http::host_port_of(&self.scheme, &self.authority);
+        let t = self.w.timeouts.connect;
+        let up = match upstream::connect(self.w.backend, &host, port, t, None).await {
+            Ok(u) => u,
+            Err(ConnectError::Timeout(t) | ConnectError::Resolve(t) | ConnectError::Connect(t)) => {
+                return Err(t)
+            }
+        };
+        let stream = Rc::new(up.stream);
+        let io = PollStream::new(stream.clone(), up.buf);
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(|e| format!("h2c handshake with the upstream failed: {e}"))?;
+        let conn_id = self.info.conn_id;
+        let alive = Rc::new(Cell::new(true));
+        let flag = alive.clone();
+        crate::io::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(conn = conn_id, "upstream h2c connection ended: {e}");
+            }
+            // the next gRPC request of the session makes a new connection
+            flag.set(false);
+            stream.shutdown(Shutdown::Both);
+        });
+        *self.h2c.borrow_mut() = Some((send.clone(), alive));
+        Ok(send)
+    }
 }
 
 fn now_unix() -> f64 {
@@ -371,47 +410,6 @@ fn is_grpc(h: &Headers) -> bool {
             || ct.starts_with(b"application/grpc+")
             || ct.starts_with(b"application/grpc;")
     })
-}
-
-impl Session {
-    /// The h2c connection to the session's upstream, made on first use; its driver
-    /// runs as a task of its own and ends when the last handle is gone.
-    async fn h2c_sender(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
-        if let Some((up, alive)) = self.h2c.borrow().as_ref() {
-            if alive.get() {
-                return Ok(up.clone());
-            }
-        }
-        let (host, port) = crate::http::host_port_of(&self.scheme, &self.authority);
-        let t = self.w.timeouts.connect;
-        let up = match upstream::connect(self.w.backend, &host, port, t, None).await {
-            Ok(u) => u,
-            Err(ConnectError::Timeout(t) | ConnectError::Resolve(t) | ConnectError::Connect(t)) => {
-                return Err(t)
-            }
-        };
-        let stream = Rc::new(up.stream);
-        let io = PollStream::new(stream.clone(), up.buf);
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONN_WINDOW)
-            .handshake::<_, Bytes>(io)
-            .await
-            .map_err(|e| format!("h2c handshake with the upstream failed: {e}"))?;
-        let conn_id = self.info.conn_id;
-        let alive = Rc::new(Cell::new(true));
-        let flag = alive.clone();
-        crate::io::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(conn = conn_id, "upstream h2c connection ended: {e}");
-            }
-            // the next gRPC request of the session makes a new connection
-            flag.set(false);
-            stream.shutdown(Shutdown::Both);
-        });
-        *self.h2c.borrow_mut() = Some((send.clone(), alive));
-        Ok(send)
-    }
 }
 
 /// What one stream's exchange with the upstream needs to know.
