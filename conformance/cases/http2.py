@@ -190,3 +190,35 @@ def _h2_phases(t):
         check("x-step: 1" in log, "the pipeline step's header reached the origin")
     finally:
         origin.stop()
+
+
+CTX = """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.method == "CONNECT" then return end
+  log.info(string.format("CONF-H2CTX conn=%s flow=%s sni=%s version=%s host=%s",
+    tostring(ctx.conn_id), tostring(ctx.flow_id), tostring(ctx.sni), msg.http_version,
+    tostring(msg.headers:get("host"))))
+end)
+"""
+
+
+@case("http2: ctx per stream: one conn_id, a flow_id per stream, the sni", proxy=False,
+      plugins={"h2_ctx.lua": CTX})
+def _h2_ctx(t):
+    origin, proxy, ca = h2_setup(t, "h2_ctx.lua")
+    try:
+        base = f"https://localhost:{origin.port}"
+        rc, err, xfers = curl_h2(proxy, ca, [f"{base}/index.html", f"{base}/index.html"])
+        eq(rc, 0, f"curl exit code ({err})")
+        eq([x[1] for x in xfers], ["2 200 1", "2 200 0"], "two streams on one connection")
+        lines = proxy.wait_log(r"CONF-H2CTX ", timeout=3, count=2)
+        eq(len(lines), 2, f"hook lines ({lines})")
+        fields = [dict(kv.split("=", 1) for kv in ln.split("CONF-H2CTX ")[1].split()) for ln in lines]
+        eq(fields[0]["conn"], fields[1]["conn"], "ctx.conn_id of both streams")
+        check(fields[0]["flow"] != fields[1]["flow"], f"ctx.flow_id differs per stream ({fields})")
+        for f in fields:
+            eq(f["sni"], "localhost", "ctx.sni")
+            eq(f["version"], "HTTP/2.0", "msg.http_version")
+            eq(f["host"], f"localhost:{origin.port}", "the :authority as Host")
+    finally:
+        origin.stop()
