@@ -524,6 +524,8 @@ impl Exchange<'_> {
                 }
             }
         };
+        // the body is sent at once, so nothing waits for a 100 Continue
+        req.headers.remove("expect");
         // framing: a body held whole goes with its length; a streamed one keeps the
         // client's content-length, or is chunked; an empty one gets no field at all
         let kind = match (&req.body, content_length(&req.headers)) {
