@@ -296,6 +296,18 @@ fn hooks_see_h2_streams_and_their_actions_apply_per_stream() {
     assert!(out.ok(), "{out:?}");
     assert_eq!(xfers, vec![("[abc]".to_string(), "2 200 1".to_string())]);
 
+    // RESPOND to an upload: the client gets the answer, not a reset mid-upload
+    let up = dir.path("up.bin");
+    std::fs::write(&up, pattern_vec(3 * BIG)).unwrap();
+    let data = format!("@{}", up.to_str().unwrap());
+    let (out, xfers) = curl_via(
+        &proxy,
+        &conf,
+        &["--data-binary", &data, &origin.url("/respond")],
+    );
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(xfers[0].1, "2 403 1", "{xfers:?}");
+
     // DROP resets that stream only: the next request uses the same connection
     let (out, xfers) = curl_via(
         &proxy,
@@ -637,4 +649,31 @@ fn h2c_with_prior_knowledge_to_a_reverse_http1_upstream_is_translated() {
     assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
     assert!(out.stdout.starts_with("POST /pk HTTP/1.1\r\n"), "{out:?}");
     assert!(out.stdout.ends_with("\r\n\r\nxyz## 2 200"), "{out:?}");
+}
+
+#[test]
+fn an_early_answer_from_an_http1_upstream_reaches_the_uploading_h2_client() {
+    // the origin refuses at once without reading the 8 MiB body, then closes
+    let origin = Origin::start(handler(|ex| {
+        ex.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
+        )?;
+        Ok(Next::Close)
+    }));
+    let conf = Conf::new();
+    let mode = format!("reverse:http://127.0.0.1:{}", origin.port());
+    let cd = conf.confdir();
+    let proxy = Proxy::start(&["--confdir", &cd, "--mode", &mode]);
+    let dir = TempDir::new("h2early");
+    let up = dir.path("up.bin");
+    std::fs::write(&up, pattern_vec(8 * BIG)).unwrap();
+    let data = format!("@{}", up.to_str().unwrap());
+    let url = format!("https://localhost:{}/upload", proxy.port());
+    let (out, xfers) = curl_reverse(&proxy, &conf, &["--data-binary", &data, &url]);
+    assert_eq!(
+        xfers,
+        vec![("big!".to_string(), "2 413 1".to_string())],
+        "{out:?}\n{}",
+        proxy.stderr()
+    );
 }

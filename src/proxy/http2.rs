@@ -11,7 +11,7 @@
 //! "HTTP/2".
 
 use crate::http::{Body, Headers, Request, Response, Version};
-use crate::io::{Deadline, PollStream};
+use crate::io::PollStream;
 use crate::plugin::{ConnInfo, Engine, Event, Phase, Step};
 use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
 use crate::proxy::http1::read_response_head;
@@ -368,7 +368,10 @@ async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Rep
             respond.send_reset(Reason::CANCEL);
             return;
         }
-        Decision::Respond(r) => return respond.answer(r, is_head),
+        Decision::Respond(r) => {
+            respond.answer(r, is_head);
+            return discard(body);
+        }
         Decision::Failed(why) => return respond.fail(400, &why),
     }
     let ex = Exchange {
@@ -400,6 +403,33 @@ async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Rep
         UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => ex.via_http1(req, body, respond).await,
         UpstreamConn::Failed(why) => respond.fail(502, why),
     }
+}
+
+/// How much of a request body nobody wants is read and dropped, and for how long, so
+/// a client still uploading sees the answer instead of a reset (many clients, curl 7.x
+/// among them, report RST_STREAM NO_ERROR during an upload as an error); past either
+/// limit the stream is reset.
+const DISCARD_MAX: u64 = 64 * 1024 * 1024;
+const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads the rest of a request body that was answered without it, and drops it.
+fn discard(mut body: Incoming) {
+    if body.rx.is_end_stream() {
+        return;
+    }
+    crate::io::spawn(async move {
+        let mut seen = 0u64;
+        let drain = async {
+            while let Some(Ok(chunk)) = body.rx.data().await {
+                seen += chunk.len() as u64;
+                let _ = body.rx.flow_control().release_capacity(chunk.len());
+                if seen > DISCARD_MAX {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_WAIT, drain).await;
+    });
 }
 
 /// Whether a request is a gRPC call, which needs h2 end to end (gRPC-web does not).
@@ -548,43 +578,78 @@ impl Exchange<'_> {
         }
         let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
         respond::request_head(&mut req, &mut head);
-        let sent = match std::mem::replace(&mut req.body, Body::Streaming) {
-            Body::Full(b) => {
-                let mut parts = vec![head.freeze()];
-                if !b.is_empty() || req.trailers.is_some() {
-                    let chunked = respond::full_needs_chunked(req.trailers.as_ref(), true);
-                    parts.push(if chunked {
-                        respond::full_body_wire(&b, req.trailers.as_ref(), true)
-                    } else {
-                        b
-                    });
-                }
-                up.stream
-                    .write_all_vectored(parts)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            _ => {
-                let chunked = kind == BodyKind::Chunked;
-                upload_http1(&up.stream, head.freeze(), &mut body, chunked).await
-            }
+        let full = match std::mem::replace(&mut req.body, Body::Streaming) {
+            Body::Full(b) => Some(b),
+            _ => None,
         };
-        if let Err(why) = sent {
-            up.stream.shutdown(Shutdown::Both);
-            return respond.fail(502, &format!("sending the request upstream: {why}"));
-        }
-        let deadline = Deadline::new();
-        deadline.arm(s.w.timeouts.upstream);
+        let trailers = req.trailers.take();
+        let chunked = kind == BodyKind::Chunked;
+        let timeout = s.w.timeouts.upstream;
         let limits = s.w.upstream_limits;
-        let rhead =
-            match read_response_head(&up.stream, &mut up.buf, &limits, Some(&deadline)).await {
-                Ok((_interim, h)) => h,
-                Err(e) => {
-                    up.stream.shutdown(Shutdown::Both);
-                    let (status, text) = e.status_text(s.w.timeouts.upstream);
-                    return respond.fail(status, &text);
+        let (got, upload_complete) = {
+            let Upstream {
+                stream: ups,
+                buf: upbuf,
+                ..
+            } = &mut up;
+            let ups: &crate::io::Stream = ups;
+            let upload = async {
+                match full {
+                    Some(b) => {
+                        let mut parts = vec![head.freeze()];
+                        if !b.is_empty() || trailers.is_some() {
+                            let chunked = respond::full_needs_chunked(trailers.as_ref(), true);
+                            parts.push(if chunked {
+                                respond::full_body_wire(&b, trailers.as_ref(), true)
+                            } else {
+                                b
+                            });
+                        }
+                        ups.write_all_vectored(parts)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    None => upload_http1(ups, head.freeze(), &mut body, chunked).await,
                 }
             };
+            // the upstream is watched while the body goes, so an early answer (413, 401...)
+            // reaches the client; no deadline while a long upload runs
+            let response = read_response_head(ups, upbuf, &limits, None);
+            tokio::pin!(upload);
+            tokio::pin!(response);
+            tokio::select! {
+                biased;
+                r = &mut response => (Some(r), false),
+                u = &mut upload => {
+                    let waited = tokio::time::timeout(timeout, &mut response).await;
+                    match (u, waited) {
+                        (Ok(()), Ok(r)) => (Some(r), true),
+                        (Ok(()), Err(_)) => (None, true),
+                        // the upstream stopped taking the body: it may have answered already
+                        (Err(_), Ok(r @ Ok(_))) => (Some(r), false),
+                        (Err(why), _) => {
+                            ups.shutdown(Shutdown::Both);
+                            return respond.fail(502, &format!("sending the request upstream: {why}"));
+                        }
+                    }
+                }
+            }
+        };
+        if !upload_complete {
+            discard(body);
+        }
+        let rhead = match got {
+            Some(Ok((_interim, h))) => h,
+            Some(Err(e)) => {
+                up.stream.shutdown(Shutdown::Both);
+                let (status, text) = e.status_text(timeout);
+                return respond.fail(status, &text);
+            }
+            None => {
+                up.stream.shutdown(Shutdown::Both);
+                return respond.fail(504, &format!("upstream did not respond within {timeout:?}"));
+            }
+        };
         let rkind = match response_body_kind(&req.method, &rhead) {
             Ok(k) if rhead.status != 101 => k,
             Ok(_) => {
@@ -596,7 +661,8 @@ impl Exchange<'_> {
                 return respond.fail(502, &format!("bad response framing from upstream: {e}"));
             }
         };
-        let reusable = rhead.version == Version::Http11
+        let reusable = upload_complete
+            && rhead.version == Version::Http11
             && !rhead.headers.has_token("connection", "close")
             && rkind != BodyKind::CloseDelimited;
         let resp = Response {
