@@ -130,10 +130,12 @@ pub async fn serve(
     (cio.bytes_read, cio.bytes_written)
 }
 
-/// Settings both sides of luring offer: windows larger than the protocol's 64 KiB
-/// default, so one stream is not limited to 64 KiB per round trip.
-const STREAM_WINDOW: u32 = 1024 * 1024;
-const CONN_WINDOW: u32 = 4 * 1024 * 1024;
+/// Receive windows both sides of luring offer: larger than the protocol's 64 KiB, so
+/// one stream is not limited to 64 KiB per round trip, and small enough that what a
+/// connection can make luring hold (data is released only once forwarded) stays at
+/// 1 MiB in each direction.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONN_WINDOW: u32 = 1024 * 1024;
 
 /// `uio` is the h2 upstream connection when there is one (then `otherwise` is unused).
 async fn run(
