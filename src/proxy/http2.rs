@@ -381,25 +381,16 @@ async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Rep
         engine,
         flow_id,
         is_head,
+        te_trailers,
     };
     // a request a hook re-routed leaves this session's upstream: HTTP/1.1 to its own
     match &s.upstream {
         _ if Key::new(&req.scheme, &req.authority) != s.key => {
             ex.via_http1(req, body, respond).await
         }
-        UpstreamConn::H2(up) => {
-            if te_trailers {
-                req.headers.set("te", "trailers");
-            }
-            ex.via_h2(up.clone(), req, body, respond).await
-        }
+        UpstreamConn::H2(up) => ex.via_h2(up.clone(), req, body, respond).await,
         UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => match s.h2c_sender().await {
-            Ok(up) => {
-                if te_trailers {
-                    req.headers.set("te", "trailers");
-                }
-                ex.via_h2(up, req, body, respond).await
-            }
+            Ok(up) => ex.via_h2(up, req, body, respond).await,
             Err(why) => respond.fail(502, &why),
         },
         UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => ex.via_http1(req, body, respond).await,
@@ -450,6 +441,9 @@ struct Exchange<'a> {
     engine: Option<&'a Engine>,
     flow_id: u64,
     is_head: bool,
+    /// The client sent `te: trailers` (gRPC servers want it; the pipeline strips TE as
+    /// hop-by-hop, and h2 allows this one value).
+    te_trailers: bool,
 }
 
 impl Exchange<'_> {
@@ -461,6 +455,9 @@ impl Exchange<'_> {
         mut body: Incoming,
         respond: &mut Reply,
     ) {
+        if self.te_trailers {
+            req.headers.set("te", "trailers");
+        }
         if let Body::Full(b) = &req.body {
             set_length(&mut req.headers, b);
         }
