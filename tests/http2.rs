@@ -677,3 +677,57 @@ fn an_early_answer_from_an_http1_upstream_reaches_the_uploading_h2_client() {
         proxy.stderr()
     );
 }
+
+#[test]
+fn sigterm_lets_an_h2_stream_in_flight_finish_then_the_proxy_exits() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki);
+    origin.add_file("3m.bin", 3 * BIG);
+    let conf = Conf::new();
+    let mode = format!("reverse:https://localhost:{}", origin.port);
+    let mut proxy = start(&conf, &pki, &["--mode", &mode]);
+    let ca = conf.ca().to_string();
+    let resolve = format!("localhost:{}:127.0.0.1", proxy.port());
+    let url = format!("https://localhost:{}/3m.bin", proxy.port());
+    let dir = TempDir::new("h2drain");
+    let got = dir.path("got.bin");
+    let got_s = got.to_str().unwrap().to_string();
+    // several seconds at 500 KB/s: the signal comes while the stream is in flight
+    let slow = std::thread::spawn(move || {
+        run_cmd(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "30",
+                "--limit-rate",
+                "500k",
+                "--cacert",
+                &ca,
+                "--resolve",
+                &resolve,
+                "-o",
+                &got_s,
+                "-w",
+                "%{http_version} %{http_code}",
+                &url,
+            ],
+            b"",
+            CMD_WAIT,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    proxy.signal(libc::SIGTERM);
+    let o = slow.join().unwrap();
+    assert_eq!((o.code, o.stdout.as_str()), (Some(0), "2 200"), "{o:?}");
+    assert!(
+        std::fs::read(&got).unwrap() == pattern_vec(3 * BIG),
+        "body differs"
+    );
+    let st = proxy.wait_exit(Duration::from_secs(15));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{st:?}\n{}",
+        proxy.stderr()
+    );
+}
