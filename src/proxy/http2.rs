@@ -12,7 +12,7 @@
 
 use crate::http::{Body, Headers, Request, Response, Version};
 use crate::io::PollStream;
-use crate::plugin::{ConnInfo, Engine, Event, Phase, Step};
+use crate::plugin::{ConnInfo, Engine, Event, Phase, Step, Suspended};
 use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
 use crate::proxy::http1::read_response_head;
 use crate::proxy::relay::{self, Buffered};
@@ -363,7 +363,7 @@ async fn exchange(s: &Session, req: http::Request<RecvStream>, respond: &mut Rep
     let te_trailers = req.headers.has_token("te", "trailers");
     let is_head = req.method.as_ref() == b"HEAD";
     let mut src = Source::H2(&mut body);
-    match request_event(s, engine, flow_id, &mut req, &mut src).await {
+    match message_event(s, engine, flow_id, Message::Request(&mut req), &mut src).await {
         Decision::Forward => {}
         Decision::Drop => {
             tracing::debug!(conn = s.info.conn_id, "HTTP/2 stream reset by plugin");
@@ -701,7 +701,8 @@ impl Exchange<'_> {
         respond: &mut Reply,
     ) -> bool {
         let s = self.s;
-        match response_event(s, self.engine, self.flow_id, req, &mut resp, &mut src).await {
+        let msg = Message::Response(req, &mut resp);
+        match message_event(s, self.engine, self.flow_id, msg, &mut src).await {
             Decision::Forward => {}
             Decision::Drop => {
                 respond.send_reset(Reason::CANCEL);
@@ -909,76 +910,84 @@ async fn relay_http1(
     }
 }
 
-/// pre_pipeline hooks, the pipeline steps, post_pipeline hooks, for a request.
-async fn request_event(
-    s: &Session,
-    engine: Option<&Engine>,
-    flow_id: u64,
-    req: &mut Request,
-    src: &mut Source<'_>,
-) -> Decision {
-    let hooked = engine.filter(|e| e.has(Event::HttpRequest));
-    for phase in [Phase::PrePipeline, Phase::PostPipeline] {
-        if matches!(phase, Phase::PostPipeline) {
-            s.w.pipeline.on_request(req);
-        }
-        let Some(e) = hooked else { continue };
-        let mut step = e.http_request(phase, &s.info, flow_id, req);
-        loop {
-            match step {
-                Step::Continue => break,
-                Step::Drop => return Decision::Drop,
-                Step::Respond(r) => return Decision::Respond(r),
-                Step::NeedBody(susp) => {
-                    if matches!(req.body, Body::Streaming) {
-                        match src.buffer(s.w.cfg.max_plugin_body).await {
-                            Ok((b, t)) => {
-                                req.body = b;
-                                req.trailers = t;
-                            }
-                            Err(why) => return Decision::Failed(why),
-                        }
-                    }
-                    step = e.resume_request(susp, &s.info, flow_id, req);
-                }
-            }
-        }
-    }
-    Decision::Forward
+/// A message event of a stream: the message, and how the engine and the pipeline
+/// steps are called on it.
+enum Message<'a> {
+    Request(&'a mut Request),
+    Response(&'a Request, &'a mut Response),
 }
 
-/// pre_pipeline hooks, the pipeline steps, post_pipeline hooks, for a response.
-async fn response_event(
+impl Message<'_> {
+    fn event(&self) -> Event {
+        match self {
+            Message::Request(_) => Event::HttpRequest,
+            Message::Response(..) => Event::HttpResponse,
+        }
+    }
+
+    fn pipeline(&mut self, s: &Session) {
+        match self {
+            Message::Request(req) => s.w.pipeline.on_request(req),
+            Message::Response(req, resp) => s.w.pipeline.on_response(req, resp),
+        }
+    }
+
+    fn call(&mut self, e: &Engine, phase: Phase, s: &Session, flow_id: u64) -> Step {
+        match self {
+            Message::Request(req) => e.http_request(phase, &s.info, flow_id, req),
+            Message::Response(req, resp) => e.http_response(phase, &s.info, flow_id, req, resp),
+        }
+    }
+
+    fn resume(&mut self, e: &Engine, susp: Suspended, s: &Session, flow_id: u64) -> Step {
+        match self {
+            Message::Request(req) => e.resume_request(susp, &s.info, flow_id, req),
+            Message::Response(req, resp) => e.resume_response(susp, &s.info, flow_id, req, resp),
+        }
+    }
+
+    /// The body and trailers a hook that reads the body fills.
+    fn body(&mut self) -> (&mut Body, &mut Option<Headers>) {
+        match self {
+            Message::Request(req) => (&mut req.body, &mut req.trailers),
+            Message::Response(_, resp) => (&mut resp.body, &mut resp.trailers),
+        }
+    }
+}
+
+/// pre_pipeline hooks, the pipeline steps, post_pipeline hooks; a hook that reads a
+/// streaming body gets it from `src`.
+async fn message_event(
     s: &Session,
     engine: Option<&Engine>,
     flow_id: u64,
-    req: &Request,
-    resp: &mut Response,
+    mut msg: Message<'_>,
     src: &mut Source<'_>,
 ) -> Decision {
-    let hooked = engine.filter(|e| e.has(Event::HttpResponse));
+    let hooked = engine.filter(|e| e.has(msg.event()));
     for phase in [Phase::PrePipeline, Phase::PostPipeline] {
         if matches!(phase, Phase::PostPipeline) {
-            s.w.pipeline.on_response(req, resp);
+            msg.pipeline(s);
         }
         let Some(e) = hooked else { continue };
-        let mut step = e.http_response(phase, &s.info, flow_id, req, resp);
+        let mut step = msg.call(e, phase, s, flow_id);
         loop {
             match step {
                 Step::Continue => break,
                 Step::Drop => return Decision::Drop,
                 Step::Respond(r) => return Decision::Respond(r),
                 Step::NeedBody(susp) => {
-                    if matches!(resp.body, Body::Streaming) {
+                    let (body, trailers) = msg.body();
+                    if matches!(body, Body::Streaming) {
                         match src.buffer(s.w.cfg.max_plugin_body).await {
                             Ok((b, t)) => {
-                                resp.body = b;
-                                resp.trailers = t;
+                                *body = b;
+                                *trailers = t;
                             }
                             Err(why) => return Decision::Failed(why),
                         }
                     }
-                    step = e.resume_response(susp, &s.info, flow_id, req, resp);
+                    step = msg.resume(e, susp, s, flow_id);
                 }
             }
         }
