@@ -429,18 +429,16 @@ impl Core {
             slot: id.idx,
             gen: id.gen,
         };
-        match msg_field(
-            self,
-            tag,
-            if p == Pending::Body {
-                b"body"
-            } else {
-                b"trailers"
-            },
-        ) {
+        let mut sc = Scratch::new();
+        let key: &[u8] = if p == Pending::Body {
+            b"body"
+        } else {
+            b"trailers"
+        };
+        match msg_field(self, tag, key, &mut sc) {
             Ok(Got::Need) => Err("body is not available".into()),
             Ok(g) => {
-                push_got(l, g);
+                push_got(l, g, &sc);
                 Ok(())
             }
             Err(e) => Err(e),
@@ -535,9 +533,60 @@ unsafe fn raise(l: *mut ffi::lua_State, e: Fail) -> c_int {
     ffi::lua_error(l)
 }
 
+/// Stack room for a short value copied out of a slot borrow.
+///
+/// Pushing a string can run a GC step, hence Lua code, so values leave the borrow
+/// before the push. A short one is copied here rather than cloned: cloning a `String`
+/// allocates, and cloning a `Bytes` is an indirect call plus, for a value sharing the
+/// read buffer, an atomic increment (and a decrement on drop).
+struct Scratch {
+    buf: [std::mem::MaybeUninit<u8>; Scratch::CAP],
+    len: usize,
+}
+
+impl Scratch {
+    const CAP: usize = 128;
+
+    fn new() -> Scratch {
+        Scratch {
+            buf: [std::mem::MaybeUninit::uninit(); Scratch::CAP],
+            len: 0,
+        }
+    }
+
+    /// `v` as a `Got`: copied into the scratch when short, else into a new `Bytes`.
+    fn keep(&mut self, v: &[u8]) -> Got {
+        if v.len() > Self::CAP {
+            return Got::Bytes(Bytes::copy_from_slice(v));
+        }
+        // SAFETY: `buf` holds CAP bytes and `v` at most that many.
+        unsafe {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), self.buf.as_mut_ptr().cast::<u8>(), v.len())
+        };
+        self.len = v.len();
+        Got::Short
+    }
+
+    /// As `keep`, but a long value shares `v`'s buffer instead of being copied.
+    fn keep_bytes(&mut self, v: &Bytes) -> Got {
+        if v.len() > Self::CAP {
+            Got::Bytes(v.clone())
+        } else {
+            self.keep(v)
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes were written by `keep`.
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast(), self.len) }
+    }
+}
+
 /// A value computed under a slot borrow, pushed after the borrow ends.
 enum Got {
     Nil,
+    /// The bytes held by the call's `Scratch`.
+    Short,
     Bytes(Bytes),
     Str(Cow<'static, str>),
     Int(i64),
@@ -548,10 +597,11 @@ enum Got {
     Need,
 }
 
-/// Pushes a `Got`.
-unsafe fn push_got(l: *mut ffi::lua_State, g: Got) {
+/// Pushes a `Got` (`Got::Short` from `scratch`).
+unsafe fn push_got(l: *mut ffi::lua_State, g: Got, scratch: &Scratch) {
     match g {
         Got::Nil | Got::Need | Got::View(_) => ffi::lua_pushnil(l),
+        Got::Short => push_bytes(l, scratch.bytes()),
         Got::Bytes(b) => {
             push_bytes(l, &b);
         }
@@ -577,7 +627,7 @@ fn ver(v: Version) -> Got {
 }
 
 /// One message field (`request` may open a slot, see `msg_index`).
-fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> {
+fn msg_field(core: &Core, t: Tag, key: &[u8], sc: &mut Scratch) -> std::result::Result<Got, Fail> {
     let max = core.max_body;
     let got = core.with_msg(t, |s| {
         let ro = s.ro as u8;
@@ -590,13 +640,13 @@ fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> 
         Ok(match s.msg.as_mut() {
             Some(Msg::Req(r)) => match key {
                 b"headers" => Got::Tag(hdr),
-                b"method" => Got::Bytes(r.method.clone()),
-                b"scheme" => Got::Str(r.scheme.clone().into()),
-                b"authority" => Got::Str(r.authority.clone().into()),
+                b"method" => sc.keep_bytes(&r.method),
+                b"scheme" => sc.keep(r.scheme.as_bytes()),
+                b"authority" => sc.keep(r.authority.as_bytes()),
                 b"host" => Got::Str(r.host().into()),
                 b"port" => Got::Int(r.port() as i64),
                 b"path" => match &r.path {
-                    Some(p) => Got::Str(p.clone().into()),
+                    Some(p) => sc.keep(p.as_bytes()),
                     None => Got::Nil,
                 },
                 b"http_version" => ver(r.version),
@@ -613,7 +663,7 @@ fn msg_field(core: &Core, t: Tag, key: &[u8]) -> std::result::Result<Got, Fail> 
             Some(Msg::Resp(r)) => match key {
                 b"headers" => Got::Tag(hdr),
                 b"status" => Got::Int(r.status as i64),
-                b"reason" => Got::Str(r.reason.clone().into()),
+                b"reason" => sc.keep(r.reason.as_bytes()),
                 b"http_version" => ver(r.version),
                 b"body" => body_got(&r.body, max)?,
                 b"trailers" => match r.trailers {
@@ -704,7 +754,8 @@ unsafe fn msg_index(
     t: Tag,
 ) -> std::result::Result<c_int, Fail> {
     let key = str_arg2(l)?;
-    let got = msg_field(core, t, key)?;
+    let mut sc = Scratch::new();
+    let got = msg_field(core, t, key, &mut sc)?;
     match got {
         Got::Need => {
             core.with_msg(t, |s| {
@@ -721,7 +772,7 @@ unsafe fn msg_index(
         }
         Got::View(v) => request_view(l, core, t, v),
         g => {
-            push_got(l, g);
+            push_got(l, g, &sc);
             Ok(1)
         }
     }
@@ -827,32 +878,12 @@ unsafe fn hdr_get_impl(
     } else {
         std::str::from_utf8(name).map_err(|_| Fail::from("bad header name"))?
     };
-    // The push runs after the borrow ends (it can run a GC step, hence Lua code), so the
-    // value leaves the borrow as a copy. A short one is copied onto the stack rather
-    // than cloned: a `Bytes` clone is an indirect call and, for a value sharing the read
-    // buffer, an atomic increment (and a decrement on drop).
-    const SHORT: usize = 128;
-    enum Found {
-        Absent,
-        Short(usize),
-        Long(Bytes),
-    }
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); SHORT];
-    let found = core.with_headers(t, false, |h| match h.get(name) {
-        None => Found::Absent,
-        Some(v) if v.len() <= SHORT => {
-            // SAFETY: `buf` holds SHORT bytes and `v` at most that many.
-            std::ptr::copy_nonoverlapping(v.as_ptr(), buf.as_mut_ptr().cast::<u8>(), v.len());
-            Found::Short(v.len())
-        }
-        Some(v) => Found::Long(v.clone()),
+    let mut sc = Scratch::new();
+    let got = core.with_headers(t, false, |h| match h.get(name) {
+        None => Got::Nil,
+        Some(v) => sc.keep_bytes(v),
     })?;
-    match found {
-        Found::Absent => ffi::lua_pushnil(l),
-        // SAFETY: the first `n` bytes of `buf` were written just above.
-        Found::Short(n) => push_bytes(l, std::slice::from_raw_parts(buf.as_ptr().cast(), n)),
-        Found::Long(b) => push_bytes(l, &b),
-    }
+    push_got(l, got, &sc);
     Ok(1)
 }
 
