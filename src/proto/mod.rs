@@ -3,3 +3,4 @@
 pub mod client_hello;
 pub mod detect;
 pub mod http1;
+pub mod socks5;
