@@ -118,9 +118,14 @@ pub struct RunArgs {
     /// TOML config file; its keys are the flag names with '-' as '_'.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Proxy mode: `regular` (forward proxy + CONNECT) or `reverse:http[s]://HOST[:PORT]`.
+    /// Proxy mode: `regular` (forward proxy + CONNECT), `reverse:http[s]://HOST[:PORT]`,
+    /// or `socks5` (SOCKS5 CONNECT; the tunnels are handled as CONNECT tunnels).
     #[arg(long, value_name = "MODE")]
     pub mode: Option<String>,
+    /// Require clients to authenticate as USER:PASS: Basic Proxy-Authorization in regular
+    /// mode (407 otherwise), username/password in socks5 mode.
+    #[arg(long, value_name = "USER:PASS")]
+    pub proxy_auth: Option<String>,
     /// Listening address [default: 127.0.0.1:8080]: ADDR:PORT, [V6]:PORT, HOST:PORT, or a
     /// bare PORT (on 127.0.0.1); port 0 picks a free port.
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::config::parse_listen)]
@@ -268,6 +273,9 @@ impl RunArgs {
         );
         if self.confdir.is_some() {
             c.confdir = self.confdir.clone();
+        }
+        if self.proxy_auth.is_some() {
+            c.proxy_auth = self.proxy_auth.clone();
         }
         c.insecure |= self.insecure;
         c.access_log |= self.access_log;

@@ -15,6 +15,8 @@ pub enum Mode {
     Regular,
     /// Reverse proxy to one upstream.
     Reverse(Upstream),
+    /// SOCKS5 proxy (RFC 1928, CONNECT): each connection then goes on as a CONNECT tunnel.
+    Socks5,
 }
 
 /// A fixed upstream for reverse mode.
@@ -40,14 +42,16 @@ impl Upstream {
 }
 
 impl Mode {
-    /// Parses `regular` or `reverse:URL`.
+    /// Parses `regular`, `reverse:URL` or `socks5`.
     pub fn parse(s: &str) -> Result<Mode, String> {
-        if s == "regular" {
-            return Ok(Mode::Regular);
+        match s {
+            "regular" => return Ok(Mode::Regular),
+            "socks5" => return Ok(Mode::Socks5),
+            _ => {}
         }
         let Some(url) = s.strip_prefix("reverse:") else {
             return Err(format!(
-                "unknown mode '{s}' (expected regular or reverse:URL)"
+                "unknown mode '{s}' (expected regular, reverse:URL or socks5)"
             ));
         };
         let t = crate::http::Target::parse_absolute(url.as_bytes()).ok_or_else(|| {
@@ -74,6 +78,7 @@ impl Mode {
         match self {
             Mode::Regular => "regular",
             Mode::Reverse(_) => "reverse",
+            Mode::Socks5 => "socks5",
         }
     }
 }
@@ -82,8 +87,11 @@ impl Mode {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `regular` or `reverse:URL`.
+    /// `regular`, `reverse:URL` or `socks5`.
     pub mode: String,
+    /// `USER:PASS` a client must present: Proxy-Authorization (Basic) in regular mode,
+    /// RFC 1929 username/password in socks5 mode. None: no authentication.
+    pub proxy_auth: Option<String>,
     /// Listening address.
     #[serde(deserialize_with = "listen_from_toml")]
     pub listen: SocketAddr,
@@ -162,6 +170,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             mode: "regular".into(),
+            proxy_auth: None,
             listen: "127.0.0.1:8080".parse().expect("static address"),
             listener_name: "default".into(),
             workers: 0,
@@ -233,6 +242,21 @@ impl Config {
         {
             parse_header_assignment(kv)?;
         }
+        if let Some(a) = &self.proxy_auth {
+            match a.split_once(':') {
+                Some((u, p)) if !u.is_empty() && u.len() <= 255 && p.len() <= 255 => {}
+                _ => {
+                    return Err(
+                        "proxy_auth must be USER:PASS (user not empty, each at most \
+                         255 bytes)"
+                            .into(),
+                    )
+                }
+            }
+            if matches!(mode, Mode::Reverse(_)) {
+                return Err("proxy_auth applies to regular and socks5 modes, not reverse".into());
+            }
+        }
         Ok(mode)
     }
 
@@ -282,8 +306,9 @@ mod tests {
             panic!()
         };
         assert_eq!((u.port, u.path_prefix.as_str()), (80, "/api"));
-        assert!(Mode::parse("socks5").is_err());
         assert!(Mode::parse("reverse:ftp://x").is_err());
+        assert_eq!(Mode::parse("socks5").unwrap(), Mode::Socks5);
+        assert!(Mode::parse("socks4").unwrap_err().contains("socks5"));
     }
 
     #[test]

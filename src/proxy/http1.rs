@@ -5,16 +5,20 @@
 use crate::config::Mode;
 use crate::http::{Body, Request, RequestHead, Response, Target, Version};
 use crate::io::{Deadline, Stream};
-use crate::plugin::{ConnInfo, Engine, Event, Phase, Step};
+use crate::plugin::{ConnInfo, Engine, Event, Phase, Socks5Info, Step};
 use crate::proto::client_hello::ClientHello;
 use crate::proto::detect::{is_h2_settings_frame, starts_like_h2_preface, H2_PREFACE as PREFACE};
 use crate::proto::http1::{
     parse_request_head, parse_response_head, request_body_kind, response_body_kind, BodyDecoder,
     BodyKind, HeadError,
 };
+use crate::proto::socks5 as socks5_proto;
 use crate::proxy::http2;
 use crate::proxy::relay::{self, Buffered, Output, RelayError};
-use crate::proxy::respond::{self, error_response, CONTINUE_100};
+use crate::proxy::respond::{
+    self, basic_credentials_match, error_response, proxy_auth_required, CONTINUE_100,
+};
+use crate::proxy::socks5;
 use crate::proxy::tls::{Alpn, Offer, WorkerTls};
 use crate::proxy::tunnel::PendingRead;
 use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
@@ -171,6 +175,11 @@ impl ClientConn {
                     tracing::debug!(conn = self.info.conn_id, "{why}");
                     return;
                 }
+            }
+        }
+        if let Mode::Socks5 = w.mode {
+            if self.socks5_tunnel().await == Next::Close {
+                return;
             }
         }
         let mut drain = self.w.draining.subscribe();
@@ -483,6 +492,10 @@ impl ClientConn {
                 req.scheme = t.scheme;
                 req.path = Some(t.path);
             }
+            // every request of a SOCKS5 connection comes through its (intercepted) tunnel
+            Mode::Socks5 => {
+                return Err((400, "not a request inside a SOCKS5 tunnel".into()));
+            }
             Mode::Reverse(_) if is_connect => {
                 return Err((405, "CONNECT is not accepted by a reverse proxy".into()));
             }
@@ -540,6 +553,20 @@ impl ClientConn {
             }
             _ => None,
         };
+        if let Some(expected) = &self.w.cfg.proxy_auth {
+            // only the forward proxy's own requests: a tunnel was authorised by its CONNECT
+            let ok = self.intercept.is_some()
+                || head
+                    .headers
+                    .get("proxy-authorization")
+                    .is_some_and(|v| basic_credentials_match(v, expected));
+            if !ok {
+                self.status = 407;
+                tracing::info!(conn = self.info.conn_id, "407: no valid proxy credentials");
+                let _ = self.write(proxy_auth_required()).await;
+                return Next::Close;
+            }
+        }
         let mut req = match self.to_request(head) {
             Ok(r) => r,
             Err((status, text)) => return self.fail(status, &text).await,
@@ -1136,6 +1163,75 @@ impl ClientConn {
             up.stream.shutdown(Shutdown::Both);
             return Next::Close;
         }
+        self.tunnel_established(&host, port, &req.authority, up, engine)
+            .await
+    }
+
+    /// SOCKS5 mode: the handshake, socks5.on_connect, the connect and its reply; then
+    /// the connection goes on as an accepted CONNECT tunnel to the requested target.
+    async fn socks5_tunnel(&mut self) -> Next {
+        let accepted = match socks5::handshake(&self.w, &self.stream, &mut self.buf).await {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::debug!(conn = self.info.conn_id, "{why}");
+                return Next::Close;
+            }
+        };
+        let engine = self.w.engine();
+        let engine = engine.as_deref();
+        if let Some(e) = engine.filter(|e| e.has(Event::Socks5Connect)) {
+            let dict = Socks5Info {
+                target_addr: accepted.req.target(),
+                username: accepted.username.clone(),
+            };
+            if let Step::Drop = e.socks5_connect(&self.info, &dict) {
+                tracing::debug!(conn = self.info.conn_id, "dropped by socks5.on_connect");
+                self.stream.shutdown(Shutdown::Both);
+                return Next::Close;
+            }
+        }
+        let host = accepted.req.host_text();
+        let port = accepted.req.port;
+        let up = match upstream::connect(self.w.backend, &host, port, self.w.timeouts.connect, None)
+            .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                let (ConnectError::Timeout(t)
+                | ConnectError::Resolve(t)
+                | ConnectError::Connect(t)) = &e;
+                tracing::info!(
+                    conn = self.info.conn_id,
+                    "SOCKS5 {}: {t}",
+                    accepted.req.target()
+                );
+                let reply = socks5_proto::reply(socks5::reply_for(&e), socks5::UNSPECIFIED);
+                self.write(Bytes::from(reply)).await;
+                return Next::Close;
+            }
+        };
+        self.info.server_addr = Some(up.addr);
+        let ok = socks5_proto::reply(socks5_proto::Reply::Succeeded, socks5::UNSPECIFIED);
+        if !self.write(Bytes::from(ok)).await {
+            up.stream.shutdown(Shutdown::Both);
+            return Next::Close;
+        }
+        let authority = crate::http::authority_of(&host, port);
+        self.tunnel_established(&host, port, &authority, up, engine)
+            .await
+    }
+
+    /// An accepted tunnel to `host:port` (`authority`), its upstream connected: who
+    /// speaks first decides between TLS interception, HTTP inside the tunnel, and a
+    /// relay of the bytes as they are.
+    async fn tunnel_established(
+        &mut self,
+        host: &str,
+        port: u16,
+        authority: &str,
+        up: Upstream,
+        engine: Option<&Engine>,
+    ) -> Next {
         let mut early = std::mem::take(&mut self.buf);
         let mut pending: [Option<PendingRead<'_>>; 2] = [None, None];
         let mut upstream_early = BytesMut::new();
@@ -1189,13 +1285,13 @@ impl ClientConn {
                 match WorkerTls::read_client_hello(&self.stream, &mut early, head_timeout).await {
                     // the passthrough rules see both names, as in mitmproxy
                     Ok(Some(hello))
-                        if self.w.tls.intercepts_any(&host, hello.sni.as_deref(), port) =>
+                        if self.w.tls.intercepts_any(host, hello.sni.as_deref(), port) =>
                     {
                         drop(pending);
                         up.stream.shutdown(Shutdown::Both);
                         self.buf = early;
                         return self
-                            .start_tls(&hello, &host, Some(req.authority.clone()))
+                            .start_tls(&hello, host, Some(authority.to_string()))
                             .await;
                     }
                     // ignored host: the buffered ClientHello is relayed as it came
@@ -1209,7 +1305,7 @@ impl ClientConn {
                 }
             } else if pending[0].is_none()
                 && crate::proto::http1::looks_like_request_start(&early)
-                && self.w.tls.intercepts_any(&host, None, port)
+                && self.w.tls.intercepts_any(host, None, port)
                 && !engine.is_some_and(|e| e.has(Event::RawChunk))
             {
                 // plain HTTP inside the tunnel (curl --proxytunnel, ws:// through a proxy)
@@ -1219,12 +1315,12 @@ impl ClientConn {
                 drop(pending);
                 up.stream.shutdown(Shutdown::Both);
                 self.buf = early;
-                self.intercept = Some(Intercept::new("http", &req.authority));
+                self.intercept = Some(Intercept::new("http", authority));
                 return Next::KeepAlive;
             } else if pending[0].is_none()
                 && self.w.cfg.http2
                 && starts_like_h2_preface(&early)
-                && self.w.tls.intercepts_any(&host, None, port)
+                && self.w.tls.intercepts_any(host, None, port)
                 && !engine.is_some_and(|e| e.has(Event::RawChunk))
             {
                 // h2c with prior knowledge inside the tunnel (gRPC over an insecure
@@ -1232,7 +1328,7 @@ impl ClientConn {
                 drop(pending);
                 up.stream.shutdown(Shutdown::Both);
                 self.buf = early;
-                let authority = Intercept::new("http", &req.authority).authority;
+                let authority = Intercept::new("http", authority).authority;
                 return self.serve_h2_prior_knowledge("http", &authority, "").await;
             }
         }

@@ -11,6 +11,7 @@ pub mod http2;
 pub mod pipeline;
 pub mod relay;
 pub mod respond;
+pub mod socks5;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

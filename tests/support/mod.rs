@@ -1501,6 +1501,7 @@ impl Client {
 // curl
 // ---------------------------------------------------------------------------
 
+#[derive(Debug)]
 pub struct CurlOutput {
     /// curl's exit code (0 = success; 22 = HTTP error with -f, 28 = timeout, ...)
     pub code: i32,
