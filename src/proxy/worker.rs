@@ -109,6 +109,8 @@ pub struct Worker {
     /// Set once the worker drains; connections finish their request and close.
     pub draining: watch::Sender<bool>,
     next_conn: Cell<u64>,
+    /// Workers in the group (at least `index + 1`): the step between this worker's ids.
+    id_stride: u64,
 }
 
 /// Timeouts as Durations.
@@ -129,11 +131,13 @@ pub struct Timeouts {
 }
 
 impl Worker {
-    /// A connection id unique across workers (worker index in the top bits).
+    /// A connection (or flow) id unique across workers: worker k of W hands out
+    /// k+1, k+1+W, k+1+2W... Ids stay small, so Lua (whose numbers are doubles, printed
+    /// with 14 significant digits) shows them as plain integers.
     pub fn next_conn_id(&self) -> u64 {
-        let n = self.next_conn.get() + 1;
-        self.next_conn.set(n);
-        ((self.index as u64) << 48) | n
+        let n = self.next_conn.get();
+        self.next_conn.set(n + 1);
+        n * self.id_stride + self.index as u64 + 1
     }
 
     /// The engine for a new request (cheap Rc clone; None without plugins).
@@ -229,6 +233,7 @@ pub async fn main(setup: Setup) {
         refused_logged: Cell::new(None),
         draining: watch::channel(false).0,
         next_conn: Cell::new(0),
+        id_stride: cfg.worker_count().max(index + 1) as u64,
         cfg,
         mode,
         backend,
