@@ -305,3 +305,40 @@ fn proxy_auth_is_validated_at_start() {
         assert!(e.stderr.contains(needle), "{args:?}: {}", e.stderr);
     }
 }
+
+#[test]
+fn both_io_backends_serve_http_and_raw_tunnels() {
+    let origin = Origin::start(fixed(200, &[], b"either"));
+    let echo = EchoServer::start();
+    for io in ["uring", "epoll"] {
+        let proxy = socks_proxy(&["--io", io]);
+        let out = curl(&["--socks5-hostname", &proxy.addr.to_string(), &origin.url()]);
+        assert_eq!(
+            (out.status, out.body_str()),
+            (200, "either".into()),
+            "{io}: {out:?}"
+        );
+        let (mut s, code) = raw_connect(proxy.addr, &v4_request(1, echo.addr));
+        assert_eq!(code, Some(0), "{io}");
+        let mut banner = vec![0u8; ECHO_BANNER.len()];
+        s.read_exact(&mut banner).unwrap();
+        assert_eq!(banner, ECHO_BANNER, "{io}");
+    }
+}
+
+#[test]
+fn over_max_connections_a_socks5_client_is_closed_without_an_http_answer() {
+    let proxy = socks_proxy(&["--max-connections", "1"]);
+    let mut first = Client::connect(proxy.addr);
+    first.send(&[5, 1]); // an unfinished greeting holds the one slot
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = TcpStream::connect(proxy.addr).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = second.write_all(&[5, 1, 0]);
+    let mut got = Vec::new();
+    let _ = second.read_to_end(&mut got);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    drop(first);
+}

@@ -296,7 +296,8 @@ pub async fn main(setup: Setup) {
                             w.cfg.max_connections
                         );
                     }
-                    if w.refusing.get() < REFUSING_MAX {
+                    // a SOCKS5 client would take an HTTP answer for a broken handshake
+                    if w.refusing.get() < REFUSING_MAX && w.mode != Mode::Socks5 {
                         w.refusing.set(w.refusing.get() + 1);
                         let wr = w.clone();
                         io::spawn(async move {
