@@ -11,7 +11,7 @@ What lives here:
   * EchoServer  a raw TCP echo server (for CONNECT tunnels / raw.on_chunk)
   * Proxy       one `luring run` process: start, parse the listening port, collect its
                 logs, stop.  Every wait is bounded.
-  * curl() / RawClient   real clients.
+  * curl() / RawClient / connect_tunnel() / socks5_connect()   real clients.
   * the case registry (`case` decorator), CaseFail / Pending, small assertion helpers.
 
 Every blocking call has a timeout; nothing in here can wait forever.
@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -647,6 +648,52 @@ def connect_tunnel(proxy_port, target, extra_headers=""):
     return c, status, headers
 
 
+def socks5_addr(host: str) -> bytes:
+    """ATYP and address of a SOCKS5 request: IPv4, IPv6, or else a domain name."""
+    for fam, atyp in ((socket.AF_INET, 1), (socket.AF_INET6, 4)):
+        try:
+            return bytes([atyp]) + socket.inet_pton(fam, host)
+        except OSError:
+            pass
+    name = host.encode("idna")
+    return bytes([3, len(name)]) + name
+
+
+def socks5_connect(proxy_port, host, port, auth=None):
+    """SOCKS5 CONNECT (RFC 1928) over a raw socket; username/password (RFC 1929) when
+    auth=(user, password).  Method negotiation and authentication must succeed.
+    Returns (client, rep): rep is the reply code (0 succeeded, 5 connection refused...),
+    None when the proxy closed the connection without sending a reply byte."""
+    c = RawClient(proxy_port)
+    try:
+        method = 2 if auth else 0
+        c.send(bytes([5, 1, method]))
+        eq(c.conn.read_exact(2), bytes([5, method]), "SOCKS5 method selection reply")
+        if auth:
+            u, p = (x.encode() for x in auth)
+            c.send(bytes([1, len(u)]) + u + bytes([len(p)]) + p)
+            eq(c.conn.read_exact(2), b"\x01\x00", "SOCKS5 username/password reply")
+        c.send(b"\x05\x01\x00" + socks5_addr(host) + struct.pack(">H", port))
+        try:
+            head = c.conn.read_exact(4)
+        except ConnectionError:
+            if c.conn.buf:
+                raise CaseFail(f"SOCKS5 reply cut short: {c.conn.buf!r}")
+            return c, None
+        except socket.timeout:
+            raise CaseFail(f"no SOCKS5 reply and no close within {c.conn.timeout}s")
+        check(head[0] == 5 and head[2] == 0, f"bad SOCKS5 reply head {head!r}")
+        alen = {1: 4, 4: 16}.get(head[3])
+        if head[3] == 3:
+            alen = c.conn.read_exact(1)[0]
+        check(alen is not None, f"bad address type in the SOCKS5 reply {head!r}")
+        c.conn.read_exact(alen + 2)
+        return c, head[1]
+    except BaseException:
+        c.close()
+        raise
+
+
 # --------------------------------------------------------------------------- per-case context
 
 class Ctx:
@@ -667,6 +714,13 @@ class Ctx:
 
     def curl(self, path="/echo", *args, **kw):
         return curl(self.proxy.addr, self.url(path), *args, **kw)
+
+    def curl_socks5(self, path="/echo", *args, via="--socks5", url=None, **kw):
+        """curl with the proxy as its SOCKS5 proxy: `via` is the curl option naming it
+        (--socks5, --socks5-hostname), or the start of a -x proxy URL before the
+        address ("socks5h://", "socks5h://user:pass@"); `url` overrides the origin URL."""
+        opts = [via, self.proxy.addr] if via.startswith("--") else ["-x", via + self.proxy.addr]
+        return curl(None, url or self.url(path), *opts, *args, **kw)
 
     def raw(self):
         return RawClient(self.proxy.port)
@@ -738,7 +792,7 @@ ROWS = [
 ]
 
 # Layers the proxy does not have yet: their rows are PENDING (registration is still checked).
-LAYERS_NOT_BUILT = {"ws", "grpc", "grpc-web", "sse", "socks5"}
+LAYERS_NOT_BUILT = {"ws", "grpc", "grpc-web", "sse"}
 
 
 def settle(seconds=0.4):

@@ -1,10 +1,13 @@
 """Every allowed action of the wired rows (spec section 3): CONTINUE, DROP, RESPOND on
 http.on_request, CONTINUE and RESPOND (replace) on http.on_response, DROP on
-connection.on_connect, and the CONNECT request as seen by http.on_request
-(RESPOND refuses the tunnel, DROP closes, an assigned authority redirects, CONTINUE opens).
+connection.on_connect and on socks5.on_connect, and the CONNECT request as seen by
+http.on_request (RESPOND refuses the tunnel, DROP closes, an assigned authority
+redirects, CONTINUE opens).
 """
 
-from harness import case, check, connect_tunnel, eq, hget, hget_all, settle
+import re
+
+from harness import case, check, connect_tunnel, eq, hget, hget_all, settle, socks5_connect
 
 
 def get_line(t, path="/echo"):
@@ -153,6 +156,38 @@ def _conn_drop(t):
     settle(0.3)
     reqs, conns = t.origin.snapshot()
     eq((len(reqs), conns), (0, 0), "(requests, connections) at the origin")
+
+
+# --------------------------------------------------------------------------- socks5.on_connect
+
+@case("action socks5.on_connect DROP", flags=["--mode", "socks5"], plugins={"socks5_drop.lua": """
+register_hook("socks5", "on_connect", function(msg, ctx)
+  log.info("CONF-SOCKS5-DROP " .. msg.target_addr)
+  return action.DROP
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  log.info("CONF-SOCKS5-DROP-REQ " .. msg.path)
+end)
+"""})
+def _socks5_drop(t):
+    target = f"127.0.0.1:{t.origin.port}"
+    c, rep = socks5_connect(t.proxy.port, "127.0.0.1", t.origin.port)   # raw: the reply byte itself
+    try:
+        eq(rep, None, "SOCKS5 reply code of a DROPped connect (the proxy must close without a reply)")
+        data, closed = c.read_until_closed(timeout=5)
+    finally:
+        c.close()
+    eq(data, b"", "bytes the client got after its SOCKS5 request")
+    check(closed, "the client connection was not closed within 5s")
+    r = t.curl_socks5("/echo")                                          # curl --socks5
+    check(r.rc != 0, f"curl exit code through a DROPping socks5.on_connect: 0 (status {r.status})")
+    eq((r.status, r.body), (None, b""), "(status, body) curl got")
+    lines = t.proxy.wait_log(r"CONF-SOCKS5-DROP " + re.escape(target), count=2)
+    eq(len(lines), 2, f"socks5.on_connect calls for two connections ({lines})")
+    settle(0.3)
+    reqs, conns = t.origin.snapshot()
+    eq((len(reqs), conns), (0, 0), "(requests, connections) at the origin")
+    eq(t.proxy.find(r"CONF-SOCKS5-DROP-REQ"), [], "http.on_request calls after a DROP")
 
 
 # --------------------------------------------------------------------------- CONNECT

@@ -39,6 +39,28 @@ def _conn_respond(t):
     demotion_logged_once(t, "demote_conn_respond", "RESPOND")
 
 
+@case("demote RESPOND from socks5.on_connect", flags=["--mode", "socks5"], plugins={"demote_socks5_respond.lua": """
+register_hook("socks5", "on_connect", function(msg, ctx)
+  log.info("CONF-SOCKS5-HOOK " .. msg.target_addr)
+  return action.RESPOND{ status = 403, body = "must not be sent" }
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-after-demotion", "yes")
+end)
+"""})
+def _socks5_respond(t):
+    for n in (1, 2):                        # two connections: the demotion is logged once
+        r = t.curl_socks5("/echo")
+        eq((r.rc, r.status), (0, 200), f"curl exit code and status, connection {n} (curl: {r.err})")
+        check(b"must not be sent" not in r.body, "the demoted RESPOND body reached the client")
+    reqs = t.origin_requests(2)
+    eq(len(reqs), 2, "requests at the origin")
+    eq([hget(q["headers"], "x-after-demotion") for q in reqs], ["yes", "yes"],
+       "http.on_request's mark at the origin (the tunnel went on as CONTINUE)")
+    eq(len(t.proxy.wait_log(r"CONF-SOCKS5-HOOK ", count=2)), 2, "socks5.on_connect calls")
+    demotion_logged_once(t, "demote_socks5_respond", "RESPOND")
+
+
 def raw_plugin(act):
     return f"""
 register_hook("raw", "on_chunk", function(msg, ctx)

@@ -1,10 +1,10 @@
-"""Lifecycle dicts, ctx and shared state: frozen connection dicts, on_disconnect
+"""Lifecycle dicts, ctx and shared state: frozen connection and socks5 dicts, on_disconnect
 counters, the ctx fields of a hook, and `shared.incr` across requests."""
 
 import re
 import time
 
-from harness import CaseFail, case, check, eq, hget, settle
+from harness import CaseFail, case, check, eq, hget, settle, socks5_connect
 
 
 @case("frozen connection.on_connect dict", plugins={"frozen.lua": """
@@ -39,6 +39,51 @@ def _frozen(t):
     settle(0.2)
     errs = [ln for ln in t.proxy.lines() if re.search(r"traceback|error", ln, re.I) and "frozen" in ln]
     eq(errs, [], "error lines about frozen.lua")
+
+
+@case("frozen socks5.on_connect dict", flags=["--mode", "socks5", "--proxy-auth", "conf-user:conf-pass"],
+      plugins={"frozen_socks5.lua": """
+register_hook("socks5", "on_connect", function(msg, ctx)
+  msg.conn_id = "forged"
+  msg.client_addr = "10.9.9.9:9"
+  msg.target_addr = "10.9.9.9:1"
+  msg.username = "mallory"
+  msg.extra = "added"
+  log.info("CONF-FROZEN-S5 h1-done")
+end)
+register_hook("socks5", "on_connect", function(msg, ctx)
+  log.info(string.format("CONF-FROZEN-S5 h2 conn_id=%s client_addr=%s target_addr=%s username=%s extra=%s",
+    tostring(msg.conn_id), tostring(msg.client_addr), tostring(msg.target_addr),
+    tostring(msg.username), tostring(msg.extra)))
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-frozen-conn", tostring(ctx.conn_id))
+end)
+"""})
+def _frozen_socks5(t):
+    c, rep = socks5_connect(t.proxy.port, "127.0.0.1", t.origin.port, auth=("conf-user", "conf-pass"))
+    try:
+        eq(rep, 0, "SOCKS5 reply code")
+        port = c.local_port
+        c.send(f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n\r\n".encode())
+        status, *_ = c.read_response()
+    finally:
+        c.close()
+    eq(status, 200, "status of the request inside the SOCKS5 tunnel")
+    t.proxy.expect_log(r"CONF-FROZEN-S5 h1-done", what="first hook finished (writes raised no error)")
+    line = t.proxy.expect_log(r"CONF-FROZEN-S5 h2 ", what="second hook's log line")[0]
+    m = re.search(r"conn_id=(\S+) client_addr=(\S+) target_addr=(\S+) username=(\S+) extra=(\S+)", line)
+    check(m, f"unparsable line {line!r}")
+    conn_id, client_addr, target_addr, username, extra = m.groups()
+    eq(client_addr, f"127.0.0.1:{port}", "client_addr seen by the second hook (the first hook's write must be ignored)")
+    eq(target_addr, f"127.0.0.1:{t.origin.port}", "target_addr seen by the second hook")
+    eq(username, "conf-user", "username seen by the second hook")
+    eq(extra, "nil", "a key added by the first hook, as seen by the second")
+    eq(hget(t.one_request()["headers"], "x-frozen-conn"), conn_id,
+       "conn_id seen by the second hook vs ctx.conn_id of the tunnelled request")
+    settle(0.2)
+    errs = [ln for ln in t.proxy.lines() if re.search(r"traceback|error", ln, re.I) and "frozen" in ln]
+    eq(errs, [], "error lines about frozen_socks5.lua")
 
 
 @case("connection.on_disconnect fields", plugins={"disc.lua": """

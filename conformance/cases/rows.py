@@ -136,6 +136,38 @@ def _row_disconnect(t):
     eq(len(t.origin_requests()), 1, "requests at the origin")
 
 
+# --------------------------------------------------------------------------- socks5
+
+@case("row socks5.on_connect", flags=["--mode", "socks5"], plugins={"row_socks5.lua": """
+register_hook("socks5", "on_connect", function(msg, ctx)
+  log.info(string.format("CONF-SOCKS5 conn_id=%s(%s) client_addr=%s target_addr=%s username=%s",
+    tostring(msg.conn_id), type(msg.conn_id), tostring(msg.client_addr),
+    tostring(msg.target_addr), tostring(msg.username)))
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-row", "socks5 " .. msg.method .. " " .. msg.path)
+  msg.headers:set("x-conn", tostring(ctx.conn_id))
+end)
+"""})
+def _row_socks5(t):
+    r = t.curl_socks5("/echo?a=1")           # curl --socks5: IPv4 target, no auth
+    eq((r.rc, r.status), (0, 200), f"curl exit code and status through SOCKS5 (curl: {r.err})")
+    req = t.one_request()
+    eq(hget_all(req["headers"], "x-row"), ["socks5 GET /echo?a=1"], "x-row at the origin")
+    eq(req["target"], "/echo?a=1", "target at the origin")
+    eq(r.json()["headers"], [list(h) for h in req["headers"]], "client got the origin's echo")
+    lines = t.proxy.expect_log(r"CONF-SOCKS5 ", what="socks5.on_connect log line")
+    eq(len(lines), 1, f"socks5.on_connect calls for one connection ({lines})")
+    m = re.search(r"conn_id=(\S+)\((\w+)\) client_addr=(\S+) target_addr=(\S+) username=(\S+)", lines[0])
+    check(m, f"unparsable log line {lines[0]!r}")
+    conn_id, conn_type, client_addr, target_addr, username = m.groups()
+    eq(conn_type, "number", "type(msg.conn_id)")
+    check(re.fullmatch(r"127\.0\.0\.1:\d+", client_addr), f"client_addr {client_addr!r} is not 127.0.0.1:PORT")
+    eq(target_addr, f"127.0.0.1:{t.origin.port}", "target_addr")
+    eq(username, "nil", "username without --proxy-auth")
+    eq(hget(req["headers"], "x-conn"), conn_id, "ctx.conn_id of the tunnelled request vs msg.conn_id")
+
+
 # --------------------------------------------------------------------------- not built yet
 
 for _p, _e, _k, _layer in ROWS:
