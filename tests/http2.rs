@@ -235,7 +235,7 @@ fn no_http2_flag_offers_http1_only() {
     // nghttpd takes the handshake, then closes on an HTTP/1.1 request
     assert!(xfers[0].1.starts_with("1.1 502 "), "{xfers:?}");
     assert!(
-        xfers[0].0.contains("upstream"),
+        xfers[0].0.contains("upstream") && xfers[0].0.contains("may speak HTTP/2 only"),
         "the 502 names why: {xfers:?}"
     );
 }

@@ -681,7 +681,16 @@ impl ClientConn {
                 }
                 Err(SendError::Upstream(e)) => {
                     up.stream.shutdown(Shutdown::Both);
-                    let (status, text) = e.status_text(self.w.timeouts.upstream);
+                    let (status, mut text) = e.status_text(self.w.timeouts.upstream);
+                    // an h2-only server (nghttpd, some gRPC servers) accepts TLS without
+                    // agreeing to http/1.1 and then hangs up on an HTTP/1.1 request
+                    let no_alpn = up.tls_info.as_ref().is_some_and(|t| t.alpn.is_none());
+                    if matches!(e, RespError::Closed) && no_alpn {
+                        text.push_str(
+                            " (it agreed to no ALPN protocol when offered http/1.1: it may \
+                             speak HTTP/2 only, which an HTTP/1.1 client cannot be relayed to)",
+                        );
+                    }
                     return self.fail(status, &text).await;
                 }
             }
