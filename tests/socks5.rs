@@ -90,6 +90,8 @@ register_hook("http", "on_request", function(m) m.headers:set("x-socks", m.autho
     }
     let reqs = origin.requests();
     assert_eq!(reqs.len(), 2);
+    // each request went over the connection its tunnel opened
+    assert_eq!(origin.accepted(), 2);
     for r in &reqs {
         assert_eq!(
             r.header("x-socks"),

@@ -1249,26 +1249,40 @@ impl ClientConn {
             // greeting (SMTP, SSH...) means a plain relay. Neither read can be cancelled,
             // so the one still in flight is handed to the relay.
             if early.is_empty() {
+                // Most tunnels carry a client-first protocol (TLS, HTTP). Waiting for the
+                // client a moment before reading the upstream leaves no upstream read in
+                // flight when it speaks, so plain HTTP inside can reuse this connection.
                 let mut client_read: PendingRead<'_> =
                     Box::pin(self.stream.read(BytesMut::with_capacity(16 * 1024)));
-                let mut upstream_read: PendingRead<'_> =
-                    Box::pin(up.stream.read(BytesMut::with_capacity(relay::READ_BUF)));
-                tokio::select! {
-                    (res, b) = &mut client_read => {
+                match tokio::time::timeout(CLIENT_FIRST_WAIT, &mut client_read).await {
+                    Ok((res, b)) => {
                         early = b;
                         if !matches!(res, Ok(n) if n > 0) {
                             up.stream.shutdown(Shutdown::Both);
                             return Next::Close;
                         }
-                        pending[1] = Some(upstream_read);
                     }
-                    (res, b) = &mut upstream_read => {
-                        upstream_early = b;
-                        if !matches!(res, Ok(n) if n > 0) {
-                            self.stream.shutdown(Shutdown::Both);
-                            return Next::Close;
+                    Err(_) => {
+                        let mut upstream_read: PendingRead<'_> =
+                            Box::pin(up.stream.read(BytesMut::with_capacity(relay::READ_BUF)));
+                        tokio::select! {
+                            (res, b) = &mut client_read => {
+                                early = b;
+                                if !matches!(res, Ok(n) if n > 0) {
+                                    up.stream.shutdown(Shutdown::Both);
+                                    return Next::Close;
+                                }
+                                pending[1] = Some(upstream_read);
+                            }
+                            (res, b) = &mut upstream_read => {
+                                upstream_early = b;
+                                if !matches!(res, Ok(n) if n > 0) {
+                                    self.stream.shutdown(Shutdown::Both);
+                                    return Next::Close;
+                                }
+                                pending[0] = Some(client_read);
+                            }
                         }
-                        pending[0] = Some(client_read);
                     }
                 }
             }
@@ -1321,8 +1335,14 @@ impl ClientConn {
                 // is served like intercepted HTTPS, so hooks see its requests; a plugin
                 // that registered raw.on_chunk gets the tunnel's bytes instead, as the
                 // hook surface says of a tunnel that is not TLS-intercepted
+                let idle = pending[1].is_none() && up.buf.is_empty() && upstream_early.is_empty();
                 drop(pending);
-                up.stream.shutdown(Shutdown::Both);
+                if idle {
+                    // the first request goes over the connection the tunnel opened
+                    self.w.pool.put(Key::new("http", authority), up);
+                } else {
+                    up.stream.shutdown(Shutdown::Both);
+                }
                 self.buf = early;
                 self.intercept = Some(Intercept::new("http", authority));
                 return Next::KeepAlive;
@@ -1560,6 +1580,10 @@ impl ClientConn {
 
 /// RFC 9110 section 9.2.2 idempotent methods, or a request that carries an
 /// Idempotency-Key: such a request may be sent again after a stale connection.
+/// How long a new tunnel waits for the client's first bytes before it also reads the
+/// upstream (for server-first protocols: SMTP, SSH banners...).
+const CLIENT_FIRST_WAIT: Duration = Duration::from_millis(50);
+
 fn is_idempotent(req: &Request) -> bool {
     matches!(
         req.method.as_ref(),
