@@ -137,6 +137,10 @@ fn socks5h_to_a_tls_origin_is_intercepted() {
         "{out:?}\n{}",
         proxy.stderr()
     );
+    // the TLS handshake to the origin ran over the connection the tunnel opened
+    let reqs = origin.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].conn, 0, "{reqs:?}");
 }
 
 #[test]

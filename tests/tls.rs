@@ -130,6 +130,8 @@ fn curl_through_interception_gets_origin_body_and_reuses_tunnel() {
     let reqs = origin.requests();
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     assert!(reqs[0].line.starts_with("GET /first HTTP/1.1"), "{reqs:?}");
+    // TLS to the origin ran over the connection the CONNECT opened: one TCP connection
+    assert!(reqs.iter().all(|r| r.conn == 0), "{reqs:?}");
 }
 
 // ---------------------------------------------------------------------------

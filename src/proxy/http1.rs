@@ -82,6 +82,9 @@ pub struct ClientConn {
     /// A connection made ahead of the client's TLS handshake failed: the first request
     /// to that upstream gets this status and reason.
     ahead_failed: Option<(Key, u16, String)>,
+    /// The plain connection an intercepted tunnel opened (host, port): the first TLS
+    /// connection to that upstream is made over it instead of a new socket.
+    spare: Option<(String, u16, Upstream)>,
 }
 
 /// The target of an intercepted CONNECT tunnel's requests.
@@ -129,6 +132,7 @@ impl ClientConn {
             send_deadline: Deadline::new(),
             last_key: None,
             ahead_failed: None,
+            spare: None,
         }
     }
 
@@ -630,15 +634,10 @@ impl ClientConn {
                         }
                     }
                     Counters::bump(&self.w.counters.upstream_connects);
-                    let tls = (&*key.scheme == "https").then_some(&self.w.tls);
-                    match upstream::connect(
-                        self.w.backend,
-                        &key.host,
-                        key.port,
-                        self.w.timeouts.connect,
-                        tls,
-                    )
-                    .await
+                    let https = &*key.scheme == "https";
+                    match self
+                        .open_upstream(&key.host, key.port, https, Alpn::Http1)
+                        .await
                     {
                         Ok(u) => {
                             if let Some(info) = &u.tls_info {
@@ -1310,8 +1309,13 @@ impl ClientConn {
                     Ok(Some(hello))
                         if self.w.tls.intercepts_any(host, hello.sni.as_deref(), port) =>
                     {
+                        let idle = pending[1].is_none() && up.buf.is_empty();
                         drop(pending);
-                        up.stream.shutdown(Shutdown::Both);
+                        if idle && upstream_early.is_empty() {
+                            self.spare = Some((host.to_string(), port, up));
+                        } else {
+                            up.stream.shutdown(Shutdown::Both);
+                        }
                         self.buf = early;
                         return self
                             .start_tls(&hello, host, Some(authority.to_string()))
@@ -1390,9 +1394,10 @@ impl ClientConn {
         alpn: Alpn,
     ) -> Result<Upstream, String> {
         let (host, port) = crate::http::host_port_of(scheme, authority);
-        let tls = (scheme == "https").then_some(&self.w.tls);
-        let timeout = self.w.timeouts.connect;
-        match upstream::connect_offering(self.w.backend, &host, port, timeout, tls, alpn).await {
+        match self
+            .open_upstream(&host, port, scheme == "https", alpn)
+            .await
+        {
             Ok(up) => {
                 if let Some(info) = &up.tls_info {
                     crate::proxy::fire_tls_hook(&self.w, &self.info, info);
@@ -1413,6 +1418,28 @@ impl ClientConn {
                 Err(text)
             }
         }
+    }
+
+    /// A new connection to `host:port` (TLS offering `alpn` when `https`): over the
+    /// tunnel's spare plain connection when it goes there, else over a new socket.
+    async fn open_upstream(
+        &mut self,
+        host: &str,
+        port: u16,
+        https: bool,
+        alpn: Alpn,
+    ) -> Result<Upstream, ConnectError> {
+        let timeout = self.w.timeouts.connect;
+        if https {
+            if let Some((h, p, up)) = self.spare.take() {
+                if h == host && p == port {
+                    return upstream::secure(up, host, timeout, &self.w.tls, alpn).await;
+                }
+                up.stream.shutdown(Shutdown::Both);
+            }
+        }
+        let tls = https.then_some(&self.w.tls);
+        upstream::connect_offering(self.w.backend, host, port, timeout, tls, alpn).await
     }
 
     /// Serves the rest of the connection with the HTTP/2 layer, relaying as `via` says.

@@ -226,6 +226,33 @@ pub async fn connect_offering(
     }
 }
 
+/// Runs the TLS client handshake over `up`, a plain connection already open to `host`
+/// (a CONNECT tunnel's), within `timeout`.
+pub async fn secure(
+    mut up: Upstream,
+    host: &str,
+    timeout: Duration,
+    tls: &crate::proxy::tls::WorkerTls,
+    alpn: Alpn,
+) -> Result<Upstream, ConnectError> {
+    match tokio::time::timeout(timeout, tls.connect(&mut up.stream, host, alpn, timeout)).await {
+        Ok(Ok(info)) => {
+            up.tls_info = Some(info);
+            Ok(up)
+        }
+        Ok(Err(t)) => {
+            up.stream.shutdown(Shutdown::Both);
+            Err(ConnectError::Connect(t))
+        }
+        Err(_) => {
+            up.stream.shutdown(Shutdown::Both);
+            Err(ConnectError::Timeout(format!(
+                "upstream {host} did not finish the TLS handshake within {timeout:?}"
+            )))
+        }
+    }
+}
+
 fn describe(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
