@@ -348,3 +348,26 @@ fn over_max_connections_a_socks5_client_is_closed_without_an_http_answer() {
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     drop(first);
 }
+
+#[test]
+fn the_access_log_has_a_line_per_socks5_tunnel() {
+    let echo = EchoServer::start();
+    let proxy = socks_proxy(&["--access-log"]);
+    let (mut s, code) = raw_connect(proxy.addr, &v4_request(1, echo.addr));
+    assert_eq!(code, Some(0));
+    let mut banner = vec![0u8; ECHO_BANNER.len()];
+    s.read_exact(&mut banner).unwrap();
+    drop(s);
+    let refused: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    assert_eq!(raw_connect(proxy.addr, &v4_request(1, refused)).1, Some(5));
+    for want in [
+        format!("\"SOCKS5 CONNECT {}\" 0 ", echo.addr),
+        format!("\"SOCKS5 CONNECT {refused}\" 5 "),
+    ] {
+        assert!(
+            proxy.wait_stderr(&want, Duration::from_secs(10)),
+            "{want}\n{}",
+            proxy.stderr()
+        );
+    }
+}

@@ -229,7 +229,8 @@ pub enum Reply {
 }
 
 impl Reply {
-    fn code(self) -> u8 {
+    /// The code on the wire.
+    pub fn code(self) -> u8 {
         match self {
             Reply::Succeeded => 0,
             Reply::GeneralFailure => 1,

@@ -12,7 +12,7 @@ use crate::proto::http1::{
     parse_request_head, parse_response_head, request_body_kind, response_body_kind, BodyDecoder,
     BodyKind, HeadError,
 };
-use crate::proto::socks5 as socks5_proto;
+use crate::proto::socks5::{self as socks5_proto, Reply};
 use crate::proxy::http2;
 use crate::proxy::relay::{self, Buffered, Output, RelayError};
 use crate::proxy::respond::{
@@ -1185,6 +1185,30 @@ impl ClientConn {
                 return Next::Close;
             }
         };
+        if !self.w.cfg.access_log {
+            return self.socks5_connect(&accepted).await.0;
+        }
+        let t0 = Instant::now();
+        let out0 = self.bytes_out;
+        let (next, reply) = self.socks5_connect(&accepted).await;
+        // one line per tunnel, as for CONNECT; the status is the SOCKS5 reply code
+        tracing::info!(
+            target: "luring::access",
+            "{} \"SOCKS5 CONNECT {}\" {} {} {:.1}ms user={} conn={}",
+            self.info.client_addr,
+            accepted.req.target(),
+            reply.map_or("-".to_string(), |r| r.code().to_string()),
+            self.bytes_out - out0,
+            t0.elapsed().as_secs_f64() * 1e3,
+            accepted.username.as_deref().unwrap_or("-"),
+            self.info.conn_id,
+        );
+        next
+    }
+
+    /// socks5.on_connect, the connect and its reply, then the tunnel; also the reply
+    /// sent (None: dropped by a hook, or the client left).
+    async fn socks5_connect(&mut self, accepted: &socks5::Accepted) -> (Next, Option<Reply>) {
         let engine = self.w.engine();
         let engine = engine.as_deref();
         if let Some(e) = engine.filter(|e| e.has(Event::Socks5Connect)) {
@@ -1195,7 +1219,7 @@ impl ClientConn {
             if let Step::Drop = e.socks5_connect(&self.info, &dict) {
                 tracing::debug!(conn = self.info.conn_id, "dropped by socks5.on_connect");
                 self.stream.shutdown(Shutdown::Both);
-                return Next::Close;
+                return (Next::Close, None);
             }
         }
         let host = accepted.req.host_text();
@@ -1213,20 +1237,23 @@ impl ClientConn {
                     "SOCKS5 {}: {t}",
                     accepted.req.target()
                 );
-                let reply = socks5_proto::reply(socks5::reply_for(&e), socks5::UNSPECIFIED);
+                let code = socks5::reply_for(&e);
+                let reply = socks5_proto::reply(code, socks5::UNSPECIFIED);
                 self.write(Bytes::from(reply)).await;
-                return Next::Close;
+                return (Next::Close, Some(code));
             }
         };
         self.info.server_addr = Some(up.addr);
-        let ok = socks5_proto::reply(socks5_proto::Reply::Succeeded, socks5::UNSPECIFIED);
+        let ok = socks5_proto::reply(Reply::Succeeded, socks5::UNSPECIFIED);
         if !self.write(Bytes::from(ok)).await {
             up.stream.shutdown(Shutdown::Both);
-            return Next::Close;
+            return (Next::Close, None);
         }
         let authority = crate::http::authority_of(&host, port);
-        self.tunnel_established(&host, port, &authority, up, engine)
-            .await
+        let next = self
+            .tunnel_established(&host, port, &authority, up, engine)
+            .await;
+        (next, Some(Reply::Succeeded))
     }
 
     /// An accepted tunnel to `host:port` (`authority`), its upstream connected: who
