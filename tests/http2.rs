@@ -21,15 +21,26 @@ struct H2Origin {
 
 const BIG: usize = 1024 * 1024;
 
+/// `events.sse` in the docroot, served as text/event-stream.
+const SSE_FILE: &str = ": hi\n\nevent: a\ndata: one\n\ndata: two\r\n\r\n";
+
 impl H2Origin {
     fn start(pki: &TestPki) -> H2Origin {
         let root = TempDir::new("h2root");
         std::fs::write(root.path("index.html"), "hello over h2\n").unwrap();
         std::fs::write(root.path("big.bin"), pattern_vec(BIG)).unwrap();
+        std::fs::write(root.path("events.sse"), SSE_FILE).unwrap();
+        let mime = root.path("mime.types");
+        std::fs::write(
+            &mime,
+            "text/html html\napplication/octet-stream bin\ntext/event-stream sse\n",
+        )
+        .unwrap();
         let port = closed_port();
         let child = Command::new("nghttpd")
             .args(["-a", "127.0.0.1", "--echo-upload", "-d"])
             .arg(&root.0)
+            .arg(format!("--mime-types-file={}", mime.display()))
             .arg(port.to_string())
             .arg(&pki.server_key)
             .arg(&pki.server_pem)
@@ -729,5 +740,29 @@ fn sigterm_lets_an_h2_stream_in_flight_finish_then_the_proxy_exits() {
         st.is_some_and(|s| s.success()),
         "{st:?}\n{}",
         proxy.stderr()
+    );
+}
+
+#[test]
+fn sse_events_of_an_h2_upstream_go_through_the_hooks() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki);
+    let conf = Conf::new();
+    let dir = TempDir::new("h2sse");
+    let plugin = dir.path("sse.lua");
+    std::fs::write(
+        &plugin,
+        r#"register_hook("sse", "on_event", function(e)
+             if e.data == "one" then e.data = "ONE" end
+           end)"#,
+    )
+    .unwrap();
+    let proxy = start(&conf, &pki, &["--plugin", plugin.to_str().unwrap()]);
+    let (out, xfers) = curl_via(&proxy, &conf, &[&origin.url("/events.sse")]);
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(xfers[0].1, "2 200 1", "{xfers:?}");
+    assert_eq!(
+        xfers[0].0, ": hi\n\nevent: a\ndata: ONE\n\ndata: two\r\n\r\n",
+        "{xfers:?}"
     );
 }

@@ -17,7 +17,7 @@ use crate::http::{Body, Headers, Request, Response, Version};
 use budget::Budget;
 use bytes::Bytes;
 use mlua::{ffi, AnyUserData, Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
-use msg::{Core, Env, LCtx, LRaw, Msg, Pending, SlotId};
+use msg::{Core, Env, LCtx, LRaw, LSse, Msg, Pending, SlotId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fmt;
@@ -87,6 +87,17 @@ pub struct RawChunk {
     pub data: Bytes,
     /// Bytes seen before this chunk in that direction.
     pub offset: u64,
+}
+
+/// One server-sent event (sse.on_event); hooks may change its fields.
+#[derive(Clone, Debug, Default)]
+pub struct SseEvent {
+    /// The event's fields.
+    pub event: crate::proto::sse::Event,
+    /// 0-based position among the stream's events.
+    pub index: u64,
+    /// Set when a hook assigned a field: the event is then re-serialized.
+    pub changed: bool,
 }
 
 /// The TLS handshake dict of tls.on_handshake.
@@ -1367,6 +1378,24 @@ impl Engine {
         }
         if let Some(c) = env.take() {
             *chunk = c;
+        }
+    }
+
+    /// Runs sse.on_event hooks of `phase` on one event.
+    pub fn sse_event(&self, phase: Phase, conn: &ConnInfo, flow_id: u64, ev: &mut SseEvent) {
+        let e = Event::SseEvent;
+        if self.chain_len(e, phase.idx()) == 0 {
+            return;
+        }
+        let env = Env::new(std::mem::take(ev));
+        if let Ok(m) = self.lua.create_userdata(LSse { env: env.clone() }) {
+            self.ctx(conn, Some(flow_id));
+            let msg = Value::UserData(m);
+            // Only CONTINUE is allowed here, so the outcome carries nothing for the proxy.
+            let _ = self.run(e, phase.idx(), 0, None, Arg::Val(&msg));
+        }
+        if let Some(back) = env.take() {
+            *ev = back;
         }
     }
 

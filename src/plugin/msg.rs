@@ -12,7 +12,7 @@
 //! slots for every argument) cost several times the work they wrap. This is the only
 //! module of the engine with `unsafe` code besides the budget hook.
 
-use super::RawChunk;
+use super::{RawChunk, SseEvent};
 use crate::http::{Body, Headers, Request, Response, Version};
 use bytes::Bytes;
 use mlua::{
@@ -1270,6 +1270,110 @@ impl UserData for LRaw {
                 let b = bytes_of(&v, "data")?;
                 this.env.with(|c| {
                     c.data = b;
+                    Ok(())
+                })
+            },
+        );
+    }
+}
+
+/// A server-sent event (`sse.on_event`).
+pub(crate) struct LSse {
+    pub(crate) env: Rc<Env<SseEvent>>,
+}
+
+/// An optional one-line SSE field value (`event`, `id`): a string without line breaks.
+fn sse_line(v: &Value, what: &str) -> Result<Option<String>> {
+    match v {
+        Value::Nil => Ok(None),
+        v => {
+            let s = string_of(v, what)?;
+            if s.contains(['\r', '\n']) {
+                return Err(Error::runtime(format!(
+                    "{what} must not contain a line break"
+                )));
+            }
+            Ok(Some(s))
+        }
+    }
+}
+
+impl UserData for LSse {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
+            let key = key.as_bytes();
+            this.env.with(|s| {
+                let e = &s.event;
+                Ok(match &*key {
+                    b"event" => match &e.event {
+                        Some(t) => lstr(lua, t.as_bytes())?,
+                        None => Value::Nil,
+                    },
+                    b"data" => lstr(lua, e.data.as_bytes())?,
+                    b"id" => match &e.id {
+                        Some(t) => lstr(lua, t.as_bytes())?,
+                        None => Value::Nil,
+                    },
+                    b"retry" => e.retry.map_or(Value::Nil, |r| Value::Integer(r as i64)),
+                    b"index" => Value::Integer(s.index as i64),
+                    _ => Value::Nil,
+                })
+            })
+        });
+        m.add_meta_method(
+            MetaMethod::NewIndex,
+            |_, this, (key, v): (mlua::String, Value)| {
+                let key = key.as_bytes();
+                match &*key {
+                    b"event" => {
+                        let t = sse_line(&v, "event")?;
+                        this.env.with(|s| {
+                            s.event.event = t;
+                            Ok(())
+                        })?
+                    }
+                    b"id" => {
+                        let t = sse_line(&v, "id")?;
+                        this.env.with(|s| {
+                            s.event.id = t;
+                            Ok(())
+                        })?
+                    }
+                    b"data" => {
+                        let d = match v {
+                            Value::Nil => String::new(),
+                            v => string_of(&v, "data")?,
+                        };
+                        this.env.with(|s| {
+                            s.event.data = d;
+                            Ok(())
+                        })?
+                    }
+                    b"retry" => {
+                        let r = match v {
+                            Value::Nil => None,
+                            Value::Integer(i) if i >= 0 => Some(i as u64),
+                            Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => Some(n as u64),
+                            _ => {
+                                return Err(Error::runtime(
+                                    "retry must be a non-negative integer or nil",
+                                ))
+                            }
+                        };
+                        this.env.with(|s| {
+                            s.event.retry = r;
+                            Ok(())
+                        })?
+                    }
+                    other => {
+                        return Err(Error::runtime(format!(
+                            "SSEMessage field '{}' is read-only or unknown",
+                            String::from_utf8_lossy(other)
+                        )))
+                    }
+                }
+                this.env.with(|s| {
+                    s.changed = true;
                     Ok(())
                 })
             },

@@ -967,3 +967,47 @@ fn require_finds_modules_next_to_the_plugin() {
     assert!(err.contains("bad.lua:1"), "{err}");
     assert!(err.contains("no_such_module_here.lua"), "{err}");
 }
+
+#[test]
+fn sse_event_fields_read_write_and_validate() {
+    let e = engine(&[(
+        "sse.lua",
+        r#"
+register_hook("sse", "on_event", function(ev, ctx)
+  assert(ev.index == 3 and ev.event == nil and ev.data == "x\ny" and ev.id == "5")
+  assert(ev.retry == 100 and ctx.flow_id == 9)
+  assert(not pcall(function() ev.event = "a\nb" end))
+  assert(not pcall(function() ev.id = "a\rb" end))
+  assert(not pcall(function() ev.retry = -1 end))
+  assert(not pcall(function() ev.retry = 1.5 end))
+  assert(not pcall(function() ev.index = 0 end))
+  ev.event = "update"
+  ev.data = ev.data .. "\nz"
+  ev.id = nil
+  ev.retry = nil
+end)
+register_hook("sse", "on_event", function(ev)
+  assert(ev.event == "update" and ev.data == "x\ny\nz" and ev.id == nil)
+end, { phase = "post_pipeline" })
+"#,
+    )]);
+    let mut ev = SseEvent {
+        event: crate::proto::sse::Event {
+            data: "x\ny".into(),
+            has_data: true,
+            id: Some("5".into()),
+            retry: Some(100),
+            ..Default::default()
+        },
+        index: 3,
+        changed: false,
+    };
+    e.sse_event(Phase::PrePipeline, &conn(), 9, &mut ev);
+    assert!(ev.changed);
+    e.sse_event(Phase::PostPipeline, &conn(), 9, &mut ev);
+    assert_eq!(e.stats().errors, 0, "a hook assertion failed");
+    assert_eq!(
+        ev.event.serialize().as_ref(),
+        b"event: update\ndata: x\ndata: y\ndata: z\n\n"
+    );
+}

@@ -4,3 +4,4 @@ pub mod client_hello;
 pub mod detect;
 pub mod http1;
 pub mod socks5;
+pub mod sse;

@@ -19,6 +19,7 @@ use crate::proxy::respond::{
     self, basic_credentials_match, error_response, proxy_auth_required, CONTINUE_100,
 };
 use crate::proxy::socks5;
+use crate::proxy::sse;
 use crate::proxy::tls::{Alpn, Offer, WorkerTls};
 use crate::proxy::tunnel::PendingRead;
 use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
@@ -767,12 +768,36 @@ impl ClientConn {
         if streaming && rkind == BodyKind::CloseDelimited {
             keep_alive = false;
         }
+        // an event stream with sse.on_event hooks: events change length, so the body
+        // goes out chunked (or to the connection's end for an HTTP/1.0 client)
+        let mut sse_rw = None;
+        let mut out_kind = rkind;
+        if streaming
+            && !is_head
+            && rprefix.is_none()
+            && sse::applies(engine, resp.status, &resp.headers)
+        {
+            if let Some(e) = engine {
+                sse_rw = Some(sse::Rewriter::new(
+                    e,
+                    &self.info,
+                    flow_id,
+                    self.w.cfg.max_plugin_body,
+                ));
+                out_kind = if chunked_ok {
+                    BodyKind::Chunked
+                } else {
+                    keep_alive = false;
+                    BodyKind::CloseDelimited
+                };
+            }
+        }
         let close = !keep_alive || self.w.is_draining();
         respond::fix_framing(
             &mut resp.headers,
             &resp.body,
             resp.trailers.as_ref(),
-            rkind,
+            out_kind,
             chunked_ok,
         );
         // room for a small body already read, which relay::body copies behind the head
@@ -781,8 +806,11 @@ impl ClientConn {
         respond::response_head(&mut resp, close, client_version, &mut head_buf);
         self.status = resp.status;
         let upstream_done;
-        match std::mem::replace(&mut resp.body, Body::Streaming) {
-            Body::Full(b) => {
+        match (
+            std::mem::replace(&mut resp.body, Body::Streaming),
+            sse_rw.as_mut(),
+        ) {
+            (Body::Full(b), _) => {
                 upstream_done = rdec.is_done();
                 let parts = if is_head {
                     vec![head_buf.freeze()]
@@ -797,7 +825,30 @@ impl ClientConn {
                     return Next::Close;
                 }
             }
-            _ => {
+            (_, Some(rw)) => {
+                let r = sse::relay_http1(
+                    &up.stream,
+                    &mut up.buf,
+                    &self.stream,
+                    &mut rdec,
+                    head_buf,
+                    chunked_ok,
+                    rw,
+                    self.w.timeouts.upstream,
+                    Some((&self.send_deadline, self.w.timeouts.send)),
+                )
+                .await;
+                match r {
+                    Ok(n) => self.bytes_out += n,
+                    Err(e) => {
+                        tracing::info!(conn = self.info.conn_id, "event stream relay ended: {e:?}");
+                        up.stream.shutdown(Shutdown::Both);
+                        return Next::Close;
+                    }
+                }
+                upstream_done = true;
+            }
+            (_, None) => {
                 if let Some(p) = rprefix.take() {
                     head_buf.extend_from_slice(&p);
                 }

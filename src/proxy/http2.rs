@@ -17,6 +17,7 @@ use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
 use crate::proxy::http1::read_response_head;
 use crate::proxy::relay::{self, Buffered};
 use crate::proxy::respond;
+use crate::proxy::sse;
 use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
 use crate::proxy::worker::{Counters, Worker};
 use bytes::{Bytes, BytesMut};
@@ -483,7 +484,7 @@ impl Exchange<'_> {
             let r = match full {
                 Some(_) if no_body => Ok(0),
                 Some(b) => send_full(&mut tx, b, trailers.as_ref()).await,
-                None => relay_rest(&mut body, &mut tx).await,
+                None => relay_rest(&mut body, &mut tx, None).await,
             };
             if r.is_err() {
                 tx.send_reset(Reason::CANCEL);
@@ -721,6 +722,20 @@ impl Exchange<'_> {
             Body::Full(b) => Some(b),
             _ => None,
         };
+        // an event stream with sse.on_event hooks: events may change length
+        let mut sse_rw = None;
+        if full.is_none() && !self.is_head && sse::applies(self.engine, resp.status, &resp.headers)
+        {
+            if let Some(e) = self.engine {
+                resp.headers.remove("content-length");
+                sse_rw = Some(sse::Rewriter::new(
+                    e,
+                    &s.info,
+                    self.flow_id,
+                    s.w.cfg.max_plugin_body,
+                ));
+            }
+        }
         // a HEAD or 304 response keeps the length of the body it does not carry
         if let Some(b) = full
             .as_ref()
@@ -743,7 +758,7 @@ impl Exchange<'_> {
         }
         let r = match full {
             Some(b) => send_full(&mut tx, b, trailers.as_ref()).await,
-            None => src.relay(&mut tx).await,
+            None => src.relay(&mut tx, sse_rw.as_mut()).await,
         };
         match r {
             Ok(n) => {
@@ -860,13 +875,18 @@ impl Source<'_> {
         }
     }
 
-    /// Relays the rest of the body (and trailers) to the client, ending the stream.
-    async fn relay(&mut self, tx: &mut SendStream<Bytes>) -> Result<u64, h2::Error> {
+    /// Relays the rest of the body (and trailers) to the client, ending the stream;
+    /// through the SSE layer's `rw` when given.
+    async fn relay(
+        &mut self,
+        tx: &mut SendStream<Bytes>,
+        rw: Option<&mut sse::Rewriter<'_>>,
+    ) -> Result<u64, h2::Error> {
         match self {
-            Source::H2(body) => relay_rest(body, tx).await,
+            Source::H2(body) => relay_rest(body, tx, rw).await,
             Source::Http1 {
                 up, dec, timeout, ..
-            } => relay_http1(up, dec, *timeout, tx).await,
+            } => relay_http1(up, dec, *timeout, tx, rw).await,
         }
     }
 }
@@ -877,6 +897,7 @@ async fn relay_http1(
     dec: &mut BodyDecoder,
     timeout: std::time::Duration,
     tx: &mut SendStream<Bytes>,
+    mut rw: Option<&mut sse::Rewriter<'_>>,
 ) -> Result<u64, h2::Error> {
     let broken = || h2::Error::from(Reason::INTERNAL_ERROR);
     let mut n = 0;
@@ -884,10 +905,12 @@ async fn relay_http1(
         if !up.buf.is_empty() {
             let d = dec.decode(&mut up.buf).map_err(|_| broken())?;
             for piece in d.data {
+                let piece = rewrite(&mut rw, piece);
                 n += piece.len() as u64;
                 send_data(tx, piece, false).await?;
             }
             if d.done {
+                n += send_rest(tx, rw).await?;
                 match d.trailers {
                     Some(t) => tx.send_trailers(to_header_map(&t, false))?,
                     None => tx.send_data(Bytes::new(), true)?,
@@ -895,12 +918,14 @@ async fn relay_http1(
                 return Ok(n);
             }
         } else if dec.is_done() {
+            n += send_rest(tx, rw).await?;
             tx.send_data(Bytes::new(), true)?;
             return Ok(n);
         }
         match relay::read_some(&up.stream, &mut up.buf, timeout).await {
             Ok(0) => {
                 dec.eof().map_err(|_| broken())?;
+                n += send_rest(tx, rw).await?;
                 tx.send_data(Bytes::new(), true)?;
                 return Ok(n);
             }
@@ -1061,26 +1086,57 @@ async fn send_full(
 
 /// Relays what is left of a body: the part a hook read before finding it too large,
 /// then the rest as it arrives.
-async fn relay_rest(body: &mut Incoming, tx: &mut SendStream<Bytes>) -> Result<u64, h2::Error> {
+async fn relay_rest(
+    body: &mut Incoming,
+    tx: &mut SendStream<Bytes>,
+    mut rw: Option<&mut sse::Rewriter<'_>>,
+) -> Result<u64, h2::Error> {
     let mut n = 0;
     if let Some(p) = body.prefix.take() {
+        let p = rewrite(&mut rw, p);
         n += p.len() as u64;
         send_data(tx, p, false).await?;
     }
-    Ok(n + pump(&mut body.rx, tx).await?)
+    Ok(n + pump(&mut body.rx, tx, rw).await?)
+}
+
+/// The SSE layer's output for `piece`, or `piece` itself without one.
+fn rewrite(rw: &mut Option<&mut sse::Rewriter<'_>>, piece: Bytes) -> Bytes {
+    match rw {
+        Some(r) => r.feed(&piece).freeze(),
+        None => piece,
+    }
+}
+
+/// What the SSE layer still holds when the body ends (an unfinished last block).
+async fn send_rest(
+    tx: &mut SendStream<Bytes>,
+    rw: Option<&mut sse::Rewriter<'_>>,
+) -> Result<u64, h2::Error> {
+    let Some(r) = rw else { return Ok(0) };
+    let rest = r.finish();
+    let n = rest.len() as u64;
+    send_data(tx, rest, false).await?;
+    Ok(n)
 }
 
 /// Relays a body frame by frame, then its trailers; the receive window opens only as
 /// the other side takes the data, so a slow reader slows the sender.
-async fn pump(rx: &mut RecvStream, tx: &mut SendStream<Bytes>) -> Result<u64, h2::Error> {
+async fn pump(
+    rx: &mut RecvStream,
+    tx: &mut SendStream<Bytes>,
+    mut rw: Option<&mut sse::Rewriter<'_>>,
+) -> Result<u64, h2::Error> {
     let mut n = 0;
     while let Some(chunk) = rx.data().await {
         let chunk = chunk?;
         let len = chunk.len();
-        n += len as u64;
-        send_data(tx, chunk, false).await?;
+        let out = rewrite(&mut rw, chunk);
+        n += out.len() as u64;
+        send_data(tx, out, false).await?;
         let _ = rx.flow_control().release_capacity(len);
     }
+    n += send_rest(tx, rw).await?;
     match rx.trailers().await? {
         Some(t) => tx.send_trailers(t)?,
         None => tx.send_data(Bytes::new(), true)?,

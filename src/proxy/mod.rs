@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod relay;
 pub mod respond;
 pub mod socks5;
+pub mod sse;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
