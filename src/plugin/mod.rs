@@ -17,7 +17,7 @@ use crate::http::{Body, Headers, Request, Response, Version};
 use budget::Budget;
 use bytes::Bytes;
 use mlua::{ffi, AnyUserData, Function, Lua, LuaOptions, StdLib, Table, Thread, Value};
-use msg::{Core, Env, LCtx, LRaw, LSse, Msg, Pending, SlotId};
+use msg::{Core, Env, LCtx, LRaw, LSse, LWs, Msg, Pending, SlotId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fmt;
@@ -98,6 +98,36 @@ pub struct SseEvent {
     pub index: u64,
     /// Set when a hook assigned a field: the event is then re-serialized.
     pub changed: bool,
+}
+
+/// One WebSocket message or control frame (ws.on_message); hooks may replace `payload`.
+#[derive(Clone, Debug, Default)]
+pub struct WsMessage {
+    /// 1 text, 2 binary, 8 close, 9 ping, 10 pong.
+    pub opcode: u8,
+    /// The frame was masked (client to server).
+    pub masked: bool,
+    /// The payload (as sent: luring does not negotiate permessage-deflate when hooked).
+    pub payload: Bytes,
+    /// RSV1 was set (permessage-deflate).
+    pub compressed: bool,
+    /// Direction.
+    pub from_client: bool,
+    /// Set when a hook assigned `payload`.
+    pub changed: bool,
+}
+
+/// The close dict of ws.on_close: the first close frame seen, or 1006 when none came.
+#[derive(Clone, Debug, Default)]
+pub struct WsClose {
+    /// The close frame was masked (sent by the client).
+    pub masked: bool,
+    /// Its payload.
+    pub payload: Bytes,
+    /// Close code (1005 when the frame had none, 1006 for an abnormal closure).
+    pub close_code: u16,
+    /// Close reason.
+    pub close_reason: String,
 }
 
 /// The TLS handshake dict of tls.on_handshake.
@@ -1464,6 +1494,37 @@ impl Engine {
     }
 
     /// socks5.on_connect: Continue, or Drop to abort before any upstream connection.
+    /// ws.on_close (lifecycle) once both directions of a WebSocket ended.
+    pub fn ws_close(&self, conn: &ConnInfo, c: &WsClose) {
+        self.lifecycle(Event::WsClose, conn, |lua, t| {
+            t.raw_set("opcode", 8)?;
+            t.raw_set("fin", true)?;
+            t.raw_set("masked", c.masked)?;
+            t.raw_set("payload", lua.create_string(&c.payload)?)?;
+            t.raw_set("close_code", c.close_code)?;
+            t.raw_set("close_reason", c.close_reason.as_str())?;
+            t.raw_set("compressed", false)
+        });
+    }
+
+    /// Runs ws.on_message hooks of `phase` on one message.
+    pub fn ws_message(&self, phase: Phase, conn: &ConnInfo, flow_id: u64, m: &mut WsMessage) {
+        let e = Event::WsMessage;
+        if self.chain_len(e, phase.idx()) == 0 {
+            return;
+        }
+        let env = Env::new(std::mem::take(m));
+        if let Ok(u) = self.lua.create_userdata(LWs { env: env.clone() }) {
+            self.ctx(conn, Some(flow_id));
+            let msg = Value::UserData(u);
+            // Only CONTINUE is allowed here, so the outcome carries nothing for the proxy.
+            let _ = self.run(e, phase.idx(), 0, None, Arg::Val(&msg));
+        }
+        if let Some(back) = env.take() {
+            *m = back;
+        }
+    }
+
     pub fn socks5_connect(&self, conn: &ConnInfo, info: &Socks5Info) -> Step {
         self.lifecycle(Event::Socks5Connect, conn, |_, t| {
             t.raw_set("conn_id", conn.conn_id)?;

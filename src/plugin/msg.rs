@@ -12,7 +12,7 @@
 //! slots for every argument) cost several times the work they wrap. This is the only
 //! module of the engine with `unsafe` code besides the budget hook.
 
-use super::{RawChunk, SseEvent};
+use super::{RawChunk, SseEvent, WsMessage};
 use crate::http::{Body, Headers, Request, Response, Version};
 use bytes::Bytes;
 use mlua::{
@@ -1270,6 +1270,60 @@ impl UserData for LRaw {
                 let b = bytes_of(&v, "data")?;
                 this.env.with(|c| {
                     c.data = b;
+                    Ok(())
+                })
+            },
+        );
+    }
+}
+
+/// A WebSocket message (`ws.on_message`).
+pub(crate) struct LWs {
+    pub(crate) env: Rc<Env<WsMessage>>,
+}
+
+impl UserData for LWs {
+    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
+        m.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
+            let key = key.as_bytes();
+            this.env.with(|w| {
+                let close = (w.opcode == crate::proto::ws::CLOSE)
+                    .then(|| crate::proto::ws::parse_close(&w.payload));
+                Ok(match &*key {
+                    b"opcode" => Value::Integer(w.opcode as i64),
+                    b"fin" => Value::Boolean(true),
+                    b"masked" => Value::Boolean(w.masked),
+                    b"payload" => lstr(lua, &w.payload)?,
+                    b"compressed" => Value::Boolean(w.compressed),
+                    b"from_client" => Value::Boolean(w.from_client),
+                    b"close_code" => match close {
+                        Some((c, _)) => Value::Integer(c.unwrap_or(1005) as i64),
+                        None => Value::Nil,
+                    },
+                    b"close_reason" => match close {
+                        Some((_, r)) => lstr(lua, r.as_bytes())?,
+                        None => Value::Nil,
+                    },
+                    _ => Value::Nil,
+                })
+            })
+        });
+        m.add_meta_method(
+            MetaMethod::NewIndex,
+            |_, this, (key, v): (mlua::String, Value)| {
+                if &*key.as_bytes() != b"payload" {
+                    return Err(Error::runtime("only WSMessage.payload is writable"));
+                }
+                let b = bytes_of(&v, "payload")?;
+                this.env.with(|w| {
+                    let control = w.opcode >= crate::proto::ws::CLOSE;
+                    if control && b.len() > 125 {
+                        return Err(Error::runtime(
+                            "a control frame's payload is at most 125 bytes",
+                        ));
+                    }
+                    w.payload = b;
+                    w.changed = true;
                     Ok(())
                 })
             },

@@ -5,3 +5,4 @@ pub mod detect;
 pub mod http1;
 pub mod socks5;
 pub mod sse;
+pub mod ws;

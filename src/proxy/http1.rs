@@ -24,6 +24,7 @@ use crate::proxy::tls::{Alpn, Offer, WorkerTls};
 use crate::proxy::tunnel::PendingRead;
 use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
 use crate::proxy::worker::{Counters, Worker};
+use crate::proxy::ws;
 use bytes::{Bytes, BytesMut};
 use std::net::Shutdown;
 use std::rc::Rc;
@@ -586,8 +587,11 @@ impl ClientConn {
             owe_continue: expects_continue,
         };
 
+        let websocket = upgrade
+            .as_ref()
+            .is_some_and(|p| p.as_ref().eq_ignore_ascii_case(b"websocket"));
         match self
-            .request_event(engine, flow_id, &mut req, &mut body)
+            .request_event(engine, flow_id, &mut req, &mut body, websocket)
             .await
         {
             Decision::Forward => {}
@@ -608,6 +612,10 @@ impl ClientConn {
         if let Some(p) = &upgrade {
             req.headers.set("connection", "upgrade");
             req.headers.set("upgrade", p.clone());
+            // message hooks read payloads, and luring does not inflate: no compression
+            if websocket && ws::reads_payloads(engine) {
+                req.headers.remove("sec-websocket-extensions");
+            }
         }
         // a plugin that replaced the body without reading it leaves the client's body unread
         if matches!(req.body, Body::Full(_)) && !body.dec.is_done() {
@@ -698,7 +706,9 @@ impl ClientConn {
 
         if rhead.status == 101 {
             if upgrade.is_some() && upload_complete && body.dec.is_done() {
-                return self.switch_protocols(rhead, up, engine).await;
+                return self
+                    .switch_protocols(rhead, up, engine, flow_id, websocket)
+                    .await;
             }
             up.stream.shutdown(Shutdown::Both);
             return self
@@ -896,8 +906,10 @@ impl ClientConn {
     async fn switch_protocols(
         &mut self,
         mut rhead: crate::http::ResponseHead,
-        up: Upstream,
+        mut up: Upstream,
         engine: Option<&Engine>,
+        flow_id: u64,
+        websocket: bool,
     ) -> Next {
         let proto = rhead.headers.get("upgrade").cloned();
         crate::proxy::pipeline::strip_hop_by_hop(&mut rhead.headers);
@@ -913,7 +925,30 @@ impl ClientConn {
             up.stream.shutdown(Shutdown::Both);
             return Next::Close;
         }
-        self.relay_both_ways(up, engine).await;
+        let accepted_ws = rhead
+            .headers
+            .get("upgrade")
+            .is_some_and(|p| p.as_ref().eq_ignore_ascii_case(b"websocket"));
+        match engine.filter(|&e| websocket && accepted_ws && ws::wants(Some(e))) {
+            Some(e) => {
+                let stats = ws::relay(
+                    &self.stream,
+                    std::mem::take(&mut self.buf),
+                    &up.stream,
+                    std::mem::take(&mut up.buf),
+                    e,
+                    &self.info,
+                    flow_id,
+                    self.w.timeouts.tunnel,
+                    self.w.cfg.max_plugin_body,
+                )
+                .await;
+                self.bytes_in += stats.up;
+                self.bytes_out += stats.down;
+                up.stream.shutdown(Shutdown::Both);
+            }
+            None => self.relay_both_ways(up, engine).await,
+        }
         Next::Close
     }
 
@@ -950,24 +985,35 @@ impl ClientConn {
         flow_id: u64,
         req: &mut Request,
         body: &mut ReqBody,
+        websocket: bool,
     ) -> Decision {
-        let hooked = engine.filter(|e| e.has(Event::HttpRequest));
+        // a WebSocket handshake runs ws.on_upgrade after http.on_request in each phase
+        let events: &[Event] = if websocket {
+            &[Event::HttpRequest, Event::WsUpgrade]
+        } else {
+            &[Event::HttpRequest]
+        };
         for phase in [Phase::PrePipeline, Phase::PostPipeline] {
             if matches!(phase, Phase::PostPipeline) {
                 self.w.pipeline.on_request(req);
             }
-            let Some(e) = hooked else { continue };
-            let mut step = e.http_request(phase, &self.info, flow_id, req);
-            loop {
-                match step {
-                    Step::Continue => break,
-                    Step::Drop => return Decision::Drop,
-                    Step::Respond(r) => return Decision::Respond(r),
-                    Step::NeedBody(s) => {
-                        if let Err(why) = self.fill_request_body(req, body).await {
-                            return Decision::Failed(why);
+            let Some(e) = engine else { continue };
+            for &ev in events.iter().filter(|&&ev| e.has(ev)) {
+                let mut step = match ev {
+                    Event::WsUpgrade => e.ws_upgrade(phase, &self.info, flow_id, req),
+                    _ => e.http_request(phase, &self.info, flow_id, req),
+                };
+                loop {
+                    match step {
+                        Step::Continue => break,
+                        Step::Drop => return Decision::Drop,
+                        Step::Respond(r) => return Decision::Respond(r),
+                        Step::NeedBody(s) => {
+                            if let Err(why) = self.fill_request_body(req, body).await {
+                                return Decision::Failed(why);
+                            }
+                            step = e.resume_request(s, &self.info, flow_id, req);
                         }
-                        step = e.resume_request(s, &self.info, flow_id, req);
                     }
                 }
             }

@@ -17,6 +17,7 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod worker;
+pub mod ws;
 
 use crate::io::Stream;
 use crate::plugin::{ConnInfo, ConnStats, Event, Step};

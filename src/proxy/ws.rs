@@ -1,0 +1,195 @@
+//! The WebSocket layer: after a `101 Switching Protocols` to `websocket`, when a plugin
+//! hooks ws.on_message or ws.on_close, both directions are read as frames; every
+//! message (fragments joined) and control frame goes through ws.on_message and on to
+//! the peer, and ws.on_close fires once both directions ended.
+
+use crate::io::{Deadline, Idle, Stream};
+use crate::plugin::{ConnInfo, Engine, Event, Phase, WsClose, WsMessage};
+use crate::proto::ws::{self, Assembler, Frame, FrameDecoder, CLOSE};
+use crate::proxy::relay::{ensure_spare, READ_BUF};
+use crate::proxy::tunnel::TunnelStats;
+use bytes::{Bytes, BytesMut};
+use std::cell::{Cell, RefCell};
+use std::net::Shutdown;
+use std::time::Duration;
+
+/// Whether the WebSocket layer takes an upgraded connection.
+pub(crate) fn wants(engine: Option<&Engine>) -> bool {
+    engine.is_some_and(|e| e.has(Event::WsMessage) || e.has(Event::WsClose))
+}
+
+/// Whether the message hooks need to read payloads: then permessage-deflate is not
+/// offered to the server (luring does not inflate), so payloads are the messages.
+pub(crate) fn reads_payloads(engine: Option<&Engine>) -> bool {
+    engine.is_some_and(|e| e.has(Event::WsMessage))
+}
+
+/// What one WebSocket connection shares between its two directions.
+struct Conn<'a> {
+    engine: &'a Engine,
+    info: &'a ConnInfo,
+    flow_id: u64,
+    /// Largest message (`--max-plugin-body`).
+    max: usize,
+    /// The first close frame, either way.
+    close: RefCell<Option<WsClose>>,
+    /// Close frames forwarded: at 2 the closing handshake is complete.
+    closes: Cell<u8>,
+}
+
+/// Relays frames both ways until both directions ended (or `idle` passed with no byte
+/// either way), then fires ws.on_close.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn relay(
+    client: &Stream,
+    client_buf: BytesMut,
+    upstream: &Stream,
+    upstream_buf: BytesMut,
+    engine: &Engine,
+    info: &ConnInfo,
+    flow_id: u64,
+    idle: Option<Duration>,
+    max: usize,
+) -> TunnelStats {
+    let conn = Conn {
+        engine,
+        info,
+        flow_id,
+        max,
+        close: RefCell::new(None),
+        closes: Cell::new(0),
+    };
+    let deadline = Deadline::new();
+    let idle = match idle {
+        Some(d) => {
+            deadline.arm(d);
+            Idle::Shared(&deadline, d)
+        }
+        None => Idle::Never,
+    };
+    let (up, down) = tokio::join!(
+        one_way(&conn, client, client_buf, upstream, true, idle),
+        one_way(&conn, upstream, upstream_buf, client, false, idle),
+    );
+    let close = conn.close.take().unwrap_or(WsClose {
+        close_code: 1006,
+        ..WsClose::default()
+    });
+    engine.ws_close(info, &close);
+    TunnelStats { up, down }
+}
+
+/// One direction: frames from `src`, through the hooks, to `dst`. Returns bytes written.
+async fn one_way(
+    c: &Conn<'_>,
+    src: &Stream,
+    mut buf: BytesMut,
+    dst: &Stream,
+    from_client: bool,
+    idle: Idle<'_>,
+) -> u64 {
+    let dec = FrameDecoder::new(c.max as u64);
+    let mut asm = Assembler::new(c.max);
+    let mut sent = 0u64;
+    loop {
+        let mut out = BytesMut::new();
+        loop {
+            // a frame that only starts a message completes none: look for the next one
+            let got = match dec.decode(&mut buf) {
+                Ok(Some(f)) => asm.push(f).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match got {
+                Ok(Some(Some(m))) => forward(c, m, from_client, &mut out),
+                Ok(Some(None)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    // what cannot be framed cannot be hooked: the connection ends abnormally
+                    let side = if from_client { "client" } else { "upstream" };
+                    tracing::info!(conn = c.info.conn_id, "WebSocket {side}: {}", e.0);
+                    src.shutdown(Shutdown::Both);
+                    dst.shutdown(Shutdown::Both);
+                    return sent;
+                }
+            }
+        }
+        if !out.is_empty() {
+            sent += out.len() as u64;
+            match idle.wait_write(dst.write_all(out.freeze())).await {
+                Some(Ok(())) => idle.progress(),
+                Some(Err(_)) => {
+                    src.shutdown(Shutdown::Read);
+                    return sent;
+                }
+                None => {
+                    src.shutdown(Shutdown::Both);
+                    dst.shutdown(Shutdown::Both);
+                    return sent;
+                }
+            }
+        }
+        if c.closes.get() >= 2 {
+            // both close frames went through: the connection is over (the other
+            // direction's read on `dst` ends with the read shutdown)
+            dst.close_write().await;
+            dst.shutdown(Shutdown::Read);
+            src.shutdown(Shutdown::Both);
+            return sent;
+        }
+        ensure_spare(&mut buf, READ_BUF / 2);
+        let Some((res, b)) = idle.wait(src.read(std::mem::take(&mut buf))).await else {
+            tracing::debug!(conn = c.info.conn_id, "WebSocket idle: closed");
+            src.shutdown(Shutdown::Both);
+            dst.shutdown(Shutdown::Both);
+            return sent;
+        };
+        buf = b;
+        match res {
+            Ok(n) if n > 0 => idle.progress(),
+            _ => {
+                // a WebSocket has no half-close: one side gone ends the connection
+                dst.close_write().await;
+                dst.shutdown(Shutdown::Read);
+                return sent;
+            }
+        }
+    }
+}
+
+/// Runs the hooks on one message and appends the frame to send.
+fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) {
+    let mut wm = WsMessage {
+        opcode: m.opcode,
+        masked: m.mask.is_some(),
+        payload: m.payload.clone(),
+        compressed: m.compressed,
+        from_client,
+        changed: false,
+    };
+    for phase in [Phase::PrePipeline, Phase::PostPipeline] {
+        c.engine.ws_message(phase, c.info, c.flow_id, &mut wm);
+    }
+    let payload: Bytes = if wm.changed {
+        wm.payload
+    } else {
+        m.payload.clone()
+    };
+    if m.opcode == CLOSE {
+        c.closes.set(c.closes.get() + 1);
+        let (code, reason) = ws::parse_close(&payload);
+        c.close.borrow_mut().get_or_insert(WsClose {
+            masked: m.mask.is_some(),
+            payload: payload.clone(),
+            close_code: code.unwrap_or(1005),
+            close_reason: reason,
+        });
+    }
+    ws::encode(
+        &Frame {
+            payload,
+            ..m.to_frame()
+        },
+        out,
+    );
+}
