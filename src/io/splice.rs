@@ -243,7 +243,18 @@ pub enum Idle<'a> {
     Shared(&'a Deadline, Duration),
 }
 
-impl Idle<'_> {
+impl<'a> Idle<'a> {
+    /// `d` shared by everything that uses `deadline` (armed now), or no limit for None.
+    pub fn shared(deadline: &'a Deadline, d: Option<Duration>) -> Idle<'a> {
+        match d {
+            Some(d) => {
+                deadline.arm(d);
+                Idle::Shared(deadline, d)
+            }
+            None => Idle::Never,
+        }
+    }
+
     /// Each read waits at most `read`; writes are not limited.
     pub fn reads(read: Duration) -> Idle<'static> {
         Idle::Each { read, write: None }

@@ -41,13 +41,7 @@ pub async fn run(
     let [client_read, upstream_read] = pending;
     // one deadline for both directions: a download the client never answers is not idle
     let deadline = Deadline::new();
-    let idle = match idle {
-        Some(d) => {
-            deadline.arm(d);
-            Idle::Shared(&deadline, d)
-        }
-        None => Idle::Never,
-    };
+    let idle = Idle::shared(&deadline, idle);
     let (up, down) = tokio::join!(
         one_way(
             client,

@@ -60,13 +60,7 @@ pub(crate) async fn relay(
         closes: Cell::new(0),
     };
     let deadline = Deadline::new();
-    let idle = match idle {
-        Some(d) => {
-            deadline.arm(d);
-            Idle::Shared(&deadline, d)
-        }
-        None => Idle::Never,
-    };
+    let idle = Idle::shared(&deadline, idle);
     let (up, down) = tokio::join!(
         one_way(&conn, client, client_buf, upstream, true, idle),
         one_way(&conn, upstream, upstream_buf, client, false, idle),
