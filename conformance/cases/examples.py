@@ -93,3 +93,18 @@ def _rate_limit(t):
     wait_window_start(window)
     r = t.curl("/echo")
     eq(r.status, 200, f"status in the next window (curl: {r.err})")
+
+
+@case("example redact-stream.lua", plugins=example("redact-stream.lua"))
+def _redact_stream(t):
+    import urllib.parse
+    stream = ("data: write to bob@example.com\n\n"
+              "id: 2\ndata: key sk-abc_123 and\ndata: carol@test.org\n\n"
+              "data: nothing here\r\n\r\n")
+    q = urllib.parse.urlencode({"body": stream, "h": "Content-Type: text/event-stream"})
+    r = t.curl(f"/fixed?{q}")
+    eq(r.status, 200, f"client status (curl: {r.err})")
+    eq(r.body.decode(), "data: write to [redacted]\n\n"
+       "id: 2\ndata: key [redacted] and\ndata: [redacted]\n\n"
+       "data: nothing here\r\n\r\n", "the stream at the client")
+    check(t.proxy.wait_log("redacted 2 in event 1"), "the redaction count is logged")
