@@ -146,6 +146,10 @@ fn plugin(dir: &TempDir, src: &str) -> String {
 
 const HOOKS: &str = r#"
 register_hook("ws", "on_upgrade", function(m) m.headers:set("x-upgrade-seen", m.path) end)
+register_hook("ws", "on_upgrade", function(m)
+  log.info("POSTUP ext=" .. tostring(m.headers["sec-websocket-extensions"]) ..
+    " upgrade=" .. tostring(m.headers["upgrade"]) .. " connection=" .. tostring(m.headers["connection"]))
+end, { phase = "post_pipeline" })
 register_hook("ws", "on_message", function(m, ctx)
   log.info(string.format("WSMSG op=%d client=%s masked=%s fin=%s len=%d code=%s reason=%s",
     m.opcode, tostring(m.from_client), tostring(m.masked), tostring(m.fin), #m.payload,
@@ -204,6 +208,11 @@ fn messages_run_the_hooks_both_ways_and_the_close_is_reported() {
         proxy.stderr()
     );
     let log = proxy.stderr();
+    // post_pipeline sees the handshake as it is sent
+    assert!(
+        log.contains("POSTUP ext=nil upgrade=websocket connection=upgrade"),
+        "{log}"
+    );
     assert!(
         log.contains("WSMSG op=1 client=true masked=true fin=true len=2"),
         "{log}"

@@ -591,7 +591,7 @@ impl ClientConn {
             .as_ref()
             .is_some_and(|p| p.as_ref().eq_ignore_ascii_case(b"websocket"));
         match self
-            .request_event(engine, flow_id, &mut req, &mut body, websocket)
+            .request_event(engine, flow_id, &mut req, &mut body, upgrade.as_ref())
             .await
         {
             Decision::Forward => {}
@@ -608,14 +608,6 @@ impl ClientConn {
         }
         if req.method.as_ref() == b"CONNECT" {
             return self.tunnel(req, engine).await;
-        }
-        if let Some(p) = &upgrade {
-            req.headers.set("connection", "upgrade");
-            req.headers.set("upgrade", p.clone());
-            // message hooks read payloads, and luring does not inflate: no compression
-            if websocket && ws::reads_payloads(engine) {
-                req.headers.remove("sec-websocket-extensions");
-            }
         }
         // a plugin that replaced the body without reading it leaves the client's body unread
         if matches!(req.body, Body::Full(_)) && !body.dec.is_done() {
@@ -985,8 +977,9 @@ impl ClientConn {
         flow_id: u64,
         req: &mut Request,
         body: &mut ReqBody,
-        websocket: bool,
+        upgrade: Option<&Bytes>,
     ) -> Decision {
+        let websocket = upgrade.is_some_and(|p| p.as_ref().eq_ignore_ascii_case(b"websocket"));
         // a WebSocket handshake runs ws.on_upgrade after http.on_request in each phase
         let events: &[Event] = if websocket {
             &[Event::HttpRequest, Event::WsUpgrade]
@@ -996,6 +989,16 @@ impl ClientConn {
         for phase in [Phase::PrePipeline, Phase::PostPipeline] {
             if matches!(phase, Phase::PostPipeline) {
                 self.w.pipeline.on_request(req);
+                if let Some(p) = upgrade {
+                    // the pipeline strips Upgrade and Connection as hop-by-hop; an upgrade
+                    // needs them on the next hop, and post_pipeline sees what is sent
+                    req.headers.set("connection", "upgrade");
+                    req.headers.set("upgrade", p.clone());
+                    // message hooks read payloads, and luring does not inflate
+                    if websocket && ws::reads_payloads(engine) {
+                        req.headers.remove("sec-websocket-extensions");
+                    }
+                }
             }
             let Some(e) = engine else { continue };
             for &ev in events.iter().filter(|&&ev| e.has(ev)) {

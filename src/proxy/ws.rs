@@ -33,7 +33,7 @@ struct Conn<'a> {
     max: usize,
     /// The first close frame, either way.
     close: RefCell<Option<WsClose>>,
-    /// Close frames forwarded: at 2 the closing handshake is complete.
+    /// Close frames written to their peer: at 2 the closing handshake is complete.
     closes: Cell<u8>,
 }
 
@@ -87,6 +87,7 @@ async fn one_way(
     let mut sent = 0u64;
     loop {
         let mut out = BytesMut::new();
+        let mut closes_in_out = 0;
         loop {
             // a frame that only starts a message completes none: look for the next one
             let got = match dec.decode(&mut buf) {
@@ -95,7 +96,10 @@ async fn one_way(
                 Err(e) => Err(e),
             };
             match got {
-                Ok(Some(Some(m))) => forward(c, m, from_client, &mut out),
+                Ok(Some(Some(m))) => {
+                    closes_in_out += (m.opcode == CLOSE) as u8;
+                    forward(c, m, from_client, &mut out);
+                }
                 Ok(Some(None)) => {}
                 Ok(None) => break,
                 Err(e) => {
@@ -123,7 +127,9 @@ async fn one_way(
                 }
             }
         }
-        if c.closes.get() >= 2 {
+        // counted once written: the other direction may still be sending the first
+        c.closes.set(c.closes.get() + closes_in_out);
+        if closes_in_out > 0 && c.closes.get() >= 2 {
             // both close frames went through: the connection is over (the other
             // direction's read on `dst` ends with the read shutdown)
             dst.close_write().await;
@@ -170,7 +176,6 @@ fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) 
         m.payload.clone()
     };
     if m.opcode == CLOSE {
-        c.closes.set(c.closes.get() + 1);
         let (code, reason) = ws::parse_close(&payload);
         c.close.borrow_mut().get_or_insert(WsClose {
             masked: m.mask.is_some(),
