@@ -792,7 +792,7 @@ ROWS = [
 ]
 
 # Layers the proxy does not have yet: their rows are PENDING (registration is still checked).
-LAYERS_NOT_BUILT = {"ws", "grpc", "grpc-web"}
+LAYERS_NOT_BUILT = {"grpc", "grpc-web"}
 
 
 def settle(seconds=0.4):
