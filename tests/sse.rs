@@ -120,14 +120,19 @@ fn events_stream_through_the_hooks_as_they_arrive() {
     r.read_chunked_to_end(&mut rest);
     got.extend_from_slice(&rest);
     assert_eq!(String::from_utf8_lossy(&got), EXPECTED);
-    let log = proxy.stderr();
+    // the log lines reach the test through a pipe, possibly after the bytes did
     for want in [
         "SSE 0 event=greet data=\"hello\" id=nil retry=nil",
         "SSE 1 event=nil data=\"crlf\"",
         "SSE 2 event=nil data=\"a\\\nb\" id=7 retry=250",
     ] {
-        assert!(log.contains(want), "{want}\n{log}");
+        assert!(
+            proxy.wait_stderr(want, Duration::from_secs(5)),
+            "{want}\n{}",
+            proxy.stderr()
+        );
     }
+    let log = proxy.stderr();
     assert_eq!(log.matches("SSE ").count(), 3, "{log}");
 }
 
