@@ -92,7 +92,7 @@ pub mod known_names {
 
 /// True for a non-empty token (RFC 9110 5.1), the only thing a field name may be.
 fn is_field_name(name: &[u8]) -> bool {
-    !name.is_empty() && name.iter().all(|&b| crate::proto::http1::is_tchar(b))
+    !name.is_empty() && name.iter().all(|&b| is_tchar(b))
 }
 
 /// `value` with CR, LF and NUL replaced by SP (what RFC 9110 5.5 asks of recipients).
@@ -474,6 +474,41 @@ pub fn split_authority(s: &str, default_port: u16) -> Option<(String, u16)> {
     }
     Some((host, port))
 }
+
+/// RFC 9110 5.6.2 token character.
+#[inline]
+pub fn is_tchar(b: u8) -> bool {
+    TCHAR[usize::from(b)]
+}
+
+/// Token characters (RFC 9110 5.6.2) as a lookup table, since names are checked per byte.
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

@@ -13,17 +13,18 @@
 //!   capacity;
 //! - a read into a full buffer returns 0 like EOF, so callers always pass spare capacity.
 
-mod bridge;
 mod deadline;
+pub mod os;
+mod poll_stream;
 mod probe;
 pub mod splice;
-pub mod tls;
+pub mod tls_stream;
 
-pub use bridge::PollStream;
 pub use deadline::{Deadline, Expired};
+pub use poll_stream::PollStream;
 pub use probe::{probe_uring, Backend, IoChoice};
 pub use splice::{can_splice, splice, Idle, SpliceError, UringTcp};
-pub use tls::TlsStream;
+pub use tls_stream::TlsStream;
 
 use bytes::{Bytes, BytesMut};
 use std::future::Future;

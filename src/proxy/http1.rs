@@ -13,17 +13,17 @@ use crate::proto::http1::{
     BodyKind, HeadError,
 };
 use crate::proto::socks5::{self as socks5_proto, Reply};
+use crate::proxy::body_relay::{self, Buffered, Output, RelayError};
+use crate::proxy::byte_tunnel::PendingRead;
 use crate::proxy::http2;
-use crate::proxy::relay::{self, Buffered, Output, RelayError};
 use crate::proxy::respond::{
     self, basic_credentials_match, error_response, proxy_auth_required, CONTINUE_100,
 };
 use crate::proxy::socks5;
 use crate::proxy::sse;
-use crate::proxy::tls::{Alpn, Offer, WorkerTls};
-use crate::proxy::tunnel::PendingRead;
 use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
 use crate::proxy::worker::{Counters, Worker};
+use crate::proxy::worker_tls::{Alpn, Offer, WorkerTls};
 use crate::proxy::ws;
 use bytes::{Bytes, BytesMut};
 use std::net::Shutdown;
@@ -216,7 +216,7 @@ impl ClientConn {
         let deadline = tokio::time::Instant::now() + self.w.timeouts.head;
         while self.buf.len() < PREFACE.len() && PREFACE.starts_with(&self.buf) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match relay::read_some(&self.stream, &mut self.buf, left).await {
+            match body_relay::read_some(&self.stream, &mut self.buf, left).await {
                 Ok(n) if n > 0 => {}
                 _ => return false,
             }
@@ -246,7 +246,7 @@ impl ClientConn {
     async fn relay_both_ways(&mut self, mut up: Upstream, engine: Option<&Engine>) {
         let client_early = std::mem::take(&mut self.buf);
         let upstream_early = std::mem::take(&mut up.buf);
-        let stats = crate::proxy::tunnel::run(
+        let stats = crate::proxy::byte_tunnel::run(
             &self.stream,
             client_early,
             &up.stream,
@@ -302,11 +302,11 @@ impl ClientConn {
         self.stream.close_write().await;
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut budget: usize = 64 * 1024 * 1024;
-        let mut buf = BytesMut::with_capacity(relay::READ_BUF);
+        let mut buf = BytesMut::with_capacity(body_relay::READ_BUF);
         while budget > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             buf.clear();
-            match relay::read_some(&self.stream, &mut buf, left).await {
+            match body_relay::read_some(&self.stream, &mut buf, left).await {
                 Ok(n) if n > 0 => budget = budget.saturating_sub(n),
                 _ => break,
             }
@@ -335,7 +335,7 @@ impl ClientConn {
     async fn send_parts(&mut self, parts: Vec<Bytes>) -> bool {
         self.bytes_out += parts.iter().map(|p| p.len() as u64).sum::<u64>();
         let limit = Some((&self.send_deadline, self.w.timeouts.send));
-        match relay::send(&self.stream, parts, limit).await {
+        match body_relay::send(&self.stream, parts, limit).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(conn = self.info.conn_id, "client write failed: {e}");
@@ -802,8 +802,8 @@ impl ClientConn {
             out_kind,
             chunked_ok,
         );
-        // room for a small body already read, which relay::body copies behind the head
-        let body_ready = up.buf.len().min(relay::COALESCE_MAX);
+        // room for a small body already read, which body_relay::body copies behind the head
+        let body_ready = up.buf.len().min(body_relay::COALESCE_MAX);
         let mut head_buf = BytesMut::with_capacity(256 + resp.headers.len() * 48 + body_ready);
         respond::response_head(&mut resp, close, client_version, &mut head_buf);
         self.status = resp.status;
@@ -854,7 +854,7 @@ impl ClientConn {
                 if let Some(p) = rprefix.take() {
                     head_buf.extend_from_slice(&p);
                 }
-                let r = relay::body(
+                let r = body_relay::body(
                     &up.stream,
                     &mut up.buf,
                     &self.stream,
@@ -1035,7 +1035,7 @@ impl ClientConn {
         if !self.pay_continue(body).await {
             return Err("client went away".into());
         }
-        let got = relay::buffer_body(
+        let got = body_relay::buffer_body(
             &self.stream,
             &mut self.buf,
             &mut body.dec,
@@ -1120,7 +1120,7 @@ impl ClientConn {
                 ..
             } = up;
             let body_read = std::cell::Cell::new(false);
-            let upload = relay::body(
+            let upload = body_relay::body(
                 &self.stream,
                 &mut self.buf,
                 ups,
@@ -1217,7 +1217,7 @@ impl ClientConn {
                     Step::Respond(r) => return Decision::Respond(r),
                     Step::NeedBody(s) => {
                         if matches!(resp.body, Body::Streaming) {
-                            match relay::buffer_body(
+                            match body_relay::buffer_body(
                                 &up.stream,
                                 &mut up.buf,
                                 dec,
@@ -1389,8 +1389,10 @@ impl ClientConn {
                         }
                     }
                     Err(_) => {
-                        let mut upstream_read: PendingRead<'_> =
-                            Box::pin(up.stream.read(BytesMut::with_capacity(relay::READ_BUF)));
+                        let mut upstream_read: PendingRead<'_> = Box::pin(
+                            up.stream
+                                .read(BytesMut::with_capacity(body_relay::READ_BUF)),
+                        );
                         tokio::select! {
                             (res, b) = &mut client_read => {
                                 early = b;
@@ -1493,7 +1495,7 @@ impl ClientConn {
             }
         }
         upstream_early.extend_from_slice(&up.buf);
-        let stats = crate::proxy::tunnel::run(
+        let stats = crate::proxy::byte_tunnel::run(
             &self.stream,
             early,
             &up.stream,
@@ -1592,7 +1594,7 @@ impl ClientConn {
         path_prefix: &str,
     ) -> Next {
         let via = match self.connect_ahead(scheme, authority, Alpn::H2OrHttp1).await {
-            Ok(u) if scheme == "http" || crate::proxy::tls::chose_h2(&u.stream) => {
+            Ok(u) if scheme == "http" || crate::proxy::worker_tls::chose_h2(&u.stream) => {
                 http2::Via::H2(Box::new(u))
             }
             Ok(u) => {
@@ -1650,9 +1652,9 @@ impl ClientConn {
             match self.connect_ahead(scheme, &target, alpn).await {
                 Ok(up) => {
                     if want_sans {
-                        sans = Some(crate::proxy::tls::peer_sans(&up.stream));
+                        sans = Some(crate::proxy::worker_tls::peer_sans(&up.stream));
                     }
-                    if client_h2 && crate::proxy::tls::chose_h2(&up.stream) {
+                    if client_h2 && crate::proxy::worker_tls::chose_h2(&up.stream) {
                         via = Some(http2::Via::H2(Box::new(up)));
                     } else {
                         // the first request takes it from the pool
@@ -1715,7 +1717,7 @@ impl ClientConn {
         self.info.sni = Some(acc.server_name);
         crate::proxy::fire_tls_hook(&self.w, &self.info, &acc.info);
         if let Some(via) = via {
-            if crate::proxy::tls::chose_h2(&self.stream) {
+            if crate::proxy::worker_tls::chose_h2(&self.stream) {
                 let target = http2::Target {
                     scheme: scheme.to_string(),
                     authority: target,
@@ -1794,10 +1796,10 @@ pub(crate) async fn read_response_head(
             }
         }
         let read = match deadline {
-            Some(d) => relay::read_some_by(stream, buf, d, relay::HEAD_READ).await,
+            Some(d) => body_relay::read_some_by(stream, buf, d, body_relay::HEAD_READ).await,
             None => {
                 let forever = Duration::from_secs(86400 * 365);
-                relay::read_some_at_most(stream, buf, forever, relay::HEAD_READ).await
+                body_relay::read_some_at_most(stream, buf, forever, body_relay::HEAD_READ).await
             }
         };
         match read {

@@ -14,8 +14,8 @@ use crate::http::{Body, Headers, Request, Response, Version};
 use crate::io::PollStream;
 use crate::plugin::{ConnInfo, Engine, Event, Phase, Step, Suspended};
 use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
+use crate::proxy::body_relay::{self, Buffered};
 use crate::proxy::http1::read_response_head;
-use crate::proxy::relay::{self, Buffered};
 use crate::proxy::respond;
 use crate::proxy::sse;
 use crate::proxy::upstream::{self, ConnectError, Key, Upstream};
@@ -850,8 +850,9 @@ impl Source<'_> {
                 kind,
                 timeout,
             } => {
-                let got = relay::buffer_body(&up.stream, &mut up.buf, dec, *kind, limit, *timeout)
-                    .await?;
+                let got =
+                    body_relay::buffer_body(&up.stream, &mut up.buf, dec, *kind, limit, *timeout)
+                        .await?;
                 match got {
                     Buffered::Complete(b, t) => Ok((Body::Full(b), t)),
                     Buffered::TooLarge(wire) => {
@@ -922,7 +923,7 @@ async fn relay_http1(
             tx.send_data(Bytes::new(), true)?;
             return Ok(n);
         }
-        match relay::read_some(&up.stream, &mut up.buf, timeout).await {
+        match body_relay::read_some(&up.stream, &mut up.buf, timeout).await {
             Ok(0) => {
                 dec.eof().map_err(|_| broken())?;
                 n += send_rest(tx, rw).await?;

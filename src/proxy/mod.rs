@@ -6,17 +6,17 @@
 //! [`tunnel`]. Each is guarded by `Engine::has`, so with no plugin (or none on that
 //! event) nothing is built and no Lua runs.
 
+pub mod body_relay;
+pub mod byte_tunnel;
 pub mod http1;
 pub mod http2;
 pub mod pipeline;
-pub mod relay;
 pub mod respond;
 pub mod socks5;
 pub mod sse;
-pub mod tls;
-pub mod tunnel;
 pub mod upstream;
 pub mod worker;
+pub mod worker_tls;
 pub mod ws;
 
 use crate::io::Stream;

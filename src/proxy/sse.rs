@@ -7,7 +7,7 @@ use crate::io::Stream;
 use crate::plugin::{ConnInfo, Engine, Event, Phase, SseEvent};
 use crate::proto::http1::{encode_chunk, encode_last_chunk, BodyDecoder};
 use crate::proto::sse::Parser;
-use crate::proxy::relay::{self, RelayError, SendLimit};
+use crate::proxy::body_relay::{self, RelayError, SendLimit};
 use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 
@@ -145,7 +145,7 @@ pub(crate) async fn relay_http1(
             trailers = d.trailers;
         }
         if let Some(why) = dec.fault() {
-            relay::send(dst, vec![out.freeze()], limit)
+            body_relay::send(dst, vec![out.freeze()], limit)
                 .await
                 .map_err(RelayError::Sink)?;
             return Err(RelayError::Malformed(format!("bad chunked framing: {why}")));
@@ -157,18 +157,18 @@ pub(crate) async fn relay_http1(
                 encode_last_chunk(trailers.as_ref(), &mut out);
             }
             written += out.len() as u64;
-            relay::send(dst, vec![out.freeze()], limit)
+            body_relay::send(dst, vec![out.freeze()], limit)
                 .await
                 .map_err(RelayError::Sink)?;
             return Ok(written);
         }
         if !out.is_empty() {
             written += out.len() as u64;
-            relay::send(dst, vec![out.split().freeze()], limit)
+            body_relay::send(dst, vec![out.split().freeze()], limit)
                 .await
                 .map_err(RelayError::Sink)?;
         }
-        match relay::read_some(src, src_buf, timeout).await {
+        match body_relay::read_some(src, src_buf, timeout).await {
             Ok(0) => {
                 dec.eof().map_err(|e| RelayError::Source(e.to_string()))?;
                 let rest = rw.finish();
@@ -177,7 +177,7 @@ pub(crate) async fn relay_http1(
                     encode_last_chunk(None, &mut out);
                 }
                 written += out.len() as u64;
-                relay::send(dst, vec![out.freeze()], limit)
+                body_relay::send(dst, vec![out.freeze()], limit)
                     .await
                     .map_err(RelayError::Sink)?;
                 return Ok(written);

@@ -45,7 +45,7 @@ pub struct Setup {
     /// Reports start-up success or failure to the main thread.
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
     /// Process-wide TLS material (CA, configs).
-    pub tls: Arc<crate::proxy::tls::TlsSetup>,
+    pub tls: Arc<crate::proxy::worker_tls::TlsSetup>,
 }
 
 /// Per-worker counters; plain cells, merged by readers (no shared atomics on the hot path).
@@ -97,7 +97,7 @@ pub struct Worker {
     /// Upstream connection pool.
     pub pool: Pool,
     /// TLS interception state.
-    pub tls: crate::proxy::tls::WorkerTls,
+    pub tls: crate::proxy::worker_tls::WorkerTls,
     /// Counters.
     pub counters: Counters,
     /// Open client connections.
@@ -224,7 +224,7 @@ pub async fn main(setup: Setup) {
         },
         listener_name: Rc::from(cfg.listener_name.as_str()),
         pool: Pool::new(cfg.pool_max_idle, secs(cfg.pool_idle_timeout)),
-        tls: crate::proxy::tls::WorkerTls::new(tls),
+        tls: crate::proxy::worker_tls::WorkerTls::new(tls),
         engine: RefCell::new(engine),
         pipeline,
         counters: Counters::default(),
@@ -264,9 +264,8 @@ pub async fn main(setup: Setup) {
             }
             if c.stopping {
                 wc.draining.send_replace(true);
-                // SAFETY: shutdown(2) on a descriptor we own and that is still open (the
-                // listener lives until the accept loop ends, which this call triggers)
-                unsafe { libc::shutdown(listen_fd, libc::SHUT_RDWR) };
+                // the listener lives until the accept loop ends, which this call triggers
+                io::os::shutdown_listener(listen_fd);
                 break;
             }
         }
@@ -361,7 +360,7 @@ async fn refuse(stream: io::Stream) {
         for _ in 0..16 {
             let left = deadline.saturating_duration_since(Instant::now());
             buf.clear();
-            match crate::proxy::relay::read_some(&stream, &mut buf, left).await {
+            match crate::proxy::body_relay::read_some(&stream, &mut buf, left).await {
                 Ok(n) if n > 0 => {}
                 _ => break,
             }

@@ -6,8 +6,8 @@
 use crate::io::{Deadline, Idle, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, WsClose, WsMessage};
 use crate::proto::ws::{self, Assembler, Frame, FrameDecoder, CLOSE};
-use crate::proxy::relay::{ensure_spare, READ_BUF};
-use crate::proxy::tunnel::TunnelStats;
+use crate::proxy::body_relay::{ensure_spare, READ_BUF};
+use crate::proxy::byte_tunnel::TunnelStats;
 use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;

@@ -21,7 +21,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if !cfg.plugins.is_empty() {
         crate::plugin::check(&cfg.plugins).map_err(|e| format!("plugins rejected:\n{e}"))?;
     }
-    let tls = Arc::new(crate::proxy::tls::TlsSetup::from_config(&cfg)?);
+    let tls = Arc::new(crate::proxy::worker_tls::TlsSetup::from_config(&cfg)?);
     let n = cfg.worker_count();
     let listeners = bind_group(cfg.listen, n)?;
     let addr = listeners[0]

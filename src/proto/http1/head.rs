@@ -2,7 +2,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::http::{known_names, Headers, RequestHead, ResponseHead, Version};
+use crate::http::{is_tchar, known_names, Headers, RequestHead, ResponseHead, Version};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{known, BodyKind};
@@ -271,11 +271,6 @@ fn diagnose_field_line(window: &[u8]) -> &'static str {
         };
     }
     "invalid field name"
-}
-
-/// RFC 9110 5.6.2 token character.
-pub(crate) fn is_tchar(b: u8) -> bool {
-    known::TCHAR[usize::from(b)]
 }
 
 /// Appends the wire form of a request head (ends with CRLFCRLF).

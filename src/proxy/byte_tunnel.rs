@@ -3,7 +3,7 @@
 
 use crate::io::{self, Deadline, Idle, SpliceError, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, RawChunk};
-use crate::proxy::relay::{ensure_spare, READ_BUF};
+use crate::proxy::body_relay::{ensure_spare, READ_BUF};
 use bytes::BytesMut;
 use std::future::Future;
 use std::net::Shutdown;

@@ -2,7 +2,7 @@
 //! the SNI, JA4 of the ClientHello) and speaking TLS to upstreams.
 
 use crate::config::Config;
-use crate::io::tls::as_tls_error;
+use crate::io::tls_stream::as_tls_error;
 use crate::io::Stream;
 use crate::proto::client_hello::{is_tls_client_hello_start, parse_client_hello, ClientHello};
 use crate::tls::{
@@ -12,7 +12,6 @@ use crate::tls::{
 use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use std::cell::RefCell;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,8 +96,7 @@ fn with_dir_lock<T>(dir: &Confdir, f: impl FnOnce() -> T) -> T {
         .write(true)
         .open(dir.path().join(".lock"));
     if let Ok(l) = &lock {
-        // SAFETY: flock on a descriptor we own; released when `lock` is dropped
-        unsafe { libc::flock(l.as_raw_fd(), libc::LOCK_EX) };
+        crate::io::os::lock_exclusive(l);
     }
     f()
 }
@@ -177,7 +175,7 @@ impl WorkerTls {
                 None => {}
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match crate::proxy::relay::read_some(stream, buf, left).await {
+            match crate::proxy::body_relay::read_some(stream, buf, left).await {
                 Ok(0) => return Err("client closed before its ClientHello was complete".into()),
                 Ok(_) => {}
                 Err(e) => return Err(format!("reading the ClientHello: {e}")),

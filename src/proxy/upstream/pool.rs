@@ -1,0 +1,129 @@
+//! The per-worker keep-alive pool of upstream connections, keyed by (scheme, host, port).
+
+use super::Upstream;
+use crate::io::Stream;
+use bytes::BytesMut;
+use rustc_hash::FxHashMap;
+use std::cell::RefCell;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Pool key. Cheap to clone (shared strings): a connection keeps the key of its last
+/// request and reuses it while requests go to the same place.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// "http" or "https".
+    pub scheme: Rc<str>,
+    /// Host as named by the request.
+    pub host: Rc<str>,
+    /// Port.
+    pub port: u16,
+}
+
+impl Key {
+    /// The key of a request to `authority` ("host[:port]") with `scheme`.
+    pub fn new(scheme: &str, authority: &str) -> Key {
+        let (host, port) = crate::http::host_port_of(scheme, authority);
+        Key {
+            scheme: scheme.into(),
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+struct Idle {
+    stream: Stream,
+    /// Kept so the next exchange reads into the spare capacity left by this one.
+    buf: BytesMut,
+    addr: SocketAddr,
+    since: Instant,
+}
+
+/// Per-worker pool of idle upstream connections (no locks: one worker owns it).
+pub struct Pool {
+    idle: RefCell<FxHashMap<Key, Vec<Idle>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            idle: RefCell::new(FxHashMap::default()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// Takes the most recently used idle connection for `key`, if one is fresh enough.
+    /// With `probe`, each candidate is first checked with
+    /// a non-blocking peek and skipped when the upstream has closed it meanwhile: a
+    /// request that cannot be sent twice gets no retry, so it should not meet a stale
+    /// connection.
+    pub fn take(&self, key: &Key, probe: bool) -> Option<Upstream> {
+        let mut map = self.idle.borrow_mut();
+        let list = map.get_mut(key)?;
+        while let Some(i) = list.pop() {
+            if i.since.elapsed() < self.idle_timeout && (!probe || i.stream.is_idle_and_open()) {
+                return Some(Upstream {
+                    stream: i.stream,
+                    buf: i.buf,
+                    addr: i.addr,
+                    reused: true,
+                    tls_info: None,
+                });
+            }
+            i.stream.shutdown(Shutdown::Both);
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange completed cleanly.
+    pub fn put(&self, key: Key, up: Upstream) {
+        if !up.buf.is_empty() || self.max_idle == 0 {
+            // unsolicited bytes after a complete response: the connection is out of sync
+            up.stream.shutdown(Shutdown::Both);
+            return;
+        }
+        let mut map = self.idle.borrow_mut();
+        let list = map.entry(key).or_default();
+        if list.len() >= self.max_idle {
+            let old = list.remove(0);
+            old.stream.shutdown(Shutdown::Both);
+        }
+        list.push(Idle {
+            stream: up.stream,
+            buf: up.buf,
+            addr: up.addr,
+            since: Instant::now(),
+        });
+    }
+
+    /// Number of idle connections (all keys).
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+
+    /// Closes expired idle connections now and then, for the worker's lifetime.
+    pub async fn reap_forever(&self) {
+        let period =
+            (self.idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(period).await;
+            let mut map = self.idle.borrow_mut();
+            for list in map.values_mut() {
+                list.retain(|i| {
+                    let keep = i.since.elapsed() < self.idle_timeout;
+                    if !keep {
+                        i.stream.shutdown(Shutdown::Both);
+                    }
+                    keep
+                });
+            }
+            map.retain(|_, l| !l.is_empty());
+        }
+    }
+}
