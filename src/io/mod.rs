@@ -38,8 +38,8 @@ use tokio_uring::buf::BoundedBuf;
 pub enum Stream {
     /// io_uring-backed stream.
     Uring(UringTcp),
-    /// epoll-backed stream.
-    Epoll(tokio::net::TcpStream),
+    /// epoll-backed stream, with its byte counts.
+    Epoll(tokio::net::TcpStream, Traffic),
     /// TLS session over another stream.
     Tls(Box<TlsStream>),
     /// Placeholder left while a stream is being wrapped; every operation fails.
@@ -65,6 +65,23 @@ const CLOSE_NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(2)
 
 fn detached() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "stream detached")
+}
+
+/// Byte counts of one socket; plain cells, since one worker owns the socket.
+#[derive(Default, Debug)]
+pub struct Traffic {
+    read: std::cell::Cell<u64>,
+    written: std::cell::Cell<u64>,
+}
+
+impl Traffic {
+    fn add_read(&self, n: usize) {
+        self.read.set(self.read.get() + n as u64);
+    }
+
+    fn add_written(&self, n: usize) {
+        self.written.set(self.written.get() + n as u64);
+    }
 }
 
 /// A listening socket on either backend.
@@ -95,7 +112,7 @@ impl Listener {
             }
             Listener::Epoll(l) => {
                 let (s, a) = l.accept().await?;
-                Ok((Stream::Epoll(s), a))
+                Ok((Stream::Epoll(s, Traffic::default()), a))
             }
         }
     }
@@ -110,7 +127,10 @@ impl Stream {
                 set_nonblocking(s.as_raw_fd())?;
                 Stream::Uring(UringTcp::new(s))
             }
-            Backend::Epoll => Stream::Epoll(tokio::net::TcpStream::connect(addr).await?),
+            Backend::Epoll => Stream::Epoll(
+                tokio::net::TcpStream::connect(addr).await?,
+                Traffic::default(),
+            ),
         };
         s.set_nodelay(true)?;
         Ok(s)
@@ -120,7 +140,7 @@ impl Stream {
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             Stream::Uring(s) => s.set_nodelay(on),
-            Stream::Epoll(s) => s.set_nodelay(on),
+            Stream::Epoll(s, _) => s.set_nodelay(on),
             Stream::Tls(t) => t.inner().set_nodelay(on),
             Stream::Detached => Err(detached()),
         }
@@ -164,14 +184,20 @@ impl Stream {
                 let len = buf.len();
                 let end = len.saturating_add(max).min(buf.capacity());
                 let (res, slice) = s.read(buf.slice(len..end)).await;
+                if let Ok(n) = res {
+                    s.traffic.add_read(n);
+                }
                 (res, slice.into_inner())
             }
-            Stream::Epoll(s) => loop {
+            Stream::Epoll(s, t) => loop {
                 if let Err(e) = s.readable().await {
                     return (Err(e), buf);
                 }
                 match s.try_read_buf(&mut bytes::BufMut::limit(&mut buf, max)) {
-                    Ok(n) => return (Ok(n), buf),
+                    Ok(n) => {
+                        t.add_read(n);
+                        return (Ok(n), buf);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return (Err(e), buf),
                 }
@@ -183,14 +209,25 @@ impl Stream {
     /// [`Stream::write_all`] on the socket itself.
     pub(crate) async fn write_plain(&self, buf: Bytes) -> io::Result<()> {
         match self {
-            Stream::Uring(s) => s.write_all(buf).await.0,
-            Stream::Epoll(s) => {
+            Stream::Uring(s) => {
+                let len = buf.len();
+                let r = s.write_all(buf).await.0;
+                // a failed write_all may have sent part of it; what counts is what was asked
+                if r.is_ok() {
+                    s.traffic.add_written(len);
+                }
+                r
+            }
+            Stream::Epoll(s, t) => {
                 let mut off = 0;
                 while off < buf.len() {
                     s.writable().await?;
                     match s.try_write(&buf[off..]) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => off += n,
+                        Ok(n) => {
+                            t.add_written(n);
+                            off += n;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(e) => return Err(e),
                     }
@@ -220,7 +257,7 @@ impl Stream {
                     res?
                 }
                 Stream::Tls(_) | Stream::Detached => return Err(detached()),
-                Stream::Epoll(s) => {
+                Stream::Epoll(s, _) => {
                     s.writable().await?;
                     let slices: Vec<io::IoSlice<'_>> =
                         bufs.iter().map(|b| io::IoSlice::new(b)).collect();
@@ -233,6 +270,9 @@ impl Stream {
             };
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
+            }
+            if let Some(t) = self.traffic() {
+                t.add_written(n);
             }
             // drop fully written buffers, advance into a partially written one
             let mut done = 0;
@@ -248,6 +288,25 @@ impl Stream {
             bufs.drain(..done);
         }
         Ok(())
+    }
+
+    /// Bytes read from and written to the socket under this stream (TLS records
+    /// included), counted where they move: reads, writes and kernel splices.
+    pub fn bytes_moved(&self) -> (u64, u64) {
+        match self.traffic() {
+            Some(t) => (t.read.get(), t.written.get()),
+            None => (0, 0),
+        }
+    }
+
+    /// The counters of the socket under this stream.
+    pub(crate) fn traffic(&self) -> Option<&Traffic> {
+        match self {
+            Stream::Uring(s) => Some(&s.traffic),
+            Stream::Epoll(_, t) => Some(t),
+            Stream::Tls(t) => t.inner().traffic(),
+            Stream::Detached => None,
+        }
     }
 
     /// Starts TLS on this stream in place; `early` holds bytes already read from the peer.
@@ -286,7 +345,7 @@ impl Stream {
     pub fn is_idle_and_open(&self) -> bool {
         let fd = match self {
             Stream::Uring(s) => s.as_raw_fd(),
-            Stream::Epoll(s) => s.as_raw_fd(),
+            Stream::Epoll(s, _) => s.as_raw_fd(),
             Stream::Tls(t) => return t.inner().is_idle_and_open(),
             Stream::Detached => return false,
         };
@@ -308,7 +367,7 @@ impl Stream {
     pub fn shutdown(&self, how: Shutdown) {
         let _ = match self {
             Stream::Uring(s) => s.shutdown(how),
-            Stream::Epoll(s) => socket2::SockRef::from(s).shutdown(how),
+            Stream::Epoll(s, _) => socket2::SockRef::from(s).shutdown(how),
             Stream::Tls(t) => {
                 t.shutdown(how);
                 Ok(())

@@ -130,6 +130,7 @@ pub struct UringTcp {
     // Declared first so it is dropped (deregistered) before the socket is closed.
     reg: OnceCell<AsyncFd<Fd>>,
     tcp: tokio_uring::net::TcpStream,
+    pub(super) traffic: super::Traffic,
 }
 
 impl UringTcp {
@@ -138,6 +139,7 @@ impl UringTcp {
         UringTcp {
             reg: OnceCell::new(),
             tcp,
+            traffic: Default::default(),
         }
     }
 
@@ -174,7 +176,7 @@ enum End<'a> {
 impl End<'_> {
     fn of(s: &Stream) -> Option<End<'_>> {
         match s {
-            Stream::Epoll(t) => Some(End::Epoll(t)),
+            Stream::Epoll(t, _) => Some(End::Epoll(t)),
             Stream::Uring(t) => Some(End::Uring(t)),
             Stream::Tls(_) | Stream::Detached => None,
         }
@@ -347,6 +349,9 @@ pub async fn splice(
                     }
                 }
                 Some(n) => {
+                    if let Some(t) = src.traffic() {
+                        t.add_read(n);
+                    }
                     pipe.held += n;
                     if !until_eof {
                         left -= n as u64;
@@ -370,6 +375,9 @@ pub async fn splice(
                 .map_err(SpliceError::Sink)?;
             pipe.held -= n;
             *moved += n as u64;
+            if let Some(t) = dst.traffic() {
+                t.add_written(n);
+            }
             idle.progress();
         } else if eof {
             break;

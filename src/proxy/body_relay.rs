@@ -130,23 +130,48 @@ pub async fn send(dst: &Stream, parts: Vec<Bytes>, limit: SendLimit<'_>) -> std:
     }
 }
 
+/// An HTTP/1 body on the wire: the socket it arrives on, the bytes read ahead of the
+/// decoder, and the decoder that finds its end.
+pub struct H1Body<'a> {
+    /// The socket the body arrives on.
+    pub stream: &'a Stream,
+    /// Bytes read from it and not yet consumed.
+    pub buf: &'a mut BytesMut,
+    /// The body's framing state.
+    pub dec: &'a mut BodyDecoder,
+    /// How long one read may wait.
+    pub timeout: Duration,
+}
+
+/// Where relayed bytes are written, and how long the peer may accept nothing.
+#[derive(Clone, Copy)]
+pub struct Sink<'a> {
+    /// The socket written to.
+    pub stream: &'a Stream,
+    /// The write limit (`--send-timeout` toward clients; none toward upstreams).
+    pub limit: SendLimit<'a>,
+}
+
 /// Relays one body from `src` to `dst`. `first` (e.g. an already encoded head) is
 /// written before the body, coalesced with the first body bytes when small.
 /// Returns the bytes written to `dst`. `source_done` is set once the whole body has
-/// been read from `src` (only the last write may still be under way). `timeout` limits
-/// each read, `limit` each write.
-#[allow(clippy::too_many_arguments)]
+/// been read from `src` (only the last write may still be under way).
 pub async fn body(
-    src: &Stream,
-    src_buf: &mut BytesMut,
-    dst: &Stream,
-    dec: &mut BodyDecoder,
+    src: &mut H1Body<'_>,
+    dst: Sink<'_>,
     mut first: Option<BytesMut>,
     output: Output,
-    timeout: Duration,
-    limit: SendLimit<'_>,
     source_done: Option<&std::cell::Cell<bool>>,
 ) -> Result<u64, RelayError> {
+    let H1Body {
+        stream: src,
+        buf: src_buf,
+        dec,
+        timeout,
+    } = src;
+    let (src, timeout) = (*src, *timeout);
+    let (src_buf, dec): (&mut BytesMut, &mut BodyDecoder) = (src_buf, dec);
+    let (dst, limit) = (dst.stream, dst.limit);
     let mut written = 0u64;
     loop {
         let (piece, done) = take_ready(src_buf, dec, output);
@@ -287,19 +312,32 @@ fn take_ready(buf: &mut BytesMut, dec: &mut BodyDecoder, output: Output) -> (Opt
 pub enum Buffered {
     /// The whole body, framing removed, and its trailers.
     Complete(Bytes, Option<crate::http::Headers>),
-    /// Over the limit: these wire bytes were read and must still be forwarded.
-    TooLarge(BytesMut),
+    /// Over the limit: it is relayed unread, from its first byte.
+    TooLarge,
 }
 
-/// Reads a whole body (for a plugin that asked for it) up to `max` wire bytes.
-pub async fn buffer_body(
-    src: &Stream,
-    buf: &mut BytesMut,
-    dec: &mut BodyDecoder,
-    kind: crate::proto::http1::BodyKind,
-    max: usize,
-    timeout: Duration,
-) -> Result<Buffered, String> {
+/// Undoes a partial read of a body: `wire` goes back in front of `buf`, and the
+/// decoder starts again at the body's first byte.
+fn put_back(mut wire: BytesMut, buf: &mut BytesMut, dec: &mut BodyDecoder) -> Buffered {
+    wire.extend_from_slice(buf);
+    *buf = wire;
+    *dec = BodyDecoder::new(dec.kind());
+    Buffered::TooLarge
+}
+
+/// Reads a whole body (for a plugin that asked for it) up to `max` wire bytes. A body
+/// over `max` is left to be relayed: the wire bytes read go back in front of the
+/// buffer and the decoder starts again at the body's first byte.
+pub async fn buffer_body(body: &mut H1Body<'_>, max: usize) -> Result<Buffered, String> {
+    let kind = body.dec.kind();
+    let H1Body {
+        stream: src,
+        buf,
+        dec,
+        timeout,
+    } = body;
+    let (src, timeout) = (*src, *timeout);
+    let (buf, dec): (&mut BytesMut, &mut BodyDecoder) = (buf, dec);
     let mut wire = BytesMut::new();
     loop {
         if !buf.is_empty() {
@@ -312,7 +350,7 @@ pub async fn buffer_body(
             break;
         }
         if wire.len() > max {
-            return Ok(Buffered::TooLarge(wire));
+            return Ok(put_back(wire, buf, dec));
         }
         match read_some(src, buf, timeout).await {
             Ok(0) => {
@@ -324,7 +362,7 @@ pub async fn buffer_body(
         }
     }
     if wire.len() > max {
-        return Ok(Buffered::TooLarge(wire));
+        return Ok(put_back(wire, buf, dec));
     }
     let mut d = BodyDecoder::new(kind);
     let decoded = d.decode(&mut wire).map_err(|e| e.to_string())?;

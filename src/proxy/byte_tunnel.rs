@@ -23,15 +23,33 @@ pub struct TunnelStats {
     pub down: u64,
 }
 
+/// The two sockets of a relayed connection, each with bytes already read from it
+/// (pipelined after a CONNECT head, a server greeting read while deciding...).
+pub struct Peers<'a> {
+    /// The client socket.
+    pub client: &'a Stream,
+    /// Client bytes read but not yet relayed.
+    pub client_early: BytesMut,
+    /// The upstream socket.
+    pub upstream: &'a Stream,
+    /// Upstream bytes read but not yet relayed.
+    pub upstream_early: BytesMut,
+}
+
+/// One direction of a tunnel: where its bytes come from and go, and who looks at them.
+struct Direction<'a, 'p> {
+    src: &'a Stream,
+    dst: &'a Stream,
+    from_client: bool,
+    hook: Option<&'a Engine>,
+    info: &'a ConnInfo,
+    pending: Option<PendingRead<'p>>,
+}
+
 /// Relays until both directions have ended, or until `idle` passes with no byte moved
-/// either way (then both sockets are shut down). `client_buf` holds bytes the client
-/// sent after its CONNECT head (pipelined early data).
-#[allow(clippy::too_many_arguments)]
+/// either way (then both sockets are shut down).
 pub async fn run(
-    client: &Stream,
-    client_buf: BytesMut,
-    upstream: &Stream,
-    upstream_buf: BytesMut,
+    peers: Peers<'_>,
     engine: Option<&Engine>,
     info: &ConnInfo,
     pending: [Option<PendingRead<'_>>; 2],
@@ -42,27 +60,25 @@ pub async fn run(
     // one deadline for both directions: a download the client never answers is not idle
     let deadline = Deadline::new();
     let idle = Idle::shared(&deadline, idle);
+    let up = Direction {
+        src: peers.client,
+        dst: peers.upstream,
+        from_client: true,
+        hook,
+        info,
+        pending: client_read,
+    };
+    let down = Direction {
+        src: peers.upstream,
+        dst: peers.client,
+        from_client: false,
+        hook,
+        info,
+        pending: upstream_read,
+    };
     let (up, down) = tokio::join!(
-        one_way(
-            client,
-            client_buf,
-            client_read,
-            upstream,
-            true,
-            hook,
-            info,
-            idle
-        ),
-        one_way(
-            upstream,
-            upstream_buf,
-            upstream_read,
-            client,
-            false,
-            hook,
-            info,
-            idle
-        ),
+        one_way(up, peers.client_early, idle),
+        one_way(down, peers.upstream_early, idle),
     );
     TunnelStats { up, down }
 }
@@ -75,17 +91,15 @@ fn close_quiet(src: &Stream, dst: &Stream, info: &ConnInfo) {
     dst.shutdown(Shutdown::Both);
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn one_way(
-    src: &Stream,
-    mut buf: BytesMut,
-    mut pending: Option<PendingRead<'_>>,
-    dst: &Stream,
-    from_client: bool,
-    hook: Option<&Engine>,
-    info: &ConnInfo,
-    idle: Idle<'_>,
-) -> u64 {
+async fn one_way(d: Direction<'_, '_>, mut buf: BytesMut, idle: Idle<'_>) -> u64 {
+    let Direction {
+        src,
+        dst,
+        from_client,
+        hook,
+        info,
+        mut pending,
+    } = d;
     let mut offset = 0u64;
     let mut sent = 0u64;
     loop {

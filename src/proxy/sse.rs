@@ -3,18 +3,16 @@
 //! and on to the client at once (re-serialized only when a hook changed it).
 
 use crate::http::Headers;
-use crate::io::Stream;
 use crate::plugin::{ConnInfo, Engine, Event, Phase, SseEvent};
-use crate::proto::http1::{encode_chunk, encode_last_chunk, BodyDecoder};
+use crate::proto::http1::{encode_chunk, encode_last_chunk};
 use crate::proto::sse::Parser;
-use crate::proxy::body_relay::{self, RelayError, SendLimit};
+use crate::proxy::body_relay::{self, H1Body, RelayError, Sink};
 use bytes::{Bytes, BytesMut};
-use std::time::Duration;
 
 /// Whether a response is an event stream the SSE layer should take.
 /// A compressed stream (or one with transfer codings besides chunked) passes unhooked:
 /// its bytes are not the event text.
-pub(crate) fn applies(engine: Option<&Engine>, status: u16, headers: &Headers) -> bool {
+pub fn applies(engine: Option<&Engine>, status: u16, headers: &Headers) -> bool {
     let identity = headers
         .get("content-encoding")
         .is_none_or(|v| v.trim_ascii().eq_ignore_ascii_case(b"identity"));
@@ -33,7 +31,7 @@ pub(crate) fn applies(engine: Option<&Engine>, status: u16, headers: &Headers) -
 }
 
 /// Runs the hooks over the events of one stream.
-pub(crate) struct Rewriter<'a> {
+pub struct Rewriter<'a> {
     parser: Parser,
     engine: &'a Engine,
     /// A copy, so the rewriter borrows nothing of the connection that relays.
@@ -47,7 +45,7 @@ pub(crate) struct Rewriter<'a> {
 
 impl<'a> Rewriter<'a> {
     /// A rewriter for one response; `max` bounds one event (`--max-plugin-body`).
-    pub(crate) fn new(engine: &'a Engine, info: &ConnInfo, flow_id: u64, max: usize) -> Self {
+    pub fn new(engine: &'a Engine, info: &ConnInfo, flow_id: u64, max: usize) -> Self {
         Rewriter {
             parser: Parser::new(),
             engine,
@@ -60,7 +58,7 @@ impl<'a> Rewriter<'a> {
     }
 
     /// Body bytes in, the bytes to send on out (whole events only).
-    pub(crate) fn feed(&mut self, data: &[u8]) -> BytesMut {
+    pub fn feed(&mut self, data: &[u8]) -> BytesMut {
         let mut out = BytesMut::new();
         if self.passthrough {
             out.extend_from_slice(data);
@@ -101,7 +99,7 @@ impl<'a> Rewriter<'a> {
     }
 
     /// The stream ended: an unfinished last block goes on as it came.
-    pub(crate) fn finish(&mut self) -> Bytes {
+    pub fn finish(&mut self) -> Bytes {
         self.parser.finish()
     }
 }
@@ -109,18 +107,21 @@ impl<'a> Rewriter<'a> {
 /// Relays an HTTP/1 upstream body through `rw` to an HTTP/1 client: chunked when
 /// `chunked` (trailers kept), else as raw bytes ending with the connection. `head`
 /// goes out first. Returns the bytes written.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn relay_http1(
-    src: &Stream,
-    src_buf: &mut BytesMut,
-    dst: &Stream,
-    dec: &mut BodyDecoder,
+pub async fn relay_http1(
+    body: &mut H1Body<'_>,
+    sink: Sink<'_>,
     head: BytesMut,
     chunked: bool,
     rw: &mut Rewriter<'_>,
-    timeout: Duration,
-    limit: SendLimit<'_>,
 ) -> Result<u64, RelayError> {
+    let H1Body {
+        stream: src,
+        buf: src_buf,
+        dec,
+        timeout,
+    } = body;
+    let (src, timeout) = (*src, *timeout);
+    let (dst, limit) = (sink.stream, sink.limit);
     let mut out = head;
     let mut written = 0u64;
     let frame = |payload: &[u8], out: &mut BytesMut| {

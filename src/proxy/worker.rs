@@ -1,11 +1,12 @@
-//! One worker: its runtime's accept loop, its connections, upstream pool, plugin engine
-//! and counters. Nothing here is shared with other workers.
+//! One worker's state: its upstream pool, plugin engine, TLS state, counters and
+//! limits. Nothing here is shared with other workers; the accept loop that runs on it
+//! is in [`crate::proxy::accept`].
 
 use crate::config::{secs, Config, Mode};
-use crate::io::{self, Backend, Listener};
+use crate::io::{Backend, Listener};
 use crate::plugin::{Engine, EngineConfig};
 use crate::proto::http1::Limits;
-use crate::proxy::pipeline::Pipeline;
+use crate::proxy::exchange::pipeline::Pipeline;
 use crate::proxy::upstream::Pool;
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
@@ -103,9 +104,9 @@ pub struct Worker {
     /// Open client connections.
     pub active: Cell<usize>,
     /// Connections over `max_connections` being answered 503 (bounded by [`REFUSING_MAX`]).
-    refusing: Cell<usize>,
+    pub refusing: Cell<usize>,
     /// When the last over-the-limit warning was logged (one a second at most).
-    refused_logged: Cell<Option<Instant>>,
+    pub refused_logged: Cell<Option<Instant>>,
     /// Set once the worker drains; connections finish their request and close.
     pub draining: watch::Sender<bool>,
     next_conn: Cell<u64>,
@@ -159,7 +160,8 @@ fn engine_config(cfg: &Config) -> EngineConfig {
     }
 }
 
-fn load_engine(cfg: &Config, index: usize) -> Result<Option<Rc<Engine>>, String> {
+/// Loads the configured plugins into a new engine for worker `index`.
+pub fn load_engine(cfg: &Config, index: usize) -> Result<Option<Rc<Engine>>, String> {
     if cfg.plugins.is_empty() {
         return Ok(None);
     }
@@ -168,42 +170,29 @@ fn load_engine(cfg: &Config, index: usize) -> Result<Option<Rc<Engine>>, String>
         .map_err(|e| e.to_string())
 }
 
-/// The worker's main task: accept until told to stop, then drain.
-pub async fn main(setup: Setup) {
+/// A worker's state, built from its setup. The parts of the setup the accept loop
+/// needs are handed back: the listener, its descriptor, the control channel.
+pub fn build(setup: Setup) -> Result<Built, String> {
     let Setup {
         index,
         cfg,
         mode,
         backend,
         listener,
-        mut control,
+        control,
         ready,
         tls,
     } = setup;
     let listen_fd = listener.as_raw_fd();
-    let listener = match Listener::from_std(backend, listener) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(format!(
-                "worker {index}: cannot register listener: {e}"
-            )));
-            return;
-        }
+    let fail = |e: String| {
+        let _ = ready.send(Err(e.clone()));
+        e
     };
-    let engine = match load_engine(&cfg, index) {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = ready.send(Err(format!("worker {index}: plugins failed to load:\n{e}")));
-            return;
-        }
-    };
-    let pipeline = match Pipeline::from_config(&cfg) {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
+    let listener = Listener::from_std(backend, listener)
+        .map_err(|e| fail(format!("worker {index}: cannot register listener: {e}")))?;
+    let engine = load_engine(&cfg, index)
+        .map_err(|e| fail(format!("worker {index}: plugins failed to load:\n{e}")))?;
+    let pipeline = Pipeline::from_config(&cfg).map_err(fail)?;
     let w = Rc::new(Worker {
         index,
         limits: Limits {
@@ -239,132 +228,22 @@ pub async fn main(setup: Setup) {
         backend,
     });
     let _ = ready.send(Ok(()));
-
-    // Control runs beside the accept loop rather than in a select with it: dropping an
-    // in-flight io_uring accept would not cancel it, and the connection it later
-    // accepted would be lost. Stopping shuts the listening socket down instead, which
-    // completes the pending accept with an error.
-    let wc = w.clone();
-    io::spawn(async move {
-        let mut generation = control.borrow().reload_generation;
-        while control.changed().await.is_ok() {
-            let c = control.borrow_and_update().clone();
-            if c.reload_generation != generation {
-                generation = c.reload_generation;
-                match load_engine(&wc.cfg, wc.index) {
-                    Ok(e) => {
-                        *wc.engine.borrow_mut() = e;
-                        tracing::info!(worker = wc.index, "plugins reloaded");
-                    }
-                    Err(e) => tracing::error!(
-                        worker = wc.index,
-                        "plugin reload failed, keeping the old set:\n{e}"
-                    ),
-                }
-            }
-            if c.stopping {
-                wc.draining.send_replace(true);
-                // the listener lives until the accept loop ends, which this call triggers
-                io::os::shutdown_listener(listen_fd);
-                break;
-            }
-        }
-    });
-    let wp = w.clone();
-    io::spawn(async move { wp.pool.reap_forever().await });
-
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                if w.is_draining() {
-                    stream.shutdown(std::net::Shutdown::Both);
-                    break;
-                }
-                if w.active.get() >= w.cfg.max_connections {
-                    Counters::bump(&w.counters.refused);
-                    let now = Instant::now();
-                    if w.refused_logged
-                        .get()
-                        .is_none_or(|t| now - t >= Duration::from_secs(1))
-                    {
-                        w.refused_logged.set(Some(now));
-                        tracing::warn!(
-                            worker = index,
-                            %peer,
-                            "max connections ({}) reached; new connections get 503",
-                            w.cfg.max_connections
-                        );
-                    }
-                    // a SOCKS5 client would take an HTTP answer for a broken handshake
-                    if w.refusing.get() < REFUSING_MAX && w.mode != Mode::Socks5 {
-                        w.refusing.set(w.refusing.get() + 1);
-                        let wr = w.clone();
-                        io::spawn(async move {
-                            refuse(stream).await;
-                            wr.refusing.set(wr.refusing.get() - 1);
-                        });
-                    } else {
-                        stream.shutdown(std::net::Shutdown::Both);
-                    }
-                    continue;
-                }
-                Counters::bump(&w.counters.accepted);
-                let _ = stream.set_nodelay(true);
-                io::spawn(crate::proxy::serve(w.clone(), stream, peer));
-            }
-            Err(e) => {
-                if w.is_draining() {
-                    break;
-                }
-                tracing::warn!(worker = index, "accept failed: {e}");
-                // EMFILE and friends: back off instead of spinning
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-    drop(listener);
-    drain(&w).await;
+    Ok(Built {
+        w,
+        listener,
+        listen_fd,
+        control,
+    })
 }
 
-async fn drain(w: &Worker) {
-    let deadline = Instant::now() + secs(w.cfg.drain_timeout);
-    while w.active.get() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if w.active.get() > 0 {
-        tracing::warn!(
-            worker = w.index,
-            open = w.active.get(),
-            "drain timeout: closing remaining connections"
-        );
-    }
-}
-
-/// Most over-the-limit connections answered 503 at once; beyond it they are closed
-/// without a word, so a flood cannot grow the worker's load.
-const REFUSING_MAX: usize = 64;
-
-/// Answers a connection over `max_connections` with a 503, then closes it after
-/// reading (briefly) what the client sent, so the answer is not lost to a reset.
-async fn refuse(stream: io::Stream) {
-    let body = "luring: too many connections, try again\n";
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if stream.write_all(bytes::Bytes::from(answer)).await.is_ok() {
-        stream.shutdown(std::net::Shutdown::Write);
-        let mut buf = bytes::BytesMut::with_capacity(4096);
-        let deadline = Instant::now() + Duration::from_millis(500);
-        for _ in 0..16 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            buf.clear();
-            match crate::proxy::body_relay::read_some(&stream, &mut buf, left).await {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
-        }
-    }
-    stream.shutdown(std::net::Shutdown::Both);
+/// A built worker and what its accept loop runs on.
+pub struct Built {
+    /// The worker's state.
+    pub w: Rc<Worker>,
+    /// Its listening socket.
+    pub listener: Listener,
+    /// The listener's descriptor, to shut it down when stopping.
+    pub listen_fd: std::os::fd::RawFd,
+    /// Orders from the signal thread.
+    pub control: watch::Receiver<Control>,
 }

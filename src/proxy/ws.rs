@@ -7,7 +7,7 @@ use crate::io::{Deadline, Idle, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, WsClose, WsMessage};
 use crate::proto::ws::{self, Assembler, Frame, FrameDecoder, CLOSE};
 use crate::proxy::body_relay::{ensure_spare, READ_BUF};
-use crate::proxy::byte_tunnel::TunnelStats;
+use crate::proxy::byte_tunnel::{Peers, TunnelStats};
 use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
@@ -39,12 +39,8 @@ struct Conn<'a> {
 
 /// Relays frames both ways until both directions ended (or `idle` passed with no byte
 /// either way), then fires ws.on_close.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay(
-    client: &Stream,
-    client_buf: BytesMut,
-    upstream: &Stream,
-    upstream_buf: BytesMut,
+    peers: Peers<'_>,
     engine: &Engine,
     info: &ConnInfo,
     flow_id: u64,
@@ -62,8 +58,22 @@ pub(crate) async fn relay(
     let deadline = Deadline::new();
     let idle = Idle::shared(&deadline, idle);
     let (up, down) = tokio::join!(
-        one_way(&conn, client, client_buf, upstream, true, idle),
-        one_way(&conn, upstream, upstream_buf, client, false, idle),
+        one_way(
+            &conn,
+            peers.client,
+            peers.client_early,
+            peers.upstream,
+            true,
+            idle
+        ),
+        one_way(
+            &conn,
+            peers.upstream,
+            peers.upstream_early,
+            peers.client,
+            false,
+            idle
+        ),
     );
     let close = conn.close.take().unwrap_or(WsClose {
         close_code: 1006,

@@ -43,7 +43,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             .spawn(move || {
                 let ready2 = ready.clone();
                 let r = io::run_on_current_thread(backend, move || {
-                    worker::main(worker::Setup {
+                    crate::proxy::accept::main(worker::Setup {
                         index,
                         cfg,
                         mode,

@@ -1,11 +1,15 @@
 //! Upstream connections: name resolution, connect with timeout, TLS over an open
 //! connection; the keep-alive pool in [`pool`], and the HTTP legs by upstream version.
 
+pub mod h1;
+pub mod h2;
 pub mod pool;
 
 pub use pool::{Key, Pool};
 
 use crate::io::{Backend, Stream};
+use crate::plugin::ConnInfo;
+use crate::proxy::worker::{Counters, Worker};
 use crate::proxy::worker_tls::Alpn;
 use bytes::BytesMut;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
@@ -34,6 +38,73 @@ pub enum ConnectError {
     Connect(String),
     /// Connect timed out (504).
     Timeout(String),
+}
+
+impl ConnectError {
+    /// The status and text of the answer a client gets for it.
+    pub fn answer(self) -> (u16, String) {
+        match self {
+            ConnectError::Timeout(t) => (504, t),
+            ConnectError::Resolve(t) | ConnectError::Connect(t) => (502, t),
+        }
+    }
+
+    /// The text alone.
+    pub fn text(&self) -> &str {
+        match self {
+            ConnectError::Timeout(t) | ConnectError::Resolve(t) | ConnectError::Connect(t) => t,
+        }
+    }
+}
+
+/// The plain connection an accepted tunnel opened: the first TLS connection to the same
+/// host and port is made over it instead of a new socket.
+pub struct Spare {
+    /// Host the tunnel named.
+    pub host: String,
+    /// Port the tunnel named.
+    pub port: u16,
+    /// The connection.
+    pub up: Upstream,
+}
+
+/// An idle pooled connection for `key`, counted as a reuse. `probe`: skip connections
+/// the upstream closed meanwhile (for requests that cannot be sent twice).
+pub fn reuse(w: &Worker, key: &Key, probe: bool) -> Option<Upstream> {
+    let up = w.pool.take(key, probe)?;
+    Counters::bump(&w.counters.upstream_reuses);
+    Some(up)
+}
+
+/// A new connection for `key` (TLS offering `alpn` for https), over the tunnel's
+/// `spare` connection when it goes to the same place; counted, and tls.on_handshake
+/// fired for a new TLS session.
+pub async fn open(
+    w: &Worker,
+    info: &ConnInfo,
+    key: &Key,
+    alpn: Alpn,
+    spare: Option<Spare>,
+) -> Result<Upstream, ConnectError> {
+    Counters::bump(&w.counters.upstream_connects);
+    let timeout = w.timeouts.connect;
+    let https = &*key.scheme == "https";
+    let up = match spare {
+        Some(s) if https && *s.host == *key.host && s.port == key.port => {
+            secure(s.up, &key.host, timeout, &w.tls, alpn).await?
+        }
+        other => {
+            if let Some(s) = other {
+                s.up.stream.shutdown(Shutdown::Both);
+            }
+            let tls = https.then_some(&w.tls);
+            connect_offering(w.backend, &key.host, key.port, timeout, tls, alpn).await?
+        }
+    };
+    if let Some(t) = &up.tls_info {
+        crate::proxy::hooks::tls_handshake(w, info, t);
+    }
+    Ok(up)
 }
 
 /// Resolves `host` without blocking the worker: literals and "localhost" directly,

@@ -1,5 +1,6 @@
-//! Wire forms the proxy writes itself: error responses, synthesized (plugin) responses,
-//! and the commit of a request or response head with its framing fixed up.
+//! HTTP/1 wire forms luring writes: request and response heads with their framing
+//! fields made to match how the body goes, and whole bodies (chunked when trailers
+//! must travel with them).
 
 use crate::http::{Body, Headers, Request, Response, ResponseHead, Version};
 use crate::proto::http1::{encode_request_head, encode_response_head, BodyKind};
@@ -33,46 +34,6 @@ pub fn reason(status: u16) -> &'static str {
         _ => "",
     }
 }
-
-/// A complete plain-text error response that closes the connection.
-pub fn error_response(status: u16, text: &str) -> Bytes {
-    let body = format!("luring: {text}\n");
-    Bytes::from(format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        reason(status),
-        body.len()
-    ))
-}
-
-/// The 407 a forward proxy with `--proxy-auth` gives a request without valid credentials.
-pub fn proxy_auth_required() -> Bytes {
-    let body = "luring: proxy authentication required\n";
-    Bytes::from(format!(
-        "HTTP/1.1 407 Proxy Authentication Required\r\nproxy-authenticate: Basic realm=\"luring\"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    ))
-}
-
-/// True when a `Proxy-Authorization` value carries Basic credentials equal to
-/// `expected` (`USER:PASS`).
-pub fn basic_credentials_match(value: &[u8], expected: &str) -> bool {
-    use base64::Engine as _;
-    let value = value.trim_ascii();
-    let Some(sp) = value.iter().position(|&b| b == b' ') else {
-        return false;
-    };
-    let (scheme, token) = value.split_at(sp);
-    if !scheme.eq_ignore_ascii_case(b"basic") {
-        return false;
-    }
-    match base64::engine::general_purpose::STANDARD.decode(token.trim_ascii()) {
-        Ok(decoded) => decoded == expected.as_bytes(),
-        Err(_) => false,
-    }
-}
-
-/// The interim response that tells a client to send its body.
-pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// True when a whole body must go out chunked so that its trailers survive.
 pub fn full_needs_chunked(trailers: Option<&Headers>, chunked_ok: bool) -> bool {
@@ -166,56 +127,9 @@ pub fn response_head(resp: &mut Response, close: bool, client: Version, out: &mu
     resp.headers = head.headers;
 }
 
-/// Wire bytes of a whole synthesized response (plugin RESPOND).
-pub fn synthesized(resp: &Response, head_request: bool, close: bool, client: Version) -> Bytes {
-    let mut r = resp.clone();
-    let body = match &r.body {
-        Body::Full(b) => b.clone(),
-        _ => Bytes::new(),
-    };
-    r.headers.remove("transfer-encoding");
-    r.headers.set("content-length", body.len().to_string());
-    let mut out = BytesMut::with_capacity(256 + body.len());
-    response_head(&mut r, close, client, &mut out);
-    if !head_request {
-        out.extend_from_slice(&body);
-    }
-    out.freeze()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn basic_proxy_credentials() {
-        // "bob:pw" in base64
-        assert!(basic_credentials_match(b"Basic Ym9iOnB3", "bob:pw"));
-        assert!(basic_credentials_match(b"  basic   Ym9iOnB3 ", "bob:pw"));
-        assert!(!basic_credentials_match(b"Basic Ym9iOnB4", "bob:pw"));
-        assert!(!basic_credentials_match(b"Bearer Ym9iOnB3", "bob:pw"));
-        assert!(!basic_credentials_match(b"Basic !!!", "bob:pw"));
-        assert!(!basic_credentials_match(b"Basic", "bob:pw"));
-        let r = proxy_auth_required();
-        let s = std::str::from_utf8(&r).unwrap();
-        assert!(s.starts_with("HTTP/1.1 407 Proxy Authentication Required\r\n"));
-        assert!(s.contains("proxy-authenticate: Basic realm=\"luring\"\r\n"));
-        let body_len = s.split("\r\n\r\n").nth(1).unwrap().len();
-        assert!(s.contains(&format!("content-length: {body_len}\r\n")));
-    }
-
-    #[test]
-    fn error_bodies_name_the_reason() {
-        let r = error_response(
-            502,
-            "cannot connect to upstream 127.0.0.1:9: connection refused",
-        );
-        let s = std::str::from_utf8(&r).unwrap();
-        assert!(s.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
-        assert!(s.ends_with("connection refused\n"));
-        let body_len = s.split("\r\n\r\n").nth(1).unwrap().len();
-        assert!(s.contains(&format!("content-length: {body_len}\r\n")));
-    }
 
     #[test]
     fn framing_follows_the_body() {

@@ -1,16 +1,92 @@
-//! SOCKS5 front (`--mode socks5`): the handshake over the client socket, then the
-//! connection goes on as a CONNECT tunnel would (TLS interception, HTTP inside the
-//! tunnel, or a raw relay), see `ClientConn::socks5_tunnel`.
+//! SOCKS5 mode (`--mode socks5`): the handshake over the client socket,
+//! socks5.on_connect, the connect and its reply; then the connection goes on as an
+//! accepted CONNECT tunnel would (TLS interception, HTTP inside the tunnel, or a raw
+//! relay).
 
+use super::{ClientConn, Layer};
 use crate::io::Stream;
+use crate::plugin::{Event, Socks5Info, Step};
 use crate::proto::socks5::{self as proto, BadRequest, Parsed, Reply};
-use crate::proxy::upstream::ConnectError;
+use crate::proxy::exchange::log::{AccessRecord, TunnelLog};
+use crate::proxy::front::h1::Tunnel;
+use crate::proxy::upstream::{self, ConnectError};
 use crate::proxy::worker::Worker;
 use bytes::{Buf, Bytes, BytesMut};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
+
+/// The handshake, then the tunnel to the requested target; one access-log line per
+/// tunnel, as for CONNECT, whose status is the SOCKS5 reply code.
+pub(super) async fn serve(c: &mut ClientConn) -> Layer {
+    let accepted = match handshake(&c.w, &c.io.stream, &mut c.io.buf).await {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::debug!(conn = c.info.conn_id, "{why}");
+            return Layer::Done;
+        }
+    };
+    let record = AccessRecord::start(
+        format!("SOCKS5 CONNECT {}", accepted.req.target()),
+        format!("user={}", accepted.username.as_deref().unwrap_or("-")),
+    );
+    let written_before = c.io.stream.bytes_moved().1;
+    let (next, reply) = connect(c, &accepted).await;
+    if c.w.cfg.access_log {
+        // written when the tunnel ends, with all it carried
+        c.tunnel_log = Some(TunnelLog {
+            record,
+            status: reply.map(|r| u16::from(r.code())),
+            written_before,
+        });
+    }
+    next
+}
+
+/// socks5.on_connect, the connect and its reply; also the reply sent (None: dropped by
+/// a hook, or the client left).
+async fn connect(c: &mut ClientConn, accepted: &Accepted) -> (Layer, Option<Reply>) {
+    let engine = c.w.engine();
+    if let Some(e) = engine.filter(|e| e.has(Event::Socks5Connect)) {
+        let dict = Socks5Info {
+            target_addr: accepted.req.target(),
+            username: accepted.username.clone(),
+        };
+        if let Step::Drop = e.socks5_connect(&c.info, &dict) {
+            tracing::debug!(conn = c.info.conn_id, "dropped by socks5.on_connect");
+            c.io.stream.shutdown(Shutdown::Both);
+            return (Layer::Done, None);
+        }
+    }
+    let host = accepted.req.host_text();
+    let port = accepted.req.port;
+    let t = c.w.timeouts.connect;
+    let up = match upstream::connect(c.w.backend, &host, port, t, None).await {
+        Ok(u) => u,
+        Err(e) => {
+            let target = accepted.req.target();
+            tracing::info!(conn = c.info.conn_id, "SOCKS5 {target}: {}", e.text());
+            let code = reply_for(&e);
+            c.io.write(Bytes::from(proto::reply(code, UNSPECIFIED)))
+                .await;
+            return (Layer::Done, Some(code));
+        }
+    };
+    c.info.server_addr = Some(up.addr);
+    let ok = proto::reply(Reply::Succeeded, UNSPECIFIED);
+    if !c.io.write(Bytes::from(ok)).await {
+        up.stream.shutdown(Shutdown::Both);
+        return (Layer::Done, None);
+    }
+    let tunnel = Tunnel {
+        authority: crate::http::authority_of(&host, port),
+        host,
+        port,
+        up,
+    };
+    (Layer::Tunnel(Box::new(tunnel)), Some(Reply::Succeeded))
+}
 
 /// A request the handshake accepted.
-pub(crate) struct Accepted {
+struct Accepted {
     /// Where the client wants to go.
     pub req: proto::Request,
     /// The username, when the client authenticated.
@@ -18,20 +94,16 @@ pub(crate) struct Accepted {
 }
 
 /// Why the handshake ended without a request; logged at debug level.
-pub(crate) type Refused = String;
+type Refused = String;
 
 /// The address the SOCKS5 replies carry when there is no bound address to report.
-pub(crate) const UNSPECIFIED: SocketAddr =
+const UNSPECIFIED: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// Runs the method negotiation, the optional username/password check (`--proxy-auth`)
 /// and reads the request, all within the head timeout. Bytes the client sent after its
 /// request stay in `buf`.
-pub(crate) async fn handshake(
-    w: &Worker,
-    stream: &Stream,
-    buf: &mut BytesMut,
-) -> Result<Accepted, Refused> {
+async fn handshake(w: &Worker, stream: &Stream, buf: &mut BytesMut) -> Result<Accepted, Refused> {
     let t = w.timeouts.head;
     match tokio::time::timeout(t, negotiate(w, stream, buf)).await {
         Ok(r) => r,
@@ -137,7 +209,7 @@ async fn send(stream: &Stream, b: &[u8]) -> Result<(), Refused> {
 }
 
 /// The reply for an upstream that could not be reached.
-pub(crate) fn reply_for(e: &ConnectError) -> Reply {
+fn reply_for(e: &ConnectError) -> Reply {
     match e {
         ConnectError::Resolve(_) => Reply::HostUnreachable,
         ConnectError::Timeout(_) => Reply::TtlExpired,

@@ -1,0 +1,149 @@
+//! A worker's accept loop: new connections are served until the worker is told to
+//! stop, connections over `max_connections` are refused, plugin reloads are applied
+//! between events, and a stopping worker drains its connections.
+
+use crate::config::{secs, Mode};
+use crate::io;
+use crate::proxy::worker::{self, Counters, Setup, Worker};
+use std::time::{Duration, Instant};
+
+/// The worker's main task: accept until told to stop, then drain.
+pub async fn main(setup: Setup) {
+    let Ok(worker::Built {
+        w,
+        listener,
+        listen_fd,
+        mut control,
+    }) = worker::build(setup)
+    else {
+        return;
+    };
+    let index = w.index;
+    // Control runs beside the accept loop rather than in a select with it: dropping an
+    // in-flight io_uring accept would not cancel it, and the connection it later
+    // accepted would be lost. Stopping shuts the listening socket down instead, which
+    // completes the pending accept with an error.
+    let wc = w.clone();
+    io::spawn(async move {
+        let mut generation = control.borrow().reload_generation;
+        while control.changed().await.is_ok() {
+            let c = control.borrow_and_update().clone();
+            if c.reload_generation != generation {
+                generation = c.reload_generation;
+                match worker::load_engine(&wc.cfg, wc.index) {
+                    Ok(e) => {
+                        *wc.engine.borrow_mut() = e;
+                        tracing::info!(worker = wc.index, "plugins reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        worker = wc.index,
+                        "plugin reload failed, keeping the old set:\n{e}"
+                    ),
+                }
+            }
+            if c.stopping {
+                wc.draining.send_replace(true);
+                // the listener lives until the accept loop ends, which this call triggers
+                io::os::shutdown_listener(listen_fd);
+                break;
+            }
+        }
+    });
+    let wp = w.clone();
+    io::spawn(async move { wp.pool.reap_forever().await });
+
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if w.is_draining() {
+                    stream.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+                if w.active.get() >= w.cfg.max_connections {
+                    Counters::bump(&w.counters.refused);
+                    let now = Instant::now();
+                    if w.refused_logged
+                        .get()
+                        .is_none_or(|t| now - t >= Duration::from_secs(1))
+                    {
+                        w.refused_logged.set(Some(now));
+                        tracing::warn!(
+                            worker = index,
+                            %peer,
+                            "max connections ({}) reached; new connections get 503",
+                            w.cfg.max_connections
+                        );
+                    }
+                    // a SOCKS5 client would take an HTTP answer for a broken handshake
+                    if w.refusing.get() < REFUSING_MAX && w.mode != Mode::Socks5 {
+                        w.refusing.set(w.refusing.get() + 1);
+                        let wr = w.clone();
+                        io::spawn(async move {
+                            refuse(stream).await;
+                            wr.refusing.set(wr.refusing.get() - 1);
+                        });
+                    } else {
+                        stream.shutdown(std::net::Shutdown::Both);
+                    }
+                    continue;
+                }
+                Counters::bump(&w.counters.accepted);
+                let _ = stream.set_nodelay(true);
+                io::spawn(crate::proxy::conn::serve(w.clone(), stream, peer));
+            }
+            Err(e) => {
+                if w.is_draining() {
+                    break;
+                }
+                tracing::warn!(worker = index, "accept failed: {e}");
+                // EMFILE and friends: back off instead of spinning
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    drop(listener);
+    drain(&w).await;
+}
+
+async fn drain(w: &Worker) {
+    let deadline = Instant::now() + secs(w.cfg.drain_timeout);
+    while w.active.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if w.active.get() > 0 {
+        tracing::warn!(
+            worker = w.index,
+            open = w.active.get(),
+            "drain timeout: closing remaining connections"
+        );
+    }
+}
+
+/// Most over-the-limit connections answered 503 at once; beyond it they are closed
+/// without a word, so a flood cannot grow the worker's load.
+const REFUSING_MAX: usize = 64;
+
+/// Answers a connection over `max_connections` with a 503, then closes it after
+/// reading (briefly) what the client sent, so the answer is not lost to a reset.
+async fn refuse(stream: io::Stream) {
+    let body = "luring: too many connections, try again\n";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(bytes::Bytes::from(answer)).await.is_ok() {
+        stream.shutdown(std::net::Shutdown::Write);
+        let mut buf = bytes::BytesMut::with_capacity(4096);
+        let deadline = Instant::now() + Duration::from_millis(500);
+        for _ in 0..16 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            buf.clear();
+            match crate::proxy::body_relay::read_some(&stream, &mut buf, left).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
+    stream.shutdown(std::net::Shutdown::Both);
+}

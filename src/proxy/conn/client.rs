@@ -1,0 +1,113 @@
+//! The client socket of one connection, with what every layer on it shares: bytes read
+//! ahead, the write limit, and what was last answered (for the access log).
+
+use crate::http::Version;
+use crate::io::{Deadline, Stream};
+use crate::proxy::body_relay::{self, SendLimit, Sink};
+use crate::proxy::byte_tunnel::Peers;
+use crate::proxy::exchange::reply;
+use crate::proxy::upstream::Upstream;
+use bytes::{Bytes, BytesMut};
+use std::cell::Cell;
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+/// The client side of a connection.
+pub struct ClientIo {
+    /// The client socket.
+    pub stream: Stream,
+    /// Client bytes read and not yet consumed.
+    pub buf: BytesMut,
+    /// Limits reads from the client (head and idle timeouts).
+    pub read_deadline: Deadline,
+    /// Limits writes to a client that stops reading (`--send-timeout`).
+    send_deadline: Deadline,
+    send_timeout: Duration,
+    /// Status of the last response head sent (0: none yet), for the access log.
+    pub status: Cell<u16>,
+    /// Bytes of responses written to the client, for the access log.
+    pub sent: Cell<u64>,
+}
+
+impl ClientIo {
+    /// Wraps an accepted socket; writes to it may wait `send_timeout` for the client.
+    pub fn new(stream: Stream, send_timeout: Duration) -> ClientIo {
+        ClientIo {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+            read_deadline: Deadline::new(),
+            send_deadline: Deadline::new(),
+            send_timeout,
+            status: Cell::new(0),
+            sent: Cell::new(0),
+        }
+    }
+
+    /// The write limit toward this client.
+    pub fn limit(&self) -> SendLimit<'_> {
+        Some((&self.send_deadline, self.send_timeout))
+    }
+
+    /// The client socket as a relay's destination.
+    pub fn sink(&self) -> Sink<'_> {
+        Sink {
+            stream: &self.stream,
+            limit: self.limit(),
+        }
+    }
+
+    /// Writes to the client within `--send-timeout`; false when that failed.
+    pub async fn send(&self, parts: Vec<Bytes>) -> bool {
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        self.sent.set(self.sent.get() + n);
+        match body_relay::send(&self.stream, parts, self.limit()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!("client write failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Writes one buffer; false when that failed.
+    pub async fn write(&self, b: Bytes) -> bool {
+        self.send(vec![b]).await
+    }
+
+    /// Answers with an error naming the reason; the connection is to be closed after.
+    pub async fn fail(&self, conn: u64, status: u16, text: &str) {
+        self.status.set(status);
+        tracing::info!(conn, status, "{text}");
+        let wire = reply::h1_bytes(reply::error(status, text), false, true, Version::Http11);
+        let _ = self.write(wire).await;
+    }
+
+    /// The client and `up` as the two ends of a relay, with the bytes each sent early.
+    pub fn peers<'a>(&'a mut self, up: &'a mut Upstream) -> Peers<'a> {
+        Peers {
+            client: &self.stream,
+            client_early: std::mem::take(&mut self.buf),
+            upstream: &up.stream,
+            upstream_early: std::mem::take(&mut up.buf),
+        }
+    }
+
+    /// Closes gracefully: send FIN, then read and discard what the client still sends
+    /// (bounded), so an unread request body does not turn our close into a reset that
+    /// would destroy the response in flight (nginx's lingering close).
+    pub async fn linger(&mut self) {
+        self.stream.close_write().await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut budget: usize = 64 * 1024 * 1024;
+        let mut buf = BytesMut::with_capacity(body_relay::READ_BUF);
+        while budget > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            buf.clear();
+            match body_relay::read_some(&self.stream, &mut buf, left).await {
+                Ok(n) if n > 0 => budget = budget.saturating_sub(n),
+                _ => break,
+            }
+        }
+        self.stream.shutdown(Shutdown::Both);
+    }
+}

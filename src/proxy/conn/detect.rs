@@ -1,0 +1,270 @@
+//! Next-layer detection by peeking at the first bytes: what a reverse proxy's client
+//! opens with (TLS, the h2c preface, HTTP/1), and who speaks first inside an accepted
+//! tunnel (a ClientHello to intercept, HTTP, h2c, or a server-first protocol to relay).
+
+use super::{tls_start, ClientConn, Layer, TlsStart};
+use crate::config::Mode;
+use crate::io::Stream;
+use crate::plugin::Event;
+use crate::proto::detect::{is_h2_settings_frame, starts_like_h2_preface, H2_PREFACE};
+use crate::proxy::body_relay::{self, READ_BUF};
+use crate::proxy::byte_tunnel::{self, Peers, PendingRead};
+use crate::proxy::exchange::route::{Intercept, Target2};
+use crate::proxy::front::h1::{H1Route, Tunnel};
+use crate::proxy::front::h2::Via;
+use crate::proxy::upstream::{Key, Spare};
+use crate::proxy::worker_tls::{Alpn, WorkerTls};
+use bytes::BytesMut;
+use std::net::Shutdown;
+use std::time::Duration;
+
+/// How long a new tunnel waits for the client's first bytes before it also reads the
+/// upstream (for server-first protocols: SMTP, SSH banners...).
+const CLIENT_FIRST_WAIT: Duration = Duration::from_millis(50);
+
+/// Reverse mode terminates TLS from clients and accepts plaintext too: HTTP/1, or h2c
+/// with prior knowledge (served by the HTTP/2 front, or relayed with `--no-http2`).
+pub(super) async fn reverse(c: &mut ClientConn) -> Layer {
+    let w = c.w.clone();
+    let Mode::Reverse(up) = &w.mode else {
+        return Layer::Done;
+    };
+    let tls_up = up.scheme == "https";
+    let t = w.timeouts.head;
+    match WorkerTls::read_client_hello(&c.io.stream, &mut c.io.buf, t).await {
+        Ok(Some(hello)) => Layer::Tls(TlsStart {
+            hello,
+            host: up.host.clone(),
+            // requests keep going to the configured upstream: no intercept authority
+            authority: None,
+            spare: None,
+        }),
+        Ok(None) if (w.cfg.http2 || !tls_up) && h2c_preface(c).await => {
+            if !w.cfg.http2 {
+                tracing::info!(
+                    conn = c.info.conn_id,
+                    "HTTP/2 with prior knowledge; relayed to the upstream unchanged \
+                     (--no-http2)"
+                );
+                return Layer::Relay(up.host.clone(), up.port);
+            }
+            let target = Target2 {
+                scheme: up.scheme.clone(),
+                authority: up.authority(),
+                path_prefix: up.path_prefix.clone(),
+            };
+            if tls_up {
+                return h2_prior_knowledge(c, target).await;
+            }
+            // h2c for gRPC, HTTP/1.1 for the rest
+            Layer::Http2(Via::Http1OrH2c, target)
+        }
+        Ok(None) => Layer::Http1(H1Route::default()),
+        Err(why) => {
+            tracing::debug!(conn = c.info.conn_id, "{why}");
+            Layer::Done
+        }
+    }
+}
+
+/// Whether the client opened with the HTTP/2 connection preface (h2c with prior
+/// knowledge, as gRPC's plaintext channels do); reads until that is known.
+async fn h2c_preface(c: &mut ClientConn) -> bool {
+    let deadline = tokio::time::Instant::now() + c.w.timeouts.head;
+    let buf = &mut c.io.buf;
+    while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match body_relay::read_some(&c.io.stream, buf, left).await {
+            Ok(n) if n > 0 => {}
+            _ => return false,
+        }
+    }
+    buf.starts_with(H2_PREFACE)
+}
+
+/// HTTP/2 with prior knowledge (h2c) from the client: served by the HTTP/2 front, over
+/// plaintext h2c to an http upstream (a tunnel's target: the client chose h2c with it),
+/// or over TLS to an https one (h2 when it chooses h2, else HTTP/1.1).
+async fn h2_prior_knowledge(c: &mut ClientConn, target: Target2) -> Layer {
+    let (scheme, authority) = (target.scheme.as_str(), target.authority.as_str());
+    let via = match tls_start::connect_ahead(c, scheme, authority, Alpn::H2OrHttp1, None).await {
+        Ok(u) if scheme == "http" || crate::proxy::worker_tls::chose_h2(&u.stream) => {
+            Via::H2(Box::new(u))
+        }
+        Ok(u) => {
+            c.w.pool.put(Key::new(scheme, authority), u);
+            Via::Http1
+        }
+        Err((_, why)) => Via::Failed(why),
+    };
+    Layer::Http2(via, target)
+}
+
+/// Client and upstream bytes that came first in a new tunnel.
+#[derive(Default)]
+struct FirstBytes {
+    client: BytesMut,
+    upstream: BytesMut,
+}
+
+/// Reads in flight when the tunnel's layer is chosen, client's then upstream's (an
+/// io_uring read cannot be cancelled: it is handed to the relay).
+type Pending<'a> = [Option<PendingRead<'a>>; 2];
+
+/// Reads who speaks first: the client within [`CLIENT_FIRST_WAIT`], else whichever
+/// side does, into `first`. False when either side closed first.
+async fn first_bytes<'a>(
+    client: &'a Stream,
+    upstream: &'a Stream,
+    first: &mut FirstBytes,
+    pending: &mut Pending<'a>,
+) -> bool {
+    // Most tunnels carry a client-first protocol (TLS, HTTP). Waiting for the client a
+    // moment before reading the upstream leaves no upstream read in flight when it
+    // speaks, so plain HTTP inside can reuse this connection.
+    let mut client_read: PendingRead<'_> =
+        Box::pin(client.read(BytesMut::with_capacity(16 * 1024)));
+    if let Ok((res, b)) = tokio::time::timeout(CLIENT_FIRST_WAIT, &mut client_read).await {
+        first.client = b;
+        return matches!(res, Ok(n) if n > 0);
+    }
+    let mut upstream_read: PendingRead<'_> =
+        Box::pin(upstream.read(BytesMut::with_capacity(READ_BUF)));
+    tokio::select! {
+        (res, b) = &mut client_read => {
+            first.client = b;
+            pending[1] = Some(upstream_read);
+            matches!(res, Ok(n) if n > 0)
+        }
+        (res, b) = &mut upstream_read => {
+            first.upstream = b;
+            pending[0] = Some(client_read);
+            matches!(res, Ok(n) if n > 0)
+        }
+    }
+}
+
+/// An accepted tunnel, its upstream connected: who speaks first decides between TLS
+/// interception, HTTP inside the tunnel, and a relay of the bytes as they are.
+pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
+    let t = *t;
+    let w = c.w.clone();
+    let engine = w.engine();
+    let engine = engine.as_deref();
+    let mut first = FirstBytes {
+        client: std::mem::take(&mut c.io.buf),
+        upstream: BytesMut::new(),
+    };
+    let mut pending: Pending<'_> = [None, None];
+    if first.client.is_empty()
+        && !first_bytes(&c.io.stream, &t.up.stream, &mut first, &mut pending).await
+    {
+        drop(pending);
+        c.io.stream.shutdown(Shutdown::Both);
+        t.up.stream.shutdown(Shutdown::Both);
+        return Layer::Done;
+    }
+    // An h2c server may send its SETTINGS before the client's preface arrives: that is
+    // not a server-first protocol, so the client's bytes decide.
+    if w.cfg.http2 && is_h2_settings_frame(&first.upstream) {
+        if let Some(mut client_read) = pending[0].take() {
+            match tokio::time::timeout(w.timeouts.head, &mut client_read).await {
+                Ok((Ok(n), b)) if n > 0 => first.client = b,
+                Ok(_) => {
+                    t.up.stream.shutdown(Shutdown::Both);
+                    return Layer::Done;
+                }
+                Err(_) => pending[0] = Some(client_read),
+            }
+        }
+    }
+    let (host, port) = (t.host.as_str(), t.port);
+    let client_first = pending[0].is_none();
+    let upstream_idle = pending[1].is_none() && t.up.buf.is_empty() && first.upstream.is_empty();
+    let hooks_raw = engine.is_some_and(|e| e.has(Event::RawChunk));
+    let early = &first.client;
+    if client_first && crate::proto::client_hello::is_tls_client_hello_start(early) != Some(false) {
+        let head_timeout = w.timeouts.head;
+        match WorkerTls::read_client_hello(&c.io.stream, &mut first.client, head_timeout).await {
+            // the passthrough rules see both names, as in mitmproxy
+            Ok(Some(hello)) if w.tls.intercepts_any(host, hello.sni.as_deref(), port) => {
+                drop(pending);
+                let spare = match upstream_idle {
+                    true => Some(Spare {
+                        host: t.host.clone(),
+                        port,
+                        up: t.up,
+                    }),
+                    false => {
+                        t.up.stream.shutdown(Shutdown::Both);
+                        None
+                    }
+                };
+                c.io.buf = first.client;
+                return Layer::Tls(TlsStart {
+                    hello,
+                    host: t.host,
+                    authority: Some(t.authority),
+                    spare,
+                });
+            }
+            // ignored host: the buffered ClientHello is relayed as it came
+            Ok(Some(_)) | Ok(None) => {}
+            Err(why) => {
+                tracing::info!(conn = c.info.conn_id, "tunnel to {host}:{port}: {why}");
+                drop(pending);
+                t.up.stream.shutdown(Shutdown::Both);
+                return Layer::Done;
+            }
+        }
+    } else if client_first
+        && crate::proto::http1::looks_like_request_start(early)
+        && w.tls.intercepts_any(host, None, port)
+        && !hooks_raw
+    {
+        // plain HTTP inside the tunnel (curl --proxytunnel, ws:// through a proxy) is
+        // served like intercepted HTTPS, so hooks see its requests; a plugin that
+        // registered raw.on_chunk gets the tunnel's bytes instead, as the hook surface
+        // says of a tunnel that is not TLS-intercepted
+        drop(pending);
+        if upstream_idle {
+            // the first request goes over the connection the tunnel opened
+            w.pool.put(Key::new("http", &t.authority), t.up);
+        } else {
+            t.up.stream.shutdown(Shutdown::Both);
+        }
+        c.io.buf = first.client;
+        return Layer::Http1(H1Route {
+            intercept: Some(Intercept::new("http", &t.authority)),
+            ..H1Route::default()
+        });
+    } else if client_first
+        && w.cfg.http2
+        && starts_like_h2_preface(early)
+        && !hooks_raw
+        && w.tls.intercepts_any(host, None, port)
+    {
+        // h2c with prior knowledge inside the tunnel (gRPC over an insecure channel
+        // through a proxy): served by the HTTP/2 front, as plain HTTP/1 is
+        drop(pending);
+        t.up.stream.shutdown(Shutdown::Both);
+        c.io.buf = first.client;
+        let target = Target2 {
+            scheme: "http".into(),
+            authority: Intercept::new("http", &t.authority).authority,
+            path_prefix: String::new(),
+        };
+        return h2_prior_knowledge(c, target).await;
+    }
+    first.upstream.extend_from_slice(&t.up.buf);
+    let peers = Peers {
+        client: &c.io.stream,
+        client_early: first.client,
+        upstream: &t.up.stream,
+        upstream_early: first.upstream,
+    };
+    let idle = w.timeouts.tunnel;
+    byte_tunnel::run(peers, engine, &c.info, pending, idle).await;
+    t.up.stream.shutdown(Shutdown::Both);
+    Layer::Done
+}

@@ -1,0 +1,201 @@
+//! The connection driver: what runs on one accepted client connection, as a loop over
+//! layers. Each layer runs until it ends the connection or hands it to the next one,
+//! and says which as a [`Layer`] value: the HTTP/1 front hands over an accepted CONNECT
+//! tunnel, a tunnel hands over TLS to intercept or HTTP inside it, TLS hands over
+//! HTTP/1 or HTTP/2 as ALPN decided (mitmproxy calls this next_layer).
+
+pub mod auth;
+pub mod client;
+mod detect;
+mod socks5;
+mod tls_start;
+
+pub use client::ClientIo;
+
+use crate::config::Mode;
+use crate::io::{Deadline, Stream};
+use crate::plugin::{ConnInfo, ConnStats, Engine, Event, Step};
+use crate::proto::client_hello::ClientHello;
+use crate::proxy::byte_tunnel;
+use crate::proxy::exchange::log::TunnelLog;
+use crate::proxy::exchange::route::Target2;
+use crate::proxy::front::h1::{self, H1Route, Outcome, Tunnel};
+use crate::proxy::front::h2::{self, Via};
+use crate::proxy::upstream::{self, Spare, Upstream};
+use crate::proxy::worker::Worker;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// One accepted client connection and what its layers share.
+pub struct ClientConn {
+    /// The worker that owns it.
+    pub w: Rc<Worker>,
+    /// Context handed to hooks.
+    pub info: ConnInfo,
+    /// The client socket and its buffers.
+    pub io: ClientIo,
+    /// Requests read so far (the first waits `--head-timeout`, later ones idle first).
+    pub requests: u64,
+    /// Limits waiting for upstream response heads.
+    pub upstream_deadline: Deadline,
+    /// The access-log line of the tunnel this connection became, once it ends.
+    pub tunnel_log: Option<TunnelLog>,
+}
+
+/// The next layer of a connection, or its end.
+pub enum Layer {
+    /// HTTP/1 requests, routed by the mode or to a tunnel's target.
+    Http1(H1Route),
+    /// An accepted CONNECT or SOCKS5 tunnel: who speaks first decides what is inside.
+    Tunnel(Box<Tunnel>),
+    /// TLS to terminate.
+    Tls(TlsStart),
+    /// HTTP/2 from the client, relayed as `via` says.
+    Http2(Via, Target2),
+    /// Bytes relayed unchanged to `host:port` (raw.on_chunk sees them).
+    Relay(String, u16),
+    /// The connection is over.
+    Done,
+}
+
+/// A client's TLS to terminate.
+pub struct TlsStart {
+    /// The ClientHello, still in the client buffer.
+    pub hello: ClientHello,
+    /// The name the leaf certificate is for when the client sends no SNI.
+    pub host: String,
+    /// The tunnel's target; None in reverse mode (requests go to the upstream).
+    pub authority: Option<String>,
+    /// The plain connection the tunnel opened, for the first TLS connection upstream.
+    pub spare: Option<Spare>,
+}
+
+/// Keeps the worker's open-connection count right however the connection task ends.
+struct ActiveGuard(Rc<Worker>);
+
+impl ActiveGuard {
+    fn new(w: &Rc<Worker>) -> Self {
+        w.active.set(w.active.get() + 1);
+        ActiveGuard(w.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
+    let _active = ActiveGuard::new(&w);
+    let started = Instant::now();
+    let info = ConnInfo {
+        conn_id: w.next_conn_id(),
+        client_addr: peer,
+        server_addr: None,
+        sni: None,
+        listener_name: w.listener_name.clone(),
+        worker: w.index,
+    };
+    if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionConnect)) {
+        if let Step::Drop = e.on_connect(&info) {
+            tracing::debug!(conn = info.conn_id, %peer, "dropped by connection.on_connect");
+            stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+    tracing::trace!(conn = info.conn_id, %peer, "accepted");
+    let send_timeout = w.timeouts.send;
+    let mut c = ClientConn {
+        w: w.clone(),
+        info,
+        io: ClientIo::new(stream, send_timeout),
+        requests: 0,
+        upstream_deadline: Deadline::new(),
+        tunnel_log: None,
+    };
+    let mut layer = first_layer(&mut c).await;
+    loop {
+        layer = match layer {
+            Layer::Http1(route) => match h1::serve(&mut c, route).await {
+                Outcome::Close => Layer::Done,
+                Outcome::Tunnel(t) => Layer::Tunnel(t),
+            },
+            Layer::Tunnel(t) => detect::inside_tunnel(&mut c, t).await,
+            Layer::Tls(start) => tls_start::terminate(&mut c, start).await,
+            Layer::Http2(via, target) => {
+                c.serve_h2(via, target).await;
+                Layer::Done
+            }
+            Layer::Relay(host, port) => {
+                c.relay_raw(&host, port).await;
+                Layer::Done
+            }
+            Layer::Done => break,
+        }
+    }
+    if let Some(t) = c.tunnel_log.take() {
+        let bytes = c.io.stream.bytes_moved().1 - t.written_before;
+        t.record
+            .finish(c.info.client_addr, t.status, bytes, c.info.conn_id);
+    }
+    c.io.linger().await;
+    if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionDisconnect)) {
+        let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
+        let stats = ConnStats {
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            bytes_in,
+            bytes_out,
+        };
+        e.on_disconnect(&c.info, &stats);
+    }
+}
+
+/// The connection's first layer, by mode: a SOCKS5 handshake, what a reverse proxy's
+/// client opens with (TLS, h2c, HTTP/1), or HTTP/1 for a forward proxy.
+async fn first_layer(c: &mut ClientConn) -> Layer {
+    match &c.w.mode {
+        Mode::Regular => Layer::Http1(H1Route::default()),
+        Mode::Socks5 => socks5::serve(c).await,
+        Mode::Reverse(_) => detect::reverse(c).await,
+    }
+}
+
+impl ClientConn {
+    /// Relays raw bytes between the client and `up` until both directions end (the
+    /// bytes either side sent early go first), then closes `up`.
+    pub async fn relay_both_ways(&mut self, mut up: Upstream, engine: Option<&Engine>) {
+        let idle = self.w.timeouts.tunnel;
+        let peers = self.io.peers(&mut up);
+        byte_tunnel::run(peers, engine, &self.info, [None, None], idle).await;
+        up.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Relays the connection's bytes to `host:port` unchanged, both ways (raw.on_chunk
+    /// sees them), the client's bytes read so far first.
+    async fn relay_raw(&mut self, host: &str, port: u16) {
+        let t = self.w.timeouts.connect;
+        let up = match upstream::connect(self.w.backend, host, port, t, None).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::info!(conn = self.info.conn_id, "{}", e.text());
+                return;
+            }
+        };
+        self.info.server_addr = Some(up.addr);
+        let engine = self.w.engine();
+        self.relay_both_ways(up, engine.as_deref()).await;
+    }
+
+    /// Serves the rest of the connection with the HTTP/2 front, relaying as `via` says.
+    async fn serve_h2(&mut self, via: Via, target: Target2) {
+        if let Via::H2(u) = &via {
+            self.info.server_addr = Some(u.addr);
+        }
+        let early = std::mem::take(&mut self.io.buf);
+        let w = self.w.clone();
+        h2::serve(w, &self.io.stream, early, &self.info, via, target).await;
+    }
+}

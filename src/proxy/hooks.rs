@@ -1,0 +1,24 @@
+//! Lifecycle hooks fired from more than one layer.
+
+use crate::plugin::{ConnInfo, Event};
+use crate::proxy::worker::Worker;
+
+/// Fires tls.on_handshake when a plugin hooks it.
+pub fn tls_handshake(w: &Worker, conn: &ConnInfo, info: &crate::tls::TlsInfo) {
+    let Some(e) = w.engine() else { return };
+    if !e.has(Event::TlsHandshake) {
+        return;
+    }
+    let dict = crate::plugin::TlsInfo {
+        side: info.side.as_str(),
+        sni: info.sni.clone(),
+        alpn: info.alpn.clone(),
+        version_name: info.version_name.map(str::to_string),
+        cipher_name: info.cipher_name.clone(),
+        peer_cert_subject: info.peer_cert_subject.clone(),
+        client_fingerprint: info.client_fingerprint.clone(),
+        ja3: info.ja3.clone(),
+        ja3_string: info.ja3_string.clone(),
+    };
+    e.tls_handshake(conn, &dict);
+}

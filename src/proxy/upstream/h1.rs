@@ -1,0 +1,289 @@
+//! The HTTP/1.1 upstream leg, luring in the client role: write a request head and its
+//! body while watching for the response head, so an early final response (413,
+//! 401...) reaches the client even when it holds its body back.
+
+use crate::http::{Headers, ResponseHead};
+use crate::io::{Deadline, Stream};
+use crate::proto::http1::{parse_response_head, Limits};
+use crate::proxy::body_relay::{self, H1Body, Output, RelayError, Sink};
+use crate::proxy::h2_stream::{from_header_map, Incoming};
+use crate::proxy::upstream::Upstream;
+use bytes::{Bytes, BytesMut};
+use std::cell::Cell;
+use std::net::Shutdown;
+use std::time::Duration;
+
+/// Why no response head came.
+#[derive(Debug)]
+pub enum RespError {
+    /// Closed before any byte (a stale pooled connection, or a crash).
+    Closed,
+    /// Nothing came in time.
+    Timeout,
+    /// What came is not an HTTP/1 response head.
+    Bad(String),
+}
+
+impl RespError {
+    /// The status and text of the answer a client gets for it.
+    pub fn answer(&self, timeout: Duration) -> (u16, String) {
+        match self {
+            RespError::Closed => (
+                502,
+                "upstream closed the connection without responding".into(),
+            ),
+            RespError::Timeout => (504, format!("upstream did not respond within {timeout:?}")),
+            RespError::Bad(t) => (502, format!("bad response from upstream: {t}")),
+        }
+    }
+}
+
+/// Why an exchange with an HTTP/1 upstream failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// The client failed while its body was being sent.
+    Client(String),
+    /// The client's body framing is broken: it gets a 400 if nothing was answered yet.
+    BadBody(String),
+    /// The upstream failed.
+    Upstream(RespError),
+}
+
+/// The request body as it goes upstream, after its head.
+pub enum Upload<'a> {
+    /// Nothing more than these buffers (a body held whole, already framed, or none).
+    Ready(Vec<Bytes>),
+    /// An HTTP/1 client's body, relayed verbatim through its decoder.
+    H1(H1Body<'a>),
+    /// An h2 stream's body, chunked when `chunked` (trailers then in the last chunk).
+    H2 {
+        /// The body.
+        body: &'a mut Incoming,
+        /// Frame it as chunked.
+        chunked: bool,
+    },
+}
+
+/// What came back.
+#[derive(Debug)]
+pub struct Answer {
+    /// Interim (1xx other than 100) heads to pass on to an HTTP/1.1 client.
+    pub interim: Vec<ResponseHead>,
+    /// The final head.
+    pub head: ResponseHead,
+    /// Whether the whole request body went upstream.
+    pub complete: bool,
+}
+
+/// How long to wait for the upstream, and what its heads may be.
+#[derive(Clone, Copy)]
+pub struct Waits<'a> {
+    /// `--upstream-timeout`, armed once the request is sent.
+    pub upstream: Duration,
+    /// Armed with `upstream` when the whole request is sent at once.
+    pub deadline: &'a Deadline,
+    /// Limits on response heads.
+    pub limits: &'a Limits,
+}
+
+/// Writes `head` and `upload` to `up`, then reads up to the final response head.
+/// A streamed body is uploaded while the upstream is watched.
+pub async fn send_and_receive(
+    up: &mut Upstream,
+    head: BytesMut,
+    upload: Upload<'_>,
+    waits: Waits<'_>,
+) -> Result<Answer, SendError> {
+    let mut parts = match upload {
+        Upload::Ready(parts) => parts,
+        streamed => return send_streaming(up, head, streamed, waits).await,
+    };
+    parts.insert(0, head.freeze());
+    if let Err(e) = up.stream.write_all_vectored(parts).await {
+        tracing::debug!("upstream write failed: {e}");
+        return Err(SendError::Upstream(RespError::Closed));
+    }
+    waits.deadline.arm(waits.upstream);
+    let (interim, head) =
+        read_response_head(&up.stream, &mut up.buf, waits.limits, Some(waits.deadline))
+            .await
+            .map_err(SendError::Upstream)?;
+    Ok(Answer {
+        interim,
+        head,
+        complete: true,
+    })
+}
+
+/// [`send_and_receive`] for a body that streams: no deadline while the upload runs (a
+/// long upload is not a slow upstream), then `waits.upstream` for the head.
+async fn send_streaming(
+    up: &mut Upstream,
+    head: BytesMut,
+    upload: Upload<'_>,
+    waits: Waits<'_>,
+) -> Result<Answer, SendError> {
+    let Upstream {
+        stream: ups,
+        buf: upbuf,
+        ..
+    } = up;
+    let ups: &Stream = ups;
+    let body_read = Cell::new(false);
+    let upload = async {
+        match upload {
+            Upload::Ready(_) => Ok(0),
+            Upload::H1(mut body) => {
+                let sink = Sink {
+                    stream: ups,
+                    limit: None,
+                };
+                body_relay::body(
+                    &mut body,
+                    sink,
+                    Some(head),
+                    Output::Verbatim,
+                    Some(&body_read),
+                )
+                .await
+            }
+            Upload::H2 { body, chunked } => {
+                upload_h2(ups, head.freeze(), body, chunked, &body_read).await
+            }
+        }
+    };
+    let response = read_response_head(ups, upbuf, waits.limits, None);
+    tokio::pin!(upload);
+    tokio::pin!(response);
+    let t = waits.upstream;
+    let (r, complete) = tokio::select! {
+        biased;
+        r = &mut response => {
+            // the upstream answered first; if the client's body was read whole the
+            // connection stays in sync once the last write lands
+            let mut complete = false;
+            if body_read.get() {
+                complete = matches!(tokio::time::timeout(t, &mut upload).await, Ok(Ok(_)));
+            }
+            (r, complete)
+        }
+        u = &mut upload => match u {
+            Ok(_) => match tokio::time::timeout(t, &mut response).await {
+                Ok(r) => (r, true),
+                Err(_) => {
+                    ups.shutdown(Shutdown::Both);
+                    (Err(RespError::Timeout), true)
+                }
+            },
+            Err(RelayError::Source(why)) => {
+                ups.shutdown(Shutdown::Both);
+                return Err(SendError::Client(why));
+            }
+            Err(RelayError::Malformed(why)) => {
+                ups.shutdown(Shutdown::Both);
+                return Err(SendError::BadBody(why));
+            }
+            // the upstream stopped reading; it may have answered already
+            Err(RelayError::Sink(_)) => (response.await, false),
+        },
+    };
+    let (interim, head) = r.map_err(SendError::Upstream)?;
+    Ok(Answer {
+        interim,
+        head,
+        complete,
+    })
+}
+
+/// Writes a request head and then an h2 request body to an HTTP/1 upstream, chunked
+/// when `chunked`; sets `read_all` once the client's stream has ended.
+async fn upload_h2(
+    up: &Stream,
+    head: Bytes,
+    body: &mut Incoming,
+    chunked: bool,
+    read_all: &Cell<bool>,
+) -> Result<u64, RelayError> {
+    let frame = |data: Bytes| -> Bytes {
+        if !chunked {
+            return data;
+        }
+        let mut out = BytesMut::with_capacity(data.len() + 16);
+        crate::proto::http1::encode_chunk(&data, &mut out);
+        out.freeze()
+    };
+    let client = |e: h2::Error| RelayError::Source(e.to_string());
+    let mut parts = vec![head];
+    if let Some(p) = body.prefix.take() {
+        parts.push(frame(p));
+    }
+    let mut sent: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    up.write_all_vectored(parts)
+        .await
+        .map_err(RelayError::Sink)?;
+    while let Some(chunk) = body.rx.data().await {
+        let chunk = chunk.map_err(client)?;
+        let len = chunk.len();
+        let out = frame(chunk);
+        sent += out.len() as u64;
+        up.write_all(out).await.map_err(RelayError::Sink)?;
+        let _ = body.rx.flow_control().release_capacity(len);
+    }
+    let trailers = body.rx.trailers().await.map_err(client)?;
+    read_all.set(true);
+    if chunked {
+        let mut out = BytesMut::new();
+        let t: Option<Headers> = trailers.as_ref().map(from_header_map);
+        crate::proto::http1::encode_last_chunk(t.as_ref(), &mut out);
+        sent += out.len() as u64;
+        up.write_all(out.freeze()).await.map_err(RelayError::Sink)?;
+    }
+    Ok(sent)
+}
+
+/// Reads up to the final response head; returns the interim (1xx other than 100)
+/// heads to pass on, and the final head. `deadline` None waits as long as it takes.
+pub async fn read_response_head(
+    stream: &Stream,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    deadline: Option<&Deadline>,
+) -> Result<(Vec<ResponseHead>, ResponseHead), RespError> {
+    let mut seen_any = false;
+    let mut interim = Vec::new();
+    loop {
+        if !buf.is_empty() {
+            seen_any = true;
+            match parse_response_head(buf, limits) {
+                Ok(Some((h, n))) => {
+                    let _ = buf.split_to(n);
+                    match h.status {
+                        // luring answered Expect itself; an upstream 100 is redundant
+                        100 => {}
+                        // 101 ends HTTP on this connection: the caller decides what follows
+                        102..=199 => interim.push(h),
+                        _ => return Ok((interim, h)),
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(RespError::Bad(e.to_string())),
+            }
+        }
+        let read = match deadline {
+            Some(d) => body_relay::read_some_by(stream, buf, d, body_relay::HEAD_READ).await,
+            None => {
+                let forever = Duration::from_secs(86400 * 365);
+                body_relay::read_some_at_most(stream, buf, forever, body_relay::HEAD_READ).await
+            }
+        };
+        match read {
+            Ok(0) if seen_any => return Err(RespError::Bad("upstream closed mid-head".into())),
+            Ok(0) => return Err(RespError::Closed),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(RespError::Timeout),
+            Err(_) if !seen_any => return Err(RespError::Closed),
+            Err(e) => return Err(RespError::Bad(e.to_string())),
+        }
+    }
+}

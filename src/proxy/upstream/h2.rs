@@ -1,0 +1,180 @@
+//! The HTTP/2 upstream leg: luring as an h2 client, over TLS that chose h2 or over
+//! h2c. One upstream connection carries many streams; a request becomes one stream,
+//! its head sent at once and its body as flow control allows.
+
+use crate::http::{Body, Request, Response, Version};
+use crate::io::PollStream;
+use crate::plugin::ConnInfo;
+use crate::proxy::h2_stream::{from_header_map, set_length, upstream_head};
+use crate::proxy::upstream::{self, Upstream};
+use crate::proxy::worker::Worker;
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{Reason, RecvStream, SendStream};
+use std::cell::{Cell, RefCell};
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Receive windows both sides of luring offer: larger than the protocol's 64 KiB, so
+/// one stream is not limited to 64 KiB per round trip, and small enough that what a
+/// connection can make luring hold (data is released only once forwarded) stays at
+/// 1 MiB in each direction.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// See [`STREAM_WINDOW`].
+pub const CONN_WINDOW: u32 = 1024 * 1024;
+
+/// The client half of an h2 upstream connection; the connection itself must be
+/// driven (awaited) for streams to move.
+pub type Handshake<T> = (SendRequest<Bytes>, h2::client::Connection<T, Bytes>);
+
+/// Runs the h2 client handshake over `io` with luring's windows.
+pub async fn handshake<T>(io: T) -> Result<Handshake<T>, h2::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .handshake::<_, Bytes>(io)
+        .await
+}
+
+/// Runs an h2 upstream connection over `up` as a task of its own until its last
+/// handle is gone. The returned flag turns false once the connection has ended.
+pub async fn spawn_connection(up: Upstream, conn_id: u64) -> Result<Live, String> {
+    let stream = Rc::new(up.stream);
+    let io = PollStream::new(stream.clone(), up.buf);
+    let (send, conn) = handshake(io)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with the upstream failed: {e}"))?;
+    let alive = Rc::new(Cell::new(true));
+    let flag = alive.clone();
+    crate::io::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(conn = conn_id, "upstream h2 connection ended: {e}");
+        }
+        flag.set(false);
+        stream.shutdown(Shutdown::Both);
+    });
+    Ok((send, alive))
+}
+
+/// An h2 upstream connection made on first use and made again after it ended (the
+/// h2c connection a session opens for gRPC calls to a plaintext upstream).
+#[derive(Default)]
+pub struct Lazy {
+    conn: RefCell<Option<Live>>,
+}
+
+/// A running h2 upstream connection's handle, and whether it is still open.
+pub type Live = (SendRequest<Bytes>, Rc<Cell<bool>>);
+
+impl Lazy {
+    /// The connection to `scheme://authority`, made now if there is none open.
+    pub async fn sender(
+        &self,
+        w: &Worker,
+        info: &ConnInfo,
+        scheme: &str,
+        authority: &str,
+    ) -> Result<SendRequest<Bytes>, String> {
+        if let Some((up, alive)) = self.conn.borrow().as_ref() {
+            if alive.get() {
+                return Ok(up.clone());
+            }
+        }
+        let (host, port) = crate::http::host_port_of(scheme, authority);
+        let t = w.timeouts.connect;
+        let up = upstream::connect(w.backend, &host, port, t, None)
+            .await
+            .map_err(|e| e.text().to_string())?;
+        let made = spawn_connection(up, info.conn_id).await?;
+        *self.conn.borrow_mut() = Some(made.clone());
+        Ok(made.0)
+    }
+}
+
+/// Why an upstream stream gave no response.
+#[derive(Debug)]
+pub enum StreamError {
+    /// The upstream reset the stream: the client's is reset the same way.
+    Reset(Reason),
+    /// Anything else: the status and text of the answer.
+    Answer(u16, String),
+}
+
+/// A request started as a stream of an upstream connection.
+pub struct Started {
+    /// Resolves to the response head.
+    pub response: ResponseFuture,
+    /// Where the request body goes (unused when the request had none).
+    pub body: SendStream<Bytes>,
+    /// The request carried no body: the stream's sending side is already closed.
+    pub no_body: bool,
+}
+
+/// Sends `req`'s head as a new stream of `upstream`. A body held whole goes with its
+/// length; `te_trailers` puts back the `te: trailers` the pipeline strips (gRPC
+/// servers want it, and h2 allows this one value).
+pub async fn start(
+    upstream: SendRequest<Bytes>,
+    req: &mut Request,
+    te_trailers: bool,
+) -> Result<Started, StreamError> {
+    if te_trailers {
+        req.headers.set("te", "trailers");
+    }
+    if let Body::Full(b) = &req.body {
+        set_length(&mut req.headers, b);
+    }
+    let head = upstream_head(req).map_err(|why| StreamError::Answer(502, why))?;
+    let mut sender = upstream
+        .ready()
+        .await
+        .map_err(|e| StreamError::Answer(502, format!("upstream HTTP/2 connection: {e}")))?;
+    let no_body = matches!(&req.body, Body::Full(b) if b.is_empty()) && req.trailers.is_none();
+    let (response, body) = sender
+        .send_request(head, no_body)
+        .map_err(|e| StreamError::Answer(502, format!("upstream refused the stream: {e}")))?;
+    Ok(Started {
+        response,
+        body,
+        no_body,
+    })
+}
+
+/// Waits up to `timeout` for the response head of a started stream.
+pub async fn response(
+    fut: ResponseFuture,
+    timeout: Duration,
+) -> Result<(Response, RecvStream), StreamError> {
+    let resp = match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            return Err(match e.reason() {
+                Some(reason) if e.is_remote() => StreamError::Reset(reason),
+                _ => StreamError::Answer(502, format!("upstream: {e}")),
+            })
+        }
+        Err(_) => {
+            let why = format!("upstream did not respond within {timeout:?}");
+            return Err(StreamError::Answer(504, why));
+        }
+    };
+    let (parts, rx) = resp.into_parts();
+    let ended = rx.is_end_stream();
+    let resp = Response {
+        status: parts.status.as_u16(),
+        reason: String::new(),
+        version: Version::Http2,
+        headers: from_header_map(&parts.headers),
+        body: if ended {
+            Body::Full(Bytes::new())
+        } else {
+            Body::Streaming
+        },
+        trailers: None,
+    };
+    Ok((resp, rx))
+}
