@@ -7,7 +7,7 @@ use crate::io::{Backend, Listener};
 use crate::plugin::{Engine, EngineConfig};
 use crate::proto::http1::Limits;
 use crate::proxy::exchange::pipeline::Pipeline;
-use crate::proxy::upstream::Pool;
+use crate::proxy::upstream::pool::Pool;
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;

@@ -1,16 +1,37 @@
-//! The client socket of one connection, with what every layer on it shares: bytes read
-//! ahead, the write limit, and what was last answered (for the access log).
+//! One accepted client connection and what every layer on it shares: the client
+//! socket, bytes read ahead, the write limit, and what was last answered (for the
+//! access log).
 
 use crate::http::Version;
 use crate::io::{Deadline, Stream};
+use crate::plugin::ConnInfo;
 use crate::proxy::body_relay::{self, SendLimit, Sink};
 use crate::proxy::byte_tunnel::Peers;
+use crate::proxy::exchange::log::TunnelLog;
 use crate::proxy::exchange::reply;
 use crate::proxy::upstream::Upstream;
+use crate::proxy::worker::Worker;
 use bytes::{Bytes, BytesMut};
 use std::cell::Cell;
 use std::net::Shutdown;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// One accepted client connection and what its layers share.
+pub struct ClientConn {
+    /// The worker that owns it.
+    pub w: Rc<Worker>,
+    /// Context handed to hooks.
+    pub info: ConnInfo,
+    /// The client socket and its buffers.
+    pub io: ClientIo,
+    /// Requests read so far (the first waits `--head-timeout`, later ones idle first).
+    pub requests: u64,
+    /// Limits waiting for upstream response heads.
+    pub upstream_deadline: Deadline,
+    /// The access-log line of the tunnel this connection became, once it ends.
+    pub tunnel_log: Option<TunnelLog>,
+}
 
 /// The client side of a connection.
 pub struct ClientIo {

@@ -256,6 +256,11 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
         };
         return h2_prior_knowledge(c, target).await;
     }
+    relay(c, &t, first, pending).await
+}
+
+/// Relays a tunnel's bytes as they are, those read while deciding first.
+async fn relay(c: &ClientConn, t: &Tunnel, mut first: FirstBytes, pending: Pending<'_>) -> Layer {
     first.upstream.extend_from_slice(&t.up.buf);
     let peers = Peers {
         client: &c.io.stream,
@@ -263,8 +268,9 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
         upstream: &t.up.stream,
         upstream_early: first.upstream,
     };
-    let idle = w.timeouts.tunnel;
-    byte_tunnel::run(peers, engine, &c.info, pending, idle).await;
+    let engine = c.w.engine();
+    let idle = c.w.timeouts.tunnel;
+    byte_tunnel::run(peers, engine.as_deref(), &c.info, pending, idle).await;
     t.up.stream.shutdown(Shutdown::Both);
     Layer::Done
 }

@@ -10,14 +10,13 @@ mod detect;
 mod socks5;
 mod tls_start;
 
-pub use client::ClientIo;
+pub use client::{ClientConn, ClientIo};
 
 use crate::config::Mode;
 use crate::io::{Deadline, Stream};
 use crate::plugin::{ConnInfo, ConnStats, Engine, Event, Step};
 use crate::proto::client_hello::ClientHello;
 use crate::proxy::byte_tunnel;
-use crate::proxy::exchange::log::TunnelLog;
 use crate::proxy::exchange::route::Target2;
 use crate::proxy::front::h1::{self, H1Route, Outcome, Tunnel};
 use crate::proxy::front::h2::{self, Via};
@@ -26,22 +25,6 @@ use crate::proxy::worker::Worker;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
-
-/// One accepted client connection and what its layers share.
-pub struct ClientConn {
-    /// The worker that owns it.
-    pub w: Rc<Worker>,
-    /// Context handed to hooks.
-    pub info: ConnInfo,
-    /// The client socket and its buffers.
-    pub io: ClientIo,
-    /// Requests read so far (the first waits `--head-timeout`, later ones idle first).
-    pub requests: u64,
-    /// Limits waiting for upstream response heads.
-    pub upstream_deadline: Deadline,
-    /// The access-log line of the tunnel this connection became, once it ends.
-    pub tunnel_log: Option<TunnelLog>,
-}
 
 /// The next layer of a connection, or its end.
 pub enum Layer {

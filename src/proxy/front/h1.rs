@@ -9,7 +9,8 @@ use crate::proto::http1::{
     parse_request_head, request_body_kind, response_body_kind, BodyDecoder, BodyKind, HeadError,
 };
 use crate::proxy::body_relay::{self, H1Body};
-use crate::proxy::conn::{auth, ClientConn};
+use crate::proxy::conn::auth;
+use crate::proxy::conn::client::ClientConn;
 use crate::proxy::exchange::log::{sent_status, AccessRecord, TunnelLog};
 use crate::proxy::exchange::route::{self, Intercept};
 use crate::proxy::exchange::{self, reply, rules, Decision, Flow, Message, Source};

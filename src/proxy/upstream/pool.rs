@@ -1,6 +1,6 @@
 //! The per-worker keep-alive pool of upstream connections, keyed by (scheme, host, port).
 
-use super::Upstream;
+use super::connect::Upstream;
 use crate::io::Stream;
 use bytes::BytesMut;
 use rustc_hash::FxHashMap;
