@@ -766,3 +766,85 @@ fn sse_events_of_an_h2_upstream_go_through_the_hooks() {
         "{xfers:?}"
     );
 }
+
+#[test]
+fn http1_clients_of_an_h2_only_origin_are_served_over_h2() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki); // nghttpd: takes TLS without ALPN, speaks h2 only
+    let conf = Conf::new();
+    let proxy = start(&conf, &pki, &["--workers", "1"]);
+    // through an intercepted tunnel: the first request finds out, the rest go over h2
+    let (out, xfers) = curl_via(
+        &proxy,
+        &conf,
+        &[
+            "--http1.1",
+            &origin.url("/index.html"),
+            &origin.url("/index.html"),
+        ],
+    );
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(
+        xfers,
+        vec![
+            ("hello over h2\n".to_string(), "1.1 200 1".to_string()),
+            ("hello over h2\n".to_string(), "1.1 200 0".to_string()),
+        ],
+        "{}",
+        proxy.stderr()
+    );
+    // a streamed upload (chunked, 300 KB) echoed back, and a 1 MiB download
+    let body = pattern_vec(300_000);
+    let file = TempDir::new("h1h2");
+    std::fs::write(file.path("up.bin"), &body).unwrap();
+    let data = format!("@{}", file.path("up.bin").display());
+    let echoed = file.path("echoed.bin");
+    let (out, xfers) = curl_via(
+        &proxy,
+        &conf,
+        &[
+            "--http1.1",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &data,
+            "-o",
+            echoed.to_str().unwrap(),
+            &origin.url("/echo"),
+        ],
+    );
+    assert!(out.ok(), "{out:?}\n{}", proxy.stderr());
+    assert_eq!(xfers.len(), 1);
+    assert_eq!(xfers[0].1, "1.1 200 1");
+    assert!(
+        std::fs::read(&echoed).unwrap() == body,
+        "echoed body differs"
+    );
+    let down = file.path("big.bin");
+    let big = origin.url("/big.bin");
+    let (out, _) = curl_via(
+        &proxy,
+        &conf,
+        &["--http1.1", "-o", down.to_str().unwrap(), &big],
+    );
+    assert!(out.ok(), "{out:?}");
+    let got = std::fs::read(&down).unwrap();
+    assert!(got == pattern_vec(BIG), "{}", proxy.stderr());
+
+    // reverse mode in front of it
+    let mode = format!("reverse:https://localhost:{}", origin.port);
+    let rev = start(&conf, &pki, &["--mode", &mode, "--workers", "1"]);
+    let url = format!("https://localhost:{}/index.html", rev.port());
+    let (out, xfers) = curl_reverse(&rev, &conf, &["--http1.1", &url, &url]);
+    assert!(out.ok(), "{out:?}\n{}", rev.stderr());
+    assert_eq!(xfers.len(), 2, "{xfers:?}");
+    for (body, status) in &xfers {
+        assert_eq!(body, "hello over h2\n");
+        assert!(status.starts_with("1.1 200"), "{xfers:?}");
+    }
+    assert!(
+        rev.stderr().contains("speaks only HTTP/2"),
+        "{}",
+        rev.stderr()
+    );
+}

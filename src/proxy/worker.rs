@@ -97,6 +97,8 @@ pub struct Worker {
     pub pipeline: Pipeline,
     /// Upstream connection pool.
     pub pool: Pool,
+    /// h2 connections to upstreams that speak only h2, for HTTP/1 clients.
+    pub h2_only: crate::proxy::upstream::h2::H2Only,
     /// TLS interception state.
     pub tls: crate::proxy::worker_tls::WorkerTls,
     /// Counters.
@@ -213,6 +215,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         },
         listener_name: Rc::from(cfg.listener_name.as_str()),
         pool: Pool::new(cfg.pool_max_idle, secs(cfg.pool_idle_timeout)),
+        h2_only: Default::default(),
         tls: crate::proxy::worker_tls::WorkerTls::new(tls),
         engine: RefCell::new(engine),
         pipeline,

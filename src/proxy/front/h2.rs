@@ -281,8 +281,14 @@ async fn stream(s: &Session, req: http::Request<RecvStream>, reply: &mut Reply) 
         _ if Key::new(&req.scheme, &req.authority) != s.key => ex.via_h1(req, body, reply).await,
         UpstreamConn::H2(up) => ex.via_h2(up.clone(), req, body, reply).await,
         UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => {
-            let (scheme, authority) = (&s.target.scheme, &s.target.authority);
-            match s.h2c.sender(&s.w, &s.info, scheme, authority).await {
+            let (host, port) = (&s.key.host, s.key.port);
+            let t = s.w.timeouts.connect;
+            let connect = async {
+                upstream::connect(s.w.backend, host, port, t, None)
+                    .await
+                    .map_err(|e| e.text().to_string())
+            };
+            match s.h2c.sender(connect, s.info.conn_id).await {
                 Ok(up) => ex.via_h2(up, req, body, reply).await,
                 Err(why) => reply.fail(502, &why),
             }

@@ -4,13 +4,13 @@
 
 use crate::http::{Body, Request, Response, Version};
 use crate::io::PollStream;
-use crate::plugin::ConnInfo;
 use crate::proxy::h2_stream::{from_header_map, set_length, upstream_head};
-use crate::proxy::upstream::{self, Upstream};
-use crate::proxy::worker::Worker;
+use crate::proxy::upstream::connect::Upstream;
+use crate::proxy::upstream::pool::Key;
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
+use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
 use std::rc::Rc;
@@ -71,29 +71,25 @@ pub struct Lazy {
 pub type Live = (SendRequest<Bytes>, Rc<Cell<bool>>);
 
 impl Lazy {
-    /// The connection to `scheme://authority`, made now if there is none open.
-    pub async fn sender(
-        &self,
-        w: &Worker,
-        info: &ConnInfo,
-        scheme: &str,
-        authority: &str,
-    ) -> Result<SendRequest<Bytes>, String> {
+    /// The open connection, or a new one over what `connect` opens.
+    pub async fn sender<F>(&self, connect: F, conn_id: u64) -> Result<SendRequest<Bytes>, String>
+    where
+        F: std::future::Future<Output = Result<Upstream, String>>,
+    {
         if let Some((up, alive)) = self.conn.borrow().as_ref() {
             if alive.get() {
                 return Ok(up.clone());
             }
         }
-        let (host, port) = crate::http::host_port_of(scheme, authority);
-        let t = w.timeouts.connect;
-        let up = upstream::connect(w.backend, &host, port, t, None)
-            .await
-            .map_err(|e| e.text().to_string())?;
-        let made = spawn_connection(up, info.conn_id).await?;
+        let made = spawn_connection(connect.await?, conn_id).await?;
         *self.conn.borrow_mut() = Some(made.clone());
         Ok(made.0)
     }
 }
+
+/// The worker's h2 connections to upstreams that HTTP/1 clients reach over h2 (those
+/// that speak only h2), by pool key: having one marks the upstream as h2-only.
+pub type H2Only = RefCell<FxHashMap<Key, Rc<Lazy>>>;
 
 /// Why an upstream stream gave no response.
 #[derive(Debug)]
@@ -149,19 +145,23 @@ pub async fn response(
     fut: ResponseFuture,
     timeout: Duration,
 ) -> Result<(Response, RecvStream), StreamError> {
-    let resp = match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            return Err(match e.reason() {
-                Some(reason) if e.is_remote() => StreamError::Reset(reason),
-                _ => StreamError::Answer(502, format!("upstream: {e}")),
-            })
-        }
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => response_of(r),
         Err(_) => {
             let why = format!("upstream did not respond within {timeout:?}");
-            return Err(StreamError::Answer(504, why));
+            Err(StreamError::Answer(504, why))
         }
-    };
+    }
+}
+
+/// The version-agnostic response of what a started stream's response future gave.
+pub fn response_of(
+    r: Result<http::Response<RecvStream>, h2::Error>,
+) -> Result<(Response, RecvStream), StreamError> {
+    let resp = r.map_err(|e| match e.reason() {
+        Some(reason) if e.is_remote() => StreamError::Reset(reason),
+        _ => StreamError::Answer(502, format!("upstream: {e}")),
+    })?;
     let (parts, rx) = resp.into_parts();
     let ended = rx.is_end_stream();
     let resp = Response {

@@ -1,0 +1,142 @@
+//! The HTTP/1 client front: read a request head, run the exchange (request event,
+//! upstream leg, response event), stream the response back, and repeat while both
+//! sides keep the connection alive. A CONNECT that succeeds, or an upgrade, ends
+//! HTTP on the connection: that is handed back to the connection driver.
+
+mod over_h2;
+mod request;
+mod response;
+mod state;
+
+pub use state::{H1Route, Outcome, Tunnel};
+
+use crate::http::RequestHead;
+use crate::proto::http1::{parse_request_head, HeadError};
+use crate::proxy::conn::client::ClientConn;
+use crate::proxy::exchange::log::{sent_status, AccessRecord, TunnelLog};
+use crate::proxy::worker::Counters;
+use state::{Front, Next};
+use std::net::Shutdown;
+use tokio::sync::watch;
+
+/// Serves HTTP/1 requests on the connection until it ends or becomes a tunnel.
+pub async fn serve(c: &mut ClientConn, route: H1Route) -> Outcome {
+    let mut front = Front {
+        route,
+        last_key: None,
+    };
+    let mut drain = c.w.draining.subscribe();
+    loop {
+        if c.w.is_draining() && c.io.buf.is_empty() {
+            return Outcome::Close;
+        }
+        let Some(head) = read_head(c, &mut drain).await else {
+            return Outcome::Close;
+        };
+        c.requests += 1;
+        Counters::bump(&c.w.counters.requests);
+        let next = if c.w.cfg.access_log {
+            logged_exchange(c, &mut front, head).await
+        } else {
+            request::exchange(c, &mut front, head).await
+        };
+        match next {
+            Next::KeepAlive => {}
+            Next::Close => return Outcome::Close,
+            Next::Tunnel(t) => return Outcome::Tunnel(t),
+        }
+    }
+}
+
+/// [`exchange`] followed by its access-log line.
+async fn logged_exchange(c: &mut ClientConn, front: &mut Front, head: RequestHead) -> Next {
+    let scheme = front.route.intercept.as_ref().map_or("", |i| i.scheme);
+    let host = head.headers.get("host").cloned().unwrap_or_default();
+    let record = AccessRecord::http(
+        &head.method,
+        &head.target,
+        head.version.as_str(),
+        scheme,
+        &host,
+    );
+    c.io.status.set(0);
+    let sent0 = c.io.sent.get();
+    let written_before = c.io.stream.bytes_moved().1;
+    let next = request::exchange(c, front, head).await;
+    if let Next::Tunnel(_) = next {
+        // one line per tunnel, when it ends, with all it carried
+        c.tunnel_log = Some(TunnelLog {
+            record,
+            status: sent_status(c.io.status.get()),
+            written_before,
+        });
+        return next;
+    }
+    let sent = c.io.sent.get() - sent0;
+    let status = sent_status(c.io.status.get());
+    record.finish(c.info.client_addr, status, sent, c.info.conn_id);
+    next
+}
+
+/// Reads one request head. None: the connection is over (EOF, timeout, bad head
+/// answered, drain).
+async fn read_head(c: &mut ClientConn, drain: &mut watch::Receiver<bool>) -> Option<RequestHead> {
+    let t = c.w.timeouts;
+    let conn = c.info.conn_id;
+    let io = &mut c.io;
+    let mut started = c.requests == 0 || !io.buf.is_empty();
+    io.read_deadline.arm(if started { t.head } else { t.idle });
+    loop {
+        if !io.buf.is_empty() {
+            match parse_request_head(&io.buf, &c.w.limits) {
+                Ok(Some((head, n))) => {
+                    let _ = io.buf.split_to(n);
+                    return Some(head);
+                }
+                Ok(None) => {}
+                Err(e @ (HeadError::TooLarge(_) | HeadError::TooManyHeaders(_))) => {
+                    io.fail(conn, 431, &format!("request head rejected: {e}"))
+                        .await;
+                    return None;
+                }
+                Err(e) => {
+                    io.fail(conn, 400, &format!("bad request: {e}")).await;
+                    return None;
+                }
+            }
+            if !started {
+                started = true;
+                io.read_deadline.arm(t.head);
+            }
+        }
+        if io.buf.capacity() - io.buf.len() < 1024 {
+            io.buf.reserve(8 * 1024);
+        }
+        let idle = io.buf.is_empty();
+        let b = std::mem::take(&mut io.buf);
+        let read = io.read_deadline.limit(io.stream.read(b));
+        tokio::select! {
+            r = read => match r {
+                Ok((Ok(n), b)) if n > 0 => io.buf = b,
+                Ok((Ok(_), _)) => return None,
+                Ok((Err(e), _)) => {
+                    tracing::debug!(conn, "client read failed: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    // dropped io_uring read: shut down so it completes (see io docs)
+                    if idle {
+                        io.stream.shutdown(Shutdown::Both);
+                    } else {
+                        io.fail(conn, 408, "request head not received in time").await;
+                    }
+                    return None;
+                }
+            },
+            _ = drain.changed(), if idle => {
+                io.stream.shutdown(Shutdown::Both);
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! One HTTP/1 exchange up to the response head: the request event, then the request
+//! sent upstream (pooled connection first, retried once when that is safe), or a
+//! CONNECT tunnel opened.
+
+use super::over_h2;
+use super::response::{respond, Done};
+use super::state::*;
+use crate::http::{Body, Request, RequestHead, ResponseHead, Version};
+use crate::proto::http1::{request_body_kind, BodyDecoder, BodyKind};
+use crate::proxy::body_relay::H1Body;
+use crate::proxy::conn::auth;
+use crate::proxy::conn::client::ClientConn;
+use crate::proxy::exchange::route::{self};
+use crate::proxy::exchange::{self, reply, rules, Decision, Message, Source};
+use crate::proxy::h1_wire;
+use crate::proxy::upstream::h1::{self as up1, Answer, SendError, Upload, Waits};
+use crate::proxy::upstream::{self, Key, Upstream};
+use crate::proxy::worker_tls::Alpn;
+use bytes::{Bytes, BytesMut};
+use std::net::Shutdown;
+
+/// One request/response exchange.
+pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: RequestHead) -> Next {
+    let conn = c.info.conn_id;
+    let kind = match request_body_kind(&head) {
+        Ok(k) => k,
+        Err(e) => return fail(c, 400, &format!("bad request: {e}")).await,
+    };
+    let mut asked = Asked {
+        version: head.version,
+        keep_alive: rules::client_keep_alive(head.version, &head.headers),
+        is_head: head.is_head(),
+        upgrade: rules::upgrade_requested(head.version, &head.headers),
+        dec: BodyDecoder::new(kind),
+        owe_continue: head.headers.has_token("expect", "100-continue"),
+    };
+    if let Some(expected) = &c.w.cfg.proxy_auth {
+        // only the forward proxy's own requests: a tunnel was authorised by its CONNECT
+        let ok = front.route.intercept.is_some()
+            || head
+                .headers
+                .get("proxy-authorization")
+                .is_some_and(|v| auth::basic_credentials_match(v, expected));
+        if !ok {
+            c.io.status.set(407);
+            tracing::info!(conn, "407: no valid proxy credentials");
+            let _ = c.io.write(auth::proxy_auth_required()).await;
+            return Next::Close;
+        }
+    }
+    let mut req = match route::h1_request(head, &c.w.mode, front.route.intercept.as_ref()) {
+        Ok(r) => r,
+        Err((status, text)) => return fail(c, status, &text).await,
+    };
+    let engine = c.w.engine();
+    let hooks = Hooks {
+        engine: engine.as_deref(),
+        id: c.w.next_conn_id(),
+    };
+    let decision = {
+        let mut src = Source::H1 {
+            body: H1Body {
+                stream: &c.io.stream,
+                buf: &mut c.io.buf,
+                dec: &mut asked.dec,
+                timeout: c.w.timeouts.idle,
+            },
+            owe_continue: Some(&mut asked.owe_continue),
+        };
+        let msg = Message::Request {
+            req: &mut req,
+            upgrade: asked.upgrade.as_ref(),
+        };
+        exchange::message_event(&flow!(c, hooks), msg, &mut src).await
+    };
+    match decision {
+        Decision::Forward => {}
+        Decision::Drop => {
+            tracing::debug!(conn, "request dropped by plugin");
+            return Next::Close;
+        }
+        Decision::Respond(resp) => {
+            // a request body left unread would be taken for the next request
+            let close = !asked.keep_alive || !asked.dec.is_done();
+            return answer(c, resp, &asked, close).await;
+        }
+        Decision::Failed(why) => return fail(c, 400, &why).await,
+    }
+    if req.method.as_ref() == b"CONNECT" {
+        return tunnel(c, req).await;
+    }
+    // a plugin that replaced the body without reading it leaves the client's body unread
+    if matches!(req.body, Body::Full(_)) && !asked.dec.is_done() {
+        asked.keep_alive = false;
+    }
+    let key = front.key_for(&req);
+    if over_h2::known(c, &key) {
+        return over_h2::exchange(c, hooks, &mut req, &mut asked, &key).await;
+    }
+    let (up, answer) = match send(c, front, &key, &mut req, &mut asked).await {
+        Ok(x) => x,
+        Err(NotSent::Answered(next)) => return next,
+        Err(NotSent::OverH2) => {
+            return over_h2::exchange(c, hooks, &mut req, &mut asked, &key).await;
+        }
+    };
+    if !answer.complete {
+        // the upstream answered before taking the whole body
+        asked.keep_alive = false;
+    }
+    let done = Done {
+        key,
+        upload_complete: answer.complete,
+    };
+    respond(c, hooks, &req, &mut asked, answer.head, up, done).await
+}
+
+/// An upstream connection for `key`: pooled on the first attempt, else new (reporting
+/// a failed early connect once instead of trying again).
+async fn acquire(
+    c: &mut ClientConn,
+    front: &mut Front,
+    key: &Key,
+    probe: bool,
+    attempt: u32,
+) -> Result<Upstream, Next> {
+    if attempt == 1 {
+        if let Some(up) = upstream::reuse(&c.w, key, probe) {
+            return Ok(up);
+        }
+    }
+    if let Some((k, status, text)) = front.route.ahead_failed.take() {
+        if k == *key {
+            return Err(fail(c, status, &text).await);
+        }
+    }
+    let spare = front.route.spare.take();
+    match upstream::open(&c.w, &c.info, key, Alpn::Http1, spare).await {
+        Ok(up) => Ok(up),
+        Err(e) => {
+            let (status, text) = e.answer();
+            Err(fail(c, status, &text).await)
+        }
+    }
+}
+
+/// Sends the request upstream and reads the final response head, on a pooled
+/// connection first; a request that failed on a reused connection before any answer is
+/// sent again on a new one when that is safe.
+async fn send(
+    c: &mut ClientConn,
+    front: &mut Front,
+    key: &Key,
+    req: &mut Request,
+    asked: &mut Asked,
+) -> Result<(Upstream, Answer), NotSent> {
+    let retryable = rules::retryable(req, asked.dec.is_done());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut up = acquire(c, front, key, !retryable, attempt)
+            .await
+            .map_err(NotSent::Answered)?;
+        c.info.server_addr = Some(up.addr);
+        let head = request_head(req, asked.dec.kind());
+        let streamed = !matches!(req.body, Body::Full(_)) && !asked.dec.is_done();
+        if streamed && asked.owe_continue && !asked.dec.is_done() {
+            asked.owe_continue = false;
+            if !c.io.write(Bytes::from_static(reply::CONTINUE_100)).await {
+                up.stream.shutdown(Shutdown::Both);
+                return Err(Next::Close.into());
+            }
+        }
+        let upload = match (streamed, &req.body) {
+            (true, _) => Upload::H1(H1Body {
+                stream: &c.io.stream,
+                buf: &mut c.io.buf,
+                dec: &mut asked.dec,
+                timeout: c.w.timeouts.idle,
+            }),
+            (false, Body::Full(b)) => Upload::Ready(vec![h1_wire::full_body_wire(
+                b,
+                req.trailers.as_ref(),
+                true,
+            )]),
+            (false, _) => Upload::Ready(Vec::new()),
+        };
+        let waits = Waits {
+            upstream: c.w.timeouts.upstream,
+            deadline: &c.upstream_deadline,
+            limits: &c.w.upstream_limits,
+        };
+        let e = match up1::send_and_receive(&mut up, head, upload, waits).await {
+            Ok(answer) => {
+                if req.version == Version::Http11 && !interim(c, &answer.interim).await {
+                    up.stream.shutdown(Shutdown::Both);
+                    return Err(Next::Close.into());
+                }
+                return Ok((up, answer));
+            }
+            Err(e) => e,
+        };
+        up.stream.shutdown(Shutdown::Both);
+        match e {
+            SendError::Client(why) => {
+                tracing::debug!(conn = c.info.conn_id, "client failed during upload: {why}");
+                return Err(Next::Close.into());
+            }
+            SendError::BadBody(why) => {
+                return Err(fail(c, 400, &format!("bad request body: {why}"))
+                    .await
+                    .into());
+            }
+            SendError::Upstream(up1::RespError::Closed)
+                if up.reused && retryable && attempt == 1 => {}
+            SendError::Upstream(e) if c.w.cfg.http2 && over_h2::speaks_only_h2(&up, &e) => {
+                over_h2::remember(c, key);
+                // it never read the request: sent again over h2 when the body is at hand
+                if matches!(req.body, Body::Full(_)) || asked.dec.is_done() {
+                    return Err(NotSent::OverH2);
+                }
+                let (status, mut text) = e.answer(c.w.timeouts.upstream);
+                text.push_str(
+                    " (it speaks HTTP/2 only; the request body was already sent, so it is \
+                     not sent again: later requests go over HTTP/2)",
+                );
+                return Err(fail(c, status, &text).await.into());
+            }
+            SendError::Upstream(e) => {
+                let (status, mut text) = e.answer(c.w.timeouts.upstream);
+                if over_h2::speaks_only_h2(&up, &e) {
+                    text.push_str(
+                        " (it agreed to no ALPN protocol when offered http/1.1: it may \
+                         speak HTTP/2 only, and --no-http2 keeps luring from speaking it)",
+                    );
+                }
+                return Err(fail(c, status, &text).await.into());
+            }
+        }
+    }
+}
+
+/// Why [`send`] returned no response.
+enum NotSent {
+    /// The client was answered (or is gone): what happens next.
+    Answered(Next),
+    /// The upstream speaks only h2: the request goes there over h2.
+    OverH2,
+}
+
+impl From<Next> for NotSent {
+    fn from(n: Next) -> NotSent {
+        NotSent::Answered(n)
+    }
+}
+
+/// The request head as it goes upstream, its framing fields fixed for a body of `kind`.
+fn request_head(req: &mut Request, kind: BodyKind) -> BytesMut {
+    // luring answers Expect itself (as nginx does), so the upstream never waits on it
+    req.headers.remove("expect");
+    h1_wire::fix_framing(
+        &mut req.headers,
+        &req.body,
+        req.trailers.as_ref(),
+        kind,
+        true,
+    );
+    let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
+    h1_wire::request_head(req, &mut head);
+    head
+}
+
+/// Passes interim (1xx) responses on; false when the client went away.
+async fn interim(c: &ClientConn, heads: &[ResponseHead]) -> bool {
+    for h in heads {
+        let mut out = BytesMut::new();
+        crate::proto::http1::encode_response_head(h, &mut out);
+        if !c.io.write(out.freeze()).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// CONNECT: connect to the target and answer 200; the tunnel goes on in the driver.
+async fn tunnel(c: &mut ClientConn, req: Request) -> Next {
+    let host = req.host();
+    let port = req.port();
+    let t = c.w.timeouts.connect;
+    let up = match upstream::connect(c.w.backend, &host, port, t, None).await {
+        Ok(u) => u,
+        Err(e) => {
+            let (status, text) = e.answer();
+            return fail(c, status, &text).await;
+        }
+    };
+    c.info.server_addr = Some(up.addr);
+    c.io.status.set(200);
+    let established = Bytes::from_static(b"HTTP/1.1 200 Connection Established\r\n\r\n");
+    if !c.io.write(established).await {
+        up.stream.shutdown(Shutdown::Both);
+        return Next::Close;
+    }
+    Next::Tunnel(Box::new(Tunnel {
+        host,
+        port,
+        authority: req.authority,
+        up,
+    }))
+}

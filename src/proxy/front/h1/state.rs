@@ -1,0 +1,127 @@
+//! What the HTTP/1 front keeps across a connection's exchanges and within one: where
+//! requests go, what the client asked of its connection, and the answers luring
+//! writes itself.
+
+use crate::http::{Request, Response, Version};
+use crate::plugin::Engine;
+use crate::proto::http1::BodyDecoder;
+use crate::proxy::conn::client::ClientConn;
+use crate::proxy::exchange::reply;
+use crate::proxy::exchange::route::Intercept;
+use crate::proxy::upstream::{Key, Spare, Upstream};
+use bytes::Bytes;
+
+/// Where this connection's requests go, beyond what the mode says.
+#[derive(Default)]
+pub struct H1Route {
+    /// Inside an intercepted tunnel: its target.
+    pub intercept: Option<Intercept>,
+    /// A connection made ahead of the client's TLS handshake failed: the first request
+    /// to that upstream gets this answer instead of a second try.
+    pub ahead_failed: Option<(Key, u16, String)>,
+    /// The plain connection the tunnel opened, for the first TLS connection upstream.
+    pub spare: Option<Spare>,
+}
+
+/// An accepted CONNECT (its 200 sent): the tunnel's target and upstream connection.
+pub struct Tunnel {
+    /// Host the client named.
+    pub host: String,
+    /// Port the client named.
+    pub port: u16,
+    /// host:port as the client named it.
+    pub authority: String,
+    /// The connection to the target.
+    pub up: Upstream,
+}
+
+/// How the HTTP/1 front ended.
+pub enum Outcome {
+    /// The connection is over.
+    Close,
+    /// A CONNECT was accepted: the tunnel goes on in the driver.
+    Tunnel(Box<Tunnel>),
+}
+
+/// What happens after one exchange.
+pub(super) enum Next {
+    /// Read the next request.
+    KeepAlive,
+    /// The connection is over.
+    Close,
+    /// A CONNECT was accepted.
+    Tunnel(Box<Tunnel>),
+}
+
+/// The front's state across the connection's exchanges.
+pub(super) struct Front {
+    pub(super) route: H1Route,
+    /// The pool key of the last request, with the scheme and authority it was made for.
+    pub(super) last_key: Option<(String, String, Key)>,
+}
+
+impl Front {
+    /// The pool key for `req`: the last one again while requests go to the same place,
+    /// which on a keep-alive connection is nearly always.
+    pub(super) fn key_for(&mut self, req: &Request) -> Key {
+        if let Some((scheme, authority, key)) = &self.last_key {
+            if *scheme == req.scheme && *authority == req.authority {
+                return key.clone();
+            }
+        }
+        let key = Key::new(&req.scheme, &req.authority);
+        self.last_key = Some((req.scheme.clone(), req.authority.clone(), key.clone()));
+        key
+    }
+}
+
+/// What the client said about its connection and body in one request.
+pub(super) struct Asked {
+    pub(super) version: Version,
+    pub(super) keep_alive: bool,
+    pub(super) is_head: bool,
+    /// The protocol an upgrade asks for.
+    pub(super) upgrade: Option<Bytes>,
+    /// The request body's framing state.
+    pub(super) dec: BodyDecoder,
+    /// The client waits for `100 Continue` before its body.
+    pub(super) owe_continue: bool,
+}
+
+/// The plugin engine and flow id of the exchange in progress.
+#[derive(Clone, Copy)]
+pub(super) struct Hooks<'e> {
+    pub(super) engine: Option<&'e Engine>,
+    pub(super) id: u64,
+}
+
+/// The flow of the exchange in progress; the fields are borrowed one by one so the
+/// client's buffer stays free for the body source.
+macro_rules! flow {
+    ($c:expr, $hooks:expr) => {
+        $crate::proxy::exchange::Flow {
+            w: &$c.w,
+            info: &$c.info,
+            engine: $hooks.engine,
+            id: $hooks.id,
+        }
+    };
+}
+pub(super) use flow;
+
+/// Writes a response luring makes (a plugin's RESPOND) and says what happens next.
+pub(super) async fn answer(c: &ClientConn, resp: Response, asked: &Asked, close: bool) -> Next {
+    let close = close || c.w.is_draining();
+    c.io.status.set(resp.status);
+    let wire = reply::h1_bytes(resp, asked.is_head, close, asked.version);
+    if !c.io.write(wire).await || close {
+        return Next::Close;
+    }
+    Next::KeepAlive
+}
+
+/// Answers with an error and closes.
+pub(super) async fn fail(c: &ClientConn, status: u16, text: &str) -> Next {
+    c.io.fail(c.info.conn_id, status, text).await;
+    Next::Close
+}
