@@ -102,6 +102,33 @@ pub fn request_head(req: &mut Request, out: &mut BytesMut) {
     req.headers = head.headers;
 }
 
+/// The head of a request going to an HTTP/1.1 upstream with a body of `kind`, its
+/// framing fields made true. `Expect` is dropped: luring answers it itself (as nginx
+/// does), so the upstream never waits on it. A request that carries no body gets no
+/// framing fields at all.
+pub fn upstream_request_head(req: &mut Request, kind: BodyKind) -> BytesMut {
+    req.headers.remove("expect");
+    let carries = match &req.body {
+        Body::Full(b) => !b.is_empty() || req.trailers.is_some(),
+        _ => kind != BodyKind::Empty,
+    };
+    if carries {
+        fix_framing(
+            &mut req.headers,
+            &req.body,
+            req.trailers.as_ref(),
+            kind,
+            true,
+        );
+    } else {
+        req.headers.remove("content-length");
+        req.headers.remove("transfer-encoding");
+    }
+    let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
+    request_head(req, &mut head);
+    head
+}
+
 /// Encodes a response head for the client: `close` adds `Connection: close`; a kept
 /// HTTP/1.0 connection gets `Connection: keep-alive`.
 pub fn response_head(resp: &mut Response, close: bool, client: Version, out: &mut BytesMut) {

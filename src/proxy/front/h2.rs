@@ -534,24 +534,9 @@ impl Stream<'_> {
 /// The HTTP/1 request head of an h2 stream going to an HTTP/1.1 upstream, and how its
 /// body goes: with its length when known, chunked otherwise, none when empty.
 fn h1_request<'b>(req: &mut Request, body: &'b mut Incoming) -> (BytesMut, Upload<'b>) {
-    // the body is sent at once, so nothing waits for a 100 Continue
-    req.headers.remove("expect");
     let partly_read = body.prefix.is_some();
     let kind = rules::h1_request_kind(&req.body, req.trailers.is_some(), &req.headers, partly_read);
-    if kind == BodyKind::Empty {
-        req.headers.remove("content-length");
-        req.headers.remove("transfer-encoding");
-    } else {
-        h1_wire::fix_framing(
-            &mut req.headers,
-            &req.body,
-            req.trailers.as_ref(),
-            kind,
-            true,
-        );
-    }
-    let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
-    h1_wire::request_head(req, &mut head);
+    let head = h1_wire::upstream_request_head(req, kind);
     let trailers = req.trailers.take();
     let upload = match std::mem::replace(&mut req.body, Body::Streaming) {
         Body::Full(b) if b.is_empty() && trailers.is_none() => Upload::Ready(Vec::new()),

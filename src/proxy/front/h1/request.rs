@@ -6,7 +6,7 @@ use super::over_h2;
 use super::response::{respond, Done};
 use super::state::*;
 use crate::http::{Body, Request, RequestHead, ResponseHead, Version};
-use crate::proto::http1::{request_body_kind, BodyDecoder, BodyKind};
+use crate::proto::http1::{request_body_kind, BodyDecoder};
 use crate::proxy::body_relay::H1Body;
 use crate::proxy::conn::auth;
 use crate::proxy::conn::client::ClientConn;
@@ -162,7 +162,7 @@ async fn send(
             .await
             .map_err(NotSent::Answered)?;
         c.info.server_addr = Some(up.addr);
-        let head = request_head(req, asked.dec.kind());
+        let head = h1_wire::upstream_request_head(req, asked.dec.kind());
         let streamed = !matches!(req.body, Body::Full(_)) && !asked.dec.is_done();
         if streamed && asked.owe_continue && !asked.dec.is_done() {
             asked.owe_continue = false;
@@ -252,22 +252,6 @@ impl From<Next> for NotSent {
     fn from(n: Next) -> NotSent {
         NotSent::Answered(n)
     }
-}
-
-/// The request head as it goes upstream, its framing fields fixed for a body of `kind`.
-fn request_head(req: &mut Request, kind: BodyKind) -> BytesMut {
-    // luring answers Expect itself (as nginx does), so the upstream never waits on it
-    req.headers.remove("expect");
-    h1_wire::fix_framing(
-        &mut req.headers,
-        &req.body,
-        req.trailers.as_ref(),
-        kind,
-        true,
-    );
-    let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
-    h1_wire::request_head(req, &mut head);
-    head
 }
 
 /// Passes interim (1xx) responses on; false when the client went away.
