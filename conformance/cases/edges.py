@@ -416,24 +416,3 @@ def _drop_then_disconnect(t):
     gone = t.proxy.expect_log(r"CONF-GONE \S+", what="the on_disconnect line")[0]
     cid = re.search(r"CONF-DROPPING (\S+)", dropping).group(1)
     eq(re.search(r"CONF-GONE (\S+)", gone).group(1), cid, "conn_id in on_disconnect")
-
-
-@case("connection.on_disconnect counts tunnel bytes", plugins={"tunnel_disc.lua": """
-register_hook("connection", "on_disconnect", function(msg, ctx)
-  log.info(string.format("CONF-TDISC bytes_in=%d bytes_out=%d", msg.bytes_in, msg.bytes_out))
-end)
-"""})
-def _tunnel_bytes(t):
-    payload = b"t" * 20000
-    c, status, _h = connect_tunnel(t.proxy.port, f"127.0.0.1:{t.echo.port}")
-    try:
-        eq(status, 200, "CONNECT status")
-        c.send(payload)
-        got = c.recv_some(len(payload))
-        eq(len(got), len(payload), "bytes echoed through the tunnel")
-    finally:
-        c.close()
-    line = t.proxy.expect_log(r"CONF-TDISC ", what="the on_disconnect line")[0]
-    b_in, b_out = map(int, re.search(r"bytes_in=(\d+) bytes_out=(\d+)", line).groups())
-    check(b_in >= len(payload) and b_out >= len(payload),
-          f"bytes_in {b_in}, bytes_out {b_out} after {len(payload)} bytes each way through a tunnel")
