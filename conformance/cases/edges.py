@@ -1,6 +1,8 @@
 """Edges of the contract: actions from the post_pipeline phase, abort vs the next phase,
 values that are not actions, the body limit, close-delimited bodies, raw phases and
-growing chunks, more ctx fields, reverse mode, several workers sharing `shared`."""
+growing chunks, more ctx fields, reverse mode, several workers sharing `shared`, RESPOND
+204/304 given a body (nothing after the head, keep-alive goes on).  The exact
+on_disconnect byte counts are in bytecounts.py."""
 
 import re
 import time
@@ -46,6 +48,52 @@ def _respond_204(t):
             eq((status, body), (204, b""), "client (status, body)")
     finally:
         c.close()
+
+
+RESPOND_NO_CONTENT = """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.path == "/r204" then return action.RESPOND{ status = 204, body = "ignored" } end
+  if msg.path == "/r304" then return action.RESPOND{ status = 304, body = "ignored" } end
+end)
+"""
+
+
+def respond_no_content(t, status):
+    """RESPOND `status` with a body, then an origin request on the same keep-alive
+    connection: the body must not reach the wire (it would prefix the next response)."""
+    c = t.raw()
+    try:
+        c.send(f"GET {t.url(f'/r{status}')} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n\r\n".encode())
+        head = c.conn.read_head()
+        check(head is not None, f"connection closed before the {status} response")
+        lines = head.decode("latin-1").split("\r\n")
+        eq(lines[0].split(" ")[:2], ["HTTP/1.1", str(status)], "status line")
+        headers = [(k.lower(), v) for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)]
+        extra = c.recv_some(1, timeout=0.5)            # nothing may follow the head
+        eq(extra, b"", f"bytes after the {status} head (RESPOND's body must be dropped)")
+        c.send(f"GET {t.url(f'/fixed?body=after-{status}')} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n\r\n"
+               .encode())
+        st2, _r, _h, body2, _t = c.read_response()
+        eq((st2, body2), (200, f"after-{status}".encode()), "the next response on the same connection")
+        eq(c.recv_some(1, timeout=0.3), b"", "bytes after the second response")
+    finally:
+        c.close()
+    eq([q["target"] for q in t.origin_requests(1)], [f"/fixed?body=after-{status}"], "targets at the origin")
+    return headers
+
+
+@case("RESPOND 204 with a body: no content, no Content-Length, keep-alive goes on",
+      plugins={"respond_204_body.lua": RESPOND_NO_CONTENT})
+def _respond_204_body(t):
+    headers = respond_no_content(t, 204)
+    bad = [(k, v) for k, v in headers if k in ("content-length", "transfer-encoding")]
+    eq(bad, [], "framing headers on a 204 (RFC 9110 8.6, RFC 9112 6.1)")
+
+
+@case("RESPOND 304 with a body: nothing after the head, keep-alive goes on",
+      plugins={"respond_304_body.lua": RESPOND_NO_CONTENT})
+def _respond_304_body(t):
+    respond_no_content(t, 304)     # Content-Length may announce the length (RFC 9110 8.6): not checked
 
 
 @case("on_error abort in pre_pipeline: steps and post_pipeline still run",
