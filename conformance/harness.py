@@ -123,12 +123,14 @@ class Conn:
         self.sock = sock
         self.buf = b""
         self.timeout = timeout
+        self.received = 0          # every byte taken off the socket, consumed or buffered
         sock.settimeout(timeout)
 
     def _fill(self) -> bool:
         data = self.sock.recv(65536)
         if not data:
             return False
+        self.received += len(data)
         self.buf += data
         return True
 
@@ -560,18 +562,25 @@ def curl(proxy_addr, url, *args, timeout=CURL_TIMEOUT, tunnel=False) -> Reply:
 
 
 class RawClient:
-    """A plain TCP client for exact bytes on the wire."""
+    """A plain TCP client for exact bytes on the wire.  `sent` and `received` count every
+    byte it wrote to and took off its socket (through these methods)."""
 
     def __init__(self, port, timeout=IO_TIMEOUT):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.conn = Conn(self.sock, timeout)
+        self.sent = 0
 
     @property
     def local_port(self):
         return self.sock.getsockname()[1]
 
+    @property
+    def received(self):
+        return self.conn.received
+
     def send(self, data: bytes):
         self.sock.sendall(data)
+        self.sent += len(data)
 
     def read_response(self, head_only=False, method="GET"):
         """Parse one HTTP/1.1 response.  Returns (status, reason, headers, body, trailers)."""
@@ -631,6 +640,7 @@ class RawClient:
                 return got, True
             if not data:
                 return got, True
+            self.conn.received += len(data)
             got += data
 
     def close(self):
