@@ -1,3 +1,4 @@
+use super::reply::{build_grpc, percent_encode};
 use super::*;
 use mlua::{HookTriggers, VmState};
 use std::sync::atomic::{AtomicUsize, Ordering};
