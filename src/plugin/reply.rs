@@ -1,7 +1,8 @@
 //! Replies a hook makes up: the tables of `action.RESPOND{...}` and
 //! `action.RESPOND_GRPC{...}` turned into the [`Response`] the proxy sends instead.
 
-use super::{lua_err, msg, placeholder_response};
+use super::events::placeholder_response;
+use super::{lua_err, msg};
 use crate::http::{Body, Response, Version};
 use bytes::Bytes;
 use mlua::{Table, Value};
