@@ -55,6 +55,7 @@ pub(super) struct Scratch {
 impl Scratch {
     const CAP: usize = 128;
 
+    /// An empty scratch: nothing is initialised until `keep` writes it.
     pub(super) fn new() -> Scratch {
         Scratch {
             buf: [std::mem::MaybeUninit::uninit(); Scratch::CAP],
