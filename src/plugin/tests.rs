@@ -1,4 +1,8 @@
+use super::reply::{build_grpc, percent_encode};
 use super::*;
+use crate::http::{Body, Headers, Request, Response, Version};
+use bytes::Bytes;
+use mlua::Table;
 use mlua::{HookTriggers, VmState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;

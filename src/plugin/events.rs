@@ -1,0 +1,507 @@
+//! Events: the per-event entry points the proxy calls on an [`Engine`], and the values
+//! they hand to hooks. Each moves the proxy's value into what a hook sees as `msg`,
+//! runs the chain and moves the (possibly changed) value back.
+
+use super::chain::{Arg, Outcome};
+use super::msg::{Env, LRaw, LSse, LWs, Msg, SlotId};
+use super::{Engine, Event, Phase, Step, Suspended};
+use crate::http::{Body, Headers, Request, Response, Version};
+use bytes::Bytes;
+use mlua::{Lua, Table, Value};
+use std::rc::Rc;
+
+/// The connection a hook runs for (becomes `ctx`).
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// Connection id, unique per process.
+    pub conn_id: u64,
+    /// Peer address of the client.
+    pub client_addr: std::net::SocketAddr,
+    /// Upstream address once connected.
+    pub server_addr: Option<std::net::SocketAddr>,
+    /// TLS SNI the client sent, if any.
+    pub sni: Option<String>,
+    /// Name of the listener that accepted the connection.
+    pub listener_name: Rc<str>,
+    /// Worker (core) index.
+    pub worker: usize,
+}
+
+/// Figures reported to connection.on_disconnect.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnStats {
+    /// Connection lifetime in milliseconds.
+    pub duration_ms: f64,
+    /// Bytes read from the client.
+    pub bytes_in: u64,
+    /// Bytes written to the client.
+    pub bytes_out: u64,
+}
+
+/// One chunk of an opaque byte stream (raw.on_chunk).
+#[derive(Clone, Debug)]
+pub struct RawChunk {
+    /// Direction.
+    pub from_client: bool,
+    /// The bytes; hooks may replace them.
+    pub data: Bytes,
+    /// Bytes seen before this chunk in that direction.
+    pub offset: u64,
+}
+
+/// One server-sent event (sse.on_event); hooks may change its fields.
+#[derive(Clone, Debug, Default)]
+pub struct SseEvent {
+    /// The event's fields.
+    pub event: crate::proto::sse::Event,
+    /// 0-based position among the stream's events.
+    pub index: u64,
+    /// Set when a hook assigned a field: the event is then re-serialized.
+    pub changed: bool,
+}
+
+/// One WebSocket message or control frame (ws.on_message); hooks may replace `payload`.
+#[derive(Clone, Debug, Default)]
+pub struct WsMessage {
+    /// 1 text, 2 binary, 8 close, 9 ping, 10 pong.
+    pub opcode: u8,
+    /// The frame was masked (client to server).
+    pub masked: bool,
+    /// The payload (as sent: luring does not negotiate permessage-deflate when hooked).
+    pub payload: Bytes,
+    /// RSV1 was set (permessage-deflate).
+    pub compressed: bool,
+    /// Direction.
+    pub from_client: bool,
+    /// Set when a hook assigned `payload`.
+    pub changed: bool,
+}
+
+/// The close dict of ws.on_close: the first close frame seen, or 1006 when none came.
+#[derive(Clone, Debug, Default)]
+pub struct WsClose {
+    /// The close frame was masked (sent by the client).
+    pub masked: bool,
+    /// Its payload.
+    pub payload: Bytes,
+    /// Close code (1005 when the frame had none, 1006 for an abnormal closure).
+    pub close_code: u16,
+    /// Close reason.
+    pub close_reason: String,
+}
+
+/// The TLS handshake dict of tls.on_handshake.
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    /// "server" (proxy facing the client) or "client" (proxy facing the upstream).
+    pub side: &'static str,
+    /// SNI.
+    pub sni: Option<String>,
+    /// Negotiated ALPN protocol.
+    pub alpn: Option<String>,
+    /// "TLSv1.3"...
+    pub version_name: Option<String>,
+    /// IANA cipher suite name.
+    pub cipher_name: Option<String>,
+    /// Subject of the peer certificate, if one was sent.
+    pub peer_cert_subject: Option<String>,
+    /// JA4 of the ClientHello (server side only).
+    pub client_fingerprint: Option<String>,
+    /// JA3 MD5 of the ClientHello (server side only).
+    pub ja3: Option<String>,
+    /// JA3 input string (server side only).
+    pub ja3_string: Option<String>,
+}
+
+/// The SOCKS5 connect dict of socks5.on_connect.
+#[derive(Clone, Debug, Default)]
+pub struct Socks5Info {
+    /// "host:port" the client asked for.
+    pub target_addr: String,
+    /// Username, when the client authenticated.
+    pub username: Option<String>,
+}
+
+impl Engine {
+    /// Refills the one `ctx` userdata for this call; fields that did not change are not
+    /// rewritten, so a connection's chains clone no string.
+    fn ctx(&self, conn: &ConnInfo, flow_id: Option<u64>) {
+        let mut d = self.core.ctx.borrow_mut();
+        d.conn_id = conn.conn_id;
+        d.flow_id = flow_id;
+        d.client_addr = conn.client_addr;
+        d.server_addr = conn.server_addr;
+        if d.sni != conn.sni {
+            d.sni.clone_from(&conn.sni);
+        }
+        if !Rc::ptr_eq(&d.listener_name, &conn.listener_name) {
+            d.listener_name = conn.listener_name.clone();
+        }
+        d.worker = conn.worker;
+    }
+
+    /// http.on_request and ws.on_upgrade: `req` moves into a slot for the chain.
+    fn request_event(
+        &self,
+        ev: Event,
+        phase: Phase,
+        conn: &ConnInfo,
+        flow_id: u64,
+        req: &mut Request,
+    ) -> Step {
+        if self.chain_len(ev, phase.idx()) == 0 {
+            return Step::Continue;
+        }
+        let m = Msg::Req(std::mem::replace(req, placeholder_request()));
+        let id = match self.core.open(m, false) {
+            Ok(id) => id,
+            Err(m) => {
+                tracing::error!(target: "luring::plugin", "cannot build hook arguments");
+                if let Msg::Req(r) = m {
+                    *req = r;
+                }
+                return Step::Continue;
+            }
+        };
+        self.ctx(conn, Some(flow_id));
+        let out = self.run(ev, phase.idx(), 0, None, Arg::Slot(id));
+        self.finish_req(out, ev, phase.idx(), id, req)
+    }
+
+    /// Moves the request back out of its slot once the chain ran or suspended.
+    fn finish_req(
+        &self,
+        out: Outcome,
+        ev: Event,
+        phase: usize,
+        id: SlotId,
+        req: &mut Request,
+    ) -> Step {
+        *req = match self.core.take(id) {
+            Some(Msg::Req(r)) => r,
+            _ => placeholder_request(),
+        };
+        self.suspend_or_release(out, ev, phase, id)
+    }
+
+    /// A finished chain frees its slot; a suspended one keeps it in the `Suspended`.
+    fn suspend_or_release(&self, out: Outcome, ev: Event, phase: usize, id: SlotId) -> Step {
+        match out {
+            Outcome::Done(s) => {
+                self.core.release(id);
+                s
+            }
+            Outcome::Suspend(idx, thread) => Step::NeedBody(Suspended {
+                event: ev,
+                phase,
+                idx,
+                thread,
+                slot: Some(id),
+                core: self.core.clone(),
+            }),
+        }
+    }
+
+    /// As `finish_req` for a response; its `resp.request` view goes dead first.
+    fn finish_resp(
+        &self,
+        out: Outcome,
+        ev: Event,
+        phase: usize,
+        id: SlotId,
+        resp: &mut Response,
+    ) -> Step {
+        self.core.clear_request(id);
+        *resp = match self.core.take(id) {
+            Some(Msg::Resp(r)) => r,
+            _ => placeholder_response(),
+        };
+        self.suspend_or_release(out, ev, phase, id)
+    }
+
+    /// http.on_request for one phase; `req` carries the hooks' mutations afterwards.
+    pub fn http_request(
+        &self,
+        phase: Phase,
+        conn: &ConnInfo,
+        flow_id: u64,
+        req: &mut Request,
+    ) -> Step {
+        self.request_event(Event::HttpRequest, phase, conn, flow_id, req)
+    }
+
+    /// ws.on_upgrade for one phase (an HTTP request message, like http.on_request).
+    pub fn ws_upgrade(
+        &self,
+        phase: Phase,
+        conn: &ConnInfo,
+        flow_id: u64,
+        req: &mut Request,
+    ) -> Step {
+        self.request_event(Event::WsUpgrade, phase, conn, flow_id, req)
+    }
+
+    /// http.on_response for one phase; `resp.request` is a read-only view of `req`.
+    pub fn http_response(
+        &self,
+        phase: Phase,
+        conn: &ConnInfo,
+        flow_id: u64,
+        req: &Request,
+        resp: &mut Response,
+    ) -> Step {
+        let ev = Event::HttpResponse;
+        if self.chain_len(ev, phase.idx()) == 0 {
+            return Step::Continue;
+        }
+        let m = Msg::Resp(std::mem::replace(resp, placeholder_response()));
+        let id = match self.core.open(m, false) {
+            Ok(id) => id,
+            Err(m) => {
+                tracing::error!(target: "luring::plugin", "cannot build hook arguments");
+                if let Msg::Resp(r) = m {
+                    *resp = r;
+                }
+                return Step::Continue;
+            }
+        };
+        self.ctx(conn, Some(flow_id));
+        self.core.set_request(id, req);
+        let out = self.run(ev, phase.idx(), 0, None, Arg::Slot(id));
+        self.finish_resp(out, ev, phase.idx(), id, resp)
+    }
+
+    /// Continues a request chain after the proxy set `req.body` to Full or TooLarge.
+    pub fn resume_request(
+        &self,
+        mut s: Suspended,
+        conn: &ConnInfo,
+        flow_id: u64,
+        req: &mut Request,
+    ) -> Step {
+        let Some(id) = s.slot.take() else {
+            return Step::Continue;
+        };
+        if s.event == Event::HttpResponse {
+            tracing::error!(target: "luring::plugin", "resume_request called with a suspended response chain");
+            self.core.release(id);
+            return Step::Continue;
+        }
+        if let Err(Msg::Req(r)) = self
+            .core
+            .put(id, Msg::Req(std::mem::replace(req, placeholder_request())))
+        {
+            *req = r;
+            return Step::Continue;
+        }
+        self.ctx(conn, Some(flow_id));
+        let thread = s.thread.clone();
+        let out = self.run(s.event, s.phase, s.idx, Some(thread), Arg::Slot(id));
+        self.finish_req(out, s.event, s.phase, id, req)
+    }
+
+    /// Continues a response chain after the proxy set `resp.body` to Full or TooLarge.
+    pub fn resume_response(
+        &self,
+        mut s: Suspended,
+        conn: &ConnInfo,
+        flow_id: u64,
+        req: &Request,
+        resp: &mut Response,
+    ) -> Step {
+        let Some(id) = s.slot.take() else {
+            return Step::Continue;
+        };
+        if s.event != Event::HttpResponse {
+            tracing::error!(target: "luring::plugin", "resume_response called with a suspended request chain");
+            self.core.release(id);
+            return Step::Continue;
+        }
+        if let Err(Msg::Resp(r)) = self.core.put(
+            id,
+            Msg::Resp(std::mem::replace(resp, placeholder_response())),
+        ) {
+            *resp = r;
+            return Step::Continue;
+        }
+        self.ctx(conn, Some(flow_id));
+        self.core.set_request(id, req);
+        let thread = s.thread.clone();
+        let out = self.run(s.event, s.phase, s.idx, Some(thread), Arg::Slot(id));
+        self.finish_resp(out, s.event, s.phase, id, resp)
+    }
+
+    /// raw.on_chunk for one phase; hooks may replace `chunk.data`.
+    pub fn raw_chunk(&self, phase: Phase, conn: &ConnInfo, chunk: &mut RawChunk) {
+        let ev = Event::RawChunk;
+        if self.chain_len(ev, phase.idx()) == 0 {
+            return;
+        }
+        let hollow = RawChunk {
+            from_client: chunk.from_client,
+            data: Bytes::new(),
+            offset: chunk.offset,
+        };
+        let env = Env::new(std::mem::replace(chunk, hollow));
+        if let Ok(m) = self.lua.create_userdata(LRaw { env: env.clone() }) {
+            self.ctx(conn, None);
+            let msg = Value::UserData(m);
+            // Only CONTINUE is allowed here, so the outcome carries nothing for the proxy.
+            let _ = self.run(ev, phase.idx(), 0, None, Arg::Val(&msg));
+        }
+        if let Some(c) = env.take() {
+            *chunk = c;
+        }
+    }
+
+    /// Runs sse.on_event hooks of `phase` on one event.
+    pub fn sse_event(&self, phase: Phase, conn: &ConnInfo, flow_id: u64, ev: &mut SseEvent) {
+        let e = Event::SseEvent;
+        if self.chain_len(e, phase.idx()) == 0 {
+            return;
+        }
+        let env = Env::new(std::mem::take(ev));
+        if let Ok(m) = self.lua.create_userdata(LSse { env: env.clone() }) {
+            self.ctx(conn, Some(flow_id));
+            let msg = Value::UserData(m);
+            // Only CONTINUE is allowed here, so the outcome carries nothing for the proxy.
+            let _ = self.run(e, phase.idx(), 0, None, Arg::Val(&msg));
+        }
+        if let Some(back) = env.take() {
+            *ev = back;
+        }
+    }
+
+    /// Runs a lifecycle chain over a frozen dict; only on_connect rows can end with Drop.
+    fn lifecycle(
+        &self,
+        ev: Event,
+        conn: &ConnInfo,
+        fill: impl FnOnce(&Lua, &Table) -> mlua::Result<()>,
+    ) -> Step {
+        if self.chain_len(ev, 0) == 0 {
+            return Step::Continue;
+        }
+        let made = (|| {
+            let t = self.lua.create_table()?;
+            fill(&self.lua, &t)?;
+            Ok::<_, mlua::Error>(t)
+        })();
+        let dict = match made {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(target: "luring::plugin", "cannot build hook arguments: {e}");
+                return Step::Continue;
+            }
+        };
+        self.ctx(conn, None);
+        match self.run(ev, 0, 0, None, Arg::Frozen(&dict)) {
+            Outcome::Done(s) => s,
+            Outcome::Suspend(..) => Step::Continue,
+        }
+    }
+
+    /// connection.on_connect: Continue, or Drop to close the socket before any layer exists.
+    pub fn on_connect(&self, conn: &ConnInfo) -> Step {
+        self.lifecycle(Event::ConnectionConnect, conn, |_, t| {
+            t.raw_set("conn_id", conn.conn_id)?;
+            t.raw_set("client_addr", conn.client_addr.to_string())?;
+            t.raw_set("listener_name", &*conn.listener_name)
+        })
+    }
+
+    /// connection.on_disconnect: every hook runs; nothing to decide.
+    pub fn on_disconnect(&self, conn: &ConnInfo, stats: &ConnStats) {
+        self.lifecycle(Event::ConnectionDisconnect, conn, |_, t| {
+            t.raw_set("conn_id", conn.conn_id)?;
+            t.raw_set("client_addr", conn.client_addr.to_string())?;
+            t.raw_set("duration_ms", stats.duration_ms)?;
+            t.raw_set("bytes_in", stats.bytes_in)?;
+            t.raw_set("bytes_out", stats.bytes_out)
+        });
+    }
+
+    /// tls.on_handshake, once per side.
+    pub fn tls_handshake(&self, conn: &ConnInfo, info: &TlsInfo) {
+        self.lifecycle(Event::TlsHandshake, conn, |_, t| {
+            t.raw_set("side", info.side)?;
+            t.raw_set("sni", info.sni.as_deref())?;
+            t.raw_set("alpn", info.alpn.as_deref())?;
+            t.raw_set("version_name", info.version_name.as_deref())?;
+            t.raw_set("cipher_name", info.cipher_name.as_deref())?;
+            t.raw_set("peer_cert_subject", info.peer_cert_subject.as_deref())?;
+            t.raw_set("client_fingerprint", info.client_fingerprint.as_deref())?;
+            t.raw_set("ja3", info.ja3.as_deref())?;
+            t.raw_set("ja3_string", info.ja3_string.as_deref())
+        });
+    }
+
+    /// ws.on_close (lifecycle) once both directions of a WebSocket ended.
+    pub fn ws_close(&self, conn: &ConnInfo, c: &WsClose) {
+        self.lifecycle(Event::WsClose, conn, |lua, t| {
+            t.raw_set("opcode", 8)?;
+            t.raw_set("fin", true)?;
+            t.raw_set("masked", c.masked)?;
+            t.raw_set("payload", lua.create_string(&c.payload)?)?;
+            t.raw_set("close_code", c.close_code)?;
+            t.raw_set("close_reason", c.close_reason.as_str())?;
+            t.raw_set("compressed", false)
+        });
+    }
+
+    /// Runs ws.on_message hooks of `phase` on one message.
+    pub fn ws_message(&self, phase: Phase, conn: &ConnInfo, flow_id: u64, m: &mut WsMessage) {
+        let e = Event::WsMessage;
+        if self.chain_len(e, phase.idx()) == 0 {
+            return;
+        }
+        let env = Env::new(std::mem::take(m));
+        if let Ok(u) = self.lua.create_userdata(LWs { env: env.clone() }) {
+            self.ctx(conn, Some(flow_id));
+            let msg = Value::UserData(u);
+            // Only CONTINUE is allowed here, so the outcome carries nothing for the proxy.
+            let _ = self.run(e, phase.idx(), 0, None, Arg::Val(&msg));
+        }
+        if let Some(back) = env.take() {
+            *m = back;
+        }
+    }
+
+    /// socks5.on_connect: Continue, or Drop to abort before any upstream connection.
+    pub fn socks5_connect(&self, conn: &ConnInfo, info: &Socks5Info) -> Step {
+        self.lifecycle(Event::Socks5Connect, conn, |_, t| {
+            t.raw_set("conn_id", conn.conn_id)?;
+            t.raw_set("client_addr", conn.client_addr.to_string())?;
+            t.raw_set("target_addr", info.target_addr.as_str())?;
+            t.raw_set("username", info.username.as_deref())
+        })
+    }
+}
+
+/// What stands in the proxy's `&mut Request` while the real one is in a slot.
+fn placeholder_request() -> Request {
+    Request {
+        method: Bytes::new(),
+        scheme: String::new(),
+        authority: String::new(),
+        path: None,
+        version: Version::Http11,
+        headers: Headers::new(),
+        body: Body::Streaming,
+        trailers: None,
+        timestamp_start: 0.0,
+    }
+}
+
+/// What stands in the proxy's `&mut Response` while the real one is in a slot (and the
+/// base of a response a hook makes up).
+pub(super) fn placeholder_response() -> Response {
+    Response {
+        status: 0,
+        reason: String::new(),
+        version: Version::Http11,
+        headers: Headers::new(),
+        body: Body::Streaming,
+        trailers: None,
+    }
+}

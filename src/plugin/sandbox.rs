@@ -1,0 +1,152 @@
+//! The Lua state's sandbox: the init chunk that locks the standard library down and
+//! creates the `action` tokens, the identities the dispatcher compares results by, and
+//! the globals plugins log and share through (`print`, `log`, `shared`).
+
+use super::budget::Budget;
+use super::{describe, shared, Engine, Rt};
+use mlua::{Function, Lua, Table, Value};
+use std::rc::Rc;
+
+/// Values the init chunk creates and the dispatcher compares by identity.
+pub(super) struct Tokens {
+    pub(super) cont: *const std::ffi::c_void,
+    pub(super) drop: *const std::ffi::c_void,
+    pub(super) respond: *const std::ffi::c_void,
+    pub(super) respond_mt: *const std::ffi::c_void,
+    pub(super) grpc: *const std::ffi::c_void,
+    pub(super) grpc_mt: *const std::ffi::c_void,
+    pub(super) need: *const std::ffi::c_void,
+    pub(super) frozen_newindex: Function,
+    /// `function(co, err)`: the traceback of a hook that failed in coroutine `co`.
+    pub(super) errtext: Function,
+    _keep: Vec<Table>,
+}
+
+/// Run once per state with `expired`; returns what `Tokens` holds. Plugins load after it,
+/// so nothing they do can reach the removed libraries.
+const INIT: &str = r#"
+local expired = ...
+local oxpcall, opcall, tb, tostring, type = xpcall, pcall, debug.traceback, tostring, type
+local error, setmetatable = error, setmetatable
+
+-- Compiled traces never call the instruction-count hook, so a budget can only be
+-- enforced on interpreted code: the JIT is switched off for this state, for good.
+jit.off()
+jit.flush()
+for _, k in ipairs({"jit", "jit.util", "jit.opt", "jit.profile", "io", "ffi"}) do package.loaded[k] = nil end
+jit, io = nil, nil
+os.exit = nil
+package.loadlib = nil
+if package.loaders then package.loaders[3], package.loaders[4] = nil, nil end
+
+local function errtext(co, e) return tb(co, tostring(e)) end
+
+-- A plugin's own pcall must not swallow the budget error of an endless loop.
+local function pass(ok, ...)
+  if not ok and expired() then error((...), 0) end
+  return ok, ...
+end
+pcall = function(f, ...) return pass(opcall(f, ...)) end
+xpcall = function(f, h, ...) return pass(oxpcall(f, h, ...)) end
+local ores = coroutine.resume
+coroutine.resume = function(co, ...) return pass(ores(co, ...)) end
+
+debug = { traceback = tb }
+package.loaded.debug = debug
+
+local function token(n)
+  return setmetatable({}, { __tostring = function() return "action." .. n end })
+end
+local CONTINUE, DROP = token("CONTINUE"), token("DROP")
+local RESP_MT = { __tostring = function() return "action.RESPOND{...}" end }
+local GRPC_MT = { __tostring = function() return "action.RESPOND_GRPC{...}" end }
+local function callable(n, mt)
+  return setmetatable({}, {
+    __tostring = function() return "action." .. n end,
+    __call = function(_, t)
+      if t == nil then t = {} end
+      if type(t) ~= "table" then error("action." .. n .. " expects a table", 2) end
+      return setmetatable(t, mt)
+    end,
+  })
+end
+local RESPOND, RESPOND_GRPC = callable("RESPOND", RESP_MT), callable("RESPOND_GRPC", GRPC_MT)
+action = { CONTINUE = CONTINUE, DROP = DROP, RESPOND = RESPOND, RESPOND_GRPC = RESPOND_GRPC }
+return errtext, CONTINUE, DROP, RESPOND, RESP_MT, RESPOND_GRPC, GRPC_MT, function() end
+"#;
+
+/// One log line from `print`/`log.*` arguments, tab-separated as Lua's `print` does.
+fn log_line(args: mlua::MultiValue) -> String {
+    let mut out = String::new();
+    for (i, v) in args.iter().enumerate() {
+        if i > 0 {
+            out.push('\t');
+        }
+        match v {
+            Value::String(s) => out.push_str(&s.to_string_lossy()),
+            other => out.push_str(&other.to_string().unwrap_or_else(|_| describe(other))),
+        }
+    }
+    out
+}
+
+impl Engine {
+    /// Runs the init chunk and sets the globals; `need` is the token a body getter yields.
+    pub(super) fn init(lua: &Lua, rt: &Rc<Rt>) -> mlua::Result<(Tokens, Table)> {
+        let need = lua.create_table()?;
+        let expired = lua.create_function(|_, ()| Ok(Budget::expired()))?;
+        let (errtext, cont, drop, respond, respond_mt, grpc, grpc_mt, noop): (
+            Function,
+            Table,
+            Table,
+            Table,
+            Table,
+            Table,
+            Table,
+            Function,
+        ) = lua.load(INIT).set_name("=luring-init").call(expired)?;
+
+        let g = lua.globals();
+        g.set("shared", shared::table(lua)?)?;
+        let r = rt.clone();
+        g.set(
+            "print",
+            lua.create_function(move |_, args: mlua::MultiValue| {
+                tracing::info!(target: "luring::plugin", plugin = %r.plugin.borrow(), "{}", log_line(args));
+                Ok(())
+            })?,
+        )?;
+        let log = lua.create_table()?;
+        macro_rules! level {
+            ($name:literal, $mac:ident) => {{
+                let r = rt.clone();
+                log.set(
+                    $name,
+                    lua.create_function(move |_, args: mlua::MultiValue| {
+                        tracing::$mac!(target: "luring::plugin", plugin = %r.plugin.borrow(), "{}", log_line(args));
+                        Ok(())
+                    })?,
+                )?;
+            }};
+        }
+        level!("debug", debug);
+        level!("info", info);
+        level!("warn", warn);
+        level!("error", error);
+        g.set("log", log)?;
+
+        let tok = Tokens {
+            cont: cont.to_pointer(),
+            drop: drop.to_pointer(),
+            respond: respond.to_pointer(),
+            respond_mt: respond_mt.to_pointer(),
+            grpc: grpc.to_pointer(),
+            grpc_mt: grpc_mt.to_pointer(),
+            need: need.to_pointer(),
+            frozen_newindex: noop,
+            errtext,
+            _keep: vec![cont, drop, respond, respond_mt, grpc, grpc_mt, need.clone()],
+        };
+        Ok((tok, need))
+    }
+}
