@@ -2,6 +2,7 @@
 
 pub mod client_hello;
 pub mod detect;
+pub mod grpc;
 pub mod http1;
 pub mod socks5;
 pub mod sse;
