@@ -7,11 +7,13 @@
 //! for byte; only a changed one is framed anew.
 
 pub mod frame;
+pub mod text;
 
 pub use frame::{
     encode_message, encode_message_into, encode_trailers, parse_trailers, Decoder, Event,
     FrameError, Message, Trailers, HEADER_LEN,
 };
+pub use text::{encode_text, TextDecoder, TextError};
 
 /// Which of the three wire forms a call uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
