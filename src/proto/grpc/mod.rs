@@ -6,9 +6,11 @@
 //! Every message keeps its exact wire bytes, so a message no hook changed goes on byte
 //! for byte; only a changed one is framed anew.
 
+pub mod compress;
 pub mod frame;
 pub mod text;
 
+pub use compress::{compress, decode_payload, decompress, CompressError, Encoding};
 pub use frame::{
     encode_message, encode_message_into, encode_trailers, parse_trailers, Decoder, Event,
     FrameError, Message, Trailers, HEADER_LEN,
