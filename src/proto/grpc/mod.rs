@@ -8,12 +8,17 @@
 
 pub mod compress;
 pub mod frame;
+pub mod status;
 pub mod text;
 
 pub use compress::{compress, decode_payload, decompress, CompressError, Encoding};
 pub use frame::{
     encode_message, encode_message_into, encode_trailers, parse_trailers, Decoder, Event,
     FrameError, Message, Trailers, HEADER_LEN,
+};
+pub use status::{
+    code_from_name, code_name, decode_details, encode_details, percent_decode, percent_encode,
+    status_trailers, trailers_only, web_trailers_only_body, Status,
 };
 pub use text::{encode_text, TextDecoder, TextError};
 
