@@ -16,6 +16,8 @@
 //! fixed-width values, varints over 10 bytes or 64 bits, and lengths past the end are
 //! refused with a [`DecodeError`] that says what and where.
 
+use std::ops::Range;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Deepest nesting of groups inside groups that decoding follows.
@@ -280,7 +282,7 @@ impl Field {
         };
         let mut pos = 0;
         match read_field(raw, &mut pos, 0) {
-            Ok((number, value)) => number == self.number && same_value(&value, &self.value),
+            Ok((number, value)) => number == self.number && value.is(&self.value, raw),
             Err(_) => false,
         }
     }
@@ -313,17 +315,6 @@ impl Field {
     }
 }
 
-/// Equal values, checking first whether two byte values are the same slice (the common
-/// case for an untouched field, which then costs no comparison of its bytes).
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Len(x), Value::Len(y)) | (Value::Group(x), Value::Group(y)) => {
-            (x.as_ptr() == y.as_ptr() && x.len() == y.len()) || x == y
-        }
-        _ => a == b,
-    }
-}
-
 impl Message {
     /// An empty message.
     pub fn new() -> Message {
@@ -332,14 +323,15 @@ impl Message {
 
     /// Decodes `data`; values and raw bytes are slices of it, not copies.
     pub fn decode(data: &Bytes) -> Result<Message, DecodeError> {
-        let mut fields = Vec::new();
+        // Fields are rarely under 2 bytes; a guess that saves the first regrowths.
+        let mut fields = Vec::with_capacity((data.len() / 4).min(32));
         let mut pos = 0;
         while pos < data.len() {
             let start = pos;
             let (number, value) = read_field(data, &mut pos, 0)?;
             fields.push(Field {
                 number,
-                value,
+                value: value.to_value(data),
                 raw: Some(data.slice(start..pos)),
             });
         }
@@ -414,8 +406,46 @@ impl Message {
     }
 }
 
+/// A value as read: byte values are ranges of the input, so reading costs no reference
+/// counting and comparing a raw field with its value needs no slice of it.
+#[derive(Debug)]
+enum Read {
+    Varint(u64),
+    I64(u64),
+    I32(u32),
+    Len(Range<usize>),
+    Group(Range<usize>),
+}
+
+impl Read {
+    /// The value, byte values sliced out of `data` (the buffer it was read from).
+    fn to_value(&self, data: &Bytes) -> Value {
+        match *self {
+            Read::Varint(v) => Value::Varint(v),
+            Read::I64(v) => Value::I64(v),
+            Read::I32(v) => Value::I32(v),
+            Read::Len(ref r) => Value::Len(data.slice(r.clone())),
+            Read::Group(ref r) => Value::Group(data.slice(r.clone())),
+        }
+    }
+
+    /// Whether it equals `v`, byte values read from `data`.
+    fn is(&self, v: &Value, data: &[u8]) -> bool {
+        match (self, v) {
+            (Read::Varint(a), Value::Varint(b)) | (Read::I64(a), Value::I64(b)) => a == b,
+            (Read::I32(a), Value::I32(b)) => a == b,
+            (Read::Len(r), Value::Len(b)) | (Read::Group(r), Value::Group(b)) => {
+                // An untouched value is a slice of the same bytes: no need to compare them.
+                let a = &data[r.clone()];
+                std::ptr::eq(a, &b[..]) || a == &b[..]
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Reads one field at `pos`, moving `pos` past it; `depth` is the group nesting.
-fn read_field(data: &Bytes, pos: &mut usize, depth: usize) -> Result<(u32, Value), DecodeError> {
+fn read_field(data: &[u8], pos: &mut usize, depth: usize) -> Result<(u32, Read), DecodeError> {
     let start = *pos;
     let err = |kind, offset| DecodeError { kind, offset };
     let tag = read_varint(data, pos).map_err(|k| err(k, start))?;
@@ -428,14 +458,14 @@ fn read_field(data: &Bytes, pos: &mut usize, depth: usize) -> Result<(u32, Value
         .ok_or_else(|| err(ErrorKind::BadWireType((tag & 7) as u8), start))?;
     let at = *pos;
     let value = match wt {
-        WireType::Varint => Value::Varint(read_varint(data, pos).map_err(|k| err(k, at))?),
+        WireType::Varint => Read::Varint(read_varint(data, pos).map_err(|k| err(k, at))?),
         WireType::I64 => {
             let b = fixed::<8>(data, pos).ok_or_else(|| err(ErrorKind::TruncatedFixed, at))?;
-            Value::I64(u64::from_le_bytes(b))
+            Read::I64(u64::from_le_bytes(b))
         }
         WireType::I32 => {
             let b = fixed::<4>(data, pos).ok_or_else(|| err(ErrorKind::TruncatedFixed, at))?;
-            Value::I32(u32::from_le_bytes(b))
+            Read::I32(u32::from_le_bytes(b))
         }
         WireType::Len => {
             let len = read_varint(data, pos).map_err(|k| err(k, at))?;
@@ -444,23 +474,24 @@ fn read_field(data: &Bytes, pos: &mut usize, depth: usize) -> Result<(u32, Value
                 .and_then(|l| pos.checked_add(l))
                 .filter(|&e| e <= data.len())
                 .ok_or_else(|| err(ErrorKind::LengthPastEnd, at))?;
-            let v = data.slice(*pos..end);
+            let r = *pos..end;
             *pos = end;
-            Value::Len(v)
+            Read::Len(r)
         }
-        WireType::StartGroup => Value::Group(read_group(data, pos, number, depth)?),
+        WireType::StartGroup => Read::Group(read_group(data, pos, number, depth)?),
         WireType::EndGroup => return Err(err(ErrorKind::UnexpectedEndGroup(number), start)),
     };
     Ok((number, value))
 }
 
-/// Reads the fields of a group up to its end tag; returns the bytes between the tags.
+/// Reads the fields of a group up to its end tag; returns where the bytes between the
+/// tags are.
 fn read_group(
-    data: &Bytes,
+    data: &[u8],
     pos: &mut usize,
     number: u32,
     depth: usize,
-) -> Result<Bytes, DecodeError> {
+) -> Result<Range<usize>, DecodeError> {
     if depth >= MAX_GROUP_DEPTH {
         return Err(DecodeError {
             kind: ErrorKind::GroupTooDeep,
@@ -483,7 +514,7 @@ fn read_group(
         })?;
         if tag & 7 == WireType::EndGroup as u64 && tag >> 3 == u64::from(number) {
             *pos = peek;
-            return Ok(data.slice(content..tag_at));
+            return Ok(content..tag_at);
         }
         read_field(data, pos, depth + 1)?;
     }
