@@ -2,7 +2,9 @@
 
 pub mod client_hello;
 pub mod detect;
+pub mod grpc;
 pub mod http1;
+pub mod protobuf;
 pub mod socks5;
 pub mod sse;
 pub mod ws;
