@@ -4,8 +4,9 @@
 
 use super::chain::{Arg, Outcome};
 use super::msg::{Env, LRaw, LSse, LWs, Msg, SlotId};
+use super::reply::{placeholder_request, placeholder_response};
 use super::{Engine, Event, Phase, Step, Suspended};
-use crate::http::{Body, Headers, Request, Response, Version};
+use crate::http::{Request, Response};
 use bytes::Bytes;
 use mlua::{Lua, Table, Value};
 use std::rc::Rc;
@@ -475,33 +476,5 @@ impl Engine {
             t.raw_set("target_addr", info.target_addr.as_str())?;
             t.raw_set("username", info.username.as_deref())
         })
-    }
-}
-
-/// What stands in the proxy's `&mut Request` while the real one is in a slot.
-fn placeholder_request() -> Request {
-    Request {
-        method: Bytes::new(),
-        scheme: String::new(),
-        authority: String::new(),
-        path: None,
-        version: Version::Http11,
-        headers: Headers::new(),
-        body: Body::Streaming,
-        trailers: None,
-        timestamp_start: 0.0,
-    }
-}
-
-/// What stands in the proxy's `&mut Response` while the real one is in a slot (and the
-/// base of a response a hook makes up).
-pub(super) fn placeholder_response() -> Response {
-    Response {
-        status: 0,
-        reason: String::new(),
-        version: Version::Http11,
-        headers: Headers::new(),
-        body: Body::Streaming,
-        trailers: None,
     }
 }

@@ -1,9 +1,8 @@
 //! Replies a hook makes up: the tables of `action.RESPOND{...}` and
 //! `action.RESPOND_GRPC{...}` turned into the [`Response`] the proxy sends instead.
 
-use super::events::placeholder_response;
 use super::{lua_err, msg};
-use crate::http::{Body, Response, Version};
+use crate::http::{Body, Headers, Request, Response, Version};
 use bytes::Bytes;
 use mlua::{Table, Value};
 
@@ -107,4 +106,32 @@ pub(super) fn build_grpc(t: Option<&Table>) -> mlua::Result<Response> {
         }
     }
     Ok(r)
+}
+
+/// What stands in the proxy's `&mut Request` while the real one is in a slot.
+pub(super) fn placeholder_request() -> Request {
+    Request {
+        method: Bytes::new(),
+        scheme: String::new(),
+        authority: String::new(),
+        path: None,
+        version: Version::Http11,
+        headers: Headers::new(),
+        body: Body::Streaming,
+        trailers: None,
+        timestamp_start: 0.0,
+    }
+}
+
+/// What stands in the proxy's `&mut Response` while the real one is in a slot (and the
+/// base of a response a hook makes up).
+pub(super) fn placeholder_response() -> Response {
+    Response {
+        status: 0,
+        reason: String::new(),
+        version: Version::Http11,
+        headers: Headers::new(),
+        body: Body::Streaming,
+        trailers: None,
+    }
 }
