@@ -285,83 +285,10 @@ impl BodyDecoder {
         let b = buf[start];
         *i = start + 1;
         self.state = match self.state {
-            State::Size { size, digits, line } => {
-                if line >= MAX_CHUNK_LINE {
-                    return Err("chunk size line too long");
-                }
-                match hex(b) {
-                    Some(d) => {
-                        if size > u64::MAX >> 4 {
-                            return Err("chunk size overflow");
-                        }
-                        State::Size {
-                            size: size << 4 | u64::from(d),
-                            digits: true,
-                            line: line + 1,
-                        }
-                    }
-                    None if !digits => return Err("missing chunk size"),
-                    None => match b {
-                        b' ' | b'\t' => State::SizeWs {
-                            size,
-                            line: line + 1,
-                        },
-                        b';' => State::Ext {
-                            size,
-                            line: line + 1,
-                        },
-                        b'\r' => State::SizeLf { size },
-                        b'\n' => return Err("chunk size line not ended by CRLF"),
-                        _ => return Err("invalid character in chunk size"),
-                    },
-                }
-            }
-            State::SizeWs { size, line } => {
-                if line >= MAX_CHUNK_LINE {
-                    return Err("chunk size line too long");
-                }
-                match b {
-                    b' ' | b'\t' => State::SizeWs {
-                        size,
-                        line: line + 1,
-                    },
-                    b';' => State::Ext {
-                        size,
-                        line: line + 1,
-                    },
-                    b'\r' => State::SizeLf { size },
-                    _ => return Err("invalid character after chunk size"),
-                }
-            }
-            State::Ext { size, line } => {
-                if line >= MAX_CHUNK_LINE {
-                    return Err("chunk extension too long");
-                }
-                match b {
-                    b'\r' => State::SizeLf { size },
-                    // A lone LF or other control byte in an extension is where parsers
-                    // disagree on where the line ends, so it is refused.
-                    b'\t' => State::Ext {
-                        size,
-                        line: line + 1,
-                    },
-                    0..=0x1f | 0x7f => return Err("control character in chunk extension"),
-                    _ => State::Ext {
-                        size,
-                        line: line + 1,
-                    },
-                }
-            }
-            State::SizeLf { size } => {
-                if b != b'\n' {
-                    return Err("chunk size line not ended by CRLF");
-                }
-                if size == 0 {
-                    State::TrailerLineStart
-                } else {
-                    State::Data(size)
-                }
-            }
+            State::Size { .. }
+            | State::SizeWs { .. }
+            | State::Ext { .. }
+            | State::SizeLf { .. } => size_line(self.state, b)?,
             State::DataCr => {
                 if b != b'\r' {
                     return Err("chunk data not followed by CRLF");
@@ -378,6 +305,25 @@ impl BodyDecoder {
                     line: 0,
                 }
             }
+            State::TrailerLineStart | State::TrailerLine | State::TrailerLf { .. } => {
+                self.trailer_step(buf, start, i, keep_trailers)?
+            }
+            State::Raw(_) | State::Data(_) | State::Done | State::Failed(_) => self.state,
+        };
+        Ok(())
+    }
+
+    /// One byte of the trailer section (`buf[start]`; a trailer line is copied whole).
+    #[inline]
+    fn trailer_step(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        i: &mut usize,
+        keep_trailers: bool,
+    ) -> Result<State, &'static str> {
+        let b = buf[start];
+        Ok(match self.state {
             State::TrailerLineStart => {
                 if b == b'\r' {
                     State::TrailerLf { last: true }
@@ -430,9 +376,8 @@ impl BodyDecoder {
                     State::TrailerLineStart
                 }
             }
-            State::Raw(_) | State::Data(_) | State::Done | State::Failed(_) => self.state,
-        };
-        Ok(())
+            other => other,
+        })
     }
 
     fn push_trailer(&mut self, b: u8) -> Result<(), &'static str> {
@@ -511,4 +456,89 @@ pub fn encode_last_chunk(trailers: Option<&Headers>, out: &mut BytesMut) {
         put_fields(out, t);
     }
     out.put_slice(b"\r\n");
+}
+
+/// One byte of a chunk-size line: the size, whitespace, an extension, its CRLF.
+#[inline]
+fn size_line(state: State, b: u8) -> Result<State, &'static str> {
+    Ok(match state {
+        State::Size { size, digits, line } => {
+            if line >= MAX_CHUNK_LINE {
+                return Err("chunk size line too long");
+            }
+            match hex(b) {
+                Some(d) => {
+                    if size > u64::MAX >> 4 {
+                        return Err("chunk size overflow");
+                    }
+                    State::Size {
+                        size: size << 4 | u64::from(d),
+                        digits: true,
+                        line: line + 1,
+                    }
+                }
+                None if !digits => return Err("missing chunk size"),
+                None => match b {
+                    b' ' | b'\t' => State::SizeWs {
+                        size,
+                        line: line + 1,
+                    },
+                    b';' => State::Ext {
+                        size,
+                        line: line + 1,
+                    },
+                    b'\r' => State::SizeLf { size },
+                    b'\n' => return Err("chunk size line not ended by CRLF"),
+                    _ => return Err("invalid character in chunk size"),
+                },
+            }
+        }
+        State::SizeWs { size, line } => {
+            if line >= MAX_CHUNK_LINE {
+                return Err("chunk size line too long");
+            }
+            match b {
+                b' ' | b'\t' => State::SizeWs {
+                    size,
+                    line: line + 1,
+                },
+                b';' => State::Ext {
+                    size,
+                    line: line + 1,
+                },
+                b'\r' => State::SizeLf { size },
+                _ => return Err("invalid character after chunk size"),
+            }
+        }
+        State::Ext { size, line } => {
+            if line >= MAX_CHUNK_LINE {
+                return Err("chunk extension too long");
+            }
+            match b {
+                b'\r' => State::SizeLf { size },
+                // A lone LF or other control byte in an extension is where parsers
+                // disagree on where the line ends, so it is refused.
+                b'\t' => State::Ext {
+                    size,
+                    line: line + 1,
+                },
+                0..=0x1f | 0x7f => return Err("control character in chunk extension"),
+                _ => State::Ext {
+                    size,
+                    line: line + 1,
+                },
+            }
+        }
+        State::SizeLf { size } => {
+            if b != b'\n' {
+                return Err("chunk size line not ended by CRLF");
+            }
+            if size == 0 {
+                State::TrailerLineStart
+            } else {
+                State::Data(size)
+            }
+        }
+        other => other,
+    })
 }
