@@ -17,6 +17,21 @@ use crate::proxy::worker::Worker;
 use bytes::Bytes;
 pub use source::Source;
 
+/// Runs a message event: `message_event` when a hook is registered for it, the
+/// pipeline steps alone (no future) when none is.
+macro_rules! event {
+    ($f:expr, $msg:expr, $src:expr) => {{
+        let msg = $msg;
+        let f = $f;
+        if msg.hooked(f) {
+            $crate::proxy::exchange::message_event(f, msg, $src).await
+        } else {
+            msg.without_hooks(f)
+        }
+    }};
+}
+pub(crate) use event;
+
 /// What every event of one exchange needs: the worker, the connection's context for
 /// hooks, the engine of this exchange (a reload never changes it mid-flow) and the
 /// flow id.
@@ -110,6 +125,22 @@ impl Message<'_> {
         }
     }
 
+    /// Whether a hook of this message's events is registered. Without one the event is
+    /// only the pipeline steps: [`Message::without_hooks`] runs them at once, and no
+    /// future is built for it (this runs twice for every request).
+    #[inline]
+    pub fn hooked(&self, f: &Flow<'_>) -> bool {
+        f.engine
+            .is_some_and(|e| self.events().iter().any(|&ev| e.has(ev)))
+    }
+
+    /// The event of a message no hook looks at: the pipeline steps.
+    #[inline]
+    pub fn without_hooks(mut self, f: &Flow<'_>) -> Decision {
+        self.pipeline(f);
+        Decision::Forward
+    }
+
     /// The body and trailers a hook that reads the body fills.
     fn body(&mut self) -> (&mut Body, &mut Option<Headers>) {
         match self {
@@ -121,6 +152,7 @@ impl Message<'_> {
 
 /// Runs one message event: pre_pipeline hooks, the pipeline steps, post_pipeline hooks
 /// (spec section 3). A hook that reads a streaming body gets it from `src`.
+/// Callers go through [`event!`], which skips the future when nothing is hooked.
 pub async fn message_event(f: &Flow<'_>, mut msg: Message<'_>, src: &mut Source<'_>) -> Decision {
     let events = msg.events();
     for phase in [Phase::PrePipeline, Phase::PostPipeline] {

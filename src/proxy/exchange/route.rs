@@ -56,6 +56,17 @@ fn utf8_path(target: &[u8]) -> Result<String, Refusal> {
     String::from_utf8(target.to_vec()).map_err(|_| (400, "request target is not UTF-8".into()))
 }
 
+/// `path` behind a reverse upstream's path prefix (most have none: no copy then).
+fn prefixed(prefix: &str, path: String) -> String {
+    if prefix.is_empty() {
+        return path;
+    }
+    let mut p = String::with_capacity(prefix.len() + path.len());
+    p.push_str(prefix);
+    p.push_str(&path);
+    p
+}
+
 /// The path of an origin-form, asterisk or absolute-form target.
 fn path_of(target: &[u8]) -> Result<String, Refusal> {
     if target.starts_with(b"/") || target == b"*" {
@@ -134,7 +145,7 @@ pub fn h1_request(
             }
             req.scheme = up.scheme.clone();
             req.authority = up.authority();
-            req.path = Some(format!("{}{path}", up.path_prefix));
+            req.path = Some(prefixed(&up.path_prefix, path));
         }
     }
     Ok(req)
@@ -177,7 +188,7 @@ pub fn h2_request(parts: &http::request::Parts, target: &Target2) -> Result<Requ
         method: Bytes::copy_from_slice(parts.method.as_str().as_bytes()),
         scheme: target.scheme.clone(),
         authority: target.authority.clone(),
-        path: Some(format!("{}{path}", target.path_prefix)),
+        path: Some(prefixed(&target.path_prefix, path.to_string())),
         version: Version::Http2,
         headers,
         body: Body::Streaming,

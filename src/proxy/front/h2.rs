@@ -258,7 +258,7 @@ async fn stream(s: &Session, req: http::Request<RecvStream>, reply: &mut Reply) 
         req: &mut req,
         upgrade: None,
     };
-    match exchange::message_event(&f, msg, &mut Source::H2(&mut body)).await {
+    match exchange::event!(&f, msg, &mut Source::H2(&mut body)) {
         Decision::Forward => {}
         Decision::Drop => {
             tracing::debug!(conn = s.info.conn_id, "HTTP/2 stream reset by plugin");
@@ -386,7 +386,10 @@ impl Stream<'_> {
             deadline: &deadline,
             limits: &w.upstream_limits,
         };
-        let answer = up1::send_and_receive(&mut up, head, upload, waits).await;
+        let answer = match upload {
+            Ok(parts) => up1::send_ready(&mut up, head, parts, waits).await,
+            Err(streamed) => up1::send_streaming(&mut up, head, streamed, waits).await,
+        };
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
@@ -460,7 +463,7 @@ impl Stream<'_> {
     ) -> bool {
         let s = self.s;
         let msg = Message::Response(req, &mut resp);
-        match exchange::message_event(&self.f, msg, &mut src).await {
+        match exchange::event!(&self.f, msg, &mut src) {
             Decision::Forward => {}
             Decision::Drop => {
                 reply.tx.send_reset(Reason::CANCEL);
@@ -531,27 +534,30 @@ impl Stream<'_> {
     }
 }
 
+/// The body goes as these buffers (Ok), or streams (Err).
+type H1Upload<'b> = Result<Vec<Bytes>, Upload<'b>>;
+
 /// The HTTP/1 request head of an h2 stream going to an HTTP/1.1 upstream, and how its
 /// body goes: with its length when known, chunked otherwise, none when empty.
-fn h1_request<'b>(req: &mut Request, body: &'b mut Incoming) -> (BytesMut, Upload<'b>) {
+fn h1_request<'b>(req: &mut Request, body: &'b mut Incoming) -> (BytesMut, H1Upload<'b>) {
     let partly_read = body.prefix.is_some();
     let kind = rules::h1_request_kind(&req.body, req.trailers.is_some(), &req.headers, partly_read);
     let head = h1_wire::upstream_request_head(req, kind);
     let trailers = req.trailers.take();
     let upload = match std::mem::replace(&mut req.body, Body::Streaming) {
-        Body::Full(b) if b.is_empty() && trailers.is_none() => Upload::Ready(Vec::new()),
+        Body::Full(b) if b.is_empty() && trailers.is_none() => Ok(Vec::new()),
         Body::Full(b) => {
             let chunked = h1_wire::full_needs_chunked(trailers.as_ref(), true);
             let wire = match chunked {
                 true => h1_wire::full_body_wire(&b, trailers.as_ref(), true),
                 false => b,
             };
-            Upload::Ready(vec![wire])
+            Ok(vec![wire])
         }
-        _ => Upload::H2 {
+        _ => Err(Upload::H2 {
             body,
             chunked: kind == BodyKind::Chunked,
-        },
+        }),
     };
     (head, upload)
 }

@@ -18,7 +18,7 @@ pub struct Upstream {
     /// True when taken from the pool (so a failure before any response byte may be retried).
     pub reused: bool,
     /// Handshake details of a new TLS connection (for tls.on_handshake).
-    pub tls_info: Option<crate::tls::TlsInfo>,
+    pub tls_info: Option<Box<crate::tls::TlsInfo>>,
 }
 
 /// Why an upstream could not be reached; the text goes into the 502/504 body.
@@ -97,11 +97,11 @@ pub async fn connect_offering(
             ))
         })?;
         let tls_info = match tls {
-            Some(t) => Some(
+            Some(t) => Some(Box::new(
                 t.connect(&mut stream, host, alpn, timeout)
                     .await
                     .map_err(ConnectError::Connect)?,
-            ),
+            )),
             None => None,
         };
         Ok(Upstream {
@@ -132,7 +132,7 @@ pub async fn secure(
 ) -> Result<Upstream, ConnectError> {
     match tokio::time::timeout(timeout, tls.connect(&mut up.stream, host, alpn, timeout)).await {
         Ok(Ok(info)) => {
-            up.tls_info = Some(info);
+            up.tls_info = Some(Box::new(info));
             Ok(up)
         }
         Ok(Err(t)) => {

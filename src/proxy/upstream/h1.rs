@@ -1,6 +1,6 @@
 //! The HTTP/1.1 upstream leg, luring in the client role: write a request head and its
-//! body while watching for the response head, so an early final response (413,
-//! 401...) reaches the client even when it holds its body back.
+//! body ([`send_ready`], or [`send_streaming`] while watching for the response head),
+//! then read the response head.
 
 use crate::http::{Headers, ResponseHead};
 use crate::io::{Deadline, Stream};
@@ -49,10 +49,8 @@ pub enum SendError {
     Upstream(RespError),
 }
 
-/// The request body as it goes upstream, after its head.
+/// A request body that streams upstream after its head.
 pub enum Upload<'a> {
-    /// Nothing more than these buffers (a body held whole, already framed, or none).
-    Ready(Vec<Bytes>),
     /// An HTTP/1 client's body, relayed verbatim through its decoder.
     H1(H1Body<'a>),
     /// An h2 stream's body, chunked when `chunked` (trailers then in the last chunk).
@@ -86,18 +84,16 @@ pub struct Waits<'a> {
     pub limits: &'a Limits,
 }
 
-/// Writes `head` and `upload` to `up`, then reads up to the final response head.
-/// A streamed body is uploaded while the upstream is watched.
-pub async fn send_and_receive(
+/// Writes `head` and `parts` (a body held whole, already framed, or none) to `up`,
+/// then reads up to the final response head. Kept apart from [`send_streaming`], whose
+/// future is much larger: most requests take this one, and its future is copied once
+/// per request.
+pub async fn send_ready(
     up: &mut Upstream,
     head: BytesMut,
-    upload: Upload<'_>,
+    mut parts: Vec<Bytes>,
     waits: Waits<'_>,
 ) -> Result<Answer, SendError> {
-    let mut parts = match upload {
-        Upload::Ready(parts) => parts,
-        streamed => return send_streaming(up, head, streamed, waits).await,
-    };
     parts.insert(0, head.freeze());
     if let Err(e) = up.stream.write_all_vectored(parts).await {
         tracing::debug!("upstream write failed: {e}");
@@ -115,9 +111,11 @@ pub async fn send_and_receive(
     })
 }
 
-/// [`send_and_receive`] for a body that streams: no deadline while the upload runs (a
-/// long upload is not a slow upstream), then `waits.upstream` for the head.
-async fn send_streaming(
+/// Writes `head`, then streams the body while the upstream is watched, so an early
+/// final response (413, 401...) reaches the client even when it holds its body back:
+/// no deadline while the upload runs (a long upload is not a slow upstream), then
+/// `waits.upstream` for the head.
+pub async fn send_streaming(
     up: &mut Upstream,
     head: BytesMut,
     upload: Upload<'_>,
@@ -132,7 +130,6 @@ async fn send_streaming(
     let body_read = Cell::new(false);
     let upload = async {
         match upload {
-            Upload::Ready(_) => Ok(0),
             Upload::H1(mut body) => {
                 let sink = Sink {
                     stream: ups,

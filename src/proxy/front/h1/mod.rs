@@ -15,7 +15,7 @@ use crate::proto::http1::{parse_request_head, HeadError};
 use crate::proxy::conn::client::ClientConn;
 use crate::proxy::exchange::log::{sent_status, AccessRecord, TunnelLog};
 use crate::proxy::worker::Counters;
-use state::{Front, Next};
+use state::{Front, Half, Next};
 use std::net::Shutdown;
 use tokio::sync::watch;
 
@@ -38,7 +38,10 @@ pub async fn serve(c: &mut ClientConn, route: H1Route) -> Outcome {
         let next = if c.w.cfg.access_log {
             logged_exchange(c, &mut front, head).await
         } else {
-            request::exchange(c, &mut front, head).await
+            match request::exchange(c, &mut front, head).await {
+                Half::Over(next) => next,
+                Half::Sent(sent) => response::respond(c, sent).await,
+            }
         };
         match next {
             Next::KeepAlive => {}
@@ -62,7 +65,10 @@ async fn logged_exchange(c: &mut ClientConn, front: &mut Front, head: RequestHea
     c.io.status.set(0);
     let sent0 = c.io.sent.get();
     let written_before = c.io.stream.bytes_moved().1;
-    let next = request::exchange(c, front, head).await;
+    let next = match request::exchange(c, front, head).await {
+        Half::Over(next) => next,
+        Half::Sent(sent) => response::respond(c, sent).await,
+    };
     if let Next::Tunnel(_) = next {
         // one line per tunnel, when it ends, with all it carried
         c.tunnel_log = Some(TunnelLog {

@@ -229,7 +229,7 @@ async fn respond(
     body: &mut Incoming,
 ) -> Next {
     let msg = Message::Response(req, &mut resp);
-    let decision = exchange::message_event(&flow!(c, hooks), msg, &mut Source::H2(body)).await;
+    let decision = exchange::event!(&flow!(c, hooks), msg, &mut Source::H2(body));
     match decision {
         Decision::Forward => {}
         Decision::Respond(r) => return answer(c, r, asked, !asked.keep_alive).await,

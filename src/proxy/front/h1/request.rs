@@ -3,7 +3,6 @@
 //! CONNECT tunnel opened.
 
 use super::over_h2;
-use super::response::{respond, Done};
 use super::state::*;
 use crate::http::{Body, Request, RequestHead, ResponseHead, Version};
 use crate::proto::http1::{request_body_kind, BodyDecoder};
@@ -20,11 +19,11 @@ use bytes::{Bytes, BytesMut};
 use std::net::Shutdown;
 
 /// One request/response exchange.
-pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: RequestHead) -> Next {
+pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: RequestHead) -> Half {
     let conn = c.info.conn_id;
     let kind = match request_body_kind(&head) {
         Ok(k) => k,
-        Err(e) => return fail(c, 400, &format!("bad request: {e}")).await,
+        Err(e) => return Half::Over(fail(c, 400, &format!("bad request: {e}")).await),
     };
     let mut asked = Asked {
         version: head.version,
@@ -45,12 +44,12 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
             c.io.status.set(407);
             tracing::info!(conn, "407: no valid proxy credentials");
             let _ = c.io.write(auth::proxy_auth_required()).await;
-            return Next::Close;
+            return Half::Over(Next::Close);
         }
     }
     let mut req = match route::h1_request(head, &c.w.mode, front.route.intercept.as_ref()) {
         Ok(r) => r,
-        Err((status, text)) => return fail(c, status, &text).await,
+        Err((status, text)) => return Half::Over(fail(c, status, &text).await),
     };
     let engine = c.w.engine();
     let hooks = Hooks {
@@ -71,23 +70,23 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
             req: &mut req,
             upgrade: asked.upgrade.as_ref(),
         };
-        exchange::message_event(&flow!(c, hooks), msg, &mut src).await
+        exchange::event!(&flow!(c, hooks), msg, &mut src)
     };
     match decision {
         Decision::Forward => {}
         Decision::Drop => {
             tracing::debug!(conn, "request dropped by plugin");
-            return Next::Close;
+            return Half::Over(Next::Close);
         }
         Decision::Respond(resp) => {
             // a request body left unread would be taken for the next request
             let close = !asked.keep_alive || !asked.dec.is_done();
-            return answer(c, resp, &asked, close).await;
+            return Half::Over(answer(c, resp, &asked, close).await);
         }
-        Decision::Failed(why) => return fail(c, 400, &why).await,
+        Decision::Failed(why) => return Half::Over(fail(c, 400, &why).await),
     }
     if req.method.as_ref() == b"CONNECT" {
-        return tunnel(c, req).await;
+        return Half::Over(tunnel(c, req).await);
     }
     // a plugin that replaced the body without reading it leaves the client's body unread
     if matches!(req.body, Body::Full(_)) && !asked.dec.is_done() {
@@ -95,40 +94,36 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
     }
     let key = front.key_for(&req);
     if over_h2::known(c, &key) {
-        return over_h2::exchange(c, hooks, &mut req, &mut asked, &key).await;
+        return Half::Over(over_h2::exchange(c, hooks, &mut req, &mut asked, &key).await);
     }
     let (up, answer) = match send(c, front, &key, &mut req, &mut asked).await {
         Ok(x) => x,
-        Err(NotSent::Answered(next)) => return next,
+        Err(NotSent::Answered(next)) => return Half::Over(next),
         Err(NotSent::OverH2) => {
-            return over_h2::exchange(c, hooks, &mut req, &mut asked, &key).await;
+            let next = over_h2::exchange(c, hooks, &mut req, &mut asked, &key).await;
+            return Half::Over(next);
         }
     };
     if !answer.complete {
         // the upstream answered before taking the whole body
         asked.keep_alive = false;
     }
-    let done = Done {
+    let id = hooks.id;
+    Half::Sent(Sent {
+        engine: engine.clone(),
+        id,
+        req,
+        asked,
+        rhead: answer.head,
+        up,
         key,
         upload_complete: answer.complete,
-    };
-    respond(c, hooks, &req, &mut asked, answer.head, up, done).await
+    })
 }
 
-/// An upstream connection for `key`: pooled on the first attempt, else new (reporting
-/// a failed early connect once instead of trying again).
-async fn acquire(
-    c: &mut ClientConn,
-    front: &mut Front,
-    key: &Key,
-    probe: bool,
-    attempt: u32,
-) -> Result<Upstream, Next> {
-    if attempt == 1 {
-        if let Some(up) = upstream::reuse(&c.w, key, probe) {
-            return Ok(up);
-        }
-    }
+/// A new upstream connection for `key` (reporting a failed early connect once instead
+/// of trying again).
+async fn open(c: &mut ClientConn, front: &mut Front, key: &Key) -> Result<Upstream, Next> {
     if let Some((k, status, text)) = front.route.ahead_failed.take() {
         if k == *key {
             return Err(fail(c, status, &text).await);
@@ -158,9 +153,15 @@ async fn send(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut up = acquire(c, front, key, !retryable, attempt)
-            .await
-            .map_err(NotSent::Answered)?;
+        // the pool first (no future for it: most requests take this path)
+        let pooled = match attempt {
+            1 => upstream::reuse(&c.w, key, !retryable),
+            _ => None,
+        };
+        let mut up = match pooled {
+            Some(up) => up,
+            None => open(c, front, key).await.map_err(NotSent::Answered)?,
+        };
         c.info.server_addr = Some(up.addr);
         let head = h1_wire::upstream_request_head(req, asked.dec.kind());
         let streamed = !matches!(req.body, Body::Full(_)) && !asked.dec.is_done();
@@ -171,28 +172,30 @@ async fn send(
                 return Err(Next::Close.into());
             }
         }
-        let upload = match (streamed, &req.body) {
-            (true, _) => Upload::H1(H1Body {
-                stream: &c.io.stream,
-                buf: &mut c.io.buf,
-                dec: &mut asked.dec,
-                timeout: c.w.timeouts.idle,
-            }),
-            (false, Body::Full(b)) => Upload::Ready(vec![h1_wire::full_body_wire(
-                b,
-                req.trailers.as_ref(),
-                true,
-            )]),
-            (false, _) => Upload::Ready(Vec::new()),
-        };
         let waits = Waits {
             upstream: c.w.timeouts.upstream,
             deadline: &c.upstream_deadline,
             limits: &c.w.upstream_limits,
         };
-        let e = match up1::send_and_receive(&mut up, head, upload, waits).await {
+        let sent = if streamed {
+            let body = H1Body {
+                stream: &c.io.stream,
+                buf: &mut c.io.buf,
+                dec: &mut asked.dec,
+                timeout: c.w.timeouts.idle,
+            };
+            up1::send_streaming(&mut up, head, Upload::H1(body), waits).await
+        } else {
+            let parts = match &req.body {
+                Body::Full(b) => vec![h1_wire::full_body_wire(b, req.trailers.as_ref(), true)],
+                _ => Vec::new(),
+            };
+            up1::send_ready(&mut up, head, parts, waits).await
+        };
+        let e = match sent {
             Ok(answer) => {
-                if req.version == Version::Http11 && !interim(c, &answer.interim).await {
+                let pass_on = req.version == Version::Http11 && !answer.interim.is_empty();
+                if pass_on && !interim(c, &answer.interim).await {
                     up.stream.shutdown(Shutdown::Both);
                     return Err(Next::Close.into());
                 }

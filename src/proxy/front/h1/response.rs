@@ -3,37 +3,38 @@
 //! streamed to the client with its framing made right for the client's version.
 
 use super::state::*;
-use crate::http::{Body, Request, Response, ResponseHead, Version};
+use crate::http::{Body, Response, ResponseHead, Version};
 use crate::proto::http1::{response_body_kind, BodyDecoder};
-use crate::proxy::body_relay::{self, H1Body};
+use crate::proxy::body_relay::{self, H1Body, Output, RelayError};
 use crate::proxy::conn::client::ClientConn;
 use crate::proxy::exchange::{self, rules, Decision, Message, Source};
 use crate::proxy::h1_wire;
-use crate::proxy::upstream::{Key, Upstream};
+use crate::proxy::upstream::Upstream;
 use crate::proxy::{sse, ws};
 use bytes::BytesMut;
 use std::net::Shutdown;
 
-/// What decides whether the upstream connection goes back to the pool.
-pub(super) struct Done {
-    pub(super) key: Key,
-    /// The whole request body went upstream.
-    pub(super) upload_complete: bool,
-}
-
 /// The response: a 101 hands the connection to the upgrade; otherwise the response
 /// event, then the response streamed to the client.
-pub(super) async fn respond(
-    c: &mut ClientConn,
-    hooks: Hooks<'_>,
-    req: &Request,
-    asked: &mut Asked,
-    rhead: ResponseHead,
-    mut up: Upstream,
-    done: Done,
-) -> Next {
+pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
+    let Sent {
+        engine,
+        id,
+        req,
+        mut asked,
+        rhead,
+        mut up,
+        key,
+        upload_complete,
+    } = sent;
+    let hooks = Hooks {
+        engine: engine.as_deref(),
+        id,
+    };
+    let asked = &mut asked;
+    let req = &req;
     if rhead.status == 101 {
-        if asked.upgrade.is_some() && done.upload_complete && asked.dec.is_done() {
+        if asked.upgrade.is_some() && upload_complete && asked.dec.is_done() {
             let websocket = asked
                 .upgrade
                 .as_ref()
@@ -73,7 +74,7 @@ pub(super) async fn respond(
             owe_continue: None,
         };
         let msg = Message::Response(req, &mut resp);
-        exchange::message_event(&flow!(c, hooks), msg, &mut src).await
+        exchange::event!(&flow!(c, hooks), msg, &mut src)
     };
     match decision {
         Decision::Forward => {}
@@ -90,12 +91,51 @@ pub(super) async fn respond(
             return fail(c, 502, &format!("reading the upstream body: {why}")).await;
         }
     }
-    let sse = sse_rewriter(c, hooks, &resp, asked.is_head);
-    let commit = commit(c, &mut resp, &mut up, &mut rdec, asked, sse).await;
-    let clean = commit.is_some();
-    let upstream_done = commit.unwrap_or(false);
-    if reusable && upstream_done && done.upload_complete && asked.dec.is_done() {
-        c.w.pool.put(done.key, up);
+    let mut sse = sse_rewriter(c, hooks, &resp, asked.is_head);
+    let ready = up.buf.len();
+    let (head, output) = response_head(c, &mut resp, &rdec, ready, asked, sse.is_some());
+    let chunked_ok = asked.version == Version::Http11;
+    let Upstream { stream, buf, .. } = &mut up;
+    let mut src = H1Body {
+        stream,
+        buf,
+        dec: &mut rdec,
+        timeout: c.w.timeouts.upstream,
+    };
+    // the body relay is awaited here, not in a function of its own: its future is large,
+    // and every level it is handed through copies it once per request
+    let r = match (
+        std::mem::replace(&mut resp.body, Body::Streaming),
+        sse.as_mut(),
+    ) {
+        (Body::Full(b), _) => {
+            let mut parts = vec![head.freeze()];
+            if !asked.is_head {
+                let trailers = resp.trailers.as_ref();
+                parts.push(h1_wire::full_body_wire(&b, trailers, chunked_ok));
+            }
+            // ClientIo::send counts what it writes
+            match c.io.send(parts).await {
+                true => Ok(0),
+                false => Err(RelayError::Source("client went away".into())),
+            }
+        }
+        (_, Some(rw)) => sse::relay_http1(&mut src, c.io.sink(), head, chunked_ok, rw).await,
+        (_, None) => body_relay::body(&mut src, c.io.sink(), Some(head), output, None).await,
+    };
+    let clean = match r {
+        Ok(n) => {
+            c.io.sent.set(c.io.sent.get() + n);
+            true
+        }
+        Err(e) => {
+            tracing::info!(conn = c.info.conn_id, "response body relay ended: {e:?}");
+            false
+        }
+    };
+    let upstream_done = clean && rdec.is_done();
+    if reusable && upstream_done && upload_complete && asked.dec.is_done() {
+        c.w.pool.put(key, up);
     } else {
         up.stream.shutdown(Shutdown::Both);
     }
@@ -122,18 +162,18 @@ fn sse_rewriter<'e>(
     engine.map(|e| sse::Rewriter::new(e, &c.info, hooks.id, max))
 }
 
-/// Writes the response head and body to the client. Some(upstream body read to its
-/// end) when it all went out; None when the connection must close.
-async fn commit(
-    c: &mut ClientConn,
+/// The response head for the client, its framing fields made right for the client's
+/// version and how the body goes (also whether the connection can stay open).
+fn response_head(
+    c: &ClientConn,
     resp: &mut Response,
-    up: &mut Upstream,
-    rdec: &mut BodyDecoder,
+    rdec: &BodyDecoder,
+    ready: usize,
     asked: &mut Asked,
-    mut sse: Option<sse::Rewriter<'_>>,
-) -> Option<bool> {
+    rewritten: bool,
+) -> (BytesMut, Output) {
     let chunked_ok = asked.version == Version::Http11;
-    let framing = rules::response_framing(rdec.kind(), asked.version, sse.is_some());
+    let framing = rules::response_framing(rdec.kind(), asked.version, rewritten);
     let streaming = !matches!(resp.body, Body::Full(_));
     if streaming && !framing.keep_alive {
         asked.keep_alive = false;
@@ -148,48 +188,11 @@ async fn commit(
         chunked_ok,
     );
     // room for a small body already read, which body_relay::body copies behind the head
-    let body_ready = up.buf.len().min(body_relay::COALESCE_MAX);
+    let body_ready = ready.min(body_relay::COALESCE_MAX);
     let mut head = BytesMut::with_capacity(256 + resp.headers.len() * 48 + body_ready);
     h1_wire::response_head(resp, close, asked.version, &mut head);
     c.io.status.set(resp.status);
-    let Upstream { stream, buf, .. } = up;
-    let mut src = H1Body {
-        stream,
-        buf,
-        dec: rdec,
-        timeout: c.w.timeouts.upstream,
-    };
-    let r = match (
-        std::mem::replace(&mut resp.body, Body::Streaming),
-        sse.as_mut(),
-    ) {
-        (Body::Full(b), _) => {
-            let mut parts = vec![head.freeze()];
-            if !asked.is_head {
-                parts.push(h1_wire::full_body_wire(
-                    &b,
-                    resp.trailers.as_ref(),
-                    chunked_ok,
-                ));
-            }
-            let upstream_done = src.dec.is_done();
-            return c.io.send(parts).await.then_some(upstream_done);
-        }
-        (_, Some(rw)) => sse::relay_http1(&mut src, c.io.sink(), head, chunked_ok, rw).await,
-        (_, None) => {
-            body_relay::body(&mut src, c.io.sink(), Some(head), framing.output, None).await
-        }
-    };
-    match r {
-        Ok(n) => {
-            c.io.sent.set(c.io.sent.get() + n);
-            Some(true)
-        }
-        Err(e) => {
-            tracing::info!(conn = c.info.conn_id, "response body relay ended: {e:?}");
-            None
-        }
-    }
+    (head, framing.output)
 }
 
 /// The upstream agreed to an upgrade: pass its 101 on, then relay both directions, as

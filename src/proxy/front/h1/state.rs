@@ -88,6 +88,33 @@ pub(super) struct Asked {
     pub(super) owe_continue: bool,
 }
 
+/// An exchange whose request went upstream and whose response head came back: what
+/// the response half needs. The request half returns it instead of awaiting the
+/// response half itself, so the serve loop awaits each half directly (a future handed
+/// down through one more async call is copied once more per request).
+pub(super) struct Sent {
+    pub(super) engine: Option<std::rc::Rc<Engine>>,
+    pub(super) id: u64,
+    pub(super) req: Request,
+    pub(super) asked: Asked,
+    pub(super) rhead: crate::http::ResponseHead,
+    pub(super) up: Upstream,
+    pub(super) key: Key,
+    /// The whole request body went upstream.
+    pub(super) upload_complete: bool,
+}
+
+/// How the request half of an exchange ended.
+// Sent is large, but it is made once per request and moved once: boxing it would add
+// an allocation per request to save one copy.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Half {
+    /// It is over: what happens next.
+    Over(Next),
+    /// The response half follows.
+    Sent(Sent),
+}
+
 /// The plugin engine and flow id of the exchange in progress.
 #[derive(Clone, Copy)]
 pub(super) struct Hooks<'e> {
