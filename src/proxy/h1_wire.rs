@@ -108,21 +108,20 @@ pub fn request_head(req: &mut Request, out: &mut BytesMut) {
 /// framing fields at all.
 pub fn upstream_request_head(req: &mut Request, kind: BodyKind) -> BytesMut {
     req.headers.remove("expect");
-    let carries = match &req.body {
-        Body::Full(b) => !b.is_empty() || req.trailers.is_some(),
-        _ => kind != BodyKind::Empty,
-    };
-    if carries {
-        fix_framing(
+    match &req.body {
+        Body::Full(b) if b.is_empty() && req.trailers.is_none() && kind == BodyKind::Empty => {
+            req.headers.remove("content-length");
+            req.headers.remove("transfer-encoding");
+        }
+        // a streamed body without framing fields (most requests: no body) needs no change
+        Body::Streaming if kind == BodyKind::Empty => {}
+        _ => fix_framing(
             &mut req.headers,
             &req.body,
             req.trailers.as_ref(),
             kind,
             true,
-        );
-    } else {
-        req.headers.remove("content-length");
-        req.headers.remove("transfer-encoding");
+        ),
     }
     let mut head = BytesMut::with_capacity(256 + req.headers.len() * 48);
     request_head(req, &mut head);

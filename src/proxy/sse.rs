@@ -13,16 +13,18 @@ use bytes::{Bytes, BytesMut};
 /// A compressed stream (or one with transfer codings besides chunked) passes unhooked:
 /// its bytes are not the event text.
 pub fn applies(engine: Option<&Engine>, status: u16, headers: &Headers) -> bool {
+    // the cheap checks first: this runs for every response
+    if status != 200 || !engine.is_some_and(|e| e.has(Event::SseEvent)) {
+        return false;
+    }
     let identity = headers
         .get("content-encoding")
         .is_none_or(|v| v.trim_ascii().eq_ignore_ascii_case(b"identity"));
     let plain_transfer = headers
         .get_all("transfer-encoding")
         .all(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-    status == 200
-        && identity
+    identity
         && plain_transfer
-        && engine.is_some_and(|e| e.has(Event::SseEvent))
         && headers.get("content-type").is_some_and(|v| {
             let v = v.as_ref();
             let mime = v.split(|&b| b == b';').next().unwrap_or(v).trim_ascii();
