@@ -40,7 +40,7 @@ pub struct ConnStats {
 }
 
 /// One chunk of an opaque byte stream (raw.on_chunk).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RawChunk {
     /// Direction.
     pub from_client: bool,
@@ -48,6 +48,8 @@ pub struct RawChunk {
     pub data: Bytes,
     /// Bytes seen before this chunk in that direction.
     pub offset: u64,
+    /// A hook called `msg:close()`: close both sides of the tunnel after this chunk.
+    pub close: bool,
 }
 
 /// One server-sent event (sse.on_event); hooks may change its fields.
@@ -76,6 +78,9 @@ pub struct WsMessage {
     pub from_client: bool,
     /// Set when a hook assigned `payload`.
     pub changed: bool,
+    /// A hook called `msg:close(code, reason)`: end the WebSocket with a close frame of
+    /// that code and reason to both peers (the first call wins).
+    pub close: Option<(u16, String)>,
 }
 
 /// The close dict of ws.on_close: the first close frame seen, or 1006 when none came.
@@ -342,6 +347,7 @@ impl Engine {
             from_client: chunk.from_client,
             data: Bytes::new(),
             offset: chunk.offset,
+            close: chunk.close,
         };
         let env = Env::new(std::mem::replace(chunk, hollow));
         if let Ok(m) = self.lua.create_userdata(LRaw { env: env.clone() }) {

@@ -12,6 +12,8 @@
 mod budget;
 mod chain;
 mod events;
+#[cfg(test)]
+mod grpc_tests;
 mod load;
 mod msg;
 mod reply;

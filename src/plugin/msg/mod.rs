@@ -121,6 +121,7 @@ impl Core {
     /// getter yields.
     pub(crate) fn install(self: &Rc<Self>, lua: &Lua, need: &Table) -> Result<()> {
         let cold = cold_fns(lua, self)?;
+        views::install_methods(lua)?;
         let core_ptr = Rc::as_ptr(self) as *mut c_void;
         lua.exec_raw_lua(|raw| -> Result<()> {
             let l = raw.state();
