@@ -131,7 +131,7 @@ pub struct Socks5Info {
 impl Engine {
     /// Refills the one `ctx` userdata for this call; fields that did not change are not
     /// rewritten, so a connection's chains clone no string.
-    fn ctx(&self, conn: &ConnInfo, flow_id: Option<u64>) {
+    pub(super) fn ctx(&self, conn: &ConnInfo, flow_id: Option<u64>) {
         let mut d = self.core.ctx.borrow_mut();
         d.conn_id = conn.conn_id;
         d.flow_id = flow_id;
@@ -386,6 +386,19 @@ impl Engine {
         conn: &ConnInfo,
         fill: impl FnOnce(&Lua, &Table) -> mlua::Result<()>,
     ) -> Step {
+        self.lifecycle_flow(ev, conn, None, false, fill)
+    }
+
+    /// As `lifecycle`, for the rows of one flow (`ctx.flow_id` is set); `deep` when the
+    /// dict holds tables, which each hook then reads as copies.
+    pub(super) fn lifecycle_flow(
+        &self,
+        ev: Event,
+        conn: &ConnInfo,
+        flow_id: Option<u64>,
+        deep: bool,
+        fill: impl FnOnce(&Lua, &Table) -> mlua::Result<()>,
+    ) -> Step {
         if self.chain_len(ev, 0) == 0 {
             return Step::Continue;
         }
@@ -401,8 +414,13 @@ impl Engine {
                 return Step::Continue;
             }
         };
-        self.ctx(conn, None);
-        match self.run(ev, 0, 0, None, Arg::Frozen(&dict)) {
+        self.ctx(conn, flow_id);
+        let arg = if deep {
+            Arg::FrozenDeep(&dict)
+        } else {
+            Arg::Frozen(&dict)
+        };
+        match self.run(ev, 0, 0, None, arg) {
             Outcome::Done(s) => s,
             Outcome::Suspend(..) => Step::Continue,
         }

@@ -100,7 +100,7 @@ fn resp() -> Response {
     }
 }
 
-fn h(r: &Request, name: &str) -> Option<String> {
+pub(super) fn h(r: &Request, name: &str) -> Option<String> {
     r.headers
         .get(name)
         .map(|v| String::from_utf8_lossy(v).into_owned())
