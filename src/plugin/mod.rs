@@ -7,7 +7,8 @@
 //! Where things are: `load` builds an [`Engine`] from plugin files (`sandbox` sets up
 //! its Lua state), `events` holds the entry points the proxy calls per event, `chain`
 //! runs one hook chain for them (`grpc` those of the gRPC rows), `reply` turns RESPOND
-//! actions into responses, and `msg` holds the handles hooks see as `msg` and `ctx`.
+//! actions into responses, `msg` holds the handles hooks see as `msg` and `ctx`, and
+//! `protobuf` is the codec plugins get as `luring.protobuf`.
 
 mod budget;
 mod chain;
@@ -17,6 +18,7 @@ mod grpc;
 mod grpc_tests;
 mod load;
 mod msg;
+mod protobuf;
 mod reply;
 mod sandbox;
 mod shared;

@@ -1,9 +1,10 @@
 //! The Lua state's sandbox: the init chunk that locks the standard library down and
 //! creates the `action` tokens, the identities the dispatcher compares results by, and
-//! the globals plugins log and share through (`print`, `log`, `shared`).
+//! the globals plugins log and share through (`print`, `log`, `shared`), and `luring`
+//! (the helpers: `luring.protobuf`).
 
 use super::budget::Budget;
-use super::{describe, shared, Engine, Rt};
+use super::{describe, protobuf, shared, Engine, Rt};
 use mlua::{Function, Lua, Table, Value};
 use std::rc::Rc;
 
@@ -130,6 +131,9 @@ impl Engine {
 
         let g = lua.globals();
         g.set("shared", shared::table(lua)?)?;
+        let luring = lua.create_table()?;
+        luring.raw_set("protobuf", protobuf::table(lua)?)?;
+        g.set("luring", luring)?;
         let r = rt.clone();
         g.set(
             "print",
