@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use luring::http::{Body, Headers, Request, Response, Version};
-use luring::plugin::{ConnInfo, Engine, EngineConfig, Phase, Step};
+use luring::plugin::{ConnInfo, Engine, EngineConfig, GrpcData, GrpcRows, Phase, Step};
+use luring::proto::protobuf::{Message, Value};
 use mlua::{ffi, HookTriggers, Lua, VmState};
 use std::hint::black_box;
 use std::os::raw::{c_int, c_void};
@@ -74,6 +75,46 @@ fn resp() -> Response {
 }
 
 const LOOP: usize = 100;
+
+/// The 20-field message of `benches/grpc.rs` (about 300 bytes, one field nested).
+fn twenty_fields() -> Bytes {
+    let mut inner = Message::new();
+    inner.push(1, Value::string("nested name"));
+    inner.push(2, Value::Varint(42));
+    inner.push(3, Value::double(0.25));
+    let mut m = Message::new();
+    for n in 1..=20u32 {
+        let v = match n % 5 {
+            0 => Value::string("a string value of some length"),
+            1 => Value::Varint(u64::from(n) * 1_000_003),
+            2 => Value::double(f64::from(n) / 3.0),
+            3 => Value::float(n as f32),
+            _ => Value::sint(-i64::from(n) * 77),
+        };
+        m.push(n, v);
+    }
+    m.fields[9].value = Value::message(&inner);
+    m.encode()
+}
+
+/// A grpc.on_data hook that decodes the payload, changes one field and encodes it back.
+const PROTOBUF_EDIT: &str = "local pb = luring.protobuf
+register_hook('grpc', 'on_data', function(m)
+  local msg = pb.decode(m.payload)
+  msg[5].value = 'changed'
+  m.payload = pb.encode(msg)
+end)";
+
+/// Runs grpc.on_data (pre phase) over a fresh copy of `payload`.
+fn grpc_data(e: &Engine, c0: &ConnInfo, payload: &Bytes) -> GrpcData {
+    let mut d = GrpcData {
+        from_client: true,
+        payload: payload.clone(),
+        ..GrpcData::default()
+    };
+    e.grpc_data(GrpcRows::Grpc, Phase::PrePipeline, c0, 1, &mut d);
+    d
+}
 
 /// The plugin of `benches/two-headers.lua`: what the proxy-level comparison loads.
 const TWO_HEADERS: &str = include_str!("two-headers.lua");
@@ -147,6 +188,12 @@ fn dispatch(c: &mut Criterion) {
             e.http_response(Phase::PrePipeline, &c0, 1, &rq, &mut rs);
             black_box((rq, rs))
         })
+    });
+    let wire = twenty_fields();
+    let e = engine("pb.lua", PROTOBUF_EDIT);
+    assert_ne!(grpc_data(&e, &c0, &wire).payload, wire);
+    c.bench_function("grpc_data_protobuf_edit_20_fields", |b| {
+        b.iter(|| black_box(grpc_data(&e, &c0, black_box(&wire))))
     });
     let _ = LOOP;
 }
@@ -243,6 +290,7 @@ fn mins(_: &mut Criterion) {
     min_per_iter("  same, clones only (subtract)", 1.0, || {
         black_box((rq0.clone(), rs0.clone()));
     });
+    grpc_mins(&c0);
     let lua = Lua::new();
     lua.globals()
         .set("f", lua.create_function(|_, ()| Ok(())).unwrap())
@@ -277,6 +325,43 @@ fn mins(_: &mut Criterion) {
         let f = lua.load(src).into_function().unwrap();
         min_per_iter(name, 1.0, || {
             black_box(f.call::<i64>(()).unwrap());
+        });
+    }
+}
+
+/// grpc.on_data: the hook call alone, then a protobuf edit of a 20-field message.
+fn grpc_mins(c0: &ConnInfo) {
+    let wire = twenty_fields();
+    let e = engine(
+        "gnoop.lua",
+        "register_hook('grpc', 'on_data', function(m) end)",
+    );
+    min_per_iter("grpc_data noop hook", 1.0, || {
+        black_box(grpc_data(&e, c0, &wire));
+    });
+    let e = engine("pb.lua", PROTOBUF_EDIT);
+    min_per_iter("protobuf decode+set+encode, 20 fields", 1.0, || {
+        black_box(grpc_data(&e, c0, &wire));
+    });
+    // the two halves of that edit
+    for (name, src) in [
+        (
+            "protobuf decode only, 20 fields",
+            "local pb = luring.protobuf
+             register_hook('grpc', 'on_data', function(m) local x = pb.decode(m.payload) end)",
+        ),
+        (
+            "protobuf encode only, 20 fields",
+            "local pb, d = luring.protobuf, nil
+             register_hook('grpc', 'on_data', function(m)
+               d = d or pb.decode(m.payload)
+               local x = pb.encode(d)
+             end)",
+        ),
+    ] {
+        let e = engine("pbx.lua", src);
+        min_per_iter(name, 1.0, || {
+            black_box(grpc_data(&e, c0, &wire));
         });
     }
 }

@@ -110,6 +110,11 @@ function Headers:pairs() end
 ---@field from_client boolean
 ---@field close_code integer?
 ---@field close_reason string?
+local WSMessage = {}
+---Ends the WebSocket: a close frame with this code and reason to both peers. The first call wins.
+---@param code? integer 1000 by default; 1000-1003, 1007-1014 or 3000-4999
+---@param reason? string UTF-8, at most 123 bytes
+function WSMessage:close(code, reason) end
 
 ---@class WSCloseDict
 ---@field opcode integer
@@ -120,27 +125,33 @@ function Headers:pairs() end
 ---@field close_reason string?
 ---@field compressed boolean
 
+---No `body`: the call's messages come one by one to on_data.
 ---@class GRPCStartMessage
----@field service string
----@field method string
----@field path string
----@field authority string
+---@field service string? from the path "/pkg.Service/Method"; nil for another shape
+---@field method string?
+---@field path string (rw) a gRPC path; another one calls another method
+---@field authority string the request's authority, or its Host header
 ---@field headers Headers (rw metadata)
----@field content_type string
----@field encoding string?
+---@field content_type string?
+---@field encoding string? grpc-encoding
 ---@field protocol "grpc"|"grpc-web"|"grpc-web-text"
 
 ---@class GRPCDataMessage
 ---@field from_client boolean
 ---@field index integer 0-based per direction
----@field compressed boolean
----@field payload string (rw) one whole message
+---@field compressed boolean flag of the length-prefixed frame
+---@field payload string (rw) one whole message, decompressed
+local GRPCDataMessage = {}
+---Ends the call: this status and message in trailers to the client, RST_STREAM CANCEL upstream. The first call wins.
+---@param status integer gRPC status code 0-16
+---@param message? string
+function GRPCDataMessage:cancel(status, message) end
 
 ---@class GRPCEndDict
 ---@field status integer 2 (UNKNOWN) for a synthesized end
----@field message string?
----@field status_details string?
----@field trailers {[1]: string, [2]: string}[]
+---@field message string
+---@field status_details string? grpc-status-details-bin, decoded
+---@field trailers {[1]: string, [2]: string}[] in wire order
 
 ---@class SSEMessage
 ---@field event string? (rw) nil means "message"
@@ -153,6 +164,9 @@ function Headers:pairs() end
 ---@field from_client boolean
 ---@field data string (rw)
 ---@field offset integer bytes seen before this chunk in that direction
+local RawMessage = {}
+---Closes both sides of the tunnel after this chunk.
+function RawMessage:close() end
 
 ---@class TLSHandshakeDict
 ---@field side "server"|"client"
@@ -235,3 +249,33 @@ function shared.set(key, value, ttl_seconds) end
 function shared.incr(key, delta, ttl_seconds) end
 ---@param key string
 function shared.delete(key) end
+
+---One field of a decoded protobuf message.
+---@class luring.ProtobufField
+---@field number integer 1..2^29-1
+---@field wire_type? 0|1|2|3|5 varint, fixed64, length-delimited, group, fixed32; inferred when absent (2 for a string, else 0)
+---@field value number|string|boolean numbers past 2^53 are decimal strings; wire types 2 and 3 are strings
+
+---A decoded message: its fields in wire order.
+---@alias luring.ProtobufMessage luring.ProtobufField[]
+
+---Helpers of the proxy.
+---@class luring.Helpers
+---@field protobuf luring.Protobuf
+luring = {}
+
+---The protobuf wire format without a schema.
+---@class luring.Protobuf
+luring.protobuf = {}
+---Decodes a message; malformed input is an error.
+---@param bytes string
+---@return luring.ProtobufMessage
+function luring.protobuf.decode(bytes) end
+---Decodes a nested value as a message, or gives nil when it is not one.
+---@param value any
+---@return luring.ProtobufMessage?
+function luring.protobuf.decode_message(value) end
+---Encodes a message; unchanged decoded fields come out byte for byte.
+---@param message luring.ProtobufMessage
+---@return string
+function luring.protobuf.encode(message) end

@@ -54,6 +54,8 @@ pub(super) enum Arg<'a> {
     Slot(SlotId),
     Val(&'a Value),
     Frozen(&'a Table),
+    /// A frozen dict holding tables: those are copied on each read (`Engine::frozen`).
+    FrozenDeep(&'a Table),
 }
 
 impl Engine {
@@ -167,9 +169,13 @@ impl Engine {
 
     /// A read-only proxy of a lifecycle dict: writes are dropped, so no hook can change
     /// what the next one sees.
-    fn frozen(&self, dict: &Table) -> mlua::Result<Value> {
+    fn frozen(&self, dict: &Table, deep: bool) -> mlua::Result<Value> {
         let mt = self.lua.create_table()?;
-        mt.raw_set("__index", dict.clone())?;
+        if deep {
+            mt.raw_set("__index", self.tok.deep_index.call::<Value>(dict)?)?;
+        } else {
+            mt.raw_set("__index", dict.clone())?;
+        }
         mt.raw_set("__newindex", self.tok.frozen_newindex.clone())?;
         let t = self.lua.create_table()?;
         t.set_metatable(Some(mt))?;
@@ -328,7 +334,8 @@ impl Engine {
         match arg {
             Arg::Slot(id) => self.core.push_ud(co, id),
             Arg::Val(v) => self.push_value(co, v),
-            Arg::Frozen(d) => self.push_value(co, &self.frozen(d).unwrap_or(Value::Nil)),
+            Arg::Frozen(d) => self.push_value(co, &self.frozen(d, false).unwrap_or(Value::Nil)),
+            Arg::FrozenDeep(d) => self.push_value(co, &self.frozen(d, true).unwrap_or(Value::Nil)),
         }
         ffi::lua_rawgeti_(co, ffi::LUA_REGISTRYINDEX, self.ctx_ref);
         Some(2)

@@ -40,7 +40,7 @@ pub struct ConnStats {
 }
 
 /// One chunk of an opaque byte stream (raw.on_chunk).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RawChunk {
     /// Direction.
     pub from_client: bool,
@@ -48,6 +48,8 @@ pub struct RawChunk {
     pub data: Bytes,
     /// Bytes seen before this chunk in that direction.
     pub offset: u64,
+    /// A hook called `msg:close()`: close both sides of the tunnel after this chunk.
+    pub close: bool,
 }
 
 /// One server-sent event (sse.on_event); hooks may change its fields.
@@ -76,6 +78,9 @@ pub struct WsMessage {
     pub from_client: bool,
     /// Set when a hook assigned `payload`.
     pub changed: bool,
+    /// A hook called `msg:close(code, reason)`: end the WebSocket with a close frame of
+    /// that code and reason to both peers (the first call wins).
+    pub close: Option<(u16, String)>,
 }
 
 /// The close dict of ws.on_close: the first close frame seen, or 1006 when none came.
@@ -126,7 +131,7 @@ pub struct Socks5Info {
 impl Engine {
     /// Refills the one `ctx` userdata for this call; fields that did not change are not
     /// rewritten, so a connection's chains clone no string.
-    fn ctx(&self, conn: &ConnInfo, flow_id: Option<u64>) {
+    pub(super) fn ctx(&self, conn: &ConnInfo, flow_id: Option<u64>) {
         let mut d = self.core.ctx.borrow_mut();
         d.conn_id = conn.conn_id;
         d.flow_id = flow_id;
@@ -342,6 +347,7 @@ impl Engine {
             from_client: chunk.from_client,
             data: Bytes::new(),
             offset: chunk.offset,
+            close: chunk.close,
         };
         let env = Env::new(std::mem::replace(chunk, hollow));
         if let Ok(m) = self.lua.create_userdata(LRaw { env: env.clone() }) {
@@ -380,6 +386,19 @@ impl Engine {
         conn: &ConnInfo,
         fill: impl FnOnce(&Lua, &Table) -> mlua::Result<()>,
     ) -> Step {
+        self.lifecycle_flow(ev, conn, None, false, fill)
+    }
+
+    /// As `lifecycle`, for the rows of one flow (`ctx.flow_id` is set); `deep` when the
+    /// dict holds tables, which each hook then reads as copies.
+    pub(super) fn lifecycle_flow(
+        &self,
+        ev: Event,
+        conn: &ConnInfo,
+        flow_id: Option<u64>,
+        deep: bool,
+        fill: impl FnOnce(&Lua, &Table) -> mlua::Result<()>,
+    ) -> Step {
         if self.chain_len(ev, 0) == 0 {
             return Step::Continue;
         }
@@ -395,8 +414,13 @@ impl Engine {
                 return Step::Continue;
             }
         };
-        self.ctx(conn, None);
-        match self.run(ev, 0, 0, None, Arg::Frozen(&dict)) {
+        self.ctx(conn, flow_id);
+        let arg = if deep {
+            Arg::FrozenDeep(&dict)
+        } else {
+            Arg::Frozen(&dict)
+        };
+        match self.run(ev, 0, 0, None, arg) {
             Outcome::Done(s) => s,
             Outcome::Suspend(..) => Step::Continue,
         }

@@ -6,14 +6,19 @@
 //!
 //! Where things are: `load` builds an [`Engine`] from plugin files (`sandbox` sets up
 //! its Lua state), `events` holds the entry points the proxy calls per event, `chain`
-//! runs one hook chain for them, `reply` turns RESPOND actions into responses, and
-//! `msg` holds the handles hooks see as `msg` and `ctx`.
+//! runs one hook chain for them (`grpc` those of the gRPC rows), `reply` turns RESPOND
+//! actions into responses, `msg` holds the handles hooks see as `msg` and `ctx`, and
+//! `protobuf` is the codec plugins get as `luring.protobuf`.
 
 mod budget;
 mod chain;
 mod events;
+mod grpc;
+#[cfg(test)]
+mod grpc_tests;
 mod load;
 mod msg;
+mod protobuf;
 mod reply;
 mod sandbox;
 mod shared;
@@ -24,6 +29,7 @@ mod tests;
 pub use events::{
     ConnInfo, ConnStats, RawChunk, Socks5Info, SseEvent, TlsInfo, WsClose, WsMessage,
 };
+pub use grpc::{GrpcCall, GrpcData, GrpcEnd, GrpcRows};
 pub use load::{check, format_hooks, HookInfo, LoadError, LoadIssue, OnError};
 pub use surface::{Event, Phase, Row, SURFACE};
 

@@ -1,9 +1,10 @@
 //! The Lua state's sandbox: the init chunk that locks the standard library down and
 //! creates the `action` tokens, the identities the dispatcher compares results by, and
-//! the globals plugins log and share through (`print`, `log`, `shared`).
+//! the globals plugins log and share through (`print`, `log`, `shared`), and `luring`
+//! (the helpers: `luring.protobuf`).
 
 use super::budget::Budget;
-use super::{describe, shared, Engine, Rt};
+use super::{describe, protobuf, shared, Engine, Rt};
 use mlua::{Function, Lua, Table, Value};
 use std::rc::Rc;
 
@@ -17,6 +18,8 @@ pub(super) struct Tokens {
     pub(super) grpc_mt: *const std::ffi::c_void,
     pub(super) need: *const std::ffi::c_void,
     pub(super) frozen_newindex: Function,
+    /// `function(dict)`: the `__index` of a frozen dict with nested tables.
+    pub(super) deep_index: Function,
     /// `function(co, err)`: the traceback of a hook that failed in coroutine `co`.
     pub(super) errtext: Function,
     _keep: Vec<Table>,
@@ -72,7 +75,26 @@ local function callable(n, mt)
 end
 local RESPOND, RESPOND_GRPC = callable("RESPOND", RESP_MT), callable("RESPOND_GRPC", GRPC_MT)
 action = { CONTINUE = CONTINUE, DROP = DROP, RESPOND = RESPOND, RESPOND_GRPC = RESPOND_GRPC }
-return errtext, CONTINUE, DROP, RESPOND, RESP_MT, RESPOND_GRPC, GRPC_MT, function() end
+
+-- A frozen dict's nested tables (grpc on_end's trailers) are copied on each read, so a
+-- hook that writes into one cannot change what the next hook sees.
+local next = next
+local function copy(t)
+  local c = {}
+  for k, v in next, t do
+    if type(v) == "table" then v = copy(v) end
+    c[k] = v
+  end
+  return c
+end
+local function deep_index(dict)
+  return function(_, k)
+    local v = dict[k]
+    if type(v) == "table" then return copy(v) end
+    return v
+  end
+end
+return errtext, CONTINUE, DROP, RESPOND, RESP_MT, RESPOND_GRPC, GRPC_MT, function() end, deep_index
 "#;
 
 /// One log line from `print`/`log.*` arguments, tab-separated as Lua's `print` does.
@@ -95,7 +117,7 @@ impl Engine {
     pub(super) fn init(lua: &Lua, rt: &Rc<Rt>) -> mlua::Result<(Tokens, Table)> {
         let need = lua.create_table()?;
         let expired = lua.create_function(|_, ()| Ok(Budget::expired()))?;
-        let (errtext, cont, drop, respond, respond_mt, grpc, grpc_mt, noop): (
+        let (errtext, cont, drop, respond, respond_mt, grpc, grpc_mt, noop, deep_index): (
             Function,
             Table,
             Table,
@@ -103,11 +125,15 @@ impl Engine {
             Table,
             Table,
             Table,
+            Function,
             Function,
         ) = lua.load(INIT).set_name("=luring-init").call(expired)?;
 
         let g = lua.globals();
         g.set("shared", shared::table(lua)?)?;
+        let luring = lua.create_table()?;
+        luring.raw_set("protobuf", protobuf::table(lua)?)?;
+        g.set("luring", luring)?;
         let r = rt.clone();
         g.set(
             "print",
@@ -144,6 +170,7 @@ impl Engine {
             grpc_mt: grpc_mt.to_pointer(),
             need: need.to_pointer(),
             frozen_newindex: noop,
+            deep_index,
             errtext,
             _keep: vec![cont, drop, respond, respond_mt, grpc, grpc_mt, need.clone()],
         };

@@ -10,7 +10,7 @@ use std::time::Instant;
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Writes plugin files into a fresh directory; returns their paths in order.
-fn files(srcs: &[(&str, &str)]) -> Vec<PathBuf> {
+pub(super) fn files(srcs: &[(&str, &str)]) -> Vec<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "luring-plugin-{}-{}",
         std::process::id(),
@@ -26,7 +26,7 @@ fn files(srcs: &[(&str, &str)]) -> Vec<PathBuf> {
         .collect()
 }
 
-fn engine(srcs: &[(&str, &str)]) -> Engine {
+pub(super) fn engine(srcs: &[(&str, &str)]) -> Engine {
     let cfg = EngineConfig {
         files: files(srcs),
         ..EngineConfig::default()
@@ -57,7 +57,7 @@ fn load_err(src: &str) -> String {
     }
 }
 
-fn conn() -> ConnInfo {
+pub(super) fn conn() -> ConnInfo {
     ConnInfo {
         conn_id: 7,
         client_addr: "127.0.0.1:5555".parse().unwrap(),
@@ -100,7 +100,7 @@ fn resp() -> Response {
     }
 }
 
-fn h(r: &Request, name: &str) -> Option<String> {
+pub(super) fn h(r: &Request, name: &str) -> Option<String> {
     r.headers
         .get(name)
         .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -373,6 +373,7 @@ fn forbidden_actions_are_demoted_once_logged_and_counted() {
         from_client: true,
         data: Bytes::from_static(b"abc"),
         offset: 0,
+        ..RawChunk::default()
     };
     e.raw_chunk(Phase::PrePipeline, &conn(), &mut c);
     e.on_disconnect(&conn(), &ConnStats::default());
@@ -830,6 +831,7 @@ fn raw_chunk_data_is_rewritable() {
         from_client: true,
         data: Bytes::from_static(b"abc"),
         offset: 3,
+        ..RawChunk::default()
     };
     e.raw_chunk(Phase::PrePipeline, &conn(), &mut c);
     assert_eq!(c.data.as_ref(), b"ABC3");

@@ -111,6 +111,7 @@ async fn one_way(d: Direction<'_, '_>, mut buf: BytesMut, idle: Idle<'_>) -> u64
                     from_client,
                     data,
                     offset,
+                    close: false,
                 };
                 e.raw_chunk(Phase::PrePipeline, info, &mut chunk);
                 e.raw_chunk(Phase::PostPipeline, info, &mut chunk);

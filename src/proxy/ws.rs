@@ -176,6 +176,7 @@ fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) 
         compressed: m.compressed,
         from_client,
         changed: false,
+        close: None,
     };
     for phase in [Phase::PrePipeline, Phase::PostPipeline] {
         c.engine.ws_message(phase, c.info, c.flow_id, &mut wm);

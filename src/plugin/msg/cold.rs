@@ -132,7 +132,7 @@ pub(super) fn cold_fns(lua: &Lua, core: &Rc<Core>) -> Result<Cold> {
 }
 
 /// `msg.key = v` on a request handle.
-fn set_req_field(c: &Core, t: Tag, key: &[u8], v: Value) -> Result<()> {
+pub(super) fn set_req_field(c: &Core, t: Tag, key: &[u8], v: Value) -> Result<()> {
     if t.ro != 0 {
         return Err(Error::runtime("msg.request is read-only"));
     }

@@ -12,6 +12,7 @@
 //! Most of the engine's `unsafe` code is in this module.
 
 mod cold;
+mod grpc;
 mod hot;
 mod tag;
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod tests;
 mod views;
 
 pub(crate) use cold::headers_from_table;
+pub(crate) use grpc::{LGrpcData, LGrpcStart};
 pub(crate) use views::{Env, LCtx, LRaw, LSse, LWs};
 
 use crate::http::{Headers, Request, Response};
@@ -121,6 +123,8 @@ impl Core {
     /// getter yields.
     pub(crate) fn install(self: &Rc<Self>, lua: &Lua, need: &Table) -> Result<()> {
         let cold = cold_fns(lua, self)?;
+        views::install_methods(lua)?;
+        grpc::install(lua)?;
         let core_ptr = Rc::as_ptr(self) as *mut c_void;
         lua.exec_raw_lua(|raw| -> Result<()> {
             let l = raw.state();

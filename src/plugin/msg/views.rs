@@ -1,13 +1,93 @@
 //! The userdata of the events whose `msg` is not an HTTP message (`raw.on_chunk`,
 //! `ws.on_message`, `sse.on_event`) and of `ctx`. Unlike HTTP message handles they are
 //! full mlua userdata made per event, over an `Env` that empties when the chain ends.
+//!
+//! Their methods (`msg:close()`) are not registered as mlua methods: with methods, mlua
+//! wraps `__index` in a Lua function that every field read would go through. `__index`
+//! hands them out from the registry instead (`method`), so field reads stay direct.
 
 use super::cold::{bytes_of, lstr, string_of};
 use super::Core;
 use crate::plugin::{RawChunk, SseEvent, WsMessage};
-use mlua::{Error, MetaMethod, Result, UserData, UserDataMethods, Value};
+use mlua::{Error, Lua, MetaMethod, Result, UserData, UserDataMethods, Value};
 use std::cell::RefCell;
 use std::rc::Rc;
+
+/// Registry name of `RawMessage:close`.
+const RAW_CLOSE: &str = "luring.raw_close";
+/// Registry name of `WSMessage:close`.
+const WS_CLOSE: &str = "luring.ws_close";
+
+/// A message method stored by `install_methods` (or `install` of `grpc`), for `__index`.
+pub(super) fn method(lua: &Lua, name: &str) -> Result<Value> {
+    lua.named_registry_value::<Value>(name)
+}
+
+/// `self` of a method called on userdata `T`: the method was called with `.`, or on
+/// another value, when it is not.
+pub(super) fn this<T: 'static>(v: &Value, what: &str) -> Result<mlua::UserDataRef<T>> {
+    let ud = match v {
+        Value::UserData(ud) => ud.borrow::<T>().ok(),
+        _ => None,
+    };
+    ud.ok_or_else(|| {
+        Error::runtime(format!(
+            "bad argument #1: {what} expected (call it as msg:method(...))"
+        ))
+    })
+}
+
+/// An integer argument: integral floats pass, as Lua 5.1 has no integer type.
+pub(super) fn int_arg(v: &Value) -> Option<i64> {
+    match *v {
+        Value::Integer(i) => Some(i),
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => Some(n as i64),
+        _ => None,
+    }
+}
+
+/// The close code `WSMessage:close` sends (1000 when none is given): one an endpoint may
+/// put in a close frame (RFC 6455 section 7.4; 1005, 1006 and 1015 may not be sent).
+fn ws_close_code(v: &Value) -> Result<u16> {
+    if v.is_nil() {
+        return Ok(1000);
+    }
+    match int_arg(v) {
+        Some(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => Ok(c as u16),
+        _ => Err(Error::runtime(format!(
+            "close code must be 1000-1003, 1007-1014 or 3000-4999, got {}",
+            crate::plugin::describe(v)
+        ))),
+    }
+}
+
+/// Creates `msg:close` of RawMessage and WSMessage once per state.
+pub(super) fn install_methods(lua: &Lua) -> Result<()> {
+    let raw_close = lua.create_function(|_, ud: Value| {
+        this::<LRaw>(&ud, "RawMessage")?.env.with(|c| {
+            c.close = true;
+            Ok(())
+        })
+    })?;
+    lua.set_named_registry_value(RAW_CLOSE, raw_close)?;
+    let ws_close = lua.create_function(|_, (ud, code, reason): (Value, Value, Value)| {
+        let w = this::<LWs>(&ud, "WSMessage")?;
+        let code = ws_close_code(&code)?;
+        let reason = match reason {
+            Value::Nil => String::new(),
+            v => string_of(&v, "close reason")?,
+        };
+        // a control frame carries at most 125 bytes, 2 of them the code
+        if reason.len() > 123 {
+            return Err(Error::runtime("close reason must be at most 123 bytes"));
+        }
+        w.env.with(|m| {
+            m.close.get_or_insert((code, reason));
+            Ok(())
+        })
+    })?;
+    lua.set_named_registry_value(WS_CLOSE, ws_close)
+}
 
 /// Holds a streaming event's value (raw chunk, WebSocket message, SSE event) for the
 /// duration of a chain; empty before and after, so a stashed handle goes dead.
@@ -27,7 +107,7 @@ impl<T> Env<T> {
         self.slot.borrow_mut().take()
     }
     /// Runs `f` on the value, or fails as a stale handle does.
-    fn with<R>(&self, f: impl FnOnce(&mut T) -> Result<R>) -> Result<R> {
+    pub(super) fn with<R>(&self, f: impl FnOnce(&mut T) -> Result<R>) -> Result<R> {
         match self.slot.borrow_mut().as_mut() {
             Some(m) => f(m),
             None => Err(Error::runtime("message is no longer valid")),
@@ -48,6 +128,7 @@ impl UserData for LRaw {
                 b"from_client" => this.env.with(|c| Ok(Value::Boolean(c.from_client))),
                 b"data" => this.env.with(|c| lstr(lua, &c.data)),
                 b"offset" => this.env.with(|c| Ok(Value::Integer(c.offset as i64))),
+                b"close" => method(lua, RAW_CLOSE),
                 _ => Ok(Value::Nil),
             }
         });
@@ -76,6 +157,9 @@ impl UserData for LWs {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
             let key = key.as_bytes();
+            if &*key == b"close" {
+                return method(lua, WS_CLOSE);
+            }
             this.env.with(|w| {
                 let close = (w.opcode == crate::proto::ws::CLOSE)
                     .then(|| crate::proto::ws::parse_close(&w.payload));
