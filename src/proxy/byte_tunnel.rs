@@ -106,6 +106,7 @@ async fn one_way(d: Direction<'_, '_>, mut buf: BytesMut, idle: Idle<'_>) -> u64
         if !buf.is_empty() {
             let mut data = buf.split().freeze();
             let len = data.len() as u64;
+            let mut close = false;
             if let Some(e) = hook {
                 let mut chunk = RawChunk {
                     from_client,
@@ -116,6 +117,7 @@ async fn one_way(d: Direction<'_, '_>, mut buf: BytesMut, idle: Idle<'_>) -> u64
                 e.raw_chunk(Phase::PrePipeline, info, &mut chunk);
                 e.raw_chunk(Phase::PostPipeline, info, &mut chunk);
                 data = chunk.data;
+                close = chunk.close;
             }
             offset += len;
             sent += data.len() as u64;
@@ -131,6 +133,15 @@ async fn one_way(d: Direction<'_, '_>, mut buf: BytesMut, idle: Idle<'_>) -> u64
                         return sent;
                     }
                 }
+            }
+            if close {
+                // msg:close(): this chunk was the last; both sides end, which also ends
+                // the other direction's read
+                tracing::debug!(conn = info.conn_id, "tunnel closed by raw.on_chunk");
+                dst.close_write().await;
+                src.shutdown(Shutdown::Both);
+                dst.shutdown(Shutdown::Both);
+                return sent;
             }
         }
         if pending.is_none() && hook.is_none() && io::can_splice(src, dst) {

@@ -35,6 +35,9 @@ struct Conn<'a> {
     close: RefCell<Option<WsClose>>,
     /// Close frames written to their peer: at 2 the closing handshake is complete.
     closes: Cell<u8>,
+    /// The close payload a hook's `msg:close(code, reason)` sent one peer; the other
+    /// peer gets it in place of the close frame that answers it.
+    ended_by_hook: RefCell<Option<Bytes>>,
 }
 
 /// Relays frames both ways until both directions ended (or `idle` passed with no byte
@@ -54,6 +57,7 @@ pub(crate) async fn relay(
         max,
         close: RefCell::new(None),
         closes: Cell::new(0),
+        ended_by_hook: RefCell::new(None),
     };
     let deadline = Deadline::new();
     let idle = Idle::shared(&deadline, idle);
@@ -95,6 +99,8 @@ async fn one_way(
     let dec = FrameDecoder::new(c.max as u64);
     let mut asm = Assembler::new(c.max);
     let mut sent = 0u64;
+    // a hook ended the WebSocket from this side: what this peer sends now is dropped
+    let mut ended_here = false;
     loop {
         let mut out = BytesMut::new();
         let mut closes_in_out = 0;
@@ -106,9 +112,11 @@ async fn one_way(
                 Err(e) => Err(e),
             };
             match got {
+                Ok(Some(Some(_))) if ended_here => {}
                 Ok(Some(Some(m))) => {
-                    closes_in_out += (m.opcode == CLOSE) as u8;
-                    forward(c, m, from_client, &mut out);
+                    let is_close = m.opcode == CLOSE;
+                    ended_here = forward(c, m, from_client, &mut out);
+                    closes_in_out += (is_close || ended_here) as u8;
                 }
                 Ok(Some(None)) => {}
                 Ok(None) => break,
@@ -168,7 +176,9 @@ async fn one_way(
 }
 
 /// Runs the hooks on one message and appends the frame to send.
-fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) {
+/// Runs the message hooks and encodes what goes on to the peer. True when a hook ended
+/// the WebSocket (`msg:close`): a close frame with its code and reason went instead.
+fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) -> bool {
     let mut wm = WsMessage {
         opcode: m.opcode,
         masked: m.mask.is_some(),
@@ -181,12 +191,38 @@ fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) 
     for phase in [Phase::PrePipeline, Phase::PostPipeline] {
         c.engine.ws_message(phase, c.info, c.flow_id, &mut wm);
     }
-    let payload: Bytes = if wm.changed {
+    if let Some((code, reason)) = wm.close.take() {
+        let mut p = BytesMut::with_capacity(2 + reason.len());
+        p.extend_from_slice(&code.to_be_bytes());
+        p.extend_from_slice(reason.as_bytes());
+        let payload = p.freeze();
+        *c.ended_by_hook.borrow_mut() = Some(payload.clone());
+        c.close.borrow_mut().get_or_insert(WsClose {
+            masked: m.mask.is_some(),
+            payload: payload.clone(),
+            close_code: code,
+            close_reason: reason,
+        });
+        let frame = Frame {
+            fin: true,
+            rsv1: false,
+            opcode: CLOSE,
+            mask: m.mask,
+            payload,
+        };
+        ws::encode(&frame, out);
+        return true;
+    }
+    let mut payload: Bytes = if wm.changed {
         wm.payload
     } else {
         m.payload.clone()
     };
     if m.opcode == CLOSE {
+        // the answer to a hook's close: this peer gets the hook's code and reason
+        if let Some(ours) = c.ended_by_hook.borrow().clone() {
+            payload = ours;
+        }
         let (code, reason) = ws::parse_close(&payload);
         c.close.borrow_mut().get_or_insert(WsClose {
             masked: m.mask.is_some(),
@@ -202,4 +238,5 @@ fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) 
         },
         out,
     );
+    false
 }
