@@ -190,6 +190,9 @@ pub struct RunArgs {
     /// Largest body a plugin may read via msg.body, in bytes [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     pub max_plugin_body: Option<usize>,
+    /// Largest gRPC message grpc.on_data hooks see (decompressed); larger ones pass unhooked [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    pub max_grpc_message: Option<usize>,
     /// Time budget of one hook call in milliseconds; a runaway hook becomes an error [default: 100].
     #[arg(long, value_name = "MS")]
     pub hook_budget_ms: Option<u64>,
@@ -267,6 +270,7 @@ impl RunArgs {
             pool_max_idle,
             max_connections,
             max_plugin_body,
+            max_grpc_message,
             hook_budget_ms,
             ca_key_type,
             cert_cache_size

@@ -134,6 +134,8 @@ pub struct Config {
     pub plugins: Vec<PathBuf>,
     /// Largest body a plugin may read.
     pub max_plugin_body: usize,
+    /// Largest gRPC message the grpc hooks see; a larger one passes unhooked.
+    pub max_grpc_message: usize,
     /// Per hook call budget in milliseconds.
     pub hook_budget_ms: u64,
     /// `NAME=VALUE` request headers set by the rewrite step.
@@ -191,6 +193,8 @@ impl Default for Config {
             max_connections: 10_000,
             plugins: Vec::new(),
             max_plugin_body: 16 * 1024 * 1024,
+            // grpc's own default receive limit
+            max_grpc_message: 4 * 1024 * 1024,
             hook_budget_ms: 100,
             set_request_header: Vec::new(),
             set_response_header: Vec::new(),

@@ -14,6 +14,7 @@ pub mod byte_tunnel;
 pub mod conn;
 pub mod exchange;
 pub mod front;
+pub mod grpc;
 pub mod h1_wire;
 pub mod h2_stream;
 pub mod hooks;

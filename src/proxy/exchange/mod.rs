@@ -12,7 +12,7 @@ pub mod rules;
 pub mod source;
 
 use crate::http::{Body, Headers, Request, Response};
-use crate::plugin::{ConnInfo, Engine, Event, Phase, Step, Suspended};
+use crate::plugin::{ConnInfo, Engine, Event, GrpcCall, GrpcRows, Phase, Step, Suspended};
 use crate::proxy::worker::Worker;
 use bytes::Bytes;
 pub use source::Source;
@@ -69,6 +69,8 @@ pub enum Message<'a> {
         req: &'a mut Request,
         /// The Upgrade value of an HTTP/1.1 upgrade request.
         upgrade: Option<&'a Bytes>,
+        /// The gRPC call it starts, when the gRPC layer takes it.
+        grpc: Option<&'a GrpcCall>,
     },
     /// A response to `0`.
     Response(&'a Request, &'a mut Response),
@@ -82,6 +84,11 @@ impl Message<'_> {
             Message::Request {
                 upgrade: Some(p), ..
             } if p.eq_ignore_ascii_case(b"websocket") => &[Event::HttpRequest, Event::WsUpgrade],
+            // a gRPC call runs its on_start row after http.on_request, in each phase
+            Message::Request { grpc: Some(c), .. } => match c.rows {
+                GrpcRows::Grpc => &[Event::HttpRequest, Event::GrpcStart],
+                GrpcRows::GrpcWeb => &[Event::HttpRequest, Event::GrpcWebStart],
+            },
             Message::Request { .. } => &[Event::HttpRequest],
             Message::Response(..) => &[Event::HttpResponse],
         }
@@ -89,7 +96,7 @@ impl Message<'_> {
 
     fn pipeline(&mut self, f: &Flow<'_>) {
         match self {
-            Message::Request { req, upgrade } => {
+            Message::Request { req, upgrade, .. } => {
                 f.w.pipeline.on_request(req);
                 if let Some(p) = upgrade {
                     // the pipeline strips Upgrade and Connection as hop-by-hop; an upgrade
@@ -113,6 +120,9 @@ impl Message<'_> {
             Message::Request { req, .. } if ev == Event::WsUpgrade => {
                 e.ws_upgrade(phase, f.info, f.id, req)
             }
+            Message::Request {
+                req, grpc: Some(c), ..
+            } if ev != Event::HttpRequest => e.grpc_start(c.rows, phase, f.info, f.id, req, c),
             Message::Request { req, .. } => e.http_request(phase, f.info, f.id, req),
             Message::Response(req, resp) => e.http_response(phase, f.info, f.id, req, resp),
         }

@@ -16,6 +16,7 @@ use crate::proxy::body_relay::{self, H1Body};
 use crate::proxy::exchange::log::{sent_status, AccessRecord};
 use crate::proxy::exchange::route::{self, Target2};
 use crate::proxy::exchange::{self, reply, rules, Decision, Flow, Message, Source};
+use crate::proxy::grpc;
 use crate::proxy::h1_wire;
 use crate::proxy::h2_stream::{self, Incoming};
 use crate::proxy::sse;
@@ -236,6 +237,21 @@ fn spawn_stream(
 /// One stream: the request event, then the exchange with the upstream over h2 or
 /// HTTP/1.1.
 async fn stream(s: &Session, req: http::Request<RecvStream>, reply: &mut Reply) {
+    let mut call = None;
+    exchange_stream(s, req, reply, &mut call).await;
+    // a call that ended without its trailers (reset, refused, failed upstream)
+    if let Some(c) = call {
+        c.end_abnormally("the call ended without a status");
+    }
+}
+
+/// [`stream`]'s exchange; `call` is set when the gRPC layer takes the stream.
+async fn exchange_stream(
+    s: &Session,
+    req: http::Request<RecvStream>,
+    reply: &mut Reply,
+    call: &mut Option<Rc<grpc::Call>>,
+) {
     let (parts, rx) = req.into_parts();
     let mut req = match route::h2_request(&parts, &s.target) {
         Ok(r) => r,
@@ -251,12 +267,15 @@ async fn stream(s: &Session, req: http::Request<RecvStream>, reply: &mut Reply) 
         engine: engine.as_deref(),
         id: s.w.next_conn_id(),
     };
+    let max = s.w.cfg.max_grpc_message;
+    *call = grpc::Call::of(engine.as_ref(), &req, &s.info, f.id, max);
     let mut body = Incoming { rx, prefix: None };
     let te_trailers = req.headers.has_token("te", "trailers");
     let is_head = req.method.as_ref() == b"HEAD";
     let msg = Message::Request {
         req: &mut req,
         upgrade: None,
+        grpc: call.as_ref().map(|c| &c.start),
     };
     match exchange::event!(&f, msg, &mut Source::H2(&mut body)) {
         Decision::Forward => {}
@@ -265,6 +284,9 @@ async fn stream(s: &Session, req: http::Request<RecvStream>, reply: &mut Reply) 
             return reply.tx.send_reset(Reason::CANCEL);
         }
         Decision::Respond(r) => {
+            if let Some(c) = call.as_ref().filter(|_| r.headers.contains("grpc-status")) {
+                c.end_with(&r.headers);
+            }
             reply.answer(r, is_head);
             return h2_stream::discard(body);
         }
@@ -275,6 +297,7 @@ async fn stream(s: &Session, req: http::Request<RecvStream>, reply: &mut Reply) 
         f,
         is_head,
         te_trailers,
+        call: call.clone(),
     };
     // a request a hook re-routed leaves this session's upstream: HTTP/1.1 to its own
     match &s.upstream {
@@ -315,6 +338,8 @@ struct Stream<'a> {
     is_head: bool,
     /// The client sent `te: trailers` (the pipeline strips TE as hop-by-hop).
     te_trailers: bool,
+    /// The gRPC call, when the gRPC layer takes the stream.
+    call: Option<Rc<grpc::Call>>,
 }
 
 impl Stream<'_> {
@@ -340,13 +365,31 @@ impl Stream<'_> {
             _ => None,
         };
         let trailers = req.trailers.take();
+        let mut up_dir = match (&self.call, &full) {
+            (Some(c), None) => {
+                Some(c.direction(true, req.headers.get("grpc-encoding").map(|v| &v[..])))
+            }
+            _ => None,
+        };
         let upload = crate::io::spawn(async move {
-            let r = match full {
-                Some(_) if no_body => Ok(0),
-                Some(b) => h2_stream::send_full(&mut tx, b, trailers.as_ref()).await,
-                None => h2_stream::relay_rest(&mut body, &mut tx, None).await,
+            let r = match (full, up_dir.as_mut()) {
+                (Some(_), _) if no_body => Ok(()),
+                (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                (None, Some(dir)) => match grpc::relay(&mut body.rx, &mut tx, dir).await {
+                    Ok(grpc::Relayed::Cancelled(..)) => Err("cancelled by a hook".into()),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                (None, None) => h2_stream::relay_rest(&mut body, &mut tx, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
             };
             if r.is_err() {
+                // also what a hook's msg:cancel sends the upstream
                 tx.send_reset(Reason::CANCEL);
             }
             r
@@ -355,6 +398,9 @@ impl Stream<'_> {
             Ok(r) => r,
             Err(e) => {
                 upload.abort();
+                if let Some((status, message)) = self.call.as_ref().and_then(|c| c.cancelled()) {
+                    return reply.grpc_status(self.call.as_deref(), status, &message);
+                }
                 return reply.stream_error(e);
             }
         };
@@ -470,6 +516,13 @@ impl Stream<'_> {
                 return false;
             }
             Decision::Respond(r) => {
+                if let Some(c) = self
+                    .call
+                    .as_ref()
+                    .filter(|_| r.headers.contains("grpc-status"))
+                {
+                    c.end_with(&r.headers);
+                }
                 reply.answer(r, self.is_head);
                 return false;
             }
@@ -510,7 +563,38 @@ impl Stream<'_> {
             }
         };
         if end_now {
+            // a trailers-only gRPC answer: its status is in the headers
+            if let Some(c) = self
+                .call
+                .as_ref()
+                .filter(|_| resp.headers.contains("grpc-status"))
+            {
+                c.end_with(&resp.headers);
+            }
             return full.is_some() || src.is_done();
+        }
+        if let (Some(c), None, Source::H2(body)) = (&self.call, &full, &mut src) {
+            let encoding = resp.headers.get("grpc-encoding").map(|v| &v[..]);
+            let mut dir = c.direction(false, encoding);
+            return match grpc::relay(&mut body.rx, &mut tx, &mut dir).await {
+                Ok(grpc::Relayed::Trailers(t)) => {
+                    c.end_with(&h2_stream::from_header_map(&t));
+                    true
+                }
+                Ok(grpc::Relayed::End) => true,
+                Ok(grpc::Relayed::Cancelled(status, message)) => {
+                    // the client gets the hook's status; the upstream's stream is reset
+                    // when its handles are dropped
+                    let _ = tx.send_trailers(grpc::status_trailers(status, &message));
+                    c.end(crate::proto::grpc::Status::new(status, message), Vec::new());
+                    false
+                }
+                Err(e) => {
+                    tracing::debug!(conn = s.info.conn_id, "gRPC response relay ended: {e}");
+                    tx.send_reset(Reason::INTERNAL_ERROR);
+                    false
+                }
+            };
         }
         let r = match (full, src) {
             (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref()).await,
@@ -625,9 +709,34 @@ impl Reply {
         Ok(tx)
     }
 
+    /// Answers a gRPC call with only a status (a hook's cancel before any response).
+    fn grpc_status(&mut self, call: Option<&grpc::Call>, status: u32, message: &str) {
+        let st = crate::proto::grpc::Status::new(status, message);
+        let mut headers = Headers::new();
+        for (name, value) in crate::proto::grpc::trailers_only::<&str, &str>(&st, &[]) {
+            headers.add(name, value);
+        }
+        if let Some(c) = call {
+            c.end(st, Vec::new());
+        }
+        let r = Response {
+            status: 200,
+            reason: String::new(),
+            version: crate::http::Version::Http2,
+            headers,
+            body: Body::Full(Bytes::new()),
+            trailers: None,
+        };
+        self.answer(r, false);
+    }
+
     /// Answers the stream with a response luring makes (a plugin's, an error).
     fn answer(&mut self, mut r: Response, is_head: bool) {
         let body = reply::prepare(&mut r, is_head);
+        // a trailers-only gRPC answer carries no content-length (it has no DATA)
+        if body.is_empty() && r.headers.contains("grpc-status") {
+            r.headers.remove("content-length");
+        }
         let trailers = r
             .trailers
             .take()

@@ -69,6 +69,7 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
         let msg = Message::Request {
             req: &mut req,
             upgrade: asked.upgrade.as_ref(),
+            grpc: None,
         };
         exchange::event!(&flow!(c, hooks), msg, &mut src)
     };

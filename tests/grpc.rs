@@ -1,0 +1,199 @@
+//! The gRPC layer through the real binary, with python grpcio as client and server:
+//! grpc.on_start (metadata, RESPOND_GRPC), grpc.on_data per message both ways (payload
+//! rewrites, msg:cancel), grpc.on_end, for the four call kinds; in reverse mode over
+//! h2c, through a CONNECT tunnel (h2c inside), and with TLS from the client.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use support::*;
+
+/// A grpcio server (plaintext) with unary, server-streaming and bidi methods; prints
+/// its port.
+const SERVER_PY: &str = r#"
+import time
+from concurrent import futures
+import grpc
+def echo(req, ctx):
+    md = dict(ctx.invocation_metadata())
+    return b"echo:" + req + (b" md=" + md["x-hook"].encode() if "x-hook" in md else b"")
+def stream(req, ctx):
+    for i in range(3):
+        yield b"part%d:" % i + req
+def bidi(it, ctx):
+    for m in it:
+        yield b"re:" + m
+server = grpc.server(futures.ThreadPoolExecutor(4))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Echo", {
+    "Say": grpc.unary_unary_rpc_method_handler(echo),
+    "Deny": grpc.unary_unary_rpc_method_handler(echo),
+    "Stream": grpc.unary_stream_rpc_method_handler(stream),
+    "Bidi": grpc.stream_stream_rpc_method_handler(bidi)}),))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+time.sleep(60)
+"#;
+
+/// The client: TARGET [PROXY|-] [CA|-]; one line per call.
+const CLIENT_PY: &str = r#"
+import sys, grpc
+target, proxy, ca = sys.argv[1:4]
+opts = [("grpc.http_proxy", proxy), ("grpc.enable_http_proxy", 1)] if proxy != "-" else []
+if ca != "-":
+    ch = grpc.secure_channel(target, grpc.ssl_channel_credentials(open(ca, "rb").read()), options=opts)
+else:
+    ch = grpc.insecure_channel(target, options=opts)
+print(ch.unary_unary("/t.Echo/Say")(b"hi", timeout=10).decode())
+try:
+    ch.unary_unary("/t.Echo/Deny")(b"x", timeout=10); print("deny: no error")
+except grpc.RpcError as e:
+    print("deny:", e.code().name, e.details())
+print(",".join(m.decode() for m in ch.unary_stream("/t.Echo/Stream")(b"s", timeout=10)))
+print(",".join(m.decode() for m in ch.stream_stream("/t.Echo/Bidi")(iter([b"a", b"b", b"c"]), timeout=10)))
+try:
+    r = ch.unary_unary("/t.Echo/Say")(b"cancel-me", timeout=10); print("cancel: no error", r)
+except grpc.RpcError as e:
+    print("cancel:", e.code().name, e.details())
+"#;
+
+const PLUGIN: &str = r#"
+register_hook("grpc", "on_start", function(m)
+  log.info("START " .. tostring(m.service) .. " " .. tostring(m.method) .. " " .. m.protocol)
+  if m.method == "Deny" then return action.RESPOND_GRPC{ status = 7, message = "no way" } end
+  m.headers:set("x-hook", "yes")
+end)
+register_hook("grpc", "on_data", function(m)
+  if m.payload == "cancel-me" then m:cancel(9, "cancelled by hook") return end
+  if m.from_client then m.payload = m.payload .. "!" end
+end)
+register_hook("grpc", "on_end", function(m)
+  log.info("END " .. m.status .. " " .. tostring(m.message))
+end)
+"#;
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut child = Command::new("python3")
+            .args(["-c", SERVER_PY])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with grpcio (scripts/test.sh installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("grpc server port");
+        Server { child, port }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the client against `target` (through `proxy`, trusting `ca`).
+fn client(target: &str, proxy: &str, ca: &str) -> String {
+    let out = run_cmd(
+        "python3",
+        &["-c", CLIENT_PY, target, proxy, ca],
+        b"",
+        std::time::Duration::from_secs(60),
+    );
+    out.stdout
+}
+
+const EXPECTED: &str = "echo:hi! md=yes\n\
+deny: PERMISSION_DENIED no way\n\
+part0:s!,part1:s!,part2:s!\n\
+re:a!,re:b!,re:c!\n\
+cancel: FAILED_PRECONDITION cancelled by hook\n";
+
+fn proxy(conf: &Conf, plugin: &str, extra: &[&str]) -> Proxy {
+    let cd = conf.confdir();
+    let mut args = vec!["--confdir", cd.as_str(), "--plugin", plugin];
+    args.extend_from_slice(extra);
+    Proxy::start(&args)
+}
+
+fn plugin(conf: &Conf) -> String {
+    let p = conf.dir.path("grpc.lua");
+    std::fs::write(&p, PLUGIN).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+/// on_end fired once per call with the final status, hooks' and the upstream's.
+fn assert_ends(p: &Proxy) {
+    let t = std::time::Duration::from_secs(5);
+    assert!(
+        p.wait_stderr("END 9 cancelled by hook", t),
+        "{}",
+        p.stderr()
+    );
+    let err = p.stderr();
+    assert_eq!(err.matches("START t.Echo").count(), 5, "{err}");
+    assert_eq!(err.matches("END 0 ").count(), 3, "{err}");
+    assert_eq!(err.matches("END 7 no way").count(), 1, "{err}");
+}
+
+#[test]
+fn grpc_hooks_in_reverse_mode_over_h2c() {
+    let server = Server::start();
+    let conf = Conf::new();
+    let plugin = plugin(&conf);
+    let mode = format!("reverse:http://127.0.0.1:{}", server.port);
+    let p = proxy(&conf, &plugin, &["--mode", &mode]);
+    let got = client(&format!("127.0.0.1:{}", p.port()), "-", "-");
+    assert_eq!(got, EXPECTED, "{}", p.stderr());
+    assert_ends(&p);
+}
+
+#[test]
+fn grpc_hooks_through_a_connect_tunnel_with_h2c_inside() {
+    let server = Server::start();
+    let conf = Conf::new();
+    let plugin = plugin(&conf);
+    let p = proxy(&conf, &plugin, &[]);
+    let target = format!("localhost:{}", server.port);
+    let got = client(&target, &p.url(), "-");
+    assert_eq!(got, EXPECTED, "{}", p.stderr());
+    assert_ends(&p);
+}
+
+#[test]
+fn grpc_hooks_with_tls_from_the_client() {
+    let server = Server::start();
+    let conf = Conf::new();
+    let plugin = plugin(&conf);
+    let mode = format!("reverse:http://localhost:{}", server.port);
+    let p = proxy(&conf, &plugin, &["--mode", &mode]);
+    let got = client(&format!("localhost:{}", p.port()), "-", conf.ca());
+    assert_eq!(got, EXPECTED, "{}", p.stderr());
+    assert_ends(&p);
+}
+
+#[test]
+fn without_grpc_hooks_calls_pass_as_http2_streams() {
+    let server = Server::start();
+    let conf = Conf::new();
+    let p = conf.dir.path("http.lua");
+    std::fs::write(&p, "register_hook('http', 'on_request', function(m) end)").unwrap();
+    let mode = format!("reverse:http://127.0.0.1:{}", server.port);
+    let p = proxy(&conf, &p.to_string_lossy(), &["--mode", &mode]);
+    let got = client(&format!("127.0.0.1:{}", p.port()), "-", "-");
+    assert!(
+        got.starts_with("echo:hi\ndeny: no error\n"),
+        "{got}\n{}",
+        p.stderr()
+    );
+}
