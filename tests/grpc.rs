@@ -197,3 +197,41 @@ fn without_grpc_hooks_calls_pass_as_http2_streams() {
         p.stderr()
     );
 }
+
+#[test]
+fn the_grpc_examples_deny_one_method_and_log_every_call() {
+    let server = Server::start();
+    let conf = Conf::new();
+    let examples = format!("{}/lua/examples", env!("CARGO_MANIFEST_DIR"));
+    let deny = format!("{examples}/grpc-deny.lua");
+    let log = format!("{examples}/grpc-log.lua");
+    let mode = format!("reverse:http://127.0.0.1:{}", server.port);
+    let cd = conf.confdir();
+    let p = Proxy::start(&[
+        "--confdir",
+        &cd,
+        "--mode",
+        &mode,
+        "--plugin",
+        &deny,
+        "--plugin",
+        &log,
+    ]);
+    let got = client(&format!("127.0.0.1:{}", p.port()), "-", "-");
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "echo:hi", "{got}\n{}", p.stderr());
+    assert_eq!(
+        lines[1],
+        "deny: PERMISSION_DENIED method Deny is not allowed"
+    );
+    assert_eq!(lines[3], "re:a,re:b,re:c");
+    let t = std::time::Duration::from_secs(5);
+    assert!(
+        p.wait_stderr("grpc t.Echo/Bidi: 3 message(s) up, 3 down, status 0", t),
+        "{}",
+        p.stderr()
+    );
+    assert!(p
+        .stderr()
+        .contains("grpc t.Echo/Stream: 1 message(s) up, 3 down, status 0"));
+}
