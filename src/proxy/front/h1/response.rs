@@ -3,7 +3,7 @@
 //! streamed to the client with its framing made right for the client's version.
 
 use super::state::*;
-use crate::http::{Body, Response, ResponseHead, Version};
+use crate::http::{Body, Request, Response, ResponseHead, Version};
 use crate::proto::http1::{response_body_kind, BodyDecoder};
 use crate::proxy::body_relay::{self, H1Body, Output, RelayError};
 use crate::proxy::conn::client::ClientConn;
@@ -44,24 +44,13 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
         up.stream.shutdown(Shutdown::Both);
         return fail(c, 502, "upstream switched protocols without being asked to").await;
     }
-    let rkind = match response_body_kind(&req.method, &rhead) {
-        Ok(k) => k,
-        Err(e) => {
+    let (mut resp, mut rdec, reusable) = match response_of(req, rhead) {
+        Ok(r) => r,
+        Err(text) => {
             up.stream.shutdown(Shutdown::Both);
-            let text = format!("bad response framing from upstream: {e}");
             return fail(c, 502, &text).await;
         }
     };
-    let reusable = rules::upstream_keeps_alive(rhead.version, &rhead.headers, rkind);
-    let mut resp = Response {
-        status: rhead.status,
-        reason: String::from_utf8_lossy(&rhead.reason).into_owned(),
-        version: rhead.version,
-        headers: rhead.headers,
-        body: Body::Streaming,
-        trailers: None,
-    };
-    let mut rdec = BodyDecoder::new(rkind);
     let decision = {
         let Upstream { stream, buf, .. } = &mut up;
         let mut src = Source::H1 {
@@ -144,6 +133,26 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
     } else {
         Next::Close
     }
+}
+
+/// The response an upstream head starts, its body decoder, and whether the upstream
+/// connection can be pooled again after it; Err: its framing is broken.
+fn response_of(
+    req: &Request,
+    rhead: ResponseHead,
+) -> Result<(Response, BodyDecoder, bool), String> {
+    let rkind = response_body_kind(&req.method, &rhead)
+        .map_err(|e| format!("bad response framing from upstream: {e}"))?;
+    let reusable = rules::upstream_keeps_alive(rhead.version, &rhead.headers, rkind);
+    let resp = Response {
+        status: rhead.status,
+        reason: String::from_utf8_lossy(&rhead.reason).into_owned(),
+        version: rhead.version,
+        headers: rhead.headers,
+        body: Body::Streaming,
+        trailers: None,
+    };
+    Ok((resp, BodyDecoder::new(rkind), reusable))
 }
 
 /// The SSE layer for an event stream a plugin hooks.
