@@ -337,11 +337,13 @@ def build_response(status, reason, headers, body: bytes) -> bytes:
 # --------------------------------------------------------------------------- echo server
 
 class EchoServer:
-    """Raw TCP echo on 127.0.0.1:0; records the bytes each connection received."""
+    """Raw TCP echo on 127.0.0.1:0; records the bytes each connection received and how
+    it ended (`ends`: None while open, "eof", "reset", "timeout" or "error ...")."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.received: list[bytearray] = []
+        self.conns: list[dict] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -354,10 +356,24 @@ class EchoServer:
     def reset(self):
         with self.lock:
             self.received = []
+            self.conns = []
 
     def snapshot(self):
         with self.lock:
             return [bytes(b) for b in self.received]
+
+    def ends(self):
+        with self.lock:
+            return [c["end"] for c in self.conns]
+
+    def wait_ended(self, n=1, timeout=IO_TIMEOUT):
+        """How the connections ended, once the first n did (bounded; None: still open)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ends = self.ends()
+            if (len(ends) >= n and None not in ends[:n]) or time.monotonic() >= deadline:
+                return ends
+            time.sleep(0.02)
 
     def stop(self):
         self.stopping = True
@@ -371,24 +387,34 @@ class EchoServer:
             except OSError:
                 return
             buf = bytearray()
+            rec = {"end": None}
             with self.lock:
                 self.received.append(buf)
-            threading.Thread(target=self._serve, args=(s, buf), daemon=True).start()
+                self.conns.append(rec)
+            threading.Thread(target=self._serve, args=(s, buf, rec), daemon=True).start()
 
-    def _serve(self, s, buf):
+    def _serve(self, s, buf, rec):
         s.settimeout(30)
+        end = "open after 100000 reads"
         try:
             for _ in range(100000):
                 data = s.recv(65536)
                 if not data:
+                    end = "eof"
                     return
                 with self.lock:
                     buf.extend(data)
                 s.sendall(data)
-        except OSError:
-            return
+        except ConnectionResetError:
+            end = "reset"
+        except socket.timeout:
+            end = "timeout"
+        except OSError as e:
+            end = f"error {type(e).__name__}: {e}"
         finally:
             s.close()
+            with self.lock:
+                rec["end"] = end
 
 
 # --------------------------------------------------------------------------- proxy

@@ -2,10 +2,13 @@
 http.on_request, CONTINUE and RESPOND (replace) on http.on_response, DROP on
 connection.on_connect and on socks5.on_connect, and the CONNECT request as seen by
 http.on_request (RESPOND refuses the tunnel, DROP closes, an assigned authority
-redirects, CONTINUE opens).
+redirects, CONTINUE opens).  Mid-stream events end their stream with a method of the
+message instead of an action: raw.on_chunk `msg:close()` (here; ws.on_message
+`msg:close(code, reason)` is in ws.py).
 """
 
 import re
+import time
 
 from harness import case, check, connect_tunnel, eq, hget, hget_all, settle, socks5_connect
 
@@ -304,3 +307,88 @@ def _connect_plain_http_raw(t):
     req = t.one_request()
     eq(req["target"], "/echo?in=RAW", "target rewritten by raw.on_chunk, as received by the origin")
     eq(hget(req["headers"], "x-http-hook"), None, "http.on_request must not see a raw tunnel's requests")
+
+
+# --------------------------------------------------------------------------- raw.on_chunk msg:close()
+
+RAW_CLOSE = """
+register_hook("raw", "on_chunk", function(msg, ctx)
+  log.info(string.format("CONF-RAW-CLOSE from_client=%s offset=%d data=[%s]",
+    tostring(msg.from_client), msg.offset, msg.data))
+  if msg.data:find("STOP", 1, true) then
+    if msg.from_client then
+      msg.data = (msg.data:gsub("STOP", "HALT"))     -- modified, then the last chunk
+    else
+      msg.data = msg.data:lower()
+    end
+    msg:close()
+  end
+end)
+"""
+
+CLOSE_WAIT = 2.0     # "promptly": both sockets must see the end within this
+
+
+def tunnel_ends(t, c, what):
+    """The client and the tunnel target both see the end promptly; returns what the
+    client received before its end."""
+    start = time.monotonic()
+    data, closed = c.read_until_closed(timeout=CLOSE_WAIT)
+    check(closed, f"{what}: the client's tunnel socket did not end within {CLOSE_WAIT}s "
+                  f"(received {data!r} meanwhile)")
+    ends = t.echo.wait_ended(1, timeout=max(0.1, CLOSE_WAIT - (time.monotonic() - start)))
+    eq(len(ends), 1, f"{what}: connections at the tunnel target")
+    check(ends[0] is not None, f"{what}: the tunnel target's connection did not end within {CLOSE_WAIT}s")
+    eq(ends[0], "eof", f"{what}: how the tunnel target's connection ended")
+    return data
+
+
+def late_bytes_dropped(t, c, before):
+    """Bytes the client writes after the close never reach the tunnel target."""
+    try:
+        c.sock.sendall(b"LATE-BYTES")
+    except OSError:
+        pass                                     # the socket is gone: fine
+    settle(0.3)
+    eq(t.echo.snapshot(), [before], "bytes at the tunnel target after a late write from the client")
+
+
+@case("raw.on_chunk msg:close() on a client chunk: the modified chunk is sent, then both sides end",
+      plugins={"raw_close_up.lua": RAW_CLOSE})
+def _raw_close_client(t):
+    c, status, _h = connect_tunnel(t.proxy.port, f"127.0.0.1:{t.echo.port}")
+    try:
+        eq(status, 200, "CONNECT status")
+        for piece in (b"one,", b"two,"):            # one at a time: wait for its echo
+            c.send(piece)
+            eq(c.recv_some(len(piece)), piece, "echo before the close")
+        c.send(b"three STOP tail")
+        data = tunnel_ends(t, c, "after msg:close() on the client's chunk")
+        check(b"three HALT tail".startswith(data),
+              f"bytes at the client after its last chunk (at most the echo of the modified chunk): {data!r}")
+        eq(t.echo.snapshot(), [b"one,two,three HALT tail"],
+           "bytes at the tunnel target (everything up to and including the modified chunk)")
+        late_bytes_dropped(t, c, b"one,two,three HALT tail")
+    finally:
+        c.close()
+    ups = [re.search(r"data=\[(.*)\]", ln).group(1) for ln in t.proxy.find(r"CONF-RAW-CLOSE from_client=true")]
+    eq(ups, ["one,", "two,", "three STOP tail"], "client chunks seen by raw.on_chunk")
+
+
+@case("raw.on_chunk msg:close() on a server chunk: the client gets the modified chunk, then both sides end",
+      plugins={"raw_close_down.lua": RAW_CLOSE.replace('if msg.data:find("STOP", 1, true) then',
+                                                      'if not msg.from_client and msg.data:find("STOP", 1, true) then')})
+def _raw_close_server(t):
+    c, status, _h = connect_tunnel(t.proxy.port, f"127.0.0.1:{t.echo.port}")
+    try:
+        eq(status, 200, "CONNECT status")
+        c.send(b"first ")
+        eq(c.recv_some(6), b"first ", "echo before the close")
+        c.send(b"Now STOP Here")                    # goes up unchanged; its echo is closed on
+        data = tunnel_ends(t, c, "after msg:close() on the server's chunk")
+        eq(data, b"now stop here", "bytes at the client after the server's chunk (lower-cased by the hook), "
+                                   "then the end")
+        eq(t.echo.snapshot(), [b"first Now STOP Here"], "bytes at the tunnel target")
+        late_bytes_dropped(t, c, b"first Now STOP Here")
+    finally:
+        c.close()

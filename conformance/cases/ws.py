@@ -9,8 +9,12 @@ data message (fragments joined, re-sent as one frame, client frames re-masked wi
 first fragment's key) and each control frame runs the ws.on_message chains (pre, then
 post) with a WSMessage; ws.on_close (frozen dict, every hook runs) fires once both
 directions ended, with the first close frame seen, or 1006 without one.  After both close
-frames went through, luring closes both connections.  Without ws.on_message/on_close
-hooks an upgraded connection is relayed as raw bytes (raw.on_chunk).
+frames went through, luring closes both connections.  A hook's `msg:close(code, reason)`
+ends the WebSocket: the message is not passed on, its destination gets a close frame with
+that code and reason, its sender gets the same when the other peer answers, then luring
+closes both connections (code 1000 by default; a bad code or a reason over 123 bytes is a
+hook error; the first call wins).  Without ws.on_message/on_close hooks an upgraded
+connection is relayed as raw bytes (raw.on_chunk).
 
 Clients and origins:
   * the python `websockets` library (sync API): `connect(..., proxy="http://PROXY")`
@@ -1436,3 +1440,226 @@ def _wss(t):
     eq(brief(c for c in wait_calls(proxy, "tls", 4) if c.op == TEXT),
        [(TEXT, True, b"over tls"), (TEXT, False, b"over tls+up")], "ws.on_message calls for the text")
     eq([(c.code, c.reason) for c in wait_calls(proxy, "close", 1)], [(4443, b"tls-bye")], "ws.on_close calls")
+
+
+# --------------------------------------------------------------------------- msg:close(code, reason)
+
+# A hook ends the WebSocket: the message is not passed on, the peer it was going to gets
+# a close frame with the hook's code and reason at once, the peer that sent it gets the
+# same code and reason when the other answers (the closing handshake), then luring closes
+# both connections; ws.on_close reports that code and reason.
+WS_CLOSE = PRELUDE + """
+register_hook("ws", "on_message", function(msg, ctx)
+  ws_log("msg", msg)
+  if msg.opcode ~= 1 then return end
+  local p = msg.payload
+  if msg.from_client and p:sub(1, 8) == "close-me" then msg:close(4001, "bye") end
+  if not msg.from_client and p:sub(1, 9) == "srv-close" then msg:close(4002, "srv") end
+  if msg.from_client and p == "close-default" then msg:close() end
+end)
+register_hook("ws", "on_close", function(msg, ctx) ws_log("close", msg) end)
+"""
+CLOSE_WAIT = 2.5     # luring closes the TCP connections at once; the clients wait IO (5 s) for it
+
+
+def closed_at_client(ws, what):
+    """recv() on a websockets client ends with ConnectionClosed within CLOSE_WAIT (the
+    close frame came and luring closed TCP); returns the seconds it took."""
+    start = time.monotonic()
+    try:
+        m = ws.recv(timeout=IO)
+        raise AssertionError(f"{what}: the client got the message {m!r} instead of a close")
+    except ConnectionClosed:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"{what}: neither a message nor a close at the client within {IO}s")
+    took = time.monotonic() - start
+    check(took < CLOSE_WAIT, f"{what}: the client's connection ended only after {took:.1f}s "
+                             f"(luring did not close TCP after the closing handshake)")
+    return took
+
+
+def on_close_calls(t, n=1):
+    return [(c.op, c.code, c.reason, c.payload) for c in wait_calls(t.proxy, "close", n)]
+
+
+@case("ws msg:close(4001, \"bye\") on a client message: the origin gets the close instead, the client gets "
+      "it back, both connections end", plugins={"ws_close_client.lua": WS_CLOSE})
+def _msg_close_client(t):
+    o = LibOrigin()
+    try:
+        ws = lib_connect(o.url("/mc"), proxy=t.proxy.addr)
+        with ws:
+            ws.send("hello")
+            eq(ws.recv(timeout=IO), "hello", "echo before the close")
+            ws.send("close-me now")
+            closed_at_client(ws, "after msg:close(4001, \"bye\")")
+        eq((ws.close_code, ws.close_reason), (4001, "bye"), "close frame at the client")
+        rec = o.one(timeout=CLOSE_WAIT)
+    finally:
+        o.stop()
+    eq(rec["messages"], ["hello"], "messages at the origin (the closed-on message not passed on)")
+    eq(rec["close_rcvd"], (4001, "bye"), "close frame at the origin")
+    eq(on_close_calls(t), [(CLOSE, 4001, b"bye", close_payload(4001, b"bye"))],
+       "ws.on_close calls (opcode, close_code, close_reason, payload)")
+    eq(brief(c for c in calls(t.proxy, "msg") if c.op == TEXT),
+       [(TEXT, True, b"hello"), (TEXT, False, b"hello"), (TEXT, True, b"close-me now")],
+       "text messages in ws.on_message")
+
+
+@case("ws msg:close(4002, \"srv\") on a server message: the client gets the close instead, the origin gets "
+      "it back, both connections end", plugins={"ws_close_server.lua": WS_CLOSE})
+def _msg_close_server(t):
+    o = LibOrigin()
+    try:
+        ws = lib_connect(o.url("/ms"), proxy=t.proxy.addr)
+        with ws:
+            ws.send("hello")
+            eq(ws.recv(timeout=IO), "hello", "echo before the close")
+            ws.send("srv-close please")             # the origin echoes it: closed on the way down
+            closed_at_client(ws, "after msg:close(4002, \"srv\") on the origin's echo")
+        eq((ws.close_code, ws.close_reason), (4002, "srv"), "close frame at the client")
+        rec = o.one(timeout=CLOSE_WAIT)
+    finally:
+        o.stop()
+    eq(rec["messages"], ["hello", "srv-close please"], "messages at the origin")
+    eq(rec["close_rcvd"], (4002, "srv"), "close frame at the origin (the answer to the hook's close)")
+    eq(on_close_calls(t), [(CLOSE, 4002, b"srv", close_payload(4002, b"srv"))],
+       "ws.on_close calls (opcode, close_code, close_reason, payload)")
+
+
+@case("ws msg:close() on raw sockets: nothing after the close is passed on, the answering peer's own code "
+      "is replaced by the hook's, luring closes both connections", plugins={"ws_close_raw.lua": WS_CLOSE})
+def _msg_close_raw(t):
+    o = RawWsOrigin()
+    try:
+        # 1. a client message: "close-me" and "after" in one write; the origin echoes the close
+        c, *_ = raw_open(t.proxy.port, o.port, "/raw-client")
+        try:
+            c.send(encode_frame(TEXT, b"close-me", mask=MASKS[1]) + encode_frame(TEXT, b"after", mask=MASKS[2]))
+            f = recv(c)
+            eq((f.opcode, f.mask, f.payload), (CLOSE, None, close_payload(4001, b"bye")),
+               "frame at the client (the origin's answer to the hook's close)")
+            closed_by_proxy(c, "after the closing handshake of the hook's close (client message)")
+        finally:
+            c.close()
+        # 2. a server message: the client answers the close with its own code and reason
+        c, *_ = raw_open(t.proxy.port, o.port, "/raw-server")
+        try:
+            send(c, TEXT, b"srv-close", mask=MASKS[3])
+            f = recv(c)
+            eq((f.opcode, f.mask, f.payload), (CLOSE, None, close_payload(4002, b"srv")),
+               "frame at the client in place of the origin's echo")
+            send(c, CLOSE, close_payload(1001, b"client-own"), mask=MASKS[4])
+            closed_by_proxy(c, "after the closing handshake of the hook's close (server message)")
+        finally:
+            c.close()
+        cs = o.wait_done(2)
+    finally:
+        o.stop()
+    eq([(r["target"], [(f.opcode, f.mask is not None, f.payload) for f in r["frames"]], r["end"]) for r in cs],
+       [("/raw-client", [(CLOSE, True, close_payload(4001, b"bye"))], "eof after close"),
+        ("/raw-server", [(TEXT, True, b"srv-close"), (CLOSE, True, close_payload(4002, b"srv"))],
+         "eof after close")],
+       "(target, frames (opcode, masked, payload), how it ended) at the origin")
+    eq(on_close_calls(t, 2), [(CLOSE, 4001, b"bye", close_payload(4001, b"bye")),
+                              (CLOSE, 4002, b"srv", close_payload(4002, b"srv"))],
+       "ws.on_close calls of the two connections")
+
+
+@case("ws msg:close() without a code: 1000 and an empty reason", plugins={"ws_close_default.lua": WS_CLOSE})
+def _msg_close_default(t):
+    o = LibOrigin()
+    try:
+        ws = lib_connect(o.url("/md"), proxy=t.proxy.addr)
+        with ws:
+            ws.send("close-default")
+            closed_at_client(ws, "after msg:close()")
+        eq((ws.close_code, ws.close_reason), (1000, ""), "close frame at the client")
+        rec = o.one(timeout=CLOSE_WAIT)
+    finally:
+        o.stop()
+    eq(rec["messages"], [], "messages at the origin")
+    eq(rec["close_rcvd"], (1000, ""), "close frame at the origin")
+    eq(on_close_calls(t), [(CLOSE, 1000, b"", close_payload(1000))], "ws.on_close calls")
+
+
+# (message, Lua call): every one is a hook error; the message goes on unchanged
+BAD_CLOSES = [
+    ("bad-999", 'm:close(999, "x")'), ("bad-1004", "m:close(1004)"), ("bad-1005", "m:close(1005)"),
+    ("bad-1006", "m:close(1006)"), ("bad-1015", "m:close(1015)"), ("bad-2999", "m:close(2999)"),
+    ("bad-5000", "m:close(5000)"), ("bad-0", "m:close(0)"), ("bad-frac", "m:close(4000.5)"),
+    ("bad-reason", 'm:close(4000, string.rep("\\195\\169", 62))'),     # 124 bytes of UTF-8 (62 chars)
+]
+
+
+@case("ws msg:close() with a bad code or a reason over 123 bytes: a hook error, the message goes on, "
+      "the connection stays up", plugins={"ws_close_bad.lua": PRELUDE + """
+local bad = {
+""" + "".join(f'  ["{m}"] = function(m) {call} end,\n' for m, call in BAD_CLOSES) + """}
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.from_client and bad[msg.payload] then bad[msg.payload](msg) end
+end)
+register_hook("ws", "on_message", function(msg, ctx)
+  ws_log("next", msg)       -- on_error skip: the chain goes on
+end)
+register_hook("ws", "on_close", function(msg, ctx) ws_log("close", msg) end)
+"""})
+def _msg_close_bad(t):
+    names = [m for m, _ in BAD_CLOSES]
+    o = LibOrigin()
+    try:
+        ws = lib_connect(o.url("/mb"), proxy=t.proxy.addr)
+        with ws:
+            for m in names:
+                ws.send(m)
+                eq(ws.recv(timeout=IO), m, f"echo of {m!r} (unchanged, the connection up)")
+            ws.send("still up")
+            eq(ws.recv(timeout=IO), "still up", "echo after the bad calls")
+            ws.close(4100, "client-end")
+        eq((ws.close_code, ws.close_reason), (4100, "client-end"), "the origin's close answer at the client")
+        rec = o.one()
+    finally:
+        o.stop()
+    eq(rec["messages"], names + ["still up"], "messages at the origin (every one passed on unchanged)")
+    eq(rec["close_rcvd"], (4100, "client-end"), "close frame at the origin (the client's own)")
+    eq(brief(c for c in wait_calls(t.proxy, "next", 2 * len(names) + 4) if c.op == TEXT and c.from_client),
+       [(TEXT, True, m.encode()) for m in names + ["still up"]], "client messages seen by the next hook")
+    eq(on_close_calls(t), [(CLOSE, 4100, b"client-end", close_payload(4100, b"client-end"))],
+       "ws.on_close calls")
+    errs = t.proxy.find(r"ERROR")
+    eq(len(errs), len(names), f"error lines, one per bad call ({errs})")
+    check(all("close" in ln for ln in errs), f"an error line does not say what failed (close): {errs}")
+    eq(len(t.proxy.find(r'plugin=ws_close_bad\.lua .*on_error="skip"')), len(names),
+       "error reports naming the plugin and its on_error rule")
+
+
+@case("ws msg:close(): the first call wins; code 4999 and a 123-byte UTF-8 reason are accepted",
+      plugins={"ws_close_first.lua": PRELUDE + """
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.from_client and msg.payload == "twice" then
+    msg:close(4999, string.rep("\\195\\169", 61) .. "!")      -- 123 bytes
+    msg:close(1000, "second call")
+  end
+end)
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.from_client and msg.payload == "twice" then msg:close(3000, "later hook") end
+end)
+register_hook("ws", "on_close", function(msg, ctx) ws_log("close", msg) end)
+"""})
+def _msg_close_first(t):
+    reason = "\u00e9" * 61 + "!"
+    o = LibOrigin()
+    try:
+        ws = lib_connect(o.url("/mf"), proxy=t.proxy.addr)
+        with ws:
+            ws.send("twice")
+            closed_at_client(ws, "after msg:close(4999, ...)")
+        eq((ws.close_code, ws.close_reason), (4999, reason), "close frame at the client")
+        rec = o.one(timeout=CLOSE_WAIT)
+    finally:
+        o.stop()
+    eq(rec["messages"], [], "messages at the origin")
+    eq(rec["close_rcvd"], (4999, reason), "close frame at the origin")
+    eq(on_close_calls(t), [(CLOSE, 4999, reason.encode(), close_payload(4999, reason.encode()))],
+       "ws.on_close calls")
