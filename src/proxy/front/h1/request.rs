@@ -87,7 +87,7 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
         Decision::Failed(why) => return Half::Over(fail(c, 400, &why).await),
     }
     if req.method.as_ref() == b"CONNECT" {
-        return Half::Over(tunnel(c, req).await);
+        return Half::Over(Box::pin(tunnel(c, req)).await);
     }
     // a plugin that replaced the body without reading it leaves the client's body unread
     if matches!(req.body, Body::Full(_)) && !asked.dec.is_done() {
@@ -95,13 +95,13 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
     }
     let key = front.key_for(&req);
     if over_h2::known(c, &key) {
-        return Half::Over(over_h2::exchange(c, hooks, &mut req, &mut asked, &key).await);
+        return Half::Over(Box::pin(over_h2::exchange(c, hooks, &mut req, &mut asked, &key)).await);
     }
     let (up, answer) = match send(c, front, &key, &mut req, &mut asked).await {
         Ok(x) => x,
         Err(NotSent::Answered(next)) => return Half::Over(next),
         Err(NotSent::OverH2) => {
-            let next = over_h2::exchange(c, hooks, &mut req, &mut asked, &key).await;
+            let next = Box::pin(over_h2::exchange(c, hooks, &mut req, &mut asked, &key)).await;
             return Half::Over(next);
         }
     };
@@ -161,7 +161,11 @@ async fn send(
         };
         let mut up = match pooled {
             Some(up) => up,
-            None => open(c, front, key).await.map_err(NotSent::Answered)?,
+            // rare paths are boxed: their futures would otherwise make every request's
+            // future larger, and it is copied on every call
+            None => Box::pin(open(c, front, key))
+                .await
+                .map_err(NotSent::Answered)?,
         };
         c.info.server_addr = Some(up.addr);
         let head = h1_wire::upstream_request_head(req, asked.dec.kind());
@@ -185,7 +189,7 @@ async fn send(
                 dec: &mut asked.dec,
                 timeout: c.w.timeouts.idle,
             };
-            up1::send_streaming(&mut up, head, Upload::H1(body), waits).await
+            Box::pin(up1::send_streaming(&mut up, head, Upload::H1(body), waits)).await
         } else {
             let parts = match &req.body {
                 Body::Full(b) => vec![h1_wire::full_body_wire(b, req.trailers.as_ref(), true)],

@@ -39,7 +39,7 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
                 .upgrade
                 .as_ref()
                 .is_some_and(|p| p.eq_ignore_ascii_case(b"websocket"));
-            return switch_protocols(c, rhead, up, hooks, websocket).await;
+            return Box::pin(switch_protocols(c, rhead, up, hooks, websocket)).await;
         }
         up.stream.shutdown(Shutdown::Both);
         return fail(c, 502, "upstream switched protocols without being asked to").await;
@@ -109,7 +109,16 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
                 false => Err(RelayError::Source("client went away".into())),
             }
         }
-        (_, Some(rw)) => sse::relay_http1(&mut src, c.io.sink(), head, chunked_ok, rw).await,
+        (_, Some(rw)) => {
+            Box::pin(sse::relay_http1(
+                &mut src,
+                c.io.sink(),
+                head,
+                chunked_ok,
+                rw,
+            ))
+            .await
+        }
         (_, None) => body_relay::body(&mut src, c.io.sink(), Some(head), output, None).await,
     };
     let clean = match r {
