@@ -123,6 +123,20 @@ impl Call {
         self.end(status, list);
     }
 
+    /// Fires on_end for a plain HTTP answer to the call (a hook's RESPOND), with the
+    /// status a gRPC client reads from it (the gRPC HTTP-to-status mapping).
+    pub fn end_http(&self, http_status: u16) {
+        let code = match http_status {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502..=504 => 14,
+            _ => grpc::status::UNKNOWN,
+        };
+        self.end(Status::new(code, format!("HTTP {http_status}")), Vec::new());
+    }
+
     /// Fires on_end with status 2 (UNKNOWN): the call ended abnormally.
     pub fn end_abnormally(&self, why: &str) {
         self.end(Status::new(grpc::status::UNKNOWN, why), Vec::new());
@@ -271,7 +285,7 @@ pub async fn relay(
     tx: &mut SendStream<Bytes>,
     dir: &mut Direction,
 ) -> Result<Relayed, String> {
-    while let Some(chunk) = rx.data().await {
+    while let Some(chunk) = crate::proxy::h2_stream::next_data(rx, tx).await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         let len = chunk.len();
         let out = dir.feed(chunk)?;

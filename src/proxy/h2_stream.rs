@@ -154,6 +154,22 @@ pub async fn send_rest(
     Ok(n)
 }
 
+/// The next DATA of `rx`; an error as soon as the receiver of `tx` resets its stream,
+/// so a peer that gave up is noticed while the other side is quiet.
+pub async fn next_data(
+    rx: &mut RecvStream,
+    tx: &mut SendStream<Bytes>,
+) -> Option<Result<Bytes, h2::Error>> {
+    tokio::select! {
+        biased;
+        d = rx.data() => d,
+        r = std::future::poll_fn(|cx| tx.poll_reset(cx)) => Some(Err(match r {
+            Ok(reason) => h2::Error::from(reason),
+            Err(e) => e,
+        })),
+    }
+}
+
 /// Relays a body frame by frame, then its trailers; the receive window opens only as
 /// the other side takes the data, so a slow reader slows the sender.
 pub async fn pump(
@@ -162,7 +178,7 @@ pub async fn pump(
     mut rw: Option<&mut sse::Rewriter<'_>>,
 ) -> Result<u64, h2::Error> {
     let mut n = 0;
-    while let Some(chunk) = rx.data().await {
+    while let Some(chunk) = next_data(rx, tx).await {
         let chunk = chunk?;
         let len = chunk.len();
         let out = rewrite(&mut rw, chunk);

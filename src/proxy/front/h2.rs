@@ -284,8 +284,11 @@ async fn exchange_stream(
             return reply.tx.send_reset(Reason::CANCEL);
         }
         Decision::Respond(r) => {
-            if let Some(c) = call.as_ref().filter(|_| r.headers.contains("grpc-status")) {
-                c.end_with(&r.headers);
+            if let Some(c) = call.as_ref() {
+                match r.headers.contains("grpc-status") {
+                    true => c.end_with(&r.headers),
+                    false => c.end_http(r.status),
+                }
             }
             reply.answer(r, is_head);
             return h2_stream::discard(body);
@@ -516,12 +519,11 @@ impl Stream<'_> {
                 return false;
             }
             Decision::Respond(r) => {
-                if let Some(c) = self
-                    .call
-                    .as_ref()
-                    .filter(|_| r.headers.contains("grpc-status"))
-                {
-                    c.end_with(&r.headers);
+                if let Some(c) = self.call.as_ref() {
+                    match r.headers.contains("grpc-status") {
+                        true => c.end_with(&r.headers),
+                        false => c.end_http(r.status),
+                    }
                 }
                 reply.answer(r, self.is_head);
                 return false;
@@ -585,6 +587,14 @@ impl Stream<'_> {
                 Ok(grpc::Relayed::Cancelled(status, message)) => {
                     // the client gets the hook's status; the upstream's stream is reset
                     // when its handles are dropped
+                    let _ = tx.send_trailers(grpc::status_trailers(status, &message));
+                    c.end(crate::proto::grpc::Status::new(status, message), Vec::new());
+                    false
+                }
+                // a hook cancelled a client message: the upload reset the upstream, and
+                // the client gets the hook's status
+                Err(_) if c.cancelled().is_some() => {
+                    let (status, message) = c.cancelled().unwrap_or_default();
                     let _ = tx.send_trailers(grpc::status_trailers(status, &message));
                     c.end(crate::proto::grpc::Status::new(status, message), Vec::new());
                     false
