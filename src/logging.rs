@@ -10,5 +10,8 @@ pub fn init(level: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // a failed write is reported with eprintln!, which panics when stderr is gone:
+        // the logging thread (signals, a worker) would die with it
+        .log_internal_errors(false)
         .try_init();
 }

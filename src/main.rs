@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use luring::cli::{Cli, Command};
+use std::io::Write;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -15,13 +16,13 @@ fn main() {
                 match luring::runtime::run(cfg) {
                     Ok(()) => 0,
                     Err(e) => {
-                        eprintln!("luring: {e}");
+                        let _ = writeln!(std::io::stderr(), "luring: {e}");
                         1
                     }
                 }
             }
             Err(e) => {
-                eprintln!("luring: {e}");
+                let _ = writeln!(std::io::stderr(), "luring: {e}");
                 2
             }
         },

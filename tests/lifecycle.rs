@@ -446,3 +446,51 @@ fn log_level_error_silences_info() {
         .collect();
     assert!(noisy.is_empty(), "--log-level error still logs: {noisy:?}");
 }
+
+#[test]
+fn sigterm_stops_the_proxy_after_its_stderr_and_stdout_are_closed() {
+    // a supervisor that went away leaves luring with closed pipes: a log line must not
+    // kill the signal thread (eprintln! panics on a closed stderr)
+    let port = closed_port();
+    let listen = format!("127.0.0.1:{port}");
+    let conf = Conf::new();
+    let cd = conf.confdir();
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "run",
+            "--listen",
+            &listen,
+            "--workers",
+            "1",
+            "--confdir",
+            &cd,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || TcpStream::connect(&listen)
+            .is_ok()),
+        "luring did not listen"
+    );
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    // a request makes the worker log too
+    let _ = TcpStream::connect(&listen).map(|mut s| {
+        use std::io::Write;
+        let _ = s.write_all(b"garbage\r\n\r\n");
+    });
+    // SAFETY: kill(2) on our own child's pid
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exited = wait_until(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(
+        exited,
+        "SIGTERM did not stop luring once its pipes were closed"
+    );
+}

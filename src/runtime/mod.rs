@@ -4,7 +4,8 @@
 mod listen;
 mod signals;
 
-pub use listen::bind_group;
+use listen::bind_group;
+pub use std::io::Write;
 
 use crate::config::{secs, Config};
 use crate::io::{self, Backend, IoChoice};
@@ -75,7 +76,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a worker died during start".into()),
         }
     }
-    eprintln!(
+    // not eprintln!: it panics when stderr is closed
+    let _ = writeln!(
+        std::io::stderr(),
         "luring listening on {addr} (mode {}, {n} workers, io {backend})",
         mode.name()
     );
