@@ -18,8 +18,6 @@ pub enum Source<'a> {
     },
     /// The body of an h2 stream.
     H2(&'a mut Incoming),
-    /// No body to read (the message carries its body whole already).
-    None,
 }
 
 impl Source<'_> {
@@ -43,7 +41,6 @@ impl Source<'_> {
                 }
             }
             Source::H2(body) => h2_stream::buffer(body, limit).await,
-            Source::None => Ok((Body::Full(Bytes::new()), None)),
         }
     }
 
@@ -52,7 +49,6 @@ impl Source<'_> {
         match self {
             Source::H1 { body, .. } => body.dec.is_done(),
             Source::H2(body) => body.rx.is_end_stream(),
-            Source::None => true,
         }
     }
 }

@@ -612,7 +612,6 @@ impl Stream<'_> {
             (None, Source::H1 { mut body, .. }) => {
                 relay_h1(&mut body, &mut tx, sse_rw.as_mut()).await
             }
-            (None, Source::None) => h2_stream::send_full(&mut tx, Bytes::new(), None).await,
         };
         match r {
             Ok(n) => {
