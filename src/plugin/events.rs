@@ -146,6 +146,37 @@ impl Engine {
         d.worker = conn.worker;
     }
 
+    /// Moves `req` into a message slot for a chain; None (and `req` left as it was)
+    /// when no slot can be had.
+    pub(super) fn open_request(&self, req: &mut Request) -> Option<SlotId> {
+        let m = Msg::Req(std::mem::replace(req, placeholder_request()));
+        match self.core.open(m, false) {
+            Ok(id) => Some(id),
+            Err(m) => {
+                tracing::error!(target: "luring::plugin", "cannot build hook arguments");
+                if let Msg::Req(r) = m {
+                    *req = r;
+                }
+                None
+            }
+        }
+    }
+
+    /// [`Engine::open_request`] for a response.
+    fn open_response(&self, resp: &mut Response) -> Option<SlotId> {
+        let m = Msg::Resp(std::mem::replace(resp, placeholder_response()));
+        match self.core.open(m, false) {
+            Ok(id) => Some(id),
+            Err(m) => {
+                tracing::error!(target: "luring::plugin", "cannot build hook arguments");
+                if let Msg::Resp(r) = m {
+                    *resp = r;
+                }
+                None
+            }
+        }
+    }
+
     /// http.on_request and ws.on_upgrade: `req` moves into a slot for the chain.
     fn request_event(
         &self,
@@ -158,16 +189,8 @@ impl Engine {
         if self.chain_len(ev, phase.idx()) == 0 {
             return Step::Continue;
         }
-        let m = Msg::Req(std::mem::replace(req, placeholder_request()));
-        let id = match self.core.open(m, false) {
-            Ok(id) => id,
-            Err(m) => {
-                tracing::error!(target: "luring::plugin", "cannot build hook arguments");
-                if let Msg::Req(r) = m {
-                    *req = r;
-                }
-                return Step::Continue;
-            }
+        let Some(id) = self.open_request(req) else {
+            return Step::Continue;
         };
         self.ctx(conn, Some(flow_id));
         let out = self.run(ev, phase.idx(), 0, None, Arg::Slot(id));
@@ -260,16 +283,8 @@ impl Engine {
         if self.chain_len(ev, phase.idx()) == 0 {
             return Step::Continue;
         }
-        let m = Msg::Resp(std::mem::replace(resp, placeholder_response()));
-        let id = match self.core.open(m, false) {
-            Ok(id) => id,
-            Err(m) => {
-                tracing::error!(target: "luring::plugin", "cannot build hook arguments");
-                if let Msg::Resp(r) = m {
-                    *resp = r;
-                }
-                return Step::Continue;
-            }
+        let Some(id) = self.open_response(resp) else {
+            return Step::Continue;
         };
         self.ctx(conn, Some(flow_id));
         self.core.set_request(id, req);

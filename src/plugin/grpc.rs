@@ -106,18 +106,8 @@ impl Engine {
         if self.chain_len(ev, phase.idx()) == 0 {
             return Step::Continue;
         }
-        let id = match self.core.open(
-            Msg::Req(std::mem::replace(req, placeholder_request())),
-            false,
-        ) {
-            Ok(id) => id,
-            Err(m) => {
-                tracing::error!(target: "luring::plugin", "cannot build hook arguments");
-                if let Msg::Req(r) = m {
-                    *req = r;
-                }
-                return Step::Continue;
-            }
+        let Some(id) = self.open_request(req) else {
+            return Step::Continue;
         };
         let ud = self.lua.create_userdata(LGrpcStart {
             core: self.core.clone(),
