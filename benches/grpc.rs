@@ -1,9 +1,12 @@
 //! gRPC message framing and the protobuf wire codec: what a hooked call pays per message.
 
+#[path = "common/sample.rs"]
+mod sample;
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use luring::proto::grpc::{encode_message, encode_text, Decoder, Event, TextDecoder};
 use luring::proto::protobuf::{Message, Value};
+use sample::twenty_fields;
 
 /// 64 messages of 1 KiB payload each, as one body.
 fn body() -> Bytes {
@@ -60,27 +63,6 @@ fn framing(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-/// A message of 20 fields of every common kind (about 300 bytes), one of them nested.
-fn twenty_fields() -> Bytes {
-    let mut inner = Message::new();
-    inner.push(1, Value::string("nested name"));
-    inner.push(2, Value::Varint(42));
-    inner.push(3, Value::double(0.25));
-    let mut m = Message::new();
-    for n in 1..=20u32 {
-        let v = match n % 5 {
-            0 => Value::string("a string value of some length"),
-            1 => Value::Varint(u64::from(n) * 1_000_003),
-            2 => Value::double(f64::from(n) / 3.0),
-            3 => Value::float(n as f32),
-            _ => Value::sint(-i64::from(n) * 77),
-        };
-        m.push(n, v);
-    }
-    m.fields[9].value = Value::message(&inner);
-    m.encode()
 }
 
 fn protobuf(c: &mut Criterion) {

@@ -1,12 +1,14 @@
 //! Plugin engine costs: dispatch, header access from Lua, a full exchange, and the
 //! price of the runaway-hook budget (JIT off + instruction-count hook).
 
+#[path = "common/sample.rs"]
+mod sample;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use luring::http::{Body, Headers, Request, Response, Version};
 use luring::plugin::{ConnInfo, Engine, EngineConfig, GrpcData, GrpcRows, Phase, Step};
-use luring::proto::protobuf::{Message, Value};
 use mlua::{ffi, HookTriggers, Lua, VmState};
+use sample::twenty_fields;
 use std::hint::black_box;
 use std::os::raw::{c_int, c_void};
 use std::path::PathBuf;
@@ -75,27 +77,6 @@ fn resp() -> Response {
 }
 
 const LOOP: usize = 100;
-
-/// The 20-field message of `benches/grpc.rs` (about 300 bytes, one field nested).
-fn twenty_fields() -> Bytes {
-    let mut inner = Message::new();
-    inner.push(1, Value::string("nested name"));
-    inner.push(2, Value::Varint(42));
-    inner.push(3, Value::double(0.25));
-    let mut m = Message::new();
-    for n in 1..=20u32 {
-        let v = match n % 5 {
-            0 => Value::string("a string value of some length"),
-            1 => Value::Varint(u64::from(n) * 1_000_003),
-            2 => Value::double(f64::from(n) / 3.0),
-            3 => Value::float(n as f32),
-            _ => Value::sint(-i64::from(n) * 77),
-        };
-        m.push(n, v);
-    }
-    m.fields[9].value = Value::message(&inner);
-    m.encode()
-}
 
 /// A grpc.on_data hook that decodes the payload, changes one field and encodes it back.
 const PROTOBUF_EDIT: &str = "local pb = luring.protobuf
