@@ -1,4 +1,4 @@
-//! Command line: `luring run`, `luring check`.
+//! Command line: `luring run`, `luring check`, `luring ca`, `luring flows`.
 
 use crate::config::Config;
 use crate::io::IoChoice;
@@ -34,6 +34,12 @@ pub enum Command {
         /// What to do with the CA.
         #[command(subcommand)]
         action: CaAction,
+    },
+    /// Read, convert and summarise recorded flow files (see `luring run --record`).
+    Flows {
+        /// What to do with the flows.
+        #[command(subcommand)]
+        action: crate::flows::cli::FlowsAction,
     },
 }
 

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod flows;
 pub mod http;
 pub mod io;
 pub mod logging;

@@ -28,6 +28,7 @@ fn main() {
         },
         Command::Check { files } => luring::cli::check_command(&files),
         Command::Ca { confdir, action } => luring::cli::ca_command(confdir, action),
+        Command::Flows { action } => luring::flows::cli::run(action),
     };
     std::process::exit(code);
 }

@@ -1,0 +1,269 @@
+//! The flow file's framing: a 16-byte file header, then length-prefixed records, each
+//! with its kind, flags and a CRC-32 of its stored bytes. docs/flows.md is the
+//! reference; this module is its only implementation.
+//!
+//! Records are appended whole, so a file cut anywhere (a SIGKILL, a full disk, a copy
+//! of a file still being written) reads back up to its last complete record.
+
+use super::record::{Drops, HttpFlow, Meta, Record, TunnelFlow};
+use std::io::{self, Read, Write};
+
+/// The first eight bytes of every flow file.
+pub const MAGIC: &[u8; 8] = b"LURFLOWS";
+/// The format version this luring writes and the newest it reads.
+pub const VERSION: u16 = 1;
+/// Bytes of the file header: magic, version (u16 LE), reserved.
+pub const FILE_HEADER_LEN: usize = 16;
+/// Bytes of a record's frame header: length (u32 LE), kind, flags, reserved (u16),
+/// CRC-32 of kind, flags, reserved and the stored payload (u32 LE).
+pub const FRAME_HEADER_LEN: usize = 12;
+/// Largest stored payload a reader accepts; a larger length means a corrupt frame.
+pub const MAX_RECORD: u32 = 1 << 30;
+/// Payloads at least this long are stored zstd-compressed.
+const COMPRESS_MIN: usize = 512;
+/// Flag bit: the payload is one zstd frame.
+const FLAG_ZSTD: u8 = 1;
+
+/// The file header for this version.
+pub fn file_header() -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+/// Encodes one record as a complete frame (header and payload).
+pub fn encode(rec: &Record) -> io::Result<Vec<u8>> {
+    let body = match rec {
+        Record::Meta(m) => rmp_serde::to_vec_named(m),
+        Record::Http(f) => rmp_serde::to_vec_named(f),
+        Record::Tunnel(t) => rmp_serde::to_vec_named(t),
+        Record::Drops(d) => rmp_serde::to_vec_named(d),
+    }
+    .map_err(io::Error::other)?;
+    let (flags, payload) = if body.len() >= COMPRESS_MIN {
+        (FLAG_ZSTD, zstd::bulk::compress(&body, 1)?)
+    } else {
+        (0, body)
+    };
+    if payload.len() as u64 >= MAX_RECORD as u64 {
+        return Err(io::Error::other("record too large for a flow file"));
+    }
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.push(rec.kind());
+    out.push(flags);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&checksum([rec.kind(), flags, 0, 0], &payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Writes a new flow file: the header, then whole records.
+pub struct FlowWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> FlowWriter<W> {
+    /// Starts a file: writes the header and the `meta` record.
+    pub fn new(mut out: W, meta: &Meta) -> io::Result<Self> {
+        out.write_all(&file_header())?;
+        out.write_all(&encode(&Record::Meta(meta.clone()))?)?;
+        Ok(FlowWriter { out })
+    }
+
+    /// Appends one record.
+    pub fn write(&mut self, rec: &Record) -> io::Result<()> {
+        self.out.write_all(&encode(rec)?)
+    }
+
+    /// Flushes what is buffered.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// The underlying writer.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+/// Why reading stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Not a flow file at all.
+    #[error("not a luring flow file (no LURFLOWS magic at offset 0)")]
+    NotFlows,
+    /// Written by a newer luring.
+    #[error(
+        "flow file format version {0} is newer than this luring reads (up to {VERSION}): \
+         read it with a newer luring"
+    )]
+    Newer(u16),
+    /// The file ends inside a record.
+    #[error("truncated record at offset {0}: the file ends inside it (flows before it are intact)")]
+    Truncated(u64),
+    /// A record's bytes are damaged.
+    #[error("corrupt record at offset {offset}: {why} (flows before it are intact)")]
+    Corrupt {
+        /// Where the bad record starts.
+        offset: u64,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The file could not be read.
+    #[error("reading the flow file: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads a flow file record by record with flat memory. After an error it yields
+/// nothing more.
+pub struct FlowReader<R: Read> {
+    input: R,
+    offset: u64,
+    /// Format version of the file.
+    pub version: u16,
+    done: bool,
+    /// Records of kinds this luring does not know, skipped.
+    pub skipped_unknown: u64,
+}
+
+impl<R: Read> FlowReader<R> {
+    /// Checks the file header.
+    pub fn new(mut input: R) -> Result<Self, ReadError> {
+        let mut h = [0u8; FILE_HEADER_LEN];
+        match read_full(&mut input, &mut h)? {
+            n if n < 8 || &h[..8] != MAGIC => return Err(ReadError::NotFlows),
+            n if n < FILE_HEADER_LEN => return Err(ReadError::Truncated(0)),
+            _ => {}
+        }
+        let version = u16::from_le_bytes([h[8], h[9]]);
+        if version > VERSION {
+            return Err(ReadError::Newer(version));
+        }
+        Ok(FlowReader {
+            input,
+            offset: FILE_HEADER_LEN as u64,
+            version,
+            done: false,
+            skipped_unknown: 0,
+        })
+    }
+
+    /// Byte offset of the next record.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next record; None at a clean end of file.
+    pub fn next_record(&mut self) -> Option<Result<Record, ReadError>> {
+        while !self.done {
+            match self.frame() {
+                Ok(Some(Some(r))) => return Some(Ok(r)),
+                Ok(Some(None)) => self.skipped_unknown += 1,
+                Ok(None) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+
+    /// One frame: None at end of file, Some(None) for a kind this version skips.
+    fn frame(&mut self) -> Result<Option<Option<Record>>, ReadError> {
+        let at = self.offset;
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        match read_full(&mut self.input, &mut h)? {
+            0 => return Ok(None),
+            n if n < FRAME_HEADER_LEN => return Err(ReadError::Truncated(at)),
+            _ => {}
+        }
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let (kind, flags) = (h[4], h[5]);
+        let crc = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+        let corrupt = |why: String| ReadError::Corrupt { offset: at, why };
+        if len >= MAX_RECORD || flags & !FLAG_ZSTD != 0 || h[6] != 0 || h[7] != 0 {
+            return Err(corrupt(format!(
+                "bad frame header (length {len}, flags {flags:#x})"
+            )));
+        }
+        let mut payload = Vec::new();
+        let got = (&mut self.input)
+            .take(len as u64)
+            .read_to_end(&mut payload)?;
+        if got < len as usize {
+            return Err(ReadError::Truncated(at));
+        }
+        self.offset += (FRAME_HEADER_LEN + payload.len()) as u64;
+        if checksum([h[4], h[5], h[6], h[7]], &payload) != crc {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        if flags & FLAG_ZSTD != 0 {
+            payload = decompress(&payload).map_err(|e| corrupt(format!("zstd: {e}")))?;
+        }
+        let rec = decode(kind, &payload).map_err(|e| corrupt(format!("decoding: {e}")))?;
+        Ok(Some(rec))
+    }
+}
+
+impl<R: Read> Iterator for FlowReader<R> {
+    type Item = Result<Record, ReadError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record()
+    }
+}
+
+/// Decompresses one zstd frame, refusing to grow past the record limit.
+fn decompress(payload: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(payload)?
+        .take(MAX_RECORD as u64 * 4)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Decodes a payload of a known kind; Ok(None) for a kind added by a later version.
+fn decode(kind: u8, payload: &[u8]) -> Result<Option<Record>, rmp_serde::decode::Error> {
+    Ok(Some(match kind {
+        1 => Record::Meta(rmp_serde::from_slice::<Meta>(payload)?),
+        2 => Record::Http(Box::new(rmp_serde::from_slice::<HttpFlow>(payload)?)),
+        3 => Record::Tunnel(Box::new(rmp_serde::from_slice::<TunnelFlow>(payload)?)),
+        4 => Record::Drops(rmp_serde::from_slice::<Drops>(payload)?),
+        _ => return Ok(None),
+    }))
+}
+
+/// CRC-32 over a frame's kind, flags and reserved bytes and its stored payload, so a
+/// flipped kind is caught as surely as a flipped payload byte.
+fn checksum(kind_flags: [u8; 4], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&kind_flags);
+    h.update(payload);
+    h.finalize()
+}
+
+/// Reads until `buf` is full or the input ends; the count read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Opens a flow file for reading, buffered.
+pub fn open(path: &std::path::Path) -> Result<FlowReader<io::BufReader<std::fs::File>>, ReadError> {
+    let f = std::fs::File::open(path)?;
+    FlowReader::new(io::BufReader::with_capacity(256 * 1024, f))
+}
+
+#[cfg(test)]
+#[path = "file_tests.rs"]
+mod tests;
