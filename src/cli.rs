@@ -244,6 +244,22 @@ pub struct RunArgs {
     /// Leaf certificates kept in the cache [default: 10000].
     #[arg(long, value_name = "N")]
     pub cert_cache_size: Option<usize>,
+    /// Append every flow passing through to FILE (created 0600; read it with `luring flows`).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Largest body kept per recorded message; longer ones are cut and marked [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub record_max_body: Option<usize>,
+    /// Header whose value is redacted in the recording (repeatable), besides Authorization,
+    /// Proxy-Authorization, Cookie and Set-Cookie; `none` redacts nothing.
+    #[arg(long, value_name = "NAME")]
+    pub record_redact: Vec<String>,
+    /// Also record the bytes of tunnels luring does not parse (TLS passthrough, raw relays).
+    #[arg(long)]
+    pub record_raw: bool,
+    /// Flows queued for the recorder's writer before new ones are dropped [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub record_queue: Option<usize>,
 }
 
 impl RunArgs {
@@ -279,8 +295,15 @@ impl RunArgs {
             max_grpc_message,
             hook_budget_ms,
             ca_key_type,
-            cert_cache_size
+            cert_cache_size,
+            record_max_body,
+            record_queue
         );
+        if self.record.is_some() {
+            c.record = self.record.clone();
+        }
+        c.record_raw |= self.record_raw;
+        c.record_redact.extend(self.record_redact.iter().cloned());
         if self.confdir.is_some() {
             c.confdir = self.confdir.clone();
         }

@@ -166,6 +166,17 @@ pub struct Config {
     pub client_cert: Vec<String>,
     /// Leaf certificate cache entries.
     pub cert_cache_size: usize,
+    /// Append every flow to this flow file (docs/flows.md).
+    pub record: Option<PathBuf>,
+    /// Largest body kept per recorded message; the rest is counted, not kept.
+    pub record_max_body: usize,
+    /// Header names whose values are redacted in recordings, added to Authorization,
+    /// Proxy-Authorization, Cookie and Set-Cookie; "none" clears the list.
+    pub record_redact: Vec<String>,
+    /// Record the bytes of opaque tunnels too.
+    pub record_raw: bool,
+    /// Flows waiting for the recorder's writer before new ones are dropped.
+    pub record_queue: usize,
 }
 
 impl Default for Config {
@@ -210,6 +221,11 @@ impl Default for Config {
             http2: true,
             client_cert: Vec::new(),
             cert_cache_size: 10_000,
+            record: None,
+            record_max_body: 1024 * 1024,
+            record_redact: Vec::new(),
+            record_raw: false,
+            record_queue: 4096,
         }
     }
 }
@@ -235,6 +251,9 @@ impl Config {
         }
         if self.max_headers == 0 {
             return Err("max_headers must be at least 1".into());
+        }
+        if self.record.is_some() && self.record_queue == 0 {
+            return Err("record_queue must be at least 1".into());
         }
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());

@@ -72,6 +72,11 @@ impl<W: Write> FlowWriter<W> {
         Ok(FlowWriter { out })
     }
 
+    /// Appends to a file whose header and records are already written.
+    pub fn appending(out: W) -> Self {
+        FlowWriter { out }
+    }
+
     /// Appends one record.
     pub fn write(&mut self, rec: &Record) -> io::Result<()> {
         self.out.write_all(&encode(rec)?)
@@ -101,7 +106,9 @@ pub enum ReadError {
     )]
     Newer(u16),
     /// The file ends inside a record.
-    #[error("truncated record at offset {0}: the file ends inside it (flows before it are intact)")]
+    #[error(
+        "truncated record at offset {0}: the file ends inside it (flows before it are intact)"
+    )]
     Truncated(u64),
     /// A record's bytes are damaged.
     #[error("corrupt record at offset {offset}: {why} (flows before it are intact)")]

@@ -2,6 +2,7 @@
 //! written to the other side as the same allocation (no copy), and the next read runs
 //! while that write is in flight.
 
+use crate::flows::capture::BodyTap;
 use crate::io::{self, Deadline, SpliceError, Stream};
 use crate::proto::http1::{BodyDecoder, BodyKind};
 use bytes::{Bytes, BytesMut};
@@ -29,6 +30,16 @@ pub enum RelayError {
     Malformed(String),
     /// Writing the destination failed.
     Sink(std::io::Error),
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayError::Source(why) => write!(f, "the sender failed: {why}"),
+            RelayError::Malformed(why) => write!(f, "broken framing: {why}"),
+            RelayError::Sink(e) => write!(f, "the receiver failed: {e}"),
+        }
+    }
 }
 
 /// Makes sure `buf` has at least `min` bytes of spare capacity, moving leftover bytes
@@ -141,6 +152,8 @@ pub struct H1Body<'a> {
     pub dec: &'a mut BodyDecoder,
     /// How long one read may wait.
     pub timeout: Duration,
+    /// The recorder's view of the body, when the flow is recorded.
+    pub tap: Option<&'a mut BodyTap>,
 }
 
 /// Where relayed bytes are written, and how long the peer may accept nothing.
@@ -168,13 +181,21 @@ pub async fn body(
         buf: src_buf,
         dec,
         timeout,
+        tap,
     } = src;
     let (src, timeout) = (*src, *timeout);
     let (src_buf, dec): (&mut BytesMut, &mut BodyDecoder) = (src_buf, dec);
+    let mut tap = tap.as_deref_mut();
+    if let (Some(t), Output::Verbatim) = (tap.as_deref_mut(), output) {
+        t.wire(dec.kind());
+    }
     let (dst, limit) = (dst.stream, dst.limit);
     let mut written = 0u64;
     loop {
         let (piece, done) = take_ready(src_buf, dec, output);
+        if let (Some(t), Some(p)) = (tap.as_deref_mut(), piece.as_ref()) {
+            t.see(p);
+        }
         let pending = match (first.take(), piece) {
             (Some(mut head), Some(p)) if p.len() <= COALESCE_MAX => {
                 head.extend_from_slice(&p);
@@ -198,7 +219,9 @@ pub async fn body(
             send(dst, pending, limit).await.map_err(RelayError::Sink)?;
             return Ok(written + n);
         }
+        // a recorded body is read in user space: the recorder sees its bytes
         if output == Output::Verbatim
+            && tap.is_none()
             && src_buf.is_empty()
             && dec.opaque_run() >= SPLICE_MIN
             && io::can_splice(src, dst)
@@ -240,6 +263,9 @@ pub async fn body(
                 // close-delimited body ends here; flush what the decoder accepted
                 let (piece, _) = take_ready(src_buf, dec, output);
                 if let Some(p) = piece {
+                    if let Some(t) = tap.as_deref_mut() {
+                        t.see(&p);
+                    }
                     written += p.len() as u64;
                     send(dst, vec![p], limit).await.map_err(RelayError::Sink)?;
                 }
@@ -335,6 +361,7 @@ pub async fn buffer_body(body: &mut H1Body<'_>, max: usize) -> Result<Buffered, 
         buf,
         dec,
         timeout,
+        ..
     } = body;
     let (src, timeout) = (*src, *timeout);
     let (buf, dec): (&mut BytesMut, &mut BodyDecoder) = (buf, dec);

@@ -121,6 +121,7 @@ pub async fn relay_http1(
         buf: src_buf,
         dec,
         timeout,
+        tap,
     } = body;
     let (src, timeout) = (*src, *timeout);
     let (dst, limit) = (sink.stream, sink.limit);
@@ -141,6 +142,9 @@ pub async fn relay_http1(
                 .decode(src_buf)
                 .map_err(|e| RelayError::Malformed(e.to_string()))?;
             for piece in d.data {
+                if let Some(t) = tap.as_deref_mut() {
+                    t.see(&piece);
+                }
                 let events = rw.feed(&piece);
                 frame(&events, &mut out);
             }

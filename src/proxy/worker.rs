@@ -47,6 +47,8 @@ pub struct Setup {
     pub ready: std::sync::mpsc::Sender<Result<(), String>>,
     /// Process-wide TLS material (CA, configs).
     pub tls: Arc<crate::proxy::worker_tls::TlsSetup>,
+    /// The flow recorder, with `--record`.
+    pub recorder: Option<crate::flows::recorder::Recorder>,
 }
 
 /// Per-worker counters; plain cells, merged by readers (no shared atomics on the hot path).
@@ -103,6 +105,8 @@ pub struct Worker {
     pub tls: crate::proxy::worker_tls::WorkerTls,
     /// Counters.
     pub counters: Counters,
+    /// The flow recorder, with `--record`.
+    pub recorder: Option<crate::flows::recorder::Recorder>,
     /// Open client connections.
     pub active: Cell<usize>,
     /// Connections over `max_connections` being answered 503 (bounded by [`REFUSING_MAX`]).
@@ -184,6 +188,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         control,
         ready,
         tls,
+        recorder,
     } = setup;
     let listen_fd = listener.as_raw_fd();
     let fail = |e: String| {
@@ -220,6 +225,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         engine: RefCell::new(engine),
         pipeline,
         counters: Counters::default(),
+        recorder,
         active: Cell::new(0),
         refusing: Cell::new(0),
         refused_logged: Cell::new(None),

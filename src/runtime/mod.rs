@@ -23,6 +23,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
         crate::plugin::check(&cfg.plugins).map_err(|e| format!("plugins rejected:\n{e}"))?;
     }
     let tls = Arc::new(crate::proxy::worker_tls::TlsSetup::from_config(&cfg)?);
+    let (recorder, writer) = match &cfg.record {
+        Some(path) => {
+            let (r, w) = crate::flows::recorder::start(crate::flows::recorder::Settings {
+                path: path.clone(),
+                max_body: cfg.record_max_body,
+                redact: crate::flows::recorder::redact_list(&cfg.record_redact),
+                raw: cfg.record_raw,
+                queue: cfg.record_queue,
+            })?;
+            (Some(r), Some(w))
+        }
+        None => (None, None),
+    };
     let n = cfg.worker_count();
     let listeners = bind_group(cfg.listen, n)?;
     let addr = listeners[0]
@@ -39,6 +52,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let control = control_rx.clone();
         let ready = ready_tx.clone();
         let tls = tls.clone();
+        let recorder = recorder.clone();
         let t = std::thread::Builder::new()
             .name(format!("luring-w{index}"))
             .spawn(move || {
@@ -53,6 +67,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                         control,
                         ready: ready2,
                         tls,
+                        recorder,
                     })
                 });
                 if let Err(e) = r {
@@ -63,6 +78,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         threads.push(t);
     }
     drop(ready_tx);
+    // the workers hold the only senders now: the writer ends when the last one stops
+    drop(recorder);
     for _ in 0..n {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -87,6 +104,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     signals::spawn(signals, cfg.clone(), control_tx, secs(cfg.drain_timeout))?;
     for t in threads {
         let _ = t.join();
+    }
+    if let Some(w) = writer {
+        w.join();
     }
     tracing::info!("stopped");
     Ok(())

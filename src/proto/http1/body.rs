@@ -168,6 +168,23 @@ impl BodyDecoder {
         })
     }
 
+    /// Follows a copy of a body's wire bytes without consuming them (a recorder's
+    /// view): hands each payload slice to `payload` (shared, not copied) and says
+    /// whether the body ended. Trailers are kept for [`BodyDecoder::take_trailers`].
+    pub fn follow(
+        &mut self,
+        wire: &Bytes,
+        mut payload: impl FnMut(Bytes),
+    ) -> Result<bool, BodyError> {
+        self.run(wire, true, |start, end| payload(wire.slice(start..end)))?;
+        Ok(self.state == State::Done)
+    }
+
+    /// Trailers parsed by [`BodyDecoder::follow`], once.
+    pub fn take_trailers(&mut self) -> Option<Headers> {
+        self.trailers.take()
+    }
+
     /// The peer closed: Ok when that legally ends the body (CloseDelimited), else an error.
     pub fn eof(&self) -> Result<(), BodyError> {
         match self.state {

@@ -2,6 +2,7 @@
 //! socket, bytes read ahead, the write limit, and what was last answered (for the
 //! access log).
 
+use crate::flows::capture::Capture;
 use crate::http::Version;
 use crate::io::{Deadline, Stream};
 use crate::plugin::ConnInfo;
@@ -48,6 +49,8 @@ pub struct ClientIo {
     pub status: Cell<u16>,
     /// Bytes of responses written to the client, for the access log.
     pub sent: Cell<u64>,
+    /// The recording of the exchange in progress, with `--record`.
+    pub rec: Cell<Option<Box<Capture>>>,
 }
 
 impl ClientIo {
@@ -61,6 +64,7 @@ impl ClientIo {
             send_timeout,
             status: Cell::new(0),
             sent: Cell::new(0),
+            rec: Cell::new(None),
         }
     }
 
@@ -99,8 +103,18 @@ impl ClientIo {
     pub async fn fail(&self, conn: u64, status: u16, text: &str) {
         self.status.set(status);
         tracing::info!(conn, status, "{text}");
-        let wire = reply::h1_bytes(reply::error(status, text), false, true, Version::Http11);
+        let resp = reply::error(status, text);
+        self.record(|c| c.failed(&resp, text));
+        let wire = reply::h1_bytes(resp, false, true, Version::Http11);
         let _ = self.write(wire).await;
+    }
+
+    /// Updates the recording of the exchange in progress, when there is one.
+    pub fn record(&self, f: impl FnOnce(&mut Capture)) {
+        if let Some(mut c) = self.rec.take() {
+            f(&mut c);
+            self.rec.set(Some(c));
+        }
     }
 
     /// The client and `up` as the two ends of a relay, with the bytes each sent early.

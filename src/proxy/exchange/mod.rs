@@ -6,6 +6,7 @@
 
 pub mod log;
 pub mod pipeline;
+pub mod recording;
 pub mod reply;
 pub mod route;
 pub mod rules;

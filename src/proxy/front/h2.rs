@@ -490,6 +490,7 @@ impl Stream<'_> {
                 buf,
                 dec: &mut dec,
                 timeout: w.timeouts.upstream,
+                tap: None,
             },
             owe_continue: None,
         };

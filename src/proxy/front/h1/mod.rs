@@ -14,6 +14,7 @@ use crate::http::RequestHead;
 use crate::proto::http1::{parse_request_head, HeadError};
 use crate::proxy::conn::client::ClientConn;
 use crate::proxy::exchange::log::{sent_status, AccessRecord, TunnelLog};
+use crate::proxy::exchange::recording;
 use crate::proxy::worker::Counters;
 use state::{Front, Half, Next};
 use std::net::Shutdown;
@@ -43,6 +44,7 @@ pub async fn serve(c: &mut ClientConn, route: H1Route) -> Outcome {
                 Half::Sent(sent) => response::respond(c, sent).await,
             }
         };
+        recording::finish(&c.w, &c.info, c.io.rec.take());
         match next {
             Next::KeepAlive => {}
             Next::Close => return Outcome::Close,

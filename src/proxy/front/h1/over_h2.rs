@@ -106,6 +106,7 @@ pub(super) async fn exchange(
             buf: &mut c.io.buf,
             dec: &mut asked.dec,
             timeout: c.w.timeouts.idle,
+            tap: None,
         };
         let body = match (full, streamed) {
             (Some(b), _) => Upload::Full(b, trailers),

@@ -4,11 +4,13 @@
 
 use super::over_h2;
 use super::state::*;
+use crate::flows::record::now_ns;
 use crate::http::{Body, Request, RequestHead, ResponseHead, Version};
 use crate::proto::http1::{request_body_kind, BodyDecoder};
 use crate::proxy::body_relay::H1Body;
 use crate::proxy::conn::auth;
 use crate::proxy::conn::client::ClientConn;
+use crate::proxy::exchange::recording;
 use crate::proxy::exchange::route::{self};
 use crate::proxy::exchange::{self, reply, rules, Decision, Message, Source};
 use crate::proxy::h1_wire;
@@ -63,6 +65,7 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
                 buf: &mut c.io.buf,
                 dec: &mut asked.dec,
                 timeout: c.w.timeouts.idle,
+                tap: None,
             },
             owe_continue: Some(&mut asked.owe_continue),
         };
@@ -73,10 +76,14 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
         };
         exchange::event!(&flow!(c, hooks), msg, &mut src)
     };
+    if req.method.as_ref() != b"CONNECT" {
+        c.io.rec.set(recording::start(&flow!(c, hooks), &req, 0));
+    }
     match decision {
         Decision::Forward => {}
         Decision::Drop => {
             tracing::debug!(conn, "request dropped by plugin");
+            c.io.record(|r| r.error("dropped by plugin"));
             return Half::Over(Next::Close);
         }
         Decision::Respond(resp) => {
@@ -163,9 +170,13 @@ async fn send(
             Some(up) => up,
             // rare paths are boxed: their futures would otherwise make every request's
             // future larger, and it is copied on every call
-            None => Box::pin(open(c, front, key))
-                .await
-                .map_err(NotSent::Answered)?,
+            None => {
+                let up = Box::pin(open(c, front, key))
+                    .await
+                    .map_err(NotSent::Answered)?;
+                c.io.record(|r| r.flow.times.upstream_connected = now_ns());
+                up
+            }
         };
         c.info.server_addr = Some(up.addr);
         let head = h1_wire::upstream_request_head(req, asked.dec.kind());
@@ -183,13 +194,17 @@ async fn send(
             limits: &c.w.upstream_limits,
         };
         let sent = if streamed {
+            let mut rec = c.io.rec.take();
             let body = H1Body {
                 stream: &c.io.stream,
                 buf: &mut c.io.buf,
                 dec: &mut asked.dec,
                 timeout: c.w.timeouts.idle,
+                tap: rec.as_mut().map(|r| &mut r.req_body),
             };
-            Box::pin(up1::send_streaming(&mut up, head, Upload::H1(body), waits)).await
+            let sent = Box::pin(up1::send_streaming(&mut up, head, Upload::H1(body), waits)).await;
+            c.io.rec.set(rec);
+            sent
         } else {
             let parts = match &req.body {
                 Body::Full(b) => vec![h1_wire::full_body_wire(b, req.trailers.as_ref(), true)],
@@ -212,6 +227,7 @@ async fn send(
         match e {
             SendError::Client(why) => {
                 tracing::debug!(conn = c.info.conn_id, "client failed during upload: {why}");
+                c.io.record(|r| r.error(format!("client failed during upload: {why}")));
                 return Err(Next::Close.into());
             }
             SendError::BadBody(why) => {

@@ -59,6 +59,7 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
                 buf,
                 dec: &mut rdec,
                 timeout: c.w.timeouts.upstream,
+                tap: None,
             },
             owe_continue: None,
         };
@@ -80,16 +81,19 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
             return fail(c, 502, &format!("reading the upstream body: {why}")).await;
         }
     }
+    c.io.record(|r| r.response(&resp, false));
     let mut sse = sse_rewriter(c, hooks, &resp, asked.is_head);
     let ready = up.buf.len();
     let (head, output) = response_head(c, &mut resp, &rdec, ready, asked, sse.is_some());
     let chunked_ok = asked.version == Version::Http11;
     let Upstream { stream, buf, .. } = &mut up;
+    let mut rec = c.io.rec.take();
     let mut src = H1Body {
         stream,
         buf,
         dec: &mut rdec,
         timeout: c.w.timeouts.upstream,
+        tap: rec.as_mut().map(|r| &mut r.resp_body),
     };
     // the body relay is awaited here, not in a function of its own: its future is large,
     // and every level it is handed through copies it once per request
@@ -128,9 +132,13 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
         }
         Err(e) => {
             tracing::info!(conn = c.info.conn_id, "response body relay ended: {e:?}");
+            if let Some(r) = rec.as_mut() {
+                r.error(format!("response body: {e}"));
+            }
             false
         }
     };
+    c.io.rec.set(rec);
     let upstream_done = clean && rdec.is_done();
     if reusable && upstream_done && upload_complete && asked.dec.is_done() {
         c.w.pool.put(key, up);

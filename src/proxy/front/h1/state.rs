@@ -140,6 +140,7 @@ pub(super) use flow;
 pub(super) async fn answer(c: &ClientConn, resp: Response, asked: &Asked, close: bool) -> Next {
     let close = close || c.w.is_draining();
     c.io.status.set(resp.status);
+    c.io.record(|r| r.response(&resp, true));
     let wire = reply::h1_bytes(resp, asked.is_head, close, asked.version);
     if !c.io.write(wire).await || close {
         return Next::Close;

@@ -1,0 +1,245 @@
+//! A flow being recorded, as cheaply as the worker can hold it: header lists and body
+//! pieces are shared `Bytes` (no copy), and the conversion into a [`HttpFlow`] record
+//! (header bytes, redaction, timestamps) runs on the writer thread.
+
+use super::record::{self, now_ns, BodyRec, HttpFlow, ResponseRec, WsMessageRec};
+use crate::http::{Body, Headers, Request, Response};
+use crate::proto::http1::{BodyDecoder, BodyKind};
+use bytes::Bytes;
+use serde_bytes::ByteBuf;
+
+/// The body pieces of one message, kept up to a limit while the message streams.
+#[derive(Debug, Default)]
+pub struct BodyTap {
+    pieces: Vec<Bytes>,
+    kept: usize,
+    max: usize,
+    size: u64,
+    /// Set when the pieces are chunked wire bytes: it finds the payload among them.
+    chunked: Option<BodyDecoder>,
+    trailers: Option<Headers>,
+}
+
+impl BodyTap {
+    /// A tap keeping up to `max` payload bytes.
+    pub fn new(max: usize) -> Self {
+        BodyTap {
+            max,
+            ..Default::default()
+        }
+    }
+
+    /// Says the pieces to come are the wire bytes of a body of `kind` (chunked framing
+    /// is then taken off them as they come).
+    pub fn wire(&mut self, kind: BodyKind) {
+        if kind == BodyKind::Chunked {
+            self.chunked = Some(BodyDecoder::new(kind));
+        }
+    }
+
+    /// Sees the next piece of the body.
+    pub fn see(&mut self, piece: &Bytes) {
+        match self.chunked.as_mut() {
+            None => self.keep(piece.clone()),
+            Some(dec) => {
+                let mut payload = Vec::new();
+                // a framing fault is the relay's to report; the tap keeps what came before
+                let _ = dec.follow(piece, |p| payload.push(p));
+                if let Some(t) = dec.take_trailers() {
+                    self.trailers = Some(t);
+                }
+                for p in payload {
+                    self.keep(p);
+                }
+            }
+        }
+    }
+
+    fn keep(&mut self, p: Bytes) {
+        self.size += p.len() as u64;
+        let room = self.max - self.kept;
+        if room == 0 || p.is_empty() {
+            return;
+        }
+        let p = if p.len() > room { p.slice(..room) } else { p };
+        self.kept += p.len();
+        self.pieces.push(p);
+    }
+
+    /// Trailers seen in chunked wire bytes.
+    pub fn take_trailers(&mut self) -> Option<Headers> {
+        self.trailers.take()
+    }
+
+    fn into_rec(self) -> BodyRec {
+        let mut data = Vec::with_capacity(self.kept);
+        for p in &self.pieces {
+            data.extend_from_slice(p);
+        }
+        BodyRec {
+            cut: self.size > self.kept as u64,
+            data: ByteBuf::from(data),
+            size: self.size,
+        }
+    }
+}
+
+/// A message head as it was captured (header bytes shared, not copied).
+#[derive(Debug, Default)]
+struct Head {
+    headers: Headers,
+    trailers: Option<Headers>,
+}
+
+/// An HTTP flow being recorded.
+#[derive(Debug, Default)]
+pub struct Capture {
+    /// What is known as plain values (ids, addresses, timestamps, the error...).
+    pub flow: HttpFlow,
+    req: Head,
+    resp: Option<Head>,
+    /// The request body as it streams upstream.
+    pub req_body: BodyTap,
+    /// The response body as it streams to the client.
+    pub resp_body: BodyTap,
+    ws_bytes: usize,
+    /// Plugins asked not to record this flow.
+    pub skip: bool,
+}
+
+/// Most WebSocket payload bytes kept per flow, as a multiple of the body limit.
+const WS_BUDGET_FACTOR: usize = 8;
+
+impl Capture {
+    /// Starts recording a request as it goes upstream; `max_body` bounds each body.
+    pub fn start(flow: HttpFlow, req: &Request, max_body: usize) -> Box<Capture> {
+        let mut c = Box::new(Capture {
+            flow,
+            req_body: BodyTap::new(max_body),
+            resp_body: BodyTap::new(max_body),
+            ..Default::default()
+        });
+        let r = &mut c.flow.request;
+        r.method = String::from_utf8_lossy(&req.method).into_owned();
+        r.scheme.clone_from(&req.scheme);
+        r.authority.clone_from(&req.authority);
+        r.path = req.path.clone().unwrap_or_default();
+        r.version = req.version.as_str().to_string();
+        c.flow.times.request_start = (req.timestamp_start * 1e9) as u64;
+        c.req.headers = req.headers.clone();
+        c.req.trailers = req.trailers.clone();
+        if let Body::Full(b) = &req.body {
+            c.req_body.see(b);
+        }
+        c
+    }
+
+    /// The response head (and body, when it is whole) as it goes to the client.
+    pub fn response(&mut self, resp: &Response, by_proxy: bool) {
+        self.flow.times.response_head = now_ns();
+        self.flow.response = Some(ResponseRec {
+            status: resp.status,
+            reason: resp.reason.clone(),
+            version: resp.version.as_str().to_string(),
+            by_proxy,
+            ..Default::default()
+        });
+        self.resp = Some(Head {
+            headers: resp.headers.clone(),
+            trailers: resp.trailers.clone(),
+        });
+        if let Body::Full(b) = &resp.body {
+            self.resp_body = BodyTap::new(self.resp_body.max);
+            self.resp_body.see(b);
+        }
+    }
+
+    /// luring answered itself (an error reply): the response and why.
+    pub fn failed(&mut self, resp: &Response, why: &str) {
+        self.response(resp, true);
+        self.flow.error = Some(why.to_string());
+    }
+
+    /// The exchange failed after the response began (or without one).
+    pub fn error(&mut self, why: impl Into<String>) {
+        self.flow.error.get_or_insert_with(|| why.into());
+    }
+
+    /// Response trailers that arrived after the head.
+    pub fn response_trailers(&mut self, t: &Headers) {
+        if let Some(h) = self.resp.as_mut() {
+            h.trailers = Some(t.clone());
+        }
+    }
+
+    /// Request trailers that arrived with the body.
+    pub fn request_trailers(&mut self, t: &Headers) {
+        self.req.trailers = Some(t.clone());
+    }
+
+    /// One WebSocket message relayed; kept within a per-flow budget.
+    pub fn ws_message(&mut self, from_client: bool, opcode: u8, payload: &[u8]) {
+        let budget = self.req_body.max * WS_BUDGET_FACTOR;
+        if self.ws_bytes >= budget {
+            self.flow.websocket_dropped += 1;
+            return;
+        }
+        let keep = payload
+            .len()
+            .min(self.req_body.max)
+            .min(budget - self.ws_bytes);
+        self.ws_bytes += keep;
+        self.flow.websocket.push(WsMessageRec {
+            from_client,
+            opcode,
+            ts: now_ns(),
+            data: ByteBuf::from(payload[..keep].to_vec()),
+            size: payload.len() as u64,
+        });
+    }
+
+    /// The finished record: bodies joined, trailers and headers as bytes, the named
+    /// headers' values redacted (names compared case-insensitively).
+    pub fn into_record(mut self, redact: &[String]) -> HttpFlow {
+        if self.flow.times.end == 0 {
+            self.flow.times.end = now_ns();
+        }
+        if let Some(t) = self.req_body.take_trailers() {
+            self.req.trailers = Some(t);
+        }
+        let resp_trailers = self.resp_body.take_trailers();
+        let mut flow = self.flow;
+        flow.request.headers = fields(&self.req.headers, redact);
+        flow.request.trailers = self
+            .req
+            .trailers
+            .as_ref()
+            .map_or_else(Vec::new, |t| fields(t, redact));
+        flow.request.body = self.req_body.into_rec();
+        if let (Some(r), Some(h)) = (flow.response.as_mut(), self.resp) {
+            r.headers = fields(&h.headers, redact);
+            let t = resp_trailers.or(h.trailers);
+            r.trailers = t.as_ref().map_or_else(Vec::new, |t| fields(t, redact));
+            r.body = self.resp_body.into_rec();
+        }
+        flow
+    }
+}
+
+/// What replaces a redacted header value.
+pub const REDACTED: &str = "[redacted]";
+
+fn fields(h: &Headers, redact: &[String]) -> Vec<record::Field> {
+    h.iter()
+        .map(|f| {
+            let hidden = redact
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(&f.name));
+            if hidden {
+                record::field(&f.name, REDACTED)
+            } else {
+                record::field(&f.name, &f.value)
+            }
+        })
+        .collect()
+}

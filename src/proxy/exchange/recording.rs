@@ -1,0 +1,38 @@
+//! The recorder's side of an exchange: where a flow's capture starts and where it is
+//! handed to the recorder. Without `--record` both are a check of one Option.
+
+use super::Flow;
+use crate::flows::capture::Capture;
+use crate::flows::record::{HttpFlow, TlsRec};
+use crate::http::Request;
+use crate::plugin::ConnInfo;
+use crate::proxy::worker::Worker;
+
+/// Starts recording `req` (as it goes upstream) when the worker records; `stream` is
+/// the HTTP/2 stream id, 0 on HTTP/1.
+pub fn start(f: &Flow<'_>, req: &Request, stream: u32) -> Option<Box<Capture>> {
+    let r = f.w.recorder.as_ref()?;
+    let flow = HttpFlow {
+        id: f.id,
+        conn: f.info.conn_id,
+        stream,
+        client: f.info.client_addr.to_string(),
+        mode: f.w.mode.name().to_string(),
+        client_tls: f.info.sni.as_ref().map(|sni| TlsRec {
+            sni: sni.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Some(Capture::start(flow, req, r.max_body))
+}
+
+/// Hands a finished flow to the recorder.
+pub fn finish(w: &Worker, info: &ConnInfo, cap: Option<Box<Capture>>) {
+    if let (Some(r), Some(mut c)) = (w.recorder.as_ref(), cap) {
+        if let Some(a) = info.server_addr {
+            c.flow.server = a.to_string();
+        }
+        r.http(c);
+    }
+}
