@@ -848,3 +848,50 @@ fn http1_clients_of_an_h2_only_origin_are_served_over_h2() {
         rev.stderr()
     );
 }
+
+/// `--record` on intercepted h2: each stream is one flow, with its stream id, bodies
+/// both ways and the SNI.
+#[test]
+fn h2_streams_are_recorded() {
+    use luring::flows::record::Record;
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki);
+    let conf = Conf::new();
+    let dir = TempDir::new("rec-h2");
+    let file = dir.path("t.flows");
+    let fname = file.to_str().unwrap();
+    let proxy = start(&conf, &pki, &["--record", fname, "--record-max-body", "2000000"]);
+    let up = dir.path("up.bin");
+    std::fs::write(&up, pattern_vec(70_000)).unwrap();
+    let data = format!("@{}", up.display());
+    for args in [
+        vec![origin.url("/big.bin")],
+        vec!["--data-binary".into(), data.clone(), origin.url("/echo")],
+    ] {
+        let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+        let (out, xfers) = curl_via(&proxy, &conf, &args);
+        assert!(out.ok() && xfers.len() == 1, "curl failed: {}", proxy.stderr());
+    }
+    let mut flows = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        flows = luring::flows::file::open(&file)
+            .unwrap()
+            .filter_map(|r| match r.unwrap() {
+                Record::Http(f) => Some(*f),
+                _ => None,
+            })
+            .collect();
+        flows.len() >= 2
+    });
+    assert_eq!(flows.len(), 2, "{}", proxy.stderr());
+    let get = flows.iter().find(|f| f.request.method == "GET").unwrap();
+    assert_eq!(get.request.version, "HTTP/2.0");
+    assert_eq!(get.stream % 2, 1);
+    assert_eq!(get.client_tls.as_ref().unwrap().sni, "localhost");
+    let r = get.response.as_ref().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.data.as_slice(), pattern_vec(BIG).as_slice());
+    let post = flows.iter().find(|f| f.request.method == "POST").unwrap();
+    assert_eq!(post.request.body.data.as_slice(), pattern_vec(70_000).as_slice());
+    assert_eq!(post.response.as_ref().unwrap().body.size, 70_000);
+}

@@ -66,6 +66,11 @@ impl BodyTap {
         self.pieces.push(p);
     }
 
+    /// Trailers that came apart from the body (HTTP/2).
+    pub fn set_trailers(&mut self, t: Headers) {
+        self.trailers = Some(t);
+    }
+
     /// Trailers seen in chunked wire bytes.
     pub fn take_trailers(&mut self) -> Option<Headers> {
         self.trailers.take()
@@ -103,6 +108,7 @@ pub struct Capture {
     /// The response body as it streams to the client.
     pub resp_body: BodyTap,
     ws_bytes: usize,
+    max_body: usize,
     /// Plugins asked not to record this flow.
     pub skip: bool,
 }
@@ -117,6 +123,7 @@ impl Capture {
             flow,
             req_body: BodyTap::new(max_body),
             resp_body: BodyTap::new(max_body),
+            max_body,
             ..Default::default()
         });
         let r = &mut c.flow.request;
@@ -134,6 +141,23 @@ impl Capture {
         c
     }
 
+    /// A tap for a body that streams apart from this capture (an HTTP/2 task's).
+    pub fn new_tap(&self) -> BodyTap {
+        BodyTap::new(self.max_body)
+    }
+
+    /// Takes back a tap from [`Capture::new_tap`] that saw the request body (`resp`
+    /// false) or the response body; one that saw nothing leaves a whole body alone.
+    pub fn put_tap(&mut self, resp: bool, t: BodyTap) {
+        if t.size == 0 && t.trailers.is_none() {
+            return;
+        }
+        match resp {
+            true => self.resp_body = t,
+            false => self.req_body = t,
+        }
+    }
+
     /// The response head (and body, when it is whole) as it goes to the client.
     pub fn response(&mut self, resp: &Response, by_proxy: bool) {
         self.flow.times.response_head = now_ns();
@@ -149,7 +173,7 @@ impl Capture {
             trailers: resp.trailers.clone(),
         });
         if let Body::Full(b) = &resp.body {
-            self.resp_body = BodyTap::new(self.resp_body.max);
+            self.resp_body = self.new_tap();
             self.resp_body.see(b);
         }
     }
@@ -179,7 +203,7 @@ impl Capture {
 
     /// One WebSocket message relayed; kept within a per-flow budget.
     pub fn ws_message(&mut self, from_client: bool, opcode: u8, payload: &[u8]) {
-        let budget = self.req_body.max * WS_BUDGET_FACTOR;
+        let budget = self.max_body * WS_BUDGET_FACTOR;
         if self.ws_bytes >= budget {
             self.flow.websocket_dropped += 1;
             return;

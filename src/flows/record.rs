@@ -58,7 +58,7 @@ pub struct RequestRec {
     pub authority: String,
     /// Path with query, as sent ("" for CONNECT).
     pub path: String,
-    /// "HTTP/1.0", "HTTP/1.1" or "HTTP/2".
+    /// "HTTP/1.0", "HTTP/1.1" or "HTTP/2.0".
     pub version: String,
     /// Header fields in wire order with their case (HTTP/2: lower case, no pseudo-headers).
     pub headers: Vec<Field>,
@@ -76,7 +76,7 @@ pub struct ResponseRec {
     pub status: u16,
     /// Reason phrase (HTTP/1), "" on HTTP/2.
     pub reason: String,
-    /// "HTTP/1.0", "HTTP/1.1" or "HTTP/2".
+    /// "HTTP/1.0", "HTTP/1.1" or "HTTP/2.0".
     pub version: String,
     /// Header fields in wire order.
     pub headers: Vec<Field>,

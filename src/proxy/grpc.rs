@@ -9,7 +9,8 @@ use crate::http::{Headers, Request};
 use crate::plugin::{ConnInfo, Engine, GrpcCall, GrpcData, GrpcEnd, GrpcRows, Phase};
 use crate::proto::grpc::{self, Decoder, Encoding, Event, Protocol, Status, TextDecoder};
 use bytes::{Bytes, BytesMut};
-use h2::{RecvStream, SendStream};
+use crate::proxy::h2_stream::Incoming;
+use h2::SendStream;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -281,13 +282,14 @@ pub enum Relayed {
 /// Relays an h2 body through `dir`, message by message, then its trailers; the
 /// receive window opens only as the other side takes the data.
 pub async fn relay(
-    rx: &mut RecvStream,
+    body: &mut Incoming,
     tx: &mut SendStream<Bytes>,
     dir: &mut Direction,
 ) -> Result<Relayed, String> {
-    while let Some(chunk) = crate::proxy::h2_stream::next_data(rx, tx).await {
+    while let Some(chunk) = crate::proxy::h2_stream::next_data(&mut body.rx, tx).await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         let len = chunk.len();
+        body.see(&chunk);
         let out = dir.feed(chunk)?;
         if let Some((status, message)) = dir.call.cancelled() {
             return Ok(Relayed::Cancelled(status, message));
@@ -295,11 +297,12 @@ pub async fn relay(
         crate::proxy::h2_stream::send_data(tx, out, false)
             .await
             .map_err(|e| e.to_string())?;
-        let _ = rx.flow_control().release_capacity(len);
+        let _ = body.rx.flow_control().release_capacity(len);
     }
     dir.finish()?;
-    match rx.trailers().await.map_err(|e| e.to_string())? {
+    match body.rx.trailers().await.map_err(|e| e.to_string())? {
         Some(t) => {
+            body.see_trailers(&t);
             tx.send_trailers(t.clone()).map_err(|e| e.to_string())?;
             Ok(Relayed::Trailers(t))
         }

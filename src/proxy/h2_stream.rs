@@ -4,6 +4,7 @@
 
 use crate::http::{Body, Headers, Request, Response};
 use crate::proxy::sse;
+use crate::flows::capture::BodyTap;
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 
@@ -25,6 +26,33 @@ pub struct Incoming {
     pub rx: RecvStream,
     /// Bytes read for a hook that then found the body over the limit; sent first.
     pub prefix: Option<Bytes>,
+    /// The recorder's view of the body, when the flow is recorded.
+    pub tap: Option<BodyTap>,
+}
+
+impl Incoming {
+    /// A stream's body, not recorded.
+    pub fn new(rx: RecvStream) -> Incoming {
+        Incoming {
+            rx,
+            prefix: None,
+            tap: None,
+        }
+    }
+
+    /// Shows a piece of the body to the recorder.
+    pub fn see(&mut self, piece: &Bytes) {
+        if let Some(t) = self.tap.as_mut() {
+            t.see(piece);
+        }
+    }
+
+    /// Shows the body's trailers to the recorder.
+    pub fn see_trailers(&mut self, t: &http::HeaderMap) {
+        if let Some(tap) = self.tap.as_mut() {
+            tap.set_trailers(from_header_map(t));
+        }
+    }
 }
 
 /// How much of a request body nobody wants is read and dropped, and for how long, so
@@ -127,11 +155,12 @@ pub async fn relay_rest(
 ) -> Result<u64, h2::Error> {
     let mut n = 0;
     if let Some(p) = body.prefix.take() {
+        body.see(&p);
         let p = rewrite(&mut rw, p);
         n += p.len() as u64;
         send_data(tx, p, false).await?;
     }
-    Ok(n + pump(&mut body.rx, tx, rw).await?)
+    Ok(n + pump(body, tx, rw).await?)
 }
 
 /// The SSE layer's output for `piece`, or `piece` itself without one.
@@ -172,23 +201,27 @@ pub async fn next_data(
 
 /// Relays a body frame by frame, then its trailers; the receive window opens only as
 /// the other side takes the data, so a slow reader slows the sender.
-pub async fn pump(
-    rx: &mut RecvStream,
+async fn pump(
+    body: &mut Incoming,
     tx: &mut SendStream<Bytes>,
     mut rw: Option<&mut sse::Rewriter<'_>>,
 ) -> Result<u64, h2::Error> {
     let mut n = 0;
-    while let Some(chunk) = next_data(rx, tx).await {
+    while let Some(chunk) = next_data(&mut body.rx, tx).await {
         let chunk = chunk?;
         let len = chunk.len();
+        body.see(&chunk);
         let out = rewrite(&mut rw, chunk);
         n += out.len() as u64;
         send_data(tx, out, false).await?;
-        let _ = rx.flow_control().release_capacity(len);
+        let _ = body.rx.flow_control().release_capacity(len);
     }
     n += send_rest(tx, rw).await?;
-    match rx.trailers().await? {
-        Some(t) => tx.send_trailers(t)?,
+    match body.rx.trailers().await? {
+        Some(t) => {
+            body.see_trailers(&t);
+            tx.send_trailers(t)?
+        }
         None => tx.send_data(Bytes::new(), true)?,
     }
     Ok(n)

@@ -18,6 +18,8 @@ use crate::proxy::exchange::route::{self, Target2};
 use crate::proxy::exchange::{self, reply, rules, Decision, Flow, Message, Source};
 use crate::proxy::grpc;
 use crate::proxy::h1_wire;
+use crate::flows::capture::{BodyTap, Capture};
+use crate::proxy::exchange::recording;
 use crate::proxy::h2_stream::{self, Incoming};
 use crate::proxy::sse;
 use crate::proxy::upstream::h1::{self as up1, Upload, Waits};
@@ -214,6 +216,7 @@ fn spawn_stream(
             tx,
             status: 0,
             bytes: 0,
+            rec: None,
         };
         if s.w.cfg.access_log {
             let record = AccessRecord::http(
@@ -229,6 +232,7 @@ fn spawn_stream(
         } else {
             stream(&s, req, &mut reply).await;
         }
+        recording::finish(&s.w, &s.info, reply.rec.take());
         s.open.set(s.open.get() - 1);
         s.last_end.set(Instant::now());
     });
@@ -269,7 +273,7 @@ async fn exchange_stream(
     };
     let max = s.w.cfg.max_grpc_message;
     *call = grpc::Call::of(engine.as_ref(), &req, &s.info, f.id, max);
-    let mut body = Incoming { rx, prefix: None };
+    let mut body = Incoming::new(rx);
     let te_trailers = req.headers.has_token("te", "trailers");
     let is_head = req.method.as_ref() == b"HEAD";
     let msg = Message::Request {
@@ -277,10 +281,13 @@ async fn exchange_stream(
         upgrade: None,
         grpc: call.as_ref().map(|c| &c.start),
     };
-    match exchange::event!(&f, msg, &mut Source::H2(&mut body)) {
+    let decision = exchange::event!(&f, msg, &mut Source::H2(&mut body));
+    reply.rec = recording::start(&f, &req, reply.tx.stream_id().as_u32());
+    match decision {
         Decision::Forward => {}
         Decision::Drop => {
             tracing::debug!(conn = s.info.conn_id, "HTTP/2 stream reset by plugin");
+            reply.record(|r| r.error("dropped by plugin"));
             return reply.tx.send_reset(Reason::CANCEL);
         }
         Decision::Respond(r) => {
@@ -368,6 +375,7 @@ impl Stream<'_> {
             _ => None,
         };
         let trailers = req.trailers.take();
+        body.tap = reply.rec.as_ref().map(|r| r.new_tap());
         let mut up_dir = match (&self.call, &full) {
             (Some(c), None) => {
                 Some(c.direction(true, req.headers.get("grpc-encoding").map(|v| &v[..])))
@@ -381,7 +389,7 @@ impl Stream<'_> {
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
-                (None, Some(dir)) => match grpc::relay(&mut body.rx, &mut tx, dir).await {
+                (None, Some(dir)) => match grpc::relay(&mut body, &mut tx, dir).await {
                     Ok(grpc::Relayed::Cancelled(..)) => Err("cancelled by a hook".into()),
                     Ok(_) => Ok(()),
                     Err(e) => Err(e),
@@ -395,7 +403,7 @@ impl Stream<'_> {
                 // also what a hook's msg:cancel sends the upstream
                 tx.send_reset(Reason::CANCEL);
             }
-            r
+            (r, body.tap)
         });
         let (resp, rx) = match up2::response(response, self.s.w.timeouts.upstream).await {
             Ok(r) => r,
@@ -407,10 +415,17 @@ impl Stream<'_> {
                 return reply.stream_error(e);
             }
         };
-        let mut rbody = Incoming { rx, prefix: None };
+        let mut rbody = Incoming::new(rx);
+        rbody.tap = reply.rec.as_ref().map(|r| r.new_tap());
         self.respond(&req, resp, Source::H2(&mut rbody), reply)
             .await;
-        let _ = upload.await;
+        reply.put_tap(true, rbody.tap);
+        if let Ok((r, tap)) = upload.await {
+            reply.put_tap(false, tap);
+            if let Err(why) = r {
+                reply.record(|c| c.error(format!("request body: {why}")));
+            }
+        }
     }
 
     /// Relays the request over HTTP/1.1 (a pooled or new connection to its authority),
@@ -428,6 +443,7 @@ impl Stream<'_> {
                 }
             },
         };
+        body.tap = reply.rec.as_ref().map(|r| r.new_tap());
         let (head, upload) = h1_request(&mut req, &mut body);
         let deadline = crate::io::Deadline::new();
         let waits = Waits {
@@ -453,6 +469,7 @@ impl Stream<'_> {
             }
         };
         let upload_complete = answer.complete;
+        reply.put_tap(false, body.tap.take());
         if !upload_complete {
             h2_stream::discard(body);
         }
@@ -484,17 +501,19 @@ impl Stream<'_> {
         };
         let mut dec = BodyDecoder::new(rkind);
         let Upstream { stream, buf, .. } = &mut up;
+        let mut tap = reply.rec.as_ref().map(|r| r.new_tap());
         let src = Source::H1 {
             body: H1Body {
                 stream,
                 buf,
                 dec: &mut dec,
                 timeout: w.timeouts.upstream,
-                tap: None,
+                tap: tap.as_mut(),
             },
             owe_continue: None,
         };
         let complete = self.respond(&req, resp, src, reply).await;
+        reply.put_tap(true, tap);
         if reusable && complete && dec.is_done() {
             w.pool.put(key, up);
         } else {
@@ -534,6 +553,7 @@ impl Stream<'_> {
                 return false;
             }
         }
+        reply.record(|r| r.response(&resp, false));
         let full = match std::mem::replace(&mut resp.body, Body::Streaming) {
             Body::Full(b) => Some(b),
             _ => None,
@@ -579,7 +599,7 @@ impl Stream<'_> {
         if let (Some(c), None, Source::H2(body)) = (&self.call, &full, &mut src) {
             let encoding = resp.headers.get("grpc-encoding").map(|v| &v[..]);
             let mut dir = c.direction(false, encoding);
-            return match grpc::relay(&mut body.rx, &mut tx, &mut dir).await {
+            return match grpc::relay(body, &mut tx, &mut dir).await {
                 Ok(grpc::Relayed::Trailers(t)) => {
                     c.end_with(&h2_stream::from_header_map(&t));
                     true
@@ -621,6 +641,7 @@ impl Stream<'_> {
             }
             Err(e) => {
                 tracing::debug!(conn = s.info.conn_id, "HTTP/2 response relay ended: {e}");
+                reply.record(|r| r.error(format!("response body: {e}")));
                 tx.send_reset(Reason::INTERNAL_ERROR);
                 false
             }
@@ -668,12 +689,18 @@ async fn relay_h1(
         if !src.buf.is_empty() {
             let d = src.dec.decode(src.buf).map_err(|_| broken())?;
             for piece in d.data {
+                if let Some(t) = src.tap.as_deref_mut() {
+                    t.see(&piece);
+                }
                 let piece = h2_stream::rewrite(&mut rw, piece);
                 n += piece.len() as u64;
                 h2_stream::send_data(tx, piece, false).await?;
             }
             if d.done {
                 n += h2_stream::send_rest(tx, rw).await?;
+                if let (Some(tap), Some(t)) = (src.tap.as_deref_mut(), d.trailers.as_ref()) {
+                    tap.set_trailers(t.clone());
+                }
                 match d.trailers {
                     Some(t) => tx.send_trailers(h2_stream::to_header_map(&t, false))?,
                     None => tx.send_data(Bytes::new(), true)?,
@@ -705,6 +732,8 @@ struct Reply {
     status: u16,
     /// Body bytes sent.
     bytes: u64,
+    /// The recording of this stream's exchange, with `--record`.
+    rec: Option<Box<Capture>>,
 }
 
 impl Reply {
@@ -740,9 +769,28 @@ impl Reply {
         self.answer(r, false);
     }
 
+    /// Updates the recording of this stream, when there is one.
+    fn record(&mut self, f: impl FnOnce(&mut Capture)) {
+        if let Some(c) = self.rec.as_mut() {
+            f(c);
+        }
+    }
+
+    /// Hands back a body tap to the recording.
+    fn put_tap(&mut self, resp: bool, tap: Option<BodyTap>) {
+        if let (Some(c), Some(t)) = (self.rec.as_mut(), tap) {
+            c.put_tap(resp, t);
+        }
+    }
+
     /// Answers the stream with a response luring makes (a plugin's, an error).
     fn answer(&mut self, mut r: Response, is_head: bool) {
         let body = reply::prepare(&mut r, is_head);
+        if let Some(c) = self.rec.as_mut() {
+            let mut shown = r.clone();
+            shown.body = Body::Full(body.clone());
+            c.response(&shown, true);
+        }
         // a trailers-only gRPC answer carries no content-length (it has no DATA)
         if body.is_empty() && r.headers.contains("grpc-status") {
             r.headers.remove("content-length");
@@ -768,6 +816,7 @@ impl Reply {
     /// Answers the stream with an error naming the reason, as the HTTP/1 front does.
     fn fail(&mut self, status: u16, text: &str) {
         tracing::info!("HTTP/2 stream answered {status}: {text}");
+        self.record(|c| c.error(text));
         self.answer(reply::error(status, text), false);
     }
 

@@ -149,7 +149,7 @@ pub(super) async fn exchange(
             return fail(c, 504, &why).await;
         }
     };
-    let mut body = Incoming { rx, prefix: None };
+    let mut body = Incoming::new(rx);
     respond(c, hooks, req, asked, resp, &mut body).await
 }
 
