@@ -860,7 +860,11 @@ fn h2_streams_are_recorded() {
     let dir = TempDir::new("rec-h2");
     let file = dir.path("t.flows");
     let fname = file.to_str().unwrap();
-    let proxy = start(&conf, &pki, &["--record", fname, "--record-max-body", "2000000"]);
+    let proxy = start(
+        &conf,
+        &pki,
+        &["--record", fname, "--record-max-body", "2000000"],
+    );
     let up = dir.path("up.bin");
     std::fs::write(&up, pattern_vec(70_000)).unwrap();
     let data = format!("@{}", up.display());
@@ -870,7 +874,11 @@ fn h2_streams_are_recorded() {
     ] {
         let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
         let (out, xfers) = curl_via(&proxy, &conf, &args);
-        assert!(out.ok() && xfers.len() == 1, "curl failed: {}", proxy.stderr());
+        assert!(
+            out.ok() && xfers.len() == 1,
+            "curl failed: {}",
+            proxy.stderr()
+        );
     }
     let mut flows = Vec::new();
     wait_until(Duration::from_secs(10), || {
@@ -892,6 +900,9 @@ fn h2_streams_are_recorded() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body.data.as_slice(), pattern_vec(BIG).as_slice());
     let post = flows.iter().find(|f| f.request.method == "POST").unwrap();
-    assert_eq!(post.request.body.data.as_slice(), pattern_vec(70_000).as_slice());
+    assert_eq!(
+        post.request.body.data.as_slice(),
+        pattern_vec(70_000).as_slice()
+    );
     assert_eq!(post.response.as_ref().unwrap().body.size, 70_000);
 }

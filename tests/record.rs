@@ -150,3 +150,149 @@ fn failed_flows_keep_the_error_and_the_answer() {
         f.error
     );
 }
+
+#[test]
+fn opaque_tunnels_are_recorded_with_byte_counts() {
+    let echo = EchoServer::start();
+    let dir = TempDir::new("rec-tunnel");
+    let file = dir.path("t.flows");
+    let proxy = Proxy::start(&["--record", file.to_str().unwrap()]);
+    let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "CONNECT 127.0.0.1:{p} HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n\r\n",
+        p = echo.addr.port()
+    )
+    .unwrap();
+    let mut head = [0u8; 39];
+    s.read_exact(&mut head).unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    // a protocol luring does not parse: relayed as bytes
+    s.write_all(b"\x00\x01binary-speaks-first").unwrap();
+    let mut back = vec![0u8; ECHO_BANNER.len() + 21];
+    s.read_exact(&mut back).unwrap();
+    drop(s);
+    let mut t = None;
+    wait_until(Duration::from_secs(10), || {
+        t = file::open(&file).unwrap().find_map(|r| match r {
+            Ok(Record::Tunnel(t)) => Some(t),
+            _ => None,
+        });
+        t.is_some()
+    });
+    let t = t.expect("a tunnel record");
+    assert_eq!(t.target, format!("127.0.0.1:{}", echo.addr.port()));
+    assert_eq!(t.bytes_up, 21);
+    // the echo server's banner, the echo, and its farewell at our close
+    let down = (ECHO_BANNER.len() + 21) as u64;
+    assert!(t.bytes_down == down || t.bytes_down == down + ECHO_FAREWELL.len() as u64);
+    assert!(t.end >= t.start && t.start > 0);
+}
+
+#[test]
+fn sigkill_leaves_a_file_that_reads_to_its_last_record() {
+    let origin = Origin::start(fixed(200, &[], &pattern_vec(20_000)));
+    let dir = TempDir::new("rec-kill");
+    let file = dir.path("t.flows");
+    let mut proxy = Proxy::start(&["--record", file.to_str().unwrap()]);
+    let url = format!("{}/x", origin.url());
+    for _ in 0..20 {
+        assert_eq!(curl(&["-x", &proxy.url(), &url]).status, 200);
+    }
+    wait_flows(&file, 20);
+    proxy.kill();
+    // cut the file inside its last record, as a crash mid-write would
+    let len = std::fs::metadata(&file).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.set_len(len - 7).unwrap();
+    let mut r = file::open(&file).unwrap();
+    let ok = (&mut r).take_while(|x| x.is_ok()).count();
+    assert_eq!(ok, 20, "meta + 19 whole flows");
+    let e = file::open(&file).unwrap().find_map(|x| x.err()).unwrap();
+    assert!(e.to_string().contains("truncated record at offset"), "{e}");
+    // recording again appends after the last whole record
+    let proxy = Proxy::start(&["--record", file.to_str().unwrap()]);
+    assert_eq!(curl(&["-x", &proxy.url(), &url]).status, 200);
+    let flows = wait_flows(&file, 20);
+    assert_eq!(flows.len(), 20);
+}
+
+#[test]
+fn a_writer_that_falls_behind_drops_flows_not_traffic() {
+    let origin = Origin::start(fixed(200, &[], b"ok"));
+    let dir = TempDir::new("rec-drop");
+    let file = dir.path("t.flows");
+    // a queue of one, and bodies the writer must compress: flows pile up
+    let proxy = Proxy::start(&["--record", file.to_str().unwrap(), "--record-queue", "1"]);
+    let url = format!("{}/x", origin.url());
+    let mut args = vec![
+        "-x".to_string(),
+        proxy.url(),
+        "--parallel".into(),
+        "--parallel-max".into(),
+        "20".into(),
+    ];
+    for _ in 0..200 {
+        args.push(url.clone());
+    }
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let out = curl(&args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let oks = out.body.windows(2).filter(|w| w == b"ok").count();
+    assert_eq!(oks, 200, "every response reached the client");
+    // every flow is either in the file or counted as dropped
+    let mut total = 0;
+    let mut dropped = 0;
+    wait_until(Duration::from_secs(10), || {
+        total = 0;
+        dropped = 0;
+        for r in file::open(&file).unwrap() {
+            match r.unwrap() {
+                Record::Http(_) => total += 1,
+                Record::Drops(d) => dropped = d.total,
+                _ => {}
+            }
+        }
+        total + dropped == 200
+    });
+    assert_eq!(total + dropped, 200, "{total} recorded, {dropped} dropped");
+}
+
+#[test]
+fn redaction_can_be_extended_or_turned_off() {
+    let origin = Origin::start(echo());
+    let dir = TempDir::new("rec-redact");
+    let url = format!("{}/x", origin.url());
+    for (flags, auth, key) in [
+        (
+            vec!["--record-redact", "X-Api-Key"],
+            &b"[redacted]"[..],
+            &b"[redacted]"[..],
+        ),
+        (
+            vec!["--record-redact", "none"],
+            &b"Basic dTpw"[..],
+            &b"k1"[..],
+        ),
+    ] {
+        let file = dir.path(&format!("{}.flows", flags[1]));
+        let mut args = vec!["--record", file.to_str().unwrap()];
+        args.extend(flags);
+        let proxy = Proxy::start(&args);
+        let out = curl(&[
+            "-x",
+            &proxy.url(),
+            "-H",
+            "Authorization: Basic dTpw",
+            "-H",
+            "X-Api-Key: k1",
+            &url,
+        ]);
+        assert_eq!(out.status, 200);
+        let f = &wait_flows(&file, 1)[0];
+        assert_eq!(header(&f.request.headers, "authorization"), Some(auth));
+        assert_eq!(header(&f.request.headers, "x-api-key"), Some(key));
+    }
+}

@@ -310,3 +310,50 @@ fn a_protocol_error_ends_both_sides() {
     assert!(proxy.wait_stderr("reserved opcode", Duration::from_secs(5)));
     assert!(proxy.wait_stderr("WSCLOSE code=1006", Duration::from_secs(5)));
 }
+
+/// `--record` without any ws hook: the messages are read as frames anyway, and kept in
+/// the flow of the upgrade, in order, with their direction.
+#[test]
+fn messages_are_recorded_without_hooks() {
+    use luring::flows::record::Record;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let origin = ws_origin(seen);
+    let dir = TempDir::new("ws-rec");
+    let file = dir.path("t.flows");
+    let proxy = Proxy::start(&["--record", file.to_str().unwrap()]);
+    let mut c = WsClient::open(&proxy, &origin);
+    c.send(true, 1, b"hello");
+    assert_eq!(&c.recv().unwrap().payload[..], b"hello");
+    c.send(true, 2, &[0, 1, 2, 255]);
+    assert_eq!(&c.recv().unwrap().payload[..], &[0, 1, 2, 255]);
+    c.send(true, 8, &[3, 232]);
+    let _ = c.recv();
+    drop(c);
+    let mut flow = None;
+    wait_until(Duration::from_secs(10), || {
+        flow = luring::flows::file::open(&file)
+            .unwrap()
+            .find_map(|r| match r {
+                Ok(Record::Http(f)) => Some(f),
+                _ => None,
+            });
+        flow.is_some()
+    });
+    let f = flow.expect("a recorded flow");
+    assert_eq!(f.response.as_ref().unwrap().status, 101);
+    let msgs: Vec<(bool, u8, Vec<u8>)> = f
+        .websocket
+        .iter()
+        .map(|m| (m.from_client, m.opcode, m.data.to_vec()))
+        .collect();
+    assert_eq!(
+        &msgs[..4],
+        &[
+            (true, 1, b"hello".to_vec()),
+            (false, 1, b"hello".to_vec()),
+            (true, 2, vec![0, 1, 2, 255]),
+            (false, 2, vec![0, 1, 2, 255]),
+        ]
+    );
+    assert!(msgs.iter().any(|m| m.0 && m.1 == 8), "{msgs:?}");
+}

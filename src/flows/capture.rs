@@ -178,6 +178,21 @@ impl Capture {
         }
     }
 
+    /// The upstream switched protocols: its 101 head.
+    pub fn switched(&mut self, head: &crate::http::ResponseHead) {
+        self.flow.times.response_head = now_ns();
+        self.flow.response = Some(ResponseRec {
+            status: head.status,
+            reason: String::from_utf8_lossy(&head.reason).into_owned(),
+            version: head.version.as_str().to_string(),
+            ..Default::default()
+        });
+        self.resp = Some(Head {
+            headers: head.headers.clone(),
+            trailers: None,
+        });
+    }
+
     /// luring answered itself (an error reply): the response and why.
     pub fn failed(&mut self, resp: &Response, why: &str) {
         self.response(resp, true);

@@ -145,8 +145,11 @@ fn open_for_append(s: &Settings) -> Result<FlowWriter<BufWriter<File>>, String> 
         max_body: s.max_body as u64,
     };
     if len == 0 {
-        return FlowWriter::new(BufWriter::new(f), &meta)
-            .map_err(|e| format!("--record {shown}: {e}"));
+        // flushed at once: a reader may open the file before the first flow
+        let mut w = FlowWriter::new(BufWriter::new(f), &meta)
+            .map_err(|e| format!("--record {shown}: {e}"))?;
+        w.flush().map_err(|e| format!("--record {shown}: {e}"))?;
+        return Ok(w);
     }
     let end = complete_length(&s.path).map_err(|e| format!("--record {shown}: {e}"))?;
     if end < len {

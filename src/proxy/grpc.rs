@@ -8,8 +8,8 @@
 use crate::http::{Headers, Request};
 use crate::plugin::{ConnInfo, Engine, GrpcCall, GrpcData, GrpcEnd, GrpcRows, Phase};
 use crate::proto::grpc::{self, Decoder, Encoding, Event, Protocol, Status, TextDecoder};
-use bytes::{Bytes, BytesMut};
 use crate::proxy::h2_stream::Incoming;
+use bytes::{Bytes, BytesMut};
 use h2::SendStream;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

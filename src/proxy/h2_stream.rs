@@ -2,9 +2,9 @@
 //! frame under flow control, bodies read whole for hooks, and header fields converted
 //! between the version-agnostic form and h2's.
 
+use crate::flows::capture::BodyTap;
 use crate::http::{Body, Headers, Request, Response};
 use crate::proxy::sse;
-use crate::flows::capture::BodyTap;
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 

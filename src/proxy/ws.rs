@@ -3,6 +3,7 @@
 //! message (fragments joined) and control frame goes through ws.on_message and on to
 //! the peer, and ws.on_close fires once both directions ended.
 
+use crate::flows::capture::Capture;
 use crate::io::{Deadline, Idle, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, WsClose, WsMessage};
 use crate::proto::ws::{self, Assembler, Frame, FrameDecoder, CLOSE};
@@ -26,7 +27,10 @@ pub(crate) fn reads_payloads(engine: Option<&Engine>) -> bool {
 
 /// What one WebSocket connection shares between its two directions.
 struct Conn<'a> {
-    engine: &'a Engine,
+    /// The plugin engine, when a hook reads messages (None: only the recorder does).
+    engine: Option<&'a Engine>,
+    /// The flow's recording, when it is recorded.
+    rec: RefCell<Option<Box<Capture>>>,
     info: &'a ConnInfo,
     flow_id: u64,
     /// Largest message (`--max-plugin-body`).
@@ -41,17 +45,20 @@ struct Conn<'a> {
 }
 
 /// Relays frames both ways until both directions ended (or `idle` passed with no byte
-/// either way), then fires ws.on_close.
+/// either way), then fires ws.on_close. Messages go through the hooks when `engine`
+/// is given, and into the flow's recording when `rec` is; it is handed back.
 pub(crate) async fn relay(
     peers: Peers<'_>,
-    engine: &Engine,
+    engine: Option<&Engine>,
     info: &ConnInfo,
     flow_id: u64,
     idle: Option<Duration>,
     max: usize,
-) -> TunnelStats {
+    rec: Option<Box<Capture>>,
+) -> (TunnelStats, Option<Box<Capture>>) {
     let conn = Conn {
         engine,
+        rec: RefCell::new(rec),
         info,
         flow_id,
         max,
@@ -83,8 +90,10 @@ pub(crate) async fn relay(
         close_code: 1006,
         ..WsClose::default()
     });
-    engine.ws_close(info, &close);
-    TunnelStats { up, down }
+    if let Some(e) = engine {
+        e.ws_close(info, &close);
+    }
+    (TunnelStats { up, down }, conn.rec.take())
 }
 
 /// One direction: frames from `src`, through the hooks, to `dst`. Returns bytes written.
@@ -188,8 +197,10 @@ fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) 
         changed: false,
         close: None,
     };
-    for phase in [Phase::PrePipeline, Phase::PostPipeline] {
-        c.engine.ws_message(phase, c.info, c.flow_id, &mut wm);
+    if let Some(e) = c.engine {
+        for phase in [Phase::PrePipeline, Phase::PostPipeline] {
+            e.ws_message(phase, c.info, c.flow_id, &mut wm);
+        }
     }
     if let Some((code, reason)) = wm.close.take() {
         let mut p = BytesMut::with_capacity(2 + reason.len());
@@ -218,6 +229,9 @@ fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) 
     } else {
         m.payload.clone()
     };
+    if let Some(r) = c.rec.borrow_mut().as_mut() {
+        r.ws_message(from_client, m.opcode, &payload);
+    }
     if m.opcode == CLOSE {
         // the answer to a hook's close: this peer gets the hook's code and reason
         if let Some(ours) = c.ended_by_hook.borrow().clone() {

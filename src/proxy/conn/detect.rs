@@ -9,6 +9,7 @@ use crate::plugin::Event;
 use crate::proto::detect::{is_h2_settings_frame, starts_like_h2_preface, H2_PREFACE};
 use crate::proxy::body_relay::{self, READ_BUF};
 use crate::proxy::byte_tunnel::{self, Peers, PendingRead};
+use crate::proxy::exchange::recording;
 use crate::proxy::exchange::route::{Intercept, Target2};
 use crate::proxy::front::h1::{H1Route, Tunnel};
 use crate::proxy::front::h2::Via;
@@ -270,7 +271,9 @@ async fn relay(c: &ClientConn, t: &Tunnel, mut first: FirstBytes, pending: Pendi
     };
     let engine = c.w.engine();
     let idle = c.w.timeouts.tunnel;
-    byte_tunnel::run(peers, engine.as_deref(), &c.info, pending, idle).await;
+    let start = crate::flows::record::now_ns();
+    let stats = byte_tunnel::run(peers, engine.as_deref(), &c.info, pending, idle).await;
     t.up.stream.shutdown(Shutdown::Both);
+    recording::tunnel(&c.w, &c.info, "tunnel", &t.authority, start, &stats);
     Layer::Done
 }

@@ -17,6 +17,7 @@ use crate::io::{Deadline, Stream};
 use crate::plugin::{ConnInfo, ConnStats, Engine, Event, Step};
 use crate::proto::client_hello::ClientHello;
 use crate::proxy::byte_tunnel;
+use crate::proxy::exchange::recording;
 use crate::proxy::exchange::route::Target2;
 use crate::proxy::front::h1::{self, H1Route, Outcome, Tunnel};
 use crate::proxy::front::h2::{self, Via};
@@ -149,11 +150,16 @@ async fn first_layer(c: &mut ClientConn) -> Layer {
 impl ClientConn {
     /// Relays raw bytes between the client and `up` until both directions end (the
     /// bytes either side sent early go first), then closes `up`.
-    pub async fn relay_both_ways(&mut self, mut up: Upstream, engine: Option<&Engine>) {
+    pub async fn relay_both_ways(
+        &mut self,
+        mut up: Upstream,
+        engine: Option<&Engine>,
+    ) -> byte_tunnel::TunnelStats {
         let idle = self.w.timeouts.tunnel;
         let peers = self.io.peers(&mut up);
-        byte_tunnel::run(peers, engine, &self.info, [None, None], idle).await;
+        let stats = byte_tunnel::run(peers, engine, &self.info, [None, None], idle).await;
         up.stream.shutdown(Shutdown::Both);
+        stats
     }
 
     /// Relays the connection's bytes to `host:port` unchanged, both ways (raw.on_chunk
@@ -169,7 +175,10 @@ impl ClientConn {
         };
         self.info.server_addr = Some(up.addr);
         let engine = self.w.engine();
-        self.relay_both_ways(up, engine.as_deref()).await;
+        let start = crate::flows::record::now_ns();
+        let stats = self.relay_both_ways(up, engine.as_deref()).await;
+        let target = crate::http::authority_of(host, port);
+        recording::tunnel(&self.w, &self.info, "raw", &target, start, &stats);
     }
 
     /// Serves the rest of the connection with the HTTP/2 front, relaying as `via` says.

@@ -3,9 +3,10 @@
 
 use super::Flow;
 use crate::flows::capture::Capture;
-use crate::flows::record::{HttpFlow, TlsRec};
+use crate::flows::record::{now_ns, HttpFlow, TlsRec, TunnelFlow};
 use crate::http::Request;
 use crate::plugin::ConnInfo;
+use crate::proxy::byte_tunnel::TunnelStats;
 use crate::proxy::worker::Worker;
 
 /// Starts recording `req` (as it goes upstream) when the worker records; `stream` is
@@ -35,4 +36,35 @@ pub fn finish(w: &Worker, info: &ConnInfo, cap: Option<Box<Capture>>) {
         }
         r.http(c);
     }
+}
+
+/// Records a tunnel relayed as opaque bytes (`kind`: "tunnel" for CONNECT and SOCKS5
+/// tunnels luring does not intercept, "raw" for relays it chose itself), now that it
+/// ended; `start_ns` is when the relay began.
+pub fn tunnel(
+    w: &Worker,
+    info: &ConnInfo,
+    kind: &str,
+    target: &str,
+    start_ns: u64,
+    s: &TunnelStats,
+) {
+    let Some(r) = w.recorder.as_ref() else { return };
+    r.tunnel(TunnelFlow {
+        id: w.next_conn_id(),
+        conn: info.conn_id,
+        client: info.client_addr.to_string(),
+        server: info.server_addr.map(|a| a.to_string()).unwrap_or_default(),
+        target: target.to_string(),
+        kind: kind.to_string(),
+        client_tls: info.sni.as_ref().map(|sni| TlsRec {
+            sni: sni.clone(),
+            ..Default::default()
+        }),
+        start: start_ns,
+        end: now_ns(),
+        bytes_up: s.up,
+        bytes_down: s.down,
+        ..Default::default()
+    });
 }

@@ -8,18 +8,18 @@
 //! through the worker's pool (reverse mode in front of an HTTP/1.1 upstream, and
 //! requests a hook re-routed). When h2 is offered: docs/decisions.md, "HTTP/2".
 
+use crate::flows::capture::{BodyTap, Capture};
 use crate::http::{Body, Headers, Request, Response};
 use crate::io::PollStream;
 use crate::plugin::ConnInfo;
 use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
 use crate::proxy::body_relay::{self, H1Body};
 use crate::proxy::exchange::log::{sent_status, AccessRecord};
+use crate::proxy::exchange::recording;
 use crate::proxy::exchange::route::{self, Target2};
 use crate::proxy::exchange::{self, reply, rules, Decision, Flow, Message, Source};
 use crate::proxy::grpc;
 use crate::proxy::h1_wire;
-use crate::flows::capture::{BodyTap, Capture};
-use crate::proxy::exchange::recording;
 use crate::proxy::h2_stream::{self, Incoming};
 use crate::proxy::sse;
 use crate::proxy::upstream::h1::{self as up1, Upload, Waits};

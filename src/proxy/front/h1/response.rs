@@ -250,15 +250,20 @@ async fn switch_protocols(
         .headers
         .get("upgrade")
         .is_some_and(|p| p.eq_ignore_ascii_case(b"websocket"));
-    match engine.filter(|&e| websocket && accepted_ws && ws::wants(Some(e))) {
-        Some(e) => {
-            let mut up = up;
-            let peers = c.io.peers(&mut up);
-            let max = c.w.cfg.max_plugin_body;
-            ws::relay(peers, e, &c.info, hooks.id, c.w.timeouts.tunnel, max).await;
-            up.stream.shutdown(Shutdown::Both);
-        }
-        None => c.relay_both_ways(up, engine).await,
+    let recorded = c.w.recorder.is_some();
+    c.io.record(|r| r.switched(&rhead));
+    if websocket && accepted_ws && (ws::wants(engine) || recorded) {
+        let mut up = up;
+        let rec = c.io.rec.take();
+        let peers = c.io.peers(&mut up);
+        let max = c.w.cfg.max_plugin_body;
+        let hooks_on = engine.filter(|&e| ws::wants(Some(e)));
+        let t = c.w.timeouts.tunnel;
+        let (_, rec) = ws::relay(peers, hooks_on, &c.info, hooks.id, t, max, rec).await;
+        c.io.rec.set(rec);
+        up.stream.shutdown(Shutdown::Both);
+    } else {
+        let _ = c.relay_both_ways(up, engine).await;
     }
     Next::Close
 }
