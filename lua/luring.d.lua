@@ -267,6 +267,16 @@ luring = {}
 ---The protobuf wire format without a schema.
 ---@class luring.Protobuf
 luring.protobuf = {}
+
+---Adds a key/value note to the flow this hook runs for, kept in its recording
+---(`luring run --record`). Values are converted with tostring. Without --record it
+---does nothing. Raises an error in a connection-level hook (there is no flow).
+---@param key string
+---@param value any
+function luring.flow_note(key, value) end
+
+---Leaves the flow this hook runs for out of the recording (`--record`).
+function luring.skip_recording() end
 ---Decodes a message; malformed input is an error.
 ---@param bytes string
 ---@return luring.ProtobufMessage

@@ -296,3 +296,50 @@ fn redaction_can_be_extended_or_turned_off() {
         assert_eq!(header(&f.request.headers, "x-api-key"), Some(key));
     }
 }
+
+#[test]
+fn plugins_note_flows_and_keep_them_out() {
+    let origin = Origin::start(echo());
+    let dir = TempDir::new("rec-notes");
+    let file = dir.path("t.flows");
+    let plugin = dir.path("notes.lua");
+    std::fs::write(
+        &plugin,
+        r#"
+register_hook("http", "on_request", function(msg, ctx)
+  luring.flow_note("path", msg.path)
+  if msg.path == "/secret" then luring.skip_recording() end
+end)
+register_hook("http", "on_response", function(msg, ctx)
+  luring.flow_note("status", msg.status)
+end)
+"#,
+    )
+    .unwrap();
+    let proxy = Proxy::start(&[
+        "--record",
+        file.to_str().unwrap(),
+        "--plugin",
+        plugin.to_str().unwrap(),
+    ]);
+    for p in ["/a", "/secret", "/b"] {
+        let out = curl(&["-x", &proxy.url(), &format!("{}{p}", origin.url())]);
+        assert_eq!(out.status, 200);
+    }
+    let flows = wait_flows(&file, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let flows = if flows.len() < 3 {
+        http_flows(&file)
+    } else {
+        flows
+    };
+    let paths: Vec<&str> = flows.iter().map(|f| f.request.path.as_str()).collect();
+    assert_eq!(paths, ["/a", "/b"]);
+    assert_eq!(
+        flows[0].notes,
+        vec![
+            ("path".to_string(), "/a".to_string()),
+            ("status".to_string(), "200".to_string())
+        ]
+    );
+}

@@ -135,6 +135,7 @@ impl Engine {
         let mut d = self.core.ctx.borrow_mut();
         d.conn_id = conn.conn_id;
         d.flow_id = flow_id;
+        self.rt.notes.flow.set(flow_id);
         d.client_addr = conn.client_addr;
         d.server_addr = conn.server_addr;
         if d.sni != conn.sni {

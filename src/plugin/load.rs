@@ -149,6 +149,7 @@ impl Engine {
         let rt = Rc::new(Rt {
             budget: Cell::new(cfg.hook_budget),
             plugin: RefCell::new(Rc::from("")),
+            notes: super::flow_notes::NoteBook::new(cfg.record),
         });
         let (tok, need) = Self::init(&lua, &rt).map_err(LoadError::engine)?;
         // Outside any callback this is the main state, which lives as long as `lua`.

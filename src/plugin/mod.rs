@@ -13,6 +13,7 @@
 mod budget;
 mod chain;
 mod events;
+pub mod flow_notes;
 mod grpc;
 #[cfg(test)]
 mod grpc_tests;
@@ -55,6 +56,8 @@ pub struct EngineConfig {
     pub max_plugin_body: usize,
     /// Wall-clock budget of one hook call before it is interrupted as an error.
     pub hook_budget: Duration,
+    /// The proxy records flows: `luring.flow_note` and `luring.skip_recording` are kept.
+    pub record: bool,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +66,7 @@ impl Default for EngineConfig {
             files: Vec::new(),
             max_plugin_body: 16 << 20,
             hook_budget: Duration::from_millis(100),
+            record: false,
         }
     }
 }
@@ -136,6 +140,8 @@ struct HookEntry {
 struct Rt {
     budget: Cell<Duration>,
     plugin: RefCell<Rc<str>>,
+    /// Plugins' notes for the flow recorder.
+    notes: flow_notes::NoteBook,
 }
 
 /// One worker's plugin engine: a LuaJIT state and its hook chains. Not `Send`.

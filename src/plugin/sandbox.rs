@@ -133,6 +133,7 @@ impl Engine {
         g.set("shared", shared::table(lua)?)?;
         let luring = lua.create_table()?;
         luring.raw_set("protobuf", protobuf::table(lua)?)?;
+        super::flow_notes::install(lua, &luring, rt)?;
         g.set("luring", luring)?;
         let r = rt.clone();
         g.set(

@@ -163,6 +163,7 @@ fn engine_config(cfg: &Config) -> EngineConfig {
         files: cfg.plugins.clone(),
         max_plugin_body: cfg.max_plugin_body,
         hook_budget: Duration::from_millis(cfg.hook_budget_ms),
+        record: cfg.record.is_some(),
     }
 }
 

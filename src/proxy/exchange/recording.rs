@@ -28,11 +28,15 @@ pub fn start(f: &Flow<'_>, req: &Request, stream: u32) -> Option<Box<Capture>> {
     Some(Capture::start(flow, req, r.max_body))
 }
 
-/// Hands a finished flow to the recorder.
+/// Hands a finished flow to the recorder, with what plugins noted about it.
 pub fn finish(w: &Worker, info: &ConnInfo, cap: Option<Box<Capture>>) {
     if let (Some(r), Some(mut c)) = (w.recorder.as_ref(), cap) {
         if let Some(a) = info.server_addr {
             c.flow.server = a.to_string();
+        }
+        if let Some(n) = w.engine().and_then(|e| e.take_flow_notes(c.flow.id)) {
+            c.flow.notes = n.notes;
+            c.skip = n.skip;
         }
         r.http(c);
     }
