@@ -214,7 +214,7 @@ impl Direction {
                 self.text = None;
                 let wire = self.feed(last);
                 self.text = Some(TextDecoder::new());
-                out = Bytes::from(grpc::encode_text(&wire?));
+                out = grpc::encode_text(&wire?);
             }
         }
         self.dec.finish().map_err(|e| e.to_string())?;

@@ -318,9 +318,7 @@ pub fn gateway(cfg: &crate::config::Config, mode: &Mode, req: &Request) -> Optio
         }));
     }
     let ct = std::str::from_utf8(get("content-type")?).ok()?;
-    grpc::detect(ct)
-        .filter(|p| p.is_web())
-        .map(Gateway::Call)
+    grpc::detect(ct).filter(|p| p.is_web()).map(Gateway::Call)
 }
 
 /// The request as the native gRPC call it stands for: content type, `te: trailers`,
@@ -334,7 +332,11 @@ pub fn to_grpc_request(req: &mut Request, protocol: Protocol, body: Bytes) -> Re
     req.headers.set("content-type", web::grpc_content_type(&ct));
     req.headers.set("te", "trailers");
     // gRPC-web-only fields; the upstream speaks gRPC
-    for name in ["content-length", "x-grpc-web", "x-accept-content-transfer-encoding"] {
+    for name in [
+        "content-length",
+        "x-grpc-web",
+        "x-accept-content-transfer-encoding",
+    ] {
         req.headers.remove(name);
     }
     req.body = Body::Full(web::request_body(protocol, body)?);
@@ -350,8 +352,10 @@ pub fn from_grpc_response(resp: &mut Response, protocol: Protocol, origin: Optio
         .map(|v| String::from_utf8_lossy(v).into_owned());
     let grpc_answer = ct.as_deref().and_then(grpc::detect) == Some(Protocol::Grpc);
     if grpc_answer || resp.headers.contains("grpc-status") {
-        resp.headers
-            .set("content-type", web::web_content_type(protocol, ct.as_deref()));
+        resp.headers.set(
+            "content-type",
+            web::web_content_type(protocol, ct.as_deref()),
+        );
     }
     resp.headers.remove("content-length");
     for (n, v) in web::cors_headers(origin.map(|o| &o[..])) {

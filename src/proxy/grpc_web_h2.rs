@@ -51,8 +51,12 @@ pub async fn call(
             let mut dir = k.direction(true, req.headers.get("grpc-encoding").map(|v| &v[..]));
             match dir.feed_all(whole) {
                 Ok(b) => b,
-                Err(CallError::Cancelled(s, m)) => return Done::Answer(gw::cancelled_reply(k, s, &m)),
-                Err(CallError::Framing(why)) => return fail(400, &format!("bad gRPC-web body: {why}")),
+                Err(CallError::Cancelled(s, m)) => {
+                    return Done::Answer(gw::cancelled_reply(k, s, &m))
+                }
+                Err(CallError::Framing(why)) => {
+                    return fail(400, &format!("bad gRPC-web body: {why}"))
+                }
             }
         }
         _ => whole,
@@ -128,7 +132,11 @@ async fn relay(
             return Done::Sent(status, n);
         };
         n += bytes.len() as u64;
-        if h2_stream::send_data(&mut stx, bytes, cancelled).await.is_err() || cancelled {
+        if h2_stream::send_data(&mut stx, bytes, cancelled)
+            .await
+            .is_err()
+            || cancelled
+        {
             return Done::Sent(status, n);
         }
         let _ = body.rx.flow_control().release_capacity(len);

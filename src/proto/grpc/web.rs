@@ -136,7 +136,10 @@ pub fn preflight(
     }
     request_method?;
     let mut out = cors_headers(origin);
-    out.push(("access-control-allow-methods", b"POST, GET, OPTIONS".to_vec()));
+    out.push((
+        "access-control-allow-methods",
+        b"POST, GET, OPTIONS".to_vec(),
+    ));
     // the headers the browser asks for, or grpc-web's own list when it names none
     let allow = match request_headers.filter(|h| !h.trim_ascii().is_empty()) {
         Some(h) => {
@@ -164,7 +167,10 @@ pub fn cors_headers(origin: Option<&[u8]>) -> Vec<(&'static str, Vec<u8>)> {
         }
         None => out.push(("access-control-allow-origin", b"*".to_vec())),
     }
-    out.push(("access-control-expose-headers", EXPOSE_HEADERS.as_bytes().to_vec()));
+    out.push((
+        "access-control-expose-headers",
+        EXPOSE_HEADERS.as_bytes().to_vec(),
+    ));
     out
 }
 
@@ -175,7 +181,10 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(grpc_content_type("application/grpc-web"), "application/grpc");
+        assert_eq!(
+            grpc_content_type("application/grpc-web"),
+            "application/grpc"
+        );
         assert_eq!(
             grpc_content_type("application/grpc-web+proto"),
             "application/grpc+proto"
@@ -184,7 +193,10 @@ mod tests {
             grpc_content_type("application/grpc-web-text+proto; charset=x"),
             "application/grpc+proto"
         );
-        assert_eq!(grpc_content_type("application/grpc-web-text"), "application/grpc");
+        assert_eq!(
+            grpc_content_type("application/grpc-web-text"),
+            "application/grpc"
+        );
         assert_eq!(
             web_content_type(Protocol::GrpcWeb, Some("application/grpc")),
             "application/grpc-web+proto"
@@ -203,7 +215,10 @@ mod tests {
             "application/grpc-web-text",
             "application/grpc-web-text+proto",
         ] {
-            assert_eq!(super::super::detect(&grpc_content_type(ct)), Some(Protocol::Grpc));
+            assert_eq!(
+                super::super::detect(&grpc_content_type(ct)),
+                Some(Protocol::Grpc)
+            );
         }
     }
 
@@ -212,7 +227,11 @@ mod tests {
         let frames = [encode_message(b"ab", false), encode_message(b"xyz1", false)].concat();
         let per_frame: Vec<u8> = [encode_message(b"ab", false), encode_message(b"xyz1", false)]
             .iter()
-            .flat_map(|f| base64::engine::general_purpose::STANDARD.encode(f).into_bytes())
+            .flat_map(|f| {
+                base64::engine::general_purpose::STANDARD
+                    .encode(f)
+                    .into_bytes()
+            })
             .collect();
         assert_eq!(
             request_body(Protocol::GrpcWebText, Bytes::from(per_frame)).unwrap(),
@@ -310,14 +329,22 @@ mod tests {
     fn cors() {
         assert!(preflight(b"POST", Some(b"POST"), None, None).is_none());
         assert!(preflight(b"OPTIONS", None, None, None).is_none());
-        let p = preflight(b"OPTIONS", Some(b"POST"), Some(b"http://a"), Some(b"x-custom")).unwrap();
+        let p = preflight(
+            b"OPTIONS",
+            Some(b"POST"),
+            Some(b"http://a"),
+            Some(b"x-custom"),
+        )
+        .unwrap();
         let get = |n: &str| p.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
         assert_eq!(get("access-control-allow-origin").unwrap(), b"http://a");
         let allow = String::from_utf8(get("access-control-allow-headers").unwrap()).unwrap();
         assert!(allow.starts_with("x-custom, ") && allow.contains("x-grpc-web"));
         assert!(get("access-control-allow-methods").is_some());
         let p = preflight(b"OPTIONS", Some(b"POST"), None, None).unwrap();
-        assert!(p.iter().any(|(k, v)| *k == "access-control-allow-origin" && v == b"*"));
+        assert!(p
+            .iter()
+            .any(|(k, v)| *k == "access-control-allow-origin" && v == b"*"));
         let c = cors_headers(None);
         assert!(c
             .iter()

@@ -111,7 +111,11 @@ pub(super) async fn serve(
 }
 
 /// The request body, whole (what the client sent, framing removed).
-async fn whole_body(c: &mut ClientConn, req: &mut Request, asked: &mut Asked) -> Result<Bytes, Next> {
+async fn whole_body(
+    c: &mut ClientConn,
+    req: &mut Request,
+    asked: &mut Asked,
+) -> Result<Bytes, Next> {
     if let Body::Full(b) = &req.body {
         return Ok(b.clone());
     }
@@ -182,7 +186,11 @@ async fn relay(
                 encode_last_chunk(None, &mut wire);
             }
             let ok = c.io.send(vec![wire.freeze()]).await;
-            return if ok && !close { Next::KeepAlive } else { Next::Close };
+            return if ok && !close {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
         }
         if !c.io.send(vec![wire.split().freeze()]).await {
             return Next::Close;

@@ -133,8 +133,10 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
         (_, None) => match web.as_mut() {
             Some(dir) => {
                 let sink = c.io.sink();
-                Box::pin(crate::proxy::grpc_web::relay_h1(&mut src, sink, head, chunked_ok, dir))
-                    .await
+                Box::pin(crate::proxy::grpc_web::relay_h1(
+                    &mut src, sink, head, chunked_ok, dir,
+                ))
+                .await
             }
             None => body_relay::body(&mut src, c.io.sink(), Some(head), output, None).await,
         },
