@@ -89,8 +89,9 @@ install_apt() {
 }
 
 # Python packages the tests import: "import-name:pip-name" (websockets: tests/upgrade.rs;
-# grpcio: tests/tls.rs).
-PIP_NEED=(websockets:websockets grpc:grpcio)
+# grpcio: tests/tls.rs, tests/grpc.rs; sonora, a gRPC-web server and client:
+# tests/grpc_web.rs, conformance/cases/grpc_web.py).
+PIP_NEED=(websockets:websockets grpc:grpcio sonora:sonora)
 install_pip() {
   local missing=() spec
   for spec in "${PIP_NEED[@]}"; do

@@ -238,6 +238,10 @@ pub struct RunArgs {
     /// Never offer HTTP/2 to clients: intercepted TLS speaks HTTP/1.1 only.
     #[arg(long)]
     pub no_http2: bool,
+    /// Reverse mode: accept gRPC-web calls (HTTP/1.1 or h2, binary or text) and translate
+    /// them to native gRPC toward the upstream; answer their CORS preflights.
+    #[arg(long)]
+    pub grpc_web: bool,
     /// Client certificate (PEM chain + key) presented to HOST, as HOST=FILE (repeatable).
     #[arg(long, value_name = "HOST=FILE")]
     pub client_cert: Vec<String>,
@@ -314,6 +318,7 @@ impl RunArgs {
         c.access_log |= self.access_log;
         c.upstream_cert |= self.upstream_cert;
         c.http2 &= !self.no_http2;
+        c.grpc_web |= self.grpc_web;
         c.upstream_ca.extend(self.upstream_ca.iter().cloned());
         c.ignore_hosts.extend(self.ignore_hosts.iter().cloned());
         c.allow_hosts.extend(self.allow_hosts.iter().cloned());

@@ -162,6 +162,8 @@ pub struct Config {
     pub upstream_cert: bool,
     /// Offer HTTP/2 to TLS clients when the upstream speaks it.
     pub http2: bool,
+    /// Reverse mode: translate gRPC-web calls to native gRPC toward the upstream.
+    pub grpc_web: bool,
     /// HOST=FILE client certificates presented to upstreams.
     pub client_cert: Vec<String>,
     /// Leaf certificate cache entries.
@@ -219,6 +221,7 @@ impl Default for Config {
             allow_hosts: Vec::new(),
             upstream_cert: false,
             http2: true,
+            grpc_web: false,
             client_cert: Vec::new(),
             cert_cache_size: 10_000,
             record: None,
@@ -337,9 +340,10 @@ mod tests {
     #[test]
     fn file_keys_match_flags() {
         let c: Config = toml::from_str(
-            "listen = \"127.0.0.1:9999\"\nmode = \"reverse:http://127.0.0.1:1\"\nmax_head_size = 1024\nplugins = [\"a.lua\"]\nio = \"epoll\"",
+            "listen = \"127.0.0.1:9999\"\nmode = \"reverse:http://127.0.0.1:1\"\nmax_head_size = 1024\nplugins = [\"a.lua\"]\nio = \"epoll\"\ngrpc_web = true",
         )
         .unwrap();
+        assert!(c.grpc_web && !Config::default().grpc_web);
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.io, IoChoice::Epoll);
         assert!(toml::from_str::<Config>("nonsense = 1").is_err());

@@ -20,7 +20,7 @@ they saw through `CONF-GRPC-*` log lines (payloads and messages in hex).  The ro
 here ("row grpc.on_start", ...), not in rows.py.  PENDING without grpcio.
 With CONF_GRPC_DEBUG=1 in the environment, each client call's outcome goes to stderr.
 
-The grpc-web rows stay PENDING in rows.py (the grpc-web gateway/message layer is not built).
+The grpc-web rows are in grpc_web.py.
 """
 
 import hashlib

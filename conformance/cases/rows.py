@@ -1,10 +1,9 @@
 """One case per row of the 17-row surface (spec section 2): a hook on the row, real
 traffic from a real client, the effect asserted on both sides of the proxy.
 
-Rows whose layer is not built yet are PENDING ("layer not built: ..."): today the
-three grpc-web rows, whose gateway/message layer is not built; their registration is
-checked by the `register <row>` cases in load.py.  The rows of the other layers with a
-module of their own are there: ws.py, sse.py, grpc.py.
+Rows whose layer is not built yet would be PENDING ("layer not built: ..."): today
+none.  The rows of the layers with a module of their own are there: ws.py, sse.py,
+grpc.py, grpc_web.py.
 """
 
 import re

@@ -141,6 +141,14 @@ impl Capture {
         c
     }
 
+    /// The request body, read whole after the capture started (a gRPC-web call's).
+    pub fn request_body(&mut self, body: &Body) {
+        if let Body::Full(b) = body {
+            self.req_body = self.new_tap();
+            self.req_body.see(b);
+        }
+    }
+
     /// A tap for a body that streams apart from this capture (an HTTP/2 task's).
     pub fn new_tap(&self) -> BodyTap {
         BodyTap::new(self.max_body)

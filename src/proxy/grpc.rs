@@ -88,6 +88,16 @@ impl Call {
         }
     }
 
+    /// The wire form of the call.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Whether an on_data hook of the call's rows is registered.
+    pub fn hooks_data(&self) -> bool {
+        self.engine.has(self.start.rows.data())
+    }
+
     /// A hook's cancel, once one came.
     pub fn cancelled(&self) -> Option<(u32, String)> {
         self.cancel.borrow().clone()
@@ -144,6 +154,16 @@ impl Call {
     }
 }
 
+impl Drop for Call {
+    /// A call dropped before its status (reset, dropped, failed upstream, client gone)
+    /// still fires on_end once, as UNKNOWN: the fronts need no call at every exit.
+    fn drop(&mut self) {
+        if !self.ended.get() {
+            self.end_abnormally("the call ended without a status");
+        }
+    }
+}
+
 /// One direction of a call: its messages through on_data.
 pub struct Direction {
     call: Rc<Call>,
@@ -185,12 +205,37 @@ impl Direction {
         Ok(out.freeze())
     }
 
-    /// The body ended: an unfinished message is an error.
-    pub fn finish(&mut self) -> Result<(), String> {
+    /// The body ended: what an unpadded last base64 quantum completes goes on; an
+    /// unfinished message is an error.
+    pub fn finish(&mut self) -> Result<Bytes, String> {
+        let mut out = Bytes::new();
         if let Some(t) = &mut self.text {
-            t.finish().map_err(|e| e.to_string())?;
+            let last = t.finish().map_err(|e| e.to_string())?;
+            if !last.is_empty() {
+                self.text = None;
+                let wire = self.feed(last);
+                self.text = Some(TextDecoder::new());
+                out = grpc::encode_text(&wire?);
+            }
         }
-        self.dec.finish().map_err(|e| e.to_string())
+        self.dec.finish().map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// A whole body through the hooks (gRPC-web request bodies, which clients send
+    /// whole): what goes on, or the hook's cancel.
+    pub fn feed_all(&mut self, body: Bytes) -> Result<Bytes, CallError> {
+        let mut out = BytesMut::from(&self.feed(body).map_err(CallError::Framing)?[..]);
+        if let Some(c) = self.call.cancelled() {
+            return Err(CallError::Cancelled(c.0, c.1));
+        }
+        out.extend_from_slice(&self.finish().map_err(CallError::Framing)?);
+        Ok(out.freeze())
+    }
+
+    /// The call that this direction belongs to.
+    pub fn call(&self) -> &Rc<Call> {
+        &self.call
     }
 
     /// What goes on for one decoded event.
@@ -269,6 +314,15 @@ impl Direction {
     }
 }
 
+/// Why a gRPC body could not go on as messages.
+#[derive(Debug)]
+pub enum CallError {
+    /// It is not gRPC framing (or not base64 for grpc-web-text).
+    Framing(String),
+    /// A hook's `msg:cancel(status, message)`.
+    Cancelled(u32, String),
+}
+
 /// The end of a relayed h2 body.
 pub enum Relayed {
     /// The trailers that ended it, passed on.
@@ -299,7 +353,12 @@ pub async fn relay(
             .map_err(|e| e.to_string())?;
         let _ = body.rx.flow_control().release_capacity(len);
     }
-    dir.finish()?;
+    let last = dir.finish()?;
+    if !last.is_empty() {
+        crate::proxy::h2_stream::send_data(tx, last, false)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     match body.rx.trailers().await.map_err(|e| e.to_string())? {
         Some(t) => {
             body.see_trailers(&t);

@@ -15,6 +15,8 @@ pub mod conn;
 pub mod exchange;
 pub mod front;
 pub mod grpc;
+pub mod grpc_web;
+pub mod grpc_web_h2;
 pub mod h1_wire;
 pub mod h2_stream;
 pub mod hooks;

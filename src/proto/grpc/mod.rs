@@ -10,6 +10,7 @@ pub mod compress;
 pub mod frame;
 pub mod status;
 pub mod text;
+pub mod web;
 
 pub use compress::{compress, decode_payload, decompress, CompressError, Encoding};
 pub use frame::{

@@ -27,6 +27,7 @@ use crate::proxy::upstream::h2::{self as up2, StreamError};
 use crate::proxy::upstream::{self, Key, Upstream};
 use crate::proxy::worker::{Counters, Worker};
 use crate::proxy::worker_tls::Alpn;
+use crate::proxy::{grpc_web, grpc_web_h2};
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use std::cell::Cell;
@@ -291,16 +292,17 @@ async fn exchange_stream(
             return reply.tx.send_reset(Reason::CANCEL);
         }
         Decision::Respond(r) => {
-            if let Some(c) = call.as_ref() {
-                match r.headers.contains("grpc-status") {
-                    true => c.end_with(&r.headers),
-                    false => c.end_http(r.status),
-                }
-            }
+            let r = match call.as_ref() {
+                Some(c) => grpc_web::respond_call(c, r),
+                None => r,
+            };
             reply.answer(r, is_head);
             return h2_stream::discard(body);
         }
         Decision::Failed(why) => return reply.fail(400, &why),
+    }
+    if let Some(g) = grpc_web::gateway(&s.w.cfg, &s.w.mode, &req) {
+        return gateway(s, &f, g, req, body, reply, call.take()).await;
     }
     let ex = Stream {
         s,
@@ -328,6 +330,49 @@ async fn exchange_stream(
         }
         UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => ex.via_h1(req, body, reply).await,
         UpstreamConn::Failed(why) => reply.fail(502, why),
+    }
+}
+
+/// `--grpc-web`: a preflight answered, or a gRPC-web call over the session's h2
+/// upstream (h2c made on first use for a plaintext upstream).
+async fn gateway(
+    s: &Session,
+    f: &Flow<'_>,
+    g: grpc_web::Gateway,
+    req: Request,
+    body: Incoming,
+    reply: &mut Reply,
+    call: Option<Rc<grpc::Call>>,
+) {
+    let protocol = match g {
+        grpc_web::Gateway::Preflight(r) => return reply.answer(r, false),
+        grpc_web::Gateway::Call(p) => p,
+    };
+    let up = match &s.upstream {
+        UpstreamConn::H2(up) => up.clone(),
+        UpstreamConn::Http1OrH2c => {
+            let (host, port) = (&s.key.host, s.key.port);
+            let t = s.w.timeouts.connect;
+            let connect = async {
+                upstream::connect(s.w.backend, host, port, t, None)
+                    .await
+                    .map_err(|e| e.text().to_string())
+            };
+            match s.h2c.sender(connect, s.info.conn_id).await {
+                Ok(up) => up,
+                Err(why) => return reply.fail(502, &why),
+            }
+        }
+        UpstreamConn::Http1 => return reply.fail(502, "the upstream does not speak HTTP/2"),
+        UpstreamConn::Failed(why) => return reply.fail(502, why),
+    };
+    match grpc_web_h2::call(f, up, req, body, &mut reply.tx, call, protocol).await {
+        grpc_web_h2::Done::Answer(r) => reply.answer(r, false),
+        grpc_web_h2::Done::Sent(status, n) => {
+            reply.status = status;
+            reply.bytes += n;
+        }
+        grpc_web_h2::Done::Reset => {}
     }
 }
 
@@ -443,6 +488,13 @@ impl Stream<'_> {
                 }
             },
         };
+        if let Some(k) = self.call.as_ref().filter(|k| k.protocol().is_web()) {
+            let max = w.cfg.max_plugin_body;
+            let r = grpc_web::hook_request(&mut Source::H2(&mut body), &mut req, k, max).await;
+            if let Err((status, message)) = r {
+                return reply.answer(grpc_web::cancelled_reply(k, status, &message), false);
+            }
+        }
         body.tap = reply.rec.as_ref().map(|r| r.new_tap());
         let (head, upload) = h1_request(&mut req, &mut body);
         let deadline = crate::io::Deadline::new();
@@ -539,12 +591,10 @@ impl Stream<'_> {
                 return false;
             }
             Decision::Respond(r) => {
-                if let Some(c) = self.call.as_ref() {
-                    match r.headers.contains("grpc-status") {
-                        true => c.end_with(&r.headers),
-                        false => c.end_http(r.status),
-                    }
-                }
+                let r = match self.call.as_ref() {
+                    Some(c) => grpc_web::respond_call(c, r),
+                    None => r,
+                };
                 reply.answer(r, self.is_head);
                 return false;
             }
@@ -608,16 +658,14 @@ impl Stream<'_> {
                 Ok(grpc::Relayed::Cancelled(status, message)) => {
                     // the client gets the hook's status; the upstream's stream is reset
                     // when its handles are dropped
-                    let _ = tx.send_trailers(grpc::status_trailers(status, &message));
-                    c.end(crate::proto::grpc::Status::new(status, message), Vec::new());
+                    grpc_web::send_status(&mut tx, c, status, &message);
                     false
                 }
                 // a hook cancelled a client message: the upload reset the upstream, and
                 // the client gets the hook's status
                 Err(_) if c.cancelled().is_some() => {
                     let (status, message) = c.cancelled().unwrap_or_default();
-                    let _ = tx.send_trailers(grpc::status_trailers(status, &message));
-                    c.end(crate::proto::grpc::Status::new(status, message), Vec::new());
+                    grpc_web::send_status(&mut tx, c, status, &message);
                     false
                 }
                 Err(e) => {
@@ -626,6 +674,14 @@ impl Stream<'_> {
                     false
                 }
             };
+        }
+        let web = match (&self.call, &full, &src) {
+            (Some(c), None, Source::H1 { .. }) => grpc_web::response_direction(c, &resp),
+            _ => None,
+        };
+        if let (Some(mut dir), Source::H1 { body, .. }) = (web, &mut src) {
+            let r = grpc_web::relay_h1_to_h2(body, &mut tx, &mut dir).await;
+            return r.map(|n| reply.bytes += n).is_ok() && body.dec.is_done();
         }
         let r = match (full, src) {
             (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref()).await,
@@ -750,6 +806,9 @@ impl Reply {
 
     /// Answers a gRPC call with only a status (a hook's cancel before any response).
     fn grpc_status(&mut self, call: Option<&grpc::Call>, status: u32, message: &str) {
+        if let Some(c) = call {
+            return self.answer(grpc_web::cancelled_reply(c, status, message), false);
+        }
         let st = crate::proto::grpc::Status::new(status, message);
         let mut headers = Headers::new();
         for (name, value) in crate::proto::grpc::trailers_only::<&str, &str>(&st, &[]) {

@@ -3,6 +3,7 @@
 //! sides keep the connection alive. A CONNECT that succeeds, or an upgrade, ends
 //! HTTP on the connection: that is handed back to the connection driver.
 
+mod grpc_web;
 mod over_h2;
 mod request;
 mod response;

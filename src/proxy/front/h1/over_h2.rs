@@ -48,7 +48,7 @@ pub(super) fn remember(c: &ClientConn, key: &Key) {
 }
 
 /// The worker's h2 connection to `key`, made now (TLS offering h2) if none is open.
-async fn sender(c: &ClientConn, key: &Key) -> Result<SendRequest<Bytes>, String> {
+pub(super) async fn sender(c: &ClientConn, key: &Key) -> Result<SendRequest<Bytes>, String> {
     let lazy =
         c.w.h2_only
             .borrow_mut()

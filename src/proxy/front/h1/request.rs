@@ -13,6 +13,7 @@ use crate::proxy::conn::client::ClientConn;
 use crate::proxy::exchange::recording;
 use crate::proxy::exchange::route::{self};
 use crate::proxy::exchange::{self, reply, rules, Decision, Message, Source};
+use crate::proxy::grpc_web;
 use crate::proxy::h1_wire;
 use crate::proxy::upstream::h1::{self as up1, Answer, SendError, Upload, Waits};
 use crate::proxy::upstream::{self, Key, Upstream};
@@ -58,6 +59,8 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
         engine: engine.as_deref(),
         id: c.w.next_conn_id(),
     };
+    let max = c.w.cfg.max_grpc_message;
+    let call = grpc_web::h1_call(engine.as_ref(), &req, &c.info, hooks.id, max);
     let decision = {
         let mut src = Source::H1 {
             body: H1Body {
@@ -72,7 +75,7 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
         let msg = Message::Request {
             req: &mut req,
             upgrade: asked.upgrade.as_ref(),
-            grpc: None,
+            grpc: call.as_ref().map(|k| &k.start),
         };
         exchange::event!(&flow!(c, hooks), msg, &mut src)
     };
@@ -87,6 +90,10 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
             return Half::Over(Next::Close);
         }
         Decision::Respond(resp) => {
+            let resp = match &call {
+                Some(k) => grpc_web::respond_call(k, resp),
+                None => resp,
+            };
             // a request body left unread would be taken for the next request
             let close = !asked.keep_alive || !asked.dec.is_done();
             return Half::Over(answer(c, resp, &asked, close).await);
@@ -95,6 +102,19 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
     }
     if req.method.as_ref() == b"CONNECT" {
         return Half::Over(Box::pin(tunnel(c, req)).await);
+    }
+    if let Some(g) = grpc_web::gateway(&c.w.cfg, &c.w.mode, &req) {
+        let key = front.key_for(&req);
+        let web = super::grpc_web::Gw { hooks, call, key };
+        return Half::Over(Box::pin(super::grpc_web::serve(c, web, g, req, &mut asked)).await);
+    }
+    if let Some(k) = &call {
+        if let Err((status, message)) = hook_request(c, &mut req, &mut asked, k).await {
+            let resp = grpc_web::cancelled_reply(k, status, &message);
+            let close = !asked.keep_alive || !asked.dec.is_done();
+            return Half::Over(answer(c, resp, &asked, close).await);
+        }
+        c.io.record(|r| r.request_body(&req.body));
     }
     // a plugin that replaced the body without reading it leaves the client's body unread
     if matches!(req.body, Body::Full(_)) && !asked.dec.is_done() {
@@ -126,7 +146,28 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
         up,
         key,
         upload_complete: answer.complete,
+        grpc: call,
     })
+}
+
+/// A gRPC-web call's request body through grpc-web.on_data (read whole).
+async fn hook_request(
+    c: &mut ClientConn,
+    req: &mut Request,
+    asked: &mut Asked,
+    call: &std::rc::Rc<crate::proxy::grpc::Call>,
+) -> Result<(), (u32, String)> {
+    let mut src = Source::H1 {
+        body: H1Body {
+            stream: &c.io.stream,
+            buf: &mut c.io.buf,
+            dec: &mut asked.dec,
+            timeout: c.w.timeouts.idle,
+            tap: None,
+        },
+        owe_continue: Some(&mut asked.owe_continue),
+    };
+    grpc_web::hook_request(&mut src, req, call, c.w.cfg.max_plugin_body).await
 }
 
 /// A new upstream connection for `key` (reporting a failed early connect once instead

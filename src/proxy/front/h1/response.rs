@@ -26,6 +26,7 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
         mut up,
         key,
         upload_complete,
+        grpc,
     } = sent;
     let hooks = Hooks {
         engine: engine.as_deref(),
@@ -70,6 +71,10 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
         Decision::Forward => {}
         Decision::Respond(r) => {
             up.stream.shutdown(Shutdown::Both);
+            let r = match &grpc {
+                Some(k) => crate::proxy::grpc_web::respond_call(k, r),
+                None => r,
+            };
             return answer(c, r, asked, !asked.keep_alive).await;
         }
         Decision::Drop => {
@@ -83,8 +88,14 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
     }
     c.io.record(|r| r.response(&resp, false));
     let mut sse = sse_rewriter(c, hooks, &resp, asked.is_head);
+    // a gRPC-web answer to a hooked call: its messages through grpc-web.on_data
+    let mut web = grpc
+        .as_ref()
+        .filter(|_| !asked.is_head)
+        .and_then(|k| crate::proxy::grpc_web::response_direction(k, &resp));
     let ready = up.buf.len();
-    let (head, output) = response_head(c, &mut resp, &rdec, ready, asked, sse.is_some());
+    let rewritten = sse.is_some() || web.is_some();
+    let (head, output) = response_head(c, &mut resp, &rdec, ready, asked, rewritten);
     let chunked_ok = asked.version == Version::Http11;
     let Upstream { stream, buf, .. } = &mut up;
     let mut rec = c.io.rec.take();
@@ -123,7 +134,16 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
             ))
             .await
         }
-        (_, None) => body_relay::body(&mut src, c.io.sink(), Some(head), output, None).await,
+        (_, None) => match web.as_mut() {
+            Some(dir) => {
+                let sink = c.io.sink();
+                Box::pin(crate::proxy::grpc_web::relay_h1(
+                    &mut src, sink, head, chunked_ok, dir,
+                ))
+                .await
+            }
+            None => body_relay::body(&mut src, c.io.sink(), Some(head), output, None).await,
+        },
     };
     let clean = match r {
         Ok(n) => {

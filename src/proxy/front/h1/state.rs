@@ -102,6 +102,8 @@ pub(super) struct Sent {
     pub(super) key: Key,
     /// The whole request body went upstream.
     pub(super) upload_complete: bool,
+    /// The gRPC-web call, when a plugin hooks the grpc-web rows.
+    pub(super) grpc: Option<std::rc::Rc<crate::proxy::grpc::Call>>,
 }
 
 /// How the request half of an exchange ended.
