@@ -1,0 +1,385 @@
+//! The HTTP/2 client front: every client stream is one exchange, run as a task of its
+//! own on the worker so a slow stream never holds up another. DROP resets the stream
+//! (RST_STREAM CANCEL) and the connection lives on; bodies stream frame by frame under
+//! h2's flow control unless a hook reads them.
+//!
+//! Upstream, a stream goes as a stream of one h2 connection when the upstream speaks
+//! h2 (end to end: trailers and gRPC pass as they are), or as an HTTP/1.1 request
+//! through the worker's pool (reverse mode in front of an HTTP/1.1 upstream, and
+//! requests a hook re-routed). When h2 is offered: docs/decisions.md, "HTTP/2".
+
+mod answer;
+mod stream;
+
+use crate::http::{Body, Headers, Request};
+use crate::io::PollStream;
+use crate::plugin::ConnInfo;
+use crate::proxy::exchange::log::{sent_status, AccessRecord};
+use crate::proxy::exchange::recording;
+use crate::proxy::exchange::route::{self, Target2};
+use crate::proxy::exchange::{self, Decision, Flow, Message, Source};
+use crate::proxy::grpc;
+use crate::proxy::h2_stream::{self, Incoming};
+use crate::proxy::upstream::h2::{self as up2};
+use crate::proxy::upstream::{self, Key, Upstream};
+use crate::proxy::worker::{Counters, Worker};
+use crate::proxy::{grpc_web, grpc_web_h2};
+use answer::Reply;
+use bytes::{Bytes, BytesMut};
+use h2::{Reason, RecvStream};
+use std::cell::Cell;
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::time::Instant;
+use stream::Stream;
+
+/// Streams a client may open at once on one connection (as nginx's default).
+const MAX_STREAMS: u32 = 128;
+
+/// How an h2 session reaches its upstream.
+pub enum Via {
+    /// An upstream connection that speaks h2 (TLS that chose h2, or h2c).
+    H2(Box<Upstream>),
+    /// HTTP/1.1 through the pool (an upstream without h2).
+    Http1,
+    /// A plaintext upstream that may speak h2c: gRPC requests (which need h2 end to
+    /// end) go over one h2c connection made when the first one comes, the rest over
+    /// HTTP/1.1.
+    Http1OrH2c,
+    /// None could be had: every stream gets a 502 with this reason.
+    Failed(String),
+}
+
+/// How a running session reaches its upstream.
+enum UpstreamConn {
+    H2(h2::client::SendRequest<Bytes>),
+    Http1,
+    Http1OrH2c,
+    Failed(String),
+}
+
+/// What every stream of one client connection shares.
+struct Session {
+    w: Rc<Worker>,
+    info: ConnInfo,
+    /// Where requests go unless a hook re-routes them.
+    target: Target2,
+    /// The pool key of `target`: a request re-routed elsewhere goes over HTTP/1.1.
+    key: Key,
+    upstream: UpstreamConn,
+    /// The h2c connection of [`UpstreamConn::Http1OrH2c`], once made.
+    h2c: up2::Lazy,
+    /// Streams in progress, and when the last one ended (idle timeout).
+    open: Cell<usize>,
+    last_end: Cell<Instant>,
+}
+
+/// Serves an h2 client connection (TLS that chose h2, or h2c with prior knowledge),
+/// relaying its streams as `via` says. `early` holds client bytes already read.
+pub async fn serve(
+    w: Rc<Worker>,
+    client: &crate::io::Stream,
+    early: BytesMut,
+    info: &ConnInfo,
+    via: Via,
+    target: Target2,
+) {
+    let mut cio = PollStream::new(client, early);
+    match via {
+        Via::H2(up) => {
+            let Upstream { stream, buf, .. } = *up;
+            let uio = PollStream::new(&stream, buf);
+            match up2::handshake(uio).await {
+                Ok((send, conn)) => {
+                    let up = UpstreamConn::H2(send);
+                    run(w, &mut cio, up, Some(conn), info, target).await;
+                }
+                Err(e) => {
+                    let why = format!("HTTP/2 handshake with the upstream failed: {e}");
+                    run(w, &mut cio, UpstreamConn::Failed(why), None, info, target).await;
+                }
+            }
+            stream.shutdown(Shutdown::Both);
+        }
+        Via::Http1 => run(w, &mut cio, UpstreamConn::Http1, None, info, target).await,
+        Via::Http1OrH2c => run(w, &mut cio, UpstreamConn::Http1OrH2c, None, info, target).await,
+        Via::Failed(why) => run(w, &mut cio, UpstreamConn::Failed(why), None, info, target).await,
+    }
+}
+
+/// The h2 upstream connection's driver, when the session has one.
+type UpDriver<'a> = h2::client::Connection<PollStream<'a>, Bytes>;
+
+async fn run(
+    w: Rc<Worker>,
+    cio: &mut PollStream<'_>,
+    upstream: UpstreamConn,
+    up_conn: Option<UpDriver<'_>>,
+    info: &ConnInfo,
+    target: Target2,
+) {
+    let conn = info.conn_id;
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_window_size(up2::STREAM_WINDOW)
+        .initial_connection_window_size(up2::CONN_WINDOW)
+        .max_header_list_size(w.cfg.max_head_size as u32)
+        .handshake::<_, Bytes>(cio);
+    // a client that never sends its preface is cut off like a slow HTTP/1 head
+    let mut srv = match tokio::time::timeout(w.timeouts.head, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(conn, "client HTTP/2 handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(conn, "client HTTP/2 preface timed out");
+            return;
+        }
+    };
+    let session = Rc::new(Session {
+        w: w.clone(),
+        info: info.clone(),
+        key: Key::new(&target.scheme, &target.authority),
+        target,
+        upstream,
+        h2c: up2::Lazy::default(),
+        open: Cell::new(0),
+        last_end: Cell::new(Instant::now()),
+    });
+    let up_conn = async move {
+        match up_conn {
+            Some(c) => c.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(up_conn);
+    let mut upstream_open = true;
+    let mut closing = false;
+    let mut drain = w.draining.subscribe();
+    let idle = w.timeouts.idle;
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    loop {
+        tokio::select! {
+            next = srv.accept() => match next {
+                Some(Ok((req, tx))) => spawn_stream(&session, req, tx),
+                Some(Err(e)) => {
+                    tracing::debug!(conn, "client HTTP/2 connection ended: {e}");
+                    break;
+                }
+                None => break,
+            },
+            r = &mut up_conn, if upstream_open => {
+                upstream_open = false;
+                if let Err(e) = r {
+                    tracing::info!(conn, "upstream HTTP/2 connection ended: {e}");
+                }
+                // new streams could not be served: tell the client to open a new connection
+                srv.graceful_shutdown();
+                closing = true;
+            }
+            _ = drain.changed(), if !closing => {
+                srv.graceful_shutdown();
+                closing = true;
+            }
+            // one wake-up per idle period: the timer moves to a period after the last
+            // stream ended, or a period from now while streams are open
+            _ = &mut idle_timer, if !closing => {
+                let now = tokio::time::Instant::now();
+                let since = session.last_end.get().elapsed();
+                if session.open.get() > 0 {
+                    idle_timer.as_mut().reset(now + idle);
+                } else if since >= idle {
+                    srv.graceful_shutdown();
+                    closing = true;
+                } else {
+                    idle_timer.as_mut().reset(now + idle.saturating_sub(since));
+                }
+            }
+        }
+    }
+}
+
+/// Runs one client stream as a task of its own.
+fn spawn_stream(
+    session: &Rc<Session>,
+    req: http::Request<RecvStream>,
+    tx: h2::server::SendResponse<Bytes>,
+) {
+    Counters::bump(&session.w.counters.requests);
+    session.open.set(session.open.get() + 1);
+    let s = session.clone();
+    crate::io::spawn(async move {
+        let mut reply = Reply {
+            tx,
+            status: 0,
+            bytes: 0,
+            rec: None,
+        };
+        if s.w.cfg.access_log {
+            let record = AccessRecord::http(
+                req.method().as_str().as_bytes(),
+                req.uri().to_string().as_bytes(),
+                "HTTP/2.0",
+                &s.target.scheme,
+                s.target.authority.as_bytes(),
+            );
+            stream(&s, req, &mut reply).await;
+            let status = sent_status(reply.status);
+            record.finish(s.info.client_addr, status, reply.bytes, s.info.conn_id);
+        } else {
+            stream(&s, req, &mut reply).await;
+        }
+        recording::finish(&s.w, &s.info, reply.rec.take());
+        s.open.set(s.open.get() - 1);
+        s.last_end.set(Instant::now());
+    });
+}
+
+/// One stream: the request event, then the exchange with the upstream over h2 or
+/// HTTP/1.1.
+async fn stream(s: &Session, req: http::Request<RecvStream>, reply: &mut Reply) {
+    let mut call = None;
+    exchange_stream(s, req, reply, &mut call).await;
+    // a call that ended without its trailers (reset, refused, failed upstream)
+    if let Some(c) = call {
+        c.end_abnormally("the call ended without a status");
+    }
+}
+
+/// [`stream`]'s exchange; `call` is set when the gRPC layer takes the stream.
+async fn exchange_stream(
+    s: &Session,
+    req: http::Request<RecvStream>,
+    reply: &mut Reply,
+    call: &mut Option<Rc<grpc::Call>>,
+) {
+    let (parts, rx) = req.into_parts();
+    let mut req = match route::h2_request(&parts, &s.target) {
+        Ok(r) => r,
+        Err((status, text)) => return reply.fail(status, &text),
+    };
+    if rx.is_end_stream() {
+        req.body = Body::Full(Bytes::new());
+    }
+    let engine = s.w.engine();
+    let f = Flow {
+        w: &s.w,
+        info: &s.info,
+        engine: engine.as_deref(),
+        id: s.w.next_conn_id(),
+    };
+    let max = s.w.cfg.max_grpc_message;
+    *call = grpc::Call::of(engine.as_ref(), &req, &s.info, f.id, max);
+    let mut body = Incoming::new(rx);
+    let te_trailers = req.headers.has_token("te", "trailers");
+    let is_head = req.method.as_ref() == b"HEAD";
+    let msg = Message::Request {
+        req: &mut req,
+        upgrade: None,
+        grpc: call.as_ref().map(|c| &c.start),
+    };
+    let decision = exchange::event!(&f, msg, &mut Source::H2(&mut body));
+    reply.rec = recording::start(&f, &req, reply.tx.stream_id().as_u32());
+    match decision {
+        Decision::Forward => {}
+        Decision::Drop => {
+            tracing::debug!(conn = s.info.conn_id, "HTTP/2 stream reset by plugin");
+            reply.record(|r| r.error("dropped by plugin"));
+            return reply.tx.send_reset(Reason::CANCEL);
+        }
+        Decision::Respond(r) => {
+            let r = match call.as_ref() {
+                Some(c) => grpc_web::respond_call(c, r),
+                None => r,
+            };
+            reply.answer(r, is_head);
+            return h2_stream::discard(body);
+        }
+        Decision::Failed(why) => return reply.fail(400, &why),
+    }
+    if let Some(g) = grpc_web::gateway(&s.w.cfg, &s.w.mode, &req) {
+        return gateway(s, &f, g, req, body, reply, call.take()).await;
+    }
+    let ex = Stream {
+        s,
+        f,
+        is_head,
+        te_trailers,
+        call: call.clone(),
+    };
+    // a request a hook re-routed leaves this session's upstream: HTTP/1.1 to its own
+    match &s.upstream {
+        _ if Key::new(&req.scheme, &req.authority) != s.key => ex.via_h1(req, body, reply).await,
+        UpstreamConn::H2(up) => ex.via_h2(up.clone(), req, body, reply).await,
+        UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => {
+            let (host, port) = (&s.key.host, s.key.port);
+            let t = s.w.timeouts.connect;
+            let connect = async {
+                upstream::connect(s.w.backend, host, port, t, None)
+                    .await
+                    .map_err(|e| e.text().to_string())
+            };
+            match s.h2c.sender(connect, s.info.conn_id).await {
+                Ok(up) => ex.via_h2(up, req, body, reply).await,
+                Err(why) => reply.fail(502, &why),
+            }
+        }
+        UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => ex.via_h1(req, body, reply).await,
+        UpstreamConn::Failed(why) => reply.fail(502, why),
+    }
+}
+
+/// `--grpc-web`: a preflight answered, or a gRPC-web call over the session's h2
+/// upstream (h2c made on first use for a plaintext upstream).
+async fn gateway(
+    s: &Session,
+    f: &Flow<'_>,
+    g: grpc_web::Gateway,
+    req: Request,
+    body: Incoming,
+    reply: &mut Reply,
+    call: Option<Rc<grpc::Call>>,
+) {
+    let protocol = match g {
+        grpc_web::Gateway::Preflight(r) => return reply.answer(r, false),
+        grpc_web::Gateway::Call(p) => p,
+    };
+    let up = match &s.upstream {
+        UpstreamConn::H2(up) => up.clone(),
+        UpstreamConn::Http1OrH2c => {
+            let (host, port) = (&s.key.host, s.key.port);
+            let t = s.w.timeouts.connect;
+            let connect = async {
+                upstream::connect(s.w.backend, host, port, t, None)
+                    .await
+                    .map_err(|e| e.text().to_string())
+            };
+            match s.h2c.sender(connect, s.info.conn_id).await {
+                Ok(up) => up,
+                Err(why) => return reply.fail(502, &why),
+            }
+        }
+        UpstreamConn::Http1 => return reply.fail(502, "the upstream does not speak HTTP/2"),
+        UpstreamConn::Failed(why) => return reply.fail(502, why),
+    };
+    match grpc_web_h2::call(f, up, req, body, &mut reply.tx, call, protocol).await {
+        grpc_web_h2::Done::Answer(r) => reply.answer(r, false),
+        grpc_web_h2::Done::Sent(status, n) => {
+            reply.status = status;
+            reply.bytes += n;
+        }
+        grpc_web_h2::Done::Reset => {}
+    }
+}
+
+/// Whether a request is a gRPC call, which needs h2 end to end (gRPC-web does not).
+fn is_grpc(h: &Headers) -> bool {
+    h.get("content-type").is_some_and(|ct| {
+        let ct = ct.to_ascii_lowercase();
+        ct == b"application/grpc"
+            || ct.starts_with(b"application/grpc+")
+            || ct.starts_with(b"application/grpc;")
+    })
+}

@@ -1,0 +1,416 @@
+//! One stream's exchange with the upstream: over h2 (a stream of the session's upstream
+//! connection) or HTTP/1.1 (a pooled connection), then the response back to the client.
+
+use super::{Reply, Session};
+use crate::http::{Body, Request, Response};
+use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
+use crate::proxy::body_relay::{self, H1Body};
+use crate::proxy::exchange::{self, rules, Decision, Flow, Message, Source};
+use crate::proxy::grpc;
+use crate::proxy::grpc_web;
+use crate::proxy::h1_wire;
+use crate::proxy::h2_stream::{self, Incoming};
+use crate::proxy::sse;
+use crate::proxy::upstream::h1::{self as up1, Upload, Waits};
+use crate::proxy::upstream::h2::{self as up2};
+use crate::proxy::upstream::{self, Key, Upstream};
+use crate::proxy::worker_tls::Alpn;
+use bytes::{Bytes, BytesMut};
+use h2::{Reason, SendStream};
+use std::net::Shutdown;
+use std::rc::Rc;
+
+/// What one stream's exchange with the upstream needs to know.
+pub(super) struct Stream<'a> {
+    pub(super) s: &'a Session,
+    pub(super) f: Flow<'a>,
+    pub(super) is_head: bool,
+    /// The client sent `te: trailers` (the pipeline strips TE as hop-by-hop).
+    pub(super) te_trailers: bool,
+    /// The gRPC call, when the gRPC layer takes the stream.
+    pub(super) call: Option<Rc<grpc::Call>>,
+}
+
+impl Stream<'_> {
+    /// Relays the request as a stream of an h2 upstream connection.
+    pub(super) async fn via_h2(
+        &self,
+        upstream: h2::client::SendRequest<Bytes>,
+        mut req: Request,
+        mut body: Incoming,
+        reply: &mut Reply,
+    ) {
+        let started = match up2::start(upstream, &mut req, self.te_trailers).await {
+            Ok(s) => s,
+            Err(e) => return reply.stream_error(e),
+        };
+        let up2::Started {
+            response,
+            body: mut tx,
+            no_body,
+        } = started;
+        let full = match std::mem::replace(&mut req.body, Body::Streaming) {
+            Body::Full(b) => Some(b),
+            _ => None,
+        };
+        let trailers = req.trailers.take();
+        body.tap = reply.rec.as_ref().map(|r| r.new_tap());
+        let mut up_dir = match (&self.call, &full) {
+            (Some(c), None) => {
+                Some(c.direction(true, req.headers.get("grpc-encoding").map(|v| &v[..])))
+            }
+            _ => None,
+        };
+        let upload = crate::io::spawn(async move {
+            let r = match (full, up_dir.as_mut()) {
+                (Some(_), _) if no_body => Ok(()),
+                (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                (None, Some(dir)) => match grpc::relay(&mut body, &mut tx, dir).await {
+                    Ok(grpc::Relayed::Cancelled(..)) => Err("cancelled by a hook".into()),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                (None, None) => h2_stream::relay_rest(&mut body, &mut tx, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            if r.is_err() {
+                // also what a hook's msg:cancel sends the upstream
+                tx.send_reset(Reason::CANCEL);
+            }
+            (r, body.tap)
+        });
+        let (resp, rx) = match up2::response(response, self.s.w.timeouts.upstream).await {
+            Ok(r) => r,
+            Err(e) => {
+                upload.abort();
+                if let Some((status, message)) = self.call.as_ref().and_then(|c| c.cancelled()) {
+                    return reply.grpc_status(self.call.as_deref(), status, &message);
+                }
+                return reply.stream_error(e);
+            }
+        };
+        let mut rbody = Incoming::new(rx);
+        rbody.tap = reply.rec.as_ref().map(|r| r.new_tap());
+        self.respond(&req, resp, Source::H2(&mut rbody), reply)
+            .await;
+        reply.put_tap(true, rbody.tap);
+        if let Ok((r, tap)) = upload.await {
+            reply.put_tap(false, tap);
+            if let Err(why) = r {
+                reply.record(|c| c.error(format!("request body: {why}")));
+            }
+        }
+    }
+
+    /// Relays the request over HTTP/1.1 (a pooled or new connection to its authority),
+    /// and the HTTP/1 response back as h2.
+    pub(super) async fn via_h1(&self, mut req: Request, mut body: Incoming, reply: &mut Reply) {
+        let w = &*self.s.w;
+        let key = Key::new(&req.scheme, &req.authority);
+        let mut up = match upstream::reuse(w, &key, true) {
+            Some(u) => u,
+            None => match upstream::open(w, &self.s.info, &key, Alpn::Http1, None).await {
+                Ok(u) => u,
+                Err(e) => {
+                    let (status, text) = e.answer();
+                    return reply.fail(status, &text);
+                }
+            },
+        };
+        if let Some(k) = self.call.as_ref().filter(|k| k.protocol().is_web()) {
+            let max = w.cfg.max_plugin_body;
+            let r = grpc_web::hook_request(&mut Source::H2(&mut body), &mut req, k, max).await;
+            if let Err((status, message)) = r {
+                return reply.answer(grpc_web::cancelled_reply(k, status, &message), false);
+            }
+        }
+        body.tap = reply.rec.as_ref().map(|r| r.new_tap());
+        let (head, upload) = h1_request(&mut req, &mut body);
+        let deadline = crate::io::Deadline::new();
+        let waits = Waits {
+            upstream: w.timeouts.upstream,
+            deadline: &deadline,
+            limits: &w.upstream_limits,
+        };
+        let answer = match upload {
+            Ok(parts) => up1::send_ready(&mut up, head, parts, waits).await,
+            Err(streamed) => up1::send_streaming(&mut up, head, streamed, waits).await,
+        };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                up.stream.shutdown(Shutdown::Both);
+                let (status, text) = match e {
+                    up1::SendError::Upstream(e) => e.answer(w.timeouts.upstream),
+                    up1::SendError::Client(why) | up1::SendError::BadBody(why) => {
+                        (502, format!("sending the request upstream: {why}"))
+                    }
+                };
+                return reply.fail(status, &text);
+            }
+        };
+        let upload_complete = answer.complete;
+        reply.put_tap(false, body.tap.take());
+        if !upload_complete {
+            h2_stream::discard(body);
+        }
+        let rhead = answer.head;
+        let rkind = match response_body_kind(&req.method, &rhead) {
+            Ok(k) if rhead.status != 101 => k,
+            Ok(_) => {
+                up.stream.shutdown(Shutdown::Both);
+                return reply.fail(502, "upstream switched protocols on an HTTP/2 request");
+            }
+            Err(e) => {
+                up.stream.shutdown(Shutdown::Both);
+                return reply.fail(502, &format!("bad response framing from upstream: {e}"));
+            }
+        };
+        let reusable =
+            upload_complete && rules::upstream_keeps_alive(rhead.version, &rhead.headers, rkind);
+        let resp = Response {
+            status: rhead.status,
+            reason: String::from_utf8_lossy(&rhead.reason).into_owned(),
+            version: rhead.version,
+            headers: rhead.headers,
+            body: if rkind == BodyKind::Empty {
+                Body::Full(Bytes::new())
+            } else {
+                Body::Streaming
+            },
+            trailers: None,
+        };
+        let mut dec = BodyDecoder::new(rkind);
+        let Upstream { stream, buf, .. } = &mut up;
+        let mut tap = reply.rec.as_ref().map(|r| r.new_tap());
+        let src = Source::H1 {
+            body: H1Body {
+                stream,
+                buf,
+                dec: &mut dec,
+                timeout: w.timeouts.upstream,
+                tap: tap.as_mut(),
+            },
+            owe_continue: None,
+        };
+        let complete = self.respond(&req, resp, src, reply).await;
+        reply.put_tap(true, tap);
+        if reusable && complete && dec.is_done() {
+            w.pool.put(key, up);
+        } else {
+            up.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// The response event, then the response to the client, its body from `src`.
+    /// Returns whether the upstream's body was read to its end.
+    pub(super) async fn respond(
+        &self,
+        req: &Request,
+        mut resp: Response,
+        mut src: Source<'_>,
+        reply: &mut Reply,
+    ) -> bool {
+        let s = self.s;
+        let msg = Message::Response(req, &mut resp);
+        match exchange::event!(&self.f, msg, &mut src) {
+            Decision::Forward => {}
+            Decision::Drop => {
+                reply.tx.send_reset(Reason::CANCEL);
+                return false;
+            }
+            Decision::Respond(r) => {
+                let r = match self.call.as_ref() {
+                    Some(c) => grpc_web::respond_call(c, r),
+                    None => r,
+                };
+                reply.answer(r, self.is_head);
+                return false;
+            }
+            Decision::Failed(why) => {
+                reply.fail(502, &format!("upstream body: {why}"));
+                return false;
+            }
+        }
+        reply.record(|r| r.response(&resp, false));
+        let full = match std::mem::replace(&mut resp.body, Body::Streaming) {
+            Body::Full(b) => Some(b),
+            _ => None,
+        };
+        // an event stream with sse.on_event hooks: events may change length
+        let mut sse_rw = None;
+        let engine = self.f.engine;
+        if full.is_none() && !self.is_head && sse::applies(engine, resp.status, &resp.headers) {
+            if let Some(e) = engine {
+                resp.headers.remove("content-length");
+                let max = s.w.cfg.max_plugin_body;
+                sse_rw = Some(sse::Rewriter::new(e, &s.info, self.f.id, max));
+            }
+        }
+        // a HEAD or 304 response keeps the length of the body it does not carry
+        if let Some(b) = full
+            .as_ref()
+            .filter(|_| !self.is_head && resp.status != 304)
+        {
+            h2_stream::set_length(&mut resp.headers, b);
+        }
+        let trailers = resp.trailers.take();
+        let end_now =
+            self.is_head || matches!(&full, Some(b) if b.is_empty() && trailers.is_none());
+        let mut tx = match reply.send_response(h2_stream::response_head(&resp), end_now) {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::debug!(conn = s.info.conn_id, "client stream gone: {e}");
+                return false;
+            }
+        };
+        if end_now {
+            // a trailers-only gRPC answer: its status is in the headers
+            if let Some(c) = self
+                .call
+                .as_ref()
+                .filter(|_| resp.headers.contains("grpc-status"))
+            {
+                c.end_with(&resp.headers);
+            }
+            return full.is_some() || src.is_done();
+        }
+        if let (Some(c), None, Source::H2(body)) = (&self.call, &full, &mut src) {
+            let encoding = resp.headers.get("grpc-encoding").map(|v| &v[..]);
+            let mut dir = c.direction(false, encoding);
+            return match grpc::relay(body, &mut tx, &mut dir).await {
+                Ok(grpc::Relayed::Trailers(t)) => {
+                    c.end_with(&h2_stream::from_header_map(&t));
+                    true
+                }
+                Ok(grpc::Relayed::End) => true,
+                Ok(grpc::Relayed::Cancelled(status, message)) => {
+                    // the client gets the hook's status; the upstream's stream is reset
+                    // when its handles are dropped
+                    grpc_web::send_status(&mut tx, c, status, &message);
+                    false
+                }
+                // a hook cancelled a client message: the upload reset the upstream, and
+                // the client gets the hook's status
+                Err(_) if c.cancelled().is_some() => {
+                    let (status, message) = c.cancelled().unwrap_or_default();
+                    grpc_web::send_status(&mut tx, c, status, &message);
+                    false
+                }
+                Err(e) => {
+                    tracing::debug!(conn = s.info.conn_id, "gRPC response relay ended: {e}");
+                    tx.send_reset(Reason::INTERNAL_ERROR);
+                    false
+                }
+            };
+        }
+        let web = match (&self.call, &full, &src) {
+            (Some(c), None, Source::H1 { .. }) => grpc_web::response_direction(c, &resp),
+            _ => None,
+        };
+        if let (Some(mut dir), Source::H1 { body, .. }) = (web, &mut src) {
+            let r = grpc_web::relay_h1_to_h2(body, &mut tx, &mut dir).await;
+            return r.map(|n| reply.bytes += n).is_ok() && body.dec.is_done();
+        }
+        let r = match (full, src) {
+            (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref()).await,
+            (None, Source::H2(body)) => h2_stream::relay_rest(body, &mut tx, sse_rw.as_mut()).await,
+            (None, Source::H1 { mut body, .. }) => {
+                relay_h1(&mut body, &mut tx, sse_rw.as_mut()).await
+            }
+        };
+        match r {
+            Ok(n) => {
+                reply.bytes += n;
+                true
+            }
+            Err(e) => {
+                tracing::debug!(conn = s.info.conn_id, "HTTP/2 response relay ended: {e}");
+                reply.record(|r| r.error(format!("response body: {e}")));
+                tx.send_reset(Reason::INTERNAL_ERROR);
+                false
+            }
+        }
+    }
+}
+
+/// The body goes as these buffers (Ok), or streams (Err).
+type H1Upload<'b> = Result<Vec<Bytes>, Upload<'b>>;
+
+/// The HTTP/1 request head of an h2 stream going to an HTTP/1.1 upstream, and how its
+/// body goes: with its length when known, chunked otherwise, none when empty.
+fn h1_request<'b>(req: &mut Request, body: &'b mut Incoming) -> (BytesMut, H1Upload<'b>) {
+    let partly_read = body.prefix.is_some();
+    let kind = rules::h1_request_kind(&req.body, req.trailers.is_some(), &req.headers, partly_read);
+    let head = h1_wire::upstream_request_head(req, kind);
+    let trailers = req.trailers.take();
+    let upload = match std::mem::replace(&mut req.body, Body::Streaming) {
+        Body::Full(b) if b.is_empty() && trailers.is_none() => Ok(Vec::new()),
+        Body::Full(b) => {
+            let chunked = h1_wire::full_needs_chunked(trailers.as_ref(), true);
+            let wire = match chunked {
+                true => h1_wire::full_body_wire(&b, trailers.as_ref(), true),
+                false => b,
+            };
+            Ok(vec![wire])
+        }
+        _ => Err(Upload::H2 {
+            body,
+            chunked: kind == BodyKind::Chunked,
+        }),
+    };
+    (head, upload)
+}
+
+/// Relays an HTTP/1 body to an h2 stream: framing removed, trailers as h2 trailers.
+async fn relay_h1(
+    src: &mut H1Body<'_>,
+    tx: &mut SendStream<Bytes>,
+    mut rw: Option<&mut sse::Rewriter<'_>>,
+) -> Result<u64, h2::Error> {
+    let broken = || h2::Error::from(Reason::INTERNAL_ERROR);
+    let mut n = 0;
+    loop {
+        if !src.buf.is_empty() {
+            let d = src.dec.decode(src.buf).map_err(|_| broken())?;
+            for piece in d.data {
+                if let Some(t) = src.tap.as_deref_mut() {
+                    t.see(&piece);
+                }
+                let piece = h2_stream::rewrite(&mut rw, piece);
+                n += piece.len() as u64;
+                h2_stream::send_data(tx, piece, false).await?;
+            }
+            if d.done {
+                n += h2_stream::send_rest(tx, rw).await?;
+                if let (Some(tap), Some(t)) = (src.tap.as_deref_mut(), d.trailers.as_ref()) {
+                    tap.set_trailers(t.clone());
+                }
+                match d.trailers {
+                    Some(t) => tx.send_trailers(h2_stream::to_header_map(&t, false))?,
+                    None => tx.send_data(Bytes::new(), true)?,
+                }
+                return Ok(n);
+            }
+        } else if src.dec.is_done() {
+            n += h2_stream::send_rest(tx, rw).await?;
+            tx.send_data(Bytes::new(), true)?;
+            return Ok(n);
+        }
+        match body_relay::read_some(src.stream, src.buf, src.timeout).await {
+            Ok(0) => {
+                src.dec.eof().map_err(|_| broken())?;
+                n += h2_stream::send_rest(tx, rw).await?;
+                tx.send_data(Bytes::new(), true)?;
+                return Ok(n);
+            }
+            Ok(_) => {}
+            Err(_) => return Err(broken()),
+        }
+    }
+}
