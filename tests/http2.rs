@@ -895,7 +895,9 @@ fn h2_streams_are_recorded() {
     let get = flows.iter().find(|f| f.request.method == "GET").unwrap();
     assert_eq!(get.request.version, "HTTP/2.0");
     assert_eq!(get.stream % 2, 1);
-    assert_eq!(get.client_tls.as_ref().unwrap().sni, "localhost");
+    let tls = get.client_tls.as_ref().unwrap();
+    assert_eq!((tls.sni.as_str(), tls.alpn.as_str()), ("localhost", "h2"));
+    assert!(tls.version.starts_with("TLSv1.") && tls.ja4.starts_with('t'), "{tls:?}");
     let r = get.response.as_ref().unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body.data.as_slice(), pattern_vec(BIG).as_slice());

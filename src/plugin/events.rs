@@ -26,6 +26,8 @@ pub struct ConnInfo {
     pub listener_name: Rc<str>,
     /// Worker (core) index.
     pub worker: usize,
+    /// The client-side TLS handshake, when luring terminated TLS and records flows.
+    pub tls: Option<Rc<TlsInfo>>,
 }
 
 /// Figures reported to connection.on_disconnect.

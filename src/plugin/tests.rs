@@ -65,6 +65,7 @@ pub(super) fn conn() -> ConnInfo {
         sni: Some("example.com".into()),
         listener_name: Rc::from("main"),
         worker: 0,
+        tls: None,
     }
 }
 

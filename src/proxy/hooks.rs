@@ -9,7 +9,12 @@ pub fn tls_handshake(w: &Worker, conn: &ConnInfo, info: &crate::tls::TlsInfo) {
     if !e.has(Event::TlsHandshake) {
         return;
     }
-    let dict = crate::plugin::TlsInfo {
+    e.tls_handshake(conn, &dict_of(info));
+}
+
+/// The handshake as hooks (and the flow recorder) see it.
+pub fn dict_of(info: &crate::tls::TlsInfo) -> crate::plugin::TlsInfo {
+    crate::plugin::TlsInfo {
         side: info.side.as_str(),
         sni: info.sni.clone(),
         alpn: info.alpn.clone(),
@@ -19,6 +24,5 @@ pub fn tls_handshake(w: &Worker, conn: &ConnInfo, info: &crate::tls::TlsInfo) {
         client_fingerprint: info.client_fingerprint.clone(),
         ja3: info.ja3.clone(),
         ja3_string: info.ja3_string.clone(),
-    };
-    e.tls_handshake(conn, &dict);
+    }
 }

@@ -82,6 +82,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
         sni: None,
         listener_name: w.listener_name.clone(),
         worker: w.index,
+        tls: None,
     };
     if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionConnect)) {
         if let Step::Drop = e.on_connect(&info) {

@@ -172,6 +172,9 @@ pub(super) async fn terminate(c: &mut ClientConn, mut start: TlsStart) -> Layer 
         }
     };
     c.info.sni = Some(acc.server_name);
+    if w.recorder.is_some() {
+        c.info.tls = Some(std::rc::Rc::new(crate::proxy::hooks::dict_of(&acc.info)));
+    }
     crate::proxy::hooks::tls_handshake(&w, &c.info, &acc.info);
     if let Some(via) = ahead.via {
         if worker_tls::chose_h2(&c.io.stream) {

@@ -19,10 +19,7 @@ pub fn start(f: &Flow<'_>, req: &Request, stream: u32) -> Option<Box<Capture>> {
         stream,
         client: f.info.client_addr.to_string(),
         mode: f.w.mode.name().to_string(),
-        client_tls: f.info.sni.as_ref().map(|sni| TlsRec {
-            sni: sni.clone(),
-            ..Default::default()
-        }),
+        client_tls: tls_of(f.info),
         ..Default::default()
     };
     Some(Capture::start(flow, req, r.max_body))
@@ -61,14 +58,28 @@ pub fn tunnel(
         server: info.server_addr.map(|a| a.to_string()).unwrap_or_default(),
         target: target.to_string(),
         kind: kind.to_string(),
-        client_tls: info.sni.as_ref().map(|sni| TlsRec {
-            sni: sni.clone(),
-            ..Default::default()
-        }),
+        client_tls: tls_of(info),
         start: start_ns,
         end: now_ns(),
         bytes_up: s.up,
         bytes_down: s.down,
         ..Default::default()
     });
+}
+
+/// The client-side TLS facts of a connection: the whole handshake when luring
+/// terminated TLS, else the SNI it read (a passthrough tunnel's ClientHello).
+fn tls_of(info: &ConnInfo) -> Option<TlsRec> {
+    match &info.tls {
+        Some(t) => Some(TlsRec {
+            sni: t.sni.clone().unwrap_or_default(),
+            alpn: t.alpn.clone().unwrap_or_default(),
+            version: t.version_name.clone().unwrap_or_default(),
+            ja4: t.client_fingerprint.clone().unwrap_or_default(),
+        }),
+        None => info.sni.as_ref().map(|sni| TlsRec {
+            sni: sni.clone(),
+            ..Default::default()
+        }),
+    }
 }
