@@ -863,7 +863,14 @@ fn h2_streams_are_recorded() {
     let proxy = start(
         &conf,
         &pki,
-        &["--record", fname, "--record-max-body", "2000000"],
+        &[
+            "--record",
+            fname,
+            "--record-max-body",
+            "2000000",
+            "--workers",
+            "1",
+        ],
     );
     let up = dir.path("up.bin");
     std::fs::write(&up, pattern_vec(70_000)).unwrap();
@@ -871,6 +878,14 @@ fn h2_streams_are_recorded() {
     for args in [
         vec![origin.url("/big.bin")],
         vec!["--data-binary".into(), data.clone(), origin.url("/echo")],
+        // HTTP/1.1 toward luring, h2 toward the h2-only origin
+        vec!["--http1.1".into(), origin.url("/big.bin")],
+        vec![
+            "--http1.1".into(),
+            "--data-binary".into(),
+            data.clone(),
+            origin.url("/echo"),
+        ],
     ] {
         let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
         let (out, xfers) = curl_via(&proxy, &conf, &args);
@@ -889,15 +904,31 @@ fn h2_streams_are_recorded() {
                 _ => None,
             })
             .collect();
-        flows.len() >= 2
+        flows.len() >= 4
     });
-    assert_eq!(flows.len(), 2, "{}", proxy.stderr());
+    assert_eq!(flows.len(), 4, "{}", proxy.stderr());
+    for f in flows.iter().filter(|f| f.request.version == "HTTP/1.1") {
+        let r = f.response.as_ref().unwrap();
+        match f.request.method.as_str() {
+            "GET" => assert_eq!(r.body.data.as_slice(), pattern_vec(BIG).as_slice()),
+            _ => {
+                assert_eq!(
+                    f.request.body.data.as_slice(),
+                    pattern_vec(70_000).as_slice()
+                );
+                assert_eq!(r.body.size, 70_000);
+            }
+        }
+    }
     let get = flows.iter().find(|f| f.request.method == "GET").unwrap();
     assert_eq!(get.request.version, "HTTP/2.0");
     assert_eq!(get.stream % 2, 1);
     let tls = get.client_tls.as_ref().unwrap();
     assert_eq!((tls.sni.as_str(), tls.alpn.as_str()), ("localhost", "h2"));
-    assert!(tls.version.starts_with("TLSv1.") && tls.ja4.starts_with('t'), "{tls:?}");
+    assert!(
+        tls.version.starts_with("TLSv1.") && tls.ja4.starts_with('t'),
+        "{tls:?}"
+    );
     let r = get.response.as_ref().unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body.data.as_slice(), pattern_vec(BIG).as_slice());
@@ -907,4 +938,28 @@ fn h2_streams_are_recorded() {
         pattern_vec(70_000).as_slice()
     );
     assert_eq!(post.response.as_ref().unwrap().body.size, 70_000);
+}
+
+/// The first request to an h2-only origin streams its body over HTTP/1.1 and fails
+/// (502); the client's TLS session then ends with an error while luring lingers. A
+/// second rustls error on that session once panicked the worker (rustls asserts that
+/// no second fatal alert is sent); the worker must go on serving.
+#[test]
+fn a_failed_tls_session_is_not_fed_to_rustls_again() {
+    let pki = TestPki::new();
+    let origin = H2Origin::start(&pki);
+    let conf = Conf::new();
+    let proxy = start(&conf, &pki, &["--workers", "1"]);
+    let dir = TempDir::new("tls-failed");
+    let up = dir.path("up.bin");
+    std::fs::write(&up, pattern_vec(70_000)).unwrap();
+    let data = format!("@{}", up.display());
+    let echo = origin.url("/echo");
+    let args = ["--http1.1", "--data-binary", data.as_str(), echo.as_str()];
+    let _ = curl_via(&proxy, &conf, &args);
+    // the same worker serves the next client
+    let (out, xfers) = curl_via(&proxy, &conf, &[&origin.url("/index.html")]);
+    assert!(out.ok(), "{}", proxy.stderr());
+    assert_eq!(xfers[0].0, "hello over h2\n");
+    assert!(!proxy.stderr().contains("panicked"), "{}", proxy.stderr());
 }

@@ -2,7 +2,7 @@
 //! socket, bytes read ahead, the write limit, and what was last answered (for the
 //! access log).
 
-use crate::flows::capture::Capture;
+use crate::flows::capture::{BodyTap, Capture};
 use crate::http::Version;
 use crate::io::{Deadline, Stream};
 use crate::plugin::ConnInfo;
@@ -117,6 +117,21 @@ impl ClientIo {
         }
     }
 
+    /// A tap for a body of the recorded exchange, when it is recorded.
+    pub fn new_tap(&self) -> Option<BodyTap> {
+        let rec = self.rec.take();
+        let tap = rec.as_ref().map(|r| r.new_tap());
+        self.rec.set(rec);
+        tap
+    }
+
+    /// Hands a tap from [`ClientIo::new_tap`] back to the recording.
+    pub fn put_tap(&self, resp: bool, tap: Option<BodyTap>) {
+        if let Some(t) = tap {
+            self.record(|r| r.put_tap(resp, t));
+        }
+    }
+
     /// The client and `up` as the two ends of a relay, with the bytes each sent early.
     pub fn peers<'a>(&'a mut self, up: &'a mut Upstream) -> Peers<'a> {
         Peers {
@@ -135,10 +150,14 @@ impl ClientIo {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut budget: usize = 64 * 1024 * 1024;
         let mut buf = BytesMut::with_capacity(body_relay::READ_BUF);
+        // under TLS the socket's bytes are drained as they are: nothing after our
+        // close_notify needs decrypting, and a session that already failed must not
+        // be fed to rustls again
+        let raw = self.stream.tls().map_or(&self.stream, |t| t.inner());
         while budget > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             buf.clear();
-            match body_relay::read_some(&self.stream, &mut buf, left).await {
+            match body_relay::read_some(raw, &mut buf, left).await {
                 Ok(n) if n > 0 => budget = budget.saturating_sub(n),
                 _ => break,
             }

@@ -100,13 +100,14 @@ pub(super) async fn exchange(
     let trailers = req.trailers.take();
     tokio::pin!(response);
     let t = c.w.timeouts.upstream;
+    let mut up_tap = c.io.new_tap();
     let got = {
         let mut src = H1Body {
             stream: &c.io.stream,
             buf: &mut c.io.buf,
             dec: &mut asked.dec,
             timeout: c.w.timeouts.idle,
-            tap: None,
+            tap: up_tap.as_mut(),
         };
         let body = match (full, streamed) {
             (Some(b), _) => Upload::Full(b, trailers),
@@ -126,6 +127,7 @@ pub(super) async fn exchange(
             },
         }
     };
+    c.io.put_tap(false, up_tap);
     let got = match got {
         Ok(got) => got,
         Err(RelayError::Malformed(why)) => {
@@ -150,7 +152,10 @@ pub(super) async fn exchange(
         }
     };
     let mut body = Incoming::new(rx);
-    respond(c, hooks, req, asked, resp, &mut body).await
+    body.tap = c.io.new_tap();
+    let next = respond(c, hooks, req, asked, resp, &mut body).await;
+    c.io.put_tap(true, body.tap);
+    next
 }
 
 /// The text of a failed upstream stream.
@@ -194,9 +199,15 @@ async fn upload(
                     .decode(src.buf)
                     .map_err(|e| RelayError::Malformed(e.to_string()))?;
                 for piece in d.data {
+                    if let Some(t) = src.tap.as_deref_mut() {
+                        t.see(&piece);
+                    }
                     h2_stream::send_data(tx, piece, false).await.map_err(sink)?;
                 }
                 if d.done {
+                    if let (Some(tap), Some(t)) = (src.tap.as_deref_mut(), d.trailers.as_ref()) {
+                        tap.set_trailers(t.clone());
+                    }
                     return match d.trailers {
                         Some(t) => tx
                             .send_trailers(h2_stream::to_header_map(&t, false))
@@ -239,6 +250,7 @@ async fn respond(
             return fail(c, 502, &format!("reading the upstream body: {why}")).await;
         }
     }
+    c.io.record(|r| r.response(&resp, false));
     let chunked_ok = asked.version == Version::Http11;
     let streaming = !matches!(resp.body, Body::Full(_));
     let mut rw = match (hooks.engine, streaming && !asked.is_head) {
@@ -330,6 +342,7 @@ async fn relay_to_h1(
     while let Some(chunk) = body.rx.data().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         let len = chunk.len();
+        body.see(&chunk);
         match rw.as_deref_mut() {
             Some(r) => frame(&r.feed(&chunk), &mut out),
             None => frame(&chunk, &mut out),
@@ -343,6 +356,9 @@ async fn relay_to_h1(
         frame(&r.finish(), &mut out);
     }
     let trailers = body.rx.trailers().await.map_err(|e| e.to_string())?;
+    if let Some(t) = &trailers {
+        body.see_trailers(t);
+    }
     if chunked {
         let t = trailers.as_ref().map(h2_stream::from_header_map);
         encode_last_chunk(t.as_ref(), &mut out);
