@@ -1,6 +1,8 @@
 //! Flows: what passes through the proxy, recorded to a file (docs/flows.md), and the
 //! tools that read it back.
 
-pub mod file;
-pub mod record;
 pub mod cli;
+pub mod describe;
+pub mod file;
+pub mod filter;
+pub mod record;
