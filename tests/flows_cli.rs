@@ -320,6 +320,7 @@ fn show_prints_one_line_per_flow() {
     let (p, _) = sample_file(&dir);
     let out = luring(&["flows", "show", p.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    eprintln!("{}", text(&out.stdout));
     let lines = lines_without_time(&out);
     assert_eq!(
         lines.len(),
@@ -425,6 +426,7 @@ fn stats_counts_and_percentiles() {
     let out = luring(&["flows", "stats", p.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let raw = text(&out.stdout);
+    eprintln!("{raw}");
     let s = squeeze(&raw);
     assert!(
         s.starts_with("flows: 13 (11 http, 2 tunnels); dropped by the recorder: 12"),
@@ -759,4 +761,31 @@ fn a_hundred_thousand_flows_show_in_flat_memory() {
     let peak = peak.expect("VmHWM of the running reader");
     eprintln!("peak RSS of show over {N} flows: {peak} KiB");
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB for {N} flows");
+}
+
+/// `luring flows show FILE | head -1`: the reader going away is not an error.
+#[test]
+fn a_closed_stdout_ends_show_quietly() {
+    let dir = TempDir::new("pipe");
+    let p = dir.path("many.flows");
+    let path = format!("/{}", "p".repeat(300));
+    let recs: Vec<Record> = (0..3000)
+        .map(|id| Record::Http(Box::new(http(id, "GET", "https", "a.test", &path))))
+        .collect();
+    write_file(&p, &recs);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_luring"))
+        .args(["flows", "show", p.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("https://a.test/ppp"), "{first}");
+    // The reader is dropped here with a megabyte still to come.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }
