@@ -789,3 +789,35 @@ fn a_closed_stdout_ends_show_quietly() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }
+
+/// A record kind from a newer luring is skipped, and stderr says so.
+#[test]
+fn unknown_record_kinds_are_skipped_and_counted() {
+    let dir = TempDir::new("unknown");
+    let p = dir.path("newer.flows");
+    write_file(
+        &p,
+        &[Record::Http(Box::new(http(
+            1, "GET", "https", "a.test", "/",
+        )))],
+    );
+    let payload = b"\x80"; // an empty MessagePack map
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[9, 0, 0, 0]);
+    crc.update(payload);
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&[9, 0, 0, 0]);
+    frame.extend_from_slice(&crc.finalize().to_le_bytes());
+    frame.extend_from_slice(payload);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes.extend_from_slice(&frame);
+    std::fs::write(&p, bytes).unwrap();
+    let out = luring(&["flows", "show", p.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 1);
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("skipped 1 records of kinds this luring does not know"),
+        "{e}"
+    );
+}

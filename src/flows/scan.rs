@@ -62,8 +62,8 @@ pub fn scan(
         path: path.to_path_buf(),
         err,
     };
-    let reader = file::open(path).map_err(read_err)?;
-    for rec in reader {
+    let mut reader = file::open(path).map_err(read_err)?;
+    while let Some(rec) = reader.next_record() {
         let rec = rec.map_err(read_err)?;
         let flow = match &rec {
             Record::Meta(m) => {
@@ -80,6 +80,15 @@ pub fn scan(
         if filter.is_none_or(|f| f.matches(flow)) {
             on(Item::Flow(flow))?;
         }
+    }
+    if reader.skipped_unknown > 0 {
+        // Said on stderr, not in the output: a newer luring wrote records this one
+        // cannot show, and the user should know the output is not the whole file.
+        eprintln!(
+            "luring flows: skipped {} records of kinds this luring does not know \
+             (written by a newer luring)",
+            reader.skipped_unknown
+        );
     }
     Ok(())
 }
