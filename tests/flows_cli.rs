@@ -548,3 +548,27 @@ fn unknown_record_kinds_are_skipped_and_counted() {
         "{e}"
     );
 }
+
+#[test]
+fn a_bad_filter_creates_no_export_file() {
+    let dir = TempDir::new("badexport");
+    let (p, _) = sample_file(&dir);
+    let o = dir.path("out.jsonl");
+    let args = [
+        "flows",
+        "export",
+        p.to_str().unwrap(),
+        "--format",
+        "jsonl",
+        "-o",
+        o.to_str().unwrap(),
+    ];
+    let out = luring(&[&args[..], &["--filter", "~c"]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("~c needs a status code"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!o.exists());
+}

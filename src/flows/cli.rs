@@ -64,8 +64,11 @@ pub fn run(action: FlowsAction) -> i32 {
             out,
             filter,
         } => match format.as_str() {
-            "jsonl" => with_output(out.as_deref(), |w| {
-                super::jsonl::run(&file, filter.as_deref(), w)
+            // A bad filter is reported before -o creates an empty file.
+            "jsonl" => check_filter(filter.as_deref()).and_then(|()| {
+                with_output(out.as_deref(), |w| {
+                    super::jsonl::run(&file, filter.as_deref(), w)
+                })
             }),
             "har" => Err("har: not built yet".to_string()),
             other => Err(format!("unknown export format {other:?} (har or jsonl)")),
@@ -92,4 +95,11 @@ fn with_output(
         Err(e) if e.is_broken_pipe() => Ok(()),
         r => r.map_err(|e| e.to_string()),
     }
+}
+
+/// Parses a `--filter` only to report its error.
+fn check_filter(expr: Option<&str>) -> Result<(), String> {
+    super::scan::parse_filter(expr)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
