@@ -222,3 +222,63 @@ fn notes_are_meta() {
     assert!(m("~meta \"^user: bob$\"", &f));
     assert!(!m("~meta carol", &f));
 }
+
+#[test]
+fn random_input_never_panics() {
+    // Pieces that stress the tokenizer: operators, quotes, escapes, multibyte text.
+    const PIECES: &[&str] = &[
+        "~d",
+        "~c",
+        "~q",
+        "~h",
+        "~b",
+        "~",
+        "!",
+        "&",
+        "|",
+        "(",
+        ")",
+        "\"",
+        "'",
+        "\\",
+        " ",
+        "a",
+        "é",
+        "200",
+        "[",
+        "~websocket",
+        "\t",
+        "~src",
+        ".*",
+    ];
+    let f = get("a.test", "/");
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut parsed = 0;
+    for _ in 0..5000 {
+        let mut s = String::new();
+        for _ in 0..(seed % 9) {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s.push_str(PIECES[(seed >> 33) as usize % PIECES.len()]);
+        }
+        match Filter::parse(&s) {
+            Ok(x) => {
+                parsed += 1;
+                x.matches(FlowRef::Http(&f));
+            }
+            Err(e) => {
+                assert!(
+                    e.pos <= s.len() && s.is_char_boundary(e.pos),
+                    "{s:?}: {e:?}"
+                );
+                let _ = e.to_string();
+            }
+        }
+        seed = seed.rotate_left(7) ^ 0xdead_beef;
+    }
+    assert!(
+        parsed > 100,
+        "only {parsed} inputs parsed: the generator is too narrow"
+    );
+}
