@@ -52,9 +52,27 @@ pub enum FlowsAction {
 /// Runs a `luring flows` subcommand; the process exit code.
 pub fn run(action: FlowsAction) -> i32 {
     let r = match action {
-        FlowsAction::Show { .. } => Err("luring flows show: not built yet".to_string()),
-        FlowsAction::Stats { .. } => Err("luring flows stats: not built yet".to_string()),
-        FlowsAction::Export { .. } => Err("luring flows export: not built yet".to_string()),
+        FlowsAction::Show { file, filter } => {
+            with_output(None, |out| super::show::run(&file, filter.as_deref(), out))
+        }
+        FlowsAction::Stats { file, filter } => {
+            with_output(None, |out| super::stats::run(&file, filter.as_deref(), out))
+        }
+        FlowsAction::Export {
+            file,
+            format,
+            out,
+            filter,
+        } => match format.as_str() {
+            // A bad filter is reported before -o creates an empty file.
+            "jsonl" => check_filter(filter.as_deref()).and_then(|()| {
+                with_output(out.as_deref(), |w| {
+                    super::jsonl::run(&file, filter.as_deref(), w)
+                })
+            }),
+            "har" => Err("har: not built yet".to_string()),
+            other => Err(format!("unknown export format {other:?} (har or jsonl)")),
+        },
         FlowsAction::Import { .. } => Err("luring flows import: not built yet".to_string()),
     };
     match r {
@@ -64,4 +82,24 @@ pub fn run(action: FlowsAction) -> i32 {
             1
         }
     }
+}
+
+/// Runs a reader with stdout or the `-o` file as its output. A reader of stdout that
+/// went away (`| head`) ends the command quietly.
+fn with_output(
+    out: Option<&std::path::Path>,
+    f: impl FnOnce(&mut dyn std::io::Write) -> Result<(), super::scan::ScanError>,
+) -> Result<(), String> {
+    let mut w = super::scan::output(out).map_err(|e| format!("creating the output: {e}"))?;
+    match f(&mut *w) {
+        Err(e) if e.is_broken_pipe() => Ok(()),
+        r => r.map_err(|e| e.to_string()),
+    }
+}
+
+/// Parses a `--filter` only to report its error.
+fn check_filter(expr: Option<&str>) -> Result<(), String> {
+    super::scan::parse_filter(expr)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

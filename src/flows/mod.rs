@@ -3,6 +3,13 @@
 
 pub mod capture;
 pub mod cli;
+pub mod describe;
 pub mod file;
+pub mod filter;
+pub mod hist;
+pub mod jsonl;
 pub mod record;
 pub mod recorder;
+pub mod scan;
+pub mod show;
+pub mod stats;
