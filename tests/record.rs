@@ -151,12 +151,15 @@ fn failed_flows_keep_the_error_and_the_answer() {
     );
 }
 
-#[test]
-fn opaque_tunnels_are_recorded_with_byte_counts() {
+fn tunnel_record(raw: bool) -> luring::flows::record::TunnelFlow {
     let echo = EchoServer::start();
     let dir = TempDir::new("rec-tunnel");
     let file = dir.path("t.flows");
-    let proxy = Proxy::start(&["--record", file.to_str().unwrap()]);
+    let mut args = vec!["--record", file.to_str().unwrap()];
+    if raw {
+        args.push("--record-raw");
+    }
+    let proxy = Proxy::start(&args);
     let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     use std::io::{Read, Write};
@@ -189,6 +192,31 @@ fn opaque_tunnels_are_recorded_with_byte_counts() {
     let down = (ECHO_BANNER.len() + 21) as u64;
     assert!(t.bytes_down == down || t.bytes_down == down + ECHO_FAREWELL.len() as u64);
     assert!(t.end >= t.start && t.start > 0);
+    *t
+}
+
+#[test]
+fn opaque_tunnels_are_recorded_with_byte_counts() {
+    assert!(tunnel_record(false).chunks.is_empty());
+}
+
+#[test]
+fn record_raw_keeps_a_tunnels_bytes() {
+    let t = tunnel_record(true);
+    let up: Vec<u8> = t
+        .chunks
+        .iter()
+        .filter(|c| c.from_client)
+        .flat_map(|c| c.data.to_vec())
+        .collect();
+    let down: Vec<u8> = t
+        .chunks
+        .iter()
+        .filter(|c| !c.from_client)
+        .flat_map(|c| c.data.to_vec())
+        .collect();
+    assert_eq!(up, b"\x00\x01binary-speaks-first");
+    assert!(down.starts_with(ECHO_BANNER), "{down:?}");
 }
 
 #[test]

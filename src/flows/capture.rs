@@ -2,7 +2,7 @@
 //! pieces are shared `Bytes` (no copy), and the conversion into a [`HttpFlow`] record
 //! (header bytes, redaction, timestamps) runs on the writer thread.
 
-use super::record::{self, now_ns, BodyRec, HttpFlow, ResponseRec, WsMessageRec};
+use super::record::{self, now_ns, BodyRec, HttpFlow, RawChunkRec, ResponseRec, WsMessageRec};
 use crate::http::{Body, Headers, Request, Response};
 use crate::proto::http1::{BodyDecoder, BodyKind};
 use bytes::Bytes;
@@ -289,4 +289,38 @@ fn fields(h: &Headers, redact: &[String]) -> Vec<record::Field> {
             }
         })
         .collect()
+}
+
+/// The bytes of an opaque tunnel (`--record-raw`), up to the body limit each way.
+#[derive(Debug, Default)]
+pub struct RawTap {
+    /// The chunks kept, in the order they were relayed.
+    pub chunks: Vec<RawChunkRec>,
+    kept: [usize; 2],
+    max: usize,
+}
+
+impl RawTap {
+    /// A tap keeping up to `max` bytes in each direction.
+    pub fn new(max: usize) -> Self {
+        RawTap {
+            max,
+            ..Default::default()
+        }
+    }
+
+    /// Sees one chunk relayed in a direction.
+    pub fn see(&mut self, from_client: bool, data: &[u8]) {
+        let kept = &mut self.kept[from_client as usize];
+        let take = data.len().min(self.max - *kept);
+        if take == 0 {
+            return;
+        }
+        *kept += take;
+        self.chunks.push(RawChunkRec {
+            from_client,
+            ts: now_ns(),
+            data: ByteBuf::from(data[..take].to_vec()),
+        });
+    }
 }

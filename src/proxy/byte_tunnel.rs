@@ -1,10 +1,12 @@
 //! Raw byte tunnels (CONNECT without interception): both directions at once, each
 //! read buffer written to the other side as is; raw.on_chunk when a plugin hooks it.
 
+use crate::flows::capture::RawTap;
 use crate::io::{self, Deadline, Idle, SpliceError, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, RawChunk};
 use crate::proxy::body_relay::{ensure_spare, READ_BUF};
 use bytes::BytesMut;
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::Shutdown;
 use std::pin::Pin;
@@ -44,16 +46,20 @@ struct Direction<'a, 'p> {
     hook: Option<&'a Engine>,
     info: &'a ConnInfo,
     pending: Option<PendingRead<'p>>,
+    /// The recorder's copy of the bytes (`--record-raw`).
+    raw: Option<&'a RefCell<RawTap>>,
 }
 
 /// Relays until both directions have ended, or until `idle` passes with no byte moved
-/// either way (then both sockets are shut down).
+/// either way (then both sockets are shut down). With `raw`, the recorder keeps a copy
+/// of the bytes.
 pub async fn run(
     peers: Peers<'_>,
     engine: Option<&Engine>,
     info: &ConnInfo,
     pending: [Option<PendingRead<'_>>; 2],
     idle: Option<Duration>,
+    raw: Option<&RefCell<RawTap>>,
 ) -> TunnelStats {
     let hook = engine.filter(|e| e.has(Event::RawChunk));
     let [client_read, upstream_read] = pending;
@@ -67,6 +73,7 @@ pub async fn run(
         hook,
         info,
         pending: client_read,
+        raw,
     };
     let down = Direction {
         src: peers.upstream,
@@ -75,6 +82,7 @@ pub async fn run(
         hook,
         info,
         pending: upstream_read,
+        raw,
     };
     let (up, down) = tokio::join!(
         one_way(up, peers.client_early, idle),
@@ -99,6 +107,7 @@ async fn one_way(d: Direction<'_, '_>, mut buf: BytesMut, idle: Idle<'_>) -> u64
         hook,
         info,
         mut pending,
+        raw,
     } = d;
     let mut offset = 0u64;
     let mut sent = 0u64;
@@ -121,6 +130,9 @@ async fn one_way(d: Direction<'_, '_>, mut buf: BytesMut, idle: Idle<'_>) -> u64
             }
             offset += len;
             sent += data.len() as u64;
+            if let Some(r) = raw {
+                r.borrow_mut().see(from_client, &data);
+            }
             if !data.is_empty() {
                 match idle.wait_write(dst.write_all(data)).await {
                     Some(Ok(())) => idle.progress(),
@@ -144,7 +156,7 @@ async fn one_way(d: Direction<'_, '_>, mut buf: BytesMut, idle: Idle<'_>) -> u64
                 return sent;
             }
         }
-        if pending.is_none() && hook.is_none() && io::can_splice(src, dst) {
+        if pending.is_none() && hook.is_none() && raw.is_none() && io::can_splice(src, dst) {
             return sent + splice_rest(src, dst, info, idle).await;
         }
         let read = async {

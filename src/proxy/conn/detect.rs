@@ -271,9 +271,18 @@ async fn relay(c: &ClientConn, t: &Tunnel, mut first: FirstBytes, pending: Pendi
     };
     let engine = c.w.engine();
     let idle = c.w.timeouts.tunnel;
-    let start = crate::flows::record::now_ns();
-    let stats = byte_tunnel::run(peers, engine.as_deref(), &c.info, pending, idle).await;
+    let start_ns = crate::flows::record::now_ns();
+    let raw = recording::raw_tap(&c.w);
+    let e = engine.as_deref();
+    let stats = byte_tunnel::run(peers, e, &c.info, pending, idle, raw.as_ref()).await;
     t.up.stream.shutdown(Shutdown::Both);
-    recording::tunnel(&c.w, &c.info, "tunnel", &t.authority, start, &stats);
+    let end = recording::TunnelEnd {
+        kind: "tunnel",
+        target: &t.authority,
+        start_ns,
+        stats,
+        raw,
+    };
+    recording::tunnel(&c.w, &c.info, end);
     Layer::Done
 }

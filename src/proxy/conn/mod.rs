@@ -13,6 +13,7 @@ mod tls_start;
 pub use client::{ClientConn, ClientIo};
 
 use crate::config::Mode;
+use crate::flows::capture::RawTap;
 use crate::io::{Deadline, Stream};
 use crate::plugin::{ConnInfo, ConnStats, Engine, Event, Step};
 use crate::proto::client_hello::ClientHello;
@@ -23,6 +24,7 @@ use crate::proxy::front::h1::{self, H1Route, Outcome, Tunnel};
 use crate::proxy::front::h2::{self, Via};
 use crate::proxy::upstream::{self, Spare, Upstream};
 use crate::proxy::worker::Worker;
+use std::cell::RefCell;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
@@ -155,10 +157,11 @@ impl ClientConn {
         &mut self,
         mut up: Upstream,
         engine: Option<&Engine>,
+        raw: Option<&RefCell<RawTap>>,
     ) -> byte_tunnel::TunnelStats {
         let idle = self.w.timeouts.tunnel;
         let peers = self.io.peers(&mut up);
-        let stats = byte_tunnel::run(peers, engine, &self.info, [None, None], idle).await;
+        let stats = byte_tunnel::run(peers, engine, &self.info, [None, None], idle, raw).await;
         up.stream.shutdown(Shutdown::Both);
         stats
     }
@@ -176,10 +179,20 @@ impl ClientConn {
         };
         self.info.server_addr = Some(up.addr);
         let engine = self.w.engine();
-        let start = crate::flows::record::now_ns();
-        let stats = self.relay_both_ways(up, engine.as_deref()).await;
+        let start_ns = crate::flows::record::now_ns();
+        let raw = recording::raw_tap(&self.w);
+        let stats = self
+            .relay_both_ways(up, engine.as_deref(), raw.as_ref())
+            .await;
         let target = crate::http::authority_of(host, port);
-        recording::tunnel(&self.w, &self.info, "raw", &target, start, &stats);
+        let end = recording::TunnelEnd {
+            kind: "raw",
+            target: &target,
+            start_ns,
+            stats,
+            raw,
+        };
+        recording::tunnel(&self.w, &self.info, end);
     }
 
     /// Serves the rest of the connection with the HTTP/2 front, relaying as `via` says.

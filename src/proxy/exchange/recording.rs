@@ -2,12 +2,13 @@
 //! handed to the recorder. Without `--record` both are a check of one Option.
 
 use super::Flow;
-use crate::flows::capture::Capture;
+use crate::flows::capture::{Capture, RawTap};
 use crate::flows::record::{now_ns, HttpFlow, TlsRec, TunnelFlow};
 use crate::http::Request;
 use crate::plugin::ConnInfo;
 use crate::proxy::byte_tunnel::TunnelStats;
 use crate::proxy::worker::Worker;
+use std::cell::RefCell;
 
 /// Starts recording `req` (as it goes upstream) when the worker records; `stream` is
 /// the HTTP/2 stream id, 0 on HTTP/1.
@@ -39,18 +40,33 @@ pub fn finish(w: &Worker, info: &ConnInfo, cap: Option<Box<Capture>>) {
     }
 }
 
-/// Records a tunnel relayed as opaque bytes (`kind`: "tunnel" for CONNECT and SOCKS5
-/// tunnels luring does not intercept, "raw" for relays it chose itself), now that it
-/// ended; `start_ns` is when the relay began.
-pub fn tunnel(
-    w: &Worker,
-    info: &ConnInfo,
-    kind: &str,
-    target: &str,
-    start_ns: u64,
-    s: &TunnelStats,
-) {
+/// The recorder's copy of a tunnel's bytes, with `--record-raw`.
+pub fn raw_tap(w: &Worker) -> Option<RefCell<RawTap>> {
+    w.recorder
+        .as_ref()
+        .filter(|r| r.raw)
+        .map(|r| RefCell::new(RawTap::new(r.max_body)))
+}
+
+/// A tunnel relayed as opaque bytes, as it ended.
+pub struct TunnelEnd<'a> {
+    /// "tunnel" for CONNECT and SOCKS5 tunnels luring does not intercept, "raw" for
+    /// relays it chose itself.
+    pub kind: &'a str,
+    /// host:port.
+    pub target: &'a str,
+    /// When the relay began (Unix nanoseconds).
+    pub start_ns: u64,
+    /// Bytes each way.
+    pub stats: TunnelStats,
+    /// Its bytes, with `--record-raw`.
+    pub raw: Option<RefCell<RawTap>>,
+}
+
+/// Records a tunnel that ended.
+pub fn tunnel(w: &Worker, info: &ConnInfo, t: TunnelEnd<'_>) {
     let Some(r) = w.recorder.as_ref() else { return };
+    let (kind, target, start_ns, s) = (t.kind, t.target, t.start_ns, t.stats);
     r.tunnel(TunnelFlow {
         id: w.next_conn_id(),
         conn: info.conn_id,
@@ -63,6 +79,7 @@ pub fn tunnel(
         end: now_ns(),
         bytes_up: s.up,
         bytes_down: s.down,
+        chunks: t.raw.map(|r| r.into_inner().chunks).unwrap_or_default(),
         ..Default::default()
     });
 }

@@ -283,7 +283,7 @@ async fn switch_protocols(
         c.io.rec.set(rec);
         up.stream.shutdown(Shutdown::Both);
     } else {
-        let _ = c.relay_both_ways(up, engine).await;
+        let _ = c.relay_both_ways(up, engine, None).await;
     }
     Next::Close
 }
