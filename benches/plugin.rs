@@ -37,6 +37,7 @@ fn conn() -> ConnInfo {
         sni: None,
         listener_name: Rc::from("bench"),
         worker: 0,
+        tls: None,
     }
 }
 
