@@ -8,12 +8,13 @@
 #                 (when haproxy is installed)
 #   uring-l4      the io_uring floor: examples/uring_relay.rs, a minimal L4 relay
 #   (+ luring-*+plugin rows with --plugin FILE, and nginx-lua: nginx with
-#    lua-nginx-module setting the two headers of benches/two-headers.lua)
+#    lua-nginx-module setting the two headers of benches/two-headers.lua;
+#    + a luring-uring+record row with --record: every flow written to a flow file)
 # for 1 KiB and 64 KiB responses (or --sizes). wrk and the origin (nginx serving
 # static files, or a small python origin if nginx is missing) are pinned to core 1.
 #
-# usage: bash benches/compare.sh [--plugin FILE] [--duration SECS] [--sizes "1k 64k 1m"]
-#                                [--rounds N] [--no-build]
+# usage: bash benches/compare.sh [--plugin FILE] [--record] [--duration SECS]
+#                                [--sizes "1k 64k 1m"] [--rounds N] [--no-build]
 # With --rounds N every target is measured N times, interleaved, and the median is shown.
 # Prints a table: target, size, req/s, proxy CPU us/request
 # ((utime+stime) delta of the proxy process from /proc/PID/stat, in clock
@@ -26,15 +27,17 @@ DURATION=5
 ROUNDS=1
 SIZES="1k 64k"
 PLUGIN=""
+RECORD=0
 BUILD=1
 while (( $# )); do
   case "$1" in
     --plugin) PLUGIN=$(realpath "$2"); shift 2 ;;
+    --record) RECORD=1; shift ;;
     --duration) DURATION=$2; shift 2 ;;
     --sizes) SIZES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -282,6 +285,8 @@ for io in uring epoll; do
   start_luring "luring-$io" "$io"
   if [[ -n "$PLUGIN" ]]; then start_luring "luring-$io+plugin" "$io" --plugin "$PLUGIN"; fi
 done
+# the recorder's writer thread is pinned with the worker, so its CPU is counted
+if (( RECORD )); then start_luring "luring-uring+record" uring --record "$TMP/bench.flows"; fi
 
 cpu_ticks() { # pid -> utime+stime in clock ticks
   awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
