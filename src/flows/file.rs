@@ -101,7 +101,9 @@ pub enum ReadError {
     )]
     Newer(u16),
     /// The file ends inside a record.
-    #[error("truncated record at offset {0}: the file ends inside it (flows before it are intact)")]
+    #[error(
+        "truncated record at offset {0}: the file ends inside it (flows before it are intact)"
+    )]
     Truncated(u64),
     /// A record's bytes are damaged.
     #[error("corrupt record at offset {offset}: {why} (flows before it are intact)")]
