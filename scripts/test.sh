@@ -89,8 +89,9 @@ install_apt() {
 }
 
 # Python packages the tests import: "import-name:pip-name" (websockets: tests/upgrade.rs;
-# grpcio: tests/tls.rs).
-PIP_NEED=(websockets:websockets grpc:grpcio)
+# grpcio: tests/tls.rs; mitmproxy: mitmdump writes the HAR and dump that
+# tests/flows_har.rs imports).
+PIP_NEED=(websockets:websockets grpc:grpcio mitmproxy:mitmproxy)
 install_pip() {
   local missing=() spec
   for spec in "${PIP_NEED[@]}"; do
