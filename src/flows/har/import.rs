@@ -1,7 +1,9 @@
 //! HAR to flows, streamed: a serde visitor walks `log.entries` and converts each entry
 //! as soon as it is read, so memory holds one entry whatever the file's size.
 
-use super::text::{charset_of, encode_content, parse_iso8601, text_to_bytes, unb64, Charset};
+use super::text::{
+    charset_of, encode_content, parse_iso8601, secs_to_ns, text_to_bytes, unb64, Charset,
+};
 use super::{Creator, Entry, NameValue, WsMessage};
 use crate::flows::import::{ImportReport, Output};
 use crate::flows::record::{
@@ -489,7 +491,7 @@ fn ws_of(m: WsMessage) -> WsMessageRec {
     WsMessageRec {
         from_client: m.kind == "send",
         opcode,
-        ts: m.ts.unwrap_or((m.time.max(0.0) * 1e9) as u64),
+        ts: m.ts.unwrap_or_else(|| secs_to_ns(m.time)),
         size: m.size.unwrap_or(data.len() as u64),
         data: ByteBuf::from(data),
     }

@@ -142,6 +142,19 @@ pub fn charset_of(content_type: &str) -> Option<Charset> {
     }
 }
 
+/// Unix seconds as a float (mitmproxy's and Chrome's times) to nanoseconds, 0 for
+/// none. The whole seconds are split off first: multiplying 1.7e9 s by 1e9 at once
+/// loses the last digits a float can still hold for the fraction.
+pub fn secs_to_ns(s: f64) -> u64 {
+    if s.is_nan() || s <= 0.0 {
+        return 0;
+    }
+    let whole = s.trunc();
+    (whole as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(((s - whole) * 1e9).round() as u64)
+}
+
 /// Standard base64.
 pub fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)

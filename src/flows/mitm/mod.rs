@@ -1,5 +1,6 @@
 //! `mitmdump -w` dumps to flows: one tnetstring dict per flow (mitmproxy's flow state,
-//! formats 18 to 21: mitmproxy 10 to 12). HTTP flows become HTTP flows with their
+//! format 20 from mitmproxy 10, 21 from mitmproxy 11 and 12; the flow layout has been
+//! the same since format 19). HTTP flows become HTTP flows with their
 //! WebSocket messages, TCP flows become tunnel flows; docs/flows.md, "mitmproxy
 //! dumps", says what maps to what.
 
@@ -270,11 +271,7 @@ impl State {
 
 /// Seconds (float) to Unix nanoseconds.
 fn ns(s: f64) -> u64 {
-    if s > 0.0 {
-        (s * 1e9) as u64
-    } else {
-        0
-    }
+    crate::flows::har::text::secs_to_ns(s)
 }
 
 fn version(v: &str) -> String {
@@ -385,4 +382,79 @@ fn websocket(v: Option<&Value>) -> Vec<WsMessageRec> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tn(tag: char, data: &[u8]) -> Vec<u8> {
+        let mut v = format!("{}:", data.len()).into_bytes();
+        v.extend_from_slice(data);
+        v.push(tag as u8);
+        v
+    }
+
+    fn dict(pairs: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let inner: Vec<u8> = pairs
+            .iter()
+            .flat_map(|(k, v)| [tn(';', k.as_bytes()), v.clone()].concat())
+            .collect();
+        tn('}', &inner)
+    }
+
+    fn list(items: &[Vec<u8>]) -> Vec<u8> {
+        tn(']', &items.concat())
+    }
+
+    #[test]
+    fn tcp_flows_become_tunnels_and_udp_is_skipped() {
+        let conn = |id: &str, port: &[u8]| {
+            dict(&[
+                ("id", tn(';', id.as_bytes())),
+                ("peername", list(&[tn(';', b"::1"), tn('#', port)])),
+                ("address", list(&[tn(';', b"db.test"), tn('#', b"5432")])),
+                ("timestamp_start", tn('^', b"1700000000.25")),
+            ])
+        };
+        let msg = |up: bool, data: &[u8]| {
+            list(&[
+                tn('!', if up { b"true" } else { b"false" }),
+                tn(',', data),
+                tn('^', b"1700000001.0"),
+            ])
+        };
+        let tcp = dict(&[
+            ("version", tn('#', b"21")),
+            ("type", tn(';', b"tcp")),
+            ("client_conn", conn("c-1", b"40000")),
+            ("server_conn", conn("s-1", b"5432")),
+            (
+                "messages",
+                list(&[msg(true, b"\x00ab"), msg(false, b"xyz!")]),
+            ),
+            ("error", tn('~', b"")),
+        ]);
+        let udp = dict(&[("version", tn('#', b"22")), ("type", tn(';', b"udp"))]);
+        let mut out = Vec::new();
+        let (rep, r) = import(&[tcp, udp].concat()[..], &mut out);
+        r.unwrap();
+        assert_eq!(rep.imported, 1);
+        assert_eq!(rep.skipped.values().sum::<u64>(), 1);
+        assert!(rep.changed.keys().any(|k| k.contains("newer")), "{rep:?}");
+        let recs: Vec<Record> = crate::flows::file::FlowReader::new(&out[..])
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let Record::Tunnel(t) = &recs[1] else {
+            panic!("not a tunnel: {recs:?}")
+        };
+        assert_eq!(
+            (t.client.as_str(), t.target.as_str()),
+            ("[::1]:40000", "db.test:5432")
+        );
+        assert_eq!((t.bytes_up, t.bytes_down, t.chunks.len()), (3, 4, 2));
+        assert_eq!(t.start, 1_700_000_000_250_000_000);
+        assert!(t.error.is_none());
+    }
 }
