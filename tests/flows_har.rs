@@ -527,6 +527,71 @@ fn real_mitmdump_har_and_dump_import() {
         );
         check_mitm_flows(what, &out, &upload, writer);
     }
+    // And the other way: mitmproxy reads the HAR luring writes. Its HAR reader ignores
+    // postData.encoding, so the binary upload is not compared on this leg.
+    let (lhar, back, back_flows) = (
+        dir.path("luring.har"),
+        dir.path("back.mitm"),
+        dir.path("back.flows"),
+    );
+    let dump_flows = dir.path("dump.flows");
+    let (st, _, err) = run_luring(
+        &[
+            "flows",
+            "export",
+            dump_flows.to_str().unwrap(),
+            "-o",
+            lhar.to_str().unwrap(),
+        ],
+        WAIT,
+    );
+    assert!(st.is_some_and(|s| s.success()), "{err}");
+    let out = run_cmd(
+        "mitmdump",
+        &[
+            "-n",
+            "-q",
+            "-r",
+            lhar.to_str().unwrap(),
+            "-w",
+            back.to_str().unwrap(),
+        ],
+        b"",
+        WAIT,
+    );
+    assert!(
+        out.ok(),
+        "mitmdump could not read luring's HAR: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    let (st, _, err) = run_luring(
+        &[
+            "flows",
+            "import",
+            back.to_str().unwrap(),
+            "-o",
+            back_flows.to_str().unwrap(),
+        ],
+        WAIT,
+    );
+    assert!(st.is_some_and(|s| s.success()), "{err}");
+    let (_, recs) = read_flows(&back_flows);
+    let flows = http(&recs);
+    assert_eq!(flows.len(), 5);
+    let resp = |p: &str| {
+        flows
+            .iter()
+            .find(|f| f.request.path == p)
+            .and_then(|f| f.response.clone())
+            .unwrap()
+    };
+    assert_eq!(&resp("/hello").body.data[..], b"hello /hello");
+    assert_eq!(
+        sha(&resp("/bin").body.data),
+        sha(&(0..=255u8).cycle().take(1024).collect::<Vec<_>>())
+    );
+    assert_eq!(gunzip(&resp("/gz").body.data), b"gz ".repeat(100));
 }
 
 /// A tnetstring (tests write the smallest dumps by hand).

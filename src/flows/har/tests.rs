@@ -49,7 +49,7 @@ fn rich(id: u64) -> HttpFlow {
             reason: "OK".into(),
             version: "HTTP/2".into(),
             headers: vec![
-                field("content-type", "text/plain"),
+                field("content-type", "text/plain; charset=utf-8"),
                 field("content-encoding", "gzip"),
             ],
             body: {
@@ -389,6 +389,18 @@ fn text_helpers() {
     );
     assert_eq!(parse_iso8601("yesterday"), None);
     assert_eq!(body_text(b"\xe9t\xe9", "text/plain"), ("6XTp".into(), true));
+    assert_eq!(
+        body_text("été".as_bytes(), "text/plain"),
+        ("w6l0w6k=".into(), true)
+    );
+    assert_eq!(
+        body_text("été".as_bytes(), "application/json"),
+        ("été".into(), false)
+    );
+    assert_eq!(
+        body_text(b"ascii", "text/plain; charset=latin1"),
+        ("ascii".into(), false)
+    );
     assert_eq!(
         body_text("été".as_bytes(), "text/plain; charset=latin1"),
         ("w6l0w6k=".into(), true)

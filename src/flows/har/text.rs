@@ -175,15 +175,17 @@ pub fn unb64(text: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
-/// A body as HAR text: itself when it is UTF-8 that a reader would take back as the
-/// same bytes, else base64 (the bool).
+/// A body as HAR text: itself when every reader takes the text back as the same
+/// bytes, else base64 (the bool). Readers turn text into bytes by the Content-Type's
+/// charset, and without one mitmproxy uses latin-1 (UTF-8 for JSON) while browsers
+/// use UTF-8: so non-ASCII text goes as text only under a UTF-8 charset or JSON.
 pub fn body_text(data: &[u8], content_type: &str) -> (String, bool) {
+    let utf8_for_all = match charset_of(content_type) {
+        Some(cs) => cs == Charset::Utf8,
+        None => content_type.to_ascii_lowercase().contains("json"),
+    };
     match std::str::from_utf8(data) {
-        // A latin-1 charset makes readers map chars to single bytes, so only ASCII is
-        // safe as text then.
-        Ok(s) if data.is_ascii() || charset_of(content_type) != Some(Charset::Latin1) => {
-            (s.to_string(), false)
-        }
+        Ok(s) if data.is_ascii() || utf8_for_all => (s.to_string(), false),
         _ => (b64(data), true),
     }
 }
