@@ -734,3 +734,133 @@ fn damaged_har_and_dump_files_give_clear_errors() {
         assert!(err.contains(says), "{name}: {err}");
     }
 }
+
+/// Bytes that do not compress (xorshift), so a body stays its size in every format.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Runs luring with `feed` writing its stdin from a thread; (exit code, stderr, peak
+/// RSS in KiB from wait4). Killed at the bound.
+fn run_fed(
+    args: &[&str],
+    feed: impl FnOnce(&mut dyn std::io::Write) + Send + 'static,
+) -> (Option<i32>, String, i64) {
+    use std::io::Read;
+    let mut child = Command::new(support::bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn luring");
+    let mut stdin = child.stdin.take().unwrap();
+    // A writer that fails (the child died) just stops: the wait below is bounded.
+    let writer = std::thread::spawn(move || feed(&mut stdin));
+    let mut err_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let pid = child.id() as i32;
+    let (mut status, mut ru) = (0i32, unsafe { std::mem::zeroed::<libc::rusage>() });
+    let done = wait_until(
+        Duration::from_secs(180),
+        || unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) } == pid,
+    );
+    if !done {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    }
+    let _ = writer.join();
+    let err = reader.join().unwrap_or_default();
+    let code = (done && libc::WIFEXITED(status)).then(|| libc::WEXITSTATUS(status));
+    (code, err, ru.ru_maxrss)
+}
+
+const FLOWS: u64 = 1000;
+const BODY: usize = 64 * 1024;
+/// Peak RSS allowed: well under the ~64 MiB of bodies streamed through.
+const RSS_KIB: i64 = 40 * 1024;
+
+#[test]
+fn export_and_import_stream_with_flat_memory() {
+    let (code, err, rss) = run_fed(
+        &["flows", "export", "-", "--format", "har", "-o", "/dev/null"],
+        |w| {
+            let _ = w.write_all(&luring::flows::file::file_header());
+            let _ =
+                w.write_all(&luring::flows::file::encode(&Record::Meta(Meta::default())).unwrap());
+            for id in 1..=FLOWS {
+                let f = HttpFlow {
+                    id,
+                    request: RequestRec {
+                        method: "POST".into(),
+                        scheme: "http".into(),
+                        authority: "a.test".into(),
+                        path: "/".into(),
+                        body: body(&noise(id, BODY)),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                if w.write_all(&luring::flows::file::encode(&Record::Http(Box::new(f))).unwrap())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        },
+    );
+    assert_eq!(code, Some(0), "{err}");
+    eprintln!("export peak RSS {rss} KiB");
+    assert!(err.contains(&format!("exported {FLOWS} flow(s)")), "{err}");
+    assert!(
+        rss < RSS_KIB,
+        "export peaked at {rss} KiB for {} MiB of bodies",
+        FLOWS * BODY as u64 >> 20
+    );
+
+    let (code, err, rss) = run_fed(&["flows", "import", "-", "-o", "/dev/null"], |w| {
+        let _ = w.write_all(
+            br#"{"log":{"version":"1.2","creator":{"name":"gen","version":"1"},"entries":["#,
+        );
+        for id in 1..=FLOWS {
+            let e = serde_json::json!({
+                "startedDateTime": "2025-01-01T00:00:00Z", "time": 1,
+                "request": {"method": "POST", "url": format!("http://a.test/{id}"), "httpVersion": "HTTP/1.1", "headers": [],
+                    "postData": {"mimeType": "application/octet-stream", "encoding": "base64",
+                        "text": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, noise(id, BODY))}},
+                "response": {"status": 204, "headers": [], "content": {"size": 0}}
+            });
+            let sep: &[u8] = if id == 1 { b"" } else { b"," };
+            if w.write_all(sep)
+                .and_then(|()| w.write_all(e.to_string().as_bytes()))
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = w.write_all(b"]}}");
+    });
+    assert_eq!(code, Some(0), "{err}");
+    eprintln!("import peak RSS {rss} KiB");
+    assert!(
+        err.contains(&format!("imported {FLOWS} flow(s), skipped 0")),
+        "{err}"
+    );
+    assert!(
+        rss < RSS_KIB,
+        "import peaked at {rss} KiB for {} MiB of bodies",
+        FLOWS * BODY as u64 >> 20
+    );
+}

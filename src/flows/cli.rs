@@ -83,10 +83,14 @@ fn no_filter(filter: Option<String>) -> Result<(), String> {
     }
 }
 
-/// `luring flows export FILE --format har [-o OUT]`: what HAR could not carry goes to
-/// stderr.
+/// `luring flows export FILE --format har [-o OUT]` (FILE "-": stdin): what HAR could
+/// not carry goes to stderr.
 fn export_har(file: &std::path::Path, out: Option<&std::path::Path>) -> Result<(), String> {
-    let input = super::file::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let input = super::import::open_input(file)
+        .map_err(|e| format!("{}: {e}", file.display()))
+        .and_then(|r| {
+            super::file::FlowReader::new(r).map_err(|e| format!("{}: {e}", file.display()))
+        })?;
     let mut w: Box<dyn std::io::Write> = match out {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,

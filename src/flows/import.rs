@@ -146,10 +146,19 @@ pub fn import<R: BufRead, W: Write>(mut input: R, out: W) -> (ImportReport, Resu
     }
 }
 
-/// `luring flows import FILE -o OUT`: the report goes to stderr.
+/// Opens FILE for reading, buffered; "-" is stdin (a pipe from zcat, curl...).
+pub fn open_input(file: &std::path::Path) -> io::Result<io::BufReader<Box<dyn io::Read>>> {
+    let r: Box<dyn io::Read> = if file.as_os_str() == "-" {
+        Box::new(io::stdin())
+    } else {
+        Box::new(std::fs::File::open(file)?)
+    };
+    Ok(io::BufReader::with_capacity(256 * 1024, r))
+}
+
+/// `luring flows import FILE -o OUT` (FILE "-": stdin): the report goes to stderr.
 pub fn run(file: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
-    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let input = io::BufReader::with_capacity(256 * 1024, f);
+    let input = open_input(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let o = create_private(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let (rep, r) = import(input, io::BufWriter::new(o));
     let mut err = io::stderr().lock();
