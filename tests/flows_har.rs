@@ -755,6 +755,8 @@ fn run_fed(
     feed: impl FnOnce(&mut dyn std::io::Write) + Send + 'static,
 ) -> (Option<i32>, String, i64) {
     use std::io::Read;
+    // Reaped by wait4 below, which std's wait cannot do: it gives the peak RSS.
+    #[allow(clippy::zombie_processes)]
     let mut child = Command::new(support::bin())
         .args(args)
         .stdin(Stdio::piped())
@@ -827,7 +829,7 @@ fn export_and_import_stream_with_flat_memory() {
     assert!(
         rss < RSS_KIB,
         "export peaked at {rss} KiB for {} MiB of bodies",
-        FLOWS * BODY as u64 >> 20
+        (FLOWS * BODY as u64) >> 20
     );
 
     let (code, err, rss) = run_fed(&["flows", "import", "-", "-o", "/dev/null"], |w| {
@@ -861,6 +863,6 @@ fn export_and_import_stream_with_flat_memory() {
     assert!(
         rss < RSS_KIB,
         "import peaked at {rss} KiB for {} MiB of bodies",
-        FLOWS * BODY as u64 >> 20
+        (FLOWS * BODY as u64) >> 20
     );
 }
