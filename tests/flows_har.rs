@@ -3,6 +3,8 @@
 //! reverse mode in front of a small Python origin, and damaged inputs. Loopback only;
 //! every wait is bounded.
 
+#[path = "flows_har/mitm.rs"]
+mod mitm;
 mod support;
 
 use luring::flows::file::{open, FlowWriter};
@@ -10,9 +12,9 @@ use luring::flows::record::*;
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{run_cmd, run_luring, wait_until, TempDir};
+use support::{run_luring, wait_until, TempDir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -37,6 +39,16 @@ fn gunzip(b: &[u8]) -> Vec<u8> {
         .read_to_end(&mut out)
         .expect("a gzip body");
     out
+}
+
+/// Runs luring to success (bounded); its stderr.
+fn luring_ok(args: &[&str]) -> String {
+    let (st, _, err) = run_luring(args, WAIT);
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "luring {args:?} failed: {err}"
+    );
+    err
 }
 
 /// Every record of a flow file, panicking on a damaged one.
@@ -206,294 +218,9 @@ fn flows_to_har_to_flows_keeps_all_but_what_export_reports() {
     assert_eq!(got, want, "everything but the tunnel comes back");
 }
 
-/// The Python origin: GET answers "hello PATH", /bin 1 KiB of every byte value, /gz a
-/// gzip'd body, POST the sha256 of what it got, and an echoing WebSocket.
-const ORIGIN_PY: &str = r#"
-import asyncio, base64, gzip, hashlib, struct
-
-async def ws_echo(r, w):
-    while True:
-        b0, b1 = await r.readexactly(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = struct.unpack("!H", await r.readexactly(2))[0]
-        mask = await r.readexactly(4) if b1 & 0x80 else b"\0\0\0\0"
-        data = bytes(c ^ mask[i % 4] for i, c in enumerate(await r.readexactly(n)))
-        op = b0 & 0x0F
-        w.write(bytes([0x80 | op, len(data)]) + data)
-        await w.drain()
-        if op == 8:
-            return
-
-async def handle(r, w):
-    try:
-        while True:
-            line = await r.readline()
-            if not line:
-                return
-            method, path, _ = line.decode().split(" ", 2)
-            hdrs = {}
-            while True:
-                h = await r.readline()
-                if h in (b"\r\n", b""):
-                    break
-                k, v = h.decode("latin-1").split(":", 1)
-                hdrs[k.strip().lower()] = v.strip()
-            body = await r.readexactly(int(hdrs.get("content-length", 0)))
-            if hdrs.get("upgrade", "").lower() == "websocket":
-                key = hdrs["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-                acc = base64.b64encode(hashlib.sha1(key.encode()).digest()).decode()
-                w.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % acc).encode())
-                await ws_echo(r, w)
-                return
-            extra, ctype = "", "text/plain"
-            if path.startswith("/bin"):
-                out, ctype = bytes(range(256)) * 4, "application/octet-stream"
-            elif path.startswith("/gz"):
-                out, extra = gzip.compress(b"gz " * 100), "Content-Encoding: gzip\r\n"
-            elif method == "POST":
-                out = b"got " + hashlib.sha256(body).hexdigest().encode()
-            else:
-                out = ("hello " + path).encode()
-            w.write(("HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%sContent-Length: %d\r\n\r\n"
-                     % (ctype, extra, len(out))).encode() + out)
-            await w.drain()
-    except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-        pass
-    finally:
-        w.close()
-
-async def main():
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-    print(srv.sockets[0].getsockname()[1], flush=True)
-    await asyncio.sleep(120)  # bounded: the test kills it sooner
-
-asyncio.run(main())
-"#;
-
-const WS_CLIENT_PY: &str = r#"
-import sys
-from websockets.sync.client import connect
-with connect(sys.argv[1], open_timeout=10) as c:
-    c.send("hi there")
-    assert c.recv(timeout=10) == "hi there"
-    c.send(b"\x00\xff\x01")
-    assert c.recv(timeout=10) == b"\x00\xff\x01"
-print("ok")
-"#;
-
-/// A child process killed when the test ends, however it ends.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs mitmdump in reverse mode in front of the origin, sends the traffic, stops it
-/// with SIGINT (it writes the HAR on exit); the HAR and dump paths.
-fn record_with_mitmdump(dir: &TempDir, upload: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let mut origin = Command::new("python3")
-        .args(["-c", ORIGIN_PY])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(origin.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let _origin = Kid(origin);
-    let port: u16 = line.trim().parse().expect("origin port");
-    let (har, dump, log) = (dir.path("m.har"), dir.path("m.dump"), dir.path("mitm.log"));
-    let logf = std::fs::File::create(&log).unwrap();
-    let mitm = Command::new("mitmdump")
-        .args([
-            "--mode",
-            &format!("reverse:http://127.0.0.1:{port}"),
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            "0",
-        ])
-        .args([
-            "--set",
-            &format!("hardump={}", har.display()),
-            "-w",
-            dump.to_str().unwrap(),
-        ])
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf)
-        .spawn()
-        .expect("mitmdump");
-    let mut mitm = Kid(mitm);
-    let mut mport = None;
-    let up = wait_until(WAIT, || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        mport = text.split("listening at 127.0.0.1:").nth(1).and_then(|r| {
-            r.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse::<u16>()
-                .ok()
-        });
-        mport.is_some()
-    });
-    assert!(
-        up,
-        "mitmdump did not start: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let base = format!("http://127.0.0.1:{}", mport.unwrap());
-    for path in ["/hello", "/bin", "/gz"] {
-        let out = run_cmd(
-            "curl",
-            &[
-                "-sS",
-                "-m",
-                "10",
-                "-o",
-                "/dev/null",
-                &format!("{base}{path}"),
-            ],
-            b"",
-            WAIT,
-        );
-        assert!(out.ok(), "curl {path}: {}", out.stderr);
-    }
-    let data = format!("@{}", upload.display());
-    let out = run_cmd(
-        "curl",
-        &[
-            "-sS",
-            "-m",
-            "10",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &data,
-            &format!("{base}/up"),
-        ],
-        b"",
-        WAIT,
-    );
-    assert!(out.ok(), "curl POST: {}", out.stderr);
-    let ws = run_cmd(
-        "python3",
-        &[
-            "-c",
-            WS_CLIENT_PY,
-            &format!("ws://127.0.0.1:{}/ws", mport.unwrap()),
-        ],
-        b"",
-        WAIT,
-    );
-    assert!(
-        ws.ok() && ws.stdout.trim() == "ok",
-        "websocket client: {} {}",
-        ws.stdout,
-        ws.stderr
-    );
-    // SIGINT: mitmdump shuts down cleanly and writes the HAR (a kill would not).
-    unsafe { libc::kill(mitm.0.id() as i32, libc::SIGINT) };
-    let exited = wait_until(WAIT, || mitm.0.try_wait().ok().flatten().is_some());
-    assert!(
-        exited && har.exists(),
-        "mitmdump did not write the HAR: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    (har, dump)
-}
-
-fn mitmdump_installed() -> bool {
-    Command::new("mitmdump")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Checks the flows imported from mitmproxy's HAR or dump against what the clients
-/// sent and the origin answered.
-fn check_mitm_flows(what: &str, file: &Path, upload: &[u8], writer: &str) {
-    let (m, recs) = read_flows(file);
-    assert_eq!(m.writer, writer);
-    let flows = http(&recs);
-    assert_eq!(flows.len(), 5, "{what}: {flows:#?}");
-    let by_path = |p: &str| {
-        *flows
-            .iter()
-            .find(|f| f.request.path == p)
-            .unwrap_or_else(|| panic!("{what}: no {p}"))
-    };
-    let resp = |p: &str| {
-        by_path(p)
-            .response
-            .clone()
-            .unwrap_or_else(|| panic!("{what}: {p} has no response"))
-    };
-    assert_eq!(&resp("/hello").body.data[..], b"hello /hello", "{what}");
-    let every_byte: Vec<u8> = (0..=255u8).cycle().take(1024).collect();
-    assert_eq!(
-        sha(&resp("/bin").body.data),
-        sha(&every_byte),
-        "{what}: /bin body"
-    );
-    let gz = resp("/gz");
-    assert!(
-        gz.headers
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case(b"content-encoding") && &v[..] == b"gzip"),
-        "{what}"
-    );
-    assert_eq!(
-        gunzip(&gz.body.data),
-        b"gz ".repeat(100),
-        "{what}: /gz body"
-    );
-    let up = by_path("/up");
-    assert_eq!(up.request.method, "POST");
-    assert_eq!(
-        sha(&up.request.body.data),
-        sha(upload),
-        "{what}: uploaded body"
-    );
-    assert_eq!(
-        resp("/up").body.data.to_vec(),
-        format!("got {}", sha(upload)).into_bytes(),
-        "{what}"
-    );
-    let ws = by_path("/ws");
-    assert_eq!(resp("/ws").status, 101);
-    let msgs: Vec<(bool, u8, &[u8])> = ws
-        .websocket
-        .iter()
-        .filter(|m| m.opcode < 8)
-        .map(|m| (m.from_client, m.opcode, &m.data[..]))
-        .collect();
-    let want: Vec<(bool, u8, &[u8])> = vec![
-        (true, 1, b"hi there"),
-        (false, 1, b"hi there"),
-        (true, 2, b"\x00\xff\x01"),
-        (false, 2, b"\x00\xff\x01"),
-    ];
-    assert_eq!(msgs, want, "{what}: websocket messages");
-    assert!(
-        ws.websocket
-            .iter()
-            .all(|m| m.ts > 1_600_000_000_000_000_000),
-        "{what}: message times"
-    );
-}
-
 #[test]
 fn real_mitmdump_har_and_dump_import() {
-    if !mitmdump_installed() {
+    if !mitm::mitmdump_installed() {
         eprintln!("SKIPPED real_mitmdump_har_and_dump_import: mitmdump is not installed (scripts/test.sh installs mitmproxy with pip)");
         return;
     }
@@ -501,97 +228,26 @@ fn real_mitmdump_har_and_dump_import() {
     let upload: Vec<u8> = (0..3000u32).map(|i| (i * 131 % 256) as u8).collect();
     let up_path = dir.path("upload.bin");
     std::fs::write(&up_path, &upload).unwrap();
-    let (har, dump) = record_with_mitmdump(&dir, &up_path);
+    let (har, dump) = mitm::record_with_mitmdump(&dir, &up_path);
     for (what, input, writer) in [
         ("HAR", &har, "luring flows import (HAR)"),
         ("dump", &dump, "luring flows import (mitmproxy dump)"),
     ] {
         let out = dir.path(&format!("{what}.flows"));
-        let (st, _, err) = run_luring(
-            &[
-                "flows",
-                "import",
-                input.to_str().unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-            ],
-            WAIT,
-        );
-        assert!(
-            st.is_some_and(|s| s.success()),
-            "import of mitmproxy's {what}: {err}"
-        );
+        let err = luring_ok(&[
+            "flows",
+            "import",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
         assert!(
             err.contains("imported 5 flow(s), skipped 0"),
             "{what}: {err}"
         );
-        check_mitm_flows(what, &out, &upload, writer);
+        mitm::check_mitm_flows(what, &out, &upload, writer);
     }
-    // And the other way: mitmproxy reads the HAR luring writes. Its HAR reader ignores
-    // postData.encoding, so the binary upload is not compared on this leg.
-    let (lhar, back, back_flows) = (
-        dir.path("luring.har"),
-        dir.path("back.mitm"),
-        dir.path("back.flows"),
-    );
-    let dump_flows = dir.path("dump.flows");
-    let (st, _, err) = run_luring(
-        &[
-            "flows",
-            "export",
-            dump_flows.to_str().unwrap(),
-            "-o",
-            lhar.to_str().unwrap(),
-        ],
-        WAIT,
-    );
-    assert!(st.is_some_and(|s| s.success()), "{err}");
-    let out = run_cmd(
-        "mitmdump",
-        &[
-            "-n",
-            "-q",
-            "-r",
-            lhar.to_str().unwrap(),
-            "-w",
-            back.to_str().unwrap(),
-        ],
-        b"",
-        WAIT,
-    );
-    assert!(
-        out.ok(),
-        "mitmdump could not read luring's HAR: {} {}",
-        out.stdout,
-        out.stderr
-    );
-    let (st, _, err) = run_luring(
-        &[
-            "flows",
-            "import",
-            back.to_str().unwrap(),
-            "-o",
-            back_flows.to_str().unwrap(),
-        ],
-        WAIT,
-    );
-    assert!(st.is_some_and(|s| s.success()), "{err}");
-    let (_, recs) = read_flows(&back_flows);
-    let flows = http(&recs);
-    assert_eq!(flows.len(), 5);
-    let resp = |p: &str| {
-        flows
-            .iter()
-            .find(|f| f.request.path == p)
-            .and_then(|f| f.response.clone())
-            .unwrap()
-    };
-    assert_eq!(&resp("/hello").body.data[..], b"hello /hello");
-    assert_eq!(
-        sha(&resp("/bin").body.data),
-        sha(&(0..=255u8).cycle().take(1024).collect::<Vec<_>>())
-    );
-    assert_eq!(gunzip(&resp("/gz").body.data), b"gz ".repeat(100));
+    mitm::mitmproxy_reads_luring_har(&dir, &dir.path("dump.flows"));
 }
 
 /// A tnetstring (tests write the smallest dumps by hand).
@@ -633,48 +289,45 @@ fn tn_flow(path: &str) -> Vec<u8> {
     ])
 }
 
+/// Runs `luring flows import INPUT -o OUT`: the exit code and stderr, which never
+/// tells of a panic.
+fn import_code(input: &Path, out: &Path) -> (Option<i32>, String) {
+    let args = [
+        "flows",
+        "import",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let (st, _, err) = run_luring(&args, WAIT);
+    assert!(!err.contains("panicked"), "{err}");
+    (st.and_then(|s| s.code()), err)
+}
+
 #[test]
-fn damaged_har_and_dump_files_give_clear_errors() {
-    let dir = TempDir::new("flows-bad");
-    let out = dir.path("o.flows");
-    let run = |input: &Path| {
-        let (st, _, err) = run_luring(
-            &[
-                "flows",
-                "import",
-                input.to_str().unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-            ],
-            WAIT,
-        );
-        assert!(!err.contains("panicked"), "{err}");
-        (st.and_then(|s| s.code()), err)
-    };
-    // A dump: two flows, then the second cut short.
+fn damaged_dump_gives_its_offset_and_keeps_the_flows_before() {
+    let dir = TempDir::new("flows-bad-dump");
+    let (p, out) = (dir.path("d.mitm"), dir.path("o.flows"));
     let mut dump = tn_flow("/one");
     let first_len = dump.len();
     dump.extend(tn_flow("/two"));
-    let p = dir.path("d.mitm");
     std::fs::write(&p, &dump).unwrap();
-    let (code, err) = run(&p);
+    let (code, err) = import_code(&p, &out);
     assert_eq!(code, Some(0), "{err}");
     let (_, recs) = read_flows(&out);
     let f = http(&recs)[1];
-    assert_eq!(
-        (
-            f.request.method.as_str(),
-            f.request.authority.as_str(),
-            &f.request.body.data[..]
-        ),
-        ("PUT", "a.test", &b"\x00\xff:,}"[..])
+    let got = (
+        f.request.method.as_str(),
+        f.request.authority.as_str(),
+        &f.request.body.data[..],
     );
+    assert_eq!(got, ("PUT", "a.test", &b"\x00\xff:,}"[..]));
     std::fs::write(&p, &dump[..dump.len() - 7]).unwrap();
-    let (code, err) = run(&p);
+    let (code, err) = import_code(&p, &out);
     assert_eq!(code, Some(1), "{err}");
+    let at = format!("damaged dump at byte {first_len}");
     assert!(
-        err.contains(&format!("damaged dump at byte {first_len}"))
-            && err.contains("1 flow(s) before it"),
+        err.contains(&at) && err.contains("1 flow(s) before it"),
         "{err}"
     );
     assert_eq!(
@@ -682,39 +335,41 @@ fn damaged_har_and_dump_files_give_clear_errors() {
         1,
         "the flow before the damage is kept"
     );
-    // A HAR cut inside its second entry.
-    let src = dir.path("s.flows");
+}
+
+#[test]
+fn truncated_har_and_garbage_give_clear_errors() {
+    let dir = TempDir::new("flows-bad-har");
+    let (src, har, out) = (dir.path("s.flows"), dir.path("s.har"), dir.path("o.flows"));
     let mut w = FlowWriter::new(std::fs::File::create(&src).unwrap(), &Meta::default()).unwrap();
     for r in sample_records() {
         w.write(&r).unwrap();
     }
     drop(w);
-    let har = dir.path("s.har");
-    let (st, _, err) = run_luring(
-        &[
-            "flows",
-            "export",
-            src.to_str().unwrap(),
-            "-o",
-            har.to_str().unwrap(),
-        ],
-        WAIT,
-    );
-    assert!(st.is_some_and(|s| s.success()), "{err}");
+    luring_ok(&[
+        "flows",
+        "export",
+        src.to_str().unwrap(),
+        "-o",
+        har.to_str().unwrap(),
+    ]);
     let text = std::fs::read(&har).unwrap();
     let second = text
         .windows(17)
         .position(|w| w == b"\"_luringFlowId\":2")
         .unwrap();
     std::fs::write(&har, &text[..second]).unwrap();
-    let (code, err) = run(&har);
+    let (code, err) = import_code(&har, &out);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("truncated or not valid JSON") && err.contains("line"),
         "{err}"
     );
-    assert_eq!(http(&read_flows(&out).1).len(), 1);
-    // Garbage of each kind.
+    assert_eq!(
+        http(&read_flows(&out).1).len(),
+        1,
+        "the entry before the cut is kept"
+    );
     for (name, bytes, says) in [
         (
             "g1",
@@ -729,7 +384,7 @@ fn damaged_har_and_dump_files_give_clear_errors() {
     ] {
         let p = dir.path(name);
         std::fs::write(&p, bytes).unwrap();
-        let (code, err) = run(&p);
+        let (code, err) = import_code(&p, &out);
         assert_eq!(code, Some(1), "{name}: {err}");
         assert!(err.contains(says), "{name}: {err}");
     }
