@@ -406,3 +406,26 @@ fn text_helpers() {
         ("w6l0w6k=".into(), true)
     );
 }
+
+#[test]
+fn chrome_har_without_any_auth_header_gets_the_weaker_warning() {
+    let entry = r#"{"request":{"method":"GET","url":"https://x.test/a","headers":[{"name":"accept","value":"*/*"}]},
+        "response":{"status":200,"headers":[],"content":{"size":0}}}"#;
+    let har = |creator: &str, n: usize| {
+        let entries = vec![entry; n].join(",");
+        format!(
+            r#"{{"log":{{"creator":{{"name":"{creator}","version":"1"}},"entries":[{entries}]}}}}"#
+        )
+    };
+    let (_, rep) = from_har(har("WebInspector", 5).as_bytes());
+    assert_eq!(rep.warnings.len(), 1, "{:?}", rep.warnings);
+    assert!(rep.warnings[0].contains("if the site uses them"));
+    // Fewer entries, or another writer: nothing to say.
+    assert!(from_har(har("WebInspector", 4).as_bytes())
+        .1
+        .warnings
+        .is_empty());
+    assert!(from_har(har("Firefox", 9).as_bytes()).1.warnings.is_empty());
+    let with_cookie = har("WebInspector", 5).replacen("\"accept\"", "\"Cookie\"", 1);
+    assert!(from_har(with_cookie.as_bytes()).1.warnings.is_empty());
+}
