@@ -136,6 +136,13 @@ pub fn import<R: BufRead, W: Write>(mut input: R, out: W) -> (ImportReport, Resu
         Ok(k) => k,
         Err(e) => return (ImportReport::default(), Err(e)),
     };
+    // Windows tools start JSON with a byte order mark, which serde_json refuses.
+    if input
+        .fill_buf()
+        .is_ok_and(|h| h.starts_with(b"\xEF\xBB\xBF"))
+    {
+        input.consume(3);
+    }
     match kind {
         Kind::Har => super::har::import::import(input, out),
         Kind::ZHar => {

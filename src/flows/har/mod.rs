@@ -59,10 +59,10 @@ pub struct Request {
     /// Cookies (written empty: the Cookie header holds them).
     pub cookies: Vec<NameValue>,
     /// -1: luring does not know the head's size on the wire.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub headers_size: f64,
     /// Body size in bytes (the full size, also when the body was cut).
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub body_size: f64,
     /// The body, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,7 +95,7 @@ pub struct Target {
 #[serde(default, rename_all = "camelCase")]
 pub struct Content {
     /// Size of the decoded body.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub size: f64,
     /// Bytes saved by content-encoding (decoded size minus wire size).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_num")]
@@ -122,7 +122,7 @@ pub struct Content {
 #[serde(default, rename_all = "camelCase")]
 pub struct Response {
     /// Status code; 0 when no response came.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub status: f64,
     /// Reason phrase.
     pub status_text: String,
@@ -138,10 +138,10 @@ pub struct Response {
     #[serde(rename = "redirectURL")]
     pub redirect_url: Wtf8,
     /// -1: unknown.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub headers_size: f64,
     /// Body size on the wire (the full size, also when the body was cut).
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub body_size: f64,
     /// Why the exchange failed (Chrome's and mitmproxy's field).
     #[serde(rename = "_error", skip_serializing_if = "Option::is_none")]
@@ -162,25 +162,25 @@ pub struct Response {
 #[serde(default)]
 pub struct Timings {
     /// Waiting for a connection.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub blocked: f64,
     /// DNS resolution.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub dns: f64,
     /// TCP connect.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub connect: f64,
     /// Sending the request.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub send: f64,
     /// Waiting for the response head.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub wait: f64,
     /// Receiving the response body.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub receive: f64,
     /// TLS handshake.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub ssl: f64,
 }
 
@@ -192,10 +192,10 @@ pub struct WsMessage {
     #[serde(rename = "type")]
     pub kind: String,
     /// Unix time in seconds.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub time: f64,
     /// WebSocket opcode.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub opcode: f64,
     /// Text for opcode 1, base64 otherwise.
     pub data: Wtf8,
@@ -217,7 +217,7 @@ pub struct Entry {
     /// ISO 8601 start time.
     pub started_date_time: String,
     /// Total time in milliseconds.
-    #[serde(serialize_with = "num")]
+    #[serde(serialize_with = "num", deserialize_with = "lenient")]
     pub time: f64,
     /// The request.
     pub request: Request,
@@ -298,6 +298,37 @@ fn num<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
     } else {
         s.serialize_f64(*v)
     }
+}
+
+/// Reads a number leniently: some writers put null or a numeric string where HAR
+/// says number; null reads as 0 (unknown).
+fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number")
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_unit<E>(self) -> Result<f64, E> {
+            Ok(0.0)
+        }
+        fn visit_none<E>(self) -> Result<f64, E> {
+            Ok(0.0)
+        }
+        fn visit_str<E>(self, v: &str) -> Result<f64, E> {
+            Ok(v.trim().parse().unwrap_or(0.0))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 fn opt_num<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {

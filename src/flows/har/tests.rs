@@ -429,3 +429,18 @@ fn chrome_har_without_any_auth_header_gets_the_weaker_warning() {
     let with_cookie = har("WebInspector", 5).replacen("\"accept\"", "\"Cookie\"", 1);
     assert!(from_har(with_cookie.as_bytes()).1.warnings.is_empty());
 }
+
+#[test]
+fn lenient_input_bom_nulls_and_numeric_strings() {
+    let har =
+        "\u{feff}{\"log\":{\"entries\":[{\"time\":null,\"timings\":{\"wait\":null,\"send\":\"2\"},\
+        \"request\":{\"method\":\"GET\",\"url\":\"http://x.test\",\"bodySize\":null},\
+        \"response\":{\"status\":\"200\",\"headers\":[],\"content\":{\"size\":null}}}]}}";
+    let (back, rep) = from_har(har.as_bytes());
+    assert_eq!(rep.imported, 1);
+    let Record::Http(f) = &back[1] else {
+        panic!("not http")
+    };
+    assert_eq!(f.response.as_ref().map(|r| r.status), Some(200));
+    assert_eq!(f.request.path, "/");
+}
