@@ -457,4 +457,37 @@ mod tests {
         assert_eq!(t.start, 1_700_000_000_250_000_000);
         assert!(t.error.is_none());
     }
+
+    #[test]
+    fn byte_flips_in_a_dump_never_panic() {
+        let hdr = list(&[list(&[tn(',', b"Host"), tn(',', b"a")])]);
+        let req = dict(&[
+            ("method", tn(',', b"GET")),
+            ("headers", hdr),
+            ("content", tn(',', b"x")),
+        ]);
+        let ws = dict(&[(
+            "messages",
+            list(&[list(&[tn('#', b"1"), tn('!', b"true"), tn(',', b"hi")])]),
+        )]);
+        let flow = dict(&[
+            ("type", tn(';', b"http")),
+            ("request", req),
+            ("websocket", ws),
+        ]);
+        assert!(import(&flow[..], Vec::new()).1.is_ok());
+        let mut errors = 0;
+        for i in 0..flow.len() {
+            for x in [0x01u8, 0x80, 0xff] {
+                let mut bad = flow.clone();
+                bad[i] ^= x;
+                // Ok (a flipped letter in a value) or Err, never a panic.
+                errors += usize::from(import(&bad[..], Vec::new()).1.is_err());
+            }
+        }
+        assert!(
+            errors > flow.len(),
+            "flipped prefixes and tags must be caught"
+        );
+    }
 }
