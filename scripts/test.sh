@@ -90,8 +90,10 @@ install_apt() {
 
 # Python packages the tests import: "import-name:pip-name" (websockets: tests/upgrade.rs;
 # grpcio: tests/tls.rs, tests/grpc.rs; sonora, a gRPC-web server and client:
-# tests/grpc_web.rs, conformance/cases/grpc_web.py).
-PIP_NEED=(websockets:websockets grpc:grpcio sonora:sonora)
+# tests/grpc_web.rs, conformance/cases/grpc_web.py; mitmproxy: mitmdump writes the HAR
+# and dump that tests/flows_har.rs imports, and tests/flows_cli.rs checks filters
+# against mitmproxy.flowfilter).
+PIP_NEED=(websockets:websockets grpc:grpcio sonora:sonora mitmproxy:mitmproxy)
 install_pip() {
   local missing=() spec
   for spec in "${PIP_NEED[@]}"; do

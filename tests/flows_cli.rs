@@ -233,9 +233,13 @@ fn export_jsonl_one_object_per_line() {
     assert_eq!(v[13]["type"], "drops");
     assert_eq!(v[13]["dropped"], 12);
 
-    let out = luring(&["flows", "export", p.to_str().unwrap(), "--format", "har"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("har: not built yet"));
+    // --filter applies to the HAR export too
+    let out = luring(&["flows", "export", p.to_str().unwrap(), "--format", "har", "--filter", "~m POST"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let har: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = har["log"]["entries"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    assert!(entries.iter().all(|e| e["request"]["method"] == "POST"));
     let out = luring(&["flows", "export", p.to_str().unwrap(), "--format", "xml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown export format \"xml\""));

@@ -70,10 +70,16 @@ pub fn run(action: FlowsAction) -> i32 {
                     super::jsonl::run(&file, filter.as_deref(), w)
                 })
             }),
-            "har" => Err("har: not built yet".to_string()),
+            "har" => parse(filter.as_deref()).and_then(|f| export_har(&file, out.as_deref(), f)),
             other => Err(format!("unknown export format {other:?} (har or jsonl)")),
         },
-        FlowsAction::Import { .. } => Err("luring flows import: not built yet".to_string()),
+        FlowsAction::Import { file, out, filter } => parse(filter.as_deref()).and_then(|f| {
+            super::import::run(&file, &out)?;
+            match f {
+                Some(f) => keep_matching(&out, &f),
+                None => Ok(()),
+            }
+        }),
     };
     match r {
         Ok(()) => 0,
@@ -102,4 +108,92 @@ fn check_filter(expr: Option<&str>) -> Result<(), String> {
     super::scan::parse_filter(expr)
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// `luring flows export FILE --format har [-o OUT]` (FILE "-": stdin): what HAR could
+/// not carry goes to stderr.
+fn export_har(
+    file: &std::path::Path,
+    out: Option<&std::path::Path>,
+    filter: Option<super::filter::Filter>,
+) -> Result<(), String> {
+    let input = super::import::open_input(file)
+        .map_err(|e| format!("{}: {e}", file.display()))
+        .and_then(|r| {
+            super::file::FlowReader::new(r).map_err(|e| format!("{}: {e}", file.display()))
+        })?;
+    let mut w: Box<dyn std::io::Write> = match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut keep = |f: &super::record::HttpFlow| {
+        filter
+            .as_ref()
+            .is_none_or(|x| x.matches(super::describe::FlowRef::Http(f)))
+    };
+    let (rep, r) = super::har::export::export(input, &mut w, &mut keep);
+    eprintln!("exported {} flow(s) to HAR", rep.entries);
+    for l in rep.losses() {
+        eprintln!("  lost: {l}");
+    }
+    r.map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// A `--filter` expression, parsed (None without one).
+fn parse(expr: Option<&str>) -> Result<Option<super::filter::Filter>, String> {
+    super::scan::parse_filter(expr).map_err(|e| e.to_string())
+}
+
+/// `import --filter`: rewrites the imported file with only the flows that match (a
+/// second streaming pass, so memory stays flat).
+fn keep_matching(path: &std::path::Path, f: &super::filter::Filter) -> Result<(), String> {
+    use super::describe::FlowRef;
+    use super::record::Record;
+    let shown = path.display();
+    let tmp = path.with_extension("filtering");
+    let r = (|| -> Result<(u64, u64), String> {
+        let mut input = super::file::open(path).map_err(|e| format!("{shown}: {e}"))?;
+        let meta = match input.next_record() {
+            Some(Ok(Record::Meta(m))) => m,
+            _ => return Err(format!("{shown}: no Meta record")),
+        };
+        use std::os::unix::fs::OpenOptionsExt;
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut w = super::file::FlowWriter::new(std::io::BufWriter::new(out), &meta)
+            .map_err(|e| e.to_string())?;
+        let (mut kept, mut all) = (0, 0);
+        for rec in input {
+            let rec = rec.map_err(|e| format!("{shown}: {e}"))?;
+            let matched = match &rec {
+                Record::Http(h) => Some(f.matches(FlowRef::Http(h))),
+                Record::Tunnel(t) => Some(f.matches(FlowRef::Tunnel(t))),
+                _ => None,
+            };
+            all += matched.is_some() as u64;
+            if matched != Some(false) {
+                kept += matched.is_some() as u64;
+                w.write(&rec).map_err(|e| e.to_string())?;
+            }
+        }
+        w.flush().map_err(|e| e.to_string())?;
+        Ok((kept, all))
+    })();
+    match r {
+        Ok((kept, all)) => {
+            eprintln!("--filter kept {kept} of {all} flow(s)");
+            std::fs::rename(&tmp, path).map_err(|e| format!("{shown}: {e}"))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
