@@ -234,7 +234,15 @@ fn export_jsonl_one_object_per_line() {
     assert_eq!(v[13]["dropped"], 12);
 
     // --filter applies to the HAR export too
-    let out = luring(&["flows", "export", p.to_str().unwrap(), "--format", "har", "--filter", "~m POST"]);
+    let out = luring(&[
+        "flows",
+        "export",
+        p.to_str().unwrap(),
+        "--format",
+        "har",
+        "--filter",
+        "~m POST",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let har: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entries = har["log"]["entries"].as_array().unwrap();

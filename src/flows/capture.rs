@@ -109,6 +109,8 @@ pub struct Capture {
     pub resp_body: BodyTap,
     ws_bytes: usize,
     max_body: usize,
+    /// The client's address, made text on the writer thread.
+    pub client: Option<std::net::SocketAddr>,
     /// Plugins asked not to record this flow.
     pub skip: bool,
 }
@@ -256,6 +258,9 @@ impl Capture {
         }
         let resp_trailers = self.resp_body.take_trailers();
         let mut flow = self.flow;
+        if let Some(a) = self.client {
+            flow.client = a.to_string();
+        }
         flow.request.headers = fields(&self.req.headers, redact);
         flow.request.trailers = self
             .req

@@ -10,9 +10,12 @@ use std::io::{BufWriter, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The writer's buffer: a tick's flows go to the kernel in a few large writes.
+const WRITE_BUF: usize = 256 * 1024;
 
 /// Header names redacted unless `--record-redact none`.
 pub const DEFAULT_REDACT: [&str; 4] = [
@@ -146,7 +149,7 @@ fn open_for_append(s: &Settings) -> Result<FlowWriter<BufWriter<File>>, String> 
     };
     if len == 0 {
         // flushed at once: a reader may open the file before the first flow
-        let mut w = FlowWriter::new(BufWriter::new(f), &meta)
+        let mut w = FlowWriter::new(BufWriter::with_capacity(WRITE_BUF, f), &meta)
             .map_err(|e| format!("--record {shown}: {e}"))?;
         w.flush().map_err(|e| format!("--record {shown}: {e}"))?;
         return Ok(w);
@@ -159,7 +162,8 @@ fn open_for_append(s: &Settings) -> Result<FlowWriter<BufWriter<File>>, String> 
     }
     f.seek(SeekFrom::End(0))
         .map_err(|e| format!("--record {shown}: {e}"))?;
-    let mut w = FlowWriter::appending(BufWriter::new(f));
+    let mut w = FlowWriter::appending(BufWriter::with_capacity(WRITE_BUF, f))
+        .map_err(|e| format!("--record {shown}: {e}"))?;
     w.write(&Record::Meta(meta))
         .map_err(|e| format!("--record {shown}: {e}"))?;
     Ok(w)
@@ -183,6 +187,11 @@ fn complete_length(path: &Path) -> Result<u64, String> {
     }
 }
 
+/// How often the writer wakes to drain the queue and flush: the file lags the traffic
+/// by about this much. Waking on each flow instead would cost a worker a futex call and
+/// its core a context switch per flow.
+const TICK: Duration = Duration::from_millis(20);
+
 fn write_loop(
     mut out: FlowWriter<BufWriter<File>>,
     rx: Receiver<Item>,
@@ -190,20 +199,22 @@ fn write_loop(
     s: Settings,
 ) {
     let mut total_dropped = 0u64;
-    let mut open = true;
-    while open {
+    loop {
         let mut r = Ok(());
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(item) => {
-                // what is queued goes out in one batch, then one flush: the file is
-                // readable up to here while it grows
-                r = out.write(&record_of(item, &s));
-                while let (Ok(()), Ok(item)) = (&r, rx.try_recv()) {
+        let mut wrote = false;
+        let mut open = true;
+        while r.is_ok() {
+            match rx.try_recv() {
+                Ok(item) => {
                     r = out.write(&record_of(item, &s));
+                    wrote = true;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => open = false,
         }
         let n = dropped.swap(0, Ordering::Relaxed);
         if n > 0 {
@@ -215,11 +226,20 @@ fn write_loop(
                 ts: now_ns(),
             };
             r = r.and_then(|()| out.write(&Record::Drops(d)));
+            wrote = true;
         }
-        if let Err(e) = r.and_then(|()| out.flush()) {
+        // what a tick wrote is flushed at its end: the file reads whole up to there
+        if wrote {
+            r = r.and_then(|()| out.flush());
+        }
+        if let Err(e) = r {
             tracing::error!(file = %s.path.display(), "recording stopped: {e}");
             return;
         }
+        if !open {
+            return;
+        }
+        std::thread::sleep(TICK);
     }
 }
 

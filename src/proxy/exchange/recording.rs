@@ -18,12 +18,13 @@ pub fn start(f: &Flow<'_>, req: &Request, stream: u32) -> Option<Box<Capture>> {
         id: f.id,
         conn: f.info.conn_id,
         stream,
-        client: f.info.client_addr.to_string(),
         mode: f.w.mode.name().to_string(),
         client_tls: tls_of(f.info),
         ..Default::default()
     };
-    Some(Capture::start(flow, req, r.max_body))
+    let mut c = Capture::start(flow, req, r.max_body);
+    c.client = Some(f.info.client_addr);
+    Some(c)
 }
 
 /// Hands a finished flow to the recorder, with what plugins noted about it.
