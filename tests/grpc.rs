@@ -235,3 +235,59 @@ fn the_grpc_examples_deny_one_method_and_log_every_call() {
         .stderr()
         .contains("grpc t.Echo/Stream: 1 message(s) up, 3 down, status 0"));
 }
+
+/// `--record` with the gRPC hooks on: each call is one flow whose bodies hold the
+/// length-prefixed messages as they went (the hooks' rewrites included on the
+/// request side, as luring sent it) and whose trailers hold grpc-status.
+#[test]
+fn grpc_calls_are_recorded_with_their_messages_and_status() {
+    use luring::flows::record::Record;
+    let server = Server::start();
+    let conf = Conf::new();
+    let file = conf.dir.path("grpc.flows");
+    let mode = format!("reverse:http://127.0.0.1:{}", server.port);
+    let p = proxy(
+        &conf,
+        &plugin(&conf),
+        &["--mode", &mode, "--record", file.to_str().unwrap()],
+    );
+    let got = client(&format!("127.0.0.1:{}", p.port()), "-", "-");
+    assert_eq!(got, EXPECTED, "{}", p.stderr());
+    let mut flows = Vec::new();
+    wait_until(std::time::Duration::from_secs(10), || {
+        flows = luring::flows::file::open(&file)
+            .unwrap()
+            .filter_map(|r| match r.ok()? {
+                Record::Http(f) => Some(*f),
+                _ => None,
+            })
+            .collect();
+        flows.len() >= 5
+    });
+    assert_eq!(flows.len(), 5, "{}", p.stderr());
+    let unary = flows
+        .iter()
+        .find(|f| f.request.path.ends_with("/Say"))
+        .expect("the unary call");
+    // one message each way: a 5-byte prefix, then the payload (as the hook changed it)
+    assert_eq!(&unary.request.body.data[5..], b"hi!");
+    assert_eq!(
+        &unary.response.as_ref().unwrap().body.data[5..],
+        b"echo:hi! md=yes"
+    );
+    let status = |f: &luring::flows::record::HttpFlow| {
+        let r = f.response.as_ref().unwrap();
+        r.trailers
+            .iter()
+            .chain(r.headers.iter())
+            .find(|(n, _)| n.as_slice() == b"grpc-status")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(status(unary).as_deref(), Some("0"));
+    let deny = flows
+        .iter()
+        .find(|f| f.request.path.ends_with("/Deny"))
+        .unwrap();
+    assert_eq!(status(deny).as_deref(), Some("7"));
+    assert!(deny.response.as_ref().unwrap().by_proxy);
+}

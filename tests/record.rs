@@ -371,3 +371,67 @@ end)
         ]
     );
 }
+
+#[test]
+fn reverse_mode_and_socks5_flows_are_recorded() {
+    let origin = Origin::start(echo());
+    let dir = TempDir::new("rec-modes");
+    let rev_file = dir.path("rev.flows");
+    let mode = format!("reverse:{}", origin.url());
+    let rev = Proxy::start(&["--mode", &mode, "--record", rev_file.to_str().unwrap()]);
+    let out = curl(&[&format!("{}/r?x=1", rev.url())]);
+    assert_eq!(out.status, 200);
+    let f = &wait_flows(&rev_file, 1)[0];
+    assert_eq!(
+        (f.mode.as_str(), f.request.path.as_str()),
+        ("reverse", "/r?x=1")
+    );
+    assert_eq!(
+        f.response.as_ref().unwrap().body.data.as_slice(),
+        &out.body[..]
+    );
+
+    let socks_file = dir.path("socks.flows");
+    let socks = Proxy::start(&["--mode", "socks5", "--record", socks_file.to_str().unwrap()]);
+    let via = format!("socks5h://127.0.0.1:{}", socks.port());
+    let out = curl(&["-x", &via, &format!("{}/s", origin.url())]);
+    assert_eq!(out.status, 200, "{}", out.stderr);
+    let f = &wait_flows(&socks_file, 1)[0];
+    assert_eq!((f.mode.as_str(), f.request.path.as_str()), ("socks5", "/s"));
+    assert_eq!(
+        f.response.as_ref().unwrap().body.data.as_slice(),
+        &out.body[..]
+    );
+}
+
+#[test]
+fn sse_streams_are_recorded_as_the_client_got_them() {
+    let events = b"data: one\n\ndata: two\n\n".to_vec();
+    let origin = Origin::start(fixed(
+        200,
+        &[("Content-Type", "text/event-stream")],
+        &events,
+    ));
+    let dir = TempDir::new("rec-sse");
+    let file = dir.path("t.flows");
+    let plugin = dir.path("sse.lua");
+    std::fs::write(
+        &plugin,
+        "register_hook('sse', 'on_event', function(m) m.data = m.data .. '!' end)",
+    )
+    .unwrap();
+    let proxy = Proxy::start(&[
+        "--record",
+        file.to_str().unwrap(),
+        "--plugin",
+        plugin.to_str().unwrap(),
+    ]);
+    let out = curl(&["-x", &proxy.url(), &format!("{}/events", origin.url())]);
+    assert_eq!(out.status, 200);
+    assert_eq!(out.body_str(), "data: one!\n\ndata: two!\n\n");
+    let f = &wait_flows(&file, 1)[0];
+    assert_eq!(
+        f.response.as_ref().unwrap().body.data.as_slice(),
+        &out.body[..]
+    );
+}

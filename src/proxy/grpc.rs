@@ -343,17 +343,19 @@ pub async fn relay(
     while let Some(chunk) = crate::proxy::h2_stream::next_data(&mut body.rx, tx).await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         let len = chunk.len();
-        body.see(&chunk);
         let out = dir.feed(chunk)?;
         if let Some((status, message)) = dir.call.cancelled() {
             return Ok(Relayed::Cancelled(status, message));
         }
+        // recorded as it goes on, hooks' rewrites included
+        body.see(&out);
         crate::proxy::h2_stream::send_data(tx, out, false)
             .await
             .map_err(|e| e.to_string())?;
         let _ = body.rx.flow_control().release_capacity(len);
     }
     let last = dir.finish()?;
+    body.see(&last);
     if !last.is_empty() {
         crate::proxy::h2_stream::send_data(tx, last, false)
             .await

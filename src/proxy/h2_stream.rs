@@ -155,8 +155,8 @@ pub async fn relay_rest(
 ) -> Result<u64, h2::Error> {
     let mut n = 0;
     if let Some(p) = body.prefix.take() {
-        body.see(&p);
         let p = rewrite(&mut rw, p);
+        body.see(&p);
         n += p.len() as u64;
         send_data(tx, p, false).await?;
     }
@@ -175,9 +175,13 @@ pub fn rewrite(rw: &mut Option<&mut sse::Rewriter<'_>>, piece: Bytes) -> Bytes {
 pub async fn send_rest(
     tx: &mut SendStream<Bytes>,
     rw: Option<&mut sse::Rewriter<'_>>,
+    tap: Option<&mut BodyTap>,
 ) -> Result<u64, h2::Error> {
     let Some(r) = rw else { return Ok(0) };
     let rest = r.finish();
+    if let Some(t) = tap {
+        t.see(&rest);
+    }
     let n = rest.len() as u64;
     send_data(tx, rest, false).await?;
     Ok(n)
@@ -210,13 +214,13 @@ async fn pump(
     while let Some(chunk) = next_data(&mut body.rx, tx).await {
         let chunk = chunk?;
         let len = chunk.len();
-        body.see(&chunk);
         let out = rewrite(&mut rw, chunk);
+        body.see(&out);
         n += out.len() as u64;
         send_data(tx, out, false).await?;
         let _ = body.rx.flow_control().release_capacity(len);
     }
-    n += send_rest(tx, rw).await?;
+    n += send_rest(tx, rw, body.tap.as_mut()).await?;
     match body.rx.trailers().await? {
         Some(t) => {
             body.see_trailers(&t);

@@ -142,10 +142,10 @@ pub async fn relay_http1(
                 .decode(src_buf)
                 .map_err(|e| RelayError::Malformed(e.to_string()))?;
             for piece in d.data {
+                let events = rw.feed(&piece).freeze();
                 if let Some(t) = tap.as_deref_mut() {
-                    t.see(&piece);
+                    t.see(&events);
                 }
-                let events = rw.feed(&piece);
                 frame(&events, &mut out);
             }
             done = d.done;
@@ -159,6 +159,9 @@ pub async fn relay_http1(
         }
         if done {
             let rest = rw.finish();
+            if let Some(t) = tap.as_deref_mut() {
+                t.see(&rest);
+            }
             frame(&rest, &mut out);
             if chunked {
                 encode_last_chunk(trailers.as_ref(), &mut out);
@@ -179,6 +182,12 @@ pub async fn relay_http1(
             Ok(0) => {
                 dec.eof().map_err(|e| RelayError::Source(e.to_string()))?;
                 let rest = rw.finish();
+                if let Some(t) = tap.as_deref_mut() {
+                    t.see(&rest);
+                }
+                if let Some(t) = tap.as_deref_mut() {
+                    t.see(&rest);
+                }
                 frame(&rest, &mut out);
                 if chunked {
                     encode_last_chunk(None, &mut out);

@@ -342,18 +342,21 @@ async fn relay_to_h1(
     while let Some(chunk) = body.rx.data().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         let len = chunk.len();
-        body.see(&chunk);
-        match rw.as_deref_mut() {
-            Some(r) => frame(&r.feed(&chunk), &mut out),
-            None => frame(&chunk, &mut out),
-        }
+        let piece = match rw.as_deref_mut() {
+            Some(r) => r.feed(&chunk).freeze(),
+            None => chunk,
+        };
+        body.see(&piece);
+        frame(&piece, &mut out);
         if !c.io.send(vec![out.split().freeze()]).await {
             return Err("client went away".into());
         }
         let _ = body.rx.flow_control().release_capacity(len);
     }
     if let Some(r) = rw {
-        frame(&r.finish(), &mut out);
+        let rest = r.finish();
+        body.see(&rest);
+        frame(&rest, &mut out);
     }
     let trailers = body.rx.trailers().await.map_err(|e| e.to_string())?;
     if let Some(t) = &trailers {

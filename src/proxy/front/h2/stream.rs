@@ -379,15 +379,15 @@ async fn relay_h1(
         if !src.buf.is_empty() {
             let d = src.dec.decode(src.buf).map_err(|_| broken())?;
             for piece in d.data {
+                let piece = h2_stream::rewrite(&mut rw, piece);
                 if let Some(t) = src.tap.as_deref_mut() {
                     t.see(&piece);
                 }
-                let piece = h2_stream::rewrite(&mut rw, piece);
                 n += piece.len() as u64;
                 h2_stream::send_data(tx, piece, false).await?;
             }
             if d.done {
-                n += h2_stream::send_rest(tx, rw).await?;
+                n += h2_stream::send_rest(tx, rw, src.tap.as_deref_mut()).await?;
                 if let (Some(tap), Some(t)) = (src.tap.as_deref_mut(), d.trailers.as_ref()) {
                     tap.set_trailers(t.clone());
                 }
@@ -398,14 +398,14 @@ async fn relay_h1(
                 return Ok(n);
             }
         } else if src.dec.is_done() {
-            n += h2_stream::send_rest(tx, rw).await?;
+            n += h2_stream::send_rest(tx, rw, src.tap.as_deref_mut()).await?;
             tx.send_data(Bytes::new(), true)?;
             return Ok(n);
         }
         match body_relay::read_some(src.stream, src.buf, src.timeout).await {
             Ok(0) => {
                 src.dec.eof().map_err(|_| broken())?;
-                n += h2_stream::send_rest(tx, rw).await?;
+                n += h2_stream::send_rest(tx, rw, src.tap.as_deref_mut()).await?;
                 tx.send_data(Bytes::new(), true)?;
                 return Ok(n);
             }
