@@ -1,5 +1,6 @@
 //! luring: a thread-per-core io_uring intercepting proxy, scriptable in Lua.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod flows;

@@ -1,0 +1,9 @@
+//! `luring bench`: replays recorded traffic against proxies and measures them
+//! (docs/bench.md). The origin serves recorded responses; the driver sends recorded
+//! requests on a schedule and measures latency corrected for coordinated omission.
+
+pub mod h1;
+pub mod input;
+pub mod matching;
+pub mod response;
+pub mod schedule;
