@@ -1,4 +1,4 @@
-//! Command line: `luring run`, `luring check`, `luring ca`, `luring flows`.
+//! Command line: `luring run`, `luring check`, `luring ca`, `luring flows`, `luring bench`.
 
 use crate::config::Config;
 use crate::io::IoChoice;
@@ -41,6 +41,8 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::flows::cli::FlowsAction,
     },
+    /// Replay recorded traffic through proxies and measure them (docs/bench.md).
+    Bench(crate::bench::cli::BenchArgs),
 }
 
 /// `luring ca` subcommands.

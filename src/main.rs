@@ -29,6 +29,7 @@ fn main() {
         Command::Check { files } => luring::cli::check_command(&files),
         Command::Ca { confdir, action } => luring::cli::ca_command(confdir, action),
         Command::Flows { action } => luring::flows::cli::run(action),
+        Command::Bench(args) => luring::bench::cli::run(args),
     };
     std::process::exit(code);
 }

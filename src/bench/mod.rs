@@ -2,8 +2,16 @@
 //! (docs/bench.md). The origin serves recorded responses; the driver sends recorded
 //! requests on a schedule and measures latency corrected for coordinated omission.
 
+pub mod cli;
+pub mod clock;
+pub mod driver;
 pub mod h1;
 pub mod input;
 pub mod matching;
+pub mod origin;
+pub mod report;
 pub mod response;
+pub mod run;
+pub mod sample;
 pub mod schedule;
+pub mod stats;

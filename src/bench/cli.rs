@@ -1,0 +1,137 @@
+//! `luring bench` command line: `origin`, `run`, and no subcommand (the bundled demo).
+
+use super::matching::MatchOptions;
+use super::origin::{Origin, OriginConfig};
+use clap::{Args, Subcommand};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// `luring bench`: with no subcommand, replays the bundled sample recording through a
+/// luring it starts and directly against a replay origin, and prints one table.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    /// What to do (none: the bundled demo).
+    #[command(subcommand)]
+    pub action: Option<BenchAction>,
+    /// Demo: requests per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Demo: measured seconds per target.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+}
+
+/// `luring bench` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BenchAction {
+    /// Serve the recorded responses for matching requests (HTTP/1.1).
+    Origin(OriginArgs),
+    /// Replay the recorded requests against targets on a schedule and measure them.
+    Run(Box<super::run::RunArgs>),
+}
+
+/// `luring bench origin` flags.
+#[derive(Args, Debug)]
+pub struct OriginArgs {
+    /// The recording: a flow file, HAR, .zhar or mitmdump file.
+    pub file: PathBuf,
+    /// Listening address (port 0: any free port; the chosen one is printed).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Threads serving (each with its own SO_REUSEPORT socket).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// A query parameter left out of matching (repeatable).
+    #[arg(long = "ignore-param", value_name = "NAME")]
+    pub ignore_params: Vec<String>,
+    /// Match requests whatever their body.
+    #[arg(long)]
+    pub ignore_body: bool,
+    /// Match requests whatever their host and port.
+    #[arg(long)]
+    pub ignore_host: bool,
+    /// A header whose value must match too (repeatable).
+    #[arg(long = "match-header", value_name = "NAME")]
+    pub match_headers: Vec<String>,
+    /// Serve each recorded response once (default: cycle through them).
+    #[arg(long)]
+    pub pop: bool,
+    /// Status of the answer to an unmatched request.
+    #[arg(long, default_value_t = 404)]
+    pub unmatched_status: u16,
+}
+
+/// Parses "30s", "500ms", "2m", "1.5" (seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s} (try 30s, 500ms, 2m)"))?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(format!("not a duration: {s}"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v * mult))
+}
+
+/// Runs `luring bench ...`; the process exit code.
+pub fn run(args: BenchArgs) -> i32 {
+    let r = match args.action {
+        Some(BenchAction::Origin(o)) => origin(o),
+        Some(BenchAction::Run(r)) => super::run::run(*r),
+        None => super::sample::demo(args.rate, args.duration),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "luring bench: {e}");
+            1
+        }
+    }
+}
+
+/// `luring bench origin`: serves until SIGINT or SIGTERM, then prints its counters.
+fn origin(a: OriginArgs) -> Result<(), String> {
+    let rec = super::input::load(&a.file)?;
+    let cfg = OriginConfig {
+        listen: a.listen,
+        threads: a.threads.max(1),
+        matching: MatchOptions {
+            ignore_params: a.ignore_params,
+            ignore_body: a.ignore_body,
+            ignore_host: a.ignore_host,
+            match_headers: a.match_headers.iter().map(|h| h.to_lowercase()).collect(),
+            pop: a.pop,
+        },
+        unmatched_status: a.unmatched_status,
+    };
+    let origin = Arc::new(Origin::new(&rec.flows, &cfg));
+    let listeners = super::origin::bind(cfg.listen, cfg.threads)?;
+    let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
+        .map_err(|e| e.to_string())?;
+    super::origin::start(origin.clone(), listeners)?;
+    let (responses, keys) = origin.size();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "luring bench origin listening on {addr} ({responses} responses, {keys} keys, {} threads)",
+        cfg.threads
+    );
+    let _ = out.flush();
+    drop(out);
+    let _ = signals.forever().next();
+    let _ = writeln!(std::io::stderr(), "{}", origin.counters.json());
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! The load driver: sends the recorded requests to one target on a schedule over a
+//! pool of HTTP/1.1 keep-alive connections, on one thread (a current-thread tokio
+//! runtime), and times each request from the moment it was due.
+//!
+//! Open loop: a dispatcher releases each request at its intended time (a timerfd, see
+//! clock.rs) into a queue that the connections drain. A request that finds every
+//! connection busy waits in the queue, and that wait is in its corrected latency and
+//! its schedule lag: nothing is omitted, and the wait is counted (`cap_waits`) so the
+//! run is flagged driver-limited. Closed loop: each connection sends the next request
+//! as soon as its previous one completed, as wrk does.
+
+use super::clock::{cpu_us, mono_ns, Timer};
+use super::response::ResponseReader;
+use super::schedule::{Plan, Schedule};
+use super::stats::Stats;
+use bytes::Bytes;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// A recorded request ready to send.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The request's bytes on the wire.
+    pub wire: Bytes,
+    /// It is a HEAD request (the response has no body).
+    pub head: bool,
+}
+
+/// How one target is driven.
+#[derive(Debug, Clone)]
+pub struct DriveConfig {
+    /// Open-loop plan; None: closed loop.
+    pub plan: Option<Plan>,
+    /// Connections in the pool (the in-flight cap).
+    pub connections: usize,
+    /// Measured window after the warm-up, ns.
+    pub duration_ns: u64,
+    /// Warm-up before the measured window, ns (not counted).
+    pub warmup_ns: u64,
+    /// Send each recorded request once.
+    pub once: bool,
+    /// Seed of the Poisson arrivals.
+    pub seed: u64,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// What one drive of one target measured.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The measurements.
+    pub stats: Stats,
+    /// CPU of the watched process during the window, µs.
+    pub target_cpu_us: Option<u64>,
+    /// CPU of this driver process during the window, µs.
+    pub driver_cpu_us: Option<u64>,
+}
+
+struct Job {
+    intended: u64,
+    flow: usize,
+}
+
+struct Shared {
+    reqs: Rc<Vec<Prepared>>,
+    addr: SocketAddr,
+    timeout: Duration,
+    queue: RefCell<VecDeque<Job>>,
+    notify: Notify,
+    finished: Cell<bool>,
+    idle: Cell<usize>,
+    window: (u64, u64),
+    stats: RefCell<Stats>,
+    // closed loop: the next flow and when to stop
+    next_flow: Cell<usize>,
+    closed_end: u64,
+    once_left: Cell<Option<usize>>,
+}
+
+/// Drives `target` with `reqs` (one per recorded flow, `starts` their recorded start
+/// times) under `cfg`, watching `pid`'s CPU during the measured window.
+pub fn drive(
+    reqs: Rc<Vec<Prepared>>,
+    starts: &[u64],
+    addr: SocketAddr,
+    pid: Option<u32>,
+    cfg: &DriveConfig,
+) -> Result<Outcome, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, drive_async(reqs, starts, addr, pid, cfg))
+}
+
+async fn drive_async(
+    reqs: Rc<Vec<Prepared>>,
+    starts: &[u64],
+    addr: SocketAddr,
+    pid: Option<u32>,
+    cfg: &DriveConfig,
+) -> Result<Outcome, String> {
+    let warmup = if cfg.once { 0 } else { cfg.warmup_ns };
+    // start a little ahead so the first requests are not already late
+    let t0 = mono_ns() + 5_000_000;
+    let end = t0 + warmup + cfg.duration_ns;
+    let window = (t0 + warmup, if cfg.once { u64::MAX } else { end });
+    let n = reqs.len();
+    let sh = Rc::new(Shared {
+        reqs,
+        addr,
+        timeout: cfg.timeout,
+        queue: RefCell::new(VecDeque::new()),
+        notify: Notify::new(),
+        finished: Cell::new(false),
+        idle: Cell::new(0),
+        window,
+        stats: RefCell::new(Stats::default()),
+        next_flow: Cell::new(0),
+        closed_end: end,
+        once_left: Cell::new(cfg.once.then_some(n)),
+    });
+    let cpu0 = Rc::new(Cell::new((None, None)));
+    let c0 = cpu0.clone();
+    let sampler = tokio::task::spawn_local(async move {
+        if let Ok(t) = Timer::new() {
+            t.sleep_until(window.0).await;
+        }
+        c0.set((pid.and_then(|p| cpu_us(Some(p))), cpu_us(None)));
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..cfg.connections.max(1) {
+        tasks.push(tokio::task::spawn_local(worker(
+            sh.clone(),
+            cfg.plan.is_none(),
+        )));
+    }
+    if let Some(plan) = cfg.plan {
+        let sched = Schedule::new(plan, starts, cfg.seed, cfg.once, warmup + cfg.duration_ns);
+        let timer = Timer::new().map_err(|e| format!("timerfd: {e}"))?;
+        dispatch(&sh, sched, t0, &timer).await;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = sampler.await;
+    let (p0, d0) = cpu0.get();
+    let last = mono_ns();
+    let mut stats = sh.stats.take();
+    stats.window_s = (window.1.min(last).saturating_sub(window.0)) as f64 / 1e9;
+    Ok(Outcome {
+        stats,
+        target_cpu_us: p0
+            .zip(pid.and_then(|p| cpu_us(Some(p))))
+            .map(|(a, b)| b - a),
+        driver_cpu_us: d0.zip(cpu_us(None)).map(|(a, b)| b - a),
+    })
+}
+
+/// Releases each scheduled request at its time; yields after each one it did not
+/// sleep for, so that the connections get to send a backlog.
+async fn dispatch(sh: &Rc<Shared>, sched: Schedule, t0: u64, timer: &Timer) {
+    for (off, flow) in sched {
+        let at = t0 + off;
+        // within 20 µs is "now": a timer wakeup costs more than that
+        let slept = at > mono_ns() + 20_000;
+        if slept {
+            timer.sleep_until(at).await;
+        }
+        let measured = at >= sh.window.0 && at < sh.window.1;
+        if measured {
+            sh.stats.borrow_mut().scheduled += 1;
+        }
+        if sh.idle.get() > 0 {
+            sh.idle.set(sh.idle.get() - 1);
+        } else if measured {
+            sh.stats.borrow_mut().cap_waits += 1;
+        }
+        sh.queue.borrow_mut().push_back(Job { intended: at, flow });
+        sh.notify.notify_one();
+        if !slept {
+            tokio::task::yield_now().await;
+        }
+    }
+    sh.finished.set(true);
+    sh.notify.notify_waiters();
+}
+
+async fn next_job(sh: &Shared, closed: bool) -> Option<Job> {
+    if closed {
+        let now = mono_ns();
+        if now >= sh.closed_end && sh.once_left.get().is_none() {
+            return None;
+        }
+        if let Some(left) = sh.once_left.get() {
+            if left == 0 {
+                return None;
+            }
+            sh.once_left.set(Some(left - 1));
+        }
+        let f = sh.next_flow.get();
+        sh.next_flow.set(f + 1);
+        if now >= sh.window.0 && now < sh.window.1 {
+            sh.stats.borrow_mut().scheduled += 1;
+        }
+        return Some(Job {
+            intended: now,
+            flow: f % sh.reqs.len(),
+        });
+    }
+    loop {
+        if let Some(j) = sh.queue.borrow_mut().pop_front() {
+            return Some(j);
+        }
+        if sh.finished.get() {
+            return None;
+        }
+        sh.idle.set(sh.idle.get() + 1);
+        sh.notify.notified().await;
+    }
+}
+
+async fn worker(sh: Rc<Shared>, closed: bool) {
+    let mut conn: Option<TcpStream> = None;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(job) = next_job(&sh, closed).await {
+        let req = &sh.reqs[job.flow];
+        let sent = mono_ns();
+        let r = tokio::time::timeout(sh.timeout, exchange(&mut conn, sh.addr, req, &mut buf)).await;
+        let done = mono_ns();
+        let (w0, w1) = sh.window;
+        if job.intended < w0 || job.intended >= w1 {
+            if !matches!(r, Ok(Ok(_))) {
+                conn = None;
+            }
+            continue;
+        }
+        let mut st = sh.stats.borrow_mut();
+        st.sent_at(sent);
+        match r {
+            Ok(Ok((status, body))) => {
+                st.body_bytes += body;
+                let second = ((done.saturating_sub(w0)) / 1_000_000_000) as usize;
+                st.complete(job.intended, sent, done, status, second);
+            }
+            Ok(Err(kind)) => {
+                conn = None;
+                st.error(kind);
+            }
+            Err(_) => {
+                // the response may still come: this connection is out of step now
+                conn = None;
+                st.error("timeout");
+            }
+        }
+    }
+}
+
+/// Sends one request, on the kept connection or a new one; a kept connection the
+/// peer had closed (keep-alive race) is retried once on a new one.
+async fn exchange(
+    conn: &mut Option<TcpStream>,
+    addr: SocketAddr,
+    req: &Prepared,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, u64), &'static str> {
+    for attempt in 0..2 {
+        let reused = conn.is_some();
+        if conn.is_none() {
+            let s = TcpStream::connect(addr).await.map_err(|_| "connect")?;
+            let _ = s.set_nodelay(true);
+            *conn = Some(s);
+        }
+        let s = conn.as_mut().expect("connected above");
+        match once(s, req, buf).await {
+            Ok((status, body, keep)) => {
+                if !keep {
+                    *conn = None;
+                }
+                return Ok((status, body));
+            }
+            Err(Fail::Stale) if reused && attempt == 0 => *conn = None,
+            Err(Fail::Stale) | Err(Fail::Io) => {
+                *conn = None;
+                return Err("io");
+            }
+            Err(Fail::Parse) => {
+                *conn = None;
+                return Err("parse");
+            }
+        }
+    }
+    Err("io")
+}
+
+enum Fail {
+    /// Closed before any response byte.
+    Stale,
+    Io,
+    Parse,
+}
+
+async fn once(
+    s: &mut TcpStream,
+    req: &Prepared,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, u64, bool), Fail> {
+    s.write_all(&req.wire).await.map_err(|_| Fail::Stale)?;
+    let mut rd = ResponseReader::new(req.head);
+    buf.clear();
+    let mut got = false;
+    loop {
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        let n = s
+            .read_buf(buf)
+            .await
+            .map_err(|_| if got { Fail::Io } else { Fail::Stale })?;
+        if n == 0 {
+            if rd.eof() {
+                return Ok((rd.status, rd.body_len, false));
+            }
+            return Err(if got { Fail::Io } else { Fail::Stale });
+        }
+        got = true;
+        let used = rd.feed(buf).map_err(|_| Fail::Parse)?;
+        buf.drain(..used);
+        if rd.done() {
+            // bytes past the response: the peer is out of step, do not reuse
+            let keep = rd.keep_alive && buf.is_empty();
+            return Ok((rd.status, rd.body_len, keep));
+        }
+    }
+}

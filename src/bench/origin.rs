@@ -1,0 +1,282 @@
+//! `luring bench origin`: serves the recorded responses over HTTP/1.1 keep-alive.
+//!
+//! Plain tokio, one current-thread runtime per thread on its own SO_REUSEPORT socket:
+//! the origin must never be the bottleneck, and this shape (luring's own, without
+//! io_uring) costs no work stealing or cross-thread wakeups. Responses are encoded
+//! once at start; serving one is a key lookup and a copy into the write buffer.
+
+use super::h1::{encode_response, parse_request, EncodedResponse, Request};
+use super::matching::{Lookup, MatchOptions, ReplayTable, RequestView};
+use crate::flows::record::HttpFlow;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The origin's path that answers its counters as JSON instead of a recorded response.
+pub const STATS_PATH: &str = "/__luring_bench/stats";
+
+/// How the origin runs.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// Where to listen (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Threads, each with its own listening socket.
+    pub threads: usize,
+    /// Matching rules.
+    pub matching: MatchOptions,
+    /// Status of the answer to a request with no recorded response.
+    pub unmatched_status: u16,
+}
+
+/// Requests the origin answered, by outcome.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Answered with a recorded response.
+    pub served: AtomicU64,
+    /// No recorded request matched.
+    pub unmatched: AtomicU64,
+    /// Matched, but every response for the key was served already (`--pop`).
+    pub exhausted: AtomicU64,
+    /// Requests that could not be parsed.
+    pub bad: AtomicU64,
+}
+
+impl Counters {
+    /// The counters as a JSON object.
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"served\":{},\"unmatched\":{},\"exhausted\":{},\"bad\":{}}}",
+            self.served.load(Relaxed),
+            self.unmatched.load(Relaxed),
+            self.exhausted.load(Relaxed),
+            self.bad.load(Relaxed)
+        )
+    }
+}
+
+/// The shared state of all origin threads.
+pub struct Origin {
+    // one lock for the table: lookups are a hash probe, and popping must be exact
+    // across threads (a response served once is served once in total)
+    table: Mutex<ReplayTable>,
+    responses: Vec<EncodedResponse>,
+    unmatched_status: u16,
+    /// What was answered.
+    pub counters: Counters,
+}
+
+impl Origin {
+    /// Indexes the flows that have a response.
+    pub fn new(flows: &[HttpFlow], cfg: &OriginConfig) -> Origin {
+        let mut table = ReplayTable::new(cfg.matching.clone());
+        let mut responses = Vec::new();
+        for f in flows {
+            let Some(resp) = &f.response else { continue };
+            let headers: Vec<(&[u8], &[u8])> = f
+                .request
+                .headers
+                .iter()
+                .map(|(n, v)| (&n[..], &v[..]))
+                .collect();
+            let view = RequestView {
+                method: &f.request.method,
+                authority: &f.request.authority,
+                target: &f.request.path,
+                headers: &headers,
+                body: &f.request.body.data,
+            };
+            table.insert(&view, responses.len());
+            responses.push(encode_response(resp));
+        }
+        Origin {
+            table: Mutex::new(table),
+            responses,
+            unmatched_status: cfg.unmatched_status,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Recorded responses and distinct keys.
+    pub fn size(&self) -> (usize, usize) {
+        let keys = self.table.lock().map_or(0, |t| t.keys());
+        (self.responses.len(), keys)
+    }
+
+    /// Appends the answer to `req` to `out`.
+    pub fn answer(&self, req: &Request, out: &mut Vec<u8>) {
+        if req.target == STATS_PATH {
+            let j = self.counters.json();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                j.len()
+            );
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(j.as_bytes());
+            return;
+        }
+        let view = RequestView {
+            method: req.method,
+            authority: req.authority(),
+            target: req.origin_form(),
+            headers: &req.headers,
+            body: &req.body,
+        };
+        let found = match self.table.lock() {
+            Ok(mut t) => t.lookup(&view),
+            Err(_) => Lookup::NoMatch,
+        };
+        match found {
+            Lookup::Hit(i) => {
+                self.counters.served.fetch_add(1, Relaxed);
+                let r = &self.responses[i];
+                out.extend_from_slice(&r.head);
+                if req.method != "HEAD" {
+                    out.extend_from_slice(&r.body);
+                }
+            }
+            Lookup::NoMatch => {
+                self.counters.unmatched.fetch_add(1, Relaxed);
+                self.miss(&view, "no recorded request matches", out);
+            }
+            Lookup::Exhausted => {
+                self.counters.exhausted.fetch_add(1, Relaxed);
+                self.miss(&view, "every recorded response was served (--pop)", out);
+            }
+        }
+    }
+
+    fn miss(&self, v: &RequestView, why: &str, out: &mut Vec<u8>) {
+        let what = format!("{why}: {} {}{}", v.method, v.authority, v.target);
+        // the reason travels in a header: keep it to visible ASCII
+        let what: String = what
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .take(512)
+            .collect();
+        let body = format!("{what}\n");
+        let head = format!(
+            "HTTP/1.1 {} Unmatched\r\nx-luring-bench-unmatched: {what}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+            self.unmatched_status,
+            body.len()
+        );
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(body.as_bytes());
+    }
+}
+
+/// Binds `n` SO_REUSEPORT sockets on `addr` (the first one picks the port when 0).
+pub fn bind(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, String> {
+    let mut addr = addr;
+    let mut out = Vec::new();
+    for _ in 0..n.max(1) {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| e.to_string())?;
+        let _ = s.set_reuse_address(true);
+        s.set_reuse_port(true).map_err(|e| e.to_string())?;
+        s.bind(&SockAddr::from(addr))
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        s.listen(1024).map_err(|e| e.to_string())?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let l: std::net::TcpListener = s.into();
+        addr = l.local_addr().map_err(|e| e.to_string())?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Serves on `listeners`, one thread each; returns once all threads are started.
+pub fn start(origin: Arc<Origin>, listeners: Vec<std::net::TcpListener>) -> Result<(), String> {
+    for (i, l) in listeners.into_iter().enumerate() {
+        let o = origin.clone();
+        std::thread::Builder::new()
+            .name(format!("origin-{i}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                rt.block_on(accept_loop(o, l));
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn accept_loop(origin: Arc<Origin>, l: std::net::TcpListener) {
+    let Ok(l) = tokio::net::TcpListener::from_std(l) else {
+        return;
+    };
+    loop {
+        match l.accept().await {
+            Ok((s, _)) => {
+                let _ = s.set_nodelay(true);
+                tokio::spawn(serve(origin.clone(), s));
+            }
+            // out of fds or similar: back off instead of spinning
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// One connection: every complete request in the buffer is answered (pipelining
+/// works), the answers go out in one write.
+async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut start = 0;
+    let mut out = Vec::with_capacity(16 * 1024);
+    loop {
+        let mut close = false;
+        loop {
+            match parse_request(&buf[start..]) {
+                Ok(Some((req, used))) => {
+                    origin.answer(&req, &mut out);
+                    close = req.close;
+                    start += used;
+                    if close {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    origin.counters.bad.fetch_add(1, Relaxed);
+                    let msg = format!("bad request: {}\n", e.0);
+                    let head = format!(
+                        "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+                        msg.len()
+                    );
+                    out.extend_from_slice(head.as_bytes());
+                    out.extend_from_slice(msg.as_bytes());
+                    close = true;
+                    break;
+                }
+            }
+        }
+        buf.drain(..start);
+        start = 0;
+        if !out.is_empty() {
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close {
+            let _ = s.shutdown().await;
+            return;
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match s.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! `luring bench run`: the recorded requests against each target, in interleaved
+//! rounds with the same schedule, then the table and the report directory.
+
+use super::cli::parse_duration;
+use super::driver::{drive, DriveConfig, Prepared};
+use super::report::{table, write_dir, TargetReport};
+use super::schedule::Plan;
+use clap::Args;
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// `luring bench run` flags.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The recording: a flow file, HAR, .zhar or mitmdump file.
+    pub file: PathBuf,
+    /// A reverse proxy or direct target, [NAME=]http://HOST:PORT (repeatable); the
+    /// recorded Host header is kept.
+    #[arg(long = "target", value_name = "[NAME=]URL")]
+    pub targets: Vec<String>,
+    /// A forward proxy target, [NAME=]http://HOST:PORT (repeatable): requests in
+    /// absolute-form.
+    #[arg(long = "proxy", value_name = "[NAME=]URL")]
+    pub proxies: Vec<String>,
+    /// Open loop at R requests/s.
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
+    /// With --rate: Poisson arrivals instead of even spacing.
+    #[arg(long)]
+    pub poisson: bool,
+    /// Open loop at the recorded arrival times divided by X.
+    #[arg(long, value_name = "X", conflicts_with = "rate")]
+    pub speed: Option<f64>,
+    /// With --speed: longest gap kept between recorded requests.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub max_gap: Duration,
+    /// Connections per target: the in-flight cap of an open loop, the concurrency of
+    /// a closed loop (no --rate or --speed).
+    #[arg(long, value_name = "N")]
+    pub connections: Option<usize>,
+    /// Measured time per target and round.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Send each recorded request exactly once (no warm-up).
+    #[arg(long)]
+    pub once: bool,
+    /// Warm-up before each measured window, not counted.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Rounds: targets run A B A B ... with the same schedule.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Watch a process's CPU for a target: NAME=PID (repeatable).
+    #[arg(long = "pid", value_name = "NAME=PID")]
+    pub pids: Vec<String>,
+    /// Seed of the Poisson arrivals.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Write report.json and .hgrm files into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+}
+
+/// One target to drive.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Name in the table.
+    pub name: String,
+    /// URL as given.
+    pub url: String,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Absolute-form requests (a forward proxy).
+    pub absolute: bool,
+    /// Process whose CPU is watched.
+    pub pid: Option<u32>,
+}
+
+/// Parses `[NAME=]http://HOST:PORT[/...]`.
+pub fn parse_target(s: &str, absolute: bool, n: usize) -> Result<Target, String> {
+    let (name, url) = match s.split_once('=') {
+        Some((n, u)) if !n.contains(':') => (n.to_string(), u),
+        _ => (format!("target{}", n + 1), s),
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// targets are supported yet"))?;
+    let hostport = rest.split('/').next().unwrap_or("");
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: no address"))?;
+    Ok(Target {
+        name,
+        url: url.to_string(),
+        addr,
+        absolute,
+        pid: None,
+    })
+}
+
+/// The drive settings the flags ask for.
+fn drive_config(a: &RunArgs) -> Result<DriveConfig, String> {
+    let plan = match (a.rate, a.speed) {
+        (Some(r), _) if r > 0.0 => Some(Plan::Rate {
+            rate: r,
+            poisson: a.poisson,
+        }),
+        (Some(_), _) => return Err("--rate must be positive".into()),
+        (None, Some(x)) if x > 0.0 => Some(Plan::Recorded {
+            speed: x,
+            max_gap_ns: a.max_gap.as_nanos() as u64,
+        }),
+        (None, Some(_)) => return Err("--speed must be positive".into()),
+        (None, None) => None,
+    };
+    if plan.is_none() && a.connections.is_none() {
+        return Err("say --rate R, --speed X or --connections N (closed loop)".into());
+    }
+    Ok(DriveConfig {
+        plan,
+        // enough for 64 requests in flight; a full pool is reported, never hidden
+        connections: a.connections.unwrap_or(64),
+        duration_ns: a.duration.as_nanos() as u64,
+        warmup_ns: a.warmup.as_nanos() as u64,
+        once: a.once,
+        seed: a.seed,
+        timeout: a.timeout,
+    })
+}
+
+/// Runs every target for every round; the reports, in target order.
+pub fn measure(
+    a: &RunArgs,
+    flows: &[crate::flows::record::HttpFlow],
+    targets: &[Target],
+) -> Result<Vec<TargetReport>, String> {
+    let cfg = drive_config(a)?;
+    let starts: Vec<u64> = flows.iter().map(|f| f.times.request_start).collect();
+    let prep = |absolute: bool| -> Rc<Vec<Prepared>> {
+        Rc::new(
+            flows
+                .iter()
+                .map(|f| Prepared {
+                    wire: super::h1::encode_request(&f.request, absolute).into(),
+                    head: f.request.method == "HEAD",
+                })
+                .collect(),
+        )
+    };
+    let (origin_form, absolute_form) = (prep(false), prep(true));
+    let mut reports: Vec<TargetReport> = targets
+        .iter()
+        .map(|t| TargetReport {
+            name: t.name.clone(),
+            url: t.url.clone(),
+            rounds: Vec::new(),
+            target_cpu_us: Vec::new(),
+            driver_cpu_us: Vec::new(),
+        })
+        .collect();
+    let mut err = std::io::stderr();
+    for round in 0..a.rounds.max(1) {
+        for (t, rep) in targets.iter().zip(reports.iter_mut()) {
+            let reqs = if t.absolute {
+                &absolute_form
+            } else {
+                &origin_form
+            };
+            let o = drive(reqs.clone(), &starts, t.addr, t.pid, &cfg)?;
+            let _ = writeln!(
+                err,
+                "# round {} {}: {} requests, {:.1} req/s, {} errors",
+                round + 1,
+                t.name,
+                o.stats.completed(),
+                o.stats.throughput(),
+                o.stats.failed()
+            );
+            rep.rounds.push(o.stats);
+            rep.target_cpu_us.push(o.target_cpu_us);
+            rep.driver_cpu_us.push(o.driver_cpu_us);
+        }
+    }
+    Ok(reports)
+}
+
+/// The flags as JSON, for the report.
+fn config_json(a: &RunArgs, targets: &[Target]) -> serde_json::Value {
+    serde_json::json!({
+        "file": a.file.display().to_string(),
+        "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "url": t.url,
+            "forward_proxy": t.absolute, "pid": t.pid})).collect::<Vec<_>>(),
+        "rate": a.rate, "poisson": a.poisson, "speed": a.speed,
+        "max_gap_s": a.max_gap.as_secs_f64(), "connections": a.connections,
+        "duration_s": a.duration.as_secs_f64(), "warmup_s": a.warmup.as_secs_f64(),
+        "once": a.once, "rounds": a.rounds, "seed": a.seed,
+    })
+}
+
+/// Resolves the targets of `a`, with their watched pids.
+pub fn targets_of(a: &RunArgs) -> Result<Vec<Target>, String> {
+    let mut ts = Vec::new();
+    for s in &a.targets {
+        ts.push(parse_target(s, false, ts.len())?);
+    }
+    for s in &a.proxies {
+        ts.push(parse_target(s, true, ts.len())?);
+    }
+    if ts.is_empty() {
+        return Err("no target: give --target URL or --proxy URL".into());
+    }
+    for p in &a.pids {
+        let (name, pid) = p.split_once('=').ok_or("--pid wants NAME=PID")?;
+        let pid: u32 = pid.parse().map_err(|_| format!("--pid {p}: not a pid"))?;
+        let t = ts
+            .iter_mut()
+            .find(|t| t.name == name)
+            .ok_or_else(|| format!("--pid {p}: no target named {name}"))?;
+        t.pid = Some(pid);
+    }
+    Ok(ts)
+}
+
+/// `luring bench run`.
+pub fn run(a: RunArgs) -> Result<(), String> {
+    let targets = targets_of(&a)?;
+    let rec = super::input::load(&a.file)?;
+    let reports = measure(&a, &rec.flows, &targets)?;
+    table(&reports, &mut std::io::stdout().lock()).map_err(|e| e.to_string())?;
+    if let Some(dir) = &a.report {
+        write_dir(dir, config_json(&a, &targets), &reports)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! What a run measured for one target: three HdrHistograms (corrected latency, service
+//! time, schedule lag, all in nanoseconds at 3 significant digits), status classes,
+//! errors, the in-flight cap, and completions per second.
+
+use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
+
+/// Highest value the histograms hold: one hour in nanoseconds.
+const MAX_NS: u64 = 3_600_000_000_000;
+
+/// A histogram of nanosecond values from 1 ns to an hour at 3 significant digits.
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds")
+}
+
+/// The measurements of one target in one round (or several rounds merged).
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Completion time minus intended send time (coordinated omission corrected).
+    pub corrected: Histogram<u64>,
+    /// Completion time minus actual send time.
+    pub service: Histogram<u64>,
+    /// Actual send time minus intended send time.
+    pub lag: Histogram<u64>,
+    /// Requests scheduled in the measured window.
+    pub scheduled: u64,
+    /// Responses by status class: index 1..=5 for 1xx..5xx, 0 for anything else.
+    pub classes: [u64; 6],
+    /// Failed requests by kind (connect, io, parse, timeout).
+    pub errors: BTreeMap<String, u64>,
+    /// Requests that found every connection busy when they were due.
+    pub cap_waits: u64,
+    /// Response body bytes received.
+    pub body_bytes: u64,
+    /// Completions per second of the measured window.
+    pub per_second: Vec<u64>,
+    /// First and last actual send times in the window (monotonic ns), for the send rate.
+    pub send_span: Option<(u64, u64)>,
+    /// Length of the measured window, seconds.
+    pub window_s: f64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            corrected: new_hist(),
+            service: new_hist(),
+            lag: new_hist(),
+            scheduled: 0,
+            classes: [0; 6],
+            errors: BTreeMap::new(),
+            cap_waits: 0,
+            body_bytes: 0,
+            per_second: Vec::new(),
+            send_span: None,
+            window_s: 0.0,
+        }
+    }
+}
+
+impl Stats {
+    /// Records one completed exchange; times are monotonic ns, `second` is the index
+    /// of the completion's second within the window.
+    pub fn complete(&mut self, intended: u64, sent: u64, done: u64, status: u16, second: usize) {
+        let _ = self.corrected.record(done.saturating_sub(intended).max(1));
+        let _ = self.service.record(done.saturating_sub(sent).max(1));
+        let _ = self.lag.record(sent.saturating_sub(intended).max(1));
+        let class = if (100..600).contains(&status) {
+            status as usize / 100
+        } else {
+            0
+        };
+        self.classes[class] += 1;
+        if self.per_second.len() <= second {
+            self.per_second.resize(second + 1, 0);
+        }
+        self.per_second[second] += 1;
+    }
+
+    /// Notes an actual send time for the send-rate figure.
+    pub fn sent_at(&mut self, t: u64) {
+        self.send_span = Some(match self.send_span {
+            None => (t, t),
+            Some((a, b)) => (a.min(t), b.max(t)),
+        });
+    }
+
+    /// Counts one failed request.
+    pub fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+
+    /// Responses received.
+    pub fn completed(&self) -> u64 {
+        self.classes.iter().sum()
+    }
+
+    /// Failed requests.
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Completions per second over the window.
+    pub fn throughput(&self) -> f64 {
+        if self.window_s > 0.0 {
+            self.completed() as f64 / self.window_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Requests per second as actually sent (first to last send in the window).
+    pub fn send_rate(&self) -> Option<f64> {
+        let (a, b) = self.send_span?;
+        let n = self.completed() + self.failed();
+        (b > a && n > 1).then(|| (n - 1) as f64 * 1e9 / (b - a) as f64)
+    }
+
+    /// Adds another round's measurements.
+    pub fn merge(&mut self, o: &Stats) {
+        let _ = self.corrected.add(&o.corrected);
+        let _ = self.service.add(&o.service);
+        let _ = self.lag.add(&o.lag);
+        self.scheduled += o.scheduled;
+        for (a, b) in self.classes.iter_mut().zip(o.classes) {
+            *a += b;
+        }
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.cap_waits += o.cap_waits;
+        self.body_bytes += o.body_bytes;
+        self.per_second.extend_from_slice(&o.per_second);
+        self.window_s += o.window_s;
+        // a send span across rounds means nothing; keep the first round's
+        self.send_span = self.send_span.or(o.send_span);
+    }
+}
+
+/// The percentile distribution of `h` in wrk2's `.hgrm` format, values in ms.
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    use std::fmt::Write;
+    let mut s = String::from("       Value   Percentile   TotalCount 1/(1-Percentile)\n\n");
+    for v in h.iter_quantiles(1) {
+        let q = v.quantile_iterated_to();
+        let inv = if q < 1.0 {
+            format!("{:12.2}", 1.0 / (1.0 - q))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "{:12.3} {:12.6} {:12} {}",
+            v.value_iterated_to() as f64 / 1e6,
+            q,
+            v.count_since_last_iteration(),
+            inv
+        );
+    }
+    let _ = writeln!(
+        s,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / 1e6,
+        h.stdev() / 1e6
+    );
+    let _ = writeln!(
+        s,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64 / 1e6,
+        h.len()
+    );
+    let _ = writeln!(
+        s,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        h.distinct_values()
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrected_counts_the_queue_service_does_not() {
+        let mut s = Stats::default();
+        // a request due at 0 sent at 900 µs (the driver waited), done 100 µs later
+        s.complete(0, 900_000, 1_000_000, 200, 0);
+        s.complete(1_000_000, 1_000_000, 1_050_000, 503, 1);
+        assert_eq!(s.corrected.max(), s.corrected.highest_equivalent(1_000_000));
+        assert!(s.service.max() <= 100_100);
+        assert_eq!((s.classes[2], s.classes[5]), (1, 1));
+        assert_eq!(s.per_second, vec![1, 1]);
+        let mut m = Stats::default();
+        m.merge(&s);
+        m.merge(&s);
+        assert_eq!((m.completed(), m.corrected.len()), (4, 4));
+    }
+
+    #[test]
+    fn hgrm_ends_at_the_max_with_the_total() {
+        let mut h = new_hist();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let s = hgrm(&h);
+        assert!(s.starts_with("       Value   Percentile"));
+        assert!(s.contains("Total count    =         1000]"), "{s}");
+        let last = s.lines().rfind(|l| !l.starts_with('#')).unwrap();
+        assert!(last.contains("1.000000"), "{last}");
+    }
+}
