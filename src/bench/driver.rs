@@ -108,8 +108,10 @@ async fn drive_async(
     cfg: &DriveConfig,
 ) -> Result<Outcome, String> {
     let warmup = if cfg.once { 0 } else { cfg.warmup_ns };
-    // start a little ahead so the first requests are not already late
-    let t0 = mono_ns() + 5_000_000;
+    // an open loop starts a little ahead so its first requests are not already late;
+    // a closed loop has no schedule to be late for
+    let lead = if cfg.plan.is_some() { 5_000_000 } else { 0 };
+    let t0 = mono_ns() + lead;
     let end = t0 + warmup + cfg.duration_ns;
     let window = (t0 + warmup, if cfg.once { u64::MAX } else { end });
     let n = reqs.len();
@@ -243,7 +245,9 @@ async fn worker(sh: Rc<Shared>, closed: bool) {
             continue;
         }
         let mut st = sh.stats.borrow_mut();
-        st.sent_at(sent);
+        if sent < w1 {
+            st.sent_in_window += 1;
+        }
         match r {
             Ok(Ok((status, body))) => {
                 st.body_bytes += body;

@@ -34,8 +34,8 @@ pub struct Stats {
     pub body_bytes: u64,
     /// Completions per second of the measured window.
     pub per_second: Vec<u64>,
-    /// First and last actual send times in the window (monotonic ns), for the send rate.
-    pub send_span: Option<(u64, u64)>,
+    /// Requests of the window actually sent before its end.
+    pub sent_in_window: u64,
     /// Length of the measured window, seconds.
     pub window_s: f64,
 }
@@ -52,7 +52,7 @@ impl Default for Stats {
             cap_waits: 0,
             body_bytes: 0,
             per_second: Vec::new(),
-            send_span: None,
+            sent_in_window: 0,
             window_s: 0.0,
         }
     }
@@ -75,14 +75,6 @@ impl Stats {
             self.per_second.resize(second + 1, 0);
         }
         self.per_second[second] += 1;
-    }
-
-    /// Notes an actual send time for the send-rate figure.
-    pub fn sent_at(&mut self, t: u64) {
-        self.send_span = Some(match self.send_span {
-            None => (t, t),
-            Some((a, b)) => (a.min(t), b.max(t)),
-        });
     }
 
     /// Counts one failed request.
@@ -109,11 +101,10 @@ impl Stats {
         }
     }
 
-    /// Requests per second as actually sent (first to last send in the window).
+    /// Requests per second actually sent within the window: the rate the schedule
+    /// achieved, whatever the target did with them.
     pub fn send_rate(&self) -> Option<f64> {
-        let (a, b) = self.send_span?;
-        let n = self.completed() + self.failed();
-        (b > a && n > 1).then(|| (n - 1) as f64 * 1e9 / (b - a) as f64)
+        (self.window_s > 0.0).then(|| self.sent_in_window as f64 / self.window_s)
     }
 
     /// Adds another round's measurements.
@@ -132,8 +123,7 @@ impl Stats {
         self.body_bytes += o.body_bytes;
         self.per_second.extend_from_slice(&o.per_second);
         self.window_s += o.window_s;
-        // a send span across rounds means nothing; keep the first round's
-        self.send_span = self.send_span.or(o.send_span);
+        self.sent_in_window += o.sent_in_window;
     }
 }
 

@@ -1,0 +1,408 @@
+//! `luring bench`: the replay origin and the load driver as real processes on
+//! 127.0.0.1 (docs/bench.md). Every run is bounded in count and time.
+
+mod support;
+
+use luring::bench::sample;
+use luring::flows::record::{field, HttpFlow, RequestRec, Times};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A `luring bench origin` child, killed on drop.
+struct BenchOrigin {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl BenchOrigin {
+    fn start(file: &Path, extra: &[&str]) -> BenchOrigin {
+        let mut child = Command::new(bin())
+            .args([
+                "bench",
+                "origin",
+                file.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn origin");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .parse()
+            .unwrap();
+        BenchOrigin { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to our own child
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for BenchOrigin {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `luring bench run ARGS --report DIR` (bounded); the report's first target.
+fn bench_run(args: &[&str], dir: &TempDir, bound: Duration) -> serde_json::Value {
+    let report = dir.path("report");
+    let mut all = vec!["bench", "run"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--report", report.to_str().unwrap()]);
+    let (st, out, err) = run_luring(&all, bound);
+    assert!(st.is_some_and(|s| s.success()), "{st:?}\n{out}\n{err}");
+    let text = std::fs::read_to_string(report.join("report.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["targets"][0].clone()
+}
+
+fn sample_file(dir: &TempDir) -> std::path::PathBuf {
+    let p = dir.path("sample.flows");
+    luring::bench::input::write(&p, &sample::flows()).unwrap();
+    p
+}
+
+fn pct(t: &serde_json::Value, hist: &str, p: &str) -> f64 {
+    t["merged"][hist]["percentiles_us"][p].as_f64().unwrap()
+}
+
+#[test]
+fn fixed_rate_is_kept_and_counted_exactly() {
+    let dir = TempDir::new("bench-rate");
+    let f = sample_file(&dir);
+    let o = BenchOrigin::start(&f, &[]);
+    let url = o.url();
+    let t = bench_run(
+        &[
+            f.to_str().unwrap(),
+            "--target",
+            &url,
+            "--rate",
+            "300",
+            "--duration",
+            "4s",
+            "--warmup",
+            "0",
+        ],
+        &dir,
+        Duration::from_secs(20),
+    );
+    let m = &t["merged"];
+    assert_eq!(m["scheduled"], 1200, "{t}");
+    assert_eq!(m["completed"], 1200, "{t}");
+    let rate = m["send_rate"].as_f64().unwrap();
+    assert!((rate - 300.0).abs() <= 3.0, "sent at {rate}/s");
+    // the sample has 8 flows: 5 2xx, one 3xx, one 4xx each time round
+    assert_eq!(m["status_classes"]["4xx"], 150);
+}
+
+#[test]
+fn a_stalled_origin_shows_in_corrected_latency_only() {
+    let dir = TempDir::new("bench-stall");
+    let f = sample_file(&dir);
+    let o = BenchOrigin::start(&f, &[]);
+    let url = o.url();
+    let args = [
+        f.to_str().unwrap(),
+        "--target",
+        &url,
+        "--rate",
+        "200",
+        "--duration",
+        "4s",
+        "--warmup",
+        "0",
+        "--connections",
+        "8",
+    ];
+    let report = dir.path("report");
+    let mut all = vec!["bench", "run"];
+    all.extend_from_slice(&args);
+    all.extend_from_slice(&["--report", report.to_str().unwrap()]);
+    let mut child = Command::new(bin())
+        .args(&all)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    o.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(1));
+    o.signal(libc::SIGCONT);
+    assert!(wait_until(Duration::from_secs(20), || child
+        .try_wait()
+        .ok()
+        .flatten()
+        .is_some()));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let t = &v["targets"][0];
+    // no sample missing: every scheduled request completed and was measured
+    assert_eq!(t["merged"]["completed"], 800, "{t}");
+    assert_eq!(t["merged"]["corrected"]["count"], 800);
+    // about 200 of 800 requests fell in the 1 s stall, with latencies up to 1 s
+    assert!(pct(t, "corrected", "p90") > 400_000.0, "{t}");
+    assert!(pct(t, "corrected", "p100") > 800_000.0, "{t}");
+    // only the few requests in flight on the 8 connections saw it from their send
+    assert!(pct(t, "service", "p90") < 100_000.0, "{t}");
+    assert!(!t["driver_limited"].as_array().unwrap().is_empty(), "{t}");
+}
+
+/// Request paths with their arrival times.
+type Arrivals = Arc<Mutex<Vec<(String, Instant)>>>;
+
+/// A server that notes when each request arrives (path, time) and answers 200.
+fn timing_server() -> (SocketAddr, Arrivals) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().take(64) {
+            let Ok(mut c) = c else { continue };
+            let seen = s2.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                while let Ok(n) = c.read(&mut b) {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&b[..n]);
+                    while let Some(i) = find(&buf, b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_string();
+                        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                        seen.lock().unwrap().push((path, Instant::now()));
+                        buf.drain(..i + 4);
+                        let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn recorded_timing_replays_at_the_offsets_scaled_by_speed() {
+    let dir = TempDir::new("bench-speed");
+    // three bursts of four requests at 0, 400 and 1000 ms, written out of order
+    let t0 = 1_700_000_000_000_000_000u64;
+    let bursts = [(2u64, 1000u64), (0, 0), (1, 400)];
+    let mut flows = Vec::new();
+    for (b, ms) in bursts {
+        for i in 0..4u64 {
+            flows.push(HttpFlow {
+                request: RequestRec {
+                    method: "GET".into(),
+                    authority: "t.test".into(),
+                    path: format!("/b{b}/{i}"),
+                    headers: vec![field("Host", "t.test")],
+                    ..Default::default()
+                },
+                times: Times {
+                    request_start: t0 + ms * 1_000_000 + i * 1000,
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        }
+    }
+    let f = dir.path("bursts.flows");
+    luring::bench::input::write(&f, &flows).unwrap();
+    for speed in ["1", "2"] {
+        let (addr, seen) = timing_server();
+        let url = format!("http://{addr}");
+        let t = bench_run(
+            &[
+                f.to_str().unwrap(),
+                "--target",
+                &url,
+                "--speed",
+                speed,
+                "--once",
+                "--connections",
+                "8",
+            ],
+            &dir,
+            Duration::from_secs(20),
+        );
+        assert_eq!(t["merged"]["completed"], 12, "{t}");
+        let seen = seen.lock().unwrap().clone();
+        let first = seen.iter().map(|s| s.1).min().unwrap();
+        let div: f64 = speed.parse().unwrap();
+        for (path, at) in &seen {
+            let b: usize = path[2..3].parse().unwrap();
+            let want = [0.0, 400.0, 1000.0][b] / div;
+            let got = at.duration_since(first).as_secs_f64() * 1000.0;
+            assert!(
+                (got - want).abs() < 50.0,
+                "speed {speed}: {path} at {got:.1} ms, want {want}"
+            );
+        }
+    }
+}
+
+fn sha(b: &[u8]) -> Vec<u8> {
+    Sha256::digest(b).to_vec()
+}
+
+/// curl's body for `flow` asked of the origin at `url`, Host kept.
+fn fetch(url: &str, flow: &HttpFlow, dir: &TempDir) -> CurlOutput {
+    let req = &flow.request;
+    let full = format!("{url}{}", req.path);
+    let host = format!("Host: {}", req.authority);
+    let body = dir.path("req.bin");
+    std::fs::write(&body, &req.body.data).unwrap();
+    let data = format!("@{}", body.display());
+    let mut args = vec!["-H", &host, "-X", &req.method, &full];
+    if req.method == "HEAD" {
+        args.push("-I");
+    }
+    if !req.body.data.is_empty() {
+        args.extend_from_slice(&["--data-binary", &data]);
+    }
+    curl(&args)
+}
+
+#[test]
+fn origin_bodies_are_the_recorded_bytes() {
+    let dir = TempDir::new("bench-bytes");
+    let f = sample_file(&dir);
+    let o = BenchOrigin::start(&f, &[]);
+    for fl in sample::flows()
+        .iter()
+        .filter(|f| f.request.method != "HEAD")
+    {
+        let out = fetch(&o.url(), fl, &dir);
+        let resp = fl.response.as_ref().unwrap();
+        assert_eq!(out.status, resp.status, "{}", fl.request.path);
+        assert_eq!(sha(&out.body), sha(&resp.body.data), "{}", fl.request.path);
+    }
+    // unmatched: the reason travels in a header; --unmatched-status changes the code
+    let out = curl(&["-i", &format!("{}/nope", o.url())]);
+    assert_eq!(out.status, 404);
+    assert!(out
+        .body_str()
+        .contains("x-luring-bench-unmatched: no recorded request matches"));
+    let o2 = BenchOrigin::start(&f, &["--unmatched-status", "599", "--pop"]);
+    assert_eq!(curl(&[&format!("{}/nope", o2.url())]).status, 599);
+    let one = &sample::flows()[1];
+    assert_eq!(fetch(&o2.url(), one, &dir).status, 200);
+    assert_eq!(fetch(&o2.url(), one, &dir).status, 599, "popped once");
+}
+
+/// Records curl's traffic to a test origin through `luring run --record`.
+fn record_curl(dir: &TempDir, paths: &[&str]) -> (std::path::PathBuf, Vec<u8>) {
+    let body = pattern_vec(70_000);
+    let origin = Origin::start(fixed(
+        200,
+        &[("Content-Type", "application/octet-stream")],
+        &body,
+    ));
+    let file = dir.path("rec.flows");
+    let mut proxy = Proxy::start(&["--record", file.to_str().unwrap()]);
+    for p in paths {
+        let out = curl(&["-x", &proxy.url(), &format!("{}{p}", origin.url())]);
+        assert_eq!(out.status, 200, "{}", out.stderr);
+    }
+    proxy.terminate(Duration::from_secs(5));
+    (file, body)
+}
+
+#[test]
+fn a_luring_recording_of_curl_replays_byte_for_byte() {
+    let dir = TempDir::new("bench-rec");
+    let (file, body) = record_curl(&dir, &["/a", "/b?x=1"]);
+    let rec = luring::bench::input::load(&file).unwrap();
+    assert_eq!(rec.flows.len(), 2);
+    let o = BenchOrigin::start(&file, &[]);
+    for fl in &rec.flows {
+        let out = fetch(&o.url(), fl, &dir);
+        assert_eq!(out.status, 200, "{}", fl.request.path);
+        assert_eq!(sha(&out.body), sha(&body));
+    }
+}
+
+#[test]
+fn full_loop_record_then_replay_through_luring_with_a_plugin() {
+    let dir = TempDir::new("bench-loop");
+    let (file, _) = record_curl(&dir, &["/one", "/two", "/three"]);
+    let o = BenchOrigin::start(&file, &[]);
+    let plugin = dir.path("teapot.lua");
+    std::fs::write(
+        &plugin,
+        "register_hook('http', 'on_response', function(msg, ctx) msg.status = 418 end)\n",
+    )
+    .unwrap();
+    let mode = format!("reverse:{}", o.url());
+    let proxy = Proxy::start(&[
+        "--mode",
+        &mode,
+        "--keep-host-header",
+        "--plugin",
+        plugin.to_str().unwrap(),
+    ]);
+    let f = file.to_str().unwrap();
+    let pu = proxy.url();
+    let common = ["--once", "--connections", "2"];
+    let mut a = vec![f, "--target", &pu];
+    a.extend_from_slice(&common);
+    let through = bench_run(&a, &dir, Duration::from_secs(20));
+    assert_eq!(through["merged"]["status_classes"]["4xx"], 3, "{through}");
+    let ou = o.url();
+    let mut a = vec![f, "--target", &ou];
+    a.extend_from_slice(&common);
+    let direct = bench_run(&a, &dir, Duration::from_secs(20));
+    assert_eq!(direct["merged"]["status_classes"]["2xx"], 3, "{direct}");
+}
+
+#[test]
+fn the_default_bench_prints_one_table_with_both_rows() {
+    let (st, out, err) = run_luring(
+        &["bench", "--rate", "200", "--duration", "1s"],
+        Duration::from_secs(20),
+    );
+    assert!(st.is_some_and(|s| s.success()), "{out}\n{err}");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("direct") || l.starts_with("luring"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows[1]
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            == 200,
+        "{out}"
+    );
+}
