@@ -274,7 +274,7 @@ fn sha(b: &[u8]) -> Vec<u8> {
 }
 
 /// curl's body for `flow` asked of the origin at `url`, Host kept.
-fn fetch(url: &str, flow: &HttpFlow, dir: &TempDir) -> CurlOutput {
+fn fetch(url: &str, flow: &HttpFlow, dir: &TempDir, extra: &[&str]) -> CurlOutput {
     let req = &flow.request;
     let full = format!("{url}{}", req.path);
     let host = format!("Host: {}", req.authority);
@@ -282,6 +282,7 @@ fn fetch(url: &str, flow: &HttpFlow, dir: &TempDir) -> CurlOutput {
     std::fs::write(&body, &req.body.data).unwrap();
     let data = format!("@{}", body.display());
     let mut args = vec!["-H", &host, "-X", &req.method, &full];
+    args.extend_from_slice(extra);
     if req.method == "HEAD" {
         args.push("-I");
     }
@@ -296,15 +297,29 @@ fn origin_bodies_are_the_recorded_bytes() {
     let dir = TempDir::new("bench-bytes");
     let f = sample_file(&dir);
     let o = BenchOrigin::start(&f, &[]);
-    for fl in sample::flows()
-        .iter()
-        .filter(|f| f.request.method != "HEAD")
-    {
-        let out = fetch(&o.url(), fl, &dir);
-        let resp = fl.response.as_ref().unwrap();
-        assert_eq!(out.status, resp.status, "{}", fl.request.path);
-        assert_eq!(sha(&out.body), sha(&resp.body.data), "{}", fl.request.path);
+    // HTTP/1.1, then h2c (prior knowledge) on the same port
+    let flows = sample::flows();
+    for extra in [&[][..], &["--http2-prior-knowledge"][..]] {
+        for fl in flows.iter().filter(|f| f.request.method != "HEAD") {
+            let out = fetch(&o.url(), fl, &dir, extra);
+            let resp = fl.response.as_ref().unwrap();
+            assert_eq!(out.status, resp.status, "{} {extra:?}", fl.request.path);
+            assert_eq!(sha(&out.body), sha(&resp.body.data), "{}", fl.request.path);
+        }
     }
+    // the recorded trailers arrive on h2 too
+    let trailers = dir.path("trailers.txt");
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: shop.example",
+        "-D",
+        trailers.to_str().unwrap(),
+        &format!("{}/stream", o.url()),
+    ]);
+    assert_eq!(out.status, 200);
+    let dumped = std::fs::read_to_string(&trailers).unwrap();
+    assert!(dumped.contains("x-checksum: abc123"), "{dumped}");
     // unmatched: the reason travels in a header; --unmatched-status changes the code
     let out = curl(&["-i", &format!("{}/nope", o.url())]);
     assert_eq!(out.status, 404);
@@ -314,8 +329,8 @@ fn origin_bodies_are_the_recorded_bytes() {
     let o2 = BenchOrigin::start(&f, &["--unmatched-status", "599", "--pop"]);
     assert_eq!(curl(&[&format!("{}/nope", o2.url())]).status, 599);
     let one = &sample::flows()[1];
-    assert_eq!(fetch(&o2.url(), one, &dir).status, 200);
-    assert_eq!(fetch(&o2.url(), one, &dir).status, 599, "popped once");
+    assert_eq!(fetch(&o2.url(), one, &dir, &[]).status, 200);
+    assert_eq!(fetch(&o2.url(), one, &dir, &[]).status, 599, "popped once");
 }
 
 /// Records curl's traffic to a test origin through `luring run --record`.
@@ -344,7 +359,7 @@ fn a_luring_recording_of_curl_replays_byte_for_byte() {
     assert_eq!(rec.flows.len(), 2);
     let o = BenchOrigin::start(&file, &[]);
     for fl in &rec.flows {
-        let out = fetch(&o.url(), fl, &dir);
+        let out = fetch(&o.url(), fl, &dir, &[]);
         assert_eq!(out.status, 200, "{}", fl.request.path);
         assert_eq!(sha(&out.body), sha(&body));
     }

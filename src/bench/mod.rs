@@ -9,6 +9,7 @@ pub mod h1;
 pub mod input;
 pub mod matching;
 pub mod origin;
+pub mod origin_h2;
 pub mod report;
 pub mod response;
 pub mod run;

@@ -7,7 +7,7 @@
 
 use super::h1::{encode_response, parse_request, EncodedResponse, Request};
 use super::matching::{Lookup, MatchOptions, ReplayTable, RequestView};
-use crate::flows::record::HttpFlow;
+use crate::flows::record::{HttpFlow, ResponseRec};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -62,6 +62,8 @@ pub struct Origin {
     // across threads (a response served once is served once in total)
     table: Mutex<ReplayTable>,
     responses: Vec<EncodedResponse>,
+    /// The recorded responses (HTTP/2 serves them from fields, not HTTP/1 bytes).
+    pub recorded: Vec<ResponseRec>,
     unmatched_status: u16,
     /// What was answered.
     pub counters: Counters,
@@ -72,6 +74,7 @@ impl Origin {
     pub fn new(flows: &[HttpFlow], cfg: &OriginConfig) -> Origin {
         let mut table = ReplayTable::new(cfg.matching.clone());
         let mut responses = Vec::new();
+        let mut recorded = Vec::new();
         for f in flows {
             let Some(resp) = &f.response else { continue };
             let headers: Vec<(&[u8], &[u8])> = f
@@ -89,10 +92,12 @@ impl Origin {
             };
             table.insert(&view, responses.len());
             responses.push(encode_response(resp));
+            recorded.push(resp.clone());
         }
         Origin {
             table: Mutex::new(table),
             responses,
+            recorded,
             unmatched_status: cfg.unmatched_status,
             counters: Counters::default(),
         }
@@ -123,34 +128,42 @@ impl Origin {
             headers: &req.headers,
             body: &req.body,
         };
-        let found = match self.table.lock() {
-            Ok(mut t) => t.lookup(&view),
-            Err(_) => Lookup::NoMatch,
-        };
-        match found {
-            Lookup::Hit(i) => {
-                self.counters.served.fetch_add(1, Relaxed);
+        match self.lookup(&view) {
+            Ok(i) => {
                 let r = &self.responses[i];
                 out.extend_from_slice(&r.head);
                 if req.method != "HEAD" {
                     out.extend_from_slice(&r.body);
                 }
             }
-            Lookup::NoMatch => {
-                self.counters.unmatched.fetch_add(1, Relaxed);
-                self.miss(&view, "no recorded request matches", out);
-            }
-            Lookup::Exhausted => {
-                self.counters.exhausted.fetch_add(1, Relaxed);
-                self.miss(&view, "every recorded response was served (--pop)", out);
-            }
+            Err(what) => self.miss(&what, out),
         }
     }
 
-    fn miss(&self, v: &RequestView, why: &str, out: &mut Vec<u8>) {
-        let what = format!("{why}: {} {}{}", v.method, v.authority, v.target);
+    /// The recorded response for `view` (an index into `recorded`), or why there is
+    /// none; counted either way.
+    pub fn lookup(&self, view: &RequestView) -> Result<usize, String> {
+        let found = match self.table.lock() {
+            Ok(mut t) => t.lookup(view),
+            Err(_) => Lookup::NoMatch,
+        };
+        let why = match found {
+            Lookup::Hit(i) => {
+                self.counters.served.fetch_add(1, Relaxed);
+                return Ok(i);
+            }
+            Lookup::NoMatch => {
+                self.counters.unmatched.fetch_add(1, Relaxed);
+                "no recorded request matches"
+            }
+            Lookup::Exhausted => {
+                self.counters.exhausted.fetch_add(1, Relaxed);
+                "every recorded response was served (--pop)"
+            }
+        };
+        let what = format!("{why}: {} {}{}", view.method, view.authority, view.target);
         // the reason travels in a header: keep it to visible ASCII
-        let what: String = what
+        Err(what
             .chars()
             .map(|c| {
                 if c.is_ascii_graphic() || c == ' ' {
@@ -160,7 +173,15 @@ impl Origin {
                 }
             })
             .take(512)
-            .collect();
+            .collect())
+    }
+
+    /// Status of the answer to an unmatched request.
+    pub fn unmatched_status(&self) -> u16 {
+        self.unmatched_status
+    }
+
+    fn miss(&self, what: &str, out: &mut Vec<u8>) {
         let body = format!("{what}\n");
         let head = format!(
             "HTTP/1.1 {} Unmatched\r\nx-luring-bench-unmatched: {what}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
@@ -234,7 +255,12 @@ async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
     let mut out = Vec::with_capacity(16 * 1024);
     loop {
         let mut close = false;
-        loop {
+        // h2c with prior knowledge: the client preface instead of a request
+        let h2 = super::origin_h2::preface(&buf);
+        if h2 == Some(true) {
+            return super::origin_h2::serve(origin, s, buf).await;
+        }
+        while h2 == Some(false) {
             match parse_request(&buf[start..]) {
                 Ok(Some((req, used))) => {
                     origin.answer(&req, &mut out);
