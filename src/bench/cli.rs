@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Demo: measured seconds per target.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub duration: std::time::Duration,
+    /// Write the bundled sample recording to FILE (a flow file) and exit.
+    #[arg(long, value_name = "FILE")]
+    pub save_sample: Option<PathBuf>,
 }
 
 /// `luring bench` subcommands.
@@ -90,7 +93,10 @@ pub fn run(args: BenchArgs) -> i32 {
     let r = match args.action {
         Some(BenchAction::Origin(o)) => origin(o),
         Some(BenchAction::Run(r)) => super::run::run(*r),
-        None => super::sample::demo(args.rate, args.duration),
+        None => match args.save_sample {
+            Some(p) => super::input::write(&p, &super::sample::flows()),
+            None => super::sample::demo(args.rate, args.duration),
+        },
     };
     match r {
         Ok(()) => 0,
