@@ -333,6 +333,33 @@ fn origin_bodies_are_the_recorded_bytes() {
     assert_eq!(fetch(&o2.url(), one, &dir, &[]).status, 599, "popped once");
 }
 
+#[test]
+fn a_har_recording_is_served_like_a_flow_file() {
+    let dir = TempDir::new("bench-har");
+    let f = sample_file(&dir);
+    let har = dir.path("sample.har");
+    let (st, _, err) = run_luring(
+        &[
+            "flows",
+            "export",
+            f.to_str().unwrap(),
+            "--format",
+            "har",
+            "-o",
+            har.to_str().unwrap(),
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(st.is_some_and(|s| s.success()), "{err}");
+    let o = BenchOrigin::start(&har, &[]);
+    for fl in sample::flows().iter().filter(|f| f.request.method == "GET") {
+        let out = fetch(&o.url(), fl, &dir, &[]);
+        let resp = fl.response.as_ref().unwrap();
+        assert_eq!(out.status, resp.status, "{}", fl.request.path);
+        assert_eq!(sha(&out.body), sha(&resp.body.data), "{}", fl.request.path);
+    }
+}
+
 /// Records curl's traffic to a test origin through `luring run --record`.
 fn record_curl(dir: &TempDir, paths: &[&str]) -> (std::path::PathBuf, Vec<u8>) {
     let body = pattern_vec(70_000);

@@ -306,3 +306,55 @@ async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(pop: bool) -> Origin {
+        let cfg = OriginConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            threads: 1,
+            matching: MatchOptions {
+                pop,
+                ..Default::default()
+            },
+            unmatched_status: 404,
+        };
+        Origin::new(&super::super::sample::flows(), &cfg)
+    }
+
+    fn ask(o: &Origin, wire: &[u8]) -> Vec<u8> {
+        let (req, _) = parse_request(wire).unwrap().unwrap();
+        let mut out = Vec::new();
+        o.answer(&req, &mut out);
+        out
+    }
+
+    #[test]
+    fn answers_recorded_heads_misses_and_counters() {
+        let o = origin(true);
+        let out = ask(
+            &o,
+            b"GET /api/items?page=1 HTTP/1.1\r\nHost: shop.example:443\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"items\":[1,2,3]}"
+        );
+        let head = ask(&o, b"HEAD / HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+        assert!(
+            head.ends_with(b"Content-Length: 1024\r\n\r\n"),
+            "HEAD: no body"
+        );
+        let again = ask(
+            &o,
+            b"GET /api/items?page=1 HTTP/1.1\r\nHost: shop.example\r\n\r\n",
+        );
+        assert!(again.starts_with(b"HTTP/1.1 404 Unmatched\r\nx-luring-bench-unmatched: every recorded response was served (--pop): GET shop.example/api/items?page=1\r\n"));
+        let miss = ask(&o, b"GET /x HTTP/1.1\r\nHost: other.example\r\n\r\n");
+        assert!(miss.starts_with(b"HTTP/1.1 404 Unmatched\r\n"));
+        let stats = ask(&o, b"GET /__luring_bench/stats HTTP/1.1\r\n\r\n");
+        assert!(stats.ends_with(b"{\"served\":2,\"unmatched\":1,\"exhausted\":1,\"bad\":0}"));
+    }
+}
