@@ -117,7 +117,7 @@ fn fixed_rate_is_kept_and_counted_exactly() {
     assert_eq!(m["completed"], 1200, "{t}");
     let rate = m["send_rate"].as_f64().unwrap();
     assert!((rate - 300.0).abs() <= 3.0, "sent at {rate}/s");
-    // the sample has 8 flows: 5 2xx, one 3xx, one 4xx each time round
+    // the sample has 8 flows: six 2xx, one 3xx, one 4xx each time round
     assert_eq!(m["status_classes"]["4xx"], 150);
 }
 
@@ -447,4 +447,104 @@ fn the_default_bench_prints_one_table_with_both_rows() {
             == 200,
         "{out}"
     );
+}
+
+/// nginx as a reverse proxy to `origin` on a free port; None when nginx is not installed.
+fn nginx_proxy(dir: &TempDir, origin: SocketAddr) -> Option<(Child, SocketAddr)> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = dir.path("ngx");
+    std::fs::create_dir_all(&d).unwrap();
+    let t = d.display();
+    let conf = format!(
+        "worker_processes 1; master_process off; daemon off; pid {t}/nginx.pid;
+error_log {t}/error.log warn; events {{ worker_connections 1024; }}
+http {{ access_log off; client_body_temp_path {t}/b; proxy_temp_path {t}/p;
+  fastcgi_temp_path {t}/f; uwsgi_temp_path {t}/u; scgi_temp_path {t}/s;
+  upstream o {{ server {origin}; keepalive 16; }}
+  server {{ listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://o; proxy_http_version 1.1;
+      proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }} }}\n"
+    );
+    let c = d.join("nginx.conf");
+    std::fs::write(&c, conf).unwrap();
+    let child = Command::new(nginx)
+        .args(["-p", &t.to_string(), "-c", c.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    }));
+    Some((child, addr))
+}
+
+#[test]
+fn luring_and_nginx_side_by_side_with_cpu_per_request() {
+    let dir = TempDir::new("bench-side");
+    let f = sample_file(&dir);
+    let o = BenchOrigin::start(&f, &[]);
+    let Some((mut ngx, naddr)) = nginx_proxy(&dir, o.addr) else {
+        eprintln!("nginx is not installed: side-by-side test not run");
+        return;
+    };
+    let mode = format!("reverse:{}", o.url());
+    let proxy = Proxy::start(&["--mode", &mode, "--keep-host-header", "--workers", "1"]);
+    let (lt, nt) = (
+        format!("luring={}", proxy.url()),
+        format!("nginx=http://{naddr}"),
+    );
+    let (lp, np) = (
+        format!("luring={}", proxy.pid()),
+        format!("nginx={}", ngx.id()),
+    );
+    let report = dir.path("report");
+    let (st, out, err) = run_luring(
+        &[
+            "bench",
+            "run",
+            f.to_str().unwrap(),
+            "--target",
+            &lt,
+            "--target",
+            &nt,
+            "--pid",
+            &lp,
+            "--pid",
+            &np,
+            "--rate",
+            "300",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0.5s",
+            "--rounds",
+            "2",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    let _ = ngx.kill();
+    let _ = ngx.wait();
+    assert!(st.is_some_and(|s| s.success()), "{out}\n{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    for t in v["targets"].as_array().unwrap() {
+        // 2 rounds of 600 scheduled; 6 of every 8 sample responses are 2xx
+        assert_eq!(t["merged"]["completed"], 1200, "{t}");
+        assert_eq!(t["merged"]["status_classes"]["2xx"], 900, "{t}");
+        assert!(t["target_cpu_us_per_request"].as_f64().is_some(), "{t}");
+        assert_eq!(t["rounds"].as_array().unwrap().len(), 2);
+    }
+    assert!(out.contains("luring") && out.contains("nginx"), "{out}");
 }
