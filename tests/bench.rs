@@ -548,3 +548,43 @@ fn luring_and_nginx_side_by_side_with_cpu_per_request() {
     }
     assert!(out.contains("luring") && out.contains("nginx"), "{out}");
 }
+
+#[test]
+fn a_forward_proxy_target_gets_absolute_form_requests() {
+    let dir = TempDir::new("bench-fwd");
+    let origin = Origin::start(echo());
+    let flows: Vec<HttpFlow> = ["/f1", "/f2?q=1", "/f3"]
+        .iter()
+        .map(|p| HttpFlow {
+            request: RequestRec {
+                method: "GET".into(),
+                scheme: "http".into(),
+                authority: origin.addr.to_string(),
+                path: p.to_string(),
+                headers: vec![field("Host", origin.addr.to_string())],
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .collect();
+    let f = dir.path("fwd.flows");
+    luring::bench::input::write(&f, &flows).unwrap();
+    let proxy = Proxy::start(&[]);
+    let target = format!("fwd={}", proxy.url());
+    let t = bench_run(
+        &[
+            f.to_str().unwrap(),
+            "--proxy",
+            &target,
+            "--once",
+            "--connections",
+            "1",
+        ],
+        &dir,
+        Duration::from_secs(20),
+    );
+    assert_eq!(t["merged"]["status_classes"]["2xx"], 3, "{t}");
+    let mut seen: Vec<String> = origin.requests().iter().map(|r| r.target.clone()).collect();
+    seen.sort();
+    assert_eq!(seen, ["/f1", "/f2?q=1", "/f3"]);
+}
