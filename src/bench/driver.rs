@@ -245,6 +245,8 @@ async fn worker(sh: Rc<Shared>, closed: bool) {
             continue;
         }
         let mut st = sh.stats.borrow_mut();
+        let due_second = ((job.intended - w0) / 1_000_000_000) as usize;
+        st.lag_in(due_second, sent.saturating_sub(job.intended));
         if sent < w1 {
             st.sent_in_window += 1;
         }

@@ -67,6 +67,13 @@ impl TargetReport {
                 fmt_ns(m.lag.value_at_quantile(0.99))
             ));
         }
+        if let Some((a, b)) = m.lag_growth() {
+            why.push(format!(
+                "schedule lag grew from {} to {} (mean, first and last second)",
+                fmt_ns(a),
+                fmt_ns(b)
+            ));
+        }
         why
     }
 }

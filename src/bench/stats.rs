@@ -34,6 +34,8 @@ pub struct Stats {
     pub body_bytes: u64,
     /// Completions per second of the measured window.
     pub per_second: Vec<u64>,
+    /// Schedule lag per second of intended send time: (sum ns, requests).
+    pub lag_per_second: Vec<(u64, u64)>,
     /// Requests of the window actually sent before its end.
     pub sent_in_window: u64,
     /// Length of the measured window, seconds.
@@ -52,6 +54,7 @@ impl Default for Stats {
             cap_waits: 0,
             body_bytes: 0,
             per_second: Vec::new(),
+            lag_per_second: Vec::new(),
             sent_in_window: 0,
             window_s: 0.0,
         }
@@ -75,6 +78,24 @@ impl Stats {
             self.per_second.resize(second + 1, 0);
         }
         self.per_second[second] += 1;
+    }
+
+    /// Notes the schedule lag of a request due in second `second` of the window.
+    pub fn lag_in(&mut self, second: usize, lag_ns: u64) {
+        if self.lag_per_second.len() <= second {
+            self.lag_per_second.resize(second + 1, (0, 0));
+        }
+        let e = &mut self.lag_per_second[second];
+        *e = (e.0 + lag_ns, e.1 + 1);
+    }
+
+    /// Mean schedule lag of the first and the last second, when it grew by more than
+    /// 1 ms over the window: the driver fell further behind as the run went on.
+    pub fn lag_growth(&self) -> Option<(u64, u64)> {
+        let mean = |&(s, n): &(u64, u64)| (n > 0).then(|| s / n);
+        let first = self.lag_per_second.iter().find_map(mean)?;
+        let last = self.lag_per_second.iter().rev().find_map(mean)?;
+        (last > first + 1_000_000).then_some((first, last))
     }
 
     /// Counts one failed request.
@@ -122,6 +143,14 @@ impl Stats {
         self.cap_waits += o.cap_waits;
         self.body_bytes += o.body_bytes;
         self.per_second.extend_from_slice(&o.per_second);
+        // rounds are compared second by second from their own starts
+        for (i, &(sum, n)) in o.lag_per_second.iter().enumerate() {
+            if self.lag_per_second.len() <= i {
+                self.lag_per_second.resize(i + 1, (0, 0));
+            }
+            self.lag_per_second[i].0 += sum;
+            self.lag_per_second[i].1 += n;
+        }
         self.window_s += o.window_s;
         self.sent_in_window += o.sent_in_window;
     }
@@ -186,6 +215,16 @@ mod tests {
         m.merge(&s);
         m.merge(&s);
         assert_eq!((m.completed(), m.corrected.len()), (4, 4));
+    }
+
+    #[test]
+    fn lag_growth_needs_a_rising_lag() {
+        let mut s = Stats::default();
+        s.lag_in(0, 100_000);
+        s.lag_in(2, 300_000);
+        assert_eq!(s.lag_growth(), None);
+        s.lag_in(3, 5_000_000);
+        assert_eq!(s.lag_growth(), Some((100_000, 5_000_000)));
     }
 
     #[test]
