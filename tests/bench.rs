@@ -588,3 +588,101 @@ fn a_forward_proxy_target_gets_absolute_form_requests() {
     seen.sort();
     assert_eq!(seen, ["/f1", "/f2?q=1", "/f3"]);
 }
+
+#[test]
+fn websocket_replay_plays_the_server_side_in_turn() {
+    use bytes::{Bytes, BytesMut};
+    use luring::flows::record::WsMessageRec;
+    use luring::proto::ws;
+    let dir = TempDir::new("bench-ws");
+    let msg = |from_client, opcode, data: &str| WsMessageRec {
+        from_client,
+        opcode,
+        data: serde_bytes::ByteBuf::from(data.as_bytes().to_vec()),
+        size: data.len() as u64,
+        ts: 0,
+    };
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let flow = HttpFlow {
+        request: RequestRec {
+            method: "GET".into(),
+            authority: "ws.test".into(),
+            path: "/chat".into(),
+            headers: vec![
+                field("Host", "ws.test"),
+                field("Upgrade", "websocket"),
+                field("Connection", "Upgrade"),
+                field("Sec-WebSocket-Key", key),
+                field("Sec-WebSocket-Version", "13"),
+            ],
+            ..Default::default()
+        },
+        response: Some(luring::flows::record::ResponseRec {
+            status: 101,
+            reason: "Switching Protocols".into(),
+            headers: vec![
+                field("Upgrade", "websocket"),
+                field("Connection", "Upgrade"),
+                field("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            ],
+            ..Default::default()
+        }),
+        websocket: vec![
+            msg(false, 1, "welcome"),
+            msg(true, 1, "q1"),
+            msg(false, 1, "a1"),
+            msg(false, 2, "a1-bin"),
+            msg(true, 1, "q2"),
+            msg(false, 1, "a2"),
+        ],
+        ..Default::default()
+    };
+    let f = dir.path("ws.flows");
+    luring::bench::input::write(&f, &[flow]).unwrap();
+    let o = BenchOrigin::start(&f, &[]);
+    let mut c = std::net::TcpStream::connect(o.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = format!("GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    let dec = ws::FrameDecoder::new(1 << 20);
+    let mut inb = BytesMut::new();
+    let mut read_frames = |c: &mut std::net::TcpStream, n: usize| {
+        let mut got = Vec::new();
+        while got.len() < n {
+            while let Some(f) = dec.decode(&mut inb).unwrap() {
+                got.push((f.opcode, String::from_utf8_lossy(&f.payload).to_string()));
+            }
+            if got.len() >= n {
+                break;
+            }
+            let mut b = [0u8; 4096];
+            let k = c.read(&mut b).unwrap();
+            assert!(k > 0, "closed after {got:?}");
+            inb.extend_from_slice(&b[..k]);
+            if let Some(i) = find(&inb, b"\r\n\r\n").filter(|_| inb.starts_with(b"HTTP/1.1 101")) {
+                let _ = inb.split_to(i + 4);
+            }
+        }
+        got
+    };
+    assert_eq!(read_frames(&mut c, 1), [(1, "welcome".to_string())]);
+    let send = |c: &mut std::net::TcpStream, text: &str| {
+        let mut out = BytesMut::new();
+        let fr = ws::Frame {
+            fin: true,
+            rsv1: false,
+            opcode: 1,
+            mask: Some([1, 2, 3, 4]),
+            payload: Bytes::from(text.to_string()),
+        };
+        ws::encode(&fr, &mut out);
+        c.write_all(&out).unwrap();
+    };
+    send(&mut c, "anything");
+    assert_eq!(
+        read_frames(&mut c, 2),
+        [(1, "a1".to_string()), (2, "a1-bin".to_string())]
+    );
+    send(&mut c, "more");
+    assert_eq!(read_frames(&mut c, 1), [(1, "a2".to_string())]);
+}

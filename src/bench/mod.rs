@@ -16,3 +16,4 @@ pub mod run;
 pub mod sample;
 pub mod schedule;
 pub mod stats;
+pub mod ws_replay;

@@ -7,7 +7,7 @@
 
 use super::h1::{encode_response, parse_request, EncodedResponse, Request};
 use super::matching::{Lookup, MatchOptions, ReplayTable, RequestView};
-use crate::flows::record::{HttpFlow, ResponseRec};
+use crate::flows::record::{HttpFlow, ResponseRec, WsMessageRec};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -64,6 +64,8 @@ pub struct Origin {
     responses: Vec<EncodedResponse>,
     /// The recorded responses (HTTP/2 serves them from fields, not HTTP/1 bytes).
     pub recorded: Vec<ResponseRec>,
+    /// The recorded WebSocket messages of each response (empty unless a 101).
+    ws: Vec<Vec<WsMessageRec>>,
     unmatched_status: u16,
     /// What was answered.
     pub counters: Counters,
@@ -75,6 +77,7 @@ impl Origin {
         let mut table = ReplayTable::new(cfg.matching.clone());
         let mut responses = Vec::new();
         let mut recorded = Vec::new();
+        let mut ws = Vec::new();
         for f in flows {
             let Some(resp) = &f.response else { continue };
             let headers: Vec<(&[u8], &[u8])> = f
@@ -93,11 +96,13 @@ impl Origin {
             table.insert(&view, responses.len());
             responses.push(encode_response(resp));
             recorded.push(resp.clone());
+            ws.push(f.websocket.clone());
         }
         Origin {
             table: Mutex::new(table),
             responses,
             recorded,
+            ws,
             unmatched_status: cfg.unmatched_status,
             counters: Counters::default(),
         }
@@ -109,8 +114,9 @@ impl Origin {
         (self.responses.len(), keys)
     }
 
-    /// Appends the answer to `req` to `out`.
-    pub fn answer(&self, req: &Request, out: &mut Vec<u8>) {
+    /// Appends the answer to `req` to `out`; Some(response) when it was a recorded 101
+    /// to a WebSocket upgrade, whose messages are to be replayed next.
+    pub fn answer(&self, req: &Request, out: &mut Vec<u8>) -> Option<usize> {
         if req.target == STATS_PATH {
             let j = self.counters.json();
             let head = format!(
@@ -119,7 +125,7 @@ impl Origin {
             );
             out.extend_from_slice(head.as_bytes());
             out.extend_from_slice(j.as_bytes());
-            return;
+            return None;
         }
         let view = RequestView {
             method: req.method,
@@ -135,8 +141,15 @@ impl Origin {
                 if req.method != "HEAD" {
                     out.extend_from_slice(&r.body);
                 }
+                let upgrade = req
+                    .header("upgrade")
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
+                (upgrade && self.recorded[i].status == 101).then_some(i)
             }
-            Err(what) => self.miss(&what, out),
+            Err(what) => {
+                self.miss(&what, out);
+                None
+            }
         }
     }
 
@@ -190,6 +203,57 @@ impl Origin {
         );
         out.extend_from_slice(head.as_bytes());
         out.extend_from_slice(body.as_bytes());
+    }
+}
+
+/// Plays the recorded WebSocket conversation of response `i`; `rest` is what the
+/// client sent after its upgrade request.
+async fn ws_session(origin: &Origin, mut s: tokio::net::TcpStream, rest: &[u8], i: usize) {
+    use crate::proto::ws;
+    let mut script = super::ws_replay::WsScript::new(origin.ws[i].clone());
+    let dec = ws::FrameDecoder::new(64 << 20);
+    let mut asm = ws::Assembler::new(64 << 20);
+    let mut inb = bytes::BytesMut::from(rest);
+    let mut out = bytes::BytesMut::new();
+    let mut done = script.due(&mut out);
+    loop {
+        while !done {
+            let msg = match dec.decode(&mut inb).map(|f| f.map(|f| asm.push(f))) {
+                Ok(Some(Ok(Some(m)))) => m,
+                Ok(Some(Ok(None))) => continue,
+                Ok(None) => break,
+                Ok(Some(Err(_))) | Err(_) => return,
+            };
+            let reply = |op, payload| ws::Frame {
+                fin: true,
+                rsv1: false,
+                opcode: op,
+                mask: None,
+                payload,
+            };
+            match msg.opcode {
+                ws::CLOSE => {
+                    ws::encode(&reply(ws::CLOSE, msg.payload), &mut out);
+                    done = true;
+                }
+                ws::PING => ws::encode(&reply(ws::PONG, msg.payload), &mut out),
+                ws::PONG => {}
+                _ => done = script.on_client(&mut out),
+            }
+        }
+        if !out.is_empty() {
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if done {
+            return;
+        }
+        match s.read_buf(&mut inb).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
     }
 }
 
@@ -263,9 +327,15 @@ async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
         while h2 == Some(false) {
             match parse_request(&buf[start..]) {
                 Ok(Some((req, used))) => {
-                    origin.answer(&req, &mut out);
+                    let ws = origin.answer(&req, &mut out);
                     close = req.close;
                     start += used;
+                    if let Some(i) = ws {
+                        if s.write_all(&out).await.is_ok() {
+                            ws_session(&origin, s, &buf[start..], i).await;
+                        }
+                        return;
+                    }
                     if close {
                         break;
                     }

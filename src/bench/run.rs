@@ -148,6 +148,22 @@ pub fn measure(
     targets: &[Target],
 ) -> Result<Vec<TargetReport>, String> {
     let cfg = drive_config(a)?;
+    // the driver speaks HTTP/1.1 request/response only: WebSocket upgrades stay out
+    let all = flows.len();
+    let flows: Vec<&crate::flows::record::HttpFlow> = flows
+        .iter()
+        .filter(|f| !f.request.headers.iter().any(|h| h.0.eq_ignore_ascii_case(b"upgrade")))
+        .collect();
+    if flows.is_empty() {
+        return Err("no flow to replay (the driver does not replay WebSocket upgrades)".into());
+    }
+    if flows.len() < all {
+        let _ = writeln!(
+            std::io::stderr(),
+            "# {} upgrade request(s) (WebSocket) left out: the driver does not replay them yet",
+            all - flows.len()
+        );
+    }
     let starts: Vec<u64> = flows.iter().map(|f| f.times.request_start).collect();
     let prep = |absolute: bool| -> Rc<Vec<Prepared>> {
         Rc::new(
