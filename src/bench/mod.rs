@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod driver;
 pub mod h1;
+pub mod html;
 pub mod input;
 pub mod matching;
 pub mod origin;

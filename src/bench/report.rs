@@ -207,7 +207,7 @@ fn stats_json(s: &Stats) -> serde_json::Value {
     })
 }
 
-/// Writes `report.json` and `NAME.{corrected,service,lag}.hgrm` into `dir`.
+/// Writes `report.json`, `index.html` and `NAME.{corrected,service,lag}.hgrm` into `dir`.
 pub fn write_dir(
     dir: &Path,
     config: serde_json::Value,
@@ -235,6 +235,8 @@ pub fn write_dir(
             std::fs::write(&p, hgrm(h)).map_err(|e| format!("{}: {e}", p.display()))?;
         }
     }
+    let p = dir.join("index.html");
+    std::fs::write(&p, super::html::page(targets)).map_err(|e| format!("{}: {e}", p.display()))?;
     let doc = json!({"config": config, "targets": ts});
     let p = dir.join("report.json");
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;

@@ -152,7 +152,12 @@ pub fn measure(
     let all = flows.len();
     let flows: Vec<&crate::flows::record::HttpFlow> = flows
         .iter()
-        .filter(|f| !f.request.headers.iter().any(|h| h.0.eq_ignore_ascii_case(b"upgrade")))
+        .filter(|f| {
+            !f.request
+                .headers
+                .iter()
+                .any(|h| h.0.eq_ignore_ascii_case(b"upgrade"))
+        })
         .collect();
     if flows.is_empty() {
         return Err("no flow to replay (the driver does not replay WebSocket upgrades)".into());

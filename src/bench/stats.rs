@@ -160,7 +160,7 @@ impl Stats {
 pub fn hgrm(h: &Histogram<u64>) -> String {
     use std::fmt::Write;
     let mut s = String::from("       Value   Percentile   TotalCount 1/(1-Percentile)\n\n");
-    for v in h.iter_quantiles(1) {
+    for v in h.iter_quantiles(5) {
         let q = v.quantile_iterated_to();
         let inv = if q < 1.0 {
             format!("{:12.2}", 1.0 / (1.0 - q))
