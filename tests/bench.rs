@@ -76,6 +76,12 @@ fn bench_run(args: &[&str], dir: &TempDir, bound: Duration) -> serde_json::Value
     all.extend_from_slice(&["--report", report.to_str().unwrap()]);
     let (st, out, err) = run_luring(&all, bound);
     assert!(st.is_some_and(|s| s.success()), "{st:?}\n{out}\n{err}");
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert_eq!(
+        html.matches("<svg").count(),
+        2,
+        "spectrum and throughput plots"
+    );
     let text = std::fs::read_to_string(report.join("report.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["targets"][0].clone()
@@ -117,6 +123,8 @@ fn fixed_rate_is_kept_and_counted_exactly() {
     assert_eq!(m["completed"], 1200, "{t}");
     let rate = m["send_rate"].as_f64().unwrap();
     assert!((rate - 300.0).abs() <= 3.0, "sent at {rate}/s");
+    let hgrm = std::fs::read_to_string(dir.path("report").join("target1.corrected.hgrm")).unwrap();
+    assert!(hgrm.contains("Total count    =         1200]"), "{hgrm}");
     // the sample has 8 flows: six 2xx, one 3xx, one 4xx each time round
     assert_eq!(m["status_classes"]["4xx"], 150);
 }
