@@ -253,7 +253,9 @@ async fn worker(sh: Rc<Shared>, closed: bool) {
         match r {
             Ok(Ok((status, body))) => {
                 st.body_bytes += body;
-                let second = ((done.saturating_sub(w0)) / 1_000_000_000) as usize;
+                // completions just past the window's end count in its last second
+                let last = (w1.saturating_sub(w0) / 1_000_000_000).max(1) - 1;
+                let second = ((done.saturating_sub(w0)) / 1_000_000_000).min(last) as usize;
                 st.complete(job.intended, sent, done, status, second);
             }
             Ok(Err(kind)) => {

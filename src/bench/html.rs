@@ -12,8 +12,8 @@ const COLORS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
 ];
 
-/// A named line: points with x and y in 0..1, dashed or not.
-type Series = (String, Vec<(f64, f64)>, bool);
+/// A named line: points with x and y in 0..1, dashed or not, its colour's index.
+type Series = (String, Vec<(f64, f64)>, bool, usize);
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -46,8 +46,8 @@ fn svg(title: &str, xlabels: &[(f64, String)], ymax_label: &str, series: &[Serie
             esc(l)
         );
     }
-    for (i, (name, pts, dashed)) in series.iter().enumerate() {
-        let c = COLORS[(i / 2) % COLORS.len()];
+    for (i, (name, pts, dashed, color)) in series.iter().enumerate() {
+        let c = COLORS[color % COLORS.len()];
         let mut p = String::new();
         for (x, y) in pts {
             let _ = write!(p, "{:.1},{:.1} ", PAD + x * W, PAD + H - y.min(1.0) * H);
@@ -80,7 +80,7 @@ fn spectrum(targets: &[TargetReport]) -> String {
         .unwrap_or(1)
         .max(1) as f64;
     let mut series = Vec::new();
-    for (t, m) in targets.iter().zip(&merged) {
+    for (k, (t, m)) in targets.iter().zip(&merged).enumerate() {
         for (kind, h, dashed) in [
             ("corrected", &m.corrected, false),
             ("service", &m.service, true),
@@ -97,7 +97,7 @@ fn spectrum(targets: &[TargetReport]) -> String {
                     (x, v as f64 / ymax)
                 })
                 .collect();
-            series.push((format!("{} {kind}", t.name), pts, dashed));
+            series.push((format!("{} {kind}", t.name), pts, dashed, k));
         }
     }
     let xl = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
@@ -131,14 +131,15 @@ fn throughput(targets: &[TargetReport]) -> String {
     let series = targets
         .iter()
         .zip(&merged)
-        .map(|(t, m)| {
+        .enumerate()
+        .map(|(k, (t, m))| {
             let pts = m
                 .per_second
                 .iter()
                 .enumerate()
                 .map(|(i, &c)| (i as f64 / (n - 1) as f64, c as f64 / ymax))
                 .collect();
-            (t.name.clone(), pts, false)
+            (t.name.clone(), pts, false, k)
         })
         .collect::<Vec<_>>();
     let xl = vec![(0.0, "0 s".to_string()), (1.0, format!("{} s", n - 1))];
