@@ -25,9 +25,12 @@ pub struct RunArgs {
     /// absolute-form.
     #[arg(long = "proxy", value_name = "[NAME=]URL")]
     pub proxies: Vec<String>,
-    /// Open loop at R requests/s.
+    /// Open loop at R requests/s; A:B with --step ramps from A to B.
     #[arg(long, value_name = "R")]
-    pub rate: Option<f64>,
+    pub rate: Option<String>,
+    /// With --rate A:B: the rate added and how often, e.g. 1000/10s.
+    #[arg(long, value_name = "R/D")]
+    pub step: Option<String>,
     /// With --rate: Poisson arrivals instead of even spacing.
     #[arg(long)]
     pub poisson: bool,
@@ -113,12 +116,8 @@ pub fn parse_target(s: &str, absolute: bool, n: usize) -> Result<Target, String>
 
 /// The drive settings the flags ask for.
 fn drive_config(a: &RunArgs) -> Result<DriveConfig, String> {
-    let plan = match (a.rate, a.speed) {
-        (Some(r), _) if r > 0.0 => Some(Plan::Rate {
-            rate: r,
-            poisson: a.poisson,
-        }),
-        (Some(_), _) => return Err("--rate must be positive".into()),
+    let plan = match (a.rate.as_deref(), a.speed) {
+        (Some(r), _) => Some(rate_plan(r, a.step.as_deref(), a.poisson)?),
         (None, Some(x)) if x > 0.0 => Some(Plan::Recorded {
             speed: x,
             max_gap_ns: a.max_gap.as_nanos() as u64,
@@ -139,6 +138,36 @@ fn drive_config(a: &RunArgs) -> Result<DriveConfig, String> {
         seed: a.seed,
         timeout: a.timeout,
     })
+}
+
+/// `--rate R` or `--rate A:B --step R/D`.
+fn rate_plan(rate: &str, step: Option<&str>, poisson: bool) -> Result<Plan, String> {
+    let num = |s: &str| -> Result<f64, String> {
+        s.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| *v > 0.0 && v.is_finite())
+            .ok_or_else(|| format!("not a positive rate: {s}"))
+    };
+    match (rate.split_once(':'), step) {
+        (None, None) => Ok(Plan::Rate {
+            rate: num(rate)?,
+            poisson,
+        }),
+        (Some((from, to)), Some(step)) => {
+            let (by, every) = step
+                .split_once('/')
+                .ok_or("--step wants R/D, e.g. 1000/10s")?;
+            Ok(Plan::Ramp {
+                from: num(from)?,
+                to: num(to)?,
+                step: num(by)?,
+                every_ns: parse_duration(every)?.as_nanos().max(1) as u64,
+            })
+        }
+        (None, Some(_)) => Err("--step goes with --rate A:B".into()),
+        (Some(_), None) => Err("--rate A:B needs --step R/D".into()),
+    }
 }
 
 /// Runs every target for every round; the reports, in target order.
@@ -224,7 +253,7 @@ fn config_json(a: &RunArgs, targets: &[Target]) -> serde_json::Value {
         "file": a.file.display().to_string(),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "url": t.url,
             "forward_proxy": t.absolute, "pid": t.pid})).collect::<Vec<_>>(),
-        "rate": a.rate, "poisson": a.poisson, "speed": a.speed,
+        "rate": a.rate, "step": a.step, "poisson": a.poisson, "speed": a.speed,
         "max_gap_s": a.max_gap.as_secs_f64(), "connections": a.connections,
         "duration_s": a.duration.as_secs_f64(), "warmup_s": a.warmup.as_secs_f64(),
         "once": a.once, "rounds": a.rounds, "seed": a.seed,

@@ -12,6 +12,18 @@ pub enum Plan {
         /// Exponential gaps (a Poisson process) instead of even ones.
         poisson: bool,
     },
+    /// Open loop, evenly spaced, the rate going from `from` up by `step` every
+    /// `every_ns` until `to` (a ramp, to find where a target stops keeping up).
+    Ramp {
+        /// First rate, requests/s.
+        from: f64,
+        /// Last rate, requests/s.
+        to: f64,
+        /// Added at each step, requests/s.
+        step: f64,
+        /// Length of one step, ns.
+        every_ns: u64,
+    },
     /// The recorded arrival times divided by `speed`, gaps capped at `max_gap_ns`.
     Recorded {
         /// Speed factor (2: twice as fast).
@@ -68,7 +80,7 @@ impl Schedule {
     pub fn new(plan: Plan, starts: &[u64], seed: u64, once: bool, end_ns: u64) -> Self {
         let (pass, pass_ns) = match plan {
             Plan::Recorded { speed, max_gap_ns } => recorded_pass(starts, speed, max_gap_ns),
-            Plan::Rate { .. } => (Vec::new(), 0),
+            Plan::Rate { .. } | Plan::Ramp { .. } => (Vec::new(), 0),
         };
         Schedule {
             plan,
@@ -142,6 +154,19 @@ impl Iterator for Schedule {
                 }
                 (self.poisson_t as u64, (i % self.n_flows as u64) as usize)
             }
+            Plan::Ramp {
+                from,
+                to,
+                step,
+                every_ns,
+            } => {
+                // the gap after each request follows the rate of the step it is in
+                let at = self.poisson_t;
+                let k = (at / every_ns.max(1) as f64).floor();
+                let rate = (from + step * k).min(to).max(f64::MIN_POSITIVE);
+                self.poisson_t += 1e9 / rate;
+                (at as u64, (i % self.n_flows as u64) as usize)
+            }
             Plan::Recorded { .. } => {
                 let k = (i / self.pass.len() as u64) as usize;
                 let (t, f) = self.pass[(i % self.pass.len() as u64) as usize];
@@ -187,6 +212,22 @@ mod tests {
         assert_ne!(a, c);
         // 100 000 expected; the standard deviation is about 316
         assert!((98_500..101_500).contains(&a.len()), "{}", a.len());
+    }
+
+    #[test]
+    fn a_ramp_steps_its_rate_up_to_the_top() {
+        let plan = Plan::Ramp {
+            from: 100.0,
+            to: 300.0,
+            step: 100.0,
+            every_ns: 1_000_000_000,
+        };
+        let s: Vec<_> = Schedule::new(plan, &[0], 0, false, 4_000_000_000).collect();
+        let per_second = |k: u64| s.iter().filter(|&&(t, _)| t / 1_000_000_000 == k).count();
+        assert_eq!(
+            [per_second(0), per_second(1), per_second(2), per_second(3)],
+            [100, 200, 300, 300]
+        );
     }
 
     #[test]
