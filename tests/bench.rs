@@ -694,3 +694,52 @@ fn websocket_replay_plays_the_server_side_in_turn() {
     send(&mut c, "more");
     assert_eq!(read_frames(&mut c, 1), [(1, "a2".to_string())]);
 }
+
+#[test]
+fn origin_delay_recorded_waits_the_recorded_server_time() {
+    let dir = TempDir::new("bench-delay");
+    let t0 = 1_700_000_000_000_000_000u64;
+    let flow = HttpFlow {
+        request: RequestRec {
+            method: "GET".into(),
+            authority: "d.test".into(),
+            path: "/slow".into(),
+            headers: vec![field("Host", "d.test")],
+            ..Default::default()
+        },
+        response: Some(luring::flows::record::ResponseRec {
+            status: 200,
+            reason: "OK".into(),
+            headers: vec![field("Content-Length", "2")],
+            body: luring::flows::record::BodyRec {
+                data: serde_bytes::ByteBuf::from(b"ok".to_vec()),
+                size: 2,
+                cut: false,
+            },
+            ..Default::default()
+        }),
+        times: Times {
+            request_start: t0,
+            response_head: t0 + 400_000_000,
+            end: t0 + 400_000_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let f = dir.path("slow.flows");
+    luring::bench::input::write(&f, &[flow]).unwrap();
+    let o = BenchOrigin::start(&f, &["--origin-delay", "recorded"]);
+    let url = format!("{}/slow", o.url());
+    for extra in [&[][..], &["--http2-prior-knowledge"][..]] {
+        let started = Instant::now();
+        let mut args = vec!["-H", "Host: d.test", &url];
+        args.extend_from_slice(extra);
+        let out = curl(&args);
+        assert_eq!((out.status, out.body_str().as_str()), (200, "ok"));
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{extra:?}: {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -65,6 +65,10 @@ pub struct OriginArgs {
     /// Status of the answer to an unmatched request.
     #[arg(long, default_value_t = 404)]
     pub unmatched_status: u16,
+    /// none (answer at once, to isolate the proxy) or recorded (wait the recorded
+    /// server time: response head minus request start).
+    #[arg(long, default_value = "none", value_parser = ["none", "recorded"])]
+    pub origin_delay: String,
 }
 
 /// Parses "30s", "500ms", "2m", "1.5" (seconds).
@@ -121,6 +125,7 @@ fn origin(a: OriginArgs) -> Result<(), String> {
             pop: a.pop,
         },
         unmatched_status: a.unmatched_status,
+        recorded_delay: a.origin_delay == "recorded",
     };
     let origin = Arc::new(Origin::new(&rec.flows, &cfg));
     let listeners = super::origin::bind(cfg.listen, cfg.threads)?;

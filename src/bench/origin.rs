@@ -28,6 +28,9 @@ pub struct OriginConfig {
     pub matching: MatchOptions,
     /// Status of the answer to a request with no recorded response.
     pub unmatched_status: u16,
+    /// Wait the recorded server time (response head minus request start) before
+    /// answering (`--origin-delay recorded`); by default answer at once.
+    pub recorded_delay: bool,
 }
 
 /// Requests the origin answered, by outcome.
@@ -66,6 +69,8 @@ pub struct Origin {
     pub recorded: Vec<ResponseRec>,
     /// The recorded WebSocket messages of each response (empty unless a 101).
     ws: Vec<Vec<WsMessageRec>>,
+    /// The recorded server time of each response, when `--origin-delay recorded`.
+    delays: Vec<std::time::Duration>,
     unmatched_status: u16,
     /// What was answered.
     pub counters: Counters,
@@ -78,6 +83,7 @@ impl Origin {
         let mut responses = Vec::new();
         let mut recorded = Vec::new();
         let mut ws = Vec::new();
+        let mut delays = Vec::new();
         for f in flows {
             let Some(resp) = &f.response else { continue };
             let headers: Vec<(&[u8], &[u8])> = f
@@ -97,12 +103,20 @@ impl Origin {
             responses.push(encode_response(resp));
             recorded.push(resp.clone());
             ws.push(f.websocket.clone());
+            let t = f.times;
+            let server_ns = if cfg.recorded_delay && t.request_start > 0 {
+                t.response_head.saturating_sub(t.request_start)
+            } else {
+                0
+            };
+            delays.push(std::time::Duration::from_nanos(server_ns));
         }
         Origin {
             table: Mutex::new(table),
             responses,
             recorded,
             ws,
+            delays,
             unmatched_status: cfg.unmatched_status,
             counters: Counters::default(),
         }
@@ -117,6 +131,17 @@ impl Origin {
     /// Appends the answer to `req` to `out`; Some(response) when it was a recorded 101
     /// to a WebSocket upgrade, whose messages are to be replayed next.
     pub fn answer(&self, req: &Request, out: &mut Vec<u8>) -> Option<usize> {
+        let mut ignored = std::time::Duration::ZERO;
+        self.answer_delayed(req, out, &mut ignored)
+    }
+
+    /// `answer`, adding the response's recorded server time to `delay`.
+    pub fn answer_delayed(
+        &self,
+        req: &Request,
+        out: &mut Vec<u8>,
+        delay: &mut std::time::Duration,
+    ) -> Option<usize> {
         if req.target == STATS_PATH {
             let j = self.counters.json();
             let head = format!(
@@ -136,6 +161,7 @@ impl Origin {
         };
         match self.lookup(&view) {
             Ok(i) => {
+                *delay += self.delay(i);
                 let r = &self.responses[i];
                 out.extend_from_slice(&r.head);
                 if req.method != "HEAD" {
@@ -187,6 +213,11 @@ impl Origin {
             })
             .take(512)
             .collect())
+    }
+
+    /// How long to wait before sending response `i` (zero unless asked).
+    pub fn delay(&self, i: usize) -> std::time::Duration {
+        self.delays.get(i).copied().unwrap_or_default()
     }
 
     /// Status of the answer to an unmatched request.
@@ -319,6 +350,7 @@ async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
     let mut out = Vec::with_capacity(16 * 1024);
     loop {
         let mut close = false;
+        let mut delay = std::time::Duration::ZERO;
         // h2c with prior knowledge: the client preface instead of a request
         let h2 = super::origin_h2::preface(&buf);
         if h2 == Some(true) {
@@ -327,7 +359,7 @@ async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
         while h2 == Some(false) {
             match parse_request(&buf[start..]) {
                 Ok(Some((req, used))) => {
-                    let ws = origin.answer(&req, &mut out);
+                    let ws = origin.answer_delayed(&req, &mut out, &mut delay);
                     close = req.close;
                     start += used;
                     if let Some(i) = ws {
@@ -357,6 +389,9 @@ async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
         }
         buf.drain(..start);
         start = 0;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         if !out.is_empty() {
             if s.write_all(&out).await.is_err() {
                 return;
@@ -390,6 +425,7 @@ mod tests {
                 ..Default::default()
             },
             unmatched_status: 404,
+            recorded_delay: false,
         };
         Origin::new(&super::super::sample::flows(), &cfg)
     }

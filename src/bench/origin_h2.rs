@@ -133,6 +133,10 @@ async fn stream(
     };
     let (status, fields, body, trailers) = match origin.lookup(&view) {
         Ok(i) => {
+            let d = origin.delay(i);
+            if !d.is_zero() {
+                tokio::time::sleep(d).await;
+            }
             let r = &origin.recorded[i];
             let body = Bytes::copy_from_slice(&r.body.data);
             (
