@@ -587,6 +587,8 @@ fn a_forward_proxy_target_gets_absolute_form_requests() {
             "--once",
             "--connections",
             "1",
+            "--header",
+            "Cookie: filled=1",
         ],
         &dir,
         Duration::from_secs(20),
@@ -595,6 +597,7 @@ fn a_forward_proxy_target_gets_absolute_form_requests() {
     let mut seen: Vec<String> = origin.requests().iter().map(|r| r.target.clone()).collect();
     seen.sort();
     assert_eq!(seen, ["/f1", "/f2?q=1", "/f3"]);
+    assert_eq!(origin.requests()[0].header("cookie"), Some("filled=1"));
 }
 
 #[test]

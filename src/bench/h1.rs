@@ -325,6 +325,26 @@ pub fn encode_request(req: &RequestRec, absolute: bool) -> Vec<u8> {
     b
 }
 
+/// Sets header fields of a recorded request (`--header`): each replaces every field of
+/// its name, in the first one's place, or is added at the end. This fills in what the
+/// recorder redacted.
+pub fn set_headers(req: &mut RequestRec, set: &[(String, String)]) {
+    for (name, value) in set {
+        let v = crate::flows::record::field(name, value);
+        match req.headers.iter().position(|f| name_is(f, name)) {
+            Some(i) => {
+                req.headers[i] = v;
+                let mut k = 0;
+                req.headers.retain(|f| {
+                    k += 1;
+                    k - 1 <= i || !name_is(f, name)
+                });
+            }
+            None => req.headers.push(v),
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "h1_tests.rs"]
 mod tests;

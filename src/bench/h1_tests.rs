@@ -129,3 +129,30 @@ fn requests_encode_with_recorded_host_and_fresh_framing() {
     let (r, used) = parse_request(&abs).unwrap().unwrap();
     assert_eq!((used, &r.body[..]), (abs.len(), &b"hello"[..]));
 }
+
+#[test]
+fn set_headers_replaces_in_place_or_adds() {
+    let mut req = RequestRec {
+        headers: vec![
+            field("Cookie", "[redacted]"),
+            field("Accept", "*/*"),
+            field("cookie", "[redacted]"),
+        ],
+        ..Default::default()
+    };
+    set_headers(
+        &mut req,
+        &[
+            ("cookie".into(), "a=1".into()),
+            ("X-New".into(), "y".into()),
+        ],
+    );
+    assert_eq!(
+        req.headers,
+        vec![
+            field("cookie", "a=1"),
+            field("Accept", "*/*"),
+            field("X-New", "y")
+        ]
+    );
+}

@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Watch a process's CPU for a target: NAME=PID (repeatable).
     #[arg(long = "pid", value_name = "NAME=PID")]
     pub pids: Vec<String>,
+    /// A header field set on every request, "Name: value" (repeatable): replaces the
+    /// recorded field of that name (redacted values) or is added.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
     /// Seed of the Poisson arrivals.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -199,13 +203,26 @@ pub fn measure(
         );
     }
     let starts: Vec<u64> = flows.iter().map(|f| f.times.request_start).collect();
+    let set: Vec<(String, String)> = a
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("--header {h}: want \"Name: value\""))
+        })
+        .collect::<Result<_, _>>()?;
     let prep = |absolute: bool| -> Rc<Vec<Prepared>> {
         Rc::new(
             flows
                 .iter()
-                .map(|f| Prepared {
-                    wire: super::h1::encode_request(&f.request, absolute).into(),
-                    head: f.request.method == "HEAD",
+                .map(|f| {
+                    let mut req = f.request.clone();
+                    super::h1::set_headers(&mut req, &set);
+                    Prepared {
+                        wire: super::h1::encode_request(&req, absolute).into(),
+                        head: f.request.method == "HEAD",
+                    }
                 })
                 .collect(),
         )
@@ -257,6 +274,8 @@ fn config_json(a: &RunArgs, targets: &[Target]) -> serde_json::Value {
         "max_gap_s": a.max_gap.as_secs_f64(), "connections": a.connections,
         "duration_s": a.duration.as_secs_f64(), "warmup_s": a.warmup.as_secs_f64(),
         "once": a.once, "rounds": a.rounds, "seed": a.seed,
+        // how many, not what: --header fills in secrets the recorder redacted
+        "headers": a.headers.len(),
     })
 }
 

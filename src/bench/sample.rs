@@ -236,6 +236,7 @@ fn demo_with(path: &std::path::Path, rate: f64, duration: Duration) -> Result<()
         warmup: Duration::from_secs(1),
         rounds: 1,
         pids: vec![format!("luring={}", luring.0.id())],
+        headers: vec![],
         seed: 1,
         timeout: Duration::from_secs(5),
         report: None,
