@@ -746,3 +746,42 @@ fn origin_delay_recorded_waits_the_recorded_server_time() {
         );
     }
 }
+
+#[test]
+fn h2c_targets_replay_over_shared_connections() {
+    let dir = TempDir::new("bench-h2c");
+    let f = sample_file(&dir);
+    let o = BenchOrigin::start(&f, &[]);
+    let target = format!("h2c://{}", o.addr);
+    let t = bench_run(
+        &[
+            f.to_str().unwrap(),
+            "--target",
+            &target,
+            "--connections",
+            "2",
+            "--streams",
+            "4",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0",
+        ],
+        &dir,
+        Duration::from_secs(20),
+    );
+    let m = &t["merged"];
+    assert_eq!(m["completed"], 400, "{t}");
+    assert_eq!(m["status_classes"]["2xx"], 300, "{t}");
+    // every request matched a recorded one, over HTTP/2 (the origin counts them)
+    let stats = curl(&[&format!("{}/__luring_bench/stats", o.url())]);
+    assert!(
+        stats
+            .body_str()
+            .starts_with("{\"served\":400,\"unmatched\":0"),
+        "{}",
+        stats.body_str()
+    );
+}

@@ -30,6 +30,8 @@ pub struct Prepared {
     pub wire: Bytes,
     /// It is a HEAD request (the response has no body).
     pub head: bool,
+    /// The request as HTTP/2 parts (h2c targets).
+    pub h2: Option<super::client_h2::H2Request>,
 }
 
 /// How one target is driven.
@@ -49,6 +51,10 @@ pub struct DriveConfig {
     pub seed: u64,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Speak h2c (prior knowledge) instead of HTTP/1.1.
+    pub h2: bool,
+    /// h2c: concurrent streams per connection (workers = connections × streams).
+    pub streams: usize,
 }
 
 /// What one drive of one target measured.
@@ -139,10 +145,13 @@ async fn drive_async(
     });
     let mut tasks = Vec::new();
     for _ in 0..cfg.connections.max(1) {
-        tasks.push(tokio::task::spawn_local(worker(
-            sh.clone(),
-            cfg.plan.is_none(),
-        )));
+        // h2c: this connection's streams share one slot; HTTP/1.1: one worker each
+        let slot = cfg.h2.then(super::client_h2::Slot::default);
+        let per = if cfg.h2 { cfg.streams.max(1) } else { 1 };
+        for _ in 0..per {
+            let w = worker(sh.clone(), cfg.plan.is_none(), slot.clone());
+            tasks.push(tokio::task::spawn_local(w));
+        }
     }
     if let Some(plan) = cfg.plan {
         let sched = Schedule::new(plan, starts, cfg.seed, cfg.once, warmup + cfg.duration_ns);
@@ -229,13 +238,27 @@ async fn next_job(sh: &Shared, closed: bool) -> Option<Job> {
     }
 }
 
-async fn worker(sh: Rc<Shared>, closed: bool) {
+async fn worker(sh: Rc<Shared>, closed: bool, h2: Option<super::client_h2::Slot>) {
     let mut conn: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(job) = next_job(&sh, closed).await {
         let req = &sh.reqs[job.flow];
         let sent = mono_ns();
-        let r = tokio::time::timeout(sh.timeout, exchange(&mut conn, sh.addr, req, &mut buf)).await;
+        let r = match (&h2, &req.h2) {
+            (Some(slot), Some(r2)) => {
+                let ex = super::client_h2::exchange(slot, sh.addr, r2);
+                let r = tokio::time::timeout(sh.timeout, ex).await;
+                if r.is_err() {
+                    slot.borrow_mut().take();
+                }
+                r
+            }
+            (Some(_), None) => Ok(Err("request not valid as HTTP/2")),
+            (None, _) => {
+                let ex = exchange(&mut conn, sh.addr, req, &mut buf);
+                tokio::time::timeout(sh.timeout, ex).await
+            }
+        };
         let done = mono_ns();
         let (w0, w1) = sh.window;
         if job.intended < w0 || job.intended >= w1 {

@@ -3,6 +3,7 @@
 //! requests on a schedule and measures latency corrected for coordinated omission.
 
 pub mod cli;
+pub mod client_h2;
 pub mod clock;
 pub mod driver;
 pub mod h1;

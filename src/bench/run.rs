@@ -63,6 +63,9 @@ pub struct RunArgs {
     /// recorded field of that name (redacted values) or is added.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
+    /// h2c targets: concurrent streams per connection.
+    #[arg(long, default_value_t = 1, value_name = "M")]
+    pub streams: usize,
     /// Seed of the Poisson arrivals.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -85,6 +88,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Absolute-form requests (a forward proxy).
     pub absolute: bool,
+    /// h2c with prior knowledge (an `h2c://` URL).
+    pub h2: bool,
     /// Process whose CPU is watched.
     pub pid: Option<u32>,
 }
@@ -95,9 +100,15 @@ pub fn parse_target(s: &str, absolute: bool, n: usize) -> Result<Target, String>
         Some((n, u)) if !n.contains(':') => (n.to_string(), u),
         _ => (format!("target{}", n + 1), s),
     };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// targets are supported yet"))?;
+    let (h2, rest) = match (url.strip_prefix("http://"), url.strip_prefix("h2c://")) {
+        (Some(r), _) => (false, r),
+        (None, Some(r)) if !absolute => (true, r),
+        _ => {
+            return Err(format!(
+                "{url}: only http:// and h2c:// targets are supported yet"
+            ))
+        }
+    };
     let hostport = rest.split('/').next().unwrap_or("");
     let hostport = if hostport.contains(':') {
         hostport.to_string()
@@ -114,6 +125,7 @@ pub fn parse_target(s: &str, absolute: bool, n: usize) -> Result<Target, String>
         url: url.to_string(),
         addr,
         absolute,
+        h2,
         pid: None,
     })
 }
@@ -141,6 +153,8 @@ fn drive_config(a: &RunArgs) -> Result<DriveConfig, String> {
         once: a.once,
         seed: a.seed,
         timeout: a.timeout,
+        h2: false,
+        streams: a.streams.max(1),
     })
 }
 
@@ -222,6 +236,7 @@ pub fn measure(
                     Prepared {
                         wire: super::h1::encode_request(&req, absolute).into(),
                         head: f.request.method == "HEAD",
+                        h2: super::client_h2::H2Request::new(&req),
                     }
                 })
                 .collect(),
@@ -245,6 +260,10 @@ pub fn measure(
                 &absolute_form
             } else {
                 &origin_form
+            };
+            let cfg = DriveConfig {
+                h2: t.h2,
+                ..cfg.clone()
             };
             let o = drive(reqs.clone(), &starts, t.addr, t.pid, &cfg)?;
             let _ = writeln!(

@@ -237,6 +237,7 @@ fn demo_with(path: &std::path::Path, rate: f64, duration: Duration) -> Result<()
         rounds: 1,
         pids: vec![format!("luring={}", luring.0.id())],
         headers: vec![],
+        streams: 1,
         seed: 1,
         timeout: Duration::from_secs(5),
         report: None,
