@@ -73,6 +73,7 @@ need_cmd openssl openssl
 need_cmd nghttp nghttp2-client
 need_cmd h2load nghttp2-client
 need_cmd nghttpd nghttp2-server
+need_cmd nginx nginx-light   # tests/bench.rs: luring and nginx side by side
 python3 -m pip --version >/dev/null 2>&1 || APT_NEED+=(python3-pip)
 
 install_apt() {
