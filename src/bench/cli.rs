@@ -30,7 +30,7 @@ pub struct BenchArgs {
 /// `luring bench` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum BenchAction {
-    /// Serve the recorded responses for matching requests (HTTP/1.1).
+    /// Serve the recorded responses for matching requests (HTTP/1.1, h2c, WebSocket).
     Origin(OriginArgs),
     /// Replay the recorded requests against targets on a schedule and measure them.
     Run(Box<super::run::RunArgs>),

@@ -1,4 +1,5 @@
-//! `luring bench origin`: serves the recorded responses over HTTP/1.1 keep-alive.
+//! `luring bench origin`: serves the recorded responses over HTTP/1.1 keep-alive (and
+//! hands h2c connections to origin_h2, WebSocket upgrades to the replay script).
 //!
 //! Plain tokio, one current-thread runtime per thread on its own SO_REUSEPORT socket:
 //! the origin must never be the bottleneck, and this shape (luring's own, without

@@ -17,8 +17,9 @@ use std::time::Duration;
 pub struct RunArgs {
     /// The recording: a flow file, HAR, .zhar or mitmdump file.
     pub file: PathBuf,
-    /// A reverse proxy or direct target, [NAME=]http://HOST:PORT (repeatable); the
-    /// recorded Host header is kept.
+    /// A reverse proxy or direct target, [NAME=]http://HOST:PORT (HTTP/1.1) or
+    /// [NAME=]h2c://HOST:PORT (HTTP/2, prior knowledge), repeatable; the recorded Host
+    /// (authority) is kept.
     #[arg(long = "target", value_name = "[NAME=]URL")]
     pub targets: Vec<String>,
     /// A forward proxy target, [NAME=]http://HOST:PORT (repeatable): requests in
