@@ -98,6 +98,7 @@ fn resp() -> Response {
         headers,
         body: Body::Full(Bytes::from_static(b"hello")),
         trailers: None,
+        error: None,
     }
 }
 

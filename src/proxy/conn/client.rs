@@ -3,7 +3,7 @@
 //! access log).
 
 use crate::flows::capture::{BodyTap, Capture};
-use crate::http::Version;
+use crate::http::{Response, Version};
 use crate::io::{Deadline, Stream};
 use crate::plugin::ConnInfo;
 use crate::proxy::body_relay::{self, SendLimit, Sink};
@@ -101,10 +101,15 @@ impl ClientIo {
 
     /// Answers with an error naming the reason; the connection is to be closed after.
     pub async fn fail(&self, conn: u64, status: u16, text: &str) {
-        self.status.set(status);
         tracing::info!(conn, status, "{text}");
-        let resp = reply::error(status, text);
-        self.record(|c| c.failed(&resp, text));
+        self.send_error(reply::error(status, text), text).await;
+    }
+
+    /// Writes an error answer luring made (`why` goes into the recording); the
+    /// connection is to be closed after.
+    pub async fn send_error(&self, resp: Response, why: &str) {
+        self.status.set(resp.status);
+        self.record(|c| c.failed(&resp, why));
         let wire = reply::h1_bytes(resp, false, true, Version::Http11);
         let _ = self.write(wire).await;
     }

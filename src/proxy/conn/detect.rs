@@ -96,7 +96,7 @@ async fn h2_prior_knowledge(c: &mut ClientConn, target: Target2) -> Layer {
             c.w.pool.put(Key::new(scheme, authority), u);
             Via::Http1
         }
-        Err((_, why)) => Via::Failed(why),
+        Err(e) => Via::Failed(e),
     };
     Layer::Http2(via, target)
 }

@@ -215,7 +215,7 @@ fn reply_for(e: &ConnectError) -> Reply {
         ConnectError::Timeout(_) => Reply::TtlExpired,
         // `upstream::describe` words a refused connect exactly so
         ConnectError::Connect(t) if t.ends_with("connection refused") => Reply::ConnectionRefused,
-        ConnectError::Connect(_) => Reply::GeneralFailure,
+        ConnectError::Connect(_) | ConnectError::Tls(_) => Reply::GeneralFailure,
     }
 }
 

@@ -30,6 +30,8 @@ pub enum ConnectError {
     Connect(String),
     /// Connect timed out (504).
     Timeout(String),
+    /// The TLS handshake with the upstream failed (502).
+    Tls(String),
 }
 
 impl ConnectError {
@@ -37,14 +39,38 @@ impl ConnectError {
     pub fn answer(self) -> (u16, String) {
         match self {
             ConnectError::Timeout(t) => (504, t),
-            ConnectError::Resolve(t) | ConnectError::Connect(t) => (502, t),
+            ConnectError::Resolve(t) | ConnectError::Connect(t) | ConnectError::Tls(t) => (502, t),
+        }
+    }
+
+    /// The answer, with the reason hooks see as `msg.error` (spec section 4).
+    pub fn flow_error(self) -> crate::proxy::exchange::reply::FlowError {
+        let reason = match &self {
+            ConnectError::Resolve(t) => format!("dns: {}", t.rsplit(": ").next().unwrap_or(t)),
+            ConnectError::Connect(t) if t.ends_with("connection refused") => {
+                "connect refused".into()
+            }
+            ConnectError::Connect(t) => {
+                format!("connect failed: {}", t.rsplit(": ").next().unwrap_or(t))
+            }
+            ConnectError::Timeout(_) => "connect timeout".into(),
+            ConnectError::Tls(t) => format!("upstream tls: {}", t.rsplit(": ").next().unwrap_or(t)),
+        };
+        let (status, text) = self.answer();
+        crate::proxy::exchange::reply::FlowError {
+            status,
+            text,
+            reason,
         }
     }
 
     /// The text alone.
     pub fn text(&self) -> &str {
         match self {
-            ConnectError::Timeout(t) | ConnectError::Resolve(t) | ConnectError::Connect(t) => t,
+            ConnectError::Timeout(t)
+            | ConnectError::Resolve(t)
+            | ConnectError::Connect(t)
+            | ConnectError::Tls(t) => t,
         }
     }
 }
@@ -100,7 +126,7 @@ pub async fn connect_offering(
             Some(t) => Some(Box::new(
                 t.connect(&mut stream, host, alpn, timeout)
                     .await
-                    .map_err(ConnectError::Connect)?,
+                    .map_err(ConnectError::Tls)?,
             )),
             None => None,
         };
@@ -137,7 +163,7 @@ pub async fn secure(
         }
         Ok(Err(t)) => {
             up.stream.shutdown(Shutdown::Both);
-            Err(ConnectError::Connect(t))
+            Err(ConnectError::Tls(t))
         }
         Err(_) => {
             up.stream.shutdown(Shutdown::Both);

@@ -36,6 +36,21 @@ impl RespError {
             RespError::Bad(t) => (502, format!("bad response from upstream: {t}")),
         }
     }
+
+    /// The answer, with the reason hooks see as `msg.error`.
+    pub fn flow_error(&self, timeout: Duration) -> crate::proxy::exchange::reply::FlowError {
+        let reason = match self {
+            RespError::Closed => "upstream reset",
+            RespError::Timeout => "upstream timeout",
+            RespError::Bad(_) => "bad upstream response",
+        };
+        let (status, text) = self.answer(timeout);
+        crate::proxy::exchange::reply::FlowError {
+            status,
+            text,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Why an exchange with an HTTP/1 upstream failed.

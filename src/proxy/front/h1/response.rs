@@ -7,6 +7,7 @@ use crate::http::{Body, Request, Response, ResponseHead, Version};
 use crate::proto::http1::{response_body_kind, BodyDecoder};
 use crate::proxy::body_relay::{self, H1Body, Output, RelayError};
 use crate::proxy::conn::client::ClientConn;
+use crate::proxy::exchange::reply::FlowError;
 use crate::proxy::exchange::{self, rules, Decision, Message, Source};
 use crate::proxy::h1_wire;
 use crate::proxy::upstream::Upstream;
@@ -43,13 +44,14 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
             return Box::pin(switch_protocols(c, rhead, up, hooks, websocket)).await;
         }
         up.stream.shutdown(Shutdown::Both);
-        return fail(c, 502, "upstream switched protocols without being asked to").await;
+        let e = FlowError::bad_response("upstream switched protocols without being asked to");
+        return fail_flow(c, hooks, req, e).await;
     }
     let (mut resp, mut rdec, reusable) = match response_of(req, rhead) {
         Ok(r) => r,
         Err(text) => {
             up.stream.shutdown(Shutdown::Both);
-            return fail(c, 502, &text).await;
+            return fail_flow(c, hooks, req, FlowError::bad_response(text)).await;
         }
     };
     let decision = {
@@ -188,6 +190,7 @@ fn response_of(
         headers: rhead.headers,
         body: Body::Streaming,
         trailers: None,
+        error: None,
     };
     Ok((resp, BodyDecoder::new(rkind), reusable))
 }

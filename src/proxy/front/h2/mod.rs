@@ -16,6 +16,7 @@ use crate::io::PollStream;
 use crate::plugin::ConnInfo;
 use crate::proxy::exchange::log::{sent_status, AccessRecord};
 use crate::proxy::exchange::recording;
+use crate::proxy::exchange::reply::FlowError;
 use crate::proxy::exchange::route::{self, Target2};
 use crate::proxy::exchange::{self, Decision, Flow, Message, Source};
 use crate::proxy::grpc;
@@ -46,8 +47,8 @@ pub enum Via {
     /// end) go over one h2c connection made when the first one comes, the rest over
     /// HTTP/1.1.
     Http1OrH2c,
-    /// None could be had: every stream gets a 502 with this reason.
-    Failed(String),
+    /// None could be had: every stream gets this answer (through http.on_response).
+    Failed(FlowError),
 }
 
 /// How a running session reaches its upstream.
@@ -55,7 +56,7 @@ enum UpstreamConn {
     H2(h2::client::SendRequest<Bytes>),
     Http1,
     Http1OrH2c,
-    Failed(String),
+    Failed(FlowError),
 }
 
 /// What every stream of one client connection shares.
@@ -96,7 +97,8 @@ pub async fn serve(
                 }
                 Err(e) => {
                     let why = format!("HTTP/2 handshake with the upstream failed: {e}");
-                    run(w, &mut cio, UpstreamConn::Failed(why), None, info, target).await;
+                    let f = FlowError::bad_response(why);
+                    run(w, &mut cio, UpstreamConn::Failed(f), None, info, target).await;
                 }
             }
             stream.shutdown(Shutdown::Both);
@@ -327,7 +329,7 @@ async fn exchange_stream(
             }
         }
         UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => ex.via_h1(req, body, reply).await,
-        UpstreamConn::Failed(why) => reply.fail(502, why),
+        UpstreamConn::Failed(e) => ex.fail_flow(&req, reply, e.clone()).await,
     }
 }
 
@@ -362,7 +364,7 @@ async fn gateway(
             }
         }
         UpstreamConn::Http1 => return reply.fail(502, "the upstream does not speak HTTP/2"),
-        UpstreamConn::Failed(why) => return reply.fail(502, why),
+        UpstreamConn::Failed(e) => return reply.fail(e.status, &e.text),
     };
     match grpc_web_h2::call(f, up, req, body, &mut reply.tx, call, protocol).await {
         grpc_web_h2::Done::Answer(r) => reply.answer(r, false),
