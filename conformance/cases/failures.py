@@ -3,6 +3,7 @@ response luring makes itself because the flow failed runs http.on_response, with
 `msg.error` naming the reason; a hook can log it or RESPOND with its own page.
 `msg.error` is nil on a normal response."""
 
+import re
 import socket
 import ssl
 import threading
@@ -138,3 +139,36 @@ def _h2(t):
                            "--plugin", str(t.plugin_paths["fail.lua"])])
     r = curl(None, f"http://{proxy.addr}/x", "--http2-prior-knowledge")
     custom(r, "connect refused", 502)
+
+
+DISC = """
+register_hook("connection", "on_disconnect", function(d)
+  log.info(string.format("DISC up_in=%d up_out=%d error=%s",
+    d.upstream_bytes_in, d.upstream_bytes_out, tostring(d.error)))
+end)
+"""
+
+
+@case("connection.on_disconnect: upstream byte counts and no error on a clean close",
+      plugins={"disc_up.lua": DISC})
+def _disc_clean(t):
+    from harness import build_response
+    r = t.curl("/fixed?body=hello")
+    eq(r.status, 200, f"client status (curl: {r.err})")
+    want_in = len(build_response(200, "OK", [], b"hello"))
+    req = t.one_request()
+    pat = r"DISC up_in=(\d+) up_out=(\d+) error=(\S+)"
+    m = re.search(pat, t.proxy.expect_log(pat, what="the on_disconnect line")[0])
+    eq(int(m.group(1)), want_in, "upstream_bytes_in (the origin's response, exactly)")
+    check(int(m.group(2)) >= len(req["target"]) + 20, f"upstream_bytes_out {m.group(2)} too small")
+    eq(m.group(3), "nil", "error on a clean close")
+
+
+@case("connection.on_disconnect: error names why a failed connection ended",
+      plugins={"disc_up.lua": DISC})
+def _disc_failed(t):
+    r = curl(t.proxy.addr, f"http://127.0.0.1:{closed_port()}/x")
+    eq(r.status, 502, f"client status (curl: {r.err})")
+    pat = r"DISC up_in=0 up_out=0 error=(.+)"
+    m = re.search(pat, t.proxy.expect_log(pat, what="the on_disconnect line")[0])
+    check("refused" in m.group(1), f"error {m.group(1)!r} does not say the connection was refused")

@@ -31,7 +31,7 @@ pub struct ConnInfo {
 }
 
 /// Figures reported to connection.on_disconnect.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ConnStats {
     /// Connection lifetime in milliseconds.
     pub duration_ms: f64,
@@ -39,6 +39,12 @@ pub struct ConnStats {
     pub bytes_in: u64,
     /// Bytes written to the client.
     pub bytes_out: u64,
+    /// Bytes read from upstreams for this client's exchanges and tunnels.
+    pub upstream_bytes_in: u64,
+    /// Bytes written to upstreams for them.
+    pub upstream_bytes_out: u64,
+    /// Why the connection ended badly; None on a clean close.
+    pub error: Option<String>,
 }
 
 /// One chunk of an opaque byte stream (raw.on_chunk).
@@ -460,7 +466,10 @@ impl Engine {
             t.raw_set("client_addr", conn.client_addr.to_string())?;
             t.raw_set("duration_ms", stats.duration_ms)?;
             t.raw_set("bytes_in", stats.bytes_in)?;
-            t.raw_set("bytes_out", stats.bytes_out)
+            t.raw_set("bytes_out", stats.bytes_out)?;
+            t.raw_set("upstream_bytes_in", stats.upstream_bytes_in)?;
+            t.raw_set("upstream_bytes_out", stats.upstream_bytes_out)?;
+            t.raw_set("error", stats.error.as_deref())
         });
     }
 

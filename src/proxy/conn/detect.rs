@@ -276,6 +276,7 @@ async fn relay(c: &ClientConn, t: &Tunnel, mut first: FirstBytes, pending: Pendi
     let e = engine.as_deref();
     let stats = byte_tunnel::run(peers, e, &c.info, pending, idle, raw.as_ref()).await;
     t.up.stream.shutdown(Shutdown::Both);
+    c.io.count_upstream(&t.up);
     let end = recording::TunnelEnd {
         kind: "tunnel",
         target: &t.authority,

@@ -131,10 +131,14 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
     c.io.linger().await;
     if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionDisconnect)) {
         let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
+        let (upstream_bytes_in, upstream_bytes_out) = c.io.upstream_moved.get();
         let stats = ConnStats {
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
             bytes_in,
             bytes_out,
+            upstream_bytes_in,
+            upstream_bytes_out,
+            error: c.io.error.take(),
         };
         e.on_disconnect(&c.info, &stats);
     }
@@ -163,6 +167,7 @@ impl ClientConn {
         let peers = self.io.peers(&mut up);
         let stats = byte_tunnel::run(peers, engine, &self.info, [None, None], idle, raw).await;
         up.stream.shutdown(Shutdown::Both);
+        self.io.count_upstream(&up);
         stats
     }
 

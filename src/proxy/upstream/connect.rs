@@ -19,6 +19,17 @@ pub struct Upstream {
     pub reused: bool,
     /// Handshake details of a new TLS connection (for tls.on_handshake).
     pub tls_info: Option<Box<crate::tls::TlsInfo>>,
+    /// The socket's byte counts when this holder got it (a pooled connection carries
+    /// earlier clients' bytes).
+    pub base: (u64, u64),
+}
+
+impl Upstream {
+    /// Bytes read from and written to the upstream since this holder got it.
+    pub fn moved(&self) -> (u64, u64) {
+        let (r, w) = self.stream.bytes_moved();
+        (r - self.base.0, w - self.base.1)
+    }
 }
 
 /// Why an upstream could not be reached; the text goes into the 502/504 body.
@@ -136,6 +147,7 @@ pub async fn connect_offering(
             addr,
             reused: false,
             tls_info,
+            base: (0, 0),
         })
     };
     // a timed-out io_uring connect op keeps its own socket; it is closed when the op ends

@@ -68,12 +68,14 @@ impl Pool {
         let list = map.get_mut(key)?;
         while let Some(i) = list.pop() {
             if i.since.elapsed() < self.idle_timeout && (!probe || i.stream.is_idle_and_open()) {
+                let base = i.stream.bytes_moved();
                 return Some(Upstream {
                     stream: i.stream,
                     buf: i.buf,
                     addr: i.addr,
                     reused: true,
                     tls_info: None,
+                    base,
                 });
             }
             i.stream.shutdown(Shutdown::Both);

@@ -154,6 +154,7 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
         }
         Err(e) => {
             tracing::info!(conn = c.info.conn_id, "response body relay ended: {e:?}");
+            c.io.failed(&format!("response body: {e}"));
             if let Some(r) = rec.as_mut() {
                 r.error(format!("response body: {e}"));
             }
@@ -162,6 +163,7 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
     };
     c.io.rec.set(rec);
     let upstream_done = clean && rdec.is_done();
+    c.io.count_upstream(&up);
     if reusable && upstream_done && upload_complete && asked.dec.is_done() {
         c.w.pool.put(key, up);
     } else {
@@ -285,6 +287,7 @@ async fn switch_protocols(
         let (_, rec) = ws::relay(peers, hooks_on, &c.info, hooks.id, t, max, rec).await;
         c.io.rec.set(rec);
         up.stream.shutdown(Shutdown::Both);
+        c.io.count_upstream(&up);
     } else {
         let _ = c.relay_both_ways(up, engine, None).await;
     }
