@@ -309,7 +309,7 @@ function luring.sleep(seconds) end
 
 ---@class luring.HttpResponse
 ---@field status integer
----@field headers luring.Headers same methods as msg.headers
+---@field headers Headers same methods as msg.headers
 ---@field body string
 
 ---HTTP/1.1 subrequest over the worker's upstream pool.
