@@ -202,6 +202,9 @@ pub struct RunArgs {
     /// Time budget of one hook call in milliseconds; a runaway hook becomes an error [default: 100].
     #[arg(long, value_name = "MS")]
     pub hook_budget_ms: Option<u64>,
+    /// Seconds one hook call may wait on I/O (luring.sleep, http_request, cosockets); beyond, a hook error [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub hook_timeout: Option<f64>,
     /// Request header set by the rewrite pipeline step, NAME=VALUE (repeatable).
     #[arg(long, value_name = "NAME=VALUE")]
     pub set_request_header: Vec<String>,
@@ -298,6 +301,7 @@ impl RunArgs {
             max_plugin_body,
             max_grpc_message,
             hook_budget_ms,
+            hook_timeout,
             ca_key_type,
             cert_cache_size,
             record_max_body,

@@ -150,6 +150,7 @@ impl Engine {
             budget: Cell::new(cfg.hook_budget),
             plugin: RefCell::new(Rc::from("")),
             notes: super::flow_notes::NoteBook::new(cfg.record),
+            wait_ctx: Cell::new(super::io::WaitCtx::Load),
         });
         let (tok, need) = Self::init(&lua, &rt).map_err(LoadError::engine)?;
         // Outside any callback this is the main state, which lives as long as `lua`.
@@ -218,6 +219,7 @@ impl Engine {
             .map_err(LoadError::engine)?;
         Ok(Engine {
             wd,
+            feed: RefCell::new(None),
             _ctx_ud: ctx_ud,
             ctx_ref,
             core,
