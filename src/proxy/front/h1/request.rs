@@ -12,7 +12,7 @@ use crate::proxy::conn::auth;
 use crate::proxy::conn::client::ClientConn;
 use crate::proxy::exchange::recording;
 use crate::proxy::exchange::route::{self};
-use crate::proxy::exchange::{self, reply, rules, Decision, Message, Source};
+use crate::proxy::exchange::{self, reply, rules, Decision, Message};
 use crate::proxy::grpc_web;
 use crate::proxy::h1_wire;
 use crate::proxy::upstream::h1::{self as up1, Answer, SendError, Upload, Waits};
@@ -62,16 +62,12 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
     let max = c.w.cfg.max_grpc_message;
     let call = grpc_web::h1_call(engine.as_ref(), &req, &c.info, hooks.id, max);
     let decision = {
-        let mut src = Source::H1 {
-            body: H1Body {
-                stream: &c.io.stream,
-                buf: &mut c.io.buf,
-                dec: &mut asked.dec,
-                timeout: c.w.timeouts.idle,
-                tap: None,
-            },
-            owe_continue: Some(&mut asked.owe_continue),
-        };
+        let mut src = client_body(
+            &mut c.io,
+            &mut asked.dec,
+            &mut asked.owe_continue,
+            c.w.timeouts.idle,
+        );
         let msg = Message::Request {
             req: &mut req,
             upgrade: asked.upgrade.as_ref(),
@@ -157,16 +153,12 @@ async fn hook_request(
     asked: &mut Asked,
     call: &std::rc::Rc<crate::proxy::grpc::Call>,
 ) -> Result<(), (u32, String)> {
-    let mut src = Source::H1 {
-        body: H1Body {
-            stream: &c.io.stream,
-            buf: &mut c.io.buf,
-            dec: &mut asked.dec,
-            timeout: c.w.timeouts.idle,
-            tap: None,
-        },
-        owe_continue: Some(&mut asked.owe_continue),
-    };
+    let mut src = client_body(
+        &mut c.io,
+        &mut asked.dec,
+        &mut asked.owe_continue,
+        c.w.timeouts.idle,
+    );
     grpc_web::hook_request(&mut src, req, call, c.w.cfg.max_plugin_body).await
 }
 

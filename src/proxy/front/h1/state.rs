@@ -139,6 +139,25 @@ macro_rules! flow {
 }
 pub(super) use flow;
 
+/// The client's request body as a hook reads it (100 Continue sent first if owed).
+pub(super) fn client_body<'a>(
+    io: &'a mut crate::proxy::conn::client::ClientIo,
+    dec: &'a mut BodyDecoder,
+    owe_continue: &'a mut bool,
+    timeout: std::time::Duration,
+) -> Source<'a> {
+    Source::H1 {
+        body: crate::proxy::body_relay::H1Body {
+            stream: &io.stream,
+            buf: &mut io.buf,
+            dec,
+            timeout,
+            tap: None,
+        },
+        owe_continue: Some(owe_continue),
+    }
+}
+
 /// Writes a response luring makes (a plugin's RESPOND) and says what happens next.
 pub(super) async fn answer(c: &ClientConn, resp: Response, asked: &Asked, close: bool) -> Next {
     let close = close || c.w.is_draining();

@@ -75,6 +75,21 @@ struct Session {
     last_end: Cell<Instant>,
 }
 
+impl Session {
+    /// The session's h2c connection to a plaintext upstream, made on first use (gRPC
+    /// calls need h2 end to end).
+    async fn h2c_sender(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
+        let (host, port) = (&self.key.host, self.key.port);
+        let t = self.w.timeouts.connect;
+        let connect = async {
+            upstream::connect(self.w.backend, host, port, t, None)
+                .await
+                .map_err(|e| e.text().to_string())
+        };
+        self.h2c.sender(connect, self.info.conn_id).await
+    }
+}
+
 /// Serves an h2 client connection (TLS that chose h2, or h2c with prior knowledge),
 /// relaying its streams as `via` says. `early` holds client bytes already read.
 pub async fn serve(
@@ -315,19 +330,10 @@ async fn exchange_stream(
     match &s.upstream {
         _ if Key::new(&req.scheme, &req.authority) != s.key => ex.via_h1(req, body, reply).await,
         UpstreamConn::H2(up) => ex.via_h2(up.clone(), req, body, reply).await,
-        UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => {
-            let (host, port) = (&s.key.host, s.key.port);
-            let t = s.w.timeouts.connect;
-            let connect = async {
-                upstream::connect(s.w.backend, host, port, t, None)
-                    .await
-                    .map_err(|e| e.text().to_string())
-            };
-            match s.h2c.sender(connect, s.info.conn_id).await {
-                Ok(up) => ex.via_h2(up, req, body, reply).await,
-                Err(why) => reply.fail(502, &why),
-            }
-        }
+        UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => match s.h2c_sender().await {
+            Ok(up) => ex.via_h2(up, req, body, reply).await,
+            Err(why) => reply.fail(502, &why),
+        },
         UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => ex.via_h1(req, body, reply).await,
         UpstreamConn::Failed(e) => ex.fail_flow(&req, reply, e.clone()).await,
     }
@@ -350,19 +356,10 @@ async fn gateway(
     };
     let up = match &s.upstream {
         UpstreamConn::H2(up) => up.clone(),
-        UpstreamConn::Http1OrH2c => {
-            let (host, port) = (&s.key.host, s.key.port);
-            let t = s.w.timeouts.connect;
-            let connect = async {
-                upstream::connect(s.w.backend, host, port, t, None)
-                    .await
-                    .map_err(|e| e.text().to_string())
-            };
-            match s.h2c.sender(connect, s.info.conn_id).await {
-                Ok(up) => up,
-                Err(why) => return reply.fail(502, &why),
-            }
-        }
+        UpstreamConn::Http1OrH2c => match s.h2c_sender().await {
+            Ok(up) => up,
+            Err(why) => return reply.fail(502, &why),
+        },
         UpstreamConn::Http1 => return reply.fail(502, "the upstream does not speak HTTP/2"),
         UpstreamConn::Failed(e) => return reply.fail(e.status, &e.text),
     };
