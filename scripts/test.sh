@@ -65,6 +65,7 @@ step() {
 #   nc, openssl, nghttp   conformance interop (raw TCP, TLS, HTTP/2 clients)
 #   h2load, nghttpd       tests/http2.rs (HTTP/2 load client, h2-only origin)
 #   redis-server          tests/hook_io.rs (rate limit shared by two luring processes)
+#   tinyproxy             tests/chain.rs (--mode upstream: chained to a proxy no one here wrote)
 APT_NEED=()
 need_cmd() { command -v "$1" >/dev/null 2>&1 || APT_NEED+=("$2"); }
 need_cmd curl curl
@@ -74,6 +75,7 @@ need_cmd openssl openssl
 need_cmd nghttp nghttp2-client
 need_cmd h2load nghttp2-client
 need_cmd nghttpd nghttp2-server
+need_cmd tinyproxy tinyproxy
 need_cmd redis-server redis-server
 python3 -m pip --version >/dev/null 2>&1 || APT_NEED+=(python3-pip)
 

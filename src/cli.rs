@@ -251,6 +251,9 @@ pub struct RunArgs {
     /// Leaf certificates kept in the cache [default: 10000].
     #[arg(long, value_name = "N")]
     pub cert_cache_size: Option<usize>,
+    /// USER:PASS sent to the proxy of `--mode upstream:http://HOST:PORT`.
+    #[arg(long, value_name = "USER:PASS")]
+    pub upstream_auth: Option<String>,
     /// Append every flow passing through to FILE (created 0600; read it with `luring flows`).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -309,6 +312,9 @@ impl RunArgs {
         );
         if self.record.is_some() {
             c.record = self.record.clone();
+        }
+        if self.upstream_auth.is_some() {
+            c.upstream_auth = self.upstream_auth.clone();
         }
         c.record_raw |= self.record_raw;
         c.record_redact.extend(self.record_redact.iter().cloned());

@@ -17,6 +17,9 @@ pub enum Mode {
     Reverse(Upstream),
     /// SOCKS5 proxy (RFC 1928, CONNECT): each connection then goes on as a CONNECT tunnel.
     Socks5,
+    /// A forward proxy like `Regular` whose upstream connections all go through another
+    /// HTTP proxy: plain requests in absolute-form, TLS through CONNECT.
+    Upstream(Upstream),
 }
 
 /// A fixed upstream for reverse mode.
@@ -42,16 +45,30 @@ impl Upstream {
 }
 
 impl Mode {
-    /// Parses `regular`, `reverse:URL` or `socks5`.
+    /// Parses `regular`, `reverse:URL`, `socks5` or `upstream:http://HOST:PORT`.
     pub fn parse(s: &str) -> Result<Mode, String> {
         match s {
             "regular" => return Ok(Mode::Regular),
             "socks5" => return Ok(Mode::Socks5),
             _ => {}
         }
+        if let Some(url) = s.strip_prefix("upstream:") {
+            let t = crate::http::Target::parse_absolute(url.as_bytes())
+                .filter(|t| t.scheme == "http" && matches!(t.path.as_str(), "" | "/"))
+                .ok_or_else(|| {
+                    format!("bad upstream proxy URL '{url}' (expected http://HOST:PORT)")
+                })?;
+            return Ok(Mode::Upstream(Upstream {
+                authority: crate::http::authority_of(&t.host, t.port),
+                scheme: t.scheme,
+                host: t.host,
+                port: t.port,
+                path_prefix: String::new(),
+            }));
+        }
         let Some(url) = s.strip_prefix("reverse:") else {
             return Err(format!(
-                "unknown mode '{s}' (expected regular, reverse:URL or socks5)"
+                "unknown mode '{s}' (expected regular, reverse:URL, socks5 or upstream:URL)"
             ));
         };
         let t = crate::http::Target::parse_absolute(url.as_bytes()).ok_or_else(|| {
@@ -77,6 +94,7 @@ impl Mode {
     pub fn name(&self) -> &'static str {
         match self {
             Mode::Regular => "regular",
+            Mode::Upstream(_) => "upstream",
             Mode::Reverse(_) => "reverse",
             Mode::Socks5 => "socks5",
         }
@@ -170,6 +188,8 @@ pub struct Config {
     pub client_cert: Vec<String>,
     /// Leaf certificate cache entries.
     pub cert_cache_size: usize,
+    /// USER:PASS for the proxy of `--mode upstream:URL` (Basic Proxy-Authorization).
+    pub upstream_auth: Option<String>,
     /// Append every flow to this flow file (docs/flows.md).
     pub record: Option<PathBuf>,
     /// Largest body kept per recorded message; the rest is counted, not kept.
@@ -227,6 +247,7 @@ impl Default for Config {
             grpc_web: false,
             client_cert: Vec::new(),
             cert_cache_size: 10_000,
+            upstream_auth: None,
             record: None,
             record_max_body: 1024 * 1024,
             record_redact: Vec::new(),

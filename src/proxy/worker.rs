@@ -107,6 +107,8 @@ pub struct Worker {
     pub counters: Counters,
     /// The flow recorder, with `--record`.
     pub recorder: Option<crate::flows::recorder::Recorder>,
+    /// The proxy every upstream connection goes through (`--mode upstream:URL`).
+    pub chain: Option<crate::proxy::upstream::Chain>,
     /// Open client connections.
     pub active: Cell<usize>,
     /// Connections over `max_connections` being answered 503 (bounded by [`REFUSING_MAX`]).
@@ -227,6 +229,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         pipeline,
         counters: Counters::default(),
         recorder,
+        chain: crate::proxy::upstream::Chain::of(&cfg, &mode),
         active: Cell::new(0),
         refusing: Cell::new(0),
         refused_logged: Cell::new(None),

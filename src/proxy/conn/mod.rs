@@ -148,7 +148,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
 /// client opens with (TLS, h2c, HTTP/1), or HTTP/1 for a forward proxy.
 async fn first_layer(c: &mut ClientConn) -> Layer {
     match &c.w.mode {
-        Mode::Regular => Layer::Http1(H1Route::default()),
+        Mode::Regular | Mode::Upstream(_) => Layer::Http1(H1Route::default()),
         Mode::Socks5 => socks5::serve(c).await,
         Mode::Reverse(_) => detect::reverse(c).await,
     }
@@ -174,8 +174,7 @@ impl ClientConn {
     /// Relays the connection's bytes to `host:port` unchanged, both ways (raw.on_chunk
     /// sees them), the client's bytes read so far first.
     async fn relay_raw(&mut self, host: &str, port: u16) {
-        let t = self.w.timeouts.connect;
-        let up = match upstream::connect(self.w.backend, host, port, t, None).await {
+        let up = match upstream::dial(&self.w, host, port).await {
             Ok(u) => u,
             Err(e) => {
                 tracing::info!(conn = self.info.conn_id, "{}", e.text());

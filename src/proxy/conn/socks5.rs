@@ -58,8 +58,7 @@ async fn connect(c: &mut ClientConn, accepted: &Accepted) -> (Layer, Option<Repl
     }
     let host = accepted.req.host_text();
     let port = accepted.req.port;
-    let t = c.w.timeouts.connect;
-    let up = match upstream::connect(c.w.backend, &host, port, t, None).await {
+    let up = match upstream::dial(&c.w, &host, port).await {
         Ok(u) => u,
         Err(e) => {
             let target = accepted.req.target();

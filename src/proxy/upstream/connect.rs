@@ -22,6 +22,9 @@ pub struct Upstream {
     /// The socket's byte counts when this holder got it (a pooled connection carries
     /// earlier clients' bytes).
     pub base: (u64, u64),
+    /// A plain connection to the chained proxy (`--mode upstream:URL`): requests on it
+    /// go in absolute-form with the proxy's credentials.
+    pub via_chain: bool,
 }
 
 impl Upstream {
@@ -148,6 +151,7 @@ pub async fn connect_offering(
             reused: false,
             tls_info,
             base: (0, 0),
+            via_chain: false,
         })
     };
     // a timed-out io_uring connect op keeps its own socket; it is closed when the op ends
@@ -190,5 +194,120 @@ fn describe(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
         _ => e.to_string(),
+    }
+}
+
+/// The HTTP proxy every upstream connection goes through (`--mode upstream:URL`).
+#[derive(Clone, Debug)]
+pub struct Chain {
+    /// Its host.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The `Proxy-Authorization` value for `--upstream-auth USER:PASS`.
+    pub auth: Option<String>,
+}
+
+impl Chain {
+    /// The chain of a config in upstream mode.
+    pub fn of(cfg: &crate::config::Config, mode: &crate::config::Mode) -> Option<Chain> {
+        let crate::config::Mode::Upstream(u) = mode else {
+            return None;
+        };
+        let auth = cfg.upstream_auth.as_ref().map(|a| {
+            use base64::Engine;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(a)
+            )
+        });
+        Some(Chain {
+            host: u.host.clone(),
+            port: u.port,
+            auth,
+        })
+    }
+
+    /// A plain connection to the proxy itself, for absolute-form requests.
+    pub async fn connect(
+        &self,
+        backend: Backend,
+        timeout: Duration,
+    ) -> Result<Upstream, ConnectError> {
+        let mut up = connect(backend, &self.host, self.port, timeout, None)
+            .await
+            .map_err(|e| self.relabel(e))?;
+        up.via_chain = true;
+        Ok(up)
+    }
+
+    /// A tunnel to `host:port` through the proxy (CONNECT), ready for TLS or bytes.
+    pub async fn tunnel(
+        &self,
+        backend: Backend,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Upstream, ConnectError> {
+        let mut up = connect(backend, &self.host, self.port, timeout, None)
+            .await
+            .map_err(|e| self.relabel(e))?;
+        let authority = crate::http::authority_of(host, port);
+        let mut head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+        if let Some(a) = &self.auth {
+            head.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+        }
+        head.push_str("\r\n");
+        let asked = async {
+            up.stream
+                .write_all(bytes::Bytes::from(head))
+                .await
+                .map_err(|e| format!("writing CONNECT: {e}"))?;
+            let limits = crate::proto::http1::Limits::default();
+            super::h1::read_response_head(&up.stream, &mut up.buf, &limits, None)
+                .await
+                .map(|(_, h)| h.status)
+                .map_err(|e| format!("{e:?}"))
+        };
+        let status = match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(why)) => {
+                up.stream.shutdown(Shutdown::Both);
+                return Err(ConnectError::Connect(format!(
+                    "upstream proxy {}:{} did not answer CONNECT {authority}: {why}",
+                    self.host, self.port
+                )));
+            }
+            Err(_) => {
+                up.stream.shutdown(Shutdown::Both);
+                return Err(ConnectError::Timeout(format!(
+                    "upstream proxy {}:{} did not answer CONNECT {authority} within {timeout:?}",
+                    self.host, self.port
+                )));
+            }
+        };
+        if !(200..300).contains(&status) {
+            up.stream.shutdown(Shutdown::Both);
+            let hint = if status == 407 {
+                " (it wants credentials: --upstream-auth)"
+            } else {
+                ""
+            };
+            return Err(ConnectError::Connect(format!(
+                "upstream proxy {}:{} answered {status} to CONNECT {authority}{hint}",
+                self.host, self.port
+            )));
+        }
+        Ok(up)
+    }
+
+    fn relabel(&self, e: ConnectError) -> ConnectError {
+        let name = format!("upstream proxy {}:{}", self.host, self.port);
+        match e {
+            ConnectError::Resolve(t) => ConnectError::Resolve(format!("{name}: {t}")),
+            ConnectError::Connect(t) => ConnectError::Connect(format!("{name}: {t}")),
+            ConnectError::Timeout(t) => ConnectError::Timeout(format!("{name}: {t}")),
+            ConnectError::Tls(t) => ConnectError::Tls(format!("{name}: {t}")),
+        }
     }
 }

@@ -39,6 +39,7 @@ struct Idle {
     buf: BytesMut,
     addr: SocketAddr,
     since: Instant,
+    via_chain: bool,
 }
 
 /// Per-worker pool of idle upstream connections (no locks: one worker owns it).
@@ -76,6 +77,7 @@ impl Pool {
                     reused: true,
                     tls_info: None,
                     base,
+                    via_chain: i.via_chain,
                 });
             }
             i.stream.shutdown(Shutdown::Both);
@@ -101,6 +103,7 @@ impl Pool {
             buf: up.buf,
             addr: up.addr,
             since: Instant::now(),
+            via_chain: up.via_chain,
         });
     }
 

@@ -216,7 +216,10 @@ async fn send(
             }
         };
         c.info.server_addr = Some(up.addr);
-        let head = h1_wire::upstream_request_head(req, asked.dec.kind());
+        let mut head = h1_wire::upstream_request_head(req, asked.dec.kind());
+        if let (true, Some(chain)) = (up.via_chain, &c.w.chain) {
+            h1_wire::to_proxy_form(&mut head, req, chain.auth.as_deref());
+        }
         let streamed = !matches!(req.body, Body::Full(_)) && !asked.dec.is_done();
         if streamed && asked.owe_continue && !asked.dec.is_done() {
             asked.owe_continue = false;
@@ -331,8 +334,7 @@ async fn interim(c: &ClientConn, heads: &[ResponseHead]) -> bool {
 async fn tunnel(c: &mut ClientConn, hooks: Hooks<'_>, req: Request) -> Next {
     let host = req.host();
     let port = req.port();
-    let t = c.w.timeouts.connect;
-    let up = match upstream::connect(c.w.backend, &host, port, t, None).await {
+    let up = match upstream::dial(&c.w, &host, port).await {
         Ok(u) => u,
         Err(e) => return fail_flow(c, hooks, &req, e.flow_error()).await,
     };

@@ -156,7 +156,10 @@ impl Stream<'_> {
             }
         }
         body.tap = reply.rec.as_ref().map(|r| r.new_tap());
-        let (head, upload) = h1_request(&mut req, &mut body);
+        let (mut head, upload) = h1_request(&mut req, &mut body);
+        if let (true, Some(chain)) = (up.via_chain, &w.chain) {
+            h1_wire::to_proxy_form(&mut head, &req, chain.auth.as_deref());
+        }
         let deadline = crate::io::Deadline::new();
         let waits = Waits {
             upstream: w.timeouts.upstream,
