@@ -146,6 +146,10 @@ pub struct Config {
     pub watch: bool,
     /// Log one line per request (target `luring::access`).
     pub access_log: bool,
+    /// Access-log line layout: "text" or "json".
+    pub access_log_format: String,
+    /// Serve Prometheus metrics and /healthz on this ADDR:PORT (a bare port: 127.0.0.1).
+    pub metrics: Option<String>,
     /// Directory of the CA (default $XDG_CONFIG_HOME/luring, else ~/.luring).
     pub confdir: Option<PathBuf>,
     /// Key type of a newly created CA: ecdsa-p256 or rsa2048.
@@ -213,6 +217,8 @@ impl Default for Config {
             set_response_header: Vec::new(),
             watch: false,
             access_log: false,
+            access_log_format: "text".into(),
+            metrics: None,
             confdir: None,
             ca_key_type: "ecdsa-p256".into(),
             upstream_ca: Vec::new(),
@@ -254,6 +260,15 @@ impl Config {
         }
         if self.max_headers == 0 {
             return Err("max_headers must be at least 1".into());
+        }
+        if !matches!(self.access_log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "access_log_format must be text or json, not '{}'",
+                self.access_log_format
+            ));
+        }
+        if let Some(m) = &self.metrics {
+            crate::metrics::server::parse_addr(m)?;
         }
         if self.record.is_some() && self.record_queue == 0 {
             return Err("record_queue must be at least 1".into());

@@ -162,6 +162,8 @@ pub struct Engine {
     worker: usize,
     warned: RefCell<HashSet<(usize, u8)>>,
     stats: Cell<EngineStats>,
+    /// Per-hook metrics, by `HookInfo` index (shared with the worker's metrics).
+    hook_metrics: Vec<Rc<crate::metrics::HookStat>>,
     _ctx_ud: AnyUserData,
 }
 

@@ -51,6 +51,8 @@ pub struct ClientIo {
     pub sent: Cell<u64>,
     /// The recording of the exchange in progress, with `--record`.
     pub rec: Cell<Option<Box<Capture>>>,
+    /// The reason of the last error answer (`fail`), for the access log.
+    pub error: Cell<Option<Box<str>>>,
 }
 
 impl ClientIo {
@@ -65,6 +67,7 @@ impl ClientIo {
             status: Cell::new(0),
             sent: Cell::new(0),
             rec: Cell::new(None),
+            error: Cell::new(None),
         }
     }
 
@@ -102,6 +105,7 @@ impl ClientIo {
     /// Answers with an error naming the reason; the connection is to be closed after.
     pub async fn fail(&self, conn: u64, status: u16, text: &str) {
         self.status.set(status);
+        self.error.set(Some(text.into()));
         tracing::info!(conn, status, "{text}");
         let resp = reply::error(status, text);
         self.record(|c| c.failed(&resp, text));
