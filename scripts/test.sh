@@ -64,6 +64,7 @@ step() {
 #   python3, pip     conformance/run.py
 #   nc, openssl, nghttp   conformance interop (raw TCP, TLS, HTTP/2 clients)
 #   h2load, nghttpd       tests/http2.rs (HTTP/2 load client, h2-only origin)
+#   promtool              tests/metrics.rs (checks the Prometheus exposition)
 APT_NEED=()
 need_cmd() { command -v "$1" >/dev/null 2>&1 || APT_NEED+=("$2"); }
 need_cmd curl curl
@@ -73,6 +74,7 @@ need_cmd openssl openssl
 need_cmd nghttp nghttp2-client
 need_cmd h2load nghttp2-client
 need_cmd nghttpd nghttp2-server
+need_cmd promtool prometheus
 python3 -m pip --version >/dev/null 2>&1 || APT_NEED+=(python3-pip)
 
 install_apt() {
