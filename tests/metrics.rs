@@ -193,7 +193,7 @@ fn json_access_log_lines_parse() {
     let mut lines = parsed();
     lines.sort_by_key(|l| l["status"].as_u64());
     assert_eq!(lines[0]["status"], 200);
-    assert_eq!(lines[0]["bytes"].as_u64().unwrap() > 5, true);
+    assert!(lines[0]["bytes"].as_u64().unwrap() > 5);
     assert!(lines[0]["request"]
         .as_str()
         .unwrap()
