@@ -6,6 +6,7 @@
 //! scrape. The scrape thread sends each worker a message; the worker's metrics task
 //! copies its cells and answers (docs/decisions.md, "Metrics").
 
+mod expose;
 mod hist;
 pub mod server;
 mod snapshot;

@@ -1,13 +1,6 @@
-//! A worker's counters copied out for a scrape, their merge across workers, and the
-//! Prometheus text written from the merge (by prometheus-client's encoder).
+//! A worker's counters copied out for a scrape, and their merge across workers.
 
-use super::{
-    HistSnap, Proto, FAILURE_REASONS, HOOK_BOUNDS, LOCAL, REQUEST_BOUNDS, STATUS_CLASSES, TLS_SIDES,
-};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use super::{HistSnap, HOOK_BOUNDS, LOCAL, REQUEST_BOUNDS};
 
 /// One hook's counters, copied.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -168,243 +161,49 @@ impl Snapshot {
 
     /// The Prometheus text exposition (format 0.0.4) of these counters.
     pub fn to_text(&self) -> String {
-        let mut reg = Registry::default();
-        reg.register_collector(Box::new(Expose(self.clone())));
-        let mut out = String::new();
-        // writing into a String cannot fail
-        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &reg);
-        out
+        super::expose::to_text(self)
     }
 }
 
-/// A merged snapshot as a prometheus-client collector: each scrape builds one.
-#[derive(Debug)]
-struct Expose(Snapshot);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-type Labels = Vec<(&'static str, String)>;
-
-/// One metric family written from already-counted values.
-enum Values<'a> {
-    Counter(Vec<(Labels, u64)>),
-    Gauge(Vec<(Labels, u64)>),
-    Hist(Vec<(Labels, &'a HistSnap)>),
-}
-
-fn family(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    values: Values<'_>,
-) -> Result<(), std::fmt::Error> {
-    let kind = match values {
-        Values::Counter(_) => MetricType::Counter,
-        Values::Gauge(_) => MetricType::Gauge,
-        Values::Hist(_) => MetricType::Histogram,
-    };
-    let mut m = enc.encode_descriptor(name, help, None, kind)?;
-    match values {
-        Values::Counter(v) => {
-            for (labels, n) in v {
-                m.encode_family(&labels)?
-                    .encode_counter::<Labels, u64, u64>(&n, None)?;
-            }
-        }
-        Values::Gauge(v) => {
-            for (labels, n) in v {
-                m.encode_family(&labels)?.encode_gauge(&(n as i64))?;
-            }
-        }
-        Values::Hist(v) => {
-            for (labels, h) in v {
-                m.encode_family(&labels)?.encode_histogram::<Labels>(
-                    h.sum,
-                    h.count(),
-                    &h.buckets,
-                    None,
-                )?;
-            }
+    fn hook(name: &str, calls: u64) -> HookSnap {
+        HookSnap {
+            plugin: "p.lua".into(),
+            hook: name.into(),
+            event: "http.on_request".into(),
+            counts: [calls, 0, 0, 0],
+            time: HistSnap::default(),
         }
     }
-    Ok(())
-}
 
-impl Collector for Expose {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.0;
-        let l = || vec![("listener", s.listener.clone())];
-        let one = |n| Values::Counter(vec![(vec![], n)]);
-        family(
-            &mut enc,
-            "luring_connections_accepted",
-            "Client connections accepted.",
-            Values::Counter(vec![(l(), s.accepted)]),
-        )?;
-        family(
-            &mut enc,
-            "luring_connections_refused",
-            "Client connections refused by max_connections.",
-            Values::Counter(vec![(l(), s.refused)]),
-        )?;
-        family(
-            &mut enc,
-            "luring_connections_open",
-            "Client connections open now.",
-            Values::Gauge(vec![(l(), s.open)]),
-        )?;
-        let mut req = vec![];
-        let mut times = vec![];
-        for p in Proto::ALL {
-            for (c, class) in STATUS_CLASSES.iter().enumerate() {
-                let n = s.requests[p as usize][c];
-                if n > 0 {
-                    req.push((
-                        vec![
-                            ("protocol", p.label().into()),
-                            ("status_class", class.to_string()),
-                        ],
-                        n,
-                    ));
-                }
-            }
-            if let Some(h) = s.request_time.get(p as usize).filter(|h| h.count() > 0) {
-                times.push((vec![("protocol", p.label().to_string())], h));
-            }
-        }
-        family(
-            &mut enc,
-            "luring_requests",
-            "Requests finished, by protocol and status class (none: no answer sent).",
-            Values::Counter(req),
-        )?;
-        family(
-            &mut enc,
-            "luring_request_duration_seconds",
-            "Time from a request's head to its end, by protocol.",
-            Values::Hist(times),
-        )?;
-        family(
-            &mut enc,
-            "luring_upstream_connects",
-            "Upstream connections opened.",
-            one(s.upstream_connects),
-        )?;
-        family(
-            &mut enc,
-            "luring_upstream_reuses",
-            "Upstream connections taken from the keep-alive pool.",
-            one(s.upstream_reuses),
-        )?;
-        let fails = FAILURE_REASONS
-            .iter()
-            .zip(s.upstream_failures)
-            .map(|(r, n)| (vec![("reason", r.to_string())], n))
-            .collect();
-        family(
-            &mut enc,
-            "luring_upstream_failures",
-            "Upstream connections that failed, by reason.",
-            Values::Counter(fails),
-        )?;
-        family(
-            &mut enc,
-            "luring_upstream_ttfb_seconds",
-            "Time from sending a request upstream to its response head (HTTP/1.1 upstreams).",
-            Values::Hist(vec![(vec![], &s.upstream_ttfb)]),
-        )?;
-        let side = |v: [u64; 2]| {
-            TLS_SIDES
-                .iter()
-                .zip(v)
-                .map(|(sd, n)| (vec![("side", sd.to_string())], n))
-                .collect()
+    #[test]
+    fn merge_adds_counters_and_joins_hooks_by_name() {
+        let mut a = Snapshot {
+            accepted: 2,
+            workers: 1,
+            hooks: vec![hook("x", 1)],
+            ..Snapshot::default()
         };
-        family(
-            &mut enc,
-            "luring_tls_handshakes",
-            "TLS handshakes completed, by side.",
-            Values::Counter(side(s.tls_ok)),
-        )?;
-        family(
-            &mut enc,
-            "luring_tls_handshake_failures",
-            "TLS handshakes failed, by side.",
-            Values::Counter(side(s.tls_failed)),
-        )?;
-        family(
-            &mut enc,
-            "luring_leaf_certs_minted",
-            "Leaf certificates minted.",
-            one(s.leaves_minted),
-        )?;
-        family(
-            &mut enc,
-            "luring_leaf_certs_cached",
-            "Leaf certificates served from a cache.",
-            one(s.leaf_lookups.saturating_sub(s.leaves_minted)),
-        )?;
-        family(
-            &mut enc,
-            "luring_client_bytes_in",
-            "Bytes read from clients (counted when a connection closes).",
-            one(s.bytes_in),
-        )?;
-        family(
-            &mut enc,
-            "luring_client_bytes_out",
-            "Bytes written to clients (counted when a connection closes).",
-            one(s.bytes_out),
-        )?;
-        self.hooks(&mut enc)?;
-        family(
-            &mut enc,
-            "luring_recorder_dropped_flows",
-            "Flows the recorder dropped because its queue was full.",
-            one(s.recorder_dropped),
-        )?;
-        family(
-            &mut enc,
-            "luring_metrics_workers",
-            "Workers that answered this scrape.",
-            Values::Gauge(vec![(vec![], s.workers)]),
-        )
-    }
-}
-
-impl Expose {
-    fn hooks(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let hooks = &self.0.hooks;
-        let labels = |h: &HookSnap| {
-            vec![
-                ("plugin", h.plugin.clone()),
-                ("hook", h.hook.clone()),
-                ("event", h.event.clone()),
-            ]
-        };
-        let names = [
-            ("luring_hook_calls", "Hook calls, by plugin and hook."),
-            (
-                "luring_hook_errors",
-                "Hook calls that raised an error (budget interruptions included).",
+        a.requests[0][2] = 3;
+        let mut b = a.clone();
+        b.hooks.push(hook("y", 5));
+        a.merge(&b);
+        assert_eq!((a.accepted, a.workers, a.requests[0][2]), (4, 2, 6));
+        assert_eq!(a.hooks.len(), 2);
+        assert_eq!((a.hooks[0].counts[0], a.hooks[1].counts[0]), (2, 5));
+        let text = a.to_text();
+        assert!(
+            text.contains(
+                "luring_hook_calls_total{plugin=\"p.lua\",hook=\"y\",event=\"http.on_request\"} 5"
             ),
-            (
-                "luring_hook_budget_interruptions",
-                "Hook calls interrupted by --hook-budget-ms.",
-            ),
-            (
-                "luring_hook_demoted_actions",
-                "Hook actions not allowed by their row, demoted to CONTINUE.",
-            ),
-        ];
-        for (i, (name, help)) in names.iter().enumerate() {
-            let v = hooks.iter().map(|h| (labels(h), h.counts[i])).collect();
-            family(enc, name, help, Values::Counter(v))?;
-        }
-        let t = hooks.iter().map(|h| (labels(h), &h.time)).collect();
-        family(
-            enc,
-            "luring_hook_duration_seconds",
-            "Time spent running each hook (each resume after a body wait timed apart).",
-            Values::Hist(t),
-        )
+            "{text}"
+        );
+        assert!(
+            text.contains("luring_requests_total{protocol=\"http1\",status_class=\"2xx\"} 6"),
+            "{text}"
+        );
     }
 }
