@@ -8,10 +8,13 @@ use std::net::TcpStream;
 use std::time::Duration;
 use support::*;
 
-/// Starts luring with `--metrics 127.0.0.1:0` (and `args`); returns it and the bound
-/// metrics address it printed.
+/// Starts luring with `--metrics 127.0.0.1:0` (and `args`; 2 workers unless they say);
+/// returns it and the bound metrics address it printed.
 fn start(args: &[&str]) -> (Proxy, String) {
-    let mut full = vec!["--metrics", "127.0.0.1:0", "--workers", "2"];
+    let mut full = vec!["--metrics", "127.0.0.1:0"];
+    if !args.contains(&"--workers") {
+        full.extend(["--workers", "2"]);
+    }
     full.extend_from_slice(args);
     let p = Proxy::start(&full);
     let err = p.stderr();
@@ -214,4 +217,43 @@ fn bad_metrics_address_is_refused_at_start() {
         .err()
         .expect("started");
     assert!(e.stderr.contains("ADDR:PORT"), "{}", e.stderr);
+}
+
+#[test]
+fn tls_handshakes_leaves_and_upstream_tls_failures() {
+    let pki = TestPki::new();
+    let trusted = TlsOrigin::start(&pki);
+    let other = TestPki::new();
+    let untrusted = TlsOrigin::start(&other);
+    let conf = Conf::new();
+    let cd = conf.confdir();
+    let ca = pki.ca_pem.to_str().unwrap();
+    let (proxy, m) = start(&["--confdir", &cd, "--upstream-ca", ca, "--workers", "1"]);
+    let via = |port: u16| {
+        let url = format!("https://localhost:{port}/x");
+        curl(&["-x", &proxy.url(), "--cacert", conf.ca(), &url]).status
+    };
+    // two connections for one name: one leaf minted, the second served from the cache
+    assert_eq!(via(trusted.port()), 200);
+    assert_eq!(via(trusted.port()), 200);
+    assert_eq!(via(untrusted.port()), 502);
+    let text = get(&m, "/metrics").1;
+    let s = |series: &str| sample(&text, series);
+    assert_eq!(s("luring_leaf_certs_minted_total"), 1.0, "{text}");
+    assert_eq!(s("luring_leaf_certs_cached_total"), 2.0, "{text}");
+    assert_eq!(
+        s("luring_tls_handshakes_total{side=\"client\"}"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        s("luring_tls_handshakes_total{side=\"upstream\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        s("luring_tls_handshake_failures_total{side=\"upstream\"}"),
+        1.0
+    );
+    assert_eq!(s("luring_upstream_failures_total{reason=\"tls\"}"), 1.0);
 }
