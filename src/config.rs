@@ -365,6 +365,18 @@ mod tests {
     }
 
     #[test]
+    fn metrics_and_access_log_format_keys() {
+        let c: Config = toml::from_str("metrics = \"9100\"\naccess_log_format = \"json\"").unwrap();
+        assert_eq!(c.metrics.as_deref(), Some("9100"));
+        assert!(c.validate().is_ok());
+        let bad: Config = toml::from_str("access_log_format = \"xml\"").unwrap();
+        assert!(bad.validate().unwrap_err().contains("text or json"));
+        let bad: Config = toml::from_str("metrics = \"nowhere:x\"").unwrap();
+        assert!(bad.validate().is_err());
+        assert!(Config::default().metrics.is_none());
+    }
+
+    #[test]
     fn header_assignments() {
         assert_eq!(
             parse_header_assignment("x-a=1=2").unwrap(),

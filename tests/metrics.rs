@@ -257,3 +257,53 @@ fn tls_handshakes_leaves_and_upstream_tls_failures() {
     );
     assert_eq!(s("luring_upstream_failures_total{reason=\"tls\"}"), 1.0);
 }
+
+#[test]
+fn budget_interruptions_are_counted_per_hook() {
+    let dir = std::env::temp_dir().join(format!("luring-metrics-b{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugin = dir.join("spin.lua");
+    std::fs::write(
+        &plugin,
+        "register_hook('http', 'on_request', function(m) while true do end end, { name = 'spin' })\n",
+    )
+    .unwrap();
+    let origin = Origin::start(fixed(200, &[], b"ok"));
+    let args = [
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--hook-budget-ms",
+        "20",
+    ];
+    let (proxy, m) = start(&args);
+    // a failed hook is skipped (on_error continue): the request still goes through
+    assert_eq!(proxied(&proxy, &origin.url()), 200);
+    let text = get(&m, "/metrics").1;
+    let l = "{plugin=\"spin.lua\",hook=\"spin\",event=\"http.on_request\"}";
+    assert_eq!(
+        sample(&text, &format!("luring_hook_budget_interruptions_total{l}")),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, &format!("luring_hook_errors_total{l}")), 1.0);
+    // the interrupted run is timed too, and it took at least the budget
+    assert!(sample(&text, &format!("luring_hook_duration_seconds_sum{l}")) >= 0.015);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn healthz_says_draining_after_sigterm() {
+    let origin = Origin::start(never_respond());
+    let (proxy, m) = start(&["--drain-timeout", "10"]);
+    // a request in flight keeps the proxy draining
+    let mut c = Client::connect(proxy.addr);
+    c.send(format!("GET {}/ HTTP/1.1\r\nHost: x\r\n\r\n", origin.url()).as_bytes());
+    assert!(origin.wait_requests(1, Duration::from_secs(10)));
+    assert_eq!(get(&m, "/healthz").0, 200);
+    proxy.signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || get(&m, "/healthz").0 == 503),
+        "{}",
+        proxy.stderr()
+    );
+}
