@@ -307,3 +307,49 @@ fn healthz_says_draining_after_sigterm() {
         proxy.stderr()
     );
 }
+
+#[test]
+fn h2_streams_and_socks5_requests_by_protocol() {
+    let origin = Origin::start(fixed(200, &[], b"ok"));
+    let mode = format!("reverse:http://127.0.0.1:{}", origin.port());
+    let (proxy, m) = start(&["--mode", &mode]);
+    let url = format!("http://127.0.0.1:{}/a", proxy.port());
+    for _ in 0..2 {
+        let r = curl(&["--http2-prior-knowledge", &url]);
+        assert_eq!((r.code, r.status), (0, 200), "{}", r.stderr);
+    }
+    let text = get(&m, "/metrics").1;
+    let s = |series: &str| sample(&text, series);
+    assert_eq!(
+        s("luring_requests_total{protocol=\"h2\",status_class=\"2xx\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        s("luring_requests_total{protocol=\"http1\",status_class=\"2xx\"}"),
+        0.0
+    );
+
+    let (socks, m) = start(&["--mode", "socks5"]);
+    let via = format!("127.0.0.1:{}", socks.port());
+    let r = curl(&["--socks5", &via, &format!("{}/b", origin.url())]);
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    let closed = format!("http://127.0.0.1:{}/c", closed_port());
+    let _ = curl(&["--socks5", &via, &closed]);
+    let text = get(&m, "/metrics").1;
+    let s = |series: &str| sample(&text, series);
+    assert_eq!(
+        s("luring_requests_total{protocol=\"socks5\",status_class=\"2xx\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        s("luring_requests_total{protocol=\"socks5\",status_class=\"5xx\"}"),
+        1.0
+    );
+    // the HTTP request inside the SOCKS5 tunnel is an exchange of its own
+    assert_eq!(
+        s("luring_requests_total{protocol=\"http1\",status_class=\"2xx\"}"),
+        1.0
+    );
+}
