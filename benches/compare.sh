@@ -297,7 +297,9 @@ if (( METRICS )); then
   MPORT=$(free_port)
   start_luring "luring-uring+metrics" uring --metrics "127.0.0.1:$MPORT"
   ( for _ in $(seq 1 3600); do
-      taskset -c 1 curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$MPORT/metrics" || true
+      if taskset -c 1 curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$MPORT/metrics"; then
+        echo >> "$TMP/scrapes"
+      fi
       sleep 1
     done ) &
   PIDS+=("$!")
@@ -370,4 +372,5 @@ for size in $SIZES; do
       "$(ratio "${CPU[$name,$size]}" "${CPU[nginx-proxy,$size]:-}")" "${NOTE[$name,$size]:-}"
   done
 done
+if (( METRICS )); then echo "(luring-uring+metrics answered $(wc -l < "$TMP/scrapes" 2>/dev/null || echo 0) scrapes)"; fi
 echo "(measured in $(( $(date +%s) - T0 )) s, excluding the build)"
