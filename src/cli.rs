@@ -217,6 +217,12 @@ pub struct RunArgs {
     /// Log one line per request: client, request line, status, bytes sent, duration.
     #[arg(long)]
     pub access_log: bool,
+    /// Access-log line layout: text or json (json adds the error text when known) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub access_log_format: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) and GET /healthz on ADDR:PORT; a bare port means 127.0.0.1.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
     /// CA directory [default: $XDG_CONFIG_HOME/luring, else ~/.luring].
     #[arg(long, value_name = "DIR")]
     pub confdir: Option<PathBuf>,
@@ -308,8 +314,12 @@ impl RunArgs {
             ca_key_type,
             cert_cache_size,
             record_max_body,
-            record_queue
+            record_queue,
+            access_log_format
         );
+        if self.metrics.is_some() {
+            c.metrics = self.metrics.clone();
+        }
         if self.record.is_some() {
             c.record = self.record.clone();
         }

@@ -166,6 +166,10 @@ pub struct Config {
     pub watch: bool,
     /// Log one line per request (target `luring::access`).
     pub access_log: bool,
+    /// Access-log line layout: "text" or "json".
+    pub access_log_format: String,
+    /// Serve Prometheus metrics and /healthz on this ADDR:PORT (a bare port: 127.0.0.1).
+    pub metrics: Option<String>,
     /// Directory of the CA (default $XDG_CONFIG_HOME/luring, else ~/.luring).
     pub confdir: Option<PathBuf>,
     /// Key type of a newly created CA: ecdsa-p256 or rsa2048.
@@ -236,6 +240,8 @@ impl Default for Config {
             set_response_header: Vec::new(),
             watch: false,
             access_log: false,
+            access_log_format: "text".into(),
+            metrics: None,
             confdir: None,
             ca_key_type: "ecdsa-p256".into(),
             upstream_ca: Vec::new(),
@@ -278,6 +284,15 @@ impl Config {
         }
         if self.max_headers == 0 {
             return Err("max_headers must be at least 1".into());
+        }
+        if !matches!(self.access_log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "access_log_format must be text or json, not '{}'",
+                self.access_log_format
+            ));
+        }
+        if let Some(m) = &self.metrics {
+            crate::metrics::server::parse_addr(m)?;
         }
         if self.record.is_some() && self.record_queue == 0 {
             return Err("record_queue must be at least 1".into());
@@ -371,6 +386,18 @@ mod tests {
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.io, IoChoice::Epoll);
         assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+    }
+
+    #[test]
+    fn metrics_and_access_log_format_keys() {
+        let c: Config = toml::from_str("metrics = \"9100\"\naccess_log_format = \"json\"").unwrap();
+        assert_eq!(c.metrics.as_deref(), Some("9100"));
+        assert!(c.validate().is_ok());
+        let bad: Config = toml::from_str("access_log_format = \"xml\"").unwrap();
+        assert!(bad.validate().unwrap_err().contains("text or json"));
+        let bad: Config = toml::from_str("metrics = \"nowhere:x\"").unwrap();
+        assert!(bad.validate().is_err());
+        assert!(Config::default().metrics.is_none());
     }
 
     #[test]

@@ -82,6 +82,12 @@ impl Recorder {
         self.send(Item::Tunnel(Box::new(t)));
     }
 
+    /// The process-wide count of dropped flows, for the metrics thread (which must not
+    /// hold a `Recorder`: the writer ends when the last one is gone).
+    pub fn drop_count(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
+    }
+
     fn send(&self, item: Item) {
         match self.tx.try_send(item) {
             Ok(()) => {}

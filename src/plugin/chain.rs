@@ -137,6 +137,7 @@ impl Engine {
     /// message, and a log line per message would flood the log.
     fn demote(&self, entry: &HookEntry, ev: Event, act: &Act) {
         self.bump(|s| s.demotions += 1);
+        crate::metrics::inc(&self.hook_metrics[entry.info].demotions);
         if self.warned.borrow_mut().insert((
             entry.info,
             act.bit() | ((matches!(act, Act::Unknown) as u8) << 4),
@@ -157,8 +158,11 @@ impl Engine {
     /// Counts and logs a failed hook; what the chain does next is the caller's.
     fn hook_error(&self, entry: &HookEntry, msg: &str) {
         self.bump(|s| s.errors += 1);
+        let m = &self.hook_metrics[entry.info];
+        crate::metrics::inc(&m.errors);
         if Budget::interrupted() {
             self.bump(|s| s.budget_interrupts += 1);
+            crate::metrics::inc(&m.budget_interrupts);
         }
         tracing::error!(
             target: "luring::plugin",
@@ -281,9 +285,11 @@ impl Engine {
                     }
                 };
                 self.rt.wait_ctx.set(WaitCtx::Hook(ev, co as *const c_void));
+                let t0 = crate::metrics::clock();
                 self.wd.enter(self.rt.budget.get());
                 let st = ffi::lua_resume_(co, nargs);
                 self.wd.leave();
+                self.hook_metrics[entry.info].observe(t0);
                 st
             };
             if status == ffi::LUA_YIELD {
@@ -374,6 +380,7 @@ impl Engine {
         arg: Arg<'_>,
     ) -> Option<c_int> {
         self.bump(|s| s.hook_calls += 1);
+        crate::metrics::inc(&self.hook_metrics[entry.info].calls);
         if ffi::lua_checkstack(co, 4) == 0 {
             self.hook_error(entry, "stack overflow");
             return None;

@@ -217,6 +217,14 @@ impl Engine {
         let idle = lua
             .create_function(|_, ()| Ok(()))
             .map_err(LoadError::engine)?;
+        // looked up once here, so a hook call bumps its cells without a map lookup
+        let hook_metrics = hooks
+            .iter()
+            .map(|h| {
+                let event = format!("{}.{}", h.protocol, h.event);
+                crate::metrics::hook_stat(&h.plugin, &h.name, &event)
+            })
+            .collect();
         Ok(Engine {
             wd,
             feed: RefCell::new(None),
@@ -234,6 +242,7 @@ impl Engine {
             worker,
             warned: RefCell::new(HashSet::new()),
             stats: Cell::new(EngineStats::default()),
+            hook_metrics,
         })
     }
 

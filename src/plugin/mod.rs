@@ -183,6 +183,8 @@ pub struct Engine {
     stats: Cell<EngineStats>,
     /// What resumes a hook waiting on I/O (set by `feed_io` / `fail_wait`).
     feed: RefCell<Option<io::Feed>>,
+    /// Per-hook metrics, by `HookInfo` index (shared with the worker's metrics).
+    hook_metrics: Vec<Rc<crate::metrics::HookStat>>,
     _ctx_ud: AnyUserData,
 }
 

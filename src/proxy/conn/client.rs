@@ -55,6 +55,8 @@ pub struct ClientIo {
     pub upstream_moved: Cell<(u64, u64)>,
     /// The first reason the connection went wrong (connection.on_disconnect `error`).
     pub error: std::cell::RefCell<Option<String>>,
+    /// The reason of the last error answer, for the exchange's access-log line.
+    pub answer_error: Cell<Option<Box<str>>>,
 }
 
 impl ClientIo {
@@ -71,6 +73,7 @@ impl ClientIo {
             rec: Cell::new(None),
             upstream_moved: Cell::new((0, 0)),
             error: std::cell::RefCell::new(None),
+            answer_error: Cell::new(None),
         }
     }
 
@@ -115,6 +118,7 @@ impl ClientIo {
     /// connection is to be closed after.
     pub async fn send_error(&self, resp: Response, why: &str) {
         self.failed(why);
+        self.answer_error.set(Some(why.into()));
         self.status.set(resp.status);
         self.record(|c| c.failed(&resp, why));
         let wire = reply::h1_bytes(resp, false, true, Version::Http11);

@@ -262,6 +262,7 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
 
 /// Relays a tunnel's bytes as they are, those read while deciding first.
 async fn relay(c: &ClientConn, t: &Tunnel, mut first: FirstBytes, pending: Pending<'_>) -> Layer {
+    crate::metrics::request(crate::metrics::Proto::Raw, None, None);
     first.upstream.extend_from_slice(&t.up.buf);
     let peers = Peers {
         client: &c.io.stream,

@@ -117,6 +117,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
                 Layer::Done
             }
             Layer::Relay(host, port) => {
+                crate::metrics::request(crate::metrics::Proto::Raw, None, None);
                 c.relay_raw(&host, port).await;
                 Layer::Done
             }
@@ -129,6 +130,8 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
             .finish(c.info.client_addr, t.status, bytes, c.info.conn_id);
     }
     c.io.linger().await;
+    let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
+    crate::metrics::client_bytes(bytes_in, bytes_out);
     if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionDisconnect)) {
         let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
         let (upstream_bytes_in, upstream_bytes_out) = c.io.upstream_moved.get();

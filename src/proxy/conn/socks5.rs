@@ -29,7 +29,13 @@ pub(super) async fn serve(c: &mut ClientConn) -> Layer {
         format!("user={}", accepted.username.as_deref().unwrap_or("-")),
     );
     let written_before = c.io.stream.bytes_moved().1;
+    let t0 = crate::metrics::clock();
     let (next, reply) = connect(c, &accepted).await;
+    // SOCKS5 reply codes are not HTTP statuses: success counts as 2xx, a refusal as 5xx
+    let class = reply
+        .as_ref()
+        .map(|r| if r.code() == 0 { 200 } else { 502 });
+    crate::metrics::request(crate::metrics::Proto::Socks5, class, t0);
     if c.w.cfg.access_log {
         // written when the tunnel ends, with all it carried
         c.tunnel_log = Some(TunnelLog {

@@ -2,6 +2,7 @@
 //! already open connection.
 
 use crate::io::{Backend, Stream};
+use crate::metrics::{self, UpstreamFailure as Failure};
 use crate::proxy::worker_tls::{Alpn, WorkerTls};
 use bytes::BytesMut;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
@@ -108,6 +109,12 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ConnectError> 
     }
 }
 
+/// A timeout error, counted.
+fn timed_out(text: String) -> ConnectError {
+    metrics::upstream_failed(Failure::Timeout);
+    ConnectError::Timeout(text)
+}
+
 /// Opens a new connection to `host:port` within `timeout`, with TLS when `tls` is given.
 pub async fn connect(
     backend: Backend,
@@ -129,8 +136,11 @@ pub async fn connect_offering(
     alpn: Alpn,
 ) -> Result<Upstream, ConnectError> {
     let fut = async {
-        let addr = resolve(host, port).await?;
+        let addr = resolve(host, port)
+            .await
+            .inspect_err(|_| metrics::upstream_failed(Failure::Dns))?;
         let mut stream = Stream::connect(backend, addr).await.map_err(|e| {
+            metrics::upstream_failed(Failure::Refused);
             ConnectError::Connect(format!(
                 "cannot connect to upstream {addr}: {}",
                 describe(&e)
@@ -140,7 +150,10 @@ pub async fn connect_offering(
             Some(t) => Some(Box::new(
                 t.connect(&mut stream, host, alpn, timeout)
                     .await
-                    .map_err(ConnectError::Tls)?,
+                    .map_err(|e| {
+                        metrics::upstream_failed(Failure::Tls);
+                        ConnectError::Tls(e)
+                    })?,
             )),
             None => None,
         };
@@ -157,7 +170,7 @@ pub async fn connect_offering(
     // a timed-out io_uring connect op keeps its own socket; it is closed when the op ends
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(ConnectError::Timeout(format!(
+        Err(_) => Err(timed_out(format!(
             "upstream {host}:{port} did not accept the connection within {timeout:?}"
         ))),
     }
@@ -179,11 +192,12 @@ pub async fn secure(
         }
         Ok(Err(t)) => {
             up.stream.shutdown(Shutdown::Both);
+            metrics::upstream_failed(Failure::Tls);
             Err(ConnectError::Tls(t))
         }
         Err(_) => {
             up.stream.shutdown(Shutdown::Both);
-            Err(ConnectError::Timeout(format!(
+            Err(timed_out(format!(
                 "upstream {host} did not finish the TLS handshake within {timeout:?}"
             )))
         }

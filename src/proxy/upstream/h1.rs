@@ -110,6 +110,7 @@ pub async fn send_ready(
     waits: Waits<'_>,
 ) -> Result<Answer, SendError> {
     parts.insert(0, head.freeze());
+    let t0 = crate::metrics::clock();
     if let Err(e) = up.stream.write_all_vectored(parts).await {
         tracing::debug!("upstream write failed: {e}");
         return Err(SendError::Upstream(RespError::Closed));
@@ -119,6 +120,7 @@ pub async fn send_ready(
         read_response_head(&up.stream, &mut up.buf, waits.limits, Some(waits.deadline))
             .await
             .map_err(SendError::Upstream)?;
+    crate::metrics::upstream_ttfb(t0);
     Ok(Answer {
         interim,
         head,

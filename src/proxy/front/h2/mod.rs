@@ -13,6 +13,7 @@ mod stream;
 
 use crate::http::{Body, Headers, Request};
 use crate::io::PollStream;
+use crate::metrics::Proto;
 use crate::plugin::ConnInfo;
 use crate::proxy::exchange::log::{sent_status, AccessRecord};
 use crate::proxy::exchange::recording;
@@ -228,6 +229,11 @@ fn spawn_stream(
     session.open.set(session.open.get() + 1);
     let s = session.clone();
     crate::io::spawn(async move {
+        let t0 = crate::metrics::clock();
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes().starts_with(b"application/grpc"));
         let mut reply = Reply {
             tx,
             status: 0,
@@ -248,6 +254,12 @@ fn spawn_stream(
         } else {
             stream(&s, req, &mut reply).await;
         }
+        let proto = if grpc == Some(true) {
+            Proto::Grpc
+        } else {
+            Proto::H2
+        };
+        crate::metrics::request(proto, sent_status(reply.status), t0);
         recording::finish(&s.w, &s.info, reply.rec.take());
         s.open.set(s.open.get() - 1);
         s.last_end.set(Instant::now());
