@@ -9,11 +9,13 @@
 #   uring-l4      the io_uring floor: examples/uring_relay.rs, a minimal L4 relay
 #   (+ luring-*+plugin rows with --plugin FILE, and nginx-lua: nginx with
 #    lua-nginx-module setting the two headers of benches/two-headers.lua;
-#    + a luring-uring+record row with --record: every flow written to a flow file)
+#    + a luring-uring+record row with --record: every flow written to a flow file;
+#    + a luring-uring+metrics row with --metrics: --metrics on, scraped every second
+#      by curl on core 1 for the whole run)
 # for 1 KiB and 64 KiB responses (or --sizes). wrk and the origin (nginx serving
 # static files, or a small python origin if nginx is missing) are pinned to core 1.
 #
-# usage: bash benches/compare.sh [--plugin FILE] [--record] [--duration SECS]
+# usage: bash benches/compare.sh [--plugin FILE] [--record] [--metrics] [--duration SECS]
 #                                [--sizes "1k 64k 1m"] [--rounds N] [--no-build]
 # With --rounds N every target is measured N times, interleaved, and the median is shown.
 # Prints a table: target, size, req/s, proxy CPU us/request
@@ -28,11 +30,13 @@ ROUNDS=1
 SIZES="1k 64k"
 PLUGIN=""
 RECORD=0
+METRICS=0
 BUILD=1
 while (( $# )); do
   case "$1" in
     --plugin) PLUGIN=$(realpath "$2"); shift 2 ;;
     --record) RECORD=1; shift ;;
+    --metrics) METRICS=1; shift ;;
     --duration) DURATION=$2; shift 2 ;;
     --sizes) SIZES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -287,6 +291,19 @@ for io in uring epoll; do
 done
 # the recorder's writer thread is pinned with the worker, so its CPU is counted
 if (( RECORD )); then start_luring "luring-uring+record" uring --record "$TMP/bench.flows"; fi
+# the metrics thread is pinned with the worker, so the cost of answering scrapes is
+# counted; the scraper (curl) runs on core 1 with wrk, bounded to an hour of scrapes
+if (( METRICS )); then
+  MPORT=$(free_port)
+  start_luring "luring-uring+metrics" uring --metrics "127.0.0.1:$MPORT"
+  ( for _ in $(seq 1 3600); do
+      if taskset -c 1 curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$MPORT/metrics"; then
+        echo >> "$TMP/scrapes"
+      fi
+      sleep 1
+    done ) &
+  PIDS+=("$!")
+fi
 
 cpu_ticks() { # pid -> utime+stime in clock ticks
   awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
@@ -355,4 +372,5 @@ for size in $SIZES; do
       "$(ratio "${CPU[$name,$size]}" "${CPU[nginx-proxy,$size]:-}")" "${NOTE[$name,$size]:-}"
   done
 done
+if (( METRICS )); then echo "(luring-uring+metrics answered $(wc -l < "$TMP/scrapes" 2>/dev/null || echo 0) scrapes)"; fi
 echo "(measured in $(( $(date +%s) - T0 )) s, excluding the build)"

@@ -74,6 +74,7 @@ fn resp() -> Response {
         headers,
         body: Body::Full(Bytes::from_static(b"hi")),
         trailers: None,
+        error: None,
     }
 }
 

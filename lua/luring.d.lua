@@ -289,3 +289,100 @@ function luring.protobuf.decode_message(value) end
 ---@param message luring.ProtobufMessage
 ---@return string
 function luring.protobuf.encode(message) end
+
+-- Waiting calls (docs/plugins.md, "Waiting in hooks"). They suspend the hook's
+-- coroutine while the worker serves others; only http.on_request/on_response,
+-- ws.on_upgrade and grpc/grpc-web on_start hooks can call them. I/O failures come back
+-- as `nil, err` ("timeout", "connect refused", "dns: ...", "tls: ...", "closed"...).
+
+---Waits `seconds` without blocking the worker.
+---@param seconds number
+---@return true
+function luring.sleep(seconds) end
+
+---@class luring.HttpRequestArgs
+---@field url string http:// or https:// URL (https verified as proxied traffic)
+---@field method? string default "GET"
+---@field headers? table<string,string>|string[][] a map or a list of {name, value}
+---@field body? string
+---@field timeout? number seconds for the whole call
+
+---@class luring.HttpResponse
+---@field status integer
+---@field headers Headers same methods as msg.headers
+---@field body string
+
+---HTTP/1.1 subrequest over the worker's upstream pool.
+---@param args luring.HttpRequestArgs
+---@return luring.HttpResponse? response
+---@return string? err
+function luring.http_request(args) end
+
+---@class luring.TcpOptions
+---@field timeout? number connect timeout and each operation's, in seconds
+---@field tls? boolean TLS, verified as proxied traffic
+---@field sni? string name for SNI and verification (default: host)
+
+---@class luring.Cosocket
+local Cosocket = {}
+---@param data string|string[]
+---@return integer? sent
+---@return string? err
+function Cosocket:send(data) end
+---`n` bytes, "*l" (a line without CRLF; the default) or "*a" (until the peer closes).
+---@param pattern? integer|"*l"|"*a"
+---@return string? data
+---@return string? err
+function Cosocket:receive(pattern) end
+---The bytes before `delimiter`; the delimiter is consumed.
+---@param delimiter string
+---@return string? data
+---@return string? err
+function Cosocket:receive_until(delimiter) end
+---@param seconds number? limit of each later operation
+function Cosocket:set_timeout(seconds) end
+---@return true
+function Cosocket:close() end
+---Returns the connection to the worker's pool (keyed by host, port, tls).
+---@return true
+function Cosocket:keepalive() end
+---@return integer times this connection came from the pool (0: new)
+function Cosocket:get_reused_times() end
+
+---@param host string
+---@param port integer
+---@param opts? luring.TcpOptions
+---@return luring.Cosocket? sock
+---@return string? err
+function luring.tcp_connect(host, port, opts) end
+
+---@class luring.RedisOptions
+---@field timeout? number
+---@field password? string sent with AUTH on a new connection
+---@field db? integer sent with SELECT on a new connection
+
+---@class luring.Redis
+local Redis = {}
+---One command; its reply, `nil, "ERR ..."` for an error reply, nil for a null reply.
+---@return any reply
+---@return string? err
+function Redis:call(...) end
+---Several commands in one write; one reply each ({err = "..."} for an error reply,
+---luring.null for a null one).
+---@param commands any[][]
+---@return any[]? replies
+---@return string? err
+function Redis:pipeline(commands) end
+function Redis:keepalive() end
+function Redis:close() end
+
+---A RESP client on a pooled cosocket.
+---@param host? string default "127.0.0.1"
+---@param port? integer default 6379
+---@param opts? luring.RedisOptions
+---@return luring.Redis? client
+---@return string? err
+function luring.redis(host, port, opts) end
+
+---The null value in Redis pipeline and array replies.
+luring.null = {}

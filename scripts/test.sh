@@ -64,6 +64,9 @@ step() {
 #   python3, pip     conformance/run.py
 #   nc, openssl, nghttp   conformance interop (raw TCP, TLS, HTTP/2 clients)
 #   h2load, nghttpd       tests/http2.rs (HTTP/2 load client, h2-only origin)
+#   redis-server          tests/hook_io.rs (rate limit shared by two luring processes)
+#   tinyproxy             tests/chain.rs (--mode upstream: chained to a proxy no one here wrote)
+#   promtool              tests/metrics.rs (checks the Prometheus exposition)
 APT_NEED=()
 need_cmd() { command -v "$1" >/dev/null 2>&1 || APT_NEED+=("$2"); }
 need_cmd curl curl
@@ -73,6 +76,9 @@ need_cmd openssl openssl
 need_cmd nghttp nghttp2-client
 need_cmd h2load nghttp2-client
 need_cmd nghttpd nghttp2-server
+need_cmd tinyproxy tinyproxy
+need_cmd redis-server redis-server
+need_cmd promtool prometheus
 need_cmd nginx nginx-light   # tests/bench.rs: luring and nginx side by side
 python3 -m pip --version >/dev/null 2>&1 || APT_NEED+=(python3-pip)
 

@@ -204,6 +204,9 @@ pub struct RunArgs {
     /// Time budget of one hook call in milliseconds; a runaway hook becomes an error [default: 100].
     #[arg(long, value_name = "MS")]
     pub hook_budget_ms: Option<u64>,
+    /// Seconds one hook call may wait on I/O (luring.sleep, http_request, cosockets); beyond, a hook error [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub hook_timeout: Option<f64>,
     /// Request header set by the rewrite pipeline step, NAME=VALUE (repeatable).
     #[arg(long, value_name = "NAME=VALUE")]
     pub set_request_header: Vec<String>,
@@ -216,6 +219,12 @@ pub struct RunArgs {
     /// Log one line per request: client, request line, status, bytes sent, duration.
     #[arg(long)]
     pub access_log: bool,
+    /// Access-log line layout: text or json (json adds the error text when known) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub access_log_format: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) and GET /healthz on ADDR:PORT; a bare port means 127.0.0.1.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
     /// CA directory [default: $XDG_CONFIG_HOME/luring, else ~/.luring].
     #[arg(long, value_name = "DIR")]
     pub confdir: Option<PathBuf>,
@@ -250,6 +259,9 @@ pub struct RunArgs {
     /// Leaf certificates kept in the cache [default: 10000].
     #[arg(long, value_name = "N")]
     pub cert_cache_size: Option<usize>,
+    /// USER:PASS sent to the proxy of `--mode upstream:http://HOST:PORT`.
+    #[arg(long, value_name = "USER:PASS")]
+    pub upstream_auth: Option<String>,
     /// Append every flow passing through to FILE (created 0600; read it with `luring flows`).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -300,13 +312,21 @@ impl RunArgs {
             max_plugin_body,
             max_grpc_message,
             hook_budget_ms,
+            hook_timeout,
             ca_key_type,
             cert_cache_size,
             record_max_body,
-            record_queue
+            record_queue,
+            access_log_format
         );
+        if self.metrics.is_some() {
+            c.metrics = self.metrics.clone();
+        }
         if self.record.is_some() {
             c.record = self.record.clone();
+        }
+        if self.upstream_auth.is_some() {
+            c.upstream_auth = self.upstream_auth.clone();
         }
         c.record_raw |= self.record_raw;
         c.record_redact.extend(self.record_redact.iter().cloned());

@@ -17,6 +17,9 @@ pub enum Mode {
     Reverse(Upstream),
     /// SOCKS5 proxy (RFC 1928, CONNECT): each connection then goes on as a CONNECT tunnel.
     Socks5,
+    /// A forward proxy like `Regular` whose upstream connections all go through another
+    /// HTTP proxy: plain requests in absolute-form, TLS through CONNECT.
+    Upstream(Upstream),
 }
 
 /// A fixed upstream for reverse mode.
@@ -42,16 +45,30 @@ impl Upstream {
 }
 
 impl Mode {
-    /// Parses `regular`, `reverse:URL` or `socks5`.
+    /// Parses `regular`, `reverse:URL`, `socks5` or `upstream:http://HOST:PORT`.
     pub fn parse(s: &str) -> Result<Mode, String> {
         match s {
             "regular" => return Ok(Mode::Regular),
             "socks5" => return Ok(Mode::Socks5),
             _ => {}
         }
+        if let Some(url) = s.strip_prefix("upstream:") {
+            let t = crate::http::Target::parse_absolute(url.as_bytes())
+                .filter(|t| t.scheme == "http" && matches!(t.path.as_str(), "" | "/"))
+                .ok_or_else(|| {
+                    format!("bad upstream proxy URL '{url}' (expected http://HOST:PORT)")
+                })?;
+            return Ok(Mode::Upstream(Upstream {
+                authority: crate::http::authority_of(&t.host, t.port),
+                scheme: t.scheme,
+                host: t.host,
+                port: t.port,
+                path_prefix: String::new(),
+            }));
+        }
         let Some(url) = s.strip_prefix("reverse:") else {
             return Err(format!(
-                "unknown mode '{s}' (expected regular, reverse:URL or socks5)"
+                "unknown mode '{s}' (expected regular, reverse:URL, socks5 or upstream:URL)"
             ));
         };
         let t = crate::http::Target::parse_absolute(url.as_bytes()).ok_or_else(|| {
@@ -77,6 +94,7 @@ impl Mode {
     pub fn name(&self) -> &'static str {
         match self {
             Mode::Regular => "regular",
+            Mode::Upstream(_) => "upstream",
             Mode::Reverse(_) => "reverse",
             Mode::Socks5 => "socks5",
         }
@@ -138,6 +156,8 @@ pub struct Config {
     pub max_grpc_message: usize,
     /// Per hook call budget in milliseconds.
     pub hook_budget_ms: u64,
+    /// Seconds a hook call may wait on I/O (`luring.sleep`, cosockets...) in total.
+    pub hook_timeout: f64,
     /// `NAME=VALUE` request headers set by the rewrite step.
     pub set_request_header: Vec<String>,
     /// `NAME=VALUE` response headers set by the rewrite step.
@@ -146,6 +166,10 @@ pub struct Config {
     pub watch: bool,
     /// Log one line per request (target `luring::access`).
     pub access_log: bool,
+    /// Access-log line layout: "text" or "json".
+    pub access_log_format: String,
+    /// Serve Prometheus metrics and /healthz on this ADDR:PORT (a bare port: 127.0.0.1).
+    pub metrics: Option<String>,
     /// Directory of the CA (default $XDG_CONFIG_HOME/luring, else ~/.luring).
     pub confdir: Option<PathBuf>,
     /// Key type of a newly created CA: ecdsa-p256 or rsa2048.
@@ -168,6 +192,8 @@ pub struct Config {
     pub client_cert: Vec<String>,
     /// Leaf certificate cache entries.
     pub cert_cache_size: usize,
+    /// USER:PASS for the proxy of `--mode upstream:URL` (Basic Proxy-Authorization).
+    pub upstream_auth: Option<String>,
     /// Append every flow to this flow file (docs/flows.md).
     pub record: Option<PathBuf>,
     /// Largest body kept per recorded message; the rest is counted, not kept.
@@ -209,10 +235,13 @@ impl Default for Config {
             // grpc's own default receive limit
             max_grpc_message: 4 * 1024 * 1024,
             hook_budget_ms: 100,
+            hook_timeout: 5.0,
             set_request_header: Vec::new(),
             set_response_header: Vec::new(),
             watch: false,
             access_log: false,
+            access_log_format: "text".into(),
+            metrics: None,
             confdir: None,
             ca_key_type: "ecdsa-p256".into(),
             upstream_ca: Vec::new(),
@@ -224,6 +253,7 @@ impl Default for Config {
             grpc_web: false,
             client_cert: Vec::new(),
             cert_cache_size: 10_000,
+            upstream_auth: None,
             record: None,
             record_max_body: 1024 * 1024,
             record_redact: Vec::new(),
@@ -254,6 +284,15 @@ impl Config {
         }
         if self.max_headers == 0 {
             return Err("max_headers must be at least 1".into());
+        }
+        if !matches!(self.access_log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "access_log_format must be text or json, not '{}'",
+                self.access_log_format
+            ));
+        }
+        if let Some(m) = &self.metrics {
+            crate::metrics::server::parse_addr(m)?;
         }
         if self.record.is_some() && self.record_queue == 0 {
             return Err("record_queue must be at least 1".into());
@@ -347,6 +386,18 @@ mod tests {
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.io, IoChoice::Epoll);
         assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+    }
+
+    #[test]
+    fn metrics_and_access_log_format_keys() {
+        let c: Config = toml::from_str("metrics = \"9100\"\naccess_log_format = \"json\"").unwrap();
+        assert_eq!(c.metrics.as_deref(), Some("9100"));
+        assert!(c.validate().is_ok());
+        let bad: Config = toml::from_str("access_log_format = \"xml\"").unwrap();
+        assert!(bad.validate().unwrap_err().contains("text or json"));
+        let bad: Config = toml::from_str("metrics = \"nowhere:x\"").unwrap();
+        assert!(bad.validate().is_err());
+        assert!(Config::default().metrics.is_none());
     }
 
     #[test]

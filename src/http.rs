@@ -681,6 +681,9 @@ pub struct Response {
     pub body: Body,
     /// Trailers, when known.
     pub trailers: Option<Headers>,
+    /// For a response luring made because the flow failed: the reason hooks see as
+    /// `msg.error` ("connect refused", "upstream timeout"...); None otherwise.
+    pub error: Option<String>,
 }
 
 impl Request {

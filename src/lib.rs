@@ -7,6 +7,7 @@ pub mod flows;
 pub mod http;
 pub mod io;
 pub mod logging;
+pub mod metrics;
 pub mod plugin;
 pub mod proto;
 pub mod proxy;

@@ -55,69 +55,136 @@ impl Encoder {
 
     /// One record as a complete frame.
     pub fn encode(&mut self, rec: &Record) -> io::Result<Vec<u8>> {
-        let body = match rec {
-            Record::Meta(m) => rmp_serde::to_vec_named(m),
-            Record::Http(f) => rmp_serde::to_vec_named(f),
-            Record::Tunnel(t) => rmp_serde::to_vec_named(t),
-            Record::Drops(d) => rmp_serde::to_vec_named(d),
-        }
-        .map_err(io::Error::other)?;
-        let (flags, payload) = if body.len() >= COMPRESS_MIN {
-            (FLAG_ZSTD, self.z.compress(&body)?)
-        } else {
-            (0, body)
+        let mut out = Vec::new();
+        self.encode_into(rec, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends one record's frame to `out`: the payload is encoded in place behind a
+    /// header filled in after, so a small record is copied only once.
+    pub fn encode_into(&mut self, rec: &Record, out: &mut Vec<u8>) -> io::Result<()> {
+        let start = out.len();
+        out.reserve(FRAME_HEADER_LEN + 1024 + payload_hint(rec));
+        out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+        let r = match rec {
+            Record::Meta(m) => rmp_serde::encode::write_named(out, m),
+            Record::Http(f) => rmp_serde::encode::write_named(out, f),
+            Record::Tunnel(t) => rmp_serde::encode::write_named(out, t),
+            Record::Drops(d) => rmp_serde::encode::write_named(out, d),
         };
-        if payload.len() as u64 >= MAX_RECORD as u64 {
+        if let Err(e) = r {
+            out.truncate(start);
+            return Err(io::Error::other(e));
+        }
+        let body_at = start + FRAME_HEADER_LEN;
+        let mut flags = 0;
+        if out.len() - body_at >= COMPRESS_MIN {
+            let z = self.z.compress(&out[body_at..]);
+            let z = z.inspect_err(|_| out.truncate(start))?;
+            out.truncate(body_at);
+            out.extend_from_slice(&z);
+            flags = FLAG_ZSTD;
+        }
+        let len = out.len() - body_at;
+        if len as u64 >= MAX_RECORD as u64 {
+            out.truncate(start);
             return Err(io::Error::other("record too large for a flow file"));
         }
-        let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.push(rec.kind());
-        out.push(flags);
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&checksum([rec.kind(), flags, 0, 0], &payload).to_le_bytes());
-        out.extend_from_slice(&payload);
-        Ok(out)
+        let crc = checksum([rec.kind(), flags, 0, 0], &out[body_at..]);
+        let h = &mut out[start..body_at];
+        h[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        h[4] = rec.kind();
+        h[5] = flags;
+        h[8..12].copy_from_slice(&crc.to_le_bytes());
+        Ok(())
     }
 }
 
-/// Writes a new flow file: the header, then whole records.
-pub struct FlowWriter<W: Write> {
-    out: W,
-    enc: Encoder,
+/// The bytes of a record's bodies and messages, to size its encoding buffer.
+fn payload_hint(rec: &Record) -> usize {
+    match rec {
+        Record::Http(f) => {
+            let fields = |h: &[super::record::Field]| {
+                h.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>()
+            };
+            let resp = f
+                .response
+                .as_ref()
+                .map_or(0, |r| r.body.data.len() + fields(&r.headers));
+            let ws: usize = f.websocket.iter().map(|m| m.data.len() + 32).sum();
+            f.request.body.data.len() + fields(&f.request.headers) + resp + ws
+        }
+        Record::Tunnel(t) => t.chunks.iter().map(|c| c.data.len() + 32).sum(),
+        Record::Meta(_) | Record::Drops(_) => 0,
+    }
 }
+
+/// Writes a new flow file: the header, then whole records. Records are gathered in
+/// memory and go to `out` whole, at [`FlowWriter::flush`] or once 256 KiB are pending.
+pub struct FlowWriter<W: Write> {
+    /// Always Some until [`FlowWriter::into_inner`] takes it.
+    out: Option<W>,
+    enc: Encoder,
+    pending: Vec<u8>,
+}
+
+/// Pending bytes that make [`FlowWriter::write`] write them out.
+const PENDING_MAX: usize = 256 * 1024;
 
 impl<W: Write> FlowWriter<W> {
     /// Starts a file: writes the header and the `meta` record.
     pub fn new(mut out: W, meta: &Meta) -> io::Result<Self> {
-        let mut enc = Encoder::new()?;
         out.write_all(&file_header())?;
-        out.write_all(&enc.encode(&Record::Meta(meta.clone()))?)?;
-        Ok(FlowWriter { out, enc })
+        let mut w = Self::appending(out)?;
+        w.write(&Record::Meta(meta.clone()))?;
+        Ok(w)
     }
 
     /// Appends to a file whose header and records are already written.
     pub fn appending(out: W) -> io::Result<Self> {
         Ok(FlowWriter {
-            out,
+            out: Some(out),
             enc: Encoder::new()?,
+            pending: Vec::with_capacity(PENDING_MAX + 64 * 1024),
         })
     }
 
     /// Appends one record.
     pub fn write(&mut self, rec: &Record) -> io::Result<()> {
-        let frame = self.enc.encode(rec)?;
-        self.out.write_all(&frame)
+        self.enc.encode_into(rec, &mut self.pending)?;
+        if self.pending.len() >= PENDING_MAX {
+            self.write_pending()?;
+        }
+        Ok(())
     }
 
-    /// Flushes what is buffered.
+    fn write_pending(&mut self) -> io::Result<()> {
+        let r = match self.out.as_mut() {
+            Some(out) if !self.pending.is_empty() => out.write_all(&self.pending),
+            _ => Ok(()),
+        };
+        self.pending.clear();
+        r
+    }
+
+    /// Writes what is pending and flushes `out`.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.write_pending()?;
+        self.out.as_mut().map_or(Ok(()), |o| o.flush())
     }
 
-    /// The underlying writer.
-    pub fn into_inner(self) -> W {
-        self.out
+    /// The underlying writer, after what is pending.
+    pub fn into_inner(mut self) -> W {
+        let _ = self.write_pending();
+        self.out.take().expect("taken once")
+    }
+}
+
+impl<W: Write> Drop for FlowWriter<W> {
+    /// What is pending is written (best effort): a writer dropped without a flush
+    /// still leaves whole records.
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 

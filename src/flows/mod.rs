@@ -9,6 +9,7 @@ pub mod filter;
 pub mod har;
 pub mod hist;
 pub mod import;
+pub mod import_out;
 pub mod jsonl;
 pub mod mitm;
 pub mod record;

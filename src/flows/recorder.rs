@@ -6,16 +6,13 @@ use super::capture::Capture;
 use super::file::{self, FlowWriter, ReadError};
 use super::record::{now_ns, Drops, Meta, Record, TunnelFlow};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The writer's buffer: a tick's flows go to the kernel in a few large writes.
-const WRITE_BUF: usize = 256 * 1024;
 
 /// Header names redacted unless `--record-redact none`.
 pub const DEFAULT_REDACT: [&str; 4] = [
@@ -85,6 +82,12 @@ impl Recorder {
         self.send(Item::Tunnel(Box::new(t)));
     }
 
+    /// The process-wide count of dropped flows, for the metrics thread (which must not
+    /// hold a `Recorder`: the writer ends when the last one is gone).
+    pub fn drop_count(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
+    }
+
     fn send(&self, item: Item) {
         match self.tx.try_send(item) {
             Ok(()) => {}
@@ -127,7 +130,7 @@ pub fn start(s: Settings) -> Result<(Recorder, WriterThread), String> {
 
 /// A new file gets the header and a Meta record; an existing flow file is appended
 /// to after its last complete record (a torn tail from a crash is cut off).
-fn open_for_append(s: &Settings) -> Result<FlowWriter<BufWriter<File>>, String> {
+fn open_for_append(s: &Settings) -> Result<FlowWriter<File>, String> {
     let shown = s.path.display();
     let mut f = OpenOptions::new()
         .read(true)
@@ -149,8 +152,7 @@ fn open_for_append(s: &Settings) -> Result<FlowWriter<BufWriter<File>>, String> 
     };
     if len == 0 {
         // flushed at once: a reader may open the file before the first flow
-        let mut w = FlowWriter::new(BufWriter::with_capacity(WRITE_BUF, f), &meta)
-            .map_err(|e| format!("--record {shown}: {e}"))?;
+        let mut w = FlowWriter::new(f, &meta).map_err(|e| format!("--record {shown}: {e}"))?;
         w.flush().map_err(|e| format!("--record {shown}: {e}"))?;
         return Ok(w);
     }
@@ -162,8 +164,7 @@ fn open_for_append(s: &Settings) -> Result<FlowWriter<BufWriter<File>>, String> 
     }
     f.seek(SeekFrom::End(0))
         .map_err(|e| format!("--record {shown}: {e}"))?;
-    let mut w = FlowWriter::appending(BufWriter::with_capacity(WRITE_BUF, f))
-        .map_err(|e| format!("--record {shown}: {e}"))?;
+    let mut w = FlowWriter::appending(f).map_err(|e| format!("--record {shown}: {e}"))?;
     w.write(&Record::Meta(meta))
         .map_err(|e| format!("--record {shown}: {e}"))?;
     Ok(w)
@@ -192,12 +193,7 @@ fn complete_length(path: &Path) -> Result<u64, String> {
 /// its core a context switch per flow.
 const TICK: Duration = Duration::from_millis(20);
 
-fn write_loop(
-    mut out: FlowWriter<BufWriter<File>>,
-    rx: Receiver<Item>,
-    dropped: Arc<AtomicU64>,
-    s: Settings,
-) {
+fn write_loop(mut out: FlowWriter<File>, rx: Receiver<Item>, dropped: Arc<AtomicU64>, s: Settings) {
     let mut total_dropped = 0u64;
     loop {
         let mut r = Ok(());

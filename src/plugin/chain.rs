@@ -3,12 +3,13 @@
 //! handled by the hook's on_error. This is the hot path of every hooked message.
 
 use super::budget::Budget;
+use super::io::{Feed, IoRequest, WaitCtx};
 use super::msg::{Pending, SlotId};
 use super::reply::{build_grpc, build_response};
 use super::surface::{self, Event, Row};
 use super::{describe, Engine, EngineStats, HookEntry, OnError, Step};
 use mlua::{ffi, Table, Thread, Value};
-use std::os::raw::c_int;
+use std::os::raw::{c_int, c_void};
 use std::rc::Rc;
 
 /// Idle trampoline coroutines kept for reuse.
@@ -42,10 +43,11 @@ impl Act {
     }
 }
 
-/// How a chain run ended: done, or suspended at hook `.0` waiting for a body.
+/// How a chain run ended: done, or suspended at hook `.0` waiting for a body (`.2`
+/// None) or for I/O.
 pub(super) enum Outcome {
     Done(Step),
-    Suspend(usize, Thread),
+    Suspend(usize, Thread, Option<IoRequest>),
 }
 
 /// What a chain passes as `msg`.
@@ -119,7 +121,7 @@ impl Engine {
     ///
     /// # Safety
     /// `co` must be a thread of this engine's state, not running.
-    unsafe fn take_value(&self, co: *mut ffi::lua_State, idx: c_int) -> Value {
+    pub(super) unsafe fn take_value(&self, co: *mut ffi::lua_State, idx: c_int) -> Value {
         self.lua.exec_raw_lua(|raw| {
             let l = raw.state();
             if ffi::lua_checkstack(l, 2) == 0 {
@@ -135,6 +137,7 @@ impl Engine {
     /// message, and a log line per message would flood the log.
     fn demote(&self, entry: &HookEntry, ev: Event, act: &Act) {
         self.bump(|s| s.demotions += 1);
+        crate::metrics::inc(&self.hook_metrics[entry.info].demotions);
         if self.warned.borrow_mut().insert((
             entry.info,
             act.bit() | ((matches!(act, Act::Unknown) as u8) << 4),
@@ -155,8 +158,11 @@ impl Engine {
     /// Counts and logs a failed hook; what the chain does next is the caller's.
     fn hook_error(&self, entry: &HookEntry, msg: &str) {
         self.bump(|s| s.errors += 1);
+        let m = &self.hook_metrics[entry.info];
+        crate::metrics::inc(&m.errors);
         if Budget::interrupted() {
             self.bump(|s| s.budget_interrupts += 1);
+            crate::metrics::inc(&m.budget_interrupts);
         }
         tracing::error!(
             target: "luring::plugin",
@@ -186,7 +192,7 @@ impl Engine {
     ///
     /// # Safety
     /// `co` must be a thread of this engine's state with a free stack slot.
-    unsafe fn push_value(&self, co: *mut ffi::lua_State, v: &Value) {
+    pub(super) unsafe fn push_value(&self, co: *mut ffi::lua_State, v: &Value) {
         self.lua.exec_raw_lua(|raw| {
             let l = raw.state();
             if ffi::lua_checkstack(l, 3) == 0 || raw.push_value(v).is_err() {
@@ -244,6 +250,14 @@ impl Engine {
                 }
             }
             let resumed = resume.is_some();
+            if resumed && self.wait_failed(entry) {
+                // the waiting hook is abandoned: its coroutine is dropped unresumed
+                resume = None;
+                if entry.on_error == OnError::Abort {
+                    return Outcome::Done(Step::Continue);
+                }
+                continue;
+            }
             let thread = match resume.take() {
                 Some(t) => t,
                 None => match self.take_thread() {
@@ -260,29 +274,30 @@ impl Engine {
             // results are cleared before the coroutine goes back to the pool.
             let status = unsafe {
                 let nargs = if resumed {
-                    self.resume_args(co, arg)
+                    match self.feed.borrow_mut().take() {
+                        Some(Feed::Io(r)) => self.push_io(co, r),
+                        _ => self.resume_args(co, arg),
+                    }
                 } else {
                     match self.start_args(co, entry, arg) {
                         Some(n) => n,
                         None => return Outcome::Done(Step::Continue),
                     }
                 };
+                self.rt.wait_ctx.set(WaitCtx::Hook(ev, co as *const c_void));
+                let t0 = crate::metrics::clock();
                 self.wd.enter(self.rt.budget.get());
                 let st = ffi::lua_resume_(co, nargs);
                 self.wd.leave();
+                self.hook_metrics[entry.info].observe(t0);
                 st
             };
             if status == ffi::LUA_YIELD {
                 // SAFETY: a yielded coroutine's stack holds exactly the yielded values.
-                let need = unsafe {
-                    let n = ffi::lua_gettop(co) == 1 && ffi::lua_topointer(co, 1) == self.tok.need;
-                    ffi::lua_settop(co, 0);
-                    n
-                };
-                if need {
-                    return Outcome::Suspend(i, thread);
+                match unsafe { self.yielded(co) } {
+                    Ok(io) => return Outcome::Suspend(i, thread, io),
+                    Err(msg) => self.hook_error(entry, &msg),
                 }
-                self.hook_error(entry, "hook yielded from its own body (coroutine.yield outside a coroutine it created)");
                 if entry.on_error == OnError::Abort {
                     return Outcome::Done(Step::Continue);
                 }
@@ -311,6 +326,46 @@ impl Engine {
         Outcome::Done(Step::Continue)
     }
 
+    /// Why a hook yielded: a body (None), I/O, or neither (an error). Clears the stack.
+    ///
+    /// # Safety
+    /// `co` must be a coroutine of this state that just yielded.
+    unsafe fn yielded(&self, co: *mut ffi::lua_State) -> Result<Option<IoRequest>, String> {
+        let top = ffi::lua_gettop(co);
+        let first = if top >= 1 {
+            ffi::lua_topointer(co, 1)
+        } else {
+            std::ptr::null()
+        };
+        let r = if top == 1 && first == self.tok.need {
+            Ok(None)
+        } else if top >= 1 && first == self.tok.io {
+            self.io_request(co)
+                .map(Some)
+                .map_err(|e| format!("bad I/O request: {e}"))
+        } else {
+            Err(
+                "hook yielded from its own body (coroutine.yield outside a coroutine it created)"
+                    .into(),
+            )
+        };
+        ffi::lua_settop(co, 0);
+        r
+    }
+
+    /// True (and the hook counted as failed) when the proxy ended the hook's wait
+    /// with [`Engine::fail_wait`].
+    #[cold]
+    fn wait_failed(&self, entry: &HookEntry) -> bool {
+        let mut f = self.feed.borrow_mut();
+        let Some(Feed::Fail(why)) = f.take_if(|x| matches!(x, Feed::Fail(_))) else {
+            return false;
+        };
+        drop(f);
+        self.hook_error(entry, &why);
+        true
+    }
+
     /// Pushes a fresh hook's function, `msg` and `ctx` onto `co`: 2 arguments, or None
     /// (the hook failed) when the stack cannot grow.
     ///
@@ -325,6 +380,7 @@ impl Engine {
         arg: Arg<'_>,
     ) -> Option<c_int> {
         self.bump(|s| s.hook_calls += 1);
+        crate::metrics::inc(&self.hook_metrics[entry.info].calls);
         if ffi::lua_checkstack(co, 4) == 0 {
             self.hook_error(entry, "stack overflow");
             return None;

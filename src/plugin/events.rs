@@ -31,7 +31,7 @@ pub struct ConnInfo {
 }
 
 /// Figures reported to connection.on_disconnect.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ConnStats {
     /// Connection lifetime in milliseconds.
     pub duration_ms: f64,
@@ -39,6 +39,12 @@ pub struct ConnStats {
     pub bytes_in: u64,
     /// Bytes written to the client.
     pub bytes_out: u64,
+    /// Bytes read from upstreams for this client's exchanges and tunnels.
+    pub upstream_bytes_in: u64,
+    /// Bytes written to upstreams for them.
+    pub upstream_bytes_out: u64,
+    /// Why the connection ended badly; None on a clean close.
+    pub error: Option<String>,
 }
 
 /// One chunk of an opaque byte stream (raw.on_chunk).
@@ -197,40 +203,56 @@ impl Engine {
         };
         self.ctx(conn, Some(flow_id));
         let out = self.run(ev, phase.idx(), 0, None, Arg::Slot(id));
-        self.finish_req(out, ev, phase.idx(), id, req)
+        self.finish_req(out, ev, phase.idx(), id, req, None)
     }
 
-    /// Moves the request back out of its slot once the chain ran or suspended.
-    fn finish_req(
+    /// Moves the request back out of its slot once the chain ran or suspended; `val`
+    /// is the `msg` of an event that passes a value, kept for a resume.
+    pub(super) fn finish_req(
         &self,
         out: Outcome,
         ev: Event,
         phase: usize,
         id: SlotId,
         req: &mut Request,
+        val: Option<Value>,
     ) -> Step {
         *req = match self.core.take(id) {
             Some(Msg::Req(r)) => r,
             _ => placeholder_request(),
         };
-        self.suspend_or_release(out, ev, phase, id)
+        self.suspend_or_release(out, ev, phase, id, val)
     }
 
     /// A finished chain frees its slot; a suspended one keeps it in the `Suspended`.
-    fn suspend_or_release(&self, out: Outcome, ev: Event, phase: usize, id: SlotId) -> Step {
+    fn suspend_or_release(
+        &self,
+        out: Outcome,
+        ev: Event,
+        phase: usize,
+        id: SlotId,
+        val: Option<Value>,
+    ) -> Step {
         match out {
             Outcome::Done(s) => {
                 self.core.release(id);
                 s
             }
-            Outcome::Suspend(idx, thread) => Step::NeedBody(Suspended {
-                event: ev,
-                phase,
-                idx,
-                thread,
-                slot: Some(id),
-                core: self.core.clone(),
-            }),
+            Outcome::Suspend(idx, thread, io) => {
+                let s = Suspended {
+                    event: ev,
+                    phase,
+                    idx,
+                    thread,
+                    slot: Some(id),
+                    val,
+                    core: self.core.clone(),
+                };
+                match io {
+                    None => Step::NeedBody(s),
+                    Some(r) => Step::Wait(s, r),
+                }
+            }
         }
     }
 
@@ -248,7 +270,7 @@ impl Engine {
             Some(Msg::Resp(r)) => r,
             _ => placeholder_response(),
         };
-        self.suspend_or_release(out, ev, phase, id)
+        self.suspend_or_release(out, ev, phase, id, None)
     }
 
     /// http.on_request for one phase; `req` carries the hooks' mutations afterwards.
@@ -320,8 +342,13 @@ impl Engine {
         }
         self.ctx(conn, Some(flow_id));
         let thread = s.thread.clone();
-        let out = self.run(s.event, s.phase, s.idx, Some(thread), Arg::Slot(id));
-        self.finish_req(out, s.event, s.phase, id, req)
+        let val = s.val.take();
+        let arg = match &val {
+            Some(v) => Arg::Val(v),
+            None => Arg::Slot(id),
+        };
+        let out = self.run(s.event, s.phase, s.idx, Some(thread), arg);
+        self.finish_req(out, s.event, s.phase, id, req, val)
     }
 
     /// Continues a response chain after the proxy set `resp.body` to Full or TooLarge.
@@ -460,7 +487,10 @@ impl Engine {
             t.raw_set("client_addr", conn.client_addr.to_string())?;
             t.raw_set("duration_ms", stats.duration_ms)?;
             t.raw_set("bytes_in", stats.bytes_in)?;
-            t.raw_set("bytes_out", stats.bytes_out)
+            t.raw_set("bytes_out", stats.bytes_out)?;
+            t.raw_set("upstream_bytes_in", stats.upstream_bytes_in)?;
+            t.raw_set("upstream_bytes_out", stats.upstream_bytes_out)?;
+            t.raw_set("error", stats.error.as_deref())
         });
     }
 

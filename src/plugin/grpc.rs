@@ -3,8 +3,7 @@
 //! picks the row.
 
 use super::chain::{Arg, Outcome};
-use super::msg::{Env, LGrpcData, LGrpcStart, Msg};
-use super::reply::placeholder_request;
+use super::msg::{Env, LGrpcData, LGrpcStart};
 use super::{ConnInfo, Engine, Event, Phase, Step};
 use crate::http::Request;
 use bytes::Bytes;
@@ -115,26 +114,24 @@ impl Engine {
             protocol: call.protocol,
             encoding: call.encoding.clone(),
         });
-        let out = match ud {
+        let (out, val) = match ud {
             Ok(u) => {
                 self.ctx(conn, Some(flow_id));
-                self.run(ev, phase.idx(), 0, None, Arg::Val(&Value::UserData(u)))
+                let v = Value::UserData(u);
+                (self.run(ev, phase.idx(), 0, None, Arg::Val(&v)), Some(v))
             }
             Err(e) => {
                 tracing::error!(target: "luring::plugin", "cannot build hook arguments: {e}");
-                Outcome::Done(Step::Continue)
+                (Outcome::Done(Step::Continue), None)
             }
         };
-        *req = match self.core.take(id) {
-            Some(Msg::Req(r)) => r,
-            _ => placeholder_request(),
+        // The start message has no body getter, so only I/O can suspend this chain;
+        // a body wait (impossible) would end it.
+        let out = match out {
+            Outcome::Suspend(_, _, None) => Outcome::Done(Step::Continue),
+            o => o,
         };
-        self.core.release(id);
-        match out {
-            Outcome::Done(s) => s,
-            // The start message has no body to wait for: nothing can suspend its chain.
-            Outcome::Suspend(..) => Step::Continue,
-        }
+        self.finish_req(out, ev, phase.idx(), id, req, val)
     }
 
     /// grpc.on_data or grpc-web.on_data for one phase: hooks may replace `m.payload`

@@ -150,6 +150,7 @@ impl Engine {
             budget: Cell::new(cfg.hook_budget),
             plugin: RefCell::new(Rc::from("")),
             notes: super::flow_notes::NoteBook::new(cfg.record),
+            wait_ctx: Cell::new(super::io::WaitCtx::Load),
         });
         let (tok, need) = Self::init(&lua, &rt).map_err(LoadError::engine)?;
         // Outside any callback this is the main state, which lives as long as `lua`.
@@ -216,8 +217,17 @@ impl Engine {
         let idle = lua
             .create_function(|_, ()| Ok(()))
             .map_err(LoadError::engine)?;
+        // looked up once here, so a hook call bumps its cells without a map lookup
+        let hook_metrics = hooks
+            .iter()
+            .map(|h| {
+                let event = format!("{}.{}", h.protocol, h.event);
+                crate::metrics::hook_stat(&h.plugin, &h.name, &event)
+            })
+            .collect();
         Ok(Engine {
             wd,
+            feed: RefCell::new(None),
             _ctx_ud: ctx_ud,
             ctx_ref,
             core,
@@ -232,6 +242,7 @@ impl Engine {
             worker,
             warned: RefCell::new(HashSet::new()),
             stats: Cell::new(EngineStats::default()),
+            hook_metrics,
         })
     }
 

@@ -2,7 +2,9 @@
 //!
 //! The proxy relies only on the API below; the design is in docs/rfc/001-plugin-engine.md.
 //! The engine is sans-IO: it never touches a socket, and when a hook wants a body that
-//! is still streaming it returns [`Step::NeedBody`] and lets the proxy buffer it.
+//! is still streaming it returns [`Step::NeedBody`] and lets the proxy buffer it; when
+//! a hook waits on I/O (`luring.sleep`, cosockets...) it returns [`Step::Wait`] with an
+//! [`IoRequest`] the proxy performs (see `io`).
 //!
 //! Where things are: `load` builds an [`Engine`] from plugin files (`sandbox` sets up
 //! its Lua state), `events` holds the entry points the proxy calls per event, `chain`
@@ -17,6 +19,7 @@ pub mod flow_notes;
 mod grpc;
 #[cfg(test)]
 mod grpc_tests;
+mod io;
 mod load;
 mod msg;
 mod protobuf;
@@ -31,6 +34,7 @@ pub use events::{
     ConnInfo, ConnStats, RawChunk, Socks5Info, SseEvent, TlsInfo, WsClose, WsMessage,
 };
 pub use grpc::{GrpcCall, GrpcData, GrpcEnd, GrpcRows};
+pub use io::{can_wait, ConnectCall, HttpCall, IoRequest, IoResult, Recv};
 pub use load::{check, format_hooks, HookInfo, LoadError, LoadIssue, OnError};
 pub use surface::{Event, Phase, Row, SURFACE};
 
@@ -82,6 +86,9 @@ pub enum Step {
     Respond(Response),
     /// A hook read a streaming body: buffer it, set `body` to Full or TooLarge, then resume.
     NeedBody(Suspended),
+    /// A hook waits for this I/O: perform it, hand the result to [`Engine::feed_io`]
+    /// (or end the wait with [`Engine::fail_wait`]), then resume as for `NeedBody`.
+    Wait(Suspended, IoRequest),
 }
 
 /// Where a chain stopped to wait for a body; hand it back to `resume_*`.
@@ -91,7 +98,17 @@ pub struct Suspended {
     idx: usize,
     thread: Thread,
     slot: Option<SlotId>,
+    /// The `msg` of an event that passes a value (gRPC on_start), for the later hooks.
+    val: Option<Value>,
     core: Rc<Core>,
+}
+
+impl Suspended {
+    /// Which hook call this is (event, phase, hook index): the proxy's hook timeout
+    /// counts from the first wait of a call.
+    pub fn hook_key(&self) -> (Event, usize, usize) {
+        (self.event, self.phase, self.idx)
+    }
 }
 
 impl Drop for Suspended {
@@ -142,6 +159,8 @@ struct Rt {
     plugin: RefCell<Rc<str>>,
     /// Plugins' notes for the flow recorder.
     notes: flow_notes::NoteBook,
+    /// Where Lua code runs now: whether `luring.sleep` and the like may wait.
+    wait_ctx: Cell<io::WaitCtx>,
 }
 
 /// One worker's plugin engine: a LuaJIT state and its hook chains. Not `Send`.
@@ -162,6 +181,10 @@ pub struct Engine {
     worker: usize,
     warned: RefCell<HashSet<(usize, u8)>>,
     stats: Cell<EngineStats>,
+    /// What resumes a hook waiting on I/O (set by `feed_io` / `fail_wait`).
+    feed: RefCell<Option<io::Feed>>,
+    /// Per-hook metrics, by `HookInfo` index (shared with the worker's metrics).
+    hook_metrics: Vec<Rc<crate::metrics::HookStat>>,
     _ctx_ud: AnyUserData,
 }
 

@@ -133,5 +133,6 @@ pub(super) fn placeholder_response() -> Response {
         headers: Headers::new(),
         body: Body::Streaming,
         trailers: None,
+        error: None,
     }
 }

@@ -1,7 +1,7 @@
 //! The Lua state's sandbox: the init chunk that locks the standard library down and
 //! creates the `action` tokens, the identities the dispatcher compares results by, and
 //! the globals plugins log and share through (`print`, `log`, `shared`), and `luring`
-//! (the helpers: `luring.protobuf`).
+//! (the helpers: `luring.protobuf`, and the waiting calls of `io`).
 
 use super::budget::Budget;
 use super::{describe, protobuf, shared, Engine, Rt};
@@ -17,6 +17,8 @@ pub(super) struct Tokens {
     pub(super) grpc: *const std::ffi::c_void,
     pub(super) grpc_mt: *const std::ffi::c_void,
     pub(super) need: *const std::ffi::c_void,
+    /// What a hook waiting on I/O yields first (io.lua).
+    pub(super) io: *const std::ffi::c_void,
     pub(super) frozen_newindex: Function,
     /// `function(dict)`: the `__index` of a frozen dict with nested tables.
     pub(super) deep_index: Function,
@@ -134,6 +136,7 @@ impl Engine {
         let luring = lua.create_table()?;
         luring.raw_set("protobuf", protobuf::table(lua)?)?;
         super::flow_notes::install(lua, &luring, rt)?;
+        let io = super::io::install(lua, &luring, rt)?;
         g.set("luring", luring)?;
         let r = rt.clone();
         g.set(
@@ -170,10 +173,20 @@ impl Engine {
             grpc: grpc.to_pointer(),
             grpc_mt: grpc_mt.to_pointer(),
             need: need.to_pointer(),
+            io: io.to_pointer(),
             frozen_newindex: noop,
             deep_index,
             errtext,
-            _keep: vec![cont, drop, respond, respond_mt, grpc, grpc_mt, need.clone()],
+            _keep: vec![
+                cont,
+                drop,
+                respond,
+                respond_mt,
+                grpc,
+                grpc_mt,
+                need.clone(),
+                io,
+            ],
         };
         Ok((tok, need))
     }

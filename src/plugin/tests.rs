@@ -98,6 +98,7 @@ fn resp() -> Response {
         headers,
         body: Body::Full(Bytes::from_static(b"hello")),
         trailers: None,
+        error: None,
     }
 }
 
@@ -409,6 +410,7 @@ fn lifecycle_dicts_are_frozen_and_on_connect_stops_at_drop() {
             duration_ms: 2.5,
             bytes_in: 10,
             bytes_out: 20,
+            ..Default::default()
         },
     );
     e.tls_handshake(

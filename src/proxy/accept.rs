@@ -14,10 +14,14 @@ pub async fn main(setup: Setup) {
         listener,
         listen_fd,
         mut control,
+        metrics,
     }) = worker::build(setup)
     else {
         return;
     };
+    if let Some(rx) = metrics {
+        serve_scrapes(w.clone(), rx);
+    }
     let index = w.index;
     // Control runs beside the accept loop rather than in a select with it: dropping an
     // in-flight io_uring accept would not cancel it, and the connection it later
@@ -103,6 +107,17 @@ pub async fn main(setup: Setup) {
     }
     drop(listener);
     drain(&w).await;
+}
+
+/// Answers scrapes: a task beside the accept loop copies the worker's counters when
+/// the metrics thread asks, so the request path never takes a lock for them.
+fn serve_scrapes(w: std::rc::Rc<Worker>, mut rx: worker::MetricsRx) {
+    crate::metrics::enable();
+    io::spawn(async move {
+        while let Some(ask) = rx.recv().await {
+            let _ = ask.send(w.snapshot());
+        }
+    });
 }
 
 async fn drain(w: &Worker) {

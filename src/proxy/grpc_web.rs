@@ -78,6 +78,7 @@ pub fn cancelled_reply(call: &Call, status: u32, message: &str) -> Response {
         headers,
         body: Body::Full(Bytes::new()),
         trailers: None,
+        error: None,
     };
     web_reply(call.protocol(), r)
 }
@@ -315,6 +316,7 @@ pub fn gateway(cfg: &crate::config::Config, mode: &Mode, req: &Request) -> Optio
             headers,
             body: Body::Full(Bytes::new()),
             trailers: None,
+            error: None,
         }));
     }
     let ct = std::str::from_utf8(get("content-type")?).ok()?;

@@ -128,6 +128,36 @@ pub fn upstream_request_head(req: &mut Request, kind: BodyKind) -> BytesMut {
     head
 }
 
+/// Turns an origin-form request head into the absolute-form a forward proxy takes
+/// (`--mode upstream:URL`), with its credentials after the request line.
+pub fn to_proxy_form(head: &mut BytesMut, req: &Request, auth: Option<&str>) {
+    let Some(sp) = head.iter().position(|&b| b == b' ').map(|i| i + 1) else {
+        return;
+    };
+    let Some(eol) = head[sp..]
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|i| sp + i + 2)
+    else {
+        return;
+    };
+    let mut out = BytesMut::with_capacity(head.len() + req.authority.len() + 96);
+    out.extend_from_slice(&head[..sp]);
+    if head[sp..].starts_with(b"/") {
+        out.extend_from_slice(req.scheme.as_bytes());
+        out.extend_from_slice(b"://");
+        out.extend_from_slice(req.authority.as_bytes());
+    }
+    out.extend_from_slice(&head[sp..eol]);
+    if let Some(a) = auth {
+        out.extend_from_slice(b"Proxy-Authorization: ");
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&head[eol..]);
+    *head = out;
+}
+
 /// Encodes a response head for the client: `close` adds `Connection: close`; a kept
 /// HTTP/1.0 connection gets `Connection: keep-alive`.
 pub fn response_head(resp: &mut Response, close: bool, client: Version, out: &mut BytesMut) {

@@ -19,6 +19,7 @@ pub mod grpc_web;
 pub mod grpc_web_h2;
 pub mod h1_wire;
 pub mod h2_stream;
+pub mod hook_io;
 pub mod hooks;
 pub mod sse;
 pub mod upstream;

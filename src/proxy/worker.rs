@@ -49,7 +49,12 @@ pub struct Setup {
     pub tls: Arc<crate::proxy::worker_tls::TlsSetup>,
     /// The flow recorder, with `--record`.
     pub recorder: Option<crate::flows::recorder::Recorder>,
+    /// Scrape requests, with `--metrics`.
+    pub metrics: Option<MetricsRx>,
 }
+
+/// Where a worker receives scrape requests.
+pub type MetricsRx = tokio::sync::mpsc::UnboundedReceiver<crate::metrics::server::Ask>;
 
 /// Per-worker counters; plain cells, merged by readers (no shared atomics on the hot path).
 #[derive(Default, Debug)]
@@ -107,6 +112,8 @@ pub struct Worker {
     pub counters: Counters,
     /// The flow recorder, with `--record`.
     pub recorder: Option<crate::flows::recorder::Recorder>,
+    /// The proxy every upstream connection goes through (`--mode upstream:URL`).
+    pub chain: Option<crate::proxy::upstream::Chain>,
     /// Open client connections.
     pub active: Cell<usize>,
     /// Connections over `max_connections` being answered 503 (bounded by [`REFUSING_MAX`]).
@@ -152,6 +159,19 @@ impl Worker {
         self.engine.borrow().clone()
     }
 
+    /// This worker's counters for a scrape: the thread's metrics plus the connection
+    /// and pool counters kept here.
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        let mut s = crate::metrics::Snapshot::local();
+        s.listener = self.listener_name.to_string();
+        s.accepted = self.counters.accepted.get();
+        s.refused = self.counters.refused.get();
+        s.open = self.active.get() as u64;
+        s.upstream_connects = self.counters.upstream_connects.get();
+        s.upstream_reuses = self.counters.upstream_reuses.get();
+        s
+    }
+
     /// True once the worker is draining.
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
@@ -190,6 +210,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         ready,
         tls,
         recorder,
+        metrics,
     } = setup;
     let listen_fd = listener.as_raw_fd();
     let fail = |e: String| {
@@ -227,6 +248,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         pipeline,
         counters: Counters::default(),
         recorder,
+        chain: crate::proxy::upstream::Chain::of(&cfg, &mode),
         active: Cell::new(0),
         refusing: Cell::new(0),
         refused_logged: Cell::new(None),
@@ -243,6 +265,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         listener,
         listen_fd,
         control,
+        metrics,
     })
 }
 
@@ -256,4 +279,6 @@ pub struct Built {
     pub listen_fd: std::os::fd::RawFd,
     /// Orders from the signal thread.
     pub control: watch::Receiver<Control>,
+    /// Scrape requests, with `--metrics`.
+    pub metrics: Option<MetricsRx>,
 }

@@ -202,6 +202,7 @@ impl WorkerTls {
             .sni
             .clone()
             .unwrap_or_else(|| fallback_host.to_string());
+        crate::metrics::leaf_lookup();
         let leaf = self
             .leaves
             .borrow_mut()
@@ -213,7 +214,9 @@ impl WorkerTls {
         let Some(tls) = stream.tls() else {
             return Err("TLS wrap failed".into());
         };
-        match tokio::time::timeout(timeout, tls.handshake()).await {
+        let done = tokio::time::timeout(timeout, tls.handshake()).await;
+        crate::metrics::tls_handshake(false, matches!(done, Ok(Ok(()))));
+        match done {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("client TLS handshake failed: {e}")),
             Err(_) => {
@@ -248,7 +251,9 @@ impl WorkerTls {
         let Some(tls) = stream.tls() else {
             return Err("TLS wrap failed".into());
         };
-        match tokio::time::timeout(timeout, tls.handshake()).await {
+        let done = tokio::time::timeout(timeout, tls.handshake()).await;
+        crate::metrics::tls_handshake(true, matches!(done, Ok(Ok(()))));
+        match done {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 return Err(match as_tls_error(&e) {

@@ -36,6 +36,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         None => (None, None),
     };
+    crate::proxy::exchange::log::set_json(cfg.access_log_format == "json");
     let n = cfg.worker_count();
     let listeners = bind_group(cfg.listen, n)?;
     let addr = listeners[0]
@@ -43,6 +44,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot read listening address: {e}"))?;
 
     let (control_tx, control_rx) = watch::channel(Control::default());
+    let mut scrape_rx = start_metrics(&cfg, n, recorder.as_ref(), &control_rx)?;
     let cfg = Arc::new(cfg);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(n);
@@ -53,6 +55,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let ready = ready_tx.clone();
         let tls = tls.clone();
         let recorder = recorder.clone();
+        let metrics = scrape_rx.as_mut().and_then(|v| v.pop());
         let t = std::thread::Builder::new()
             .name(format!("luring-w{index}"))
             .spawn(move || {
@@ -68,6 +71,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                         ready: ready2,
                         tls,
                         recorder,
+                        metrics,
                     })
                 });
                 if let Err(e) = r {
@@ -110,6 +114,41 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With `--metrics`: binds the metrics listener and starts its thread; returns each
+/// worker's end of its scrape channel, in reverse order (workers pop them).
+fn start_metrics(
+    cfg: &Config,
+    n: usize,
+    recorder: Option<&crate::flows::recorder::Recorder>,
+    control: &watch::Receiver<Control>,
+) -> Result<Option<Vec<worker::MetricsRx>>, String> {
+    use crate::metrics::server;
+    let Some(spec) = &cfg.metrics else {
+        return Ok(None);
+    };
+    let addr = server::parse_addr(spec)?;
+    let (lines, mut rxs): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .unzip();
+    rxs.reverse();
+    let dropped = recorder.map(|r| r.drop_count());
+    let control = control.clone();
+    let sources = server::Sources {
+        workers: lines,
+        recorder_dropped: dropped.map(|d| {
+            Box::new(move || d.load(std::sync::atomic::Ordering::Relaxed))
+                as Box<dyn Fn() -> u64 + Send>
+        }),
+        draining: Box::new(move || control.borrow().stopping),
+    };
+    let bound = server::start(addr, sources)?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "luring metrics on http://{bound}/metrics"
+    );
+    Ok(Some(rxs))
 }
 
 fn choose_backend(choice: IoChoice) -> Result<Backend, String> {

@@ -109,6 +109,7 @@ impl LeafMinter {
         host: &str,
         upstream_sans: Option<&[String]>,
     ) -> Result<Arc<CertifiedKey>, LeafError> {
+        crate::metrics::leaf_minted();
         let host = normalize_host(host);
         let primary = san_for(&host).ok_or_else(|| LeafError::BadHost {
             host: host.clone(),

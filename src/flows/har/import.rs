@@ -5,7 +5,7 @@ use super::text::{
     charset_of, encode_content, parse_iso8601, secs_to_ns, text_to_bytes, unb64, Charset,
 };
 use super::{Creator, Entry, NameValue, WsMessage};
-use crate::flows::import::{ImportReport, Output};
+use crate::flows::import_out::{ImportReport, Output};
 use crate::flows::record::{
     BodyRec, Field, HttpFlow, Meta, Record, RequestRec, ResponseRec, Times, WsMessageRec,
 };

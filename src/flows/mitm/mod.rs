@@ -6,7 +6,7 @@
 
 pub mod tnetstring;
 
-use crate::flows::import::{ImportReport, Output};
+use crate::flows::import_out::{ImportReport, Output};
 use crate::flows::record::{
     BodyRec, Field, HttpFlow, RawChunkRec, Record, RequestRec, ResponseRec, Times, TlsRec,
     TunnelFlow, WsMessageRec,

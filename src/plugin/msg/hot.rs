@@ -186,6 +186,10 @@ pub(super) fn msg_field(
                     None => Got::Nil,
                 },
                 b"request" => Got::View(s.view),
+                b"error" => match &r.error {
+                    Some(e) => sc.keep(e.as_bytes()),
+                    None => Got::Nil,
+                },
                 _ => Got::Nil,
             },
             None => return Err(STALE.into()),

@@ -3,7 +3,7 @@
 //! access log).
 
 use crate::flows::capture::{BodyTap, Capture};
-use crate::http::Version;
+use crate::http::{Response, Version};
 use crate::io::{Deadline, Stream};
 use crate::plugin::ConnInfo;
 use crate::proxy::body_relay::{self, SendLimit, Sink};
@@ -51,6 +51,12 @@ pub struct ClientIo {
     pub sent: Cell<u64>,
     /// The recording of the exchange in progress, with `--record`.
     pub rec: Cell<Option<Box<Capture>>>,
+    /// Bytes read from and written to upstreams for this connection.
+    pub upstream_moved: Cell<(u64, u64)>,
+    /// The first reason the connection went wrong (connection.on_disconnect `error`).
+    pub error: std::cell::RefCell<Option<String>>,
+    /// The reason of the last error answer, for the exchange's access-log line.
+    pub answer_error: Cell<Option<Box<str>>>,
 }
 
 impl ClientIo {
@@ -65,6 +71,9 @@ impl ClientIo {
             status: Cell::new(0),
             sent: Cell::new(0),
             rec: Cell::new(None),
+            upstream_moved: Cell::new((0, 0)),
+            error: std::cell::RefCell::new(None),
+            answer_error: Cell::new(None),
         }
     }
 
@@ -101,12 +110,33 @@ impl ClientIo {
 
     /// Answers with an error naming the reason; the connection is to be closed after.
     pub async fn fail(&self, conn: u64, status: u16, text: &str) {
-        self.status.set(status);
         tracing::info!(conn, status, "{text}");
-        let resp = reply::error(status, text);
-        self.record(|c| c.failed(&resp, text));
+        self.send_error(reply::error(status, text), text).await;
+    }
+
+    /// Writes an error answer luring made (`why` goes into the recording); the
+    /// connection is to be closed after.
+    pub async fn send_error(&self, resp: Response, why: &str) {
+        self.failed(why);
+        self.answer_error.set(Some(why.into()));
+        self.status.set(resp.status);
+        self.record(|c| c.failed(&resp, why));
         let wire = reply::h1_bytes(resp, false, true, Version::Http11);
         let _ = self.write(wire).await;
+    }
+
+    /// Keeps the first reason the connection went wrong, for connection.on_disconnect.
+    pub fn failed(&self, why: &str) {
+        self.error
+            .borrow_mut()
+            .get_or_insert_with(|| why.to_string());
+    }
+
+    /// Counts an upstream's bytes for this connection, when it is given back.
+    pub fn count_upstream(&self, up: &Upstream) {
+        let (r, w) = up.moved();
+        let (r0, w0) = self.upstream_moved.get();
+        self.upstream_moved.set((r0 + r, w0 + w));
     }
 
     /// Updates the recording of the exchange in progress, when there is one.

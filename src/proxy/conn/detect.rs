@@ -96,7 +96,7 @@ async fn h2_prior_knowledge(c: &mut ClientConn, target: Target2) -> Layer {
             c.w.pool.put(Key::new(scheme, authority), u);
             Via::Http1
         }
-        Err((_, why)) => Via::Failed(why),
+        Err(e) => Via::Failed(e),
     };
     Layer::Http2(via, target)
 }
@@ -262,6 +262,7 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
 
 /// Relays a tunnel's bytes as they are, those read while deciding first.
 async fn relay(c: &ClientConn, t: &Tunnel, mut first: FirstBytes, pending: Pending<'_>) -> Layer {
+    crate::metrics::request(crate::metrics::Proto::Raw, None, None);
     first.upstream.extend_from_slice(&t.up.buf);
     let peers = Peers {
         client: &c.io.stream,
@@ -276,6 +277,7 @@ async fn relay(c: &ClientConn, t: &Tunnel, mut first: FirstBytes, pending: Pendi
     let e = engine.as_deref();
     let stats = byte_tunnel::run(peers, e, &c.info, pending, idle, raw.as_ref()).await;
     t.up.stream.shutdown(Shutdown::Both);
+    c.io.count_upstream(&t.up);
     let end = recording::TunnelEnd {
         kind: "tunnel",
         target: &t.authority,

@@ -117,6 +117,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
                 Layer::Done
             }
             Layer::Relay(host, port) => {
+                crate::metrics::request(crate::metrics::Proto::Raw, None, None);
                 c.relay_raw(&host, port).await;
                 Layer::Done
             }
@@ -129,12 +130,18 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
             .finish(c.info.client_addr, t.status, bytes, c.info.conn_id);
     }
     c.io.linger().await;
+    let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
+    crate::metrics::client_bytes(bytes_in, bytes_out);
     if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionDisconnect)) {
         let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
+        let (upstream_bytes_in, upstream_bytes_out) = c.io.upstream_moved.get();
         let stats = ConnStats {
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
             bytes_in,
             bytes_out,
+            upstream_bytes_in,
+            upstream_bytes_out,
+            error: c.io.error.take(),
         };
         e.on_disconnect(&c.info, &stats);
     }
@@ -144,7 +151,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
 /// client opens with (TLS, h2c, HTTP/1), or HTTP/1 for a forward proxy.
 async fn first_layer(c: &mut ClientConn) -> Layer {
     match &c.w.mode {
-        Mode::Regular => Layer::Http1(H1Route::default()),
+        Mode::Regular | Mode::Upstream(_) => Layer::Http1(H1Route::default()),
         Mode::Socks5 => socks5::serve(c).await,
         Mode::Reverse(_) => detect::reverse(c).await,
     }
@@ -163,14 +170,14 @@ impl ClientConn {
         let peers = self.io.peers(&mut up);
         let stats = byte_tunnel::run(peers, engine, &self.info, [None, None], idle, raw).await;
         up.stream.shutdown(Shutdown::Both);
+        self.io.count_upstream(&up);
         stats
     }
 
     /// Relays the connection's bytes to `host:port` unchanged, both ways (raw.on_chunk
     /// sees them), the client's bytes read so far first.
     async fn relay_raw(&mut self, host: &str, port: u16) {
-        let t = self.w.timeouts.connect;
-        let up = match upstream::connect(self.w.backend, host, port, t, None).await {
+        let up = match upstream::dial(&self.w, host, port).await {
             Ok(u) => u,
             Err(e) => {
                 tracing::info!(conn = self.info.conn_id, "{}", e.text());

@@ -29,7 +29,13 @@ pub(super) async fn serve(c: &mut ClientConn) -> Layer {
         format!("user={}", accepted.username.as_deref().unwrap_or("-")),
     );
     let written_before = c.io.stream.bytes_moved().1;
+    let t0 = crate::metrics::clock();
     let (next, reply) = connect(c, &accepted).await;
+    // SOCKS5 reply codes are not HTTP statuses: success counts as 2xx, a refusal as 5xx
+    let class = reply
+        .as_ref()
+        .map(|r| if r.code() == 0 { 200 } else { 502 });
+    crate::metrics::request(crate::metrics::Proto::Socks5, class, t0);
     if c.w.cfg.access_log {
         // written when the tunnel ends, with all it carried
         c.tunnel_log = Some(TunnelLog {
@@ -58,8 +64,7 @@ async fn connect(c: &mut ClientConn, accepted: &Accepted) -> (Layer, Option<Repl
     }
     let host = accepted.req.host_text();
     let port = accepted.req.port;
-    let t = c.w.timeouts.connect;
-    let up = match upstream::connect(c.w.backend, &host, port, t, None).await {
+    let up = match upstream::dial(&c.w, &host, port).await {
         Ok(u) => u,
         Err(e) => {
             let target = accepted.req.target();
@@ -215,7 +220,7 @@ fn reply_for(e: &ConnectError) -> Reply {
         ConnectError::Timeout(_) => Reply::TtlExpired,
         // `upstream::describe` words a refused connect exactly so
         ConnectError::Connect(t) if t.ends_with("connection refused") => Reply::ConnectionRefused,
-        ConnectError::Connect(_) => Reply::GeneralFailure,
+        ConnectError::Connect(_) | ConnectError::Tls(_) => Reply::GeneralFailure,
     }
 }
 

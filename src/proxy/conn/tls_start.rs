@@ -6,6 +6,7 @@
 use super::{ClientConn, Layer, TlsStart};
 use crate::config::Mode;
 use crate::proto::client_hello::ClientHello;
+use crate::proxy::exchange::reply::FlowError;
 use crate::proxy::exchange::route::{Intercept, Target2};
 use crate::proxy::front::h1::H1Route;
 use crate::proxy::front::h2::Via;
@@ -22,17 +23,18 @@ pub(super) async fn connect_ahead(
     authority: &str,
     alpn: Alpn,
     spare: Option<Spare>,
-) -> Result<Upstream, (u16, String)> {
+) -> Result<Upstream, FlowError> {
     let key = Key::new(scheme, authority);
     match upstream::open(&c.w, &c.info, &key, alpn, spare).await {
         Ok(up) => Ok(up),
         Err(e) => {
-            let (status, text) = e.answer();
+            let e = e.flow_error();
             tracing::info!(
                 conn = c.info.conn_id,
-                "connecting ahead to {authority}: {text}"
+                "connecting ahead to {authority}: {}",
+                e.text
             );
-            Err((status, text))
+            Err(e)
         }
     }
 }
@@ -44,7 +46,7 @@ struct Ahead {
     /// The upstream certificate's names, for the leaf.
     sans: Option<Vec<String>>,
     /// The early connect failed: the first request reports it.
-    failed: Option<(Key, u16, String)>,
+    failed: Option<(Key, FlowError)>,
     /// The tunnel's plain connection, still unused.
     spare: Option<Spare>,
 }
@@ -92,13 +94,13 @@ async fn reach_ahead(
                 ahead.via = (client_h2 && reverse).then_some(Via::Http1);
             }
         }
-        Err((status, text)) => {
-            ahead.failed = Some((Key::new(scheme, target), status, text.clone()));
+        Err(e) => {
             // the client's streams will be answered 502 with the reason
             ahead.via = match client_h2 {
-                true if !speaks_http1(&start.hello) => Some(Via::Failed(text)),
+                true if !speaks_http1(&start.hello) => Some(Via::Failed(e.clone())),
                 _ => (client_h2 && reverse).then_some(Via::Http1),
             };
+            ahead.failed = Some((Key::new(scheme, target), e));
         }
     }
     ahead

@@ -4,7 +4,17 @@
 //! the connection.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// `--access-log-format json`: set once at start, before any worker runs, and only
+/// read afterwards (no cache line bounces between cores).
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the access-log layout for the process: JSON objects or text lines.
+pub fn set_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
 
 /// An exchange or tunnel being timed for its access-log line.
 pub struct AccessRecord {
@@ -41,6 +51,24 @@ impl AccessRecord {
     /// Writes the line: `status` None when no answer was sent; `bytes` sent to the
     /// client.
     pub fn finish(&self, client: SocketAddr, status: Option<u16>, bytes: u64, conn: u64) {
+        self.finish_with(client, status, bytes, conn, None);
+    }
+
+    /// [`finish`](Self::finish) with the reason of an error answer, when known (shown
+    /// by the JSON layout only: the text layout stays as it was for existing parsers).
+    pub fn finish_with(
+        &self,
+        client: SocketAddr,
+        status: Option<u16>,
+        bytes: u64,
+        conn: u64,
+        error: Option<&str>,
+    ) {
+        if JSON.load(Ordering::Relaxed) {
+            let line = self.json(client, status, bytes, conn, error);
+            tracing::info!(target: "luring::access", "{line}");
+            return;
+        }
         let status = status.map_or("-".to_string(), |s| s.to_string());
         tracing::info!(
             target: "luring::access",
@@ -49,6 +77,35 @@ impl AccessRecord {
             self.started.elapsed().as_secs_f64() * 1e3,
             self.tail,
         );
+    }
+}
+
+impl AccessRecord {
+    /// The record as one JSON object: the text line's fields by name; `host` or `user`
+    /// from the tail; `error` when known.
+    fn json(
+        &self,
+        client: SocketAddr,
+        status: Option<u16>,
+        bytes: u64,
+        conn: u64,
+        error: Option<&str>,
+    ) -> String {
+        let mut o = serde_json::json!({
+            "client": client.to_string(),
+            "request": self.line,
+            "status": status,
+            "bytes": bytes,
+            "duration_ms": (self.started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
+            "conn": conn,
+        });
+        if let Some((k, v)) = self.tail.split_once('=') {
+            o[k] = v.into();
+        }
+        if let Some(e) = error {
+            o["error"] = e.into();
+        }
+        o.to_string()
     }
 }
 

@@ -12,8 +12,10 @@ pub mod route;
 pub mod rules;
 pub mod source;
 
+use crate::config::secs;
 use crate::http::{Body, Headers, Request, Response};
 use crate::plugin::{ConnInfo, Engine, Event, GrpcCall, GrpcRows, Phase, Step, Suspended};
+use crate::proxy::hook_io::HookIo;
 use crate::proxy::worker::Worker;
 use bytes::Bytes;
 pub use source::Source;
@@ -166,6 +168,9 @@ impl Message<'_> {
 /// Callers go through [`event!`], which skips the future when nothing is hooked.
 pub async fn message_event(f: &Flow<'_>, mut msg: Message<'_>, src: &mut Source<'_>) -> Decision {
     let events = msg.events();
+    // made at a hook's first wait; dropping it (event over, or client gone) shuts down
+    // the cosockets its hooks left open
+    let mut hio: Option<Box<HookIo>> = None;
     for phase in [Phase::PrePipeline, Phase::PostPipeline] {
         if phase == Phase::PostPipeline {
             msg.pipeline(f);
@@ -188,6 +193,16 @@ pub async fn message_event(f: &Flow<'_>, mut msg: Message<'_>, src: &mut Source<
                                 }
                                 Err(why) => return Decision::Failed(why),
                             }
+                        }
+                        step = msg.resume(e, s, f);
+                    }
+                    Step::Wait(s, req) => {
+                        let io = hio.get_or_insert_with(|| {
+                            Box::new(HookIo::new(secs(f.w.cfg.hook_timeout)))
+                        });
+                        match io.wait(f.w, s.hook_key(), req).await {
+                            Ok(r) => e.feed_io(r),
+                            Err(why) => e.fail_wait(why),
                         }
                         step = msg.resume(e, s, f);
                     }

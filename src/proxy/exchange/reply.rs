@@ -38,6 +38,37 @@ pub fn prepare(resp: &mut Response, is_head: bool) -> Bytes {
     }
 }
 
+/// Why a flow failed after its request event: the answer luring makes (`status`,
+/// `text`) and the reason http.on_response hooks see as `msg.error`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowError {
+    /// Status of the answer (502, 504).
+    pub status: u16,
+    /// What the answer's body says.
+    pub text: String,
+    /// `msg.error`: "connect refused", "dns: ...", "connect timeout", "upstream
+    /// timeout", "upstream tls: ...", "upstream reset", "bad upstream response".
+    pub reason: String,
+}
+
+impl FlowError {
+    /// A failure of the upstream's response itself (framing, an unasked 101...).
+    pub fn bad_response(text: impl Into<String>) -> Self {
+        FlowError {
+            status: 502,
+            text: text.into(),
+            reason: "bad upstream response".into(),
+        }
+    }
+
+    /// The response luring answers with, `error` set.
+    pub fn response(&self) -> Response {
+        let mut r = error(self.status, &self.text);
+        r.error = Some(self.reason.clone());
+        r
+    }
+}
+
 /// The proxy's own answer to a failed exchange: plain text that names the reason.
 pub fn error(status: u16, text: &str) -> Response {
     let mut headers = Headers::with_capacity(3);
@@ -49,6 +80,7 @@ pub fn error(status: u16, text: &str) -> Response {
         headers,
         body: Body::Full(Bytes::from(format!("luring: {text}\n"))),
         trailers: None,
+        error: None,
     }
 }
 

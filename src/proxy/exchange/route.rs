@@ -116,12 +116,12 @@ pub fn h1_request(
         return Ok(req);
     }
     match mode {
-        Mode::Regular if is_connect => {
+        Mode::Regular | Mode::Upstream(_) if is_connect => {
             let t = Target::parse_authority(&target)
                 .ok_or((400, "CONNECT target must be host:port".to_string()))?;
             req.authority = t.authority();
         }
-        Mode::Regular => {
+        Mode::Regular | Mode::Upstream(_) => {
             let t = forward_target(&target)?;
             req.authority = match t.port {
                 // the default port left out, IPv6 literals still bracketed

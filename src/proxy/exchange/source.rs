@@ -18,6 +18,8 @@ pub enum Source<'a> {
     },
     /// The body of an h2 stream.
     H2(&'a mut Incoming),
+    /// No body to read: a message luring made whole (an error answer).
+    Whole,
 }
 
 impl Source<'_> {
@@ -41,6 +43,7 @@ impl Source<'_> {
                 }
             }
             Source::H2(body) => h2_stream::buffer(body, limit).await,
+            Source::Whole => Ok((Body::Full(Bytes::new()), None)),
         }
     }
 
@@ -49,6 +52,7 @@ impl Source<'_> {
         match self {
             Source::H1 { body, .. } => body.dec.is_done(),
             Source::H2(body) => body.rx.is_end_stream(),
+            Source::Whole => true,
         }
     }
 }

@@ -36,6 +36,21 @@ impl RespError {
             RespError::Bad(t) => (502, format!("bad response from upstream: {t}")),
         }
     }
+
+    /// The answer, with the reason hooks see as `msg.error`.
+    pub fn flow_error(&self, timeout: Duration) -> crate::proxy::exchange::reply::FlowError {
+        let reason = match self {
+            RespError::Closed => "upstream reset",
+            RespError::Timeout => "upstream timeout",
+            RespError::Bad(_) => "bad upstream response",
+        };
+        let (status, text) = self.answer(timeout);
+        crate::proxy::exchange::reply::FlowError {
+            status,
+            text,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Why an exchange with an HTTP/1 upstream failed.
@@ -95,6 +110,7 @@ pub async fn send_ready(
     waits: Waits<'_>,
 ) -> Result<Answer, SendError> {
     parts.insert(0, head.freeze());
+    let t0 = crate::metrics::clock();
     if let Err(e) = up.stream.write_all_vectored(parts).await {
         tracing::debug!("upstream write failed: {e}");
         return Err(SendError::Upstream(RespError::Closed));
@@ -104,6 +120,7 @@ pub async fn send_ready(
         read_response_head(&up.stream, &mut up.buf, waits.limits, Some(waits.deadline))
             .await
             .map_err(SendError::Upstream)?;
+    crate::metrics::upstream_ttfb(t0);
     Ok(Answer {
         interim,
         head,

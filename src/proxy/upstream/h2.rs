@@ -100,6 +100,24 @@ pub enum StreamError {
     Answer(u16, String),
 }
 
+impl StreamError {
+    /// The answer luring makes for it, with the reason hooks see as `msg.error`; None
+    /// for a reset, which is passed on as one.
+    pub fn flow_error(self) -> Option<crate::proxy::exchange::reply::FlowError> {
+        match self {
+            StreamError::Reset(_) => None,
+            StreamError::Answer(status, text) => Some(crate::proxy::exchange::reply::FlowError {
+                status,
+                reason: match status {
+                    504 => "upstream timeout".into(),
+                    _ => "upstream reset".into(),
+                },
+                text,
+            }),
+        }
+    }
+}
+
 /// A request started as a stream of an upstream connection.
 pub struct Started {
     /// Resolves to the response head.
@@ -175,6 +193,7 @@ pub fn response_of(
             Body::Streaming
         },
         trailers: None,
+        error: None,
     };
     Ok((resp, rx))
 }

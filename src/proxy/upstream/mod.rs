@@ -6,7 +6,7 @@ pub mod h1;
 pub mod h2;
 pub mod pool;
 
-pub use connect::{connect, connect_offering, secure, ConnectError, Upstream};
+pub use connect::{connect, connect_offering, secure, Chain, ConnectError, Upstream};
 pub use pool::{Key, Pool};
 
 use crate::plugin::ConnInfo;
@@ -33,6 +33,16 @@ pub fn reuse(w: &Worker, key: &Key, probe: bool) -> Option<Upstream> {
     Some(up)
 }
 
+/// A plain connection to `host:port` for bytes that go as they are (a CONNECT or
+/// SOCKS5 tunnel): direct, or through the chained proxy's CONNECT.
+pub async fn dial(w: &Worker, host: &str, port: u16) -> Result<Upstream, ConnectError> {
+    let t = w.timeouts.connect;
+    match &w.chain {
+        Some(c) => c.tunnel(w.backend, host, port, t).await,
+        None => connect(w.backend, host, port, t, None).await,
+    }
+}
+
 /// A new connection for `key` (TLS offering `alpn` for https), over the tunnel's
 /// `spare` connection when it goes to the same place; counted, and tls.on_handshake
 /// fired for a new TLS session.
@@ -54,8 +64,18 @@ pub async fn open(
             if let Some(s) = other {
                 s.up.stream.shutdown(Shutdown::Both);
             }
-            let tls = https.then_some(&w.tls);
-            connect_offering(w.backend, &key.host, key.port, timeout, tls, alpn).await?
+            match &w.chain {
+                // TLS through the chained proxy's CONNECT; plain HTTP to the proxy itself
+                Some(c) if https => {
+                    let t = c.tunnel(w.backend, &key.host, key.port, timeout).await?;
+                    secure(t, &key.host, timeout, &w.tls, alpn).await?
+                }
+                Some(c) => c.connect(w.backend, timeout).await?,
+                None => {
+                    let tls = https.then_some(&w.tls);
+                    connect_offering(w.backend, &key.host, key.port, timeout, tls, alpn).await?
+                }
+            }
         }
     };
     if let Some(t) = &up.tls_info {

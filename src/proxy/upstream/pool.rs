@@ -39,6 +39,7 @@ struct Idle {
     buf: BytesMut,
     addr: SocketAddr,
     since: Instant,
+    via_chain: bool,
 }
 
 /// Per-worker pool of idle upstream connections (no locks: one worker owns it).
@@ -68,12 +69,15 @@ impl Pool {
         let list = map.get_mut(key)?;
         while let Some(i) = list.pop() {
             if i.since.elapsed() < self.idle_timeout && (!probe || i.stream.is_idle_and_open()) {
+                let base = i.stream.bytes_moved();
                 return Some(Upstream {
                     stream: i.stream,
                     buf: i.buf,
                     addr: i.addr,
                     reused: true,
                     tls_info: None,
+                    base,
+                    via_chain: i.via_chain,
                 });
             }
             i.stream.shutdown(Shutdown::Both);
@@ -99,6 +103,7 @@ impl Pool {
             buf: up.buf,
             addr: up.addr,
             since: Instant::now(),
+            via_chain: up.via_chain,
         });
     }
 

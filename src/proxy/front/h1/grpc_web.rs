@@ -7,7 +7,6 @@ use super::over_h2;
 use super::state::*;
 use crate::http::{Body, Request, Version};
 use crate::proto::http1::{encode_chunk, encode_last_chunk};
-use crate::proxy::body_relay::H1Body;
 use crate::proxy::conn::client::ClientConn;
 use crate::proxy::exchange::{self, Decision, Message, Source};
 use crate::proxy::grpc::Call;
@@ -119,16 +118,12 @@ async fn whole_body(
     if let Body::Full(b) = &req.body {
         return Ok(b.clone());
     }
-    let mut src = Source::H1 {
-        body: H1Body {
-            stream: &c.io.stream,
-            buf: &mut c.io.buf,
-            dec: &mut asked.dec,
-            timeout: c.w.timeouts.idle,
-            tap: None,
-        },
-        owe_continue: Some(&mut asked.owe_continue),
-    };
+    let mut src = client_body(
+        &mut c.io,
+        &mut asked.dec,
+        &mut asked.owe_continue,
+        c.w.timeouts.idle,
+    );
     // a gRPC-web request holds one message (unary and server-streaming calls)
     let limit = c.w.cfg.max_grpc_message.saturating_mul(4) / 3 + 64;
     match src.buffer(limit).await {

@@ -12,6 +12,7 @@ mod state;
 pub use state::{H1Route, Outcome, Tunnel};
 
 use crate::http::RequestHead;
+use crate::metrics;
 use crate::proto::http1::{parse_request_head, HeadError};
 use crate::proxy::conn::client::ClientConn;
 use crate::proxy::exchange::log::{sent_status, AccessRecord, TunnelLog};
@@ -37,6 +38,8 @@ pub async fn serve(c: &mut ClientConn, route: H1Route) -> Outcome {
         };
         c.requests += 1;
         Counters::bump(&c.w.counters.requests);
+        let (t0, ctype) = (metrics::clock(), head.headers.get("content-type").cloned());
+        c.io.status.set(0);
         let next = if c.w.cfg.access_log {
             logged_exchange(c, &mut front, head).await
         } else {
@@ -45,6 +48,9 @@ pub async fn serve(c: &mut ClientConn, route: H1Route) -> Outcome {
                 Half::Sent(sent) => response::respond(c, sent).await,
             }
         };
+        let status = c.io.status.get();
+        let proto = metrics::http_proto(false, ctype.as_deref(), status);
+        metrics::request(proto, sent_status(status), t0);
         recording::finish(&c.w, &c.info, c.io.rec.take());
         match next {
             Next::KeepAlive => {}
@@ -66,6 +72,7 @@ async fn logged_exchange(c: &mut ClientConn, front: &mut Front, head: RequestHea
         &host,
     );
     c.io.status.set(0);
+    c.io.answer_error.set(None);
     let sent0 = c.io.sent.get();
     let written_before = c.io.stream.bytes_moved().1;
     let next = match request::exchange(c, front, head).await {
@@ -83,7 +90,14 @@ async fn logged_exchange(c: &mut ClientConn, front: &mut Front, head: RequestHea
     }
     let sent = c.io.sent.get() - sent0;
     let status = sent_status(c.io.status.get());
-    record.finish(c.info.client_addr, status, sent, c.info.conn_id);
+    let error = c.io.answer_error.take();
+    record.finish_with(
+        c.info.client_addr,
+        status,
+        sent,
+        c.info.conn_id,
+        error.as_deref(),
+    );
     next
 }
 

@@ -10,6 +10,7 @@ use crate::proto::detect::is_h2_settings_frame;
 use crate::proto::http1::{encode_chunk, encode_last_chunk, BodyKind};
 use crate::proxy::body_relay::{self, H1Body, RelayError};
 use crate::proxy::conn::client::ClientConn;
+use crate::proxy::exchange::reply::FlowError;
 use crate::proxy::exchange::{self, reply, rules, Decision, Message, Source};
 
 use crate::proxy::h1_wire;
@@ -87,7 +88,7 @@ pub(super) async fn exchange(
         no_body,
     } = match up2::start(upstream, req, false).await {
         Ok(s) => s,
-        Err(e) => return fail(c, 502, &stream_error(e)).await,
+        Err(e) => return fail_flow(c, hooks, req, flow_error(e)).await,
     };
     let streamed = !matches!(req.body, Body::Full(_)) && !asked.dec.is_done();
     if streamed && std::mem::take(&mut asked.owe_continue) {
@@ -144,11 +145,12 @@ pub(super) async fn exchange(
                 asked.keep_alive &= complete;
                 r
             }
-            Err(e) => return fail(c, 502, &stream_error(e)).await,
+            Err(e) => return fail_flow(c, hooks, req, flow_error(e)).await,
         },
         (None, _) => {
             let why = format!("upstream did not respond within {t:?}");
-            return fail(c, 504, &why).await;
+            let e = up2::StreamError::Answer(504, why);
+            return fail_flow(c, hooks, req, flow_error(e)).await;
         }
     };
     let mut body = Incoming::new(rx);
@@ -158,11 +160,17 @@ pub(super) async fn exchange(
     next
 }
 
-/// The text of a failed upstream stream.
-fn stream_error(e: StreamError) -> String {
+/// The answer for a failed upstream stream (a reset becomes a 502 on HTTP/1).
+fn flow_error(e: StreamError) -> FlowError {
     match e {
-        StreamError::Reset(reason) => format!("upstream reset the stream: {reason}"),
-        StreamError::Answer(_, text) => text,
+        StreamError::Reset(reason) => FlowError {
+            status: 502,
+            text: format!("upstream reset the stream: {reason}"),
+            reason: "upstream reset".into(),
+        },
+        e => e
+            .flow_error()
+            .unwrap_or_else(|| FlowError::bad_response("upstream stream failed")),
     }
 }
 

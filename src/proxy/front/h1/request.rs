@@ -12,7 +12,7 @@ use crate::proxy::conn::auth;
 use crate::proxy::conn::client::ClientConn;
 use crate::proxy::exchange::recording;
 use crate::proxy::exchange::route::{self};
-use crate::proxy::exchange::{self, reply, rules, Decision, Message, Source};
+use crate::proxy::exchange::{self, reply, rules, Decision, Message};
 use crate::proxy::grpc_web;
 use crate::proxy::h1_wire;
 use crate::proxy::upstream::h1::{self as up1, Answer, SendError, Upload, Waits};
@@ -62,16 +62,12 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
     let max = c.w.cfg.max_grpc_message;
     let call = grpc_web::h1_call(engine.as_ref(), &req, &c.info, hooks.id, max);
     let decision = {
-        let mut src = Source::H1 {
-            body: H1Body {
-                stream: &c.io.stream,
-                buf: &mut c.io.buf,
-                dec: &mut asked.dec,
-                timeout: c.w.timeouts.idle,
-                tap: None,
-            },
-            owe_continue: Some(&mut asked.owe_continue),
-        };
+        let mut src = client_body(
+            &mut c.io,
+            &mut asked.dec,
+            &mut asked.owe_continue,
+            c.w.timeouts.idle,
+        );
         let msg = Message::Request {
             req: &mut req,
             upgrade: asked.upgrade.as_ref(),
@@ -101,7 +97,7 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
         Decision::Failed(why) => return Half::Over(fail(c, 400, &why).await),
     }
     if req.method.as_ref() == b"CONNECT" {
-        return Half::Over(Box::pin(tunnel(c, req)).await);
+        return Half::Over(Box::pin(tunnel(c, hooks, req)).await);
     }
     if let Some(g) = grpc_web::gateway(&c.w.cfg, &c.w.mode, &req) {
         let key = front.key_for(&req);
@@ -124,7 +120,7 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
     if over_h2::known(c, &key) {
         return Half::Over(Box::pin(over_h2::exchange(c, hooks, &mut req, &mut asked, &key)).await);
     }
-    let (up, answer) = match send(c, front, &key, &mut req, &mut asked).await {
+    let (up, answer) = match send(c, front, &key, hooks, &mut req, &mut asked).await {
         Ok(x) => x,
         Err(NotSent::Answered(next)) => return Half::Over(next),
         Err(NotSent::OverH2) => {
@@ -157,34 +153,33 @@ async fn hook_request(
     asked: &mut Asked,
     call: &std::rc::Rc<crate::proxy::grpc::Call>,
 ) -> Result<(), (u32, String)> {
-    let mut src = Source::H1 {
-        body: H1Body {
-            stream: &c.io.stream,
-            buf: &mut c.io.buf,
-            dec: &mut asked.dec,
-            timeout: c.w.timeouts.idle,
-            tap: None,
-        },
-        owe_continue: Some(&mut asked.owe_continue),
-    };
+    let mut src = client_body(
+        &mut c.io,
+        &mut asked.dec,
+        &mut asked.owe_continue,
+        c.w.timeouts.idle,
+    );
     grpc_web::hook_request(&mut src, req, call, c.w.cfg.max_plugin_body).await
 }
 
 /// A new upstream connection for `key` (reporting a failed early connect once instead
 /// of trying again).
-async fn open(c: &mut ClientConn, front: &mut Front, key: &Key) -> Result<Upstream, Next> {
-    if let Some((k, status, text)) = front.route.ahead_failed.take() {
+async fn open(
+    c: &mut ClientConn,
+    front: &mut Front,
+    key: &Key,
+    hooks: Hooks<'_>,
+    req: &Request,
+) -> Result<Upstream, Next> {
+    if let Some((k, e)) = front.route.ahead_failed.take() {
         if k == *key {
-            return Err(fail(c, status, &text).await);
+            return Err(fail_flow(c, hooks, req, e).await);
         }
     }
     let spare = front.route.spare.take();
     match upstream::open(&c.w, &c.info, key, Alpn::Http1, spare).await {
         Ok(up) => Ok(up),
-        Err(e) => {
-            let (status, text) = e.answer();
-            Err(fail(c, status, &text).await)
-        }
+        Err(e) => Err(fail_flow(c, hooks, req, e.flow_error()).await),
     }
 }
 
@@ -195,6 +190,7 @@ async fn send(
     c: &mut ClientConn,
     front: &mut Front,
     key: &Key,
+    hooks: Hooks<'_>,
     req: &mut Request,
     asked: &mut Asked,
 ) -> Result<(Upstream, Answer), NotSent> {
@@ -212,7 +208,7 @@ async fn send(
             // rare paths are boxed: their futures would otherwise make every request's
             // future larger, and it is copied on every call
             None => {
-                let up = Box::pin(open(c, front, key))
+                let up = Box::pin(open(c, front, key, hooks, req))
                     .await
                     .map_err(NotSent::Answered)?;
                 c.io.record(|r| r.flow.times.upstream_connected = now_ns());
@@ -220,7 +216,10 @@ async fn send(
             }
         };
         c.info.server_addr = Some(up.addr);
-        let head = h1_wire::upstream_request_head(req, asked.dec.kind());
+        let mut head = h1_wire::upstream_request_head(req, asked.dec.kind());
+        if let (true, Some(chain)) = (up.via_chain, &c.w.chain) {
+            h1_wire::to_proxy_form(&mut head, req, chain.auth.as_deref());
+        }
         let streamed = !matches!(req.body, Body::Full(_)) && !asked.dec.is_done();
         if streamed && asked.owe_continue && !asked.dec.is_done() {
             asked.owe_continue = false;
@@ -284,22 +283,22 @@ async fn send(
                 if matches!(req.body, Body::Full(_)) || asked.dec.is_done() {
                     return Err(NotSent::OverH2);
                 }
-                let (status, mut text) = e.answer(c.w.timeouts.upstream);
-                text.push_str(
+                let mut f = e.flow_error(c.w.timeouts.upstream);
+                f.text.push_str(
                     " (it speaks HTTP/2 only; the request body was already sent, so it is \
                      not sent again: later requests go over HTTP/2)",
                 );
-                return Err(fail(c, status, &text).await.into());
+                return Err(fail_flow(c, hooks, req, f).await.into());
             }
             SendError::Upstream(e) => {
-                let (status, mut text) = e.answer(c.w.timeouts.upstream);
+                let mut f = e.flow_error(c.w.timeouts.upstream);
                 if over_h2::speaks_only_h2(&up, &e) {
-                    text.push_str(
+                    f.text.push_str(
                         " (it agreed to no ALPN protocol when offered http/1.1: it may \
                          speak HTTP/2 only, and --no-http2 keeps luring from speaking it)",
                     );
                 }
-                return Err(fail(c, status, &text).await.into());
+                return Err(fail_flow(c, hooks, req, f).await.into());
             }
         }
     }
@@ -332,16 +331,12 @@ async fn interim(c: &ClientConn, heads: &[ResponseHead]) -> bool {
 }
 
 /// CONNECT: connect to the target and answer 200; the tunnel goes on in the driver.
-async fn tunnel(c: &mut ClientConn, req: Request) -> Next {
+async fn tunnel(c: &mut ClientConn, hooks: Hooks<'_>, req: Request) -> Next {
     let host = req.host();
     let port = req.port();
-    let t = c.w.timeouts.connect;
-    let up = match upstream::connect(c.w.backend, &host, port, t, None).await {
+    let up = match upstream::dial(&c.w, &host, port).await {
         Ok(u) => u,
-        Err(e) => {
-            let (status, text) = e.answer();
-            return fail(c, status, &text).await;
-        }
+        Err(e) => return fail_flow(c, hooks, &req, e.flow_error()).await,
     };
     c.info.server_addr = Some(up.addr);
     c.io.status.set(200);

@@ -7,6 +7,7 @@ use crate::http::{Body, Request, Response, ResponseHead, Version};
 use crate::proto::http1::{response_body_kind, BodyDecoder};
 use crate::proxy::body_relay::{self, H1Body, Output, RelayError};
 use crate::proxy::conn::client::ClientConn;
+use crate::proxy::exchange::reply::FlowError;
 use crate::proxy::exchange::{self, rules, Decision, Message, Source};
 use crate::proxy::h1_wire;
 use crate::proxy::upstream::Upstream;
@@ -43,13 +44,14 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
             return Box::pin(switch_protocols(c, rhead, up, hooks, websocket)).await;
         }
         up.stream.shutdown(Shutdown::Both);
-        return fail(c, 502, "upstream switched protocols without being asked to").await;
+        let e = FlowError::bad_response("upstream switched protocols without being asked to");
+        return fail_flow(c, hooks, req, e).await;
     }
     let (mut resp, mut rdec, reusable) = match response_of(req, rhead) {
         Ok(r) => r,
         Err(text) => {
             up.stream.shutdown(Shutdown::Both);
-            return fail(c, 502, &text).await;
+            return fail_flow(c, hooks, req, FlowError::bad_response(text)).await;
         }
     };
     let decision = {
@@ -152,6 +154,7 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
         }
         Err(e) => {
             tracing::info!(conn = c.info.conn_id, "response body relay ended: {e:?}");
+            c.io.failed(&format!("response body: {e}"));
             if let Some(r) = rec.as_mut() {
                 r.error(format!("response body: {e}"));
             }
@@ -160,6 +163,7 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
     };
     c.io.rec.set(rec);
     let upstream_done = clean && rdec.is_done();
+    c.io.count_upstream(&up);
     if reusable && upstream_done && upload_complete && asked.dec.is_done() {
         c.w.pool.put(key, up);
     } else {
@@ -188,6 +192,7 @@ fn response_of(
         headers: rhead.headers,
         body: Body::Streaming,
         trailers: None,
+        error: None,
     };
     Ok((resp, BodyDecoder::new(rkind), reusable))
 }
@@ -282,6 +287,7 @@ async fn switch_protocols(
         let (_, rec) = ws::relay(peers, hooks_on, &c.info, hooks.id, t, max, rec).await;
         c.io.rec.set(rec);
         up.stream.shutdown(Shutdown::Both);
+        c.io.count_upstream(&up);
     } else {
         let _ = c.relay_both_ways(up, engine, None).await;
     }

@@ -6,8 +6,9 @@ use crate::http::{Request, Response, Version};
 use crate::plugin::Engine;
 use crate::proto::http1::BodyDecoder;
 use crate::proxy::conn::client::ClientConn;
-use crate::proxy::exchange::reply;
+use crate::proxy::exchange::reply::{self, FlowError};
 use crate::proxy::exchange::route::Intercept;
+use crate::proxy::exchange::{Decision, Message, Source};
 use crate::proxy::upstream::{Key, Spare, Upstream};
 use bytes::Bytes;
 
@@ -18,7 +19,7 @@ pub struct H1Route {
     pub intercept: Option<Intercept>,
     /// A connection made ahead of the client's TLS handshake failed: the first request
     /// to that upstream gets this answer instead of a second try.
-    pub ahead_failed: Option<(Key, u16, String)>,
+    pub ahead_failed: Option<(Key, FlowError)>,
     /// The plain connection the tunnel opened, for the first TLS connection upstream.
     pub spare: Option<Spare>,
 }
@@ -138,6 +139,25 @@ macro_rules! flow {
 }
 pub(super) use flow;
 
+/// The client's request body as a hook reads it (100 Continue sent first if owed).
+pub(super) fn client_body<'a>(
+    io: &'a mut crate::proxy::conn::client::ClientIo,
+    dec: &'a mut BodyDecoder,
+    owe_continue: &'a mut bool,
+    timeout: std::time::Duration,
+) -> Source<'a> {
+    Source::H1 {
+        body: crate::proxy::body_relay::H1Body {
+            stream: &io.stream,
+            buf: &mut io.buf,
+            dec,
+            timeout,
+            tap: None,
+        },
+        owe_continue: Some(owe_continue),
+    }
+}
+
 /// Writes a response luring makes (a plugin's RESPOND) and says what happens next.
 pub(super) async fn answer(c: &ClientConn, resp: Response, asked: &Asked, close: bool) -> Next {
     let close = close || c.w.is_draining();
@@ -153,5 +173,29 @@ pub(super) async fn answer(c: &ClientConn, resp: Response, asked: &Asked, close:
 /// Answers with an error and closes.
 pub(super) async fn fail(c: &ClientConn, status: u16, text: &str) -> Next {
     c.io.fail(c.info.conn_id, status, text).await;
+    Next::Close
+}
+
+/// Answers a flow that failed upstream, and closes: luring's error response goes
+/// through http.on_response first (`msg.error` says why), so a hook can log it, change
+/// it or answer with its own page.
+pub(super) async fn fail_flow(
+    c: &ClientConn,
+    hooks: Hooks<'_>,
+    req: &Request,
+    e: FlowError,
+) -> Next {
+    tracing::info!(conn = c.info.conn_id, status = e.status, "{}", e.text);
+    let mut resp = e.response();
+    let decision = {
+        let msg = Message::Response(req, &mut resp);
+        crate::proxy::exchange::event!(&flow!(c, hooks), msg, &mut Source::Whole)
+    };
+    match decision {
+        Decision::Drop => return Next::Close,
+        Decision::Respond(r) => resp = r,
+        Decision::Forward | Decision::Failed(_) => {}
+    }
+    c.io.send_error(resp, &e.text).await;
     Next::Close
 }

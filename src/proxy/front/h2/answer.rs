@@ -7,7 +7,6 @@ use crate::proxy::exchange::reply;
 use crate::proxy::grpc;
 use crate::proxy::grpc_web;
 use crate::proxy::h2_stream;
-use crate::proxy::upstream::h2::StreamError;
 use bytes::Bytes;
 use h2::SendStream;
 
@@ -54,6 +53,7 @@ impl Reply {
             headers,
             body: Body::Full(Bytes::new()),
             trailers: None,
+            error: None,
         };
         self.answer(r, false);
     }
@@ -107,13 +107,5 @@ impl Reply {
         tracing::info!("HTTP/2 stream answered {status}: {text}");
         self.record(|c| c.error(text));
         self.answer(reply::error(status, text), false);
-    }
-
-    /// Answers an upstream stream's failure: the same reset, or an error.
-    pub(super) fn stream_error(&mut self, e: StreamError) {
-        match e {
-            StreamError::Reset(reason) => self.tx.send_reset(reason),
-            StreamError::Answer(status, text) => self.fail(status, &text),
-        }
     }
 }

@@ -13,9 +13,11 @@ mod stream;
 
 use crate::http::{Body, Headers, Request};
 use crate::io::PollStream;
+use crate::metrics::Proto;
 use crate::plugin::ConnInfo;
 use crate::proxy::exchange::log::{sent_status, AccessRecord};
 use crate::proxy::exchange::recording;
+use crate::proxy::exchange::reply::FlowError;
 use crate::proxy::exchange::route::{self, Target2};
 use crate::proxy::exchange::{self, Decision, Flow, Message, Source};
 use crate::proxy::grpc;
@@ -46,8 +48,8 @@ pub enum Via {
     /// end) go over one h2c connection made when the first one comes, the rest over
     /// HTTP/1.1.
     Http1OrH2c,
-    /// None could be had: every stream gets a 502 with this reason.
-    Failed(String),
+    /// None could be had: every stream gets this answer (through http.on_response).
+    Failed(FlowError),
 }
 
 /// How a running session reaches its upstream.
@@ -55,7 +57,7 @@ enum UpstreamConn {
     H2(h2::client::SendRequest<Bytes>),
     Http1,
     Http1OrH2c,
-    Failed(String),
+    Failed(FlowError),
 }
 
 /// What every stream of one client connection shares.
@@ -72,6 +74,21 @@ struct Session {
     /// Streams in progress, and when the last one ended (idle timeout).
     open: Cell<usize>,
     last_end: Cell<Instant>,
+}
+
+impl Session {
+    /// The session's h2c connection to a plaintext upstream, made on first use (gRPC
+    /// calls need h2 end to end).
+    async fn h2c_sender(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
+        let (host, port) = (&self.key.host, self.key.port);
+        let t = self.w.timeouts.connect;
+        let connect = async {
+            upstream::connect(self.w.backend, host, port, t, None)
+                .await
+                .map_err(|e| e.text().to_string())
+        };
+        self.h2c.sender(connect, self.info.conn_id).await
+    }
 }
 
 /// Serves an h2 client connection (TLS that chose h2, or h2c with prior knowledge),
@@ -96,7 +113,8 @@ pub async fn serve(
                 }
                 Err(e) => {
                     let why = format!("HTTP/2 handshake with the upstream failed: {e}");
-                    run(w, &mut cio, UpstreamConn::Failed(why), None, info, target).await;
+                    let f = FlowError::bad_response(why);
+                    run(w, &mut cio, UpstreamConn::Failed(f), None, info, target).await;
                 }
             }
             stream.shutdown(Shutdown::Both);
@@ -211,6 +229,11 @@ fn spawn_stream(
     session.open.set(session.open.get() + 1);
     let s = session.clone();
     crate::io::spawn(async move {
+        let t0 = crate::metrics::clock();
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes().starts_with(b"application/grpc"));
         let mut reply = Reply {
             tx,
             status: 0,
@@ -231,6 +254,12 @@ fn spawn_stream(
         } else {
             stream(&s, req, &mut reply).await;
         }
+        let proto = if grpc == Some(true) {
+            Proto::Grpc
+        } else {
+            Proto::H2
+        };
+        crate::metrics::request(proto, sent_status(reply.status), t0);
         recording::finish(&s.w, &s.info, reply.rec.take());
         s.open.set(s.open.get() - 1);
         s.last_end.set(Instant::now());
@@ -313,21 +342,12 @@ async fn exchange_stream(
     match &s.upstream {
         _ if Key::new(&req.scheme, &req.authority) != s.key => ex.via_h1(req, body, reply).await,
         UpstreamConn::H2(up) => ex.via_h2(up.clone(), req, body, reply).await,
-        UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => {
-            let (host, port) = (&s.key.host, s.key.port);
-            let t = s.w.timeouts.connect;
-            let connect = async {
-                upstream::connect(s.w.backend, host, port, t, None)
-                    .await
-                    .map_err(|e| e.text().to_string())
-            };
-            match s.h2c.sender(connect, s.info.conn_id).await {
-                Ok(up) => ex.via_h2(up, req, body, reply).await,
-                Err(why) => reply.fail(502, &why),
-            }
-        }
+        UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => match s.h2c_sender().await {
+            Ok(up) => ex.via_h2(up, req, body, reply).await,
+            Err(why) => reply.fail(502, &why),
+        },
         UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => ex.via_h1(req, body, reply).await,
-        UpstreamConn::Failed(why) => reply.fail(502, why),
+        UpstreamConn::Failed(e) => ex.fail_flow(&req, reply, e.clone()).await,
     }
 }
 
@@ -348,21 +368,12 @@ async fn gateway(
     };
     let up = match &s.upstream {
         UpstreamConn::H2(up) => up.clone(),
-        UpstreamConn::Http1OrH2c => {
-            let (host, port) = (&s.key.host, s.key.port);
-            let t = s.w.timeouts.connect;
-            let connect = async {
-                upstream::connect(s.w.backend, host, port, t, None)
-                    .await
-                    .map_err(|e| e.text().to_string())
-            };
-            match s.h2c.sender(connect, s.info.conn_id).await {
-                Ok(up) => up,
-                Err(why) => return reply.fail(502, &why),
-            }
-        }
+        UpstreamConn::Http1OrH2c => match s.h2c_sender().await {
+            Ok(up) => up,
+            Err(why) => return reply.fail(502, &why),
+        },
         UpstreamConn::Http1 => return reply.fail(502, "the upstream does not speak HTTP/2"),
-        UpstreamConn::Failed(why) => return reply.fail(502, why),
+        UpstreamConn::Failed(e) => return reply.fail(e.status, &e.text),
     };
     match grpc_web_h2::call(f, up, req, body, &mut reply.tx, call, protocol).await {
         grpc_web_h2::Done::Answer(r) => reply.answer(r, false),

@@ -5,6 +5,7 @@ use super::{Reply, Session};
 use crate::http::{Body, Request, Response};
 use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
 use crate::proxy::body_relay::{self, H1Body};
+use crate::proxy::exchange::reply::FlowError;
 use crate::proxy::exchange::{self, rules, Decision, Flow, Message, Source};
 use crate::proxy::grpc;
 use crate::proxy::grpc_web;
@@ -42,7 +43,7 @@ impl Stream<'_> {
     ) {
         let started = match up2::start(upstream, &mut req, self.te_trailers).await {
             Ok(s) => s,
-            Err(e) => return reply.stream_error(e),
+            Err(e) => return self.stream_failed(&req, reply, e).await,
         };
         let up2::Started {
             response,
@@ -91,7 +92,7 @@ impl Stream<'_> {
                 if let Some((status, message)) = self.call.as_ref().and_then(|c| c.cancelled()) {
                     return reply.grpc_status(self.call.as_deref(), status, &message);
                 }
-                return reply.stream_error(e);
+                return self.stream_failed(&req, reply, e).await;
             }
         };
         let mut rbody = Incoming::new(rx);
@@ -107,6 +108,34 @@ impl Stream<'_> {
         }
     }
 
+    /// Answers a stream whose upstream failed: a reset passes on as one; an answer
+    /// goes through [`Stream::fail_flow`].
+    async fn stream_failed(&self, req: &Request, reply: &mut Reply, e: up2::StreamError) {
+        if let up2::StreamError::Reset(reason) = e {
+            reply.record(|c| c.error(format!("upstream reset the stream: {reason}")));
+            return reply.tx.send_reset(reason);
+        }
+        if let Some(f) = e.flow_error() {
+            self.fail_flow(req, reply, f).await;
+        }
+    }
+
+    /// Answers a flow that failed upstream: luring's error response goes through
+    /// http.on_response first (`msg.error` says why), so a hook can log it, change it
+    /// or answer with its own page.
+    pub(super) async fn fail_flow(&self, req: &Request, reply: &mut Reply, e: FlowError) {
+        tracing::info!("HTTP/2 stream answered {}: {}", e.status, e.text);
+        let mut resp = e.response();
+        let msg = Message::Response(req, &mut resp);
+        match exchange::event!(&self.f, msg, &mut Source::Whole) {
+            Decision::Drop => return reply.tx.send_reset(Reason::CANCEL),
+            Decision::Respond(r) => resp = r,
+            Decision::Forward | Decision::Failed(_) => {}
+        }
+        reply.record(|c| c.error(e.text.as_str()));
+        reply.answer(resp, self.is_head);
+    }
+
     /// Relays the request over HTTP/1.1 (a pooled or new connection to its authority),
     /// and the HTTP/1 response back as h2.
     pub(super) async fn via_h1(&self, mut req: Request, mut body: Incoming, reply: &mut Reply) {
@@ -116,10 +145,7 @@ impl Stream<'_> {
             Some(u) => u,
             None => match upstream::open(w, &self.s.info, &key, Alpn::Http1, None).await {
                 Ok(u) => u,
-                Err(e) => {
-                    let (status, text) = e.answer();
-                    return reply.fail(status, &text);
-                }
+                Err(e) => return self.fail_flow(&req, reply, e.flow_error()).await,
             },
         };
         if let Some(k) = self.call.as_ref().filter(|k| k.protocol().is_web()) {
@@ -130,7 +156,10 @@ impl Stream<'_> {
             }
         }
         body.tap = reply.rec.as_ref().map(|r| r.new_tap());
-        let (head, upload) = h1_request(&mut req, &mut body);
+        let (mut head, upload) = h1_request(&mut req, &mut body);
+        if let (true, Some(chain)) = (up.via_chain, &w.chain) {
+            h1_wire::to_proxy_form(&mut head, &req, chain.auth.as_deref());
+        }
         let deadline = crate::io::Deadline::new();
         let waits = Waits {
             upstream: w.timeouts.upstream,
@@ -145,13 +174,14 @@ impl Stream<'_> {
             Ok(a) => a,
             Err(e) => {
                 up.stream.shutdown(Shutdown::Both);
-                let (status, text) = match e {
-                    up1::SendError::Upstream(e) => e.answer(w.timeouts.upstream),
+                let f = match e {
+                    up1::SendError::Upstream(e) => e.flow_error(w.timeouts.upstream),
                     up1::SendError::Client(why) | up1::SendError::BadBody(why) => {
-                        (502, format!("sending the request upstream: {why}"))
+                        let text = format!("sending the request upstream: {why}");
+                        return reply.fail(502, &text);
                     }
                 };
-                return reply.fail(status, &text);
+                return self.fail_flow(&req, reply, f).await;
             }
         };
         let upload_complete = answer.complete;
@@ -164,11 +194,13 @@ impl Stream<'_> {
             Ok(k) if rhead.status != 101 => k,
             Ok(_) => {
                 up.stream.shutdown(Shutdown::Both);
-                return reply.fail(502, "upstream switched protocols on an HTTP/2 request");
+                let f = FlowError::bad_response("upstream switched protocols on an HTTP/2 request");
+                return self.fail_flow(&req, reply, f).await;
             }
             Err(e) => {
                 up.stream.shutdown(Shutdown::Both);
-                return reply.fail(502, &format!("bad response framing from upstream: {e}"));
+                let f = FlowError::bad_response(format!("bad response framing from upstream: {e}"));
+                return self.fail_flow(&req, reply, f).await;
             }
         };
         let reusable =
@@ -184,6 +216,7 @@ impl Stream<'_> {
                 Body::Streaming
             },
             trailers: None,
+            error: None,
         };
         let mut dec = BodyDecoder::new(rkind);
         let Upstream { stream, buf, .. } = &mut up;
@@ -323,6 +356,7 @@ impl Stream<'_> {
             (None, Source::H1 { mut body, .. }) => {
                 relay_h1(&mut body, &mut tx, sse_rw.as_mut()).await
             }
+            (None, Source::Whole) => h2_stream::send_full(&mut tx, Bytes::new(), None).await,
         };
         match r {
             Ok(n) => {
