@@ -66,6 +66,7 @@ step() {
 #   h2load, nghttpd       tests/http2.rs (HTTP/2 load client, h2-only origin)
 #   redis-server          tests/hook_io.rs (rate limit shared by two luring processes)
 #   tinyproxy             tests/chain.rs (--mode upstream: chained to a proxy no one here wrote)
+#   nft                   tests/transparent.rs (the REDIRECT rule in a test namespace)
 #   promtool              tests/metrics.rs (checks the Prometheus exposition)
 APT_NEED=()
 need_cmd() { command -v "$1" >/dev/null 2>&1 || APT_NEED+=("$2"); }
@@ -77,6 +78,7 @@ need_cmd nghttp nghttp2-client
 need_cmd h2load nghttp2-client
 need_cmd nghttpd nghttp2-server
 need_cmd tinyproxy tinyproxy
+need_cmd nft nftables
 need_cmd redis-server redis-server
 need_cmd promtool prometheus
 need_cmd nginx nginx-light   # tests/bench.rs: luring and nginx side by side

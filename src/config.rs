@@ -17,6 +17,9 @@ pub enum Mode {
     Reverse(Upstream),
     /// SOCKS5 proxy (RFC 1928, CONNECT): each connection then goes on as a CONNECT tunnel.
     Socks5,
+    /// Connections redirected to luring by the kernel (iptables/nftables REDIRECT or
+    /// TPROXY): each goes on as a tunnel to its original destination.
+    Transparent,
     /// A forward proxy like `Regular` whose upstream connections all go through another
     /// HTTP proxy: plain requests in absolute-form, TLS through CONNECT.
     Upstream(Upstream),
@@ -50,6 +53,7 @@ impl Mode {
         match s {
             "regular" => return Ok(Mode::Regular),
             "socks5" => return Ok(Mode::Socks5),
+            "transparent" => return Ok(Mode::Transparent),
             _ => {}
         }
         if let Some(url) = s.strip_prefix("upstream:") {
@@ -68,7 +72,7 @@ impl Mode {
         }
         let Some(url) = s.strip_prefix("reverse:") else {
             return Err(format!(
-                "unknown mode '{s}' (expected regular, reverse:URL, socks5 or upstream:URL)"
+                "unknown mode '{s}' (expected regular, reverse:URL, socks5, transparent or upstream:URL)"
             ));
         };
         let t = crate::http::Target::parse_absolute(url.as_bytes()).ok_or_else(|| {
@@ -95,6 +99,7 @@ impl Mode {
         match self {
             Mode::Regular => "regular",
             Mode::Upstream(_) => "upstream",
+            Mode::Transparent => "transparent",
             Mode::Reverse(_) => "reverse",
             Mode::Socks5 => "socks5",
         }

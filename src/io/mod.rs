@@ -339,6 +339,16 @@ impl Stream {
         }
     }
 
+    /// The socket's descriptor (under TLS, the transport's); None once detached.
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Stream::Uring(s) => Some(s.as_raw_fd()),
+            Stream::Epoll(s, _) => Some(s.as_raw_fd()),
+            Stream::Tls(t) => t.inner().raw_fd(),
+            Stream::Detached => None,
+        }
+    }
+
     /// For a pooled connection: true when the peer has neither closed it nor sent
     /// anything since the last exchange (a non-blocking peek at the socket; for TLS,
     /// pending bytes such as a close_notify count as sent).

@@ -114,6 +114,8 @@ pub struct Worker {
     pub recorder: Option<crate::flows::recorder::Recorder>,
     /// The proxy every upstream connection goes through (`--mode upstream:URL`).
     pub chain: Option<crate::proxy::upstream::Chain>,
+    /// The listening address (transparent mode refuses connections for it).
+    pub listen_addr: Option<std::net::SocketAddr>,
     /// Open client connections.
     pub active: Cell<usize>,
     /// Connections over `max_connections` being answered 503 (bounded by [`REFUSING_MAX`]).
@@ -213,6 +215,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         metrics,
     } = setup;
     let listen_fd = listener.as_raw_fd();
+    let listen_addr = listener.local_addr().ok();
     let fail = |e: String| {
         let _ = ready.send(Err(e.clone()));
         e
@@ -249,6 +252,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         counters: Counters::default(),
         recorder,
         chain: crate::proxy::upstream::Chain::of(&cfg, &mode),
+        listen_addr,
         active: Cell::new(0),
         refusing: Cell::new(0),
         refused_logged: Cell::new(None),

@@ -145,6 +145,50 @@ async fn first_bytes<'a>(
     }
 }
 
+/// Transparent mode: the connection was redirected here; it goes on as a tunnel to
+/// its original destination. A connection for luring's own listener is refused (a
+/// redirect rule that also catches luring's upstream traffic would loop forever).
+pub(super) async fn transparent(c: &mut ClientConn) -> Layer {
+    let conn = c.info.conn_id;
+    let (dst, redirected) = match c.io.stream.raw_fd().map(crate::io::os::original_dst) {
+        Some(Ok(a)) => a,
+        Some(Err(e)) => {
+            tracing::info!(conn, "transparent: no original destination: {e}");
+            return Layer::Done;
+        }
+        None => return Layer::Done,
+    };
+    let own = c.w.listen_addr.is_some_and(|l| {
+        l == dst || (l.ip().is_unspecified() && l.port() == dst.port() && dst.ip().is_loopback())
+    });
+    // without a NAT redirect the local address is luring's own (TPROXY listeners are
+    // not made yet)
+    if own || !redirected {
+        tracing::warn!(
+            conn,
+            "transparent: a connection for luring's own listener {dst} (not redirected, \
+             or a redirect loop: exclude luring's own traffic from the rule); refused"
+        );
+        return Layer::Done;
+    }
+    let host = dst.ip().to_string();
+    let up = match crate::proxy::upstream::dial(&c.w, &host, dst.port()).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!(conn, "transparent: {}", e.text());
+            return Layer::Done;
+        }
+    };
+    c.info.server_addr = Some(up.addr);
+    Layer::Tunnel(Box::new(Tunnel {
+        authority: crate::http::authority_of(&host, dst.port()),
+        host,
+        port: dst.port(),
+        up,
+        by_sni: true,
+    }))
+}
+
 /// An accepted tunnel, its upstream connected: who speaks first decides between TLS
 /// interception, HTTP inside the tunnel, and a relay of the bytes as they are.
 pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
@@ -190,9 +234,14 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
             // the passthrough rules see both names, as in mitmproxy
             Ok(Some(hello)) if w.tls.intercepts_any(host, hello.sni.as_deref(), port) => {
                 drop(pending);
+                // a transparent connection's target is an address: the SNI names it
+                let (name, authority) = match hello.sni.clone().filter(|_| t.by_sni) {
+                    Some(sni) => (sni.clone(), crate::http::authority_of(&sni, port)),
+                    None => (t.host, t.authority),
+                };
                 let spare = match upstream_idle {
                     true => Some(Spare {
-                        host: t.host.clone(),
+                        host: name.clone(),
                         port,
                         up: t.up,
                     }),
@@ -204,8 +253,8 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
                 c.io.buf = first.client;
                 return Layer::Tls(TlsStart {
                     hello,
-                    host: t.host,
-                    authority: Some(t.authority),
+                    host: name,
+                    authority: Some(authority),
                     spare,
                 });
             }

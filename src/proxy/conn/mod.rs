@@ -154,6 +154,7 @@ async fn first_layer(c: &mut ClientConn) -> Layer {
         Mode::Regular | Mode::Upstream(_) => Layer::Http1(H1Route::default()),
         Mode::Socks5 => socks5::serve(c).await,
         Mode::Reverse(_) => detect::reverse(c).await,
+        Mode::Transparent => detect::transparent(c).await,
     }
 }
 

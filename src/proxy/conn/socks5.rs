@@ -86,6 +86,7 @@ async fn connect(c: &mut ClientConn, accepted: &Accepted) -> (Layer, Option<Repl
         host,
         port,
         up,
+        by_sni: false,
     };
     (Layer::Tunnel(Box::new(tunnel)), Some(Reply::Succeeded))
 }

@@ -22,11 +22,12 @@ pub struct Pipeline {
 impl Pipeline {
     /// Hop-by-hop normalisation, Host, then the configured header rewrites.
     pub fn from_config(cfg: &Config) -> Result<Pipeline, String> {
-        let keep_client_host = cfg.keep_host_header
-            && matches!(
-                crate::config::Mode::parse(&cfg.mode),
-                Ok(crate::config::Mode::Reverse(_))
-            );
+        // a redirected connection's target is an address: the client's Host names the site
+        let keep_client_host = match crate::config::Mode::parse(&cfg.mode) {
+            Ok(crate::config::Mode::Reverse(_)) => cfg.keep_host_header,
+            Ok(crate::config::Mode::Transparent) => true,
+            _ => false,
+        };
         let mut steps: Vec<Box<dyn PipelineStep>> = vec![
             Box::new(HopByHop),
             Box::new(HostHeader { keep_client_host }),

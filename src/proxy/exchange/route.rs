@@ -133,8 +133,11 @@ pub fn h1_request(
             req.scheme = t.scheme;
             req.path = Some(t.path);
         }
-        // every request of a SOCKS5 connection comes through its (intercepted) tunnel
+        // every request of a SOCKS5 or transparent connection comes through its tunnel
         Mode::Socks5 => return Err((400, "not a request inside a SOCKS5 tunnel".into())),
+        Mode::Transparent => {
+            return Err((400, "not a request inside a redirected connection".into()))
+        }
         Mode::Reverse(_) if is_connect => {
             return Err((405, "CONNECT is not accepted by a reverse proxy".into()))
         }

@@ -350,5 +350,6 @@ async fn tunnel(c: &mut ClientConn, hooks: Hooks<'_>, req: Request) -> Next {
         port,
         authority: req.authority,
         up,
+        by_sni: false,
     }))
 }

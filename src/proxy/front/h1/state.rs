@@ -34,6 +34,9 @@ pub struct Tunnel {
     pub authority: String,
     /// The connection to the target.
     pub up: Upstream,
+    /// The client never named the target (transparent mode): a ClientHello's SNI
+    /// names it for TLS.
+    pub by_sni: bool,
 }
 
 /// How the HTTP/1 front ended.
