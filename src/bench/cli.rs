@@ -20,7 +20,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
     /// Demo: measured seconds per target.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = super::schedule::parse_duration)]
     pub duration: std::time::Duration,
     /// Write the bundled sample recording to FILE (a flow file) and exit.
     #[arg(long, value_name = "FILE")]
@@ -71,27 +71,6 @@ pub struct OriginArgs {
     pub origin_delay: String,
 }
 
-/// Parses "30s", "500ms", "2m", "1.5" (seconds).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a duration: {s} (try 30s, 500ms, 2m)"))?;
-    if !(v >= 0.0 && v.is_finite()) {
-        return Err(format!("not a duration: {s}"));
-    }
-    Ok(std::time::Duration::from_secs_f64(v * mult))
-}
-
 /// Runs `luring bench ...`; the process exit code.
 pub fn run(args: BenchArgs) -> i32 {
     let r = match args.action {
@@ -128,11 +107,11 @@ fn origin(a: OriginArgs) -> Result<(), String> {
         recorded_delay: a.origin_delay == "recorded",
     };
     let origin = Arc::new(Origin::new(&rec.flows, &cfg));
-    let listeners = super::origin::bind(cfg.listen, cfg.threads)?;
+    let listeners = super::origin_net::bind(cfg.listen, cfg.threads)?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
         .map_err(|e| e.to_string())?;
-    super::origin::start(origin.clone(), listeners)?;
+    super::origin_net::start(origin.clone(), listeners)?;
     let (responses, keys) = origin.size();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(

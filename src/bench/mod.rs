@@ -12,6 +12,7 @@ pub mod input;
 pub mod matching;
 pub mod origin;
 pub mod origin_h2;
+pub mod origin_net;
 pub mod report;
 pub mod response;
 pub mod run;

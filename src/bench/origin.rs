@@ -6,14 +6,12 @@
 //! io_uring) costs no work stealing or cross-thread wakeups. Responses are encoded
 //! once at start; serving one is a key lookup and a copy into the write buffer.
 
-use super::h1::{encode_response, parse_request, EncodedResponse, Request};
+use super::h1::{encode_response, EncodedResponse, Request};
 use super::matching::{Lookup, MatchOptions, ReplayTable, RequestView};
 use crate::flows::record::{HttpFlow, ResponseRec, WsMessageRec};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Mutex;
 
 /// The origin's path that answers its counters as JSON instead of a recorded response.
 pub const STATS_PATH: &str = "/__luring_bench/stats";
@@ -69,7 +67,7 @@ pub struct Origin {
     /// The recorded responses (HTTP/2 serves them from fields, not HTTP/1 bytes).
     pub recorded: Vec<ResponseRec>,
     /// The recorded WebSocket messages of each response (empty unless a 101).
-    ws: Vec<Vec<WsMessageRec>>,
+    pub(super) ws: Vec<Vec<WsMessageRec>>,
     /// The recorded server time of each response, when `--origin-delay recorded`.
     delays: Vec<std::time::Duration>,
     unmatched_status: u16,
@@ -238,183 +236,9 @@ impl Origin {
     }
 }
 
-/// Plays the recorded WebSocket conversation of response `i`; `rest` is what the
-/// client sent after its upgrade request.
-async fn ws_session(origin: &Origin, mut s: tokio::net::TcpStream, rest: &[u8], i: usize) {
-    use crate::proto::ws;
-    let mut script = super::ws_replay::WsScript::new(origin.ws[i].clone());
-    let dec = ws::FrameDecoder::new(64 << 20);
-    let mut asm = ws::Assembler::new(64 << 20);
-    let mut inb = bytes::BytesMut::from(rest);
-    let mut out = bytes::BytesMut::new();
-    let mut done = script.due(&mut out);
-    loop {
-        while !done {
-            let msg = match dec.decode(&mut inb).map(|f| f.map(|f| asm.push(f))) {
-                Ok(Some(Ok(Some(m)))) => m,
-                Ok(Some(Ok(None))) => continue,
-                Ok(None) => break,
-                Ok(Some(Err(_))) | Err(_) => return,
-            };
-            let reply = |op, payload| ws::Frame {
-                fin: true,
-                rsv1: false,
-                opcode: op,
-                mask: None,
-                payload,
-            };
-            match msg.opcode {
-                ws::CLOSE => {
-                    ws::encode(&reply(ws::CLOSE, msg.payload), &mut out);
-                    done = true;
-                }
-                ws::PING => ws::encode(&reply(ws::PONG, msg.payload), &mut out),
-                ws::PONG => {}
-                _ => done = script.on_client(&mut out),
-            }
-        }
-        if !out.is_empty() {
-            if s.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
-        if done {
-            return;
-        }
-        match s.read_buf(&mut inb).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// Binds `n` SO_REUSEPORT sockets on `addr` (the first one picks the port when 0).
-pub fn bind(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, String> {
-    let mut addr = addr;
-    let mut out = Vec::new();
-    for _ in 0..n.max(1) {
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(|e| e.to_string())?;
-        let _ = s.set_reuse_address(true);
-        s.set_reuse_port(true).map_err(|e| e.to_string())?;
-        s.bind(&SockAddr::from(addr))
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        s.listen(1024).map_err(|e| e.to_string())?;
-        s.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let l: std::net::TcpListener = s.into();
-        addr = l.local_addr().map_err(|e| e.to_string())?;
-        out.push(l);
-    }
-    Ok(out)
-}
-
-/// Serves on `listeners`, one thread each; returns once all threads are started.
-pub fn start(origin: Arc<Origin>, listeners: Vec<std::net::TcpListener>) -> Result<(), String> {
-    for (i, l) in listeners.into_iter().enumerate() {
-        let o = origin.clone();
-        std::thread::Builder::new()
-            .name(format!("origin-{i}"))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime");
-                rt.block_on(accept_loop(o, l));
-            })
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-async fn accept_loop(origin: Arc<Origin>, l: std::net::TcpListener) {
-    let Ok(l) = tokio::net::TcpListener::from_std(l) else {
-        return;
-    };
-    loop {
-        match l.accept().await {
-            Ok((s, _)) => {
-                let _ = s.set_nodelay(true);
-                tokio::spawn(serve(origin.clone(), s));
-            }
-            // out of fds or similar: back off instead of spinning
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-        }
-    }
-}
-
-/// One connection: every complete request in the buffer is answered (pipelining
-/// works), the answers go out in one write.
-async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut start = 0;
-    let mut out = Vec::with_capacity(16 * 1024);
-    loop {
-        let mut close = false;
-        let mut delay = std::time::Duration::ZERO;
-        // h2c with prior knowledge: the client preface instead of a request
-        let h2 = super::origin_h2::preface(&buf);
-        if h2 == Some(true) {
-            return super::origin_h2::serve(origin, s, buf).await;
-        }
-        while h2 == Some(false) {
-            match parse_request(&buf[start..]) {
-                Ok(Some((req, used))) => {
-                    let ws = origin.answer_delayed(&req, &mut out, &mut delay);
-                    close = req.close;
-                    start += used;
-                    if let Some(i) = ws {
-                        if s.write_all(&out).await.is_ok() {
-                            ws_session(&origin, s, &buf[start..], i).await;
-                        }
-                        return;
-                    }
-                    if close {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    origin.counters.bad.fetch_add(1, Relaxed);
-                    let msg = format!("bad request: {}\n", e.0);
-                    let head = format!(
-                        "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-                        msg.len()
-                    );
-                    out.extend_from_slice(head.as_bytes());
-                    out.extend_from_slice(msg.as_bytes());
-                    close = true;
-                    break;
-                }
-            }
-        }
-        buf.drain(..start);
-        start = 0;
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        if !out.is_empty() {
-            if s.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
-        if close {
-            let _ = s.shutdown().await;
-            return;
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        match s.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::h1::parse_request;
     use super::*;
 
     fn origin(pop: bool) -> Origin {

@@ -235,8 +235,6 @@ pub fn write_dir(
             std::fs::write(&p, hgrm(h)).map_err(|e| format!("{}: {e}", p.display()))?;
         }
     }
-    let p = dir.join("index.html");
-    std::fs::write(&p, super::html::page(targets)).map_err(|e| format!("{}: {e}", p.display()))?;
     let doc = json!({"config": config, "targets": ts});
     let p = dir.join("report.json");
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;

@@ -1,9 +1,9 @@
 //! `luring bench run`: the recorded requests against each target, in interleaved
 //! rounds with the same schedule, then the table and the report directory.
 
-use super::cli::parse_duration;
 use super::driver::{drive, DriveConfig, Prepared};
 use super::report::{table, write_dir, TargetReport};
+use super::schedule::parse_duration;
 use super::schedule::Plan;
 use clap::Args;
 use std::io::Write;
@@ -331,6 +331,9 @@ pub fn run(a: RunArgs) -> Result<(), String> {
     table(&reports, &mut std::io::stdout().lock()).map_err(|e| e.to_string())?;
     if let Some(dir) = &a.report {
         write_dir(dir, config_json(&a, &targets), &reports)?;
+        let p = dir.join("index.html");
+        std::fs::write(&p, super::html::page(&reports))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(())
 }

@@ -181,6 +181,27 @@ impl Iterator for Schedule {
     }
 }
 
+/// Parses "30s", "500ms", "2m", "1.5" (seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s} (try 30s, 500ms, 2m)"))?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(format!("not a duration: {s}"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v * mult))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,7 +113,7 @@ pub struct Worker {
     /// The flow recorder, with `--record`.
     pub recorder: Option<crate::flows::recorder::Recorder>,
     /// The proxy every upstream connection goes through (`--mode upstream:URL`).
-    pub chain: Option<crate::proxy::upstream::Chain>,
+    pub chain: Option<crate::proxy::upstream::connect::Chain>,
     /// The listening address (transparent mode refuses connections for it).
     pub listen_addr: Option<std::net::SocketAddr>,
     /// Open client connections.
@@ -251,7 +251,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         pipeline,
         counters: Counters::default(),
         recorder,
-        chain: crate::proxy::upstream::Chain::of(&cfg, &mode),
+        chain: crate::proxy::upstream::connect::Chain::of(&cfg, &mode),
         listen_addr,
         active: Cell::new(0),
         refusing: Cell::new(0),
