@@ -290,8 +290,12 @@ fn invalid_arguments_are_rejected() {
 fn cli_flags() -> Vec<String> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
         .expect("docs/cli.md");
+    // the flags of the `luring run` section: up to the next command's line
     let flags: Vec<String> = doc
         .lines()
+        .skip_while(|l| !l.starts_with("luring run"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("luring "))
         .filter_map(|l| l.trim_start().strip_prefix("--"))
         .map(|rest| {
             let name: String = rest
