@@ -18,21 +18,19 @@ pub fn start(f: &Flow<'_>, req: &Request, stream: u32) -> Option<Box<Capture>> {
         id: f.id,
         conn: f.info.conn_id,
         stream,
-        mode: f.w.mode.name().to_string(),
         client_tls: tls_of(f.info),
         ..Default::default()
     };
     let mut c = Capture::start(flow, req, r.max_body);
     c.client = Some(f.info.client_addr);
+    c.mode = f.w.mode.name();
     Some(c)
 }
 
 /// Hands a finished flow to the recorder, with what plugins noted about it.
 pub fn finish(w: &Worker, info: &ConnInfo, cap: Option<Box<Capture>>) {
     if let (Some(r), Some(mut c)) = (w.recorder.as_ref(), cap) {
-        if let Some(a) = info.server_addr {
-            c.flow.server = a.to_string();
-        }
+        c.server = info.server_addr;
         if let Some(n) = w.engine().and_then(|e| e.take_flow_notes(c.flow.id)) {
             c.flow.notes = n.notes;
             c.skip = n.skip;
