@@ -36,16 +36,9 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
     let asked = &mut asked;
     let req = &req;
     if rhead.status == 101 {
-        if asked.upgrade.is_some() && upload_complete && asked.dec.is_done() {
-            let websocket = asked
-                .upgrade
-                .as_ref()
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"websocket"));
-            return Box::pin(switch_protocols(c, rhead, up, hooks, websocket)).await;
-        }
-        up.stream.shutdown(Shutdown::Both);
-        let e = FlowError::bad_response("upstream switched protocols without being asked to");
-        return fail_flow(c, hooks, req, e).await;
+        let ok = asked.upgrade.is_some() && upload_complete && asked.dec.is_done();
+        let asked = ok.then_some(&*asked);
+        return Box::pin(upgrade(c, rhead, up, hooks, req, asked)).await;
     }
     let (mut resp, mut rdec, reusable) = match response_of(req, rhead) {
         Ok(r) => r,
@@ -69,24 +62,9 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
         let msg = Message::Response(req, &mut resp);
         exchange::event!(&flow!(c, hooks), msg, &mut src)
     };
-    match decision {
-        Decision::Forward => {}
-        Decision::Respond(r) => {
-            up.stream.shutdown(Shutdown::Both);
-            let r = match &grpc {
-                Some(k) => crate::proxy::grpc_web::respond_call(k, r),
-                None => r,
-            };
-            return answer(c, r, asked, !asked.keep_alive).await;
-        }
-        Decision::Drop => {
-            up.stream.shutdown(Shutdown::Both);
-            return Next::Close;
-        }
-        Decision::Failed(why) => {
-            up.stream.shutdown(Shutdown::Both);
-            return fail(c, 502, &format!("reading the upstream body: {why}")).await;
-        }
+    if !matches!(decision, Decision::Forward) {
+        up.stream.shutdown(Shutdown::Both);
+        return Box::pin(not_forwarded(c, decision, grpc.as_deref(), asked)).await;
     }
     c.io.record(|r| r.response(&resp, false));
     let mut sse = sse_rewriter(c, hooks, &resp, asked.is_head);
@@ -147,24 +125,10 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
             None => body_relay::body(&mut src, c.io.sink(), Some(head), output, None).await,
         },
     };
-    let clean = match r {
-        Ok(n) => {
-            c.io.sent.set(c.io.sent.get() + n);
-            true
-        }
-        Err(e) => {
-            tracing::info!(conn = c.info.conn_id, "response body relay ended: {e:?}");
-            c.io.failed(&format!("response body: {e}"));
-            if let Some(r) = rec.as_mut() {
-                r.error(format!("response body: {e}"));
-            }
-            false
-        }
-    };
+    let clean = relayed(c, r, rec.as_deref_mut());
     c.io.rec.set(rec);
-    let upstream_done = clean && rdec.is_done();
     c.io.count_upstream(&up);
-    if reusable && upstream_done && upload_complete && asked.dec.is_done() {
+    if reusable && clean && rdec.is_done() && upload_complete && asked.dec.is_done() {
         c.w.pool.put(key, up);
     } else {
         up.stream.shutdown(Shutdown::Both);
@@ -173,6 +137,71 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
         Next::KeepAlive
     } else {
         Next::Close
+    }
+}
+
+/// A 101: the upgrade the client asked for (`asked`) goes on; one it did not ask for
+/// is a bad response.
+async fn upgrade(
+    c: &mut ClientConn,
+    rhead: ResponseHead,
+    up: Upstream,
+    hooks: Hooks<'_>,
+    req: &Request,
+    asked: Option<&Asked>,
+) -> Next {
+    let Some(asked) = asked else {
+        up.stream.shutdown(Shutdown::Both);
+        let e = FlowError::bad_response("upstream switched protocols without being asked to");
+        return fail_flow(c, hooks, req, e).await;
+    };
+    let websocket = asked
+        .upgrade
+        .as_ref()
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"websocket"));
+    switch_protocols(c, rhead, up, hooks, websocket).await
+}
+
+/// The response event answered for the upstream (a plugin's RESPOND or DROP, or a body
+/// that could not be read for it): the client gets that instead.
+async fn not_forwarded(
+    c: &mut ClientConn,
+    d: Decision,
+    grpc: Option<&crate::proxy::grpc::Call>,
+    asked: &mut Asked,
+) -> Next {
+    match d {
+        Decision::Respond(r) => {
+            let r = match grpc {
+                Some(k) => crate::proxy::grpc_web::respond_call(k, r),
+                None => r,
+            };
+            answer(c, r, asked, !asked.keep_alive).await
+        }
+        Decision::Failed(why) => fail(c, 502, &format!("reading the upstream body: {why}")).await,
+        Decision::Drop | Decision::Forward => Next::Close,
+    }
+}
+
+/// Counts a finished body relay; false (and the error noted) when it broke off.
+fn relayed(
+    c: &ClientConn,
+    r: Result<u64, RelayError>,
+    rec: Option<&mut crate::flows::capture::Capture>,
+) -> bool {
+    match r {
+        Ok(n) => {
+            c.io.sent.set(c.io.sent.get() + n);
+            true
+        }
+        Err(e) => {
+            tracing::info!(conn = c.info.conn_id, "response body relay ended: {e:?}");
+            c.io.failed(&format!("response body: {e}"));
+            if let Some(r) = rec {
+                r.error(format!("response body: {e}"));
+            }
+            false
+        }
     }
 }
 
