@@ -207,7 +207,8 @@ fn stats_json(s: &Stats) -> serde_json::Value {
     })
 }
 
-/// Writes `report.json`, `index.html` and `NAME.{corrected,service,lag}.hgrm` into `dir`.
+/// Writes `report.json` and `NAME.{corrected,service,lag}.hgrm` into `dir` (the run
+/// writes `index.html` beside them).
 pub fn write_dir(
     dir: &Path,
     config: serde_json::Value,

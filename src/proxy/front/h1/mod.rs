@@ -38,7 +38,8 @@ pub async fn serve(c: &mut ClientConn, route: H1Route) -> Outcome {
         };
         c.requests += 1;
         Counters::bump(&c.w.counters.requests);
-        let (t0, ctype) = (metrics::clock(), head.headers.get("content-type").cloned());
+        // what the protocol label needs is read only when metrics are on
+        let m = metrics::clock().map(|t0| (t0, head.headers.get("content-type").cloned()));
         c.io.status.set(0);
         let next = if c.w.cfg.access_log {
             logged_exchange(c, &mut front, head).await
@@ -48,9 +49,11 @@ pub async fn serve(c: &mut ClientConn, route: H1Route) -> Outcome {
                 Half::Sent(sent) => response::respond(c, sent).await,
             }
         };
-        let status = c.io.status.get();
-        let proto = metrics::http_proto(false, ctype.as_deref(), status);
-        metrics::request(proto, sent_status(status), t0);
+        if let Some((t0, ctype)) = m {
+            let status = c.io.status.get();
+            let proto = metrics::http_proto(false, ctype.as_deref(), status);
+            metrics::request(proto, sent_status(status), Some(t0));
+        }
         recording::finish(&c.w, &c.info, c.io.rec.take());
         match next {
             Next::KeepAlive => {}

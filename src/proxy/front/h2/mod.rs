@@ -13,7 +13,6 @@ mod stream;
 
 use crate::http::{Body, Headers, Request};
 use crate::io::PollStream;
-use crate::metrics::Proto;
 use crate::plugin::ConnInfo;
 use crate::proxy::exchange::log::{sent_status, AccessRecord};
 use crate::proxy::exchange::recording;
@@ -229,11 +228,11 @@ fn spawn_stream(
     session.open.set(session.open.get() + 1);
     let s = session.clone();
     crate::io::spawn(async move {
-        let t0 = crate::metrics::clock();
-        let grpc = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes().starts_with(b"application/grpc"));
+        // what the protocol label needs is read only when metrics are on
+        let m = crate::metrics::clock().map(|t0| {
+            let ctype = req.headers().get(http::header::CONTENT_TYPE);
+            (t0, ctype.map(|v| Bytes::copy_from_slice(v.as_bytes())))
+        });
         let mut reply = Reply {
             tx,
             status: 0,
@@ -254,12 +253,10 @@ fn spawn_stream(
         } else {
             stream(&s, req, &mut reply).await;
         }
-        let proto = if grpc == Some(true) {
-            Proto::Grpc
-        } else {
-            Proto::H2
-        };
-        crate::metrics::request(proto, sent_status(reply.status), t0);
+        if let Some((t0, ctype)) = m {
+            let proto = crate::metrics::http_proto(true, ctype.as_deref(), reply.status);
+            crate::metrics::request(proto, sent_status(reply.status), Some(t0));
+        }
         recording::finish(&s.w, &s.info, reply.rec.take());
         s.open.set(s.open.get() - 1);
         s.last_end.set(Instant::now());
