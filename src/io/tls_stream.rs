@@ -42,9 +42,6 @@ pub struct TlsStream {
     /// Ciphertext read from the socket but not yet accepted by rustls.
     pending: RefCell<BytesMut>,
     eof: Cell<bool>,
-    /// rustls reported a fatal error (and queued its alert): the session is over, and
-    /// rustls must not be fed again (it asserts that no second fatal alert is sent).
-    failed: Cell<bool>,
 }
 
 /// Wraps a rustls error so callers can recover it from the io::Error.
@@ -69,7 +66,6 @@ impl TlsStream {
             conn: RefCell::new(conn),
             pending: RefCell::new(early),
             eof: Cell::new(false),
-            failed: Cell::new(false),
         }
     }
 
@@ -85,20 +81,6 @@ impl TlsStream {
 
     /// Feeds pending ciphertext to rustls as far as it accepts it.
     fn feed(&self) -> io::Result<()> {
-        if self.failed.get() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the TLS session already failed",
-            ));
-        }
-        let r = self.feed_rustls();
-        if r.is_err() {
-            self.failed.set(true);
-        }
-        r
-    }
-
-    fn feed_rustls(&self) -> io::Result<()> {
         let mut pending = self.pending.borrow_mut();
         let mut conn = self.conn.borrow_mut();
         while !pending.is_empty() {
