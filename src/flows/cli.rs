@@ -8,7 +8,7 @@ use std::path::PathBuf;
 pub enum FlowsAction {
     /// One line per flow: time, client, method, URL, status, sizes, duration.
     Show {
-        /// The flow file (or a HAR file).
+        /// The flow file (a HAR or mitmproxy dump: `luring flows import` it first).
         file: PathBuf,
         /// Only flows matching this mitmproxy-style filter expression.
         #[arg(long, value_name = "EXPR")]
