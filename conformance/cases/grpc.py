@@ -78,27 +78,33 @@ def stream(req, ctx):
         yield b"part%d:" % i + req
 
 def slow(req, ctx):
-    # two parts, then up to 3 s for the client side to go away (a reset from the proxy)
+    # two parts, then up to 3 s for the client side to go away (a reset from the proxy).
+    # The reset is seen by a termination callback: when it comes before grpcio asks
+    # this generator for its next part, grpcio never resumes the generator at all.
     data("Slow", req)
+    finished = []
+    ctx.add_callback(lambda: finished or rec(ev="cancelled", method="Slow"))
     yield b"part0:" + req
     yield b"part1:" + req
     for _ in range(60):
         if not ctx.is_active():
-            rec(ev="cancelled", method="Slow")
             return
         time.sleep(0.05)
+    finished.append(True)
     rec(ev="not-cancelled", method="Slow")
     yield b"part2:" + req
 
 def hang(req, ctx):
     # one part, then nothing for 10 s: the case kills this process meanwhile
     data("Hang", req)
+    finished = []
+    ctx.add_callback(lambda: finished or rec(ev="cancelled", method="Hang"))
     yield b"first:" + req
     for _ in range(200):
         if not ctx.is_active():
-            rec(ev="cancelled", method="Hang")
             return
         time.sleep(0.05)
+    finished.append(True)
     yield b"late:" + req
 
 def bidi(it, ctx):
