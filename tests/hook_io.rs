@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -192,22 +192,48 @@ end)
 }
 
 #[test]
-fn waiting_where_not_supported_is_a_clear_error() {
+fn lifecycle_hooks_wait_and_their_connection_waits_with_them() {
     let origin = Origin::start(fixed(200, &[], b"ok"));
-    let dir = TempDir::new("hookio-nowait");
+    let dir = TempDir::new("hookio-lifecycle");
+    // on_connect waits, then decides: the request hook of the same connection runs
+    // only after the wait (it sees the note), and a DROP after a wait still drops
     let p = plugin(
         &dir,
         "n.lua",
-        r#"register_hook("connection", "on_connect", function() luring.sleep(0.01) end)"#,
+        r#"
+local note = {}
+register_hook("connection", "on_connect", function(msg, ctx)
+  luring.sleep(0.05)
+  note[ctx.conn_id] = "slept"
+  if drop_next then drop_next = false; return action.DROP end
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-connect", note[ctx.conn_id] or "not yet")
+  if msg.path == "/drop-next" then drop_next = true end
+end)
+"#,
     );
     let proxy = Proxy::start(&["--workers", "1", "--plugin", &p]);
     let mut c = Client::connect(proxy.addr);
-    assert_eq!(c.request(&get(&origin, "/", "")).status, 200);
-    assert!(proxy.wait_stderr(
-        "connection.on_connect hooks cannot wait",
-        Duration::from_secs(5)
-    ));
+    assert_eq!(c.request(&get(&origin, "/drop-next", "")).status, 200);
+    assert_eq!(origin.requests()[0].header("x-connect"), Some("slept"));
+    // the next connection is dropped by on_connect after its wait
+    let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(get(&origin, "/", "").as_bytes());
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(s.read(&mut buf), Ok(0) | Err(_)),
+        "dropped after the wait"
+    );
+    let mut c = Client::connect(proxy.addr);
+    assert_eq!(c.request(&get(&origin, "/again", "")).status, 200);
+    assert_eq!(origin.requests().len(), 2);
+}
 
+#[test]
+fn waiting_at_load_time_is_a_clear_error() {
+    let dir = TempDir::new("hookio-nowait");
     let top = plugin(&dir, "top.lua", "luring.sleep(1)\n");
     let err = Proxy::try_start(&["--workers", "1", "--plugin", &top])
         .err()

@@ -284,7 +284,7 @@ impl Engine {
                         None => return Outcome::Done(Step::Continue),
                     }
                 };
-                self.rt.wait_ctx.set(WaitCtx::Hook(ev, co as *const c_void));
+                self.rt.wait_ctx.set(WaitCtx::Hook(co as *const c_void));
                 let t0 = crate::metrics::clock();
                 self.wd.enter(self.rt.budget.get());
                 let st = ffi::lua_resume_(co, nargs);

@@ -246,6 +246,8 @@ impl Engine {
                     thread,
                     slot: Some(id),
                     val,
+                    frozen: None,
+                    env: None,
                     core: self.core.clone(),
                 };
                 match io {
@@ -383,44 +385,125 @@ impl Engine {
     }
 
     /// raw.on_chunk for one phase; hooks may replace `chunk.data`.
-    pub fn raw_chunk(&self, phase: Phase, conn: &ConnInfo, chunk: &mut RawChunk) {
-        let ev = Event::RawChunk;
-        if self.chain_len(ev, phase.idx()) == 0 {
-            return;
-        }
-        let hollow = RawChunk {
-            from_client: chunk.from_client,
-            data: Bytes::new(),
-            offset: chunk.offset,
-            close: chunk.close,
-        };
-        let env = Env::new(std::mem::replace(chunk, hollow));
-        if let Ok(m) = self.lua.create_userdata(LRaw { env: env.clone() }) {
-            self.ctx(conn, None);
-            let msg = Value::UserData(m);
-            // Only CONTINUE is allowed here, so the outcome carries nothing for the proxy.
-            let _ = self.run(ev, phase.idx(), 0, None, Arg::Val(&msg));
-        }
-        if let Some(c) = env.take() {
-            *chunk = c;
-        }
+    pub fn raw_chunk(&self, phase: Phase, conn: &ConnInfo, chunk: &mut RawChunk) -> Step {
+        self.value_event(Event::RawChunk, phase, conn, None, chunk, |env| LRaw {
+            env,
+        })
     }
 
     /// Runs sse.on_event hooks of `phase` on one event.
-    pub fn sse_event(&self, phase: Phase, conn: &ConnInfo, flow_id: u64, ev: &mut SseEvent) {
-        let e = Event::SseEvent;
-        if self.chain_len(e, phase.idx()) == 0 {
-            return;
+    pub fn sse_event(
+        &self,
+        phase: Phase,
+        conn: &ConnInfo,
+        flow_id: u64,
+        ev: &mut SseEvent,
+    ) -> Step {
+        self.value_event(Event::SseEvent, phase, conn, Some(flow_id), ev, |env| {
+            LSse { env }
+        })
+    }
+
+    /// Runs the chain of a value event over `m`, which its hooks share through the
+    /// userdata `view` makes. `m` is back when the chain ends; while a hook waits
+    /// (`Step::Wait`) it stays with the `Suspended`, and [`Engine::resume_event`] gives
+    /// it back. Only CONTINUE is allowed on these rows, so the step carries nothing else.
+    pub(super) fn value_event<T: Default + 'static, U: mlua::UserData + 'static>(
+        &self,
+        ev: Event,
+        phase: Phase,
+        conn: &ConnInfo,
+        flow_id: Option<u64>,
+        m: &mut T,
+        view: impl FnOnce(Rc<Env<T>>) -> U,
+    ) -> Step {
+        if self.chain_len(ev, phase.idx()) == 0 {
+            return Step::Continue;
         }
-        let env = Env::new(std::mem::take(ev));
-        if let Ok(m) = self.lua.create_userdata(LSse { env: env.clone() }) {
-            self.ctx(conn, Some(flow_id));
-            let msg = Value::UserData(m);
-            // Only CONTINUE is allowed here, so the outcome carries nothing for the proxy.
-            let _ = self.run(e, phase.idx(), 0, None, Arg::Val(&msg));
+        let env = Env::new(std::mem::take(m));
+        let u = match self.lua.create_userdata(view(env.clone())) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(target: "luring::plugin", "cannot build hook arguments: {e}");
+                if let Some(back) = env.take() {
+                    *m = back;
+                }
+                return Step::Continue;
+            }
+        };
+        self.ctx(conn, flow_id);
+        let v = Value::UserData(u);
+        let out = self.run(ev, phase.idx(), 0, None, Arg::Val(&v));
+        self.settle_value(out, ev, phase.idx(), v, env, m)
+    }
+
+    /// A value event's chain waits (its message stays in `env`), or ended (it is back in `m`).
+    fn settle_value<T: 'static>(
+        &self,
+        out: Outcome,
+        event: Event,
+        phase: usize,
+        v: Value,
+        env: Rc<Env<T>>,
+        m: &mut T,
+    ) -> Step {
+        if let Outcome::Suspend(idx, thread, Some(io)) = out {
+            let s = Suspended {
+                event,
+                phase,
+                idx,
+                thread,
+                slot: None,
+                val: Some(v),
+                frozen: None,
+                env: Some(env),
+                core: self.core.clone(),
+            };
+            return Step::Wait(s, io);
         }
         if let Some(back) = env.take() {
-            *ev = back;
+            *m = back;
+        }
+        match out {
+            Outcome::Done(s) => s,
+            // these messages have no body to wait for
+            Outcome::Suspend(..) => Step::Continue,
+        }
+    }
+
+    /// Continues a value or lifecycle chain after its wait (the proxy called `feed_io`
+    /// or `fail_wait` first). `m` is the value event's message, given back when the
+    /// chain ends (`&mut ()` for a lifecycle event); `flow_id` as in the first call.
+    pub fn resume_event<T: 'static>(
+        &self,
+        mut s: Suspended,
+        conn: &ConnInfo,
+        flow_id: Option<u64>,
+        m: &mut T,
+    ) -> Step {
+        let Some(v) = s.val.take() else {
+            return Step::Continue;
+        };
+        self.ctx(conn, flow_id);
+        let thread = Some(s.thread.clone());
+        if let (Some(deep), Value::Table(dict)) = (s.frozen, &v) {
+            let arg = if deep {
+                Arg::FrozenDeep(dict)
+            } else {
+                Arg::Frozen(dict)
+            };
+            let out = self.run(s.event, s.phase, s.idx, thread, arg);
+            return self.settle_lifecycle(out, s.event, dict.clone(), deep);
+        }
+        match s.env.take().map(|e| e.downcast::<Env<T>>()) {
+            Some(Ok(env)) => {
+                let out = self.run(s.event, s.phase, s.idx, thread, Arg::Val(&v));
+                self.settle_value(out, s.event, s.phase, v, env, m)
+            }
+            _ => {
+                tracing::error!(target: "luring::plugin", "resume_event called with another event's message");
+                Step::Continue
+            }
         }
     }
 
@@ -465,8 +548,28 @@ impl Engine {
         } else {
             Arg::Frozen(&dict)
         };
-        match self.run(ev, 0, 0, None, arg) {
+        let out = self.run(ev, 0, 0, None, arg);
+        self.settle_lifecycle(out, ev, dict, deep)
+    }
+
+    /// A lifecycle chain waits (its dict stays with the `Suspended`), or ended.
+    fn settle_lifecycle(&self, out: Outcome, event: Event, dict: Table, deep: bool) -> Step {
+        match out {
             Outcome::Done(s) => s,
+            Outcome::Suspend(idx, thread, Some(io)) => {
+                let s = Suspended {
+                    event,
+                    phase: 0,
+                    idx,
+                    thread,
+                    slot: None,
+                    val: Some(Value::Table(dict)),
+                    frozen: Some(deep),
+                    env: None,
+                    core: self.core.clone(),
+                };
+                Step::Wait(s, io)
+            }
             Outcome::Suspend(..) => Step::Continue,
         }
     }
@@ -481,7 +584,7 @@ impl Engine {
     }
 
     /// connection.on_disconnect: every hook runs; nothing to decide.
-    pub fn on_disconnect(&self, conn: &ConnInfo, stats: &ConnStats) {
+    pub fn on_disconnect(&self, conn: &ConnInfo, stats: &ConnStats) -> Step {
         self.lifecycle(Event::ConnectionDisconnect, conn, |_, t| {
             t.raw_set("conn_id", conn.conn_id)?;
             t.raw_set("client_addr", conn.client_addr.to_string())?;
@@ -491,11 +594,11 @@ impl Engine {
             t.raw_set("upstream_bytes_in", stats.upstream_bytes_in)?;
             t.raw_set("upstream_bytes_out", stats.upstream_bytes_out)?;
             t.raw_set("error", stats.error.as_deref())
-        });
+        })
     }
 
     /// tls.on_handshake, once per side.
-    pub fn tls_handshake(&self, conn: &ConnInfo, info: &TlsInfo) {
+    pub fn tls_handshake(&self, conn: &ConnInfo, info: &TlsInfo) -> Step {
         self.lifecycle(Event::TlsHandshake, conn, |_, t| {
             t.raw_set("side", info.side)?;
             t.raw_set("sni", info.sni.as_deref())?;
@@ -506,11 +609,11 @@ impl Engine {
             t.raw_set("client_fingerprint", info.client_fingerprint.as_deref())?;
             t.raw_set("ja3", info.ja3.as_deref())?;
             t.raw_set("ja3_string", info.ja3_string.as_deref())
-        });
+        })
     }
 
     /// ws.on_close (lifecycle) once both directions of a WebSocket ended.
-    pub fn ws_close(&self, conn: &ConnInfo, c: &WsClose) {
+    pub fn ws_close(&self, conn: &ConnInfo, c: &WsClose) -> Step {
         self.lifecycle(Event::WsClose, conn, |lua, t| {
             t.raw_set("opcode", 8)?;
             t.raw_set("fin", true)?;
@@ -519,25 +622,20 @@ impl Engine {
             t.raw_set("close_code", c.close_code)?;
             t.raw_set("close_reason", c.close_reason.as_str())?;
             t.raw_set("compressed", false)
-        });
+        })
     }
 
     /// Runs ws.on_message hooks of `phase` on one message.
-    pub fn ws_message(&self, phase: Phase, conn: &ConnInfo, flow_id: u64, m: &mut WsMessage) {
-        let e = Event::WsMessage;
-        if self.chain_len(e, phase.idx()) == 0 {
-            return;
-        }
-        let env = Env::new(std::mem::take(m));
-        if let Ok(u) = self.lua.create_userdata(LWs { env: env.clone() }) {
-            self.ctx(conn, Some(flow_id));
-            let msg = Value::UserData(u);
-            // Only CONTINUE is allowed here, so the outcome carries nothing for the proxy.
-            let _ = self.run(e, phase.idx(), 0, None, Arg::Val(&msg));
-        }
-        if let Some(back) = env.take() {
-            *m = back;
-        }
+    pub fn ws_message(
+        &self,
+        phase: Phase,
+        conn: &ConnInfo,
+        flow_id: u64,
+        m: &mut WsMessage,
+    ) -> Step {
+        self.value_event(Event::WsMessage, phase, conn, Some(flow_id), m, |env| LWs {
+            env,
+        })
     }
 
     /// socks5.on_connect: Continue, or Drop to abort before any upstream connection.

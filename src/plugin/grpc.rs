@@ -3,7 +3,7 @@
 //! picks the row.
 
 use super::chain::{Arg, Outcome};
-use super::msg::{Env, LGrpcData, LGrpcStart};
+use super::msg::{LGrpcData, LGrpcStart};
 use super::{ConnInfo, Engine, Event, Phase, Step};
 use crate::http::Request;
 use bytes::Bytes;
@@ -143,25 +143,14 @@ impl Engine {
         conn: &ConnInfo,
         flow_id: u64,
         m: &mut GrpcData,
-    ) {
-        let ev = rows.data();
-        if self.chain_len(ev, phase.idx()) == 0 {
-            return;
-        }
-        let env = Env::new(std::mem::take(m));
-        if let Ok(u) = self.lua.create_userdata(LGrpcData { env: env.clone() }) {
-            self.ctx(conn, Some(flow_id));
-            let msg = Value::UserData(u);
-            // Only CONTINUE is allowed here, so the outcome carries nothing for the proxy.
-            let _ = self.run(ev, phase.idx(), 0, None, Arg::Val(&msg));
-        }
-        if let Some(back) = env.take() {
-            *m = back;
-        }
+    ) -> Step {
+        self.value_event(rows.data(), phase, conn, Some(flow_id), m, |env| {
+            LGrpcData { env }
+        })
     }
 
     /// grpc.on_end or grpc-web.on_end (lifecycle): every hook runs over a frozen dict.
-    pub fn grpc_end(&self, rows: GrpcRows, conn: &ConnInfo, flow_id: u64, end: &GrpcEnd) {
+    pub fn grpc_end(&self, rows: GrpcRows, conn: &ConnInfo, flow_id: u64, end: &GrpcEnd) -> Step {
         self.lifecycle_flow(rows.end(), conn, Some(flow_id), true, |lua, t| {
             t.raw_set("status", end.status)?;
             t.raw_set("message", end.message.as_str())?;
@@ -177,6 +166,6 @@ impl Engine {
                 list.raw_set(i + 1, pair)?;
             }
             t.raw_set("trailers", list)
-        });
+        })
     }
 }

@@ -5,7 +5,6 @@
 //! never sees a socket: a cosocket is a number the proxy maps to its connection.
 //! The Lua half (argument checks, cosocket and Redis objects) is `io.lua`.
 
-use super::surface::Event;
 use super::{Engine, Rt};
 use bytes::Bytes;
 use mlua::{ffi, Lua, Table, Thread, Value};
@@ -125,26 +124,13 @@ pub(super) enum Feed {
     Fail(String),
 }
 
-/// Where Lua code runs now, for `can_wait`.
+/// Where Lua code runs now: whether it may wait (`check`).
 #[derive(Clone, Copy)]
 pub(super) enum WaitCtx {
     /// Top-level plugin code.
     Load,
-    /// A hook of this event, in this coroutine.
-    Hook(Event, *const c_void),
-}
-
-/// Events whose driver can wait: the message events the proxy runs in
-/// `proxy::exchange::message_event` (the others run synchronously).
-pub fn can_wait(ev: Event) -> bool {
-    matches!(
-        ev,
-        Event::HttpRequest
-            | Event::HttpResponse
-            | Event::WsUpgrade
-            | Event::GrpcStart
-            | Event::GrpcWebStart
-    )
+    /// A hook, in this coroutine.
+    Hook(*const c_void),
 }
 
 /// `can_wait(co)` for io.lua: true, or false and why this call cannot wait.
@@ -154,17 +140,7 @@ fn check(rt: &Rt, running: Option<Thread>) -> (bool, Option<String>) {
             false,
             Some("top-level plugin code cannot wait; call it from a hook".into()),
         ),
-        WaitCtx::Hook(ev, _) if !can_wait(ev) => {
-            let row = ev.row();
-            (
-                false,
-                Some(format!(
-                    "{}.{} hooks cannot wait (see docs/plugins.md, \"Waiting in hooks\")",
-                    row.protocol, row.event_name
-                )),
-            )
-        }
-        WaitCtx::Hook(_, co) if running.is_none_or(|t| t.to_pointer() != co) => (
+        WaitCtx::Hook(co) if running.is_none_or(|t| t.to_pointer() != co) => (
             false,
             Some("only the hook's own coroutine can wait, not one it created".into()),
         ),

@@ -34,7 +34,7 @@ pub use events::{
     ConnInfo, ConnStats, RawChunk, Socks5Info, SseEvent, TlsInfo, WsClose, WsMessage,
 };
 pub use grpc::{GrpcCall, GrpcData, GrpcEnd, GrpcRows};
-pub use io::{can_wait, ConnectCall, HttpCall, IoRequest, IoResult, Recv};
+pub use io::{ConnectCall, HttpCall, IoRequest, IoResult, Recv};
 pub use load::{check, format_hooks, HookInfo, LoadError, LoadIssue, OnError};
 pub use surface::{Event, Phase, Row, SURFACE};
 
@@ -100,6 +100,10 @@ pub struct Suspended {
     slot: Option<SlotId>,
     /// The `msg` of an event that passes a value (gRPC on_start), for the later hooks.
     val: Option<Value>,
+    /// `val` is a lifecycle dict, passed frozen (`true`: deep) to the later hooks.
+    frozen: Option<bool>,
+    /// The message a value event's hooks share (an `Env`), given back when the chain ends.
+    env: Option<Rc<dyn std::any::Any>>,
     core: Rc<Core>,
 }
 

@@ -5,6 +5,8 @@ use crate::flows::capture::RawTap;
 use crate::io::{self, Deadline, Idle, SpliceError, Stream};
 use crate::plugin::{ConnInfo, Engine, Event, Phase, RawChunk};
 use crate::proxy::body_relay::{ensure_spare, READ_BUF};
+use crate::proxy::hook_io;
+use crate::proxy::worker::Worker;
 use bytes::BytesMut;
 use std::cell::RefCell;
 use std::future::Future;
@@ -43,7 +45,8 @@ struct Direction<'a, 'p> {
     src: &'a Stream,
     dst: &'a Stream,
     from_client: bool,
-    hook: Option<&'a Engine>,
+    /// The worker (which performs a waiting hook's I/O) and engine, when raw.on_chunk is hooked.
+    hook: Option<(&'a Worker, &'a Engine)>,
     info: &'a ConnInfo,
     pending: Option<PendingRead<'p>>,
     /// The recorder's copy of the bytes (`--record-raw`).
@@ -54,6 +57,7 @@ struct Direction<'a, 'p> {
 /// either way (then both sockets are shut down). With `raw`, the recorder keeps a copy
 /// of the bytes.
 pub async fn run(
+    w: &Worker,
     peers: Peers<'_>,
     engine: Option<&Engine>,
     info: &ConnInfo,
@@ -61,7 +65,7 @@ pub async fn run(
     idle: Option<Duration>,
     raw: Option<&RefCell<RawTap>>,
 ) -> TunnelStats {
-    let hook = engine.filter(|e| e.has(Event::RawChunk));
+    let hook = engine.filter(|e| e.has(Event::RawChunk)).map(|e| (w, e));
     let [client_read, upstream_read] = pending;
     // one deadline for both directions: a download the client never answers is not idle
     let deadline = Deadline::new();
@@ -116,15 +120,18 @@ async fn one_way(d: Direction<'_, '_>, mut buf: BytesMut, idle: Idle<'_>) -> u64
             let mut data = buf.split().freeze();
             let len = data.len() as u64;
             let mut close = false;
-            if let Some(e) = hook {
+            if let Some((w, e)) = hook {
                 let mut chunk = RawChunk {
                     from_client,
                     data,
                     offset,
                     close: false,
                 };
-                e.raw_chunk(Phase::PrePipeline, info, &mut chunk);
-                e.raw_chunk(Phase::PostPipeline, info, &mut chunk);
+                for phase in [Phase::PrePipeline, Phase::PostPipeline] {
+                    let step = e.raw_chunk(phase, info, &mut chunk);
+                    hook_io::settle(w, e, step, |s| e.resume_event(s, info, None, &mut chunk))
+                        .await;
+                }
                 data = chunk.data;
                 close = chunk.close;
             }

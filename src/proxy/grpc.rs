@@ -6,9 +6,11 @@
 //! of a stream: a message goes on as soon as it is whole.
 
 use crate::http::{Headers, Request};
-use crate::plugin::{ConnInfo, Engine, GrpcCall, GrpcData, GrpcEnd, GrpcRows, Phase};
+use crate::plugin::{ConnInfo, Engine, GrpcCall, GrpcData, GrpcEnd, GrpcRows, Phase, Step};
 use crate::proto::grpc::{self, Decoder, Encoding, Event, Protocol, Status, TextDecoder};
 use crate::proxy::h2_stream::Incoming;
+use crate::proxy::hook_io;
+use crate::proxy::worker::Worker;
 use bytes::{Bytes, BytesMut};
 use h2::SendStream;
 use std::cell::{Cell, RefCell};
@@ -16,6 +18,8 @@ use std::rc::Rc;
 
 /// One gRPC call the layer takes, shared by its two directions.
 pub struct Call {
+    /// The worker, whose runtime performs the waits of the call's hooks.
+    w: Rc<Worker>,
     engine: Rc<Engine>,
     info: ConnInfo,
     flow_id: u64,
@@ -36,11 +40,11 @@ impl Call {
     /// The call `req` is, when its content type says gRPC and a plugin hooks the
     /// matching rows; None otherwise (the call then takes the plain HTTP path).
     pub fn of(
+        w: &Rc<Worker>,
         engine: Option<&Rc<Engine>>,
         req: &Request,
         info: &ConnInfo,
         flow_id: u64,
-        max: usize,
     ) -> Option<Rc<Call>> {
         let engine = engine?;
         let ct = req.headers.get("content-type")?;
@@ -57,6 +61,7 @@ impl Call {
             .get("grpc-encoding")
             .map(|v| String::from_utf8_lossy(v).into_owned());
         Some(Rc::new(Call {
+            w: w.clone(),
             engine: engine.clone(),
             info: info.clone(),
             flow_id,
@@ -66,7 +71,7 @@ impl Call {
                 encoding,
             },
             protocol,
-            max,
+            max: w.cfg.max_grpc_message,
             path: req.path.clone().unwrap_or_default(),
             ended: Cell::new(false),
             cancel: RefCell::new(None),
@@ -115,7 +120,20 @@ impl Call {
             trailers,
         };
         let rows = self.start.rows;
-        self.engine.grpc_end(rows, &self.info, self.flow_id, &end);
+        let step = self.engine.grpc_end(rows, &self.info, self.flow_id, &end);
+        if let Step::Wait(..) = step {
+            // the call is over and its end fires from places that cannot wait (a
+            // stream's last frame, a drop): the waiting chain finishes on its own task
+            let (w, e, info, id) = (
+                self.w.clone(),
+                self.engine.clone(),
+                self.info.clone(),
+                Some(self.flow_id),
+            );
+            crate::io::spawn(async move {
+                hook_io::settle(&w, &e, step, |s| e.resume_event(s, &info, id, &mut ())).await;
+            });
+        }
     }
 
     /// Fires on_end from a set of trailers (or the headers of a trailers-only answer);
@@ -182,7 +200,7 @@ impl Direction {
     /// Takes the next piece of the body; returns what goes on to the peer (whole
     /// messages, the bytes of a message still incomplete held back). Err: the body is
     /// not gRPC framing; what came so far has gone on.
-    pub fn feed(&mut self, piece: Bytes) -> Result<Bytes, String> {
+    pub async fn feed(&mut self, piece: Bytes) -> Result<Bytes, String> {
         let binary = match &mut self.text {
             Some(t) => t.decode(&piece).map_err(|e| e.to_string())?,
             None => piece,
@@ -191,7 +209,7 @@ impl Direction {
         let fed = self.dec.feed(binary, &mut events);
         let mut out = BytesMut::new();
         for ev in events {
-            let wire = self.pass(ev);
+            let wire = self.pass(ev).await;
             match &self.text {
                 Some(_) => out.extend_from_slice(&grpc::encode_text(&wire)),
                 None if out.is_empty() => out = BytesMut::from(wire),
@@ -207,13 +225,13 @@ impl Direction {
 
     /// The body ended: what an unpadded last base64 quantum completes goes on; an
     /// unfinished message is an error.
-    pub fn finish(&mut self) -> Result<Bytes, String> {
+    pub async fn finish(&mut self) -> Result<Bytes, String> {
         let mut out = Bytes::new();
         if let Some(t) = &mut self.text {
             let last = t.finish().map_err(|e| e.to_string())?;
             if !last.is_empty() {
                 self.text = None;
-                let wire = self.feed(last);
+                let wire = self.feed(last).await;
                 self.text = Some(TextDecoder::new());
                 out = grpc::encode_text(&wire?);
             }
@@ -224,12 +242,13 @@ impl Direction {
 
     /// A whole body through the hooks (gRPC-web request bodies, which clients send
     /// whole): what goes on, or the hook's cancel.
-    pub fn feed_all(&mut self, body: Bytes) -> Result<Bytes, CallError> {
-        let mut out = BytesMut::from(&self.feed(body).map_err(CallError::Framing)?[..]);
+    pub async fn feed_all(&mut self, body: Bytes) -> Result<Bytes, CallError> {
+        let fed = self.feed(body).await;
+        let mut out = BytesMut::from(&fed.map_err(CallError::Framing)?[..]);
         if let Some(c) = self.call.cancelled() {
             return Err(CallError::Cancelled(c.0, c.1));
         }
-        out.extend_from_slice(&self.finish().map_err(CallError::Framing)?);
+        out.extend_from_slice(&self.finish().await.map_err(CallError::Framing)?);
         Ok(out.freeze())
     }
 
@@ -239,9 +258,11 @@ impl Direction {
     }
 
     /// What goes on for one decoded event.
-    fn pass(&mut self, ev: Event) -> Bytes {
+    async fn pass(&mut self, ev: Event) -> Bytes {
         match ev {
-            Event::Message(m) if self.hooked && self.call.cancelled().is_none() => self.hook(m),
+            Event::Message(m) if self.hooked && self.call.cancelled().is_none() => {
+                self.hook(m).await
+            }
             Event::Trailers(t) => {
                 self.call.end(
                     Status::from_trailers(&t.fields)
@@ -268,7 +289,7 @@ impl Direction {
     }
 
     /// Runs on_data on one message; a message no hook changed goes on byte for byte.
-    fn hook(&mut self, m: grpc::Message) -> Bytes {
+    async fn hook(&mut self, m: grpc::Message) -> Bytes {
         let Some(enc) = self.encoding else {
             return m.wire;
         };
@@ -294,9 +315,10 @@ impl Direction {
         };
         self.index += 1;
         let call = &self.call;
+        let (e, info, id) = (&*call.engine, &call.info, Some(call.flow_id));
         for phase in [Phase::PrePipeline, Phase::PostPipeline] {
-            call.engine
-                .grpc_data(call.start.rows, phase, &call.info, call.flow_id, &mut d);
+            let step = e.grpc_data(call.start.rows, phase, info, call.flow_id, &mut d);
+            hook_io::settle(&call.w, e, step, |s| e.resume_event(s, info, id, &mut d)).await;
         }
         if let Some(c) = d.cancel {
             call.cancel.borrow_mut().get_or_insert(c);
@@ -343,7 +365,7 @@ pub async fn relay(
     while let Some(chunk) = crate::proxy::h2_stream::next_data(&mut body.rx, tx).await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         let len = chunk.len();
-        let out = dir.feed(chunk)?;
+        let out = dir.feed(chunk).await?;
         if let Some((status, message)) = dir.call.cancelled() {
             return Ok(Relayed::Cancelled(status, message));
         }
@@ -354,7 +376,7 @@ pub async fn relay(
             .map_err(|e| e.to_string())?;
         let _ = body.rx.flow_control().release_capacity(len);
     }
-    let last = dir.finish()?;
+    let last = dir.finish().await?;
     body.see(&last);
     if !last.is_empty() {
         crate::proxy::h2_stream::send_data(tx, last, false)

@@ -20,13 +20,13 @@ use std::rc::Rc;
 /// A gRPC-web call on an HTTP/1.1 front, when a plugin hooks the grpc-web rows (native
 /// gRPC needs h2, so only the gRPC-web content types count there).
 pub fn h1_call(
+    w: &Rc<crate::proxy::worker::Worker>,
     engine: Option<&Rc<crate::plugin::Engine>>,
     req: &Request,
     info: &crate::plugin::ConnInfo,
     flow_id: u64,
-    max: usize,
 ) -> Option<Rc<Call>> {
-    Call::of(engine, req, info, flow_id, max).filter(|c| c.protocol().is_web())
+    Call::of(w, engine, req, info, flow_id).filter(|c| c.protocol().is_web())
 }
 
 /// A trailers-only answer (RESPOND_GRPC: the status in the headers) as a gRPC-web
@@ -124,7 +124,7 @@ pub async fn hook_request(
         }
     };
     let mut dir = call.direction(true, req.headers.get("grpc-encoding").map(|v| &v[..]));
-    req.body = Body::Full(match dir.feed_all(body.clone()) {
+    req.body = Body::Full(match dir.feed_all(body.clone()).await {
         Ok(b) => b,
         Err(CallError::Cancelled(status, message)) => return Err((status, message)),
         Err(CallError::Framing(why)) => {
@@ -151,8 +151,8 @@ pub fn response_direction(call: &Rc<Call>, resp: &Response) -> Option<Direction>
 
 /// One piece of a response body through `dir`: what goes on, and whether a hook
 /// cancelled the call (then the status frame ends what goes on).
-fn through(dir: &mut Direction, piece: Bytes) -> Result<(Bytes, bool), RelayError> {
-    let out = dir.feed(piece).map_err(RelayError::Malformed)?;
+async fn through(dir: &mut Direction, piece: Bytes) -> Result<(Bytes, bool), RelayError> {
+    let out = dir.feed(piece).await.map_err(RelayError::Malformed)?;
     match dir.call().cancelled() {
         Some((status, message)) => {
             let call = dir.call().clone();
@@ -192,7 +192,7 @@ pub async fn relay_h1(
                 .decode(body.buf)
                 .map_err(|e| RelayError::Malformed(e.to_string()))?;
             for piece in d.data {
-                let (bytes, c) = through(dir, piece)?;
+                let (bytes, c) = through(dir, piece).await?;
                 frame(&bytes, &mut out);
                 if c {
                     cancelled = true;
@@ -222,7 +222,8 @@ pub async fn relay_h1(
         }
         if done || cancelled || eof {
             if !cancelled {
-                frame(&dir.finish().map_err(RelayError::Malformed)?, &mut out);
+                let last = dir.finish().await.map_err(RelayError::Malformed)?;
+                frame(&last, &mut out);
             }
             if chunked {
                 encode_last_chunk(None, &mut out);
@@ -249,7 +250,7 @@ pub async fn relay_h1_to_h2(
         if !body.buf.is_empty() {
             let d = body.dec.decode(body.buf).map_err(|e| e.to_string())?;
             for piece in d.data {
-                let (bytes, cancelled) = through(dir, piece).map_err(|e| format!("{e:?}"))?;
+                let (bytes, cancelled) = through(dir, piece).await.map_err(|e| format!("{e:?}"))?;
                 n += bytes.len() as u64;
                 h2_stream::send_data(tx, bytes, cancelled)
                     .await
@@ -271,7 +272,7 @@ pub async fn relay_h1_to_h2(
             }
         }
         if done {
-            let last = dir.finish()?;
+            let last = dir.finish().await?;
             n += last.len() as u64;
             h2_stream::send_data(tx, last, true)
                 .await
@@ -384,21 +385,21 @@ impl WebBody {
     }
 
     /// One upstream DATA chunk: what goes to the client, and whether a hook cancelled.
-    pub fn data(&mut self, chunk: Bytes) -> Result<(Bytes, bool), String> {
+    pub async fn data(&mut self, chunk: Bytes) -> Result<(Bytes, bool), String> {
         let web = self.enc.data(chunk);
         match &mut self.dir {
-            Some(d) => through(d, web).map_err(|e| format!("{e:?}")),
+            Some(d) => through(d, web).await.map_err(|e| format!("{e:?}")),
             None => Ok((web, false)),
         }
     }
 
     /// The end: the trailers (or a trailers-only answer's status fields) as the frame.
-    pub fn end(&mut self, trailers: &[(String, String)]) -> Result<Bytes, String> {
+    pub async fn end(&mut self, trailers: &[(String, String)]) -> Result<Bytes, String> {
         let tail = self.enc.end(trailers);
         match &mut self.dir {
             Some(d) => {
-                let mut out = BytesMut::from(&d.feed(tail)?[..]);
-                out.extend_from_slice(&d.finish()?);
+                let mut out = BytesMut::from(&d.feed(tail).await?[..]);
+                out.extend_from_slice(&d.finish().await?);
                 Ok(out.freeze())
             }
             None => Ok(tail),

@@ -49,7 +49,7 @@ pub async fn call(
     let whole = match &call {
         Some(k) if k.hooks_data() => {
             let mut dir = k.direction(true, req.headers.get("grpc-encoding").map(|v| &v[..]));
-            match dir.feed_all(whole) {
+            match dir.feed_all(whole).await {
                 Ok(b) => b,
                 Err(CallError::Cancelled(s, m)) => {
                     return Done::Answer(gw::cancelled_reply(k, s, &m))
@@ -127,7 +127,7 @@ async fn relay(
             return Done::Sent(status, n);
         };
         let len = chunk.len();
-        let Ok((bytes, cancelled)) = out.data(chunk) else {
+        let Ok((bytes, cancelled)) = out.data(chunk).await else {
             stx.send_reset(Reason::INTERNAL_ERROR);
             return Done::Sent(status, n);
         };
@@ -143,7 +143,7 @@ async fn relay(
     }
     let trailers = body.rx.trailers().await.ok().flatten();
     let fields = gw::trailer_fields(trailers.as_ref(), &resp.headers);
-    match out.end(&fields) {
+    match out.end(&fields).await {
         Ok(tail) => {
             n += tail.len() as u64;
             let _ = h2_stream::send_data(&mut stx, tail, true).await;

@@ -155,7 +155,7 @@ pub async fn relay_rest(
 ) -> Result<u64, h2::Error> {
     let mut n = 0;
     if let Some(p) = body.prefix.take() {
-        let p = rewrite(&mut rw, p);
+        let p = rewrite(&mut rw, p).await;
         body.see(&p);
         n += p.len() as u64;
         send_data(tx, p, false).await?;
@@ -164,9 +164,9 @@ pub async fn relay_rest(
 }
 
 /// The SSE layer's output for `piece`, or `piece` itself without one.
-pub fn rewrite(rw: &mut Option<&mut sse::Rewriter<'_>>, piece: Bytes) -> Bytes {
+pub async fn rewrite(rw: &mut Option<&mut sse::Rewriter<'_>>, piece: Bytes) -> Bytes {
     match rw {
-        Some(r) => r.feed(&piece).freeze(),
+        Some(r) => r.feed(&piece).await.freeze(),
         None => piece,
     }
 }
@@ -214,7 +214,7 @@ async fn pump(
     while let Some(chunk) = next_data(&mut body.rx, tx).await {
         let chunk = chunk?;
         let len = chunk.len();
-        let out = rewrite(&mut rw, chunk);
+        let out = rewrite(&mut rw, chunk).await;
         body.see(&out);
         n += out.len() as u64;
         send_data(tx, out, false).await?;

@@ -8,7 +8,9 @@
 
 use crate::http::Target;
 use crate::io::Deadline;
-use crate::plugin::{ConnectCall, Event, HttpCall, IoRequest, IoResult, Recv};
+use crate::plugin::{
+    ConnectCall, Engine, Event, HttpCall, IoRequest, IoResult, Recv, Step, Suspended,
+};
 use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
 use crate::proxy::body_relay::read_some;
 use crate::proxy::upstream::{self, connect, h1, secure, ConnectError, Key, Upstream};
@@ -72,6 +74,33 @@ pub struct HookIo {
     timeout: Duration,
     hook: Option<(Event, usize, usize)>,
     deadline: Instant,
+}
+
+/// Performs the waits of a chain that returned `step`, resuming it with `resume` after
+/// each, until it ends: the driver of every row outside `exchange::message_event`. A
+/// chain that does not wait costs one match; the waiting state is boxed.
+pub async fn settle(
+    w: &Worker,
+    e: &Engine,
+    step: Step,
+    mut resume: impl FnMut(Suspended) -> Step,
+) -> Step {
+    if !matches!(step, Step::Wait(..)) {
+        return step;
+    }
+    Box::pin(async move {
+        let mut io = HookIo::new(crate::config::secs(w.cfg.hook_timeout));
+        let mut step = step;
+        while let Step::Wait(s, req) = step {
+            match io.wait(w, s.hook_key(), req).await {
+                Ok(r) => e.feed_io(r),
+                Err(why) => e.fail_wait(why),
+            }
+            step = resume(s);
+        }
+        step
+    })
+    .await
 }
 
 impl HookIo {

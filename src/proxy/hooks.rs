@@ -1,15 +1,17 @@
 //! Lifecycle hooks fired from more than one layer.
 
 use crate::plugin::{ConnInfo, Event};
+use crate::proxy::hook_io;
 use crate::proxy::worker::Worker;
 
 /// Fires tls.on_handshake when a plugin hooks it.
-pub fn tls_handshake(w: &Worker, conn: &ConnInfo, info: &crate::tls::TlsInfo) {
+pub async fn tls_handshake(w: &Worker, conn: &ConnInfo, info: &crate::tls::TlsInfo) {
     let Some(e) = w.engine() else { return };
     if !e.has(Event::TlsHandshake) {
         return;
     }
-    e.tls_handshake(conn, &dict_of(info));
+    let step = e.tls_handshake(conn, &dict_of(info));
+    hook_io::settle(w, &e, step, |s| e.resume_event(s, conn, None, &mut ())).await;
 }
 
 /// The handshake as hooks (and the flow recorder) see it.

@@ -7,7 +7,10 @@ use crate::plugin::{ConnInfo, Engine, Event, Phase, SseEvent};
 use crate::proto::http1::{encode_chunk, encode_last_chunk};
 use crate::proto::sse::Parser;
 use crate::proxy::body_relay::{self, H1Body, RelayError, Sink};
+use crate::proxy::hook_io;
+use crate::proxy::worker::Worker;
 use bytes::{Bytes, BytesMut};
+use std::rc::Rc;
 
 /// Whether a response is an event stream the SSE layer should take.
 /// A compressed stream (or one with transfer codings besides chunked) passes unhooked:
@@ -35,6 +38,8 @@ pub fn applies(engine: Option<&Engine>, status: u16, headers: &Headers) -> bool 
 /// Runs the hooks over the events of one stream.
 pub struct Rewriter<'a> {
     parser: Parser,
+    /// The worker, whose runtime performs the waits of sse.on_event hooks.
+    w: Rc<Worker>,
     engine: &'a Engine,
     /// A copy, so the rewriter borrows nothing of the connection that relays.
     info: ConnInfo,
@@ -47,20 +52,21 @@ pub struct Rewriter<'a> {
 
 impl<'a> Rewriter<'a> {
     /// A rewriter for one response; `max` bounds one event (`--max-plugin-body`).
-    pub fn new(engine: &'a Engine, info: &ConnInfo, flow_id: u64, max: usize) -> Self {
+    pub fn new(w: &Rc<Worker>, engine: &'a Engine, info: &ConnInfo, flow_id: u64) -> Self {
         Rewriter {
             parser: Parser::new(),
+            w: w.clone(),
             engine,
             info: info.clone(),
             flow_id,
             index: 0,
-            max,
+            max: w.cfg.max_plugin_body,
             passthrough: false,
         }
     }
 
     /// Body bytes in, the bytes to send on out (whole events only).
-    pub fn feed(&mut self, data: &[u8]) -> BytesMut {
+    pub async fn feed(&mut self, data: &[u8]) -> BytesMut {
         let mut out = BytesMut::new();
         if self.passthrough {
             out.extend_from_slice(data);
@@ -77,9 +83,10 @@ impl<'a> Rewriter<'a> {
                 changed: false,
             };
             self.index += 1;
+            let (e, info, id) = (self.engine, &self.info, Some(self.flow_id));
             for phase in [Phase::PrePipeline, Phase::PostPipeline] {
-                self.engine
-                    .sse_event(phase, &self.info, self.flow_id, &mut ev);
+                let step = e.sse_event(phase, info, self.flow_id, &mut ev);
+                hook_io::settle(&self.w, e, step, |s| e.resume_event(s, info, id, &mut ev)).await;
             }
             if ev.changed {
                 out.extend_from_slice(&ev.event.serialize());
@@ -142,7 +149,7 @@ pub async fn relay_http1(
                 .decode(src_buf)
                 .map_err(|e| RelayError::Malformed(e.to_string()))?;
             for piece in d.data {
-                let events = rw.feed(&piece).freeze();
+                let events = rw.feed(&piece).await.freeze();
                 if let Some(t) = tap.as_deref_mut() {
                     t.see(&events);
                 }
@@ -182,9 +189,6 @@ pub async fn relay_http1(
             Ok(0) => {
                 dec.eof().map_err(|e| RelayError::Source(e.to_string()))?;
                 let rest = rw.finish();
-                if let Some(t) = tap.as_deref_mut() {
-                    t.see(&rest);
-                }
                 if let Some(t) = tap.as_deref_mut() {
                     t.see(&rest);
                 }

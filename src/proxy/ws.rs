@@ -9,10 +9,11 @@ use crate::plugin::{ConnInfo, Engine, Event, Phase, WsClose, WsMessage};
 use crate::proto::ws::{self, Assembler, Frame, FrameDecoder, CLOSE};
 use crate::proxy::body_relay::{ensure_spare, READ_BUF};
 use crate::proxy::byte_tunnel::{Peers, TunnelStats};
+use crate::proxy::hook_io;
+use crate::proxy::worker::Worker;
 use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
-use std::time::Duration;
 
 /// Whether the WebSocket layer takes an upgraded connection.
 pub(crate) fn wants(engine: Option<&Engine>) -> bool {
@@ -27,6 +28,8 @@ pub(crate) fn reads_payloads(engine: Option<&Engine>) -> bool {
 
 /// What one WebSocket connection shares between its two directions.
 struct Conn<'a> {
+    /// The worker, whose runtime performs the waits of message hooks.
+    w: &'a Worker,
     /// The plugin engine, when a hook reads messages (None: only the recorder does).
     engine: Option<&'a Engine>,
     /// The flow's recording, when it is recorded.
@@ -44,19 +47,20 @@ struct Conn<'a> {
     ended_by_hook: RefCell<Option<Bytes>>,
 }
 
-/// Relays frames both ways until both directions ended (or `idle` passed with no byte
-/// either way), then fires ws.on_close. Messages go through the hooks when `engine`
+/// Relays frames both ways until both directions ended (or the tunnel idle timeout
+/// passed with no byte either way), then fires ws.on_close. Messages go through the hooks when `engine`
 /// is given, and into the flow's recording when `rec` is; it is handed back.
 pub(crate) async fn relay(
+    w: &Worker,
     peers: Peers<'_>,
     engine: Option<&Engine>,
     info: &ConnInfo,
     flow_id: u64,
-    idle: Option<Duration>,
-    max: usize,
     rec: Option<Box<Capture>>,
 ) -> (TunnelStats, Option<Box<Capture>>) {
+    let (idle, max) = (w.timeouts.tunnel, w.cfg.max_plugin_body);
     let conn = Conn {
+        w,
         engine,
         rec: RefCell::new(rec),
         info,
@@ -91,7 +95,8 @@ pub(crate) async fn relay(
         ..WsClose::default()
     });
     if let Some(e) = engine {
-        e.ws_close(info, &close);
+        let step = e.ws_close(info, &close);
+        hook_io::settle(w, e, step, |s| e.resume_event(s, info, None, &mut ())).await;
     }
     (TunnelStats { up, down }, conn.rec.take())
 }
@@ -124,7 +129,7 @@ async fn one_way(
                 Ok(Some(Some(_))) if ended_here => {}
                 Ok(Some(Some(m))) => {
                     let is_close = m.opcode == CLOSE;
-                    ended_here = forward(c, m, from_client, &mut out);
+                    ended_here = forward(c, m, from_client, &mut out).await;
                     closes_in_out += (is_close || ended_here) as u8;
                 }
                 Ok(Some(None)) => {}
@@ -187,7 +192,7 @@ async fn one_way(
 /// Runs the hooks on one message and appends the frame to send.
 /// Runs the message hooks and encodes what goes on to the peer. True when a hook ended
 /// the WebSocket (`msg:close`): a close frame with its code and reason went instead.
-fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) -> bool {
+async fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) -> bool {
     let mut wm = WsMessage {
         opcode: m.opcode,
         masked: m.mask.is_some(),
@@ -199,7 +204,9 @@ fn forward(c: &Conn<'_>, m: ws::Message, from_client: bool, out: &mut BytesMut) 
     };
     if let Some(e) = c.engine {
         for phase in [Phase::PrePipeline, Phase::PostPipeline] {
-            e.ws_message(phase, c.info, c.flow_id, &mut wm);
+            let step = e.ws_message(phase, c.info, c.flow_id, &mut wm);
+            let id = Some(c.flow_id);
+            hook_io::settle(c.w, e, step, |s| e.resume_event(s, c.info, id, &mut wm)).await;
         }
     }
     if let Some((code, reason)) = wm.close.take() {

@@ -324,7 +324,7 @@ async fn relay(c: &ClientConn, t: &Tunnel, mut first: FirstBytes, pending: Pendi
     let start_ns = crate::flows::record::now_ns();
     let raw = recording::raw_tap(&c.w);
     let e = engine.as_deref();
-    let stats = byte_tunnel::run(peers, e, &c.info, pending, idle, raw.as_ref()).await;
+    let stats = byte_tunnel::run(&c.w, peers, e, &c.info, pending, idle, raw.as_ref()).await;
     t.up.stream.shutdown(Shutdown::Both);
     c.io.count_upstream(&t.up);
     let end = recording::TunnelEnd {

@@ -22,6 +22,7 @@ use crate::proxy::exchange::recording;
 use crate::proxy::exchange::route::Target2;
 use crate::proxy::front::h1::{self, H1Route, Outcome, Tunnel};
 use crate::proxy::front::h2::{self, Via};
+use crate::proxy::hook_io;
 use crate::proxy::upstream::{self, Spare, Upstream};
 use crate::proxy::worker::Worker;
 use std::cell::RefCell;
@@ -87,7 +88,9 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
         tls: None,
     };
     if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionConnect)) {
-        if let Step::Drop = e.on_connect(&info) {
+        let step = e.on_connect(&info);
+        let step = hook_io::settle(&w, &e, step, |s| e.resume_event(s, &info, None, &mut ())).await;
+        if let Step::Drop = step {
             tracing::debug!(conn = info.conn_id, %peer, "dropped by connection.on_connect");
             stream.shutdown(Shutdown::Both);
             return;
@@ -143,7 +146,11 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
             upstream_bytes_out,
             error: c.io.error.take(),
         };
-        e.on_disconnect(&c.info, &stats);
+        let step = e.on_disconnect(&c.info, &stats);
+        hook_io::settle(&c.w, &e, step, |s| {
+            e.resume_event(s, &c.info, None, &mut ())
+        })
+        .await;
     }
 }
 
@@ -169,7 +176,8 @@ impl ClientConn {
     ) -> byte_tunnel::TunnelStats {
         let idle = self.w.timeouts.tunnel;
         let peers = self.io.peers(&mut up);
-        let stats = byte_tunnel::run(peers, engine, &self.info, [None, None], idle, raw).await;
+        let stats =
+            byte_tunnel::run(&self.w, peers, engine, &self.info, [None, None], idle, raw).await;
         up.stream.shutdown(Shutdown::Both);
         self.io.count_upstream(&up);
         stats

@@ -9,6 +9,7 @@ use crate::plugin::{Event, Socks5Info, Step};
 use crate::proto::socks5::{self as proto, BadRequest, Parsed, Reply};
 use crate::proxy::exchange::log::{AccessRecord, TunnelLog};
 use crate::proxy::front::h1::Tunnel;
+use crate::proxy::hook_io;
 use crate::proxy::upstream::{self, ConnectError};
 use crate::proxy::worker::Worker;
 use bytes::{Buf, Bytes, BytesMut};
@@ -56,7 +57,12 @@ async fn connect(c: &mut ClientConn, accepted: &Accepted) -> (Layer, Option<Repl
             target_addr: accepted.req.target(),
             username: accepted.username.clone(),
         };
-        if let Step::Drop = e.socks5_connect(&c.info, &dict) {
+        let step = e.socks5_connect(&c.info, &dict);
+        let step = hook_io::settle(&c.w, &e, step, |s| {
+            e.resume_event(s, &c.info, None, &mut ())
+        })
+        .await;
+        if let Step::Drop = step {
             tracing::debug!(conn = c.info.conn_id, "dropped by socks5.on_connect");
             c.io.stream.shutdown(Shutdown::Both);
             return (Layer::Done, None);

@@ -177,7 +177,7 @@ pub(super) async fn terminate(c: &mut ClientConn, mut start: TlsStart) -> Layer 
     if w.recorder.is_some() {
         c.info.tls = Some(std::rc::Rc::new(crate::proxy::hooks::dict_of(&acc.info)));
     }
-    crate::proxy::hooks::tls_handshake(&w, &c.info, &acc.info);
+    crate::proxy::hooks::tls_handshake(&w, &c.info, &acc.info).await;
     if let Some(via) = ahead.via {
         if worker_tls::chose_h2(&c.io.stream) {
             let target = Target2 {

@@ -79,7 +79,7 @@ pub async fn open(
         }
     };
     if let Some(t) = &up.tls_info {
-        crate::proxy::hooks::tls_handshake(w, info, t);
+        crate::proxy::hooks::tls_handshake(w, info, t).await;
     }
     Ok(up)
 }

@@ -47,7 +47,7 @@ pub(super) async fn serve(
     let body = match &gw.call {
         Some(k) if k.hooks_data() => {
             let mut dir = k.direction(true, req.headers.get("grpc-encoding").map(|v| &v[..]));
-            match dir.feed_all(body) {
+            match dir.feed_all(body).await {
                 Ok(b) => b,
                 Err(crate::proxy::grpc::CallError::Cancelled(status, message)) => {
                     let r = gw::cancelled_reply(k, status, &message);
@@ -168,7 +168,7 @@ async fn relay(
             return Next::Close;
         };
         let len = chunk.len();
-        let (bytes, cancelled) = match out.data(chunk) {
+        let (bytes, cancelled) = match out.data(chunk).await {
             Ok(x) => x,
             Err(why) => {
                 tracing::info!(conn = c.info.conn_id, "gRPC response: {why}");
@@ -201,7 +201,7 @@ async fn relay(
         }
     };
     let fields = gw::trailer_fields(trailers.as_ref(), &resp.headers);
-    match out.end(&fields) {
+    match out.end(&fields).await {
         Ok(tail) => frame(&tail, &mut wire),
         Err(why) => {
             tracing::info!(conn = c.info.conn_id, "gRPC response: {why}");

@@ -263,8 +263,7 @@ async fn respond(
     let streaming = !matches!(resp.body, Body::Full(_));
     let mut rw = match (hooks.engine, streaming && !asked.is_head) {
         (Some(e), true) if sse::applies(hooks.engine, resp.status, &resp.headers) => {
-            let max = c.w.cfg.max_plugin_body;
-            Some(sse::Rewriter::new(e, &c.info, hooks.id, max))
+            Some(sse::Rewriter::new(&c.w, e, &c.info, hooks.id))
         }
         _ => None,
     };
@@ -351,7 +350,7 @@ async fn relay_to_h1(
         let chunk = chunk.map_err(|e| e.to_string())?;
         let len = chunk.len();
         let piece = match rw.as_deref_mut() {
-            Some(r) => r.feed(&chunk).freeze(),
+            Some(r) => r.feed(&chunk).await.freeze(),
             None => chunk,
         };
         body.see(&piece);

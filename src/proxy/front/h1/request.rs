@@ -59,8 +59,7 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
         engine: engine.as_deref(),
         id: c.w.next_conn_id(),
     };
-    let max = c.w.cfg.max_grpc_message;
-    let call = grpc_web::h1_call(engine.as_ref(), &req, &c.info, hooks.id, max);
+    let call = grpc_web::h1_call(&c.w, engine.as_ref(), &req, &c.info, hooks.id);
     let decision = {
         let mut src = client_body(
             &mut c.io,

@@ -238,8 +238,7 @@ fn sse_rewriter<'e>(
     if !streaming || is_head || !sse::applies(engine, resp.status, &resp.headers) {
         return None;
     }
-    let max = c.w.cfg.max_plugin_body;
-    engine.map(|e| sse::Rewriter::new(e, &c.info, hooks.id, max))
+    engine.map(|e| sse::Rewriter::new(&c.w, e, &c.info, hooks.id))
 }
 
 /// The response head for the client, its framing fields made right for the client's
@@ -310,10 +309,8 @@ async fn switch_protocols(
         let mut up = up;
         let rec = c.io.rec.take();
         let peers = c.io.peers(&mut up);
-        let max = c.w.cfg.max_plugin_body;
         let hooks_on = engine.filter(|&e| ws::wants(Some(e)));
-        let t = c.w.timeouts.tunnel;
-        let (_, rec) = ws::relay(peers, hooks_on, &c.info, hooks.id, t, max, rec).await;
+        let (_, rec) = ws::relay(&c.w, peers, hooks_on, &c.info, hooks.id, rec).await;
         c.io.rec.set(rec);
         up.stream.shutdown(Shutdown::Both);
         c.io.count_upstream(&up);

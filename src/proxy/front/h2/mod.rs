@@ -296,8 +296,7 @@ async fn exchange_stream(
         engine: engine.as_deref(),
         id: s.w.next_conn_id(),
     };
-    let max = s.w.cfg.max_grpc_message;
-    *call = grpc::Call::of(engine.as_ref(), &req, &s.info, f.id, max);
+    *call = grpc::Call::of(&s.w, engine.as_ref(), &req, &s.info, f.id);
     let mut body = Incoming::new(rx);
     let te_trailers = req.headers.has_token("te", "trailers");
     let is_head = req.method.as_ref() == b"HEAD";

@@ -281,8 +281,7 @@ impl Stream<'_> {
         if full.is_none() && !self.is_head && sse::applies(engine, resp.status, &resp.headers) {
             if let Some(e) = engine {
                 resp.headers.remove("content-length");
-                let max = s.w.cfg.max_plugin_body;
-                sse_rw = Some(sse::Rewriter::new(e, &s.info, self.f.id, max));
+                sse_rw = Some(sse::Rewriter::new(&s.w, e, &s.info, self.f.id));
             }
         }
         // a HEAD or 304 response keeps the length of the body it does not carry
@@ -413,7 +412,7 @@ async fn relay_h1(
         if !src.buf.is_empty() {
             let d = src.dec.decode(src.buf).map_err(|_| broken())?;
             for piece in d.data {
-                let piece = h2_stream::rewrite(&mut rw, piece);
+                let piece = h2_stream::rewrite(&mut rw, piece).await;
                 if let Some(t) = src.tap.as_deref_mut() {
                     t.see(&piece);
                 }
