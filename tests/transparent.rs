@@ -290,3 +290,139 @@ fn redirected_http_is_served_and_a_loop_is_refused() {
     );
     assert!(log.contains("own listener"), "{log}");
 }
+
+/// An HTTP origin on SITE:80 answering with the headers luring adds.
+const VIA_ORIGIN_PY: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("via=" + str(self.headers.get("x-via")) + " host=" + str(self.headers.get("Host"))).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer((sys.argv[1], 80), H)
+s.serve_forever()
+"#;
+
+#[test]
+fn tproxy_connections_take_their_destination_from_the_local_address() {
+    // a gateway namespace (luring, and the site on its lo) and a client namespace
+    // routed through it; the gateway's TPROXY rule hands the client's connections for
+    // SITE:80 to luring's IP_TRANSPARENT listener, without NAT
+    let Some(gw) = Netns::new() else { return };
+    let Some(client) = Netns::new() else { return };
+    let ok = |ns: &Netns, args: &[&str]| {
+        ns.cmd(args[0])
+            .args(&args[1..])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let (vg, vc) = (
+        format!("vg{}", std::process::id() % 100000),
+        format!("vc{}", std::process::id() % 100000),
+    );
+    assert!(ok(
+        &gw,
+        &["ip", "link", "add", &vg, "type", "veth", "peer", "name", &vc]
+    ));
+    assert!(ok(&gw, &["ip", "link", "set", &vc, "netns", &client.0]));
+    assert!(ok(&gw, &["ip", "addr", "add", "10.78.0.1/24", "dev", &vg]));
+    assert!(ok(&gw, &["ip", "link", "set", &vg, "up"]));
+    // the client reaches SITE through the gateway, not on its own lo
+    let site = format!("{SITE}/32");
+    assert!(ok(&client, &["ip", "addr", "del", &site, "dev", "lo"]));
+    assert!(ok(
+        &client,
+        &["ip", "addr", "add", "10.78.0.2/24", "dev", &vc]
+    ));
+    assert!(ok(&client, &["ip", "link", "set", &vc, "up"]));
+    assert!(ok(
+        &client,
+        &["ip", "route", "add", "default", "via", "10.78.0.1"]
+    ));
+    assert!(ok(
+        &gw,
+        &["ip", "rule", "add", "fwmark", "1", "lookup", "100"]
+    ));
+    assert!(ok(
+        &gw,
+        &[
+            "ip",
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "100"
+        ]
+    ));
+    let dir = TempDir::new("tproxy");
+    let rules = dir.path("rules.nft");
+    std::fs::write(
+        &rules,
+        format!(
+            "table ip luring_tproxy {{\n chain pre {{\n  type filter hook prerouting priority mangle; policy accept;\n  \
+             iifname \"{vg}\" ip daddr {SITE} tcp dport 80 tproxy to :18081 meta mark set 1 accept\n }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    if !gw
+        .cmd("nft")
+        .args(["-f", rules.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("SKIPPED: this kernel has no nftables tproxy support");
+        return;
+    }
+    let mut origin = spawn_quiet({
+        let mut c = gw.cmd("python3");
+        c.args(["-c", VIA_ORIGIN_PY, SITE]);
+        c
+    });
+    let log = dir.path("luring.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let mut luring = gw
+        .cmd(bin())
+        .args(["run", "--mode", "transparent", "--listen", "0.0.0.0:18081"])
+        .args([
+            "--workers",
+            "1",
+            "--access-log",
+            "--set-request-header",
+            "x-via=luring",
+        ])
+        .args(["--confdir", dir.path("conf").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .expect("luring in the namespace");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ready = wait_port(&gw, &format!("{SITE}:80")) && wait_port(&gw, "127.0.0.1:18081");
+    let out = ready.then(|| {
+        client
+            .cmd("curl")
+            .args(["-sS", "--max-time", "10", "-H", "Host: site.test"])
+            .arg(format!("http://{SITE}/tp"))
+            .output()
+            .unwrap()
+    });
+    let _ = luring.kill();
+    let _ = luring.wait();
+    let _ = origin.kill();
+    let _ = origin.wait();
+    let log = text();
+    let out = out.unwrap_or_else(|| panic!("origin or luring did not listen: {log}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "via=luring host=site.test",
+        "{}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!log.contains("IP_TRANSPARENT refused"), "{log}");
+}

@@ -3,11 +3,17 @@
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::{SocketAddr, TcpListener};
 
-/// Binds `n` listening sockets on `addr` with SO_REUSEPORT.
+/// Binds `n` listening sockets on `addr` with SO_REUSEPORT; `transparent` also asks for
+/// IP_TRANSPARENT, which TPROXY rules need (it takes CAP_NET_ADMIN: without it a
+/// warning says so, and REDIRECT rules still work).
 ///
 /// The kernel would happily let a second process join the group and take a share of the
 /// connections, so first a socket WITHOUT SO_REUSEPORT checks that nobody holds the port.
-pub fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, String> {
+pub fn bind_group(
+    addr: SocketAddr,
+    n: usize,
+    transparent: bool,
+) -> Result<Vec<TcpListener>, String> {
     let mut addr = addr;
     {
         let probe = new_socket(addr).map_err(|e| format!("cannot create socket: {e}"))?;
@@ -34,6 +40,20 @@ pub fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, String
         let _ = s.set_reuse_address(true);
         s.set_reuse_port(true)
             .map_err(|e| format!("SO_REUSEPORT unavailable: {e}"))?;
+        if transparent {
+            let r = match addr {
+                SocketAddr::V4(_) => s.set_ip_transparent(true),
+                SocketAddr::V6(_) => set_ipv6_transparent(&s),
+            };
+            if let Err(e) = r {
+                if out.is_empty() {
+                    tracing::warn!(
+                        "transparent mode: IP_TRANSPARENT refused ({e}): TPROXY rules will not \
+                         reach luring (it needs CAP_NET_ADMIN); REDIRECT rules still work"
+                    );
+                }
+            }
+        }
         s.bind(&SockAddr::from(addr))
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         s.listen(4096)
@@ -43,6 +63,26 @@ pub fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, String
         out.push(s.into());
     }
     Ok(out)
+}
+
+/// IPV6_TRANSPARENT, which socket2 only offers for IPv4.
+fn set_ipv6_transparent(s: &Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from `on`, which outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_IPV6,
+            libc::IPV6_TRANSPARENT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
@@ -60,13 +100,13 @@ mod tests {
     #[test]
     fn refuses_a_port_held_by_another_socket() {
         let held = TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = bind_group(held.local_addr().unwrap(), 2).unwrap_err();
+        let err = bind_group(held.local_addr().unwrap(), 2, false).unwrap_err();
         assert!(err.contains("already in use"), "{err}");
     }
 
     #[test]
     fn ephemeral_group_shares_one_port() {
-        let g = bind_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let g = bind_group("127.0.0.1:0".parse().unwrap(), 3, false).unwrap();
         let ports: Vec<u16> = g.iter().map(|l| l.local_addr().unwrap().port()).collect();
         assert!(ports.iter().all(|p| *p == ports[0] && *p != 0));
     }

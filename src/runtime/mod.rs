@@ -38,7 +38,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     };
     crate::proxy::exchange::log::set_json(cfg.access_log_format == "json");
     let n = cfg.worker_count();
-    let listeners = bind_group(cfg.listen, n)?;
+    let transparent = crate::config::Mode::parse(&cfg.mode) == Ok(crate::config::Mode::Transparent);
+    let listeners = bind_group(cfg.listen, n, transparent)?;
     let addr = listeners[0]
         .local_addr()
         .map_err(|e| format!("cannot read listening address: {e}"))?;

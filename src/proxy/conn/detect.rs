@@ -16,7 +16,7 @@ use crate::proxy::front::h2::Via;
 use crate::proxy::upstream::{Key, Spare};
 use crate::proxy::worker_tls::{Alpn, WorkerTls};
 use bytes::BytesMut;
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
 /// How long a new tunnel waits for the client's first bytes before it also reads the
@@ -158,12 +158,10 @@ pub(super) async fn transparent(c: &mut ClientConn) -> Layer {
         }
         None => return Layer::Done,
     };
-    let own = c.w.listen_addr.is_some_and(|l| {
-        l == dst || (l.ip().is_unspecified() && l.port() == dst.port() && dst.ip().is_loopback())
-    });
-    // without a NAT redirect the local address is luring's own (TPROXY listeners are
-    // not made yet)
-    if own || !redirected {
+    // Without a NAT redirect the destination is the local address: under a TPROXY
+    // rule that is the address the client asked for, and only a connection made to
+    // luring's own listener (directly, or a rule that loops) ends at luring itself.
+    if c.w.listen_addr.is_some_and(|l| is_own_listener(l, dst)) {
         tracing::warn!(
             conn,
             "transparent: a connection for luring's own listener {dst} (not redirected, \
@@ -171,6 +169,7 @@ pub(super) async fn transparent(c: &mut ClientConn) -> Layer {
         );
         return Layer::Done;
     }
+    tracing::trace!(conn, %dst, redirected, "transparent: original destination");
     let host = dst.ip().to_string();
     let up = match crate::proxy::upstream::dial(&c.w, &host, dst.port()).await {
         Ok(u) => u,
@@ -336,4 +335,18 @@ async fn relay(c: &ClientConn, t: &Tunnel, mut first: FirstBytes, pending: Pendi
     };
     recording::tunnel(&c.w, &c.info, end);
     Layer::Done
+}
+
+/// Whether `dst` is the listener `l` itself: its address, or, for a wildcard listener,
+/// its port on any address of this host (a TPROXY'd connection for a remote host that
+/// happens to use the same port is not).
+fn is_own_listener(l: SocketAddr, dst: SocketAddr) -> bool {
+    if l.port() != dst.port() {
+        return false;
+    }
+    if l.ip() == dst.ip() {
+        return true;
+    }
+    // only the local addresses of this host can be bound without IP_FREEBIND
+    l.ip().is_unspecified() && std::net::UdpSocket::bind(SocketAddr::new(dst.ip(), 0)).is_ok()
 }
