@@ -353,3 +353,33 @@ fn h2_streams_and_socks5_requests_by_protocol() {
         1.0
     );
 }
+
+#[test]
+fn event_streams_are_counted_as_sse() {
+    let events = Origin::start(fixed(
+        200,
+        &[("content-type", "text/event-stream; charset=utf-8")],
+        b"data: one\n\n",
+    ));
+    let plain = Origin::start(fixed(200, &[("content-type", "text/plain")], b"x"));
+    let (proxy, m) = start(&[]);
+    assert_eq!(proxied(&proxy, &events.url()), 200);
+    assert_eq!(proxied(&proxy, &plain.url()), 200);
+    let mut text = String::new();
+    let settled = wait_until(Duration::from_secs(10), || {
+        text = get(&m, "/metrics").1;
+        sample(&text, "luring_connections_open{listener=\"default\"}") == 0.0
+    });
+    assert!(settled, "{text}");
+    let s = |series: &str| sample(&text, series);
+    assert_eq!(
+        s("luring_requests_total{protocol=\"sse\",status_class=\"2xx\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        s("luring_requests_total{protocol=\"http1\",status_class=\"2xx\"}"),
+        1.0,
+        "{text}"
+    );
+}

@@ -29,7 +29,7 @@ pub enum Proto {
     Ws,
     /// A gRPC or gRPC-web call (request content-type application/grpc*).
     Grpc,
-    /// A server-sent event stream (not told apart yet: counted as http1 or h2).
+    /// A server-sent event stream (response content-type text/event-stream), either version.
     Sse,
     /// A SOCKS5 connect request.
     Socks5,
@@ -143,7 +143,21 @@ pub fn enable() {
 /// metrics are off.
 #[inline]
 pub fn clock() -> Option<Instant> {
-    LOCAL.with(|l| l.enabled.get()).then(Instant::now)
+    enabled().then(Instant::now)
+}
+
+/// Whether this worker keeps metrics (`--metrics`).
+#[inline]
+pub fn enabled() -> bool {
+    LOCAL.with(|l| l.enabled.get())
+}
+
+/// Whether a response head says "event stream", for the `sse` protocol label; false
+/// without metrics, so the header is looked up only when it is counted.
+pub fn event_stream(response_content_type: Option<&[u8]>) -> bool {
+    enabled()
+        && response_content_type
+            .is_some_and(|c| c.len() >= 17 && c[..17].eq_ignore_ascii_case(b"text/event-stream"))
 }
 
 fn class_index(status: Option<u16>) -> usize {
@@ -164,11 +178,12 @@ pub fn request(proto: Proto, status: Option<u16>, t0: Option<Instant>) {
 }
 
 /// The protocol of an HTTP exchange from its version, request content-type and status.
-pub fn http_proto(h2: bool, content_type: Option<&[u8]>, status: u16) -> Proto {
+pub fn http_proto(h2: bool, content_type: Option<&[u8]>, status: u16, sse: bool) -> Proto {
     let grpc = content_type.is_some_and(|c| c.starts_with(b"application/grpc"));
     match (grpc, status, h2) {
         (true, _, _) => Proto::Grpc,
         (false, 101, false) => Proto::Ws,
+        _ if sse => Proto::Sse,
         (false, _, true) => Proto::H2,
         (false, _, false) => Proto::Http1,
     }
@@ -261,13 +276,14 @@ mod tests {
         assert_eq!(class_index(Some(204)), 2);
         assert_eq!(class_index(Some(502)), 5);
         assert_eq!(class_index(Some(42)), 0);
-        assert_eq!(http_proto(false, None, 101), Proto::Ws);
+        assert_eq!(http_proto(false, None, 101, false), Proto::Ws);
         assert_eq!(
-            http_proto(true, Some(b"application/grpc+proto"), 200),
+            http_proto(true, Some(b"application/grpc+proto"), 200, false),
             Proto::Grpc
         );
-        assert_eq!(http_proto(true, Some(b"text/plain"), 200), Proto::H2);
-        assert_eq!(http_proto(false, None, 200), Proto::Http1);
+        assert_eq!(http_proto(true, Some(b"text/plain"), 200, false), Proto::H2);
+        assert_eq!(http_proto(false, None, 200, false), Proto::Http1);
+        assert_eq!(http_proto(true, None, 200, true), Proto::Sse);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct ClientIo {
     pub status: Cell<u16>,
     /// Bytes of responses written to the client, for the access log.
     pub sent: Cell<u64>,
+    /// The last response head sent was an event stream (kept only with metrics).
+    pub event_stream: Cell<bool>,
     /// The recording of the exchange in progress, with `--record`.
     pub rec: Cell<Option<Box<Capture>>>,
     /// Bytes read from and written to upstreams for this connection.
@@ -70,6 +72,7 @@ impl ClientIo {
             send_timeout,
             status: Cell::new(0),
             sent: Cell::new(0),
+            event_stream: Cell::new(false),
             rec: Cell::new(None),
             upstream_moved: Cell::new((0, 0)),
             error: std::cell::RefCell::new(None),

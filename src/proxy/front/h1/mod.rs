@@ -51,7 +51,8 @@ pub async fn serve(c: &mut ClientConn, route: H1Route) -> Outcome {
         };
         if let Some((t0, ctype)) = m {
             let status = c.io.status.get();
-            let proto = metrics::http_proto(false, ctype.as_deref(), status);
+            let sse = c.io.event_stream.replace(false);
+            let proto = metrics::http_proto(false, ctype.as_deref(), status, sse);
             metrics::request(proto, sent_status(status), Some(t0));
         }
         recording::finish(&c.w, &c.info, c.io.rec.take());

@@ -15,6 +15,8 @@ pub(super) struct Reply {
     pub(super) tx: h2::server::SendResponse<Bytes>,
     /// Status sent (0: none, e.g. the stream was reset).
     pub(super) status: u16,
+    /// The response head sent was an event stream (kept only with metrics).
+    pub(super) event_stream: bool,
     /// Body bytes sent.
     pub(super) bytes: u64,
     /// The recording of this stream's exchange, with `--record`.
@@ -28,6 +30,8 @@ impl Reply {
         end: bool,
     ) -> Result<SendStream<Bytes>, h2::Error> {
         let status = head.status().as_u16();
+        let ctype = head.headers().get(http::header::CONTENT_TYPE);
+        self.event_stream = crate::metrics::event_stream(ctype.map(|v| v.as_bytes()));
         let tx = self.tx.send_response(head, end)?;
         self.status = status;
         Ok(tx)

@@ -236,6 +236,7 @@ fn spawn_stream(
         let mut reply = Reply {
             tx,
             status: 0,
+            event_stream: false,
             bytes: 0,
             rec: None,
         };
@@ -254,7 +255,8 @@ fn spawn_stream(
             stream(&s, req, &mut reply).await;
         }
         if let Some((t0, ctype)) = m {
-            let proto = crate::metrics::http_proto(true, ctype.as_deref(), reply.status);
+            let sse = reply.event_stream;
+            let proto = crate::metrics::http_proto(true, ctype.as_deref(), reply.status, sse);
             crate::metrics::request(proto, sent_status(reply.status), Some(t0));
         }
         recording::finish(&s.w, &s.info, reply.rec.take());
