@@ -172,3 +172,17 @@ def _disc_failed(t):
     pat = r"DISC up_in=0 up_out=0 error=(.+)"
     m = re.search(pat, t.proxy.expect_log(pat, what="the on_disconnect line")[0])
     check("refused" in m.group(1), f"error {m.group(1)!r} does not say the connection was refused")
+
+
+@case("connection.on_disconnect: upstream byte counts of an HTTP/2 client's streams",
+      flags=["--mode", "reverse:http://127.0.0.1:@ORIGIN_PORT@"], plugins={"disc_up.lua": DISC})
+def _disc_h2(t):
+    from harness import build_response
+    r = curl(None, f"http://{t.proxy.addr}/fixed?body=hello", "--http2-prior-knowledge")
+    eq(r.status, 200, f"client status (curl: {r.err})")
+    want_in = len(build_response(200, "OK", [], b"hello"))
+    req = t.one_request()
+    pat = r"DISC up_in=(\d+) up_out=(\d+) error=(\S+)"
+    m = re.search(pat, t.proxy.expect_log(pat, what="the on_disconnect line")[0])
+    eq(int(m.group(1)), want_in, "upstream_bytes_in (the origin's response, exactly)")
+    check(int(m.group(2)) >= len(req["target"]) + 20, f"upstream_bytes_out {m.group(2)} too small")

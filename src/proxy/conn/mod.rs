@@ -218,6 +218,8 @@ impl ClientConn {
         }
         let early = std::mem::take(&mut self.io.buf);
         let w = self.w.clone();
-        h2::serve(w, &self.io.stream, early, &self.info, via, target).await;
+        let (r, wr) = h2::serve(w, &self.io.stream, early, &self.info, via, target).await;
+        let (r0, w0) = self.io.upstream_moved.get();
+        self.io.upstream_moved.set((r0 + r, w0 + wr));
     }
 }

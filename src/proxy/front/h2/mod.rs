@@ -73,9 +73,17 @@ struct Session {
     /// Streams in progress, and when the last one ended (idle timeout).
     open: Cell<usize>,
     last_end: Cell<Instant>,
+    /// Bytes read from and written to HTTP/1.1 upstream legs (connection.on_disconnect).
+    upstream_moved: Cell<(u64, u64)>,
 }
 
 impl Session {
+    /// Adds what `up` moved for this connection's streams.
+    fn count_upstream(&self, up: &Upstream) {
+        let ((r, w), (r0, w0)) = (up.moved(), self.upstream_moved.get());
+        self.upstream_moved.set((r0 + r, w0 + w));
+    }
+
     /// The session's h2c connection to a plaintext upstream, made on first use (gRPC
     /// calls need h2 end to end).
     async fn h2c_sender(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
@@ -92,6 +100,8 @@ impl Session {
 
 /// Serves an h2 client connection (TLS that chose h2, or h2c with prior knowledge),
 /// relaying its streams as `via` says. `early` holds client bytes already read.
+/// Returns the bytes read from and written to upstreams for it (streams still running
+/// when the client connection ended, and a lazily made h2c connection, not counted).
 pub async fn serve(
     w: Rc<Worker>,
     client: &crate::io::Stream,
@@ -99,24 +109,28 @@ pub async fn serve(
     info: &ConnInfo,
     via: Via,
     target: Target2,
-) {
+) -> (u64, u64) {
     let mut cio = PollStream::new(client, early);
     match via {
         Via::H2(up) => {
-            let Upstream { stream, buf, .. } = *up;
+            let Upstream {
+                stream, buf, base, ..
+            } = *up;
             let uio = PollStream::new(&stream, buf);
-            match up2::handshake(uio).await {
+            let legs = match up2::handshake(uio).await {
                 Ok((send, conn)) => {
                     let up = UpstreamConn::H2(send);
-                    run(w, &mut cio, up, Some(conn), info, target).await;
+                    run(w, &mut cio, up, Some(conn), info, target).await
                 }
                 Err(e) => {
                     let why = format!("HTTP/2 handshake with the upstream failed: {e}");
                     let f = FlowError::bad_response(why);
-                    run(w, &mut cio, UpstreamConn::Failed(f), None, info, target).await;
+                    run(w, &mut cio, UpstreamConn::Failed(f), None, info, target).await
                 }
-            }
+            };
             stream.shutdown(Shutdown::Both);
+            let (r, wr) = stream.bytes_moved();
+            (legs.0 + r - base.0, legs.1 + wr - base.1)
         }
         Via::Http1 => run(w, &mut cio, UpstreamConn::Http1, None, info, target).await,
         Via::Http1OrH2c => run(w, &mut cio, UpstreamConn::Http1OrH2c, None, info, target).await,
@@ -134,7 +148,7 @@ async fn run(
     up_conn: Option<UpDriver<'_>>,
     info: &ConnInfo,
     target: Target2,
-) {
+) -> (u64, u64) {
     let conn = info.conn_id;
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_STREAMS)
@@ -147,11 +161,11 @@ async fn run(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(conn, "client HTTP/2 handshake failed: {e}");
-            return;
+            return (0, 0);
         }
         Err(_) => {
             tracing::debug!(conn, "client HTTP/2 preface timed out");
-            return;
+            return (0, 0);
         }
     };
     let session = Rc::new(Session {
@@ -163,6 +177,7 @@ async fn run(
         h2c: up2::Lazy::default(),
         open: Cell::new(0),
         last_end: Cell::new(Instant::now()),
+        upstream_moved: Cell::new((0, 0)),
     });
     let up_conn = async move {
         match up_conn {
@@ -216,6 +231,7 @@ async fn run(
             }
         }
     }
+    session.upstream_moved.get()
 }
 
 /// Runs one client stream as a task of its own.

@@ -233,6 +233,7 @@ impl Stream<'_> {
         };
         let complete = self.respond(&req, resp, src, reply).await;
         reply.put_tap(true, tap);
+        self.s.count_upstream(&up);
         if reusable && complete && dec.is_done() {
             w.pool.put(key, up);
         } else {
