@@ -8,7 +8,7 @@
 # with a single request measures start-up and shutdown, which are subtracted.
 #
 # usage: bash benches/instructions.sh [--bin PATH]... [--io uring|epoll]
-#                                     [--plugin FILE] [--duration SECS]
+#                                     [--plugin FILE] [--record] [--duration SECS]
 # Default binary: target/release/luring. Give --bin twice to compare two builds.
 # Needs valgrind, wrk, nginx (origin) and curl.
 set -euo pipefail
@@ -23,17 +23,21 @@ while (( $# )); do
     --bin) BINS+=("$2"); shift 2 ;;
     --io) IO=$2; shift 2 ;;
     --plugin) EXTRA+=(--plugin "$(realpath "$2")"); shift 2 ;;
+    --record) RECORD=1; shift ;;
     --duration) DURATION=$2; shift 2 ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 (( ${#BINS[@]} )) || BINS=(target/release/luring)
+RECORD=${RECORD:-0}
 for t in valgrind wrk nginx curl; do
   command -v "$t" >/dev/null || { echo "$t is required" >&2; exit 1; }
 done
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/luring-instr.XXXXXX")
+# --record: every flow goes to a flow file (the recorder's writer thread is counted too)
+(( RECORD )) && EXTRA+=(--record "$TMP/rec.flows")
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

@@ -8,6 +8,8 @@ use crate::proto::http1::{BodyDecoder, BodyKind};
 use bytes::Bytes;
 use serde_bytes::ByteBuf;
 
+mod msgpack;
+
 /// The body pieces of one message, kept up to a limit while the message streams.
 #[derive(Debug, Default)]
 pub struct BodyTap {
@@ -258,13 +260,7 @@ impl Capture {
     /// The finished record: bodies joined, trailers and headers as bytes, the named
     /// headers' values redacted (names compared case-insensitively).
     pub fn into_record(mut self, redact: &[String]) -> HttpFlow {
-        if self.flow.times.end == 0 {
-            self.flow.times.end = now_ns();
-        }
-        if let Some(t) = self.req_body.take_trailers() {
-            self.req.trailers = Some(t);
-        }
-        let resp_trailers = self.resp_body.take_trailers();
+        self.finish();
         let mut flow = self.flow;
         if let Some(a) = self.client {
             flow.client = addr_text(a);
@@ -284,11 +280,40 @@ impl Capture {
         if let (Some(r), Some(h)) = (flow.response.as_mut(), self.resp) {
             r.version = self.versions.1.to_string();
             r.headers = fields(&h.headers, redact);
-            let t = resp_trailers.or(h.trailers);
+            let t = h.trailers;
             r.trailers = t.as_ref().map_or_else(Vec::new, |t| fields(t, redact));
             r.body = self.resp_body.into_rec();
         }
         flow
+    }
+}
+
+impl Capture {
+    /// The end time, and trailers seen in chunked bodies moved to their heads.
+    fn finish(&mut self) {
+        if self.flow.times.end == 0 {
+            self.flow.times.end = now_ns();
+        }
+        if let Some(t) = self.req_body.take_trailers() {
+            self.req.trailers = Some(t);
+        }
+        if let Some(t) = self.resp_body.take_trailers() {
+            if let Some(h) = self.resp.as_mut() {
+                h.trailers = Some(t);
+            }
+        }
+    }
+
+    /// Appends the finished record as MessagePack: the bytes `into_record` then
+    /// rmp-serde would give, made without the intermediate record.
+    pub fn write_record(mut self, redact: &[String], out: &mut Vec<u8>) {
+        self.finish();
+        msgpack::write(&self, redact, out);
+    }
+
+    /// The bytes of the bodies and messages kept, to size an encoding buffer.
+    pub fn payload_hint(&self) -> usize {
+        self.req_body.kept + self.resp_body.kept + self.ws_bytes
     }
 }
 

@@ -5,7 +5,8 @@
 //! Records are appended whole, so a file cut anywhere (a SIGKILL, a full disk, a copy
 //! of a file still being written) reads back up to its last complete record.
 
-use super::record::{Drops, HttpFlow, Meta, Record, TunnelFlow};
+use super::capture::Capture;
+use super::record::{Drops, HttpFlow, Meta, Record, TunnelFlow, KIND_HTTP};
 use std::io::{self, Read, Write};
 
 /// The first eight bytes of every flow file.
@@ -63,18 +64,32 @@ impl Encoder {
     /// Appends one record's frame to `out`: the payload is encoded in place behind a
     /// header filled in after, so a small record is copied only once.
     pub fn encode_into(&mut self, rec: &Record, out: &mut Vec<u8>) -> io::Result<()> {
+        self.frame_into(rec.kind(), payload_hint(rec), out, |out| {
+            match rec {
+                Record::Meta(m) => rmp_serde::encode::write_named(out, m),
+                Record::Http(f) => rmp_serde::encode::write_named(out, f),
+                Record::Tunnel(t) => rmp_serde::encode::write_named(out, t),
+                Record::Drops(d) => rmp_serde::encode::write_named(out, d),
+            }
+            .map_err(io::Error::other)
+        })
+    }
+
+    /// Appends a frame of `kind` whose MessagePack payload `write` appends (`hint`: the
+    /// bytes of bodies it holds, to size the buffer once).
+    pub fn frame_into(
+        &mut self,
+        kind: u8,
+        hint: usize,
+        out: &mut Vec<u8>,
+        write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
         let start = out.len();
-        out.reserve(FRAME_HEADER_LEN + 1024 + payload_hint(rec));
+        out.reserve(FRAME_HEADER_LEN + 1024 + hint);
         out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
-        let r = match rec {
-            Record::Meta(m) => rmp_serde::encode::write_named(out, m),
-            Record::Http(f) => rmp_serde::encode::write_named(out, f),
-            Record::Tunnel(t) => rmp_serde::encode::write_named(out, t),
-            Record::Drops(d) => rmp_serde::encode::write_named(out, d),
-        };
-        if let Err(e) = r {
+        if let Err(e) = write(out) {
             out.truncate(start);
-            return Err(io::Error::other(e));
+            return Err(e);
         }
         let body_at = start + FRAME_HEADER_LEN;
         let mut flags = 0;
@@ -90,10 +105,10 @@ impl Encoder {
             out.truncate(start);
             return Err(io::Error::other("record too large for a flow file"));
         }
-        let crc = checksum([rec.kind(), flags, 0, 0], &out[body_at..]);
+        let crc = checksum([kind, flags, 0, 0], &out[body_at..]);
         let h = &mut out[start..body_at];
         h[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        h[4] = rec.kind();
+        h[4] = kind;
         h[5] = flags;
         h[8..12].copy_from_slice(&crc.to_le_bytes());
         Ok(())
@@ -152,6 +167,22 @@ impl<W: Write> FlowWriter<W> {
     /// Appends one record.
     pub fn write(&mut self, rec: &Record) -> io::Result<()> {
         self.enc.encode_into(rec, &mut self.pending)?;
+        self.maybe_write_pending()
+    }
+
+    /// Writes a recorded HTTP flow from its capture (the same frame as
+    /// `write(&Record::Http(c.into_record(redact)))`, made with less work).
+    pub fn write_capture(&mut self, c: Capture, redact: &[String]) -> io::Result<()> {
+        let hint = c.payload_hint();
+        self.enc
+            .frame_into(KIND_HTTP, hint, &mut self.pending, |out| {
+                c.write_record(redact, out);
+                Ok(())
+            })?;
+        self.maybe_write_pending()
+    }
+
+    fn maybe_write_pending(&mut self) -> io::Result<()> {
         if self.pending.len() >= PENDING_MAX {
             self.write_pending()?;
         }

@@ -236,12 +236,15 @@ pub enum Record {
     Drops(Drops),
 }
 
+/// The frame kind of an HTTP flow record.
+pub const KIND_HTTP: u8 = 2;
+
 impl Record {
     /// The record kind's byte in the frame header.
     pub fn kind(&self) -> u8 {
         match self {
             Record::Meta(_) => 1,
-            Record::Http(_) => 2,
+            Record::Http(_) => KIND_HTTP,
             Record::Tunnel(_) => 3,
             Record::Drops(_) => 4,
         }

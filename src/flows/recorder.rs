@@ -201,8 +201,12 @@ fn write_loop(mut out: FlowWriter<File>, rx: Receiver<Item>, dropped: Arc<Atomic
         let mut open = true;
         while r.is_ok() {
             match rx.try_recv() {
-                Ok(item) => {
-                    r = out.write(&record_of(item, &s));
+                Ok(Item::Http(c)) => {
+                    r = out.write_capture(*c, &s.redact);
+                    wrote = true;
+                }
+                Ok(Item::Tunnel(t)) => {
+                    r = out.write(&Record::Tunnel(t));
                     wrote = true;
                 }
                 Err(TryRecvError::Empty) => break,
@@ -236,12 +240,5 @@ fn write_loop(mut out: FlowWriter<File>, rx: Receiver<Item>, dropped: Arc<Atomic
             return;
         }
         std::thread::sleep(TICK);
-    }
-}
-
-fn record_of(item: Item, s: &Settings) -> Record {
-    match item {
-        Item::Http(c) => Record::Http(Box::new(c.into_record(&s.redact))),
-        Item::Tunnel(t) => Record::Tunnel(t),
     }
 }
