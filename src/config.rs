@@ -161,6 +161,8 @@ pub struct Config {
     pub max_grpc_message: usize,
     /// Per hook call budget in milliseconds.
     pub hook_budget_ms: u64,
+    /// Bytes each worker's Lua state may hold while plugin code runs; 0 = no limit.
+    pub plugin_memory_limit: usize,
     /// Seconds a hook call may wait on I/O (`luring.sleep`, cosockets...) in total.
     pub hook_timeout: f64,
     /// `NAME=VALUE` request headers set by the rewrite step.
@@ -240,6 +242,7 @@ impl Default for Config {
             // grpc's own default receive limit
             max_grpc_message: 4 * 1024 * 1024,
             hook_budget_ms: 100,
+            plugin_memory_limit: 256 * 1024 * 1024,
             hook_timeout: 5.0,
             set_request_header: Vec::new(),
             set_response_header: Vec::new(),

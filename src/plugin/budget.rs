@@ -42,6 +42,7 @@ unsafe extern "C-unwind" fn count_hook(l: *mut ffi::lua_State, _ar: *mut ffi::lu
             ffi::lua_error(l);
         }
     }
+    super::memory::relieve(l);
     let now = Instant::now();
     let past = DEADLINE.with(|d| match d.get() {
         Some(d) => now >= d,
@@ -125,5 +126,13 @@ impl Budget {
     /// True when the hook interrupted the current (or last) call.
     pub(crate) fn interrupted() -> bool {
         INTERRUPTED.with(|i| i.get())
+    }
+
+    /// Keeps `interrupted` true across a later call (the error text of an interrupted
+    /// hook is made by a call of its own).
+    pub(crate) fn keep_interrupted(was: bool) {
+        if was {
+            INTERRUPTED.with(|i| i.set(true));
+        }
     }
 }
