@@ -4,7 +4,7 @@
 
 use super::budget::Budget;
 use super::io::{Feed, IoRequest, WaitCtx};
-use super::memory::{memory_text, MemGuard};
+use super::memory::MemGuard;
 use super::msg::{Pending, SlotId};
 use super::reply::{build_grpc, build_response};
 use super::surface::{self, Event, Row};
@@ -219,7 +219,7 @@ impl Engine {
             Value::Nil
         };
         if MemGuard::hit() {
-            if let Ok(s) = self.lua.create_string(memory_text(self.mem.limit())) {
+            if let Ok(s) = self.lua.create_string(self.mem.text()) {
                 e = Value::String(s);
             }
         }
@@ -234,7 +234,7 @@ impl Engine {
         Budget::keep_interrupted(was);
         match text {
             Ok(s) => s.to_string_lossy(),
-            Err(_) if hit => memory_text(self.mem.limit()),
+            Err(_) if hit => self.mem.text(),
             Err(_) => describe(&e),
         }
     }

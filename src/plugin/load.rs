@@ -2,7 +2,7 @@
 //! against the surface, the load errors `luring check` reports, and what it lists.
 
 use super::budget::Budget;
-use super::memory::{memory_text, MemGuard};
+use super::memory::MemGuard;
 use super::msg::{Core, LCtx};
 use super::surface::{self, Event, Phase, SURFACE};
 use super::{describe, lua_err, Engine, EngineConfig, EngineStats, HookEntry, Rt};
@@ -310,7 +310,7 @@ impl Engine {
                 mem.recover();
             }
             let text = match &e {
-                _ if MemGuard::hit() => memory_text(mem.limit()),
+                _ if MemGuard::hit() => mem.text(),
                 mlua::Error::SyntaxError { message, .. } => message.clone(),
                 mlua::Error::RuntimeError(m) => m.clone(),
                 other => other.to_string(),

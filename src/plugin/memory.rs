@@ -31,6 +31,10 @@ struct Acct {
     enforce: Cell<bool>,
     /// `used` after the last collection the guard ran itself.
     collected_at: Cell<usize>,
+    /// Where the count hook last saw plugin code run with over half the limit in use
+    /// ("file:line"): the line of an allocation refused inside the VM is lost when the
+    /// error unwinds the coroutine, and this is the nearest known.
+    near: std::cell::RefCell<String>,
 }
 
 unsafe extern "C" fn alloc(
@@ -74,12 +78,20 @@ unsafe fn acct_of<'a>(l: *mut ffi::lua_State) -> Option<&'a Acct> {
 ///
 /// # Safety
 /// `l` must be a live state, inside a hook.
-pub(super) unsafe fn relieve(l: *mut ffi::lua_State) {
+pub(super) unsafe fn relieve(l: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
     // SAFETY: per the caller.
     let Some(a) = (unsafe { acct_of(l) }) else {
         return;
     };
     let used = a.used.get();
+    if used > a.limit / 2 && a.enforce.get() {
+        // SAFETY: inside the hook, with its record.
+        if let Some(at) = unsafe { super::budget::hook_location(l, ar) } {
+            let mut n = a.near.borrow_mut();
+            n.clear();
+            n.push_str(&at);
+        }
+    }
     if used < a.limit / 4 * 3 || used < a.collected_at.get() + a.limit / 8 {
         return;
     }
@@ -126,6 +138,7 @@ impl MemGuard {
                 limit,
                 enforce: Cell::new(false),
                 collected_at: Cell::new(used),
+                near: Default::default(),
             }));
             ffi::lua_setallocf(state, alloc, acct.cast());
             MemGuard { state, acct }
@@ -143,8 +156,8 @@ impl MemGuard {
     pub(crate) fn enforce(&self, on: bool) {
         if let Some(a) = self.acct() {
             a.enforce.set(on);
-            if on {
-                HIT.with(|h| h.set(false));
+            if on && HIT.with(|h| h.replace(false)) {
+                a.near.borrow_mut().clear();
             }
         }
     }
@@ -152,6 +165,16 @@ impl MemGuard {
     /// The limit in bytes (0: none).
     pub(crate) fn limit(&self) -> usize {
         self.acct().map_or(0, |a| a.limit)
+    }
+
+    /// The report of a refusal: the limit, and where plugin code was last seen running
+    /// near it.
+    pub(crate) fn text(&self) -> String {
+        let base = memory_text(self.limit());
+        match self.acct().map(|a| a.near.borrow().clone()) {
+            Some(at) if !at.is_empty() => format!("{at}: {base}"),
+            _ => base,
+        }
     }
 
     /// Bytes the state holds now, as its allocator counts them.
