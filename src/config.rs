@@ -397,6 +397,13 @@ mod tests {
     }
 
     #[test]
+    fn plugin_memory_limit_key() {
+        assert_eq!(Config::default().plugin_memory_limit, 256 << 20);
+        let c: Config = toml::from_str("plugin_memory_limit = 1048576").unwrap();
+        assert_eq!(c.plugin_memory_limit, 1 << 20);
+    }
+
+    #[test]
     fn metrics_and_access_log_format_keys() {
         let c: Config = toml::from_str("metrics = \"9100\"\naccess_log_format = \"json\"").unwrap();
         assert_eq!(c.metrics.as_deref(), Some("9100"));

@@ -448,6 +448,16 @@ fn only_valid_chains_pass_and_insecure_passes_all() {
         );
         origins.push(origin);
     }
+    // the handshake signature is checked even so, and ring refuses RSA keys under 2048
+    let (weak, _server) = pki.weak_rsa_origin();
+    let r = curl(&[
+        "-x",
+        &insecure.url(),
+        "--cacert",
+        conf.ca(),
+        &format!("https://localhost:{}/x", weak.port),
+    ]);
+    assert_502_naming(&r, "--insecure, RSA-1024 key", "RSA key", &insecure);
 }
 
 /// `openssl x509 -noout -text` of the leaf luring presents for `host` through CONNECT.
