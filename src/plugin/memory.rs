@@ -156,7 +156,8 @@ impl MemGuard {
     pub(crate) fn enforce(&self, on: bool) {
         if let Some(a) = self.acct() {
             a.enforce.set(on);
-            if on && HIT.with(|h| h.replace(false)) {
+            if on {
+                HIT.with(|h| h.set(false));
                 a.near.borrow_mut().clear();
             }
         }

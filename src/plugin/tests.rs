@@ -1030,6 +1030,10 @@ const MEM_LIMIT: usize = 32 << 20;
 /// An engine whose on_request hook runs `body` (requests to /ok only set x-ok), with a
 /// 32 MiB memory limit and a time budget long enough that the limit acts first.
 fn mem_engine(body: &str) -> Engine {
+    mem_engine_budget(body, Duration::from_secs(5))
+}
+
+fn mem_engine_budget(body: &str, budget: Duration) -> Engine {
     let src = format!(
         r#"register_hook('http', 'on_request', function(m)
              if m.path == '/ok' then m.headers:set('x-ok', 'yes') ; return end
@@ -1039,7 +1043,7 @@ fn mem_engine(body: &str) -> Engine {
     );
     engine_cfg(&[("mem.lua", &src)], |c| {
         c.memory_limit = MEM_LIMIT;
-        c.hook_budget = Duration::from_secs(5);
+        c.hook_budget = budget;
     })
 }
 
@@ -1137,7 +1141,7 @@ fn state_that_keeps_growing_across_calls_fails_its_hooks_and_keeps_working() {
 /// A hook that misbehaves in `body` fails within the time budget (or at once) and the
 /// state serves the next call.
 fn assert_fails_and_recovers(body: &str) {
-    let e = mem_engine(body);
+    let e = mem_engine_budget(body, Duration::from_millis(300));
     let t = Instant::now();
     let mut r = req();
     e.http_request(Phase::PrePipeline, &conn(), 1, &mut r);
