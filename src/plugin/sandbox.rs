@@ -57,7 +57,10 @@ end
 -- enforced on interpreted code: the JIT is switched off for this state, for good.
 jit.off()
 jit.flush()
-for _, k in ipairs({"jit", "jit.util", "jit.opt", "jit.profile", "io", "ffi"}) do package.loaded[k] = nil end
+-- (preload too: jit.profile would run a plugin's callback at any time, outside budgets)
+for _, k in ipairs({"jit", "jit.util", "jit.opt", "jit.profile", "io", "ffi"}) do
+  package.loaded[k], package.preload[k] = nil, nil
+end
 jit, io = nil, nil
 package.loadlib = nil
 if package.loaders then package.loaders[3], package.loaders[4] = nil, nil end

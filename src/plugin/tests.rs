@@ -1236,6 +1236,14 @@ fn standard_libraries_plugins_get() {
         assert(collectgarbage('count') > 0)
         collectgarbage()
         assert(require('string.buffer').new():put('z'):tostring() == 'z')
+        local pre = {}
+        for k in pairs(package.preload) do pre[#pre + 1] = k end
+        table.sort(pre)
+        assert(table.concat(pre, ',') == 'string.buffer,table.clear,table.new', table.concat(pre, ','))
+        for _, m in ipairs({'jit.util', 'jit.profile', 'jit.opt'}) do
+          assert(not pcall(require, m), 'require ' .. m)
+        end
+        local t = require('table.new')(4, 0) ; t[1] = 1 ; require('table.clear')(t) ; assert(t[1] == nil)
         register_hook('http', 'on_request', function(m) m.headers:set('x-std', 'ok') end)"#,
     )]);
     let mut r = req();
