@@ -57,7 +57,28 @@ fn start(dir: &TempDir) -> Proxy {
         // long enough that the memory limit, not the clock, stops the allocating hooks
         "--hook-budget-ms",
         "3000",
+        "--metrics",
+        "127.0.0.1:0",
     ])
+}
+
+/// The value of the first sample of `name` for limits.lua on the proxy's /metrics.
+fn metric(proxy: &Proxy, name: &str) -> f64 {
+    let err = proxy.stderr();
+    let url = err
+        .lines()
+        .find_map(|l| l.split("luring metrics on ").nth(1))
+        .unwrap_or_else(|| panic!("no metrics line: {err}"))
+        .trim()
+        .to_string();
+    let r = curl(&[&url]);
+    let text = r.body_str();
+    let prefix = format!("{name}{{plugin=\"limits.lua\"");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} for limits.lua:\n{text}"))
 }
 
 fn get(proxy: &Proxy, origin: &Origin, path: &str) -> CurlOutput {
@@ -152,6 +173,10 @@ fn allocation_without_bound_stops_at_the_memory_limit() {
     assert_logged(&proxy, "plugin memory limit exceeded", 12);
     assert_serves(&proxy, &origin, "/free");
     assert_serves(&proxy, &origin, "/keep");
+
+    let stopped = metric(&proxy, "luring_hook_memory_interruptions_total");
+    assert!(stopped >= 7.0, "memory interruptions counted: {stopped}");
+    assert!(metric(&proxy, "luring_hook_errors_total") >= stopped);
 
     let hwm = proxy.vm_hwm_kib().expect("VmHWM") * 1024;
     eprintln!("peak RSS {} MiB", hwm >> 20);

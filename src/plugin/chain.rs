@@ -167,6 +167,7 @@ impl Engine {
         }
         if MemGuard::hit() {
             self.bump(|s| s.memory_interrupts += 1);
+            crate::metrics::inc(&m.memory_interrupts);
         }
         tracing::error!(
             target: "luring::plugin",
