@@ -1188,6 +1188,10 @@ fn hostile_error_paths_fail_the_hook_and_nothing_else() {
         "local function r() load(r) end r()",
         "local t ; t = setmetatable({}, {__tostring = function() print(t) return 'x' end}) print(t)",
         "local t ; t = setmetatable({}, {__tostring = function() return string.format('%s', t) end}) print(t)",
+        "local b = require('string.buffer').new() local t
+         t = setmetatable({}, {__tostring = function() b:put(t) return 'x' end}) b:put(t)",
+        "local t ; t = setmetatable({}, {__index = function(s, k) return s[k] end}) local _ = t.x",
+        "local t ; t = setmetatable({}, {__tostring = function() return table.concat({tostring(t)}) end}) tostring(t)",
     ] {
         let e = mem_engine(body);
         let mut r = req();
