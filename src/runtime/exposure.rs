@@ -27,7 +27,7 @@ pub fn metrics_warning(addr: SocketAddr) -> Option<String> {
     }
     Some(format!(
         "warning: metrics on {addr}, which is not a loopback address: /metrics and \
-         /healthz have no authentication and name the hosts and plugins luring serves; \
+         /healthz have no authentication and describe luring's traffic and plugins; \
          bind them to 127.0.0.1 or firewall the port"
     ))
 }
