@@ -5,10 +5,14 @@
 use crate::config::Mode;
 use std::net::SocketAddr;
 
-/// The warning for the main listener on `addr`, if any: a forwarding mode (everything
-/// but reverse) on a non-loopback address without `--proxy-auth`.
+/// The warning for the main listener on `addr`, if any: a mode where clients name the
+/// destination (regular, upstream, socks5) on a non-loopback address without
+/// `--proxy-auth`. Reverse mode serves one upstream, and a transparent listener takes
+/// only connections the kernel redirected (one made to luring itself is refused as a
+/// loop): neither forwards where a stranger asks.
 pub fn listener_warning(addr: SocketAddr, mode: &Mode, proxy_auth: bool) -> Option<String> {
-    if addr.ip().is_loopback() || proxy_auth || matches!(mode, Mode::Reverse(_)) {
+    if addr.ip().is_loopback() || proxy_auth || matches!(mode, Mode::Reverse(_) | Mode::Transparent)
+    {
         return None;
     }
     Some(format!(
@@ -47,6 +51,7 @@ mod tests {
             "{w}"
         );
         assert!(listener_warning(any, &Mode::Socks5, false).is_some());
+        assert!(listener_warning(any, &Mode::Transparent, false).is_none());
         assert!(listener_warning(any, &Mode::Regular, true).is_none());
         assert!(listener_warning(lo, &Mode::Regular, false).is_none());
         assert!(listener_warning(lo6, &Mode::Regular, false).is_none());
