@@ -204,6 +204,9 @@ pub struct RunArgs {
     /// Time budget of one hook call in milliseconds; a runaway hook becomes an error [default: 100].
     #[arg(long, value_name = "MS")]
     pub hook_budget_ms: Option<u64>,
+    /// Bytes each worker's Lua state may hold; an allocation beyond it fails the hook [default: 268435456; 0 = no limit].
+    #[arg(long, value_name = "BYTES")]
+    pub plugin_memory_limit: Option<usize>,
     /// Seconds one hook call may wait on I/O (luring.sleep, http_request, cosockets); beyond, a hook error [default: 5].
     #[arg(long, value_name = "SECS")]
     pub hook_timeout: Option<f64>,
@@ -312,6 +315,7 @@ impl RunArgs {
             max_plugin_body,
             max_grpc_message,
             hook_budget_ms,
+            plugin_memory_limit,
             hook_timeout,
             ca_key_type,
             cert_cache_size,

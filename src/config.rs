@@ -161,6 +161,8 @@ pub struct Config {
     pub max_grpc_message: usize,
     /// Per hook call budget in milliseconds.
     pub hook_budget_ms: u64,
+    /// Bytes each worker's Lua state may hold while plugin code runs; 0 = no limit.
+    pub plugin_memory_limit: usize,
     /// Seconds a hook call may wait on I/O (`luring.sleep`, cosockets...) in total.
     pub hook_timeout: f64,
     /// `NAME=VALUE` request headers set by the rewrite step.
@@ -240,6 +242,7 @@ impl Default for Config {
             // grpc's own default receive limit
             max_grpc_message: 4 * 1024 * 1024,
             hook_budget_ms: 100,
+            plugin_memory_limit: 256 * 1024 * 1024,
             hook_timeout: 5.0,
             set_request_header: Vec::new(),
             set_response_header: Vec::new(),
@@ -391,6 +394,13 @@ mod tests {
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.io, IoChoice::Epoll);
         assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+    }
+
+    #[test]
+    fn plugin_memory_limit_key() {
+        assert_eq!(Config::default().plugin_memory_limit, 256 << 20);
+        let c: Config = toml::from_str("plugin_memory_limit = 1048576").unwrap();
+        assert_eq!(c.plugin_memory_limit, 1 << 20);
     }
 
     #[test]

@@ -197,6 +197,11 @@ fn hooks(hooks: &[HookSnap]) -> Vec<Family<'_>> {
             counts(3),
         ),
         (
+            "luring_hook_memory_interruptions",
+            "Hook calls stopped by --plugin-memory-limit.",
+            counts(4),
+        ),
+        (
             "luring_hook_duration_seconds",
             "Time spent running each hook (each resume after a body wait timed apart).",
             Values::Hist(times),

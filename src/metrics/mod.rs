@@ -93,6 +93,8 @@ pub struct HookStat {
     pub errors: Cell<u64>,
     /// Calls interrupted by the budget.
     pub budget_interrupts: Cell<u64>,
+    /// Calls stopped by the plugin memory limit.
+    pub memory_interrupts: Cell<u64>,
     /// Actions demoted to CONTINUE.
     pub demotions: Cell<u64>,
     /// Time spent running the hook (each resume timed separately).
@@ -252,6 +254,7 @@ pub fn hook_stat(plugin: &str, hook: &str, event: &str) -> Rc<HookStat> {
             calls: Cell::new(0),
             errors: Cell::new(0),
             budget_interrupts: Cell::new(0),
+            memory_interrupts: Cell::new(0),
             demotions: Cell::new(0),
             time: Hist::default(),
         });

@@ -12,7 +12,7 @@ pub struct HookSnap {
     /// "protocol.event".
     pub event: String,
     /// Calls, errors, budget interruptions, demoted actions.
-    pub counts: [u64; 4],
+    pub counts: [u64; 5],
     /// Time spent in the hook.
     pub time: HistSnap,
 }
@@ -102,6 +102,7 @@ impl Snapshot {
                             h.errors.get(),
                             h.budget_interrupts.get(),
                             h.demotions.get(),
+                            h.memory_interrupts.get(),
                         ],
                         time: h.time.snap(&HOOK_BOUNDS),
                     })
@@ -174,7 +175,7 @@ mod tests {
             plugin: "p.lua".into(),
             hook: name.into(),
             event: "http.on_request".into(),
-            counts: [calls, 0, 0, 0],
+            counts: [calls, 0, 0, 0, 0],
             time: HistSnap::default(),
         }
     }

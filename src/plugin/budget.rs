@@ -32,7 +32,25 @@ thread_local! {
 
 static BUDGET_MSG: &[u8] = b"hook exceeded its time budget\0";
 
-unsafe extern "C-unwind" fn count_hook(l: *mut ffi::lua_State, _ar: *mut ffi::lua_Debug) {
+/// "file:line" of the Lua function running at a hook call (`ar` is the hook's record).
+///
+/// # Safety
+/// Only inside a hook, with the `ar` the hook was given.
+pub(super) unsafe fn hook_location(
+    l: *mut ffi::lua_State,
+    ar: *mut ffi::lua_Debug,
+) -> Option<String> {
+    // SAFETY: per the caller; "Sl" fills only fields of `ar` and allocates nothing.
+    unsafe {
+        if ffi::lua_getinfo(l, c"Sl".as_ptr(), ar) == 0 || (*ar).currentline <= 0 {
+            return None;
+        }
+        let src = std::ffi::CStr::from_ptr((*ar).short_src.as_ptr()).to_string_lossy();
+        Some(format!("{src}:{}", (*ar).currentline))
+    }
+}
+
+unsafe extern "C-unwind" fn count_hook(l: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
     if FAIL_SET.with(|f| f.get()) {
         FAIL_SET.with(|f| f.set(false));
         ffi::lua_sethook(l, Some(count_hook), ffi::LUA_MASKCOUNT, CHECK_EVERY);
@@ -42,6 +60,7 @@ unsafe extern "C-unwind" fn count_hook(l: *mut ffi::lua_State, _ar: *mut ffi::lu
             ffi::lua_error(l);
         }
     }
+    super::memory::relieve(l, ar);
     let now = Instant::now();
     let past = DEADLINE.with(|d| match d.get() {
         Some(d) => now >= d,
@@ -57,8 +76,18 @@ unsafe extern "C-unwind" fn count_hook(l: *mut ffi::lua_State, _ar: *mut ffi::lu
         return;
     }
     INTERRUPTED.with(|i| i.set(true));
+    // The location goes into the message: once the error has unwound the coroutine, its
+    // traceback no longer knows the line of the frame that was running.
+    match hook_location(l, ar) {
+        Some(at) => {
+            let m = format!("{at}: hook exceeded its time budget");
+            ffi::lua_pushlstring(l, m.as_ptr().cast(), m.len());
+        }
+        None => {
+            ffi::lua_pushstring(l, BUDGET_MSG.as_ptr().cast());
+        }
+    }
     // No Rust value with a destructor is alive here: lua_error unwinds this frame.
-    ffi::lua_pushstring(l, BUDGET_MSG.as_ptr().cast());
     ffi::lua_error(l);
 }
 
@@ -125,5 +154,13 @@ impl Budget {
     /// True when the hook interrupted the current (or last) call.
     pub(crate) fn interrupted() -> bool {
         INTERRUPTED.with(|i| i.get())
+    }
+
+    /// Keeps `interrupted` true across a later call (the error text of an interrupted
+    /// hook is made by a call of its own).
+    pub(crate) fn keep_interrupted(was: bool) {
+        if was {
+            INTERRUPTED.with(|i| i.set(true));
+        }
     }
 }

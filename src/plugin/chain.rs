@@ -4,6 +4,7 @@
 
 use super::budget::Budget;
 use super::io::{Feed, IoRequest, WaitCtx};
+use super::memory::MemGuard;
 use super::msg::{Pending, SlotId};
 use super::reply::{build_grpc, build_response};
 use super::surface::{self, Event, Row};
@@ -164,6 +165,10 @@ impl Engine {
             self.bump(|s| s.budget_interrupts += 1);
             crate::metrics::inc(&m.budget_interrupts);
         }
+        if MemGuard::hit() {
+            self.bump(|s| s.memory_interrupts += 1);
+            crate::metrics::inc(&m.memory_interrupts);
+        }
         tracing::error!(
             target: "luring::plugin",
             plugin = %entry.plugin,
@@ -209,17 +214,28 @@ impl Engine {
     /// `thread` must have just returned an error status from `lua_resume`.
     unsafe fn failure_text(&self, thread: &Thread) -> String {
         let co = thread.state();
-        let e = if ffi::lua_gettop(co) >= 1 {
+        let mut e = if ffi::lua_gettop(co) >= 1 {
             self.take_value(co, -1)
         } else {
             Value::Nil
         };
-        match self
+        if MemGuard::hit() {
+            if let Ok(s) = self.lua.create_string(self.mem.text()) {
+                e = Value::String(s);
+            }
+        }
+        // An error value's __tostring is plugin code: it runs under the budget too.
+        let (hit, was) = (MemGuard::hit(), Budget::interrupted());
+        self.wd.enter(self.rt.budget.get());
+        let text = self
             .tok
             .errtext
-            .call::<mlua::String>((thread.clone(), e.clone()))
-        {
+            .call::<mlua::String>((thread.clone(), e.clone()));
+        self.wd.leave();
+        Budget::keep_interrupted(was);
+        match text {
             Ok(s) => s.to_string_lossy(),
+            Err(_) if hit => self.mem.text(),
             Err(_) => describe(&e),
         }
     }
@@ -287,7 +303,9 @@ impl Engine {
                 self.rt.wait_ctx.set(WaitCtx::Hook(co as *const c_void));
                 let t0 = crate::metrics::clock();
                 self.wd.enter(self.rt.budget.get());
+                self.mem.enforce(true);
                 let st = ffi::lua_resume_(co, nargs);
+                self.mem.enforce(false);
                 self.wd.leave();
                 self.hook_metrics[entry.info].observe(t0);
                 st
@@ -306,6 +324,11 @@ impl Engine {
             if status != ffi::LUA_OK {
                 // SAFETY: the coroutine just failed; it is dropped afterwards.
                 let msg = unsafe { self.failure_text(&thread) };
+                if MemGuard::hit() {
+                    // what the failed hook held is garbage once its coroutine is gone
+                    drop(thread);
+                    self.mem.recover();
+                }
                 self.hook_error(entry, &msg);
                 if entry.on_error == OnError::Abort {
                     return Outcome::Done(Step::Continue);

@@ -2,6 +2,7 @@
 //! against the surface, the load errors `luring check` reports, and what it lists.
 
 use super::budget::Budget;
+use super::memory::MemGuard;
 use super::msg::{Core, LCtx};
 use super::surface::{self, Event, Phase, SURFACE};
 use super::{describe, lua_err, Engine, EngineConfig, EngineStats, HookEntry, Rt};
@@ -156,6 +157,7 @@ impl Engine {
         // Outside any callback this is the main state, which lives as long as `lua`.
         let lstate = lua.exec_raw_lua(|raw| raw.state());
         let wd = Budget::install(lstate);
+        let mem = MemGuard::install(lstate, cfg.memory_limit);
         let core = Core::new(cfg.max_plugin_body, worker);
         core.install(&lua, &need).map_err(LoadError::engine)?;
 
@@ -175,7 +177,7 @@ impl Engine {
         // must not hang on a script that loops at load time.
         let load_budget = (cfg.hook_budget * 10).max(Duration::from_secs(1));
         for file in &cfg.files {
-            Self::load_file(&lua, &wd, &rt, &state, file, load_budget);
+            Self::load_file(&lua, (&wd, &mem), &rt, &state, file, load_budget);
         }
         lua.globals().set("register_hook", Value::Nil).ok();
         let reg_after = lua.create_function(|_, _: mlua::MultiValue| -> mlua::Result<()> {
@@ -226,6 +228,7 @@ impl Engine {
             })
             .collect();
         Ok(Engine {
+            mem,
             wd,
             feed: RefCell::new(None),
             _ctx_ud: ctx_ud,
@@ -250,7 +253,7 @@ impl Engine {
     /// still loads and every problem of every file is reported at once.
     fn load_file(
         lua: &Lua,
-        wd: &Budget,
+        (wd, mem): (&Budget, &MemGuard),
         rt: &Rt,
         state: &RefCell<LoadState>,
         file: &Path,
@@ -283,14 +286,31 @@ impl Engine {
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             add_module_dir(lua, dir);
         }
+        if src.first() == Some(&0x1b) {
+            state.borrow_mut().issues.push(LoadIssue {
+                file: file.to_path_buf(),
+                line: None,
+                message: "is a binary (bytecode) chunk: plugins load Lua source text only".into(),
+            });
+            return;
+        }
         wd.enter(budget);
+        mem.enforce(true);
+        // text only: LuaJIT does not verify bytecode, so a binary chunk could break
+        // memory safety
         let res = lua
             .load(&src[..])
             .set_name(format!("@{}", file.display()))
+            .set_mode(mlua::ChunkMode::Text)
             .exec();
+        mem.enforce(false);
         wd.leave();
         if let Err(e) = res {
+            if MemGuard::hit() {
+                mem.recover();
+            }
             let text = match &e {
+                _ if MemGuard::hit() => mem.text(),
                 mlua::Error::SyntaxError { message, .. } => message.clone(),
                 mlua::Error::RuntimeError(m) => m.clone(),
                 other => other.to_string(),

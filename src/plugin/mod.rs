@@ -21,6 +21,7 @@ mod grpc;
 mod grpc_tests;
 mod io;
 mod load;
+mod memory;
 mod msg;
 mod protobuf;
 mod reply;
@@ -62,6 +63,8 @@ pub struct EngineConfig {
     pub hook_budget: Duration,
     /// The proxy records flows: `luring.flow_note` and `luring.skip_recording` are kept.
     pub record: bool,
+    /// Bytes one state may hold while plugin code runs; 0 = no limit.
+    pub memory_limit: usize,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +74,7 @@ impl Default for EngineConfig {
             max_plugin_body: 16 << 20,
             hook_budget: Duration::from_millis(100),
             record: false,
+            memory_limit: 256 << 20,
         }
     }
 }
@@ -145,6 +149,8 @@ pub struct EngineStats {
     pub demotions: u64,
     /// Hooks interrupted by the per-call budget.
     pub budget_interrupts: u64,
+    /// Hooks stopped by the state's memory limit.
+    pub memory_interrupts: u64,
 }
 
 /// One registered hook as its chain runs it.
@@ -169,6 +175,8 @@ struct Rt {
 
 /// One worker's plugin engine: a LuaJIT state and its hook chains. Not `Send`.
 pub struct Engine {
+    /// First field: dropped before `lua`, whose allocator it wraps.
+    mem: memory::MemGuard,
     wd: Budget,
     lua: Lua,
     rt: Rc<Rt>,

@@ -4,6 +4,7 @@
 //! (the helpers: `luring.protobuf`, and the waiting calls of `io`).
 
 use super::budget::Budget;
+use super::memory::MemGuard;
 use super::{describe, protobuf, shared, Engine, Rt};
 use mlua::{Function, Lua, Table, Value};
 use std::rc::Rc;
@@ -34,15 +35,98 @@ local expired = ...
 local oxpcall, opcall, tb, tostring, type = xpcall, pcall, debug.traceback, tostring, type
 local error, setmetatable = error, setmetatable
 
+-- Native-stack nesting: a resume, and a library function that calls back into Lua from
+-- C, each recurse on the worker thread's stack (string.gsub keeps an 8 KiB buffer per
+-- level), and LuaJIT has no limit of its own: without one, a plugin could overflow the
+-- stack and abort the process. Nesting stops at MAX_NEST, as Lua 5.1 stops C calls at 200.
+local MAX_NEST, nest = 100, 0
+local function unnest_rethrow(ok, ...)
+  nest = nest - 1
+  if ok then return ... end
+  error((...), 0)
+end
+local function guarded(f, name)
+  return function(...)
+    if nest >= MAX_NEST then error(name .. ": calls into Lua nested too deep", 2) end
+    nest = nest + 1
+    return unnest_rethrow(opcall(f, ...))
+  end
+end
+
 -- Compiled traces never call the instruction-count hook, so a budget can only be
 -- enforced on interpreted code: the JIT is switched off for this state, for good.
 jit.off()
 jit.flush()
-for _, k in ipairs({"jit", "jit.util", "jit.opt", "jit.profile", "io", "ffi"}) do package.loaded[k] = nil end
+-- (preload too: jit.profile would run a plugin's callback at any time, outside budgets)
+for _, k in ipairs({"jit", "jit.util", "jit.opt", "jit.profile", "io", "ffi"}) do
+  package.loaded[k], package.preload[k] = nil, nil
+end
 jit, io = nil, nil
-os.exit = nil
 package.loadlib = nil
 if package.loaders then package.loaders[3], package.loaders[4] = nil, nil end
+
+-- What plugins keep of os: the clock and the environment. Gone: exit (ends every
+-- worker), execute (forks a shell and blocks the core until it exits), remove, rename
+-- and tmpname (file system calls block the core; io is gone too), setlocale
+-- (process-wide: would change number formatting in every worker).
+for _, k in ipairs({"exit", "execute", "remove", "rename", "tmpname", "setlocale"}) do os[k] = nil end
+
+-- LuaJIT does not verify bytecode: a crafted binary chunk can read and write memory
+-- at will. Every way to load code takes source text only, and string.dump, which
+-- only makes bytecode, goes too.
+string.dump = nil
+local oload, oloadfile, select = load, loadfile, select
+local function text_only(f, err)
+  if f == nil and type(err) == "string" and err:find("wrong mode", 1, true) then
+    err = "binary (bytecode) chunks are refused: plugins load Lua source text only"
+  end
+  return f, err
+end
+local gload = guarded(oload, "load")
+load = function(chunk, name, _, ...)
+  local l = type(chunk) == "function" and gload or oload
+  if select('#', ...) > 0 then return text_only(l(chunk, name, "t", ...)) end
+  return text_only(l(chunk, name, "t"))
+end
+loadstring = load
+-- no path means stdin, which would block the worker for good
+local function need_path(path, fn)
+  if type(path) ~= "string" then error(fn .. ": a file path is required", 3) end
+end
+loadfile = function(path, _, ...)
+  need_path(path, "loadfile")
+  if select('#', ...) > 0 then return text_only(oloadfile(path, "t", ...)) end
+  return text_only(oloadfile(path, "t"))
+end
+dofile = function(path)
+  need_path(path, "dofile")
+  local f = assert(text_only(oloadfile(path, "t")))
+  return f()
+end
+if package.loaders then
+  local searchpath, fmt = package.searchpath, string.format
+  package.loaders[2] = function(name)
+    local path, err = searchpath(name, package.path)
+    if not path then return err end
+    local f, lerr = text_only(oloadfile(path, "t"))
+    if not f then
+      error(fmt("error loading module '%s' from file '%s':\n\t%s", name, path, lerr), 2)
+    end
+    return f
+  end
+end
+
+-- A userdata finalizer would run at collection time, outside any hook's budget.
+newproxy = nil
+-- The collector's tuning is the state's, shared by every plugin: "stop" would let
+-- garbage pile up to the memory limit. Plugins may collect and read the count.
+local ocollect = collectgarbage
+collectgarbage = function(opt, arg)
+  if opt == nil or opt == "collect" or opt == "count" or opt == "step" then
+    return ocollect(opt, arg)
+  end
+  error("collectgarbage: option '" .. tostring(opt) .. "' is not available to plugins", 2)
+end
 
 local function errtext(co, e) return tb(co, tostring(e)) end
 
@@ -53,8 +137,35 @@ local function pass(ok, ...)
 end
 pcall = function(f, ...) return pass(opcall(f, ...)) end
 xpcall = function(f, h, ...) return pass(oxpcall(f, h, ...)) end
-local ores = coroutine.resume
-coroutine.resume = function(co, ...) return pass(ores(co, ...)) end
+-- (nesting: see MAX_NEST)
+local ores, ocreate = coroutine.resume, coroutine.create
+local function unnest(...) nest = nest - 1 ; return ... end
+coroutine.resume = function(co, ...)
+  if type(co) ~= "thread" then return ores(co, ...) end
+  if nest >= MAX_NEST then return false, "coroutines nested too deep" end
+  nest = nest + 1
+  return pass(unnest(ores(co, ...)))
+end
+local resume = coroutine.resume
+local ogsub, osort = string.gsub, table.sort
+local ggsub, gsort = guarded(ogsub, "string.gsub"), guarded(osort, "table.sort")
+string.gsub = function(s, p, r, n)
+  if type(r) == "string" then return ogsub(s, p, r, n) end
+  return ggsub(s, p, r, n)
+end
+table.sort = function(t, cmp)
+  if cmp == nil then return osort(t) end
+  return gsort(t, cmp)
+end
+table.foreach, table.foreachi = nil, nil
+local function wrapped(ok, ...)
+  if ok then return ... end
+  error((...), 0)
+end
+coroutine.wrap = function(f)
+  local co = ocreate(f)
+  return function(...) return wrapped(resume(co, ...)) end
+end
 
 debug = { traceback = tb }
 package.loaded.debug = debug
@@ -118,7 +229,7 @@ impl Engine {
     /// Runs the init chunk and sets the globals; `need` is the token a body getter yields.
     pub(super) fn init(lua: &Lua, rt: &Rc<Rt>) -> mlua::Result<(Tokens, Table)> {
         let need = lua.create_table()?;
-        let expired = lua.create_function(|_, ()| Ok(Budget::expired()))?;
+        let expired = lua.create_function(|_, ()| Ok(Budget::expired() || MemGuard::hit()))?;
         let (errtext, cont, drop, respond, respond_mt, grpc, grpc_mt, noop, deep_index): (
             Function,
             Table,

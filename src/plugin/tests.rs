@@ -1020,3 +1020,275 @@ end, { phase = "post_pipeline" })
         b"event: update\ndata: x\ndata: y\ndata: z\n\n"
     );
 }
+
+// ---------------------------------------------------------------------------
+// memory limit and the hostile-plugin cases of the sandbox (docs/security.md)
+// ---------------------------------------------------------------------------
+
+const MEM_LIMIT: usize = 32 << 20;
+
+/// An engine whose on_request hook runs `body` (requests to /ok only set x-ok), with a
+/// 32 MiB memory limit and a time budget long enough that the limit acts first.
+fn mem_engine(body: &str) -> Engine {
+    mem_engine_budget(body, Duration::from_secs(5))
+}
+
+fn mem_engine_budget(body: &str, budget: Duration) -> Engine {
+    let src = format!(
+        r#"register_hook('http', 'on_request', function(m)
+             if m.path == '/ok' then m.headers:set('x-ok', 'yes') ; return end
+             {body}
+             m.headers:set('x-after', 'reached')
+           end)"#
+    );
+    engine_cfg(&[("mem.lua", &src)], |c| {
+        c.memory_limit = MEM_LIMIT;
+        c.hook_budget = budget;
+    })
+}
+
+/// The hook fails, counts as a memory interrupt, the state recovers below its limit, and
+/// the next call on the same state works.
+fn assert_memory_stopped(e: &Engine) {
+    for round in 1..=2u64 {
+        let mut r = req();
+        assert!(matches!(
+            e.http_request(Phase::PrePipeline, &conn(), 1, &mut r),
+            Step::Continue
+        ));
+        assert_eq!(h(&r, "x-after"), None, "the hook ran past the limit");
+        let s = e.stats();
+        assert_eq!((s.errors, s.memory_interrupts), (round, round), "{s:?}");
+        assert!(
+            e.mem.used() < MEM_LIMIT / 2,
+            "not recovered: {} bytes held",
+            e.mem.used()
+        );
+        let mut ok = req();
+        ok.path = Some("/ok".into());
+        e.http_request(Phase::PrePipeline, &conn(), 1, &mut ok);
+        assert_eq!(h(&ok, "x-ok").as_deref(), Some("yes"));
+    }
+}
+
+#[test]
+fn memory_limit_refuses_one_huge_string_before_it_is_allocated() {
+    // 1 GiB in one C call: the count hook never sees it, the allocator does
+    assert_memory_stopped(&mem_engine("local s = string.rep('x', 2^30)"));
+    assert_memory_stopped(&mem_engine(
+        "local t = {} for i = 1, 64 do t[i] = string.rep('y', 2^20) end local s = table.concat(t, '', 1, 64)",
+    ));
+}
+
+#[test]
+fn memory_limit_stops_a_table_growing_for_ever() {
+    assert_memory_stopped(&mem_engine(
+        "local t = {} local i = 0 while true do i = i + 1 ; t[i] = {i} end",
+    ));
+    assert_memory_stopped(&mem_engine("local s = 'x' while true do s = s .. s end"));
+}
+
+#[test]
+fn memory_error_is_not_swallowed_by_the_plugins_pcall() {
+    assert_memory_stopped(&mem_engine(
+        "for i = 1, 3 do pcall(string.rep, 'x', 2^30) end",
+    ));
+    assert_memory_stopped(&mem_engine(
+        "local co = coroutine.create(function() local t = {} while true do t[#t + 1] = {} end end)
+         coroutine.resume(co)",
+    ));
+}
+
+#[test]
+fn garbage_does_not_count_against_the_limit() {
+    // 200 MB of short-lived strings under a 32 MiB limit
+    let e = mem_engine("for i = 1, 2000 do local s = string.rep('y', 100000) .. i end");
+    let mut r = req();
+    e.http_request(Phase::PrePipeline, &conn(), 1, &mut r);
+    assert_eq!(h(&r, "x-after").as_deref(), Some("reached"));
+    assert_eq!(e.stats().errors, 0);
+}
+
+#[test]
+fn memory_limit_applies_to_a_plugins_top_level() {
+    let cfg = EngineConfig {
+        files: files(&[("top.lua", "BIG = string.rep('x', 2^30)")]),
+        memory_limit: MEM_LIMIT,
+        ..EngineConfig::default()
+    };
+    let err = Engine::load(&cfg, 0).err().unwrap().to_string();
+    assert!(err.contains("plugin memory limit exceeded"), "{err}");
+    assert!(err.contains("top.lua"), "{err}");
+}
+
+#[test]
+fn state_that_keeps_growing_across_calls_fails_its_hooks_and_keeps_working() {
+    // each call keeps 4 MiB for good: from the ~8th call on, every call hits the limit
+    let e = mem_engine("KEEP = KEEP or {} ; KEEP[#KEEP + 1] = string.rep('k', 4 * 2^20) .. #KEEP");
+    for _ in 0..20 {
+        let mut r = req();
+        e.http_request(Phase::PrePipeline, &conn(), 1, &mut r);
+    }
+    let s = e.stats();
+    assert!(s.memory_interrupts >= 10, "{s:?}");
+    assert!(e.mem.used() <= MEM_LIMIT, "{}", e.mem.used());
+    let mut ok = req();
+    ok.path = Some("/ok".into());
+    e.http_request(Phase::PrePipeline, &conn(), 1, &mut ok);
+    assert_eq!(h(&ok, "x-ok").as_deref(), Some("yes"));
+}
+
+/// A hook that misbehaves in `body` fails within the time budget (or at once) and the
+/// state serves the next call.
+fn assert_fails_and_recovers(body: &str) {
+    let e = mem_engine_budget(body, Duration::from_millis(300));
+    let t = Instant::now();
+    let mut r = req();
+    e.http_request(Phase::PrePipeline, &conn(), 1, &mut r);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "{body}: took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(h(&r, "x-after"), None, "{body}");
+    assert_eq!(e.stats().errors, 1, "{body}");
+    let mut ok = req();
+    ok.path = Some("/ok".into());
+    e.http_request(Phase::PrePipeline, &conn(), 1, &mut ok);
+    assert_eq!(h(&ok, "x-ok").as_deref(), Some("yes"), "{body}");
+}
+
+#[test]
+fn hostile_error_paths_fail_the_hook_and_nothing_else() {
+    for body in [
+        // an error handler that itself raises
+        "xpcall(function() error('a') end, function(e) error('b') end) error('after')",
+        // an error handler that never returns: the time budget stops it
+        "xpcall(function() error('a') end, function(e) while true do end end)",
+        // error objects whose __tostring raises, or never returns
+        "error(setmetatable({}, {__tostring = function() error('no text') end}))",
+        "error(setmetatable({}, {__tostring = function() while true do end end}))",
+        // a hook that yields in a loop
+        "while true do coroutine.yield() end",
+        // coroutine bombs: nested without end, and created without end
+        "local function bomb() coroutine.wrap(bomb)() end bomb()",
+        "local all = {} while true do all[#all + 1] = coroutine.create(function() end) end",
+        // recursion without end
+        "local function f() return 1 + f() end f()",
+        // recursion through C functions that call back into Lua
+        "local function f() ('x'):gsub('.', f) end f()",
+        "local function f() table.sort({3, 2, 1}, function() f() return false end) end f()",
+        "local t = setmetatable({}, {__tostring = function(s) return tostring(s) end}) tostring(t)",
+    ] {
+        assert_fails_and_recovers(body);
+    }
+    // recursion that the callee turns into an error value or a log line: the state
+    // survives and serves the next call
+    for body in [
+        "local function r() load(r) end r()",
+        "local t ; t = setmetatable({}, {__tostring = function() print(t) return 'x' end}) print(t)",
+        "local t ; t = setmetatable({}, {__tostring = function() return string.format('%s', t) end}) print(t)",
+        "local b = require('string.buffer').new() local t
+         t = setmetatable({}, {__tostring = function() b:put(t) return 'x' end}) b:put(t)",
+        "local t ; t = setmetatable({}, {__index = function(s, k) return s[k] end}) local _ = t.x",
+        "local t ; t = setmetatable({}, {__tostring = function() return table.concat({tostring(t)}) end}) tostring(t)",
+    ] {
+        let e = mem_engine(body);
+        let mut r = req();
+        e.http_request(Phase::PrePipeline, &conn(), 1, &mut r);
+        let mut ok = req();
+        ok.path = Some("/ok".into());
+        e.http_request(Phase::PrePipeline, &conn(), 1, &mut ok);
+        assert_eq!(h(&ok, "x-ok").as_deref(), Some("yes"), "{body}");
+    }
+}
+
+#[test]
+fn standard_libraries_plugins_get() {
+    let e = engine(&[(
+        "p.lua",
+        r#"
+        -- removed: each would block the core, leave the process, or break memory safety
+        for _, name in ipairs({'io', 'ffi', 'jit', 'newproxy'}) do
+          assert(_G[name] == nil, name)
+        end
+        for _, name in ipairs({'exit', 'execute', 'remove', 'rename', 'tmpname', 'setlocale'}) do
+          assert(os[name] == nil, 'os.' .. name)
+        end
+        assert(string.dump == nil and package.loadlib == nil)
+        assert(debug.getinfo == nil and debug.sethook == nil and debug.getregistry == nil)
+        for _, m in ipairs({'io', 'ffi', 'jit', 'os.execute'}) do
+          assert(not pcall(require, m), 'require ' .. m)
+        end
+        -- binary chunks are refused by every loader
+        local bc = '\27LJ\2\0'
+        local f, err = load(bc) ; assert(f == nil and err:find('binary'), err)
+        f, err = loadstring(bc) ; assert(f == nil and err:find('binary'), err)
+        f, err = load(function() local s = bc ; bc = nil ; return s end)
+        assert(f == nil and err:find('binary'), err)
+        assert(not pcall(loadfile) and not pcall(dofile), 'stdin')
+        assert(not pcall(collectgarbage, 'stop'))
+        -- kept: text chunks, time, environment, math, string, table, bit, coroutines
+        assert(load('return 1 + 1')() == 2)
+        assert(load('return x', 'c', 't', {x = 5})() == 5)
+        assert(type(os.time()) == 'number' and type(os.clock()) == 'number')
+        assert(os.date('!%Y', 0) == '1970' and os.difftime(2, 1) == 1)
+        assert(os.getenv('PATH') ~= nil)
+        assert(math.max(1, 2) == 2 and ('ab'):rep(2) == 'abab' and table.concat({1, 2}) == '12')
+        assert(bit.band(6, 3) == 2 and type(debug.traceback()) == 'string')
+        assert(coroutine.wrap(function() coroutine.yield(7) end)() == 7)
+        assert(collectgarbage('count') > 0)
+        collectgarbage()
+        assert(require('string.buffer').new():put('z'):tostring() == 'z')
+        local pre = {}
+        for k in pairs(package.preload) do pre[#pre + 1] = k end
+        table.sort(pre)
+        assert(table.concat(pre, ',') == 'string.buffer,table.clear,table.new', table.concat(pre, ','))
+        for _, m in ipairs({'jit.util', 'jit.profile', 'jit.opt'}) do
+          assert(not pcall(require, m), 'require ' .. m)
+        end
+        local t = require('table.new')(4, 0) ; t[1] = 1 ; require('table.clear')(t) ; assert(t[1] == nil)
+        register_hook('http', 'on_request', function(m) m.headers:set('x-std', 'ok') end)"#,
+    )]);
+    let mut r = req();
+    e.http_request(Phase::PrePipeline, &conn(), 1, &mut r);
+    assert_eq!(h(&r, "x-std").as_deref(), Some("ok"));
+}
+
+#[test]
+fn binary_plugin_file_and_module_are_refused() {
+    let lua = Lua::new();
+    let bytecode = lua
+        .load("register_hook('http', 'on_request', function() end)")
+        .into_function()
+        .unwrap()
+        .dump(false);
+    let paths = files(&[("bin.lua", "")]);
+    std::fs::write(&paths[0], &bytecode).unwrap();
+    let err = Engine::load(
+        &EngineConfig {
+            files: paths.clone(),
+            ..EngineConfig::default()
+        },
+        0,
+    )
+    .err()
+    .expect("a bytecode plugin must not load")
+    .to_string();
+    assert!(err.contains("binary (bytecode)"), "{err}");
+
+    let dir = paths[0].parent().unwrap();
+    std::fs::write(dir.join("binmod.lua"), &bytecode).unwrap();
+    std::fs::write(dir.join("user.lua"), "require('binmod')").unwrap();
+    let err = Engine::load(
+        &EngineConfig {
+            files: vec![dir.join("user.lua")],
+            ..EngineConfig::default()
+        },
+        0,
+    )
+    .err()
+    .expect("a bytecode module must not load")
+    .to_string();
+    assert!(err.contains("binary (bytecode)"), "{err}");
+}

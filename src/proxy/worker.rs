@@ -186,6 +186,7 @@ fn engine_config(cfg: &Config) -> EngineConfig {
         max_plugin_body: cfg.max_plugin_body,
         hook_budget: Duration::from_millis(cfg.hook_budget_ms),
         record: cfg.record.is_some(),
+        memory_limit: cfg.plugin_memory_limit,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Process runtime: io backend choice, worker threads, the listening group, signals
 //! (drain, stop, reload) and plugin file watching.
 
+mod exposure;
 mod listen;
 mod signals;
 
@@ -98,6 +99,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a worker died during start".into()),
         }
     }
+    // before the listening line, which scripts wait for: once it is out, so is this
+    if let Some(w) = exposure::listener_warning(addr, &mode, cfg.proxy_auth.is_some()) {
+        let _ = writeln!(std::io::stderr(), "{w}");
+    }
     // not eprintln!: it panics when stderr is closed
     let _ = writeln!(
         std::io::stderr(),
@@ -149,6 +154,9 @@ fn start_metrics(
         std::io::stderr(),
         "luring metrics on http://{bound}/metrics"
     );
+    if let Some(w) = exposure::metrics_warning(bound) {
+        let _ = writeln!(std::io::stderr(), "{w}");
+    }
     Ok(Some(rxs))
 }
 

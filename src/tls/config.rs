@@ -465,15 +465,28 @@ pub fn describe_tls_error(err: &RustlsError, host: &str) -> String {
     use CertificateError as C;
     match err {
         RustlsError::InvalidCertificate(cert) => match cert {
-            C::UnknownIssuer => "upstream certificate not trusted: UnknownIssuer".to_owned(),
-            C::NotValidForName | C::NotValidForNameContext { .. } => {
-                format!("certificate name mismatch for {host}")
+            // self-signed, an untrusted root, a missing intermediate
+            C::UnknownIssuer => {
+                "upstream certificate not trusted: unknown issuer (UnknownIssuer)".to_owned()
             }
-            C::Expired | C::ExpiredContext { .. } => "certificate expired".to_owned(),
-            C::NotValidYet | C::NotValidYetContext { .. } => "certificate not valid yet".to_owned(),
-            C::Revoked => "certificate revoked".to_owned(),
-            C::BadSignature | C::UnsupportedSignatureAlgorithmContext { .. } => {
-                "upstream certificate has a bad or unsupported signature".to_owned()
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                format!("upstream certificate is not valid for host {host}")
+            }
+            C::Expired | C::ExpiredContext { .. } => "upstream certificate expired".to_owned(),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "upstream certificate not yet valid".to_owned()
+            }
+            C::Revoked => "upstream certificate revoked".to_owned(),
+            // ring verifies RSA signatures from 2048-bit keys only: a weak key lands here
+            C::BadSignature
+            | C::UnsupportedSignatureAlgorithmContext { .. }
+            | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                "upstream certificate has a bad or unsupported signature or key (an RSA key \
+                 under 2048 bits is refused)"
+                    .to_owned()
+            }
+            C::Other(e) if format!("{e:?}").contains("CaUsedAsEndEntity") => {
+                "upstream certificate is a CA certificate, not a server certificate".to_owned()
             }
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
                 "upstream certificate is not valid for server authentication".to_owned()

@@ -187,7 +187,7 @@ fn upstream_verification_failures_are_readable() {
     assert!(public_only.roots().len() > 50);
     assert_eq!(
         upstream_failure(&public_only, &store, "example.com", "example.com").as_deref(),
-        Some("upstream certificate not trusted: UnknownIssuer")
+        Some("upstream certificate not trusted: unknown issuer (UnknownIssuer)")
     );
 
     let trusting = trusting_factory(&ca.info().cert_pem_path);
@@ -197,7 +197,7 @@ fn upstream_verification_failures_are_readable() {
     );
     assert_eq!(
         upstream_failure(&trusting, &store, "example.com", "other.test").as_deref(),
-        Some("certificate name mismatch for example.com")
+        Some("upstream certificate is not valid for host example.com")
     );
 
     // insecure accepts anything, signatures still checked (the handshake completes).
@@ -220,7 +220,10 @@ fn upstream_verification_failures_are_readable() {
     assert!(native.roots().len() >= public_only.roots().len());
 
     let expired = RustlsError::InvalidCertificate(CertificateError::Expired);
-    assert_eq!(describe_tls_error(&expired, "h"), "certificate expired");
+    assert_eq!(
+        describe_tls_error(&expired, "h"),
+        "upstream certificate expired"
+    );
 }
 
 #[test]
