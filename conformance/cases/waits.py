@@ -1,0 +1,872 @@
+"""Waiting in hooks (docs/plugins.md "Waiting in hooks: sleep, subrequests, cosockets,
+Redis" and "Which hooks can wait"): every row of the 17-row surface, each with every
+waiting API, in a hook of that row, through the running binary with real traffic.
+
+For each row there is one case per kind of wait (the names read `waits ROW: KIND`):
+  sleep   `luring.sleep(0.05)` (returns true);
+  http    `luring.http_request` to the second origin's `/fixed` (status 201, a body, a
+          header: the hook puts all three in its token);
+  tcp     `luring.tcp_connect` to the TCP echo server, `:send` a line, `:receive("*l")` it;
+  redis   `luring.redis`: `:call("INCR")`, `:call("ECHO")`, `:pipeline{SET, GET}` against
+          a redis-server the case starts on a free loopback port (PENDING without
+          redis-server); the case reads the INCR counter back to count the hook calls;
+  fail    the failure forms: http_request and tcp_connect to a refused port give
+          `nil, "connect refused"`; http_request and a cosocket `:receive` with
+          `timeout = 0.05` against a listener that never answers give `nil, "timeout"`.
+The hook turns what it got into a token string, then changes its message with it AFTER
+the wait (a header, a WebSocket/gRPC/raw payload, an SSE event's data) or, in the
+lifecycle rows, records it (a log line, a note a later hook of the same connection puts
+in a header); a second hook registered after it appends "|2" (or reports what it saw),
+which proves the chain resumed in order with the first hook's change.  The message must
+arrive changed: it waited for the hook.  connection.on_connect and socks5.on_connect
+DROP the second connection after the wait (it is closed without a byte), the first and
+third go on.
+
+Then `--hook-timeout 0.3` in rows that are not HTTP (sse.on_event, ws.on_message,
+raw.on_chunk, connection.on_connect): a hook that sleeps 30 s is abandoned, logged as a
+hook error ("hook timeout"), the next hook runs and the traffic goes on.
+
+The origins and clients are the other modules' (ws.py, sse.py, grpc.py, grpc_web.py,
+tls.py), borrowed without registering their cases again (`_borrow`).  Hooks report what
+they saw through `CONF-WAITS tag [token]` log lines.  Each wait is bounded (subrequest
+and cosocket timeouts of 3 s, the case's own waits of 5 s).
+"""
+
+import http.client
+import importlib.util
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
+
+from harness import (CASES, Pending, RawClient, case, check, connect_tunnel, curl, eq, hget,
+                     hget_all, settle, socks5_connect)
+
+HERE = Path(__file__).resolve().parent
+IO = 5.0
+
+
+def _borrow(stem):
+    """Another case module's helpers, without registering its cases a second time."""
+    before = len(CASES)
+    spec = importlib.util.spec_from_file_location(f"waits_borrowed_{stem}", HERE / f"{stem}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    del CASES[before:]
+    return mod
+
+
+ws = _borrow("ws")
+sse = _borrow("sse")
+grpc = _borrow("grpc")
+gweb = _borrow("grpc_web")
+tls = _borrow("tls")
+
+
+# --------------------------------------------------------------------------- the waits
+
+KINDS = {
+    "sleep": "luring.sleep",
+    "http": "luring.http_request",
+    "tcp": "luring.tcp_connect",
+    "redis": "luring.redis",
+    "fail": "failures (connect refused, timeout)",
+}
+
+# the token a hook makes of its wait's results
+EXPECT = {
+    "sleep": "slept:true",
+    "http": "http:201:sub-body:sv",
+    "tcp": "tcp:9:tcp-line",
+    "redis": "redis:number:redis-echo:OK:v1",
+    "fail": "fail:nil:connect refused:nil:connect refused:nil:timeout:nil:timeout",
+}
+
+WAIT_LUA = r"""
+local KIND = "@KIND@"
+local function wait_token()
+  if KIND == "sleep" then
+    return "slept:" .. tostring(luring.sleep(0.05))
+  elseif KIND == "http" then
+    local r, e = luring.http_request{
+      url = "http://127.0.0.1:@SUB_PORT@/fixed?status=201&body=sub-body&h=X-Sub:%20sv", timeout = 3 }
+    if not r then return "http-error:" .. tostring(e) end
+    return "http:" .. tostring(r.status) .. ":" .. tostring(r.body) .. ":" .. tostring(r.headers:get("x-sub"))
+  elseif KIND == "tcp" then
+    local s, e = luring.tcp_connect("127.0.0.1", @ECHO_PORT@, { timeout = 3 })
+    if not s then return "tcp-error:" .. tostring(e) end
+    local n, se = s:send("tcp-line\n")
+    local line, re = s:receive("*l")
+    s:close()
+    return "tcp:" .. tostring(n or se) .. ":" .. tostring(line or re)
+  elseif KIND == "redis" then
+    local r, e = luring.redis("127.0.0.1", @REDIS_PORT@, { timeout = 3 })
+    if not r then return "redis-error:" .. tostring(e) end
+    local n, ne = r:call("INCR", "conf-waits")
+    local echo, ee = r:call("ECHO", "redis-echo")
+    local rs, pe = r:pipeline{ { "SET", "conf-k", "v1" }, { "GET", "conf-k" } }
+    r:close()
+    return "redis:" .. (n and type(n) or tostring(ne)) .. ":" .. tostring(echo or ee) .. ":"
+      .. (rs and (tostring(rs[1]) .. ":" .. tostring(rs[2])) or tostring(pe))
+  elseif KIND == "fail" then
+    local r1, e1 = luring.http_request{ url = "http://127.0.0.1:@CLOSED_PORT@/x", timeout = 3 }
+    local s2, e2 = luring.tcp_connect("127.0.0.1", @CLOSED_PORT@, { timeout = 3 })
+    local r3, e3 = luring.http_request{ url = "http://127.0.0.1:@SILENT_PORT@/x", timeout = 0.05 }
+    local s4, e4 = luring.tcp_connect("127.0.0.1", @SILENT_PORT@, { timeout = 0.05 })
+    local d4 = nil
+    if s4 then
+      s4:send("hello?\n")
+      d4, e4 = s4:receive("*l")
+      s4:close()
+    end
+    return table.concat({ "fail", tostring(r1), tostring(e1), tostring(s2), tostring(e2),
+      tostring(r3), tostring(e3), tostring(d4), tostring(e4) }, ":")
+  end
+  error("unknown kind " .. KIND)
+end
+local function rec(tag, tok)
+  log.info("CONF-WAITS " .. tag .. " [" .. tostring(tok) .. "]")
+end
+"""
+
+REC_RE = re.compile(r"CONF-WAITS (\S+) \[(.*?)\]")
+
+
+def recs(proxy, tag):
+    """The tokens of the `tag` records so far, in log order."""
+    return [m.group(2) for ln in proxy.lines() for m in [REC_RE.search(ln)] if m and m.group(1) == tag]
+
+
+def wait_recs(proxy, tag, n, timeout=IO):
+    proxy.wait_log(rf"CONF-WAITS {re.escape(tag)} \[", timeout=timeout, count=n)
+    settle(0.2)
+    return recs(proxy, tag)
+
+
+class Env:
+    """What a waits case gets: the conformance ctx, its kind and expected token, a
+    refused port (bound, never listening), a silent port (listening, never accepting:
+    connects succeed, nothing ever answers), redis-server for the redis kind, and the
+    proxies it starts (`proxy`), each with the case's plugin."""
+
+    def __init__(self, t, kind):
+        self.t, self.kind, self.tok = t, kind, EXPECT[kind]
+        self.socks = []
+        self.redis = None
+        self.closed_port = self._sock(listen=False)
+        self.silent_port = self._sock(listen=True)
+        self.redis_port = 0
+        if kind == "redis":
+            self._start_redis()
+
+    def _sock(self, listen):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        if listen:
+            s.listen(64)
+        self.socks.append(s)
+        return s.getsockname()[1]
+
+    def _start_redis(self):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise Pending("redis-server not installed (Debian package redis-server)")
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        self.redis = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no"], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + IO
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                self.redis_port = port
+                return
+            except OSError:
+                if self.redis.poll() is not None:
+                    break
+                time.sleep(0.05)
+        raise AssertionError(f"redis-server did not listen on {port} within {IO}s")
+
+    def redis_get(self, key):
+        """GET key from the case's redis-server (RESP2 over a plain socket)."""
+        s = socket.create_connection(("127.0.0.1", self.redis_port), timeout=IO)
+        try:
+            s.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key.encode()))
+            buf = b""
+            while buf.count(b"\r\n") < (1 if buf.startswith(b"$-1") else 2):
+                data = s.recv(4096)
+                if not data:
+                    break
+                buf += data
+        finally:
+            s.close()
+        return None if buf.startswith(b"$-1") else buf.split(b"\r\n")[1].decode()
+
+    def lua(self, src):
+        t = self.t
+        return ((WAIT_LUA + src).replace("@KIND@", self.kind)
+                .replace("@SUB_PORT@", str(t.origin2.port)).replace("@ECHO_PORT@", str(t.echo.port))
+                .replace("@ORIGIN_PORT@", str(t.origin.port))
+                .replace("@CLOSED_PORT@", str(self.closed_port))
+                .replace("@SILENT_PORT@", str(self.silent_port))
+                .replace("@REDIS_PORT@", str(self.redis_port)))
+
+    def plugin(self, src, name="waits.lua"):
+        p = self.t.write(name, self.lua(src))
+        self.t.plugin_paths[name] = p
+        return p
+
+    def proxy(self, src, flags=()):
+        return self.t.start_proxy(["--plugin", str(self.plugin(src)), *flags])
+
+    def calls_reached_redis(self, n):
+        """The redis kind: the hook's INCR ran at least n times."""
+        if self.kind == "redis":
+            got = self.redis_get("conf-waits")
+            check(got is not None and int(got) >= n,
+                  f"INCR conf-waits in redis: {got!r}, expected at least {n} (one per hook call)")
+
+    def close(self):
+        for s in self.socks:
+            s.close()
+        if self.redis is not None:
+            self.redis.kill()
+            self.redis.wait(timeout=IO)
+
+
+def waits_case(row, note=""):
+    """One case per kind for `row`: fn(env) drives the traffic and asserts."""
+    def deco(fn):
+        for kind, what in KINDS.items():
+            def run(t, kind=kind):
+                env = Env(t, kind)
+                try:
+                    fn(env)
+                finally:
+                    env.close()
+            case(f"waits {row}: {what}{note}", proxy=False)(run)
+        return fn
+    return deco
+
+
+# --------------------------------------------------------------------------- http
+
+@waits_case("http.on_request")
+def _http_request(e):
+    p = e.proxy("""
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-wait", wait_token())
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-after", "2 saw " .. tostring(msg.headers:get("x-wait")))
+end)
+""")
+    for path in ("/echo/1", "/echo/2"):            # two connections
+        r = curl(p.addr, e.t.url(path))
+        eq((r.rc, r.status), (0, 200), f"curl exit code and status (curl: {r.err})")
+    reqs = e.t.origin_requests(2)
+    eq([(q["target"], hget_all(q["headers"], "x-wait"), hget_all(q["headers"], "x-after")) for q in reqs],
+       [(path, [e.tok], [f"2 saw {e.tok}"]) for path in ("/echo/1", "/echo/2")],
+       "(target, x-wait, x-after) at the origin")
+    e.calls_reached_redis(2)
+
+
+@waits_case("http.on_response")
+def _http_response(e):
+    p = e.proxy("""
+register_hook("http", "on_response", function(msg, ctx)
+  msg.headers:set("x-wait", wait_token())
+end)
+register_hook("http", "on_response", function(msg, ctx)
+  msg.headers:set("x-after", "2 saw " .. tostring(msg.headers:get("x-wait")))
+end)
+""")
+    r = curl(p.addr, e.t.url("/fixed?status=202&body=the-body"))
+    eq((r.rc, r.status, r.body), (0, 202, b"the-body"), f"curl exit code, status, body (curl: {r.err})")
+    eq((hget_all(r.headers, "x-wait"), hget_all(r.headers, "x-after")), ([e.tok], [f"2 saw {e.tok}"]),
+       "(x-wait, x-after) at the client")
+    e.calls_reached_redis(1)
+
+
+# --------------------------------------------------------------------------- ws
+
+@waits_case("ws.on_upgrade")
+def _ws_upgrade(e):
+    p = e.proxy("""
+register_hook("ws", "on_upgrade", function(msg, ctx)
+  msg.headers:set("x-wait", wait_token())
+end)
+register_hook("ws", "on_upgrade", function(msg, ctx)
+  msg.headers:set("x-after", "2 saw " .. tostring(msg.headers:get("x-wait")))
+end)
+""")
+    o = ws.LibOrigin()
+    try:
+        with ws.lib_connect(o.url("/up"), proxy=p.addr) as c:
+            c.send("after the upgrade")
+            eq(c.recv(timeout=IO), "after the upgrade", "echo through the upgraded connection")
+        rec = o.one()
+    finally:
+        o.stop()
+    eq((hget_all(rec["headers"], "x-wait"), hget_all(rec["headers"], "x-after")), ([e.tok], [f"2 saw {e.tok}"]),
+       "(x-wait, x-after) in the upgrade request at the origin")
+    e.calls_reached_redis(1)
+
+
+@waits_case("ws.on_message")
+def _ws_message(e):
+    p = e.proxy("""
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.opcode == 1 and msg.from_client then msg.payload = msg.payload .. "|" .. wait_token() end
+end)
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.opcode == 1 and msg.from_client then msg.payload = msg.payload .. "|2" end
+end)
+""")
+    o = ws.LibOrigin()
+    try:
+        with ws.lib_connect(o.url("/msg"), proxy=p.addr) as c:
+            c.send("one")
+            c.send("two")                      # the second waits behind the first
+            got = [c.recv(timeout=IO), c.recv(timeout=IO)]
+        rec = o.one()
+    finally:
+        o.stop()
+    want = [f"one|{e.tok}|2", f"two|{e.tok}|2"]
+    eq(rec["messages"], want, "messages at the origin")
+    eq(got, want, "the origin's echoes at the client")
+    e.calls_reached_redis(2)
+
+
+@waits_case("ws.on_close")
+def _ws_close(e):
+    p = e.proxy("""
+local note = {}
+register_hook("ws", "on_close", function(msg, ctx)
+  local tok = wait_token()
+  note[ctx.conn_id] = tok
+  rec("ws.on_close", tok .. " code=" .. tostring(msg.close_code))
+end)
+register_hook("ws", "on_close", function(msg, ctx)
+  rec("ws.on_close.2", note[ctx.conn_id])
+end)
+""")
+    o = ws.LibOrigin()
+    try:
+        c = ws.lib_connect(o.url("/bye"), proxy=p.addr)
+        with c:
+            c.send("last words")
+            eq(c.recv(timeout=IO), "last words", "echo at the client")
+            c.close(4000, "bye")
+        eq((c.close_code, c.close_reason), (4000, "bye"), "the origin's close reply at the client")
+        rec = o.one()
+    finally:
+        o.stop()
+    eq(rec["close_rcvd"], (4000, "bye"), "close frame at the origin")
+    eq(wait_recs(p, "ws.on_close", 1), [f"{e.tok} code=4000"], "ws.on_close records (token after the wait)")
+    eq(wait_recs(p, "ws.on_close.2", 1), [e.tok], "the second ws.on_close hook saw the first's note")
+    e.calls_reached_redis(1)
+
+
+# --------------------------------------------------------------------------- grpc
+
+def grpc_env(e, src):
+    grpc.need_grpc()
+    srv = grpc.GrpcServer()
+    try:
+        p = e.t.start_proxy(["--mode", f"reverse:http://127.0.0.1:{srv.port}", "--plugin", str(e.plugin(src))])
+    except BaseException:
+        srv.stop()
+        raise
+    return srv, p
+
+
+@waits_case("grpc.on_start")
+def _grpc_start(e):
+    srv, p = grpc_env(e, """
+register_hook("grpc", "on_start", function(msg, ctx)
+  msg.headers:set("x-wait", wait_token())
+end)
+register_hook("grpc", "on_start", function(msg, ctx)
+  msg.headers:set("x-after", "2 saw " .. tostring(msg.headers:get("x-wait")))
+end)
+""")
+    try:
+        rs = grpc.run_client('out(**unary("/t.Echo/Say", b"hi"))\n', p.addr)
+        eq([(r.ok, r.resp) for r in rs], [(True, b"echo:hi")], "(ok, response) at the client")
+        md = srv.call_md("/t.Echo/Say")
+    finally:
+        srv.stop()
+    eq((grpc.md_all(md, "x-wait"), grpc.md_all(md, "x-after")), ([e.tok], [f"2 saw {e.tok}"]),
+       "(x-wait, x-after) metadata at the server")
+    e.calls_reached_redis(1)
+
+
+@waits_case("grpc.on_data")
+def _grpc_data(e):
+    srv, p = grpc_env(e, """
+register_hook("grpc", "on_data", function(msg, ctx)
+  if msg.from_client then msg.payload = msg.payload .. "|" .. wait_token() end
+end)
+register_hook("grpc", "on_data", function(msg, ctx)
+  if msg.from_client then msg.payload = msg.payload .. "|2" end
+end)
+""")
+    try:
+        rs = grpc.run_client('out(**unary("/t.Echo/Say", b"hi"))\nout(**bidi("/t.Echo/Bidi", [b"a", b"b"]))\n',
+                             p.addr)
+        say, bidi = srv.messages("Say"), srv.messages("Bidi")
+    finally:
+        srv.stop()
+    tail = f"|{e.tok}|2".encode()
+    eq([(r.ok, r.resp or r.msgs) for r in rs],
+       [(True, b"echo:hi" + tail), (True, [b"re:a" + tail, b"re:b" + tail])], "(ok, response) at the client")
+    eq((say, bidi), ([b"hi" + tail], [b"a" + tail, b"b" + tail]), "(Say, Bidi) messages at the server")
+    e.calls_reached_redis(3)
+
+
+@waits_case("grpc.on_end")
+def _grpc_end(e):
+    srv, p = grpc_env(e, """
+local note = {}
+register_hook("grpc", "on_end", function(msg, ctx)
+  local tok = wait_token()
+  note[ctx.flow_id] = tok
+  rec("grpc.on_end", tok .. " status=" .. tostring(msg.status))
+end)
+register_hook("grpc", "on_end", function(msg, ctx)
+  rec("grpc.on_end.2", note[ctx.flow_id])
+end)
+""")
+    try:
+        rs = grpc.run_client('out(**unary("/t.Echo/Say", b"hi"))\nout(**unary("/t.Echo/Fail", b"f"))\n', p.addr)
+    finally:
+        srv.stop()
+    eq([(r.ok, r.code, r.resp) for r in rs], [(True, "OK", b"echo:hi"), (False, "NOT_FOUND", None)],
+       "(ok, code, response) at the client")
+    eq(sorted(wait_recs(p, "grpc.on_end", 2)), [f"{e.tok} status=0", f"{e.tok} status=5"],
+       "grpc.on_end records (token after the wait)")
+    eq(wait_recs(p, "grpc.on_end.2", 2), [e.tok, e.tok], "the second grpc.on_end hook saw the first's note")
+    e.calls_reached_redis(2)
+
+
+# --------------------------------------------------------------------------- grpc-web
+
+def gw_call(port, path, msg, timeout=IO):
+    """One unary grpc-web (binary) call over HTTP/1.1: (messages, grpc-status, grpc-message)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        ct = "application/grpc-web+proto"
+        c.request("POST", path, body=struct.pack(">BI", 0, len(msg)) + msg,
+                  headers={"Content-Type": ct, "Accept": ct, "X-Grpc-Web": "1"})
+        r = c.getresponse()
+        data = r.read()
+        hdr_status, hdr_message = r.getheader("grpc-status"), r.getheader("grpc-message")
+    finally:
+        c.close()
+    msgs, trailers, i = [], {}, 0
+    while i + 5 <= len(data):
+        flags, n = struct.unpack(">BI", data[i:i + 5])
+        payload, i = data[i + 5:i + 5 + n], i + 5 + n
+        if flags & 0x80:
+            for line in payload.decode("latin-1").split("\r\n"):
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    trailers[k.strip().lower()] = v.strip()
+        else:
+            msgs.append(payload)
+    return msgs, trailers.get("grpc-status", hdr_status), trailers.get("grpc-message", hdr_message or "")
+
+
+def gw_env(e, src):
+    gweb.need_sonora()
+    srv = gweb.Peer("web_server.py")
+    try:
+        p = e.t.start_proxy(["--mode", f"reverse:http://127.0.0.1:{srv.port}", "--plugin", str(e.plugin(src))])
+    except BaseException:
+        srv.stop()
+        raise
+    return srv, p
+
+
+@waits_case("grpc-web.on_start")
+def _gw_start(e):
+    srv, p = gw_env(e, """
+register_hook("grpc-web", "on_start", function(msg, ctx)
+  msg.headers:set("x-hook", wait_token())
+end)
+register_hook("grpc-web", "on_start", function(msg, ctx)
+  msg.headers:set("x-hook", msg.headers:get("x-hook") .. "|2")
+end)
+""")
+    try:
+        got = gw_call(p.port, "/t.Echo/Say", b"hi")
+    finally:
+        srv.stop()
+    eq(got, ([f"echo:hi md={e.tok}|2".encode()], "0", ""),
+       "(messages, grpc-status, grpc-message) at the client (the server echoes x-hook)")
+    e.calls_reached_redis(1)
+
+
+@waits_case("grpc-web.on_data")
+def _gw_data(e):
+    srv, p = gw_env(e, """
+register_hook("grpc-web", "on_data", function(msg, ctx)
+  if msg.from_client then msg.payload = msg.payload .. "|" .. wait_token() end
+end)
+register_hook("grpc-web", "on_data", function(msg, ctx)
+  if msg.from_client then msg.payload = msg.payload .. "|2" end
+end)
+""")
+    try:
+        got = gw_call(p.port, "/t.Echo/Say", b"hi")
+    finally:
+        srv.stop()
+    eq(got, ([f"echo:hi|{e.tok}|2".encode()], "0", ""), "(messages, grpc-status, grpc-message) at the client")
+    e.calls_reached_redis(1)
+
+
+@waits_case("grpc-web.on_end")
+def _gw_end(e):
+    srv, p = gw_env(e, """
+local note = {}
+register_hook("grpc-web", "on_end", function(msg, ctx)
+  local tok = wait_token()
+  note[ctx.flow_id] = tok
+  rec("grpc-web.on_end", tok .. " status=" .. tostring(msg.status))
+end)
+register_hook("grpc-web", "on_end", function(msg, ctx)
+  rec("grpc-web.on_end.2", note[ctx.flow_id])
+end)
+""")
+    try:
+        got = gw_call(p.port, "/t.Echo/Say", b"hi")
+    finally:
+        srv.stop()
+    eq(got, ([b"echo:hi"], "0", ""), "(messages, grpc-status, grpc-message) at the client")
+    eq(wait_recs(p, "grpc-web.on_end", 1), [f"{e.tok} status=0"], "grpc-web.on_end records (token after the wait)")
+    eq(wait_recs(p, "grpc-web.on_end.2", 1), [e.tok], "the second grpc-web.on_end hook saw the first's note")
+    e.calls_reached_redis(1)
+
+
+# --------------------------------------------------------------------------- sse
+
+SSE_PIECES = [b"data: one\n\n", b"event: two\ndata: second\n\n"]
+
+
+@waits_case("sse.on_event")
+def _sse_event(e):
+    p = e.proxy("""
+register_hook("sse", "on_event", function(msg, ctx)
+  msg.data = msg.data .. "|" .. wait_token()
+end)
+register_hook("sse", "on_event", function(msg, ctx)
+  msg.data = msg.data .. "|2"
+end)
+""")
+    o = sse.SseOrigin(SSE_PIECES, pause=0.02)
+    try:
+        s = sse.curl_stream(o.url(), proxy=p.addr)
+    finally:
+        o.stop()
+    eq((s.rc, s.status), (0, 200), f"curl exit code and status (curl: {s.err})")
+    eq(s.body, f"data: one|{e.tok}|2\n\nevent: two\ndata: second|{e.tok}|2\n\n".encode(),
+       "event stream at the client")
+    e.calls_reached_redis(2)
+
+
+# --------------------------------------------------------------------------- raw
+
+@waits_case("raw.on_chunk")
+def _raw_chunk(e):
+    p = e.proxy("""
+register_hook("raw", "on_chunk", function(msg, ctx)
+  if msg.from_client then msg.data = msg.data .. "|" .. wait_token() end
+end)
+register_hook("raw", "on_chunk", function(msg, ctx)
+  if msg.from_client then msg.data = msg.data .. "|2;" end
+end)
+""")
+    c, status, _h = connect_tunnel(p.port, f"127.0.0.1:{e.t.echo.port}")
+    try:
+        eq(status, 200, "CONNECT status")
+        got = b""
+        for piece in (b"first", b"second"):          # one at a time: each waits in its hook
+            want = piece + f"|{e.tok}|2;".encode()
+            c.send(piece)
+            got = c.recv_some(len(want))
+            eq(got, want, "the echo of a piece at the client")
+    finally:
+        c.close()
+    tunnel = [b for b in e.t.echo.snapshot() if b.startswith(b"first")]
+    eq(tunnel, [f"first|{e.tok}|2;second|{e.tok}|2;".encode()], "bytes the echo server got through the tunnel")
+    e.calls_reached_redis(2)
+
+
+# --------------------------------------------------------------------------- tls
+
+@waits_case("tls.on_handshake")
+def _tls_handshake(e):
+    e.plugin("""
+local note = {}
+register_hook("tls", "on_handshake", function(msg, ctx)
+  local tok = wait_token()
+  note[ctx.conn_id .. msg.side] = tok
+  rec("tls." .. msg.side, tok)
+end)
+register_hook("tls", "on_handshake", function(msg, ctx)
+  rec("tls2." .. msg.side, note[ctx.conn_id .. msg.side])
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.method == "CONNECT" then return end
+  -- the client-side handshake (luring as the server) is over before the request is read
+  msg.path = msg.path .. "?server=" .. tostring(note[ctx.conn_id .. "server"]):gsub(" ", "%%20")
+end)
+register_hook("http", "on_response", function(msg, ctx)
+  -- the upstream handshake (luring as the client) is over before the request is sent
+  msg.headers:set("x-wait-client", tostring(note[ctx.conn_id .. "client"]))
+end)
+""")
+    origin, p, luring_ca = tls.tls_setup(e.t, "waits.lua")
+    try:
+        r = curl(p.addr, f"https://localhost:{origin.port}/hs", "--cacert", luring_ca)
+        eq(r.rc, 0, f"curl exit code ({r.err})")
+        paths = list(origin.paths)
+    finally:
+        origin.stop()
+    eq(r.status, 200, "status at the client")
+    eq([urllib.parse.unquote(x) for x in paths], [f"/hs?server={e.tok}"],
+       "path at the HTTPS origin (the server-side handshake's note, read by http.on_request)")
+    eq(hget(r.headers, "x-wait-client"), e.tok, "x-wait-client at the client (the upstream handshake's note)")
+    for side in ("server", "client"):
+        eq(wait_recs(p, f"tls.{side}", 1), [e.tok], f"tls.on_handshake records, side {side}")
+        eq(wait_recs(p, f"tls2.{side}", 1), [e.tok], f"the second tls.on_handshake hook, side {side}")
+    e.calls_reached_redis(2)
+
+
+# --------------------------------------------------------------------------- connection
+
+CONNECT_LUA = """
+local note, n = {}, 0
+register_hook("@ROW@", "on_connect", function(msg, ctx)
+  n = n + 1
+  local mine = n
+  local tok = wait_token()
+  note[msg.conn_id] = tok
+  rec("on_connect." .. mine, tok)
+  if mine == 2 then return action.DROP end       -- a DROP after the wait still drops
+end)
+register_hook("@ROW@", "on_connect", function(msg, ctx)
+  rec("on_connect.second", note[msg.conn_id])
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-wait", tostring(note[ctx.conn_id]))
+end)
+"""
+
+
+def get_bytes(t, path):
+    return f"GET {t.url(path)} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n\r\n".encode()
+
+
+def dropped(c, what):
+    data, closed = c.read_until_closed(timeout=IO)
+    eq(data, b"", f"{what}: bytes the client got")
+    check(closed, f"{what}: the connection was not closed within {IO}s")
+
+
+def check_connects(e, p, targets):
+    reqs = e.t.origin_requests(2)
+    settle(0.2)
+    reqs = e.t.origin_requests()
+    eq([(q["target"], hget_all(q["headers"], "x-wait")) for q in reqs], [(x, [e.tok]) for x in targets],
+       "(target, x-wait) at the origin: connections 1 and 3 only")
+    for i in (1, 2, 3):
+        eq(wait_recs(p, f"on_connect.{i}", 1), [e.tok], f"on_connect record of connection {i}")
+    eq(wait_recs(p, "on_connect.second", 2), [e.tok, e.tok],
+       "the second on_connect hook (it runs for connections 1 and 3, not after the DROP)")
+    e.calls_reached_redis(3)
+
+
+@waits_case("connection.on_connect", note="; DROP after the wait")
+def _conn_connect(e):
+    p = e.proxy(CONNECT_LUA.replace("@ROW@", "connection"))
+    t = e.t
+    for i in (1, 2, 3):
+        c = RawClient(p.port)
+        try:
+            try:
+                c.send(get_bytes(t, f"/conn/{i}"))
+            except OSError:
+                pass
+            if i == 2:
+                dropped(c, "connection 2")
+            else:
+                status, *_ = c.read_response()
+                eq(status, 200, f"status on connection {i}")
+        finally:
+            c.close()
+    check_connects(e, p, ["/conn/1", "/conn/3"])
+
+
+@waits_case("connection.on_disconnect")
+def _conn_disconnect(e):
+    p = e.proxy("""
+local note = {}
+register_hook("connection", "on_disconnect", function(msg, ctx)
+  local tok = wait_token()
+  note[msg.conn_id] = tok
+  rec("on_disconnect", tok .. " bytes_in=" .. tostring(msg.bytes_in > 0))
+end)
+register_hook("connection", "on_disconnect", function(msg, ctx)
+  rec("on_disconnect.2", note[msg.conn_id])
+end)
+""")
+    for i in (1, 2):
+        r = curl(p.addr, e.t.url(f"/d/{i}"))
+        eq((r.rc, r.status), (0, 200), f"curl exit code and status (curl: {r.err})")
+    eq(wait_recs(p, "on_disconnect", 2), [f"{e.tok} bytes_in=true"] * 2,
+       "on_disconnect records (token after the wait), one per connection")
+    eq(wait_recs(p, "on_disconnect.2", 2), [e.tok] * 2, "the second on_disconnect hook saw the first's note")
+    e.calls_reached_redis(2)
+
+
+# --------------------------------------------------------------------------- socks5
+
+@waits_case("socks5.on_connect", note="; DROP after the wait")
+def _socks5_connect(e):
+    p = e.proxy(CONNECT_LUA.replace("@ROW@", "socks5"), flags=["--mode", "socks5"])
+    t = e.t
+    for i in (1, 2, 3):
+        c, rep = socks5_connect(p.port, "127.0.0.1", t.origin.port)
+        try:
+            if i == 2:
+                eq(rep, None, "SOCKS5 reply code of connection 2 (DROP: closed without a reply)")
+                dropped(c, "connection 2")
+            else:
+                eq(rep, 0, f"SOCKS5 reply code of connection {i}")
+                c.send(f"GET /s5/{i} HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n\r\n".encode())
+                status, *_ = c.read_response()
+                eq(status, 200, f"status through SOCKS5 connection {i}")
+        finally:
+            c.close()
+    check_connects(e, p, ["/s5/1", "/s5/3"])
+
+
+# --------------------------------------------------------------------------- --hook-timeout
+
+TIMEOUT_FLAGS = ["--hook-timeout", "0.3"]
+
+
+def timed_out(p, started, what):
+    elapsed = time.monotonic() - started
+    check(elapsed < 4.0, f"{what} took {elapsed:.1f}s with --hook-timeout 0.3")
+    p.expect_log(r"hook timeout", timeout=IO, what="the hook error of the abandoned hook")
+
+
+@case("waits --hook-timeout in sse.on_event: the sleeper is a hook error, the next hook runs, "
+      "the stream goes on", proxy=False)
+def _timeout_sse(t):
+    p = t.start_proxy([*TIMEOUT_FLAGS, "--plugin", str(t.write("sleeper.lua", """
+register_hook("sse", "on_event", function(msg, ctx)
+  if msg.index == 0 then
+    luring.sleep(30)
+    msg.data = "never"
+  end
+end, { name = "sleeper" })
+register_hook("sse", "on_event", function(msg, ctx)
+  msg.data = msg.data .. "|2"
+end)
+"""))])
+    o = sse.SseOrigin(SSE_PIECES, pause=0.02)
+    started = time.monotonic()
+    try:
+        s = sse.curl_stream(o.url(), proxy=p.addr)
+    finally:
+        o.stop()
+    eq((s.rc, s.status), (0, 200), f"curl exit code and status (curl: {s.err})")
+    eq(s.body, b"data: one|2\n\nevent: two\ndata: second|2\n\n", "event stream at the client")
+    timed_out(p, started, "the stream")
+
+
+@case("waits --hook-timeout in ws.on_message: the sleeper is a hook error, the message goes on, "
+      "the next one too", proxy=False)
+def _timeout_ws(t):
+    p = t.start_proxy([*TIMEOUT_FLAGS, "--plugin", str(t.write("sleeper.lua", """
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.opcode == 1 and msg.payload == "slow" then
+    luring.sleep(30)
+    msg.payload = "never"
+  end
+end, { name = "sleeper" })
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.opcode == 1 and msg.from_client then msg.payload = msg.payload .. "|2" end
+end)
+"""))])
+    o = ws.LibOrigin()
+    started = time.monotonic()
+    try:
+        with ws.lib_connect(o.url("/slow"), proxy=p.addr) as c:
+            c.send("slow")
+            first = c.recv(timeout=IO)
+            c.send("fast")
+            second = c.recv(timeout=IO)
+        rec = o.one()
+    finally:
+        o.stop()
+    eq((first, second), ("slow|2", "fast|2"), "echoes at the client")
+    eq(rec["messages"], ["slow|2", "fast|2"], "messages at the origin")
+    timed_out(p, started, "the WebSocket exchange")
+
+
+@case("waits --hook-timeout in raw.on_chunk: the sleeper is a hook error, the chunk goes on", proxy=False)
+def _timeout_raw(t):
+    p = t.start_proxy([*TIMEOUT_FLAGS, "--plugin", str(t.write("sleeper.lua", """
+register_hook("raw", "on_chunk", function(msg, ctx)
+  if msg.from_client and msg.data == "slow" then
+    luring.sleep(30)
+    msg.data = "never"
+  end
+end, { name = "sleeper" })
+register_hook("raw", "on_chunk", function(msg, ctx)
+  if msg.from_client then msg.data = msg.data .. "|2;" end
+end)
+"""))])
+    started = time.monotonic()
+    c, status, _h = connect_tunnel(p.port, f"127.0.0.1:{t.echo.port}")
+    try:
+        eq(status, 200, "CONNECT status")
+        c.send(b"slow")
+        eq(c.recv_some(7), b"slow|2;", "echo of the first piece")
+        c.send(b"fast")
+        eq(c.recv_some(7), b"fast|2;", "echo of the second piece")
+    finally:
+        c.close()
+    timed_out(p, started, "the tunnel exchange")
+
+
+@case("waits --hook-timeout in connection.on_connect: the sleeper is a hook error, the connection goes on",
+      proxy=False)
+def _timeout_connect(t):
+    p = t.start_proxy([*TIMEOUT_FLAGS, "--plugin", str(t.write("sleeper.lua", """
+register_hook("connection", "on_connect", function(msg, ctx)
+  luring.sleep(30)
+  return action.DROP
+end, { name = "sleeper" })
+register_hook("connection", "on_connect", function(msg, ctx)
+  log.info("CONF-WAITS second [ran]")
+end)
+"""))])
+    started = time.monotonic()
+    r = curl(p.addr, t.url("/after-timeout"))
+    eq((r.rc, r.status), (0, 200), f"curl exit code and status (curl: {r.err})")
+    eq([q["target"] for q in t.origin_requests(1)], ["/after-timeout"], "requests at the origin")
+    timed_out(p, started, "the request")
+    eq(wait_recs(p, "second", 1), ["ran"], "the second on_connect hook")
