@@ -74,15 +74,17 @@ KINDS = {
     "http": "luring.http_request",
     "tcp": "luring.tcp_connect",
     "redis": "luring.redis",
+    "leak": "luring.tcp_connect left open (closed when the event ends)",
     "fail": "failures (connect refused, timeout)",
 }
 
 # the token a hook makes of its wait's results
 EXPECT = {
     "sleep": "slept:true",
-    "http": "http:201:sub-body:sv",
-    "tcp": "tcp:9:tcp-line",
-    "redis": "redis:number:redis-echo:OK:v1",
+    "http": "http:201:sub-body:sv:200:posted",
+    "tcp": "tcp:25:tcp-line:abcdef:XYZ:rest",
+    "redis": "redis:number:redis-echo:OK:v1:nilnil:nil:ERR:ERR:null",
+    "leak": "leak:leak-line",
     "fail": "fail:nil:connect refused:nil:connect refused:nil:timeout:nil:timeout",
 }
 
@@ -95,23 +97,43 @@ local function wait_token()
     local r, e = luring.http_request{
       url = "http://127.0.0.1:@SUB_PORT@/fixed?status=201&body=sub-body&h=X-Sub:%20sv", timeout = 3 }
     if not r then return "http-error:" .. tostring(e) end
+    local r2, e2 = luring.http_request{ method = "POST", url = "http://127.0.0.1:@SUB_PORT@/echo/post",
+      headers = { { "x-sub-req", "a" }, { "x-sub-req", "b" } }, body = "sub-post", timeout = 3 }
+    if not r2 then return "http-error-post:" .. tostring(e2) end
+    local posted = r2.body:find('"body": "sub-post"', 1, true) and "posted" or "not-posted"
     return "http:" .. tostring(r.status) .. ":" .. tostring(r.body) .. ":" .. tostring(r.headers:get("x-sub"))
-  elseif KIND == "tcp" then
+      .. ":" .. tostring(r2.status) .. ":" .. posted
+  elseif KIND == "tcp" or KIND == "leak" then
     local s, e = luring.tcp_connect("127.0.0.1", @ECHO_PORT@, { timeout = 3 })
     if not s then return "tcp-error:" .. tostring(e) end
-    local n, se = s:send("tcp-line\n")
-    local line, re = s:receive("*l")
+    if KIND == "leak" then                 -- left open: closed when the event ends
+      s:send("leak-line\n")
+      return "leak:" .. tostring(s:receive("*l"))
+    end
+    local n, se = s:send({ "tcp-line\n", "abcdef", "XYZ;", "rest\r\n" })
+    local l1, e1 = s:receive("*l")
+    local b6, e6 = s:receive(6)
+    local u, eu = s:receive_until(";")
+    s:set_timeout(1)
+    local l2, e2 = s:receive()
     s:close()
-    return "tcp:" .. tostring(n or se) .. ":" .. tostring(line or re)
+    return table.concat({ "tcp", tostring(n or se), tostring(l1 or e1), tostring(b6 or e6),
+      tostring(u or eu), tostring(l2 or e2) }, ":")
   elseif KIND == "redis" then
     local r, e = luring.redis("127.0.0.1", @REDIS_PORT@, { timeout = 3 })
     if not r then return "redis-error:" .. tostring(e) end
     local n, ne = r:call("INCR", "conf-waits")
     local echo, ee = r:call("ECHO", "redis-echo")
-    local rs, pe = r:pipeline{ { "SET", "conf-k", "v1" }, { "GET", "conf-k" } }
+    local null, nulle = r:call("GET", "conf-missing")
+    local bad, bade = r:call("NOSUCHCMD")
+    local rs, pe = r:pipeline{ { "SET", "conf-k", "v1" }, { "GET", "conf-k" }, { "NOSUCHCMD" },
+      { "GET", "conf-missing" } }
     r:close()
-    return "redis:" .. (n and type(n) or tostring(ne)) .. ":" .. tostring(echo or ee) .. ":"
-      .. (rs and (tostring(rs[1]) .. ":" .. tostring(rs[2])) or tostring(pe))
+    if not rs then return "redis-pipeline-error:" .. tostring(pe) end
+    return table.concat({ "redis", n and type(n) or tostring(ne), tostring(echo or ee),
+      tostring(rs[1]), tostring(rs[2]), tostring(null) .. tostring(nulle), tostring(bad),
+      tostring(bade):sub(1, 3), type(rs[3]) == "table" and tostring(rs[3].err):sub(1, 3) or tostring(rs[3]),
+      rs[4] == luring.null and "null" or tostring(rs[4]) }, ":")
   elseif KIND == "fail" then
     local r1, e1 = luring.http_request{ url = "http://127.0.0.1:@CLOSED_PORT@/x", timeout = 3 }
     local s2, e2 = luring.tcp_connect("127.0.0.1", @CLOSED_PORT@, { timeout = 3 })
@@ -142,8 +164,12 @@ def recs(proxy, tag):
 
 
 def wait_recs(proxy, tag, n, timeout=IO):
+    """The tokens of `tag` once there are n (bounded); the first call for a proxy then
+    settles a moment, so that records beyond the expected ones would show."""
     proxy.wait_log(rf"CONF-WAITS {re.escape(tag)} \[", timeout=timeout, count=n)
-    settle(0.2)
+    if not getattr(proxy, "waits_settled", False):
+        proxy.waits_settled = True
+        settle(0.3)
     return recs(proxy, tag)
 
 
@@ -226,12 +252,39 @@ class Env:
     def proxy(self, src, flags=()):
         return self.t.start_proxy(["--plugin", str(self.plugin(src)), *flags])
 
-    def calls_reached_redis(self, n):
-        """The redis kind: the hook's INCR ran at least n times."""
+    def side_effects(self, n):
+        """What the hook's n waits did at the other end: n INCRs in redis, n GET and n POST
+        subrequests at the second origin, n cosocket connections at the echo server (each
+        closed by the hook's :close, or by luring when the event ended for `leak`)."""
+        t = self.t
         if self.kind == "redis":
-            got = self.redis_get("conf-waits")
-            check(got is not None and int(got) >= n,
-                  f"INCR conf-waits in redis: {got!r}, expected at least {n} (one per hook call)")
+            eq(self.redis_get("conf-waits"), str(n), "INCR conf-waits in redis (one per hook call)")
+        elif self.kind == "http":
+            reqs = t.origin_requests(2 * n, origin=t.origin2)
+            settle(0.1)
+            reqs = t.origin_requests(origin=t.origin2)
+            eq(sorted((q["method"], q["target"], tuple(hget_all(q["headers"], "x-sub-req")), q["body"])
+                      for q in reqs),
+               sorted([("GET", "/fixed?status=201&body=sub-body&h=X-Sub:%20sv", (), b"")] * n
+                      + [("POST", "/echo/post", ("a", "b"), b"sub-post")] * n),
+               "(method, target, x-sub-req, body) of the subrequests at the second origin")
+        elif self.kind in ("tcp", "leak"):
+            first = {"tcp": b"tcp-line\n", "leak": b"leak-line\n"}[self.kind]
+            deadline = time.monotonic() + IO
+            while True:
+                with t.echo.lock:
+                    mine = [(bytes(b), c["end"]) for b, c in zip(t.echo.received, t.echo.conns)
+                            if bytes(b).startswith(first)]
+                if (len(mine) >= n and all(end for _, end in mine)) or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.02)
+            want = b"tcp-line\nabcdefXYZ;rest\r\n" if self.kind == "tcp" else first
+            ends = [end for _, end in mine]
+            eq([b for b, _ in mine], [want] * n, "bytes of the cosocket connections at the echo server")
+            check(all(end in ("eof", "reset") for end in ends),
+                  f"how the cosocket connections ended at the echo server: {ends} "
+                  f"(None: still open {IO}s after the traffic"
+                  + (", the event that opened it is over)" if self.kind == "leak" else ")"))
 
     def close(self):
         for s in self.socks:
@@ -267,15 +320,19 @@ end)
 register_hook("http", "on_request", function(msg, ctx)
   msg.headers:set("x-after", "2 saw " .. tostring(msg.headers:get("x-wait")))
 end)
+register_hook("http", "on_request", function(msg, ctx)
+  luring.sleep(0.01)
+  msg.headers:set("x-post", "3 saw " .. tostring(msg.headers:get("x-after")))
+end, { phase = "post_pipeline" })
 """)
     for path in ("/echo/1", "/echo/2"):            # two connections
         r = curl(p.addr, e.t.url(path))
         eq((r.rc, r.status), (0, 200), f"curl exit code and status (curl: {r.err})")
     reqs = e.t.origin_requests(2)
-    eq([(q["target"], hget_all(q["headers"], "x-wait"), hget_all(q["headers"], "x-after")) for q in reqs],
-       [(path, [e.tok], [f"2 saw {e.tok}"]) for path in ("/echo/1", "/echo/2")],
-       "(target, x-wait, x-after) at the origin")
-    e.calls_reached_redis(2)
+    eq([(q["target"], *(hget_all(q["headers"], h) for h in ("x-wait", "x-after", "x-post"))) for q in reqs],
+       [(path, [e.tok], [f"2 saw {e.tok}"], [f"3 saw 2 saw {e.tok}"]) for path in ("/echo/1", "/echo/2")],
+       "(target, x-wait, x-after, x-post) at the origin")
+    e.side_effects(2)
 
 
 @waits_case("http.on_response")
@@ -287,12 +344,16 @@ end)
 register_hook("http", "on_response", function(msg, ctx)
   msg.headers:set("x-after", "2 saw " .. tostring(msg.headers:get("x-wait")))
 end)
+register_hook("http", "on_response", function(msg, ctx)
+  luring.sleep(0.01)
+  msg.headers:set("x-post", "3 saw " .. tostring(msg.headers:get("x-after")))
+end, { phase = "post_pipeline" })
 """)
     r = curl(p.addr, e.t.url("/fixed?status=202&body=the-body"))
     eq((r.rc, r.status, r.body), (0, 202, b"the-body"), f"curl exit code, status, body (curl: {r.err})")
-    eq((hget_all(r.headers, "x-wait"), hget_all(r.headers, "x-after")), ([e.tok], [f"2 saw {e.tok}"]),
-       "(x-wait, x-after) at the client")
-    e.calls_reached_redis(1)
+    eq([hget_all(r.headers, h) for h in ("x-wait", "x-after", "x-post")],
+       [[e.tok], [f"2 saw {e.tok}"], [f"3 saw 2 saw {e.tok}"]], "(x-wait, x-after, x-post) at the client")
+    e.side_effects(1)
 
 
 # --------------------------------------------------------------------------- ws
@@ -306,6 +367,10 @@ end)
 register_hook("ws", "on_upgrade", function(msg, ctx)
   msg.headers:set("x-after", "2 saw " .. tostring(msg.headers:get("x-wait")))
 end)
+register_hook("ws", "on_upgrade", function(msg, ctx)
+  luring.sleep(0.01)
+  msg.headers:set("x-post", "3 saw " .. tostring(msg.headers:get("x-after")))
+end, { phase = "post_pipeline" })
 """)
     o = ws.LibOrigin()
     try:
@@ -315,9 +380,9 @@ end)
         rec = o.one()
     finally:
         o.stop()
-    eq((hget_all(rec["headers"], "x-wait"), hget_all(rec["headers"], "x-after")), ([e.tok], [f"2 saw {e.tok}"]),
-       "(x-wait, x-after) in the upgrade request at the origin")
-    e.calls_reached_redis(1)
+    eq([hget_all(rec["headers"], h) for h in ("x-wait", "x-after", "x-post")],
+       [[e.tok], [f"2 saw {e.tok}"], [f"3 saw 2 saw {e.tok}"]], "(x-wait, x-after, x-post) in the upgrade request at the origin")
+    e.side_effects(1)
 
 
 @waits_case("ws.on_message")
@@ -329,6 +394,10 @@ end)
 register_hook("ws", "on_message", function(msg, ctx)
   if msg.opcode == 1 and msg.from_client then msg.payload = msg.payload .. "|2" end
 end)
+register_hook("ws", "on_message", function(msg, ctx)
+  luring.sleep(0.01)
+  if msg.opcode == 1 and msg.from_client then msg.payload = msg.payload .. "|3" end
+end, { phase = "post_pipeline" })
 """)
     o = ws.LibOrigin()
     try:
@@ -339,10 +408,10 @@ end)
         rec = o.one()
     finally:
         o.stop()
-    want = [f"one|{e.tok}|2", f"two|{e.tok}|2"]
+    want = [f"one|{e.tok}|2|3", f"two|{e.tok}|2|3"]
     eq(rec["messages"], want, "messages at the origin")
     eq(got, want, "the origin's echoes at the client")
-    e.calls_reached_redis(2)
+    e.side_effects(2)
 
 
 @waits_case("ws.on_close")
@@ -372,7 +441,7 @@ end)
     eq(rec["close_rcvd"], (4000, "bye"), "close frame at the origin")
     eq(wait_recs(p, "ws.on_close", 1), [f"{e.tok} code=4000"], "ws.on_close records (token after the wait)")
     eq(wait_recs(p, "ws.on_close.2", 1), [e.tok], "the second ws.on_close hook saw the first's note")
-    e.calls_reached_redis(1)
+    e.side_effects(1)
 
 
 # --------------------------------------------------------------------------- grpc
@@ -397,6 +466,10 @@ end)
 register_hook("grpc", "on_start", function(msg, ctx)
   msg.headers:set("x-after", "2 saw " .. tostring(msg.headers:get("x-wait")))
 end)
+register_hook("grpc", "on_start", function(msg, ctx)
+  luring.sleep(0.01)
+  msg.headers:set("x-post", "3 saw " .. tostring(msg.headers:get("x-after")))
+end, { phase = "post_pipeline" })
 """)
     try:
         rs = grpc.run_client('out(**unary("/t.Echo/Say", b"hi"))\n', p.addr)
@@ -404,9 +477,9 @@ end)
         md = srv.call_md("/t.Echo/Say")
     finally:
         srv.stop()
-    eq((grpc.md_all(md, "x-wait"), grpc.md_all(md, "x-after")), ([e.tok], [f"2 saw {e.tok}"]),
-       "(x-wait, x-after) metadata at the server")
-    e.calls_reached_redis(1)
+    eq([grpc.md_all(md, h) for h in ("x-wait", "x-after", "x-post")],
+       [[e.tok], [f"2 saw {e.tok}"], [f"3 saw 2 saw {e.tok}"]], "(x-wait, x-after, x-post) metadata at the server")
+    e.side_effects(1)
 
 
 @waits_case("grpc.on_data")
@@ -418,6 +491,10 @@ end)
 register_hook("grpc", "on_data", function(msg, ctx)
   if msg.from_client then msg.payload = msg.payload .. "|2" end
 end)
+register_hook("grpc", "on_data", function(msg, ctx)
+  luring.sleep(0.01)
+  if msg.from_client then msg.payload = msg.payload .. "|3" end
+end, { phase = "post_pipeline" })
 """)
     try:
         rs = grpc.run_client('out(**unary("/t.Echo/Say", b"hi"))\nout(**bidi("/t.Echo/Bidi", [b"a", b"b"]))\n',
@@ -425,11 +502,11 @@ end)
         say, bidi = srv.messages("Say"), srv.messages("Bidi")
     finally:
         srv.stop()
-    tail = f"|{e.tok}|2".encode()
+    tail = f"|{e.tok}|2|3".encode()
     eq([(r.ok, r.resp or r.msgs) for r in rs],
        [(True, b"echo:hi" + tail), (True, [b"re:a" + tail, b"re:b" + tail])], "(ok, response) at the client")
     eq((say, bidi), ([b"hi" + tail], [b"a" + tail, b"b" + tail]), "(Say, Bidi) messages at the server")
-    e.calls_reached_redis(3)
+    e.side_effects(3)
 
 
 @waits_case("grpc.on_end")
@@ -454,7 +531,7 @@ end)
     eq(sorted(wait_recs(p, "grpc.on_end", 2)), [f"{e.tok} status=0", f"{e.tok} status=5"],
        "grpc.on_end records (token after the wait)")
     eq(wait_recs(p, "grpc.on_end.2", 2), [e.tok, e.tok], "the second grpc.on_end hook saw the first's note")
-    e.calls_reached_redis(2)
+    e.side_effects(2)
 
 
 # --------------------------------------------------------------------------- grpc-web
@@ -505,14 +582,18 @@ end)
 register_hook("grpc-web", "on_start", function(msg, ctx)
   msg.headers:set("x-hook", msg.headers:get("x-hook") .. "|2")
 end)
+register_hook("grpc-web", "on_start", function(msg, ctx)
+  luring.sleep(0.01)
+  msg.headers:set("x-hook", msg.headers:get("x-hook") .. "|3")
+end, { phase = "post_pipeline" })
 """)
     try:
         got = gw_call(p.port, "/t.Echo/Say", b"hi")
     finally:
         srv.stop()
-    eq(got, ([f"echo:hi md={e.tok}|2".encode()], "0", ""),
+    eq(got, ([f"echo:hi md={e.tok}|2|3".encode()], "0", ""),
        "(messages, grpc-status, grpc-message) at the client (the server echoes x-hook)")
-    e.calls_reached_redis(1)
+    e.side_effects(1)
 
 
 @waits_case("grpc-web.on_data")
@@ -524,13 +605,17 @@ end)
 register_hook("grpc-web", "on_data", function(msg, ctx)
   if msg.from_client then msg.payload = msg.payload .. "|2" end
 end)
+register_hook("grpc-web", "on_data", function(msg, ctx)
+  luring.sleep(0.01)
+  if msg.from_client then msg.payload = msg.payload .. "|3" end
+end, { phase = "post_pipeline" })
 """)
     try:
         got = gw_call(p.port, "/t.Echo/Say", b"hi")
     finally:
         srv.stop()
-    eq(got, ([f"echo:hi|{e.tok}|2".encode()], "0", ""), "(messages, grpc-status, grpc-message) at the client")
-    e.calls_reached_redis(1)
+    eq(got, ([f"echo:hi|{e.tok}|2|3".encode()], "0", ""), "(messages, grpc-status, grpc-message) at the client")
+    e.side_effects(1)
 
 
 @waits_case("grpc-web.on_end")
@@ -553,7 +638,7 @@ end)
     eq(got, ([b"echo:hi"], "0", ""), "(messages, grpc-status, grpc-message) at the client")
     eq(wait_recs(p, "grpc-web.on_end", 1), [f"{e.tok} status=0"], "grpc-web.on_end records (token after the wait)")
     eq(wait_recs(p, "grpc-web.on_end.2", 1), [e.tok], "the second grpc-web.on_end hook saw the first's note")
-    e.calls_reached_redis(1)
+    e.side_effects(1)
 
 
 # --------------------------------------------------------------------------- sse
@@ -570,6 +655,10 @@ end)
 register_hook("sse", "on_event", function(msg, ctx)
   msg.data = msg.data .. "|2"
 end)
+register_hook("sse", "on_event", function(msg, ctx)
+  luring.sleep(0.01)
+  msg.data = msg.data .. "|3"
+end, { phase = "post_pipeline" })
 """)
     o = sse.SseOrigin(SSE_PIECES, pause=0.02)
     try:
@@ -577,9 +666,9 @@ end)
     finally:
         o.stop()
     eq((s.rc, s.status), (0, 200), f"curl exit code and status (curl: {s.err})")
-    eq(s.body, f"data: one|{e.tok}|2\n\nevent: two\ndata: second|{e.tok}|2\n\n".encode(),
+    eq(s.body, f"data: one|{e.tok}|2|3\n\nevent: two\ndata: second|{e.tok}|2|3\n\n".encode(),
        "event stream at the client")
-    e.calls_reached_redis(2)
+    e.side_effects(2)
 
 
 # --------------------------------------------------------------------------- raw
@@ -591,23 +680,27 @@ register_hook("raw", "on_chunk", function(msg, ctx)
   if msg.from_client then msg.data = msg.data .. "|" .. wait_token() end
 end)
 register_hook("raw", "on_chunk", function(msg, ctx)
-  if msg.from_client then msg.data = msg.data .. "|2;" end
+  if msg.from_client then msg.data = msg.data .. "|2" end
 end)
+register_hook("raw", "on_chunk", function(msg, ctx)
+  luring.sleep(0.01)
+  if msg.from_client then msg.data = msg.data .. "|3;" end
+end, { phase = "post_pipeline" })
 """)
     c, status, _h = connect_tunnel(p.port, f"127.0.0.1:{e.t.echo.port}")
     try:
         eq(status, 200, "CONNECT status")
         got = b""
         for piece in (b"first", b"second"):          # one at a time: each waits in its hook
-            want = piece + f"|{e.tok}|2;".encode()
+            want = piece + f"|{e.tok}|2|3;".encode()
             c.send(piece)
             got = c.recv_some(len(want))
             eq(got, want, "the echo of a piece at the client")
     finally:
         c.close()
     tunnel = [b for b in e.t.echo.snapshot() if b.startswith(b"first")]
-    eq(tunnel, [f"first|{e.tok}|2;second|{e.tok}|2;".encode()], "bytes the echo server got through the tunnel")
-    e.calls_reached_redis(2)
+    eq(tunnel, [f"first|{e.tok}|2|3;second|{e.tok}|2|3;".encode()], "bytes the echo server got through the tunnel")
+    e.side_effects(2)
 
 
 # --------------------------------------------------------------------------- tls
@@ -648,7 +741,7 @@ end)
     for side in ("server", "client"):
         eq(wait_recs(p, f"tls.{side}", 1), [e.tok], f"tls.on_handshake records, side {side}")
         eq(wait_recs(p, f"tls2.{side}", 1), [e.tok], f"the second tls.on_handshake hook, side {side}")
-    e.calls_reached_redis(2)
+    e.side_effects(2)
 
 
 # --------------------------------------------------------------------------- connection
@@ -692,7 +785,7 @@ def check_connects(e, p, targets):
         eq(wait_recs(p, f"on_connect.{i}", 1), [e.tok], f"on_connect record of connection {i}")
     eq(wait_recs(p, "on_connect.second", 2), [e.tok, e.tok],
        "the second on_connect hook (it runs for connections 1 and 3, not after the DROP)")
-    e.calls_reached_redis(3)
+    e.side_effects(3)
 
 
 @waits_case("connection.on_connect", note="; DROP after the wait")
@@ -735,7 +828,7 @@ end)
     eq(wait_recs(p, "on_disconnect", 2), [f"{e.tok} bytes_in=true"] * 2,
        "on_disconnect records (token after the wait), one per connection")
     eq(wait_recs(p, "on_disconnect.2", 2), [e.tok] * 2, "the second on_disconnect hook saw the first's note")
-    e.calls_reached_redis(2)
+    e.side_effects(2)
 
 
 # --------------------------------------------------------------------------- socks5
