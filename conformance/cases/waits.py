@@ -727,7 +727,7 @@ register_hook("http", "on_response", function(msg, ctx)
   msg.headers:set("x-wait-client", tostring(note[ctx.conn_id .. "client"]))
 end)
 """)
-    origin, p, luring_ca = tls.tls_setup(e.t, "waits.lua")
+    origin, p, luring_ca = tls_setup(e.t, "waits.lua")
     try:
         r = curl(p.addr, f"https://localhost:{origin.port}/hs", "--cacert", luring_ca)
         eq(r.rc, 0, f"curl exit code ({r.err})")
@@ -963,3 +963,497 @@ end)
     eq([q["target"] for q in t.origin_requests(1)], ["/after-timeout"], "requests at the origin")
     timed_out(p, started, "the request")
     eq(wait_recs(p, "second", 1), ["ran"], "the second on_connect hook")
+
+
+# --------------------------------------------------------------------------- what a wait holds back
+
+HELD = 1.5       # a held message's hook sleeps this long
+FREE_BY = 1.0    # the traffic that must not be held completes within this (from its start)
+
+
+def tls_setup(t, plugin_name, flags=()):
+    """tls.py's tls_setup with more flags for the proxy: (HTTPS origin, proxy, luring CA)."""
+    ca, cert, key = tls.make_pki(t.tmp)
+    origin = tls.HttpsOrigin(cert, key)
+    conf = str(t.tmp / "confdir")
+    luring_ca = str(t.tmp / "luring-ca.pem")
+    rc, out = tls.run_cli(t.bin, ["ca", "export", "--confdir", conf, "--format", "pem", "--out", luring_ca])
+    eq(rc, 0, f"luring ca export ({out})")
+    proxy = t.start_proxy(["--confdir", conf, "--upstream-ca", ca, *flags,
+                           "--plugin", str(t.plugin_paths[plugin_name])])
+    return origin, proxy, luring_ca
+
+
+def sleeper_plugin(t, src, flags=()):
+    return t.start_proxy([*flags, "--plugin", str(t.write("held.lua", src))])
+
+
+@case("waits ws.on_message holds its direction only: while a server message waits, the client's "
+      "next message reaches the origin", proxy=False)
+def _ws_other_direction(t):
+    p = sleeper_plugin(t, f"""
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.opcode == 1 and not msg.from_client and msg.payload == "held" then
+    luring.sleep({HELD})
+    msg.payload = "held|slept"
+  end
+end)
+""")
+    o = ws.LibOrigin()
+    try:
+        with ws.lib_connect(o.url("/dir"), proxy=p.addr) as c:
+            c.send("held")                       # its echo waits in the hook
+            started = time.monotonic()
+            c.send("free")                       # the other direction: not held
+            rec = o.wait_conns(1, done=False)[0]
+            while rec["messages"] != ["held", "free"] and time.monotonic() - started < HELD + IO:
+                time.sleep(0.01)
+            free_at = time.monotonic() - started
+            got = [c.recv(timeout=IO), c.recv(timeout=IO)]
+            held_at = time.monotonic() - started
+    finally:
+        o.stop()
+    eq(rec["messages"], ["held", "free"], "messages at the origin")
+    eq(got, ["held|slept", "free"], "messages at the client (the held one first, changed after the wait)")
+    check(free_at < FREE_BY, f"the client's second message reached the origin {free_at:.2f}s after it was "
+                             f"sent, while the server's message waited {HELD}s in its hook (that direction "
+                             f"must go on); the held one arrived at {held_at:.2f}s")
+
+
+@case("waits raw.on_chunk holds its direction only: while a server chunk waits, the client's next "
+      "chunk reaches the server", proxy=False)
+def _raw_other_direction(t):
+    p = sleeper_plugin(t, f"""
+register_hook("raw", "on_chunk", function(msg, ctx)
+  if not msg.from_client and msg.data == "held" then
+    luring.sleep({HELD})
+    msg.data = "held|slept;"
+  end
+end)
+""")
+    c, status, _h = connect_tunnel(p.port, f"127.0.0.1:{t.echo.port}")
+    try:
+        eq(status, 200, "CONNECT status")
+        c.send(b"held")
+        deadline = time.monotonic() + IO
+        while t.echo.snapshot() != [b"held"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        c.send(b"free")
+        while t.echo.snapshot() != [b"heldfree"] and time.monotonic() - started < HELD + IO:
+            time.sleep(0.01)
+        free_at = time.monotonic() - started
+        got = c.recv_some(len(b"held|slept;free"), timeout=HELD + IO)
+    finally:
+        c.close()
+    eq(t.echo.snapshot(), [b"heldfree"], "bytes at the echo server")
+    eq(got, b"held|slept;free", "bytes at the client (the held chunk first, changed after the wait)")
+    check(free_at < FREE_BY, f"the client's second chunk reached the server {free_at:.2f}s after it was sent, "
+                             f"while the server's chunk waited {HELD}s in its hook (that direction must go on)")
+
+
+def timed(fn):
+    started = time.monotonic()
+    out = fn()
+    return out, time.monotonic() - started
+
+
+def held_and_free(t, held_fn, free_fn, what):
+    """held_fn starts traffic whose hook waits HELD s (in a thread); once the hook is
+    waiting, free_fn's traffic on another connection must complete within FREE_BY.
+    Returns (held result, free result)."""
+    import threading
+    box = {}
+
+    def run_held():
+        try:
+            box["held"] = held_fn()
+        except BaseException as ex:          # reported below
+            box["held_err"] = ex
+    th = threading.Thread(target=run_held, daemon=True)
+    th.start()
+    t.proxy_for_held.expect_log(r"CONF-WAITS held-waiting", timeout=IO, what="the held hook waiting")
+    free, secs = timed(free_fn)
+    th.join(HELD + 2 * IO)
+    check(not th.is_alive(), f"{what}: the held traffic did not finish")
+    if "held_err" in box:
+        raise box["held_err"]
+    check(secs < FREE_BY, f"{what}: the other connection's traffic took {secs:.2f}s while a hook of the "
+                          f"first waited {HELD}s (a waiting hook must not stall its worker, --workers 1)")
+    return box["held"], free
+
+
+HELD_LUA = """
+local function held_wait()
+  log.info("CONF-WAITS held-waiting [1]")
+  luring.sleep(@HELD@)
+end
+""".replace("@HELD@", str(HELD))
+
+
+@case("waits: a waiting sse.on_event does not stall the worker (another stream goes on)", proxy=False)
+def _sse_not_stalled(t):
+    p = t.proxy_for_held = sleeper_plugin(t, HELD_LUA + """
+register_hook("sse", "on_event", function(msg, ctx)
+  if msg.data == "held" then held_wait(); msg.data = "held|slept" end
+end)
+""")
+    oh = sse.SseOrigin([b"data: held\n\n"], pause=0.01)
+    of = sse.SseOrigin([b"data: free\n\n"], pause=0.01)
+    try:
+        held, free = held_and_free(t, lambda: sse.curl_stream(oh.url(), proxy=p.addr),
+                                   lambda: sse.curl_stream(of.url(), proxy=p.addr), "sse")
+    finally:
+        oh.stop()
+        of.stop()
+    eq((free.rc, free.body), (0, b"data: free\n\n"), f"the free stream (curl: {free.err})")
+    eq((held.rc, held.body), (0, b"data: held|slept\n\n"), f"the held stream (curl: {held.err})")
+
+
+@case("waits: a waiting ws.on_message does not stall the worker (another WebSocket goes on)", proxy=False)
+def _ws_not_stalled(t):
+    p = t.proxy_for_held = sleeper_plugin(t, HELD_LUA + """
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.opcode == 1 and msg.from_client and msg.payload == "held" then held_wait(); msg.payload = "held|slept" end
+end)
+""")
+    o = ws.LibOrigin()
+
+    def exchange(text):
+        with ws.lib_connect(o.url("/" + text), proxy=p.addr) as c:
+            c.send(text)
+            return c.recv(timeout=HELD + IO)
+    try:
+        held, free = held_and_free(t, lambda: exchange("held"), lambda: exchange("free"), "ws")
+    finally:
+        o.stop()
+    eq((held, free), ("held|slept", "free"), "(held, free) echoes at the clients")
+
+
+@case("waits: a waiting raw.on_chunk does not stall the worker (another tunnel goes on)", proxy=False)
+def _raw_not_stalled(t):
+    p = t.proxy_for_held = sleeper_plugin(t, HELD_LUA + """
+register_hook("raw", "on_chunk", function(msg, ctx)
+  if msg.from_client and msg.data == "held" then held_wait(); msg.data = "held|slept" end
+end)
+""")
+
+    def exchange(data, n):
+        c, status, _h = connect_tunnel(p.port, f"127.0.0.1:{t.echo.port}")
+        try:
+            eq(status, 200, "CONNECT status")
+            c.send(data)
+            return c.recv_some(n, timeout=HELD + IO)
+        finally:
+            c.close()
+    held, free = held_and_free(t, lambda: exchange(b"held", 10), lambda: exchange(b"free", 4), "raw")
+    eq((held, free), (b"held|slept", b"free"), "(held, free) echoes at the clients")
+
+
+@case("waits: a waiting connection.on_connect does not stall the worker (another connection goes on)",
+      proxy=False)
+def _connect_not_stalled(t):
+    p = t.proxy_for_held = sleeper_plugin(t, HELD_LUA + """
+local n = 0
+register_hook("connection", "on_connect", function(msg, ctx)
+  n = n + 1
+  if n == 1 then held_wait() end
+end)
+""")
+    held, free = held_and_free(t, lambda: curl(p.addr, t.url("/held")), lambda: curl(p.addr, t.url("/free")),
+                               "connection.on_connect")
+    eq([(r.rc, r.status) for r in (held, free)], [(0, 200), (0, 200)], "(curl exit code, status) of both")
+    eq([q["target"] for q in t.origin_requests(2)], ["/free", "/held"], "requests at the origin, in order")
+
+
+@case("waits: a waiting tls.on_handshake does not stall the worker (another connection goes on)",
+      proxy=False)
+def _tls_not_stalled(t):
+    t.plugin_paths["held.lua"] = t.write("held.lua", HELD_LUA + """
+local n = 0
+register_hook("tls", "on_handshake", function(msg, ctx)
+  if msg.side ~= "server" then return end
+  n = n + 1
+  if n == 1 then held_wait() end
+end)
+""")
+    origin, p, luring_ca = tls_setup(t, "held.lua")
+    t.proxy_for_held = p
+    try:
+        get = lambda path: curl(p.addr, f"https://localhost:{origin.port}{path}", "--cacert", luring_ca)
+        held, free = held_and_free(t, lambda: get("/held"), lambda: get("/free"), "tls.on_handshake")
+        paths = list(origin.paths)
+    finally:
+        origin.stop()
+    eq([(r.rc, r.status) for r in (held, free)], [(0, 200), (0, 200)],
+       f"(curl exit code, status) of both (curl: {held.err} / {free.err})")
+    eq(paths, ["/free", "/held"], "requests at the HTTPS origin, in order")
+
+
+@case("waits: a waiting grpc.on_data holds its stream only (another call on the same HTTP/2 "
+      "connection goes on)", proxy=False)
+def _grpc_not_stalled(t):
+    grpc.need_grpc()
+    srv = grpc.GrpcServer()
+    try:
+        p = t.start_proxy(["--mode", f"reverse:http://127.0.0.1:{srv.port}", "--plugin", str(t.write("held.lua", """
+register_hook("grpc", "on_data", function(msg, ctx)
+  if msg.from_client and msg.payload == "held" then
+    luring.sleep(@HELD@)
+    msg.payload = "held|slept"
+  end
+end)
+""".replace("@HELD@", str(HELD))))])
+        rs = grpc.run_client(f"""
+import threading
+box = {{}}
+def held():
+    box["held"] = unary("/t.Echo/Say", b"held", timeout=10)
+    box["held_t"] = time.monotonic()
+th = threading.Thread(target=held)
+th.start()
+time.sleep(0.3)                      # the held call is waiting in its hook
+t0 = time.monotonic()
+free = unary("/t.Echo/Say", b"free", timeout=10)
+free_t = time.monotonic()
+th.join(15)
+out(free_secs=free_t - t0, free_first=free_t < box["held_t"], **free)
+out(**box["held"])
+""", p.addr)
+        msgs = srv.messages("Say")
+    finally:
+        srv.stop()
+    eq([(r.ok, r.resp) for r in rs], [(True, b"echo:free"), (True, b"echo:held|slept")],
+       "(ok, response) of the free and the held call")
+    eq(msgs, [b"free", b"held|slept"], "messages at the server, in order")
+    check(rs[0].free_first and rs[0].free_secs < FREE_BY,
+          f"the free call took {rs[0].free_secs:.2f}s (finished first: {rs[0].free_first}) while the held "
+          f"call's on_data waited {HELD}s on the same channel")
+
+
+def h2_get_both(port, paths, timeout=HELD + IO):
+    """GETs on one h2c connection (prior knowledge, python h2), all sent at once; returns
+    [(path, status, seconds to the end of its stream)] in completion order."""
+    try:
+        import h2.config
+        import h2.connection
+        import h2.events
+    except ImportError:
+        raise Pending("python h2 not installed")
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    started = time.monotonic()
+    streams, status, done = {}, {}, []
+    try:
+        for path in paths:
+            sid = conn.get_next_available_stream_id()
+            streams[sid] = path
+            conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"),
+                                    (":authority", f"127.0.0.1:{port}")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        deadline = started + timeout
+        while len(done) < len(paths) and time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not data:
+                break
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status[ev.stream_id] = dict(ev.headers).get(b":status", b"?").decode()
+                elif isinstance(ev, h2.events.DataReceived):
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    done.append((streams[ev.stream_id], status.get(ev.stream_id, "reset"),
+                                 time.monotonic() - started))
+            out = conn.data_to_send()
+            if out:
+                sock.sendall(out)
+    finally:
+        sock.close()
+    return done
+
+
+@case("waits: a waiting http.on_request holds its HTTP/2 stream only (another stream of the "
+      "connection goes on)", proxy=False)
+def _h2_not_stalled(t):
+    p = t.start_proxy(["--mode", f"reverse:http://127.0.0.1:{t.origin.port}", "--plugin", str(t.write("held.lua", """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.path == "/held" then
+    luring.sleep(@HELD@)
+    msg.headers:set("x-held", "slept")
+  end
+end)
+""".replace("@HELD@", str(HELD))))])
+    done = h2_get_both(p.port, ["/held", "/free"])
+    eq([(path, st) for path, st, _ in done], [("/free", "200"), ("/held", "200")],
+       f"(path, status) of the two streams in completion order ({done})")
+    check(done[0][2] < FREE_BY, f"the free stream took {done[0][2]:.2f}s while the held one waited {HELD}s")
+    reqs = t.origin_requests(2)
+    eq([(q["target"], hget(q["headers"], "x-held")) for q in reqs], [("/free", None), ("/held", "slept")],
+       "requests at the origin, in order")
+
+
+# --------------------------------------------------------------------------- --hook-timeout, lifecycle rows
+
+@case("waits --hook-timeout in tls.on_handshake: a hook error, the connection goes on", proxy=False)
+def _timeout_tls(t):
+    t.plugin_paths["sleeper.lua"] = t.write("sleeper.lua", """
+register_hook("tls", "on_handshake", function(msg, ctx)
+  luring.sleep(30)
+end, { name = "sleeper" })
+register_hook("tls", "on_handshake", function(msg, ctx)
+  log.info("CONF-WAITS second." .. msg.side .. " [ran]")
+end)
+""")
+    origin, p, luring_ca = tls_setup(t, "sleeper.lua", TIMEOUT_FLAGS)
+    started = time.monotonic()
+    try:
+        r = curl(p.addr, f"https://localhost:{origin.port}/after", "--cacert", luring_ca)
+        paths = list(origin.paths)
+    finally:
+        origin.stop()
+    eq((r.rc, r.status, r.body), (0, 200, b"tls-origin /after"), f"curl exit code, status, body ({r.err})")
+    eq(paths, ["/after"], "requests at the HTTPS origin")
+    timed_out(p, started, "the request")
+    eq(wait_recs(p, "second.server", 1) + wait_recs(p, "second.client", 1), ["ran", "ran"],
+       "the second tls.on_handshake hook, both sides")
+
+
+@case("waits --hook-timeout in ws.on_close and connection.on_disconnect: hook errors, the next hooks run",
+      proxy=False)
+def _timeout_close(t):
+    p = t.start_proxy([*TIMEOUT_FLAGS, "--plugin", str(t.write("sleeper.lua", """
+register_hook("ws", "on_close", function(msg, ctx) luring.sleep(30) end, { name = "sleeper-close" })
+register_hook("ws", "on_close", function(msg, ctx)
+  log.info("CONF-WAITS close2 [" .. tostring(msg.close_code) .. "]")
+end)
+register_hook("connection", "on_disconnect", function(msg, ctx) luring.sleep(30) end, { name = "sleeper-disc" })
+register_hook("connection", "on_disconnect", function(msg, ctx)
+  log.info("CONF-WAITS disc2 [ran]")
+end)
+"""))])
+    o = ws.LibOrigin()
+    started = time.monotonic()
+    try:
+        c = ws.lib_connect(o.url("/bye"), proxy=p.addr)
+        with c:
+            c.send("x")
+            eq(c.recv(timeout=IO), "x", "echo at the client")
+            c.close(4000, "bye")
+        eq((c.close_code, c.close_reason), (4000, "bye"), "the origin's close reply at the client")
+        rec = o.one()
+    finally:
+        o.stop()
+    eq(rec["close_rcvd"], (4000, "bye"), "close frame at the origin")
+    eq(wait_recs(p, "close2", 1), ["4000"], "the second ws.on_close hook")
+    eq(wait_recs(p, "disc2", 1), ["ran"], "the second connection.on_disconnect hook")
+    timed_out(p, started, "the WebSocket")
+    check(len(p.wait_log(r"hook timeout", count=2)) >= 2, f"two hook timeouts logged: {p.log_tail()}")
+
+
+@case("waits --hook-timeout in socks5.on_connect: a hook error (its DROP never comes), the connection "
+      "goes on", proxy=False)
+def _timeout_socks5(t):
+    p = t.start_proxy(["--mode", "socks5", *TIMEOUT_FLAGS, "--plugin", str(t.write("sleeper.lua", """
+register_hook("socks5", "on_connect", function(msg, ctx)
+  luring.sleep(30)
+  return action.DROP
+end, { name = "sleeper" })
+"""))])
+    started = time.monotonic()
+    c, rep = socks5_connect(p.port, "127.0.0.1", t.origin.port)
+    try:
+        eq(rep, 0, "SOCKS5 reply code")
+        c.send(f"GET /s5 HTTP/1.1\r\nHost: 127.0.0.1:{t.origin.port}\r\n\r\n".encode())
+        status, *_ = c.read_response()
+    finally:
+        c.close()
+    eq(status, 200, "status through the SOCKS5 tunnel")
+    timed_out(p, started, "the SOCKS5 connect")
+
+
+@case("waits --hook-timeout in sse.on_event with on_error = \"abort\": the rest of the chain is skipped, "
+      "the event goes on", proxy=False)
+def _timeout_abort(t):
+    p = t.start_proxy([*TIMEOUT_FLAGS, "--plugin", str(t.write("sleeper.lua", """
+register_hook("sse", "on_event", function(msg, ctx)
+  msg.data = msg.data .. "|before"
+  if msg.index == 0 then luring.sleep(30) end
+  msg.data = msg.data .. "|after"
+end, { name = "sleeper", on_error = "abort" })
+register_hook("sse", "on_event", function(msg, ctx)
+  msg.data = msg.data .. "|2"
+end)
+"""))])
+    o = sse.SseOrigin(SSE_PIECES, pause=0.02)
+    started = time.monotonic()
+    try:
+        s = sse.curl_stream(o.url(), proxy=p.addr)
+    finally:
+        o.stop()
+    eq((s.rc, s.status), (0, 200), f"curl exit code and status (curl: {s.err})")
+    eq(s.body, b"data: one|before\n\nevent: two\ndata: second|before|after|2\n\n",
+       "event stream at the client (event 0: as mutated before the wait, the chain aborted)")
+    timed_out(p, started, "the stream")
+
+
+# --------------------------------------------------------------------------- cosockets and events
+
+@case("waits: a cosocket kept in a global fails with \"closed\" in a later event (ws.on_message, "
+      "connection.on_connect then http.on_request)", proxy=False)
+def _cosocket_global(t):
+    p = t.start_proxy(["--plugin", str(t.write("global.lua", f"""
+local kept = {{}}
+local function open()
+  local s, e = luring.tcp_connect("127.0.0.1", {t.echo.port}, {{ timeout = 3 }})
+  if not s then return "open-error:" .. tostring(e) end
+  s:send("kept\\n")
+  return tostring(s:receive("*l")), s
+end
+local function reuse(s)
+  if not s then return "none" end
+  local n, e = s:send("again\\n")
+  return tostring(n) .. ":" .. tostring(e)
+end
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.opcode ~= 1 or not msg.from_client then return end
+  if msg.payload == "open" then
+    local line
+    line, kept.ws = open()
+    msg.payload = "open|" .. line
+  else
+    msg.payload = msg.payload .. "|" .. reuse(kept.ws)
+  end
+end)
+register_hook("connection", "on_connect", function(msg, ctx)
+  local line
+  line, kept[msg.conn_id] = open()
+end)
+register_hook("http", "on_request", function(msg, ctx)
+  msg.headers:set("x-reuse", reuse(kept[ctx.conn_id]))
+end)
+"""))])
+    o = ws.LibOrigin()
+    try:
+        with ws.lib_connect(o.url("/g"), proxy=p.addr) as c:
+            c.send("open")
+            first = c.recv(timeout=IO)
+            c.send("reuse")
+            second = c.recv(timeout=IO)
+    finally:
+        o.stop()
+    eq((first, second), ("open|kept", "reuse|nil:closed"), "echoes at the client")
+    r = curl(p.addr, t.url("/g"))
+    eq((r.rc, r.status), (0, 200), f"curl exit code and status (curl: {r.err})")
+    eq(hget(t.one_request()["headers"], "x-reuse"), "nil:closed",
+       "x-reuse at the origin (the on_connect cosocket used from http.on_request)")
+    # "kept" from ws.on_message and from the on_connect of both connections, never "again"
+    deadline = time.monotonic() + IO
+    while time.monotonic() < deadline and len(t.echo.snapshot()) < 3:
+        time.sleep(0.02)
+    settle(0.2)
+    eq(t.echo.snapshot(), [b"kept\n"] * 3, "bytes at the echo server (nothing after the event)")
