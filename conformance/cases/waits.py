@@ -1457,3 +1457,267 @@ end)
         time.sleep(0.02)
     settle(0.2)
     eq(t.echo.snapshot(), [b"kept\n"] * 3, "bytes at the echo server (nothing after the event)")
+
+
+# --------------------------------------------------------------------------- edges around a wait
+
+@case("waits raw.on_chunk: the client half-closes while its last chunk waits; the changed chunk still "
+      "reaches the server, then the EOF", proxy=False)
+def _raw_eof_while_waiting(t):
+    p = t.start_proxy(["--plugin", str(t.write("eof.lua", """
+register_hook("raw", "on_chunk", function(msg, ctx)
+  if msg.from_client then
+    luring.sleep(0.3)
+    msg.data = msg.data .. "|slept"
+  end
+end)
+"""))])
+    c, status, _h = connect_tunnel(p.port, f"127.0.0.1:{t.echo.port}")
+    try:
+        eq(status, 200, "CONNECT status")
+        c.send(b"last")
+        c.sock.shutdown(socket.SHUT_WR)            # EOF right behind the chunk
+        got, closed = c.read_until_closed(timeout=IO)
+    finally:
+        c.close()
+    eq(t.echo.snapshot(), [b"last|slept"], "bytes at the echo server")
+    eq(t.echo.wait_ended(1), ["eof"], "how the echo server's connection ended")
+    eq((got, closed), (b"last|slept", True), "(bytes, closed) at the client: the echo, then the close")
+
+
+@case("waits ws.on_message: the client's close frame comes right behind a message that waits; the "
+      "origin gets the changed message, then the close", proxy=False)
+def _ws_close_behind_wait(t):
+    p = t.start_proxy(["--plugin", str(t.write("close.lua", """
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.opcode == 1 and msg.from_client then
+    luring.sleep(0.3)
+    msg.payload = msg.payload .. "|slept"
+  end
+end)
+"""))])
+    raw = ws.RawWsOrigin()
+    try:
+        c, *_ = ws.raw_open(p.port, raw.port, "/behind")
+        try:
+            c.send(ws.encode_frame(ws.TEXT, b"msg", mask=ws.MASKS[0])
+                   + ws.encode_frame(ws.CLOSE, ws.close_payload(1000, b"done"), mask=ws.MASKS[1]))
+            frames = []
+            for _ in range(5):
+                f = ws.recv(c)
+                frames.append((f.opcode, f.payload))
+                if f.opcode == ws.CLOSE:
+                    break
+        finally:
+            c.close()
+        rec = raw.one()
+    finally:
+        raw.stop()
+    eq([(f.opcode, f.payload) for f in rec["frames"]],
+       [(ws.TEXT, b"msg|slept"), (ws.CLOSE, ws.close_payload(1000, b"done"))], "frames at the origin, in order")
+    eq(frames, [(ws.TEXT, b"msg|slept"), (ws.CLOSE, ws.close_payload(1000, b"done"))],
+       "frames at the client: the echo, then the close reply")
+
+
+@case("waits ws.on_upgrade: a frame the client sends right behind its upgrade request, while the "
+      "hook waits, reaches the origin after the handshake", proxy=False)
+def _ws_early_frame(t):
+    p = t.start_proxy(["--plugin", str(t.write("early.lua", """
+register_hook("ws", "on_upgrade", function(msg, ctx)
+  luring.sleep(0.3)
+  msg.headers:set("x-slept", "yes")
+end)
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.opcode == 1 and msg.from_client then msg.payload = msg.payload .. "|seen" end
+end)
+"""))])
+    raw = ws.RawWsOrigin()
+    try:
+        c = RawClient(p.port)
+        try:
+            req, key = ws.upgrade_request(f"http://127.0.0.1:{raw.port}/early", f"127.0.0.1:{raw.port}")
+            c.send(req + ws.encode_frame(ws.TEXT, b"early", mask=ws.MASKS[0]))
+            status, _r, headers, _b, _t = c.read_response(head_only=True)
+            eq(status, 101, "status of the upgrade")
+            echo = ws.recv(c)
+            c.send(ws.encode_frame(ws.CLOSE, ws.close_payload(1000), mask=ws.MASKS[1]))
+            ws.recv(c)
+        finally:
+            c.close()
+        rec = raw.one()
+    finally:
+        raw.stop()
+    eq(hget(rec["headers"], "x-slept"), "yes", "x-slept in the handshake at the origin")
+    eq([(f.opcode, f.payload) for f in rec["frames"]][:1], [(ws.TEXT, b"early|seen")],
+       "the first frame at the origin")
+    eq((echo.opcode, echo.payload), (ws.TEXT, b"early|seen"), "the echo at the client")
+
+
+@case("waits http.on_request: pipelined HTTP/1.1 requests, the first one's hook waits; the "
+      "responses keep their order", proxy=False)
+def _h1_pipelined(t):
+    p = t.start_proxy(["--plugin", str(t.write("pipe.lua", """
+register_hook("http", "on_request", function(msg, ctx)
+  if msg.path == "/held" then luring.sleep(0.3) end
+  msg.headers:set("x-seen", msg.path)
+end)
+"""))])
+    c = RawClient(p.port)
+    try:
+        c.send(get_bytes(t, "/held") + get_bytes(t, "/free"))
+        first = c.read_response()
+        second = c.read_response()
+    finally:
+        c.close()
+    got = [(st, ws_json_target(body)) for st, _r, _h, body, _t in (first, second)]
+    eq(got, [(200, "/held"), (200, "/free")], "(status, target the origin echoed) of the two responses, in order")
+    eq([(q["target"], hget(q["headers"], "x-seen")) for q in t.origin_requests(2)],
+       [("/held", "/held"), ("/free", "/free")], "requests at the origin, in order")
+
+
+def ws_json_target(body):
+    import json
+    try:
+        return json.loads(body)["target"]
+    except ValueError:
+        return body[:100]
+
+
+@case("waits http.on_request: a 300 KB upload arrives while the hook waits; the body reaches the "
+      "origin whole (streamed, and read by the hook after the wait)", proxy=False)
+def _h1_upload(t):
+    p = t.start_proxy(["--plugin", str(t.write("upload.lua", """
+register_hook("http", "on_request", function(msg, ctx)
+  luring.sleep(0.3)
+  if msg.path == "/read" then
+    msg.headers:set("x-len", tostring(#msg.body))
+    msg.body = msg.body .. "+tail"
+  end
+end)
+"""))])
+    body = bytes(range(256)) * 1200                  # 307200 bytes
+    path = t.tmp / "body.bin"
+    path.write_bytes(body)
+    for target, want, xlen in (("/stream", body, None), ("/read", body + b"+tail", str(len(body)))):
+        r = curl(p.addr, t.url(target), "--data-binary", f"@{path}", "-H", "Content-Type: application/octet-stream")
+        eq((r.rc, r.status), (0, 200), f"{target}: curl exit code and status (curl: {r.err})")
+        q = [x for x in t.origin_requests(1) if x["target"] == target]
+        eq(len(q), 1, f"{target}: requests at the origin")
+        eq((len(q[0]["body"]), q[0]["body"] == want, hget(q[0]["headers"], "x-len")), (len(want), True, xlen),
+           f"{target}: (length, intact, x-len) of the body at the origin")
+
+
+@case("waits ws.on_message: the client vanishes while its message waits; ws.on_close says 1006, the "
+      "hook's cosocket is closed, the proxy goes on", proxy=False)
+def _ws_client_gone(t):
+    p = t.start_proxy(["--plugin", str(t.write("gone.lua", f"""
+register_hook("ws", "on_message", function(msg, ctx)
+  if msg.opcode == 1 and msg.from_client then
+    local s = luring.tcp_connect("127.0.0.1", {t.echo.port}, {{ timeout = 3 }})
+    s:send("gone-line\\n")
+    s:receive("*l")
+    luring.sleep(1.0)
+    msg.payload = msg.payload .. "|late"
+  end
+end)
+register_hook("ws", "on_close", function(msg, ctx)
+  log.info("CONF-WAITS close [" .. tostring(msg.close_code) .. "]")
+end)
+"""))])
+    raw = ws.RawWsOrigin()
+    try:
+        c, *_ = ws.raw_open(p.port, raw.port, "/gone")
+        ws.send(c, ws.TEXT, b"bye")
+        deadline = time.monotonic() + IO
+        while t.echo.snapshot() != [b"gone-line\n"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()                                      # a reset, while the hook waits
+        eq(wait_recs(p, "close", 1), ["1006"], "ws.on_close after the client vanished")
+        eq(t.echo.wait_ended(1), ["eof"], "how the hook's cosocket connection ended at the echo server")
+        cs = raw.wait_done(1)
+    finally:
+        raw.stop()
+    check(cs and cs[0]["done"].is_set(), "the origin connection did not end")
+    r = curl(p.addr, t.url("/still-alive"))
+    eq((r.rc, r.status), (0, 200), f"a request afterwards (curl: {r.err})")
+
+
+@case("waits luring.redis: :keepalive() gives the connection back; later hook calls reuse it",
+      proxy=False)
+def _redis_keepalive(t):
+    env = Env(t, "redis")
+    try:
+        p = env.proxy("""
+register_hook("http", "on_request", function(msg, ctx)
+  local r, e = luring.redis("127.0.0.1", @REDIS_PORT@, { timeout = 3 })
+  if not r then msg.headers:set("x-n", "error " .. tostring(e)); return end
+  local n = r:call("INCR", "conf-keep")
+  r:keepalive()
+  msg.headers:set("x-n", tostring(n))
+end)
+""")
+        for i in range(5):
+            r = curl(p.addr, t.url(f"/k/{i}"))
+            eq((r.rc, r.status), (0, 200), f"curl exit code and status (curl: {r.err})")
+        eq([hget(q["headers"], "x-n") for q in t.origin_requests(5)], ["1", "2", "3", "4", "5"], "x-n at the origin")
+        s = socket.create_connection(("127.0.0.1", env.redis_port), timeout=IO)
+        try:
+            s.sendall(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n")
+            buf = b""
+            while b"total_connections_received:" not in buf or not buf.endswith(b"\r\n\r\n"):
+                data = s.recv(65536)
+                if not data:
+                    break
+                buf += data
+                if len(buf) > 1 << 20:
+                    break
+        finally:
+            s.close()
+        m = re.search(rb"total_connections_received:(\d+)", buf)
+        check(m, f"no total_connections_received in INFO stats: {buf[:200]!r}")
+        # our own connections: the readiness probe, the INFO one; the hook's: one, kept alive
+        check(int(m.group(1)) <= 3, f"redis accepted {int(m.group(1))} connections (5 hook calls with keepalive; "
+                                    "at most 1 for the hook, 2 for the case)")
+    finally:
+        env.close()
+
+
+@case("waits https: luring.http_request and luring.tcp_connect{tls} verified as proxied traffic "
+      "(--upstream-ca), a \"tls: ...\" error without it", proxy=False)
+def _https_waits(t):
+    ca, cert, key = tls.make_pki(t.tmp)
+    origin = tls.HttpsOrigin(cert, key)
+    src = f"""
+register_hook("http", "on_request", function(msg, ctx)
+  local r, e = luring.http_request{{ url = "https://localhost:{origin.port}/sub", timeout = 3 }}
+  msg.headers:set("x-https", r and (r.status .. " " .. r.body) or ("nil " .. tostring(e)))
+  local s, se = luring.tcp_connect("localhost", {origin.port}, {{ timeout = 3, tls = true }})
+  if s then
+    s:send("GET /cosock HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n")
+    local line, le = s:receive("*l")
+    s:close()
+    msg.headers:set("x-tls-sock", tostring(line or le))
+  else
+    msg.headers:set("x-tls-sock", "nil " .. tostring(se))
+  end
+end)
+"""
+    try:
+        p = t.start_proxy(["--upstream-ca", ca, "--plugin", str(t.write("https.lua", src))])
+        r = curl(p.addr, t.url("/with-ca"))
+        eq((r.rc, r.status), (0, 200), f"curl exit code and status (curl: {r.err})")
+        p2 = t.start_proxy(["--plugin", str(t.write("https.lua", src))])
+        r = curl(p2.addr, t.url("/without-ca"))
+        eq((r.rc, r.status), (0, 200), f"curl exit code and status without --upstream-ca (curl: {r.err})")
+        paths = list(origin.paths)
+    finally:
+        origin.stop()
+    reqs = t.origin_requests(2)
+    eq([(q["target"], hget(q["headers"], "x-https")) for q in reqs][0], ("/with-ca", "200 tls-origin /sub"),
+       "x-https with --upstream-ca")
+    eq(hget(reqs[0]["headers"], "x-tls-sock"), "HTTP/1.1 200 OK", "x-tls-sock with --upstream-ca")
+    for h in ("x-https", "x-tls-sock"):
+        v = hget(reqs[1]["headers"], h) or ""
+        check(v.startswith("nil tls: "), f"{h} without --upstream-ca: {v!r} (expected nil, \"tls: ...\")")
+    eq(paths, ["/sub", "/cosock"], "requests at the HTTPS origin (none without the CA)")
