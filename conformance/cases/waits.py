@@ -4,32 +4,51 @@ waiting API, in a hook of that row, through the running binary with real traffic
 
 For each row there is one case per kind of wait (the names read `waits ROW: KIND`):
   sleep   `luring.sleep(0.05)` (returns true);
-  http    `luring.http_request` to the second origin's `/fixed` (status 201, a body, a
-          header: the hook puts all three in its token);
-  tcp     `luring.tcp_connect` to the TCP echo server, `:send` a line, `:receive("*l")` it;
-  redis   `luring.redis`: `:call("INCR")`, `:call("ECHO")`, `:pipeline{SET, GET}` against
-          a redis-server the case starts on a free loopback port (PENDING without
-          redis-server); the case reads the INCR counter back to count the hook calls;
+  http    `luring.http_request`: a GET to the second origin's `/fixed` (status 201, a
+          body, a header) and a POST with a body and repeated headers to its echo;
+  tcp     `luring.tcp_connect` to the TCP echo server: `:send` of a list of strings,
+          `:receive("*l")`, `:receive(6)`, `:receive_until(";")`, `:set_timeout`,
+          `:receive()`, `:close()`; then a second cosocket left open, which luring must
+          close when the event that opened it is over;
+  redis   `luring.redis`: `:call` (INCR, ECHO, a null reply, an error reply) and
+          `:pipeline` (status, bulk, error and null replies) against a redis-server the
+          case starts on a free loopback port (PENDING without redis-server);
   fail    the failure forms: http_request and tcp_connect to a refused port give
           `nil, "connect refused"`; http_request and a cosocket `:receive` with
           `timeout = 0.05` against a listener that never answers give `nil, "timeout"`.
 The hook turns what it got into a token string, then changes its message with it AFTER
 the wait (a header, a WebSocket/gRPC/raw payload, an SSE event's data) or, in the
 lifecycle rows, records it (a log line, a note a later hook of the same connection puts
-in a header); a second hook registered after it appends "|2" (or reports what it saw),
-which proves the chain resumed in order with the first hook's change.  The message must
-arrive changed: it waited for the hook.  connection.on_connect and socks5.on_connect
-DROP the second connection after the wait (it is closed without a byte), the first and
-third go on.
+in a header or a path); a second hook registered after it appends "|2" (or reports what
+it saw), which proves the chain resumed in order with the first hook's change, and in
+the pipeline rows a post_pipeline hook that also waits (`luring.sleep(0.01)`) appends
+"|3".  The message must arrive changed: it waited for its hooks.  connection.on_connect
+and socks5.on_connect DROP the second connection after the wait (closed without a
+byte), the first and third go on.  The other end is checked too: the INCRs in redis, the
+subrequests at the second origin, the cosocket connections at the echo server and how
+they ended.
 
-Then `--hook-timeout 0.3` in rows that are not HTTP (sse.on_event, ws.on_message,
-raw.on_chunk, connection.on_connect): a hook that sleeps 30 s is abandoned, logged as a
-hook error ("hook timeout"), the next hook runs and the traffic goes on.
+Then:
+  * what a wait holds back: one direction of a WebSocket or a tunnel (the other goes
+    on), one HTTP/2 stream or gRPC call (another on the same connection goes on), never
+    the worker (`--workers 1`: another connection's SSE stream, WebSocket, tunnel, TLS
+    handshake or on_connect goes on while a hook waits 1.5 s);
+  * `--hook-timeout 0.3` in rows that are not HTTP (sse.on_event, ws.on_message,
+    raw.on_chunk, connection.on_connect, socks5.on_connect, tls.on_handshake,
+    ws.on_close, connection.on_disconnect): a hook that sleeps 30 s is abandoned, logged
+    as a hook error ("hook timeout"), the next hook runs (or, with on_error = "abort",
+    the rest of the chain is skipped) and the traffic goes on;
+  * edges: an EOF or a close frame right behind a waiting message, a WebSocket frame
+    sent behind the upgrade request while ws.on_upgrade waits, pipelined HTTP/1.1
+    requests, a 300 KB upload while http.on_request waits, a client that vanishes while
+    its message waits, a cosocket kept in a global ("closed" in the next event), Redis
+    keepalive, https subrequests and TLS cosockets verified with --upstream-ca.
 
 The origins and clients are the other modules' (ws.py, sse.py, grpc.py, grpc_web.py,
-tls.py), borrowed without registering their cases again (`_borrow`).  Hooks report what
-they saw through `CONF-WAITS tag [token]` log lines.  Each wait is bounded (subrequest
-and cosocket timeouts of 3 s, the case's own waits of 5 s).
+tls.py), borrowed without registering their cases again (`_borrow`); the HTTP/2 case
+uses python `h2` (PENDING without it).  Hooks report what they saw through
+`CONF-WAITS tag [token]` log lines.  Each wait is bounded (subrequest and cosocket
+timeouts of 3 s, the case's own waits of 5 s).
 """
 
 import http.client
@@ -74,7 +93,6 @@ KINDS = {
     "http": "luring.http_request",
     "tcp": "luring.tcp_connect",
     "redis": "luring.redis",
-    "leak": "luring.tcp_connect left open (closed when the event ends)",
     "fail": "failures (connect refused, timeout)",
 }
 
@@ -82,9 +100,8 @@ KINDS = {
 EXPECT = {
     "sleep": "slept:true",
     "http": "http:201:sub-body:sv:200:posted",
-    "tcp": "tcp:25:tcp-line:abcdef:XYZ:rest",
+    "tcp": "tcp:25:tcp-line:abcdef:XYZ:rest:leak-line",
     "redis": "redis:number:redis-echo:OK:v1:nilnil:nil:ERR:ERR:null",
-    "leak": "leak:leak-line",
     "fail": "fail:nil:connect refused:nil:connect refused:nil:timeout:nil:timeout",
 }
 
@@ -103,13 +120,9 @@ local function wait_token()
     local posted = r2.body:find('"body": "sub-post"', 1, true) and "posted" or "not-posted"
     return "http:" .. tostring(r.status) .. ":" .. tostring(r.body) .. ":" .. tostring(r.headers:get("x-sub"))
       .. ":" .. tostring(r2.status) .. ":" .. posted
-  elseif KIND == "tcp" or KIND == "leak" then
+  elseif KIND == "tcp" then
     local s, e = luring.tcp_connect("127.0.0.1", @ECHO_PORT@, { timeout = 3 })
     if not s then return "tcp-error:" .. tostring(e) end
-    if KIND == "leak" then                 -- left open: closed when the event ends
-      s:send("leak-line\n")
-      return "leak:" .. tostring(s:receive("*l"))
-    end
     local n, se = s:send({ "tcp-line\n", "abcdef", "XYZ;", "rest\r\n" })
     local l1, e1 = s:receive("*l")
     local b6, e6 = s:receive(6)
@@ -117,8 +130,13 @@ local function wait_token()
     s:set_timeout(1)
     local l2, e2 = s:receive()
     s:close()
+    -- a second one left open: luring closes it when the event ends
+    local s2, e3 = luring.tcp_connect("127.0.0.1", @ECHO_PORT@, { timeout = 3 })
+    if not s2 then return "tcp-error-2:" .. tostring(e3) end
+    s2:send("leak-line\n")
+    local l3, e4 = s2:receive("*l")
     return table.concat({ "tcp", tostring(n or se), tostring(l1 or e1), tostring(b6 or e6),
-      tostring(u or eu), tostring(l2 or e2) }, ":")
+      tostring(u or eu), tostring(l2 or e2), tostring(l3 or e4) }, ":")
   elseif KIND == "redis" then
     local r, e = luring.redis("127.0.0.1", @REDIS_PORT@, { timeout = 3 })
     if not r then return "redis-error:" .. tostring(e) end
@@ -255,7 +273,7 @@ class Env:
     def side_effects(self, n):
         """What the hook's n waits did at the other end: n INCRs in redis, n GET and n POST
         subrequests at the second origin, n cosocket connections at the echo server (each
-        closed by the hook's :close, or by luring when the event ended for `leak`)."""
+        closed by the hook's :close, and n more left open, closed by luring when the event ended)."""
         t = self.t
         if self.kind == "redis":
             eq(self.redis_get("conf-waits"), str(n), "INCR conf-waits in redis (one per hook call)")
@@ -268,23 +286,23 @@ class Env:
                sorted([("GET", "/fixed?status=201&body=sub-body&h=X-Sub:%20sv", (), b"")] * n
                       + [("POST", "/echo/post", ("a", "b"), b"sub-post")] * n),
                "(method, target, x-sub-req, body) of the subrequests at the second origin")
-        elif self.kind in ("tcp", "leak"):
-            first = {"tcp": b"tcp-line\n", "leak": b"leak-line\n"}[self.kind]
-            deadline = time.monotonic() + IO
-            while True:
-                with t.echo.lock:
-                    mine = [(bytes(b), c["end"]) for b, c in zip(t.echo.received, t.echo.conns)
-                            if bytes(b).startswith(first)]
-                if (len(mine) >= n and all(end for _, end in mine)) or time.monotonic() >= deadline:
-                    break
-                time.sleep(0.02)
-            want = b"tcp-line\nabcdefXYZ;rest\r\n" if self.kind == "tcp" else first
-            ends = [end for _, end in mine]
-            eq([b for b, _ in mine], [want] * n, "bytes of the cosocket connections at the echo server")
-            check(all(end in ("eof", "reset") for end in ends),
-                  f"how the cosocket connections ended at the echo server: {ends} "
-                  f"(None: still open {IO}s after the traffic"
-                  + (", the event that opened it is over)" if self.kind == "leak" else ")"))
+        elif self.kind == "tcp":
+            for first, want, what in ((b"tcp-line\n", b"tcp-line\nabcdefXYZ;rest\r\n", "closed by the hook"),
+                                      (b"leak-line\n", b"leak-line\n", "left open by the hook: luring closes "
+                                                                       "it when the event is over")):
+                deadline = time.monotonic() + IO
+                while True:
+                    with t.echo.lock:
+                        mine = [(bytes(b), c["end"]) for b, c in zip(t.echo.received, t.echo.conns)
+                                if bytes(b).startswith(first)]
+                    if (len(mine) >= n and all(end for _, end in mine)) or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.02)
+                ends = [end for _, end in mine]
+                eq([b for b, _ in mine], [want] * n, f"bytes of the cosocket connections at the echo server ({what})")
+                check(all(end in ("eof", "reset") for end in ends),
+                      f"how the cosocket connections {what} ended at the echo server: {ends} "
+                      f"(None: still open {IO}s after the traffic)")
 
     def close(self):
         for s in self.socks:
