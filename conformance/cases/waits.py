@@ -2045,3 +2045,68 @@ end)
         check((got[h] or "").startswith("nil "),
               f"{h}: a body over --max-plugin-body 1000 (docs/plugins.md: \"The whole body is read, up to "
               f"--max-plugin-body\") must give nil, err; got {got[h]!r} (all: {got})")
+
+
+@case("waits luring.redis password and db: AUTH and SELECT on a new connection; a wrong password is "
+      "nil, err (connection.on_disconnect)", proxy=False)
+def _redis_auth(t):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise Pending("redis-server not installed (Debian package redis-server)")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    srv = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                            "--requirepass", "conf-pw"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + IO
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        p = t.start_proxy(["--plugin", str(t.write("auth.lua", f"""
+register_hook("connection", "on_disconnect", function(msg, ctx)
+  local out = {{}}
+  local r, e = luring.redis("127.0.0.1", {port}, {{ timeout = 3, password = "conf-pw", db = 3 }})
+  if r then
+    out[#out + 1] = tostring(r:call("SET", "conf-db", "in-3"))
+    r:close()
+  else
+    out[#out + 1] = "nil " .. tostring(e)
+  end
+  local bad, be = luring.redis("127.0.0.1", {port}, {{ timeout = 3, password = "wrong" }})
+  local v, ve
+  if bad then v, ve = bad:call("GET", "conf-db"); bad:close() end
+  out[#out + 1] = tostring(bad and "client" or "nil") .. ":" .. tostring(v) .. ":" .. tostring(be or ve):sub(1, 9)
+  log.info("CONF-WAITS redis-auth [" .. table.concat(out, "|") .. "]")
+end)
+"""))])
+        r = curl(p.addr, t.url("/r"))
+        eq((r.rc, r.status), (0, 200), f"curl exit code and status (curl: {r.err})")
+        got = wait_recs(p, "redis-auth", 1)
+        c = socket.create_connection(("127.0.0.1", port), timeout=IO)
+        try:
+            c.sendall(b"*2\r\n$4\r\nAUTH\r\n$7\r\nconf-pw\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"
+                      b"*2\r\n$3\r\nGET\r\n$7\r\nconf-db\r\n")
+            buf = b""
+            while buf.count(b"\r\n") < 4:
+                data = c.recv(4096)
+                if not data:
+                    break
+                buf += data
+        finally:
+            c.close()
+    finally:
+        srv.kill()
+        srv.wait(timeout=IO)
+    eq(len(got), 1, "records of the hook")
+    ok, bad = got[0].split("|")
+    eq(ok, "OK", "SET with password and db 3")
+    check(bad.startswith("nil:nil:") or bad.startswith("client:nil:"),
+          f"with a wrong password: (client, GET reply, error) {bad!r}: expected nil and an error")
+    check(bad.split(":", 2)[2] not in ("nil", ""), f"the error of a wrong password is empty: {bad!r}")
+    eq(buf, b"+OK\r\n+OK\r\n$4\r\nin-3\r\n", "AUTH, SELECT 3, GET conf-db from the case's own client")
