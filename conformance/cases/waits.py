@@ -2110,3 +2110,34 @@ end)
           f"with a wrong password: (client, GET reply, error) {bad!r}: expected nil and an error")
     check(bad.split(":", 2)[2] not in ("nil", ""), f"the error of a wrong password is empty: {bad!r}")
     eq(buf, b"+OK\r\n+OK\r\n$4\r\nin-3\r\n", "AUTH, SELECT 3, GET conf-db from the case's own client")
+
+
+# LURING BUG (reported, the HTTP/2 one above): a gRPC call whose deadline passes while
+# grpc.on_start waits is still routed to the server when the wait ends.
+@case("waits: a gRPC call that reaches its deadline while grpc.on_start waits is dropped at once, never "
+      "routed [fails on f0d678e: luring bug, routed when the wait ends]", proxy=False)
+def _grpc_deadline_mid_wait(t):
+    grpc.need_grpc()
+    srv = grpc.GrpcServer()
+    try:
+        p = t.start_proxy(["--mode", f"reverse:http://127.0.0.1:{srv.port}", "--plugin", str(t.write("dl.lua", """
+register_hook("grpc", "on_start", function(msg, ctx)
+  luring.sleep(2)
+  log.info("CONF-WAITS resumed [" .. msg.path .. "]")
+end)
+register_hook("grpc", "on_end", function(msg, ctx)
+  log.info("CONF-WAITS end [" .. tostring(msg.status) .. "]")
+end)
+"""))])
+        rs = grpc.run_client('out(**unary("/t.Echo/Say", b"late", timeout=0.5))\n', p.addr)
+        eq([(r.ok, r.code) for r in rs], [(False, "DEADLINE_EXCEEDED")], "(ok, code) at the client")
+        ends = wait_recs(p, "end", 1, timeout=4)
+        settle(0.3)
+        calls, resumed = srv.calls(), recs(p, "resumed")
+    finally:
+        srv.stop()
+    eq(ends, ["2"], "grpc.on_end of the abandoned call (status 2)")
+    check(calls == [] and resumed == [],
+          "the client reset the stream at its deadline while grpc.on_start waited 2 s: the wait must be "
+          "dropped at once (docs/plugins.md, HTTP/2), the call never routed; got calls at the server "
+          f"{calls}, hook resumed {resumed}")
