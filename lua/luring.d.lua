@@ -291,8 +291,8 @@ function luring.protobuf.decode_message(value) end
 function luring.protobuf.encode(message) end
 
 -- Waiting calls (docs/plugins.md, "Waiting in hooks"). They suspend the hook's
--- coroutine while the worker serves others; only http.on_request/on_response,
--- ws.on_upgrade and grpc/grpc-web on_start hooks can call them. I/O failures come back
+-- coroutine while the worker serves others; every hook can call them (not top-level
+-- plugin code). I/O failures come back
 -- as `nil, err` ("timeout", "connect refused", "dns: ...", "tls: ...", "closed"...).
 
 ---Waits `seconds` without blocking the worker.

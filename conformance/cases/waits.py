@@ -1961,7 +1961,7 @@ def check_dropped_at_once(got, what):
 # LURING BUG (reported): on HTTP/2 the stream task is not dropped when its client goes
 # away, so the wait runs to its end, the hook is resumed and its cosockets stay open.
 @case("waits: an HTTP/2 client that resets its stream while http.on_request waits drops the wait at "
-      "once [fails on f0d678e: luring bug, the wait runs on]", proxy=False)
+      "once", proxy=False)
 def _h2_reset_mid_wait(t):
     p = gone_proxy(t)
     conn, sock = h2_held(t, p)
@@ -1983,7 +1983,7 @@ def _h2_reset_mid_wait(t):
 
 
 @case("waits: an HTTP/2 client that closes its connection while http.on_request waits drops the wait "
-      "at once [fails on f0d678e: luring bug, the wait runs on]", proxy=False)
+      "at once", proxy=False)
 def _h2_close_mid_wait(t):
     p = gone_proxy(t)
     conn, sock = h2_held(t, p)
@@ -1994,8 +1994,7 @@ def _h2_close_mid_wait(t):
 # LURING BUG (reported): the hook is resumed and the request forwarded upstream for a
 # client that is gone.
 @case("waits: an HTTP/1.1 client that goes away while http.on_request waits: noticed when the wait "
-      "ends, the hook abandoned, nothing sent upstream [fails on f0d678e: luring bug, the request is "
-      "sent]", proxy=False)
+      "ends, the hook abandoned, nothing sent upstream", proxy=False)
 def _h1_gone_mid_wait(t):
     src = GONE_LUA.replace("@ECHO_PORT@", str(t.echo.port)).replace("@SLEEP@", "1")
     p = t.start_proxy(["--plugin", str(t.write("gone.lua", src))])
@@ -2021,8 +2020,8 @@ def _h1_gone_mid_wait(t):
 
 # LURING BUG (reported): hook_io::exchange checks the size only while the body is not
 # done, so a body that ends in the read that pushes it past the limit is accepted whole.
-@case("waits luring.http_request reads the body up to --max-plugin-body: a larger one is nil, err "
-      "[fails on f0d678e: luring bug, a body that arrives in one read is accepted whole]", proxy=False)
+@case("waits luring.http_request reads the body up to --max-plugin-body: a larger one is nil, err, "
+      "also when it arrives in one read", proxy=False)
 def _subrequest_max_body(t):
     p = t.start_proxy(["--max-plugin-body", "1000", "--plugin", str(t.write("max.lua", f"""
 local function get(q)
@@ -2115,7 +2114,7 @@ end)
 # LURING BUG (reported, the HTTP/2 one above): a gRPC call whose deadline passes while
 # grpc.on_start waits is still routed to the server when the wait ends.
 @case("waits: a gRPC call that reaches its deadline while grpc.on_start waits is dropped at once, never "
-      "routed [fails on f0d678e: luring bug, routed when the wait ends]", proxy=False)
+      "routed", proxy=False)
 def _grpc_deadline_mid_wait(t):
     grpc.need_grpc()
     srv = grpc.GrpcServer()

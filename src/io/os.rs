@@ -20,6 +20,30 @@ pub fn shutdown_listener(fd: RawFd) {
 /// redirected it: the NAT original destination (iptables/nftables REDIRECT,
 /// `SO_ORIGINAL_DST`, IPv4 and IPv6; true), else the local address (false; under
 /// TPROXY that is the original destination).
+/// Whether the peer of a connected socket has closed or reset it, without reading:
+/// a non-blocking MSG_PEEK sees end of stream (0) or an error; bytes waiting, or none
+/// yet, mean the peer is still there.
+pub fn peer_gone(fd: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: recv writes at most one byte into `b`, which outlives the call.
+    let r = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match r {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EAGAIN | libc::EINTR)
+        ),
+    }
+}
+
 pub fn original_dst(fd: RawFd) -> std::io::Result<(std::net::SocketAddr, bool)> {
     // SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv4.h, ..._ipv6.h)
     const SO_ORIGINAL_DST: libc::c_int = 80;

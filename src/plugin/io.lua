@@ -256,6 +256,11 @@ function R:set_timeout(sec) return self._s:set_timeout(sec) end
 -- pool is keyed by host and port, so one Redis server is used with one password and db.
 function luring.redis(host, port, opts)
   opts = opts or {}
+  if host ~= nil and type(host) ~= "string" then error("luring.redis: host must be a string", 2) end
+  local p = tonumber(port or 6379)
+  if not p or p < 1 or p > 65535 or p % 1 ~= 0 then
+    error("luring.redis: port must be 1-65535", 2)
+  end
   local s, err = luring.tcp_connect(host or "127.0.0.1", port or 6379, { timeout = opts.timeout })
   if not s then return nil, err end
   local r = setmetatable({ _s = s }, R)

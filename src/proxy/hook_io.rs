@@ -356,6 +356,7 @@ async fn receive(
         }
         let left = until.saturating_duration_since(Instant::now());
         match read_some(&up.stream, &mut up.buf, left).await {
+            Ok(0) if *how == Recv::All && up.buf.len() > max => return Err("too large".into()),
             Ok(0) if *how == Recv::All => return Ok(IoResult::Data(up.buf.split().freeze())),
             Ok(0) => return Err("closed".into()),
             Ok(_) => {}
@@ -491,11 +492,12 @@ async fn exchange(
         for p in d.data {
             body.extend_from_slice(&p);
         }
-        if d.done {
-            break;
-        }
+        // checked before `done`: a body that came whole in one read counts too
         if body.len() > max {
             return Err(Retry::Fail("response body too large".into()));
+        }
+        if d.done {
+            break;
         }
         let left = until.saturating_duration_since(Instant::now());
         match read_some(&up.stream, &mut up.buf, left.min(NO_LIMIT)).await {

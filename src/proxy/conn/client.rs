@@ -26,6 +26,8 @@ pub struct ClientConn {
     pub info: ConnInfo,
     /// The client socket and its buffers.
     pub io: ClientIo,
+    /// The socket's descriptor (TLS keeps it), to check whether the client is still there.
+    pub fd: Option<std::os::fd::RawFd>,
     /// Requests read so far (the first waits `--head-timeout`, later ones idle first).
     pub requests: u64,
     /// Limits waiting for upstream response heads.

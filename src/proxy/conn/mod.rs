@@ -101,6 +101,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
     let mut c = ClientConn {
         w: w.clone(),
         info,
+        fd: stream.raw_fd(),
         io: ClientIo::new(stream, send_timeout),
         requests: 0,
         upstream_deadline: Deadline::new(),

@@ -48,6 +48,10 @@ pub struct Flow<'a> {
     pub engine: Option<&'a Engine>,
     /// This exchange's id (ctx.flow_id).
     pub id: u64,
+    /// The HTTP/1 client's socket: when a hook's wait ends and the client has gone,
+    /// the hook is abandoned and the message dropped (HTTP/2 streams watch for their
+    /// reset instead).
+    pub client_fd: Option<std::os::fd::RawFd>,
 }
 
 /// The outcome of a message event (hooks and pipeline steps).
@@ -203,6 +207,13 @@ pub async fn message_event(f: &Flow<'_>, mut msg: Message<'_>, src: &mut Source<
                         match io.wait(f.w, s.hook_key(), req).await {
                             Ok(r) => e.feed_io(r),
                             Err(why) => e.fail_wait(why),
+                        }
+                        if f.client_fd.is_some_and(crate::io::os::peer_gone) {
+                            tracing::debug!(
+                                conn = f.info.conn_id,
+                                "the client went away while a hook waited: the hook is abandoned"
+                            );
+                            return Decision::Drop;
                         }
                         step = msg.resume(e, s, f);
                     }

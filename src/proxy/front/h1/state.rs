@@ -137,6 +137,7 @@ macro_rules! flow {
             info: &$c.info,
             engine: $hooks.engine,
             id: $hooks.id,
+            client_fd: $c.fd,
         }
     };
 }

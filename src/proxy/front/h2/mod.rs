@@ -18,7 +18,7 @@ use crate::proxy::exchange::log::{sent_status, AccessRecord};
 use crate::proxy::exchange::recording;
 use crate::proxy::exchange::reply::FlowError;
 use crate::proxy::exchange::route::{self, Target2};
-use crate::proxy::exchange::{self, Decision, Flow, Message, Source};
+use crate::proxy::exchange::{Decision, Flow, Message, Source};
 use crate::proxy::grpc;
 use crate::proxy::h2_stream::{self, Incoming};
 use crate::proxy::upstream::h2::{self as up2};
@@ -137,6 +137,26 @@ pub async fn serve(
         Via::Failed(why) => run(w, &mut cio, UpstreamConn::Failed(why), None, info, target).await,
     }
 }
+
+/// `exchange::event!` for an h2 stream: a hooked event (which may wait on I/O) is given
+/// up when the client resets the stream or its connection ends first (None); its
+/// waiting hook is then abandoned and the cosockets it opened are closed.
+macro_rules! stream_event {
+    ($f:expr, $msg:expr, $src:expr, $tx:expr) => {{
+        let (msg, f) = ($msg, $f);
+        if msg.hooked(f) {
+            let tx = $tx;
+            tokio::select! {
+                biased;
+                d = $crate::proxy::exchange::message_event(f, msg, $src) => Some(d),
+                _ = std::future::poll_fn(|cx| tx.poll_reset(cx)) => None,
+            }
+        } else {
+            Some(msg.without_hooks(f))
+        }
+    }};
+}
+pub(super) use stream_event;
 
 /// The h2 upstream connection's driver, when the session has one.
 type UpDriver<'a> = h2::client::Connection<PollStream<'a>, Bytes>;
@@ -313,6 +333,7 @@ async fn exchange_stream(
         info: &s.info,
         engine: engine.as_deref(),
         id: s.w.next_conn_id(),
+        client_fd: None,
     };
     *call = grpc::Call::of(&s.w, engine.as_ref(), &req, &s.info, f.id);
     let mut body = Incoming::new(rx);
@@ -323,7 +344,15 @@ async fn exchange_stream(
         upgrade: None,
         grpc: call.as_ref().map(|c| &c.start),
     };
-    let decision = exchange::event!(&f, msg, &mut Source::H2(&mut body));
+    let mut src = Source::H2(&mut body);
+    let decision = stream_event!(&f, msg, &mut src, &mut reply.tx);
+    let Some(decision) = decision else {
+        tracing::debug!(
+            conn = s.info.conn_id,
+            "stream reset while its request hooks ran"
+        );
+        return;
+    };
     reply.rec = recording::start(&f, &req, reply.tx.stream_id().as_u32());
     match decision {
         Decision::Forward => {}

@@ -1,7 +1,7 @@
 //! One stream's exchange with the upstream: over h2 (a stream of the session's upstream
 //! connection) or HTTP/1.1 (a pooled connection), then the response back to the client.
 
-use super::{Reply, Session};
+use super::{stream_event, Reply, Session};
 use crate::http::{Body, Request, Response};
 use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
 use crate::proxy::body_relay::{self, H1Body};
@@ -252,7 +252,14 @@ impl Stream<'_> {
     ) -> bool {
         let s = self.s;
         let msg = Message::Response(req, &mut resp);
-        match exchange::event!(&self.f, msg, &mut src) {
+        let Some(decision) = stream_event!(&self.f, msg, &mut src, &mut reply.tx) else {
+            tracing::debug!(
+                conn = s.info.conn_id,
+                "stream reset while its response hooks ran"
+            );
+            return false;
+        };
+        match decision {
             Decision::Forward => {}
             Decision::Drop => {
                 reply.tx.send_reset(Reason::CANCEL);
