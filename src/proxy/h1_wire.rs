@@ -71,9 +71,10 @@ pub fn fix_framing(
         Body::Streaming | Body::TooLarge => match kind {
             BodyKind::Chunked if chunked_ok => {
                 h.remove("content-length");
-                // relayed verbatim: codings before chunked (gzip, chunked) stay named
-                if !crate::proto::http1::chunked_is_final(h) {
-                    h.set("transfer-encoding", "chunked");
+                // relayed verbatim: codings before chunked (gzip, chunked) stay named, in
+                // one field and one spelling (see transfer_encoding_to_send)
+                if let Some(te) = crate::proto::http1::transfer_encoding_to_send(h) {
+                    h.set("transfer-encoding", te);
                 }
             }
             BodyKind::Chunked | BodyKind::CloseDelimited => {

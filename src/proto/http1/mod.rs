@@ -34,8 +34,8 @@ mod known;
 pub use body::{encode_chunk, encode_last_chunk, BodyDecoder, BodyError, BodyKind, Decoded, Scan};
 pub use head::{
     chunked_is_final, encode_request_head, encode_response_head, looks_like_request_start,
-    parse_request_head, parse_response_head, request_body_kind, response_body_kind, HeadError,
-    Limits,
+    parse_request_head, parse_response_head, request_body_kind, response_body_kind,
+    transfer_encoding_to_send, HeadError, Limits,
 };
 
 #[cfg(test)]

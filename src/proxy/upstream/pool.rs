@@ -60,15 +60,15 @@ impl Pool {
     }
 
     /// Takes the most recently used idle connection for `key`, if one is fresh enough.
-    /// With `probe`, each candidate is first checked with
-    /// a non-blocking peek and skipped when the upstream has closed it meanwhile: a
-    /// request that cannot be sent twice gets no retry, so it should not meet a stale
-    /// connection.
-    pub fn take(&self, key: &Key, probe: bool) -> Option<Upstream> {
+    /// Each candidate is first checked with a non-blocking peek and skipped when the
+    /// upstream has closed it meanwhile, or has sent bytes nobody asked for: those
+    /// would be read as the response to the next request, another client's perhaps
+    /// (response queue poisoning), so such a connection is closed, never reused.
+    pub fn take(&self, key: &Key) -> Option<Upstream> {
         let mut map = self.idle.borrow_mut();
         let list = map.get_mut(key)?;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < self.idle_timeout && (!probe || i.stream.is_idle_and_open()) {
+            if i.since.elapsed() < self.idle_timeout && i.stream.is_idle_and_open() {
                 let base = i.stream.bytes_moved();
                 return Some(Upstream {
                     stream: i.stream,
