@@ -276,6 +276,9 @@ const RESPONSES: &[(&str, &str, Upstream)] = &[
     // RFC 9112 6.1 and 6.3: framing that is faulty but readable to the close
     ("te on http/1.0", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Upstream::ServedToClose("0\r\n\r\n")),
     ("te not chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzz", Upstream::ServedToClose("zz")),
+    // statuses without a body, sent with one: the bytes are never a response
+    ("204 with a body", "HTTP/1.1 204 No Content\r\n\r\n$S", Upstream::ServedThenClosed("")),
+    ("304 with a body", "HTTP/1.1 304 Not Modified\r\nContent-Length: 4\r\n\r\n$S", Upstream::ServedThenClosed("")),
     // more than Content-Length in the same write: the rest is never a response
     ("bytes after the body", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok$S", Upstream::ServedThenClosed("ok")),
 ];
@@ -331,7 +334,7 @@ fn hostile_responses(io: &[&str]) {
             }
             Upstream::ServedThenClosed(body) | Upstream::ServedToClose(body) => {
                 let r = c.read_response();
-                assert_eq!(r.status, 200, "{name}: {}", r.head_str());
+                assert!((200..400).contains(&r.status), "{name}: {}", r.head_str());
                 assert_eq!(r.body_str(), *body, "{name}");
             }
         }
