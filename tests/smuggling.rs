@@ -248,6 +248,9 @@ enum Upstream {
     ServedThenClosed(&'static str),
     /// Served with this body, which the upstream ends by closing.
     ServedToClose(&'static str),
+    /// A clean response in an odd spelling: served with this body and a plain
+    /// `Transfer-Encoding: chunked`; the connection may be pooled.
+    Respelled(&'static str),
 }
 
 /// Hostile upstream responses: name, bytes, what the client gets. `$S` is a second
@@ -276,6 +279,8 @@ const RESPONSES: &[(&str, &str, Upstream)] = &[
     // RFC 9112 6.1 and 6.3: framing that is faulty but readable to the close
     ("te on http/1.0", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Upstream::ServedToClose("0\r\n\r\n")),
     ("te not chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzz", Upstream::ServedToClose("zz")),
+    ("te CHUNKED with OWS", "HTTP/1.1 200 OK\r\nTransfer-Encoding:  CHUNKED \r\n\r\n2\r\nok\r\n0\r\n\r\n", Upstream::Respelled("ok")),
+    ("te split over fields", "HTTP/1.1 200 OK\r\nTransfer-Encoding: ,\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", Upstream::Respelled("ok")),
     // statuses without a body, sent with one: the bytes are never a response
     ("204 with a body", "HTTP/1.1 204 No Content\r\n\r\n$S", Upstream::ServedThenClosed("")),
     ("304 with a body", "HTTP/1.1 304 Not Modified\r\nContent-Length: 4\r\n\r\n$S", Upstream::ServedThenClosed("")),
@@ -331,6 +336,20 @@ fn hostile_responses(io: &[&str]) {
                 let got = got.unwrap_or_else(|e| panic!("{name}: client left open: {e}"));
                 let text = String::from_utf8_lossy(&got);
                 assert!(!text.contains("evil"), "{name}: {text:?}");
+            }
+            Upstream::Respelled(body) => {
+                let r = c.read_response();
+                assert_eq!(r.status, 200, "{name}: {}", r.head_str());
+                assert_eq!(r.body_str(), *body, "{name}");
+                let head = r.head_str();
+                let te: Vec<String> = head
+                    .split("\r\n")
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| format!("{}:{v}", n.to_lowercase()))
+                    .filter(|l| l.starts_with("transfer-encoding"))
+                    .collect();
+                assert_eq!(te, ["transfer-encoding: chunked"], "{name}: {head}");
+                continue;
             }
             Upstream::ServedThenClosed(body) | Upstream::ServedToClose(body) => {
                 let r = c.read_response();
@@ -700,5 +719,41 @@ fn h2_requests_that_cannot_be_translated_are_reset() {
                 String::from_utf8_lossy(&r.raw_head)
             );
         }
+    }
+}
+
+/// The HTTP/2 front's leg to an HTTP/1.1 upstream reads responses with the same rules.
+#[test]
+fn h2_clients_of_a_hostile_http1_upstream_get_502_and_never_a_hidden_response() {
+    let origin = hostile_origin();
+    let mode = format!("reverse:{}", origin.url());
+    let proxy = Proxy::start(&["--workers", "1", "--mode", &mode]);
+    let curl = |path: String| {
+        let url = format!("http://127.0.0.1:{}{path}", proxy.port());
+        let args = ["-sS", "--max-time", "20", "--http2-prior-knowledge"];
+        let mut args = args.to_vec();
+        args.extend(["-w", " %{http_version} %{http_code}", url.as_str()]);
+        run_cmd("curl", &args, b"", Duration::from_secs(30)).stdout
+    };
+    for (i, (name, _, expect)) in RESPONSES.iter().enumerate() {
+        if *expect != Upstream::BadGateway && *name != "bytes after the body" {
+            continue;
+        }
+        let out = curl(format!("/bad-{i}"));
+        if *expect == Upstream::BadGateway {
+            assert!(out.ends_with(" 2 502"), "{name}: {out:?}");
+        }
+        let out = curl(format!("/good-{i}"));
+        assert_eq!(out, "good 2 200", "{name}");
+    }
+    let seen = origin.requests();
+    for (i, (name, _, expect)) in RESPONSES.iter().enumerate() {
+        if *expect != Upstream::BadGateway {
+            continue;
+        }
+        let conn_of = |p: String| seen.iter().find(|r| r.target == p).map(|r| r.conn_id);
+        let bad = conn_of(format!("/bad-{i}"));
+        assert!(bad.is_some(), "{name}: not sent");
+        assert_ne!(conn_of(format!("/good-{i}")), bad, "{name}: pooled");
     }
 }
