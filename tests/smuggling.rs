@@ -107,6 +107,7 @@ const ATTACKS: &[(&str, &str, Expect)] = &[
     ("chunk ext with lf", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;a\nb\r\nx\r\n0\r\n\r\n$S", Body400),
     ("chunk ext over the cap", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;$LONG\r\nx\r\n0\r\n\r\n$S", Body400),
     ("last chunk then bare lf", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n$S", Body400),
+    ("content-length in trailers", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nContent-Length: 32\r\n\r\n$S", Body400),
     ("trailer obs-fold", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n$S", Body400),
 ];
 
@@ -550,24 +551,31 @@ fn a_refused_upgrade_never_becomes_a_tunnel() {
             let mut args = io.to_vec();
             args.extend(["--mode", mode.as_str()]);
             let proxy = Proxy::start(&args);
-            let mut c = Client::connect(proxy.addr);
-            c.send(
-                b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            );
-            let r = c.read_response();
-            assert_eq!(r.status, status, "{io:?}");
+            const UPGRADE: &[u8] = b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n\
+                Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
             // luring refuses this (no Host); through a tunnel the origin would take it
-            let _ = c.try_send(b"GET /tunneled HTTP/1.1\r\n\r\n");
-            match c.try_read_response_to("GET") {
-                Ok(r) => assert_eq!(r.status, 400, "{status} {io:?}: {}", r.head_str()),
-                Err(e) => assert!(
-                    matches!(
-                        e.kind(),
-                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            const NEXT: &[u8] = b"GET /tunneled HTTP/1.1\r\n\r\n";
+            // the next bytes after the refusal, and pipelined behind the upgrade request
+            for pipelined in [false, true] {
+                let mut c = Client::connect(proxy.addr);
+                let first = [UPGRADE, if pipelined { NEXT } else { b"" }].concat();
+                c.send(&first);
+                let r = c.read_response();
+                assert_eq!(r.status, status, "{io:?}");
+                if !pipelined {
+                    let _ = c.try_send(NEXT);
+                }
+                match c.try_read_response_to("GET") {
+                    Ok(r) => assert_eq!(r.status, 400, "{status} {io:?}: {}", r.head_str()),
+                    Err(e) => assert!(
+                        matches!(
+                            e.kind(),
+                            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                        ),
+                        "{status} {io:?}: {e}"
                     ),
-                    "{status} {io:?}: {e}"
-                ),
+                }
             }
             let r =
                 Client::connect(proxy.addr).request("GET /sentinel HTTP/1.1\r\nHost: a\r\n\r\n");

@@ -414,6 +414,16 @@ impl BodyDecoder {
             Ok(httparse::Status::Complete((n, fields))) if n == raw.len() => fields,
             _ => return Err("invalid trailer field"),
         };
+        // RFC 9110 6.5.1: framing and routing cannot come after the content; a hop that
+        // merged these into the header section would frame or route by them
+        let banned = |n: &str| {
+            ["content-length", "transfer-encoding", "host"]
+                .iter()
+                .any(|b| n.eq_ignore_ascii_case(b))
+        };
+        if fields.iter().any(|f| banned(f.name)) {
+            return Err("framing or Host field in trailer section");
+        }
         if keep {
             let base = raw.as_ptr() as usize;
             let cut = |s: &[u8]| {

@@ -593,6 +593,21 @@ fn request_vectors() -> Vec<(&'static str, &'static [u8], Exp<RequestHead>)> {
             Exp::Body(BAD("invalid trailer field")),
         ),
         (
+            "Content-Length in trailers",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nContent-Length: 32\r\n\r\n"[..],
+            Exp::Body(BAD("framing or Host field in trailer section")),
+        ),
+        (
+            "Transfer-Encoding in trailers",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nx: 1\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+            Exp::Body(BAD("framing or Host field in trailer section")),
+        ),
+        (
+            "Host in trailers",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHOST: elsewhere\r\n\r\n"[..],
+            Exp::Body(BAD("framing or Host field in trailer section")),
+        ),
+        (
             "trailer without colon",
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nnope\r\n\r\n"[..],
             Exp::Body(BAD("invalid trailer field")),
