@@ -1352,3 +1352,23 @@ fn response_transfer_codings_that_are_not_tokens_are_refused() {
         Err(M("chunked is not the final transfer coding"))
     );
 }
+
+#[test]
+fn framing_trailers_are_never_encoded() {
+    let t = hdrs(&[
+        ("x-sum", "1"),
+        ("Content-Length", "5"),
+        ("transfer-encoding", "chunked"),
+        ("HOST", "elsewhere"),
+        ("grpc-status", "0"),
+    ]);
+    let mut out = BytesMut::new();
+    encode_last_chunk(Some(&t), &mut out);
+    assert_eq!(&out[..], b"0\r\nx-sum: 1\r\ngrpc-status: 0\r\n\r\n");
+    // and what is written is read back whole
+    let mut dec = BodyDecoder::new(BodyKind::Chunked);
+    let mut buf = out.clone();
+    let d = dec.decode(&mut buf).unwrap();
+    assert!(d.done);
+    assert_eq!(d.trailers.map(|t| t.len()), Some(2));
+}
