@@ -786,3 +786,75 @@ fn h2_clients_of_a_hostile_http1_upstream_get_502_and_never_a_hidden_response() 
         assert_ne!(conn_of(format!("/good-{i}")), bad, "{name}: pooled");
     }
 }
+
+/// A plugin that lies about framing in http.on_request: luring writes the framing it
+/// relays the body by, and a value with CR/LF stays one field.
+#[test]
+fn framing_fields_a_plugin_sets_never_reframe_the_body() {
+    let origin = Origin::start(echo());
+    let dir = TempDir::new("smuggle-plugin");
+    let lua = dir.path("lie.lua");
+    std::fs::write(
+        &lua,
+        r#"
+register_hook("http", "on_request", function(msg)
+  msg.headers:set("content-length", "0")
+  msg.headers:add("Content-Length", "5")
+  msg.headers:add("transfer-encoding", "gzip")
+  msg.headers:set("x-injected", "v\r\nContent-Length: 0\r\n\r\nGET /admin HTTP/1.1")
+end)
+"#,
+    )
+    .unwrap();
+    let mode = format!("reverse:{}", origin.url());
+    let proxy = Proxy::start(&["--mode", &mode, "--plugin", lua.to_str().unwrap()]);
+    let x = format!("{:x}", SMUG.len());
+    let cases = [
+        (
+            "content-length",
+            format!(
+                "POST /lie HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{SMUG}",
+                SMUG.len()
+            ),
+            format!("content-length: {}", SMUG.len()),
+        ),
+        (
+            "chunked",
+            format!(
+                "POST /lie HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{x}\r\n{SMUG}\r\n0\r\n\r\n"
+            ),
+            "transfer-encoding: chunked".to_string(),
+        ),
+    ];
+    for (framing, req, field) in cases {
+        let mut c = Client::connect(proxy.addr);
+        let r = c.request(&req);
+        assert_eq!(r.status, 200, "{framing}: {}", r.head_str());
+        let seen = String::from_utf8_lossy(&r.body).to_string();
+        let head = &seen[..seen.find("\r\n\r\n").unwrap_or(seen.len())];
+        let framing_fields: Vec<String> = head
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| format!("{}:{v}", n.to_lowercase()))
+            .filter(|l| l.starts_with("transfer-encoding") || l.starts_with("content-length"))
+            .collect();
+        assert_eq!(framing_fields, [field], "{framing}: {head:?}");
+        assert!(seen.ends_with(SMUG), "{framing}: {seen:?}");
+        // a request without a body gets no framing fields, whatever the plugin set
+        let r = c.request("GET /after HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(r.header("x-echo-target"), Some("/after"));
+        let head = r.body_str().to_lowercase();
+        assert!(
+            !head.contains("\r\ncontent-length:") && !head.contains("\r\ntransfer-encoding:"),
+            "{framing}: {head:?}"
+        );
+    }
+    for r in origin.requests() {
+        assert_ne!(
+            r.target,
+            "/admin",
+            "{:?}",
+            String::from_utf8_lossy(&r.raw_head)
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! fields made to match how the body goes, and whole bodies (chunked when trailers
 //! must travel with them).
 
-use crate::http::{Body, Headers, Request, Response, ResponseHead, Version};
+use crate::http::{known_names, Body, Headers, Request, Response, ResponseHead, Version};
 use crate::proto::http1::{encode_request_head, encode_response_head, BodyKind};
 use bytes::{Bytes, BytesMut};
 
@@ -114,8 +114,16 @@ pub fn upstream_request_head(req: &mut Request, kind: BodyKind) -> BytesMut {
             req.headers.remove("content-length");
             req.headers.remove("transfer-encoding");
         }
-        // a streamed body without framing fields (most requests: no body) needs no change
-        Body::Streaming if kind == BodyKind::Empty => {}
+        // a request without a body (most requests) goes without framing fields; the
+        // client sent none, so any there were set by a plugin, and an upstream would
+        // take the next request's bytes for this one's body
+        Body::Streaming if kind == BodyKind::Empty => {
+            let framing = known_names::CONTENT_LENGTH | known_names::TRANSFER_ENCODING;
+            if req.headers.may_have(framing) {
+                req.headers.remove("content-length");
+                req.headers.remove("transfer-encoding");
+            }
+        }
         _ => fix_framing(
             &mut req.headers,
             &req.body,
