@@ -22,11 +22,19 @@ const CONNECTION_SPECIFIC: &[&[u8]] = &[
     b"upgrade",
 ];
 
-/// Why a request's fields make it malformed, or Ok.
-pub fn check_request(
-    authority: Option<&str>,
-    fields: &http::HeaderMap,
-) -> Result<(), &'static str> {
+/// Why a request's pseudo-fields and fields make it malformed, or Ok.
+pub fn check_request(parts: &http::request::Parts) -> Result<(), &'static str> {
+    // RFC 9113 8.3.1: `*` is for OPTIONS only (the h2 crate refuses other paths that do
+    // not start with a slash)
+    let path = parts.uri.path_and_query().map(|p| p.as_str());
+    if path == Some("*") && parts.method != http::Method::OPTIONS {
+        return Err(":path * on a request other than OPTIONS");
+    }
+    check_fields(parts.uri.authority().map(|a| a.as_str()), &parts.headers)
+}
+
+/// Why the fields of a request to `authority` make it malformed, or Ok.
+fn check_fields(authority: Option<&str>, fields: &http::HeaderMap) -> Result<(), &'static str> {
     // RFC 9113 8.3.1: no userinfo, and nothing a Host line could not carry either
     if authority.is_some_and(|a| a.is_empty() || !is_valid_host(a.as_bytes())) {
         return Err("invalid :authority");
@@ -107,19 +115,19 @@ mod tests {
             "upgrade",
         ] {
             let m = map(&[(name, b"x")]);
-            assert!(check_request(None, &m).is_err(), "{name} accepted");
+            assert!(check_fields(None, &m).is_err(), "{name} accepted");
         }
-        assert!(check_request(None, &map(&[("te", b"trailers")])).is_ok());
-        assert!(check_request(None, &map(&[("te", b"gzip")])).is_err());
-        assert!(check_request(None, &map(&[("te", b"trailers, gzip")])).is_err());
+        assert!(check_fields(None, &map(&[("te", b"trailers")])).is_ok());
+        assert!(check_fields(None, &map(&[("te", b"gzip")])).is_err());
+        assert!(check_fields(None, &map(&[("te", b"trailers, gzip")])).is_err());
     }
 
     #[test]
     fn values_with_whitespace_around_or_framing_bytes_are_malformed() {
-        assert!(check_request(None, &map(&[("x", b" a")])).is_err());
-        assert!(check_request(None, &map(&[("x", b"a\t")])).is_err());
-        assert!(check_request(None, &map(&[("x", b"a b")])).is_ok());
-        assert!(check_request(None, &map(&[("x", b"")])).is_ok());
+        assert!(check_fields(None, &map(&[("x", b" a")])).is_err());
+        assert!(check_fields(None, &map(&[("x", b"a\t")])).is_err());
+        assert!(check_fields(None, &map(&[("x", b"a b")])).is_ok());
+        assert!(check_fields(None, &map(&[("x", b"")])).is_ok());
         // the http crate cannot hold these; the byte check still refuses them
         for v in [&b"a\rb"[..], b"a\nb", b"a\0b"] {
             assert!(check_field(b"x", v).is_err(), "{v:?}");
@@ -131,27 +139,39 @@ mod tests {
 
     #[test]
     fn content_length_is_one_decimal_number() {
-        assert!(check_request(None, &map(&[("content-length", b"5")])).is_ok());
+        assert!(check_fields(None, &map(&[("content-length", b"5")])).is_ok());
         let same = map(&[("content-length", b"5"), ("content-length", b"5")]);
-        assert!(check_request(None, &same).is_ok());
+        assert!(check_fields(None, &same).is_ok());
         let two = map(&[("content-length", b"5"), ("content-length", b"6")]);
-        assert!(check_request(None, &two).is_err());
+        assert!(check_fields(None, &two).is_err());
         for v in [&b"+5"[..], b"-5", b"0x5", b"5, 5", b"5a"] {
             let m = map(&[("content-length", v)]);
-            assert!(check_request(None, &m).is_err(), "{v:?}");
+            assert!(check_fields(None, &m).is_err(), "{v:?}");
         }
+    }
+
+    #[test]
+    fn asterisk_is_for_options_only() {
+        let parts = |method: &str, uri: &str| {
+            let req = http::Request::builder().method(method).uri(uri);
+            req.body(()).unwrap().into_parts().0
+        };
+        assert!(check_request(&parts("OPTIONS", "*")).is_ok());
+        assert!(check_request(&parts("GET", "*")).is_err());
+        assert!(check_request(&parts("GET", "http://a.example/x")).is_ok());
+        assert!(check_request(&parts("GET", "http://u@a.example/x")).is_err());
     }
 
     #[test]
     fn host_must_agree_with_authority() {
         let m = map(&[("host", b"a.example")]);
-        assert!(check_request(Some("a.example"), &m).is_ok());
-        assert!(check_request(Some("A.Example"), &m).is_ok());
-        assert!(check_request(Some("b.example"), &m).is_err());
-        assert!(check_request(None, &m).is_ok());
+        assert!(check_fields(Some("a.example"), &m).is_ok());
+        assert!(check_fields(Some("A.Example"), &m).is_ok());
+        assert!(check_fields(Some("b.example"), &m).is_err());
+        assert!(check_fields(None, &m).is_ok());
         let none = http::HeaderMap::new();
-        assert!(check_request(Some("u@a.example"), &none).is_err());
-        assert!(check_request(Some(""), &none).is_err());
-        assert!(check_request(Some("a.example:8443"), &none).is_ok());
+        assert!(check_fields(Some("u@a.example"), &none).is_err());
+        assert!(check_fields(Some(""), &none).is_err());
+        assert!(check_fields(Some("a.example:8443"), &none).is_ok());
     }
 }

@@ -95,6 +95,13 @@ pub fn h1_request(
         return Err((400, "more than one Host header".into()));
     }
     let is_connect = method.as_ref() == b"CONNECT";
+    // RFC 9112 3.2.4: the asterisk-form is for OPTIONS only
+    if target.as_ref() == b"*" && method.as_ref() != b"OPTIONS" {
+        return Err((
+            400,
+            "request target * on a request other than OPTIONS".into(),
+        ));
+    }
     match headers.get("host") {
         Some(h) if !crate::http::is_valid_host(h) => {
             return Err((400, "invalid Host header".into()))

@@ -282,8 +282,7 @@ async fn exchange_stream(
     call: &mut Option<Rc<grpc::Call>>,
 ) {
     let (parts, rx) = req.into_parts();
-    let authority = parts.uri.authority().map(|a| a.as_str());
-    if let Err(why) = crate::proto::h2_fields::check_request(authority, &parts.headers) {
+    if let Err(why) = crate::proto::h2_fields::check_request(&parts) {
         tracing::info!(conn = s.info.conn_id, "malformed HTTP/2 request: {why}");
         return reply.tx.send_reset(Reason::PROTOCOL_ERROR);
     }
