@@ -397,11 +397,15 @@ fn hostile_upstream_responses_get_502_and_are_never_pooled_epoll() {
 /// An upstream that sends a second response a while after the first, on an idle
 /// connection: the next request through that connection would read it as its own.
 fn late_poison(io: &[&str]) {
-    let origin = Origin::start(handler(|ex| {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let poisoned = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = poisoned.clone();
+    let origin = Origin::start(handler(move |ex| {
         if ex.req.target == "/first" {
             ex.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
             ex.sleep(Duration::from_millis(200));
             ex.write(POISON.as_bytes())?;
+            flag.store(true, Ordering::SeqCst);
         } else {
             ex.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")?;
         }
@@ -416,8 +420,9 @@ fn late_poison(io: &[&str]) {
     assert_eq!(r.body_str(), "ok");
     drop(a);
     // the hidden response reaches the idle pooled connection before the next request
-    assert!(origin.wait_requests(1, WAIT));
-    std::thread::sleep(Duration::from_millis(600));
+    // (written to loopback, it is in the proxy's socket once the write returned)
+    assert!(wait_until(WAIT, || poisoned.load(Ordering::SeqCst)));
+    std::thread::sleep(Duration::from_millis(50));
     for method in ["GET", "POST"] {
         let mut b = Client::connect(proxy.addr);
         let r = b.request(&format!(
