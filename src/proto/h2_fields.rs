@@ -6,8 +6,8 @@
 //! with a malformed-message reset; uppercase names and CR, LF or NUL in values with
 //! a connection error); the checks are repeated here so that the translation stays
 //! safe whatever the crate's version lets through, and the rules it does not check
-//! (whitespace around values, Host against `:authority`, Content-Length syntax) are
-//! added. A request that breaks one is malformed: its stream is reset with
+//! (whitespace around values, Host against `:authority`, userinfo in `:authority`,
+//! `*` as the path of anything but OPTIONS) are added. A request that breaks one is malformed: its stream is reset with
 //! PROTOCOL_ERROR and nothing of it goes upstream.
 
 use crate::http::{is_tchar, is_valid_host};

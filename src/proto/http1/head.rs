@@ -511,9 +511,9 @@ impl Framing {
                         Some(i) => (trim_ows(&coding[..i]), true),
                         None => (coding, false),
                     };
-                    // A coding that is not a token ("chunked"quoted, a control byte, a
-                    // space inside) is where two parsers disagree on whether it names
-                    // chunked, so it is refused rather than read as some other coding.
+                    // A coding that is not a token (quoted, a control byte, a space
+                    // inside) is where two parsers disagree on whether it names chunked,
+                    // so it is refused rather than read as some other coding.
                     if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
                         return Err(HeadError::Malformed("invalid transfer coding"));
                     }
