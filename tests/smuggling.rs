@@ -498,6 +498,18 @@ end)
             let rest = rest.unwrap_or_else(|e| panic!("{io:?} {framing}: left open: {e}"));
             assert!(rest.is_empty(), "{io:?} {framing}: {rest:?}");
         }
+        // a body far larger than any read: the answer still arrives whole (the close
+        // drains what the client sends, and discards it)
+        let mut c = Client::connect(proxy.addr);
+        let body = format!("{}{SMUG}", "x".repeat(1 << 20));
+        let head = format!(
+            "POST /respond HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = c.try_send(format!("{head}{body}").as_bytes());
+        let r = c.read_response_to("POST");
+        assert_eq!(r.status, 403, "{io:?} large body");
+        assert!(c.closed_within(WAIT), "{io:?} large body: left open");
         for (framing, req) in smuggling_bodies("/drop") {
             let mut c = Client::connect(proxy.addr);
             c.send(req.as_bytes());
