@@ -152,6 +152,7 @@ fn attack_table(forward: bool, io: &[&str]) {
                 let r = c.try_read_response_to("POST");
                 let r = r.unwrap_or_else(|e| panic!("{label} {name}: no answer ({e})"));
                 assert_eq!(r.status, 400, "{label} {name}: {}", r.head_str());
+                assert!(r.has_token("connection", "close"), "{label} {name}");
                 assert!(
                     c.closed_within(WAIT),
                     "{label} {name}: connection left open after the 400"
