@@ -101,8 +101,9 @@ install_apt() {
 # grpcio: tests/tls.rs, tests/grpc.rs; sonora, a gRPC-web server and client:
 # tests/grpc_web.rs, conformance/cases/grpc_web.py; mitmproxy: mitmdump writes the HAR
 # and dump that tests/flows_har.rs imports, and tests/flows_cli.rs checks filters
-# against mitmproxy.flowfilter).
-PIP_NEED=(websockets:websockets grpc:grpcio sonora:sonora mitmproxy:mitmproxy)
+# against mitmproxy.flowfilter; h2, which brings hyperframe and hpack: raw HTTP/2 frames
+# without client-side checks in tests/smuggling.rs).
+PIP_NEED=(websockets:websockets grpc:grpcio sonora:sonora mitmproxy:mitmproxy hyperframe:h2)
 install_pip() {
   local missing=() spec
   for spec in "${PIP_NEED[@]}"; do

@@ -481,6 +481,36 @@ pub fn is_tchar(b: u8) -> bool {
     TCHAR[usize::from(b)]
 }
 
+/// Whether a Host value is `uri-host [ ":" port ]` in the characters RFC 3986 allows
+/// there (empty is allowed: RFC 9112 3.2). Anything else (spaces, `/`, `@`, a list of
+/// hosts) is a value two hops could read as different hosts.
+pub fn is_valid_host(v: &[u8]) -> bool {
+    v.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
+}
+
 /// Token characters (RFC 9110 5.6.2) as a lookup table, since names are checked per byte.
 static TCHAR: [bool; 256] = {
     let mut t = [false; 256];

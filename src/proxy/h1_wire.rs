@@ -2,7 +2,7 @@
 //! fields made to match how the body goes, and whole bodies (chunked when trailers
 //! must travel with them).
 
-use crate::http::{Body, Headers, Request, Response, ResponseHead, Version};
+use crate::http::{known_names, Body, Headers, Request, Response, ResponseHead, Version};
 use crate::proto::http1::{encode_request_head, encode_response_head, BodyKind};
 use bytes::{Bytes, BytesMut};
 
@@ -71,9 +71,10 @@ pub fn fix_framing(
         Body::Streaming | Body::TooLarge => match kind {
             BodyKind::Chunked if chunked_ok => {
                 h.remove("content-length");
-                // relayed verbatim: codings before chunked (gzip, chunked) stay named
-                if !crate::proto::http1::chunked_is_final(h) {
-                    h.set("transfer-encoding", "chunked");
+                // relayed verbatim: codings before chunked (gzip, chunked) stay named, in
+                // one field and one spelling (see transfer_encoding_to_send)
+                if let Some(te) = crate::proto::http1::transfer_encoding_to_send(h) {
+                    h.set("transfer-encoding", te);
                 }
             }
             BodyKind::Chunked | BodyKind::CloseDelimited => {
@@ -113,8 +114,16 @@ pub fn upstream_request_head(req: &mut Request, kind: BodyKind) -> BytesMut {
             req.headers.remove("content-length");
             req.headers.remove("transfer-encoding");
         }
-        // a streamed body without framing fields (most requests: no body) needs no change
-        Body::Streaming if kind == BodyKind::Empty => {}
+        // a request without a body (most requests) goes without framing fields; the
+        // client sent none, so any there were set by a plugin, and an upstream would
+        // take the next request's bytes for this one's body
+        Body::Streaming if kind == BodyKind::Empty => {
+            let framing = known_names::CONTENT_LENGTH | known_names::TRANSFER_ENCODING;
+            if req.headers.may_have(framing) {
+                req.headers.remove("content-length");
+                req.headers.remove("transfer-encoding");
+            }
+        }
         _ => fix_framing(
             &mut req.headers,
             &req.body,

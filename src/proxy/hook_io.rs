@@ -383,7 +383,7 @@ async fn http(w: &Worker, call: HttpCall, until: Instant) -> Result<IoResult, St
     // a pooled connection the upstream closed meanwhile gets one retry on a new one
     for attempt in 0..2 {
         let pooled = if attempt == 0 {
-            upstream::reuse(w, &key, true)
+            upstream::reuse(w, &key)
         } else {
             None
         };

@@ -414,6 +414,11 @@ impl BodyDecoder {
             Ok(httparse::Status::Complete((n, fields))) if n == raw.len() => fields,
             _ => return Err("invalid trailer field"),
         };
+        // RFC 9110 6.5.1: framing and routing cannot come after the content; a hop that
+        // merged these into the header section would frame or route by them
+        if fields.iter().any(|f| banned_trailer(f.name.as_bytes())) {
+            return Err("framing or Host field in trailer section");
+        }
         if keep {
             let base = raw.as_ptr() as usize;
             let cut = |s: &[u8]| {
@@ -466,13 +471,33 @@ pub fn encode_chunk(data: &[u8], out: &mut BytesMut) {
     out.put_slice(b"\r\n");
 }
 
-/// Appends the last chunk and trailers ("0\r\n" + trailers + "\r\n").
+/// Appends the last chunk and trailers ("0\r\n" + trailers + "\r\n"). Trailers named
+/// like framing or Host (from an h2 peer or a plugin) are left out: the decoder refuses
+/// them from HTTP/1 peers, and the next hop must not see them either (RFC 9110 6.5.1).
 pub fn encode_last_chunk(trailers: Option<&Headers>, out: &mut BytesMut) {
     out.put_slice(b"0\r\n");
-    if let Some(t) = trailers {
-        put_fields(out, t);
+    match trailers {
+        Some(t) if t.iter().any(|f| banned_trailer(&f.name)) => {
+            let mut kept = t.clone();
+            for name in BANNED_TRAILERS {
+                kept.remove(name);
+            }
+            put_fields(out, &kept);
+        }
+        Some(t) => put_fields(out, t),
+        None => {}
     }
     out.put_slice(b"\r\n");
+}
+
+/// Fields that cannot come after the content (RFC 9110 6.5.1) and that a hop merging
+/// trailers into the head would frame or route by.
+const BANNED_TRAILERS: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
+fn banned_trailer(name: &[u8]) -> bool {
+    BANNED_TRAILERS
+        .iter()
+        .any(|b| name.eq_ignore_ascii_case(b.as_bytes()))
 }
 
 /// One byte of a chunk-size line: the size, whitespace, an extension, its CRLF.

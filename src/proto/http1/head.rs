@@ -496,7 +496,7 @@ impl Framing {
             if h.name.eq_ignore_ascii_case(b"transfer-encoding") {
                 f.te = true;
                 for coding in h.value.split(|&b| b == b',') {
-                    let coding = coding.trim_ascii();
+                    let coding = trim_ows(coding);
                     if coding.is_empty() {
                         // Empty list elements are allowed (RFC 9110 5.6.1).
                         continue;
@@ -507,14 +507,28 @@ impl Framing {
                             "chunked is not the final transfer coding",
                         ));
                     }
-                    let name = coding.split(|&b| b == b';').next().unwrap_or(coding);
-                    f.chunked_last = name.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                    let (name, params) = match coding.iter().position(|&b| b == b';') {
+                        Some(i) => (trim_ows(&coding[..i]), true),
+                        None => (coding, false),
+                    };
+                    // A coding that is not a token (quoted, a control byte, a space
+                    // inside) is where two parsers disagree on whether it names chunked,
+                    // so it is refused rather than read as some other coding.
+                    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+                        return Err(HeadError::Malformed("invalid transfer coding"));
+                    }
+                    f.chunked_last = name.eq_ignore_ascii_case(b"chunked");
+                    // chunked takes no parameters (RFC 9112 7.1); a parser that does not
+                    // expect them may not see chunked at all.
+                    if f.chunked_last && params {
+                        return Err(HeadError::Malformed("parameters on the chunked coding"));
+                    }
                 }
             } else if h.name.eq_ignore_ascii_case(b"content-length") {
                 // "5, 5" and repeated fields are one length; anything else is a conflict
                 // that a different hop could resolve differently (RFC 9110 8.6).
                 for v in h.value.split(|&b| b == b',') {
-                    let n = parse_length(v.trim_ascii())?;
+                    let n = parse_length(trim_ows(v))?;
                     match f.length {
                         Some(m) if m != n => {
                             return Err(HeadError::Malformed("conflicting Content-Length values"))
@@ -526,6 +540,49 @@ impl Framing {
         }
         Ok(f)
     }
+}
+
+/// The field value without the optional whitespace (SP, HTAB) around it (RFC 9110 5.6.3);
+/// other bytes `trim_ascii` would strip (FF, CR, LF) are left for the checks to refuse.
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = v.iter().position(|b| !ows(b)).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+/// The Transfer-Encoding value to send on when the body is relayed chunked, or `None`
+/// when the head already carries exactly one `Transfer-Encoding: chunked`. Every other
+/// spelling that was accepted (`CHUNKED`, OWS around it, several fields, codings before
+/// chunked) is sent on as one field in one spelling, so the next hop cannot read the
+/// framing differently from luring.
+pub fn transfer_encoding_to_send(headers: &Headers) -> Option<Bytes> {
+    let mut fields = headers.get_all("transfer-encoding");
+    match (fields.next(), fields.next()) {
+        (Some(v), None) if v.as_ref() == b"chunked" => return None,
+        (None, _) => return Some(Bytes::from_static(b"chunked")),
+        _ => {}
+    }
+    let mut out = Vec::new();
+    let mut last_chunked = false;
+    for v in headers.get_all("transfer-encoding") {
+        for coding in v.split(|&b| b == b',') {
+            let coding = trim_ows(coding);
+            if coding.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.extend_from_slice(b", ");
+            }
+            out.extend(coding.iter().map(u8::to_ascii_lowercase));
+            last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+    if !last_chunked {
+        // the caller frames the body as chunked itself
+        return Some(Bytes::from_static(b"chunked"));
+    }
+    Some(Bytes::from(out))
 }
 
 fn parse_length(v: &[u8]) -> Result<u64, HeadError> {

@@ -21,11 +21,14 @@
 //! - `decode` returns trailers once, in the call that completes the body, and `None` when
 //!   the trailer section is empty. `BodyError::Truncated` comes from `eof` only.
 //! - Framing that two hops could read differently (TE with CL, differing CLs, chunked not
-//!   last, obs-fold, whitespace before the colon) is refused, in responses too; the texts in
-//!   `HeadError::Malformed` say which rule was broken.
+//!   last, a transfer coding that is not a token, chunked with parameters, obs-fold,
+//!   whitespace before the colon, framing or Host fields in trailers) is refused, in
+//!   responses too; the texts in `HeadError::Malformed` say which rule was broken.
+//!   `transfer_encoding_to_send` gives the one spelling of an accepted TE to send on.
 //! - The encoders never let header values, reasons or targets set by plugins break the
 //!   framing: CR/LF/NUL in values become SP, fields with invalid names are dropped, the
-//!   target has SP and controls percent-encoded.
+//!   target has SP and controls percent-encoded, and `encode_last_chunk` leaves out
+//!   trailers named Content-Length, Transfer-Encoding or Host.
 
 mod body;
 mod head;
@@ -34,8 +37,8 @@ mod known;
 pub use body::{encode_chunk, encode_last_chunk, BodyDecoder, BodyError, BodyKind, Decoded, Scan};
 pub use head::{
     chunked_is_final, encode_request_head, encode_response_head, looks_like_request_start,
-    parse_request_head, parse_response_head, request_body_kind, response_body_kind, HeadError,
-    Limits,
+    parse_request_head, parse_response_head, request_body_kind, response_body_kind,
+    transfer_encoding_to_send, HeadError, Limits,
 };
 
 #[cfg(test)]

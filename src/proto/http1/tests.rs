@@ -459,6 +459,51 @@ fn request_vectors() -> Vec<(&'static str, &'static [u8], Exp<RequestHead>)> {
             Exp::Kind(M("Transfer-Encoding in an HTTP/1.0 request")),
         ),
         (
+            "quoted chunked",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: \"chunked\"\r\n\r\n0\r\n\r\n"[..],
+            Exp::Kind(M("invalid transfer coding")),
+        ),
+        (
+            "space inside a coding",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chun ked\r\n\r\n0\r\n\r\n"[..],
+            Exp::Kind(M("invalid transfer coding")),
+        ),
+        (
+            "form feed after chunked",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\x0c\r\n\r\n0\r\n\r\n"[..],
+            Exp::Head(M("invalid character in field value")),
+        ),
+        (
+            "parameters on chunked",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked;q=1\r\n\r\n0\r\n\r\n"[..],
+            Exp::Kind(M("parameters on the chunked coding")),
+        ),
+        (
+            "empty coding before parameters",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: ;x, chunked\r\n\r\n0\r\n\r\n"[..],
+            Exp::Kind(M("invalid transfer coding")),
+        ),
+        (
+            "Transfer-Encoding and Content-Length in HTTP/1.0",
+            &b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"[..],
+            Exp::Kind(M("Transfer-Encoding in an HTTP/1.0 request")),
+        ),
+        (
+            "signed Content-Length",
+            &b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello"[..],
+            Exp::Kind(M("invalid Content-Length")),
+        ),
+        (
+            "hex Content-Length",
+            &b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\nhello"[..],
+            Exp::Kind(M("invalid Content-Length")),
+        ),
+        (
+            "Content-Length list that disagrees",
+            &b"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\nhello!"[..],
+            Exp::Kind(M("conflicting Content-Length values")),
+        ),
+        (
             "obs-fold",
             &b"GET / HTTP/1.1\r\nHost: h\r\nX-Long: a\r\n b\r\n\r\n"[..],
             Exp::Head(M("obs-fold line folding")),
@@ -546,6 +591,21 @@ fn request_vectors() -> Vec<(&'static str, &'static [u8], Exp<RequestHead>)> {
             "obs-fold in trailers",
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\r\n 2\r\n\r\n"[..],
             Exp::Body(BAD("invalid trailer field")),
+        ),
+        (
+            "Content-Length in trailers",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nContent-Length: 32\r\n\r\n"[..],
+            Exp::Body(BAD("framing or Host field in trailer section")),
+        ),
+        (
+            "Transfer-Encoding in trailers",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nx: 1\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+            Exp::Body(BAD("framing or Host field in trailer section")),
+        ),
+        (
+            "Host in trailers",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHOST: elsewhere\r\n\r\n"[..],
+            Exp::Body(BAD("framing or Host field in trailer section")),
         ),
         (
             "trailer without colon",
@@ -1234,4 +1294,81 @@ fn request_line_sniffing_is_strict() {
     ] {
         assert!(!looks_like_request_start(other), "{other:?}");
     }
+}
+
+#[test]
+fn transfer_encoding_is_sent_on_in_one_spelling() {
+    let send = |pairs: &[(&str, &str)]| transfer_encoding_to_send(&hdrs(pairs));
+    // the common case is left as it is
+    assert_eq!(send(&[("Transfer-Encoding", "chunked")]), None);
+    let one = |v: &'static str| Some(Bytes::from_static(v.as_bytes()));
+    assert_eq!(send(&[("transfer-encoding", "CHUNKED")]), one("chunked"));
+    assert_eq!(send(&[("Transfer-Encoding", " chunked\t")]), one("chunked"));
+    assert_eq!(send(&[("Transfer-Encoding", ",chunked,")]), one("chunked"));
+    assert_eq!(
+        send(&[
+            ("Transfer-Encoding", "gzip"),
+            ("Transfer-Encoding", "Chunked")
+        ]),
+        one("gzip, chunked")
+    );
+    // no field, or chunked not last: the caller frames chunked itself
+    assert_eq!(send(&[]), one("chunked"));
+    assert_eq!(send(&[("Transfer-Encoding", "gzip")]), one("chunked"));
+    // every spelling it gives is read back as chunked, in one field
+    for pairs in [
+        &[("transfer-encoding", "CHUNKED")][..],
+        &[
+            ("Transfer-Encoding", "gzip"),
+            ("Transfer-Encoding", " chunked "),
+        ][..],
+    ] {
+        let v = send(pairs).unwrap();
+        let h = hdrs(&[("Transfer-Encoding", std::str::from_utf8(&v).unwrap())]);
+        assert!(chunked_is_final(&h), "{v:?}");
+    }
+}
+
+#[test]
+fn response_transfer_codings_that_are_not_tokens_are_refused() {
+    let res = |te: &str| {
+        let wire = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+        let (head, _) = parse_response_head(wire.as_bytes(), &Limits::default())
+            .unwrap()
+            .unwrap();
+        response_body_kind(b"GET", &head)
+    };
+    assert_eq!(res("chunked"), Ok(BodyKind::Chunked));
+    assert_eq!(res("Chunked "), Ok(BodyKind::Chunked));
+    // an unknown coding is read to the close, as RFC 9112 6.3 says
+    assert_eq!(res("gzip"), Ok(BodyKind::CloseDelimited));
+    assert_eq!(res("\"chunked\""), Err(M("invalid transfer coding")));
+    assert_eq!(
+        res("chunked;x=1"),
+        Err(M("parameters on the chunked coding"))
+    );
+    assert_eq!(
+        res("chunked, chunked"),
+        Err(M("chunked is not the final transfer coding"))
+    );
+}
+
+#[test]
+fn framing_trailers_are_never_encoded() {
+    let t = hdrs(&[
+        ("x-sum", "1"),
+        ("Content-Length", "5"),
+        ("transfer-encoding", "chunked"),
+        ("HOST", "elsewhere"),
+        ("grpc-status", "0"),
+    ]);
+    let mut out = BytesMut::new();
+    encode_last_chunk(Some(&t), &mut out);
+    assert_eq!(&out[..], b"0\r\nx-sum: 1\r\ngrpc-status: 0\r\n\r\n");
+    // and what is written is read back whole
+    let mut dec = BodyDecoder::new(BodyKind::Chunked);
+    let mut buf = out.clone();
+    let d = dec.decode(&mut buf).unwrap();
+    assert!(d.done);
+    assert_eq!(d.trailers.map(|t| t.len()), Some(2));
 }

@@ -93,7 +93,7 @@ async fn h2_prior_knowledge(c: &mut ClientConn, target: Target2) -> Layer {
             Via::H2(Box::new(u))
         }
         Ok(u) => {
-            c.w.pool.put(Key::new(scheme, authority), u);
+            c.w.pool.put_unused(Key::new(scheme, authority), u);
             Via::Http1
         }
         Err(e) => Via::Failed(e),
@@ -278,7 +278,7 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
         drop(pending);
         if upstream_idle {
             // the first request goes over the connection the tunnel opened
-            w.pool.put(Key::new("http", &t.authority), t.up);
+            w.pool.put_unused(Key::new("http", &t.authority), t.up);
         } else {
             t.up.stream.shutdown(Shutdown::Both);
         }

@@ -90,7 +90,7 @@ async fn reach_ahead(
                 ahead.via = Some(Via::H2(Box::new(up)));
             } else {
                 // the first request takes it from the pool
-                c.w.pool.put(Key::new(scheme, target), up);
+                c.w.pool.put_unused(Key::new(scheme, target), up);
                 ahead.via = (client_h2 && reverse).then_some(Via::Http1);
             }
         }

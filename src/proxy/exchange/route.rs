@@ -94,6 +94,25 @@ pub fn h1_request(
     if headers.get_all("host").nth(1).is_some() {
         return Err((400, "more than one Host header".into()));
     }
+    let is_connect = method.as_ref() == b"CONNECT";
+    // RFC 9112 3.2.4: the asterisk-form is for OPTIONS only
+    if target.as_ref() == b"*" && method.as_ref() != b"OPTIONS" {
+        return Err((
+            400,
+            "request target * on a request other than OPTIONS".into(),
+        ));
+    }
+    match headers.get("host") {
+        Some(h) if !crate::http::is_valid_host(h) => {
+            return Err((400, "invalid Host header".into()))
+        }
+        // RFC 9112 3.2: an HTTP/1.1 request without Host is refused, whatever its target
+        // (a CONNECT names its target in the request line and is let through)
+        None if version == Version::Http11 && !is_connect => {
+            return Err((400, "HTTP/1.1 request without Host".into()))
+        }
+        _ => {}
+    }
     let mut req = Request {
         method,
         scheme: String::new(),
@@ -105,7 +124,6 @@ pub fn h1_request(
         trailers: None,
         timestamp_start: now_unix(),
     };
-    let is_connect = req.method.as_ref() == b"CONNECT";
     if let Some(Intercept { scheme, authority }) = intercept {
         if is_connect {
             return Err((405, "CONNECT inside an intercepted tunnel".into()));
@@ -143,9 +161,6 @@ pub fn h1_request(
         }
         Mode::Reverse(up) => {
             let path = path_of(&target)?;
-            if version == Version::Http11 && !req.headers.contains("host") {
-                return Err((400, "HTTP/1.1 request without Host".into()));
-            }
             req.scheme = up.scheme.clone();
             req.authority = up.authority();
             req.path = Some(prefixed(&up.path_prefix, path));
@@ -225,7 +240,7 @@ mod tests {
     #[test]
     fn forward_proxies_take_absolute_uris_and_connect() {
         let r = h1_request(
-            head("GET", "http://a.example/x?q", None),
+            head("GET", "http://a.example/x?q", Some("a.example")),
             &Mode::Regular,
             None,
         )
@@ -236,7 +251,7 @@ mod tests {
         );
         assert_eq!(r.path.as_deref(), Some("/x?q"));
         let r = h1_request(
-            head("GET", "http://a.example:8080/", None),
+            head("GET", "http://a.example:8080/", Some("other.example")),
             &Mode::Regular,
             None,
         )
@@ -249,7 +264,8 @@ mod tests {
         );
         let e = h1_request(head("GET", "/x", Some("a")), &Mode::Regular, None).unwrap_err();
         assert_eq!(e.0, 400);
-        let e = h1_request(head("GET", "https://a/x", None), &Mode::Regular, None).unwrap_err();
+        let e =
+            h1_request(head("GET", "https://a/x", Some("a")), &Mode::Regular, None).unwrap_err();
         assert_eq!(e.0, 501);
         let e = h1_request(head("CONNECT", "nohost", None), &Mode::Regular, None).unwrap_err();
         assert_eq!(e.0, 400);
@@ -285,7 +301,7 @@ mod tests {
             ("https", "a.example")
         );
         let r = h1_request(
-            head("GET", "https://a.example/q", None),
+            head("GET", "https://a.example/q", Some("a.example")),
             &Mode::Socks5,
             Some(&i),
         )
@@ -294,5 +310,37 @@ mod tests {
         let e = h1_request(head("CONNECT", "b:1", None), &Mode::Regular, Some(&i)).unwrap_err();
         assert_eq!(e.0, 405);
         assert_eq!(Intercept::new("http", "a:8080").authority, "a:8080");
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_valid_host_in_every_mode() {
+        let i = Intercept::new("https", "a.example:443");
+        let modes = [Mode::Regular, reverse("http://127.0.0.1:9000")];
+        for (mode, target) in [(&modes[0], "http://a.example/"), (&modes[1], "/")] {
+            for intercept in [None, Some(&i)] {
+                let e = h1_request(head("GET", target, None), mode, intercept).unwrap_err();
+                assert_eq!(e.0, 400, "{mode:?} {intercept:?}: missing Host");
+                for bad in ["a b", "a, b", "a/b", "a@b", "a\tb", "a?b", "a#b", "\"a\""] {
+                    let e =
+                        h1_request(head("GET", target, Some(bad)), mode, intercept).unwrap_err();
+                    assert_eq!(e.0, 400, "{mode:?}: Host {bad:?} accepted");
+                }
+                for good in [
+                    "a.example",
+                    "a.example:8080",
+                    "[::1]:80",
+                    "",
+                    "xn--e-1a.example",
+                ] {
+                    let r = h1_request(head("GET", target, Some(good)), mode, intercept);
+                    assert!(r.is_ok(), "{mode:?}: Host {good:?} refused: {:?}", r.err());
+                }
+            }
+        }
+        // HTTP/1.0 may leave Host out, and so may a CONNECT (its target names the host)
+        let mut old = head("GET", "http://a.example/", None);
+        old.version = Version::Http10;
+        assert!(h1_request(old, &Mode::Regular, None).is_ok());
+        assert!(h1_request(head("CONNECT", "a:1", None), &Mode::Regular, None).is_ok());
     }
 }

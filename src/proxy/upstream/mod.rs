@@ -25,10 +25,9 @@ pub struct Spare {
     pub up: Upstream,
 }
 
-/// An idle pooled connection for `key`, counted as a reuse. `probe`: skip connections
-/// the upstream closed meanwhile (for requests that cannot be sent twice).
-pub fn reuse(w: &Worker, key: &Key, probe: bool) -> Option<Upstream> {
-    let up = w.pool.take(key, probe)?;
+/// An idle pooled connection for `key` (see [`Pool::take`]), counted as a reuse.
+pub fn reuse(w: &Worker, key: &Key) -> Option<Upstream> {
+    let up = w.pool.take(key)?;
     Counters::bump(&w.counters.upstream_reuses);
     Some(up)
 }

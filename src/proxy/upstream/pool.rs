@@ -40,6 +40,8 @@ struct Idle {
     addr: SocketAddr,
     since: Instant,
     via_chain: bool,
+    /// It carried an exchange: nothing may arrive on it until the next request.
+    carried: bool,
 }
 
 /// Per-worker pool of idle upstream connections (no locks: one worker owns it).
@@ -60,15 +62,19 @@ impl Pool {
     }
 
     /// Takes the most recently used idle connection for `key`, if one is fresh enough.
-    /// With `probe`, each candidate is first checked with
-    /// a non-blocking peek and skipped when the upstream has closed it meanwhile: a
-    /// request that cannot be sent twice gets no retry, so it should not meet a stale
-    /// connection.
-    pub fn take(&self, key: &Key, probe: bool) -> Option<Upstream> {
+    /// Each candidate that carried an exchange is first checked with a non-blocking
+    /// peek and skipped when the upstream has closed it meanwhile, or has sent bytes
+    /// nobody asked for: those would be read as the response to the next request,
+    /// another client's perhaps (response queue poisoning), so such a connection is
+    /// closed, never reused. One made ahead of a client's handshake and not used yet
+    /// is not probed: TLS records the upstream sends after its handshake (session
+    /// tickets) may still be waiting there, unread.
+    pub fn take(&self, key: &Key) -> Option<Upstream> {
         let mut map = self.idle.borrow_mut();
         let list = map.get_mut(key)?;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < self.idle_timeout && (!probe || i.stream.is_idle_and_open()) {
+            if i.since.elapsed() < self.idle_timeout && (!i.carried || i.stream.is_idle_and_open())
+            {
                 let base = i.stream.bytes_moved();
                 return Some(Upstream {
                     stream: i.stream,
@@ -87,6 +93,15 @@ impl Pool {
 
     /// Returns a connection whose last exchange completed cleanly.
     pub fn put(&self, key: Key, up: Upstream) {
+        self.keep(key, up, true);
+    }
+
+    /// Pools a connection made ahead of a client's request, which carried none yet.
+    pub fn put_unused(&self, key: Key, up: Upstream) {
+        self.keep(key, up, false);
+    }
+
+    fn keep(&self, key: Key, up: Upstream, carried: bool) {
         if !up.buf.is_empty() || self.max_idle == 0 {
             // unsolicited bytes after a complete response: the connection is out of sync
             up.stream.shutdown(Shutdown::Both);
@@ -104,6 +119,7 @@ impl Pool {
             addr: up.addr,
             since: Instant::now(),
             via_chain: up.via_chain,
+            carried,
         });
     }
 

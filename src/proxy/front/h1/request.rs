@@ -199,7 +199,7 @@ async fn send(
         attempt += 1;
         // the pool first (no future for it: most requests take this path)
         let pooled = match attempt {
-            1 => upstream::reuse(&c.w, key, !retryable),
+            1 => upstream::reuse(&c.w, key),
             _ => None,
         };
         let mut up = match pooled {

@@ -320,6 +320,10 @@ async fn exchange_stream(
     call: &mut Option<Rc<grpc::Call>>,
 ) {
     let (parts, rx) = req.into_parts();
+    if let Err(why) = crate::proto::h2_fields::check_request(&parts) {
+        tracing::info!(conn = s.info.conn_id, "malformed HTTP/2 request: {why}");
+        return reply.tx.send_reset(Reason::PROTOCOL_ERROR);
+    }
     let mut req = match route::h2_request(&parts, &s.target) {
         Ok(r) => r,
         Err((status, text)) => return reply.fail(status, &text),

@@ -141,7 +141,7 @@ impl Stream<'_> {
     pub(super) async fn via_h1(&self, mut req: Request, mut body: Incoming, reply: &mut Reply) {
         let w = &*self.s.w;
         let key = Key::new(&req.scheme, &req.authority);
-        let mut up = match upstream::reuse(w, &key, true) {
+        let mut up = match upstream::reuse(w, &key) {
             Some(u) => u,
             None => match upstream::open(w, &self.s.info, &key, Alpn::Http1, None).await {
                 Ok(u) => u,
