@@ -101,8 +101,9 @@ install_apt() {
 # grpcio: tests/tls.rs, tests/grpc.rs; sonora, a gRPC-web server and client:
 # tests/grpc_web.rs, conformance/cases/grpc_web.py; mitmproxy: mitmdump writes the HAR
 # and dump that tests/flows_har.rs imports, and tests/flows_cli.rs checks filters
-# against mitmproxy.flowfilter).
-PIP_NEED=(websockets:websockets grpc:grpcio sonora:sonora mitmproxy:mitmproxy)
+# against mitmproxy.flowfilter; h2, with its hyperframe and hpack: the hostile HTTP/2
+# clients and origin of tests/h2_attacks.rs).
+PIP_NEED=(websockets:websockets grpc:grpcio sonora:sonora mitmproxy:mitmproxy h2:h2)
 install_pip() {
   local missing=() spec
   for spec in "${PIP_NEED[@]}"; do
