@@ -30,7 +30,8 @@ const RSS_BOUND_KIB: u64 = 64 * 1024;
 /// CPU luring may use in the second after an attack ended (it must not keep burning).
 const QUIET_CPU_SECS: f64 = 0.5;
 
-/// The origin behind the proxy: `/big` is 8 MiB, `/probe` answers at once, the rest
+/// The origin behind the proxy: `/big` is 8 MiB, `/slow` sends its head and the first
+/// of its two bytes at once and the other 3 s later, `/probe` answers at once, the rest
 /// after 300 ms (so the work of a reset stream would outlive its reset).
 fn origin() -> Origin {
     Origin::start(handler(|ex| {
@@ -40,6 +41,13 @@ fn origin() -> Origin {
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
             ex.write(head.as_bytes())?;
             write_pattern(ex.stream(), n)?;
+            return Ok(Next::KeepAlive);
+        }
+        if ex.req.target == "/slow" {
+            // the head and a first byte at once, the rest seconds later
+            ex.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no")?;
+            ex.sleep(Duration::from_secs(3));
+            ex.write(b"k")?;
             return Ok(Next::KeepAlive);
         }
         if ex.req.target != "/probe" {
@@ -253,6 +261,18 @@ fn rapid_reset_is_sent_away_and_its_streams_cost_the_origin_little() {
     let o = attack(&proxy, &origin, "rapid_reset_burst");
     assert_sent_away(&o, Some("ENHANCE_YOUR_CALM"));
     assert!(o.fds_grown < 2 * 128 + 32, "{} descriptors", o.fds_grown);
+}
+
+#[test]
+fn streams_reset_after_their_response_began_are_bounded_per_connection() {
+    let origin = origin();
+    let proxy = reverse_proxy(&origin, &[]);
+    let o = attack(&proxy, &origin, "reset_after_headers");
+    // the work of reset streams (an upstream connection each, waiting for the rest of
+    // a body) is bounded by --h2-max-concurrent-streams; new streams then wait in h2's
+    // queue, and cancelling those ends the connection
+    assert_sent_away(&o, Some("ENHANCE_YOUR_CALM"));
+    assert!(o.fds_grown < 128 + 32, "{} descriptors", o.fds_grown);
 }
 
 #[test]

