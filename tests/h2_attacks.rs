@@ -551,3 +551,29 @@ fn upstream_that_never_opens_its_window_gets_the_client_a_504() {
     );
     assert!(g.rss_grown < RSS_BOUND_KIB, "RSS grew {} KiB", g.rss_grown);
 }
+
+#[test]
+fn upstream_that_answers_but_never_reads_the_upload_gets_the_stream_reset() {
+    // the upload waits for a window that never opens: after --send-timeout (2 s) the
+    // upstream stream is reset, and so is the client's (its 200 head was already sent)
+    let g = through_hostile("stalled_read", 4 << 20);
+    assert!(
+        g.code == Some(92) || g.code == Some(16) || g.code == Some(18),
+        "{:?} {}\n{}",
+        g.code,
+        g.status,
+        g.stderr
+    );
+    assert!(g.rss_grown < RSS_BOUND_KIB, "RSS grew {} KiB", g.rss_grown);
+}
+
+#[test]
+fn floods_are_sent_away_on_the_epoll_backend_too() {
+    let origin = origin();
+    let proxy = reverse_proxy(&origin, &["--io", "epoll"]);
+    let o = attack(&proxy, &origin, "rapid_reset");
+    assert_sent_away(&o, Some("ENHANCE_YOUR_CALM"));
+    assert!(o.origin_requests < 20, "{} requests", o.origin_requests);
+    let o = attack(&proxy, &origin, "ping_flood");
+    assert_sent_away(&o, Some("ENHANCE_YOUR_CALM"));
+}

@@ -11,6 +11,8 @@ answers as MODE says:
     continuation_flood  a response header block that never ends (CONTINUATION frames)
     goaway_mid_stream   200, part of the body, then GOAWAY and a close
     stalled_window      a window of 0 on every stream, never opened, and no answer
+    stalled_read        a window of 0, never opened, and a response head at once (the
+                        upload can never go on, the body never comes)
     ok                  200 "fine" (the control case)
 """
 
@@ -128,6 +130,8 @@ def respond(mode, sock, enc, sid, deadline):
         raise OSError("closed after GOAWAY")
     elif mode == "stalled_window":
         pass
+    elif mode == "stalled_read":
+        send(sock, headers(sid, enc.encode([(":status", "200")])))
 
 
 def serve(mode, sock):
@@ -135,7 +139,7 @@ def serve(mode, sock):
     deadline = time.monotonic() + CONN_SECS
     enc = Encoder()
     s = SettingsFrame(0)
-    if mode == "stalled_window":
+    if mode in ("stalled_window", "stalled_read"):
         s.settings = {SettingsFrame.INITIAL_WINDOW_SIZE: 0}
     try:
         send(sock, s)
