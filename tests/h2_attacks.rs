@@ -337,6 +337,12 @@ fn settings_flood_is_sent_away() {
     let proxy = reverse_proxy(&origin, &[]);
     let o = attack(&proxy, &origin, "settings_flood");
     assert_sent_away(&o, Some("ENHANCE_YOUR_CALM"));
+    // the log says why, naming the flag that tunes it
+    assert!(
+        proxy.wait_stderr("--h2-control-frame-budget", Duration::from_secs(2)),
+        "{}",
+        proxy.stderr()
+    );
 }
 
 #[test]

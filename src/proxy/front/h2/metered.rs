@@ -17,16 +17,19 @@ pub(super) struct Metered<T> {
     meter: FloodMeter,
     /// Notified once, when the meter's verdict turns to a flood.
     flood: Rc<Notify>,
+    /// The client connection's id, for the log.
+    conn: u64,
 }
 
 impl<T> Metered<T> {
-    /// `io` metered against a budget of `burst` control frames; `flood` is notified
-    /// when it is exceeded.
-    pub(super) fn new(io: T, burst: u32, flood: Rc<Notify>) -> Metered<T> {
+    /// `io` (of client connection `conn`) metered against a budget of `burst` control
+    /// frames; `flood` is notified when it is exceeded.
+    pub(super) fn new(io: T, burst: u32, flood: Rc<Notify>, conn: u64) -> Metered<T> {
         Metered {
             io,
             meter: FloodMeter::new(burst),
             flood,
+            conn,
         }
     }
 }
@@ -46,7 +49,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
         let r = Pin::new(&mut me.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
             if let Verdict::Flood(kind) = me.meter.feed(&buf.filled()[before..], Instant::now()) {
-                tracing::info!("HTTP/2 client flooded {kind} frames: sent away");
+                tracing::info!(
+                    conn = me.conn,
+                    "HTTP/2 client sent {kind} frames beyond --h2-control-frame-budget: \
+                     GOAWAY ENHANCE_YOUR_CALM"
+                );
                 me.flood.notify_one();
             }
         }

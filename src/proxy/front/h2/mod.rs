@@ -142,7 +142,7 @@ async fn run(
     let conn = info.conn_id;
     let max_streams = w.cfg.h2_max_concurrent_streams;
     let flood = Rc::new(Notify::new());
-    let io = Metered::new(cio, w.cfg.h2_control_frame_budget, flood.clone());
+    let io = Metered::new(cio, w.cfg.h2_control_frame_budget, flood.clone(), conn);
     // every limit is set here, defaults included: docs/security.md, "HTTP/2 floods"
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(max_streams)
