@@ -41,6 +41,13 @@ pub const PENDING_ACCEPT_RESETS: usize = 20;
 pub const LOCAL_ERROR_RESETS: usize = 1024;
 /// Data h2 buffers per stream for sending; flow control holds the rest back.
 pub const SEND_BUFFER: usize = 400 * 1024;
+/// Overhead of small DATA frames a peer may make luring buffer before the connection
+/// is closed with GOAWAY ENHANCE_YOUR_CALM (empty and tiny DATA floods): h2's automatic
+/// value for [`CONN_WINDOW`], half of it.
+pub const DATA_FRAME_BUDGET: usize = CONN_WINDOW as usize / 2;
+/// How long a stream luring reset is remembered, so the peer's frames still in flight
+/// for it are ignored instead of being connection errors (h2's default).
+pub const RESET_STREAM_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The header list limit h2 gets for `--max-head-size` (h2 takes a u32).
 pub fn header_list_limit(max_head_size: usize) -> u32 {
@@ -64,6 +71,8 @@ where
         .max_pending_accept_reset_streams(PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(LOCAL_ERROR_RESETS))
         .max_send_buffer_size(SEND_BUFFER)
+        .data_frame_budget(DATA_FRAME_BUDGET)
+        .reset_stream_duration(RESET_STREAM_MEMORY)
         .handshake::<_, Bytes>(io)
         .await
 }

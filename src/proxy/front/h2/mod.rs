@@ -154,6 +154,11 @@ async fn run(
         .max_pending_accept_reset_streams(up2::PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(up2::LOCAL_ERROR_RESETS))
         .max_send_buffer_size(up2::SEND_BUFFER)
+        .data_frame_budget(up2::DATA_FRAME_BUDGET)
+        // locally reset streams remembered: twice the streams a client may open (as
+        // h2 0.4.21 derives it), for 5 s
+        .max_concurrent_reset_streams(2 * max_streams as usize)
+        .reset_stream_duration(up2::RESET_STREAM_MEMORY)
         .handshake::<_, Bytes>(io);
     // a client that never sends its preface is cut off like a slow HTTP/1 head
     let mut srv = match tokio::time::timeout(w.timeouts.head, handshake).await {
