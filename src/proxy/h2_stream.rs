@@ -8,6 +8,7 @@ use crate::proxy::sse;
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use std::cell::Cell;
+use std::task::Poll;
 use std::time::Duration;
 
 /// Fields that are meaningful on one HTTP/1 connection only and must not appear in
@@ -132,16 +133,25 @@ pub async fn send_data(
     }
     while !data.is_empty() {
         tx.reserve_capacity(data.len());
-        let stall = SEND_STALL.with(|s| s.get());
-        let cap = match tokio::time::timeout(stall, std::future::poll_fn(|cx| tx.poll_capacity(cx)))
-            .await
-        {
-            Ok(Some(r)) => r?,
-            Ok(None) => return Err(h2::Error::from(Reason::STREAM_CLOSED)),
-            Err(_) => {
-                tx.send_reset(Reason::CANCEL);
-                return Err(h2::Error::from(Reason::CANCEL));
+        // capacity at hand needs no timer; only a wait does
+        let now = std::future::poll_fn(|cx| Poll::Ready(tx.poll_capacity(cx))).await;
+        let got = match now {
+            Poll::Ready(got) => got,
+            Poll::Pending => {
+                let stall = SEND_STALL.with(|s| s.get());
+                let wait = std::future::poll_fn(|cx| tx.poll_capacity(cx));
+                match tokio::time::timeout(stall, wait).await {
+                    Ok(got) => got,
+                    Err(_) => {
+                        tx.send_reset(Reason::CANCEL);
+                        return Err(h2::Error::from(Reason::CANCEL));
+                    }
+                }
             }
+        };
+        let cap = match got {
+            Some(r) => r?,
+            None => return Err(h2::Error::from(Reason::STREAM_CLOSED)),
         };
         if cap == 0 {
             continue;
