@@ -176,7 +176,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS")]
     pub upstream_timeout: Option<f64>,
     /// Seconds a client may go without accepting any more of a response before the
-    /// connection is closed (as nginx's send_timeout) [default: 60].
+    /// connection is closed (as nginx's send_timeout); over HTTP/2, a peer on either
+    /// side that opens no window for this long gets the stream reset [default: 60].
     #[arg(long, value_name = "SECS")]
     pub send_timeout: Option<f64>,
     /// Seconds a tunnel (CONNECT, TLS passthrough, WebSocket or other upgrade) may pass
