@@ -102,8 +102,9 @@ install_apt() {
 # tests/grpc_web.rs, conformance/cases/grpc_web.py; mitmproxy: mitmdump writes the HAR
 # and dump that tests/flows_har.rs imports, and tests/flows_cli.rs checks filters
 # against mitmproxy.flowfilter; h2, which brings hyperframe and hpack: raw HTTP/2 frames
-# without client-side checks in tests/smuggling.rs).
-PIP_NEED=(websockets:websockets grpc:grpcio sonora:sonora mitmproxy:mitmproxy hyperframe:h2)
+# without client-side checks in tests/smuggling.rs, the hostile HTTP/2 clients and
+# origin of tests/h2_attacks.rs, and conformance/cases/waits.py).
+PIP_NEED=(websockets:websockets grpc:grpcio sonora:sonora mitmproxy:mitmproxy h2:h2)
 install_pip() {
   local missing=() spec
   for spec in "${PIP_NEED[@]}"; do

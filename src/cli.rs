@@ -176,7 +176,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS")]
     pub upstream_timeout: Option<f64>,
     /// Seconds a client may go without accepting any more of a response before the
-    /// connection is closed (as nginx's send_timeout) [default: 60].
+    /// connection is closed (as nginx's send_timeout); over HTTP/2, a peer on either
+    /// side that opens no window for this long gets the stream reset [default: 60].
     #[arg(long, value_name = "SECS")]
     pub send_timeout: Option<f64>,
     /// Seconds a tunnel (CONNECT, TLS passthrough, WebSocket or other upgrade) may pass
@@ -192,6 +193,16 @@ pub struct RunArgs {
     /// Client connections per worker; further ones get a 503 and are closed [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Streams an HTTP/2 client may have open at once on one connection; it is also the
+    /// most streams luring works on for one connection (streams the client reset whose
+    /// work is still ending count too) [default: 128].
+    #[arg(long, value_name = "N")]
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// Control frames (SETTINGS, PING, PRIORITY, RST_STREAM) an HTTP/2 client may send
+    /// in a burst, refilled at a tenth of it per second; beyond, GOAWAY
+    /// ENHANCE_YOUR_CALM [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub h2_control_frame_budget: Option<u32>,
     /// Lua plugin file (repeatable; loaded in order into every worker).
     #[arg(long = "plugin", value_name = "FILE")]
     pub plugins: Vec<PathBuf>,
@@ -312,6 +323,8 @@ impl RunArgs {
             pool_idle_timeout,
             pool_max_idle,
             max_connections,
+            h2_max_concurrent_streams,
+            h2_control_frame_budget,
             max_plugin_body,
             max_grpc_message,
             hook_budget_ms,

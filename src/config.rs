@@ -153,6 +153,12 @@ pub struct Config {
     pub pool_max_idle: usize,
     /// Client connections per worker.
     pub max_connections: usize,
+    /// Streams an HTTP/2 client may open at once per connection (and streams luring
+    /// works on at once for one connection).
+    pub h2_max_concurrent_streams: u32,
+    /// Control frames an HTTP/2 client may send in a burst (refilled at a tenth of it
+    /// per second).
+    pub h2_control_frame_budget: u32,
     /// Plugin files, loaded in order.
     pub plugins: Vec<PathBuf>,
     /// Largest body a plugin may read.
@@ -237,6 +243,9 @@ impl Default for Config {
             pool_idle_timeout: 30.0,
             pool_max_idle: 64,
             max_connections: 10_000,
+            // as nginx's http2_max_concurrent_streams
+            h2_max_concurrent_streams: 128,
+            h2_control_frame_budget: 1000,
             plugins: Vec::new(),
             max_plugin_body: 16 * 1024 * 1024,
             // grpc's own default receive limit
@@ -307,6 +316,12 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        if self.h2_max_concurrent_streams == 0 {
+            return Err("h2_max_concurrent_streams must be at least 1".into());
+        }
+        if self.h2_control_frame_budget < 10 {
+            return Err("h2_control_frame_budget must be at least 10".into());
         }
         for kv in self
             .set_request_header

@@ -4,6 +4,7 @@ pub mod client_hello;
 pub mod detect;
 pub mod grpc;
 pub mod h2_fields;
+pub mod h2_flood;
 pub mod http1;
 pub mod protobuf;
 pub mod socks5;

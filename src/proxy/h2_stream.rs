@@ -7,6 +7,9 @@ use crate::http::{Body, Headers, Request, Response};
 use crate::proxy::sse;
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
+use std::cell::Cell;
+use std::task::Poll;
+use std::time::Duration;
 
 /// Fields that are meaningful on one HTTP/1 connection only and must not appear in
 /// HTTP/2 (RFC 9113 section 8.2.2); `te` is allowed with the value "trailers" only.
@@ -102,7 +105,21 @@ pub async fn buffer(body: &mut Incoming, limit: usize) -> Result<(Body, Option<H
     ))
 }
 
-/// Sends `data` as flow control allows, ending the stream after it when `end`.
+thread_local! {
+    /// How long [`send_data`] waits for the peer to open its window: the worker's
+    /// `--send-timeout`, set when the worker starts.
+    static SEND_STALL: Cell<Duration> = const { Cell::new(Duration::from_secs(60)) };
+}
+
+/// Sets how long [`send_data`] waits on this thread for a peer's window to open.
+pub fn set_send_stall(d: Duration) {
+    SEND_STALL.with(|s| s.set(d));
+}
+
+/// Sends `data` as flow control allows, ending the stream after it when `end`. A peer
+/// that opens no window for the send timeout (a window of 1 never updated, an upstream
+/// that stopped reading) gets the stream reset with CANCEL instead of holding it, and
+/// what luring buffered for it, for ever.
 pub async fn send_data(
     tx: &mut SendStream<Bytes>,
     mut data: Bytes,
@@ -116,7 +133,23 @@ pub async fn send_data(
     }
     while !data.is_empty() {
         tx.reserve_capacity(data.len());
-        let cap = match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
+        // capacity at hand needs no timer; only a wait does
+        let now = std::future::poll_fn(|cx| Poll::Ready(tx.poll_capacity(cx))).await;
+        let got = match now {
+            Poll::Ready(got) => got,
+            Poll::Pending => {
+                let stall = SEND_STALL.with(|s| s.get());
+                let wait = std::future::poll_fn(|cx| tx.poll_capacity(cx));
+                match tokio::time::timeout(stall, wait).await {
+                    Ok(got) => got,
+                    Err(_) => {
+                        tx.send_reset(Reason::CANCEL);
+                        return Err(h2::Error::from(Reason::CANCEL));
+                    }
+                }
+            }
+        };
+        let cap = match got {
             Some(r) => r?,
             None => return Err(h2::Error::from(Reason::STREAM_CLOSED)),
         };

@@ -226,6 +226,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
     let engine = load_engine(&cfg, index)
         .map_err(|e| fail(format!("worker {index}: plugins failed to load:\n{e}")))?;
     let pipeline = Pipeline::from_config(&cfg).map_err(fail)?;
+    crate::proxy::h2_stream::set_send_stall(secs(cfg.send_timeout));
     let w = Rc::new(Worker {
         index,
         limits: Limits {

@@ -28,24 +28,66 @@ pub const CONN_WINDOW: u32 = 1024 * 1024;
 /// driven (awaited) for streams to move.
 pub type Handshake<T> = (SendRequest<Bytes>, h2::client::Connection<T, Bytes>);
 
-/// Runs the h2 client handshake over `io` with luring's windows.
-pub async fn handshake<T>(io: T) -> Result<Handshake<T>, h2::Error>
+/// Largest frame luring accepts from an h2 peer (the protocol's minimum, set
+/// explicitly): header blocks over it come as CONTINUATION frames, which h2 counts.
+pub const MAX_FRAME: u32 = 16 * 1024;
+/// HPACK dynamic table luring lets a peer use (the protocol's default, set explicitly).
+pub const HEADER_TABLE: u32 = 4096;
+/// Streams reset by the peer before they were accepted that an h2 connection may hold
+/// before it is closed with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
+pub const PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams h2 resets itself for a peer's protocol errors before the connection is
+/// closed with GOAWAY ENHANCE_YOUR_CALM (MadeYouReset, CVE-2025-8671).
+pub const LOCAL_ERROR_RESETS: usize = 1024;
+/// Data h2 buffers per stream for sending; flow control holds the rest back.
+pub const SEND_BUFFER: usize = 400 * 1024;
+/// Overhead of small DATA frames a peer may make luring buffer before the connection
+/// is closed with GOAWAY ENHANCE_YOUR_CALM (empty and tiny DATA floods): h2's automatic
+/// value for [`CONN_WINDOW`], half of it.
+pub const DATA_FRAME_BUDGET: usize = CONN_WINDOW as usize / 2;
+/// How long a stream luring reset is remembered, so the peer's frames still in flight
+/// for it are ignored instead of being connection errors (h2's default).
+pub const RESET_STREAM_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The header list limit h2 gets for `--max-head-size` (h2 takes a u32).
+pub fn header_list_limit(max_head_size: usize) -> u32 {
+    u32::try_from(max_head_size).unwrap_or(u32::MAX)
+}
+
+/// Runs the h2 client handshake over `io` with luring's windows and limits: no server
+/// push (a PUSH_PROMISE is a connection error), and response header lists up to
+/// `max_header_list` bytes (larger resets the stream; h2's default is 16 MiB).
+pub async fn handshake<T>(io: T, max_header_list: u32) -> Result<Handshake<T>, h2::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     h2::client::Builder::new()
+        .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .header_table_size(HEADER_TABLE)
+        .max_header_list_size(max_header_list)
+        .max_pending_accept_reset_streams(PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(LOCAL_ERROR_RESETS))
+        .max_send_buffer_size(SEND_BUFFER)
+        .data_frame_budget(DATA_FRAME_BUDGET)
+        .reset_stream_duration(RESET_STREAM_MEMORY)
         .handshake::<_, Bytes>(io)
         .await
 }
 
 /// Runs an h2 upstream connection over `up` as a task of its own until its last
 /// handle is gone. The returned flag turns false once the connection has ended.
-pub async fn spawn_connection(up: Upstream, conn_id: u64) -> Result<Live, String> {
+/// `max_header_list` bounds response header lists (see [`handshake`]).
+pub async fn spawn_connection(
+    up: Upstream,
+    conn_id: u64,
+    max_header_list: u32,
+) -> Result<Live, String> {
     let stream = Rc::new(up.stream);
     let io = PollStream::new(stream.clone(), up.buf);
-    let (send, conn) = handshake(io)
+    let (send, conn) = handshake(io, max_header_list)
         .await
         .map_err(|e| format!("HTTP/2 handshake with the upstream failed: {e}"))?;
     let alive = Rc::new(Cell::new(true));
@@ -71,8 +113,14 @@ pub struct Lazy {
 pub type Live = (SendRequest<Bytes>, Rc<Cell<bool>>);
 
 impl Lazy {
-    /// The open connection, or a new one over what `connect` opens.
-    pub async fn sender<F>(&self, connect: F, conn_id: u64) -> Result<SendRequest<Bytes>, String>
+    /// The open connection, or a new one over what `connect` opens (`max_header_list`:
+    /// see [`handshake`]).
+    pub async fn sender<F>(
+        &self,
+        connect: F,
+        conn_id: u64,
+        max_header_list: u32,
+    ) -> Result<SendRequest<Bytes>, String>
     where
         F: std::future::Future<Output = Result<Upstream, String>>,
     {
@@ -81,7 +129,7 @@ impl Lazy {
                 return Ok(up.clone());
             }
         }
-        let made = spawn_connection(connect.await?, conn_id).await?;
+        let made = spawn_connection(connect.await?, conn_id, max_header_list).await?;
         *self.conn.borrow_mut() = Some(made.clone());
         Ok(made.0)
     }

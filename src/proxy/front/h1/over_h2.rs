@@ -65,7 +65,8 @@ pub(super) async fn sender(c: &ClientConn, key: &Key) -> Result<SendRequest<Byte
         }
         Err(format!("{}:{} did not agree to h2", key.host, key.port))
     };
-    lazy.sender(connect, c.info.conn_id).await
+    let max = up2::header_list_limit(c.w.cfg.max_head_size);
+    lazy.sender(connect, c.info.conn_id, max).await
 }
 
 /// Sends `req` as a stream of the upstream's h2 connection, its body from the client,

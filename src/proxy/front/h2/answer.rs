@@ -24,6 +24,27 @@ pub(super) struct Reply {
 }
 
 impl Reply {
+    /// Runs `work` (the upstream's part of the exchange) unless the client resets the
+    /// stream first: then `work` is dropped, with the upstream request it was making,
+    /// and None comes back. So a stream the client cancelled (rapid reset) or that h2
+    /// reset for the client's errors (MadeYouReset) stops costing the upstream, as hyper
+    /// drops the service future of a reset stream. Only before the response is sent.
+    pub(super) async fn unless_reset<F: std::future::Future>(
+        &mut self,
+        work: F,
+    ) -> Option<F::Output> {
+        let tx = &mut self.tx;
+        let reset = std::future::poll_fn(|cx| tx.poll_reset(cx).map(|_| ()));
+        tokio::select! {
+            biased;
+            _ = reset => {
+                self.status = 0;
+                None
+            }
+            r = work => Some(r),
+        }
+    }
+
     pub(super) fn send_response(
         &mut self,
         head: http::Response<()>,

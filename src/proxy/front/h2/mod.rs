@@ -9,6 +9,7 @@
 //! requests a hook re-routed). When h2 is offered: docs/decisions.md, "HTTP/2".
 
 mod answer;
+mod metered;
 mod stream;
 
 use crate::http::{Body, Headers, Request};
@@ -28,14 +29,14 @@ use crate::proxy::{grpc_web, grpc_web_h2};
 use answer::Reply;
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream};
-use std::cell::Cell;
+use metered::Metered;
+use std::cell::{Cell, RefCell};
 use std::net::Shutdown;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 use stream::Stream;
-
-/// Streams a client may open at once on one connection (as nginx's default).
-const MAX_STREAMS: u32 = 128;
+use tokio::sync::Notify;
 
 /// How an h2 session reaches its upstream.
 pub enum Via {
@@ -75,6 +76,8 @@ struct Session {
     last_end: Cell<Instant>,
     /// Bytes read from and written to HTTP/1.1 upstream legs (connection.on_disconnect).
     upstream_moved: Cell<(u64, u64)>,
+    /// The accept loop, parked while `open` is at the limit: woken when a stream ends.
+    parked: RefCell<Option<Waker>>,
 }
 
 impl Session {
@@ -94,7 +97,8 @@ impl Session {
                 .await
                 .map_err(|e| e.text().to_string())
         };
-        self.h2c.sender(connect, self.info.conn_id).await
+        let max = up2::header_list_limit(self.w.cfg.max_head_size);
+        self.h2c.sender(connect, self.info.conn_id, max).await
     }
 }
 
@@ -117,7 +121,8 @@ pub async fn serve(
                 stream, buf, base, ..
             } = *up;
             let uio = PollStream::new(&stream, buf);
-            let legs = match up2::handshake(uio).await {
+            let limit = up2::header_list_limit(w.cfg.max_head_size);
+            let legs = match up2::handshake(uio, limit).await {
                 Ok((send, conn)) => {
                     let up = UpstreamConn::H2(send);
                     run(w, &mut cio, up, Some(conn), info, target).await
@@ -170,12 +175,26 @@ async fn run(
     target: Target2,
 ) -> (u64, u64) {
     let conn = info.conn_id;
+    let max_streams = w.cfg.h2_max_concurrent_streams;
+    let flood = Rc::new(Notify::new());
+    let io = Metered::new(cio, w.cfg.h2_control_frame_budget, flood.clone(), conn);
+    // every limit is set here, defaults included: docs/security.md, "HTTP/2 floods"
     let handshake = h2::server::Builder::new()
-        .max_concurrent_streams(MAX_STREAMS)
+        .max_concurrent_streams(max_streams)
         .initial_window_size(up2::STREAM_WINDOW)
         .initial_connection_window_size(up2::CONN_WINDOW)
-        .max_header_list_size(w.cfg.max_head_size as u32)
-        .handshake::<_, Bytes>(cio);
+        .max_frame_size(up2::MAX_FRAME)
+        .header_table_size(up2::HEADER_TABLE)
+        .max_header_list_size(up2::header_list_limit(w.cfg.max_head_size))
+        .max_pending_accept_reset_streams(up2::PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(up2::LOCAL_ERROR_RESETS))
+        .max_send_buffer_size(up2::SEND_BUFFER)
+        .data_frame_budget(up2::DATA_FRAME_BUDGET)
+        // locally reset streams remembered: twice the streams a client may open (as
+        // h2 0.4.21 derives it), for 5 s
+        .max_concurrent_reset_streams(2 * max_streams as usize)
+        .reset_stream_duration(up2::RESET_STREAM_MEMORY)
+        .handshake::<_, Bytes>(io);
     // a client that never sends its preface is cut off like a slow HTTP/1 head
     let mut srv = match tokio::time::timeout(w.timeouts.head, handshake).await {
         Ok(Ok(s)) => s,
@@ -198,6 +217,7 @@ async fn run(
         open: Cell::new(0),
         last_end: Cell::new(Instant::now()),
         upstream_moved: Cell::new((0, 0)),
+        parked: RefCell::new(None),
     });
     let up_conn = async move {
         match up_conn {
@@ -214,7 +234,19 @@ async fn run(
     tokio::pin!(idle_timer);
     loop {
         tokio::select! {
-            next = srv.accept() => match next {
+            // no more streams are taken while as many as a client may open are still
+            // being worked on: streams the client reset (rapid reset) then wait in h2's
+            // queue, where h2 bounds them; the connection is still driven meanwhile
+            next = std::future::poll_fn(|cx| {
+                if session.open.get() < max_streams as usize {
+                    return srv.poll_accept(cx);
+                }
+                *session.parked.borrow_mut() = Some(cx.waker().clone());
+                match srv.poll_closed(cx) {
+                    Poll::Ready(r) => Poll::Ready(r.err().map(Err)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }) => match next {
                 Some(Ok((req, tx))) => spawn_stream(&session, req, tx),
                 Some(Err(e)) => {
                     tracing::debug!(conn, "client HTTP/2 connection ended: {e}");
@@ -229,6 +261,10 @@ async fn run(
                 }
                 // new streams could not be served: tell the client to open a new connection
                 srv.graceful_shutdown();
+                closing = true;
+            }
+            _ = flood.notified(), if !closing => {
+                srv.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 closing = true;
             }
             _ = drain.changed(), if !closing => {
@@ -298,6 +334,9 @@ fn spawn_stream(
         recording::finish(&s.w, &s.info, reply.rec.take());
         s.open.set(s.open.get() - 1);
         s.last_end.set(Instant::now());
+        if let Some(w) = s.parked.take() {
+            w.wake();
+        }
     });
 }
 

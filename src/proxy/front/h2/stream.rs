@@ -21,6 +21,9 @@ use h2::{Reason, SendStream};
 use std::net::Shutdown;
 use std::rc::Rc;
 
+/// Why an exchange ended without an answer, as recorded.
+const CLIENT_RESET: &str = "the client reset the stream";
+
 /// What one stream's exchange with the upstream needs to know.
 pub(super) struct Stream<'a> {
     pub(super) s: &'a Session,
@@ -41,9 +44,13 @@ impl Stream<'_> {
         mut body: Incoming,
         reply: &mut Reply,
     ) {
-        let started = match up2::start(upstream, &mut req, self.te_trailers).await {
-            Ok(s) => s,
-            Err(e) => return self.stream_failed(&req, reply, e).await,
+        let started = match reply
+            .unless_reset(up2::start(upstream, &mut req, self.te_trailers))
+            .await
+        {
+            None => return reply.record(|c| c.error(CLIENT_RESET)),
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return self.stream_failed(&req, reply, e).await,
         };
         let up2::Started {
             response,
@@ -62,37 +69,62 @@ impl Stream<'_> {
             }
             _ => None,
         };
+        // told to stop when the upstream failed before taking the whole body: the body
+        // comes back to be read and dropped, so the client still gets the answer whole
+        let stop = Rc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
         let upload = crate::io::spawn(async move {
-            let r = match (full, up_dir.as_mut()) {
-                (Some(_), _) if no_body => Ok(()),
-                (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                (None, Some(dir)) => match grpc::relay(&mut body, &mut tx, dir).await {
-                    Ok(grpc::Relayed::Cancelled(..)) => Err("cancelled by a hook".into()),
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e),
-                },
-                (None, None) => h2_stream::relay_rest(&mut body, &mut tx, None)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+            let work = async {
+                match (full, up_dir.as_mut()) {
+                    (Some(_), _) if no_body => Ok(()),
+                    (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    (None, Some(dir)) => match grpc::relay(&mut body, &mut tx, dir).await {
+                        Ok(grpc::Relayed::Cancelled(..)) => Err("cancelled by a hook".into()),
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                    (None, None) => h2_stream::relay_rest(&mut body, &mut tx, None)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                }
+            };
+            let r = tokio::select! {
+                r = work => r,
+                _ = stopped.notified() => Err("the upstream failed first".to_string()),
             };
             if r.is_err() {
                 // also what a hook's msg:cancel sends the upstream
                 tx.send_reset(Reason::CANCEL);
             }
-            (r, body.tap)
+            (r, body)
         });
-        let (resp, rx) = match up2::response(response, self.s.w.timeouts.upstream).await {
+        let waited = reply
+            .unless_reset(up2::response(response, self.s.w.timeouts.upstream))
+            .await;
+        let Some(waited) = waited else {
+            // the upstream's stream is reset (CANCEL) as its handles are dropped
+            upload.abort();
+            return reply.record(|c| c.error(CLIENT_RESET));
+        };
+        let (resp, rx) = match waited {
             Ok(r) => r,
             Err(e) => {
-                upload.abort();
-                if let Some((status, message)) = self.call.as_ref().and_then(|c| c.cancelled()) {
-                    return reply.grpc_status(self.call.as_deref(), status, &message);
+                stop.notify_one();
+                let body = upload.await.ok().map(|(_, b)| b);
+                match self.call.as_ref().and_then(|c| c.cancelled()) {
+                    Some((status, message)) => {
+                        reply.grpc_status(self.call.as_deref(), status, &message)
+                    }
+                    None => self.stream_failed(&req, reply, e).await,
                 }
-                return self.stream_failed(&req, reply, e).await;
+                if let Some(b) = body {
+                    h2_stream::discard(b);
+                }
+                return;
             }
         };
         let mut rbody = Incoming::new(rx);
@@ -100,8 +132,8 @@ impl Stream<'_> {
         self.respond(&req, resp, Source::H2(&mut rbody), reply)
             .await;
         reply.put_tap(true, rbody.tap);
-        if let Ok((r, tap)) = upload.await {
-            reply.put_tap(false, tap);
+        if let Ok((r, body)) = upload.await {
+            reply.put_tap(false, body.tap);
             if let Err(why) = r {
                 reply.record(|c| c.error(format!("request body: {why}")));
             }
@@ -143,10 +175,14 @@ impl Stream<'_> {
         let key = Key::new(&req.scheme, &req.authority);
         let mut up = match upstream::reuse(w, &key) {
             Some(u) => u,
-            None => match upstream::open(w, &self.s.info, &key, Alpn::Http1, None).await {
-                Ok(u) => u,
-                Err(e) => return self.fail_flow(&req, reply, e.flow_error()).await,
-            },
+            None => {
+                let opened = upstream::open(w, &self.s.info, &key, Alpn::Http1, None);
+                match reply.unless_reset(opened).await {
+                    None => return reply.record(|c| c.error(CLIENT_RESET)),
+                    Some(Ok(u)) => u,
+                    Some(Err(e)) => return self.fail_flow(&req, reply, e.flow_error()).await,
+                }
+            }
         };
         if let Some(k) = self.call.as_ref().filter(|k| k.protocol().is_web()) {
             let max = w.cfg.max_plugin_body;
@@ -166,9 +202,16 @@ impl Stream<'_> {
             deadline: &deadline,
             limits: &w.upstream_limits,
         };
-        let answer = match upload {
-            Ok(parts) => up1::send_ready(&mut up, head, parts, waits).await,
-            Err(streamed) => up1::send_streaming(&mut up, head, streamed, waits).await,
+        let sent = async {
+            match upload {
+                Ok(parts) => up1::send_ready(&mut up, head, parts, waits).await,
+                Err(streamed) => up1::send_streaming(&mut up, head, streamed, waits).await,
+            }
+        };
+        let Some(answer) = reply.unless_reset(sent).await else {
+            // the upstream connection is mid-exchange: closed, never pooled
+            up.stream.shutdown(Shutdown::Both);
+            return reply.record(|c| c.error(CLIENT_RESET));
         };
         let answer = match answer {
             Ok(a) => a,
