@@ -271,16 +271,20 @@ end)
     drop(c);
     thread::sleep(Duration::from_millis(200));
     let base = fd_count(proxy.pid());
+    // the clients stay until every hook holds its cosocket (a client already gone when
+    // a wait ends abandons the hook there), then all go away mid-wait
+    let mut clients = Vec::new();
     for _ in 0..20 {
         let mut s = TcpStream::connect(proxy.addr).unwrap();
         s.write_all(get(&origin, "/wait", "").as_bytes()).unwrap();
-        thread::sleep(Duration::from_millis(20));
+        clients.push(s);
     }
     assert!(silent.wait_requests(20, Duration::from_secs(5)));
     assert!(
         fd_count(proxy.pid()) > base,
         "the waits hold their cosockets"
     );
+    drop(clients);
     let back = wait_until(Duration::from_secs(10), || fd_count(proxy.pid()) <= base);
     assert!(back, "fds: {} after, {base} before", fd_count(proxy.pid()));
 }
