@@ -22,13 +22,17 @@ struct BenchOrigin {
 
 impl BenchOrigin {
     fn start(file: &Path, extra: &[&str]) -> BenchOrigin {
+        Self::start_on(file, "127.0.0.1:0", extra)
+    }
+
+    fn start_on(file: &Path, listen: &str, extra: &[&str]) -> BenchOrigin {
         let mut child = Command::new(bin())
             .args([
                 "bench",
                 "origin",
                 file.to_str().unwrap(),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
             ])
             .args(extra)
             .stdin(Stdio::null())
@@ -70,6 +74,11 @@ impl Drop for BenchOrigin {
 
 /// Runs `luring bench run ARGS --report DIR` (bounded); the report's first target.
 fn bench_run(args: &[&str], dir: &TempDir, bound: Duration) -> serde_json::Value {
+    bench_run_all(args, dir, bound)[0].clone()
+}
+
+/// Runs `luring bench run ARGS --report DIR` (bounded); the report's targets.
+fn bench_run_all(args: &[&str], dir: &TempDir, bound: Duration) -> Vec<serde_json::Value> {
     let report = dir.path("report");
     let mut all = vec!["bench", "run"];
     all.extend_from_slice(args);
@@ -84,7 +93,7 @@ fn bench_run(args: &[&str], dir: &TempDir, bound: Duration) -> serde_json::Value
     );
     let text = std::fs::read_to_string(report.join("report.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["targets"][0].clone()
+    v["targets"].as_array().unwrap().clone()
 }
 
 fn sample_file(dir: &TempDir) -> std::path::PathBuf {
@@ -784,4 +793,190 @@ fn h2c_targets_replay_over_shared_connections() {
         "{}",
         stats.body_str()
     );
+}
+
+/// The CA certificate file in a luring config directory.
+fn ca_pem(confdir: &Path) -> String {
+    confdir.join("luring-ca.pem").to_str().unwrap().to_string()
+}
+
+/// The origin's counters (asked over plain HTTP on its port).
+fn origin_stats(o: &BenchOrigin) -> String {
+    curl(&[&format!("{}/__luring_bench/stats", o.url())]).body_str()
+}
+
+#[test]
+fn tls_origin_serves_h1_and_h2_to_curl_with_a_leaf_for_the_name() {
+    let dir = TempDir::new("bench-tls-origin");
+    let f = sample_file(&dir);
+    let conf = dir.path("origin-conf");
+    let o = BenchOrigin::start(&f, &["--tls", "--confdir", conf.to_str().unwrap()]);
+    let ca = ca_pem(&conf);
+    let port = o.addr.port();
+    let resolve = format!("shop.example:{port}:127.0.0.1");
+    let base = format!("https://shop.example:{port}");
+    let heads = dir.path("heads.txt");
+    let heads_s = heads.to_str().unwrap();
+    for (version, want) in [("--http1.1", "HTTP/1.1 "), ("--http2", "HTTP/2 ")] {
+        let extra = [
+            version,
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "-D",
+            heads_s,
+        ];
+        for fl in sample::flows()
+            .iter()
+            .filter(|f| f.request.method != "HEAD")
+        {
+            let out = fetch(&base, fl, &dir, &extra);
+            let resp = fl.response.as_ref().unwrap();
+            assert_eq!(
+                out.status, resp.status,
+                "{} {version}: {}",
+                fl.request.path, out.stderr
+            );
+            assert_eq!(sha(&out.body), sha(&resp.body.data), "{}", fl.request.path);
+            let h = std::fs::read_to_string(&heads).unwrap();
+            assert!(h.starts_with(want), "{version}: {h}");
+        }
+    }
+    // the leaf is checked: without the origin's CA curl refuses it (60: bad certificate)
+    let out = curl(&["--resolve", &resolve, &format!("{base}/")]);
+    assert_eq!(out.code, 60, "{}", out.stderr);
+    // plain HTTP still works on the same port, and nothing went unmatched
+    let stats = origin_stats(&o);
+    assert!(
+        stats.starts_with("{\"served\":14,\"unmatched\":0"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn the_driver_speaks_https_and_h2_to_a_tls_origin() {
+    let dir = TempDir::new("bench-tls-drive");
+    let f = sample_file(&dir);
+    let conf = dir.path("origin-conf");
+    let o = BenchOrigin::start(&f, &["--tls", "--confdir", conf.to_str().unwrap()]);
+    let ca = ca_pem(&conf);
+    let (h1, h2) = (
+        format!("h1=https://{}", o.addr),
+        format!("h2=h2://{}", o.addr),
+    );
+    let fs = f.to_str().unwrap();
+    let common = ["--once", "--connections", "2", "--check-bodies"];
+    let mut args = vec![fs, "--target", &h1, "--target", &h2, "--cacert", &ca];
+    args.extend_from_slice(&common);
+    args.extend_from_slice(&["--streams", "2"]);
+    let ts = bench_run_all(&args, &dir, Duration::from_secs(20));
+    for t in &ts {
+        let m = &t["merged"];
+        assert_eq!(m["completed"], 8, "{t}");
+        assert_eq!(m["errors"], serde_json::json!({}), "{t}");
+        assert_eq!(m["status_classes"]["2xx"], 6, "{t}");
+    }
+    // the sample's host is the server name: the leaf for shop.example verified
+    let stats = origin_stats(&o);
+    assert!(
+        stats.starts_with("{\"served\":16,\"unmatched\":0"),
+        "{stats}"
+    );
+    // no trust in the origin's CA: every handshake fails, and is counted as such
+    let mut args = vec![fs, "--target", &h1];
+    args.extend_from_slice(&common);
+    let t = bench_run(&args, &dir, Duration::from_secs(20));
+    assert_eq!(t["merged"]["errors"]["tls"], 8, "{t}");
+    // --insecure skips verification
+    let mut args = vec![fs, "--target", &h2, "--insecure"];
+    args.extend_from_slice(&common);
+    let t = bench_run(&args, &dir, Duration::from_secs(20));
+    assert_eq!(t["merged"]["completed"], 8, "{t}");
+    // --check-bodies tells a body that is not the recorded one
+    let mut flows = sample::flows();
+    flows[0].response.as_mut().unwrap().body.data[5] ^= 1;
+    let changed = dir.path("changed.flows");
+    luring::bench::input::write(&changed, &flows).unwrap();
+    let mut args = vec![changed.to_str().unwrap(), "--target", &h1, "--cacert", &ca];
+    args.extend_from_slice(&common);
+    let t = bench_run(&args, &dir, Duration::from_secs(20));
+    assert_eq!(t["merged"]["errors"], serde_json::json!({"body": 1}), "{t}");
+}
+
+#[test]
+fn recorded_https_goes_connect_then_tls_through_luring_to_a_tls_origin() {
+    let dir = TempDir::new("bench-tls-loop");
+    // the origin's port is chosen first: the recording names it
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let authority = format!("localhost:{port}");
+    let mut flows = sample::flows();
+    for (i, fl) in flows.iter_mut().enumerate() {
+        fl.request.authority = authority.clone();
+        fl.request.headers[0] = field("Host", &authority);
+        // one recorded plain-http request: absolute-form on the proxy connection
+        if i == 1 {
+            fl.request.scheme = "http".into();
+        }
+    }
+    let f = dir.path("https.flows");
+    luring::bench::input::write(&f, &flows).unwrap();
+    let oconf = dir.path("origin-conf");
+    let listen = format!("127.0.0.1:{port}");
+    let o = BenchOrigin::start_on(
+        &f,
+        &listen,
+        &["--tls", "--confdir", oconf.to_str().unwrap()],
+    );
+    // luring, the proxy under test, trusts the origin's CA upstream and has its own
+    let lconf = dir.path("luring-conf");
+    let oca = ca_pem(&oconf);
+    let proxy = Proxy::start(&["--confdir", lconf.to_str().unwrap(), "--upstream-ca", &oca]);
+    let lca = ca_pem(&lconf);
+    let target = format!("luring={}", proxy.url());
+    let t = bench_run(
+        &[
+            f.to_str().unwrap(),
+            "--proxy",
+            &target,
+            "--cacert",
+            &lca,
+            "--check-bodies",
+            "--once",
+            "--connections",
+            "2",
+        ],
+        &dir,
+        Duration::from_secs(20),
+    );
+    let m = &t["merged"];
+    assert_eq!(m["completed"], 8, "{t}");
+    assert_eq!(m["errors"], serde_json::json!({}), "{t}");
+    assert_eq!(m["status_classes"]["2xx"], 6, "{t}");
+    let stats = origin_stats(&o);
+    assert!(
+        stats.starts_with("{\"served\":8,\"unmatched\":0"),
+        "{stats}"
+    );
+    // the driver trusted luring's leaf, not the origin's: luring intercepted
+    let t = bench_run(
+        &[
+            f.to_str().unwrap(),
+            "--proxy",
+            &target,
+            "--cacert",
+            &oca,
+            "--once",
+            "--connections",
+            "1",
+        ],
+        &dir,
+        Duration::from_secs(20),
+    );
+    assert_eq!(t["merged"]["errors"]["tls"], 7, "{t}");
+    assert_eq!(t["merged"]["completed"], 1, "{t}");
 }

@@ -1,5 +1,6 @@
-//! The replay origin's HTTP/2 over cleartext (h2c, prior knowledge): the h2 crate
-//! serves each stream its recorded response from the recorded fields, with trailers.
+//! The replay origin's HTTP/2, over cleartext (h2c, prior knowledge) or TLS (h2 by
+//! ALPN): the h2 crate serves each stream its recorded response from the recorded
+//! fields, with trailers.
 
 use super::matching::RequestView;
 use super::origin::Origin;
@@ -24,13 +25,13 @@ pub fn preface(buf: &[u8]) -> Option<bool> {
 }
 
 /// A stream that first yields bytes already read from it (the preface and more).
-struct Prefixed {
+struct Prefixed<S> {
     pre: Vec<u8>,
     pos: usize,
-    inner: tokio::net::TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -47,7 +48,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -65,8 +66,8 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-/// Serves an h2c connection whose first bytes, `read`, were already taken off it.
-pub async fn serve(origin: Arc<Origin>, s: tokio::net::TcpStream, read: Vec<u8>) {
+/// Serves an HTTP/2 connection whose first bytes, `read`, were already taken off it.
+pub async fn serve(origin: Arc<Origin>, s: impl super::origin_net::Io, read: Vec<u8>) {
     let io = Prefixed {
         pre: read,
         pos: 0,

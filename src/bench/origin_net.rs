@@ -1,18 +1,24 @@
 //! The replay origin's sockets: the SO_REUSEPORT listeners, one current-thread runtime
 //! per thread, and each connection (HTTP/1.1 with pipelining, h2c by its preface,
-//! WebSocket replay).
+//! WebSocket replay; with `--tls`, a connection that opens with a TLS handshake gets
+//! TLS first, then h2 or HTTP/1.1 as ALPN chose).
 
 use super::h1::parse_request;
 use super::origin::Origin;
+use super::origin_tls::OriginTls;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// What a connection of the origin can be: TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Plays the recorded WebSocket conversation of response `i`; `rest` is what the
 /// client sent after its upgrade request.
-async fn ws_session(origin: &Origin, mut s: tokio::net::TcpStream, rest: &[u8], i: usize) {
+async fn ws_session(origin: &Origin, mut s: impl Io, rest: &[u8], i: usize) {
     use crate::proto::ws;
     let mut script = super::ws_replay::WsScript::new(origin.ws[i].clone());
     let dec = ws::FrameDecoder::new(64 << 20);
@@ -46,7 +52,7 @@ async fn ws_session(origin: &Origin, mut s: tokio::net::TcpStream, rest: &[u8], 
             }
         }
         if !out.is_empty() {
-            if s.write_all(&out).await.is_err() {
+            if s.write_all(&out).await.is_err() || s.flush().await.is_err() {
                 return;
             }
             out.clear();
@@ -81,10 +87,16 @@ pub fn bind(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, St
     Ok(out)
 }
 
-/// Serves on `listeners`, one thread each; returns once all threads are started.
-pub fn start(origin: Arc<Origin>, listeners: Vec<std::net::TcpListener>) -> Result<(), String> {
+/// Serves on `listeners`, one thread each (TLS too with `tls`); returns once all
+/// threads are started.
+pub fn start(
+    origin: Arc<Origin>,
+    listeners: Vec<std::net::TcpListener>,
+    tls: Option<Arc<OriginTls>>,
+) -> Result<(), String> {
     for (i, l) in listeners.into_iter().enumerate() {
         let o = origin.clone();
+        let tls = tls.clone();
         std::thread::Builder::new()
             .name(format!("origin-{i}"))
             .spawn(move || {
@@ -92,14 +104,14 @@ pub fn start(origin: Arc<Origin>, listeners: Vec<std::net::TcpListener>) -> Resu
                     .enable_all()
                     .build()
                     .expect("tokio runtime");
-                rt.block_on(accept_loop(o, l));
+                rt.block_on(accept_loop(o, l, tls));
             })
             .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-async fn accept_loop(origin: Arc<Origin>, l: std::net::TcpListener) {
+async fn accept_loop(origin: Arc<Origin>, l: std::net::TcpListener, tls: Option<Arc<OriginTls>>) {
     let Ok(l) = tokio::net::TcpListener::from_std(l) else {
         return;
     };
@@ -107,7 +119,10 @@ async fn accept_loop(origin: Arc<Origin>, l: std::net::TcpListener) {
         match l.accept().await {
             Ok((s, _)) => {
                 let _ = s.set_nodelay(true);
-                tokio::spawn(serve(origin.clone(), s));
+                match &tls {
+                    Some(t) => tokio::spawn(serve_tls(origin.clone(), s, t.clone())),
+                    None => tokio::spawn(serve(origin.clone(), s)),
+                };
             }
             // out of fds or similar: back off instead of spinning
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
@@ -115,9 +130,35 @@ async fn accept_loop(origin: Arc<Origin>, l: std::net::TcpListener) {
     }
 }
 
+/// Longest a TLS client may take to open and finish its handshake.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection to a `--tls` origin: TLS when it opens with a handshake record
+/// (then h2 or HTTP/1.1 by ALPN), else served as plain HTTP/1.1 or h2c.
+async fn serve_tls(origin: Arc<Origin>, s: tokio::net::TcpStream, tls: Arc<OriginTls>) {
+    let mut first = [0u8; 1];
+    let peek = tokio::time::timeout(HANDSHAKE, s.peek(&mut first)).await;
+    if !matches!(peek, Ok(Ok(1))) {
+        return;
+    }
+    if !super::origin_tls::is_tls(first[0]) {
+        return serve(origin, s).await;
+    }
+    let Ok(local) = s.local_addr() else { return };
+    let acc = tls.acceptor(local.ip());
+    let Ok(Ok(t)) = tokio::time::timeout(HANDSHAKE, acc.accept(s)).await else {
+        return;
+    };
+    if t.get_ref().1.alpn_protocol() == Some(b"h2") {
+        super::origin_h2::serve(origin, t, Vec::new()).await
+    } else {
+        serve(origin, t).await
+    }
+}
+
 /// One connection: every complete request in the buffer is answered (pipelining
 /// works), the answers go out in one write.
-async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
+async fn serve(origin: Arc<Origin>, mut s: impl Io) {
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut start = 0;
     let mut out = Vec::with_capacity(16 * 1024);
@@ -136,7 +177,7 @@ async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
                     close = req.close;
                     start += used;
                     if let Some(i) = ws {
-                        if s.write_all(&out).await.is_ok() {
+                        if s.write_all(&out).await.is_ok() && s.flush().await.is_ok() {
                             ws_session(&origin, s, &buf[start..], i).await;
                         }
                         return;
@@ -166,7 +207,8 @@ async fn serve(origin: Arc<Origin>, mut s: tokio::net::TcpStream) {
             tokio::time::sleep(delay).await;
         }
         if !out.is_empty() {
-            if s.write_all(&out).await.is_err() {
+            // TLS holds the records until flushed; TCP's flush does nothing
+            if s.write_all(&out).await.is_err() || s.flush().await.is_err() {
                 return;
             }
             out.clear();
