@@ -785,13 +785,10 @@ fn h2c_targets_replay_over_shared_connections() {
     assert_eq!(m["completed"], 400, "{t}");
     assert_eq!(m["status_classes"]["2xx"], 300, "{t}");
     // every request matched a recorded one, over HTTP/2 (the origin counts them)
-    let stats = curl(&[&format!("{}/__luring_bench/stats", o.url())]);
+    let stats = origin_stats(&o);
     assert!(
-        stats
-            .body_str()
-            .starts_with("{\"served\":400,\"unmatched\":0"),
-        "{}",
-        stats.body_str()
+        stats.starts_with("{\"served\":400,\"unmatched\":0"),
+        "{stats}"
     );
 }
 
@@ -805,13 +802,26 @@ fn origin_stats(o: &BenchOrigin) -> String {
     curl(&[&format!("{}/__luring_bench/stats", o.url())]).body_str()
 }
 
+/// A `--tls` origin on `listen` with its own CA in DIR/origin-conf; its CA file.
+fn tls_origin(f: &Path, listen: &str, dir: &TempDir) -> (BenchOrigin, String) {
+    let conf = dir.path("origin-conf");
+    let o = BenchOrigin::start_on(f, listen, &["--tls", "--confdir", conf.to_str().unwrap()]);
+    (o, ca_pem(&conf))
+}
+
+/// The sample's 8 flows all completed (six 2xx), none failed.
+fn all_eight_ok(t: &serde_json::Value) {
+    let m = &t["merged"];
+    assert_eq!(m["completed"], 8, "{t}");
+    assert_eq!(m["errors"], serde_json::json!({}), "{t}");
+    assert_eq!(m["status_classes"]["2xx"], 6, "{t}");
+}
+
 #[test]
 fn tls_origin_serves_h1_and_h2_to_curl_with_a_leaf_for_the_name() {
     let dir = TempDir::new("bench-tls-origin");
     let f = sample_file(&dir);
-    let conf = dir.path("origin-conf");
-    let o = BenchOrigin::start(&f, &["--tls", "--confdir", conf.to_str().unwrap()]);
-    let ca = ca_pem(&conf);
+    let (o, ca) = tls_origin(&f, "127.0.0.1:0", &dir);
     let port = o.addr.port();
     let resolve = format!("shop.example:{port}:127.0.0.1");
     let base = format!("https://shop.example:{port}");
@@ -858,9 +868,7 @@ fn tls_origin_serves_h1_and_h2_to_curl_with_a_leaf_for_the_name() {
 fn the_driver_speaks_https_and_h2_to_a_tls_origin() {
     let dir = TempDir::new("bench-tls-drive");
     let f = sample_file(&dir);
-    let conf = dir.path("origin-conf");
-    let o = BenchOrigin::start(&f, &["--tls", "--confdir", conf.to_str().unwrap()]);
-    let ca = ca_pem(&conf);
+    let (o, ca) = tls_origin(&f, "127.0.0.1:0", &dir);
     let (h1, h2) = (
         format!("h1=https://{}", o.addr),
         format!("h2=h2://{}", o.addr),
@@ -871,12 +879,8 @@ fn the_driver_speaks_https_and_h2_to_a_tls_origin() {
     args.extend_from_slice(&common);
     args.extend_from_slice(&["--streams", "2"]);
     let ts = bench_run_all(&args, &dir, Duration::from_secs(20));
-    for t in &ts {
-        let m = &t["merged"];
-        assert_eq!(m["completed"], 8, "{t}");
-        assert_eq!(m["errors"], serde_json::json!({}), "{t}");
-        assert_eq!(m["status_classes"]["2xx"], 6, "{t}");
-    }
+    assert_eq!(ts.len(), 2);
+    ts.iter().for_each(all_eight_ok);
     // the sample's host is the server name: the leaf for shop.example verified
     let stats = origin_stats(&o);
     assert!(
@@ -925,58 +929,30 @@ fn recorded_https_goes_connect_then_tls_through_luring_to_a_tls_origin() {
     }
     let f = dir.path("https.flows");
     luring::bench::input::write(&f, &flows).unwrap();
-    let oconf = dir.path("origin-conf");
-    let listen = format!("127.0.0.1:{port}");
-    let o = BenchOrigin::start_on(
-        &f,
-        &listen,
-        &["--tls", "--confdir", oconf.to_str().unwrap()],
-    );
+    let (o, oca) = tls_origin(&f, &format!("127.0.0.1:{port}"), &dir);
     // luring, the proxy under test, trusts the origin's CA upstream and has its own
     let lconf = dir.path("luring-conf");
-    let oca = ca_pem(&oconf);
     let proxy = Proxy::start(&["--confdir", lconf.to_str().unwrap(), "--upstream-ca", &oca]);
     let lca = ca_pem(&lconf);
     let target = format!("luring={}", proxy.url());
-    let t = bench_run(
-        &[
-            f.to_str().unwrap(),
-            "--proxy",
-            &target,
-            "--cacert",
-            &lca,
-            "--check-bodies",
-            "--once",
-            "--connections",
-            "2",
-        ],
-        &dir,
-        Duration::from_secs(20),
-    );
-    let m = &t["merged"];
-    assert_eq!(m["completed"], 8, "{t}");
-    assert_eq!(m["errors"], serde_json::json!({}), "{t}");
-    assert_eq!(m["status_classes"]["2xx"], 6, "{t}");
+    let through = |ca: &str| {
+        let args = [f.to_str().unwrap(), "--proxy", &target, "--cacert", ca];
+        let once = ["--check-bodies", "--once", "--connections", "2"];
+        bench_run(
+            &[&args[..], &once[..]].concat(),
+            &dir,
+            Duration::from_secs(20),
+        )
+    };
+    let t = through(&lca);
+    all_eight_ok(&t);
     let stats = origin_stats(&o);
     assert!(
         stats.starts_with("{\"served\":8,\"unmatched\":0"),
         "{stats}"
     );
     // the driver trusted luring's leaf, not the origin's: luring intercepted
-    let t = bench_run(
-        &[
-            f.to_str().unwrap(),
-            "--proxy",
-            &target,
-            "--cacert",
-            &oca,
-            "--once",
-            "--connections",
-            "1",
-        ],
-        &dir,
-        Duration::from_secs(20),
-    );
+    let t = through(&oca);
     assert_eq!(t["merged"]["errors"]["tls"], 7, "{t}");
     assert_eq!(t["merged"]["completed"], 1, "{t}");
 }
