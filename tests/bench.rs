@@ -857,10 +857,9 @@ fn tls_origin_serves_h1_and_h2_to_curl_with_a_leaf_for_the_name() {
     let out = curl(&["--resolve", &resolve, &format!("{base}/")]);
     assert_eq!(out.code, 60, "{}", out.stderr);
     // plain HTTP still works on the same port, and nothing went unmatched
-    let stats = origin_stats(&o);
-    assert!(
-        stats.starts_with("{\"served\":14,\"unmatched\":0"),
-        "{stats}"
+    assert_eq!(
+        origin_stats(&o),
+        r#"{"served":14,"unmatched":0,"exhausted":0,"bad":0,"h2":7,"tls":14}"#
     );
 }
 
@@ -882,10 +881,9 @@ fn the_driver_speaks_https_and_h2_to_a_tls_origin() {
     assert_eq!(ts.len(), 2);
     ts.iter().for_each(all_eight_ok);
     // the sample's host is the server name: the leaf for shop.example verified
-    let stats = origin_stats(&o);
-    assert!(
-        stats.starts_with("{\"served\":16,\"unmatched\":0"),
-        "{stats}"
+    assert_eq!(
+        origin_stats(&o),
+        r#"{"served":16,"unmatched":0,"exhausted":0,"bad":0,"h2":8,"tls":16}"#
     );
     // no trust in the origin's CA: every handshake fails, and is counted as such
     let mut args = vec![fs, "--target", &h1];
@@ -926,6 +924,10 @@ fn recorded_https_goes_connect_then_tls_through_luring_to_a_tls_origin() {
         if i == 1 {
             fl.request.scheme = "http".into();
         }
+        // two recorded over HTTP/2: h2 in their tunnel, as their client did
+        if i == 2 || i == 3 {
+            fl.request.version = "HTTP/2".into();
+        }
     }
     let f = dir.path("https.flows");
     luring::bench::input::write(&f, &flows).unwrap();
@@ -946,10 +948,10 @@ fn recorded_https_goes_connect_then_tls_through_luring_to_a_tls_origin() {
     };
     let t = through(&lca);
     all_eight_ok(&t);
-    let stats = origin_stats(&o);
-    assert!(
-        stats.starts_with("{\"served\":8,\"unmatched\":0"),
-        "{stats}"
+    // luring kept each client's protocol upstream: 7 over TLS, 2 of them h2
+    assert_eq!(
+        origin_stats(&o),
+        r#"{"served":8,"unmatched":0,"exhausted":0,"bad":0,"h2":2,"tls":7}"#
     );
     // the driver trusted luring's leaf, not the origin's: luring intercepted
     let t = through(&oca);

@@ -19,6 +19,8 @@ pub struct Endpoint {
     pub tls: Option<ServerName<'static>>,
     /// A CONNECT request sent to the forward proxy first.
     pub tunnel: Option<Bytes>,
+    /// HTTP/2 in a tunnel (ALPN h2), for requests recorded over HTTP/2.
+    pub h2: bool,
 }
 
 impl Endpoint {
@@ -27,6 +29,7 @@ impl Endpoint {
         Endpoint {
             tls: None,
             tunnel: None,
+            h2: false,
         }
     }
 }
@@ -94,8 +97,11 @@ pub struct Dialer {
     pub addr: SocketAddr,
     /// The endpoints, indexed by `Prepared::endpoint`.
     pub endpoints: Vec<Endpoint>,
-    /// The TLS client of the endpoints that have a server name.
+    /// The TLS client of the endpoints that have a server name (ALPN as the
+    /// target's scheme says).
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// The TLS client of the `h2` endpoints (ALPN h2).
+    pub tls_h2: Option<tokio_rustls::TlsConnector>,
 }
 
 /// A connection to a target: plain or TLS (sessions are resumed by rustls' cache).
@@ -126,7 +132,8 @@ impl Dialer {
         if let Some(req) = &e.tunnel {
             tunnel(&mut s, req).await?;
         }
-        match (&e.tls, &self.tls) {
+        let connector = if e.h2 { &self.tls_h2 } else { &self.tls };
+        match (&e.tls, connector) {
             (Some(name), Some(tls)) => {
                 let t = tls.connect(name.clone(), s).await.map_err(|_| "tls")?;
                 Ok(Conn::Tls(Box::new(t)))

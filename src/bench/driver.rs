@@ -189,12 +189,14 @@ async fn drive_async(
         tokio::task::spawn_local(progress(sh, b, t0, total, cfg.once.then_some(n)))
     });
     let mut tasks = Vec::new();
+    // requests recorded over HTTP/2 go through a proxy's tunnels over h2
+    let some_h2 = cfg.h2 || sh.dialer.endpoints.iter().any(|e| e.h2);
     for _ in 0..cfg.connections.max(1) {
         // h2c: this connection's streams share one slot; HTTP/1.1: one worker each
-        let slot = cfg.h2.then(super::client_h2::Slot::default);
+        let slot = some_h2.then(super::client_h2::Slot::default);
         let per = if cfg.h2 { cfg.streams.max(1) } else { 1 };
         for _ in 0..per {
-            let w = worker(sh.clone(), cfg.plan.is_none(), slot.clone());
+            let w = worker(sh.clone(), cfg.plan.is_none(), cfg.h2, slot.clone());
             tasks.push(tokio::task::spawn_local(w));
         }
     }
@@ -320,14 +322,15 @@ async fn next_job(sh: &Shared, closed: bool) -> Option<Job> {
     }
 }
 
-async fn worker(sh: Rc<Shared>, closed: bool, h2: Option<super::client_h2::Slot>) {
+async fn worker(sh: Rc<Shared>, closed: bool, all_h2: bool, h2: Option<super::client_h2::Slot>) {
     let mut conns = Conns::default();
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(job) = next_job(&sh, closed).await {
         let req = &sh.reqs[job.flow];
         let sent = mono_ns();
+        let use_h2 = all_h2 || sh.dialer.endpoints[req.endpoint as usize].h2;
         let r = match (&h2, &req.h2) {
-            (Some(slot), Some(r2)) => {
+            (Some(slot), Some(r2)) if use_h2 => {
                 let ex = super::client_h2::exchange(slot, &sh.dialer, req, r2);
                 let r = tokio::time::timeout(sh.timeout, ex).await;
                 if r.is_err() {
@@ -335,8 +338,8 @@ async fn worker(sh: Rc<Shared>, closed: bool, h2: Option<super::client_h2::Slot>
                 }
                 r
             }
-            (Some(_), None) => Ok(Err("request not valid as HTTP/2")),
-            (None, _) => {
+            (Some(_), None) if use_h2 => Ok(Err("request not valid as HTTP/2")),
+            _ => {
                 let ex = exchange(&mut conns, &sh.dialer, req, &mut buf);
                 tokio::time::timeout(sh.timeout, ex).await
             }

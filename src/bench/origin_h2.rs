@@ -6,6 +6,7 @@ use super::matching::RequestView;
 use super::origin::Origin;
 use bytes::Bytes;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -66,8 +67,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// Serves an HTTP/2 connection whose first bytes, `read`, were already taken off it.
-pub async fn serve(origin: Arc<Origin>, s: impl super::origin_net::Io, read: Vec<u8>) {
+/// Serves an HTTP/2 connection (over TLS: `tls`) whose first bytes, `read`, were
+/// already taken off it.
+pub async fn serve(origin: Arc<Origin>, s: impl super::origin_net::Io, read: Vec<u8>, tls: bool) {
     let io = Prefixed {
         pre: read,
         pos: 0,
@@ -77,6 +79,10 @@ pub async fn serve(origin: Arc<Origin>, s: impl super::origin_net::Io, read: Vec
         return;
     };
     while let Some(Ok((req, respond))) = conn.accept().await {
+        origin.counters.h2.fetch_add(1, Relaxed);
+        if tls {
+            origin.counters.tls.fetch_add(1, Relaxed);
+        }
         tokio::spawn(stream(origin.clone(), req, respond));
     }
 }

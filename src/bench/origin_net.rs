@@ -121,7 +121,7 @@ async fn accept_loop(origin: Arc<Origin>, l: std::net::TcpListener, tls: Option<
                 let _ = s.set_nodelay(true);
                 match &tls {
                     Some(t) => tokio::spawn(serve_tls(origin.clone(), s, t.clone())),
-                    None => tokio::spawn(serve(origin.clone(), s)),
+                    None => tokio::spawn(serve(origin.clone(), s, false)),
                 };
             }
             // out of fds or similar: back off instead of spinning
@@ -142,7 +142,7 @@ async fn serve_tls(origin: Arc<Origin>, s: tokio::net::TcpStream, tls: Arc<Origi
         return;
     }
     if !super::origin_tls::is_tls(first[0]) {
-        return serve(origin, s).await;
+        return serve(origin, s, false).await;
     }
     let Ok(local) = s.local_addr() else { return };
     let acc = tls.acceptor(local.ip());
@@ -150,15 +150,15 @@ async fn serve_tls(origin: Arc<Origin>, s: tokio::net::TcpStream, tls: Arc<Origi
         return;
     };
     if t.get_ref().1.alpn_protocol() == Some(b"h2") {
-        super::origin_h2::serve(origin, t, Vec::new()).await
+        super::origin_h2::serve(origin, t, Vec::new(), true).await
     } else {
-        serve(origin, t).await
+        serve(origin, t, true).await
     }
 }
 
 /// One connection: every complete request in the buffer is answered (pipelining
 /// works), the answers go out in one write.
-async fn serve(origin: Arc<Origin>, mut s: impl Io) {
+async fn serve(origin: Arc<Origin>, mut s: impl Io, tls: bool) {
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut start = 0;
     let mut out = Vec::with_capacity(16 * 1024);
@@ -168,11 +168,14 @@ async fn serve(origin: Arc<Origin>, mut s: impl Io) {
         // h2c with prior knowledge: the client preface instead of a request
         let h2 = super::origin_h2::preface(&buf);
         if h2 == Some(true) {
-            return super::origin_h2::serve(origin, s, buf).await;
+            return super::origin_h2::serve(origin, s, buf, tls).await;
         }
         while h2 == Some(false) {
             match parse_request(&buf[start..]) {
                 Ok(Some((req, used))) => {
+                    if tls {
+                        origin.counters.tls.fetch_add(1, Relaxed);
+                    }
                     let ws = origin.answer_delayed(&req, &mut out, &mut delay);
                     close = req.close;
                     start += used;

@@ -256,20 +256,24 @@ pub fn measure(
             prepared.push((route, Rc::new(reqs), eps));
         }
         let (_, reqs, eps) = prepared.iter().find(|p| p.0 == route).expect("made above");
-        let tls = if eps.iter().any(|e| e.tls.is_some()) {
-            let alpn: &[&[u8]] = if t.h2 { &[b"h2"] } else { &[b"http/1.1"] };
-            let c = ClientTls {
-                cacert: a.cacert.clone(),
-                insecure: a.insecure,
-            };
-            Some(c.connector(alpn)?)
-        } else {
-            None
+        let c = ClientTls {
+            cacert: a.cacert.clone(),
+            insecure: a.insecure,
+        };
+        let tls = match eps.iter().any(|e| e.tls.is_some() && !e.h2) {
+            true if t.h2 => Some(c.connector(&[b"h2"])?),
+            true => Some(c.connector(&[b"http/1.1"])?),
+            false => None,
+        };
+        let tls_h2 = match eps.iter().any(|e| e.h2) {
+            true => Some(c.connector(&[b"h2"])?),
+            false => None,
         };
         let d = Dialer {
             addr: t.addr,
             endpoints: eps.clone(),
             tls,
+            tls_h2,
         };
         dialers.push((reqs.clone(), Rc::new(d)));
     }
@@ -317,7 +321,7 @@ enum Route {
     /// Origin-form over TLS, one server name per recorded host (https://, h2://).
     DirectTls,
     /// A forward proxy: absolute-form on a plain connection for http, CONNECT then
-    /// TLS and origin-form for https.
+    /// TLS and origin-form for https (HTTP/2 in the tunnel when recorded so).
     Proxy,
 }
 
@@ -350,20 +354,25 @@ fn prepare(
             Route::Direct => (0, false),
             Route::Proxy if !secure => (0, true),
             Route::DirectTls | Route::Proxy => {
-                let key = if route == Route::Proxy {
-                    req.authority.to_ascii_lowercase()
-                } else {
-                    host_of(&req.authority).to_ascii_lowercase()
+                let proxy = route == Route::Proxy;
+                // through a proxy, a request recorded over HTTP/2 goes over h2 as its
+                // client's did; a direct target's scheme says the protocol instead
+                let h2 = proxy && req.version.starts_with("HTTP/2");
+                let key = match (proxy, h2) {
+                    (true, true) => format!("h2 {}", req.authority.to_ascii_lowercase()),
+                    (true, false) => req.authority.to_ascii_lowercase(),
+                    (false, _) => host_of(&req.authority).to_ascii_lowercase(),
                 };
                 let ep = match index.get(&key) {
                     Some(&i) => i,
                     None => {
                         let name = server_name(&req.authority)
                             .map_err(|e| format!("flow {}: {e}", f.id))?;
-                        let tunnel = (route == Route::Proxy).then(|| connect_request(&key));
+                        let tunnel = proxy.then(|| connect_request(&req.authority));
                         eps.push(Endpoint {
                             tls: Some(name),
                             tunnel,
+                            h2,
                         });
                         let i = eps.len() as u32 - 1;
                         index.insert(key, i);
