@@ -958,3 +958,45 @@ fn recorded_https_goes_connect_then_tls_through_luring_to_a_tls_origin() {
     assert_eq!(t["merged"]["errors"]["tls"], 7, "{t}");
     assert_eq!(t["merged"]["completed"], 1, "{t}");
 }
+
+#[test]
+fn the_tls_origin_stands_in_for_the_internet_behind_a_chained_proxy() {
+    // the sample's host (shop.example) resolves nowhere: luring chains to the origin,
+    // which answers the CONNECT and serves TLS inside with a leaf for shop.example
+    let dir = TempDir::new("bench-tls-chain");
+    let f = sample_file(&dir);
+    let (o, oca) = tls_origin(&f, "127.0.0.1:0", &dir);
+    let lconf = dir.path("luring-conf");
+    let mode = format!("upstream:{}", o.url());
+    let proxy = Proxy::start(&[
+        "--mode",
+        &mode,
+        "--confdir",
+        lconf.to_str().unwrap(),
+        "--upstream-ca",
+        &oca,
+    ]);
+    let target = format!("luring={}", proxy.url());
+    let lca = ca_pem(&lconf);
+    let args = [f.to_str().unwrap(), "--proxy", &target, "--cacert", &lca];
+    let once = ["--check-bodies", "--once", "--connections", "2"];
+    let t = bench_run(
+        &[&args[..], &once[..]].concat(),
+        &dir,
+        Duration::from_secs(20),
+    );
+    all_eight_ok(&t);
+    assert_eq!(
+        origin_stats(&o),
+        r#"{"served":8,"unmatched":0,"exhausted":0,"bad":0,"h2":0,"tls":8}"#
+    );
+    // curl does the same through the origin alone, as its own forward proxy
+    let out = curl(&[
+        "-x",
+        &o.url(),
+        "--cacert",
+        &oca,
+        "https://shop.example/api/items?page=1",
+    ]);
+    assert_eq!(out.status, 200, "{}", out.stderr);
+}

@@ -26,10 +26,17 @@ pub fn preface(buf: &[u8]) -> Option<bool> {
 }
 
 /// A stream that first yields bytes already read from it (the preface and more).
-struct Prefixed<S> {
+pub struct Prefixed<S> {
     pre: Vec<u8>,
     pos: usize,
     inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, whose first bytes `pre` were already read off it.
+    pub fn new(pre: Vec<u8>, inner: S) -> Self {
+        Prefixed { pre, pos: 0, inner }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

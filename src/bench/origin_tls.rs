@@ -3,7 +3,6 @@
 //! to), ALPN h2 or http/1.1. The CA and the leaf cache are luring's own (src/tls).
 
 use crate::tls::{Ca, CaKeyType, Confdir, LeafMinter, ServerTlsFactory, SharedLeafStore};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,13 +34,14 @@ impl OriginTls {
         })
     }
 
-    /// An acceptor for a connection made to `local`: the SNI picks the leaf, the local
-    /// address stands in for a client that sent none (one that dialled an IP).
-    pub fn acceptor(&self, local: IpAddr) -> tokio_rustls::TlsAcceptor {
+    /// An acceptor: the SNI picks the leaf; `fallback` (the address dialled, or the
+    /// host of the CONNECT) stands in for a client that sent none (one that dialled an
+    /// IP).
+    pub fn acceptor(&self, fallback: &str) -> tokio_rustls::TlsAcceptor {
         let alpn = [b"h2".to_vec(), b"http/1.1".to_vec()];
-        let cfg =
-            self.factory
-                .config_for_sni(self.store.clone(), Some(&local.to_string()), None, &alpn);
+        let cfg = self
+            .factory
+            .config_for_sni(self.store.clone(), Some(fallback), None, &alpn);
         tokio_rustls::TlsAcceptor::from(cfg)
     }
 }
