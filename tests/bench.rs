@@ -85,6 +85,8 @@ fn bench_run_all(args: &[&str], dir: &TempDir, bound: Duration) -> Vec<serde_jso
     all.extend_from_slice(&["--report", report.to_str().unwrap()]);
     let (st, out, err) = run_luring(&all, bound);
     assert!(st.is_some_and(|s| s.success()), "{st:?}\n{out}\n{err}");
+    // no terminal here: no progress bar is drawn
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     assert_eq!(
         html.matches("<svg").count(),

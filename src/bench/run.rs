@@ -466,3 +466,77 @@ pub fn run(a: RunArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::record::{HttpFlow, RequestRec};
+
+    fn flow(scheme: &str, authority: &str, version: &str) -> HttpFlow {
+        HttpFlow {
+            request: RequestRec {
+                method: "GET".into(),
+                scheme: scheme.into(),
+                authority: authority.into(),
+                path: "/p".into(),
+                version: version.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn schemes_say_protocol_and_tls() {
+        let t = parse_target("a=https://127.0.0.1:8443", false, 0).unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.tls, t.h2, t.addr.port()),
+            ("a", true, false, 8443)
+        );
+        let t = parse_target("h2://127.0.0.1", false, 1).unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.tls, t.h2, t.addr.port()),
+            ("target2", true, true, 443)
+        );
+        let t = parse_target("h2c://127.0.0.1:9", false, 0).unwrap();
+        assert_eq!((t.tls, t.h2), (false, true));
+        assert!(parse_target("https://127.0.0.1:1", true, 0).is_err());
+        assert!(parse_target("ftp://127.0.0.1:1", false, 0).is_err());
+    }
+
+    #[test]
+    fn endpoints_follow_the_recorded_hosts_and_versions() {
+        let fs = [
+            flow("http", "a.example:8080", "HTTP/1.1"),
+            flow("https", "a.example", "HTTP/1.1"),
+            flow("https", "A.example", "HTTP/1.1"),
+            flow("https", "b.example:8443", "HTTP/1.1"),
+            flow("https", "a.example", "HTTP/2"),
+        ];
+        let refs: Vec<&HttpFlow> = fs.iter().collect();
+        let (reqs, eps) = prepare(&refs, &[], Route::Proxy, false).unwrap();
+        let ep: Vec<u32> = reqs.iter().map(|r| r.endpoint).collect();
+        assert_eq!(ep, [0, 1, 1, 2, 3]);
+        assert!(reqs[0]
+            .wire
+            .starts_with(b"GET http://a.example:8080/p HTTP/1.1\r\n"));
+        assert!(reqs[1].wire.starts_with(b"GET /p HTTP/1.1\r\n"));
+        assert!(eps[0].tls.is_none() && eps[0].tunnel.is_none());
+        assert_eq!(
+            eps[2].tunnel.as_deref(),
+            Some(&b"CONNECT b.example:8443 HTTP/1.1\r\nHost: b.example:8443\r\n\r\n"[..])
+        );
+        assert_eq!(
+            eps.iter().map(|e| e.h2).collect::<Vec<_>>(),
+            [false, false, false, true]
+        );
+        // a direct TLS target: one server name per host, no tunnels, no h2 by recording
+        let (reqs, eps) = prepare(&refs, &[], Route::DirectTls, true).unwrap();
+        let ep: Vec<u32> = reqs.iter().map(|r| r.endpoint).collect();
+        assert_eq!(ep, [1, 1, 1, 2, 1]);
+        assert!(eps.iter().all(|e| e.tunnel.is_none() && !e.h2));
+        assert!(reqs.iter().all(|r| r.expect.as_deref() == Some(&b""[..])));
+        let (reqs, _) = prepare(&refs, &[], Route::Direct, false).unwrap();
+        assert!(reqs.iter().all(|r| r.endpoint == 0 && r.expect.is_none()));
+    }
+}
