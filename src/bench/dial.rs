@@ -227,10 +227,11 @@ impl Conns {
     /// Takes the open connection of endpoint `ep`, if any.
     pub fn take(&mut self, ep: u32) -> Option<Conn> {
         let i = self.open.iter().position(|(e, _)| *e == ep)?;
-        Some(self.open.swap_remove(i).1)
+        // kept in order of last use, so that the first is the one to close
+        Some(self.open.remove(i).1)
     }
 
-    /// Keeps `c` for endpoint `ep`, closing the oldest one beyond the cap.
+    /// Keeps `c` for endpoint `ep`, closing the least recently used beyond the cap.
     pub fn put(&mut self, ep: u32, c: Conn) {
         if self.open.len() >= MAX_OPEN {
             self.open.remove(0);
