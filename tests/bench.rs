@@ -22,13 +22,17 @@ struct BenchOrigin {
 
 impl BenchOrigin {
     fn start(file: &Path, extra: &[&str]) -> BenchOrigin {
+        Self::start_on(file, "127.0.0.1:0", extra)
+    }
+
+    fn start_on(file: &Path, listen: &str, extra: &[&str]) -> BenchOrigin {
         let mut child = Command::new(bin())
             .args([
                 "bench",
                 "origin",
                 file.to_str().unwrap(),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
             ])
             .args(extra)
             .stdin(Stdio::null())
@@ -70,12 +74,19 @@ impl Drop for BenchOrigin {
 
 /// Runs `luring bench run ARGS --report DIR` (bounded); the report's first target.
 fn bench_run(args: &[&str], dir: &TempDir, bound: Duration) -> serde_json::Value {
+    bench_run_all(args, dir, bound)[0].clone()
+}
+
+/// Runs `luring bench run ARGS --report DIR` (bounded); the report's targets.
+fn bench_run_all(args: &[&str], dir: &TempDir, bound: Duration) -> Vec<serde_json::Value> {
     let report = dir.path("report");
     let mut all = vec!["bench", "run"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--report", report.to_str().unwrap()]);
     let (st, out, err) = run_luring(&all, bound);
     assert!(st.is_some_and(|s| s.success()), "{st:?}\n{out}\n{err}");
+    // no terminal here: no progress bar is drawn
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     assert_eq!(
         html.matches("<svg").count(),
@@ -84,7 +95,7 @@ fn bench_run(args: &[&str], dir: &TempDir, bound: Duration) -> serde_json::Value
     );
     let text = std::fs::read_to_string(report.join("report.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["targets"][0].clone()
+    v["targets"].as_array().unwrap().clone()
 }
 
 fn sample_file(dir: &TempDir) -> std::path::PathBuf {
@@ -776,12 +787,218 @@ fn h2c_targets_replay_over_shared_connections() {
     assert_eq!(m["completed"], 400, "{t}");
     assert_eq!(m["status_classes"]["2xx"], 300, "{t}");
     // every request matched a recorded one, over HTTP/2 (the origin counts them)
-    let stats = curl(&[&format!("{}/__luring_bench/stats", o.url())]);
+    let stats = origin_stats(&o);
     assert!(
-        stats
-            .body_str()
-            .starts_with("{\"served\":400,\"unmatched\":0"),
-        "{}",
-        stats.body_str()
+        stats.starts_with("{\"served\":400,\"unmatched\":0"),
+        "{stats}"
     );
+}
+
+/// The CA certificate file in a luring config directory.
+fn ca_pem(confdir: &Path) -> String {
+    confdir.join("luring-ca.pem").to_str().unwrap().to_string()
+}
+
+/// The origin's counters (asked over plain HTTP on its port).
+fn origin_stats(o: &BenchOrigin) -> String {
+    curl(&[&format!("{}/__luring_bench/stats", o.url())]).body_str()
+}
+
+/// A `--tls` origin on `listen` with its own CA in DIR/origin-conf; its CA file.
+fn tls_origin(f: &Path, listen: &str, dir: &TempDir) -> (BenchOrigin, String) {
+    let conf = dir.path("origin-conf");
+    let o = BenchOrigin::start_on(f, listen, &["--tls", "--confdir", conf.to_str().unwrap()]);
+    (o, ca_pem(&conf))
+}
+
+/// The sample's 8 flows all completed (six 2xx), none failed.
+fn all_eight_ok(t: &serde_json::Value) {
+    let m = &t["merged"];
+    assert_eq!(m["completed"], 8, "{t}");
+    assert_eq!(m["errors"], serde_json::json!({}), "{t}");
+    assert_eq!(m["status_classes"]["2xx"], 6, "{t}");
+}
+
+#[test]
+fn tls_origin_serves_h1_and_h2_to_curl_with_a_leaf_for_the_name() {
+    let dir = TempDir::new("bench-tls-origin");
+    let f = sample_file(&dir);
+    let (o, ca) = tls_origin(&f, "127.0.0.1:0", &dir);
+    let port = o.addr.port();
+    let resolve = format!("shop.example:{port}:127.0.0.1");
+    let base = format!("https://shop.example:{port}");
+    let heads = dir.path("heads.txt");
+    let heads_s = heads.to_str().unwrap();
+    for (version, want) in [("--http1.1", "HTTP/1.1 "), ("--http2", "HTTP/2 ")] {
+        let extra = [
+            version,
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "-D",
+            heads_s,
+        ];
+        for fl in sample::flows()
+            .iter()
+            .filter(|f| f.request.method != "HEAD")
+        {
+            let out = fetch(&base, fl, &dir, &extra);
+            let resp = fl.response.as_ref().unwrap();
+            assert_eq!(
+                out.status, resp.status,
+                "{} {version}: {}",
+                fl.request.path, out.stderr
+            );
+            assert_eq!(sha(&out.body), sha(&resp.body.data), "{}", fl.request.path);
+            let h = std::fs::read_to_string(&heads).unwrap();
+            assert!(h.starts_with(want), "{version}: {h}");
+        }
+    }
+    // the leaf is checked: without the origin's CA curl refuses it (60: bad certificate)
+    let out = curl(&["--resolve", &resolve, &format!("{base}/")]);
+    assert_eq!(out.code, 60, "{}", out.stderr);
+    // plain HTTP still works on the same port, and nothing went unmatched
+    assert_eq!(
+        origin_stats(&o),
+        r#"{"served":14,"unmatched":0,"exhausted":0,"bad":0,"h2":7,"tls":14}"#
+    );
+}
+
+#[test]
+fn the_driver_speaks_https_and_h2_to_a_tls_origin() {
+    let dir = TempDir::new("bench-tls-drive");
+    let f = sample_file(&dir);
+    let (o, ca) = tls_origin(&f, "127.0.0.1:0", &dir);
+    let (h1, h2) = (
+        format!("h1=https://{}", o.addr),
+        format!("h2=h2://{}", o.addr),
+    );
+    let fs = f.to_str().unwrap();
+    let common = ["--once", "--connections", "2", "--check-bodies"];
+    let mut args = vec![fs, "--target", &h1, "--target", &h2, "--cacert", &ca];
+    args.extend_from_slice(&common);
+    args.extend_from_slice(&["--streams", "2"]);
+    let ts = bench_run_all(&args, &dir, Duration::from_secs(20));
+    assert_eq!(ts.len(), 2);
+    ts.iter().for_each(all_eight_ok);
+    // the sample's host is the server name: the leaf for shop.example verified
+    assert_eq!(
+        origin_stats(&o),
+        r#"{"served":16,"unmatched":0,"exhausted":0,"bad":0,"h2":8,"tls":16}"#
+    );
+    // no trust in the origin's CA: every handshake fails, and is counted as such
+    let mut args = vec![fs, "--target", &h1];
+    args.extend_from_slice(&common);
+    let t = bench_run(&args, &dir, Duration::from_secs(20));
+    assert_eq!(t["merged"]["errors"]["tls"], 8, "{t}");
+    // --insecure skips verification
+    let mut args = vec![fs, "--target", &h2, "--insecure"];
+    args.extend_from_slice(&common);
+    let t = bench_run(&args, &dir, Duration::from_secs(20));
+    assert_eq!(t["merged"]["completed"], 8, "{t}");
+    // --check-bodies tells a body that is not the recorded one
+    let mut flows = sample::flows();
+    flows[0].response.as_mut().unwrap().body.data[5] ^= 1;
+    let changed = dir.path("changed.flows");
+    luring::bench::input::write(&changed, &flows).unwrap();
+    let mut args = vec![changed.to_str().unwrap(), "--target", &h1, "--cacert", &ca];
+    args.extend_from_slice(&common);
+    let t = bench_run(&args, &dir, Duration::from_secs(20));
+    assert_eq!(t["merged"]["errors"], serde_json::json!({"body": 1}), "{t}");
+}
+
+#[test]
+fn recorded_https_goes_connect_then_tls_through_luring_to_a_tls_origin() {
+    let dir = TempDir::new("bench-tls-loop");
+    // the origin's port is chosen first: the recording names it
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let authority = format!("localhost:{port}");
+    let mut flows = sample::flows();
+    for (i, fl) in flows.iter_mut().enumerate() {
+        fl.request.authority = authority.clone();
+        fl.request.headers[0] = field("Host", &authority);
+        // one recorded plain-http request: absolute-form on the proxy connection
+        if i == 1 {
+            fl.request.scheme = "http".into();
+        }
+        // two recorded over HTTP/2: h2 in their tunnel, as their client did
+        if i == 2 || i == 3 {
+            fl.request.version = "HTTP/2".into();
+        }
+    }
+    let f = dir.path("https.flows");
+    luring::bench::input::write(&f, &flows).unwrap();
+    let (o, oca) = tls_origin(&f, &format!("127.0.0.1:{port}"), &dir);
+    // luring, the proxy under test, trusts the origin's CA upstream and has its own
+    let lconf = dir.path("luring-conf");
+    let proxy = Proxy::start(&["--confdir", lconf.to_str().unwrap(), "--upstream-ca", &oca]);
+    let lca = ca_pem(&lconf);
+    let target = format!("luring={}", proxy.url());
+    let through = |ca: &str| {
+        let args = [f.to_str().unwrap(), "--proxy", &target, "--cacert", ca];
+        let once = ["--check-bodies", "--once", "--connections", "2"];
+        bench_run(
+            &[&args[..], &once[..]].concat(),
+            &dir,
+            Duration::from_secs(20),
+        )
+    };
+    let t = through(&lca);
+    all_eight_ok(&t);
+    // luring kept each client's protocol upstream: 7 over TLS, 2 of them h2
+    assert_eq!(
+        origin_stats(&o),
+        r#"{"served":8,"unmatched":0,"exhausted":0,"bad":0,"h2":2,"tls":7}"#
+    );
+    // the driver trusted luring's leaf, not the origin's: luring intercepted
+    let t = through(&oca);
+    assert_eq!(t["merged"]["errors"]["tls"], 7, "{t}");
+    assert_eq!(t["merged"]["completed"], 1, "{t}");
+}
+
+#[test]
+fn the_tls_origin_stands_in_for_the_internet_behind_a_chained_proxy() {
+    // the sample's host (shop.example) resolves nowhere: luring chains to the origin,
+    // which answers the CONNECT and serves TLS inside with a leaf for shop.example
+    let dir = TempDir::new("bench-tls-chain");
+    let f = sample_file(&dir);
+    let (o, oca) = tls_origin(&f, "127.0.0.1:0", &dir);
+    let lconf = dir.path("luring-conf");
+    let mode = format!("upstream:{}", o.url());
+    let proxy = Proxy::start(&[
+        "--mode",
+        &mode,
+        "--confdir",
+        lconf.to_str().unwrap(),
+        "--upstream-ca",
+        &oca,
+    ]);
+    let target = format!("luring={}", proxy.url());
+    let lca = ca_pem(&lconf);
+    let args = [f.to_str().unwrap(), "--proxy", &target, "--cacert", &lca];
+    let once = ["--check-bodies", "--once", "--connections", "2"];
+    let t = bench_run(
+        &[&args[..], &once[..]].concat(),
+        &dir,
+        Duration::from_secs(20),
+    );
+    all_eight_ok(&t);
+    assert_eq!(
+        origin_stats(&o),
+        r#"{"served":8,"unmatched":0,"exhausted":0,"bad":0,"h2":0,"tls":8}"#
+    );
+    // curl does the same through the origin alone, as its own forward proxy
+    let out = curl(&[
+        "-x",
+        &o.url(),
+        "--cacert",
+        &oca,
+        "https://shop.example/api/items?page=1",
+    ]);
+    assert_eq!(out.status, 200, "{}", out.stderr);
 }

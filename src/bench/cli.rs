@@ -30,7 +30,8 @@ pub struct BenchArgs {
 /// `luring bench` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum BenchAction {
-    /// Serve the recorded responses for matching requests (HTTP/1.1, h2c, WebSocket).
+    /// Serve the recorded responses for matching requests (HTTP/1.1, h2c, WebSocket;
+    /// with --tls also h2 and HTTP/1.1 over TLS).
     Origin(OriginArgs),
     /// Replay the recorded requests against targets on a schedule and measure them.
     Run(Box<super::run::RunArgs>),
@@ -69,6 +70,13 @@ pub struct OriginArgs {
     /// server time: response head minus request start).
     #[arg(long, default_value = "none", value_parser = ["none", "recorded"])]
     pub origin_delay: String,
+    /// Also serve TLS on the port (told by the first byte): a leaf from luring's CA
+    /// for any name asked for, h2 or http/1.1 by ALPN.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: the CA directory [default: $XDG_CONFIG_HOME/luring, else ~/.luring].
+    #[arg(long, value_name = "DIR")]
+    pub confdir: Option<PathBuf>,
 }
 
 /// Runs `luring bench ...`; the process exit code.
@@ -106,17 +114,25 @@ fn origin(a: OriginArgs) -> Result<(), String> {
         unmatched_status: a.unmatched_status,
         recorded_delay: a.origin_delay == "recorded",
     };
+    let tls = match a.tls {
+        true => Some(Arc::new(super::origin_tls::OriginTls::new(a.confdir)?)),
+        false => None,
+    };
+    let tls_note = tls
+        .as_ref()
+        .map(|t| format!(", tls with CA {}", t.ca_pem.display()))
+        .unwrap_or_default();
     let origin = Arc::new(Origin::new(&rec.flows, &cfg));
     let listeners = super::origin_net::bind(cfg.listen, cfg.threads)?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
         .map_err(|e| e.to_string())?;
-    super::origin_net::start(origin.clone(), listeners)?;
+    super::origin_net::start(origin.clone(), listeners, tls)?;
     let (responses, keys) = origin.size();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "luring bench origin listening on {addr} ({responses} responses, {keys} keys, {} threads)",
+        "luring bench origin listening on {addr} ({responses} responses, {keys} keys, {} threads{tls_note})",
         cfg.threads
     );
     let _ = out.flush();

@@ -1,12 +1,13 @@
-//! The driver's HTTP/2 over cleartext (h2c, prior knowledge): one h2 connection
-//! shared by `--streams` workers, each sending one request at a time on it.
+//! The driver's HTTP/2, over cleartext (h2c, prior knowledge) or TLS (h2 by ALPN): one
+//! h2 connection per endpoint shared by `--streams` workers, each sending one request
+//! at a time on it.
 
+use super::dial::Dialer;
+use super::driver::{BodyCheck, Prepared};
 use crate::flows::record::RequestRec;
 use bytes::Bytes;
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
-use tokio::net::TcpStream;
 
 /// A recorded request as HTTP/2 parts, made once.
 #[derive(Debug, Clone)]
@@ -62,37 +63,53 @@ impl H2Request {
     }
 }
 
-/// One h2 connection, made on first use and dropped on error; shared by its streams.
-pub type Slot = Rc<RefCell<Option<h2::client::SendRequest<Bytes>>>>;
+/// The h2 connections of one pool slot, by endpoint, made on first use and dropped
+/// on error; shared by the slot's streams.
+pub type Slot = Rc<RefCell<Vec<(u32, h2::client::SendRequest<Bytes>)>>>;
 
-async fn connect(addr: SocketAddr) -> Result<h2::client::SendRequest<Bytes>, &'static str> {
-    let s = TcpStream::connect(addr).await.map_err(|_| "connect")?;
-    let _ = s.set_nodelay(true);
-    let (send, conn) = h2::client::handshake(s).await.map_err(|_| "connect")?;
+async fn connect(dialer: &Dialer, ep: u32) -> Result<h2::client::SendRequest<Bytes>, &'static str> {
+    let c = dialer.dial(ep).await?;
+    if dialer.endpoints[ep as usize].tls.is_some() && !c.is_h2() {
+        return Err("alpn");
+    }
+    let (send, conn) = h2::client::handshake(c).await.map_err(|_| "connect")?;
     tokio::task::spawn_local(async move {
         let _ = conn.await;
     });
     Ok(send)
 }
 
-/// Sends `req` on the slot's connection (made if needed); the status and body length.
+/// Drops the slot's connection of endpoint `ep` (after an error or a timeout).
+pub fn forget(slot: &Slot, ep: u32) {
+    slot.borrow_mut().retain(|(e, _)| *e != ep);
+}
+
+/// Sends `r2` (the HTTP/2 form of `req`) on the slot's connection of its endpoint
+/// (made if needed); the status, the body length, and whether the body is the
+/// recorded one.
 pub async fn exchange(
     slot: &Slot,
-    addr: SocketAddr,
-    req: &H2Request,
-) -> Result<(u16, u64), &'static str> {
-    let existing = slot.borrow().clone();
+    dialer: &Dialer,
+    req: &Prepared,
+    r2: &H2Request,
+) -> Result<(u16, u64, bool), &'static str> {
+    let ep = req.endpoint;
+    let existing = slot
+        .borrow()
+        .iter()
+        .find(|(e, _)| *e == ep)
+        .map(|(_, s)| s.clone());
     let send = match existing {
         Some(s) => s,
         None => {
-            let s = connect(addr).await?;
-            *slot.borrow_mut() = Some(s.clone());
+            let s = connect(dialer, ep).await?;
+            slot.borrow_mut().push((ep, s.clone()));
             s
         }
     };
-    let r = once(send, req).await;
+    let r = once(send, r2, req.expect.as_deref()).await;
     if r.is_err() {
-        slot.borrow_mut().take();
+        forget(slot, ep);
     }
     r
 }
@@ -100,7 +117,8 @@ pub async fn exchange(
 async fn once(
     send: h2::client::SendRequest<Bytes>,
     req: &H2Request,
-) -> Result<(u16, u64), &'static str> {
+    expect: Option<&[u8]>,
+) -> Result<(u16, u64, bool), &'static str> {
     let mut send = send.ready().await.map_err(|_| "io")?;
     let mut r = http::Request::new(());
     *r.method_mut() = req.method.clone();
@@ -115,11 +133,13 @@ async fn once(
     let resp = resp.await.map_err(|_| "io")?;
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
+    let mut check = BodyCheck::new(expect);
     let mut n = 0u64;
     while let Some(chunk) = body.data().await {
         let c = chunk.map_err(|_| "io")?;
         n += c.len() as u64;
+        check.feed(&c);
         let _ = body.flow_control().release_capacity(c.len());
     }
-    Ok((status, n))
+    Ok((status, n, check.ok()))
 }

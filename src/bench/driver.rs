@@ -8,19 +8,22 @@
 //! its schedule lag: nothing is omitted, and the wait is counted (`cap_waits`) so the
 //! run is flagged driver-limited. Closed loop: each connection sends the next request
 //! as soon as its previous one completed, as wrk does.
+//!
+//! Connections (plain, TLS, TLS in a CONNECT tunnel) come from the target's
+//! [`Dialer`]; each worker keeps its open ones by endpoint, so TLS sessions live as
+//! long as the keep-alive connection does.
 
 use super::clock::{cpu_us, mono_ns, Timer};
+use super::dial::{Conn, Conns, Dialer};
 use super::response::ResponseReader;
 use super::schedule::{Plan, Schedule};
 use super::stats::Stats;
 use bytes::Bytes;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// A recorded request ready to send.
@@ -30,8 +33,44 @@ pub struct Prepared {
     pub wire: Bytes,
     /// It is a HEAD request (the response has no body).
     pub head: bool,
-    /// The request as HTTP/2 parts (h2c targets).
+    /// The request as HTTP/2 parts (h2c and h2 targets).
     pub h2: Option<super::client_h2::H2Request>,
+    /// The connection kind it goes on: an index in the target's `Dialer::endpoints`.
+    pub endpoint: u32,
+    /// The recorded response body, when bodies are checked (`--check-bodies`).
+    pub expect: Option<Bytes>,
+}
+
+/// Compares a body as it arrives with the recorded one.
+pub struct BodyCheck<'a> {
+    expect: Option<&'a [u8]>,
+    at: usize,
+    same: bool,
+}
+
+impl<'a> BodyCheck<'a> {
+    /// A check against `expect` (None: anything goes).
+    pub fn new(expect: Option<&'a [u8]>) -> Self {
+        BodyCheck {
+            expect,
+            at: 0,
+            same: true,
+        }
+    }
+
+    /// The next part of the body.
+    pub fn feed(&mut self, part: &[u8]) {
+        if let Some(e) = self.expect {
+            let end = self.at + part.len();
+            self.same &= e.get(self.at..end) == Some(part);
+            self.at = end;
+        }
+    }
+
+    /// The whole recorded body came, and nothing else.
+    pub fn ok(&self) -> bool {
+        self.expect.is_none_or(|e| self.same && self.at == e.len())
+    }
 }
 
 /// How one target is driven.
@@ -51,7 +90,7 @@ pub struct DriveConfig {
     pub seed: u64,
     /// Per-request timeout.
     pub timeout: Duration,
-    /// Speak h2c (prior knowledge) instead of HTTP/1.1.
+    /// Speak HTTP/2 (h2c with prior knowledge, or h2 by ALPN) instead of HTTP/1.1.
     pub h2: bool,
     /// h2c: concurrent streams per connection (workers = connections × streams).
     pub streams: usize,
@@ -75,7 +114,7 @@ struct Job {
 
 struct Shared {
     reqs: Rc<Vec<Prepared>>,
-    addr: SocketAddr,
+    dialer: Rc<Dialer>,
     timeout: Duration,
     queue: RefCell<VecDeque<Job>>,
     notify: Notify,
@@ -94,24 +133,26 @@ struct Shared {
 pub fn drive(
     reqs: Rc<Vec<Prepared>>,
     starts: &[u64],
-    addr: SocketAddr,
+    dialer: Rc<Dialer>,
     pid: Option<u32>,
     cfg: &DriveConfig,
+    bar: Option<indicatif::ProgressBar>,
 ) -> Result<Outcome, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, drive_async(reqs, starts, addr, pid, cfg))
+    local.block_on(&rt, drive_async(reqs, starts, dialer, pid, cfg, bar))
 }
 
 async fn drive_async(
     reqs: Rc<Vec<Prepared>>,
     starts: &[u64],
-    addr: SocketAddr,
+    dialer: Rc<Dialer>,
     pid: Option<u32>,
     cfg: &DriveConfig,
+    bar: Option<indicatif::ProgressBar>,
 ) -> Result<Outcome, String> {
     let warmup = if cfg.once { 0 } else { cfg.warmup_ns };
     // an open loop starts a little ahead so its first requests are not already late;
@@ -123,7 +164,7 @@ async fn drive_async(
     let n = reqs.len();
     let sh = Rc::new(Shared {
         reqs,
-        addr,
+        dialer,
         timeout: cfg.timeout,
         queue: RefCell::new(VecDeque::new()),
         notify: Notify::new(),
@@ -143,13 +184,19 @@ async fn drive_async(
         }
         c0.set((pid.and_then(|p| cpu_us(Some(p))), cpu_us(None)));
     });
+    let ticker = bar.map(|b| {
+        let (sh, total) = (sh.clone(), warmup + cfg.duration_ns);
+        tokio::task::spawn_local(progress(sh, b, t0, total, cfg.once.then_some(n)))
+    });
     let mut tasks = Vec::new();
+    // requests recorded over HTTP/2 go through a proxy's tunnels over h2
+    let some_h2 = cfg.h2 || sh.dialer.endpoints.iter().any(|e| e.h2);
     for _ in 0..cfg.connections.max(1) {
         // h2c: this connection's streams share one slot; HTTP/1.1: one worker each
-        let slot = cfg.h2.then(super::client_h2::Slot::default);
+        let slot = some_h2.then(super::client_h2::Slot::default);
         let per = if cfg.h2 { cfg.streams.max(1) } else { 1 };
         for _ in 0..per {
-            let w = worker(sh.clone(), cfg.plan.is_none(), slot.clone());
+            let w = worker(sh.clone(), cfg.plan.is_none(), cfg.h2, slot.clone());
             tasks.push(tokio::task::spawn_local(w));
         }
     }
@@ -159,6 +206,10 @@ async fn drive_async(
         dispatch(&sh, sched, t0, &timer).await;
     }
     for t in tasks {
+        let _ = t.await;
+    }
+    if let Some(t) = ticker {
+        t.abort();
         let _ = t.await;
     }
     let _ = sampler.await;
@@ -173,6 +224,39 @@ async fn drive_async(
             .map(|(a, b)| b - a),
         driver_cpu_us: d0.zip(cpu_us(None)).map(|(a, b)| b - a),
     })
+}
+
+/// Moves the progress bar five times a second (never per request): the time gone,
+/// or with `--once` the requests done, and the counts so far.
+async fn progress(
+    sh: Rc<Shared>,
+    bar: indicatif::ProgressBar,
+    t0: u64,
+    total_ns: u64,
+    once: Option<usize>,
+) {
+    struct Clear(indicatif::ProgressBar);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            self.0.finish_and_clear();
+        }
+    }
+    let bar = Clear(bar);
+    bar.0
+        .set_length(once.map_or(total_ns / 1_000_000, |n| n as u64));
+    loop {
+        let (done, failed) = {
+            let st = sh.stats.borrow();
+            (st.completed(), st.failed())
+        };
+        let pos = match once {
+            Some(_) => done + failed,
+            None => mono_ns().saturating_sub(t0) / 1_000_000,
+        };
+        bar.0.set_position(pos);
+        bar.0.set_message(format!("{done} done, {failed} failed"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Releases each scheduled request at its time; yields after each one it did not
@@ -238,33 +322,31 @@ async fn next_job(sh: &Shared, closed: bool) -> Option<Job> {
     }
 }
 
-async fn worker(sh: Rc<Shared>, closed: bool, h2: Option<super::client_h2::Slot>) {
-    let mut conn: Option<TcpStream> = None;
+async fn worker(sh: Rc<Shared>, closed: bool, all_h2: bool, h2: Option<super::client_h2::Slot>) {
+    let mut conns = Conns::default();
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(job) = next_job(&sh, closed).await {
         let req = &sh.reqs[job.flow];
         let sent = mono_ns();
+        let use_h2 = all_h2 || sh.dialer.endpoints[req.endpoint as usize].h2;
         let r = match (&h2, &req.h2) {
-            (Some(slot), Some(r2)) => {
-                let ex = super::client_h2::exchange(slot, sh.addr, r2);
+            (Some(slot), Some(r2)) if use_h2 => {
+                let ex = super::client_h2::exchange(slot, &sh.dialer, req, r2);
                 let r = tokio::time::timeout(sh.timeout, ex).await;
                 if r.is_err() {
-                    slot.borrow_mut().take();
+                    super::client_h2::forget(slot, req.endpoint);
                 }
                 r
             }
-            (Some(_), None) => Ok(Err("request not valid as HTTP/2")),
-            (None, _) => {
-                let ex = exchange(&mut conn, sh.addr, req, &mut buf);
+            (Some(_), None) if use_h2 => Ok(Err("request not valid as HTTP/2")),
+            _ => {
+                let ex = exchange(&mut conns, &sh.dialer, req, &mut buf);
                 tokio::time::timeout(sh.timeout, ex).await
             }
         };
         let done = mono_ns();
         let (w0, w1) = sh.window;
         if job.intended < w0 || job.intended >= w1 {
-            if !matches!(r, Ok(Ok(_))) {
-                conn = None;
-            }
             continue;
         }
         let mut st = sh.stats.borrow_mut();
@@ -274,58 +356,46 @@ async fn worker(sh: Rc<Shared>, closed: bool, h2: Option<super::client_h2::Slot>
             st.sent_in_window += 1;
         }
         match r {
-            Ok(Ok((status, body))) => {
+            Ok(Ok((_, _, false))) => st.error("body"),
+            Ok(Ok((status, body, true))) => {
                 st.body_bytes += body;
                 // completions just past the window's end count in its last second
                 let last = (w1.saturating_sub(w0) / 1_000_000_000).max(1) - 1;
                 let second = ((done.saturating_sub(w0)) / 1_000_000_000).min(last) as usize;
                 st.complete(job.intended, sent, done, status, second);
             }
-            Ok(Err(kind)) => {
-                conn = None;
-                st.error(kind);
-            }
-            Err(_) => {
-                // the response may still come: this connection is out of step now
-                conn = None;
-                st.error("timeout");
-            }
+            Ok(Err(kind)) => st.error(kind),
+            // the exchange was dropped with its connection: a late response cannot
+            // arrive out of step
+            Err(_) => st.error("timeout"),
         }
     }
 }
 
-/// Sends one request, on the kept connection or a new one; a kept connection the
-/// peer had closed (keep-alive race) is retried once on a new one.
+/// Sends one request on the worker's kept connection of its endpoint or a new one; a
+/// kept connection the peer had closed (keep-alive race) is retried once on a new
+/// one. The status, the body length, and whether the body is the recorded one.
 async fn exchange(
-    conn: &mut Option<TcpStream>,
-    addr: SocketAddr,
+    conns: &mut Conns,
+    dialer: &Dialer,
     req: &Prepared,
     buf: &mut Vec<u8>,
-) -> Result<(u16, u64), &'static str> {
+) -> Result<(u16, u64, bool), &'static str> {
     for attempt in 0..2 {
-        let reused = conn.is_some();
-        if conn.is_none() {
-            let s = TcpStream::connect(addr).await.map_err(|_| "connect")?;
-            let _ = s.set_nodelay(true);
-            *conn = Some(s);
-        }
-        let s = conn.as_mut().expect("connected above");
-        match once(s, req, buf).await {
-            Ok((status, body, keep)) => {
-                if !keep {
-                    *conn = None;
+        let (mut c, reused) = match conns.take(req.endpoint) {
+            Some(c) => (c, true),
+            None => (dialer.dial(req.endpoint).await?, false),
+        };
+        match once(&mut c, req, buf).await {
+            Ok((status, body, keep, same)) => {
+                if keep {
+                    conns.put(req.endpoint, c);
                 }
-                return Ok((status, body));
+                return Ok((status, body, same));
             }
-            Err(Fail::Stale) if reused && attempt == 0 => *conn = None,
-            Err(Fail::Stale) | Err(Fail::Io) => {
-                *conn = None;
-                return Err("io");
-            }
-            Err(Fail::Parse) => {
-                *conn = None;
-                return Err("parse");
-            }
+            Err(Fail::Stale) if reused && attempt == 0 => {}
+            Err(Fail::Stale) | Err(Fail::Io) => return Err("io"),
+            Err(Fail::Parse) => return Err("parse"),
         }
     }
     Err("io")
@@ -339,12 +409,17 @@ enum Fail {
 }
 
 async fn once(
-    s: &mut TcpStream,
+    s: &mut Conn,
     req: &Prepared,
     buf: &mut Vec<u8>,
-) -> Result<(u16, u64, bool), Fail> {
+) -> Result<(u16, u64, bool, bool), Fail> {
     s.write_all(&req.wire).await.map_err(|_| Fail::Stale)?;
+    if let Conn::Tls(_) = s {
+        // rustls holds the records until flushed
+        s.flush().await.map_err(|_| Fail::Stale)?;
+    }
     let mut rd = ResponseReader::new(req.head);
+    let mut check = BodyCheck::new(req.expect.as_deref());
     buf.clear();
     let mut got = false;
     loop {
@@ -357,17 +432,42 @@ async fn once(
             .map_err(|_| if got { Fail::Io } else { Fail::Stale })?;
         if n == 0 {
             if rd.eof() {
-                return Ok((rd.status, rd.body_len, false));
+                return Ok((rd.status, rd.body_len, false, check.ok()));
             }
             return Err(if got { Fail::Io } else { Fail::Stale });
         }
         got = true;
-        let used = rd.feed(buf).map_err(|_| Fail::Parse)?;
+        let used = rd
+            .feed_with(buf, &mut |b| check.feed(b))
+            .map_err(|_| Fail::Parse)?;
         buf.drain(..used);
         if rd.done() {
             // bytes past the response: the peer is out of step, do not reuse
             let keep = rd.keep_alive && buf.is_empty();
-            return Ok((rd.status, rd.body_len, keep));
+            return Ok((rd.status, rd.body_len, keep, check.ok()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BodyCheck;
+
+    fn check(expect: Option<&[u8]>, parts: &[&[u8]]) -> bool {
+        let mut c = BodyCheck::new(expect);
+        for p in parts {
+            c.feed(p);
+        }
+        c.ok()
+    }
+
+    #[test]
+    fn a_body_check_wants_every_byte_and_no_more() {
+        assert!(check(Some(b"hello"), &[b"he", b"", b"llo"]));
+        assert!(!check(Some(b"hello"), &[b"he", b"LLo"]));
+        assert!(!check(Some(b"hello"), &[b"hell"]));
+        assert!(!check(Some(b"hello"), &[b"hello", b"!"]));
+        assert!(check(Some(b""), &[]));
+        assert!(check(None, &[b"anything"]));
     }
 }

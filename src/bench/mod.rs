@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod client_h2;
 pub mod clock;
+pub mod dial;
 pub mod driver;
 pub mod h1;
 pub mod html;
@@ -13,6 +14,7 @@ pub mod matching;
 pub mod origin;
 pub mod origin_h2;
 pub mod origin_net;
+pub mod origin_tls;
 pub mod report;
 pub mod response;
 pub mod run;

@@ -43,17 +43,23 @@ pub struct Counters {
     pub exhausted: AtomicU64,
     /// Requests that could not be parsed.
     pub bad: AtomicU64,
+    /// Requests that came over HTTP/2 (h2c or h2), whatever their outcome.
+    pub h2: AtomicU64,
+    /// Requests that came over TLS (HTTP/1.1 or h2), whatever their outcome.
+    pub tls: AtomicU64,
 }
 
 impl Counters {
     /// The counters as a JSON object.
     pub fn json(&self) -> String {
         format!(
-            "{{\"served\":{},\"unmatched\":{},\"exhausted\":{},\"bad\":{}}}",
+            "{{\"served\":{},\"unmatched\":{},\"exhausted\":{},\"bad\":{},\"h2\":{},\"tls\":{}}}",
             self.served.load(Relaxed),
             self.unmatched.load(Relaxed),
             self.exhausted.load(Relaxed),
-            self.bad.load(Relaxed)
+            self.bad.load(Relaxed),
+            self.h2.load(Relaxed),
+            self.tls.load(Relaxed)
         )
     }
 }
@@ -286,6 +292,8 @@ mod tests {
         let miss = ask(&o, b"GET /x HTTP/1.1\r\nHost: other.example\r\n\r\n");
         assert!(miss.starts_with(b"HTTP/1.1 404 Unmatched\r\n"));
         let stats = ask(&o, b"GET /__luring_bench/stats HTTP/1.1\r\n\r\n");
-        assert!(stats.ends_with(b"{\"served\":2,\"unmatched\":1,\"exhausted\":1,\"bad\":0}"));
+        assert!(stats.ends_with(
+            b"{\"served\":2,\"unmatched\":1,\"exhausted\":1,\"bad\":0,\"h2\":0,\"tls\":0}"
+        ));
     }
 }

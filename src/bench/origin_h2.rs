@@ -1,10 +1,12 @@
-//! The replay origin's HTTP/2 over cleartext (h2c, prior knowledge): the h2 crate
-//! serves each stream its recorded response from the recorded fields, with trailers.
+//! The replay origin's HTTP/2, over cleartext (h2c, prior knowledge) or TLS (h2 by
+//! ALPN): the h2 crate serves each stream its recorded response from the recorded
+//! fields, with trailers.
 
 use super::matching::RequestView;
 use super::origin::Origin;
 use bytes::Bytes;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,13 +26,20 @@ pub fn preface(buf: &[u8]) -> Option<bool> {
 }
 
 /// A stream that first yields bytes already read from it (the preface and more).
-struct Prefixed {
+pub struct Prefixed<S> {
     pre: Vec<u8>,
     pos: usize,
-    inner: tokio::net::TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S> Prefixed<S> {
+    /// `inner`, whose first bytes `pre` were already read off it.
+    pub fn new(pre: Vec<u8>, inner: S) -> Self {
+        Prefixed { pre, pos: 0, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -47,7 +56,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -65,8 +74,9 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-/// Serves an h2c connection whose first bytes, `read`, were already taken off it.
-pub async fn serve(origin: Arc<Origin>, s: tokio::net::TcpStream, read: Vec<u8>) {
+/// Serves an HTTP/2 connection (over TLS: `tls`) whose first bytes, `read`, were
+/// already taken off it.
+pub async fn serve(origin: Arc<Origin>, s: impl super::origin_net::Io, read: Vec<u8>, tls: bool) {
     let io = Prefixed {
         pre: read,
         pos: 0,
@@ -76,6 +86,10 @@ pub async fn serve(origin: Arc<Origin>, s: tokio::net::TcpStream, read: Vec<u8>)
         return;
     };
     while let Some(Ok((req, respond))) = conn.accept().await {
+        origin.counters.h2.fetch_add(1, Relaxed);
+        if tls {
+            origin.counters.tls.fetch_add(1, Relaxed);
+        }
         tokio::spawn(stream(origin.clone(), req, respond));
     }
 }

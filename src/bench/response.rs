@@ -60,6 +60,15 @@ impl ResponseReader {
     /// Consumes from the start of `buf`; returns the bytes used. Bytes left over are
     /// an incomplete line, to be fed again with more after them.
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, ParseError> {
+        self.feed_with(buf, &mut |_| {})
+    }
+
+    /// [`ResponseReader::feed`], handing each piece of body (framing removed) to `sink`.
+    pub fn feed_with(
+        &mut self,
+        buf: &[u8],
+        sink: &mut impl FnMut(&[u8]),
+    ) -> Result<usize, ParseError> {
         let mut pos = 0;
         loop {
             let rest = &buf[pos..];
@@ -68,6 +77,7 @@ impl ResponseReader {
                 State::Head => self.head(rest)?,
                 State::Length(n) => {
                     let k = n.min(rest.len() as u64);
+                    sink(&rest[..k as usize]);
                     self.body_len += k;
                     self.state = if k == n {
                         State::Done
@@ -77,12 +87,14 @@ impl ResponseReader {
                     k as usize
                 }
                 State::UntilClose => {
+                    sink(rest);
                     self.body_len += rest.len() as u64;
                     rest.len()
                 }
                 State::ChunkSize => self.chunk_size(rest)?,
                 State::ChunkData(n) => {
                     let k = n.min(rest.len() as u64);
+                    sink(&rest[..k as usize]);
                     self.body_len += k;
                     self.state = if k == n {
                         State::ChunkEnd
@@ -231,6 +243,25 @@ mod tests {
         assert!(!r.done());
         assert!(r.eof());
         assert_eq!((r.body_len, r.keep_alive), (3, false));
+    }
+
+    #[test]
+    fn the_sink_gets_the_body_without_framing_in_any_split() {
+        let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        for cut in 0..=wire.len() {
+            let mut r = ResponseReader::new(false);
+            let mut body = Vec::new();
+            let mut buf = wire[..cut].to_vec();
+            let used = r
+                .feed_with(&buf, &mut |b| body.extend_from_slice(b))
+                .unwrap();
+            buf.drain(..used);
+            buf.extend_from_slice(&wire[cut..]);
+            r.feed_with(&buf, &mut |b| body.extend_from_slice(b))
+                .unwrap();
+            assert!(r.done());
+            assert_eq!(body, b"abcde", "cut at {cut}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `luring bench run`: the recorded requests against each target, in interleaved
 //! rounds with the same schedule, then the table and the report directory.
 
+use super::dial::{connect_request, host_of, server_name, ClientTls, Dialer, Endpoint};
 use super::driver::{drive, DriveConfig, Prepared};
 use super::report::{table, write_dir, TargetReport};
 use super::schedule::parse_duration;
@@ -17,15 +18,27 @@ use std::time::Duration;
 pub struct RunArgs {
     /// The recording: a flow file, HAR, .zhar or mitmdump file.
     pub file: PathBuf,
-    /// A reverse proxy or direct target, [NAME=]http://HOST:PORT (HTTP/1.1) or
-    /// [NAME=]h2c://HOST:PORT (HTTP/2, prior knowledge), repeatable; the recorded Host
-    /// (authority) is kept.
+    /// A reverse proxy or direct target, [NAME=]URL, repeatable: http://HOST:PORT
+    /// (HTTP/1.1), h2c://HOST:PORT (HTTP/2, prior knowledge), https://HOST:PORT
+    /// (HTTP/1.1 over TLS) or h2://HOST:PORT (HTTP/2 over TLS); the recorded Host
+    /// (authority) is kept and is the TLS server name.
     #[arg(long = "target", value_name = "[NAME=]URL")]
     pub targets: Vec<String>,
-    /// A forward proxy target, [NAME=]http://HOST:PORT (repeatable): requests in
-    /// absolute-form.
+    /// A forward proxy target, [NAME=]http://HOST:PORT (repeatable): recorded http
+    /// requests in absolute-form, https ones as CONNECT then TLS to the recorded host.
     #[arg(long = "proxy", value_name = "[NAME=]URL")]
     pub proxies: Vec<String>,
+    /// A PEM CA file trusted for TLS targets and tunnels, besides the public roots
+    /// (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Vec<PathBuf>,
+    /// Do not verify TLS certificates.
+    #[arg(long, short = 'k')]
+    pub insecure: bool,
+    /// Compare every response body (framing removed) with the recorded one; a
+    /// different body counts as error "body".
+    #[arg(long)]
+    pub check_bodies: bool,
     /// Open loop at R requests/s; A:B with --step ramps from A to B.
     #[arg(long, value_name = "R")]
     pub rate: Option<String>,
@@ -89,8 +102,10 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Absolute-form requests (a forward proxy).
     pub absolute: bool,
-    /// h2c with prior knowledge (an `h2c://` URL).
+    /// HTTP/2: h2c with prior knowledge (`h2c://`) or by ALPN over TLS (`h2://`).
     pub h2: bool,
+    /// TLS to the target (`https://`, `h2://`).
+    pub tls: bool,
     /// Process whose CPU is watched.
     pub pid: Option<u32>,
 }
@@ -101,20 +116,24 @@ pub fn parse_target(s: &str, absolute: bool, n: usize) -> Result<Target, String>
         Some((n, u)) if !n.contains(':') => (n.to_string(), u),
         _ => (format!("target{}", n + 1), s),
     };
-    let (h2, rest) = match (url.strip_prefix("http://"), url.strip_prefix("h2c://")) {
-        (Some(r), _) => (false, r),
-        (None, Some(r)) if !absolute => (true, r),
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (h2, tls, port) = match scheme {
+        "http" => (false, false, 80),
+        "h2c" if !absolute => (true, false, 80),
+        "https" if !absolute => (false, true, 443),
+        "h2" if !absolute => (true, true, 443),
+        _ if absolute => return Err(format!("{url}: a forward proxy is an http:// URL")),
         _ => {
             return Err(format!(
-                "{url}: only http:// and h2c:// targets are supported yet"
+                "{url}: want http://, h2c://, https:// or h2:// (HTTP/2 over TLS)"
             ))
         }
     };
     let hostport = rest.split('/').next().unwrap_or("");
-    let hostport = if hostport.contains(':') {
-        hostport.to_string()
+    let hostport = if host_of(hostport) == hostport.trim_matches(['[', ']']) {
+        format!("{hostport}:{port}")
     } else {
-        format!("{hostport}:80")
+        hostport.to_string()
     };
     let addr = hostport
         .to_socket_addrs()
@@ -127,6 +146,7 @@ pub fn parse_target(s: &str, absolute: bool, n: usize) -> Result<Target, String>
         addr,
         absolute,
         h2,
+        tls,
         pid: None,
     })
 }
@@ -227,23 +247,36 @@ pub fn measure(
                 .ok_or_else(|| format!("--header {h}: want \"Name: value\""))
         })
         .collect::<Result<_, _>>()?;
-    let prep = |absolute: bool| -> Rc<Vec<Prepared>> {
-        Rc::new(
-            flows
-                .iter()
-                .map(|f| {
-                    let mut req = f.request.clone();
-                    super::h1::set_headers(&mut req, &set);
-                    Prepared {
-                        wire: super::h1::encode_request(&req, absolute).into(),
-                        head: f.request.method == "HEAD",
-                        h2: super::client_h2::H2Request::new(&req),
-                    }
-                })
-                .collect(),
-        )
-    };
-    let (origin_form, absolute_form) = (prep(false), prep(true));
+    let mut prepared: Vec<(Route, Rc<Vec<Prepared>>, Vec<Endpoint>)> = Vec::new();
+    let mut dialers = Vec::new();
+    for t in targets {
+        let route = Route::of(t);
+        if !prepared.iter().any(|p| p.0 == route) {
+            let (reqs, eps) = prepare(&flows, &set, route, a.check_bodies)?;
+            prepared.push((route, Rc::new(reqs), eps));
+        }
+        let (_, reqs, eps) = prepared.iter().find(|p| p.0 == route).expect("made above");
+        let c = ClientTls {
+            cacert: a.cacert.clone(),
+            insecure: a.insecure,
+        };
+        let tls = match eps.iter().any(|e| e.tls.is_some() && !e.h2) {
+            true if t.h2 => Some(c.connector(&[b"h2"])?),
+            true => Some(c.connector(&[b"http/1.1"])?),
+            false => None,
+        };
+        let tls_h2 = match eps.iter().any(|e| e.h2) {
+            true => Some(c.connector(&[b"h2"])?),
+            false => None,
+        };
+        let d = Dialer {
+            addr: t.addr,
+            endpoints: eps.clone(),
+            tls,
+            tls_h2,
+        };
+        dialers.push((reqs.clone(), Rc::new(d)));
+    }
     let mut reports: Vec<TargetReport> = targets
         .iter()
         .map(|t| TargetReport {
@@ -256,17 +289,13 @@ pub fn measure(
         .collect();
     let mut err = std::io::stderr();
     for round in 0..a.rounds.max(1) {
-        for (t, rep) in targets.iter().zip(reports.iter_mut()) {
-            let reqs = if t.absolute {
-                &absolute_form
-            } else {
-                &origin_form
-            };
+        for ((t, rep), (reqs, dialer)) in targets.iter().zip(reports.iter_mut()).zip(&dialers) {
             let cfg = DriveConfig {
                 h2: t.h2,
                 ..cfg.clone()
             };
-            let o = drive(reqs.clone(), &starts, t.addr, t.pid, &cfg)?;
+            let bar = progress_bar(&format!("round {} {}", round + 1, t.name));
+            let o = drive(reqs.clone(), &starts, dialer.clone(), t.pid, &cfg, bar)?;
             let _ = writeln!(
                 err,
                 "# round {} {}: {} requests, {:.1} req/s, {} errors",
@@ -284,12 +313,112 @@ pub fn measure(
     Ok(reports)
 }
 
+/// How a target's requests travel: the form of the request and its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Origin-form on plain connections (http://, h2c://).
+    Direct,
+    /// Origin-form over TLS, one server name per recorded host (https://, h2://).
+    DirectTls,
+    /// A forward proxy: absolute-form on a plain connection for http, CONNECT then
+    /// TLS and origin-form for https (HTTP/2 in the tunnel when recorded so).
+    Proxy,
+}
+
+impl Route {
+    fn of(t: &Target) -> Route {
+        match (t.absolute, t.tls) {
+            (true, _) => Route::Proxy,
+            (false, true) => Route::DirectTls,
+            (false, false) => Route::Direct,
+        }
+    }
+}
+
+/// The recorded requests made ready for `route`, and the endpoints they use (index 0
+/// is always the plain connection to the target).
+fn prepare(
+    flows: &[&crate::flows::record::HttpFlow],
+    set: &[(String, String)],
+    route: Route,
+    check_bodies: bool,
+) -> Result<(Vec<Prepared>, Vec<Endpoint>), String> {
+    let mut eps = vec![Endpoint::plain()];
+    let mut index: std::collections::HashMap<String, u32> = Default::default();
+    let mut out = Vec::with_capacity(flows.len());
+    for f in flows {
+        let mut req = f.request.clone();
+        super::h1::set_headers(&mut req, set);
+        let secure = matches!(req.scheme.as_str(), "https" | "wss");
+        let (endpoint, absolute) = match route {
+            Route::Direct => (0, false),
+            Route::Proxy if !secure => (0, true),
+            Route::DirectTls | Route::Proxy => {
+                let proxy = route == Route::Proxy;
+                // through a proxy, a request recorded over HTTP/2 goes over h2 as its
+                // client's did; a direct target's scheme says the protocol instead
+                let h2 = proxy && req.version.starts_with("HTTP/2");
+                let key = match (proxy, h2) {
+                    (true, true) => format!("h2 {}", req.authority.to_ascii_lowercase()),
+                    (true, false) => req.authority.to_ascii_lowercase(),
+                    (false, _) => host_of(&req.authority).to_ascii_lowercase(),
+                };
+                let ep = match index.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        let name = server_name(&req.authority)
+                            .map_err(|e| format!("flow {}: {e}", f.id))?;
+                        let tunnel = proxy.then(|| connect_request(&req.authority));
+                        eps.push(Endpoint {
+                            tls: Some(name),
+                            tunnel,
+                            h2,
+                        });
+                        let i = eps.len() as u32 - 1;
+                        index.insert(key, i);
+                        i
+                    }
+                };
+                (ep, false)
+            }
+        };
+        let expect = check_bodies.then(|| match (&f.response, req.method == "HEAD") {
+            (Some(r), false) => bytes::Bytes::copy_from_slice(&r.body.data),
+            _ => bytes::Bytes::new(),
+        });
+        out.push(Prepared {
+            wire: super::h1::encode_request(&req, absolute).into(),
+            head: req.method == "HEAD",
+            h2: super::client_h2::H2Request::new(&req),
+            endpoint,
+            expect,
+        });
+    }
+    Ok((out, eps))
+}
+
+/// A progress bar on stderr when both stdout and stderr are terminals; None (no
+/// drawing at all) otherwise, as in tests and pipes.
+fn progress_bar(prefix: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {msg}")
+        .ok()?
+        .progress_chars("=> ");
+    let b = indicatif::ProgressBar::new(1).with_style(style);
+    b.set_prefix(prefix.to_string());
+    Some(b)
+}
+
 /// The flags as JSON, for the report.
 fn config_json(a: &RunArgs, targets: &[Target]) -> serde_json::Value {
     serde_json::json!({
         "file": a.file.display().to_string(),
         "targets": targets.iter().map(|t| serde_json::json!({"name": t.name, "url": t.url,
-            "forward_proxy": t.absolute, "pid": t.pid})).collect::<Vec<_>>(),
+            "forward_proxy": t.absolute, "tls": t.tls, "pid": t.pid})).collect::<Vec<_>>(),
+        "insecure": a.insecure, "check_bodies": a.check_bodies,
         "rate": a.rate, "step": a.step, "poisson": a.poisson, "speed": a.speed,
         "max_gap_s": a.max_gap.as_secs_f64(), "connections": a.connections,
         "duration_s": a.duration.as_secs_f64(), "warmup_s": a.warmup.as_secs_f64(),
@@ -336,4 +465,78 @@ pub fn run(a: RunArgs) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::record::{HttpFlow, RequestRec};
+
+    fn flow(scheme: &str, authority: &str, version: &str) -> HttpFlow {
+        HttpFlow {
+            request: RequestRec {
+                method: "GET".into(),
+                scheme: scheme.into(),
+                authority: authority.into(),
+                path: "/p".into(),
+                version: version.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn schemes_say_protocol_and_tls() {
+        let t = parse_target("a=https://127.0.0.1:8443", false, 0).unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.tls, t.h2, t.addr.port()),
+            ("a", true, false, 8443)
+        );
+        let t = parse_target("h2://127.0.0.1", false, 1).unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.tls, t.h2, t.addr.port()),
+            ("target2", true, true, 443)
+        );
+        let t = parse_target("h2c://127.0.0.1:9", false, 0).unwrap();
+        assert_eq!((t.tls, t.h2), (false, true));
+        assert!(parse_target("https://127.0.0.1:1", true, 0).is_err());
+        assert!(parse_target("ftp://127.0.0.1:1", false, 0).is_err());
+    }
+
+    #[test]
+    fn endpoints_follow_the_recorded_hosts_and_versions() {
+        let fs = [
+            flow("http", "a.example:8080", "HTTP/1.1"),
+            flow("https", "a.example", "HTTP/1.1"),
+            flow("https", "A.example", "HTTP/1.1"),
+            flow("https", "b.example:8443", "HTTP/1.1"),
+            flow("https", "a.example", "HTTP/2"),
+        ];
+        let refs: Vec<&HttpFlow> = fs.iter().collect();
+        let (reqs, eps) = prepare(&refs, &[], Route::Proxy, false).unwrap();
+        let ep: Vec<u32> = reqs.iter().map(|r| r.endpoint).collect();
+        assert_eq!(ep, [0, 1, 1, 2, 3]);
+        assert!(reqs[0]
+            .wire
+            .starts_with(b"GET http://a.example:8080/p HTTP/1.1\r\n"));
+        assert!(reqs[1].wire.starts_with(b"GET /p HTTP/1.1\r\n"));
+        assert!(eps[0].tls.is_none() && eps[0].tunnel.is_none());
+        assert_eq!(
+            eps[2].tunnel.as_deref(),
+            Some(&b"CONNECT b.example:8443 HTTP/1.1\r\nHost: b.example:8443\r\n\r\n"[..])
+        );
+        assert_eq!(
+            eps.iter().map(|e| e.h2).collect::<Vec<_>>(),
+            [false, false, false, true]
+        );
+        // a direct TLS target: one server name per host, no tunnels, no h2 by recording
+        let (reqs, eps) = prepare(&refs, &[], Route::DirectTls, true).unwrap();
+        let ep: Vec<u32> = reqs.iter().map(|r| r.endpoint).collect();
+        assert_eq!(ep, [1, 1, 1, 2, 1]);
+        assert!(eps.iter().all(|e| e.tunnel.is_none() && !e.h2));
+        assert!(reqs.iter().all(|r| r.expect.as_deref() == Some(&b""[..])));
+        let (reqs, _) = prepare(&refs, &[], Route::Direct, false).unwrap();
+        assert!(reqs.iter().all(|r| r.endpoint == 0 && r.expect.is_none()));
+    }
 }

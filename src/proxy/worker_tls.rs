@@ -83,7 +83,7 @@ impl TlsSetup {
 
 /// Serializes CA creation between processes started at once (test suites, systemd
 /// templates): the loser of the race then loads what the winner wrote.
-fn with_dir_lock<T>(dir: &Confdir, f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_dir_lock<T>(dir: &Confdir, f: impl FnOnce() -> T) -> T {
     use std::os::unix::fs::DirBuilderExt;
     // same mode as the CA code would use: the directory holds the CA key
     let _ = std::fs::DirBuilder::new()
