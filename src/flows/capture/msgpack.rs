@@ -7,38 +7,103 @@
 use super::{addr_text, BodyTap, Capture, REDACTED};
 use crate::flows::record::{BodyRec, HttpFlow, ResponseRec, TlsRec, WsMessageRec};
 use crate::http::Headers;
-use rmp::encode as m;
+// MessagePack's compact forms, as rmp (and so rmp-serde) chooses them.
+mod m {
+    pub fn nil(out: &mut Vec<u8>) {
+        out.push(0xc0);
+    }
 
-// Writes into a Vec cannot fail: the results of rmp's writers are dropped.
+    pub fn bool(out: &mut Vec<u8>, v: bool) {
+        out.push(if v { 0xc3 } else { 0xc2 });
+    }
+
+    pub fn uint(out: &mut Vec<u8>, v: u64) {
+        match v {
+            0..=0x7f => out.push(v as u8),
+            0x80..=0xff => out.extend_from_slice(&[0xcc, v as u8]),
+            0x100..=0xffff => {
+                out.push(0xcd);
+                out.extend_from_slice(&(v as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                out.push(0xce);
+                out.extend_from_slice(&(v as u32).to_be_bytes());
+            }
+            _ => {
+                out.push(0xcf);
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+    }
+
+    /// A length after its marker: `small` holds it in the marker's low bits up to
+    /// `small_max`, then the 8-bit (when `m8` is given), 16-bit and 32-bit forms.
+    fn len(out: &mut Vec<u8>, n: usize, small: Option<(u8, usize)>, m8: Option<u8>, m16: u8) {
+        match (small, m8) {
+            (Some((marker, max)), _) if n <= max => out.push(marker | n as u8),
+            (_, Some(marker)) if n <= 0xff => out.extend_from_slice(&[marker, n as u8]),
+            _ if n <= 0xffff => {
+                out.push(m16);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(m16 + 1);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+    }
+
+    pub fn str(out: &mut Vec<u8>, s: &str) {
+        len(out, s.len(), Some((0xa0, 31)), Some(0xd9), 0xda);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn bin_len(out: &mut Vec<u8>, n: usize) {
+        len(out, n, None, Some(0xc4), 0xc5);
+    }
+
+    pub fn bin(out: &mut Vec<u8>, b: &[u8]) {
+        bin_len(out, b.len());
+        out.extend_from_slice(b);
+    }
+
+    pub fn array_len(out: &mut Vec<u8>, n: usize) {
+        len(out, n, Some((0x90, 15)), None, 0xdc);
+    }
+
+    pub fn map_len(out: &mut Vec<u8>, n: usize) {
+        len(out, n, Some((0x80, 15)), None, 0xde);
+    }
+}
 
 fn key(out: &mut Vec<u8>, k: &str) {
-    let _ = m::write_str(out, k);
+    m::str(out, k);
 }
 
 fn str_field(out: &mut Vec<u8>, k: &str, v: &str) {
     key(out, k);
-    let _ = m::write_str(out, v);
+    m::str(out, v);
 }
 
 fn uint_field(out: &mut Vec<u8>, k: &str, v: u64) {
     key(out, k);
-    let _ = m::write_uint(out, v);
+    m::uint(out, v);
 }
 
 fn bool_field(out: &mut Vec<u8>, k: &str, v: bool) {
     key(out, k);
-    let _ = m::write_bool(out, v);
+    m::bool(out, v);
 }
 
 fn bin(out: &mut Vec<u8>, b: &[u8]) {
-    let _ = m::write_bin(out, b);
+    m::bin(out, b);
 }
 
 fn opt_str_field(out: &mut Vec<u8>, k: &str, v: Option<&str>) {
     key(out, k);
     match v {
-        Some(s) => drop(m::write_str(out, s)),
-        None => drop(m::write_nil(out)),
+        Some(s) => m::str(out, s),
+        None => m::nil(out),
     }
 }
 
@@ -46,12 +111,12 @@ fn opt_str_field(out: &mut Vec<u8>, k: &str, v: Option<&str>) {
 fn fields(out: &mut Vec<u8>, k: &str, h: Option<&Headers>, redact: &[String]) {
     key(out, k);
     let Some(h) = h else {
-        let _ = m::write_array_len(out, 0);
+        m::array_len(out, 0);
         return;
     };
-    let _ = m::write_array_len(out, h.len() as u32);
+    m::array_len(out, h.len());
     for f in h.iter() {
-        let _ = m::write_array_len(out, 2);
+        m::array_len(out, 2);
         bin(out, &f.name);
         let hidden = redact
             .iter()
@@ -70,9 +135,9 @@ fn fields(out: &mut Vec<u8>, k: &str, h: Option<&Headers>, redact: &[String]) {
 /// A [`BodyRec`] from the tap's pieces.
 fn body(out: &mut Vec<u8>, t: &BodyTap) {
     key(out, "body");
-    let _ = m::write_map_len(out, 3);
+    m::map_len(out, 3);
     key(out, "data");
-    let _ = m::write_bin_len(out, t.kept as u32);
+    m::bin_len(out, t.kept);
     for p in &t.pieces {
         out.extend_from_slice(p);
     }
@@ -83,10 +148,10 @@ fn body(out: &mut Vec<u8>, t: &BodyTap) {
 fn tls(out: &mut Vec<u8>, t: Option<&TlsRec>) {
     key(out, "client_tls");
     let Some(t) = t else {
-        let _ = m::write_nil(out);
+        m::nil(out);
         return;
     };
-    let _ = m::write_map_len(out, 4);
+    m::map_len(out, 4);
     str_field(out, "sni", &t.sni);
     str_field(out, "alpn", &t.alpn);
     str_field(out, "version", &t.version);
@@ -96,10 +161,10 @@ fn tls(out: &mut Vec<u8>, t: Option<&TlsRec>) {
 fn response(out: &mut Vec<u8>, c: &Capture, r: Option<&ResponseRec>, redact: &[String]) {
     key(out, "response");
     let Some(r) = r else {
-        let _ = m::write_nil(out);
+        m::nil(out);
         return;
     };
-    let _ = m::write_map_len(out, 7);
+    m::map_len(out, 7);
     uint_field(out, "status", u64::from(r.status));
     str_field(out, "reason", &r.reason);
     let head = c.resp.as_ref();
@@ -120,7 +185,7 @@ fn response(out: &mut Vec<u8>, c: &Capture, r: Option<&ResponseRec>, redact: &[S
 
 fn body_rec(out: &mut Vec<u8>, b: &BodyRec) {
     key(out, "body");
-    let _ = m::write_map_len(out, 3);
+    m::map_len(out, 3);
     key(out, "data");
     bin(out, &b.data);
     uint_field(out, "size", b.size);
@@ -129,9 +194,9 @@ fn body_rec(out: &mut Vec<u8>, b: &BodyRec) {
 
 fn ws(out: &mut Vec<u8>, list: &[WsMessageRec]) {
     key(out, "websocket");
-    let _ = m::write_array_len(out, list.len() as u32);
+    m::array_len(out, list.len());
     for w in list {
-        let _ = m::write_map_len(out, 5);
+        m::map_len(out, 5);
         bool_field(out, "from_client", w.from_client);
         uint_field(out, "opcode", u64::from(w.opcode));
         uint_field(out, "ts", w.ts);
@@ -144,7 +209,7 @@ fn ws(out: &mut Vec<u8>, list: &[WsMessageRec]) {
 /// Writes `c` (already finished: see `Capture::finish`) as an [`HttpFlow`] map.
 pub(super) fn write(c: &Capture, redact: &[String], out: &mut Vec<u8>) {
     let f: &HttpFlow = &c.flow;
-    let _ = m::write_map_len(out, 14);
+    m::map_len(out, 14);
     uint_field(out, "id", f.id);
     uint_field(out, "conn", f.conn);
     uint_field(out, "stream", u64::from(f.stream));
@@ -156,7 +221,7 @@ pub(super) fn write(c: &Capture, redact: &[String], out: &mut Vec<u8>) {
     // the request
     let r = &f.request;
     key(out, "request");
-    let _ = m::write_map_len(out, 8);
+    m::map_len(out, 8);
     str_field(out, "method", &r.method);
     str_field(out, "scheme", &r.scheme);
     str_field(out, "authority", &r.authority);
@@ -169,7 +234,7 @@ pub(super) fn write(c: &Capture, redact: &[String], out: &mut Vec<u8>) {
     // the times
     let t = &f.times;
     key(out, "times");
-    let _ = m::write_map_len(out, 4);
+    m::map_len(out, 4);
     uint_field(out, "request_start", t.request_start);
     uint_field(out, "upstream_connected", t.upstream_connected);
     uint_field(out, "response_head", t.response_head);
@@ -178,11 +243,11 @@ pub(super) fn write(c: &Capture, redact: &[String], out: &mut Vec<u8>) {
     ws(out, &f.websocket);
     uint_field(out, "websocket_dropped", f.websocket_dropped);
     key(out, "notes");
-    let _ = m::write_array_len(out, f.notes.len() as u32);
+    m::array_len(out, f.notes.len());
     for (k, v) in &f.notes {
-        let _ = m::write_array_len(out, 2);
-        let _ = m::write_str(out, k);
-        let _ = m::write_str(out, v);
+        m::array_len(out, 2);
+        m::str(out, k);
+        m::str(out, v);
     }
 }
 
@@ -301,5 +366,58 @@ mod tests {
                 assert_eq!(back, make().into_record(&redact), "case {i} reads back");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod forms {
+    use super::m;
+
+    #[test]
+    fn compact_forms_are_rmps_at_every_boundary() {
+        let ours = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = Vec::new();
+            f(&mut v);
+            v
+        };
+        for v in [
+            0u64,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            u32::MAX as u64,
+            1 << 32,
+            u64::MAX,
+        ] {
+            let mut r = Vec::new();
+            rmp::encode::write_uint(&mut r, v).unwrap();
+            assert_eq!(ours(&|o| m::uint(o, v)), r, "uint {v}");
+        }
+        for n in [0usize, 15, 16, 31, 32, 255, 256, 65535, 65536] {
+            let s = "x".repeat(n);
+            let mut r = Vec::new();
+            rmp::encode::write_str(&mut r, &s).unwrap();
+            assert_eq!(ours(&|o| m::str(o, &s)), r, "str {n}");
+            let mut r = Vec::new();
+            rmp::encode::write_bin(&mut r, s.as_bytes()).unwrap();
+            assert_eq!(ours(&|o| m::bin(o, s.as_bytes())), r, "bin {n}");
+            let mut r = Vec::new();
+            rmp::encode::write_array_len(&mut r, n as u32).unwrap();
+            assert_eq!(ours(&|o| m::array_len(o, n)), r, "array {n}");
+            let mut r = Vec::new();
+            rmp::encode::write_map_len(&mut r, n as u32).unwrap();
+            assert_eq!(ours(&|o| m::map_len(o, n)), r, "map {n}");
+        }
+        for b in [true, false] {
+            let mut r = Vec::new();
+            rmp::encode::write_bool(&mut r, b).unwrap();
+            assert_eq!(ours(&|o| m::bool(o, b)), r);
+        }
+        let mut r = Vec::new();
+        rmp::encode::write_nil(&mut r).unwrap();
+        assert_eq!(ours(&|o| m::nil(o)), r);
     }
 }
