@@ -73,3 +73,53 @@ fn sockaddr_of(ss: &libc::sockaddr_storage) -> std::io::Result<std::net::SocketA
         f => Err(std::io::Error::other(format!("address family {f}"))),
     }
 }
+
+/// One descriptor held back for the moment the process runs out of them (EMFILE): the
+/// worker gives it up to accept the connections waiting in the backlog and refuse
+/// them at once, instead of leaving them queued with no answer while every accept
+/// fails.
+pub struct FdReserve(Option<std::fs::File>);
+
+impl Default for FdReserve {
+    fn default() -> FdReserve {
+        FdReserve(std::fs::File::open("/dev/null").ok())
+    }
+}
+
+impl FdReserve {
+    /// Frees the reserve, accepts up to `max` waiting connections on the non-blocking
+    /// listening socket `listen_fd`, writes `answer` to each without waiting and
+    /// closes it, then takes the reserve back. Returns how many were refused.
+    pub fn refuse_waiting(&mut self, listen_fd: RawFd, answer: &[u8], max: usize) -> usize {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        self.0 = None;
+        let mut refused = 0;
+        while refused < max {
+            let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            // SAFETY: accept4 on a listening descriptor the caller owns, without an
+            // address buffer (both pointers null).
+            let fd = unsafe {
+                libc::accept4(listen_fd, std::ptr::null_mut(), std::ptr::null_mut(), flags)
+            };
+            if fd < 0 {
+                break;
+            }
+            // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+            let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: send(2) reads `answer.len()` bytes from a live slice; a full socket
+            // buffer or a gone peer only makes the answer shorter or absent.
+            unsafe {
+                libc::send(
+                    conn.as_raw_fd(),
+                    answer.as_ptr().cast(),
+                    answer.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            drop(conn);
+            refused += 1;
+        }
+        self.0 = std::fs::File::open("/dev/null").ok();
+        refused
+    }
+}

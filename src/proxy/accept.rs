@@ -56,6 +56,13 @@ pub async fn main(setup: Setup) {
     let wp = w.clone();
     io::spawn(async move { wp.pool.reap_forever().await });
 
+    let mut reserve = io::os::FdReserve::default();
+    // a SOCKS5 client would take an HTTP answer for a broken handshake
+    let busy = match w.mode {
+        Mode::Socks5 => String::new(),
+        _ => busy_answer(),
+    };
+    let mut accept_failed_logged: Option<Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -99,9 +106,22 @@ pub async fn main(setup: Setup) {
                 if w.is_draining() {
                     break;
                 }
-                tracing::warn!(worker = index, "accept failed: {e}");
-                // EMFILE and friends: back off instead of spinning
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                let refused = if out_of_fds {
+                    reserve.refuse_waiting(listen_fd, busy.as_bytes(), REFUSE_WAITING_MAX)
+                } else {
+                    0
+                };
+                for _ in 0..refused {
+                    Counters::bump(&w.counters.refused);
+                }
+                let now = Instant::now();
+                if accept_failed_logged.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+                    accept_failed_logged = Some(now);
+                    tracing::warn!(worker = index, refused, "accept failed: {e}");
+                }
+                // the error persists while the fd table is full: back off instead of spinning
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
@@ -138,16 +158,32 @@ async fn drain(w: &Worker) {
 /// without a word, so a flood cannot grow the worker's load.
 const REFUSING_MAX: usize = 64;
 
-/// Answers a connection over `max_connections` with a 503, then closes it after
-/// reading (briefly) what the client sent, so the answer is not lost to a reset.
-async fn refuse(stream: io::Stream) {
+/// Most waiting connections refused in one go when the fd table is full; the rest wait
+/// for the next round, after [`ACCEPT_BACKOFF`].
+const REFUSE_WAITING_MAX: usize = 256;
+
+/// Pause after a failed accept: while the fd table stays full every accept fails at
+/// once, and retrying without a pause would spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// The 503 a connection gets when the worker cannot take it.
+fn busy_answer() -> String {
     let body = "luring: too many connections, try again\n";
-    let answer = format!(
+    format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
          content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    );
-    if stream.write_all(bytes::Bytes::from(answer)).await.is_ok() {
+    )
+}
+
+/// Answers a connection over `max_connections` with a 503, then closes it after
+/// reading (briefly) what the client sent, so the answer is not lost to a reset.
+async fn refuse(stream: io::Stream) {
+    if stream
+        .write_all(bytes::Bytes::from(busy_answer()))
+        .await
+        .is_ok()
+    {
         stream.shutdown(std::net::Shutdown::Write);
         let mut buf = bytes::BytesMut::with_capacity(4096);
         let deadline = Instant::now() + Duration::from_millis(500);
