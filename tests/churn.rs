@@ -317,7 +317,16 @@ fn churn(io: &str, rounds: usize, duration: Duration, conns: usize, workers: usi
         "warn",
     ]);
     let pid = proxy.pid();
+    // the baseline is taken once every worker has finished starting (a worker may
+    // still be opening its runtime's descriptors after the listening line) and each
+    // kind of connection has run once
+    let tls = distrustful_tls();
+    for kind in KINDS {
+        let _ = one(kind, proxy.addr, &tls);
+    }
+    thread::sleep(Duration::from_secs(1));
     let base = procfs::fds(pid);
+    let base_other = procfs::other_fds(pid);
     let mut fig = Figures {
         rss_kib: Vec::new(),
         fds: Vec::new(),
@@ -348,8 +357,9 @@ fn churn(io: &str, rounds: usize, duration: Duration, conns: usize, workers: usi
         assert!(
             settled,
             "--io {io} round {}: descriptors {now:?} did not return to the baseline \
-             {base:?}; client side: {odd:?}",
-            r + 1
+             {base:?} (others now {:?}, at the start {base_other:?}); client side: {odd:?}",
+            r + 1,
+            procfs::other_fds(pid)
         );
         // empty pipes are kept for splice, at most 64 per worker
         assert!(

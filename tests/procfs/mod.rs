@@ -43,6 +43,21 @@ pub fn fds(pid: i32) -> Fds {
     f
 }
 
+/// What each descriptor of `pid` that is neither a socket nor a pipe points at.
+pub fn other_fds(pid: i32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = dir
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| !l.starts_with("socket:") && !l.starts_with("pipe:"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// Socket inodes among the descriptors of `pid`.
 pub fn socket_inodes(pid: i32) -> HashSet<u64> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
