@@ -390,6 +390,12 @@ fn flood_over_max_connections_is_refused_fast_and_service_resumes() {
         let (ticks, took) = cpu_during(pid, || {
             let _ = refused(proxy.addr);
         });
+        let answered = flood.iter().filter(|r| **r == Refusal::Status(503)).count();
+        eprintln!(
+            "--io {io}: over --max-connections, {answered} of {} got a 503, the rest a \
+             close; {ticks} CPU ticks in {took:?} while refusing",
+            flood.len()
+        );
         assert!(
             ticks <= cpu_budget(took),
             "--io {io}: {ticks} CPU ticks in {took:?} while refusing connections"
@@ -432,6 +438,10 @@ fn out_of_fds_refuses_fast_without_spinning_and_recovers() {
         let (ticks, took) = cpu_during(pid, || {
             let _ = refused(proxy.addr);
         });
+        eprintln!(
+            "--io {io}: out of descriptors, new connections got {tries:?}; {ticks} CPU \
+             ticks in {took:?}"
+        );
         assert!(
             ticks <= cpu_budget(took),
             "--io {io}: {ticks} CPU ticks in {took:?} with the fd table full: a busy loop"
