@@ -56,13 +56,7 @@ pub async fn main(setup: Setup) {
     let wp = w.clone();
     io::spawn(async move { wp.pool.reap_forever().await });
 
-    let mut reserve = io::os::FdReserve::default();
-    // a SOCKS5 client would take an HTTP answer for a broken handshake
-    let busy = match w.mode {
-        Mode::Socks5 => String::new(),
-        _ => busy_answer(),
-    };
-    let mut accept_failed_logged: Option<Instant> = None;
+    let mut failed = AcceptFailed::new(&w, listen_fd);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -106,22 +100,7 @@ pub async fn main(setup: Setup) {
                 if w.is_draining() {
                     break;
                 }
-                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-                let refused = if out_of_fds {
-                    reserve.refuse_waiting(listen_fd, busy.as_bytes(), REFUSE_WAITING_MAX)
-                } else {
-                    0
-                };
-                for _ in 0..refused {
-                    Counters::bump(&w.counters.refused);
-                }
-                let now = Instant::now();
-                if accept_failed_logged.is_none_or(|t| now - t >= Duration::from_secs(1)) {
-                    accept_failed_logged = Some(now);
-                    tracing::warn!(worker = index, refused, "accept failed: {e}");
-                }
-                // the error persists while the fd table is full: back off instead of spinning
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                failed.handle(&w, e).await;
             }
         }
     }
@@ -157,6 +136,57 @@ async fn drain(w: &Worker) {
 /// Most over-the-limit connections answered 503 at once; beyond it they are closed
 /// without a word, so a flood cannot grow the worker's load.
 const REFUSING_MAX: usize = 64;
+
+/// What a failed accept needs: the reserved descriptor, the answer for the refused,
+/// and when the failure was last logged.
+struct AcceptFailed {
+    reserve: io::os::FdReserve,
+    listen_fd: std::os::fd::RawFd,
+    busy: String,
+    logged: Option<Instant>,
+}
+
+impl AcceptFailed {
+    fn new(w: &Worker, listen_fd: std::os::fd::RawFd) -> AcceptFailed {
+        // a SOCKS5 client would take an HTTP answer for a broken handshake
+        let busy = match w.mode {
+            Mode::Socks5 => String::new(),
+            _ => busy_answer(),
+        };
+        AcceptFailed {
+            reserve: io::os::FdReserve::default(),
+            listen_fd,
+            busy,
+            logged: None,
+        }
+    }
+
+    /// Out of descriptors, the waiting connections are refused with the reserve; any
+    /// failure is logged at most once a second and followed by [`ACCEPT_BACKOFF`].
+    async fn handle(&mut self, w: &Worker, e: std::io::Error) {
+        let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+        let mut refused = 0;
+        if out_of_fds {
+            let busy = self.busy.as_bytes();
+            refused = self
+                .reserve
+                .refuse_waiting(self.listen_fd, busy, REFUSE_WAITING_MAX);
+        }
+        for _ in 0..refused {
+            Counters::bump(&w.counters.refused);
+        }
+        let now = Instant::now();
+        if self
+            .logged
+            .is_none_or(|t| now - t >= Duration::from_secs(1))
+        {
+            self.logged = Some(now);
+            tracing::warn!(worker = w.index, refused, "accept failed: {e}");
+        }
+        // the error persists while the fd table is full: back off instead of spinning
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
 
 /// Most waiting connections refused in one go when the fd table is full; the rest wait
 /// for the next round, after [`ACCEPT_BACKOFF`].

@@ -18,6 +18,19 @@ pub fn fd_count(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// Open descriptors of `pid` numbered below `n`: RLIMIT_NOFILE bounds the number a
+/// new descriptor gets, so the table is full when all of 0..n are taken.
+pub fn fds_below(pid: i32, n: usize) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<usize>().ok())
+                .filter(|fd| *fd < n)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// The descriptors of `pid` by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fds {
