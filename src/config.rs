@@ -397,6 +397,13 @@ mod tests {
     }
 
     #[test]
+    fn body_timeout_key() {
+        let c: Config = toml::from_str("body_timeout = 5.5").unwrap();
+        assert_eq!(c.body_timeout, 5.5);
+        assert_eq!(Config::default().body_timeout, 60.0);
+    }
+
+    #[test]
     fn metrics_and_access_log_format_keys() {
         let c: Config = toml::from_str("metrics = \"9100\"\naccess_log_format = \"json\"").unwrap();
         assert_eq!(c.metrics.as_deref(), Some("9100"));

@@ -148,3 +148,32 @@ pub fn raise_nofile() -> Option<u64> {
     }
     Some(lim.rlim_cur)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn reserve_refuses_waiting_connections_up_to_max() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut clients: Vec<TcpStream> =
+            (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let mut reserve = FdReserve::default();
+        assert!(reserve.0.is_some());
+        assert_eq!(reserve.refuse_waiting(l.as_raw_fd(), b"busy", 2), 2);
+        assert_eq!(reserve.refuse_waiting(l.as_raw_fd(), b"busy", 2), 1);
+        assert_eq!(reserve.refuse_waiting(l.as_raw_fd(), b"busy", 2), 0);
+        assert!(reserve.0.is_some(), "the reserve is taken back");
+        for c in &mut clients {
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            assert_eq!(got, b"busy");
+        }
+    }
+}
