@@ -7,9 +7,11 @@
 //! The short version runs in the suite; `soak` (ignored) is the long one, driven by
 //! benches/soak.sh through CHURN_* environment variables.
 
+mod h2raw;
 mod procfs;
 mod support;
 
+use h2raw::{frame, hpack};
 use socket2::SockRef;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -187,15 +189,20 @@ fn one(kind: Kind, addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Result<
             }
         }
         Kind::H2Reset => {
-            let mut out = H2_PREFACE.to_vec();
-            out.extend(frame(0x4, 0, 0, &[]));
+            let mut out = h2raw::PREFACE.to_vec();
+            out.extend(frame(h2raw::SETTINGS, 0, 0, &[]));
             let get = hpack(&[
                 (":method", "GET"),
                 (":scheme", "http"),
                 (":path", "/slow"),
                 (":authority", "front"),
             ]);
-            out.extend(frame(0x1, 0x5, 1, &get));
+            out.extend(frame(
+                h2raw::HEADERS,
+                h2raw::END_STREAM | h2raw::END_HEADERS,
+                1,
+                &get,
+            ));
             let post = hpack(&[
                 (":method", "POST"),
                 (":scheme", "http"),
@@ -203,51 +210,25 @@ fn one(kind: Kind, addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Result<
                 (":authority", "front"),
                 ("content-length", "100000"),
             ]);
-            out.extend(frame(0x1, 0x4, 3, &post));
-            out.extend(frame(0x0, 0, 3, &[b'y'; 1000]));
+            out.extend(frame(h2raw::HEADERS, h2raw::END_HEADERS, 3, &post));
+            out.extend(frame(h2raw::DATA, 0, 3, &[b'y'; 1000]));
             s.write_all(&out).map_err(|x| e("send", x))?;
             // the proxy's SETTINGS: its HTTP/2 front took the connection
             let mut head = [0u8; 9];
             s.read_exact(&mut head).map_err(|x| e("read", x))?;
-            if head[3] != 0x4 {
+            if head[3] != h2raw::SETTINGS {
                 return Err(format!("{kind:?}: first frame {head:?} is no SETTINGS"));
             }
             // let both requests reach the origin before they are cancelled
             thread::sleep(Duration::from_millis(50));
             let cancel = 8u32.to_be_bytes();
-            let mut rst = frame(0x3, 0, 1, &cancel);
-            rst.extend(frame(0x3, 0, 3, &cancel));
+            let mut rst = frame(h2raw::RST_STREAM, 0, 1, &cancel);
+            rst.extend(frame(h2raw::RST_STREAM, 0, 3, &cancel));
             s.write_all(&rst).map_err(|x| e("send", x))?;
             reset_close(s);
         }
     }
     Ok(())
-}
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.push(kind);
-    f.push(flags);
-    f.extend(stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// A header block of literal fields without indexing (RFC 7541 section 6.2.2), each
-/// name and value shorter than 127 bytes.
-fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = Vec::new();
-    for (n, v) in fields {
-        b.push(0);
-        b.push(n.len() as u8);
-        b.extend_from_slice(n.as_bytes());
-        b.push(v.len() as u8);
-        b.extend_from_slice(v.as_bytes());
-    }
-    b
 }
 
 /// A client that trusts no certificate at all.

@@ -3,6 +3,7 @@
 //! connections; a flood over `--max-connections`; and a process out of file
 //! descriptors (its RLIMIT_NOFILE lowered with prlimit(2) while it runs).
 
+mod h2raw;
 mod procfs;
 mod support;
 
@@ -323,6 +324,56 @@ fn slowhttptest_slow_readers_are_cut_by_send_timeout() {
     ];
     slowhttptest("uring", &attack, "/big", 150);
     slowhttptest("epoll", &attack, "https:///big", 60);
+}
+
+/// An HTTP/2 stream (h2c with prior knowledge) whose POST announces a body and never
+/// sends it is answered 408 after `--body-timeout`, instead of holding the stream and
+/// its upstream connection until the client goes away.
+#[test]
+fn h2_request_body_that_never_comes_is_cut_by_body_timeout() {
+    use std::io::Write;
+    for io in BACKENDS {
+        let origin = origin();
+        let proxy = reverse_proxy(&origin, io, TIMEOUT, &[]);
+        let mut s = TcpStream::connect_timeout(&proxy.addr, IO_WAIT).unwrap();
+        s.set_read_timeout(Some(secs(TIMEOUT) + SLACK)).unwrap();
+        let mut out = h2raw::PREFACE.to_vec();
+        out.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+        let post = h2raw::hpack(&[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/stalled"),
+            (":authority", "front"),
+            ("content-length", "100"),
+        ]);
+        out.extend(h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &post));
+        s.write_all(&out).unwrap();
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        let ended = loop {
+            match h2raw::read_frame(&mut s) {
+                Ok((h2raw::HEADERS, _, 1, block)) => break format!("HEADERS {block:?}"),
+                Ok((h2raw::RST_STREAM, _, 1, code)) => break format!("RST_STREAM {code:?}"),
+                Ok((h2raw::GOAWAY, ..)) => break "GOAWAY".to_string(),
+                Ok((kind, _, stream, _)) => seen.push((kind, stream)),
+                Err(e) => panic!(
+                    "--io {io}: the stalled stream was not ended {:?} after its head \
+                     (--body-timeout {TIMEOUT}): {e}; frames seen {seen:?}",
+                    start.elapsed()
+                ),
+            }
+        };
+        eprintln!(
+            "--io {io}: stalled h2 body ended by {ended} after {:?}",
+            start.elapsed()
+        );
+        // the response head is HPACK-coded; the log says which status it carried
+        assert!(
+            ended.starts_with("HEADERS") && proxy.wait_stderr("answered 408", IO_WAIT),
+            "--io {io}: {ended}\n{}",
+            proxy.stderr()
+        );
+    }
 }
 
 /// Opens `n` connections that send half a request head and stay open.
