@@ -25,8 +25,8 @@ use support::*;
 /// heaps, the TLS leaf cache and the splice pipe pool to their working size; after
 /// that, mimalloc keeps freed pages for reuse and returns them lazily, and a round's
 /// peak concurrency varies with scheduling on a shared machine, so RSS wobbles by a
-/// MiB or two around a flat line, with a lone spike of 4 MiB now and then (seen once
-/// in 75 soak rounds). A leak raises every round, so the floor of a window is held
+/// MiB or two around a flat line, with a lone jump of 4.3 MiB seen once in a soak
+/// run. A leak raises every round, so the floor of a window is held
 /// to the reference, not each round: a leak of 1.5 KiB per connection crosses 4 MiB
 /// within the short version's rounds; the soak runs hundreds of thousands.
 const RSS_TOLERANCE_KIB: u64 = 4 * 1024;
