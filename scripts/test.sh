@@ -82,6 +82,7 @@ need_cmd nft nftables
 need_cmd redis-server redis-server
 need_cmd promtool prometheus
 need_cmd nginx nginx-light   # tests/bench.rs: luring and nginx side by side
+need_cmd slowhttptest slowhttptest   # tests/slow_clients.rs: slow header, body and read attacks
 python3 -m pip --version >/dev/null 2>&1 || APT_NEED+=(python3-pip)
 
 install_apt() {

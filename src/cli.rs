@@ -169,6 +169,10 @@ pub struct RunArgs {
     /// Seconds an idle client keep-alive connection is kept [default: 60].
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<f64>,
+    /// Seconds a client may pause between two reads of a request body before the
+    /// connection is closed (as nginx's client_body_timeout) [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub body_timeout: Option<f64>,
     /// Seconds to connect to an upstream; beyond it the client gets 504 [default: 10].
     #[arg(long, value_name = "SECS")]
     pub connect_timeout: Option<f64>,
@@ -316,6 +320,7 @@ impl RunArgs {
             max_headers,
             head_timeout,
             idle_timeout,
+            body_timeout,
             connect_timeout,
             upstream_timeout,
             tunnel_idle_timeout,

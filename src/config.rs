@@ -138,6 +138,8 @@ pub struct Config {
     pub head_timeout: f64,
     /// Seconds a client keep-alive connection may sit idle.
     pub idle_timeout: f64,
+    /// Seconds a client may pause between two reads of a request body.
+    pub body_timeout: f64,
     /// Seconds to connect upstream.
     pub connect_timeout: f64,
     /// Seconds to wait for the upstream's response head.
@@ -236,6 +238,7 @@ impl Default for Config {
             max_headers: 100,
             head_timeout: 30.0,
             idle_timeout: 60.0,
+            body_timeout: 60.0,
             connect_timeout: 10.0,
             upstream_timeout: 60.0,
             tunnel_idle_timeout: 3600.0,
@@ -416,6 +419,13 @@ mod tests {
         assert_eq!(Config::default().plugin_memory_limit, 256 << 20);
         let c: Config = toml::from_str("plugin_memory_limit = 1048576").unwrap();
         assert_eq!(c.plugin_memory_limit, 1 << 20);
+    }
+
+    #[test]
+    fn body_timeout_key() {
+        let c: Config = toml::from_str("body_timeout = 5.5").unwrap();
+        assert_eq!(c.body_timeout, 5.5);
+        assert_eq!(Config::default().body_timeout, 60.0);
     }
 
     #[test]

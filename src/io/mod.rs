@@ -339,6 +339,20 @@ impl Stream {
         }
     }
 
+    /// Shuts the connection down so that closing it sends a reset rather than a FIN:
+    /// for a peer that stopped reading, whose unsent bytes would otherwise keep kernel
+    /// memory in FIN-WAIT-1 until the kernel gives up on it (as nginx's
+    /// reset_timedout_connection). Pending operations complete as with
+    /// [`Stream::shutdown`].
+    pub fn abort(&self) {
+        if let Some(fd) = self.raw_fd() {
+            // SAFETY: the fd is owned by `self` and open; the borrow ends with the call.
+            let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let _ = socket2::SockRef::from(&sock).set_linger(Some(std::time::Duration::ZERO));
+        }
+        self.shutdown(Shutdown::Both);
+    }
+
     /// The socket's descriptor (under TLS, the transport's); None once detached.
     pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         match self {

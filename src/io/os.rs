@@ -97,3 +97,107 @@ fn sockaddr_of(ss: &libc::sockaddr_storage) -> std::io::Result<std::net::SocketA
         f => Err(std::io::Error::other(format!("address family {f}"))),
     }
 }
+
+/// One descriptor held back for the moment the process runs out of them (EMFILE): the
+/// worker gives it up to accept the connections waiting in the backlog and refuse
+/// them at once, instead of leaving them queued with no answer while every accept
+/// fails.
+pub struct FdReserve(Option<std::fs::File>);
+
+impl Default for FdReserve {
+    fn default() -> FdReserve {
+        FdReserve(std::fs::File::open("/dev/null").ok())
+    }
+}
+
+impl FdReserve {
+    /// Frees the reserve, accepts up to `max` waiting connections on the non-blocking
+    /// listening socket `listen_fd`, writes `answer` to each without waiting and
+    /// closes it, then takes the reserve back. Returns how many were refused.
+    pub fn refuse_waiting(&mut self, listen_fd: RawFd, answer: &[u8], max: usize) -> usize {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        self.0 = None;
+        let mut refused = 0;
+        while refused < max {
+            let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            // SAFETY: accept4 on a listening descriptor the caller owns, without an
+            // address buffer (both pointers null).
+            let fd = unsafe {
+                libc::accept4(listen_fd, std::ptr::null_mut(), std::ptr::null_mut(), flags)
+            };
+            if fd < 0 {
+                break;
+            }
+            // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+            let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: send(2) reads `answer.len()` bytes from a live slice; a full socket
+            // buffer or a gone peer only makes the answer shorter or absent.
+            unsafe {
+                libc::send(
+                    conn.as_raw_fd(),
+                    answer.as_ptr().cast(),
+                    answer.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            drop(conn);
+            refused += 1;
+        }
+        self.0 = std::fs::File::open("/dev/null").ok();
+        refused
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (as Go's runtime does at start):
+/// soft limits are often 1024, far below what `--max-connections` allows. Returns the
+/// limit in force afterwards, or None if it cannot be read.
+pub fn raise_nofile() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `lim`, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads `raised`, which outlives the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Some(raised.rlim_cur);
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn reserve_refuses_waiting_connections_up_to_max() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut clients: Vec<TcpStream> =
+            (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let mut reserve = FdReserve::default();
+        assert!(reserve.0.is_some());
+        assert_eq!(reserve.refuse_waiting(l.as_raw_fd(), b"busy", 2), 2);
+        assert_eq!(reserve.refuse_waiting(l.as_raw_fd(), b"busy", 2), 1);
+        assert_eq!(reserve.refuse_waiting(l.as_raw_fd(), b"busy", 2), 0);
+        assert!(reserve.0.is_some(), "the reserve is taken back");
+        for c in &mut clients {
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            assert_eq!(got, b"busy");
+        }
+    }
+}

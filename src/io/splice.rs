@@ -367,6 +367,8 @@ pub async fn splice(
                 .wait_write(write)
                 .await
                 .unwrap_or_else(|| {
+                    // what it did not take is abandoned: a reset frees it at the close
+                    dst.abort();
                     Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the destination accepted nothing in time",

@@ -56,6 +56,7 @@ pub async fn main(setup: Setup) {
     let wp = w.clone();
     io::spawn(async move { wp.pool.reap_forever().await });
 
+    let mut failed = AcceptFailed::new(&w, listen_fd);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -99,9 +100,7 @@ pub async fn main(setup: Setup) {
                 if w.is_draining() {
                     break;
                 }
-                tracing::warn!(worker = index, "accept failed: {e}");
-                // EMFILE and friends: back off instead of spinning
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                failed.handle(&w, e).await;
             }
         }
     }
@@ -138,16 +137,83 @@ async fn drain(w: &Worker) {
 /// without a word, so a flood cannot grow the worker's load.
 const REFUSING_MAX: usize = 64;
 
-/// Answers a connection over `max_connections` with a 503, then closes it after
-/// reading (briefly) what the client sent, so the answer is not lost to a reset.
-async fn refuse(stream: io::Stream) {
+/// What a failed accept needs: the reserved descriptor, the answer for the refused,
+/// and when the failure was last logged.
+struct AcceptFailed {
+    reserve: io::os::FdReserve,
+    listen_fd: std::os::fd::RawFd,
+    busy: String,
+    logged: Option<Instant>,
+}
+
+impl AcceptFailed {
+    fn new(w: &Worker, listen_fd: std::os::fd::RawFd) -> AcceptFailed {
+        // a SOCKS5 client would take an HTTP answer for a broken handshake
+        let busy = match w.mode {
+            Mode::Socks5 => String::new(),
+            _ => busy_answer(),
+        };
+        AcceptFailed {
+            reserve: io::os::FdReserve::default(),
+            listen_fd,
+            busy,
+            logged: None,
+        }
+    }
+
+    /// Out of descriptors, the waiting connections are refused with the reserve; any
+    /// failure is logged at most once a second and followed by [`ACCEPT_BACKOFF`].
+    async fn handle(&mut self, w: &Worker, e: std::io::Error) {
+        let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+        let mut refused = 0;
+        if out_of_fds {
+            let busy = self.busy.as_bytes();
+            refused = self
+                .reserve
+                .refuse_waiting(self.listen_fd, busy, REFUSE_WAITING_MAX);
+        }
+        for _ in 0..refused {
+            Counters::bump(&w.counters.refused);
+        }
+        let now = Instant::now();
+        if self
+            .logged
+            .is_none_or(|t| now - t >= Duration::from_secs(1))
+        {
+            self.logged = Some(now);
+            tracing::warn!(worker = w.index, refused, "accept failed: {e}");
+        }
+        // the error persists while the fd table is full: back off instead of spinning
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
+
+/// Most waiting connections refused in one go when the fd table is full; the rest wait
+/// for the next round, after [`ACCEPT_BACKOFF`].
+const REFUSE_WAITING_MAX: usize = 256;
+
+/// Pause after a failed accept: while the fd table stays full every accept fails at
+/// once, and retrying without a pause would spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// The 503 a connection gets when the worker cannot take it.
+fn busy_answer() -> String {
     let body = "luring: too many connections, try again\n";
-    let answer = format!(
+    format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
          content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    );
-    if stream.write_all(bytes::Bytes::from(answer)).await.is_ok() {
+    )
+}
+
+/// Answers a connection over `max_connections` with a 503, then closes it after
+/// reading (briefly) what the client sent, so the answer is not lost to a reset.
+async fn refuse(stream: io::Stream) {
+    if stream
+        .write_all(bytes::Bytes::from(busy_answer()))
+        .await
+        .is_ok()
+    {
         stream.shutdown(std::net::Shutdown::Write);
         let mut buf = bytes::BytesMut::with_capacity(4096);
         let deadline = Instant::now() + Duration::from_millis(500);

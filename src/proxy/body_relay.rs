@@ -123,7 +123,7 @@ pub enum Output {
 pub type SendLimit<'a> = Option<(&'a Deadline, Duration)>;
 
 /// Writes `parts` to `dst`; with a [`SendLimit`], a peer that accepts nothing for that
-/// long ends the write with `TimedOut` and the socket is shut down.
+/// long ends the write with `TimedOut` and the socket is aborted ([`Stream::abort`]).
 pub async fn send(dst: &Stream, parts: Vec<Bytes>, limit: SendLimit<'_>) -> std::io::Result<()> {
     let Some((deadline, after)) = limit.filter(|_| parts.iter().any(|p| !p.is_empty())) else {
         return dst.write_all_vectored(parts).await;
@@ -132,7 +132,7 @@ pub async fn send(dst: &Stream, parts: Vec<Bytes>, limit: SendLimit<'_>) -> std:
     match deadline.limit(dst.write_all_vectored(parts)).await {
         Ok(r) => r,
         Err(_) => {
-            dst.shutdown(Shutdown::Both);
+            dst.abort();
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("the peer accepted nothing for {after:?}"),

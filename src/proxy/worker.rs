@@ -61,7 +61,7 @@ pub type MetricsRx = tokio::sync::mpsc::UnboundedReceiver<crate::metrics::server
 pub struct Counters {
     /// Accepted client connections.
     pub accepted: Cell<u64>,
-    /// Connections refused by max_connections.
+    /// Connections refused by max_connections or a full fd table.
     pub refused: Cell<u64>,
     /// Requests answered (any status).
     pub requests: Cell<u64>,
@@ -136,6 +136,8 @@ pub struct Timeouts {
     pub head: Duration,
     /// Idle client keep-alive.
     pub idle: Duration,
+    /// A pause between two reads of a client's request body.
+    pub body: Duration,
     /// Upstream connect.
     pub connect: Duration,
     /// Upstream response head.
@@ -240,6 +242,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         timeouts: Timeouts {
             head: secs(cfg.head_timeout),
             idle: secs(cfg.idle_timeout),
+            body: secs(cfg.body_timeout),
             connect: secs(cfg.connect_timeout),
             upstream: secs(cfg.upstream_timeout),
             send: secs(cfg.send_timeout),

@@ -39,6 +39,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     };
     crate::proxy::exchange::log::set_json(cfg.access_log_format == "json");
     let n = cfg.worker_count();
+    warn_if_few_fds(io::os::raise_nofile(), n, cfg.max_connections);
     let transparent = crate::config::Mode::parse(&cfg.mode) == Ok(crate::config::Mode::Transparent);
     let listeners = bind_group(cfg.listen, n, transparent)?;
     let addr = listeners[0]
@@ -158,6 +159,23 @@ fn start_metrics(
         let _ = writeln!(std::io::stderr(), "{w}");
     }
     Ok(Some(rxs))
+}
+
+/// Warns when the open-file limit is below what the connection cap allows: past it,
+/// accept fails with EMFILE and new connections are refused with a 503.
+fn warn_if_few_fds(limit: Option<u64>, workers: usize, max_connections: usize) {
+    // a proxied connection holds its client socket and an upstream socket
+    let need = (workers as u64)
+        .saturating_mul(max_connections as u64)
+        .saturating_mul(2);
+    if let Some(limit) = limit.filter(|l| *l < need) {
+        tracing::warn!(
+            "the open-file limit ({limit}) is below the {need} descriptors that \
+             --max-connections {max_connections} on {workers} workers may need; beyond \
+             it new connections get a 503 (raise it with ulimit -n or LimitNOFILE=, or \
+             lower --max-connections)"
+        );
+    }
 }
 
 fn choose_backend(choice: IoChoice) -> Result<Backend, String> {

@@ -660,7 +660,8 @@ struct OriginShared {
     accepted: AtomicUsize,
     requests: Mutex<Vec<RequestRecord>>,
     conns: Mutex<Vec<ConnStat>>,
-    open: Mutex<Vec<TcpStream>>,
+    /// Clones of the connections still being served (by id), shut down on drop.
+    open: Mutex<Vec<(usize, TcpStream)>>,
     idle_close: Option<Duration>,
 }
 
@@ -1018,7 +1019,7 @@ impl Origin {
                     c.len() - 1
                 };
                 if let Ok(s) = stream.try_clone() {
-                    sh.open.lock().unwrap().push(s);
+                    sh.open.lock().unwrap().push((id, s));
                 }
                 let (sh2, h2) = (sh.clone(), h.clone());
                 thread::spawn(move || serve_conn(stream, id, &sh2, &h2));
@@ -1064,7 +1065,7 @@ impl Drop for Origin {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for s in self.shared.open.lock().unwrap().drain(..) {
+        for (_, s) in self.shared.open.lock().unwrap().drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -1166,6 +1167,9 @@ fn serve_conn(stream: TcpStream, id: usize, sh: &OriginShared, h: &Handler) {
         }
     }
     let _ = conn.stream.shutdown(Shutdown::Both);
+    // the clone kept for shutting down on drop goes too: a long test must not run
+    // out of descriptors
+    sh.open.lock().unwrap().retain(|(i, _)| *i != id);
     sh.conns.lock().unwrap()[id].ended = true;
 }
 

@@ -74,6 +74,8 @@ pub enum Upload<'a> {
         body: &'a mut Incoming,
         /// Frame it as chunked.
         chunked: bool,
+        /// The longest the client may pause between two DATA frames (`--body-timeout`).
+        timeout: Duration,
     },
 }
 
@@ -161,9 +163,11 @@ pub async fn send_streaming(
                 )
                 .await
             }
-            Upload::H2 { body, chunked } => {
-                upload_h2(ups, head.freeze(), body, chunked, &body_read).await
-            }
+            Upload::H2 {
+                body,
+                chunked,
+                timeout,
+            } => upload_h2(ups, head.freeze(), body, (chunked, timeout), &body_read).await,
         }
     };
     let response = read_response_head(ups, upbuf, waits.limits, None);
@@ -215,7 +219,7 @@ async fn upload_h2(
     up: &Stream,
     head: Bytes,
     body: &mut Incoming,
-    chunked: bool,
+    (chunked, pause): (bool, Duration),
     read_all: &Cell<bool>,
 ) -> Result<u64, RelayError> {
     let frame = |data: Bytes| -> Bytes {
@@ -235,7 +239,13 @@ async fn upload_h2(
     up.write_all_vectored(parts)
         .await
         .map_err(RelayError::Sink)?;
-    while let Some(chunk) = body.rx.data().await {
+    // h2's receive futures keep no state of their own: one dropped at the timeout
+    // loses nothing
+    let stalled = || RelayError::Source(format!("the client sent no body for {pause:?}"));
+    while let Some(chunk) = tokio::time::timeout(pause, body.rx.data())
+        .await
+        .map_err(|_| stalled())?
+    {
         let chunk = chunk.map_err(client)?;
         let len = chunk.len();
         let out = frame(chunk);

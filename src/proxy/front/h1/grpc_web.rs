@@ -122,7 +122,7 @@ async fn whole_body(
         &mut c.io,
         &mut asked.dec,
         &mut asked.owe_continue,
-        c.w.timeouts.idle,
+        c.w.timeouts.body,
     );
     // a gRPC-web request holds one message (unary and server-streaming calls)
     let limit = c.w.cfg.max_grpc_message.saturating_mul(4) / 3 + 64;

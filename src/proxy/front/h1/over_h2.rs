@@ -108,7 +108,7 @@ pub(super) async fn exchange(
             stream: &c.io.stream,
             buf: &mut c.io.buf,
             dec: &mut asked.dec,
-            timeout: c.w.timeouts.idle,
+            timeout: c.w.timeouts.body,
             tap: up_tap.as_mut(),
         };
         let body = match (full, streamed) {

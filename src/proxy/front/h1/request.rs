@@ -65,7 +65,7 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
             &mut c.io,
             &mut asked.dec,
             &mut asked.owe_continue,
-            c.w.timeouts.idle,
+            c.w.timeouts.body,
         );
         let msg = Message::Request {
             req: &mut req,
@@ -156,7 +156,7 @@ async fn hook_request(
         &mut c.io,
         &mut asked.dec,
         &mut asked.owe_continue,
-        c.w.timeouts.idle,
+        c.w.timeouts.body,
     );
     grpc_web::hook_request(&mut src, req, call, c.w.cfg.max_plugin_body).await
 }
@@ -238,7 +238,7 @@ async fn send(
                 stream: &c.io.stream,
                 buf: &mut c.io.buf,
                 dec: &mut asked.dec,
-                timeout: c.w.timeouts.idle,
+                timeout: c.w.timeouts.body,
                 tap: rec.as_mut().map(|r| &mut r.req_body),
             };
             let sent = Box::pin(up1::send_streaming(&mut up, head, Upload::H1(body), waits)).await;

@@ -192,7 +192,7 @@ impl Stream<'_> {
             }
         }
         body.tap = reply.rec.as_ref().map(|r| r.new_tap());
-        let (mut head, upload) = h1_request(&mut req, &mut body);
+        let (mut head, upload) = h1_request(&mut req, &mut body, w.timeouts.body);
         if let (true, Some(chain)) = (up.via_chain, &w.chain) {
             h1_wire::to_proxy_form(&mut head, &req, chain.auth.as_deref());
         }
@@ -219,7 +219,11 @@ impl Stream<'_> {
                 up.stream.shutdown(Shutdown::Both);
                 let f = match e {
                     up1::SendError::Upstream(e) => e.flow_error(w.timeouts.upstream),
-                    up1::SendError::Client(why) | up1::SendError::BadBody(why) => {
+                    // the client's stream failed or stalled (past --body-timeout)
+                    up1::SendError::Client(why) => {
+                        return reply.fail(408, &format!("reading the request body: {why}"));
+                    }
+                    up1::SendError::BadBody(why) => {
                         let text = format!("sending the request upstream: {why}");
                         return reply.fail(502, &text);
                     }
@@ -428,7 +432,11 @@ type H1Upload<'b> = Result<Vec<Bytes>, Upload<'b>>;
 
 /// The HTTP/1 request head of an h2 stream going to an HTTP/1.1 upstream, and how its
 /// body goes: with its length when known, chunked otherwise, none when empty.
-fn h1_request<'b>(req: &mut Request, body: &'b mut Incoming) -> (BytesMut, H1Upload<'b>) {
+fn h1_request<'b>(
+    req: &mut Request,
+    body: &'b mut Incoming,
+    timeout: std::time::Duration,
+) -> (BytesMut, H1Upload<'b>) {
     let partly_read = body.prefix.is_some();
     let kind = rules::h1_request_kind(&req.body, req.trailers.is_some(), &req.headers, partly_read);
     let head = h1_wire::upstream_request_head(req, kind);
@@ -446,6 +454,7 @@ fn h1_request<'b>(req: &mut Request, body: &'b mut Incoming) -> (BytesMut, H1Upl
         _ => Err(Upload::H2 {
             body,
             chunked: kind == BodyKind::Chunked,
+            timeout,
         }),
     };
     (head, upload)
