@@ -155,7 +155,7 @@ fn upstream(s: &Snapshot) -> Vec<Family<'_>> {
         ("luring_upstream_connects", "Upstream connections opened (attempts).", one(s.upstream_connects)),
         ("luring_upstream_reuses", "Upstream connections taken from the keep-alive pool.", one(s.upstream_reuses)),
         ("luring_upstream_failures", "Upstream connections that failed, by reason.", Values::Counter(fails)),
-        ("luring_upstream_ttfb_seconds", "Time from writing a request upstream to its response head (HTTP/1.1 upstreams, bodies held whole).", Values::Hist(vec![(vec![], &s.upstream_ttfb)])),
+        ("luring_upstream_ttfb_seconds", "Time from writing a request upstream to its response head (h2 upstreams, and HTTP/1.1 upstreams with bodies held whole).", Values::Hist(vec![(vec![], &s.upstream_ttfb)])),
         ("luring_tls_handshakes", "TLS handshakes completed, by side.", side(s.tls_ok)),
         ("luring_tls_handshake_failures", "TLS handshakes failed, by side.", side(s.tls_failed)),
         ("luring_leaf_certs_minted", "Leaf certificates minted.", one(s.leaves_minted)),

@@ -211,8 +211,16 @@ pub async fn response(
     fut: ResponseFuture,
     timeout: Duration,
 ) -> Result<(Response, RecvStream), StreamError> {
+    // the request's head went out just before (`start`)
+    let t0 = crate::metrics::clock();
     match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => response_of(r),
+        Ok(r) => {
+            let r = response_of(r);
+            if r.is_ok() {
+                crate::metrics::upstream_ttfb(t0);
+            }
+            r
+        }
         Err(_) => {
             let why = format!("upstream did not respond within {timeout:?}");
             Err(StreamError::Answer(504, why))
