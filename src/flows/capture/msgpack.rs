@@ -9,14 +9,17 @@ use crate::flows::record::{BodyRec, HttpFlow, ResponseRec, TlsRec, WsMessageRec}
 use crate::http::Headers;
 // MessagePack's compact forms, as rmp (and so rmp-serde) chooses them.
 mod m {
+    #[inline]
     pub fn nil(out: &mut Vec<u8>) {
         out.push(0xc0);
     }
 
+    #[inline]
     pub fn bool(out: &mut Vec<u8>, v: bool) {
         out.push(if v { 0xc3 } else { 0xc2 });
     }
 
+    #[inline]
     pub fn uint(out: &mut Vec<u8>, v: u64) {
         match v {
             0..=0x7f => out.push(v as u8),
@@ -38,6 +41,7 @@ mod m {
 
     /// A length after its marker: `small` holds it in the marker's low bits up to
     /// `small_max`, then the 8-bit (when `m8` is given), 16-bit and 32-bit forms.
+    #[inline]
     fn len(out: &mut Vec<u8>, n: usize, small: Option<(u8, usize)>, m8: Option<u8>, m16: u8) {
         match (small, m8) {
             (Some((marker, max)), _) if n <= max => out.push(marker | n as u8),
@@ -53,31 +57,40 @@ mod m {
         }
     }
 
+    #[inline]
     pub fn str(out: &mut Vec<u8>, s: &str) {
         len(out, s.len(), Some((0xa0, 31)), Some(0xd9), 0xda);
         out.extend_from_slice(s.as_bytes());
     }
 
+    #[inline]
     pub fn bin_len(out: &mut Vec<u8>, n: usize) {
         len(out, n, None, Some(0xc4), 0xc5);
     }
 
+    #[inline]
     pub fn bin(out: &mut Vec<u8>, b: &[u8]) {
         bin_len(out, b.len());
         out.extend_from_slice(b);
     }
 
+    #[inline]
     pub fn array_len(out: &mut Vec<u8>, n: usize) {
         len(out, n, Some((0x90, 15)), None, 0xdc);
     }
 
+    #[inline]
     pub fn map_len(out: &mut Vec<u8>, n: usize) {
         len(out, n, Some((0x80, 15)), None, 0xde);
     }
 }
 
+/// A field name: every name here is under 32 bytes, a fixstr.
+#[inline]
 fn key(out: &mut Vec<u8>, k: &str) {
-    m::str(out, k);
+    debug_assert!(k.len() < 32);
+    out.push(0xa0 | k.len() as u8);
+    out.extend_from_slice(k.as_bytes());
 }
 
 fn str_field(out: &mut Vec<u8>, k: &str, v: &str) {
@@ -209,6 +222,9 @@ fn ws(out: &mut Vec<u8>, list: &[WsMessageRec]) {
 /// Writes `c` (already finished: see `Capture::finish`) as an [`HttpFlow`] map.
 pub(super) fn write(c: &Capture, redact: &[String], out: &mut Vec<u8>) {
     let f: &HttpFlow = &c.flow;
+    // names, small values and the head fields: one growth for most records
+    let heads = c.req.headers.len() + c.resp.as_ref().map_or(0, |h| h.headers.len());
+    out.reserve(512 + 64 * heads + c.payload_hint());
     m::map_len(out, 14);
     uint_field(out, "id", f.id);
     uint_field(out, "conn", f.conn);
