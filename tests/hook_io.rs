@@ -380,3 +380,55 @@ fn redis_rate_limit_holds_across_two_instances() {
     let limited = statuses.iter().filter(|&&s| s == 429).count();
     assert_eq!((ok, limited), (10, 20), "{statuses:?}");
 }
+
+#[test]
+fn http_request_speaks_h2_to_an_https_server_that_offers_it() {
+    // nghttpd speaks only h2 over TLS: a subrequest that works there went over h2, and
+    // later ones reuse the worker's session to it
+    let pki = TestPki::new();
+    let root = TempDir::new("hookio-h2root");
+    std::fs::write(root.path("check"), "allowed-by-h2").unwrap();
+    let port = closed_port();
+    let mut nghttpd = Command::new("nghttpd")
+        .args(["-a", "127.0.0.1", "--echo-upload", "-d"])
+        .arg(&root.0)
+        .arg(port.to_string())
+        .arg(&pki.server_key)
+        .arg(&pki.server_pem)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nghttpd (apt nghttp2-server)");
+    assert!(wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let origin = Origin::start(fixed(200, &[], b"ok"));
+    let dir = TempDir::new("hookio-h2");
+    let p = plugin(
+        &dir,
+        "h2.lua",
+        &format!(
+            r#"
+register_hook("http", "on_request", function(msg)
+  local r, err = luring.http_request{{ url = "https://localhost:{port}/check", timeout = 3 }}
+  if not r then return action.RESPOND{{ status = 503, body = err }} end
+  local p, perr = luring.http_request{{ method = "POST", url = "https://localhost:{port}/echo", body = "up" }}
+  msg.headers:set("x-sub", r.status .. ":" .. r.body .. ":" .. (p and p.body or perr))
+end)
+"#
+        ),
+    );
+    let ca = pki.ca_pem.to_str().unwrap();
+    let proxy = Proxy::start(&["--workers", "1", "--upstream-ca", ca, "--plugin", &p]);
+    let mut c = Client::connect(proxy.addr);
+    for i in 0..3 {
+        let r = c.request(&get(&origin, &format!("/{i}"), ""));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let _ = nghttpd.kill();
+    let _ = nghttpd.wait();
+    for seen in origin.requests() {
+        assert_eq!(seen.header("x-sub"), Some("200:allowed-by-h2:up"));
+    }
+    assert_eq!(origin.requests().len(), 3);
+}

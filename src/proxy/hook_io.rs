@@ -13,6 +13,7 @@ use crate::plugin::{
 };
 use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
 use crate::proxy::body_relay::read_some;
+use crate::proxy::upstream::h2 as up2;
 use crate::proxy::upstream::{self, connect, h1, secure, ConnectError, Key, Upstream};
 use crate::proxy::worker::Worker;
 use crate::proxy::worker_tls::Alpn;
@@ -20,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::Shutdown;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Idle cosockets kept per (host, port, tls).
@@ -38,6 +40,8 @@ struct Idle {
 }
 
 thread_local! {
+    /// The worker's h2 sessions for `luring.http_request` to https servers that chose h2.
+    static H2_SUBS: RefCell<HashMap<Key, Rc<up2::Lazy>>> = RefCell::new(HashMap::new());
     /// The worker's idle cosockets (one worker per thread, so no lock).
     static KEEP: RefCell<HashMap<SockKey, Vec<Idle>>> = RefCell::new(HashMap::new());
     /// Cosocket ids are never reused on a worker, so a socket a plugin kept in a global
@@ -199,7 +203,10 @@ impl HookIo {
             None => {
                 let t = c.timeout.unwrap_or(w.timeouts.connect);
                 let name = c.sni.as_deref().unwrap_or(&c.host);
-                (open(w, &c.host, c.port, c.tls, name, t).await?, 0)
+                (
+                    open(w, &c.host, c.port, c.tls, name, t, Alpn::Http1).await?,
+                    0,
+                )
             }
         };
         let id = NEXT_ID.with(|n| {
@@ -297,6 +304,7 @@ async fn open(
     tls: bool,
     name: &str,
     t: Duration,
+    alpn: Alpn,
 ) -> Result<Upstream, String> {
     let up = connect(w.backend, host, port, t, None)
         .await
@@ -304,7 +312,7 @@ async fn open(
     if !tls {
         return Ok(up);
     }
-    secure(up, name, t, &w.tls, Alpn::Http1)
+    secure(up, name, t, &w.tls, alpn)
         .await
         .map_err(|e| match e {
             ConnectError::Timeout(_) => "timeout".to_string(),
@@ -379,6 +387,19 @@ async fn http(w: &Worker, call: HttpCall, until: Instant) -> Result<IoResult, St
         host: t.host.as_str().into(),
         port: t.port,
     };
+    let https = t.scheme == "https";
+    // an https server that chose h2 before gets the request on that connection
+    if let Some(lazy) = https
+        .then(|| H2_SUBS.with(|m| m.borrow().get(&key).cloned()))
+        .flatten()
+    {
+        let left = until.saturating_duration_since(Instant::now());
+        let ct = w.timeouts.connect.min(left);
+        let limit = up2::header_list_limit(w.cfg.max_head_size);
+        let connect = open(w, &t.host, t.port, true, &t.host, ct, Alpn::H2OrHttp1);
+        let sender = lazy.sender(connect, 0, limit).await?;
+        return h2_exchange(w, sender, &call, &t, until).await;
+    }
     let head = request_head(&call, &t);
     // a pooled connection the upstream closed meanwhile gets one retry on a new one
     for attempt in 0..2 {
@@ -393,7 +414,18 @@ async fn http(w: &Worker, call: HttpCall, until: Instant) -> Result<IoResult, St
             None => {
                 let left = until.saturating_duration_since(Instant::now());
                 let ct = w.timeouts.connect.min(left);
-                open(w, &t.host, t.port, t.scheme == "https", &t.host, ct).await?
+                let alpn = if https { Alpn::H2OrHttp1 } else { Alpn::Http1 };
+                let up = open(w, &t.host, t.port, https, &t.host, ct, alpn).await?;
+                if https && crate::proxy::worker_tls::chose_h2(&up.stream) {
+                    // the server speaks h2: this connection becomes the worker's h2
+                    // session to it, for this request and the next ones
+                    let lazy = Rc::new(up2::Lazy::default());
+                    H2_SUBS.with(|m| m.borrow_mut().insert(key.clone(), lazy.clone()));
+                    let limit = up2::header_list_limit(w.cfg.max_head_size);
+                    let sender = lazy.sender(async { Ok(up) }, 0, limit).await?;
+                    return h2_exchange(w, sender, &call, &t, until).await;
+                }
+                up
             }
         };
         let mut held = Held(Some(up));
@@ -411,6 +443,80 @@ async fn http(w: &Worker, call: HttpCall, until: Instant) -> Result<IoResult, St
         }
     }
     Err("upstream closed the connection".into())
+}
+
+/// One request and its whole response over the worker's h2 session to the server.
+async fn h2_exchange(
+    w: &Worker,
+    sender: h2::client::SendRequest<Bytes>,
+    call: &HttpCall,
+    t: &Target,
+    until: Instant,
+) -> Result<IoResult, String> {
+    let mut b = http::Request::builder()
+        .method(call.method.as_str())
+        .uri(format!("https://{}{}", t.authority(), t.path));
+    for (n, v) in &call.headers {
+        // connection-specific fields have no place in h2 (RFC 9113 8.2.2)
+        let skip = [
+            "host",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "content-length",
+        ];
+        if skip.iter().any(|s| n.eq_ignore_ascii_case(s.as_bytes())) {
+            continue;
+        }
+        b = b.header(&n[..], &v[..]);
+    }
+    if !call.body.is_empty() {
+        b = b.header("content-length", call.body.len());
+    }
+    let req = b.body(()).map_err(|e| format!("bad request: {e}"))?;
+    let h2_err = |e: h2::Error| format!("h2: {e}");
+    let run = async {
+        let mut sender = sender.ready().await.map_err(h2_err)?;
+        let (resp, mut tx) = sender
+            .send_request(req, call.body.is_empty())
+            .map_err(h2_err)?;
+        if !call.body.is_empty() {
+            tx.send_data(call.body.clone(), true).map_err(h2_err)?;
+        }
+        let resp = resp.await.map_err(h2_err)?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    Bytes::copy_from_slice(n.as_ref()),
+                    Bytes::copy_from_slice(v.as_bytes()),
+                )
+            })
+            .collect();
+        let mut rx = resp.into_body();
+        let mut body = BytesMut::new();
+        while let Some(d) = rx.data().await {
+            let d = d.map_err(h2_err)?;
+            let _ = rx.flow_control().release_capacity(d.len());
+            body.extend_from_slice(&d);
+            if body.len() > w.cfg.max_plugin_body {
+                return Err("response body too large".to_string());
+            }
+        }
+        Ok(IoResult::Http {
+            status,
+            headers,
+            body: body.freeze(),
+        })
+    };
+    match tokio::time::timeout_at(until.into(), run).await {
+        Ok(r) => r,
+        Err(_) => Err("timeout".into()),
+    }
 }
 
 enum Retry {
