@@ -356,11 +356,14 @@ proptest! {
     }
 }
 
+/// A corpus directory name and its target.
+type Target = (&'static str, fn(&[u8]));
+
 /// Every file of the checked-in corpus, through its target: the inputs cargo-fuzz
 /// found interesting (and any crash turned regression) run in every CI build.
 #[test]
 fn corpus_replays() {
-    let targets: &[(&str, fn(&[u8]))] = &[
+    let targets: &[Target] = &[
         ("http1_request", |d| {
             fuzzing::http1_request(d, &desync::classify)
         }),
