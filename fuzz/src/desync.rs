@@ -48,12 +48,6 @@ pub fn classify(head: &[u8], side: Side) -> Result<(), String> {
         {
             Ok(())
         }
-        // A field named like a framing field with other delimiters ("Transfer_Encoding",
-        // "Content.Length") is a distinct valid token (RFC 9110 5.1), so luring ignores
-        // it for framing and forwards it; the classifier rates it Ambiguous because
-        // servers that map '_' to '-' (CGI-style) would read it as framing. Left as a
-        // documented disagreement (docs/security.md, Fuzzing), not yet refused.
-        _ if verdict.reason == ClassificationReason::SuspiciousHeader => Ok(()),
         tier => Err(format!(
             "{tier:?} ({:?}): {}",
             verdict.reason,
