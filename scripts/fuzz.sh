@@ -74,7 +74,7 @@ for t in "${targets[@]}"; do
     cargo "${toolchain[@]}" fuzz run "${sanitizer[@]}" --fuzz-dir fuzz "$t" "$scratch" "$corpus" -- \
         -max_total_time="$secs" -max_len="${FUZZ_MAX_LEN:-$(max_len "$t")}" \
         -rss_limit_mb="${FUZZ_RSS_MB:-2048}" -timeout=10 \
-        -print_final_stats=1 2>&1 | tee "$log" | grep -E "^(#[0-9]+.*(pulse|DONE)|==|SUMMARY|Test unit|artifact_prefix)" || true
+        -print_final_stats=1 2>&1 | tee "$log" | grep -E "^(#[0-9]+.*(pulse|DONE)|==|SUMMARY|Test unit|artifact_prefix)"
     rc=${PIPESTATUS[0]}
     set -e
     runs=$(grep -oE "stat::number_of_executed_units: *[0-9]+" "$log" | grep -oE "[0-9]+$" | tail -1)

@@ -494,11 +494,33 @@ fn has_framing_lookalike(headers: &Headers) -> bool {
                 && letters.next().is_none()
         };
         match n.iter().find(|b| b.is_ascii_alphanumeric()) {
-            Some(b't' | b'T') => same(b"transferencoding", &mut letters),
-            Some(b'c' | b'C') => same(b"contentlength", &mut letters),
+            Some(b't' | b'T') => {
+                same(b"transferencoding", &mut letters) || joined(n, b"transfer", b"encoding")
+            }
+            Some(b'c' | b'C') => {
+                same(b"contentlength", &mut letters) || joined(n, b"content", b"length")
+            }
             _ => false,
         }
     })
+}
+
+/// Whether `name` is `first`, any one byte in place of the '-', then `second`, with
+/// only symbols around ("Content2Length", "content_-length"), case aside.
+fn joined(name: &[u8], first: &[u8], second: &[u8]) -> bool {
+    let alnum = |b: &u8| b.is_ascii_alphanumeric();
+    let skip = |s: &[u8]| -> usize { s.iter().position(alnum).unwrap_or(s.len()) };
+    let name = &name[skip(name)..];
+    let Some(rest) = name.get(first.len() + 1..) else {
+        return false;
+    };
+    if !name[..first.len()].eq_ignore_ascii_case(first) {
+        return false;
+    }
+    let rest = &rest[skip(rest)..];
+    rest.len() >= second.len()
+        && rest[..second.len()].eq_ignore_ascii_case(second)
+        && !rest[second.len()..].iter().any(alnum)
 }
 
 /// Whether Transfer-Encoding names chunked as its final (and only chunked) coding.

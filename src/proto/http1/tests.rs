@@ -1250,6 +1250,9 @@ fn framing_field_lookalikes_are_refused() {
         "Content_Length",
         "content-length~",
         "CONTENT__LENGTH",
+        "Content2Length",
+        "Contents-Length",
+        "transferXencoding",
     ];
     for name in lookalikes {
         let wire =
@@ -1270,7 +1273,6 @@ fn framing_field_lookalikes_are_refused() {
         ("TRANSFER-ENCODING", BodyKind::Chunked),
         ("X-Transfer-Encoding", BodyKind::Empty),
         ("Content-Length-Range", BodyKind::Empty),
-        ("Contents-Length", BodyKind::Empty),
     ] {
         let wire = format!("POST / HTTP/1.1\r\nHost: a\r\n{name}: chunked\r\n\r\n");
         let (head, _) = parse_request_head(wire.as_bytes(), &Limits::default())
