@@ -48,6 +48,13 @@ pub fn classify(head: &[u8], side: Side) -> Result<(), String> {
         {
             Ok(())
         }
+        // Names like framing fields with other delimiters are refused by luring (see
+        // request_body_kind); what the classifier still calls suspicious is a truncated
+        // name with a symbol in place of its last letters ("Content-Lengt~"), which no
+        // server folds into a framing field. (This verdict is Ambiguous only; it could
+        // hide another Ambiguous reason in the same head, which the forwarded check,
+        // made after luring's own rewrite of the framing fields, still sees.)
+        _ if verdict.reason == ClassificationReason::SuspiciousHeader => Ok(()),
         tier => Err(format!(
             "{tier:?} ({:?}): {}",
             verdict.reason,
