@@ -49,12 +49,28 @@ pub fn classify(head: &[u8], side: Side) -> Result<(), String> {
             Ok(())
         }
         // Names like framing fields with other delimiters are refused by luring (see
-        // request_body_kind); what the classifier still calls suspicious is a truncated
-        // name with a symbol in place of its last letters ("Content-Lengt~"), which no
-        // server folds into a framing field. (This verdict is Ambiguous only; it could
-        // hide another Ambiguous reason in the same head, which the forwarded check,
-        // made after luring's own rewrite of the framing fields, still sees.)
-        _ if verdict.reason == ClassificationReason::SuspiciousHeader => Ok(()),
+        // request_body_kind); what the classifier still takes for a framing field is a
+        // truncated name with a symbol in place of its last letters ("Content-Lengt~"),
+        // which no server folds into one: a field of its own (RFC 9110 5.1). Such a
+        // verdict's message names that field right after the reason.
+        _ if matches!(
+            verdict.reason,
+            ClassificationReason::SuspiciousHeader
+                | ClassificationReason::BadContentLength
+                | ClassificationReason::BadTransferEncoding
+        ) && verdict
+            .message
+            .as_deref()
+            .and_then(|m| m.split_once(&format!("{:?} \"", verdict.reason)))
+            .and_then(|(_, rest)| rest.split('"').next())
+            .map(str::trim)
+            .is_some_and(|name| {
+                !name.eq_ignore_ascii_case("content-length")
+                    && !name.eq_ignore_ascii_case("transfer-encoding")
+            }) =>
+        {
+            Ok(())
+        }
         tier => Err(format!(
             "{tier:?} ({:?}): {}",
             verdict.reason,
