@@ -4,6 +4,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod flows;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod io;
 pub mod logging;

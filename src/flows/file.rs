@@ -360,12 +360,26 @@ fn decompress(payload: &[u8]) -> io::Result<Vec<u8>> {
 /// Decodes a payload of a known kind; Ok(None) for a kind added by a later version.
 fn decode(kind: u8, payload: &[u8]) -> Result<Option<Record>, rmp_serde::decode::Error> {
     Ok(Some(match kind {
-        1 => Record::Meta(rmp_serde::from_slice::<Meta>(payload)?),
-        2 => Record::Http(Box::new(rmp_serde::from_slice::<HttpFlow>(payload)?)),
-        3 => Record::Tunnel(Box::new(rmp_serde::from_slice::<TunnelFlow>(payload)?)),
-        4 => Record::Drops(rmp_serde::from_slice::<Drops>(payload)?),
+        1 => Record::Meta(from_msgpack::<Meta>(payload)?),
+        2 => Record::Http(Box::new(from_msgpack::<HttpFlow>(payload)?)),
+        3 => Record::Tunnel(Box::new(from_msgpack::<TunnelFlow>(payload)?)),
+        4 => Record::Drops(from_msgpack::<Drops>(payload)?),
         _ => return Ok(None),
     }))
+}
+
+/// Deepest MessagePack nesting a record may have; real records nest a few levels.
+const MAX_DEPTH: usize = 32;
+
+/// One record's MessagePack. The depth is capped well under rmp-serde's default of 1024:
+/// serde recurses once per level (unknown fields too), and a file nesting a thousand
+/// arrays overflowed a 2 MiB thread stack (found by the flow_file fuzz target).
+fn from_msgpack<'a, T: serde::Deserialize<'a>>(
+    payload: &'a [u8],
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(payload);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de)
 }
 
 /// CRC-32 over a frame's kind, flags and reserved bytes and its stored payload, so a

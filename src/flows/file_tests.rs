@@ -125,3 +125,33 @@ fn unknown_kinds_are_skipped() {
     assert_eq!(n, 2);
     assert_eq!(r.skipped_unknown, 1);
 }
+
+/// Found by the flow_file fuzz target: a record of a thousand nested MessagePack arrays
+/// (valid checksum) overflowed a 2 MiB thread stack while serde skipped it; it is now a
+/// corrupt record, read on a thread with that little stack.
+#[test]
+fn deeply_nested_record_is_corrupt_not_a_stack_overflow() {
+    // a map with one unknown field, whose value nests arrays (skipped by serde)
+    let mut payload = vec![0x81, 0xa2, b'z', b'z'];
+    payload.extend_from_slice(&[0x91; 5000]);
+    payload.push(0xc0);
+    let kind_flags = [2u8, 0, 0, 0];
+    let mut file = file_header().to_vec();
+    file.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    file.extend_from_slice(&kind_flags);
+    file.extend_from_slice(&checksum(kind_flags, &payload).to_le_bytes());
+    file.extend_from_slice(&payload);
+    let read = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let mut r = FlowReader::new(&file[..]).unwrap();
+            match r.next_record() {
+                Some(Err(ReadError::Corrupt { why, .. })) => why,
+                other => panic!("{other:?}"),
+            }
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert!(read.contains("depth"), "{read}");
+}

@@ -129,7 +129,8 @@ fn reassemble(buf: &[u8]) -> Result<Option<Reassembled<'_>>, HelloError> {
         if header[0] != CONTENT_HANDSHAKE {
             return Err(HelloError::NotHandshake);
         }
-        if header[1] != 0x03 {
+        // the same versions is_tls_client_hello_start lets through (SSL 3.0 to TLS 1.3)
+        if header[1] != 0x03 || header[2] > 0x04 {
             return Err(HelloError::BadRecord);
         }
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));

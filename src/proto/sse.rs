@@ -193,7 +193,11 @@ fn parse_block(raw: &[u8], stream_start: bool) -> Option<Event> {
             "event" => ev.event = Some(value.to_string()),
             "data" => data.push(value),
             "id" if !value.contains('\0') => ev.id = Some(value.to_string()),
-            "retry" if !value.is_empty() && value.bytes().all(|c| c.is_ascii_digit()) => {
+            // a retry too large for u64 is kept as it came, like any field not understood
+            // (it used to count as a field while its value was lost)
+            "retry"
+                if value.bytes().all(|c| c.is_ascii_digit()) && value.parse::<u64>().is_ok() =>
+            {
                 ev.retry = value.parse().ok()
             }
             _ => {
@@ -223,6 +227,25 @@ mod tests {
         }
         let rest = p.finish();
         (out, rest)
+    }
+
+    /// Found by the sse fuzz target: an overflowing retry made an event of no field, which
+    /// re-serialized to a block that is no event at all.
+    #[test]
+    fn overflowing_retry_is_kept_as_it_came() {
+        let (b, _) = blocks(&[b"retry: 99999999999999999999999
+
+"]);
+        assert_eq!(b[0].event, None, "no field understood");
+        let (b, _) = blocks(&[b"retry: 99999999999999999999999
+data: x
+
+"]);
+        let e = b[0].event.clone().unwrap();
+        assert_eq!(e.retry, None);
+        assert_eq!(e.other, vec!["retry: 99999999999999999999999".to_string()]);
+        let (again, _) = blocks(&[b"\n", &e.serialize()]);
+        assert_eq!(again[1].event.as_ref(), Some(&e));
     }
 
     #[test]

@@ -377,3 +377,15 @@ fn grease_and_alpn_rules() {
         format!("t10i010000_{}_000000000000", sha256_12("002f"))
     );
 }
+
+/// Found by the client_hello fuzz target: a record version above TLS 1.3's (3.5 and
+/// up) was parsed as a hello although `is_tls_client_hello_start` says such bytes are
+/// not TLS; both now agree.
+#[test]
+fn record_minor_version_above_tls13_is_refused() {
+    let mut bytes = vec![0x16, 0x03, 0x05, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00];
+    assert_eq!(is_tls_client_hello_start(&bytes), Some(false));
+    assert_eq!(parse_client_hello(&bytes), Err(HelloError::BadRecord));
+    bytes[2] = 0x01;
+    assert_ne!(parse_client_hello(&bytes), Err(HelloError::BadRecord));
+}

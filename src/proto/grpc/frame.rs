@@ -317,7 +317,9 @@ pub fn parse_trailers(block: &[u8]) -> Result<Vec<(String, String)>, FrameError>
         if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
             return Err(bad());
         }
-        let value = String::from_utf8_lossy(&line[colon + 1..]);
+        // RFC 9110 5.5: CR or NUL in a value is replaced by SP (as encode_trailers does),
+        // so a value never carries a line break on to HTTP/1 or h2 trailers.
+        let value = String::from_utf8_lossy(&line[colon + 1..]).replace(['\r', '\0'], " ");
         fields.push((
             String::from_utf8_lossy(name).to_ascii_lowercase(),
             value.trim_matches([' ', '\t']).to_string(),

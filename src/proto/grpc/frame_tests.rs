@@ -285,3 +285,20 @@ fn encoders() {
         ]
     );
 }
+
+/// Found by the grpc_frames fuzz target: a bare CR inside a trailer value was kept, so
+/// the parsed trailers held a value no encoder writes (and no h2 or HTTP/1 trailer may
+/// carry); it becomes SP, and parse -> encode -> parse gives the same fields.
+#[test]
+fn trailer_value_cr_and_nul_become_space() {
+    let fields = parse_trailers(b"grpc-status: 0\r\xff\r\ngrpc-message: a\0b\r\n").unwrap();
+    assert_eq!(
+        fields,
+        vec![
+            ("grpc-status".to_string(), "0 \u{fffd}".to_string()),
+            ("grpc-message".to_string(), "a b".to_string()),
+        ]
+    );
+    let block = encode_trailers(&fields);
+    assert_eq!(parse_trailers(&block[HEADER_LEN..]).unwrap(), fields);
+}

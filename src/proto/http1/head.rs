@@ -381,6 +381,11 @@ fn put_target(out: &mut BytesMut, target: &[u8]) {
 
 /// Body framing of a request (RFC 9112 6.3); conflicting/invalid framing is an error (400).
 pub fn request_body_kind(head: &RequestHead) -> Result<BodyKind, HeadError> {
+    if has_framing_lookalike(&head.headers) {
+        return Err(HeadError::Malformed(
+            "field name resembling Transfer-Encoding or Content-Length",
+        ));
+    }
     let framing = Framing::of(&head.headers)?;
     if framing.te {
         // RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
@@ -465,6 +470,57 @@ pub fn looks_like_request_start(buf: &[u8]) -> bool {
             Some(b'/' | b'*' | b'a'..=b'z' | b'A'..=b'Z')
         )
         && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
+}
+
+/// Whether a field is named like Transfer-Encoding or Content-Length with other
+/// delimiters or trailing symbols ("Transfer_Encoding", "Content-Length'"). Such a name
+/// is a token of its own (RFC 9110 5.1) that luring ignores for framing and would
+/// forward, while servers that fold '_' into '-' (CGI-style) read it as framing: the
+/// request is refused instead (found by the http1_request fuzz target's differential).
+fn has_framing_lookalike(headers: &Headers) -> bool {
+    const SHORTEST: usize = b"contentlength".len();
+    headers.iter().any(|h| {
+        let n = &h.name;
+        if n.len() < SHORTEST
+            || n.eq_ignore_ascii_case(b"transfer-encoding")
+            || n.eq_ignore_ascii_case(b"content-length")
+        {
+            return false;
+        }
+        let mut letters = n.iter().filter(|b| b.is_ascii_alphanumeric());
+        let same = |word: &[u8], letters: &mut dyn Iterator<Item = &u8>| {
+            word.iter()
+                .all(|w| letters.next().is_some_and(|b| b.eq_ignore_ascii_case(w)))
+                && letters.next().is_none()
+        };
+        match n.iter().find(|b| b.is_ascii_alphanumeric()) {
+            Some(b't' | b'T') => {
+                same(b"transferencoding", &mut letters) || joined(n, b"transfer", b"encoding")
+            }
+            Some(b'c' | b'C') => {
+                same(b"contentlength", &mut letters) || joined(n, b"content", b"length")
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Whether `name` is `first`, any one byte in place of the '-', then `second`, with
+/// only symbols around ("Content2Length", "content_-length"), case aside.
+fn joined(name: &[u8], first: &[u8], second: &[u8]) -> bool {
+    let alnum = |b: &u8| b.is_ascii_alphanumeric();
+    let skip = |s: &[u8]| -> usize { s.iter().position(alnum).unwrap_or(s.len()) };
+    let name = &name[skip(name)..];
+    let Some(rest) = name.get(first.len() + 1..) else {
+        return false;
+    };
+    if !name[..first.len()].eq_ignore_ascii_case(first) {
+        return false;
+    }
+    let rest = &rest[skip(rest)..];
+    rest.len() >= second.len()
+        && rest[..second.len()].eq_ignore_ascii_case(second)
+        && !rest[second.len()..].iter().any(alnum)
 }
 
 /// Whether Transfer-Encoding names chunked as its final (and only chunked) coding.
