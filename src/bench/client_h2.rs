@@ -3,65 +3,10 @@
 //! at a time on it.
 
 use super::dial::Dialer;
-use super::driver::{BodyCheck, Prepared};
-use crate::flows::record::RequestRec;
+use super::prepared::{BodyCheck, H2Request, Prepared};
 use bytes::Bytes;
 use std::cell::RefCell;
 use std::rc::Rc;
-
-/// A recorded request as HTTP/2 parts, made once.
-#[derive(Debug, Clone)]
-pub struct H2Request {
-    method: http::Method,
-    uri: http::Uri,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-/// Fields HTTP/2 forbids or makes anew (connection-specific, framing, Host: the
-/// authority goes in :authority).
-const DROP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "host",
-    "content-length",
-];
-
-impl H2Request {
-    /// The parts of `req` (the recorded authority becomes :authority); None when the
-    /// method or URI cannot be made.
-    pub fn new(req: &RequestRec) -> Option<H2Request> {
-        let scheme = if req.scheme.is_empty() {
-            "http"
-        } else {
-            &req.scheme
-        };
-        let path = if req.path.is_empty() { "/" } else { &req.path };
-        let uri = format!("{scheme}://{}{path}", req.authority).parse().ok()?;
-        let mut headers = http::HeaderMap::new();
-        for (n, v) in &req.headers {
-            if DROP.iter().any(|d| n.eq_ignore_ascii_case(d.as_bytes())) {
-                continue;
-            }
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(n),
-                http::HeaderValue::from_bytes(v),
-            ) {
-                headers.append(n, v);
-            }
-        }
-        Some(H2Request {
-            method: req.method.parse().ok()?,
-            uri,
-            headers,
-            body: Bytes::copy_from_slice(&req.body.data),
-        })
-    }
-}
 
 /// The h2 connections of one pool slot, by endpoint, made on first use and dropped
 /// on error; shared by the slot's streams.

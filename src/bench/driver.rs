@@ -15,63 +15,16 @@
 
 use super::clock::{cpu_us, mono_ns, Timer};
 use super::dial::{Conn, Conns, Dialer};
+use super::prepared::{BodyCheck, Prepared};
 use super::response::ResponseReader;
 use super::schedule::{Plan, Schedule};
 use super::stats::Stats;
-use bytes::Bytes;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
-
-/// A recorded request ready to send.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    /// The request's bytes on the wire.
-    pub wire: Bytes,
-    /// It is a HEAD request (the response has no body).
-    pub head: bool,
-    /// The request as HTTP/2 parts (h2c and h2 targets).
-    pub h2: Option<super::client_h2::H2Request>,
-    /// The connection kind it goes on: an index in the target's `Dialer::endpoints`.
-    pub endpoint: u32,
-    /// The recorded response body, when bodies are checked (`--check-bodies`).
-    pub expect: Option<Bytes>,
-}
-
-/// Compares a body as it arrives with the recorded one.
-pub struct BodyCheck<'a> {
-    expect: Option<&'a [u8]>,
-    at: usize,
-    same: bool,
-}
-
-impl<'a> BodyCheck<'a> {
-    /// A check against `expect` (None: anything goes).
-    pub fn new(expect: Option<&'a [u8]>) -> Self {
-        BodyCheck {
-            expect,
-            at: 0,
-            same: true,
-        }
-    }
-
-    /// The next part of the body.
-    pub fn feed(&mut self, part: &[u8]) {
-        if let Some(e) = self.expect {
-            let end = self.at + part.len();
-            self.same &= e.get(self.at..end) == Some(part);
-            self.at = end;
-        }
-    }
-
-    /// The whole recorded body came, and nothing else.
-    pub fn ok(&self) -> bool {
-        self.expect.is_none_or(|e| self.same && self.at == e.len())
-    }
-}
 
 /// How one target is driven.
 #[derive(Debug, Clone)]

@@ -74,9 +74,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+/// What a connection of the origin can be: TCP, or TLS over it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
 /// Serves an HTTP/2 connection (over TLS: `tls`) whose first bytes, `read`, were
 /// already taken off it.
-pub async fn serve(origin: Arc<Origin>, s: impl super::origin_net::Io, read: Vec<u8>, tls: bool) {
+pub async fn serve(origin: Arc<Origin>, s: impl Io, read: Vec<u8>, tls: bool) {
     let io = Prefixed {
         pre: read,
         pos: 0,

@@ -2,7 +2,8 @@
 //! rounds with the same schedule, then the table and the report directory.
 
 use super::dial::{connect_request, host_of, server_name, ClientTls, Dialer, Endpoint};
-use super::driver::{drive, DriveConfig, Prepared};
+use super::driver::{drive, DriveConfig};
+use super::prepared::Prepared;
 use super::report::{table, write_dir, TargetReport};
 use super::schedule::parse_duration;
 use super::schedule::Plan;
@@ -389,7 +390,7 @@ fn prepare(
         out.push(Prepared {
             wire: super::h1::encode_request(&req, absolute).into(),
             head: req.method == "HEAD",
-            h2: super::client_h2::H2Request::new(&req),
+            h2: super::prepared::H2Request::new(&req),
             endpoint,
             expect,
         });

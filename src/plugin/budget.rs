@@ -32,24 +32,6 @@ thread_local! {
 
 static BUDGET_MSG: &[u8] = b"hook exceeded its time budget\0";
 
-/// "file:line" of the Lua function running at a hook call (`ar` is the hook's record).
-///
-/// # Safety
-/// Only inside a hook, with the `ar` the hook was given.
-pub(super) unsafe fn hook_location(
-    l: *mut ffi::lua_State,
-    ar: *mut ffi::lua_Debug,
-) -> Option<String> {
-    // SAFETY: per the caller; "Sl" fills only fields of `ar` and allocates nothing.
-    unsafe {
-        if ffi::lua_getinfo(l, c"Sl".as_ptr(), ar) == 0 || (*ar).currentline <= 0 {
-            return None;
-        }
-        let src = std::ffi::CStr::from_ptr((*ar).short_src.as_ptr()).to_string_lossy();
-        Some(format!("{src}:{}", (*ar).currentline))
-    }
-}
-
 unsafe extern "C-unwind" fn count_hook(l: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
     if FAIL_SET.with(|f| f.get()) {
         FAIL_SET.with(|f| f.set(false));
@@ -78,7 +60,7 @@ unsafe extern "C-unwind" fn count_hook(l: *mut ffi::lua_State, ar: *mut ffi::lua
     INTERRUPTED.with(|i| i.set(true));
     // The location goes into the message: once the error has unwound the coroutine, its
     // traceback no longer knows the line of the frame that was running.
-    match hook_location(l, ar) {
+    match super::memory::hook_location(l, ar) {
         Some(at) => {
             let m = format!("{at}: hook exceeded its time budget");
             ffi::lua_pushlstring(l, m.as_ptr().cast(), m.len());

@@ -86,7 +86,7 @@ pub(super) unsafe fn relieve(l: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
     let used = a.used.get();
     if used > a.limit / 2 && a.enforce.get() {
         // SAFETY: inside the hook, with its record.
-        if let Some(at) = unsafe { super::budget::hook_location(l, ar) } {
+        if let Some(at) = unsafe { hook_location(l, ar) } {
             let mut n = a.near.borrow_mut();
             n.clear();
             n.push_str(&at);
@@ -213,5 +213,23 @@ impl Drop for MemGuard {
             let a = Box::from_raw(self.acct);
             ffi::lua_setallocf(self.state, a.inner, a.inner_ud);
         }
+    }
+}
+
+/// "file:line" of the Lua function running at a hook call (`ar` is the hook's record).
+///
+/// # Safety
+/// Only inside a hook, with the `ar` the hook was given.
+pub(super) unsafe fn hook_location(
+    l: *mut ffi::lua_State,
+    ar: *mut ffi::lua_Debug,
+) -> Option<String> {
+    // SAFETY: per the caller; "Sl" fills only fields of `ar` and allocates nothing.
+    unsafe {
+        if ffi::lua_getinfo(l, c"Sl".as_ptr(), ar) == 0 || (*ar).currentline <= 0 {
+            return None;
+        }
+        let src = std::ffi::CStr::from_ptr((*ar).short_src.as_ptr()).to_string_lossy();
+        Some(format!("{src}:{}", (*ar).currentline))
     }
 }

@@ -2,7 +2,26 @@
 
 use crate::plugin::{ConnInfo, Event};
 use crate::proxy::hook_io;
+use crate::proxy::upstream::{self, ConnectError, Key, Spare, Upstream};
 use crate::proxy::worker::Worker;
+use crate::proxy::worker_tls::Alpn;
+
+/// Opens an upstream connection for `key` (see `upstream::open`), then fires
+/// tls.on_handshake for its TLS side, if any. Here and not in `upstream`, so the
+/// upstream layer never calls up into hooks (whose waits use upstream connections).
+pub async fn open_upstream(
+    w: &Worker,
+    info: &ConnInfo,
+    key: &Key,
+    alpn: Alpn,
+    spare: Option<Spare>,
+) -> Result<Upstream, ConnectError> {
+    let up = upstream::open(w, key, alpn, spare).await?;
+    if let Some(t) = &up.tls_info {
+        tls_handshake(w, info, t).await;
+    }
+    Ok(up)
+}
 
 /// Fires tls.on_handshake when a plugin hooks it.
 pub async fn tls_handshake(w: &Worker, conn: &ConnInfo, info: &crate::tls::TlsInfo) {

@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod grpc_web;
 pub mod grpc_web_h2;
 pub mod h1_wire;
+pub mod h2_relay;
 pub mod h2_stream;
 pub mod hook_io;
 pub mod hooks;

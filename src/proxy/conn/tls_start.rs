@@ -10,7 +10,7 @@ use crate::proxy::exchange::reply::FlowError;
 use crate::proxy::exchange::route::{Intercept, Target2};
 use crate::proxy::front::h1::H1Route;
 use crate::proxy::front::h2::Via;
-use crate::proxy::upstream::{self, Key, Spare, Upstream};
+use crate::proxy::upstream::{Key, Spare, Upstream};
 use crate::proxy::worker_tls::{self, Alpn, Offer};
 use std::net::Shutdown;
 
@@ -25,7 +25,7 @@ pub(super) async fn connect_ahead(
     spare: Option<Spare>,
 ) -> Result<Upstream, FlowError> {
     let key = Key::new(scheme, authority);
-    match upstream::open(&c.w, &c.info, &key, alpn, spare).await {
+    match crate::proxy::hooks::open_upstream(&c.w, &c.info, &key, alpn, spare).await {
         Ok(up) => Ok(up),
         Err(e) => {
             let e = e.flow_error();

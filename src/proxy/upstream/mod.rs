@@ -9,7 +9,6 @@ pub mod pool;
 pub use connect::{connect, connect_offering, secure, Chain, ConnectError, Upstream};
 pub use pool::{Key, Pool};
 
-use crate::plugin::ConnInfo;
 use crate::proxy::worker::{Counters, Worker};
 use crate::proxy::worker_tls::Alpn;
 use std::net::Shutdown;
@@ -43,11 +42,10 @@ pub async fn dial(w: &Worker, host: &str, port: u16) -> Result<Upstream, Connect
 }
 
 /// A new connection for `key` (TLS offering `alpn` for https), over the tunnel's
-/// `spare` connection when it goes to the same place; counted, and tls.on_handshake
-/// fired for a new TLS session.
+/// `spare` connection when it goes to the same place; counted. Callers go through
+/// `hooks::open_upstream`, which fires tls.on_handshake.
 pub async fn open(
     w: &Worker,
-    info: &ConnInfo,
     key: &Key,
     alpn: Alpn,
     spare: Option<Spare>,
@@ -77,8 +75,5 @@ pub async fn open(
             }
         }
     };
-    if let Some(t) = &up.tls_info {
-        crate::proxy::hooks::tls_handshake(w, info, t).await;
-    }
     Ok(up)
 }

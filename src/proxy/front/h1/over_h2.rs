@@ -18,7 +18,7 @@ use crate::proxy::h2_stream::{self, Incoming};
 use crate::proxy::sse;
 use crate::proxy::upstream::h1::RespError;
 use crate::proxy::upstream::h2::{self as up2, StreamError};
-use crate::proxy::upstream::{self, Key, Upstream};
+use crate::proxy::upstream::{Key, Upstream};
 use crate::proxy::worker_tls::{self, Alpn};
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
@@ -57,7 +57,7 @@ pub(super) async fn sender(c: &ClientConn, key: &Key) -> Result<SendRequest<Byte
             .or_default()
             .clone();
     let connect = async {
-        let up = upstream::open(&c.w, &c.info, key, Alpn::H2OrHttp1, None)
+        let up = crate::proxy::hooks::open_upstream(&c.w, &c.info, key, Alpn::H2OrHttp1, None)
             .await
             .map_err(|e| e.text().to_string())?;
         if worker_tls::chose_h2(&up.stream) || up.tls_info.is_none() {

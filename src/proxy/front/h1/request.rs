@@ -176,7 +176,7 @@ async fn open(
         }
     }
     let spare = front.route.spare.take();
-    match upstream::open(&c.w, &c.info, key, Alpn::Http1, spare).await {
+    match crate::proxy::hooks::open_upstream(&c.w, &c.info, key, Alpn::Http1, spare).await {
         Ok(up) => Ok(up),
         Err(e) => Err(fail_flow(c, hooks, req, e.flow_error()).await),
     }

@@ -10,6 +10,7 @@ use crate::proxy::exchange::{self, rules, Decision, Flow, Message, Source};
 use crate::proxy::grpc;
 use crate::proxy::grpc_web;
 use crate::proxy::h1_wire;
+use crate::proxy::h2_relay;
 use crate::proxy::h2_stream::{self, Incoming};
 use crate::proxy::sse;
 use crate::proxy::upstream::h1::{self as up1, Upload, Waits};
@@ -86,7 +87,7 @@ impl Stream<'_> {
                         Ok(_) => Ok(()),
                         Err(e) => Err(e),
                     },
-                    (None, None) => h2_stream::relay_rest(&mut body, &mut tx, None)
+                    (None, None) => h2_relay::relay_rest(&mut body, &mut tx, None)
                         .await
                         .map(|_| ())
                         .map_err(|e| e.to_string()),
@@ -176,7 +177,8 @@ impl Stream<'_> {
         let mut up = match upstream::reuse(w, &key) {
             Some(u) => u,
             None => {
-                let opened = upstream::open(w, &self.s.info, &key, Alpn::Http1, None);
+                let opened =
+                    crate::proxy::hooks::open_upstream(w, &self.s.info, &key, Alpn::Http1, None);
                 match reply.unless_reset(opened).await {
                     None => return reply.record(|c| c.error(CLIENT_RESET)),
                     Some(Ok(u)) => u,
@@ -406,7 +408,7 @@ impl Stream<'_> {
         }
         let r = match (full, src) {
             (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref()).await,
-            (None, Source::H2(body)) => h2_stream::relay_rest(body, &mut tx, sse_rw.as_mut()).await,
+            (None, Source::H2(body)) => h2_relay::relay_rest(body, &mut tx, sse_rw.as_mut()).await,
             (None, Source::H1 { mut body, .. }) => {
                 relay_h1(&mut body, &mut tx, sse_rw.as_mut()).await
             }
@@ -472,7 +474,7 @@ async fn relay_h1(
         if !src.buf.is_empty() {
             let d = src.dec.decode(src.buf).map_err(|_| broken())?;
             for piece in d.data {
-                let piece = h2_stream::rewrite(&mut rw, piece).await;
+                let piece = h2_relay::rewrite(&mut rw, piece).await;
                 if let Some(t) = src.tap.as_deref_mut() {
                     t.see(&piece);
                 }
@@ -480,7 +482,7 @@ async fn relay_h1(
                 h2_stream::send_data(tx, piece, false).await?;
             }
             if d.done {
-                n += h2_stream::send_rest(tx, rw, src.tap.as_deref_mut()).await?;
+                n += h2_relay::send_rest(tx, rw, src.tap.as_deref_mut()).await?;
                 if let (Some(tap), Some(t)) = (src.tap.as_deref_mut(), d.trailers.as_ref()) {
                     tap.set_trailers(t.clone());
                 }
@@ -491,14 +493,14 @@ async fn relay_h1(
                 return Ok(n);
             }
         } else if src.dec.is_done() {
-            n += h2_stream::send_rest(tx, rw, src.tap.as_deref_mut()).await?;
+            n += h2_relay::send_rest(tx, rw, src.tap.as_deref_mut()).await?;
             tx.send_data(Bytes::new(), true)?;
             return Ok(n);
         }
         match body_relay::read_some(src.stream, src.buf, src.timeout).await {
             Ok(0) => {
                 src.dec.eof().map_err(|_| broken())?;
-                n += h2_stream::send_rest(tx, rw, src.tap.as_deref_mut()).await?;
+                n += h2_relay::send_rest(tx, rw, src.tap.as_deref_mut()).await?;
                 tx.send_data(Bytes::new(), true)?;
                 return Ok(n);
             }
