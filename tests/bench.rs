@@ -941,7 +941,15 @@ fn recorded_https_goes_connect_then_tls_through_luring_to_a_tls_origin() {
     let target = format!("luring={}", proxy.url());
     let through = |ca: &str| {
         let args = [f.to_str().unwrap(), "--proxy", &target, "--cacert", ca];
-        let once = ["--check-bodies", "--once", "--connections", "2"];
+        // 2 x 3: the two h2 requests share a tunnel's connection as streams
+        let once = [
+            "--check-bodies",
+            "--once",
+            "--connections",
+            "2",
+            "--streams",
+            "3",
+        ];
         bench_run(
             &[&args[..], &once[..]].concat(),
             &dir,

@@ -45,7 +45,7 @@ pub struct DriveConfig {
     pub timeout: Duration,
     /// Speak HTTP/2 (h2c with prior knowledge, or h2 by ALPN) instead of HTTP/1.1.
     pub h2: bool,
-    /// h2c: concurrent streams per connection (workers = connections × streams).
+    /// h2: concurrent streams per connection (workers = connections × streams).
     pub streams: usize,
 }
 
@@ -145,9 +145,10 @@ async fn drive_async(
     // requests recorded over HTTP/2 go through a proxy's tunnels over h2
     let some_h2 = cfg.h2 || sh.dialer.endpoints.iter().any(|e| e.h2);
     for _ in 0..cfg.connections.max(1) {
-        // h2c: this connection's streams share one slot; HTTP/1.1: one worker each
+        // h2 (a target's, or a proxy's tunnels): this connection's streams share one
+        // slot; HTTP/1.1 only: one worker each
         let slot = some_h2.then(super::client_h2::Slot::default);
-        let per = if cfg.h2 { cfg.streams.max(1) } else { 1 };
+        let per = if some_h2 { cfg.streams.max(1) } else { 1 };
         for _ in 0..per {
             let w = worker(sh.clone(), cfg.plan.is_none(), cfg.h2, slot.clone());
             tasks.push(tokio::task::spawn_local(w));

@@ -78,7 +78,8 @@ pub struct RunArgs {
     /// recorded field of that name (redacted values) or is added.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
-    /// h2c targets: concurrent streams per connection.
+    /// HTTP/2 (h2c:// and h2:// targets, h2 tunnels through --proxy): concurrent
+    /// streams per connection.
     #[arg(long, default_value_t = 1, value_name = "M")]
     pub streams: usize,
     /// Seed of the Poisson arrivals.
