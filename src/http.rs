@@ -235,6 +235,12 @@ impl Headers {
             .map(|h| &h.value)
     }
 
+    /// True when `name` appears exactly once, with exactly `value`.
+    pub fn is_single(&self, name: &str, value: &[u8]) -> bool {
+        let mut values = self.get_all(name);
+        values.next().is_some_and(|v| v.as_ref() == value) && values.next().is_none()
+    }
+
     /// True when `name` is present.
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
@@ -303,9 +309,23 @@ impl Headers {
     }
 
     /// Keeps only the fields for which `keep` returns true.
-    pub fn retain(&mut self, keep: impl FnMut(&Header) -> bool) {
-        self.list.retain(keep);
-        self.known = self.list.iter().fold(0, |k, h| k | known_bit(&h.name));
+    pub fn retain(&mut self, mut keep: impl FnMut(&Header) -> bool) {
+        self.retain_known(|h, _| keep(h));
+    }
+
+    /// [`Headers::retain`] with each field's [`known_bit`] handed to `keep`: one
+    /// lookup per field decides and rebuilds the known bits at once.
+    pub fn retain_known(&mut self, mut keep: impl FnMut(&Header, u16) -> bool) {
+        let mut known = 0;
+        self.list.retain(|h| {
+            let bit = known_bit(&h.name);
+            let kept = keep(h, bit);
+            if kept {
+                known |= bit;
+            }
+            kept
+        });
+        self.known = known;
     }
 
     /// True when the comma-separated list in field `name` contains `token` (case-insensitive).

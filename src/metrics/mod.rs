@@ -155,10 +155,10 @@ pub fn enabled() -> bool {
 }
 
 /// Whether a response head says "event stream", for the `sse` protocol label; false
-/// without metrics, so the header is looked up only when it is counted.
-pub fn event_stream(response_content_type: Option<&[u8]>) -> bool {
+/// without metrics, and the content type is looked up only when it is counted.
+pub fn event_stream<'a>(response_content_type: impl FnOnce() -> Option<&'a [u8]>) -> bool {
     enabled()
-        && response_content_type
+        && response_content_type()
             .is_some_and(|c| c.len() >= 17 && c[..17].eq_ignore_ascii_case(b"text/event-stream"))
 }
 

@@ -66,7 +66,7 @@ pub fn fix_framing(
         }
         Body::Full(b) => {
             h.remove("transfer-encoding");
-            h.set("content-length", b.len().to_string());
+            set_length(h, b.len() as u64);
         }
         Body::Streaming | Body::TooLarge => match kind {
             BodyKind::Chunked if chunked_ok => {
@@ -83,10 +83,30 @@ pub fn fix_framing(
             }
             BodyKind::Length(n) => {
                 h.remove("transfer-encoding");
-                h.set("content-length", n.to_string());
+                set_length(h, n);
             }
             BodyKind::Empty => {}
         },
+    }
+}
+
+/// Content-Length: `n`, left as it is when it already says so (nearly every relayed
+/// message), which saves a formatted string and a rewrite of the field per message.
+fn set_length(h: &mut Headers, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let text = &digits[at..];
+    if !h.is_single("content-length", text) {
+        h.set("content-length", Bytes::copy_from_slice(text));
     }
 }
 
@@ -208,6 +228,26 @@ mod tests {
             true,
         );
         assert_eq!(h.get("content-length").unwrap().as_ref(), b"3");
+        // an equal length is kept, a wrong or repeated one replaced by one field
+        for (before, n, after) in [
+            (&["0"][..], 0u64, "0"),
+            (
+                &["18446744073709551615"][..],
+                u64::MAX,
+                "18446744073709551615",
+            ),
+            (&["12"][..], 120, "120"),
+            (&["120", "120"][..], 120, "120"),
+            (&["0120"][..], 120, "120"),
+        ] {
+            let mut h = Headers::new();
+            for v in before {
+                h.add("Content-Length", *v);
+            }
+            fix_framing(&mut h, &Body::Streaming, None, BodyKind::Length(n), true);
+            let got: Vec<_> = h.get_all("content-length").collect();
+            assert_eq!(got, [&Bytes::from(after)], "{before:?} {n}");
+        }
         assert!(h.get("transfer-encoding").is_none());
         let mut h = Headers::new();
         h.add("Transfer-Encoding", "chunked");

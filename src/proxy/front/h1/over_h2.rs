@@ -301,9 +301,8 @@ async fn respond(
     let mut head = BytesMut::with_capacity(256 + resp.headers.len() * 48);
     h1_wire::response_head(&mut resp, close, asked.version, &mut head);
     c.io.status.set(resp.status);
-    let ctype = resp.headers.get("content-type");
-    c.io.event_stream
-        .set(crate::metrics::event_stream(ctype.map(|v| &v[..])));
+    let ctype = || resp.headers.get("content-type").map(|v| &v[..]);
+    c.io.event_stream.set(crate::metrics::event_stream(ctype));
     let sent = match full {
         Some(b) => {
             let mut parts = vec![head.freeze()];

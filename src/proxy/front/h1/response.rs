@@ -271,9 +271,8 @@ fn response_head(
     let mut head = BytesMut::with_capacity(256 + resp.headers.len() * 48 + body_ready);
     h1_wire::response_head(resp, close, asked.version, &mut head);
     c.io.status.set(resp.status);
-    let ctype = resp.headers.get("content-type");
-    c.io.event_stream
-        .set(crate::metrics::event_stream(ctype.map(|v| &v[..])));
+    let ctype = || resp.headers.get("content-type").map(|v| &v[..]);
+    c.io.event_stream.set(crate::metrics::event_stream(ctype));
     (head, framing.output)
 }
 

@@ -51,8 +51,8 @@ impl Reply {
         end: bool,
     ) -> Result<SendStream<Bytes>, h2::Error> {
         let status = head.status().as_u16();
-        let ctype = head.headers().get(http::header::CONTENT_TYPE);
-        self.event_stream = crate::metrics::event_stream(ctype.map(|v| v.as_bytes()));
+        let ctype = || head.headers().get(http::header::CONTENT_TYPE);
+        self.event_stream = crate::metrics::event_stream(|| ctype().map(|v| v.as_bytes()));
         let tx = self.tx.send_response(head, end)?;
         self.status = status;
         Ok(tx)
