@@ -198,11 +198,12 @@ fn a_stalled_origin_shows_in_corrected_latency_only() {
     assert!(!t["driver_limited"].as_array().unwrap().is_empty(), "{t}");
 }
 
-/// Request paths with their arrival times.
-type Arrivals = Arc<Mutex<Vec<(String, Instant)>>>;
+/// Requests as a server saw them: the path, when, and the client's port.
+type Arrivals = Arc<Mutex<Vec<(String, Instant, u16)>>>;
 
-/// A server that notes when each request arrives (path, time) and answers 200.
-fn timing_server() -> (SocketAddr, Arrivals) {
+/// A keep-alive server that notes each request (path, arrival time, client port) and
+/// answers 200 after `delay`; at most 64 connections.
+fn logging_server(delay: Duration) -> (SocketAddr, Arrivals) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -212,6 +213,8 @@ fn timing_server() -> (SocketAddr, Arrivals) {
             let Ok(mut c) = c else { continue };
             let seen = s2.clone();
             std::thread::spawn(move || {
+                let port = c.peer_addr().unwrap().port();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 let mut buf = Vec::new();
                 let mut b = [0u8; 4096];
                 while let Ok(n) = c.read(&mut b) {
@@ -222,8 +225,9 @@ fn timing_server() -> (SocketAddr, Arrivals) {
                     while let Some(i) = find(&buf, b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&buf[..i]).to_string();
                         let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                        seen.lock().unwrap().push((path, Instant::now()));
+                        seen.lock().unwrap().push((path, Instant::now(), port));
                         buf.drain(..i + 4);
+                        std::thread::sleep(delay);
                         let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
                     }
                 }
@@ -261,7 +265,7 @@ fn recorded_timing_replays_at_the_offsets_scaled_by_speed() {
     let f = dir.path("bursts.flows");
     luring::bench::input::write(&f, &flows).unwrap();
     for speed in ["1", "2"] {
-        let (addr, seen) = timing_server();
+        let (addr, seen) = logging_server(Duration::ZERO);
         let url = format!("http://{addr}");
         let t = bench_run(
             &[
@@ -281,7 +285,7 @@ fn recorded_timing_replays_at_the_offsets_scaled_by_speed() {
         let seen = seen.lock().unwrap().clone();
         let first = seen.iter().map(|s| s.1).min().unwrap();
         let div: f64 = speed.parse().unwrap();
-        for (path, at) in &seen {
+        for (path, at, _) in &seen {
             let b: usize = path[2..3].parse().unwrap();
             let want = [0.0, 400.0, 1000.0][b] / div;
             let got = at.duration_since(first).as_secs_f64() * 1000.0;
@@ -1008,6 +1012,106 @@ fn the_tls_origin_stands_in_for_the_internet_behind_a_chained_proxy() {
     assert_eq!(out.status, 200, "{}", out.stderr);
 }
 
+/// Two recorded client connections of three keep-alive requests each, interleaved in
+/// the file as they were on the wire.
+fn two_connections(dir: &TempDir) -> std::path::PathBuf {
+    let mut flows = Vec::new();
+    for i in 1..=3 {
+        for (conn, name) in [(11u64, "a"), (22, "b")] {
+            flows.push(HttpFlow {
+                conn,
+                request: RequestRec {
+                    method: "GET".into(),
+                    authority: "t.test".into(),
+                    path: format!("/{name}{i}"),
+                    headers: vec![field("Host", "t.test")],
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        }
+    }
+    flows_file(dir, "conns.flows", &flows)
+}
+
+#[test]
+fn conn_mode_recorded_keeps_each_recorded_connection_and_its_order() {
+    let dir = TempDir::new("bench-conns");
+    let f = two_connections(&dir);
+    let (addr, seen) = logging_server(Duration::from_millis(50));
+    let url = format!("http://{addr}");
+    // all six due within 5 ms, each answered after 50 ms: the requests of a recorded
+    // connection wait for it, and say so
+    let args = [
+        f.to_str().unwrap(),
+        "--target",
+        &url,
+        "--once",
+        "--rate",
+        "1000",
+    ];
+    let mut recorded = args.to_vec();
+    recorded.extend_from_slice(&["--conn-mode", "recorded"]);
+    let t = bench_run(&recorded, &dir, Duration::from_secs(20));
+    assert_eq!(t["merged"]["completed"], 6, "{t}");
+    assert_eq!(t["merged"]["cap_waits"], 4, "{t}");
+    // the third request of a connection, due at 4 or 5 ms, waited for two answers
+    assert!(pct(&t, "corrected", "p100") >= 140_000.0, "{t}");
+    assert!(pct(&t, "service", "p100") < 100_000.0, "{t}");
+    let log = std::mem::take(&mut *seen.lock().unwrap());
+    let mut by_port: Vec<(u16, Vec<String>)> = Vec::new();
+    for (path, _, port) in log {
+        match by_port.iter_mut().find(|(p, _)| *p == port) {
+            Some((_, v)) => v.push(path),
+            None => by_port.push((port, vec![path])),
+        }
+    }
+    let mut groups: Vec<Vec<String>> = by_port.into_iter().map(|(_, v)| v).collect();
+    groups.sort();
+    assert_eq!(groups, [["/a1", "/a2", "/a3"], ["/b1", "/b2", "/b3"]]);
+    // the pool with one connection: every request on it, in release order
+    let mut pool = args.to_vec();
+    pool.extend_from_slice(&["--connections", "1"]);
+    let t = bench_run(&pool, &dir, Duration::from_secs(20));
+    assert_eq!(t["merged"]["completed"], 6, "{t}");
+    let log = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(log.iter().all(|a| a.2 == log[0].2), "{log:?}");
+    let paths: Vec<&str> = log.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(paths, ["/a1", "/b1", "/a2", "/b2", "/a3", "/b3"]);
+}
+
+#[test]
+fn conn_mode_recorded_in_a_closed_loop_replays_whole_connections() {
+    let dir = TempDir::new("bench-conns-closed");
+    let f = two_connections(&dir);
+    let (addr, seen) = logging_server(Duration::ZERO);
+    let url = format!("http://{addr}");
+    let t = bench_run(
+        &[
+            f.to_str().unwrap(),
+            "--target",
+            &url,
+            "--once",
+            "--connections",
+            "1",
+            "--conn-mode",
+            "recorded",
+        ],
+        &dir,
+        Duration::from_secs(20),
+    );
+    assert_eq!(t["merged"]["completed"], 6, "{t}");
+    let log = seen.lock().unwrap().clone();
+    let paths: Vec<&str> = log.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(paths, ["/a1", "/a2", "/a3", "/b1", "/b2", "/b3"]);
+    assert_eq!(log[0].2, log[2].2);
+    assert_eq!(log[3].2, log[5].2);
+    assert_ne!(
+        log[0].2, log[3].2,
+        "a new connection where the recording opened one"
+    );
+}
+
 /// Replays `file` once at 20 requests/s (and `more` flags) against a replay origin of
 /// it and through a luring in reverse mode in front of that origin; the two targets.
 fn replay_direct_and_through_luring(
@@ -1111,18 +1215,21 @@ fn ws_recording(dir: &TempDir) -> std::path::PathBuf {
 fn websocket_conversations_replay_directly_and_through_luring() {
     let dir = TempDir::new("bench-ws-drive");
     let f = ws_recording(&dir);
-    let ts = replay_direct_and_through_luring(&f, &dir, &["--timeout", "5s"]);
-    for t in &ts {
-        let m = &t["merged"];
-        assert_eq!(m["errors"], serde_json::json!({}), "{t}");
-        assert_eq!(m["status_classes"]["1xx"], 2, "{t}");
-        assert_eq!(m["status_classes"]["2xx"], 1, "{t}");
-        let ws = &m["websocket"];
-        assert_eq!(ws["conversations"], 2, "{t}");
-        assert_eq!(ws["messages_sent"], 3, "{t}");
-        assert_eq!(ws["messages_received"], 5, "{t}");
-        assert_eq!(ws["bytes_sent"], 2 + 2 + 5, "{t}");
-        assert_eq!(ws["bytes_received"], 7 + 2 + 6 + 70_000 + 5, "{t}");
+    for conn_mode in ["pool", "recorded"] {
+        let more = ["--timeout", "5s", "--conn-mode", conn_mode];
+        let ts = replay_direct_and_through_luring(&f, &dir, &more);
+        for t in &ts {
+            let m = &t["merged"];
+            assert_eq!(m["errors"], serde_json::json!({}), "{conn_mode}: {t}");
+            assert_eq!(m["status_classes"]["1xx"], 2, "{conn_mode}: {t}");
+            assert_eq!(m["status_classes"]["2xx"], 1, "{conn_mode}: {t}");
+            let ws = &m["websocket"];
+            assert_eq!(ws["conversations"], 2, "{t}");
+            assert_eq!(ws["messages_sent"], 3, "{t}");
+            assert_eq!(ws["messages_received"], 5, "{t}");
+            assert_eq!(ws["bytes_sent"], 2 + 2 + 5, "{t}");
+            assert_eq!(ws["bytes_received"], 7 + 2 + 6 + 70_000 + 5, "{t}");
+        }
     }
 }
 

@@ -11,12 +11,15 @@
 //!
 //! Connections (plain, TLS, TLS in a CONNECT tunnel) come from the target's
 //! [`Dialer`]; each worker keeps its open ones by endpoint, so TLS sessions live as
-//! long as the keep-alive connection does.
+//! long as the keep-alive connection does. With `--conn-mode recorded` the workers
+//! replay the recording's connections instead of sharing a pool (driver_lanes.rs).
 
 use super::client_h2::Slot;
 use super::clock::{cpu_us, mono_ns, Timer};
 use super::dial::{Conns, Dialer};
+use super::driver_lanes::LaneState;
 use super::exchange;
+use super::lanes::Lanes;
 use super::prepared::Prepared;
 use super::schedule::{Plan, Schedule};
 use super::stats::Stats;
@@ -48,6 +51,9 @@ pub struct DriveConfig {
     pub h2: bool,
     /// h2c: concurrent streams per connection (workers = connections × streams).
     pub streams: usize,
+    /// `--conn-mode recorded`: the recorded connections, each replayed on one
+    /// connection of its own (None: the pool).
+    pub lanes: Option<Rc<Lanes>>,
 }
 
 /// What one drive of one target measured.
@@ -86,6 +92,17 @@ pub(super) struct Shared {
     /// Closed loop: when to stop.
     pub(super) closed_end: u64,
     once_left: Cell<Option<usize>>,
+    /// `--conn-mode recorded`: the recorded connections (None: the pool).
+    lanes: Option<LaneState>,
+}
+
+impl Shared {
+    /// The recorded connections; only lane workers ask.
+    pub(super) fn lanes(&self) -> &LaneState {
+        self.lanes
+            .as_ref()
+            .expect("lane workers run in recorded mode")
+    }
 }
 
 /// Drives `target` with `reqs` (one per recorded flow, `starts` their recorded start
@@ -135,6 +152,7 @@ async fn drive_async(
         next_flow: Cell::new(0),
         closed_end: end,
         once_left: Cell::new(cfg.once.then_some(n)),
+        lanes: cfg.lanes.clone().map(|l| LaneState::new(l, cfg.once)),
     });
     let cpu0 = Rc::new(Cell::new((None, None)));
     let c0 = cpu0.clone();
@@ -153,6 +171,11 @@ async fn drive_async(
     let some_h2 = cfg.h2 || sh.dialer.endpoints.iter().any(|e| e.h2);
     let closed = cfg.plan.is_none();
     for _ in 0..cfg.connections.max(1) {
+        if sh.lanes.is_some() {
+            let w = super::driver_lanes::lane_worker(sh.clone(), closed, cfg.h2, some_h2);
+            tasks.push(tokio::task::spawn_local(w));
+            continue;
+        }
         // h2c: this connection's streams share one slot; HTTP/1.1: one worker each
         let slot = some_h2.then(Slot::default);
         let per = if cfg.h2 { cfg.streams.max(1) } else { 1 };
@@ -235,11 +258,17 @@ async fn dispatch(sh: &Rc<Shared>, sched: Schedule, t0: u64, timer: &Timer) {
             sh.stats.borrow_mut().scheduled += 1;
         }
         let job = Job { intended: at, flow };
-        let idle = sh.idle.get();
-        sh.idle.set(idle.saturating_sub(1));
-        sh.queue.borrow_mut().push_back(job);
-        sh.notify.notify_one();
-        if idle == 0 && measured {
+        let wait = match &sh.lanes {
+            Some(l) => l.release(job),
+            None => {
+                let idle = sh.idle.get();
+                sh.idle.set(idle.saturating_sub(1));
+                sh.queue.borrow_mut().push_back(job);
+                sh.notify.notify_one();
+                idle == 0
+            }
+        };
+        if wait && measured {
             sh.stats.borrow_mut().cap_waits += 1;
         }
         if !slept {
@@ -248,6 +277,9 @@ async fn dispatch(sh: &Rc<Shared>, sched: Schedule, t0: u64, timer: &Timer) {
     }
     sh.finished.set(true);
     sh.notify.notify_waiters();
+    if let Some(l) = &sh.lanes {
+        l.finish();
+    }
 }
 
 async fn next_job(sh: &Shared, closed: bool) -> Option<Job> {

@@ -78,6 +78,12 @@ pub struct RunArgs {
     /// recorded field of that name (redacted values) or is added.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
+    /// pool: requests go on a pool of --connections keep-alive connections; recorded:
+    /// the requests of each recorded client connection go in order on one connection
+    /// of their own, opened and closed where the recording's was (--connections caps
+    /// how many are open at once).
+    #[arg(long, default_value = "pool", value_parser = ["pool", "recorded"])]
+    pub conn_mode: String,
     /// h2c targets: concurrent streams per connection.
     #[arg(long, default_value_t = 1, value_name = "M")]
     pub streams: usize,
@@ -177,6 +183,7 @@ fn drive_config(a: &RunArgs) -> Result<DriveConfig, String> {
         timeout: a.timeout,
         h2: false,
         streams: a.streams.max(1),
+        lanes: None,
     })
 }
 
@@ -216,9 +223,13 @@ pub fn measure(
     flows: &[crate::flows::record::HttpFlow],
     targets: &[Target],
 ) -> Result<Vec<TargetReport>, String> {
-    let cfg = drive_config(a)?;
+    let mut cfg = drive_config(a)?;
     let flows = replayable(flows, targets.iter().any(|t| t.h2))?;
     let starts: Vec<u64> = flows.iter().map(|f| f.times.request_start).collect();
+    if a.conn_mode == "recorded" {
+        let conns: Vec<u64> = flows.iter().map(|f| f.conn).collect();
+        cfg.lanes = Some(Rc::new(super::lanes::Lanes::new(&conns)));
+    }
     let set: Vec<(String, String)> = a
         .headers
         .iter()
@@ -442,6 +453,7 @@ fn config_json(a: &RunArgs, targets: &[Target]) -> serde_json::Value {
         "insecure": a.insecure, "check_bodies": a.check_bodies,
         "rate": a.rate, "step": a.step, "poisson": a.poisson, "speed": a.speed,
         "max_gap_s": a.max_gap.as_secs_f64(), "connections": a.connections,
+        "conn_mode": a.conn_mode,
         "duration_s": a.duration.as_secs_f64(), "warmup_s": a.warmup.as_secs_f64(),
         "once": a.once, "rounds": a.rounds, "seed": a.seed,
         // how many, not what: --header fills in secrets the recorder redacted
