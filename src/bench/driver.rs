@@ -246,6 +246,9 @@ async fn progress(
 /// Releases each scheduled request at its time; yields after each one it did not
 /// sleep for, so that the connections get to send a backlog.
 async fn dispatch(sh: &Rc<Shared>, sched: Schedule, t0: u64, timer: &Timer) {
+    // the workers start and wait first: on a busy machine the first request can be due
+    // before they ever ran, and it would count as a cap wait with every one of them free
+    tokio::task::yield_now().await;
     for (off, flow) in sched {
         let at = t0 + off;
         // within 20 µs is "now": a timer wakeup costs more than that
