@@ -3,6 +3,11 @@
 
 mod support;
 
+#[path = "bench/conn_mode.rs"]
+mod conn_mode;
+#[path = "bench/websocket.rs"]
+mod websocket;
+
 use luring::bench::sample;
 use luring::flows::record::{field, HttpFlow, RequestRec, Times};
 use sha2::{Digest, Sha256};
@@ -98,10 +103,15 @@ fn bench_run_all(args: &[&str], dir: &TempDir, bound: Duration) -> Vec<serde_jso
     v["targets"].as_array().unwrap().clone()
 }
 
-fn sample_file(dir: &TempDir) -> std::path::PathBuf {
-    let p = dir.path("sample.flows");
-    luring::bench::input::write(&p, &sample::flows()).unwrap();
+/// Writes `flows` as the flow file `name` in `dir`.
+fn flows_file(dir: &TempDir, name: &str, flows: &[HttpFlow]) -> std::path::PathBuf {
+    let p = dir.path(name);
+    luring::bench::input::write(&p, flows).unwrap();
     p
+}
+
+fn sample_file(dir: &TempDir) -> std::path::PathBuf {
+    flows_file(dir, "sample.flows", &sample::flows())
 }
 
 fn pct(t: &serde_json::Value, hist: &str, p: &str) -> f64 {
@@ -193,11 +203,12 @@ fn a_stalled_origin_shows_in_corrected_latency_only() {
     assert!(!t["driver_limited"].as_array().unwrap().is_empty(), "{t}");
 }
 
-/// Request paths with their arrival times.
-type Arrivals = Arc<Mutex<Vec<(String, Instant)>>>;
+/// Requests as a server saw them: the path, when, and the client's port.
+type Arrivals = Arc<Mutex<Vec<(String, Instant, u16)>>>;
 
-/// A server that notes when each request arrives (path, time) and answers 200.
-fn timing_server() -> (SocketAddr, Arrivals) {
+/// A keep-alive server that notes each request (path, arrival time, client port) and
+/// answers 200 after `delay`; at most 64 connections.
+fn logging_server(delay: Duration) -> (SocketAddr, Arrivals) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -207,6 +218,8 @@ fn timing_server() -> (SocketAddr, Arrivals) {
             let Ok(mut c) = c else { continue };
             let seen = s2.clone();
             std::thread::spawn(move || {
+                let port = c.peer_addr().unwrap().port();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 let mut buf = Vec::new();
                 let mut b = [0u8; 4096];
                 while let Ok(n) = c.read(&mut b) {
@@ -217,8 +230,9 @@ fn timing_server() -> (SocketAddr, Arrivals) {
                     while let Some(i) = find(&buf, b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&buf[..i]).to_string();
                         let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                        seen.lock().unwrap().push((path, Instant::now()));
+                        seen.lock().unwrap().push((path, Instant::now(), port));
                         buf.drain(..i + 4);
+                        std::thread::sleep(delay);
                         let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
                     }
                 }
@@ -256,7 +270,7 @@ fn recorded_timing_replays_at_the_offsets_scaled_by_speed() {
     let f = dir.path("bursts.flows");
     luring::bench::input::write(&f, &flows).unwrap();
     for speed in ["1", "2"] {
-        let (addr, seen) = timing_server();
+        let (addr, seen) = logging_server(Duration::ZERO);
         let url = format!("http://{addr}");
         let t = bench_run(
             &[
@@ -276,7 +290,7 @@ fn recorded_timing_replays_at_the_offsets_scaled_by_speed() {
         let seen = seen.lock().unwrap().clone();
         let first = seen.iter().map(|s| s.1).min().unwrap();
         let div: f64 = speed.parse().unwrap();
-        for (path, at) in &seen {
+        for (path, at, _) in &seen {
             let b: usize = path[2..3].parse().unwrap();
             let want = [0.0, 400.0, 1000.0][b] / div;
             let got = at.duration_since(first).as_secs_f64() * 1000.0;

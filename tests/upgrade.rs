@@ -138,23 +138,6 @@ fn a_101_nobody_asked_for_is_a_502() {
     );
 }
 
-const WS_PY: &str = r#"
-import asyncio, sys
-import websockets
-
-async def echo(ws):
-    async for m in ws:
-        await ws.send(m)
-
-async def main():
-    async with websockets.serve(echo, "127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        print(port, flush=True)
-        await asyncio.sleep(30)
-
-asyncio.run(main())
-"#;
-
 const WS_CLIENT_PY: &str = r#"
 import asyncio, sys
 import websockets
@@ -178,19 +161,7 @@ fn python_websockets_through_the_proxy() {
         "python websockets is needed (scripts/test.sh installs it): {}",
         probe.stderr
     );
-    let mut server = std::process::Command::new("python3")
-        .args(["-c", WS_PY])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the websockets server");
-    let mut line = String::new();
-    {
-        use std::io::BufRead;
-        let out = server.stdout.take().expect("server stdout");
-        std::io::BufReader::new(out).read_line(&mut line).unwrap();
-    }
-    let port: u16 = line.trim().parse().expect("server port");
+    let (mut server, port) = python_ws_echo();
     let proxy = Proxy::start(&["--mode", &format!("reverse:http://127.0.0.1:{port}")]);
     let url = format!("ws://127.0.0.1:{}/", proxy.port());
     let out = run_cmd("python3", &["-c", WS_CLIENT_PY, &url], b"", CMD_WAIT);

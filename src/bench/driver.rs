@@ -11,19 +11,23 @@
 //!
 //! Connections (plain, TLS, TLS in a CONNECT tunnel) come from the target's
 //! [`Dialer`]; each worker keeps its open ones by endpoint, so TLS sessions live as
-//! long as the keep-alive connection does.
+//! long as the keep-alive connection does. With `--conn-mode recorded` the workers
+//! replay the recording's connections instead of sharing a pool (driver_lanes.rs).
 
+use super::client_h2::Slot;
 use super::clock::{cpu_us, mono_ns, Timer};
-use super::dial::{Conn, Conns, Dialer};
-use super::prepared::{BodyCheck, Prepared};
-use super::response::ResponseReader;
+use super::dial::{Conns, Dialer};
+use super::driver_lanes::LaneState;
+use super::exchange;
+use super::lanes::Lanes;
+use super::prepared::Prepared;
 use super::schedule::{Plan, Schedule};
 use super::stats::Stats;
+use super::ws_client::WsCounts;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 /// How one target is driven.
@@ -47,6 +51,9 @@ pub struct DriveConfig {
     pub h2: bool,
     /// h2: concurrent streams per connection (workers = connections × streams).
     pub streams: usize,
+    /// `--conn-mode recorded`: the recorded connections, each replayed on one
+    /// connection of its own (None: the pool).
+    pub lanes: Option<Rc<Lanes>>,
 }
 
 /// What one drive of one target measured.
@@ -60,25 +67,42 @@ pub struct Outcome {
     pub driver_cpu_us: Option<u64>,
 }
 
-struct Job {
-    intended: u64,
-    flow: usize,
+/// One request to send: when it was due, and which recorded flow.
+pub(super) struct Job {
+    pub(super) intended: u64,
+    pub(super) flow: usize,
 }
 
-struct Shared {
+/// What the dispatcher and the workers of one drive share (one thread).
+pub(super) struct Shared {
     reqs: Rc<Vec<Prepared>>,
     dialer: Rc<Dialer>,
     timeout: Duration,
     queue: RefCell<VecDeque<Job>>,
     notify: Notify,
+    /// Every request was released.
     finished: Cell<bool>,
     idle: Cell<usize>,
+    /// The measured window, monotonic ns.
     window: (u64, u64),
+    /// The measurements.
     stats: RefCell<Stats>,
     // closed loop: the next flow and when to stop
     next_flow: Cell<usize>,
-    closed_end: u64,
+    /// Closed loop: when to stop.
+    pub(super) closed_end: u64,
     once_left: Cell<Option<usize>>,
+    /// `--conn-mode recorded`: the recorded connections (None: the pool).
+    lanes: Option<LaneState>,
+}
+
+impl Shared {
+    /// The recorded connections; only lane workers ask.
+    pub(super) fn lanes(&self) -> &LaneState {
+        self.lanes
+            .as_ref()
+            .expect("lane workers run in recorded mode")
+    }
 }
 
 /// Drives `target` with `reqs` (one per recorded flow, `starts` their recorded start
@@ -128,6 +152,7 @@ async fn drive_async(
         next_flow: Cell::new(0),
         closed_end: end,
         once_left: Cell::new(cfg.once.then_some(n)),
+        lanes: cfg.lanes.clone().map(|l| LaneState::new(l, cfg.once)),
     });
     let cpu0 = Rc::new(Cell::new((None, None)));
     let c0 = cpu0.clone();
@@ -144,14 +169,20 @@ async fn drive_async(
     let mut tasks = Vec::new();
     // requests recorded over HTTP/2 go through a proxy's tunnels over h2
     let some_h2 = cfg.h2 || sh.dialer.endpoints.iter().any(|e| e.h2);
+    let closed = cfg.plan.is_none();
     for _ in 0..cfg.connections.max(1) {
+        if sh.lanes.is_some() {
+            let w = super::driver_lanes::lane_worker(sh.clone(), closed, cfg.h2, some_h2);
+            tasks.push(tokio::task::spawn_local(w));
+            continue;
+        }
         // h2 (a target's, or a proxy's tunnels): this connection's streams share one
         // slot; HTTP/1.1 only: one worker each
-        let slot = some_h2.then(super::client_h2::Slot::default);
+        let slot = some_h2.then(Slot::default);
         let per = if some_h2 { cfg.streams.max(1) } else { 1 };
         for _ in 0..per {
-            let w = worker(sh.clone(), cfg.plan.is_none(), cfg.h2, slot.clone());
-            tasks.push(tokio::task::spawn_local(w));
+            let link = Link::new(cfg.h2, slot.clone(), false);
+            tasks.push(tokio::task::spawn_local(worker(sh.clone(), closed, link)));
         }
     }
     if let Some(plan) = cfg.plan {
@@ -216,6 +247,9 @@ async fn progress(
 /// Releases each scheduled request at its time; yields after each one it did not
 /// sleep for, so that the connections get to send a backlog.
 async fn dispatch(sh: &Rc<Shared>, sched: Schedule, t0: u64, timer: &Timer) {
+    // the workers start and wait first: on a busy machine the first request can be due
+    // before they ever ran, and it would count as a cap wait with every one of them free
+    tokio::task::yield_now().await;
     for (off, flow) in sched {
         let at = t0 + off;
         // within 20 µs is "now": a timer wakeup costs more than that
@@ -227,25 +261,34 @@ async fn dispatch(sh: &Rc<Shared>, sched: Schedule, t0: u64, timer: &Timer) {
         if measured {
             sh.stats.borrow_mut().scheduled += 1;
         }
-        if sh.idle.get() > 0 {
-            sh.idle.set(sh.idle.get() - 1);
-        } else if measured {
+        let job = Job { intended: at, flow };
+        let wait = match &sh.lanes {
+            Some(l) => l.release(job),
+            None => {
+                let idle = sh.idle.get();
+                sh.idle.set(idle.saturating_sub(1));
+                sh.queue.borrow_mut().push_back(job);
+                sh.notify.notify_one();
+                idle == 0
+            }
+        };
+        if wait && measured {
             sh.stats.borrow_mut().cap_waits += 1;
         }
-        sh.queue.borrow_mut().push_back(Job { intended: at, flow });
-        sh.notify.notify_one();
         if !slept {
             tokio::task::yield_now().await;
         }
     }
     sh.finished.set(true);
     sh.notify.notify_waiters();
+    if let Some(l) = &sh.lanes {
+        l.finish();
+    }
 }
 
 async fn next_job(sh: &Shared, closed: bool) -> Option<Job> {
     if closed {
-        let now = mono_ns();
-        if now >= sh.closed_end && sh.once_left.get().is_none() {
+        if mono_ns() >= sh.closed_end && sh.once_left.get().is_none() {
             return None;
         }
         if let Some(left) = sh.once_left.get() {
@@ -256,172 +299,144 @@ async fn next_job(sh: &Shared, closed: bool) -> Option<Job> {
         }
         let f = sh.next_flow.get();
         sh.next_flow.set(f + 1);
-        if now >= sh.window.0 && now < sh.window.1 {
-            sh.stats.borrow_mut().scheduled += 1;
-        }
-        return Some(Job {
-            intended: now,
-            flow: f % sh.reqs.len(),
-        });
+        return Some(closed_job(sh, f % sh.reqs.len()));
     }
+    let pop = || sh.queue.borrow_mut().pop_front();
+    let idle = || sh.idle.set(sh.idle.get() + 1);
+    wait_for(sh, &sh.notify, pop, idle).await
+}
+
+/// Closed loop: `flow` is due now (counted as scheduled when that is in the window).
+pub(super) fn closed_job(sh: &Shared, flow: usize) -> Job {
+    let now = mono_ns();
+    if now >= sh.window.0 && now < sh.window.1 {
+        sh.stats.borrow_mut().scheduled += 1;
+    }
+    Job {
+        intended: now,
+        flow,
+    }
+}
+
+/// The next thing `pop` gives, waiting on `notify` (`idle` says a worker waits) while
+/// there is none; None once every request was released and none is left.
+pub(super) async fn wait_for<T>(
+    sh: &Shared,
+    notify: &Notify,
+    mut pop: impl FnMut() -> Option<T>,
+    idle: impl Fn(),
+) -> Option<T> {
     loop {
-        if let Some(j) = sh.queue.borrow_mut().pop_front() {
-            return Some(j);
+        if let Some(x) = pop() {
+            return Some(x);
         }
         if sh.finished.get() {
             return None;
         }
-        sh.idle.set(sh.idle.get() + 1);
-        sh.notify.notified().await;
+        idle();
+        notify.notified().await;
     }
 }
 
-async fn worker(sh: Rc<Shared>, closed: bool, all_h2: bool, h2: Option<super::client_h2::Slot>) {
-    let mut conns = Conns::default();
-    let mut buf = Vec::with_capacity(64 * 1024);
+async fn worker(sh: Rc<Shared>, closed: bool, mut link: Link) {
     while let Some(job) = next_job(&sh, closed).await {
-        let req = &sh.reqs[job.flow];
-        let sent = mono_ns();
-        let use_h2 = all_h2 || sh.dialer.endpoints[req.endpoint as usize].h2;
-        let r = match (&h2, &req.h2) {
-            (Some(slot), Some(r2)) if use_h2 => {
-                let ex = super::client_h2::exchange(slot, &sh.dialer, req, r2);
-                let r = tokio::time::timeout(sh.timeout, ex).await;
-                if r.is_err() {
-                    super::client_h2::forget(slot, req.endpoint);
-                }
-                r
-            }
-            (Some(_), None) if use_h2 => Ok(Err("request not valid as HTTP/2")),
-            _ => {
-                let ex = exchange(&mut conns, &sh.dialer, req, &mut buf);
-                tokio::time::timeout(sh.timeout, ex).await
-            }
-        };
-        let done = mono_ns();
-        let (w0, w1) = sh.window;
-        if job.intended < w0 || job.intended >= w1 {
-            continue;
+        run_one(&sh, job, &mut link).await;
+    }
+}
+
+/// A worker's connections: HTTP/1.1 ones kept by endpoint, and its h2 slot.
+pub(super) struct Link {
+    conns: Conns,
+    buf: Vec<u8>,
+    h2: Option<Slot>,
+    /// Every request goes over HTTP/2 (an h2c:// or h2:// target).
+    all_h2: bool,
+    /// A WebSocket upgrade goes on the kept connection (`--conn-mode recorded`: the
+    /// recording's connection carried it) rather than a new one.
+    ws_reuse: bool,
+}
+
+impl Link {
+    /// No connection yet; `h2` when some requests go over HTTP/2.
+    pub(super) fn new(all_h2: bool, h2: Option<Slot>, ws_reuse: bool) -> Link {
+        Link {
+            conns: Conns::default(),
+            buf: Vec::with_capacity(64 * 1024),
+            h2,
+            all_h2,
+            ws_reuse,
         }
-        let mut st = sh.stats.borrow_mut();
-        let due_second = ((job.intended - w0) / 1_000_000_000) as usize;
-        st.lag_in(due_second, sent.saturating_sub(job.intended));
-        if sent < w1 {
-            st.sent_in_window += 1;
-        }
-        match r {
-            Ok(Ok((_, _, false))) => st.error("body"),
-            Ok(Ok((status, body, true))) => {
-                st.body_bytes += body;
-                // completions just past the window's end count in its last second
-                let last = (w1.saturating_sub(w0) / 1_000_000_000).max(1) - 1;
-                let second = ((done.saturating_sub(w0)) / 1_000_000_000).min(last) as usize;
-                st.complete(job.intended, sent, done, status, second);
+    }
+}
+
+/// What one exchange came to: the status, the body length, whether the body is the
+/// recorded one; or the kind of failure.
+type Exchanged = Result<(u16, u64, bool), &'static str>;
+
+/// Sends `job`'s request on `link` and counts the outcome when it was due in the
+/// measured window.
+pub(super) async fn run_one(sh: &Shared, job: Job, link: &mut Link) {
+    let req = &sh.reqs[job.flow];
+    let sent = mono_ns();
+    let use_h2 = link.all_h2 || sh.dialer.endpoints[req.endpoint as usize].h2;
+    let mut ws = None;
+    let r: Exchanged = match (&req.ws, &link.h2, &req.h2) {
+        (Some(plan), _, _) => {
+            let mut counts = WsCounts::default();
+            let c = &mut link.conns;
+            let ex = exchange::websocket(c, link.ws_reuse, &sh.dialer, req, plan, &mut counts);
+            let r = tokio::time::timeout(sh.timeout, ex).await;
+            ws = Some(counts);
+            match r {
+                Ok(r) => r.map(|()| (101, 0, true)),
+                Err(_) => Err("ws-timeout"),
             }
-            Ok(Err(kind)) => st.error(kind),
-            // the exchange was dropped with its connection: a late response cannot
+        }
+        (None, Some(slot), Some(r2)) if use_h2 => {
+            let ex = super::client_h2::exchange(slot, &sh.dialer, req, r2);
+            let r = tokio::time::timeout(sh.timeout, ex).await;
+            if r.is_err() {
+                super::client_h2::forget(slot, req.endpoint);
+            }
+            r.unwrap_or(Err("timeout"))
+        }
+        (None, Some(_), None) if use_h2 => Err("request not valid as HTTP/2"),
+        _ => {
+            let ex = exchange::exchange(&mut link.conns, &sh.dialer, req, &mut link.buf);
+            // the exchange is dropped with its connection: a late response cannot
             // arrive out of step
-            Err(_) => st.error("timeout"),
+            tokio::time::timeout(sh.timeout, ex)
+                .await
+                .unwrap_or(Err("timeout"))
         }
-    }
+    };
+    record(sh, &job, sent, mono_ns(), r, ws);
 }
 
-/// Sends one request on the worker's kept connection of its endpoint or a new one; a
-/// kept connection the peer had closed (keep-alive race) is retried once on a new
-/// one. The status, the body length, and whether the body is the recorded one.
-async fn exchange(
-    conns: &mut Conns,
-    dialer: &Dialer,
-    req: &Prepared,
-    buf: &mut Vec<u8>,
-) -> Result<(u16, u64, bool), &'static str> {
-    for attempt in 0..2 {
-        let (mut c, reused) = match conns.take(req.endpoint) {
-            Some(c) => (c, true),
-            None => (dialer.dial(req.endpoint).await?, false),
-        };
-        match once(&mut c, req, buf).await {
-            Ok((status, body, keep, same)) => {
-                if keep {
-                    conns.put(req.endpoint, c);
-                }
-                return Ok((status, body, same));
-            }
-            Err(Fail::Stale) if reused && attempt == 0 => {}
-            Err(Fail::Stale) | Err(Fail::Io) => return Err("io"),
-            Err(Fail::Parse) => return Err("parse"),
-        }
+/// Counts one exchange, when it was due in the measured window.
+fn record(sh: &Shared, job: &Job, sent: u64, done: u64, r: Exchanged, ws: Option<WsCounts>) {
+    let (w0, w1) = sh.window;
+    if job.intended < w0 || job.intended >= w1 {
+        return;
     }
-    Err("io")
-}
-
-enum Fail {
-    /// Closed before any response byte.
-    Stale,
-    Io,
-    Parse,
-}
-
-async fn once(
-    s: &mut Conn,
-    req: &Prepared,
-    buf: &mut Vec<u8>,
-) -> Result<(u16, u64, bool, bool), Fail> {
-    s.write_all(&req.wire).await.map_err(|_| Fail::Stale)?;
-    if let Conn::Tls(_) = s {
-        // rustls holds the records until flushed
-        s.flush().await.map_err(|_| Fail::Stale)?;
+    let mut st = sh.stats.borrow_mut();
+    let due_second = ((job.intended - w0) / 1_000_000_000) as usize;
+    st.lag_in(due_second, sent.saturating_sub(job.intended));
+    if sent < w1 {
+        st.sent_in_window += 1;
     }
-    let mut rd = ResponseReader::new(req.head);
-    let mut check = BodyCheck::new(req.expect.as_deref());
-    buf.clear();
-    let mut got = false;
-    loop {
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        let n = s
-            .read_buf(buf)
-            .await
-            .map_err(|_| if got { Fail::Io } else { Fail::Stale })?;
-        if n == 0 {
-            if rd.eof() {
-                return Ok((rd.status, rd.body_len, false, check.ok()));
-            }
-            return Err(if got { Fail::Io } else { Fail::Stale });
-        }
-        got = true;
-        let used = rd
-            .feed_with(buf, &mut |b| check.feed(b))
-            .map_err(|_| Fail::Parse)?;
-        buf.drain(..used);
-        if rd.done() {
-            // bytes past the response: the peer is out of step, do not reuse
-            let keep = rd.keep_alive && buf.is_empty();
-            return Ok((rd.status, rd.body_len, keep, check.ok()));
-        }
+    if let Some(c) = ws {
+        st.ws.merge(&c);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::BodyCheck;
-
-    fn check(expect: Option<&[u8]>, parts: &[&[u8]]) -> bool {
-        let mut c = BodyCheck::new(expect);
-        for p in parts {
-            c.feed(p);
+    match r {
+        Ok((_, _, false)) => st.error("body"),
+        Ok((status, body, true)) => {
+            st.body_bytes += body;
+            // completions just past the window's end count in its last second
+            let last = (w1.saturating_sub(w0) / 1_000_000_000).max(1) - 1;
+            let second = ((done.saturating_sub(w0)) / 1_000_000_000).min(last) as usize;
+            st.complete(job.intended, sent, done, status, second);
         }
-        c.ok()
-    }
-
-    #[test]
-    fn a_body_check_wants_every_byte_and_no_more() {
-        assert!(check(Some(b"hello"), &[b"he", b"", b"llo"]));
-        assert!(!check(Some(b"hello"), &[b"he", b"LLo"]));
-        assert!(!check(Some(b"hello"), &[b"hell"]));
-        assert!(!check(Some(b"hello"), &[b"hello", b"!"]));
-        assert!(check(Some(b""), &[]));
-        assert!(check(None, &[b"anything"]));
+        Err(kind) => st.error(kind),
     }
 }

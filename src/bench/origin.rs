@@ -168,14 +168,19 @@ impl Origin {
             Ok(i) => {
                 *delay += self.delay(i);
                 let r = &self.responses[i];
-                out.extend_from_slice(&r.head);
-                if req.method != "HEAD" {
-                    out.extend_from_slice(&r.body);
-                }
                 let upgrade = req
                     .header("upgrade")
                     .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
-                (upgrade && self.recorded[i].status == 101).then_some(i)
+                let ws = upgrade && self.recorded[i].status == 101;
+                match req.header("sec-websocket-key").filter(|_| ws) {
+                    // the accept must fit the key this client sent, not the recorded one
+                    Some(key) => out.extend_from_slice(&with_accept(&r.head, key)),
+                    None => out.extend_from_slice(&r.head),
+                }
+                if req.method != "HEAD" {
+                    out.extend_from_slice(&r.body);
+                }
+                ws.then_some(i)
             }
             Err(what) => {
                 self.miss(&what, out);
@@ -242,10 +247,60 @@ impl Origin {
     }
 }
 
+/// A response head with its `Sec-WebSocket-Accept` value made for `key`, in the
+/// recorded field's place (added when the recording has none); every other byte as
+/// it was.
+fn with_accept(head: &[u8], key: &[u8]) -> Vec<u8> {
+    const NAME: &[u8] = b"sec-websocket-accept:";
+    let accept = crate::proto::ws::accept_for(key);
+    let mut out = Vec::with_capacity(head.len() + 32);
+    let lines = head.strip_suffix(b"\r\n\r\n").unwrap_or(head);
+    let mut done = false;
+    for (i, line) in lines.split(|&c| c == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match line.get(..NAME.len()) {
+            Some(n) if i > 0 && n.eq_ignore_ascii_case(NAME) => {
+                if !done {
+                    out.extend_from_slice(n);
+                    out.extend_from_slice(b" ");
+                    out.extend_from_slice(accept.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                done = true;
+            }
+            _ => {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    if !done {
+        out.extend_from_slice(b"Sec-WebSocket-Accept: ");
+        out.extend_from_slice(accept.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::h1::parse_request;
     use super::*;
+
+    #[test]
+    fn the_accept_fits_the_key_the_client_sent() {
+        let key = b"dGhlIHNhbXBsZSBub25jZQ==";
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nsec-websocket-accept: recorded=\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(
+            String::from_utf8(with_accept(head, key)).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nConnection: Upgrade\r\n\r\n"
+        );
+        let bare = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        assert!(String::from_utf8(with_accept(bare, key))
+            .unwrap()
+            .ends_with("websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"));
+    }
 
     fn origin(pop: bool) -> Origin {
         let cfg = OriginConfig {

@@ -17,6 +17,8 @@ pub struct Prepared {
     pub endpoint: u32,
     /// The recorded response body, when bodies are checked (`--check-bodies`).
     pub expect: Option<Bytes>,
+    /// A WebSocket upgrade: the recorded conversation that follows its 101.
+    pub ws: Option<std::rc::Rc<super::ws_client::WsPlan>>,
 }
 
 /// Compares a body as it arrives with the recorded one.

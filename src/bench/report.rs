@@ -164,6 +164,14 @@ pub fn table(targets: &[TargetReport], out: &mut dyn Write) -> std::io::Result<(
         for (k, v) in &m.errors {
             writeln!(out, "{:<14} error {k}: {v}", "")?;
         }
+        let w = m.ws;
+        if w.conversations > 0 || w.sent_msgs > 0 || w.recv_msgs > 0 {
+            writeln!(
+                out,
+                "{:<14} websocket: {} conversations, messages {} sent / {} received, payload bytes {} / {}",
+                "", w.conversations, w.sent_msgs, w.recv_msgs, w.sent_bytes, w.recv_bytes
+            )?;
+        }
     }
     writeln!(
         out,
@@ -200,6 +208,9 @@ fn stats_json(s: &Stats) -> serde_json::Value {
         "errors": s.errors,
         "cap_waits": s.cap_waits,
         "body_bytes": s.body_bytes,
+        "websocket": {"conversations": s.ws.conversations,
+                      "messages_sent": s.ws.sent_msgs, "messages_received": s.ws.recv_msgs,
+                      "bytes_sent": s.ws.sent_bytes, "bytes_received": s.ws.recv_bytes},
         "per_second": s.per_second,
         "corrected": pct_json(&s.corrected),
         "service": pct_json(&s.service),

@@ -78,6 +78,12 @@ pub struct RunArgs {
     /// recorded field of that name (redacted values) or is added.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
+    /// pool: requests go on a pool of --connections keep-alive connections; recorded:
+    /// the requests of each recorded client connection go in order on one connection
+    /// of their own, opened and closed where the recording's was (--connections caps
+    /// how many are open at once).
+    #[arg(long, default_value = "pool", value_parser = ["pool", "recorded"])]
+    pub conn_mode: String,
     /// HTTP/2 (h2c:// and h2:// targets, h2 tunnels through --proxy): concurrent
     /// streams per connection.
     #[arg(long, default_value_t = 1, value_name = "M")]
@@ -178,6 +184,7 @@ fn drive_config(a: &RunArgs) -> Result<DriveConfig, String> {
         timeout: a.timeout,
         h2: false,
         streams: a.streams.max(1),
+        lanes: None,
     })
 }
 
@@ -217,29 +224,13 @@ pub fn measure(
     flows: &[crate::flows::record::HttpFlow],
     targets: &[Target],
 ) -> Result<Vec<TargetReport>, String> {
-    let cfg = drive_config(a)?;
-    // the driver speaks HTTP/1.1 request/response only: WebSocket upgrades stay out
-    let all = flows.len();
-    let flows: Vec<&crate::flows::record::HttpFlow> = flows
-        .iter()
-        .filter(|f| {
-            !f.request
-                .headers
-                .iter()
-                .any(|h| h.0.eq_ignore_ascii_case(b"upgrade"))
-        })
-        .collect();
-    if flows.is_empty() {
-        return Err("no flow to replay (the driver does not replay WebSocket upgrades)".into());
-    }
-    if flows.len() < all {
-        let _ = writeln!(
-            std::io::stderr(),
-            "# {} upgrade request(s) (WebSocket) left out: the driver does not replay them yet",
-            all - flows.len()
-        );
-    }
+    let mut cfg = drive_config(a)?;
+    let flows = replayable(flows, targets.iter().any(|t| t.h2))?;
     let starts: Vec<u64> = flows.iter().map(|f| f.times.request_start).collect();
+    if a.conn_mode == "recorded" {
+        let conns: Vec<u64> = flows.iter().map(|f| f.conn).collect();
+        cfg.lanes = Some(Rc::new(super::lanes::Lanes::new(&conns)));
+    }
     let set: Vec<(String, String)> = a
         .headers
         .iter()
@@ -315,6 +306,42 @@ pub fn measure(
     Ok(reports)
 }
 
+/// The flows a run replays: request/response exchanges, and WebSocket conversations
+/// unless a target speaks HTTP/2 (the driver does not speak RFC 8441's WebSocket over
+/// h2, and every target gets the same schedule). Other upgrades stay out, with a note.
+fn replayable(
+    flows: &[crate::flows::record::HttpFlow],
+    some_h2: bool,
+) -> Result<Vec<&crate::flows::record::HttpFlow>, String> {
+    let all = flows.len();
+    let upgrade = |f: &crate::flows::record::HttpFlow| {
+        f.request
+            .headers
+            .iter()
+            .any(|h| h.0.eq_ignore_ascii_case(b"upgrade"))
+    };
+    let ws = |f| super::ws_client::is_websocket(f);
+    let kept: Vec<_> = flows
+        .iter()
+        .filter(|f| !upgrade(f) || (ws(f) && !some_h2))
+        .collect();
+    if kept.is_empty() {
+        return Err("no flow to replay (only upgrades the driver does not replay)".into());
+    }
+    let left = all - kept.len();
+    if left > 0 {
+        let why = match some_h2 {
+            true => "WebSocket is replayed on HTTP/1.1 targets only, and others are not",
+            false => "only WebSocket upgrades answered 101 are replayed",
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "# {left} upgrade request(s) left out: {why}"
+        );
+    }
+    Ok(kept)
+}
+
 /// How a target's requests travel: the form of the request and its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -384,16 +411,20 @@ fn prepare(
                 (ep, false)
             }
         };
-        let expect = check_bodies.then(|| match (&f.response, req.method == "HEAD") {
-            (Some(r), false) => bytes::Bytes::copy_from_slice(&r.body.data),
-            _ => bytes::Bytes::new(),
-        });
+        let ws = super::ws_client::is_websocket(f)
+            .then(|| Rc::new(super::ws_client::WsPlan::new(f, &req, absolute)));
+        let expect =
+            (check_bodies && ws.is_none()).then(|| match (&f.response, req.method == "HEAD") {
+                (Some(r), false) => bytes::Bytes::copy_from_slice(&r.body.data),
+                _ => bytes::Bytes::new(),
+            });
         out.push(Prepared {
             wire: super::h1::encode_request(&req, absolute).into(),
             head: req.method == "HEAD",
             h2: super::prepared::H2Request::new(&req),
             endpoint,
             expect,
+            ws,
         });
     }
     Ok((out, eps))
@@ -423,6 +454,7 @@ fn config_json(a: &RunArgs, targets: &[Target]) -> serde_json::Value {
         "insecure": a.insecure, "check_bodies": a.check_bodies,
         "rate": a.rate, "step": a.step, "poisson": a.poisson, "speed": a.speed,
         "max_gap_s": a.max_gap.as_secs_f64(), "connections": a.connections,
+        "conn_mode": a.conn_mode,
         "duration_s": a.duration.as_secs_f64(), "warmup_s": a.warmup.as_secs_f64(),
         "once": a.once, "rounds": a.rounds, "seed": a.seed,
         // how many, not what: --header fills in secrets the recorder redacted
@@ -486,6 +518,27 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn websocket_upgrades_are_replayed_on_http1_targets_only() {
+        let plain = flow("http", "a.example", "HTTP/1.1");
+        let mut ws = plain.clone();
+        ws.request.headers = vec![crate::flows::record::field("Upgrade", "websocket")];
+        ws.response = Some(crate::flows::record::ResponseRec {
+            status: 101,
+            ..Default::default()
+        });
+        let mut h2c = ws.clone();
+        h2c.request.headers = vec![crate::flows::record::field("Upgrade", "h2c")];
+        let fs = [plain, ws, h2c];
+        assert_eq!(replayable(&fs, false).unwrap().len(), 2);
+        let kept = replayable(&fs, true).unwrap();
+        assert!(kept.len() == 1 && kept[0].request.headers.is_empty());
+        let (reqs, _) =
+            prepare(&replayable(&fs, false).unwrap(), &[], Route::Direct, true).unwrap();
+        assert!(reqs[1].ws.is_some() && reqs[1].expect.is_none());
+        assert!(reqs[0].ws.is_none() && reqs[0].expect.is_some());
     }
 
     #[test]

@@ -240,6 +240,7 @@ fn demo_with(path: &std::path::Path, rate: f64, duration: Duration) -> Result<()
         rounds: 1,
         pids: vec![format!("luring={}", luring.0.id())],
         headers: vec![],
+        conn_mode: "pool".into(),
         streams: 1,
         seed: 1,
         timeout: Duration::from_secs(5),

@@ -40,6 +40,8 @@ pub struct Stats {
     pub sent_in_window: u64,
     /// Length of the measured window, seconds.
     pub window_s: f64,
+    /// WebSocket conversations: messages and bytes each way.
+    pub ws: super::ws_client::WsCounts,
 }
 
 impl Default for Stats {
@@ -57,6 +59,7 @@ impl Default for Stats {
             lag_per_second: Vec::new(),
             sent_in_window: 0,
             window_s: 0.0,
+            ws: Default::default(),
         }
     }
 }
@@ -153,6 +156,7 @@ impl Stats {
         }
         self.window_s += o.window_s;
         self.sent_in_window += o.sent_in_window;
+        self.ws.merge(&o.ws);
     }
 }
 

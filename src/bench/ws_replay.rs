@@ -23,7 +23,16 @@ impl WsScript {
     /// The server frames due now: those before the next recorded client message.
     pub fn due(&mut self, out: &mut BytesMut) -> bool {
         let mut closed = false;
-        while let Some(m) = self.msgs.get(self.pos).filter(|m| !m.from_client) {
+        while let Some(m) = self.msgs.get(self.pos) {
+            if m.from_client {
+                // a client's ping or pong is no turn: clients send those on timers,
+                // and the session answers pings itself
+                if matches!(m.opcode, ws::PING | ws::PONG) {
+                    self.pos += 1;
+                    continue;
+                }
+                break;
+            }
             ws::encode(
                 &Frame {
                     fin: true,
@@ -44,11 +53,16 @@ impl WsScript {
     /// and what the server sent after that one is due. Returns true once the server
     /// has sent its close.
     pub fn on_client(&mut self, out: &mut BytesMut) -> bool {
-        if let Some(i) = self.msgs[self.pos..].iter().position(|m| m.from_client) {
+        if let Some(i) = self.msgs[self.pos..].iter().position(is_turn) {
             self.pos += i + 1;
         }
         self.due(out)
     }
+}
+
+/// A recorded client data message: what releases the server's next messages.
+fn is_turn(m: &WsMessageRec) -> bool {
+    m.from_client && matches!(m.opcode, ws::TEXT | ws::BINARY)
 }
 
 #[cfg(test)]
@@ -81,6 +95,7 @@ mod tests {
         let mut s = WsScript::new(vec![
             m(false, 1, "hello"),
             m(true, 1, "q1"),
+            m(true, 9, "client ping: no turn"),
             m(false, 1, "a1"),
             m(false, 2, "a1b"),
             m(true, 1, "q2"),

@@ -255,6 +255,19 @@ pub fn parse_close(payload: &[u8]) -> (Option<u16>, String) {
     )
 }
 
+/// The GUID RFC 6455 section 1.3 appends to a client's key.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The `Sec-WebSocket-Accept` value a server answers to `Sec-WebSocket-Key: key`
+/// (RFC 6455 section 4.2.2): base64 of the SHA-1 of the key and the GUID.
+pub fn accept_for(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.trim_ascii());
+    ctx.update(ACCEPT_GUID);
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
 /// A close payload with `code` and `reason`.
 pub fn close_payload(code: u16, reason: &str) -> Bytes {
     let mut b = BytesMut::with_capacity(2 + reason.len());
@@ -357,6 +370,19 @@ mod tests {
         let mut small = Assembler::new(4);
         assert_eq!(small.push(frag(false, BINARY, b"abc")), Ok(None));
         assert!(small.push(frag(true, CONTINUATION, b"de")).is_err());
+    }
+
+    #[test]
+    fn the_accept_of_the_rfc_example_key() {
+        // RFC 6455 section 1.3
+        assert_eq!(
+            accept_for(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert_eq!(
+            accept_for(b" dGhlIHNhbXBsZSBub25jZQ== "),
+            accept_for(b"dGhlIHNhbXBsZSBub25jZQ==")
+        );
     }
 
     #[test]

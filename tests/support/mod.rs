@@ -2061,3 +2061,36 @@ impl Conf {
         self.dir.path("conf").join(name)
     }
 }
+
+/// A python `websockets` server echoing every message, on 127.0.0.1 for 30 s at most.
+const WS_ECHO_PY: &str = r#"
+import asyncio
+import websockets
+
+async def echo(ws):
+    async for m in ws:
+        await ws.send(m)
+
+async def main():
+    async with websockets.serve(echo, "127.0.0.1", 0) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.sleep(30)
+
+asyncio.run(main())
+"#;
+
+/// Starts a python `websockets` echo server (scripts/test.sh installs the package):
+/// the child, to kill, and its port.
+pub fn python_ws_echo() -> (Child, u16) {
+    let mut server = Command::new("python3")
+        .args(["-c", WS_ECHO_PY])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the websockets server");
+    let mut line = String::new();
+    let out = server.stdout.take().expect("server stdout");
+    io::BufRead::read_line(&mut io::BufReader::new(out), &mut line).unwrap();
+    let port = line.trim().parse().expect("server port");
+    (server, port)
+}
