@@ -352,6 +352,74 @@ fn origin_bodies_are_the_recorded_bytes() {
     assert_eq!(fetch(&o2.url(), one, &dir, &[]).status, 599, "popped once");
 }
 
+/// A recorded POST of `body` as `content_type` to `path` on 127.0.0.1, answered `answer`.
+fn form_flow(path: &str, content_type: &str, body: &[u8], answer: &str) -> HttpFlow {
+    HttpFlow {
+        request: RequestRec {
+            method: "POST".into(),
+            authority: "127.0.0.1".into(),
+            path: path.into(),
+            headers: vec![field("Content-Type", content_type)],
+            body: luring::flows::record::BodyRec {
+                data: serde_bytes::ByteBuf::from(body.to_vec()),
+                size: body.len() as u64,
+                cut: false,
+            },
+            ..Default::default()
+        },
+        response: Some(luring::flows::record::ResponseRec {
+            status: 200,
+            reason: "OK".into(),
+            body: luring::flows::record::BodyRec {
+                data: serde_bytes::ByteBuf::from(answer.as_bytes().to_vec()),
+                size: answer.len() as u64,
+                cut: false,
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn ignored_form_fields_let_fresh_tokens_and_boundaries_match() {
+    let dir = TempDir::new("bench-form");
+    let flows = [
+        form_flow(
+            "/login",
+            "application/x-www-form-urlencoded",
+            b"user=ann&csrf=recorded-token",
+            "welcome ann",
+        ),
+        form_flow(
+            "/upload",
+            "multipart/form-data; boundary=recorded",
+            b"--recorded\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nann\r\n--recorded\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\nrecorded-token\r\n--recorded--\r\n",
+            "uploaded",
+        ),
+    ];
+    let f = dir.path("forms.flows");
+    luring::bench::input::write(&f, &flows).unwrap();
+    let o = BenchOrigin::start(&f, &["--ignore-host", "--ignore-form-field", "csrf"]);
+    let login = format!("{}/login", o.url());
+    let upload = format!("{}/upload", o.url());
+    // curl's own encodings: a new token, and multipart with a boundary of its own
+    let out = curl(&["-d", "user=ann", "-d", "csrf=fresh", &login]);
+    assert_eq!((out.status, out.body_str().as_str()), (200, "welcome ann"));
+    let out = curl(&["-F", "user=ann", "-F", "csrf=fresh", &upload]);
+    assert_eq!((out.status, out.body_str().as_str()), (200, "uploaded"));
+    // the other fields still count
+    assert_eq!(curl(&["-d", "user=bob&csrf=x", &login]).status, 404);
+    // without the flag a new token is another request
+    let plain = BenchOrigin::start(&f, &["--ignore-host"]);
+    let out = curl(&[
+        "-d",
+        "user=ann&csrf=fresh",
+        &format!("{}/login", plain.url()),
+    ]);
+    assert_eq!(out.status, 404);
+}
+
 #[test]
 fn a_har_recording_is_served_like_a_flow_file() {
     let dir = TempDir::new("bench-har");

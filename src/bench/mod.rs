@@ -7,6 +7,7 @@ pub mod client_h2;
 pub mod clock;
 pub mod dial;
 pub mod driver;
+pub mod form;
 pub mod h1;
 pub mod html;
 pub mod input;
