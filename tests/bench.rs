@@ -679,12 +679,9 @@ fn a_forward_proxy_target_gets_absolute_form_requests() {
     assert_eq!(origin.requests()[0].header("cookie"), Some("filled=1"));
 }
 
-#[test]
-fn websocket_replay_plays_the_server_side_in_turn() {
-    use bytes::{Bytes, BytesMut};
+/// A recorded WebSocket conversation on ws.test/chat, upgraded with client key `key`.
+fn ws_flow(key: &str) -> HttpFlow {
     use luring::flows::record::WsMessageRec;
-    use luring::proto::ws;
-    let dir = TempDir::new("bench-ws");
     let msg = |from_client, opcode, data: &str| WsMessageRec {
         from_client,
         opcode,
@@ -692,8 +689,7 @@ fn websocket_replay_plays_the_server_side_in_turn() {
         size: data.len() as u64,
         ts: 0,
     };
-    let key = "dGhlIHNhbXBsZSBub25jZQ==";
-    let flow = HttpFlow {
+    HttpFlow {
         request: RequestRec {
             method: "GET".into(),
             authority: "ws.test".into(),
@@ -726,7 +722,16 @@ fn websocket_replay_plays_the_server_side_in_turn() {
             msg(false, 1, "a2"),
         ],
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn websocket_replay_plays_the_server_side_in_turn() {
+    use bytes::{Bytes, BytesMut};
+    use luring::proto::ws;
+    let dir = TempDir::new("bench-ws");
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let flow = ws_flow(key);
     let f = dir.path("ws.flows");
     luring::bench::input::write(&f, &[flow]).unwrap();
     let o = BenchOrigin::start(&f, &[]);
@@ -775,6 +780,44 @@ fn websocket_replay_plays_the_server_side_in_turn() {
     );
     send(&mut c, "more");
     assert_eq!(read_frames(&mut c, 1), [(1, "a2".to_string())]);
+}
+
+/// How long a python client may take.
+const CMD_WAIT: Duration = Duration::from_secs(30);
+
+/// A python `websockets` client: prints each server message as it comes, answering
+/// the first two with a message of its own, then closes.
+const WS_CLIENT_PY: &str = r#"
+import asyncio, sys
+import websockets
+
+async def main():
+    async with websockets.connect(sys.argv[1], open_timeout=10) as ws:
+        got = []
+        for answer in ["hi", "more", None]:
+            want = {"hi": 1, "more": 2, None: 1}[answer]
+            for _ in range(want):
+                m = await asyncio.wait_for(ws.recv(), 10)
+                got.append(m if isinstance(m, str) else "bytes:" + m.decode())
+            if answer:
+                await ws.send(answer)
+    print(" ".join(got))
+
+asyncio.run(main())
+"#;
+
+#[test]
+fn a_real_websocket_client_with_its_own_key_gets_the_recorded_conversation() {
+    need_python_module("websockets");
+    let dir = TempDir::new("bench-ws-py");
+    let f = dir.path("ws.flows");
+    // recorded with RFC 6455's sample key; websockets sends a random one
+    luring::bench::input::write(&f, &[ws_flow("dGhlIHNhbXBsZSBub25jZQ==")]).unwrap();
+    let o = BenchOrigin::start(&f, &["--ignore-host"]);
+    let url = format!("ws://{}/chat", o.addr);
+    let out = run_cmd("python3", &["-c", WS_CLIENT_PY, &url], b"", CMD_WAIT);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.trim(), "welcome a1 bytes:a1-bin a2");
 }
 
 #[test]

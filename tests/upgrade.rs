@@ -172,12 +172,7 @@ asyncio.run(main())
 
 #[test]
 fn python_websockets_through_the_proxy() {
-    let probe = run_cmd("python3", &["-c", "import websockets"], b"", CMD_WAIT);
-    assert!(
-        probe.ok(),
-        "python websockets is needed (scripts/test.sh installs it): {}",
-        probe.stderr
-    );
+    need_python_module("websockets");
     let mut server = std::process::Command::new("python3")
         .args(["-c", WS_PY])
         .stdout(std::process::Stdio::piped())

@@ -168,14 +168,19 @@ impl Origin {
             Ok(i) => {
                 *delay += self.delay(i);
                 let r = &self.responses[i];
-                out.extend_from_slice(&r.head);
-                if req.method != "HEAD" {
-                    out.extend_from_slice(&r.body);
-                }
                 let upgrade = req
                     .header("upgrade")
                     .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
-                (upgrade && self.recorded[i].status == 101).then_some(i)
+                let ws = upgrade && self.recorded[i].status == 101;
+                let key = req.header("sec-websocket-key");
+                let head = ws
+                    .then(|| super::ws_replay::head_for_key(&self.recorded[i], key))
+                    .flatten();
+                out.extend_from_slice(head.as_ref().unwrap_or(&r.head));
+                if req.method != "HEAD" {
+                    out.extend_from_slice(&r.body);
+                }
+                ws.then_some(i)
             }
             Err(what) => {
                 self.miss(&what, out);

@@ -2,10 +2,48 @@
 //! are played in turn with the client's. Those recorded before the client's first
 //! message go at once; each message the client sends releases the server messages
 //! recorded after the matching client message, up to the next one.
+//!
+//! The recorded 101 carries the `Sec-WebSocket-Accept` of the recorded client's key;
+//! a client that sends another key (any real one: keys are random) gets the value
+//! computed from its own, or it would refuse the handshake.
 
-use crate::flows::record::WsMessageRec;
+use crate::flows::record::{ResponseRec, WsMessageRec};
 use crate::proto::ws::{self, Frame};
 use bytes::{Bytes, BytesMut};
+
+/// RFC 6455's GUID, appended to the client's key before hashing.
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The `Sec-WebSocket-Accept` that answers `key`: base64 of SHA-1 of key and GUID.
+pub fn accept_for(key: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.trim_ascii());
+    ctx.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+/// The HTTP/1.1 head of recorded 101 `resp` for a client that sent `key`, when the
+/// recorded `Sec-WebSocket-Accept` does not answer it: the recorded head with that
+/// field's value replaced (added at the end when the recording has none). None when
+/// the recorded head fits, or the client sent no key.
+pub fn head_for_key(resp: &ResponseRec, key: Option<&[u8]>) -> Option<bytes::Bytes> {
+    let accept = accept_for(key?);
+    let is_accept =
+        |f: &crate::flows::record::Field| f.0.eq_ignore_ascii_case(b"sec-websocket-accept");
+    let recorded = resp.headers.iter().find(|f| is_accept(f));
+    if recorded.is_some_and(|f| f.1.trim_ascii() == accept.as_bytes()) {
+        return None;
+    }
+    let mut r = resp.clone();
+    match r.headers.iter_mut().find(|f| is_accept(f)) {
+        Some(f) => f.1 = serde_bytes::ByteBuf::from(accept.into_bytes()),
+        None => r
+            .headers
+            .push(crate::flows::record::field("Sec-WebSocket-Accept", &accept)),
+    }
+    Some(super::h1::encode_response(&r).head)
+}
 
 /// Where a replay is in the recorded conversation.
 #[derive(Debug, Clone)]
@@ -74,6 +112,43 @@ mod tests {
             v.push((f.opcode, String::from_utf8_lossy(&f.payload).to_string()));
         }
         v
+    }
+
+    #[test]
+    fn accept_is_computed_from_the_clients_key() {
+        // RFC 6455, section 1.3
+        let key = b"dGhlIHNhbXBsZSBub25jZQ==";
+        assert_eq!(accept_for(key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let f = crate::flows::record::field;
+        let resp = ResponseRec {
+            status: 101,
+            reason: "Switching Protocols".into(),
+            headers: vec![
+                f("Upgrade", "websocket"),
+                f("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+                f("Connection", "Upgrade"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(head_for_key(&resp, Some(key)), None, "the recorded key");
+        assert_eq!(head_for_key(&resp, None), None);
+        let other = b"x3JJHMbDL1EzLkh9GBhXDw==";
+        let head = head_for_key(&resp, Some(other)).unwrap();
+        assert_eq!(
+            &head[..],
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\nConnection: Upgrade\r\n\r\n",
+                accept_for(other)
+            )
+            .as_bytes()
+        );
+        // a recording without the field gets one
+        let mut bare = resp.clone();
+        bare.headers.remove(1);
+        let head = head_for_key(&bare, Some(key)).unwrap();
+        assert!(head.ends_with(
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        ));
     }
 
     #[test]
