@@ -138,6 +138,17 @@ fn fixed_rate_is_kept_and_counted_exactly() {
     assert!(hgrm.contains("Total count    =         1200]"), "{hgrm}");
     // the sample has 8 flows: six 2xx, one 3xx, one 4xx each time round
     assert_eq!(m["status_classes"]["4xx"], 150);
+    // per second: the schedule's 300, all answered, the 4xx counted where they were due
+    let col = |name: &str| -> Vec<u64> {
+        let v = m["seconds"][name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {t}"));
+        v.iter().map(|x| x.as_u64().unwrap()).collect()
+    };
+    assert_eq!(col("scheduled"), [300; 4]);
+    assert_eq!(col("completed").iter().sum::<u64>(), 1200);
+    assert_eq!(col("failed"), [0; 4]);
+    assert_eq!(col("not_2xx_3xx").iter().sum::<u64>(), 150);
 }
 
 #[test]
@@ -191,6 +202,18 @@ fn a_stalled_origin_shows_in_corrected_latency_only() {
     // only the few requests in flight on the 8 connections saw it from their send
     assert!(pct(t, "service", "p90") < 100_000.0, "{t}");
     assert!(!t["driver_limited"].as_array().unwrap().is_empty(), "{t}");
+    // second by second: the stall (1.5 s to 2.5 s after the start, so before 2.5 s of
+    // the window whatever the start-up took) is in the p99 of a second it fell in, and
+    // gone from the last one
+    let p99: Vec<f64> = t["merged"]["seconds"]["corrected_p99_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(p99.len(), 4, "{t}");
+    assert!(p99[..3].iter().any(|&v| v > 500_000.0), "{p99:?}");
+    assert!(p99[3] < 100_000.0, "{p99:?}");
 }
 
 /// Request paths with their arrival times.
