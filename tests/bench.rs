@@ -90,8 +90,8 @@ fn bench_run_all(args: &[&str], dir: &TempDir, bound: Duration) -> Vec<serde_jso
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     assert_eq!(
         html.matches("<svg").count(),
-        2,
-        "spectrum and throughput plots"
+        4,
+        "spectrum, latency, rate and errors plots"
     );
     let text = std::fs::read_to_string(report.join("report.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();

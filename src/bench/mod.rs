@@ -16,6 +16,7 @@ pub mod origin;
 pub mod origin_h2;
 pub mod origin_net;
 pub mod origin_tls;
+pub mod plot;
 pub mod prepared;
 pub mod report;
 pub mod response;
