@@ -95,8 +95,8 @@ fn bench_run_all(args: &[&str], dir: &TempDir, bound: Duration) -> Vec<serde_jso
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     assert_eq!(
         html.matches("<svg").count(),
-        2,
-        "spectrum and throughput plots"
+        4,
+        "spectrum, latency, rate and errors plots"
     );
     let text = std::fs::read_to_string(report.join("report.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -148,6 +148,17 @@ fn fixed_rate_is_kept_and_counted_exactly() {
     assert!(hgrm.contains("Total count    =         1200]"), "{hgrm}");
     // the sample has 8 flows: six 2xx, one 3xx, one 4xx each time round
     assert_eq!(m["status_classes"]["4xx"], 150);
+    // per second: the schedule's 300, all answered, the 4xx counted where they were due
+    let col = |name: &str| -> Vec<u64> {
+        let v = m["seconds"][name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {t}"));
+        v.iter().map(|x| x.as_u64().unwrap()).collect()
+    };
+    assert_eq!(col("scheduled"), [300; 4]);
+    assert_eq!(col("completed").iter().sum::<u64>(), 1200);
+    assert_eq!(col("failed"), [0; 4]);
+    assert_eq!(col("not_2xx_3xx").iter().sum::<u64>(), 150);
 }
 
 #[test]
@@ -201,6 +212,18 @@ fn a_stalled_origin_shows_in_corrected_latency_only() {
     // only the few requests in flight on the 8 connections saw it from their send
     assert!(pct(t, "service", "p90") < 100_000.0, "{t}");
     assert!(!t["driver_limited"].as_array().unwrap().is_empty(), "{t}");
+    // second by second: the stall (1.5 s to 2.5 s after the start, so before 2.5 s of
+    // the window whatever the start-up took) is in the p99 of a second it fell in, and
+    // gone from the last one
+    let p99: Vec<f64> = t["merged"]["seconds"]["corrected_p99_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(p99.len(), 4, "{t}");
+    assert!(p99[..3].iter().any(|&v| v > 500_000.0), "{p99:?}");
+    assert!(p99[3] < 100_000.0, "{p99:?}");
 }
 
 /// Requests as a server saw them: the path, when, and the client's port.
@@ -364,6 +387,74 @@ fn origin_bodies_are_the_recorded_bytes() {
     let one = &sample::flows()[1];
     assert_eq!(fetch(&o2.url(), one, &dir, &[]).status, 200);
     assert_eq!(fetch(&o2.url(), one, &dir, &[]).status, 599, "popped once");
+}
+
+/// A recorded POST of `body` as `content_type` to `path` on 127.0.0.1, answered `answer`.
+fn form_flow(path: &str, content_type: &str, body: &[u8], answer: &str) -> HttpFlow {
+    HttpFlow {
+        request: RequestRec {
+            method: "POST".into(),
+            authority: "127.0.0.1".into(),
+            path: path.into(),
+            headers: vec![field("Content-Type", content_type)],
+            body: luring::flows::record::BodyRec {
+                data: serde_bytes::ByteBuf::from(body.to_vec()),
+                size: body.len() as u64,
+                cut: false,
+            },
+            ..Default::default()
+        },
+        response: Some(luring::flows::record::ResponseRec {
+            status: 200,
+            reason: "OK".into(),
+            body: luring::flows::record::BodyRec {
+                data: serde_bytes::ByteBuf::from(answer.as_bytes().to_vec()),
+                size: answer.len() as u64,
+                cut: false,
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn ignored_form_fields_let_fresh_tokens_and_boundaries_match() {
+    let dir = TempDir::new("bench-form");
+    let flows = [
+        form_flow(
+            "/login",
+            "application/x-www-form-urlencoded",
+            b"user=ann&csrf=recorded-token",
+            "welcome ann",
+        ),
+        form_flow(
+            "/upload",
+            "multipart/form-data; boundary=recorded",
+            b"--recorded\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nann\r\n--recorded\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\nrecorded-token\r\n--recorded--\r\n",
+            "uploaded",
+        ),
+    ];
+    let f = dir.path("forms.flows");
+    luring::bench::input::write(&f, &flows).unwrap();
+    let o = BenchOrigin::start(&f, &["--ignore-host", "--ignore-form-field", "csrf"]);
+    let login = format!("{}/login", o.url());
+    let upload = format!("{}/upload", o.url());
+    // curl's own encodings: a new token, and multipart with a boundary of its own
+    let out = curl(&["-d", "user=ann", "-d", "csrf=fresh", &login]);
+    assert_eq!((out.status, out.body_str().as_str()), (200, "welcome ann"));
+    let out = curl(&["-F", "user=ann", "-F", "csrf=fresh", &upload]);
+    assert_eq!((out.status, out.body_str().as_str()), (200, "uploaded"));
+    // the other fields still count
+    assert_eq!(curl(&["-d", "user=bob&csrf=x", &login]).status, 404);
+    // without the flag a new token is another request
+    let plain = BenchOrigin::start(&f, &["--ignore-host"]);
+    let out = curl(&[
+        "-d",
+        "user=ann&csrf=fresh",
+        &format!("{}/login", plain.url()),
+    ]);
+    assert_eq!(out.status, 404);
 }
 
 #[test]
@@ -625,12 +716,9 @@ fn a_forward_proxy_target_gets_absolute_form_requests() {
     assert_eq!(origin.requests()[0].header("cookie"), Some("filled=1"));
 }
 
-#[test]
-fn websocket_replay_plays_the_server_side_in_turn() {
-    use bytes::{Bytes, BytesMut};
+/// A recorded WebSocket conversation on ws.test/chat, upgraded with client key `key`.
+fn ws_flow(key: &str) -> HttpFlow {
     use luring::flows::record::WsMessageRec;
-    use luring::proto::ws;
-    let dir = TempDir::new("bench-ws");
     let msg = |from_client, opcode, data: &str| WsMessageRec {
         from_client,
         opcode,
@@ -638,8 +726,7 @@ fn websocket_replay_plays_the_server_side_in_turn() {
         size: data.len() as u64,
         ts: 0,
     };
-    let key = "dGhlIHNhbXBsZSBub25jZQ==";
-    let flow = HttpFlow {
+    HttpFlow {
         request: RequestRec {
             method: "GET".into(),
             authority: "ws.test".into(),
@@ -672,7 +759,16 @@ fn websocket_replay_plays_the_server_side_in_turn() {
             msg(false, 1, "a2"),
         ],
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn websocket_replay_plays_the_server_side_in_turn() {
+    use bytes::{Bytes, BytesMut};
+    use luring::proto::ws;
+    let dir = TempDir::new("bench-ws");
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let flow = ws_flow(key);
     let f = dir.path("ws.flows");
     luring::bench::input::write(&f, &[flow]).unwrap();
     let o = BenchOrigin::start(&f, &[]);
@@ -721,6 +817,44 @@ fn websocket_replay_plays_the_server_side_in_turn() {
     );
     send(&mut c, "more");
     assert_eq!(read_frames(&mut c, 1), [(1, "a2".to_string())]);
+}
+
+/// How long a python client may take.
+const CMD_WAIT: Duration = Duration::from_secs(30);
+
+/// A python `websockets` client: prints each server message as it comes, answering
+/// the first two with a message of its own, then closes.
+const WS_CLIENT_PY: &str = r#"
+import asyncio, sys
+import websockets
+
+async def main():
+    async with websockets.connect(sys.argv[1], open_timeout=10) as ws:
+        got = []
+        for answer in ["hi", "more", None]:
+            want = {"hi": 1, "more": 2, None: 1}[answer]
+            for _ in range(want):
+                m = await asyncio.wait_for(ws.recv(), 10)
+                got.append(m if isinstance(m, str) else "bytes:" + m.decode())
+            if answer:
+                await ws.send(answer)
+    print(" ".join(got))
+
+asyncio.run(main())
+"#;
+
+#[test]
+fn a_real_websocket_client_with_its_own_key_gets_the_recorded_conversation() {
+    need_python_module("websockets");
+    let dir = TempDir::new("bench-ws-py");
+    let f = dir.path("ws.flows");
+    // recorded with RFC 6455's sample key; websockets sends a random one
+    luring::bench::input::write(&f, &[ws_flow("dGhlIHNhbXBsZSBub25jZQ==")]).unwrap();
+    let o = BenchOrigin::start(&f, &["--ignore-host"]);
+    let url = format!("ws://{}/chat", o.addr);
+    let out = run_cmd("python3", &["-c", WS_CLIENT_PY, &url], b"", CMD_WAIT);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.trim(), "welcome a1 bytes:a1-bin a2");
 }
 
 #[test]

@@ -155,12 +155,7 @@ asyncio.run(main())
 
 #[test]
 fn python_websockets_through_the_proxy() {
-    let probe = run_cmd("python3", &["-c", "import websockets"], b"", CMD_WAIT);
-    assert!(
-        probe.ok(),
-        "python websockets is needed (scripts/test.sh installs it): {}",
-        probe.stderr
-    );
+    need_python_module("websockets");
     let (mut server, port) = python_ws_echo();
     let proxy = Proxy::start(&["--mode", &format!("reverse:http://127.0.0.1:{port}")]);
     let url = format!("ws://127.0.0.1:{}/", proxy.port());

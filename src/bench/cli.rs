@@ -51,6 +51,10 @@ pub struct OriginArgs {
     /// A query parameter left out of matching (repeatable).
     #[arg(long = "ignore-param", value_name = "NAME")]
     pub ignore_params: Vec<String>,
+    /// A field of a urlencoded or multipart form body left out of matching
+    /// (repeatable); such a body is then matched by its other fields.
+    #[arg(long = "ignore-form-field", value_name = "NAME")]
+    pub ignore_form_fields: Vec<String>,
     /// Match requests whatever their body.
     #[arg(long)]
     pub ignore_body: bool,
@@ -106,6 +110,7 @@ fn origin(a: OriginArgs) -> Result<(), String> {
         threads: a.threads.max(1),
         matching: MatchOptions {
             ignore_params: a.ignore_params,
+            ignore_form_fields: a.ignore_form_fields,
             ignore_body: a.ignore_body,
             ignore_host: a.ignore_host,
             match_headers: a.match_headers.iter().map(|h| h.to_lowercase()).collect(),

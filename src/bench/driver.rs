@@ -148,7 +148,10 @@ async fn drive_async(
         finished: Cell::new(false),
         idle: Cell::new(0),
         window,
-        stats: RefCell::new(Stats::default()),
+        stats: RefCell::new(Stats {
+            open_loop: cfg.plan.is_some(),
+            ..Stats::default()
+        }),
         next_flow: Cell::new(0),
         closed_end: end,
         once_left: Cell::new(cfg.once.then_some(n)),
@@ -201,7 +204,9 @@ async fn drive_async(
     let (p0, d0) = cpu0.get();
     let last = mono_ns();
     let mut stats = sh.stats.take();
-    stats.window_s = (window.1.min(last).saturating_sub(window.0)) as f64 / 1e9;
+    let window_ns = window.1.min(last).saturating_sub(window.0);
+    stats.window_s = window_ns as f64 / 1e9;
+    stats.pad_to(window_ns.div_ceil(1_000_000_000) as usize);
     Ok(Outcome {
         stats,
         target_cpu_us: p0
@@ -259,7 +264,7 @@ async fn dispatch(sh: &Rc<Shared>, sched: Schedule, t0: u64, timer: &Timer) {
         }
         let measured = at >= sh.window.0 && at < sh.window.1;
         if measured {
-            sh.stats.borrow_mut().scheduled += 1;
+            sh.stats.borrow_mut().schedule(second_of(at, sh.window.0));
         }
         let job = Job { intended: at, flow };
         let wait = match &sh.lanes {
@@ -286,6 +291,11 @@ async fn dispatch(sh: &Rc<Shared>, sched: Schedule, t0: u64, timer: &Timer) {
     }
 }
 
+/// The index of the second of the window (which starts at `w0`) that `t` is in.
+fn second_of(t: u64, w0: u64) -> usize {
+    (t.saturating_sub(w0) / 1_000_000_000) as usize
+}
+
 async fn next_job(sh: &Shared, closed: bool) -> Option<Job> {
     if closed {
         if mono_ns() >= sh.closed_end && sh.once_left.get().is_none() {
@@ -310,7 +320,7 @@ async fn next_job(sh: &Shared, closed: bool) -> Option<Job> {
 pub(super) fn closed_job(sh: &Shared, flow: usize) -> Job {
     let now = mono_ns();
     if now >= sh.window.0 && now < sh.window.1 {
-        sh.stats.borrow_mut().scheduled += 1;
+        sh.stats.borrow_mut().schedule(second_of(now, sh.window.0));
     }
     Job {
         intended: now,
@@ -420,8 +430,8 @@ fn record(sh: &Shared, job: &Job, sent: u64, done: u64, r: Exchanged, ws: Option
         return;
     }
     let mut st = sh.stats.borrow_mut();
-    let due_second = ((job.intended - w0) / 1_000_000_000) as usize;
-    st.lag_in(due_second, sent.saturating_sub(job.intended));
+    let due = second_of(job.intended, w0);
+    st.lag_in(due, sent.saturating_sub(job.intended));
     if sent < w1 {
         st.sent_in_window += 1;
     }
@@ -429,14 +439,14 @@ fn record(sh: &Shared, job: &Job, sent: u64, done: u64, r: Exchanged, ws: Option
         st.ws.merge(&c);
     }
     match r {
-        Ok((_, _, false)) => st.error("body"),
+        Ok((_, _, false)) => st.fail("body", due),
         Ok((status, body, true)) => {
             st.body_bytes += body;
             // completions just past the window's end count in its last second
             let last = (w1.saturating_sub(w0) / 1_000_000_000).max(1) - 1;
-            let second = ((done.saturating_sub(w0)) / 1_000_000_000).min(last) as usize;
-            st.complete(job.intended, sent, done, status, second);
+            let second = second_of(done, w0).min(last as usize);
+            st.complete(job.intended, sent, done, status, due, second);
         }
-        Err(kind) => st.error(kind),
+        Err(kind) => st.fail(kind, due),
     }
 }

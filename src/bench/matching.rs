@@ -13,6 +13,9 @@ use rustc_hash::FxHashMap;
 pub struct MatchOptions {
     /// Query parameters left out of the key (`--ignore-param`).
     pub ignore_params: Vec<String>,
+    /// Form fields left out of the key (`--ignore-form-field`): of a urlencoded or
+    /// multipart body, which is then keyed by its other fields instead of its bytes.
+    pub ignore_form_fields: Vec<String>,
     /// Leave the body out of the key (`--ignore-body`).
     pub ignore_body: bool,
     /// Leave host and port out of the key (`--ignore-host`).
@@ -79,7 +82,7 @@ pub fn key(req: &RequestView, opts: &MatchOptions) -> Vec<u8> {
     }
     k.push(0xff); // end of query
     if !opts.ignore_body {
-        part(&mut k, req.body);
+        body_part(&mut k, req, &opts.ignore_form_fields);
     }
     for h in &opts.match_headers {
         let v = req
@@ -93,6 +96,38 @@ pub fn key(req: &RequestView, opts: &MatchOptions) -> Vec<u8> {
         }
     }
     k
+}
+
+/// The body's part of the key: its bytes, or with form fields to ignore and a form
+/// body, its other fields (decoded, in order), as mitmproxy's server replay does. A
+/// form keyed by fields no longer depends on how it was encoded (the multipart
+/// boundary, `+` or `%20`), only on its kind and fields.
+fn body_part(k: &mut Vec<u8>, req: &RequestView, ignore: &[String]) {
+    let ct = req
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(b"content-type"))
+        .map(|(_, v)| *v);
+    let form = match ct {
+        Some(ct) if !ignore.is_empty() => super::form::fields(ct, req.body),
+        _ => None,
+    };
+    let Some((kind, form)) = form else {
+        part(k, req.body);
+        return;
+    };
+    // fields, not bytes, follow; the kind of form stays in the key, as in mitmproxy
+    k.push(match kind {
+        super::form::FormKind::UrlEncoded => 0xfd,
+        super::form::FormKind::Multipart => 0xfc,
+    });
+    for (name, value) in &form {
+        if !ignore.iter().any(|i| i.as_bytes() == &name[..]) {
+            part(k, name);
+            part(k, value);
+        }
+    }
+    k.push(0xff);
 }
 
 /// Recorded responses by key, each list served in recorded order.
@@ -206,6 +241,59 @@ mod tests {
             key(&req("POST", "a.test", "/p?x=2", b""), &o),
             key(&req("POST", "a.test", "/p?x=3", b""), &o)
         );
+    }
+
+    #[test]
+    fn ignored_form_fields_leave_the_key() {
+        let o = MatchOptions {
+            ignore_form_fields: vec!["csrf".into(), "ts".into()],
+            ..Default::default()
+        };
+        // the key of a POST with this content-type and body
+        let form = |ct: &[u8], body: &[u8], o: &MatchOptions| {
+            let h: [(&[u8], &[u8]); 1] = [(b"Content-Type", ct)];
+            let r = RequestView {
+                headers: &h,
+                ..req("POST", "a.test", "/login", body)
+            };
+            key(&r, o)
+        };
+        let url = &b"application/x-www-form-urlencoded"[..];
+        let a = form(url, b"user=ann&csrf=1111&ts=5", &o);
+        assert_eq!(a, form(url, b"csrf=2222&user=ann", &o));
+        assert_eq!(a, form(url, b"us%65r=ann&csrf=", &o), "compared decoded");
+        assert_ne!(a, form(url, b"user=bob&csrf=1111", &o));
+        // multipart: by field, whatever the boundary a client chose
+        let m1 = form(
+            b"multipart/form-data; boundary=AAA",
+            b"--AAA\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nann\r\n--AAA\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n1\r\n--AAA--\r\n",
+            &o,
+        );
+        let m2 = form(
+            b"multipart/form-data; boundary=BB",
+            b"--BB\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nann\r\n--BB\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n2\r\n--BB--\r\n",
+            &o,
+        );
+        assert_eq!(m1, m2);
+        assert_ne!(m1, a, "the same fields urlencoded are another request");
+        // not a form: the bytes count, ignored names or not
+        let json = &b"application/json"[..];
+        assert_ne!(
+            form(json, b"{\"csrf\":1}", &o),
+            form(json, b"{\"csrf\":2}", &o)
+        );
+        // without the flag, a form is its bytes, as before
+        let plain = MatchOptions::default();
+        assert_ne!(
+            form(url, b"user=ann&csrf=1", &plain),
+            form(url, b"user=ann&csrf=2", &plain)
+        );
+        // --ignore-body still wins
+        let both = MatchOptions {
+            ignore_body: true,
+            ..o.clone()
+        };
+        assert_eq!(form(url, b"user=ann", &both), form(url, b"user=bob", &both));
     }
 
     #[test]

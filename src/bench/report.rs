@@ -1,7 +1,7 @@
 //! A run's results: per target, the rounds and their merge; printed as a table,
 //! written as JSON and wrk2-style `.hgrm` files.
 
-use super::stats::{hgrm, Stats};
+use super::stats::{hgrm, quantile, Stats};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -212,9 +212,30 @@ fn stats_json(s: &Stats) -> serde_json::Value {
                       "messages_sent": s.ws.sent_msgs, "messages_received": s.ws.recv_msgs,
                       "bytes_sent": s.ws.sent_bytes, "bytes_received": s.ws.recv_bytes},
         "per_second": s.per_second,
+        "seconds": seconds_json(s),
         "corrected": pct_json(&s.corrected),
         "service": pct_json(&s.service),
         "lag": pct_json(&s.lag),
+    })
+}
+
+/// The per-second series as columns, one value a second of the window (rounds one
+/// after the other in a merge): what happened to the requests due in that second
+/// (scheduled, failed, not_2xx_3xx, latency percentiles in µs, null when none got a
+/// response), and `completed` by the second responses arrived in.
+fn seconds_json(s: &Stats) -> serde_json::Value {
+    let col = |f: &dyn Fn(&super::stats::Second) -> serde_json::Value| {
+        s.seconds.iter().map(f).collect::<Vec<_>>()
+    };
+    let us = |v: Option<u64>| json!(v.map(|v| v as f64 / 1e3));
+    json!({
+        "scheduled": col(&|x| json!(x.scheduled)),
+        "completed": s.per_second,
+        "failed": col(&|x| json!(x.failed)),
+        "not_2xx_3xx": col(&|x| json!(x.not_ok)),
+        "corrected_p50_us": col(&|x| us(quantile(&x.corrected, 0.5))),
+        "corrected_p99_us": col(&|x| us(quantile(&x.corrected, 0.99))),
+        "service_p99_us": col(&|x| us(quantile(&x.service, 0.99))),
     })
 }
 

@@ -1,6 +1,7 @@
 //! What a run measured for one target: three HdrHistograms (corrected latency, service
 //! time, schedule lag, all in nanoseconds at 3 significant digits), status classes,
-//! errors, the in-flight cap, and completions per second.
+//! errors, the in-flight cap, completions per second, and per second of the window
+//! what happened to the requests due in it (small histograms, for the plots over time).
 
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -11,6 +12,48 @@ const MAX_NS: u64 = 3_600_000_000_000;
 /// A histogram of nanosecond values from 1 ns to an hour at 3 significant digits.
 pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds")
+}
+
+/// A histogram for one second of the window: nanoseconds at microsecond resolution
+/// and 2 significant digits, sized for 1 ms and growing only as far as the values do,
+/// so that a second costs a few kilobytes (a long run keeps one per second).
+pub fn second_hist() -> Histogram<u32> {
+    let mut h = Histogram::new_with_bounds(1_000, 1_000_000, 2).expect("valid histogram bounds");
+    h.auto(true);
+    h
+}
+
+/// What happened to the requests due in one second of the measured window.
+#[derive(Debug, Clone)]
+pub struct Second {
+    /// Requests due: the schedule's intended sends (open loop), the requests started
+    /// (closed loop).
+    pub scheduled: u64,
+    /// Corrected latency of those that got a response.
+    pub corrected: Histogram<u32>,
+    /// Service time of those that got a response.
+    pub service: Histogram<u32>,
+    /// Those that failed (no usable response: counted in `errors`).
+    pub failed: u64,
+    /// Those answered with a status other than 2xx and 3xx.
+    pub not_ok: u64,
+}
+
+impl Default for Second {
+    fn default() -> Self {
+        Second {
+            scheduled: 0,
+            corrected: second_hist(),
+            service: second_hist(),
+            failed: 0,
+            not_ok: 0,
+        }
+    }
+}
+
+/// A percentile of `h` in ns, None when it is empty.
+pub fn quantile<T: hdrhistogram::Counter>(h: &Histogram<T>, q: f64) -> Option<u64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q))
 }
 
 /// The measurements of one target in one round (or several rounds merged).
@@ -32,8 +75,12 @@ pub struct Stats {
     pub cap_waits: u64,
     /// Response body bytes received.
     pub body_bytes: u64,
-    /// Completions per second of the measured window.
+    /// Completions per second of the measured window (by the second they completed in).
     pub per_second: Vec<u64>,
+    /// Per second of the window, the requests due in it (by intended send time).
+    pub seconds: Vec<Second>,
+    /// Driven on a schedule (open loop); false: closed loop, which has no target rate.
+    pub open_loop: bool,
     /// Schedule lag per second of intended send time: (sum ns, requests).
     pub lag_per_second: Vec<(u64, u64)>,
     /// Requests of the window actually sent before its end.
@@ -56,6 +103,8 @@ impl Default for Stats {
             cap_waits: 0,
             body_bytes: 0,
             per_second: Vec::new(),
+            seconds: Vec::new(),
+            open_loop: false,
             lag_per_second: Vec::new(),
             sent_in_window: 0,
             window_s: 0.0,
@@ -65,11 +114,21 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// Records one completed exchange; times are monotonic ns, `second` is the index
-    /// of the completion's second within the window.
-    pub fn complete(&mut self, intended: u64, sent: u64, done: u64, status: u16, second: usize) {
-        let _ = self.corrected.record(done.saturating_sub(intended).max(1));
-        let _ = self.service.record(done.saturating_sub(sent).max(1));
+    /// Records one completed exchange; times are monotonic ns, `due` and `second` the
+    /// indexes within the window of the seconds it was due and completed in.
+    pub fn complete(
+        &mut self,
+        intended: u64,
+        sent: u64,
+        done: u64,
+        status: u16,
+        due: usize,
+        second: usize,
+    ) {
+        let corrected = done.saturating_sub(intended).max(1);
+        let service = done.saturating_sub(sent).max(1);
+        let _ = self.corrected.record(corrected);
+        let _ = self.service.record(service);
         let _ = self.lag.record(sent.saturating_sub(intended).max(1));
         let class = if (100..600).contains(&status) {
             status as usize / 100
@@ -81,6 +140,42 @@ impl Stats {
             self.per_second.resize(second + 1, 0);
         }
         self.per_second[second] += 1;
+        let s = self.second(due);
+        let _ = s.corrected.record(corrected);
+        let _ = s.service.record(service);
+        s.not_ok += u64::from(!(2..=3).contains(&class));
+    }
+
+    /// The record of second `i` of the window, made when new.
+    fn second(&mut self, i: usize) -> &mut Second {
+        if self.seconds.len() <= i {
+            self.seconds.resize_with(i + 1, Second::default);
+        }
+        &mut self.seconds[i]
+    }
+
+    /// Counts a request of the window as due in second `due`.
+    pub fn schedule(&mut self, due: usize) {
+        self.scheduled += 1;
+        self.second(due).scheduled += 1;
+    }
+
+    /// Counts one failed request of kind `kind`, due in second `due`.
+    pub fn fail(&mut self, kind: &str, due: usize) {
+        self.error(kind);
+        self.second(due).failed += 1;
+    }
+
+    /// Makes both per-second series at least `n` seconds long, so that seconds with
+    /// nothing in them at the end of a window still count when rounds are put one
+    /// after the other.
+    pub fn pad_to(&mut self, n: usize) {
+        if self.per_second.len() < n {
+            self.per_second.resize(n, 0);
+        }
+        if self.seconds.len() < n {
+            self.seconds.resize_with(n, Second::default);
+        }
     }
 
     /// Notes the schedule lag of a request due in second `second` of the window.
@@ -131,7 +226,11 @@ impl Stats {
         (self.window_s > 0.0).then(|| self.sent_in_window as f64 / self.window_s)
     }
 
-    /// Adds another round's measurements.
+    /// Adds another round's measurements. The per-second series of the rounds are put
+    /// one after the other (the plots show rounds in turn, and a stall in one round
+    /// stays visible instead of being averaged with the others); the mean lag per
+    /// second adds up second by second, as `lag_growth` compares rounds from their
+    /// own starts.
     pub fn merge(&mut self, o: &Stats) {
         let _ = self.corrected.add(&o.corrected);
         let _ = self.service.add(&o.service);
@@ -146,6 +245,8 @@ impl Stats {
         self.cap_waits += o.cap_waits;
         self.body_bytes += o.body_bytes;
         self.per_second.extend_from_slice(&o.per_second);
+        self.seconds.extend(o.seconds.iter().cloned());
+        self.open_loop |= o.open_loop;
         // rounds are compared second by second from their own starts
         for (i, &(sum, n)) in o.lag_per_second.iter().enumerate() {
             if self.lag_per_second.len() <= i {
@@ -209,8 +310,8 @@ mod tests {
     fn corrected_counts_the_queue_service_does_not() {
         let mut s = Stats::default();
         // a request due at 0 sent at 900 µs (the driver waited), done 100 µs later
-        s.complete(0, 900_000, 1_000_000, 200, 0);
-        s.complete(1_000_000, 1_000_000, 1_050_000, 503, 1);
+        s.complete(0, 900_000, 1_000_000, 200, 0, 0);
+        s.complete(1_000_000, 1_000_000, 1_050_000, 503, 0, 1);
         assert_eq!(s.corrected.max(), s.corrected.highest_equivalent(1_000_000));
         assert!(s.service.max() <= 100_100);
         assert_eq!((s.classes[2], s.classes[5]), (1, 1));
@@ -219,6 +320,43 @@ mod tests {
         m.merge(&s);
         m.merge(&s);
         assert_eq!((m.completed(), m.corrected.len()), (4, 4));
+    }
+
+    #[test]
+    fn seconds_hold_what_was_due_in_them_and_rounds_follow_each_other() {
+        let mut r = Stats {
+            open_loop: true,
+            ..Stats::default()
+        };
+        // second 0: two due, one fast, one 503 after 2 ms; second 1: one due, failed
+        r.schedule(0);
+        r.schedule(0);
+        r.schedule(1);
+        r.complete(0, 0, 100_000, 200, 0, 0);
+        r.complete(500_000, 500_000, 2_500_000, 503, 0, 0);
+        r.fail("io", 1);
+        r.pad_to(3);
+        assert_eq!((r.per_second.len(), r.seconds.len()), (3, 3));
+        let s0 = &r.seconds[0];
+        assert_eq!((s0.scheduled, s0.failed, s0.not_ok), (2, 0, 1));
+        assert_eq!(s0.corrected.len(), 2);
+        // 2 significant digits: within 1%
+        let p99 = quantile(&s0.corrected, 0.99).unwrap() as f64;
+        assert!((p99 - 2_000_000.0).abs() < 20_000.0, "{p99}");
+        assert_eq!((r.seconds[1].scheduled, r.seconds[1].failed), (1, 1));
+        assert_eq!(quantile(&r.seconds[1].corrected, 0.5), None);
+        assert_eq!((r.scheduled, r.failed()), (3, 1));
+        // a value far past the first size: the histogram grows
+        r.complete(0, 0, 40_000_000_000, 200, 2, 2);
+        let big = quantile(&r.seconds[2].corrected, 1.0).unwrap();
+        assert!((40_000_000_000..40_500_000_000).contains(&big), "{big}");
+        let mut m = Stats::default();
+        m.merge(&r);
+        m.merge(&r);
+        assert!(m.open_loop);
+        assert_eq!((m.seconds.len(), m.per_second.len()), (6, 6));
+        assert_eq!(m.seconds[3].scheduled, 2, "the second round starts at 3");
+        assert_eq!(m.seconds[4].failed, 1);
     }
 
     #[test]

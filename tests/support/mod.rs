@@ -1606,6 +1606,22 @@ impl CmdOutput {
     }
 }
 
+/// Fails the test unless python3 imports `module` (scripts/test.sh installs the
+/// python packages the tests use).
+pub fn need_python_module(module: &str) {
+    let probe = run_cmd(
+        "python3",
+        &["-c", &format!("import {module}")],
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(
+        probe.ok(),
+        "python {module} is needed (scripts/test.sh installs it): {}",
+        probe.stderr
+    );
+}
+
 /// Run `program ARGS` with `stdin` as its input; killed after `timeout`.
 pub fn run_cmd(program: &str, args: &[&str], stdin: &[u8], timeout: Duration) -> CmdOutput {
     let mut child = Command::new(program)
