@@ -1,7 +1,8 @@
 //! The gRPC layer through the real binary, with python grpcio as client and server:
 //! grpc.on_start (metadata, RESPOND_GRPC), grpc.on_data per message both ways (payload
 //! rewrites, msg:cancel), grpc.on_end, for the four call kinds; in reverse mode over
-//! h2c, through a CONNECT tunnel (h2c inside), and with TLS from the client.
+//! h2c, through a CONNECT tunnel (h2c inside), through SOCKS5 (h2c inside), with TLS
+//! from the client, and in front of a TLS server.
 
 mod support;
 
@@ -10,11 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use support::*;
 
-/// A plaintext grpcio server with the four call kinds (unary Say and Deny,
-/// server-streaming Stream and Slow, client-streaming Collect, bidi Bidi). Prints its
-/// port, then `RECV METHOD PAYLOAD` for each request message of at most 64 bytes it
-/// received, so a test sees what reached the server rather than inferring it from the
-/// answers.
+/// A grpcio server with the four call kinds (unary Say and Deny, server-streaming
+/// Stream and Slow, client-streaming Collect, bidi Bidi): `[CERT KEY]` serves TLS with
+/// that certificate, else plaintext. Prints its port, then `RECV METHOD PAYLOAD` for
+/// each request message of at most 64 bytes it received, so a test sees what reached
+/// the server rather than inferring it from the answers.
 const SERVER_PY: &str = r#"
 import sys, time
 from concurrent import futures
@@ -49,7 +50,11 @@ server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Echo", 
     "Stream": grpc.unary_stream_rpc_method_handler(stream),
     "Collect": grpc.stream_unary_rpc_method_handler(collect),
     "Bidi": grpc.stream_stream_rpc_method_handler(bidi)}),))
-port = server.add_insecure_port("127.0.0.1:0")
+if len(sys.argv) > 2:
+    creds = grpc.ssl_server_credentials([(open(sys.argv[2], "rb").read(), open(sys.argv[1], "rb").read())])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+else:
+    port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 print(port, flush=True)
 time.sleep(60)
@@ -255,6 +260,120 @@ fn grpc_hooks_with_tls_from_the_client() {
     let p = proxy(&conf, &plugin, &["--mode", &mode]);
     let target = format!("localhost:{}", p.port());
     check_run(&p, &server, 1, &target, "-", conf.ca());
+}
+
+/// A "socksifier" in the manner of redsocks, since grpcio has no SOCKS support:
+/// SOCKS_PORT DST_IP DST_PORT. It listens on 127.0.0.1 (prints its port) and, for each
+/// connection it accepts, makes a SOCKS5 CONNECT (no auth, IPv4) to DST through the
+/// SOCKS5 server on SOCKS_PORT, prints `granted` or `refused CODE`, then relays bytes
+/// both ways. Every socket has a timeout and the process ends after 90 s.
+const SOCKSIFIER_PY: &str = r#"
+import socket, struct, sys, threading, time
+socks_port, dst_ip, dst_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+lst = socket.socket()
+lst.bind(("127.0.0.1", 0))
+lst.listen(16)
+lst.settimeout(1.0)
+print(lst.getsockname()[1], flush=True)
+
+def exact(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError("the SOCKS server closed mid-reply")
+        b += c
+    return b
+
+def pump(src, dst):
+    try:
+        while True:
+            d = src.recv(65536)
+            if not d:
+                break
+            dst.sendall(d)
+    except OSError:
+        pass
+    for s, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+        try:
+            s.shutdown(how)
+        except OSError:
+            pass
+
+def serve(c):
+    c.settimeout(60)
+    u = socket.create_connection(("127.0.0.1", socks_port), timeout=60)
+    u.sendall(b"\x05\x01\x00")
+    if exact(u, 2) != b"\x05\x00":
+        print("refused method", flush=True); c.close(); u.close(); return
+    u.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(dst_ip) + struct.pack(">H", dst_port))
+    ver, rep, _, atyp = exact(u, 4)
+    exact(u, {1: 4, 4: 16}[atyp] + 2)
+    if rep != 0:
+        print("refused", rep, flush=True); c.close(); u.close(); return
+    print("granted", flush=True)
+    threading.Thread(target=pump, args=(c, u), daemon=True).start()
+    threading.Thread(target=pump, args=(u, c), daemon=True).start()
+
+end = time.monotonic() + 90
+while time.monotonic() < end:
+    try:
+        c, _ = lst.accept()
+    except socket.timeout:
+        continue
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// `--mode socks5`: grpcio (h2c) reaches the server only through the socksifier's
+/// SOCKS5 connections to luring; the hooks fire for all four call kinds.
+#[test]
+fn grpc_hooks_through_socks5_with_h2c_inside() {
+    let server = Server::plain();
+    let conf = Conf::new();
+    let p = proxy(&conf, &plugin(&conf), &["--mode", "socks5"]);
+    let port = p.port().to_string();
+    let socks = Py::start(
+        SOCKSIFIER_PY,
+        &[&port, "127.0.0.1", &server.port.to_string()],
+    );
+    check_run(
+        &p,
+        &server,
+        1,
+        &format!("127.0.0.1:{}", socks.port),
+        "-",
+        "-",
+    );
+    // the calls rode SOCKS5 connections luring granted (grpcio keeps one open)
+    let lines = socks.lines();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l == "granted"),
+        "{lines:?}"
+    );
+}
+
+/// Reverse mode to a TLS gRPC server (the test PKI's certificate, trusted through
+/// `--upstream-ca`), with h2c then TLS from the client: the server sees the hook's
+/// rewrites, the client the hooks' answers.
+#[test]
+fn grpc_hooks_in_front_of_a_tls_upstream() {
+    let pki = TestPki::new();
+    let (cert, key) = (
+        pki.server_pem.to_str().unwrap(),
+        pki.server_key.to_str().unwrap(),
+    );
+    let server = Py::start(SERVER_PY, &[cert, key]);
+    let conf = Conf::new();
+    let mode = format!("reverse:https://127.0.0.1:{}", server.port);
+    let ca = pki.ca_pem.to_str().unwrap();
+    let p = proxy(
+        &conf,
+        &plugin(&conf),
+        &["--mode", &mode, "--upstream-ca", ca],
+    );
+    check_run(&p, &server, 1, &format!("127.0.0.1:{}", p.port()), "-", "-");
+    let tls = format!("localhost:{}", p.port());
+    check_run(&p, &server, 2, &tls, "-", conf.ca());
 }
 
 #[test]
