@@ -1,7 +1,7 @@
 //! `--record` with real clients and origins that are not ours: nghttp (h2, several
-//! streams on one TLS connection luring terminates) against nghttpd. Each test compares
-//! the flow file with what the client and the origin themselves report having sent and
-//! received.
+//! streams on one TLS connection luring terminates) against nghttpd, and python's
+//! `websockets` client and server. Each test compares the flow file with what the
+//! client and the origin themselves report having sent and received.
 
 mod support;
 
@@ -9,8 +9,10 @@ use luring::flows::file;
 use luring::flows::record::{HttpFlow, Record};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
 
@@ -360,5 +362,243 @@ fn nghttp_streams_on_one_connection_are_recorded_as_they_went() {
             sha(&got[&sid]),
             "{path}: what nghttp got"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// python websockets
+
+/// A `websockets` origin on 127.0.0.1 (prints its port). Per connection it sends a
+/// text greeting and a 70,000-byte binary message, then echoes every message; it prints
+/// one JSON line per message it sent or received (`dir`, `type`, `len`, `sha`), and at
+/// the end the close frames it received and sent (`[code, reason]`). It ends after 60 s.
+const WS_ORIGIN_PY: &str = r#"
+import asyncio, hashlib, json, sys
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
+
+def note(d, m):
+    b = m.encode() if isinstance(m, str) else m
+    print(json.dumps({"dir": d, "type": "text" if isinstance(m, str) else "binary",
+                      "len": len(b), "sha": hashlib.sha256(b).hexdigest()}), flush=True)
+
+async def handler(ws):
+    async def send(m):
+        await ws.send(m)
+        note("sent", m)
+    await send("hello from the origin \u2713")
+    await send(bytes(i * 7 % 256 for i in range(70000)))
+    try:
+        async for m in ws:
+            note("recv", m)
+            await send(m)
+    except ConnectionClosed:
+        pass
+    c = lambda f: [f.code, f.reason] if f else None
+    print(json.dumps({"close_rcvd": c(ws.protocol.close_rcvd), "close_sent": c(ws.protocol.close_sent)}), flush=True)
+
+async def main():
+    async with serve(handler, "127.0.0.1", 0, max_size=1 << 22) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main())
+"#;
+
+/// The `websockets` client: URL. It reads the origin's two messages, sends text and
+/// binary messages (one of them 100 KiB of two-byte characters, one a 200 KiB binary,
+/// one text sent in three fragments) and waits for each echo, then closes with 4001.
+/// Prints the same JSON lines as the origin, then its close frames and the extension
+/// the handshake agreed on.
+const WS_CLIENT_PY: &str = r#"
+import asyncio, hashlib, json, sys
+from websockets.asyncio.client import connect
+
+def note(d, m):
+    b = m.encode() if isinstance(m, str) else m
+    print(json.dumps({"dir": d, "type": "text" if isinstance(m, str) else "binary",
+                      "len": len(b), "sha": hashlib.sha256(b).hexdigest()}), flush=True)
+
+async def main():
+    async with connect(sys.argv[1], open_timeout=10, close_timeout=10, max_size=1 << 22) as ws:
+        async def recv():
+            m = await asyncio.wait_for(ws.recv(), 10)
+            note("recv", m)
+            return m
+        for _ in range(2):
+            await recv()
+        for m in ["hi \u2713", bytes(range(256)), "\u03bb" * 51200,
+                  bytes(i * 13 % 251 for i in range(204800))]:
+            await ws.send(m)
+            note("sent", m)
+            assert await recv() == m, "the echo differs"
+        await ws.send(["frag", "ment", "ed"])
+        note("sent", "fragmented")
+        assert await recv() == "fragmented"
+        await ws.close(4001, "done here")
+        c = lambda f: [f.code, f.reason] if f else None
+        print(json.dumps({"close_rcvd": c(ws.protocol.close_rcvd), "close_sent": c(ws.protocol.close_sent),
+                          "extensions": ws.response.headers.get("Sec-WebSocket-Extensions")}))
+
+asyncio.run(main())
+"#;
+
+/// A python helper whose first stdout line is its port; the lines after it are kept
+/// (the pipe is drained, so the process never blocks on it).
+struct Py {
+    child: Child,
+    port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Py {
+    fn start(script: &str) -> Py {
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with websockets (scripts/test.sh installs it)");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let port = line.trim().parse().expect("helper's port");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let keep = lines.clone();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(l);
+            }
+        });
+        Py { child, port, lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A message as a side reports it, or as recorded: (type, length, sha256).
+type Msg = (String, u64, String);
+
+/// The messages with direction `dir` and the last close line of a side's JSON lines.
+fn side(lines: &[String], dir: &str) -> (Vec<Msg>, serde_json::Value) {
+    let mut msgs = Vec::new();
+    let mut close = serde_json::Value::Null;
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+        if v.get("close_rcvd").is_some() {
+            close = v;
+        } else if v["dir"] == dir {
+            let t = v["type"].as_str().unwrap().to_string();
+            msgs.push((
+                t,
+                v["len"].as_u64().unwrap(),
+                v["sha"].as_str().unwrap().into(),
+            ));
+        }
+    }
+    (msgs, close)
+}
+
+/// The close payload RFC 6455 section 5.5.1 puts on the wire: code, then reason.
+fn close_payload(c: &serde_json::Value) -> Vec<u8> {
+    let code = c[0].as_u64().expect("a close code") as u16;
+    [&code.to_be_bytes()[..], c[1].as_str().unwrap().as_bytes()].concat()
+}
+
+/// python `websockets` client and server through `--mode reverse:` with `--record` (no
+/// plugin): the flow's messages, each way in order, are the ones both sides sent and
+/// received (type, exact bytes), fragments joined, and the close frames carry the
+/// client's code and reason both ways.
+#[test]
+fn python_websockets_messages_are_recorded_as_sent() {
+    let origin = Py::start(WS_ORIGIN_PY);
+    let dir = TempDir::new("rec-ws");
+    let file = dir.path("t.flows");
+    let mode = format!("reverse:http://127.0.0.1:{}", origin.port);
+    let proxy = Proxy::start(&["--mode", &mode, "--record", file.to_str().unwrap()]);
+    let url = format!("ws://127.0.0.1:{}/chat?room=1", proxy.port());
+    let out = run_cmd("python3", &["-c", WS_CLIENT_PY, &url], b"", CMD_WAIT);
+    assert!(out.ok(), "client: {out:?}\n{}", proxy.stderr());
+    let client: Vec<String> = out.stdout.lines().map(String::from).collect();
+    // the origin's last line comes once it has the close
+    let ended = wait_until(Duration::from_secs(10), || {
+        origin.lines().iter().any(|l| l.contains("close_rcvd"))
+    });
+    assert!(ended, "origin: {:?}", origin.lines());
+    let (up_sent, c_close) = side(&client, "sent");
+    let (down_got, _) = side(&client, "recv");
+    let (up_got, o_close) = side(&origin.lines(), "recv");
+    let (down_sent, _) = side(&origin.lines(), "sent");
+    // the sides agree with each other: nothing to blame on the record yet
+    assert_eq!(up_sent, up_got, "client to origin");
+    assert_eq!(down_sent, down_got, "origin to client");
+    assert_eq!(up_sent.len(), 5);
+    assert_eq!(down_sent.len(), 7);
+    assert_eq!(
+        c_close["close_sent"],
+        serde_json::json!([4001, "done here"])
+    );
+    assert_eq!(o_close["close_rcvd"], c_close["close_sent"]);
+    assert_eq!(c_close["close_rcvd"], o_close["close_sent"]);
+
+    let flows = exactly_flows(&file, 1);
+    assert_eq!(flows.len(), 1, "{}", proxy.stderr());
+    let f = &flows[0];
+    assert_eq!(
+        (f.request.method.as_str(), f.request.path.as_str()),
+        ("GET", "/chat?room=1")
+    );
+    assert_eq!(f.response.as_ref().map(|r| r.status), Some(101));
+    assert_eq!(f.websocket_dropped, 0);
+    let recorded = |from_client: bool| -> Vec<Msg> {
+        f.websocket
+            .iter()
+            .filter(|m| m.from_client == from_client && m.opcode != 8)
+            .map(|m| {
+                assert_eq!(m.size, m.data.len() as u64, "a message was cut");
+                let t = match m.opcode {
+                    1 => "text",
+                    2 => "binary",
+                    o => panic!("opcode {o}"),
+                };
+                (t.to_string(), m.size, sha(&m.data))
+            })
+            .collect()
+    };
+    let ext = &c_close["extensions"];
+    assert_eq!(
+        recorded(true),
+        up_sent,
+        "client to origin; extensions {ext}"
+    );
+    assert_eq!(
+        recorded(false),
+        down_sent,
+        "origin to client; extensions {ext}"
+    );
+    // one close frame each way, after the messages, with the code and reason sent
+    let closes: Vec<(bool, Vec<u8>)> = f
+        .websocket
+        .iter()
+        .filter(|m| m.opcode == 8)
+        .map(|m| (m.from_client, m.data.to_vec()))
+        .collect();
+    let want = vec![
+        (true, close_payload(&c_close["close_sent"])),
+        (false, close_payload(&o_close["close_sent"])),
+    ];
+    assert_eq!(closes, want);
+    for from_client in [true, false] {
+        let last = f.websocket.iter().rfind(|m| m.from_client == from_client);
+        assert_eq!(last.map(|m| m.opcode), Some(8), "the close is last");
     }
 }
