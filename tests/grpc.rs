@@ -1,29 +1,42 @@
 //! The gRPC layer through the real binary, with python grpcio as client and server:
 //! grpc.on_start (metadata, RESPOND_GRPC), grpc.on_data per message both ways (payload
 //! rewrites, msg:cancel), grpc.on_end, for the four call kinds; in reverse mode over
-//! h2c, through a CONNECT tunnel (h2c inside), and with TLS from the client.
+//! h2c, through a CONNECT tunnel (h2c inside), through SOCKS5 (h2c inside), with TLS
+//! from the client, and in front of a TLS server.
 
 mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use support::*;
 
-/// A grpcio server (plaintext) with unary, server-streaming and bidi methods; prints
-/// its port.
+/// A grpcio server with the four call kinds (unary Say and Deny, server-streaming
+/// Stream and Slow, client-streaming Collect, bidi Bidi): `[CERT KEY]` serves TLS with
+/// that certificate, else plaintext. Prints its port, then `RECV METHOD PAYLOAD` for
+/// each request message of at most 64 bytes it received, so a test sees what reached
+/// the server rather than inferring it from the answers.
 const SERVER_PY: &str = r#"
-import time
+import sys, time
 from concurrent import futures
 import grpc
+def seen(method, m):
+    if len(m) <= 64:
+        print("RECV %s %s" % (method, m.decode("latin-1")), flush=True)
+    return m
 def echo(req, ctx):
+    seen("Say", req)
     md = dict(ctx.invocation_metadata())
     return b"echo:" + req + (b" md=" + md["x-hook"].encode() if "x-hook" in md else b"")
 def stream(req, ctx):
+    seen("Stream", req)
     for i in range(3):
         yield b"part%d:" % i + req
+def collect(it, ctx):
+    return b"+".join(seen("Collect", m) for m in it)
 def bidi(it, ctx):
     for m in it:
-        yield b"re:" + m
+        yield b"re:" + seen("Bidi", m)
 def slow(req, ctx):
     for i in range(3):
         if i:
@@ -35,14 +48,19 @@ server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Echo", 
     "Slow": grpc.unary_stream_rpc_method_handler(slow),
     "Deny": grpc.unary_unary_rpc_method_handler(echo),
     "Stream": grpc.unary_stream_rpc_method_handler(stream),
+    "Collect": grpc.stream_unary_rpc_method_handler(collect),
     "Bidi": grpc.stream_stream_rpc_method_handler(bidi)}),))
-port = server.add_insecure_port("127.0.0.1:0")
+if len(sys.argv) > 2:
+    creds = grpc.ssl_server_credentials([(open(sys.argv[2], "rb").read(), open(sys.argv[1], "rb").read())])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+else:
+    port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 print(port, flush=True)
 time.sleep(60)
 "#;
 
-/// The client: TARGET [PROXY|-] [CA|-]; one line per call.
+/// The client: TARGET [PROXY|-] [CA|-]; one line per call, the four call kinds.
 const CLIENT_PY: &str = r#"
 import sys, grpc
 target, proxy, ca = sys.argv[1:4]
@@ -58,6 +76,7 @@ except grpc.RpcError as e:
     print("deny:", e.code().name, e.details())
 print(",".join(m.decode() for m in ch.unary_stream("/t.Echo/Stream")(b"s", timeout=10)))
 print(",".join(m.decode() for m in ch.stream_stream("/t.Echo/Bidi")(iter([b"a", b"b", b"c"]), timeout=10)))
+print(ch.stream_unary("/t.Echo/Collect")(iter([b"x", b"y", b"z"]), timeout=10).decode())
 try:
     r = ch.unary_unary("/t.Echo/Say")(b"cancel-me", timeout=10); print("cancel: no error", r)
 except grpc.RpcError as e:
@@ -79,29 +98,52 @@ register_hook("grpc", "on_end", function(m)
 end)
 "#;
 
-struct Server {
+/// A python helper process whose first stdout line is the port it listens on; the
+/// lines after it are kept (and the pipe drained, so the process never blocks on it).
+struct Py {
     child: Child,
     port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
-impl Server {
-    fn start() -> Server {
+type Server = Py;
+
+impl Py {
+    fn start(script: &str, args: &[&str]) -> Py {
         let mut child = Command::new("python3")
-            .args(["-c", SERVER_PY])
+            .args(["-c", script])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python3 with grpcio (scripts/test.sh installs it)");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("grpc server port");
-        Server { child, port }
+        out.read_line(&mut line).unwrap();
+        let port = line.trim().parse().expect("helper's port");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let keep = lines.clone();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(l);
+            }
+        });
+        Py { child, port, lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
     }
 }
 
-impl Drop for Server {
+impl Server {
+    /// A plaintext server.
+    fn plain() -> Server {
+        Py::start(SERVER_PY, &[])
+    }
+}
+
+impl Drop for Py {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -123,7 +165,34 @@ const EXPECTED: &str = "echo:hi! md=yes\n\
 deny: PERMISSION_DENIED no way\n\
 part0:s!,part1:s!,part2:s!\n\
 re:a!,re:b!,re:c!\n\
+x!+y!+z!\n\
 cancel: FAILED_PRECONDITION cancelled by hook\n";
+
+/// What the server received from one run of the client, in order per call: the
+/// messages as on_data rewrote them; nothing of Deny, which the hook answered.
+const SERVER_SAW: &[&str] = &[
+    "RECV Say hi!",
+    "RECV Stream s!",
+    "RECV Bidi a!",
+    "RECV Bidi b!",
+    "RECV Bidi c!",
+    "RECV Collect x!",
+    "RECV Collect y!",
+    "RECV Collect z!",
+];
+
+/// The server saw each client run's messages with the hook's rewrite, in order, and
+/// nothing else.
+fn assert_server_saw(server: &Server, runs: usize) {
+    let want: Vec<String> = (0..runs)
+        .flat_map(|_| SERVER_SAW.iter().map(|s| s.to_string()))
+        .collect();
+    // a message msg:cancel ended is not sent on: "cancel-me" never reaches the server
+    wait_until(std::time::Duration::from_secs(5), || {
+        server.lines().len() >= want.len()
+    });
+    assert_eq!(server.lines(), want);
+}
 
 fn proxy(conf: &Conf, plugin: &str, extra: &[&str]) -> Proxy {
     let cd = conf.confdir();
@@ -138,59 +207,178 @@ fn plugin(conf: &Conf) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// on_end fired once per call with the final status, hooks' and the upstream's.
-fn assert_ends(p: &Proxy) {
+/// on_end fired once per call with the final status, hooks' and the upstream's, for
+/// `runs` runs of the client.
+fn assert_ends(p: &Proxy, runs: usize) {
     let t = std::time::Duration::from_secs(5);
-    assert!(
-        p.wait_stderr("END 9 cancelled by hook", t),
-        "{}",
-        p.stderr()
-    );
+    let done = wait_until(t, || {
+        p.stderr().matches("END 9 cancelled by hook").count() >= runs
+    });
+    assert!(done, "{}", p.stderr());
     let err = p.stderr();
-    assert_eq!(err.matches("START t.Echo").count(), 5, "{err}");
-    assert_eq!(err.matches("END 0 ").count(), 3, "{err}");
-    assert_eq!(err.matches("END 7 no way").count(), 1, "{err}");
+    assert_eq!(err.matches("START t.Echo").count(), 6 * runs, "{err}");
+    assert_eq!(err.matches("END 0 ").count(), 4 * runs, "{err}");
+    assert_eq!(err.matches("END 7 no way").count(), runs, "{err}");
+    assert_eq!(err.matches("END 9 cancelled").count(), runs, "{err}");
+}
+
+/// Run `n` (1-based) of the client through `p` with the test plugin: what the client
+/// got, the hooks' log, and what the server received, all of it so far.
+fn check_run(p: &Proxy, server: &Server, n: usize, target: &str, proxy: &str, ca: &str) {
+    let got = client(target, proxy, ca);
+    assert_eq!(got, EXPECTED, "{}", p.stderr());
+    assert_ends(p, n);
+    assert_server_saw(server, n);
 }
 
 #[test]
 fn grpc_hooks_in_reverse_mode_over_h2c() {
-    let server = Server::start();
+    let server = Server::plain();
     let conf = Conf::new();
     let plugin = plugin(&conf);
     let mode = format!("reverse:http://127.0.0.1:{}", server.port);
     let p = proxy(&conf, &plugin, &["--mode", &mode]);
-    let got = client(&format!("127.0.0.1:{}", p.port()), "-", "-");
-    assert_eq!(got, EXPECTED, "{}", p.stderr());
-    assert_ends(&p);
+    check_run(&p, &server, 1, &format!("127.0.0.1:{}", p.port()), "-", "-");
 }
 
 #[test]
 fn grpc_hooks_through_a_connect_tunnel_with_h2c_inside() {
-    let server = Server::start();
+    let server = Server::plain();
     let conf = Conf::new();
     let plugin = plugin(&conf);
     let p = proxy(&conf, &plugin, &[]);
     let target = format!("localhost:{}", server.port);
-    let got = client(&target, &p.url(), "-");
-    assert_eq!(got, EXPECTED, "{}", p.stderr());
-    assert_ends(&p);
+    check_run(&p, &server, 1, &target, &p.url(), "-");
 }
 
 #[test]
 fn grpc_hooks_with_tls_from_the_client() {
-    let server = Server::start();
+    let server = Server::plain();
     let conf = Conf::new();
     let plugin = plugin(&conf);
     let mode = format!("reverse:http://localhost:{}", server.port);
     let p = proxy(&conf, &plugin, &["--mode", &mode]);
-    let got = client(&format!("localhost:{}", p.port()), "-", conf.ca());
-    assert_eq!(got, EXPECTED, "{}", p.stderr());
-    assert_ends(&p);
+    let target = format!("localhost:{}", p.port());
+    check_run(&p, &server, 1, &target, "-", conf.ca());
+}
+
+/// A "socksifier" in the manner of redsocks, since grpcio has no SOCKS support:
+/// SOCKS_PORT DST_IP DST_PORT. It listens on 127.0.0.1 (prints its port) and, for each
+/// connection it accepts, makes a SOCKS5 CONNECT (no auth, IPv4) to DST through the
+/// SOCKS5 server on SOCKS_PORT, prints `granted` or `refused CODE`, then relays bytes
+/// both ways. Every socket has a timeout and the process ends after 90 s.
+const SOCKSIFIER_PY: &str = r#"
+import socket, struct, sys, threading, time
+socks_port, dst_ip, dst_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+lst = socket.socket()
+lst.bind(("127.0.0.1", 0))
+lst.listen(16)
+lst.settimeout(1.0)
+print(lst.getsockname()[1], flush=True)
+
+def exact(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError("the SOCKS server closed mid-reply")
+        b += c
+    return b
+
+def pump(src, dst):
+    try:
+        while True:
+            d = src.recv(65536)
+            if not d:
+                break
+            dst.sendall(d)
+    except OSError:
+        pass
+    for s, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+        try:
+            s.shutdown(how)
+        except OSError:
+            pass
+
+def serve(c):
+    c.settimeout(60)
+    u = socket.create_connection(("127.0.0.1", socks_port), timeout=60)
+    u.sendall(b"\x05\x01\x00")
+    if exact(u, 2) != b"\x05\x00":
+        print("refused method", flush=True); c.close(); u.close(); return
+    u.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(dst_ip) + struct.pack(">H", dst_port))
+    ver, rep, _, atyp = exact(u, 4)
+    exact(u, {1: 4, 4: 16}[atyp] + 2)
+    if rep != 0:
+        print("refused", rep, flush=True); c.close(); u.close(); return
+    print("granted", flush=True)
+    threading.Thread(target=pump, args=(c, u), daemon=True).start()
+    threading.Thread(target=pump, args=(u, c), daemon=True).start()
+
+end = time.monotonic() + 90
+while time.monotonic() < end:
+    try:
+        c, _ = lst.accept()
+    except socket.timeout:
+        continue
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// `--mode socks5`: grpcio (h2c) reaches the server only through the socksifier's
+/// SOCKS5 connections to luring; the hooks fire for all four call kinds.
+#[test]
+fn grpc_hooks_through_socks5_with_h2c_inside() {
+    let server = Server::plain();
+    let conf = Conf::new();
+    let p = proxy(&conf, &plugin(&conf), &["--mode", "socks5"]);
+    let port = p.port().to_string();
+    let socks = Py::start(
+        SOCKSIFIER_PY,
+        &[&port, "127.0.0.1", &server.port.to_string()],
+    );
+    check_run(
+        &p,
+        &server,
+        1,
+        &format!("127.0.0.1:{}", socks.port),
+        "-",
+        "-",
+    );
+    // the calls rode SOCKS5 connections luring granted (grpcio keeps one open)
+    let lines = socks.lines();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l == "granted"),
+        "{lines:?}"
+    );
+}
+
+/// Reverse mode to a TLS gRPC server (the test PKI's certificate, trusted through
+/// `--upstream-ca`), with h2c then TLS from the client: the server sees the hook's
+/// rewrites, the client the hooks' answers.
+#[test]
+fn grpc_hooks_in_front_of_a_tls_upstream() {
+    let pki = TestPki::new();
+    let (cert, key) = (
+        pki.server_pem.to_str().unwrap(),
+        pki.server_key.to_str().unwrap(),
+    );
+    let server = Py::start(SERVER_PY, &[cert, key]);
+    let conf = Conf::new();
+    let mode = format!("reverse:https://127.0.0.1:{}", server.port);
+    let ca = pki.ca_pem.to_str().unwrap();
+    let p = proxy(
+        &conf,
+        &plugin(&conf),
+        &["--mode", &mode, "--upstream-ca", ca],
+    );
+    check_run(&p, &server, 1, &format!("127.0.0.1:{}", p.port()), "-", "-");
+    let tls = format!("localhost:{}", p.port());
+    check_run(&p, &server, 2, &tls, "-", conf.ca());
 }
 
 #[test]
 fn without_grpc_hooks_calls_pass_as_http2_streams() {
-    let server = Server::start();
+    let server = Server::plain();
     let conf = Conf::new();
     let p = conf.dir.path("http.lua");
     std::fs::write(&p, "register_hook('http', 'on_request', function(m) end)").unwrap();
@@ -206,7 +394,7 @@ fn without_grpc_hooks_calls_pass_as_http2_streams() {
 
 #[test]
 fn the_grpc_examples_deny_one_method_and_log_every_call() {
-    let server = Server::start();
+    let server = Server::plain();
     let conf = Conf::new();
     let examples = format!("{}/lua/examples", env!("CARGO_MANIFEST_DIR"));
     let deny = format!("{examples}/grpc-deny.lua");
@@ -248,7 +436,7 @@ fn the_grpc_examples_deny_one_method_and_log_every_call() {
 #[test]
 fn grpc_calls_are_recorded_with_their_messages_and_status() {
     use luring::flows::record::Record;
-    let server = Server::start();
+    let server = Server::plain();
     let conf = Conf::new();
     let file = conf.dir.path("grpc.flows");
     let mode = format!("reverse:http://127.0.0.1:{}", server.port);
@@ -268,9 +456,9 @@ fn grpc_calls_are_recorded_with_their_messages_and_status() {
                 _ => None,
             })
             .collect();
-        flows.len() >= 5
+        flows.len() >= 6
     });
-    assert_eq!(flows.len(), 5, "{}", p.stderr());
+    assert_eq!(flows.len(), 6, "{}", p.stderr());
     let unary = flows
         .iter()
         .find(|f| f.request.path.ends_with("/Say"))
@@ -290,6 +478,22 @@ fn grpc_calls_are_recorded_with_their_messages_and_status() {
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
     assert_eq!(status(unary).as_deref(), Some("0"));
+    // client-streaming: three framed messages up (uncompressed, rewritten), one down
+    let collect = flows
+        .iter()
+        .find(|f| f.request.path.ends_with("/Collect"))
+        .expect("the client-streaming call");
+    let framed = |m: &[u8]| [&[0, 0, 0, 0, m.len() as u8][..], m].concat();
+    let up: Vec<u8> = [&b"x!"[..], b"y!", b"z!"]
+        .iter()
+        .flat_map(|m| framed(m))
+        .collect();
+    assert_eq!(collect.request.body.data.as_slice(), &up[..]);
+    assert_eq!(
+        collect.response.as_ref().unwrap().body.data.as_slice(),
+        &framed(b"x!+y!+z!")[..]
+    );
+    assert_eq!(status(collect).as_deref(), Some("0"));
     let deny = flows
         .iter()
         .find(|f| f.request.path.ends_with("/Deny"))
@@ -317,7 +521,7 @@ print("bidi", n, flush=True)
 /// messages each way runs at flat memory.
 #[test]
 fn streams_flow_message_by_message_at_flat_memory() {
-    let server = Server::start();
+    let server = Server::plain();
     let conf = Conf::new();
     let mode = format!("reverse:http://127.0.0.1:{}", server.port);
     let p = proxy(&conf, &plugin(&conf), &["--mode", &mode, "--workers", "1"]);

@@ -20,10 +20,11 @@ pub(crate) fn wants(engine: Option<&Engine>) -> bool {
     engine.is_some_and(|e| e.has(Event::WsMessage) || e.has(Event::WsClose))
 }
 
-/// Whether the message hooks need to read payloads: then permessage-deflate is not
-/// offered to the server (luring does not inflate), so payloads are the messages.
-pub(crate) fn reads_payloads(engine: Option<&Engine>) -> bool {
-    engine.is_some_and(|e| e.has(Event::WsMessage))
+/// Whether message hooks or the recorder (`recording`) read payloads: then
+/// permessage-deflate is not offered to the server (luring does not inflate), so the
+/// payloads hooks see and the flow file keeps are the messages.
+pub(crate) fn reads_payloads(engine: Option<&Engine>, recording: bool) -> bool {
+    recording || engine.is_some_and(|e| e.has(Event::WsMessage))
 }
 
 /// What one WebSocket connection shares between its two directions.

@@ -110,9 +110,9 @@ impl Message<'_> {
                     // needs them on the next hop, and post_pipeline sees what is sent
                     req.headers.set("connection", "upgrade");
                     req.headers.set("upgrade", (*p).clone());
-                    // message hooks read payloads, and luring does not inflate
+                    // message hooks and the recorder read payloads; luring does not inflate
                     if p.eq_ignore_ascii_case(b"websocket")
-                        && crate::proxy::ws::reads_payloads(f.engine)
+                        && crate::proxy::ws::reads_payloads(f.engine, f.w.recorder.is_some())
                     {
                         req.headers.remove("sec-websocket-extensions");
                     }
