@@ -3,7 +3,7 @@
 //! message go at once; each message the client sends releases the server messages
 //! recorded after the matching client message, up to the next one.
 
-use crate::flows::record::{ResponseRec, WsMessageRec};
+use crate::flows::record::WsMessageRec;
 use crate::proto::ws::{self, Frame};
 use bytes::{Bytes, BytesMut};
 
