@@ -5,6 +5,8 @@ mod support;
 
 #[path = "bench/conn_mode.rs"]
 mod conn_mode;
+#[path = "bench/identity.rs"]
+mod identity;
 #[path = "bench/websocket.rs"]
 mod websocket;
 

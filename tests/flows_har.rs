@@ -248,6 +248,7 @@ fn real_mitmdump_har_and_dump_import() {
         mitm::check_mitm_flows(what, &out, &upload, writer);
     }
     mitm::mitmproxy_reads_luring_har(&dir, &dir.path("dump.flows"));
+    mitm::bench_origin_replays_the_har(&dir, &har, &dir.path("HAR.flows"));
 }
 
 /// A tnetstring (tests write the smallest dumps by hand).

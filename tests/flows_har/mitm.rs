@@ -326,3 +326,73 @@ pub fn mitmproxy_reads_luring_har(dir: &TempDir, flows: &Path) {
     );
     assert_eq!(gunzip(&resp("/gz").body.data), b"gz ".repeat(100));
 }
+
+/// `luring bench origin` serving mitmproxy's own HAR: every recorded HTTP exchange,
+/// asked again by curl, gets the recorded body byte for byte (the gzip one still
+/// encoded), checked against the flows luring imported from that HAR.
+pub fn bench_origin_replays_the_har(dir: &TempDir, har: &Path, imported: &Path) {
+    use std::io::BufRead;
+    let mut origin = Command::new(crate::support::bin())
+        // the HAR names mitmdump's port; the replay is asked on another one
+        .args([
+            "bench",
+            "origin",
+            har.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--ignore-host")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn luring bench origin");
+    let mut line = String::new();
+    std::io::BufReader::new(origin.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let origin = Kid(origin);
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let (_, recs) = read_flows(imported);
+    let mut asked = 0;
+    for f in http(&recs) {
+        let req = &f.request;
+        let Some(resp) = f.response.as_ref().filter(|r| r.status != 101) else {
+            continue;
+        };
+        let body = dir.path("replay-req.bin");
+        std::fs::write(&body, &req.body.data).unwrap();
+        let data = format!("@{}", body.display());
+        let url = format!("http://{addr}{}", req.path);
+        // the body's type is part of what a server sees; curl would add its own
+        let ctype: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-type"))
+            .map(|(_, v)| format!("Content-Type: {}", String::from_utf8_lossy(v)))
+            .collect();
+        let mut args = vec!["-X", &req.method, &url];
+        for h in &ctype {
+            args.extend_from_slice(&["-H", h]);
+        }
+        if !req.body.data.is_empty() {
+            args.extend_from_slice(&["--data-binary", &data]);
+        }
+        let out = crate::support::curl(&args);
+        assert_eq!(out.status, resp.status, "{}: {}", req.path, out.stderr);
+        assert_eq!(
+            sha(&out.body),
+            sha(&resp.body.data),
+            "{}: the replayed body differs from mitmproxy's recording",
+            req.path
+        );
+        asked += 1;
+    }
+    assert_eq!(asked, 4, "the four HTTP exchanges of the HAR");
+    drop(origin);
+}
