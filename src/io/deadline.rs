@@ -10,8 +10,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::pin::{pin, Pin};
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
@@ -66,26 +66,46 @@ impl Deadline {
     /// Runs `fut` until it completes or the deadline passes. On [`Expired`] the future
     /// is dropped: an io_uring operation inside it keeps running until its socket is
     /// shut down (see the `io` module docs), which callers do.
-    pub async fn limit<F: Future>(&self, fut: F) -> Result<F::Output, Expired> {
-        let mut fut = pin!(fut);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Ok(v));
+    pub fn limit<F: Future>(&self, fut: F) -> Limited<'_, F> {
+        Limited {
+            fut,
+            deadline: self,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Deadline::limit`]. A struct, not an async fn: an async fn that
+    /// pins its argument holds the wrapped future twice, and every read a connection
+    /// waits in (every idle keep-alive connection) would carry that size.
+    pub struct Limited<'a, F> {
+        #[pin]
+        fut: F,
+        deadline: &'a Deadline,
+    }
+}
+
+impl<F: Future> Future for Limited<'_, F> {
+    type Output = Result<F::Output, Expired>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let d: &Deadline = this.deadline;
+        let mut timer = d.timer.borrow_mut();
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            let mut timer = self.timer.borrow_mut();
-            loop {
-                if timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                let at = self.at.get();
-                if timer.deadline() >= at {
-                    return Poll::Ready(Err(Expired));
-                }
-                // the deadline moved later since the timer was set: follow it
-                timer.as_mut().reset(at);
+            let at = d.at.get();
+            if timer.deadline() >= at {
+                return Poll::Ready(Err(Expired));
             }
-        })
-        .await
+            // the deadline moved later since the timer was set: follow it
+            timer.as_mut().reset(at);
+        }
     }
 }
 

@@ -63,12 +63,17 @@ pub struct ClientIo {
     pub answer_error: Cell<Option<Box<str>>>,
 }
 
+/// The read buffer a client connection waits with between requests: most request
+/// heads fit, and an idle keep-alive connection holds no more than this (a read in
+/// flight owns its buffer until data comes).
+pub const IDLE_READ_BUF: usize = 2 * 1024;
+
 impl ClientIo {
     /// Wraps an accepted socket; writes to it may wait `send_timeout` for the client.
     pub fn new(stream: Stream, send_timeout: Duration) -> ClientIo {
         ClientIo {
             stream,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::with_capacity(IDLE_READ_BUF),
             read_deadline: Deadline::new(),
             send_deadline: Deadline::new(),
             send_timeout,

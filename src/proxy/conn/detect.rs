@@ -33,13 +33,13 @@ pub(super) async fn reverse(c: &mut ClientConn) -> Layer {
     let tls_up = up.scheme == "https";
     let t = w.timeouts.head;
     match WorkerTls::read_client_hello(&c.io.stream, &mut c.io.buf, t).await {
-        Ok(Some(hello)) => Layer::Tls(TlsStart {
+        Ok(Some(hello)) => Layer::Tls(Box::new(TlsStart {
             hello,
             host: up.host.clone(),
             // requests keep going to the configured upstream: no intercept authority
             authority: None,
             spare: None,
-        }),
+        })),
         Ok(None) if (w.cfg.http2 || !tls_up) && h2c_preface(c).await => {
             if !w.cfg.http2 {
                 tracing::info!(
@@ -60,7 +60,7 @@ pub(super) async fn reverse(c: &mut ClientConn) -> Layer {
             // h2c for gRPC, HTTP/1.1 for the rest
             Layer::Http2(Via::Http1OrH2c, target)
         }
-        Ok(None) => Layer::Http1(H1Route::default()),
+        Ok(None) => Layer::Http1(Box::default()),
         Err(why) => {
             tracing::debug!(conn = c.info.conn_id, "{why}");
             Layer::Done
@@ -250,12 +250,12 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
                     }
                 };
                 c.io.buf = first.client;
-                return Layer::Tls(TlsStart {
+                return Layer::Tls(Box::new(TlsStart {
                     hello,
                     host: name,
                     authority: Some(authority),
                     spare,
-                });
+                }));
             }
             // ignored host: the buffered ClientHello is relayed as it came
             Ok(Some(_)) | Ok(None) => {}
@@ -283,10 +283,10 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
             t.up.stream.shutdown(Shutdown::Both);
         }
         c.io.buf = first.client;
-        return Layer::Http1(H1Route {
+        return Layer::Http1(Box::new(H1Route {
             intercept: Some(Intercept::new("http", &t.authority)),
             ..H1Route::default()
-        });
+        }));
     } else if client_first
         && w.cfg.http2
         && starts_like_h2_preface(early)

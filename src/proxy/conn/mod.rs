@@ -32,12 +32,13 @@ use std::time::Instant;
 
 /// The next layer of a connection, or its end.
 pub enum Layer {
-    /// HTTP/1 requests, routed by the mode or to a tunnel's target.
-    Http1(H1Route),
+    /// HTTP/1 requests, routed by the mode or to a tunnel's target (boxed, as `Tls`: this
+    /// value lives in every connection's task; see `serve`).
+    Http1(Box<H1Route>),
     /// An accepted CONNECT or SOCKS5 tunnel: who speaks first decides what is inside.
     Tunnel(Box<Tunnel>),
     /// TLS to terminate.
-    Tls(TlsStart),
+    Tls(Box<TlsStart>),
     /// HTTP/2 from the client, relayed as `via` says.
     Http2(Via, Target2),
     /// Bytes relayed unchanged to `host:port` (raw.on_chunk sees them).
@@ -89,7 +90,8 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
     };
     if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionConnect)) {
         let step = e.on_connect(&info);
-        let step = hook_io::settle(&w, &e, step, |s| e.resume_event(s, &info, None, &mut ())).await;
+        let settle = hook_io::settle(&w, &e, step, |s| e.resume_event(s, &info, None, &mut ()));
+        let step = Box::pin(settle).await;
         if let Step::Drop = step {
             tracing::debug!(conn = info.conn_id, %peer, "dropped by connection.on_connect");
             stream.shutdown(Shutdown::Both);
@@ -107,22 +109,25 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
         upstream_deadline: Deadline::new(),
         tunnel_log: None,
     };
-    let mut layer = first_layer(&mut c).await;
+    // Every layer but HTTP/1 is awaited in a box of its own (once per connection):
+    // this task's future is as large as its largest inline await, and every idle
+    // keep-alive connection holds it (docs/perf.md, "Idle connections").
+    let mut layer = Box::pin(first_layer(&mut c)).await;
     loop {
         layer = match layer {
             Layer::Http1(route) => match h1::serve(&mut c, route).await {
                 Outcome::Close => Layer::Done,
                 Outcome::Tunnel(t) => Layer::Tunnel(t),
             },
-            Layer::Tunnel(t) => detect::inside_tunnel(&mut c, t).await,
-            Layer::Tls(start) => tls_start::terminate(&mut c, start).await,
+            Layer::Tunnel(t) => Box::pin(detect::inside_tunnel(&mut c, t)).await,
+            Layer::Tls(start) => Box::pin(tls_start::terminate(&mut c, start)).await,
             Layer::Http2(via, target) => {
-                c.serve_h2(via, target).await;
+                Box::pin(c.serve_h2(via, target)).await;
                 Layer::Done
             }
             Layer::Relay(host, port) => {
                 crate::metrics::request(crate::metrics::Proto::Raw, None, None);
-                c.relay_raw(&host, port).await;
+                Box::pin(c.relay_raw(&host, port)).await;
                 Layer::Done
             }
             Layer::Done => break,
@@ -133,7 +138,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
         t.record
             .finish(c.info.client_addr, t.status, bytes, c.info.conn_id);
     }
-    c.io.linger().await;
+    Box::pin(c.io.linger()).await;
     let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
     crate::metrics::client_bytes(bytes_in, bytes_out);
     if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionDisconnect)) {
@@ -148,9 +153,9 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
             error: c.io.error.take(),
         };
         let step = e.on_disconnect(&c.info, &stats);
-        hook_io::settle(&c.w, &e, step, |s| {
+        Box::pin(hook_io::settle(&c.w, &e, step, |s| {
             e.resume_event(s, &c.info, None, &mut ())
-        })
+        }))
         .await;
     }
 }
@@ -159,7 +164,7 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
 /// client opens with (TLS, h2c, HTTP/1), or HTTP/1 for a forward proxy.
 async fn first_layer(c: &mut ClientConn) -> Layer {
     match &c.w.mode {
-        Mode::Regular | Mode::Upstream(_) => Layer::Http1(H1Route::default()),
+        Mode::Regular | Mode::Upstream(_) => Layer::Http1(Box::default()),
         Mode::Socks5 => socks5::serve(c).await,
         Mode::Reverse(_) => detect::reverse(c).await,
         Mode::Transparent => detect::transparent(c).await,

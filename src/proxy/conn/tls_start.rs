@@ -113,7 +113,8 @@ async fn reach_ahead(
 /// over h2 when the upstream has it (h2c for gRPC calls to a plaintext upstream) and
 /// HTTP/1.1 otherwise. A client that speaks only h2 and cannot be served so is relayed
 /// to the upstream untouched.
-pub(super) async fn terminate(c: &mut ClientConn, mut start: TlsStart) -> Layer {
+pub(super) async fn terminate(c: &mut ClientConn, start: Box<TlsStart>) -> Layer {
+    let mut start = *start;
     let w = c.w.clone();
     // where this connection's requests go, and with what path prefix
     let (scheme, target, prefix) = match (&start.authority, &w.mode) {
@@ -191,11 +192,11 @@ pub(super) async fn terminate(c: &mut ClientConn, mut start: TlsStart) -> Layer 
             up.stream.shutdown(Shutdown::Both);
         }
     }
-    Layer::Http1(H1Route {
+    Layer::Http1(Box::new(H1Route {
         intercept: start.authority.map(|a| Intercept::new("https", &a)),
         ahead_failed: ahead.failed,
         spare: ahead.spare,
-    })
+    }))
 }
 
 /// Whether luring can serve the client's TLS: it offers no ALPN, or http/1.1 among it.

@@ -14,16 +14,17 @@ pub use state::{H1Route, Outcome, Tunnel};
 use crate::http::RequestHead;
 use crate::metrics;
 use crate::proto::http1::{parse_request_head, HeadError};
-use crate::proxy::conn::client::ClientConn;
+use crate::proxy::conn::client::{ClientConn, IDLE_READ_BUF};
 use crate::proxy::exchange::log::{sent_status, AccessRecord, TunnelLog};
 use crate::proxy::exchange::recording;
 use crate::proxy::worker::Counters;
+use bytes::BytesMut;
 use state::{Front, Half, Next};
 use std::net::Shutdown;
 use tokio::sync::watch;
 
 /// Serves HTTP/1 requests on the connection until it ends or becomes a tunnel.
-pub async fn serve(c: &mut ClientConn, route: H1Route) -> Outcome {
+pub async fn serve(c: &mut ClientConn, route: Box<H1Route>) -> Outcome {
     let mut front = Front {
         route,
         last_key: None,
@@ -41,6 +42,8 @@ pub async fn serve(c: &mut ClientConn, route: H1Route) -> Outcome {
         // what the protocol label needs is read only when metrics are on
         let m = metrics::clock().map(|t0| (t0, head.headers.get("content-type").cloned()));
         c.io.status.set(0);
+        // inline, not boxed: a box per request cost 2.6% more instructions (a 4.8 KB
+        // allocation on mimalloc's slow path) to save 4.7 KB per idle connection
         let next = if c.w.cfg.access_log {
             logged_exchange(c, &mut front, head).await
         } else {
@@ -136,14 +139,21 @@ async fn read_head(c: &mut ClientConn, drain: &mut watch::Receiver<bool>) -> Opt
                 io.read_deadline.arm(t.head);
             }
         }
-        if io.buf.capacity() - io.buf.len() < 1024 {
-            io.buf.reserve(8 * 1024);
+        if io.buf.is_empty() && io.buf.capacity() > 4 * IDLE_READ_BUF {
+            // a large head or body went through: wait for the next one with a small
+            // buffer, not with what that one needed
+            io.buf = BytesMut::with_capacity(IDLE_READ_BUF);
+        } else if io.buf.capacity() - io.buf.len() < 512 {
+            io.buf.reserve(if io.buf.is_empty() {
+                IDLE_READ_BUF
+            } else {
+                8 * 1024
+            });
         }
         let idle = io.buf.is_empty();
         let b = std::mem::take(&mut io.buf);
-        let read = io.read_deadline.limit(io.stream.read(b));
         tokio::select! {
-            r = read => match r {
+            r = io.read_deadline.limit(io.stream.read(b)) => match r {
                 Ok((Ok(n), b)) if n > 0 => io.buf = b,
                 Ok((Ok(_), _)) => return None,
                 Ok((Err(e), _)) => {

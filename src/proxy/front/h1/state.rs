@@ -59,7 +59,7 @@ pub(super) enum Next {
 
 /// The front's state across the connection's exchanges.
 pub(super) struct Front {
-    pub(super) route: H1Route,
+    pub(super) route: Box<H1Route>,
     /// The pool key of the last request, with the scheme and authority it was made for.
     pub(super) last_key: Option<(String, String, Key)>,
 }
