@@ -6,9 +6,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use support::*;
 
 /// A grpcio server with the four call kinds (unary Say and Deny, server-streaming
@@ -98,55 +95,12 @@ register_hook("grpc", "on_end", function(m)
 end)
 "#;
 
-/// A python helper process whose first stdout line is the port it listens on; the
-/// lines after it are kept (and the pipe drained, so the process never blocks on it).
-struct Py {
-    child: Child,
-    port: u16,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
 type Server = Py;
-
-impl Py {
-    fn start(script: &str, args: &[&str]) -> Py {
-        let mut child = Command::new("python3")
-            .args(["-c", script])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 with grpcio (scripts/test.sh installs it)");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let port = line.trim().parse().expect("helper's port");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let keep = lines.clone();
-        std::thread::spawn(move || {
-            for l in out.lines().map_while(Result::ok) {
-                keep.lock().unwrap().push(l);
-            }
-        });
-        Py { child, port, lines }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-}
 
 impl Server {
     /// A plaintext server.
     fn plain() -> Server {
         Py::start(SERVER_PY, &[])
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -9,10 +9,8 @@ use luring::flows::file;
 use luring::flows::record::{HttpFlow, Record};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
 
@@ -443,48 +441,6 @@ async def main():
 asyncio.run(main())
 "#;
 
-/// A python helper whose first stdout line is its port; the lines after it are kept
-/// (the pipe is drained, so the process never blocks on it).
-struct Py {
-    child: Child,
-    port: u16,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Py {
-    fn start(script: &str) -> Py {
-        let mut child = Command::new("python3")
-            .args(["-c", script])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 with websockets (scripts/test.sh installs it)");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let port = line.trim().parse().expect("helper's port");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let keep = lines.clone();
-        std::thread::spawn(move || {
-            for l in out.lines().map_while(Result::ok) {
-                keep.lock().unwrap().push(l);
-            }
-        });
-        Py { child, port, lines }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A message as a side reports it, or as recorded: (type, length, sha256).
 type Msg = (String, u64, String);
 
@@ -520,7 +476,7 @@ fn close_payload(c: &serde_json::Value) -> Vec<u8> {
 /// client's code and reason both ways.
 #[test]
 fn python_websockets_messages_are_recorded_as_sent() {
-    let origin = Py::start(WS_ORIGIN_PY);
+    let origin = Py::start(WS_ORIGIN_PY, &[]);
     let dir = TempDir::new("rec-ws");
     let file = dir.path("t.flows");
     let mode = format!("reverse:http://127.0.0.1:{}", origin.port);

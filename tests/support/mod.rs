@@ -2110,3 +2110,51 @@ pub fn python_ws_echo() -> (Child, u16) {
     let port = line.trim().parse().expect("server port");
     (server, port)
 }
+
+/// A python helper process whose first stdout line is the port it listens on; the
+/// lines after it are kept (and the pipe drained, so the process never blocks on it).
+/// Killed on drop.
+pub struct Py {
+    child: Child,
+    /// The port the helper printed.
+    pub port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Py {
+    /// Runs `python3 -c script args...` and waits for its port line.
+    pub fn start(script: &str, args: &[&str]) -> Py {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 (scripts/test.sh installs the modules the tests use)");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let port = line.trim().parse().expect("helper's port");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let keep = lines.clone();
+        thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(l);
+            }
+        });
+        Py { child, port, lines }
+    }
+
+    /// The lines printed after the port, so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
