@@ -7,7 +7,6 @@ pub mod client_h2;
 pub mod clock;
 pub mod dial;
 pub mod driver;
-pub mod driver_lanes;
 pub mod exchange;
 pub mod form;
 pub mod h1;
