@@ -5,7 +5,12 @@
 #   luring          luring --mode reverse:http://SERVER (core 0), no hooks
 #   luring+on_data  the same with a grpc.on_data hook that reads every payload
 # then bidi streaming throughput (MB/s) of a grpcio client, direct and through luring
-# with the on_data hook. The gRPC server is python grpcio (core 1), h2load on core 1.
+# with the on_data hook. The unary server is `luring bench origin` replaying one call
+# recorded through luring from nghttpd (which echoes the request's gRPC frame and adds a
+# `grpc-status: 0` trailer): about 58k calls/s on one core, so the proxies set the pace
+# (python grpcio managed about 7.8k calls/s and nghttpd's echo 11k, so calls arrived
+# one by one and nothing was batched). The bidi server is python grpcio. Servers and
+# h2load run on core 1, the proxies on core 0.
 #
 # usage: bash benches/grpc-compare.sh [--calls N] [--clients C] [--no-build]
 # Prints calls/s and proxy CPU per call ((utime+stime) of the proxy process over the
@@ -25,7 +30,7 @@ while (( $# )); do
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
-for t in h2load nginx taskset python3; do
+for t in h2load nghttpd nginx taskset python3; do
   command -v "$t" >/dev/null || { echo "$t is required" >&2; exit 1; }
 done
 python3 -c "import grpc" 2>/dev/null || { echo "python grpcio is required" >&2; exit 1; }
@@ -77,6 +82,24 @@ wait_port "$GRPC" || { echo "gRPC server did not start" >&2; exit 1; }
 # one gRPC frame: uncompressed flag, 4-byte length, 1 KiB payload
 python3 -c 'import sys, struct; p = b"x" * 1024; sys.stdout.buffer.write(b"\0" + struct.pack(">I", len(p)) + p)' > "$TMP/frame.bin"
 
+# the unary server: one call to nghttpd (it sends the request body back, then a
+# grpc-status trailer) recorded through luring, then served by `luring bench origin`
+ECHO=$(free_port) REC=$(free_port) UNARY=$(free_port)
+taskset -c 1 nghttpd --no-tls -a 127.0.0.1 --echo-upload --trailer 'grpc-status: 0' "$ECHO" \
+  >/dev/null 2>"$TMP/nghttpd.err" &
+PIDS+=($!)
+"$BIN" run --listen "127.0.0.1:$REC" --mode "reverse:http://127.0.0.1:$ECHO" --workers 1 \
+  --record "$TMP/unary.flows" --log-level warn 2>"$TMP/record.err" &
+rec_pid=$!
+wait_port "$ECHO" && wait_port "$REC" || { echo "recording set-up did not start" >&2; exit 1; }
+h2load -n 1 -c 1 -H 'content-type: application/grpc' -H 'te: trailers' -d "$TMP/frame.bin" \
+  "http://127.0.0.1:$REC/t.Echo/Say" >/dev/null
+kill "$rec_pid"; wait "$rec_pid" 2>/dev/null || true
+taskset -c 1 "$BIN" bench origin "$TMP/unary.flows" --listen "127.0.0.1:$UNARY" --ignore-host \
+  >/dev/null 2>"$TMP/origin.err" &
+PIDS+=($!)
+wait_port "$UNARY" || { echo "bench origin did not start: $(head -c 300 "$TMP/origin.err")" >&2; exit 1; }
+
 NAMES=(); PORTS=(); TPIDS=()
 register() { # name port pid
   PIDS+=("$3")
@@ -92,17 +115,18 @@ error_log $TMP/ngx/error.log warn;
 events { worker_connections 4096; }
 http { access_log off; client_body_temp_path $TMP/ngx/b; proxy_temp_path $TMP/ngx/p;
   fastcgi_temp_path $TMP/ngx/f; uwsgi_temp_path $TMP/ngx/u; scgi_temp_path $TMP/ngx/s;
-  upstream grpcs { server 127.0.0.1:$GRPC; keepalive 16; }
+  keepalive_requests 1000000;
+  upstream grpcs { server 127.0.0.1:$UNARY; keepalive 16; keepalive_requests 1000000; }
   server { listen 127.0.0.1:$port http2; location / { grpc_pass grpc://grpcs; } } }
 NGX
 taskset -c 0 nginx -p "$TMP/ngx" -c "$TMP/ngx.conf" 2>"$TMP/nginx-grpc.err" &
 register nginx-grpc "$port" $!
 
-start_luring() { # name [plugin]
+start_luring() { # name upstream-port [plugin]
   local p extra=()
   p=$(free_port)
-  [[ -n ${2:-} ]] && extra=(--plugin "$2")
-  taskset -c 0 "$BIN" run --listen "127.0.0.1:$p" --mode "reverse:http://127.0.0.1:$GRPC" \
+  [[ -n ${3:-} ]] && extra=(--plugin "$3")
+  taskset -c 0 "$BIN" run --listen "127.0.0.1:$p" --mode "reverse:http://127.0.0.1:$2" \
     --workers 1 --log-level warn "${extra[@]}" 2>"$TMP/$1.err" &
   register "$1" "$p" $!
 }
@@ -112,8 +136,8 @@ register_hook("grpc", "on_data", function(msg)
   local n = #msg.payload
 end)
 LUA
-start_luring luring
-start_luring luring+on_data "$TMP/on_data.lua"
+start_luring luring "$UNARY"
+start_luring luring+on_data "$UNARY" "$TMP/on_data.lua"
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 echo "gRPC unary, 1 KiB message, h2c both sides: h2load -n $CALLS -c $CLIENTS -m 8"
@@ -154,9 +178,9 @@ for r in call(gen()):
 dt = time.monotonic() - t0
 print("%.1f" % (n / dt / 1e6))
 PY
-luring_on_data_port=""
-for i in "${!NAMES[@]}"; do [[ ${NAMES[$i]} == luring+on_data ]] && luring_on_data_port=${PORTS[$i]}; done
+NAMES=()
+start_luring luring-bidi "$GRPC" "$TMP/on_data.lua"
 direct=$(taskset -c 1 python3 "$TMP/bidi.py" "127.0.0.1:$GRPC" 5)
 through="-"
-[[ -n $luring_on_data_port ]] && through=$(taskset -c 1 python3 "$TMP/bidi.py" "127.0.0.1:$luring_on_data_port" 5)
+(( ${#NAMES[@]} )) && through=$(taskset -c 1 python3 "$TMP/bidi.py" "127.0.0.1:${PORTS[-1]}" 5)
 echo "bidi echo, 64 KiB messages, 5 s: direct $direct MB/s, through luring with on_data $through MB/s (echoed bytes received)"
