@@ -3,6 +3,12 @@
 //! the bridge keeps one read and one write operation in flight and copies between them
 //! and the caller's buffers: one copy each way, which h2 would make into its own
 //! buffers anyway.
+//!
+//! Writes are behind: a flush returns once what was written is in a write operation
+//! or queued behind one (as a kernel send buffer would hold it), and the operation
+//! wakes the task when it completes. h2 flushes after every DATA frame; waiting for
+//! each write to complete let an h2 connection send one frame per turn of the event
+//! loop, and the frames that queue behind a write now go out together in the next.
 
 use super::Stream;
 use bytes::{Buf, Bytes, BytesMut};
@@ -21,6 +27,8 @@ const READ_CHUNK: usize = 32 * 1024;
 /// Bytes accepted from the caller while a write is still in flight; beyond it the
 /// caller is told to wait, which is how backpressure reaches h2.
 const WRITE_BEHIND: usize = 256 * 1024;
+/// Room a new write queue starts with: a few DATA frames.
+const WRITE_QUEUE_START: usize = 64 * 1024;
 
 /// A poll-based view of a stream, borrowed (`&Stream`) or shared (`Rc<Stream>`, for a
 /// view that lives in a task of its own). When it is dropped with a read in flight,
@@ -110,31 +118,59 @@ impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncRead for PollStrea
     }
 }
 
+impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> PollStream<'a, S> {
+    /// Queues `bufs` (unless [`WRITE_BEHIND`] bytes already wait) and says how many
+    /// bytes were taken; they are sent at the next flush, or when the write in flight
+    /// completes.
+    fn queue(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        // a failed write is reported now; a pending one is fine while little is queued
+        if let Poll::Ready(Err(e)) = self.poll_writes(cx) {
+            return Poll::Ready(Err(e));
+        }
+        if self.queued.len() >= WRITE_BEHIND {
+            return Poll::Pending;
+        }
+        let n: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.queued.is_empty() {
+            // room for the frames that will queue behind this one, so they are not
+            // copied again while the queue grows
+            self.queued.reserve(n.max(WRITE_QUEUE_START));
+        }
+        for b in bufs {
+            self.queued.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
 impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncWrite for PollStream<'a, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        // a failed write is reported now; a pending one is fine while little is queued
-        if let Poll::Ready(Err(e)) = this.poll_writes(cx) {
-            return Poll::Ready(Err(e));
-        }
-        if this.queued.len() >= WRITE_BEHIND {
-            return Poll::Pending;
-        }
-        this.queued.extend_from_slice(data);
-        if this.write.is_none() {
-            if let Poll::Ready(Err(e)) = this.poll_writes(cx) {
-                return Poll::Ready(Err(e));
-            }
-        }
-        Poll::Ready(Ok(data.len()))
+        self.queue(cx, &[io::IoSlice::new(data)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.queue(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_writes(cx)
+        match self.poll_writes(cx) {
+            // the write in flight holds this task's waker, and the next poll after it
+            // completes sends what is queued
+            Poll::Pending if self.queued.len() < WRITE_BEHIND => Poll::Ready(Ok(())),
+            r => r,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
