@@ -7,7 +7,9 @@
 #   haproxy-http  HAProxy in http mode, haproxy-tcp: HAProxy as a pure L4 relay
 #                 (when haproxy is installed)
 #   uring-l4      the io_uring floor: examples/uring_relay.rs, a minimal L4 relay
-#   (+ luring-*+plugin rows with --plugin FILE, and nginx-lua: nginx with
+#   (with --close every request comes on a new client connection: wrk sends
+#    `Connection: close`; upstream connections stay pooled;
+#    + luring-*+plugin rows with --plugin FILE, and nginx-lua: nginx with
 #    lua-nginx-module setting the two headers of benches/two-headers.lua;
 #    + a luring-uring+record row with --record: every flow written to a flow file;
 #    + a luring-uring+metrics row with --metrics: --metrics on, scraped every second
@@ -15,7 +17,7 @@
 # for 1 KiB and 64 KiB responses (or --sizes). wrk and the origin (nginx serving
 # static files, or a small python origin if nginx is missing) are pinned to core 1.
 #
-# usage: bash benches/compare.sh [--plugin FILE] [--record] [--metrics] [--duration SECS]
+# usage: bash benches/compare.sh [--plugin FILE] [--record] [--metrics] [--close] [--duration SECS]
 #                                [--sizes "1k 64k 1m"] [--rounds N] [--no-build]
 # With --rounds N every target is measured N times, interleaved, and the median is shown.
 # Prints a table: target, size, req/s, proxy CPU us/request
@@ -31,12 +33,14 @@ SIZES="1k 64k"
 PLUGIN=""
 RECORD=0
 METRICS=0
+WRK_ARGS=()
 BUILD=1
 while (( $# )); do
   case "$1" in
     --plugin) PLUGIN=$(realpath "$2"); shift 2 ;;
     --record) RECORD=1; shift ;;
     --metrics) METRICS=1; shift ;;
+    --close) WRK_ARGS=(-H 'Connection: close'); shift ;;
     --duration) DURATION=$2; shift 2 ;;
     --sizes) SIZES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -328,12 +332,12 @@ for size in $SIZES; do
           NOTE[$name,$size]="bad response: $check"
           continue
         fi
-        taskset -c 1 wrk -t1 -c32 -d1s "$url" >/dev/null 2>&1 || true   # warm-up
+        taskset -c 1 wrk -t1 -c32 -d1s "${WRK_ARGS[@]}" "$url" >/dev/null 2>&1 || true   # warm-up
       fi
       [[ "${NOTE[$name,$size]:-}" == bad* ]] && continue
       before=""
       [[ -n "$pid" ]] && before=$(cpu_ticks "$pid")
-      out=$(taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" "$url" 2>&1 || true)
+      out=$(taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" "${WRK_ARGS[@]}" "$url" 2>&1 || true)
       after=""
       [[ -n "$pid" ]] && after=$(cpu_ticks "$pid")
       reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
@@ -363,7 +367,7 @@ ratio() { # a b -> a/b or -
   awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "-" }'
 }
 echo
-echo "luring reverse proxy vs nginx: wrk -t1 -c32 -d${DURATION}s on core 1, proxies on core 0, origin: $ORIGIN_KIND (core 1), median of $ROUNDS round(s)"
+echo "luring reverse proxy vs nginx: wrk -t1 -c32 -d${DURATION}s ${WRK_ARGS[*]} on core 1, proxies on core 0, origin: $ORIGIN_KIND (core 1), median of $ROUNDS round(s)"
 printf '%-20s %-5s %10s %12s %12s %12s  %s\n' target size req/s "cpu-us/req" "rps/nginx" "cpu/nginx" notes
 for size in $SIZES; do
   for name in "${NAMES[@]}"; do

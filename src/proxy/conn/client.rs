@@ -61,6 +61,9 @@ pub struct ClientIo {
     pub error: std::cell::RefCell<Option<String>>,
     /// The reason of the last error answer, for the exchange's access-log line.
     pub answer_error: Cell<Option<Box<str>>>,
+    /// The connection closes after an exchange that ended whole: the request read to
+    /// its end and the response sent, so no lingering is owed (see [`ClientIo::linger`]).
+    pub ended_whole: Cell<bool>,
 }
 
 /// The read buffer a client connection waits with between requests: most request
@@ -84,6 +87,7 @@ impl ClientIo {
             upstream_moved: Cell::new((0, 0)),
             error: std::cell::RefCell::new(None),
             answer_error: Cell::new(None),
+            ended_whole: Cell::new(false),
         }
     }
 
@@ -186,6 +190,18 @@ impl ClientIo {
     /// (bounded), so an unread request body does not turn our close into a reset that
     /// would destroy the response in flight (nginx's lingering close).
     pub async fn linger(&mut self) {
+        // After a whole exchange with nothing more read or waiting, closing at once
+        // cannot reset a response in flight: nginx closes such connections at once
+        // too. It saves the half-close, a read that waits for the client's FIN, and
+        // its buffer, on every connection that asked for `Connection: close`.
+        if self.ended_whole.get()
+            && self.buf.is_empty()
+            && self.stream.tls().is_none()
+            && self.stream.is_idle_and_open()
+        {
+            self.stream.shutdown(Shutdown::Both);
+            return;
+        }
         self.stream.close_write().await;
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut budget: usize = 64 * 1024 * 1024;

@@ -136,6 +136,7 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
     if clean && asked.keep_alive && !c.w.is_draining() {
         Next::KeepAlive
     } else {
+        c.io.ended_whole.set(clean && asked.dec.is_done());
         Next::Close
     }
 }
