@@ -8,6 +8,7 @@
 # and new TLS connections per second (wrk with Connection: close); then HTTP/2 with TLS
 # on both sides (h2load to the proxy, the proxy to an nginx origin over TLS):
 #   nginx-h2      nginx http2 terminating TLS, proxy_pass https:// to the origin (HTTP/1.1)
+#   haproxy-h2    HAProxy, h2 to the client and to the origin over TLS (when installed)
 #   luring-h2     luring --mode reverse:https://origin, h2 to the client and the origin
 # Proxies pinned to core 0, wrk and the origin to core 1. Prints req/s and proxy CPU
 # microseconds per request. usage: bash benches/tls-compare.sh [--duration SECS]
@@ -83,6 +84,12 @@ frontend fe
 backend be
   http-reuse always
   server o 127.0.0.1:19100
+frontend fe2
+  bind 127.0.0.1:19449 ssl crt $W/hap.pem ssl-min-ver TLSv1.3 alpn h2,http/1.1
+  default_backend be2
+backend be2
+  http-reuse always
+  server o2 127.0.0.1:19101 ssl verify none alpn h2
 HAP
   taskset -c 0 haproxy -db -f $W/hap.cfg >/dev/null 2>$W/hap.err & HPID=$!
   sleep 0.5
@@ -98,11 +105,11 @@ echo "new TLS connection per request"
 run nginx-tls-newconn "$NGX_PID" https://localhost:19443/1k -H "Connection: close"
 [[ -n $HPID ]] && run haproxy-tls-newconn "$HPID" https://localhost:19445/1k -H "Connection: close"
 run luring-tls-newconn "$LPID" https://localhost:19444/1k -H "Connection: close"
-# h2load: run_h2 name pid url; -c32 connections, -m4 streams each, for DURATION seconds
+# h2load: run_h2 name pid url; -c10 connections, -m5 streams each, for DURATION seconds
 run_h2() {
   local name=$1 pid=$2 url=$3
   local t0; t0=$(cpu_of "$pid")
-  local out; out=$(taskset -c 1 h2load -c32 -m4 -D "$DURATION" "$url" 2>&1)
+  local out; out=$(taskset -c 1 h2load -c10 -m5 -D "$DURATION" "$url" 2>&1)
   local t1; t1=$(cpu_of "$pid")
   # in timing mode h2load's "requests:" line may read 0; rate x time is the count
   local rps; rps=$(awk '/^finished in/ {print $4}' <<<"$out")
@@ -118,8 +125,9 @@ if command -v h2load >/dev/null; then
     --listen 127.0.0.1:19447 --workers 1 --confdir $W/ca --log-level warn 2>$W/luring-h2.err &
   L2PID=$!
   sleep 1
-  echo "HTTP/2 over TLS on both sides, 1 KiB responses (h2load -c32 -m4, ${DURATION}s)"
+  echo "HTTP/2 over TLS on both sides, 1 KiB responses (h2load -c10 -m5, ${DURATION}s)"
   run_h2 nginx-h2 "$NGX_PID" https://127.0.0.1:19446/1k
+  [[ -n $HPID ]] && run_h2 haproxy-h2 "$HPID" https://127.0.0.1:19449/1k
   run_h2 luring-h2 "$L2PID" https://127.0.0.1:19447/1k
 fi
 
