@@ -191,14 +191,15 @@ pub async fn start(
         set_length(&mut req.headers, b);
     }
     let head = upstream_head(req).map_err(|why| StreamError::Answer(502, why))?;
-    let mut sender = upstream
-        .ready()
-        .await
-        .map_err(|e| StreamError::Answer(502, format!("upstream HTTP/2 connection: {e}")))?;
+    // the request never left: the client is told it may send it again (RFC 9113 8.7),
+    // on a new connection, as the session sends GOAWAY once its upstream is gone
+    let not_sent = |e: h2::Error| {
+        tracing::debug!("upstream HTTP/2 connection took no new stream: {e}");
+        StreamError::Reset(Reason::REFUSED_STREAM)
+    };
+    let mut sender = upstream.ready().await.map_err(not_sent)?;
     let no_body = matches!(&req.body, Body::Full(b) if b.is_empty()) && req.trailers.is_none();
-    let (response, body) = sender
-        .send_request(head, no_body)
-        .map_err(|e| StreamError::Answer(502, format!("upstream refused the stream: {e}")))?;
+    let (response, body) = sender.send_request(head, no_body).map_err(not_sent)?;
     Ok(Started {
         response,
         body,
@@ -233,6 +234,8 @@ pub fn response_of(
     r: Result<http::Response<RecvStream>, h2::Error>,
 ) -> Result<(Response, RecvStream), StreamError> {
     let resp = r.map_err(|e| match e.reason() {
+        // a stream above the last one a GOAWAY names was not processed: retry-safe
+        Some(_) if e.is_go_away() && e.is_remote() => StreamError::Reset(Reason::REFUSED_STREAM),
         Some(reason) if e.is_remote() => StreamError::Reset(reason),
         _ => StreamError::Answer(502, format!("upstream: {e}")),
     })?;
