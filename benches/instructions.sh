@@ -36,8 +36,6 @@ for t in valgrind wrk nginx curl; do
 done
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/luring-instr.XXXXXX")
-# --record: every flow goes to a flow file (the recorder's writer thread is counted too)
-(( RECORD )) && EXTRA+=(--record "$TMP/rec.flows")
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -62,9 +60,13 @@ measure() {
   local bin=$1 load=$2 port out
   port=$(free_port)
   out="$TMP/cg.$port"
+  # --record: every flow goes to a flow file (the recorder's writer thread is counted
+  # too), a new one per run: appending to another run's file would count its reading
+  local rec=()
+  (( RECORD )) && rec=(--record "$TMP/rec.$port.flows")
   taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" run \
     --listen "127.0.0.1:$port" --mode "reverse:http://127.0.0.1:$ORIGIN" --workers 1 \
-    --io "$IO" --log-level warn "${EXTRA[@]}" > "$TMP/log.$port" 2>&1 &
+    --io "$IO" --log-level warn "${EXTRA[@]}" "${rec[@]}" > "$TMP/log.$port" 2>&1 &
   local pid=$! i n=1
   for i in $(seq 1 150); do
     curl -s -o /dev/null "http://127.0.0.1:$port/1k.bin" && break
@@ -82,7 +84,7 @@ measure() {
   echo "$ir $n"
 }
 
-echo "user-space instructions per request: luring reverse proxy, --io $IO, wrk -c32, 1 KiB${EXTRA:+, ${EXTRA[*]}}"
+echo "user-space instructions per request: luring reverse proxy, --io $IO, wrk -c32, 1 KiB${EXTRA:+, ${EXTRA[*]}}$( (( RECORD )) && echo ", --record")"
 for bin in "${BINS[@]}"; do
   read -r base _ < <(measure "$bin" 0)
   read -r total n < <(measure "$bin" 1)

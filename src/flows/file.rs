@@ -170,13 +170,13 @@ impl<W: Write> FlowWriter<W> {
         self.maybe_write_pending()
     }
 
-    /// Writes a recorded HTTP flow from its capture (the same frame as
-    /// `write(&Record::Http(c.into_record(redact)))`, made with less work).
-    pub fn write_capture(&mut self, c: Capture, redact: &[String]) -> io::Result<()> {
+    /// Writes a recorded HTTP flow from its capture (the frame `write` would make of
+    /// the [`HttpFlow`] it describes, made with less work).
+    pub fn write_capture(&mut self, c: &mut Capture) -> io::Result<()> {
         let hint = c.payload_hint();
         self.enc
             .frame_into(KIND_HTTP, hint, &mut self.pending, |out| {
-                c.write_record(redact, out);
+                c.write_record(out);
                 Ok(())
             })?;
         self.maybe_write_pending()

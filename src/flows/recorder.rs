@@ -2,7 +2,7 @@
 //! turns them into records and appends them to the flow file. A full queue drops the
 //! flow, never the traffic: the drop is counted, logged and written to the file.
 
-use super::capture::Capture;
+use super::capture::{Capture, Redact};
 use super::file::{self, FlowWriter, ReadError};
 use super::record::{now_ns, Drops, Meta, Record, TunnelFlow};
 use std::fs::{File, OpenOptions};
@@ -67,6 +67,8 @@ pub struct Recorder {
     pub max_body: usize,
     /// Keep the bytes of opaque tunnels.
     pub raw: bool,
+    /// Lower-case header names whose values are redacted (the workers write the heads).
+    pub redact: &'static Redact,
 }
 
 impl Recorder {
@@ -120,6 +122,8 @@ pub fn start(s: Settings) -> Result<(Recorder, WriterThread), String> {
         dropped: dropped.clone(),
         max_body: s.max_body,
         raw: s.raw,
+        // leaked once per recorder: a capture holds the list without a count to keep
+        redact: Box::leak(Box::new(Redact::new(s.redact.clone()))),
     };
     let t = std::thread::Builder::new()
         .name("luring-recorder".into())
@@ -201,8 +205,8 @@ fn write_loop(mut out: FlowWriter<File>, rx: Receiver<Item>, dropped: Arc<Atomic
         let mut open = true;
         while r.is_ok() {
             match rx.try_recv() {
-                Ok(Item::Http(c)) => {
-                    r = out.write_capture(*c, &s.redact);
+                Ok(Item::Http(mut c)) => {
+                    r = out.write_capture(&mut c);
                     wrote = true;
                 }
                 Ok(Item::Tunnel(t)) => {

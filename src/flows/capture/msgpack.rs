@@ -1,12 +1,12 @@
-//! A finished capture written as MessagePack straight from what the worker kept: the
-//! bytes rmp-serde writes for the [`HttpFlow`] the capture would become (a test holds
-//! them equal, so readers see no difference), without building that record first.
-//! Headers are not copied into owned pairs and bodies go from their pieces, which
-//! halves the writer thread's work per flow.
+//! A capture written as MessagePack straight from what the worker kept: the bytes
+//! rmp-serde writes for the [`HttpFlow`](crate::flows::record::HttpFlow) the capture
+//! describes (a test holds them equal, so readers see no difference), without building
+//! that record. The heads are written on the worker as they pass (no strings or header
+//! lists kept), bodies go from their pieces.
 
-use super::{addr_text, BodyTap, Capture, REDACTED};
-use crate::flows::record::{BodyRec, HttpFlow, ResponseRec, TlsRec, WsMessageRec};
-use crate::http::Headers;
+use super::{write_addr, BodyTap, Capture, Redact, REDACTED};
+use crate::flows::record::{TlsRec, WsMessageRec};
+use crate::http::{Headers, Request};
 // MessagePack's compact forms, as rmp (and so rmp-serde) chooses them.
 mod m {
     #[inline]
@@ -33,15 +33,16 @@ mod m {
                 out.extend_from_slice(&(v as u32).to_be_bytes());
             }
             _ => {
-                out.push(0xcf);
-                out.extend_from_slice(&v.to_be_bytes());
+                let b = v.to_be_bytes();
+                // one 9-byte append (timestamps take this form)
+                out.extend_from_slice(&[0xcf, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
             }
         }
     }
 
     /// A length after its marker: `small` holds it in the marker's low bits up to
     /// `small_max`, then the 8-bit (when `m8` is given), 16-bit and 32-bit forms.
-    #[inline]
+    #[inline(always)]
     fn len(out: &mut Vec<u8>, n: usize, small: Option<(u8, usize)>, m8: Option<u8>, m16: u8) {
         match (small, m8) {
             (Some((marker, max)), _) if n <= max => out.push(marker | n as u8),
@@ -59,8 +60,14 @@ mod m {
 
     #[inline]
     pub fn str(out: &mut Vec<u8>, s: &str) {
+        str_bytes(out, s.as_bytes());
+    }
+
+    /// A string already known to be UTF-8.
+    #[inline]
+    pub fn str_bytes(out: &mut Vec<u8>, s: &[u8]) {
         len(out, s.len(), Some((0xa0, 31)), Some(0xd9), 0xda);
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(s);
     }
 
     #[inline]
@@ -85,182 +92,265 @@ mod m {
     }
 }
 
-/// A field name: every name here is under 32 bytes, a fixstr.
-#[inline]
-fn key(out: &mut Vec<u8>, k: &str) {
-    debug_assert!(k.len() < 32);
-    out.push(0xa0 | k.len() as u8);
-    out.extend_from_slice(k.as_bytes());
-}
-
-fn str_field(out: &mut Vec<u8>, k: &str, v: &str) {
-    key(out, k);
-    m::str(out, v);
-}
-
-fn uint_field(out: &mut Vec<u8>, k: &str, v: u64) {
-    key(out, k);
-    m::uint(out, v);
-}
-
-fn bool_field(out: &mut Vec<u8>, k: &str, v: bool) {
-    key(out, k);
-    m::bool(out, v);
-}
-
-fn bin(out: &mut Vec<u8>, b: &[u8]) {
-    m::bin(out, b);
-}
-
-fn opt_str_field(out: &mut Vec<u8>, k: &str, v: Option<&str>) {
-    key(out, k);
-    match v {
-        Some(s) => m::str(out, s),
-        None => m::nil(out),
+/// A field name as a fixstr: the marker and the name, sized at compile time so that
+/// writing it is a few stores, not a call to memcpy.
+const fn key<const N: usize>(name: &str) -> [u8; N] {
+    let b = name.as_bytes();
+    assert!(b.len() + 1 == N && b.len() < 32);
+    let mut out = [0u8; N];
+    out[0] = 0xa0 | b.len() as u8;
+    let mut i = 0;
+    while i < b.len() {
+        out[i + 1] = b[i];
+        i += 1;
     }
+    out
+}
+
+/// The map markers and field names the record is made of.
+mod k {
+    use super::key;
+    pub const ID: [u8; 3] = key("id");
+    pub const CONN: [u8; 5] = key("conn");
+    pub const STREAM: [u8; 7] = key("stream");
+    pub const CLIENT: [u8; 7] = key("client");
+    pub const SERVER: [u8; 7] = key("server");
+    pub const MODE: [u8; 5] = key("mode");
+    pub const CLIENT_TLS: [u8; 11] = key("client_tls");
+    pub const SNI: [u8; 4] = key("sni");
+    pub const ALPN: [u8; 5] = key("alpn");
+    pub const JA4: [u8; 4] = key("ja4");
+    pub const REQUEST: [u8; 8] = key("request");
+    pub const METHOD: [u8; 7] = key("method");
+    pub const SCHEME: [u8; 7] = key("scheme");
+    pub const AUTHORITY: [u8; 10] = key("authority");
+    pub const PATH: [u8; 5] = key("path");
+    pub const VERSION: [u8; 8] = key("version");
+    pub const HEADERS: [u8; 8] = key("headers");
+    pub const BODY: [u8; 5] = key("body");
+    pub const DATA: [u8; 5] = key("data");
+    pub const SIZE: [u8; 5] = key("size");
+    pub const CUT: [u8; 4] = key("cut");
+    pub const TRAILERS: [u8; 9] = key("trailers");
+    pub const RESPONSE: [u8; 9] = key("response");
+    pub const STATUS: [u8; 7] = key("status");
+    pub const REASON: [u8; 7] = key("reason");
+    pub const BY_PROXY: [u8; 9] = key("by_proxy");
+    pub const TIMES: [u8; 6] = key("times");
+    pub const REQUEST_START: [u8; 14] = key("request_start");
+    pub const UPSTREAM_CONNECTED: [u8; 19] = key("upstream_connected");
+    pub const RESPONSE_HEAD: [u8; 14] = key("response_head");
+    pub const END: [u8; 4] = key("end");
+    pub const ERROR: [u8; 6] = key("error");
+    pub const WEBSOCKET: [u8; 10] = key("websocket");
+    pub const FROM_CLIENT: [u8; 12] = key("from_client");
+    pub const OPCODE: [u8; 7] = key("opcode");
+    pub const TS: [u8; 3] = key("ts");
+    pub const WEBSOCKET_DROPPED: [u8; 18] = key("websocket_dropped");
+    pub const NOTES: [u8; 6] = key("notes");
+}
+
+#[inline(always)]
+fn put<const N: usize>(out: &mut Vec<u8>, b: &[u8; N]) {
+    out.extend_from_slice(b);
+}
+
+/// A string, as rmp writes it.
+pub(super) fn str(out: &mut Vec<u8>, s: &str) {
+    m::str(out, s);
 }
 
 /// A header list as `[[name, value], ...]` of bins, the redacted names' values hidden.
-fn fields(out: &mut Vec<u8>, k: &str, h: Option<&Headers>, redact: &[String]) {
-    key(out, k);
+fn fields(out: &mut Vec<u8>, h: Option<&Headers>, redact: &Redact) {
+    put(out, &k::HEADERS);
+    fields_value(out, h, redact);
+}
+
+fn fields_value(out: &mut Vec<u8>, h: Option<&Headers>, redact: &Redact) {
     let Some(h) = h else {
         m::array_len(out, 0);
         return;
     };
     m::array_len(out, h.len());
+    // room for the list at once: each field then costs its two copies and its markers
+    let room: usize = h.iter().map(|f| f.name.len() + f.value.len()).sum();
+    out.reserve(room + 7 * h.len() + REDACTED.len());
     for f in h.iter() {
-        m::array_len(out, 2);
-        bin(out, &f.name);
-        let hidden = redact
-            .iter()
-            .any(|n| n.as_bytes().eq_ignore_ascii_case(&f.name));
-        bin(
-            out,
-            if hidden {
-                REDACTED.as_bytes()
-            } else {
-                &f.value
-            },
-        );
+        let name: &[u8] = &f.name;
+        let value: &[u8] = match redact.hides(name) {
+            true => REDACTED.as_bytes(),
+            false => &f.value,
+        };
+        if name.len() <= 0xff && value.len() <= 0xff {
+            // a two-element array of two 8-bit-length bins, as rmp writes them
+            out.extend_from_slice(&[0x92, 0xc4, name.len() as u8]);
+            out.extend_from_slice(name);
+            out.extend_from_slice(&[0xc4, value.len() as u8]);
+            out.extend_from_slice(value);
+        } else {
+            m::array_len(out, 2);
+            m::bin(out, name);
+            m::bin(out, value);
+        }
     }
 }
 
-/// A [`BodyRec`] from the tap's pieces.
+/// The request's head fields (the first six of its map), written on the worker as the
+/// request goes upstream.
+pub(super) fn request_head(out: &mut Vec<u8>, req: &Request, redact: &Redact) {
+    put(out, &k::METHOD);
+    // a method token is ASCII; anything else is written as its lossy text, as before
+    match req.method.is_ascii() {
+        true => m::str_bytes(out, &req.method),
+        false => m::str(out, &String::from_utf8_lossy(&req.method)),
+    }
+    put(out, &k::SCHEME);
+    m::str(out, &req.scheme);
+    put(out, &k::AUTHORITY);
+    m::str(out, &req.authority);
+    put(out, &k::PATH);
+    m::str(out, req.path.as_deref().unwrap_or_default());
+    put(out, &k::VERSION);
+    m::str(out, req.version.as_str());
+    fields(out, Some(&req.headers), redact);
+}
+
+/// The response's head fields (the first four of its map), written on the worker.
+pub(super) fn response_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    version: &str,
+    headers: &Headers,
+    redact: &Redact,
+) {
+    put(out, &k::STATUS);
+    m::uint(out, u64::from(status));
+    put(out, &k::REASON);
+    m::str(out, reason);
+    put(out, &k::VERSION);
+    m::str(out, version);
+    fields(out, Some(headers), redact);
+}
+
+/// A `BodyRec` from the tap's pieces.
 fn body(out: &mut Vec<u8>, t: &BodyTap) {
-    key(out, "body");
+    put(out, &k::BODY);
     m::map_len(out, 3);
-    key(out, "data");
+    put(out, &k::DATA);
     m::bin_len(out, t.kept);
-    for p in &t.pieces {
+    for p in t.pieces() {
         out.extend_from_slice(p);
     }
-    uint_field(out, "size", t.size);
-    bool_field(out, "cut", t.size > t.kept as u64);
+    put(out, &k::SIZE);
+    m::uint(out, t.size);
+    put(out, &k::CUT);
+    m::bool(out, t.size > t.kept as u64);
 }
 
 fn tls(out: &mut Vec<u8>, t: Option<&TlsRec>) {
-    key(out, "client_tls");
+    put(out, &k::CLIENT_TLS);
     let Some(t) = t else {
         m::nil(out);
         return;
     };
     m::map_len(out, 4);
-    str_field(out, "sni", &t.sni);
-    str_field(out, "alpn", &t.alpn);
-    str_field(out, "version", &t.version);
-    str_field(out, "ja4", &t.ja4);
+    put(out, &k::SNI);
+    m::str(out, &t.sni);
+    put(out, &k::ALPN);
+    m::str(out, &t.alpn);
+    put(out, &k::VERSION);
+    m::str(out, &t.version);
+    put(out, &k::JA4);
+    m::str(out, &t.ja4);
 }
 
-fn response(out: &mut Vec<u8>, c: &Capture, r: Option<&ResponseRec>, redact: &[String]) {
-    key(out, "response");
-    let Some(r) = r else {
-        m::nil(out);
-        return;
-    };
-    m::map_len(out, 7);
-    uint_field(out, "status", u64::from(r.status));
-    str_field(out, "reason", &r.reason);
-    let head = c.resp.as_ref();
-    // a response known only as a record (no captured head) keeps what it holds
-    match head {
-        Some(_) => str_field(out, "version", c.versions.1),
-        None => str_field(out, "version", &r.version),
+fn addr(out: &mut Vec<u8>, a: Option<std::net::SocketAddr>) {
+    match a {
+        Some(a) => write_addr(out, a),
+        None => m::str(out, ""),
     }
-    fields(out, "headers", head.map(|h| &h.headers), redact);
-    match head {
-        Some(_) => body(out, &c.resp_body),
-        None => body_rec(out, &r.body),
-    }
-    let trailers = head.and_then(|h| h.trailers.as_ref());
-    fields(out, "trailers", trailers, redact);
-    bool_field(out, "by_proxy", r.by_proxy);
-}
-
-fn body_rec(out: &mut Vec<u8>, b: &BodyRec) {
-    key(out, "body");
-    m::map_len(out, 3);
-    key(out, "data");
-    bin(out, &b.data);
-    uint_field(out, "size", b.size);
-    bool_field(out, "cut", b.cut);
 }
 
 fn ws(out: &mut Vec<u8>, list: &[WsMessageRec]) {
-    key(out, "websocket");
+    put(out, &k::WEBSOCKET);
     m::array_len(out, list.len());
     for w in list {
         m::map_len(out, 5);
-        bool_field(out, "from_client", w.from_client);
-        uint_field(out, "opcode", u64::from(w.opcode));
-        uint_field(out, "ts", w.ts);
-        key(out, "data");
-        bin(out, &w.data);
-        uint_field(out, "size", w.size);
+        put(out, &k::FROM_CLIENT);
+        m::bool(out, w.from_client);
+        put(out, &k::OPCODE);
+        m::uint(out, u64::from(w.opcode));
+        put(out, &k::TS);
+        m::uint(out, w.ts);
+        put(out, &k::DATA);
+        m::bin(out, &w.data);
+        put(out, &k::SIZE);
+        m::uint(out, w.size);
     }
 }
 
-/// Writes `c` (already finished: see `Capture::finish`) as an [`HttpFlow`] map.
-pub(super) fn write(c: &Capture, redact: &[String], out: &mut Vec<u8>) {
-    let f: &HttpFlow = &c.flow;
-    // names, small values and the head fields: one growth for most records
-    let heads = c.req.headers.len() + c.resp.as_ref().map_or(0, |h| h.headers.len());
-    out.reserve(512 + 64 * heads + c.payload_hint());
+/// Writes `c` (already finished: see `Capture::finish`) as an `HttpFlow` map, its
+/// fields in the struct's order as rmp-serde writes them.
+pub(super) fn write(c: &Capture, out: &mut Vec<u8>) {
+    out.reserve(256 + c.payload_hint());
     m::map_len(out, 14);
-    uint_field(out, "id", f.id);
-    uint_field(out, "conn", f.conn);
-    uint_field(out, "stream", u64::from(f.stream));
-    let addr = |a: Option<std::net::SocketAddr>, kept: &str| a.map_or(kept.to_string(), addr_text);
-    str_field(out, "client", &addr(c.client, &f.client));
-    str_field(out, "server", &addr(c.server, &f.server));
-    str_field(out, "mode", c.mode);
-    tls(out, f.client_tls.as_ref());
-    // the request
-    let r = &f.request;
-    key(out, "request");
+    put(out, &k::ID);
+    m::uint(out, c.id);
+    put(out, &k::CONN);
+    m::uint(out, c.conn);
+    put(out, &k::STREAM);
+    m::uint(out, u64::from(c.stream));
+    put(out, &k::CLIENT);
+    addr(out, c.client);
+    put(out, &k::SERVER);
+    addr(out, c.server);
+    put(out, &k::MODE);
+    m::str(out, c.mode);
+    tls(out, c.client_tls.as_ref());
+    // the request: its head as the worker wrote it, then body and trailers
+    let (req, resp) = c.heads.split_at(c.resp_at.unwrap_or(c.heads.len()));
+    put(out, &k::REQUEST);
     m::map_len(out, 8);
-    str_field(out, "method", &r.method);
-    str_field(out, "scheme", &r.scheme);
-    str_field(out, "authority", &r.authority);
-    str_field(out, "path", &r.path);
-    str_field(out, "version", c.versions.0);
-    fields(out, "headers", Some(&c.req.headers), redact);
+    out.extend_from_slice(req);
     body(out, &c.req_body);
-    fields(out, "trailers", c.req.trailers.as_ref(), redact);
-    response(out, c, f.response.as_ref(), redact);
-    // the times
-    let t = &f.times;
-    key(out, "times");
+    put(out, &k::TRAILERS);
+    fields_value(out, c.req_trailers.as_ref(), c.redact);
+    put(out, &k::RESPONSE);
+    match c.resp_at {
+        None => m::nil(out),
+        Some(_) => {
+            m::map_len(out, 7);
+            out.extend_from_slice(resp);
+            body(out, &c.resp_body);
+            put(out, &k::TRAILERS);
+            fields_value(out, c.resp_trailers.as_ref(), c.redact);
+            put(out, &k::BY_PROXY);
+            m::bool(out, c.by_proxy);
+        }
+    }
+    let t = &c.times;
+    put(out, &k::TIMES);
     m::map_len(out, 4);
-    uint_field(out, "request_start", t.request_start);
-    uint_field(out, "upstream_connected", t.upstream_connected);
-    uint_field(out, "response_head", t.response_head);
-    uint_field(out, "end", t.end);
-    opt_str_field(out, "error", f.error.as_deref());
-    ws(out, &f.websocket);
-    uint_field(out, "websocket_dropped", f.websocket_dropped);
-    key(out, "notes");
-    m::array_len(out, f.notes.len());
-    for (k, v) in &f.notes {
+    put(out, &k::REQUEST_START);
+    m::uint(out, t.request_start);
+    put(out, &k::UPSTREAM_CONNECTED);
+    m::uint(out, t.upstream_connected);
+    put(out, &k::RESPONSE_HEAD);
+    m::uint(out, t.response_head);
+    put(out, &k::END);
+    m::uint(out, t.end);
+    put(out, &k::ERROR);
+    match c.error.as_deref() {
+        Some(s) => m::str(out, s),
+        None => m::nil(out),
+    }
+    ws(out, &c.websocket);
+    put(out, &k::WEBSOCKET_DROPPED);
+    m::uint(out, c.websocket_dropped);
+    put(out, &k::NOTES);
+    m::array_len(out, c.notes.len());
+    for (k, v) in &c.notes {
         m::array_len(out, 2);
         m::str(out, k);
         m::str(out, v);
@@ -269,11 +359,14 @@ pub(super) fn write(c: &Capture, redact: &[String], out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::flows::capture::Capture;
-    use crate::flows::record::{HttpFlow, TlsRec};
+    use crate::flows::capture::{Capture, Ids, Redact};
+    use crate::flows::record::{
+        field, BodyRec, HttpFlow, RequestRec, ResponseRec, Times, TlsRec, WsMessageRec,
+    };
     use crate::http::{Body, Headers, Request, Response, Version};
     use crate::proto::http1::BodyKind;
     use bytes::Bytes;
+    use serde_bytes::ByteBuf;
 
     fn headers(list: &[(&'static str, &'static str)]) -> Headers {
         let mut h = Headers::new();
@@ -313,73 +406,201 @@ mod tests {
         }
     }
 
-    /// The captures the test compares, each made twice (a capture is used up).
-    fn cases() -> Vec<Box<dyn Fn() -> Capture>> {
+    fn body(data: &[u8], size: u64) -> BodyRec {
+        BodyRec {
+            data: ByteBuf::from(data.to_vec()),
+            size,
+            cut: size > data.len() as u64,
+        }
+    }
+
+    /// The record `request(..)` and `response(..)` make, redacting `hidden`.
+    fn flow(hidden: bool, req_body: BodyRec, resp: Option<(BodyRec, bool)>) -> HttpFlow {
+        let cookie = if hidden { super::REDACTED } else { "s=1" };
+        let set_cookie = if hidden { super::REDACTED } else { "k=v" };
+        HttpFlow {
+            request: RequestRec {
+                method: "POST".into(),
+                scheme: "https".into(),
+                authority: "example.test:8443".into(),
+                path: "/a?b=1".into(),
+                version: "HTTP/1.1".into(),
+                headers: vec![
+                    field("Host", "example.test"),
+                    field("Cookie", cookie),
+                    field("X-A", "\u{e9}"),
+                ],
+                body: req_body,
+                trailers: vec![],
+            },
+            response: resp.map(|(body, by_proxy)| ResponseRec {
+                status: 200,
+                reason: "OK".into(),
+                version: "HTTP/1.1".into(),
+                headers: vec![
+                    field("Content-Type", "text/plain"),
+                    field("Set-Cookie", set_cookie),
+                ],
+                body,
+                trailers: vec![field("x-t", "1")],
+                by_proxy,
+            }),
+            times: Times {
+                request_start: 1_500_000_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Each case: the capture (made fresh for each redaction list) and the record it
+    /// describes.
+    type Case = Box<dyn Fn(&'static Redact) -> Capture>;
+    type Expected = Box<dyn Fn(bool) -> HttpFlow>;
+
+    fn cases() -> Vec<(Case, Expected)> {
         vec![
-            // a plain exchange with whole bodies, one cut by the limit
-            Box::new(|| {
-                let flow = HttpFlow {
-                    id: 7,
-                    conn: 3,
-                    stream: 5,
-                    ..Default::default()
-                };
-                let mut c = *Capture::start(flow, &request(Body::Full("abcdef".into())), 4);
-                c.client = Some("127.0.0.1:5000".parse().unwrap());
-                c.server = Some("[::1]:443".parse().unwrap());
-                c.mode = "reverse";
-                c.flow.client_tls = Some(TlsRec {
-                    sni: "example.test".into(),
-                    alpn: "h2".into(),
-                    version: "TLSv1.3".into(),
-                    ja4: "t13d".into(),
-                });
-                c.flow.times.end = 99;
-                c.flow.notes.push(("k".into(), "v".into()));
-                c.response(&response(Body::Full("hello".into())), false);
-                c.flow.times.response_head = 42;
-                c
-            }),
+            // a plain exchange with whole bodies, both cut by the limit
+            (
+                Box::new(|redact| {
+                    let ids = Ids {
+                        id: 7,
+                        conn: 3,
+                        stream: 5,
+                    };
+                    let req = request(Body::Full("abcdef".into()));
+                    let mut c = *Capture::start(ids, &req, 4, redact);
+                    c.client = Some("127.0.0.1:5000".parse().unwrap());
+                    c.server = Some("[::1]:443".parse().unwrap());
+                    c.mode = "reverse";
+                    c.client_tls = Some(TlsRec {
+                        sni: "example.test".into(),
+                        alpn: "h2".into(),
+                        version: "TLSv1.3".into(),
+                        ja4: "t13d".into(),
+                    });
+                    c.times.end = 99;
+                    c.notes.push(("k".into(), "v".into()));
+                    c.response(&response(Body::Full("hello".into())), false);
+                    c.times.response_head = 42;
+                    c
+                }),
+                Box::new(|hidden| {
+                    let mut f = flow(hidden, body(b"abcd", 6), Some((body(b"hell", 5), false)));
+                    f.id = 7;
+                    f.conn = 3;
+                    f.stream = 5;
+                    f.client = "127.0.0.1:5000".into();
+                    f.server = "[::1]:443".into();
+                    f.mode = "reverse".into();
+                    f.client_tls = Some(TlsRec {
+                        sni: "example.test".into(),
+                        alpn: "h2".into(),
+                        version: "TLSv1.3".into(),
+                        ja4: "t13d".into(),
+                    });
+                    f.times.response_head = 42;
+                    f.times.end = 99;
+                    f.notes.push(("k".into(), "v".into()));
+                    f
+                }),
+            ),
             // streamed chunked bodies with trailers, websocket messages, an error
-            Box::new(|| {
-                let mut c = *Capture::start(HttpFlow::default(), &request(Body::Streaming), 1024);
-                c.req_body.wire(BodyKind::Chunked);
-                c.req_body
-                    .see(&Bytes::from_static(b"3\r\nabc\r\n0\r\nx-r: 2\r\n\r\n"));
-                c.response(&response(Body::Streaming), true);
-                c.resp_body.wire(BodyKind::Chunked);
-                c.resp_body
-                    .see(&Bytes::from_static(b"2\r\nhi\r\n0\r\nx-s: 3\r\n\r\n"));
-                c.ws_message(true, 1, b"ping");
-                c.ws_message(false, 2, &[0, 1, 2]);
-                c.error("upstream reset");
-                // the clock's readings, made equal in both copies
-                c.flow.times.response_head = 42;
-                c.flow.times.end = 43;
-                c.flow.websocket.iter_mut().for_each(|w| w.ts = 5);
-                c
-            }),
+            (
+                Box::new(|redact| {
+                    let req = request(Body::Streaming);
+                    let mut c = *Capture::start(Ids::default(), &req, 1024, redact);
+                    c.req_body.wire(BodyKind::Chunked);
+                    c.req_body
+                        .see(&Bytes::from_static(b"3\r\nabc\r\n0\r\nx-r: 2\r\n\r\n"));
+                    c.response(&response(Body::Streaming), true);
+                    c.resp_body.wire(BodyKind::Chunked);
+                    c.resp_body
+                        .see(&Bytes::from_static(b"2\r\nhi\r\n0\r\nx-s: 3\r\n\r\n"));
+                    c.ws_message(true, 1, b"ping");
+                    c.ws_message(false, 2, &[0, 1, 2]);
+                    c.error("upstream reset");
+                    c.error("not this one");
+                    // the clock's readings, made known
+                    c.times.response_head = 42;
+                    c.times.end = 43;
+                    c.websocket.iter_mut().for_each(|w| w.ts = 5);
+                    c
+                }),
+                Box::new(|hidden| {
+                    let mut f = flow(hidden, body(b"abc", 3), Some((body(b"hi", 2), true)));
+                    f.request.trailers = vec![field("x-r", "2")];
+                    f.response.as_mut().unwrap().trailers = vec![field("x-s", "3")];
+                    f.times.response_head = 42;
+                    f.times.end = 43;
+                    f.error = Some("upstream reset".into());
+                    let ws = |from_client, opcode, data: &[u8]| WsMessageRec {
+                        from_client,
+                        opcode,
+                        ts: 5,
+                        data: ByteBuf::from(data.to_vec()),
+                        size: data.len() as u64,
+                    };
+                    f.websocket = vec![ws(true, 1, b"ping"), ws(false, 2, &[0, 1, 2])];
+                    f
+                }),
+            ),
             // no response at all
-            Box::new(|| {
-                let mut c = *Capture::start(HttpFlow::default(), &request(Body::Streaming), 16);
-                c.flow.times.end = 1;
-                c.error("connect refused");
-                c
-            }),
+            (
+                Box::new(|redact| {
+                    let req = request(Body::Streaming);
+                    let mut c = *Capture::start(Ids::default(), &req, 16, redact);
+                    c.times.end = 1;
+                    c.error("connect refused");
+                    c
+                }),
+                Box::new(|hidden| {
+                    let mut f = flow(hidden, body(b"", 0), None);
+                    f.times.end = 1;
+                    f.error = Some("connect refused".into());
+                    f
+                }),
+            ),
+            // a second response replaces the first (an interim head, then the answer)
+            (
+                Box::new(|redact| {
+                    let req = request(Body::Streaming);
+                    let mut c = *Capture::start(Ids::default(), &req, 16, redact);
+                    let mut early = response(Body::Full("x".into()));
+                    early.status = 503;
+                    early.reason = "a longer reason phrase than the other".into();
+                    c.response(&early, false);
+                    c.response(&response(Body::Full("hello".into())), true);
+                    c.times.response_head = 2;
+                    c.times.end = 3;
+                    c
+                }),
+                Box::new(|hidden| {
+                    let mut f = flow(hidden, body(b"", 0), Some((body(b"hello", 5), true)));
+                    f.times.response_head = 2;
+                    f.times.end = 3;
+                    f
+                }),
+            ),
         ]
     }
 
     #[test]
     fn written_straight_from_the_capture_as_serde_writes_the_record() {
-        for redact in [vec![], vec!["cookie".to_string(), "SET-COOKIE".to_string()]] {
-            for (i, make) in cases().iter().enumerate() {
+        let names = vec!["cookie".to_string(), "SET-COOKIE".to_string()];
+        let lists: [&'static Redact; 2] = [
+            Box::leak(Box::default()),
+            Box::leak(Box::new(Redact::new(names))),
+        ];
+        for redact in lists {
+            for (i, (make, expected)) in cases().iter().enumerate() {
                 let mut direct = Vec::new();
-                make().write_record(&redact, &mut direct);
-                let mut serde = Vec::new();
-                rmp_serde::encode::write_named(&mut serde, &make().into_record(&redact)).unwrap();
+                make(redact).write_record(&mut direct);
+                let want = expected(redact.hides(b"Cookie"));
+                let serde = rmp_serde::to_vec_named(&want).unwrap();
                 assert_eq!(direct, serde, "case {i}, redacting {redact:?}");
                 let back: HttpFlow = rmp_serde::from_slice(&direct).unwrap();
-                assert_eq!(back, make().into_record(&redact), "case {i} reads back");
+                assert_eq!(back, want, "case {i} reads back");
             }
         }
     }

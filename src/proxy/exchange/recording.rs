@@ -2,8 +2,8 @@
 //! handed to the recorder. Without `--record` both are a check of one Option.
 
 use super::Flow;
-use crate::flows::capture::{Capture, RawTap};
-use crate::flows::record::{now_ns, HttpFlow, TlsRec, TunnelFlow};
+use crate::flows::capture::{Capture, Ids, RawTap};
+use crate::flows::record::{now_ns, TlsRec, TunnelFlow};
 use crate::http::Request;
 use crate::plugin::ConnInfo;
 use crate::proxy::byte_tunnel::TunnelStats;
@@ -14,14 +14,13 @@ use std::cell::RefCell;
 /// the HTTP/2 stream id, 0 on HTTP/1.
 pub fn start(f: &Flow<'_>, req: &Request, stream: u32) -> Option<Box<Capture>> {
     let r = f.w.recorder.as_ref()?;
-    let flow = HttpFlow {
+    let ids = Ids {
         id: f.id,
         conn: f.info.conn_id,
         stream,
-        client_tls: tls_of(f.info),
-        ..Default::default()
     };
-    let mut c = Capture::start(flow, req, r.max_body);
+    let mut c = Capture::start(ids, req, r.max_body, r.redact);
+    c.client_tls = tls_of(f.info);
     c.client = Some(f.info.client_addr);
     c.mode = f.w.mode.name();
     Some(c)
@@ -31,8 +30,8 @@ pub fn start(f: &Flow<'_>, req: &Request, stream: u32) -> Option<Box<Capture>> {
 pub fn finish(w: &Worker, info: &ConnInfo, cap: Option<Box<Capture>>) {
     if let (Some(r), Some(mut c)) = (w.recorder.as_ref(), cap) {
         c.server = info.server_addr;
-        if let Some(n) = w.engine().and_then(|e| e.take_flow_notes(c.flow.id)) {
-            c.flow.notes = n.notes;
+        if let Some(n) = w.engine().and_then(|e| e.take_flow_notes(c.id)) {
+            c.notes = n.notes;
             c.skip = n.skip;
         }
         r.http(c);

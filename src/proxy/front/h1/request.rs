@@ -210,7 +210,7 @@ async fn send(
                 let up = Box::pin(open(c, front, key, hooks, req))
                     .await
                     .map_err(NotSent::Answered)?;
-                c.io.record(|r| r.flow.times.upstream_connected = now_ns());
+                c.io.record(|r| r.times.upstream_connected = now_ns());
                 up
             }
         };
