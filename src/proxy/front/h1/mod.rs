@@ -161,8 +161,11 @@ async fn read_head(c: &mut ClientConn, drain: &mut watch::Receiver<bool>) -> Opt
         }
         let idle = io.buf.is_empty();
         let b = std::mem::take(&mut io.buf);
+        // an empty buffer is taken only once bytes come: an idle keep-alive connection
+        // then holds none
+        let read = io.stream.read_when_ready(b, IDLE_READ_BUF);
         tokio::select! {
-            r = io.read_deadline.limit(io.stream.read(b)) => match r {
+            r = io.read_deadline.limit(read) => match r {
                 Ok((Ok(n), b)) if n > 0 => io.buf = b,
                 Ok((Ok(_), _)) => return None,
                 Ok((Err(e), _)) => {
