@@ -22,7 +22,7 @@ fn take(size: usize) -> BytesMut {
     let mut b = SPARE
         .with(|s| s.borrow_mut().pop())
         .unwrap_or_else(|| BytesMut::with_capacity(size));
-    if b.capacity() < 512 {
+    if b.capacity() < size.min(4 * 1024) {
         b.reserve(size);
     }
     b
