@@ -17,6 +17,7 @@ mod deadline;
 pub mod os;
 mod poll_stream;
 mod probe;
+mod ready;
 pub mod splice;
 pub mod tls_stream;
 

@@ -103,8 +103,8 @@ impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncRead for PollStrea
                 let s = this.stream.clone();
                 let mut buf = std::mem::take(&mut this.ready);
                 buf.clear();
-                buf.reserve(READ_CHUNK);
-                Box::pin(async move { s.read(buf).await })
+                // the buffer is taken once bytes come: an idle h2 connection holds none
+                Box::pin(async move { s.read_when_ready(buf, READ_CHUNK).await })
             });
             let (res, buf) = ready!(op.as_mut().poll(cx));
             this.read = None;

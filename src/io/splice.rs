@@ -115,7 +115,7 @@ fn splice_raw(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 }
 
 /// A borrowed fd, as the reactor sees it.
-struct Fd(RawFd);
+pub(super) struct Fd(RawFd);
 
 impl AsRawFd for Fd {
     fn as_raw_fd(&self) -> RawFd {
@@ -143,7 +143,7 @@ impl UringTcp {
         }
     }
 
-    fn registration(&self) -> io::Result<&AsyncFd<Fd>> {
+    pub(super) fn registration(&self) -> io::Result<&AsyncFd<Fd>> {
         if let Some(r) = self.reg.get() {
             return Ok(r);
         }

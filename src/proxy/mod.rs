@@ -22,6 +22,7 @@ pub mod h2_relay;
 pub mod h2_stream;
 pub mod hook_io;
 pub mod hooks;
+pub mod recycled;
 pub mod sse;
 pub mod upstream;
 pub mod worker;

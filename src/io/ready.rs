@@ -1,0 +1,138 @@
+//! Reading a socket only once it has something to read: the buffer is taken then, from
+//! a per-thread list of spare ones, so a connection that waits (an idle keep-alive
+//! client) holds no read buffer. An io_uring read owns its buffer from submission to
+//! completion, so on that backend the wait goes through the tokio reactor the io_uring
+//! runtime runs on, as splice's waits do, and the read is a non-blocking recv.
+
+use super::{Stream, Traffic};
+use bytes::BytesMut;
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Spare buffers a thread keeps (one per read that found nothing yet, at most).
+const KEEP: usize = 64;
+
+thread_local! {
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for a read, a spare one when there is one.
+fn take(size: usize) -> BytesMut {
+    let mut b = SPARE
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(size));
+    if b.capacity() < size.min(4 * 1024) {
+        b.reserve(size);
+    }
+    b
+}
+
+/// Keeps an empty buffer for the next [`take`] unless it is oversized or enough are kept.
+fn give(mut b: BytesMut, size: usize) {
+    if b.capacity() == 0 || b.capacity() > 4 * size {
+        return;
+    }
+    b.clear();
+    let _ = SPARE.try_with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < KEEP {
+            s.push(b);
+        }
+    });
+}
+
+/// Where a buffer that found nothing to read waits: kept when it holds bytes, else
+/// among the spares.
+fn put(b: BytesMut, held: &mut Option<BytesMut>, size: usize) {
+    if b.is_empty() {
+        give(b, size);
+    } else {
+        *held = Some(b);
+    }
+}
+
+/// One non-blocking recv into the spare capacity of `buf`; WouldBlock when nothing waits.
+fn recv_now(fd: RawFd, buf: &mut BytesMut, traffic: &Traffic) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv writes at most `spare.len()` bytes into the buffer's spare capacity,
+    // which stays borrowed (and allocated) for the call.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised the first n bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    traffic.add_read(n);
+    Ok(n)
+}
+
+impl Stream {
+    /// [`Stream::read`] that takes a buffer only once the socket has bytes, EOF or an
+    /// error to report: an empty `buf` is kept as a spare meanwhile (a buffer of `size`
+    /// bytes is made when no spare is left); one holding bytes is read into. TLS reads
+    /// as [`Stream::read`] does, in a box (its session holds buffers of its own anyway,
+    /// and its read's future would make this one several times larger).
+    pub async fn read_when_ready(
+        &self,
+        buf: BytesMut,
+        size: usize,
+    ) -> (io::Result<usize>, BytesMut) {
+        let mut held = if buf.is_empty() {
+            give(buf, size);
+            None
+        } else {
+            Some(buf)
+        };
+        match self {
+            Stream::Uring(s) => {
+                let reg = match s.registration() {
+                    Ok(r) => r,
+                    Err(e) => return (Err(e), BytesMut::new()),
+                };
+                loop {
+                    let mut ready = match reg.readable().await {
+                        Ok(g) => g,
+                        Err(e) => return (Err(e), BytesMut::new()),
+                    };
+                    let mut b = held.take().unwrap_or_else(|| take(size));
+                    match recv_now(s.as_raw_fd(), &mut b, &s.traffic) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ready.clear_ready();
+                            put(b, &mut held, size);
+                        }
+                        r => return (r, b),
+                    }
+                }
+            }
+            Stream::Epoll(s, t) => {
+                loop {
+                    if let Err(e) = s.readable().await {
+                        return (Err(e), BytesMut::new());
+                    }
+                    let mut b = held.take().unwrap_or_else(|| take(size));
+                    // try_io clears the readiness tokio cached when the recv would block
+                    let r = s.try_io(tokio::io::Interest::READABLE, || {
+                        recv_now(s.as_raw_fd(), &mut b, t)
+                    });
+                    match r {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => put(b, &mut held, size),
+                        r => return (r, b),
+                    }
+                }
+            }
+            Stream::Tls(_) | Stream::Detached => {
+                let buf = held.unwrap_or_else(|| take(size));
+                Box::pin(self.read(buf)).await
+            }
+        }
+    }
+}
