@@ -17,6 +17,7 @@
 # ratio against nginx. Needs nginx, libnginx-mod-http-lua and libnginx-mod-http-echo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 
 DURATION=5
 CONNS=64
@@ -60,17 +61,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  local i
-  for i in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 nginx_conf() { # name main-context http-context -> path
   mkdir -p "$TMP/$1"
   cat > "$TMP/$1.conf" <<NGX
@@ -138,7 +128,6 @@ start_nginx nginx-auth 'local r = ngx.location.capture("/_auth")
 start_luring luring-noauth
 start_luring luring-auth "$(realpath lua/examples/auth-subrequest.lua)"
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 to_us() { # wrk latency text (12.3us, 4.5ms, 1.2s) -> microseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /ms$/) n *= 1000; else if (v ~ /s$/ && v !~ /us$/) n *= 1000000; printf "%.0f", n }'
 }

@@ -26,6 +26,7 @@
 # Figures are for comparison on one machine in one run, not absolutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 
 DURATION=5
 ROUNDS=1
@@ -91,18 +92,7 @@ fi
 
 T0=$(date +%s)
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
-wait_port() { # port -> 0 when accepting within 10 s
-  local i
-  for i in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 # --- origin ------------------------------------------------------------------
 mkdir -p "$TMP/www" "$TMP/ngx"
@@ -309,9 +299,6 @@ if (( METRICS )); then
   PIDS+=("$!")
 fi
 
-cpu_ticks() { # pid -> utime+stime in clock ticks
-  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
 
 # --- measure -----------------------------------------------------------------
 declare -A RPS CPU NOTE

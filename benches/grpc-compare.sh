@@ -17,6 +17,7 @@
 # calls h2load completed), with ratios against nginx and against luring without hooks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 
 CALLS=20000
 CLIENTS=8
@@ -48,17 +49,6 @@ cleanup() {
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  local i
-  for i in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 # --- the gRPC server: unary echo and bidi echo, raw bytes (no protobuf classes) ----------
 cat > "$TMP/server.py" <<'PY'
@@ -139,7 +129,6 @@ LUA
 start_luring luring "$UNARY"
 start_luring luring+on_data "$UNARY" "$TMP/on_data.lua"
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 echo "gRPC unary, 1 KiB message, h2c both sides: h2load -n $CALLS -c $CLIENTS -m 8"
 printf '%-16s %10s %12s %10s %12s\n' target calls/s "cpu us/call" cpu/nginx "cpu/luring"
 declare -A CPU

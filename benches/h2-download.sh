@@ -12,6 +12,7 @@
 # Needs nginx, curl (with HTTP/2) and openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 SIZE_MB=100
 ROUNDS=3
 BIN=target/release/luring
@@ -41,17 +42,6 @@ cleanup() {
   [[ -n ${KEEP:-} ]] || rm -rf "$W"
 }
 trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-  local i
-  for i in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 head -c "${SIZE_MB}M" /dev/zero > "$W/big"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/k.pem" \
@@ -88,7 +78,6 @@ for p in "$ORIGIN" "$NGX" "$LUR"; do
   wait_port "$p" || { echo "a server did not start: $(cat "$W"/*.log | head -c 400)" >&2; exit 1; }
 done
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 CLK_TCK=$(getconf CLK_TCK)
 fetch() { # port -> "MB/s http-version"
   taskset -c 1 curl -sk --http2 -o /dev/null -w '%{speed_download} %{http_version} %{size_download}\n' \

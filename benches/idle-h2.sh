@@ -12,6 +12,7 @@
 # Needs nginx and python3 with h2; the client and the proxy each need N descriptors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 BIN=target/release/luring
 N=1000
 while (( $# )); do
@@ -28,9 +29,6 @@ ulimit -n $(( N + 2000 )) 2>/dev/null || { echo "cannot raise the fd limit for $
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/luring-idle-h2.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 ORIGIN=$(free_port)
 RP=$(free_port)
 mkdir -p "$TMP/www"

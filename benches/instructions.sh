@@ -13,6 +13,7 @@
 # Needs valgrind, wrk, nginx (origin) and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 
 BINS=()
 IO=uring
@@ -37,9 +38,6 @@ done
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/luring-instr.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 ORIGIN=$(free_port)
 mkdir -p "$TMP/www"
 head -c 1024 /dev/urandom > "$TMP/www/1k.bin"
