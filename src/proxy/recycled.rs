@@ -74,8 +74,12 @@ pub struct Recycled<F> {
 }
 
 impl<F: Future> Recycled<F> {
-    /// Moves `fut` into a block of the thread's free list (a new one when it is empty).
-    pub fn new(fut: F) -> Recycled<F> {
+    /// Makes the future with `make` straight into a block of the thread's free list (a
+    /// new one when it is empty). Taking a maker rather than the future lets the
+    /// compiler build it in place: a future passed by value is copied whole (all of
+    /// its size, though a fresh one holds only its arguments).
+    #[inline(always)]
+    pub fn new(make: impl FnOnce() -> F) -> Recycled<F> {
         const {
             assert!(
                 std::mem::size_of::<F>() <= BLOCK && std::mem::align_of::<F>() <= ALIGN,
@@ -85,7 +89,7 @@ impl<F: Future> Recycled<F> {
         let p = take_block().cast::<F>();
         // SAFETY: the block is large and aligned enough for F (checked above) and
         // nothing else uses it.
-        unsafe { p.as_ptr().write(fut) };
+        unsafe { p.as_ptr().write(make()) };
         Recycled { fut: p }
     }
 }
@@ -119,12 +123,12 @@ mod tests {
             .build()
             .unwrap();
         let first = rt.block_on(async {
-            let f = Recycled::new(async { 7 });
+            let f = Recycled::new(|| async { 7 });
             let at = f.fut.cast::<u8>();
             assert_eq!(f.await, 7);
             at
         });
-        let second = Recycled::new(async { 8 });
+        let second = Recycled::new(|| async { 8 });
         assert_eq!(second.fut.cast::<u8>(), first);
         assert_eq!(rt.block_on(second), 8);
     }
@@ -133,7 +137,7 @@ mod tests {
     fn dropping_an_unfinished_future_drops_what_it_holds() {
         let held = Rc::new(());
         let h = held.clone();
-        let f = Recycled::new(async move {
+        let f = Recycled::new(|| async move {
             std::future::pending::<()>().await;
             drop(h);
         });
