@@ -6,11 +6,15 @@
 # Each binary runs as `luring run --mode reverse:http://ORIGIN --workers 1` under
 # callgrind while wrk (-t1 -c32, keep-alive, 1 KiB responses) drives it; a second run
 # with a single request measures start-up and shutdown, which are subtracted.
+# With --peers, nginx (reverse proxy: one process, master_process off) and HAProxy
+# (http mode, nbthread 1), configured as benches/compare.sh's nginx-proxy and
+# haproxy-http rows, are counted the same way after the luring rows (they are plain
+# proxies: --io, --plugin and --record apply to luring only).
 #
-# usage: bash benches/instructions.sh [--bin PATH]... [--io uring|epoll]
+# usage: bash benches/instructions.sh [--bin PATH]... [--io uring|epoll] [--peers]
 #                                     [--plugin FILE] [--record] [--duration SECS]
 # Default binary: target/release/luring. Give --bin twice to compare two builds.
-# Needs valgrind, wrk, nginx (origin) and curl.
+# Needs valgrind, wrk, nginx (origin) and curl; --peers needs haproxy too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
@@ -19,20 +23,24 @@ BINS=()
 IO=uring
 DURATION=8
 EXTRA=()
+PEERS=0
 while (( $# )); do
   case "$1" in
     --bin) BINS+=("$2"); shift 2 ;;
     --io) IO=$2; shift 2 ;;
     --plugin) EXTRA+=(--plugin "$(realpath "$2")"); shift 2 ;;
     --record) RECORD=1; shift ;;
+    --peers) PEERS=1; shift ;;
     --duration) DURATION=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 (( ${#BINS[@]} )) || BINS=(target/release/luring)
 RECORD=${RECORD:-0}
-for t in valgrind wrk nginx curl; do
+TOOLS=(valgrind wrk nginx curl)
+(( PEERS )) && TOOLS+=(haproxy)
+for t in "${TOOLS[@]}"; do
   command -v "$t" >/dev/null || { echo "$t is required" >&2; exit 1; }
 done
 
@@ -53,38 +61,166 @@ NGX
 taskset -c 1 nginx -p "$TMP" -c "$TMP/origin.conf" 2>/dev/null &
 sleep 0.5
 
-# bin load(0|1) -> "instructions requests"
+# target port -> CMD: what callgrind runs for target (a luring binary, nginx or
+# haproxy) listening on 127.0.0.1:port; STOP: the signal that ends it with callgrind
+# still printing its totals
+target_cmd() {
+  local target=$1 port=$2 dir="$TMP/$1.$2"
+  case $target in
+    nginx)
+      # benches/compare.sh's nginx-proxy, in one process (master_process off, so
+      # callgrind counts the process that serves the requests); keepalive 32 keeps
+      # every upstream connection wrk's 32 can use, as compare.sh's 64 does
+      mkdir -p "$dir"
+      cat > "$dir/nginx.conf" <<NGX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nodelay on;
+  keepalive_requests 10000000;
+  keepalive_timeout 60s;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  default_type application/octet-stream;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 32; }
+  server { listen 127.0.0.1:$port;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGX
+      CMD=(nginx -p "$dir" -c "$dir/nginx.conf")
+      # graceful: closes the idle connections and exits 0
+      STOP=QUIT ;;
+    haproxy)
+      # benches/compare.sh's haproxy-http
+      cat > "$dir.cfg" <<HAP
+global
+  nbthread 1
+  cpu-map 1/1 0
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:$port
+  default_backend be
+backend be
+  http-reuse always
+  server origin 127.0.0.1:$ORIGIN
+HAP
+      CMD=(haproxy -db -f "$dir.cfg")
+      # HAProxy 2.6 with -db leaves SIGTERM at its default action: the process dies
+      # and valgrind prints its totals. (SIGINT is ignored, inherited from this
+      # shell's background job; SIGUSR1's soft stop crashes in deinit under valgrind.)
+      STOP=TERM ;;
+    *)
+      # --record: every flow goes to a flow file (the recorder's writer thread is
+      # counted too), a new one per run: appending to another run's file would count
+      # its reading
+      local rec=()
+      (( RECORD )) && rec=(--record "$TMP/rec.$port.flows")
+      CMD=("$target" run --listen "127.0.0.1:$port" --mode "reverse:http://127.0.0.1:$ORIGIN"
+        --workers 1 --io "$IO" --log-level warn "${EXTRA[@]}" "${rec[@]}")
+      STOP=INT ;;
+  esac
+}
+
+# target load(0|1) -> IR (instructions of the whole run) and N (requests); returns 1,
+# having said why, when the run cannot be counted
 measure() {
-  local bin=$1 load=$2 port out
+  local target=$1 load=$2 port out log
   port=$(free_port)
   out="$TMP/cg.$port"
-  # --record: every flow goes to a flow file (the recorder's writer thread is counted
-  # too), a new one per run: appending to another run's file would count its reading
-  local rec=()
-  (( RECORD )) && rec=(--record "$TMP/rec.$port.flows")
-  taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" run \
-    --listen "127.0.0.1:$port" --mode "reverse:http://127.0.0.1:$ORIGIN" --workers 1 \
-    --io "$IO" --log-level warn "${EXTRA[@]}" "${rec[@]}" > "$TMP/log.$port" 2>&1 &
-  local pid=$! i n=1
+  log="$TMP/log.$port"
+  target_cmd "$target" "$port"
+  taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" "${CMD[@]}" > "$log" 2>&1 &
+  local pid=$! i up=0
+  N=1
+  IR=""
+  # start-up under valgrind takes a few seconds (nginx 1, HAProxy 3): up to about 30 s
   for i in $(seq 1 150); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/1k.bin" && break
+    if curl -sf -o /dev/null --max-time 10 "http://127.0.0.1:$port/1k.bin"; then up=1; break; fi
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.2
   done
-  if (( load )); then
-    n=$(taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$port/1k.bin" \
-      | awk '/requests in/ { print $1 }')
-    n=$((n + 1))
+  local err=""
+  if (( ! up )); then
+    err="$target did not answer on 127.0.0.1:$port"
+  elif (( load )); then
+    local res reqs bad
+    res=$(taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$port/1k.bin")
+    reqs=$(awk '/requests in/ { print $1 }' <<<"$res")
+    # wrk prints this line only when some responses were not 2xx or 3xx
+    bad=$(awk '/^ *Non-2xx or 3xx responses:/ { print $NF }' <<<"$res")
+    if [[ -z "$reqs" || "$reqs" -eq 0 ]]; then
+      err="$target: wrk completed no requests"
+    elif [[ -n "$bad" && "$bad" -ne 0 ]]; then
+      err="$target: $bad of $reqs responses were not 2xx"
+    else
+      N=$((reqs + 1))
+    fi
+    if grep -q 'Socket errors' <<<"$res"; then
+      echo "$target: $(grep 'Socket errors' <<<"$res" | tr -s ' ')" >&2
+    fi
   fi
-  kill -INT "$pid"
+  kill -"$STOP" "$pid" 2>/dev/null || true
+  for i in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    err=${err:-"$target did not exit within 30 s of SIG$STOP"}
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
   wait "$pid" 2>/dev/null || true
-  local ir
-  ir=$(grep -o 'refs: *[0-9,]*' "$TMP/log.$port" | tr -d ', ' | cut -d: -f2)
-  echo "$ir $n"
+  if [[ -z "$err" ]]; then
+    IR=$(grep -o 'refs: *[0-9,]*' "$log" | tr -d ', ' | cut -d: -f2 || true)
+    [[ -n "$IR" ]] || err="$target: callgrind printed no totals (no \"refs:\")"
+  fi
+  # one process only: a fork would show up as a second pid in valgrind's lines
+  if [[ -z "$err" ]] && (( $(grep -oE '^==[0-9]+==' "$log" | sort -u | wc -l) != 1 )); then
+    err="$target: more than one process in callgrind's log"
+  fi
+  if [[ -n "$err" ]]; then
+    echo "error: $err; its log ends:" >&2
+    tail -n 20 "$log" >&2
+    return 1
+  fi
+}
+
+# name target: one row of the table
+row() {
+  local name=$1 target=$2 base total n per
+  measure "$target" 0 || exit 1
+  base=$IR
+  measure "$target" 1 || exit 1
+  total=$IR n=$N
+  per=$(( (total - base) / n ))
+  # any HTTP proxy spends thousands of instructions on a request: less means the
+  # requests did not go through the counted process
+  if (( per < 1000 )); then
+    echo "error: $name: $per instructions/request ($total - $base over $n requests) is too few to be real" >&2
+    exit 1
+  fi
+  printf '%-40s %8d instructions/request (%d requests)\n' "$name" "$per" "$n"
 }
 
 echo "user-space instructions per request: luring reverse proxy, --io $IO, wrk -c32, 1 KiB${EXTRA:+, ${EXTRA[*]}}$( (( RECORD )) && echo ", --record")"
 for bin in "${BINS[@]}"; do
-  read -r base _ < <(measure "$bin" 0)
-  read -r total n < <(measure "$bin" 1)
-  printf '%-40s %8d instructions/request (%d requests)\n' "$bin" $(( (total - base) / n )) "$n"
+  row "$bin" "$bin"
 done
+if (( PEERS )); then
+  row "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (proxy_pass, keepalive)" nginx
+  row "haproxy $(haproxy -v | awk 'NR == 1 { sub(/-.*/, "", $3); print $3 }') (http mode)" haproxy
+fi
