@@ -9,6 +9,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
+    // the commands that move bulk data; the others stay one quick process
+    if matches!(cli.command, Command::Run(_) | Command::Bench(_)) {
+        luring::runtime::copy_tuning::reexec_with_fast_copies();
+    }
     let code = match cli.command {
         Command::Run(args) => match args.to_config() {
             Ok(cfg) => {

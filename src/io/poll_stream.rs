@@ -4,6 +4,9 @@
 //! and the caller's buffers: one copy each way, which h2 would make into its own
 //! buffers anyway.
 //!
+//! Over TLS, writes are encrypted straight from the caller's buffers into rustls and
+//! sent from there (tls_stream), so that side makes no copy of its own.
+//!
 //! Writes are behind: a flush returns once what was written is in a write operation
 //! or queued behind one (as a kernel send buffer would hold it), and the operation
 //! wakes the task when it completes. h2 flushes after every DATA frame; waiting for
@@ -123,6 +126,12 @@ impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> PollStream<'a, S> {
     /// bytes were taken; they are sent at the next flush, or when the write in flight
     /// completes.
     fn queue(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if let Stream::Tls(t) = &*self.stream {
+            // encrypted at once from the caller's buffers, and held by rustls until sent
+            let n = ready!(t.poll_write_vectored(cx, bufs))?;
+            self.bytes_written += n as u64;
+            return Poll::Ready(Ok(n));
+        }
         // a failed write is reported now; a pending one is fine while little is queued
         if let Poll::Ready(Err(e)) = self.poll_writes(cx) {
             return Poll::Ready(Err(e));
@@ -165,6 +174,14 @@ impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncWrite for PollStre
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Stream::Tls(t) = &*self.stream {
+            // write-behind as below: records the socket cannot take yet stay with rustls
+            // (writes wait beyond its limit), and the socket's readiness wakes this task
+            return match t.poll_flush(cx) {
+                Poll::Pending => Poll::Ready(Ok(())),
+                r => r,
+            };
+        }
         match self.poll_writes(cx) {
             // the write in flight holds this task's waker, and the next poll after it
             // completes sends what is queued
@@ -175,6 +192,9 @@ impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncWrite for PollStre
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // the owner ends the stream (close_notify for TLS) once the codec is done
+        if let Stream::Tls(t) = &*self.stream {
+            return t.poll_flush(cx);
+        }
         self.poll_writes(cx)
     }
 }

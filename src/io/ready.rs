@@ -1,14 +1,21 @@
-//! Reading a socket only once it has something to read: the buffer is taken then, from
-//! a per-thread list of spare ones, so a connection that waits (an idle keep-alive
-//! client) holds no read buffer. An io_uring read owns its buffer from submission to
-//! completion, so on that backend the wait goes through the tokio reactor the io_uring
-//! runtime runs on, as splice's waits do, and the read is a non-blocking recv.
+//! Socket operations done when the socket is ready, through the tokio reactor the
+//! io_uring runtime runs on (as splice's waits are) instead of an io_uring operation
+//! that would own a buffer from submission to completion.
+//!
+//! - Reads: the buffer is taken only once the socket has something to read, from a
+//!   per-thread list of spare ones, so a connection that waits (an idle keep-alive
+//!   client) holds no read buffer; the read is a non-blocking recv.
+//! - Sends: a non-blocking sendmsg straight from the caller's slices (TLS records sent
+//!   from rustls' own buffers, docs/decisions.md), with a wait for room when the socket
+//!   takes nothing.
 
 use super::{Stream, Traffic};
 use bytes::BytesMut;
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::task::{ready, Context, Poll};
+use tokio::io::Interest;
 
 /// Spare buffers a thread keeps (one per read that found nothing yet, at most).
 const KEEP: usize = 64;
@@ -75,7 +82,70 @@ fn recv_now(fd: RawFd, buf: &mut BytesMut, traffic: &Traffic) -> io::Result<usiz
     Ok(n)
 }
 
+/// One non-blocking sendmsg of `bufs`; WouldBlock when the socket takes nothing.
+fn send_now(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: a zeroed msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix; sendmsg only reads them
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(1024) as _;
+    // SAFETY: the iovecs point into slices borrowed for the call; the fd is open.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 impl Stream {
+    /// Sends what the socket takes of `bufs` now, without waiting; WouldBlock when it
+    /// takes nothing ([`Stream::writable`] or [`Stream::poll_writable`] then wait for
+    /// room). Plain sockets only.
+    pub(crate) fn send_now(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let (n, traffic) = match self {
+            Stream::Uring(s) => {
+                let fd = s.as_raw_fd();
+                let n = match send_now(fd, bufs) {
+                    // again through the reactor, which then forgets a readiness it may
+                    // still hold, so that the next wait is for real room
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => s
+                        .registration()?
+                        .try_io(Interest::WRITABLE, |_| send_now(fd, bufs))?,
+                    r => r?,
+                };
+                (n, &s.traffic)
+            }
+            Stream::Epoll(s, t) => (s.try_write_vectored(bufs)?, t),
+            Stream::Tls(_) | Stream::Detached => return Err(super::detached()),
+        };
+        traffic.add_written(n);
+        Ok(n)
+    }
+
+    /// Waits until the socket may take more bytes; several tasks may wait at once.
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        match self {
+            // the guard is dropped without clearing: send_now clears what was stale
+            Stream::Uring(s) => s.registration()?.writable().await.map(drop),
+            Stream::Epoll(s, _) => s.writable().await,
+            Stream::Tls(_) | Stream::Detached => Err(super::detached()),
+        }
+    }
+
+    /// [`Stream::writable`] for a poll-driven owner; only the last task to poll it is woken.
+    pub(crate) fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Uring(s) => {
+                // kept, not cleared: send_now clears what was stale
+                let mut guard = ready!(s.registration()?.poll_write_ready(cx))?;
+                guard.retain_ready();
+                Poll::Ready(Ok(()))
+            }
+            Stream::Epoll(s, _) => s.poll_write_ready(cx),
+            Stream::Tls(_) | Stream::Detached => Poll::Ready(Err(super::detached())),
+        }
+    }
+
     /// [`Stream::read`] that takes a buffer only once the socket has bytes, EOF or an
     /// error to report: an empty `buf` is kept as a spare meanwhile (a buffer of `size`
     /// bytes is made when no spare is left); one holding bytes is read into. TLS reads

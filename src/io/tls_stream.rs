@@ -1,17 +1,43 @@
-//! TLS over an owned-buffer [`Stream`]: rustls is driven sans-IO (read_tls /
-//! process_new_packets / write_tls), so the same code serves both io backends.
+//! TLS over a [`Stream`]: rustls is driven sans-IO (read_tls / process_new_packets /
+//! write_tls), so the same code serves both io backends.
+//!
+//! Ciphertext is read with the stream's owned-buffer reads and handed to rustls.
+//! Records are sent straight from rustls' buffers with non-blocking sends when the
+//! socket has room (no copy into a buffer of our own first); what the socket cannot
+//! take stays with rustls, at most [`UNSENT_MAX`] bytes, until it can
+//! (docs/decisions.md, "TLS records sent from rustls' buffers").
 //!
 //! Reads and writes may run at once from two tasks (relays, tunnels): the rustls state
-//! sits in a RefCell that is only borrowed between awaits, never across one.
+//! sits in a RefCell that is only borrowed between awaits, never across one, and all
+//! sends are synchronous, so records leave in the order rustls made them.
 
 use super::Stream;
 use bytes::{Bytes, BytesMut};
 use rustls::Connection;
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, IoSlice, Write};
+use std::task::{ready, Context, Poll};
 
-/// Most plaintext one TLS record carries.
-const ONE_RECORD: usize = 16 * 1024;
+/// Most unsent TLS bytes rustls holds for writers; a write beyond waits for the socket.
+const UNSENT_MAX: usize = 256 * 1024;
+
+/// The socket as an `io::Write` that sends only what it takes now (WouldBlock for the
+/// rest), for rustls' write_tls.
+struct SendNow<'a>(&'a Stream);
+
+impl io::Write for SendNow<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send_now(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.send_now(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Copies decrypted bytes rustls holds into the spare capacity of `buf` (no zero-fill
 /// of the spare room first). Ok(0) is the clean end of the session; WouldBlock means
@@ -59,8 +85,7 @@ impl TlsStream {
     /// ClientHello the proxy peeked at).
     pub fn new(inner: Stream, conn: impl Into<Connection>, early: BytesMut) -> TlsStream {
         let mut conn = conn.into();
-        // whole writes are encrypted at once; the socket write bounds the memory
-        conn.set_buffer_limit(None);
+        conn.set_buffer_limit(Some(UNSENT_MAX));
         TlsStream {
             inner,
             conn: RefCell::new(conn),
@@ -107,20 +132,55 @@ impl TlsStream {
         Ok(())
     }
 
-    /// Sends whatever rustls has queued (handshake messages, alerts, records).
-    async fn flush(&self) -> io::Result<()> {
-        let out = {
-            let mut conn = self.conn.borrow_mut();
-            let mut v = Vec::new();
-            while conn.wants_write() {
-                conn.write_tls(&mut v)?;
+    /// Sends rustls' queued records (handshake messages, alerts, data) as far as the
+    /// socket takes them now; true when none is left.
+    fn send_records(&self) -> io::Result<bool> {
+        let mut conn = self.conn.borrow_mut();
+        while conn.wants_write() {
+            match conn.write_tls(&mut SendNow(&self.inner)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
             }
-            v
-        };
-        if out.is_empty() {
-            return Ok(());
         }
-        self.inner.write_plain(Bytes::from(out)).await
+        Ok(true)
+    }
+
+    /// Sends everything rustls has queued, waiting for room as needed.
+    async fn flush(&self) -> io::Result<()> {
+        while !self.send_records()? {
+            self.inner.writable().await?;
+        }
+        Ok(())
+    }
+
+    /// [`TlsStream::flush`] for a poll-driven owner (an h2 connection's task).
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.send_records()? {
+            ready!(self.inner.poll_writable(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Encrypts what rustls takes of `bufs` (all of it unless [`UNSENT_MAX`] bytes are
+    /// unsent); the records go at the next flush. Waits for the socket only when
+    /// rustls takes nothing.
+    pub fn poll_write_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let n = self.conn.borrow_mut().writer().write_vectored(bufs)?;
+        if n > 0 || bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(n));
+        }
+        ready!(self.poll_flush(cx))?;
+        match self.conn.borrow_mut().writer().write_vectored(bufs)? {
+            // nothing unsent and still nothing taken: the session carries no data
+            0 => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            n => Poll::Ready(Ok(n)),
+        }
     }
 
     /// Reads ciphertext from the socket into `pending`; false at EOF.
@@ -167,7 +227,8 @@ impl TlsStream {
         }
         loop {
             if let Err(e) = self.feed() {
-                let _ = self.flush().await;
+                // the alert rustls queued, if the socket takes it now
+                let _ = self.send_records();
                 return (Err(e), buf);
             }
             let got = {
@@ -184,8 +245,10 @@ impl TlsStream {
             if self.eof.get() {
                 return (Ok(0), buf);
             }
-            // replies rustls owes the peer (key updates) go out before we wait
-            if let Err(e) = self.flush().await {
+            // replies rustls owes the peer (key updates) go out before we wait; not
+            // waiting for room: a writer that filled the socket sends them with its own
+            // records, and a read must not wait on a peer that is not reading
+            if let Err(e) = self.send_records() {
                 return (Err(e), buf);
             }
             if let Err(e) = self.fill().await {
@@ -196,33 +259,36 @@ impl TlsStream {
 
     /// Encrypts and writes all of `data`.
     pub async fn write_all(&self, data: &[u8]) -> io::Result<()> {
-        self.conn.borrow_mut().writer().write_all(data)?;
-        self.flush().await
+        self.write_all_slices(&mut [IoSlice::new(data)]).await
     }
 
-    /// Encrypts and writes all of `bufs` in order with one socket write. Pieces that
-    /// fit one record together are joined first (one seal instead of several);
-    /// larger ones are encrypted where they lie, without being joined.
+    /// Encrypts and writes all of `bufs` in order. Records span the pieces, so small
+    /// ones share a record (one seal, one header) without being joined first.
     pub async fn write_all_vectored(&self, bufs: &[Bytes]) -> io::Result<()> {
-        let total: usize = bufs.iter().map(Bytes::len).sum();
-        {
-            let mut conn = self.conn.borrow_mut();
-            let mut w = conn.writer();
-            if total <= ONE_RECORD {
-                w.write_all(&bufs.concat())?;
-            } else {
-                for b in bufs {
-                    w.write_all(b)?;
-                }
+        let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+        self.write_all_slices(&mut slices).await
+    }
+
+    async fn write_all_slices(&self, mut rest: &mut [IoSlice<'_>]) -> io::Result<()> {
+        loop {
+            let n = self.conn.borrow_mut().writer().write_vectored(rest)?;
+            IoSlice::advance_slices(&mut rest, n);
+            self.flush().await?;
+            if rest.iter().all(|b| b.is_empty()) {
+                return Ok(());
+            }
+            if n == 0 {
+                // nothing unsent and still nothing taken: the session carries no data
+                return Err(io::ErrorKind::WriteZero.into());
             }
         }
-        self.flush().await
     }
 
     /// Sends close_notify (best effort, without waiting) and shuts the socket down.
     pub fn shutdown(&self, how: std::net::Shutdown) {
         if how != std::net::Shutdown::Read {
             self.conn.borrow_mut().send_close_notify();
+            let _ = self.send_records();
         }
         self.inner.shutdown(how);
     }

@@ -1,6 +1,7 @@
 //! Process runtime: io backend choice, worker threads, the listening group, signals
 //! (drain, stop, reload) and plugin file watching.
 
+pub mod copy_tuning;
 mod exposure;
 mod listen;
 mod signals;
