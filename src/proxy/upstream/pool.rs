@@ -7,7 +7,7 @@ use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Pool key. Cheap to clone (shared strings): a connection keeps the key of its last
 /// request and reuses it while requests go to the same place.
@@ -38,7 +38,8 @@ struct Idle {
     /// Kept so the next exchange reads into the spare capacity left by this one.
     buf: BytesMut,
     addr: SocketAddr,
-    since: Instant,
+    /// When it went idle, in [`coarse_ms`].
+    since: u64,
     via_chain: bool,
     /// It carried an exchange: nothing may arrive on it until the next request.
     carried: bool,
@@ -73,7 +74,7 @@ impl Pool {
         let mut map = self.idle.borrow_mut();
         let list = map.get_mut(key)?;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < self.idle_timeout && (!i.carried || i.stream.is_idle_and_open())
+            if self.fresh(i.since) && (!i.carried || i.stream.is_idle_and_open())
             {
                 let base = i.stream.bytes_moved();
                 return Some(Upstream {
@@ -117,10 +118,15 @@ impl Pool {
             stream: up.stream,
             buf: up.buf,
             addr: up.addr,
-            since: Instant::now(),
+            since: coarse_ms(),
             via_chain: up.via_chain,
             carried,
         });
+    }
+
+    /// True when a connection idle since `since` has been so for less than the idle timeout.
+    fn fresh(&self, since: u64) -> bool {
+        u128::from(coarse_ms().saturating_sub(since)) < self.idle_timeout.as_millis()
     }
 
     /// Number of idle connections (all keys).
@@ -137,7 +143,7 @@ impl Pool {
             let mut map = self.idle.borrow_mut();
             for list in map.values_mut() {
                 list.retain(|i| {
-                    let keep = i.since.elapsed() < self.idle_timeout;
+                    let keep = self.fresh(i.since);
                     if !keep {
                         i.stream.shutdown(Shutdown::Both);
                     }
@@ -147,4 +153,17 @@ impl Pool {
             map.retain(|_, l| !l.is_empty());
         }
     }
+}
+
+/// The monotonic clock in milliseconds at its coarse resolution (a few ms), which is
+/// plenty for idle timeouts: a fifth of the cost of a precise read (35 against 7 ns
+/// on this project's VM), and the pool reads it twice per request.
+fn coarse_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
