@@ -74,8 +74,7 @@ impl Pool {
         let mut map = self.idle.borrow_mut();
         let list = map.get_mut(key)?;
         while let Some(i) = list.pop() {
-            if self.fresh(i.since) && (!i.carried || i.stream.is_idle_and_open())
-            {
+            if self.fresh(i.since) && (!i.carried || i.stream.is_idle_and_open()) {
                 let base = i.stream.bytes_moved();
                 return Some(Upstream {
                     stream: i.stream,
