@@ -30,7 +30,8 @@ const READ_CHUNK: usize = 32 * 1024;
 /// Bytes accepted from the caller while a write is still in flight; beyond it the
 /// caller is told to wait, which is how backpressure reaches h2.
 const WRITE_BEHIND: usize = 256 * 1024;
-/// Room a new write queue starts with: a few DATA frames.
+/// Room a new write queue starts with: a few DATA frames. A queue lives only while
+/// there is something to write.
 const WRITE_QUEUE_START: usize = 64 * 1024;
 
 /// A poll-based view of a stream, borrowed (`&Stream`) or shared (`Rc<Stream>`, for a
@@ -75,6 +76,11 @@ impl<'a, S: Deref<Target = Stream> + Clone + 'a> PollStream<'a, S> {
                 r?;
             }
             if self.queued.is_empty() {
+                // everything is written: the queue's buffer goes now, so an idle
+                // connection holds none (the next write takes a fresh one)
+                if self.queued.capacity() != 0 {
+                    self.queued = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             let data: Bytes = self.queued.split().freeze();

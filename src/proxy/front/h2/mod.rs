@@ -31,12 +31,15 @@ use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream};
 use metered::Metered;
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 use stream::Stream;
 use tokio::sync::Notify;
+use tokio::time::Timeout;
 
 /// How an h2 session reaches its upstream.
 pub enum Via {
@@ -115,32 +118,46 @@ pub async fn serve(
     target: Target2,
 ) -> (u64, u64) {
     let mut cio = PollStream::new(client, early);
-    match via {
-        Via::H2(up) => {
-            let Upstream {
-                stream, buf, base, ..
-            } = *up;
-            let uio = PollStream::new(&stream, buf);
-            let limit = up2::header_list_limit(w.cfg.max_head_size);
-            let legs = match up2::handshake(uio, limit).await {
-                Ok((send, conn)) => {
-                    let up = UpstreamConn::H2(send);
-                    run(w, &mut cio, up, Some(conn), info, target).await
-                }
-                Err(e) => {
-                    let why = format!("HTTP/2 handshake with the upstream failed: {e}");
-                    let f = FlowError::bad_response(why);
-                    run(w, &mut cio, UpstreamConn::Failed(f), None, info, target).await
-                }
-            };
-            stream.shutdown(Shutdown::Both);
-            let (r, wr) = stream.bytes_moved();
-            (legs.0 + r - base.0, legs.1 + wr - base.1)
+    let upstream = match via {
+        // boxed: the upstream's stream and handshake would otherwise take room in every
+        // session's future, which an idle connection holds (docs/perf.md, "Idle HTTP/2
+        // connections")
+        Via::H2(up) => return Box::pin(serve_via_h2(w, &mut cio, up, info, target)).await,
+        Via::Http1 => UpstreamConn::Http1,
+        Via::Http1OrH2c => UpstreamConn::Http1OrH2c,
+        Via::Failed(why) => UpstreamConn::Failed(why),
+    };
+    run(w, &mut cio, upstream, None, info, target).await
+}
+
+/// [`serve`] over an upstream connection that speaks h2, which this session drives.
+async fn serve_via_h2(
+    w: Rc<Worker>,
+    cio: &mut PollStream<'_>,
+    up: Box<Upstream>,
+    info: &ConnInfo,
+    target: Target2,
+) -> (u64, u64) {
+    let Upstream {
+        stream, buf, base, ..
+    } = *up;
+    let uio = PollStream::new(&stream, buf);
+    let limit = up2::header_list_limit(w.cfg.max_head_size);
+    let made = up2::handshake(uio, limit).await;
+    let legs = match made {
+        Ok((send, conn)) => {
+            let up = UpstreamConn::H2(send);
+            run(w, cio, up, Some(Box::pin(conn)), info, target).await
         }
-        Via::Http1 => run(w, &mut cio, UpstreamConn::Http1, None, info, target).await,
-        Via::Http1OrH2c => run(w, &mut cio, UpstreamConn::Http1OrH2c, None, info, target).await,
-        Via::Failed(why) => run(w, &mut cio, UpstreamConn::Failed(why), None, info, target).await,
-    }
+        Err(e) => {
+            let why = format!("HTTP/2 handshake with the upstream failed: {e}");
+            let f = FlowError::bad_response(why);
+            run(w, cio, UpstreamConn::Failed(f), None, info, target).await
+        }
+    };
+    stream.shutdown(Shutdown::Both);
+    let (r, wr) = stream.bytes_moved();
+    (legs.0 + r - base.0, legs.1 + wr - base.1)
 }
 
 /// `exchange::event!` for an h2 stream: a hooked event (which may wait on I/O) is given
@@ -163,21 +180,21 @@ macro_rules! stream_event {
 }
 pub(super) use stream_event;
 
-/// The h2 upstream connection's driver, when the session has one.
-type UpDriver<'a> = h2::client::Connection<PollStream<'a>, Bytes>;
+/// The h2 upstream connection's driver, when the session has one (boxed, as only
+/// sessions in front of an h2 upstream have one).
+type UpDriver<'a> = Pin<Box<h2::client::Connection<PollStream<'a>, Bytes>>>;
 
-async fn run(
-    w: Rc<Worker>,
-    cio: &mut PollStream<'_>,
-    upstream: UpstreamConn,
-    up_conn: Option<UpDriver<'_>>,
-    info: &ConnInfo,
-    target: Target2,
-) -> (u64, u64) {
-    let conn = info.conn_id;
+/// The client connection's h2 handshake with every limit set, given up after the
+/// head timeout. Made here rather than in [`run`] so that neither the builder nor the
+/// handshake outlives the handshake in `run`'s future.
+fn accept<'a, 'b>(
+    w: &Worker,
+    cio: &'a mut PollStream<'b>,
+    flood: Rc<Notify>,
+    conn: u64,
+) -> Timeout<h2::server::Handshake<Metered<&'a mut PollStream<'b>>, Bytes>> {
     let max_streams = w.cfg.h2_max_concurrent_streams;
-    let flood = Rc::new(Notify::new());
-    let io = Metered::new(cio, w.cfg.h2_control_frame_budget, flood.clone(), conn);
+    let io = Metered::new(cio, w.cfg.h2_control_frame_budget, flood, conn);
     // every limit is set here, defaults included: docs/security.md, "HTTP/2 floods"
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(max_streams)
@@ -196,7 +213,21 @@ async fn run(
         .reset_stream_duration(up2::RESET_STREAM_MEMORY)
         .handshake::<_, Bytes>(io);
     // a client that never sends its preface is cut off like a slow HTTP/1 head
-    let mut srv = match tokio::time::timeout(w.timeouts.head, handshake).await {
+    tokio::time::timeout(w.timeouts.head, handshake)
+}
+
+async fn run(
+    w: Rc<Worker>,
+    cio: &mut PollStream<'_>,
+    upstream: UpstreamConn,
+    mut up_conn: Option<UpDriver<'_>>,
+    info: &ConnInfo,
+    target: Target2,
+) -> (u64, u64) {
+    let conn = info.conn_id;
+    let max_streams = w.cfg.h2_max_concurrent_streams;
+    let flood = Rc::new(Notify::new());
+    let mut srv = match accept(&w, cio, flood.clone(), conn).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(conn, "client HTTP/2 handshake failed: {e}");
@@ -219,14 +250,7 @@ async fn run(
         upstream_moved: Cell::new((0, 0)),
         parked: RefCell::new(None),
     });
-    let up_conn = async move {
-        match up_conn {
-            Some(c) => c.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(up_conn);
-    let mut upstream_open = true;
+    let mut upstream_open = up_conn.is_some();
     let mut closing = false;
     let mut drain = w.draining.subscribe();
     let idle = w.timeouts.idle;
@@ -254,7 +278,10 @@ async fn run(
                 }
                 None => break,
             },
-            r = &mut up_conn, if upstream_open => {
+            r = std::future::poll_fn(|cx| match up_conn.as_mut() {
+                Some(c) => c.as_mut().poll(cx),
+                None => Poll::Pending,
+            }), if upstream_open => {
                 upstream_open = false;
                 if let Err(e) = r {
                     tracing::info!(conn, "upstream HTTP/2 connection ended: {e}");
