@@ -43,7 +43,7 @@ while (( $# )); do
     --metrics) METRICS=1; shift ;;
     --close) WRK_ARGS=(-H 'Connection: close'); shift ;;
     --duration) DURATION=$2; shift 2 ;;
-    --sizes) SIZES=$2; shift 2 ;;
+    --sizes) SIZES=${2//,/ }; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     -h|--help) sed -n '2,25p' "$0"; exit 0 ;;

@@ -34,6 +34,12 @@ const WRITE_BEHIND: usize = 256 * 1024;
 /// there is something to write.
 const WRITE_QUEUE_START: usize = 64 * 1024;
 
+/// Over TLS, writes smaller than this are joined before they are encrypted (a record
+/// and a seal for several h2 frames); larger ones go to rustls as they are.
+const TLS_JOIN: usize = 4 * 1024;
+/// Most joined bytes over TLS: one record's plaintext.
+const TLS_JOIN_MAX: usize = 16 * 1024;
+
 /// A poll-based view of a stream, borrowed (`&Stream`) or shared (`Rc<Stream>`, for a
 /// view that lives in a task of its own). When it is dropped with a read in flight,
 /// the owner must shut the stream down (io module docs).
@@ -64,6 +70,63 @@ impl<'a, S: Deref<Target = Stream> + Clone + 'a> PollStream<'a, S> {
             queued: BytesMut::new(),
             bytes_read: 0,
             bytes_written: 0,
+        }
+    }
+
+    /// Over TLS: hands the joined small writes to rustls (before anything written after
+    /// them); the buffer goes once empty, so an idle connection holds none.
+    fn seal_joined(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Stream::Tls(t) = &*self.stream else {
+            return Poll::Ready(Ok(()));
+        };
+        while !self.queued.is_empty() {
+            let n = ready!(t.poll_write_vectored(cx, &[io::IoSlice::new(&self.queued)]))?;
+            self.queued.advance(n);
+        }
+        if self.queued.capacity() != 0 {
+            self.queued = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A flush over TLS. Sends wait for the runtime's next turn, as an io_uring write
+    /// does for a plain stream (it is submitted when the worker parks): h2 flushes
+    /// after every frame, and everything written until then leaves in one send. Sending
+    /// at each flush cost 14% more CPU per small h2 request (more, smaller segments).
+    /// `write` holds the wait for the turn.
+    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Stream::Tls(t) = &*self.stream else {
+            return Poll::Ready(Ok(()));
+        };
+        match self.write.as_mut() {
+            Some(turn) => {
+                if turn.as_mut().poll(cx).is_pending() {
+                    return Poll::Ready(Ok(()));
+                }
+                self.write = None;
+            }
+            None => {
+                if !self.queued.is_empty() || t.has_unsent() {
+                    let mut turn: WriteOp<'a> = Box::pin(async {
+                        tokio::task::yield_now().await;
+                        Ok(())
+                    });
+                    // the first poll asks for this task to be woken after the turn
+                    let _ = turn.as_mut().poll(cx);
+                    self.write = Some(turn);
+                }
+                return Poll::Ready(Ok(()));
+            }
+        }
+        ready!(self.seal_joined(cx))?;
+        let Stream::Tls(t) = &*self.stream else {
+            return Poll::Ready(Ok(()));
+        };
+        match t.poll_flush(cx) {
+            // write-behind as for plain streams: records the socket cannot take yet stay
+            // with rustls (writes wait beyond its limit); its readiness wakes this task
+            Poll::Pending => Poll::Ready(Ok(())),
+            r => r,
         }
     }
 
@@ -132,8 +195,22 @@ impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> PollStream<'a, S> {
     /// bytes were taken; they are sent at the next flush, or when the write in flight
     /// completes.
     fn queue(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        if let Stream::Tls(t) = &*self.stream {
-            // encrypted at once from the caller's buffers, and held by rustls until sent
+        if matches!(&*self.stream, Stream::Tls(_)) {
+            let n: usize = bufs.iter().map(|b| b.len()).sum();
+            if n < TLS_JOIN && self.queued.len() + n <= TLS_JOIN_MAX {
+                // small frames are joined and sealed as one record at the flush
+                for b in bufs {
+                    self.queued.extend_from_slice(b);
+                }
+                self.bytes_written += n as u64;
+                return Poll::Ready(Ok(n));
+            }
+            ready!(self.seal_joined(cx))?;
+            let Stream::Tls(t) = &*self.stream else {
+                unreachable!()
+            };
+            // large ones are encrypted at once from the caller's buffers, and held by
+            // rustls until sent
             let n = ready!(t.poll_write_vectored(cx, bufs))?;
             self.bytes_written += n as u64;
             return Poll::Ready(Ok(n));
@@ -180,13 +257,8 @@ impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncWrite for PollStre
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Stream::Tls(t) = &*self.stream {
-            // write-behind as below: records the socket cannot take yet stay with rustls
-            // (writes wait beyond its limit), and the socket's readiness wakes this task
-            return match t.poll_flush(cx) {
-                Poll::Pending => Poll::Ready(Ok(())),
-                r => r,
-            };
+        if matches!(&*self.stream, Stream::Tls(_)) {
+            return self.poll_flush_tls(cx);
         }
         match self.poll_writes(cx) {
             // the write in flight holds this task's waker, and the next poll after it
@@ -198,8 +270,11 @@ impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncWrite for PollStre
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // the owner ends the stream (close_notify for TLS) once the codec is done
-        if let Stream::Tls(t) = &*self.stream {
-            return t.poll_flush(cx);
+        if matches!(&*self.stream, Stream::Tls(_)) {
+            ready!(self.seal_joined(cx))?;
+            if let Stream::Tls(t) = &*self.stream {
+                return t.poll_flush(cx);
+            }
         }
         self.poll_writes(cx)
     }

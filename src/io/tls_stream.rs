@@ -147,6 +147,11 @@ impl TlsStream {
         Ok(true)
     }
 
+    /// True when rustls holds records not sent yet.
+    pub fn has_unsent(&self) -> bool {
+        self.conn.borrow().wants_write()
+    }
+
     /// Sends everything rustls has queued, waiting for room as needed.
     async fn flush(&self) -> io::Result<()> {
         while !self.send_records()? {
