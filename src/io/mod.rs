@@ -68,37 +68,6 @@ fn detached() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "stream detached")
 }
 
-/// What an io_uring socket takes of `bufs` at once, sent with a plain non-blocking
-/// send (and counted): most writes fit its buffer, and then they need no io_uring
-/// operation, nor the re-poll of the writing task its completion costs. The caller
-/// writes the rest (0 when the socket is full) with an operation. A socket has one
-/// writer at a time, so nothing of it is in flight meanwhile.
-fn sent_at_once(s: &UringTcp, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-    match ready::send_now(s.as_raw_fd(), bufs) {
-        Ok(n) => {
-            s.traffic.add_written(n);
-            Ok(n)
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-        Err(e) => Err(e),
-    }
-}
-
-/// Drops the first `n` bytes of `bufs`: whole buffers, then into a partial one.
-fn advance(bufs: &mut Vec<Bytes>, mut n: usize) {
-    let mut done = 0;
-    for b in bufs.iter_mut() {
-        if n >= b.len() {
-            n -= b.len();
-            done += 1;
-        } else {
-            let _ = b.split_to(n);
-            break;
-        }
-    }
-    bufs.drain(..done);
-}
-
 /// Byte counts of one socket; plain cells, since one worker owns the socket.
 #[derive(Default, Debug)]
 pub struct Traffic {
@@ -242,13 +211,8 @@ impl Stream {
     pub(crate) async fn write_plain(&self, buf: Bytes) -> io::Result<()> {
         match self {
             Stream::Uring(s) => {
-                let sent = sent_at_once(s, &[io::IoSlice::new(&buf)])?;
-                if sent == buf.len() {
-                    return Ok(());
-                }
-                let rest = buf.slice(sent..);
-                let len = rest.len();
-                let r = s.write_all(rest).await.0;
+                let len = buf.len();
+                let r = s.write_all(buf).await.0;
                 // a failed write_all may have sent part of it; what counts is what was asked
                 if r.is_ok() {
                     s.traffic.add_written(len);
@@ -286,22 +250,8 @@ impl Stream {
         if let Stream::Tls(t) = self {
             return t.write_all_vectored(&bufs).await;
         }
-        let mut first = true;
         while !bufs.is_empty() {
-            let n = match self {
-                Stream::Uring(s) if first => {
-                    first = false;
-                    let slices: Vec<io::IoSlice<'_>> =
-                        bufs.iter().map(|b| io::IoSlice::new(b)).collect();
-                    match sent_at_once(s, &slices)? {
-                        0 => continue,
-                        // counted already
-                        n => {
-                            advance(&mut bufs, n);
-                            continue;
-                        }
-                    }
-                }
+            let mut n = match self {
                 Stream::Uring(s) => {
                     let (res, back) = s.writev(bufs).await;
                     bufs = back;
@@ -325,7 +275,18 @@ impl Stream {
             if let Some(t) = self.traffic() {
                 t.add_written(n);
             }
-            advance(&mut bufs, n);
+            // drop fully written buffers, advance into a partially written one
+            let mut done = 0;
+            for b in bufs.iter_mut() {
+                if n >= b.len() {
+                    n -= b.len();
+                    done += 1;
+                } else {
+                    let _ = b.split_to(n);
+                    break;
+                }
+            }
+            bufs.drain(..done);
         }
         Ok(())
     }

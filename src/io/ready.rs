@@ -83,7 +83,7 @@ fn recv_now(fd: RawFd, buf: &mut BytesMut, traffic: &Traffic) -> io::Result<usiz
 }
 
 /// One non-blocking sendmsg of `bufs`; WouldBlock when the socket takes nothing.
-pub(super) fn send_now(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+fn send_now(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: a zeroed msghdr is a valid empty one.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     // IoSlice is guaranteed ABI-compatible with iovec on Unix; sendmsg only reads them
