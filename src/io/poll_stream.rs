@@ -4,8 +4,9 @@
 //! and the caller's buffers: one copy each way, which h2 would make into its own
 //! buffers anyway.
 //!
-//! Over TLS, writes are encrypted straight from the caller's buffers into rustls and
-//! sent from there (tls_stream), so that side makes no copy of its own.
+//! Over TLS, large writes (DATA frames) are encrypted straight from the caller's
+//! buffers into rustls, small ones are joined first (one record for several frames),
+//! and the records are sent from rustls' own buffers (tls_stream): no write queue.
 //!
 //! Writes are behind: a flush returns once what was written is in a write operation
 //! or queued behind one (as a kernel send buffer would hold it), and the operation
