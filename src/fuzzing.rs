@@ -10,11 +10,11 @@ use std::io::Read;
 
 use crate::flows::file::{self, FlowReader, FlowWriter, ReadError, FILE_HEADER_LEN, MAGIC};
 use crate::flows::record::Record;
-use crate::http::Headers;
+use crate::http::{Headers, ResponseHead};
 use crate::proto::http1::{
     encode_chunk, encode_last_chunk, encode_request_head, encode_response_head, parse_request_head,
-    parse_response_head, request_body_kind, response_body_kind, BodyDecoder, BodyError, BodyKind,
-    Limits,
+    parse_response_head, parse_response_wire, request_body_kind, response_body_kind, BodyDecoder,
+    BodyError, BodyKind, HeadError, Limits, ParsedResponse,
 };
 use crate::proto::{client_hello, grpc, protobuf, socks5, sse, ws};
 
@@ -147,6 +147,37 @@ pub fn http1_request(input: &[u8], classify: Classifier<'_>) {
     body_splits(kind, seed, &data[n..]);
 }
 
+/// The parse that keeps a final head as bytes agrees with the field-list parse: the
+/// same outcome, the same fields when parsed again, the same framing.
+fn wire_agrees(
+    method: &[u8],
+    data: &[u8],
+    whole: &Result<Option<(ResponseHead, usize)>, HeadError>,
+) {
+    let wire = parse_response_wire(data, &HEAD_LIMITS);
+    match (whole, wire) {
+        (Ok(Some((head, n))), Ok(Some((parsed, m)))) => {
+            assert_eq!(*n, m);
+            if let ParsedResponse::Wire(w) = &parsed {
+                let kind = response_body_kind(method, head);
+                assert_eq!(w.kind(method), kind);
+                if let Ok(k) = kind {
+                    let keeps = crate::proxy::exchange::rules::upstream_keeps_alive(
+                        head.version,
+                        &head.headers,
+                        k,
+                    );
+                    assert_eq!(w.keeps_alive(k), keeps);
+                }
+            }
+            assert_eq!(parsed.into_head().as_ref(), Ok(head));
+        }
+        (Ok(None), Ok(None)) => {}
+        (Err(a), Err(b)) => assert_eq!(*a, b),
+        (a, b) => panic!("field list {a:?}, bytes {b:?}"),
+    }
+}
+
 /// The response head parser and framing rules; the method (GET, HEAD, CONNECT) comes
 /// from the second byte.
 pub fn http1_response(input: &[u8]) {
@@ -159,6 +190,7 @@ pub fn http1_response(input: &[u8]) {
         _ => b"GET",
     };
     let whole = parse_response_head(data, &HEAD_LIMITS);
+    wire_agrees(method, data, &whole);
     match &whole {
         Ok(Some((_, n))) => {
             for k in prefixes(seed, *n) {

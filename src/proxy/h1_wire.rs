@@ -6,34 +6,7 @@ use crate::http::{known_names, Body, Headers, Request, Response, ResponseHead, V
 use crate::proto::http1::{encode_request_head, encode_response_head, BodyKind};
 use bytes::{Bytes, BytesMut};
 
-/// Canonical reason phrase for a status.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        429 => "Too Many Requests",
-        407 => "Proxy Authentication Required",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "",
-    }
-}
+pub use crate::proto::http1::reason;
 
 /// True when a whole body must go out chunked so that its trailers survive.
 pub fn full_needs_chunked(trailers: Option<&Headers>, chunked_ok: bool) -> bool {
@@ -253,5 +226,164 @@ mod tests {
         h.add("Transfer-Encoding", "chunked");
         fix_framing(&mut h, &Body::Streaming, None, BodyKind::Chunked, false);
         assert!(h.is_empty());
+    }
+
+    /// The client head relayed from a response's bytes (proto::http1::WireHead) is the
+    /// one the field list gives (strip hop-by-hop, fix framing, encode), byte for byte,
+    /// over many heads, methods, client versions and closes; and typical heads do take
+    /// the bytes.
+    #[test]
+    fn wire_heads_match_the_field_list() {
+        use crate::proto::http1::{parse_response_head, parse_response_wire, Limits};
+        use crate::proto::http1::{response_body_kind, ParsedResponse};
+        use crate::proxy::exchange::{pipeline::strip_hop_by_hop, rules};
+        let status_lines: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK",
+            b"HTTP/1.0 200 OK",
+            b"HTTP/1.1 404 Nope",
+            b"HTTP/1.1 200 ",
+            b"HTTP/1.1 204 No Content",
+            b"HTTP/1.1 304 Not Modified",
+            b"HTTP/1.1 599 ",
+            b"HTTP/1.1 200 \xe9t\xe9",
+        ];
+        let fields: &[&[u8]] = &[
+            b"Server: nginx/1.22.1",
+            b"Date: Sun, 06 Dec 2026 18:00:00 GMT",
+            b"Content-Type: text/html",
+            b"content-type: text/event-stream",
+            b"Content-Length: 1024",
+            b"Content-Length: 0120",
+            b"Content-Length: 5, 5",
+            b"content-length: 7",
+            b"Transfer-Encoding: chunked",
+            b"Transfer-Encoding: gzip, chunked",
+            b"transfer-encoding: CHUNKED",
+            b"Transfer-Encoding: gzip",
+            b"Connection: keep-alive",
+            b"Connection: close",
+            b"connection: Keep-Alive, X-Foo",
+            b"Connection: Upgrade, TE",
+            b"X-Foo: bar",
+            b"Close: yes",
+            b"Keep-Alive: timeout=5",
+            b"Upgrade: h2c",
+            b"Proxy-Connection: close",
+            b"TE: trailers",
+            b"Trailer: X-Sum",
+            b"Proxy-Authenticate: Basic",
+            b"ETag: \"abc\"",
+            b"X-Empty:",
+            b"X-Tab:\tv",
+            b"X-Trail: v  ",
+            b"X-NoSpace:v",
+            b"Host: h",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let limits = Limits::default();
+        let (mut compared, mut relayed) = (0, 0);
+        for round in 0..3000 {
+            let mut wire = status_lines[next(status_lines.len())].to_vec();
+            // the first rounds are typical heads: nginx's, which must take the bytes
+            let typical = round < 8;
+            if typical {
+                wire = b"HTTP/1.1 200 OK".to_vec();
+            }
+            let eol: &[u8] = if !typical && next(20) == 0 {
+                b"\n"
+            } else {
+                b"\r\n"
+            };
+            wire.extend_from_slice(eol);
+            let picked: Vec<&[u8]> = match typical {
+                true => vec![
+                    fields[0], fields[1], fields[2], fields[4], fields[12], fields[24],
+                ],
+                false => (0..next(7)).map(|_| fields[next(fields.len())]).collect(),
+            };
+            for f in picked {
+                wire.extend_from_slice(f);
+                wire.extend_from_slice(eol);
+            }
+            wire.extend_from_slice(eol);
+            wire.extend_from_slice(b"body");
+            let Ok(Some((model, n))) = parse_response_head(&wire, &limits) else {
+                continue;
+            };
+            let Ok(Some((ParsedResponse::Wire(w), m))) = parse_response_wire(&wire, &limits) else {
+                panic!(
+                    "{:?}: parsed as a field list but not as bytes",
+                    String::from_utf8_lossy(&wire)
+                );
+            };
+            assert_eq!(n, m);
+            for method in [&b"GET"[..], b"HEAD"] {
+                let kind = response_body_kind(method, &model);
+                assert_eq!(kind, w.kind(method));
+                let Ok(kind) = kind else { continue };
+                assert_eq!(
+                    rules::upstream_keeps_alive(model.version, &model.headers, kind),
+                    w.keeps_alive(kind)
+                );
+                for (client, asked_keep) in [
+                    (Version::Http11, true),
+                    (Version::Http11, false),
+                    (Version::Http10, true),
+                    (Version::Http10, false),
+                ] {
+                    let framing = rules::response_framing(kind, client, false);
+                    let close = !(asked_keep && framing.keep_alive);
+                    let chunked_ok = client == Version::Http11;
+                    let mut resp = Response {
+                        status: model.status,
+                        reason: String::from_utf8_lossy(&model.reason).into_owned(),
+                        version: model.version,
+                        headers: model.headers.clone(),
+                        body: Body::Streaming,
+                        trailers: None,
+                        error: None,
+                    };
+                    strip_hop_by_hop(&mut resp.headers);
+                    fix_framing(
+                        &mut resp.headers,
+                        &resp.body,
+                        None,
+                        framing.kind,
+                        chunked_ok,
+                    );
+                    let mut expected = BytesMut::new();
+                    response_head(&mut resp, close, client, &mut expected);
+                    let mut got = BytesMut::new();
+                    compared += 1;
+                    if w.encode_for_client(framing.kind, chunked_ok, close, client, &mut got) {
+                        relayed += 1;
+                        assert_eq!(
+                            String::from_utf8_lossy(&got),
+                            String::from_utf8_lossy(&expected),
+                            "{:?} {client:?} close={close}",
+                            String::from_utf8_lossy(&wire)
+                        );
+                        let ctype = resp.headers.get("content-type").map(|v| &v[..]);
+                        assert_eq!(w.first(b"content-type"), ctype);
+                    } else {
+                        assert!(got.is_empty());
+                        assert!(!typical, "a typical head took the field list");
+                    }
+                }
+            }
+            let again = w.into_head().expect("parses again");
+            assert_eq!(again, model);
+        }
+        // both ways are exercised
+        assert!(
+            relayed > compared / 4 && relayed < compared,
+            "{relayed} of {compared}"
+        );
     }
 }

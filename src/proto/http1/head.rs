@@ -102,24 +102,36 @@ pub fn parse_response_head(
     buf: &[u8],
     limits: &Limits,
 ) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+    parse_response_with(buf, limits, model_response)
+}
+
+/// Parses a response head with httparse and hands the parse to `build`. The slots live
+/// on the stack unless the head has more fields than that (under a larger
+/// `max_headers`), when it is parsed again with slots on the heap.
+pub(super) fn parse_response_with<T>(
+    buf: &[u8],
+    limits: &Limits,
+    build: impl Fn(&httparse::Response<'_, '_>, &[u8], usize) -> T,
+) -> Result<Option<(T, usize)>, HeadError> {
     let window = &buf[..buf.len().min(limits.max_head_size)];
     let mut slots = [Slot::uninit(); STACK_HEADERS];
     let stack = limits.max_headers.min(STACK_HEADERS);
-    match response_with(buf.len(), window, limits, &mut slots[..stack]) {
+    match response_with(buf.len(), window, limits, &mut slots[..stack], &build) {
         Err(HeadError::TooManyHeaders(_)) if limits.max_headers > STACK_HEADERS => {
             let mut slots = vec![Slot::uninit(); limits.max_headers];
-            response_with(buf.len(), window, limits, &mut slots)
+            response_with(buf.len(), window, limits, &mut slots, &build)
         }
         r => r,
     }
 }
 
-fn response_with<'b>(
+fn response_with<'b, T>(
     full_len: usize,
     window: &'b [u8],
     limits: &Limits,
     slots: &mut [Slot<'b>],
-) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+    build: &impl Fn(&httparse::Response<'_, 'b>, &'b [u8], usize) -> T,
+) -> Result<Option<(T, usize)>, HeadError> {
     let mut res = httparse::Response::new(&mut []);
     // Default config: obs-fold, whitespace before the colon and leading whitespace are all
     // rejected in responses too (RFC 9112 5.2 lets a proxy answer 502 instead of unfolding).
@@ -129,32 +141,38 @@ fn response_with<'b>(
         Ok(httparse::Status::Partial) => return partial(full_len, limits),
         Err(e) => return Err(map_error(e, window, limits)),
     };
-    let (Some(minor), Some(status), Some(reason)) = (res.version, res.code, res.reason) else {
+    if res.version.is_none() || res.reason.is_none() {
         return Err(HeadError::Malformed("incomplete status line"));
-    };
-    if status < 100 {
-        return Err(HeadError::Malformed("status code below 100"));
     }
+    match res.code {
+        None => Err(HeadError::Malformed("incomplete status line")),
+        Some(s) if s < 100 => Err(HeadError::Malformed("status code below 100")),
+        Some(_) => Ok(Some((build(&res, window, n), n))),
+    }
+}
+
+/// The response head model of a complete parse of `window[..n]`.
+pub(super) fn model_response(
+    res: &httparse::Response<'_, '_>,
+    window: &[u8],
+    n: usize,
+) -> ResponseHead {
     let raw = Bytes::copy_from_slice(&window[..n]);
     let cut = Cutter {
         base: window.as_ptr() as usize,
         raw: &raw,
     };
-    let reason = if reason.is_empty() {
+    let reason = match res.reason.unwrap_or_default() {
         // httparse blanks reasons holding obs-text; a proxy should pass them through as sent.
-        raw_reason(&raw)
-    } else {
-        cut.slice(reason.as_bytes())
+        "" => raw_reason(&raw),
+        r => cut.slice(r.as_bytes()),
     };
-    Ok(Some((
-        ResponseHead {
-            version: version(minor),
-            status,
-            reason,
-            headers: cut.headers(res.headers),
-        },
-        n,
-    )))
+    ResponseHead {
+        version: version(res.version.unwrap_or(1)),
+        status: res.code.unwrap_or_default(),
+        reason,
+        headers: cut.headers(res.headers),
+    }
 }
 
 fn partial<T>(full_len: usize, limits: &Limits) -> Result<Option<T>, HeadError> {
@@ -166,7 +184,7 @@ fn partial<T>(full_len: usize, limits: &Limits) -> Result<Option<T>, HeadError> 
     }
 }
 
-fn version(minor: u8) -> Version {
+pub(super) fn version(minor: u8) -> Version {
     if minor == 0 {
         Version::Http10
     } else {
@@ -216,7 +234,7 @@ impl Cutter<'_> {
 }
 
 /// The reason phrase taken straight from the status line ("HTTP/1.1 200 " is 13 bytes).
-fn raw_reason(raw: &Bytes) -> Bytes {
+pub(super) fn raw_reason(raw: &Bytes) -> Bytes {
     let start = raw
         .iter()
         .position(|&b| b != b'\r' && b != b'\n')
@@ -306,6 +324,35 @@ pub fn encode_response_head(head: &ResponseHead, out: &mut BytesMut) {
     out.extend_from_slice(b"\r\n");
     put_fields(out, &head.headers);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Canonical reason phrase for a status.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        407 => "Proxy Authentication Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
 }
 
 fn version_str(v: Version) -> &'static [u8] {
@@ -417,7 +464,19 @@ pub fn request_body_kind(head: &RequestHead) -> Result<BodyKind, HeadError> {
 
 /// Body framing of a response to a request with `method` (HEAD, CONNECT 2xx, 1xx/204/304 have none).
 pub fn response_body_kind(method: &[u8], head: &ResponseHead) -> Result<BodyKind, HeadError> {
-    let status = head.status;
+    response_kind(method, head.status, head.version, || {
+        Framing::of(&head.headers)
+    })
+}
+
+/// [`response_body_kind`] of a head whose framing fields `framing` reads (only called
+/// when the status and method let the response have a body).
+pub(super) fn response_kind(
+    method: &[u8],
+    status: u16,
+    version: Version,
+    framing: impl FnOnce() -> Result<Framing, HeadError>,
+) -> Result<BodyKind, HeadError> {
     if method == b"HEAD"
         || (100..200).contains(&status)
         || status == 204
@@ -426,7 +485,7 @@ pub fn response_body_kind(method: &[u8], head: &ResponseHead) -> Result<BodyKind
     {
         return Ok(BodyKind::Empty);
     }
-    let framing = Framing::of(&head.headers)?;
+    let framing = framing()?;
     if framing.te {
         // Unlike hyper and like nginx, both fields in a response are refused (502) rather
         // than TE winning: forwarding would need the proxy to strip Content-Length, and a
@@ -438,7 +497,7 @@ pub fn response_body_kind(method: &[u8], head: &ResponseHead) -> Result<BodyKind
         }
         // HTTP/1.0 cannot use Transfer-Encoding (RFC 9112 6.1): its framing is faulty, and
         // reading until close is the one reading that cannot desynchronise.
-        if head.version == Version::Http10 || !framing.chunked_last {
+        if version == Version::Http10 || !framing.chunked_last {
             return Ok(BodyKind::CloseDelimited);
         }
         return Ok(BodyKind::Chunked);
@@ -529,72 +588,81 @@ pub fn chunked_is_final(headers: &Headers) -> bool {
 }
 
 /// What the framing fields of a head say.
-struct Framing {
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Framing {
     /// Transfer-Encoding is present.
-    te: bool,
+    pub(super) te: bool,
     /// chunked is the last transfer coding (and appears only there).
-    chunked_last: bool,
+    pub(super) chunked_last: bool,
     /// The one Content-Length value, if present.
-    length: Option<u64>,
+    pub(super) length: Option<u64>,
 }
 
 impl Framing {
     fn of(headers: &Headers) -> Result<Framing, HeadError> {
-        let mut f = Framing {
-            te: false,
-            chunked_last: false,
-            length: None,
-        };
+        let mut f = Framing::default();
         if !headers.may_have(known_names::TRANSFER_ENCODING | known_names::CONTENT_LENGTH) {
             return Ok(f);
         }
         for h in headers {
             if h.name.eq_ignore_ascii_case(b"transfer-encoding") {
-                f.te = true;
-                for coding in h.value.split(|&b| b == b',') {
-                    let coding = trim_ows(coding);
-                    if coding.is_empty() {
-                        // Empty list elements are allowed (RFC 9110 5.6.1).
-                        continue;
-                    }
-                    if f.chunked_last {
-                        // chunked must be last and applied once (RFC 9112 7).
-                        return Err(HeadError::Malformed(
-                            "chunked is not the final transfer coding",
-                        ));
-                    }
-                    let (name, params) = match coding.iter().position(|&b| b == b';') {
-                        Some(i) => (trim_ows(&coding[..i]), true),
-                        None => (coding, false),
-                    };
-                    // A coding that is not a token (quoted, a control byte, a space
-                    // inside) is where two parsers disagree on whether it names chunked,
-                    // so it is refused rather than read as some other coding.
-                    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-                        return Err(HeadError::Malformed("invalid transfer coding"));
-                    }
-                    f.chunked_last = name.eq_ignore_ascii_case(b"chunked");
-                    // chunked takes no parameters (RFC 9112 7.1); a parser that does not
-                    // expect them may not see chunked at all.
-                    if f.chunked_last && params {
-                        return Err(HeadError::Malformed("parameters on the chunked coding"));
-                    }
-                }
+                f.transfer_encoding(&h.value)?;
             } else if h.name.eq_ignore_ascii_case(b"content-length") {
-                // "5, 5" and repeated fields are one length; anything else is a conflict
-                // that a different hop could resolve differently (RFC 9110 8.6).
-                for v in h.value.split(|&b| b == b',') {
-                    let n = parse_length(trim_ows(v))?;
-                    match f.length {
-                        Some(m) if m != n => {
-                            return Err(HeadError::Malformed("conflicting Content-Length values"))
-                        }
-                        _ => f.length = Some(n),
-                    }
-                }
+                f.content_length(&h.value)?;
             }
         }
         Ok(f)
+    }
+
+    /// Takes in one Transfer-Encoding field, in the order the fields came.
+    pub(super) fn transfer_encoding(&mut self, value: &[u8]) -> Result<(), HeadError> {
+        self.te = true;
+        for coding in value.split(|&b| b == b',') {
+            let coding = trim_ows(coding);
+            if coding.is_empty() {
+                // Empty list elements are allowed (RFC 9110 5.6.1).
+                continue;
+            }
+            if self.chunked_last {
+                // chunked must be last and applied once (RFC 9112 7).
+                return Err(HeadError::Malformed(
+                    "chunked is not the final transfer coding",
+                ));
+            }
+            let (name, params) = match coding.iter().position(|&b| b == b';') {
+                Some(i) => (trim_ows(&coding[..i]), true),
+                None => (coding, false),
+            };
+            // A coding that is not a token (quoted, a control byte, a space inside) is
+            // where two parsers disagree on whether it names chunked, so it is refused
+            // rather than read as some other coding.
+            if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+                return Err(HeadError::Malformed("invalid transfer coding"));
+            }
+            self.chunked_last = name.eq_ignore_ascii_case(b"chunked");
+            // chunked takes no parameters (RFC 9112 7.1); a parser that does not expect
+            // them may not see chunked at all.
+            if self.chunked_last && params {
+                return Err(HeadError::Malformed("parameters on the chunked coding"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in one Content-Length field.
+    pub(super) fn content_length(&mut self, value: &[u8]) -> Result<(), HeadError> {
+        // "5, 5" and repeated fields are one length; anything else is a conflict that a
+        // different hop could resolve differently (RFC 9110 8.6).
+        for v in value.split(|&b| b == b',') {
+            let n = parse_length(trim_ows(v))?;
+            match self.length {
+                Some(m) if m != n => {
+                    return Err(HeadError::Malformed("conflicting Content-Length values"))
+                }
+                _ => self.length = Some(n),
+            }
+        }
+        Ok(())
     }
 }
 

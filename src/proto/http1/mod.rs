@@ -4,6 +4,9 @@
 //! - `parse_request_head(buf, limits)` / `parse_response_head(buf, limits)`:
 //!   `Ok(None)` = need more bytes; `Ok(Some((head, n)))` = head parsed from `buf[..n]`;
 //!   errors distinguish too-large head (-> 431), too many headers (-> 431) and malformed (-> 400).
+//! - `parse_response_wire(buf, limits)`: the same parse, keeping a final head as the bytes
+//!   it arrived in (`WireHead`), for relaying it to an HTTP/1 client when nothing reads
+//!   its fields; `WireHead::into_head` gives the field list when something does.
 //! - `encode_request_head` / `encode_response_head` append wire bytes, header case/order kept.
 //! - `request_body_kind` / `response_body_kind` decide framing per RFC 9112 section 6.
 //! - `BodyDecoder::scan` validates framing without copying, telling the caller how many
@@ -33,13 +36,15 @@
 mod body;
 mod head;
 mod known;
+mod wire_head;
 
 pub use body::{encode_chunk, encode_last_chunk, BodyDecoder, BodyError, BodyKind, Decoded, Scan};
 pub use head::{
     chunked_is_final, encode_request_head, encode_response_head, looks_like_request_start,
-    parse_request_head, parse_response_head, request_body_kind, response_body_kind,
+    parse_request_head, parse_response_head, reason, request_body_kind, response_body_kind,
     transfer_encoding_to_send, HeadError, Limits,
 };
+pub use wire_head::{parse_response_wire, ParsedResponse, WireHead};
 
 #[cfg(test)]
 mod tests;

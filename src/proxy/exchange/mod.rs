@@ -54,6 +54,18 @@ pub struct Flow<'a> {
     pub client_fd: Option<std::os::fd::RawFd>,
 }
 
+impl Flow<'_> {
+    /// Whether the response's head goes to the client with nothing reading or changing
+    /// its fields but the hop-by-hop strip: no response or SSE hook, no recorder, no
+    /// response rewrite. Such a head can be relayed as the bytes it arrived in.
+    pub fn response_untouched(&self) -> bool {
+        let hooked = |e: &Engine| e.has(Event::HttpResponse) || e.has(Event::SseEvent);
+        !self.engine.is_some_and(hooked)
+            && self.w.recorder.is_none()
+            && !self.w.pipeline.rewrites_responses()
+    }
+}
+
 /// The outcome of a message event (hooks and pipeline steps).
 #[derive(Debug)]
 pub enum Decision {

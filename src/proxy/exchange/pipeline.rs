@@ -18,6 +18,8 @@ pub trait PipelineStep {
 /// The ordered step chain.
 pub struct Pipeline {
     steps: Vec<Box<dyn PipelineStep>>,
+    /// A step other than [`HopByHop`] changes responses (`--set-response-header`).
+    rewrites_responses: bool,
 }
 
 impl Pipeline {
@@ -38,10 +40,14 @@ impl Pipeline {
         };
         let request = parse(&cfg.set_request_header)?;
         let response = parse(&cfg.set_response_header)?;
-        if !request.is_empty() || !response.is_empty() {
+        let rewrites_responses = !response.is_empty();
+        if !request.is_empty() || rewrites_responses {
             steps.push(Box::new(SetHeaders { request, response }));
         }
-        Ok(Pipeline { steps })
+        Ok(Pipeline {
+            steps,
+            rewrites_responses,
+        })
     }
 
     /// Runs every step on a request.
@@ -49,6 +55,12 @@ impl Pipeline {
         for s in &self.steps {
             s.on_request(req);
         }
+    }
+
+    /// Whether a step does more to responses than strip hop-by-hop fields (which a
+    /// head relayed as bytes does itself).
+    pub fn rewrites_responses(&self) -> bool {
+        self.rewrites_responses
     }
 
     /// Runs every step on a response.

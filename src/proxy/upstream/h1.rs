@@ -4,7 +4,7 @@
 
 use crate::http::{Headers, ResponseHead};
 use crate::io::{Deadline, Stream};
-use crate::proto::http1::{parse_response_head, Limits};
+use crate::proto::http1::{parse_response_head, parse_response_wire, Limits, ParsedResponse};
 use crate::proxy::body_relay::{self, H1Body, Output, RelayError, Sink};
 use crate::proxy::h2_stream::{from_header_map, Incoming};
 use crate::proxy::upstream::Upstream;
@@ -84,8 +84,8 @@ pub enum Upload<'a> {
 pub struct Answer {
     /// Interim (1xx other than 100) heads to pass on to an HTTP/1.1 client.
     pub interim: Vec<ResponseHead>,
-    /// The final head.
-    pub head: ResponseHead,
+    /// The final head: as it arrived when `Waits::wire` allowed it.
+    pub head: ParsedResponse,
     /// Whether the whole request body went upstream.
     pub complete: bool,
 }
@@ -99,6 +99,9 @@ pub struct Waits<'a> {
     pub deadline: &'a Deadline,
     /// Limits on response heads.
     pub limits: &'a Limits,
+    /// Nothing reads or changes the final head's fields before it is relayed to an
+    /// HTTP/1 client: it may stay as the bytes it arrived in.
+    pub wire: bool,
 }
 
 /// Writes `head` and `parts` (a body held whole, already framed, or none) to `up`,
@@ -118,8 +121,9 @@ pub async fn send_ready(
         return Err(SendError::Upstream(RespError::Closed));
     }
     waits.deadline.arm(waits.upstream);
+    let deadline = Some(waits.deadline);
     let (interim, head) =
-        read_response_head(&up.stream, &mut up.buf, waits.limits, Some(waits.deadline))
+        read_final_head(&up.stream, &mut up.buf, waits.limits, deadline, waits.wire)
             .await
             .map_err(SendError::Upstream)?;
     crate::metrics::upstream_ttfb(t0);
@@ -170,7 +174,7 @@ pub async fn send_streaming(
             } => upload_h2(ups, head.freeze(), body, (chunked, timeout), &body_read).await,
         }
     };
-    let response = read_response_head(ups, upbuf, waits.limits, None);
+    let response = read_final_head(ups, upbuf, waits.limits, None, waits.wire);
     tokio::pin!(upload);
     tokio::pin!(response);
     let t = waits.upstream;
@@ -273,20 +277,42 @@ pub async fn read_response_head(
     limits: &Limits,
     deadline: Option<&Deadline>,
 ) -> Result<(Vec<ResponseHead>, ResponseHead), RespError> {
+    let (interim, head) = read_final_head(stream, buf, limits, deadline, false).await?;
+    let head = head
+        .into_head()
+        .map_err(|e| RespError::Bad(e.to_string()))?;
+    Ok((interim, head))
+}
+
+/// [`read_response_head`], keeping a final head as its bytes when `wire`.
+async fn read_final_head(
+    stream: &Stream,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    deadline: Option<&Deadline>,
+    wire: bool,
+) -> Result<(Vec<ResponseHead>, ParsedResponse), RespError> {
     let mut seen_any = false;
     let mut interim = Vec::new();
     loop {
         if !buf.is_empty() {
             seen_any = true;
-            match parse_response_head(buf, limits) {
+            let parsed = match wire {
+                true => parse_response_wire(buf, limits),
+                false => parse_response_head(buf, limits)
+                    .map(|o| o.map(|(h, n)| (ParsedResponse::Head(h), n))),
+            };
+            match parsed {
                 Ok(Some((h, n))) => {
                     let _ = buf.split_to(n);
-                    match h.status {
+                    match h {
                         // luring answered Expect itself; an upstream 100 is redundant
-                        100 => {}
+                        ParsedResponse::Head(h) if h.status == 100 => {}
                         // 101 ends HTTP on this connection: the caller decides what follows
-                        102..=199 => interim.push(h),
-                        _ => return Ok((interim, h)),
+                        ParsedResponse::Head(h) if (102..=199).contains(&h.status) => {
+                            interim.push(h)
+                        }
+                        h => return Ok((interim, h)),
                     }
                     continue;
                 }

@@ -119,7 +119,9 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
     if over_h2::known(c, &key) {
         return Half::Over(Box::pin(over_h2::exchange(c, hooks, &mut req, &mut asked, &key)).await);
     }
-    let (up, answer) = match send(c, front, &key, hooks, &mut req, &mut asked).await {
+    // a gRPC-web call's response is read for its hooks
+    let wire = call.is_none() && flow!(c, hooks).response_untouched();
+    let (up, answer) = match send(c, front, &key, hooks, &mut req, &mut asked, wire).await {
         Ok(x) => x,
         Err(NotSent::Answered(next)) => return Half::Over(next),
         Err(NotSent::OverH2) => {
@@ -184,7 +186,7 @@ async fn open(
 
 /// Sends the request upstream and reads the final response head, on a pooled
 /// connection first; a request that failed on a reused connection before any answer is
-/// sent again on a new one when that is safe.
+/// sent again on a new one when that is safe. `wire`: the final head may stay as bytes.
 async fn send(
     c: &mut ClientConn,
     front: &mut Front,
@@ -192,6 +194,7 @@ async fn send(
     hooks: Hooks<'_>,
     req: &mut Request,
     asked: &mut Asked,
+    wire: bool,
 ) -> Result<(Upstream, Answer), NotSent> {
     let retryable = rules::retryable(req, asked.dec.is_done());
     let mut attempt = 0;
@@ -231,6 +234,7 @@ async fn send(
             upstream: c.w.timeouts.upstream,
             deadline: &c.upstream_deadline,
             limits: &c.w.upstream_limits,
+            wire,
         };
         let sent = if streamed {
             let mut rec = c.io.rec.take();

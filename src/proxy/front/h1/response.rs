@@ -4,13 +4,13 @@
 
 use super::state::*;
 use crate::http::{Body, Request, Response, ResponseHead, Version};
-use crate::proto::http1::{response_body_kind, BodyDecoder};
+use crate::proto::http1::{response_body_kind, BodyDecoder, ParsedResponse, WireHead};
 use crate::proxy::body_relay::{self, H1Body, Output, RelayError};
 use crate::proxy::conn::client::ClientConn;
 use crate::proxy::exchange::reply::FlowError;
 use crate::proxy::exchange::{self, rules, Decision, Message, Source};
 use crate::proxy::h1_wire;
-use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::{Key, Upstream};
 use crate::proxy::{sse, ws};
 use bytes::BytesMut;
 use std::net::Shutdown;
@@ -35,6 +35,45 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
     };
     let asked = &mut asked;
     let req = &req;
+    let rhead = match rhead {
+        ParsedResponse::Head(h) => h,
+        ParsedResponse::Wire(w) => match wire_out(c, &w, req, asked, up.buf.len()) {
+            // nothing reads the head: its bytes go on, then the body (awaited here for
+            // the reason given below)
+            Ok(Some(out)) => {
+                let WireOut {
+                    head,
+                    output,
+                    mut rdec,
+                    reusable,
+                } = out;
+                let Upstream { stream, buf, .. } = &mut up;
+                let mut src = H1Body {
+                    stream,
+                    buf,
+                    dec: &mut rdec,
+                    timeout: c.w.timeouts.upstream,
+                    tap: None,
+                };
+                let r = body_relay::body(&mut src, c.io.sink(), Some(head), output, None).await;
+                let clean = relayed(c, r, None);
+                let pool = reusable && rdec.is_done() && upload_complete;
+                return finish(c, clean, up, key, pool, asked);
+            }
+            Ok(None) => match w.into_head() {
+                Ok(h) => h,
+                Err(e) => {
+                    up.stream.shutdown(Shutdown::Both);
+                    let e = FlowError::bad_response(format!("bad response from upstream: {e}"));
+                    return fail_flow(c, hooks, req, e).await;
+                }
+            },
+            Err(text) => {
+                up.stream.shutdown(Shutdown::Both);
+                return fail_flow(c, hooks, req, FlowError::bad_response(text)).await;
+            }
+        },
+    };
     if rhead.status == 101 {
         let ok = asked.upgrade.is_some() && upload_complete && asked.dec.is_done();
         let asked = ok.then_some(&*asked);
@@ -127,8 +166,22 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
     };
     let clean = relayed(c, r, rec.as_deref_mut());
     c.io.rec.set(rec);
+    finish(
+        c,
+        clean,
+        up,
+        key,
+        reusable && rdec.is_done() && upload_complete,
+        asked,
+    )
+}
+
+/// After the response went (whole when `clean`): the upstream connection back to the
+/// pool when `pool` says it is in sync (and the client's body was read whole), and
+/// what the client connection does next.
+fn finish(c: &ClientConn, clean: bool, up: Upstream, key: Key, pool: bool, asked: &Asked) -> Next {
     c.io.count_upstream(&up);
-    if reusable && clean && rdec.is_done() && upload_complete && asked.dec.is_done() {
+    if pool && clean && asked.dec.is_done() {
         c.w.pool.put(key, up);
     } else {
         up.stream.shutdown(Shutdown::Both);
@@ -139,6 +192,50 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
         c.io.ended_whole.set(clean && asked.dec.is_done());
         Next::Close
     }
+}
+
+/// A head relayed as bytes, and how its body goes.
+struct WireOut {
+    head: BytesMut,
+    output: Output,
+    rdec: BodyDecoder,
+    /// The upstream connection can carry another request after this response.
+    reusable: bool,
+}
+
+/// The client's head made from the upstream's bytes (see proto::http1::WireHead), as
+/// [`response_head`] makes it from the field list. `Ok(None)`: the bytes cannot stand
+/// for the fields, take the field list; Err: the response's framing is broken.
+fn wire_out(
+    c: &ClientConn,
+    w: &WireHead,
+    req: &Request,
+    asked: &mut Asked,
+    ready: usize,
+) -> Result<Option<WireOut>, String> {
+    let kind = w
+        .kind(&req.method)
+        .map_err(|e| format!("bad response framing from upstream: {e}"))?;
+    let framing = rules::response_framing(kind, asked.version, false);
+    let keep_alive = asked.keep_alive && framing.keep_alive;
+    let close = !keep_alive || c.w.is_draining();
+    let chunked_ok = asked.version == Version::Http11;
+    // room for a small body already read, which body_relay::body copies behind the head
+    let body_ready = ready.min(body_relay::COALESCE_MAX);
+    let mut head = BytesMut::with_capacity(w.wire_len() + 32 + body_ready);
+    if !w.encode_for_client(framing.kind, chunked_ok, close, asked.version, &mut head) {
+        return Ok(None);
+    }
+    asked.keep_alive = keep_alive;
+    c.io.status.set(w.status);
+    let ctype = || w.first(b"content-type");
+    c.io.event_stream.set(crate::metrics::event_stream(ctype));
+    Ok(Some(WireOut {
+        head,
+        output: framing.output,
+        rdec: BodyDecoder::new(kind),
+        reusable: w.keeps_alive(kind),
+    }))
 }
 
 /// A 101: the upgrade the client asked for (`asked`) goes on; one it did not ask for

@@ -101,7 +101,7 @@ pub(super) struct Sent {
     pub(super) id: u64,
     pub(super) req: Request,
     pub(super) asked: Asked,
-    pub(super) rhead: crate::http::ResponseHead,
+    pub(super) rhead: crate::proto::http1::ParsedResponse,
     pub(super) up: Upstream,
     pub(super) key: Key,
     /// The whole request body went upstream.

@@ -203,6 +203,8 @@ impl Stream<'_> {
             upstream: w.timeouts.upstream,
             deadline: &deadline,
             limits: &w.upstream_limits,
+            // the h2 client takes the head as fields
+            wire: false,
         };
         let sent = async {
             match upload {
@@ -238,7 +240,14 @@ impl Stream<'_> {
         if !upload_complete {
             h2_stream::discard(body);
         }
-        let rhead = answer.head;
+        let rhead = match answer.head.into_head() {
+            Ok(h) => h,
+            Err(e) => {
+                up.stream.shutdown(Shutdown::Both);
+                let f = FlowError::bad_response(format!("bad response from upstream: {e}"));
+                return self.fail_flow(&req, reply, f).await;
+            }
+        };
         let rkind = match response_body_kind(&req.method, &rhead) {
             Ok(k) if rhead.status != 101 => k,
             Ok(_) => {
