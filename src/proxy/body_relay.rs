@@ -197,7 +197,10 @@ pub async fn body(
             t.see(p);
         }
         let pending = match (first.take(), piece) {
-            (Some(mut head), Some(p)) if p.len() <= COALESCE_MAX => {
+            // copied behind the head only into room the head was given for it
+            (Some(mut head), Some(p))
+                if p.len() <= COALESCE_MAX.min(head.capacity() - head.len()) =>
+            {
                 head.extend_from_slice(&p);
                 vec![head.freeze()]
             }

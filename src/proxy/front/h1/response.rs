@@ -37,7 +37,7 @@ pub(super) async fn respond(c: &mut ClientConn, sent: Sent) -> Next {
     let req = &req;
     let rhead = match rhead {
         ParsedResponse::Head(h) => h,
-        ParsedResponse::Wire(w) => match wire_out(c, &w, req, asked, up.buf.len()) {
+        ParsedResponse::Wire(w) => match wire_out(c, &w, req, asked) {
             // nothing reads the head: its bytes go on, then the body (awaited here for
             // the reason given below)
             Ok(Some(out)) => {
@@ -211,7 +211,6 @@ fn wire_out(
     w: &WireHead,
     req: &Request,
     asked: &mut Asked,
-    ready: usize,
 ) -> Result<Option<WireOut>, String> {
     let kind = w
         .kind(&req.method)
@@ -220,9 +219,9 @@ fn wire_out(
     let keep_alive = asked.keep_alive && framing.keep_alive;
     let close = !keep_alive || c.w.is_draining();
     let chunked_ok = asked.version == Version::Http11;
-    // room for a small body already read, which body_relay::body copies behind the head
-    let body_ready = ready.min(body_relay::COALESCE_MAX);
-    let mut head = BytesMut::with_capacity(w.wire_len() + 32 + body_ready);
+    // no room for the body already read: it goes as a second iovec of the same write,
+    // and the head's buffer stays small (an allocator's fast size class)
+    let mut head = BytesMut::with_capacity(w.wire_len() + 32);
     if !w.encode_for_client(framing.kind, chunked_ok, close, asked.version, &mut head) {
         return Ok(None);
     }
