@@ -3,7 +3,7 @@
 //! must travel with them).
 
 use crate::http::{known_names, Body, Headers, Request, Response, ResponseHead, Version};
-use crate::proto::http1::{encode_request_head, encode_response_head, BodyKind};
+use crate::proto::http1::{encode_request_parts, encode_response_head, BodyKind};
 use bytes::{Bytes, BytesMut};
 
 pub use crate::proto::http1::reason;
@@ -83,17 +83,10 @@ fn set_length(h: &mut Headers, n: u64) {
     }
 }
 
-/// Encodes the upstream request head (origin-form target, HTTP/1.1). The headers are
-/// moved out and back rather than cloned: this runs for every request.
-pub fn request_head(req: &mut Request, out: &mut BytesMut) {
-    let head = crate::http::RequestHead {
-        method: req.method.clone(),
-        target: Bytes::from(req.path.clone().unwrap_or_else(|| "/".into())),
-        version: Version::Http11,
-        headers: std::mem::take(&mut req.headers),
-    };
-    encode_request_head(&head, out);
-    req.headers = head.headers;
+/// Encodes the upstream request head (origin-form target, HTTP/1.1).
+pub fn request_head(req: &Request, out: &mut BytesMut) {
+    let target = req.path.as_deref().unwrap_or("/").as_bytes();
+    encode_request_parts(&req.method, target, Version::Http11, &req.headers, out);
 }
 
 /// The head of a request going to an HTTP/1.1 upstream with a body of `kind`, its

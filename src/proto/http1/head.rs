@@ -293,15 +293,26 @@ fn diagnose_field_line(window: &[u8]) -> &'static str {
 
 /// Appends the wire form of a request head (ends with CRLFCRLF).
 pub fn encode_request_head(head: &RequestHead, out: &mut BytesMut) {
-    let line = head.method.len() + head.target.len() + 12;
-    out.reserve(line + fields_len(&head.headers) + 2);
-    put_token(out, &head.method);
+    encode_request_parts(&head.method, &head.target, head.version, &head.headers, out);
+}
+
+/// [`encode_request_head`] of a head given by its parts.
+pub fn encode_request_parts(
+    method: &[u8],
+    target: &[u8],
+    version: Version,
+    headers: &Headers,
+    out: &mut BytesMut,
+) {
+    let line = method.len() + target.len() + 12;
+    out.reserve(line + fields_len(headers) + 2);
+    put_token(out, method);
     out.put_u8(b' ');
-    put_target(out, &head.target);
+    put_target(out, target);
     out.put_u8(b' ');
-    out.extend_from_slice(version_str(head.version));
+    out.extend_from_slice(version_str(version));
     out.extend_from_slice(b"\r\n");
-    put_fields(out, &head.headers);
+    put_fields(out, headers);
     out.extend_from_slice(b"\r\n");
 }
 
