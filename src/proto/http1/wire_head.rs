@@ -74,8 +74,9 @@ pub struct WireHead {
 /// as a field list.
 #[derive(Debug)]
 pub enum ParsedResponse {
-    /// A final (2xx-5xx) head as it arrived.
-    Wire(WireHead),
+    /// A final (2xx-5xx) head as it arrived (boxed: the enum is moved several times per
+    /// exchange, and a head as fields is much smaller).
+    Wire(Box<WireHead>),
     /// A head as a field list.
     Head(ResponseHead),
 }
@@ -108,7 +109,7 @@ pub fn parse_response_wire(
         if res.code.unwrap_or_default() < 200 {
             ParsedResponse::Head(model_response(res, window, n))
         } else {
-            ParsedResponse::Wire(WireHead::scan(res, window, n))
+            ParsedResponse::Wire(Box::new(WireHead::scan(res, window, n)))
         }
     })
 }
