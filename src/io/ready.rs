@@ -102,6 +102,7 @@ impl Stream {
     /// takes nothing ([`Stream::writable`] or [`Stream::poll_writable`] then wait for
     /// room). Plain sockets only.
     pub(crate) fn send_now(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.before_write();
         let (n, traffic) = match self {
             Stream::Uring(s) => {
                 let fd = s.as_raw_fd();

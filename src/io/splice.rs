@@ -362,6 +362,7 @@ pub async fn splice(
         if pipe.held > 0 {
             let pr = pipe.r;
             let held = pipe.held;
+            dst.before_write();
             let write = to.io(Interest::WRITABLE, |fd| splice_raw(pr, fd, held));
             let n = idle
                 .wait_write(write)

@@ -93,7 +93,8 @@ pub async fn main(setup: Setup) {
                     continue;
                 }
                 Counters::bump(&w.counters.accepted);
-                let _ = stream.set_nodelay(true);
+                // no TCP_NODELAY here: the stream sets it before its second write
+                // (io::Traffic), which a connection answered in one write never makes
                 io::spawn(crate::proxy::conn::serve(w.clone(), stream, peer));
             }
             Err(e) => {

@@ -31,8 +31,8 @@ pub(super) async fn reverse(c: &mut ClientConn) -> Layer {
         return Layer::Done;
     };
     let tls_up = up.scheme == "https";
-    let t = w.timeouts.head;
-    match WorkerTls::read_client_hello(&c.io.stream, &mut c.io.buf, t).await {
+    c.io.read_deadline.arm(w.timeouts.head);
+    match WorkerTls::read_client_hello(&c.io.stream, &mut c.io.buf, &c.io.read_deadline).await {
         Ok(Some(hello)) => Layer::Tls(Box::new(TlsStart {
             hello,
             host: up.host.clone(),
@@ -71,11 +71,10 @@ pub(super) async fn reverse(c: &mut ClientConn) -> Layer {
 /// Whether the client opened with the HTTP/2 connection preface (h2c with prior
 /// knowledge, as gRPC's plaintext channels do); reads until that is known.
 async fn h2c_preface(c: &mut ClientConn) -> bool {
-    let deadline = tokio::time::Instant::now() + c.w.timeouts.head;
+    // still the head timeout reverse() armed for the ClientHello
     let buf = &mut c.io.buf;
     while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match body_relay::read_some(&c.io.stream, buf, left).await {
+        match body_relay::read_some_by(&c.io.stream, buf, &c.io.read_deadline, usize::MAX).await {
             Ok(n) if n > 0 => {}
             _ => return false,
         }
@@ -228,8 +227,9 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
     let hooks_raw = engine.is_some_and(|e| e.has(Event::RawChunk));
     let early = &first.client;
     if client_first && crate::proto::client_hello::is_tls_client_hello_start(early) != Some(false) {
-        let head_timeout = w.timeouts.head;
-        match WorkerTls::read_client_hello(&c.io.stream, &mut first.client, head_timeout).await {
+        c.io.read_deadline.arm(w.timeouts.head);
+        let deadline = &c.io.read_deadline;
+        match WorkerTls::read_client_hello(&c.io.stream, &mut first.client, deadline).await {
             // the passthrough rules see both names, as in mitmproxy
             Ok(Some(hello)) if w.tls.intercepts_any(host, hello.sni.as_deref(), port) => {
                 drop(pending);

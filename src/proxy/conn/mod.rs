@@ -138,11 +138,9 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
         t.record
             .finish(c.info.client_addr, t.status, bytes, c.info.conn_id);
     }
-    Box::pin(c.io.linger()).await;
-    let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
+    let (bytes_in, bytes_out) = Box::pin(c.io.linger()).await;
     crate::metrics::client_bytes(bytes_in, bytes_out);
     if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionDisconnect)) {
-        let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
         let (upstream_bytes_in, upstream_bytes_out) = c.io.upstream_moved.get();
         let stats = ConnStats {
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
