@@ -143,6 +143,11 @@ impl UringTcp {
         }
     }
 
+    /// Whether the socket is registered with the reactor yet.
+    pub(super) fn is_registered(&self) -> bool {
+        self.reg.get().is_some()
+    }
+
     pub(super) fn registration(&self) -> io::Result<&AsyncFd<Fd>> {
         if let Some(r) = self.reg.get() {
             return Ok(r);
