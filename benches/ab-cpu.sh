@@ -6,10 +6,12 @@
 # saves instructions may cost system calls. Measure both.
 #
 #   --load h1     wrk -c32 keep-alive, 1 KiB, reverse mode to a plain nginx origin
+#   --load h1close  the same with a new client connection per request (wrk sends
+#                 `Connection: close`; upstream connections stay pooled)
 #   --load h2c    h2load -c10 -m5 over h2c, the same origin (HTTP/1 upstream)
 #   --load h2tls  h2load -c10 -m5, h2 with TLS on both sides (an nginx h2 TLS origin)
 #
-# usage: bash benches/ab-cpu.sh [--load h1|h2c|h2tls] [--rounds N] BIN BIN...
+# usage: bash benches/ab-cpu.sh [--load h1|h1close|h2c|h2tls] [--rounds N] BIN BIN...
 # Needs nginx, wrk, h2load (nghttp2-client) and openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,13 +24,13 @@ while (( $# )); do
   case "$1" in
     --load) LOAD=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     -*) echo "unknown argument: $1" >&2; exit 2 ;;
     *) BINS+=("$(realpath "$1")"); shift ;;
   esac
 done
 (( ${#BINS[@]} >= 2 )) || { echo "give at least two builds" >&2; exit 2; }
-case $LOAD in h1|h2c|h2tls) ;; *) echo "unknown load: $LOAD" >&2; exit 2 ;; esac
+case $LOAD in h1|h1close|h2c|h2tls) ;; *) echo "unknown load: $LOAD" >&2; exit 2 ;; esac
 for t in nginx wrk h2load openssl taskset; do
   command -v "$t" >/dev/null || { echo "$t is required" >&2; exit 1; }
 done
@@ -71,6 +73,8 @@ load() {
   (( $2 )) && n=5000 secs=1
   case $LOAD in
     h1) taskset -c 1 wrk -t1 -c32 -d"${secs}s" "http://127.0.0.1:$port/1k.bin" ;;
+    h1close) taskset -c 1 wrk -t1 -c32 -d"${secs}s" -H 'Connection: close' \
+      "http://127.0.0.1:$port/1k.bin" ;;
     h2c) taskset -c 1 h2load -c10 -m5 -n "$n" "http://127.0.0.1:$port/1k.bin" ;;
     h2tls) taskset -c 1 h2load -c10 -m5 -n "$n" "https://localhost:$port/1k.bin" ;;
   esac
@@ -79,7 +83,7 @@ load() {
 # the requests a load tool's output says were answered
 answered() {
   case $LOAD in
-    h1) awk '/requests in/ { print $1 }' ;;
+    h1|h1close) awk '/requests in/ { print $1 }' ;;
     *) awk '/^status codes:/ { print $3 }' ;;
   esac
 }

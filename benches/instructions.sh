@@ -4,7 +4,8 @@
 # it shows changes of a few percent that wrk timings cannot.
 #
 # Each binary runs as `luring run --mode reverse:http://ORIGIN --workers 1` under
-# callgrind while wrk (-t1 -c32, keep-alive, 1 KiB responses) drives it; a second run
+# callgrind while wrk (-t1 -c32, keep-alive, 1 KiB responses) drives it (with --close,
+# every request on a new client connection: wrk sends `Connection: close`); a second run
 # with a single request measures start-up and shutdown, which are subtracted.
 # With --peers, nginx (reverse proxy: one process, master_process off) and HAProxy
 # (http mode, nbthread 1), configured as benches/compare.sh's nginx-proxy and
@@ -12,7 +13,7 @@
 # proxies: --io, --plugin and --record apply to luring only).
 #
 # usage: bash benches/instructions.sh [--bin PATH]... [--io uring|epoll] [--peers]
-#                                     [--plugin FILE] [--record] [--duration SECS]
+#                                     [--plugin FILE] [--record] [--close] [--duration SECS]
 # Default binary: target/release/luring. Give --bin twice to compare two builds.
 # Needs valgrind, wrk, nginx (origin) and curl; --peers needs haproxy too.
 set -euo pipefail
@@ -24,6 +25,7 @@ IO=uring
 DURATION=8
 EXTRA=()
 PEERS=0
+WRK_ARGS=()
 while (( $# )); do
   case "$1" in
     --bin) BINS+=("$2"); shift 2 ;;
@@ -31,8 +33,9 @@ while (( $# )); do
     --plugin) EXTRA+=(--plugin "$(realpath "$2")"); shift 2 ;;
     --record) RECORD=1; shift ;;
     --peers) PEERS=1; shift ;;
+    --close) WRK_ARGS=(-H 'Connection: close'); shift ;;
     --duration) DURATION=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -159,7 +162,7 @@ measure() {
     err="$target did not answer on 127.0.0.1:$port"
   elif (( load )); then
     local res reqs bad
-    res=$(taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$port/1k.bin")
+    res=$(taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/1k.bin")
     reqs=$(awk '/requests in/ { print $1 }' <<<"$res")
     # wrk prints this line only when some responses were not 2xx or 3xx
     bad=$(awk '/^ *Non-2xx or 3xx responses:/ { print $NF }' <<<"$res")
@@ -216,7 +219,7 @@ row() {
   printf '%-40s %8d instructions/request (%d requests)\n' "$name" "$per" "$n"
 }
 
-echo "user-space instructions per request: luring reverse proxy, --io $IO, wrk -c32, 1 KiB${EXTRA:+, ${EXTRA[*]}}$( (( RECORD )) && echo ", --record")"
+echo "user-space instructions per request: luring reverse proxy, --io $IO, wrk -c32 ${WRK_ARGS[*]}, 1 KiB${EXTRA:+, ${EXTRA[*]}}$( (( RECORD )) && echo ", --record")"
 for bin in "${BINS[@]}"; do
   row "$bin" "$bin"
 done

@@ -51,11 +51,13 @@ pub enum Stream {
 /// them (since Linux 5.10 it retries O_NONBLOCK files that support async), and
 /// [`splice`]'s own calls must never block the worker: splice(2) from a TCP socket
 /// waits according to the socket's O_NONBLOCK flag, whatever SPLICE_F_NONBLOCK says.
+/// One ioctl(FIONBIO) sets that flag alone, where fcntl takes two calls (F_GETFL,
+/// then F_SETFL with the flags read): one system call less per connection.
 fn set_nonblocking(fd: std::os::fd::RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd owned by a live stream; no memory is passed.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO reads one c_int from `on`, which outlives the call; the fd is
+    // owned by a live stream.
+    if unsafe { libc::ioctl(fd, libc::FIONBIO, &on) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -68,11 +70,31 @@ fn detached() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "stream detached")
 }
 
-/// Byte counts of one socket; plain cells, since one worker owns the socket.
+/// Byte counts of one socket, and how far it is on the way to TCP_NODELAY; plain
+/// cells, since one worker owns the socket.
 #[derive(Default, Debug)]
 pub struct Traffic {
     read: std::cell::Cell<u64>,
     written: std::cell::Cell<u64>,
+    nagle: std::cell::Cell<Nagle>,
+}
+
+/// TCP_NODELAY is set just before a socket's second write, not when it is opened.
+/// Nagle's algorithm holds back a small segment only while an earlier small segment
+/// is unacknowledged (Linux uses Minshall's variant), so the first write on a socket
+/// is never delayed, and from the second on Nagle is off: writes go out as they
+/// would with TCP_NODELAY set at accept. A client connection that gets its whole
+/// response in one write and closes (`Connection: close`) saves the setsockopt(2)
+/// (nginx sets TCP_NODELAY only when a connection goes keep-alive or streams).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Nagle {
+    /// Nothing written yet.
+    #[default]
+    Unwritten,
+    /// One write started.
+    Written,
+    /// TCP_NODELAY is set (or was asked for).
+    Off,
 }
 
 impl Traffic {
@@ -137,13 +159,37 @@ impl Stream {
         Ok(s)
     }
 
-    /// Disables Nagle: a proxy forwards what it has at once.
+    /// Disables Nagle: a proxy forwards what it has at once. Plain sockets do it by
+    /// themselves before their second write (see `Nagle`); this sets it now.
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        if let Some(t) = self.traffic() {
+            t.nagle.set(if on { Nagle::Off } else { Nagle::Written });
+        }
         match self {
             Stream::Uring(s) => s.set_nodelay(on),
             Stream::Epoll(s, _) => s.set_nodelay(on),
             Stream::Tls(t) => t.inner().set_nodelay(on),
             Stream::Detached => Err(detached()),
+        }
+    }
+
+    /// Called before every write to the socket under this stream (plain sockets):
+    /// the second one first sets TCP_NODELAY (see `Nagle`).
+    pub(crate) fn before_write(&self) {
+        let (fd, t) = match self {
+            Stream::Uring(s) => (s.as_raw_fd(), &s.traffic),
+            Stream::Epoll(s, t) => (s.as_raw_fd(), t),
+            Stream::Tls(_) | Stream::Detached => return,
+        };
+        match t.nagle.get() {
+            Nagle::Off => {}
+            Nagle::Unwritten => t.nagle.set(Nagle::Written),
+            Nagle::Written => {
+                t.nagle.set(Nagle::Off);
+                // SAFETY: the fd is owned by `self` and open; the borrow ends with the call.
+                let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                let _ = socket2::SockRef::from(&sock).set_nodelay(true);
+            }
         }
     }
 
@@ -211,6 +257,7 @@ impl Stream {
     pub(crate) async fn write_plain(&self, buf: Bytes) -> io::Result<()> {
         match self {
             Stream::Uring(s) => {
+                self.before_write();
                 let len = buf.len();
                 let r = s.write_all(buf).await.0;
                 // a failed write_all may have sent part of it; what counts is what was asked
@@ -223,6 +270,7 @@ impl Stream {
                 let mut off = 0;
                 while off < buf.len() {
                     s.writable().await?;
+                    self.before_write();
                     match s.try_write(&buf[off..]) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                         Ok(n) => {
@@ -253,6 +301,7 @@ impl Stream {
         while !bufs.is_empty() {
             let mut n = match self {
                 Stream::Uring(s) => {
+                    self.before_write();
                     let (res, back) = s.writev(bufs).await;
                     bufs = back;
                     res?
@@ -260,6 +309,7 @@ impl Stream {
                 Stream::Tls(_) | Stream::Detached => return Err(detached()),
                 Stream::Epoll(s, _) => {
                     s.writable().await?;
+                    self.before_write();
                     let slices: Vec<io::IoSlice<'_>> =
                         bufs.iter().map(|b| io::IoSlice::new(b)).collect();
                     match s.try_write_vectored(&slices) {
@@ -385,6 +435,27 @@ impl Stream {
             )
         };
         n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+
+    /// After an exchange: true when the client has sent nothing more, so closing now
+    /// cannot turn into a reset: a non-blocking peek finds no bytes, either because
+    /// none came yet or because the peer has closed its side (end of stream). Under
+    /// TLS the transport's socket is asked.
+    pub fn has_nothing_unread(&self) -> bool {
+        let Some(fd) = self.raw_fd() else {
+            return false;
+        };
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local; the fd is owned by `self` and open.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n == 0 || (n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Shuts down one or both directions. Also the way to make an abandoned in-flight

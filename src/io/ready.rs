@@ -102,6 +102,7 @@ impl Stream {
     /// takes nothing ([`Stream::writable`] or [`Stream::poll_writable`] then wait for
     /// room). Plain sockets only.
     pub(crate) fn send_now(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.before_write();
         let (n, traffic) = match self {
             Stream::Uring(s) => {
                 let fd = s.as_raw_fd();
@@ -120,6 +121,19 @@ impl Stream {
         };
         traffic.add_written(n);
         Ok(n)
+    }
+
+    /// One non-blocking recv into the spare capacity of `buf` (plain sockets; it must
+    /// have some): WouldBlock when nothing has come yet. It does not wait, and leaves
+    /// the reactor's idea of the socket's readiness as it was: a later wait for bytes
+    /// still waits for an edge, and a wake-up without bytes only costs a recv that
+    /// finds none.
+    pub(crate) fn recv_now(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Stream::Uring(s) => recv_now(s.as_raw_fd(), buf, &s.traffic),
+            Stream::Epoll(s, t) => recv_now(s.as_raw_fd(), buf, t),
+            Stream::Tls(_) | Stream::Detached => Err(super::detached()),
+        }
     }
 
     /// Waits until the socket may take more bytes; several tasks may wait at once.
@@ -164,6 +178,17 @@ impl Stream {
         };
         match self {
             Stream::Uring(s) => {
+                // A socket not yet registered with the reactor (a new connection, or
+                // one whose reads so far were io_uring operations) is first tried with
+                // a plain recv: its bytes are often there already, and then it is
+                // never registered (an epoll_ctl to add it, another at its close).
+                if !s.is_registered() {
+                    let mut b = held.take().unwrap_or_else(|| take(size));
+                    match recv_now(s.as_raw_fd(), &mut b, &s.traffic) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => put(b, &mut held, size),
+                        r => return (r, b),
+                    }
+                }
                 let reg = match s.registration() {
                     Ok(r) => r,
                     Err(e) => return (Err(e), BytesMut::new()),

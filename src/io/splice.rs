@@ -143,6 +143,11 @@ impl UringTcp {
         }
     }
 
+    /// Whether the socket is registered with the reactor yet.
+    pub(super) fn is_registered(&self) -> bool {
+        self.reg.get().is_some()
+    }
+
     pub(super) fn registration(&self) -> io::Result<&AsyncFd<Fd>> {
         if let Some(r) = self.reg.get() {
             return Ok(r);
@@ -362,6 +367,7 @@ pub async fn splice(
         if pipe.held > 0 {
             let pr = pipe.r;
             let held = pipe.held;
+            dst.before_write();
             let write = to.io(Interest::WRITABLE, |fd| splice_raw(pr, fd, held));
             let n = idle
                 .wait_write(write)

@@ -93,8 +93,13 @@ pub async fn main(setup: Setup) {
                     continue;
                 }
                 Counters::bump(&w.counters.accepted);
-                let _ = stream.set_nodelay(true);
-                io::spawn(crate::proxy::conn::serve(w.clone(), stream, peer));
+                // no TCP_NODELAY here: the stream sets it before its second write
+                // (io::Traffic), which a connection answered in one write never makes
+                // boxed before it is spawned: the task then holds a pointer, where the
+                // connection's future (1.9 KB) was copied five times into the task and
+                // three more as it ended, and the task itself (aligned to 128 bytes)
+                // took mimalloc's slow path for aligned memory
+                io::spawn(Box::pin(crate::proxy::conn::serve(w.clone(), stream, peer)));
             }
             Err(e) => {
                 if w.is_draining() {

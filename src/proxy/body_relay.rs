@@ -83,6 +83,17 @@ pub async fn read_some_by(
     max: usize,
 ) -> std::io::Result<usize> {
     ensure_spare(buf, 4096);
+    read_spare_by(stream, buf, deadline, max).await
+}
+
+/// [`read_some_by`] into the spare capacity `buf` has, however small (the caller
+/// makes sure there is some), without making room first.
+pub async fn read_spare_by(
+    stream: &Stream,
+    buf: &mut BytesMut,
+    deadline: &Deadline,
+    max: usize,
+) -> std::io::Result<usize> {
     let b = std::mem::take(buf);
     let read = deadline.limit(stream.read_at_most(b, max)).await;
     finish_read(stream, buf, read.ok())

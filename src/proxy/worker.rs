@@ -7,7 +7,7 @@ use crate::io::{Backend, Listener};
 use crate::plugin::{Engine, EngineConfig};
 use crate::proto::http1::Limits;
 use crate::proxy::exchange::pipeline::Pipeline;
-use crate::proxy::upstream::pool::Pool;
+use crate::proxy::upstream::pool::{Key, Pool};
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -124,6 +124,10 @@ pub struct Worker {
     pub refused_logged: Cell<Option<Instant>>,
     /// Set once the worker drains; connections finish their request and close.
     pub draining: watch::Sender<bool>,
+    /// The pool key of the last request, with the scheme and authority it was made
+    /// for: requests nearly always go to the place the one before went to (in
+    /// reverse mode, always), on the same connection or a new one.
+    last_key: RefCell<Option<(String, String, Key)>>,
     next_conn: Cell<u64>,
     /// Workers in the group (at least `index + 1`): the step between this worker's ids.
     id_stride: u64,
@@ -156,6 +160,20 @@ impl Worker {
         let n = self.next_conn.get();
         self.next_conn.set(n + 1);
         n * self.id_stride + self.index as u64 + 1
+    }
+
+    /// The pool key for a request to `scheme`://`authority`: the last one again
+    /// while requests go to the same place.
+    pub fn pool_key(&self, scheme: &str, authority: &str) -> Key {
+        let mut last = self.last_key.borrow_mut();
+        if let Some((s, a, key)) = &*last {
+            if s == scheme && a == authority {
+                return key.clone();
+            }
+        }
+        let key = Key::new(scheme, authority);
+        *last = Some((scheme.to_string(), authority.to_string(), key.clone()));
+        key
     }
 
     /// The engine for a new request (cheap Rc clone; None without plugins).
@@ -262,6 +280,7 @@ pub fn build(setup: Setup) -> Result<Built, String> {
         refusing: Cell::new(0),
         refused_logged: Cell::new(None),
         draining: watch::channel(false).0,
+        last_key: RefCell::new(None),
         next_conn: Cell::new(0),
         id_stride: cfg.worker_count().max(index + 1) as u64,
         cfg,

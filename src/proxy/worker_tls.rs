@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::io::tls_stream::as_tls_error;
-use crate::io::Stream;
+use crate::io::{Deadline, Stream};
 use crate::proto::client_hello::{is_tls_client_hello_start, parse_client_hello, ClientHello};
 use crate::tls::{
     describe_tls_error, Ca, CaKeyType, ClientTlsFactory, Confdir, LeafCache, LeafMinter,
@@ -14,6 +14,10 @@ use rustls::pki_types::ServerName;
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Room made for the rest of a ClientHello larger than the read buffer: a TLS record
+/// (16 KiB and its header).
+const HELLO_ROOM: usize = 16 * 1024 + 5;
 
 /// The HTTP versions luring offers in a TLS handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,13 +161,14 @@ impl WorkerTls {
     }
 
     /// Reads a whole ClientHello from `stream` into `buf` (which may already hold its
-    /// start). Ok(None): the bytes are not TLS.
+    /// start) by `deadline` (the connection's read deadline, armed by the caller: a
+    /// timer of its own would be put in the wheel and taken out again on every
+    /// connection). Ok(None): the bytes are not TLS.
     pub async fn read_client_hello(
         stream: &Stream,
         buf: &mut BytesMut,
-        timeout: Duration,
+        deadline: &Deadline,
     ) -> Result<Option<ClientHello>, String> {
-        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match is_tls_client_hello_start(buf) {
                 Some(false) => return Ok(None),
@@ -174,8 +179,15 @@ impl WorkerTls {
                 },
                 None => {}
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match crate::proxy::body_relay::read_some(stream, buf, left).await {
+            // A new connection's first read goes into the buffer it came with (the
+            // 2 KiB a request head is read into: most heads fit, and most
+            // ClientHellos); making room for 4 KiB, as other reads do, would swap it
+            // for a 64 KiB one on every connection. A ClientHello that outgrows it
+            // gets room for a whole TLS record.
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(HELLO_ROOM);
+            }
+            match crate::proxy::body_relay::read_spare_by(stream, buf, deadline, usize::MAX).await {
                 Ok(0) => return Err("client closed before its ClientHello was complete".into()),
                 Ok(_) => {}
                 Err(e) => return Err(format!("reading the ClientHello: {e}")),

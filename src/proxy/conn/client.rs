@@ -186,22 +186,34 @@ impl ClientIo {
         }
     }
 
-    /// Closes gracefully: send FIN, then read and discard what the client still sends
-    /// (bounded), so an unread request body does not turn our close into a reset that
-    /// would destroy the response in flight (nginx's lingering close).
-    pub async fn linger(&mut self) {
-        // After a whole exchange with nothing more read or waiting, closing at once
-        // cannot reset a response in flight: nginx closes such connections at once
-        // too. It saves the half-close, a read that waits for the client's FIN, and
-        // its buffer, on every connection that asked for `Connection: close`.
+    /// Closes the client socket now when that cannot turn into a reset: after a whole
+    /// exchange with nothing more read or waiting (nginx closes such connections at
+    /// once too). A client that has already sent its FIN (usual for `Connection:
+    /// close`: it has the whole response by the time the write's completion comes
+    /// back) has nothing unread either. The socket is closed by dropping it, with no
+    /// shutdown(2) first: close(2) alone sends the FIN, and no io_uring operation is
+    /// in flight on it after a whole exchange. It saves the half-close, a read that
+    /// waits for the client's FIN, its buffer and timer, on every connection that
+    /// asked for `Connection: close`. Returns the bytes read from and written to the
+    /// socket; None: [`ClientIo::linger`] is owed.
+    pub fn close_at_once(&mut self) -> Option<(u64, u64)> {
         if self.ended_whole.get()
             && self.buf.is_empty()
             && self.stream.tls().is_none()
-            && self.stream.is_idle_and_open()
+            && self.stream.has_nothing_unread()
         {
-            self.stream.shutdown(Shutdown::Both);
-            return;
+            let moved = self.stream.bytes_moved();
+            self.stream = Stream::Detached;
+            return Some(moved);
         }
+        None
+    }
+
+    /// Closes gracefully: send FIN, then read and discard what the client still sends
+    /// (bounded), so an unread request body does not turn our close into a reset that
+    /// would destroy the response in flight (nginx's lingering close). Returns the
+    /// bytes read from and written to the client socket.
+    pub async fn linger(&mut self) -> (u64, u64) {
         self.stream.close_write().await;
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut budget: usize = 64 * 1024 * 1024;
@@ -219,5 +231,6 @@ impl ClientIo {
             }
         }
         self.stream.shutdown(Shutdown::Both);
+        self.stream.bytes_moved()
     }
 }

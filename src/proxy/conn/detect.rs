@@ -23,6 +23,50 @@ use std::time::Duration;
 /// upstream (for server-first protocols: SMTP, SSH banners...).
 const CLIENT_FIRST_WAIT: Duration = Duration::from_millis(50);
 
+/// In reverse mode, the first bytes of a connection when they show plain HTTP/1
+/// (neither a TLS ClientHello nor the start of the h2c preface): its layer is then
+/// known without [`reverse`], whose future is several KiB (a box per connection: an
+/// allocation and a copy of it). None: [`reverse`] decides, with the bytes read so far
+/// in the client buffer.
+pub(super) async fn reverse_plain(c: &mut ClientConn) -> Option<Layer> {
+    if !matches!(c.w.mode, Mode::Reverse(_)) {
+        return None;
+    }
+    let io = &mut c.io;
+    if io.buf.is_empty() {
+        // Into the 2 KiB the connection came with, as read_client_hello reads. By the
+        // time an accept's completion is seen the client has usually sent its request:
+        // a non-blocking recv takes it without an io_uring read (or, on epoll, a wait
+        // for readiness), and without a timer for the head timeout.
+        let got = match io.stream.recv_now(&mut io.buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                io.read_deadline.arm(c.w.timeouts.head);
+                let deadline = &io.read_deadline;
+                body_relay::read_spare_by(&io.stream, &mut io.buf, deadline, usize::MAX).await
+            }
+            r => r,
+        };
+        match got {
+            Ok(n) if n > 0 => {}
+            Ok(_) => {
+                tracing::debug!(
+                    conn = c.info.conn_id,
+                    "client closed before sending anything"
+                );
+                return Some(Layer::Done);
+            }
+            Err(e) => {
+                tracing::debug!(conn = c.info.conn_id, "reading the first bytes: {e}");
+                return Some(Layer::Done);
+            }
+        }
+    }
+    let buf = &io.buf[..];
+    let h2c = H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]);
+    let tls = crate::proto::client_hello::is_tls_client_hello_start(buf) != Some(false);
+    (!h2c && !tls).then(|| Layer::Http1(Box::default()))
+}
+
 /// Reverse mode terminates TLS from clients and accepts plaintext too: HTTP/1, or h2c
 /// with prior knowledge (served by the HTTP/2 front, or relayed with `--no-http2`).
 pub(super) async fn reverse(c: &mut ClientConn) -> Layer {
@@ -31,8 +75,8 @@ pub(super) async fn reverse(c: &mut ClientConn) -> Layer {
         return Layer::Done;
     };
     let tls_up = up.scheme == "https";
-    let t = w.timeouts.head;
-    match WorkerTls::read_client_hello(&c.io.stream, &mut c.io.buf, t).await {
+    c.io.read_deadline.arm(w.timeouts.head);
+    match WorkerTls::read_client_hello(&c.io.stream, &mut c.io.buf, &c.io.read_deadline).await {
         Ok(Some(hello)) => Layer::Tls(Box::new(TlsStart {
             hello,
             host: up.host.clone(),
@@ -71,11 +115,10 @@ pub(super) async fn reverse(c: &mut ClientConn) -> Layer {
 /// Whether the client opened with the HTTP/2 connection preface (h2c with prior
 /// knowledge, as gRPC's plaintext channels do); reads until that is known.
 async fn h2c_preface(c: &mut ClientConn) -> bool {
-    let deadline = tokio::time::Instant::now() + c.w.timeouts.head;
+    // still the head timeout reverse() armed for the ClientHello
     let buf = &mut c.io.buf;
     while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match body_relay::read_some(&c.io.stream, buf, left).await {
+        match body_relay::read_some_by(&c.io.stream, buf, &c.io.read_deadline, usize::MAX).await {
             Ok(n) if n > 0 => {}
             _ => return false,
         }
@@ -228,8 +271,9 @@ pub(super) async fn inside_tunnel(c: &mut ClientConn, t: Box<Tunnel>) -> Layer {
     let hooks_raw = engine.is_some_and(|e| e.has(Event::RawChunk));
     let early = &first.client;
     if client_first && crate::proto::client_hello::is_tls_client_hello_start(early) != Some(false) {
-        let head_timeout = w.timeouts.head;
-        match WorkerTls::read_client_hello(&c.io.stream, &mut first.client, head_timeout).await {
+        c.io.read_deadline.arm(w.timeouts.head);
+        let deadline = &c.io.read_deadline;
+        match WorkerTls::read_client_hello(&c.io.stream, &mut first.client, deadline).await {
             // the passthrough rules see both names, as in mitmproxy
             Ok(Some(hello)) if w.tls.intercepts_any(host, hello.sni.as_deref(), port) => {
                 drop(pending);

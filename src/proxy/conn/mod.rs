@@ -111,8 +111,12 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
     };
     // Every layer but HTTP/1 is awaited in a box of its own (once per connection):
     // this task's future is as large as its largest inline await, and every idle
-    // keep-alive connection holds it (docs/perf.md, "Idle connections").
-    let mut layer = Box::pin(first_layer(&mut c)).await;
+    // keep-alive connection holds it (docs/perf.md, "Idle connections"). A reverse
+    // proxy's plain HTTP/1 clients are told apart first, without a box.
+    let mut layer = match detect::reverse_plain(&mut c).await {
+        Some(layer) => layer,
+        None => Box::pin(first_layer(&mut c)).await,
+    };
     loop {
         layer = match layer {
             Layer::Http1(route) => match h1::serve(&mut c, route).await {
@@ -138,11 +142,13 @@ pub async fn serve(w: Rc<Worker>, stream: Stream, peer: SocketAddr) {
         t.record
             .finish(c.info.client_addr, t.status, bytes, c.info.conn_id);
     }
-    Box::pin(c.io.linger()).await;
-    let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
+    // the usual end (a whole exchange, nothing unread) needs no future, and no box
+    let (bytes_in, bytes_out) = match c.io.close_at_once() {
+        Some(moved) => moved,
+        None => Box::pin(c.io.linger()).await,
+    };
     crate::metrics::client_bytes(bytes_in, bytes_out);
     if let Some(e) = w.engine().filter(|e| e.has(Event::ConnectionDisconnect)) {
-        let (bytes_in, bytes_out) = c.io.stream.bytes_moved();
         let (upstream_bytes_in, upstream_bytes_out) = c.io.upstream_moved.get();
         let stats = ConnStats {
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,

@@ -26,10 +26,7 @@ use tokio::sync::watch;
 
 /// Serves HTTP/1 requests on the connection until it ends or becomes a tunnel.
 pub async fn serve(c: &mut ClientConn, route: Box<H1Route>) -> Outcome {
-    let mut front = Front {
-        route,
-        last_key: None,
-    };
+    let mut front = Front { route };
     let mut drain = c.w.draining.subscribe();
     loop {
         if c.w.is_draining() && c.io.buf.is_empty() {

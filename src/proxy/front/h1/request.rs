@@ -99,7 +99,7 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
         return Half::Over(Box::pin(tunnel(c, hooks, req)).await);
     }
     if let Some(g) = grpc_web::gateway(&c.w.cfg, &c.w.mode, &req) {
-        let key = front.key_for(&req);
+        let key = c.w.pool_key(&req.scheme, &req.authority);
         let web = super::grpc_web::Gw { hooks, call, key };
         return Half::Over(Box::pin(super::grpc_web::serve(c, web, g, req, &mut asked)).await);
     }
@@ -115,7 +115,7 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
     if matches!(req.body, Body::Full(_)) && !asked.dec.is_done() {
         asked.keep_alive = false;
     }
-    let key = front.key_for(&req);
+    let key = c.w.pool_key(&req.scheme, &req.authority);
     if over_h2::known(c, &key) {
         return Half::Over(Box::pin(over_h2::exchange(c, hooks, &mut req, &mut asked, &key)).await);
     }

@@ -60,23 +60,6 @@ pub(super) enum Next {
 /// The front's state across the connection's exchanges.
 pub(super) struct Front {
     pub(super) route: Box<H1Route>,
-    /// The pool key of the last request, with the scheme and authority it was made for.
-    pub(super) last_key: Option<(String, String, Key)>,
-}
-
-impl Front {
-    /// The pool key for `req`: the last one again while requests go to the same place,
-    /// which on a keep-alive connection is nearly always.
-    pub(super) fn key_for(&mut self, req: &Request) -> Key {
-        if let Some((scheme, authority, key)) = &self.last_key {
-            if *scheme == req.scheme && *authority == req.authority {
-                return key.clone();
-            }
-        }
-        let key = Key::new(&req.scheme, &req.authority);
-        self.last_key = Some((req.scheme.clone(), req.authority.clone(), key.clone()));
-        key
-    }
 }
 
 /// What the client said about its connection and body in one request.
