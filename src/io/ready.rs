@@ -199,19 +199,10 @@ impl Stream {
                         Err(e) => return (Err(e), BytesMut::new()),
                     };
                     let mut b = held.take().unwrap_or_else(|| take(size));
-                    let room = b.capacity() - b.len();
                     match recv_now(s.as_raw_fd(), &mut b, &s.traffic) {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             ready.clear_ready();
                             put(b, &mut held, size);
-                        }
-                        // a read that did not fill the room drained the socket (epoll is
-                        // edge-triggered): the next read waits for the next edge instead
-                        // of first trying a recv that would block, as tokio's own reads
-                        // do. A close seen already stays set.
-                        Ok(n) if n > 0 && n < room => {
-                            ready.clear_ready();
-                            return (Ok(n), b);
                         }
                         r => return (r, b),
                     }
@@ -223,27 +214,13 @@ impl Stream {
                         return (Err(e), BytesMut::new());
                     }
                     let mut b = held.take().unwrap_or_else(|| take(size));
-                    let room = b.capacity() - b.len();
-                    // try_io clears the readiness tokio cached when the closure says
-                    // WouldBlock: after a recv that would block, and after one that did
-                    // not fill the room (the socket is drained, as above), whose count
-                    // is kept aside
-                    let mut short = None;
+                    // try_io clears the readiness tokio cached when the recv would block
                     let r = s.try_io(tokio::io::Interest::READABLE, || {
-                        match recv_now(s.as_raw_fd(), &mut b, t)? {
-                            n if n > 0 && n < room => {
-                                short = Some(n);
-                                Err(io::ErrorKind::WouldBlock.into())
-                            }
-                            n => Ok(n),
-                        }
+                        recv_now(s.as_raw_fd(), &mut b, t)
                     });
-                    match (r, short) {
-                        (_, Some(n)) => return (Ok(n), b),
-                        (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => {
-                            put(b, &mut held, size)
-                        }
-                        (r, None) => return (r, b),
+                    match r {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => put(b, &mut held, size),
+                        r => return (r, b),
                     }
                 }
             }
