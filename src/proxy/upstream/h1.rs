@@ -114,9 +114,16 @@ pub async fn send_ready(
     mut parts: Vec<Bytes>,
     waits: Waits<'_>,
 ) -> Result<Answer, SendError> {
-    parts.insert(0, head.freeze());
     let t0 = crate::metrics::clock();
-    if let Err(e) = up.stream.write_all_vectored(parts).await {
+    // most requests carry no body: their head is written without a list to hold it
+    let written = match parts.is_empty() {
+        true => up.stream.write_all(head.freeze()).await,
+        false => {
+            parts.insert(0, head.freeze());
+            up.stream.write_all_vectored(parts).await
+        }
+    };
+    if let Err(e) = written {
         tracing::debug!("upstream write failed: {e}");
         return Err(SendError::Upstream(RespError::Closed));
     }
