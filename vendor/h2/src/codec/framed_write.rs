@@ -36,6 +36,9 @@ struct Encoder<B> {
     /// Write buffer
     ///
     /// TODO: Should this be a ring buffer?
+    ///
+    /// luring patch: taken when a frame is buffered and given back once flushed
+    /// (capacity 0 in between), so an idle connection holds none.
     buf: Cursor<BytesMut>,
 
     /// Next frame to encode
@@ -64,6 +67,8 @@ enum Next<B> {
 ///
 /// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
 /// frame that big.
+///
+/// luring patch: the amount taken when the first frame after a flush is buffered.
 const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
 
 /// Chain payloads bigger than this when vectored I/O is enabled. The remote
@@ -93,7 +98,8 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                // luring patch: no buffer until a frame is buffered
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -197,6 +203,12 @@ where
     B: Buf,
 {
     fn unset_frame(&mut self) -> ControlFlow {
+        // luring patch: everything buffered is written; the buffer goes unless a
+        // CONTINUATION frame is encoded into it next (`buffer` takes a new one)
+        if !matches!(self.next, Some(Next::Continuation(_))) {
+            self.buf = Cursor::new(BytesMut::new());
+        }
+
         // Clear internal buffer
         self.buf.set_position(0);
         self.buf.get_mut().clear();
@@ -223,6 +235,10 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // luring patch: the buffer given back at the last flush is taken again
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +323,12 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // luring patch: no buffer (given back at the last flush) is room, as `buffer`
+        // takes one
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {
