@@ -231,7 +231,8 @@ impl Decoder {
                     let entry = self.decode_literal(src, true)?;
 
                     // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // luring patch: a copy that keeps no frame or scratch buffer alive
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {

@@ -178,6 +178,22 @@ impl Header {
         }
     }
 
+    /// luring patch: the header with its strings in allocations of their own, for the
+    /// decoder's table. Pseudo-header values are split from the frame or the Huffman
+    /// scratch they were decoded from, and a table entry would keep that whole buffer
+    /// alive for as long as the entry lives, often the connection's life.
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            // field names and values are copies already (`HeaderName::from_lowercase`,
+            // `HeaderValue::from_bytes`); methods and statuses hold no buffer
+            other => other.clone(),
+        }
+    }
+
     pub fn is_sensitive(&self) -> bool {
         match *self {
             Header::Field { ref value, .. } => value.is_sensitive(),
