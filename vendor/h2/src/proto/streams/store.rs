@@ -406,6 +406,13 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
+        // luring patch: the slab (and the id map) keep their largest size; with no
+        // stream left they go, so a connection without streams holds none (a stale key
+        // fails to resolve against the new slab as it would against a vacant entry)
+        if self.store.slab.is_empty() {
+            self.store.slab = slab::Slab::new();
+            self.store.ids = IndexMap::new();
+        }
         stream.id
     }
 
