@@ -10,6 +10,7 @@ use futures_core::Stream;
 
 use bytes::{Buf, BytesMut};
 
+use std::cell::Cell;
 use std::io;
 
 use std::pin::Pin;
@@ -26,6 +27,12 @@ const MAX_FIELDS_HINT: usize = 64;
 /// luring patch: the read buffer taken when a read starts with none, as much as
 /// tokio-util's framed reader starts with.
 const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
+thread_local! {
+    /// luring patch: an emptied read buffer, for the next read on this thread to take:
+    /// allocating 8 KiB at each read and freeing it after cost more than the frames.
+    static SPARE_READ_BUFFER: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
 
 #[derive(Debug)]
 pub struct FramedRead<T> {
@@ -448,11 +455,23 @@ where
             // and is taken again at the next read. Taken here, as tokio-util would
             // otherwise grow an empty buffer a few bytes at a time.
             if self.inner.read_buffer().capacity() == 0 {
-                self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+                *self.inner.read_buffer_mut() = SPARE_READ_BUFFER
+                    .try_with(Cell::take)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| BytesMut::with_capacity(READ_BUFFER_CAPACITY));
             }
             let polled = Pin::new(&mut self.inner).poll_next(cx);
             if polled.is_pending() && self.inner.read_buffer().is_empty() {
-                *self.inner.read_buffer_mut() = BytesMut::new();
+                let mut spent = std::mem::take(self.inner.read_buffer_mut());
+                // kept as the spare only if no frame still holds part of it (then its
+                // whole allocation is room again) and it did not grow much
+                if spent.capacity() != 0
+                    && spent.try_reclaim(READ_BUFFER_CAPACITY)
+                    && spent.capacity() <= 4 * READ_BUFFER_CAPACITY
+                {
+                    let _ = SPARE_READ_BUFFER.try_with(|spare| spare.set(Some(spent)));
+                }
             }
             let bytes = match ready!(polled) {
                 Some(Ok(bytes)) => bytes,

@@ -6,6 +6,7 @@ use http::header;
 use http::method::{self, Method};
 use http::status::{self, StatusCode};
 
+use std::cell::Cell;
 use std::cmp;
 use std::collections::VecDeque;
 use std::io::Cursor;
@@ -149,6 +150,14 @@ struct StringMarker {
     string: Option<Bytes>,
 }
 
+thread_local! {
+    /// luring patch: the Huffman scratch of the decoders on this thread, 4 KiB as each
+    /// decoder had for its life. Decoded strings are split off it (sharing its
+    /// allocation until they are dropped); a decoder holds it only while it decodes a
+    /// header block.
+    static SCRATCH: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
+
 // ===== impl Decoder =====
 
 impl Decoder {
@@ -158,7 +167,8 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            // luring patch: taken only while a header block is decoded (`decode`)
+            // luring patch: the thread's scratch, taken only while a header block is
+            // decoded (`decode`)
             buffer: BytesMut::new(),
         }
     }
@@ -184,9 +194,13 @@ impl Decoder {
         F: FnMut(Header) -> ControlFlow<()>,
     {
         let res = self.decode_block(src, f);
-        // luring patch: the Huffman scratch goes after each block (the decoded strings
-        // keep what they use of it), so an idle connection holds none
-        self.buffer = BytesMut::new();
+        // luring patch: the Huffman scratch goes back to the thread after each block
+        // (the decoded strings keep what they use of it), so an idle connection holds
+        // none
+        if self.buffer.capacity() != 0 {
+            let scratch = std::mem::take(&mut self.buffer);
+            let _ = SCRATCH.try_with(|s| s.set(Some(scratch)));
+        }
         res
     }
 
@@ -350,10 +364,14 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
-            // luring patch: the scratch, given back after each block, is taken again
-            // at the size it always had
+            // luring patch: the thread's scratch, given back after each block, is
+            // taken again (`huffman::decode` grows it as it always did)
             if self.buffer.capacity() == 0 {
-                self.buffer.reserve(4096);
+                self.buffer = SCRATCH
+                    .try_with(Cell::take)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| BytesMut::with_capacity(4096));
             }
             let ret = {
                 let raw = &buf.chunk()[..len];

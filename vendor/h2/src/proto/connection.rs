@@ -356,6 +356,10 @@ where
                                 continue;
                             }
 
+                            // luring patch: what the streams no longer use goes while
+                            // the connection waits
+                            self.inner.streams.release_unused();
+
                             return Poll::Pending;
                         }
                     };

@@ -82,12 +82,6 @@ impl Deque {
         match self.indices {
             Some(mut idxs) => {
                 let mut slot = buf.slab.remove(idxs.head);
-                // luring patch: the slab keeps its largest size; once every frame
-                // buffered is taken it goes, so a connection with nothing queued holds
-                // none (no other deque can hold a key into an empty slab)
-                if buf.slab.is_empty() {
-                    buf.slab = Slab::new();
-                }
 
                 if idxs.head == idxs.tail {
                     assert!(slot.next.is_none());

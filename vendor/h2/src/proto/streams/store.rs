@@ -2,10 +2,32 @@ use super::*;
 
 use indexmap::{self, IndexMap};
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops;
+
+thread_local! {
+    /// luring patch: emptied stream slabs, for the next connections on this thread that
+    /// open a stream: growing a new one each time a connection's streams come and go
+    /// cost several hundred instructions per small request.
+    static SPARE_SLABS: RefCell<Vec<slab::Slab<Stream>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// luring patch: the most slabs a thread keeps, and the most entries each keeps room
+/// for (a stream is about 330 bytes).
+const SPARE_SLABS_MAX: usize = 8;
+const SPARE_SLAB_MAX: usize = 16;
+
+/// luring patch: a slab given back (`Store::release_if_empty`) takes a spare's room.
+fn take_spare_slab(slab: &mut slab::Slab<Stream>) {
+    if slab.capacity() == 0 {
+        if let Some(spare) = SPARE_SLABS.try_with(|s| s.borrow_mut().pop()).ok().flatten() {
+            *slab = spare;
+        }
+    }
+}
 
 /// Storage for streams
 #[derive(Debug)]
@@ -86,6 +108,25 @@ impl Store {
         }
     }
 
+    /// luring patch: the slab keeps its largest size (4 streams' room is about 1.3
+    /// KiB); with no stream left it goes, to be the thread's spare unless it grew
+    /// large. A stale key fails to resolve against the new slab as it would against a
+    /// vacant entry. See `Streams::release_unused`.
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.slab.capacity() != 0 {
+            let mut spent = std::mem::replace(&mut self.slab, slab::Slab::new());
+            if spent.capacity() <= SPARE_SLAB_MAX {
+                spent.clear();
+                let _ = SPARE_SLABS.try_with(|spares| {
+                    let mut spares = spares.borrow_mut();
+                    if spares.len() < SPARE_SLABS_MAX {
+                        spares.push(spent);
+                    }
+                });
+            }
+        }
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;
@@ -102,6 +143,7 @@ impl Store {
     }
 
     pub fn insert(&mut self, id: StreamId, val: Stream) -> Ptr<'_> {
+        take_spare_slab(&mut self.slab); // luring patch
         let index = SlabIndex(self.slab.insert(val) as u32);
         assert!(self.ids.insert(id, index).is_none());
 
@@ -406,13 +448,6 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
-        // luring patch: the slab (and the id map) keep their largest size; with no
-        // stream left they go, so a connection without streams holds none (a stale key
-        // fails to resolve against the new slab as it would against a vacant entry)
-        if self.store.slab.is_empty() {
-            self.store.slab = slab::Slab::new();
-            self.store.ids = IndexMap::new();
-        }
         stream.id
     }
 
@@ -469,6 +504,7 @@ impl<'a> OccupiedEntry<'a> {
 
 impl<'a> VacantEntry<'a> {
     pub fn insert(self, value: Stream) -> Key {
+        take_spare_slab(self.slab); // luring patch
         // Insert the value in the slab
         let stream_id = value.id;
         let index = SlabIndex(self.slab.insert(value) as u32);
