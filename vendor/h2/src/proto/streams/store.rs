@@ -23,7 +23,11 @@ const SPARE_SLAB_MAX: usize = 16;
 /// luring patch: a slab given back (`Store::release_if_empty`) takes a spare's room.
 fn take_spare_slab(slab: &mut slab::Slab<Stream>) {
     if slab.capacity() == 0 {
-        if let Some(spare) = SPARE_SLABS.try_with(|s| s.borrow_mut().pop()).ok().flatten() {
+        if let Some(spare) = SPARE_SLABS
+            .try_with(|s| s.borrow_mut().pop())
+            .ok()
+            .flatten()
+        {
             *slab = spare;
         }
     }
@@ -505,7 +509,7 @@ impl<'a> OccupiedEntry<'a> {
 impl<'a> VacantEntry<'a> {
     pub fn insert(self, value: Stream) -> Key {
         take_spare_slab(self.slab); // luring patch
-        // Insert the value in the slab
+                                    // Insert the value in the slab
         let stream_id = value.id;
         let index = SlabIndex(self.slab.insert(value) as u32);
 
