@@ -20,13 +20,19 @@ struct Alloc;
 /// The alignment every mimalloc block of at least this size has (MI_MAX_ALIGN_SIZE).
 const MI_MAX_ALIGN: usize = 16;
 
+/// Whether a block of `size` bytes from plain `mi_malloc` has `align` already.
+#[inline]
+fn plain(align: usize, size: usize) -> bool {
+    align <= MI_MAX_ALIGN && align <= size
+}
+
 // SAFETY: each method forwards to the mimalloc call for the same job; plain
 // `mi_malloc` / `mi_zalloc` / `mi_realloc` only serve layouts whose alignment their
 // blocks already have.
 unsafe impl std::alloc::GlobalAlloc for Alloc {
     #[inline]
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if layout.align() <= MI_MAX_ALIGN && layout.align() <= layout.size() {
+        if plain(layout.align(), layout.size()) {
             libmimalloc_sys::mi_malloc(layout.size()).cast()
         } else {
             mimalloc::MiMalloc.alloc(layout)
@@ -35,7 +41,7 @@ unsafe impl std::alloc::GlobalAlloc for Alloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if layout.align() <= MI_MAX_ALIGN && layout.align() <= layout.size() {
+        if plain(layout.align(), layout.size()) {
             libmimalloc_sys::mi_zalloc(layout.size()).cast()
         } else {
             mimalloc::MiMalloc.alloc_zeroed(layout)
@@ -49,7 +55,7 @@ unsafe impl std::alloc::GlobalAlloc for Alloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
-        if layout.align() <= MI_MAX_ALIGN && layout.align() <= size {
+        if plain(layout.align(), size) {
             libmimalloc_sys::mi_realloc(ptr.cast(), size).cast()
         } else {
             mimalloc::MiMalloc.realloc(ptr, layout, size)

@@ -424,17 +424,7 @@ impl Stream {
             Stream::Tls(t) => return t.inner().is_idle_and_open(),
             Stream::Detached => return false,
         };
-        let mut byte = 0u8;
-        // SAFETY: a one-byte peek into a local; the fd is owned by `self` and open.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+        matches!(peek_one(fd), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// After an exchange: true when the client has sent nothing more, so closing now
@@ -445,17 +435,10 @@ impl Stream {
         let Some(fd) = self.raw_fd() else {
             return false;
         };
-        let mut byte = 0u8;
-        // SAFETY: a one-byte peek into a local; the fd is owned by `self` and open.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n == 0 || (n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
+        match peek_one(fd) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        }
     }
 
     /// Shuts down one or both directions. Also the way to make an abandoned in-flight
@@ -512,4 +495,22 @@ where
     F::Output: 'static,
 {
     tokio::task::spawn_local(fut)
+}
+
+/// A non-blocking one-byte peek at `fd`: how many bytes it saw (0: end of stream).
+fn peek_one(fd: std::os::fd::RawFd) -> io::Result<usize> {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a local; the caller owns the open fd.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }

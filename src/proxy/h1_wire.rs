@@ -66,18 +66,8 @@ pub fn fix_framing(
 /// Content-Length: `n`, left as it is when it already says so (nearly every relayed
 /// message), which saves a formatted string and a rewrite of the field per message.
 fn set_length(h: &mut Headers, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let text = &digits[at..];
+    let mut digits = [0; 20];
+    let text = crate::proto::http1::decimal(n, &mut digits);
     if !h.is_single("content-length", text) {
         h.set("content-length", Bytes::copy_from_slice(text));
     }

@@ -322,15 +322,7 @@ pub fn encode_response_head(head: &ResponseHead, out: &mut BytesMut) {
     out.reserve(line + fields_len(&head.headers) + 2);
     out.extend_from_slice(version_str(head.version));
     out.put_u8(b' ');
-    // Three digits always: status-code = 3DIGIT (RFC 9112 4); out-of-range codes are clamped
-    // rather than allowed to shift the line.
-    let status = head.status.min(999);
-    out.put_slice(&[
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-        b' ',
-    ]);
+    put_status(out, head.status);
     put_text(out, &head.reason);
     out.extend_from_slice(b"\r\n");
     put_fields(out, &head.headers);
@@ -364,6 +356,33 @@ pub fn reason(status: u16) -> &'static str {
         504 => "Gateway Timeout",
         _ => "",
     }
+}
+
+/// Appends a status code as three digits and a space. Out-of-range codes are clamped
+/// rather than allowed to shift the line (status-code = 3DIGIT, RFC 9112 4).
+pub(super) fn put_status(out: &mut BytesMut, status: u16) {
+    let status = status.min(999);
+    out.put_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+}
+
+/// `n` in decimal, without leading zeros, written into `digits`.
+pub fn decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    &digits[at..]
 }
 
 fn version_str(v: Version) -> &'static [u8] {

@@ -12,12 +12,12 @@
 //! the encoder would rewrite) is parsed again into a [`ResponseHead`] instead.
 
 use super::head::{
-    model_response, parse_response_with, raw_reason, reason as reason_phrase, response_kind,
-    version, Framing,
+    decimal, model_response, parse_response_with, put_status, raw_reason, reason as reason_phrase,
+    response_kind, version, Framing,
 };
 use super::{BodyKind, HeadError, Limits};
 use crate::http::{known_bit, known_names, ResponseHead, Version};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 /// Hop-by-hop and framing lines a head may hold and still relay as bytes; more
 /// (unusual) and it takes the field list.
@@ -82,14 +82,6 @@ pub enum ParsedResponse {
 }
 
 impl ParsedResponse {
-    /// The status code.
-    pub fn status(&self) -> u16 {
-        match self {
-            ParsedResponse::Wire(w) => w.status,
-            ParsedResponse::Head(h) => h.status,
-        }
-    }
-
     /// The head as a field list.
     pub fn into_head(self) -> Result<ResponseHead, HeadError> {
         match self {
@@ -300,7 +292,7 @@ impl WireHead {
             BodyKind::Length(n) => {
                 let (a, b) = self.length_text;
                 let text = &self.bytes[a as usize..b as usize];
-                if self.lengths != 1 || !is_decimal(text, n) {
+                if self.lengths != 1 || text != decimal(n, &mut [0; 20]) {
                     return false;
                 }
                 (true, false)
@@ -316,13 +308,7 @@ impl WireHead {
         };
         out.reserve(self.bytes.len() + 24);
         out.extend_from_slice(b"HTTP/1.1 ");
-        let status = self.status.min(999);
-        out.put_slice(&[
-            b'0' + (status / 100) as u8,
-            b'0' + (status / 10 % 10) as u8,
-            b'0' + (status % 10) as u8,
-            b' ',
-        ]);
+        put_status(out, self.status);
         out.extend_from_slice(reason);
         out.extend_from_slice(b"\r\n");
         let mut from = self.fields.0 as usize;
@@ -359,20 +345,4 @@ impl WireHead {
             None => Err(HeadError::Malformed("incomplete status line")),
         }
     }
-}
-
-/// Whether `text` is `n` written in decimal without leading zeros.
-fn is_decimal(text: &[u8], n: u64) -> bool {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    text == &digits[at..]
 }
