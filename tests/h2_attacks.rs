@@ -546,6 +546,39 @@ fn upstream_goaway_mid_stream_resets_the_client_stream() {
 }
 
 #[test]
+fn upstream_goaway_between_requests_keeps_the_client_connection() {
+    // an upstream that ends every h2 connection after 10 requests, as nginx does after
+    // 1,000 by default: the client's connection outlives each upstream connection,
+    // and the streams the upstream did not take go again on a new one
+    let pki = TestPki::new();
+    let origin = Hostile::start("goaway_after", &pki);
+    let up = format!("reverse:https://localhost:{}", origin.port);
+    let ca = pki.ca_pem.to_str().unwrap().to_string();
+    let proxy = Proxy::start(&["--mode", &up, "--upstream-ca", &ca]);
+    let url = format!("http://127.0.0.1:{}/x", proxy.port());
+    // h2load does not reconnect: a client connection that ended would fail the rest.
+    // One stream at a time (-m1), then 10 at once racing each GOAWAY (streams above
+    // its last stream are refused by the upstream and sent again by luring).
+    // Then HTTP/1.1 clients, four at once, whose requests share the worker's h2
+    // connection to this h2-only upstream.
+    for (n, conns, streams, h1) in [
+        ("25", "1", "1", false),
+        ("60", "1", "10", false),
+        ("100", "4", "1", true),
+    ] {
+        let mut args = if h1 { vec!["--h1"] } else { vec![] };
+        args.extend(["-n", n, "-c", conns, "-m", streams, &url]);
+        let out = run_cmd("h2load", &args, b"", Duration::from_secs(30));
+        let want = format!("{n} succeeded, 0 failed");
+        assert!(out.stdout.contains(&want), "{out:?}\n{}", proxy.stderr());
+        assert!(
+            out.stdout.contains(&format!("status codes: {n} 2xx")),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
 fn upstream_that_never_opens_its_window_gets_the_client_a_504() {
     let g = through_hostile("stalled_window", 4 << 20);
     // a whole 504 (the upload is read and dropped meanwhile), not a broken answer

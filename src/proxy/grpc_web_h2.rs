@@ -163,6 +163,7 @@ fn fail(status: u16, text: &str) -> Done {
 fn stream_error(e: StreamError) -> Done {
     match e {
         StreamError::Reset(reason) => fail(502, &format!("upstream reset the stream: {reason}")),
+        StreamError::NotSent(why) => fail(502, &format!("upstream took no new stream: {why}")),
         StreamError::Answer(status, text) => fail(status, &text),
     }
 }

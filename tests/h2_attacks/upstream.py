@@ -14,6 +14,10 @@ answers as MODE says:
     stalled_read        a window of 0, never opened, and a response head at once (the
                         upload can never go on, the body never comes)
     ok                  200 "fine" (the control case)
+    goaway_after        200 "fine" to the first GOAWAY_AFTER streams of a connection, a
+                        GOAWAY (NO_ERROR) naming the last of them, no answer to any
+                        later stream, and a close 0.3 s on: nginx's keepalive_requests,
+                        which ends an h2 connection after 1,000 requests by default
 """
 
 import socket
@@ -36,6 +40,7 @@ from hyperframe.frame import (
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CONN_SECS = 30
+GOAWAY_AFTER = 10
 
 
 def frames_of(sock):
@@ -141,11 +146,23 @@ def serve(mode, sock):
     s = SettingsFrame(0)
     if mode in ("stalled_window", "stalled_read"):
         s.settings = {SettingsFrame.INITIAL_WINDOW_SIZE: 0}
+    answered = 0
     try:
         send(sock, s)
         for n, f in enumerate(frames_of(sock)):
             if n > 100000 or time.monotonic() > deadline:
                 break
+            if mode == "goaway_after" and isinstance(f, HeadersFrame):
+                if answered < GOAWAY_AFTER:
+                    respond("ok", sock, enc, f.stream_id, deadline)
+                    answered += 1
+                    if answered == GOAWAY_AFTER:
+                        g = GoAwayFrame(0)
+                        g.last_stream_id = f.stream_id
+                        g.error_code = 0
+                        send(sock, g)
+                        threading.Timer(0.3, sock.close).start()
+                continue
             if isinstance(f, SettingsFrame) and "ACK" not in f.flags:
                 a = SettingsFrame(0)
                 a.flags = {"ACK"}

@@ -28,6 +28,11 @@ pub const CONN_WINDOW: u32 = 1024 * 1024;
 /// driven (awaited) for streams to move.
 pub type Handshake<T> = (SendRequest<Bytes>, h2::client::Connection<T, Bytes>);
 
+/// Times a request an h2 upstream did not process (its connection took no new stream,
+/// or the stream was refused: REFUSED_STREAM, or above a GOAWAY's last stream) is
+/// sent again when nothing of its body was lost: RFC 9113 8.7 makes it safe, and
+/// HAProxy's default `retries` is 3 as well.
+pub const RESENDS: u8 = 3;
 /// Largest frame luring accepts from an h2 peer (the protocol's minimum, set
 /// explicitly): header blocks over it come as CONTINUATION frames, which h2 counts.
 pub const MAX_FRAME: u32 = 16 * 1024;
@@ -102,11 +107,15 @@ pub async fn spawn_connection(
     Ok((send, alive))
 }
 
-/// An h2 upstream connection made on first use and made again after it ended (the
-/// h2c connection a session opens for gRPC calls to a plaintext upstream).
+/// An h2 upstream connection made on first use and made again once it ended or stopped
+/// taking new streams (the h2c connection a session opens for gRPC calls to a
+/// plaintext upstream, the one that replaces a session's own upstream connection, the
+/// worker's connections to h2-only upstreams).
 #[derive(Default)]
 pub struct Lazy {
     conn: RefCell<Option<Live>>,
+    /// Held while a connection is made, so streams that need one at once share it.
+    making: tokio::sync::Mutex<()>,
 }
 
 /// A running h2 upstream connection's handle, and whether it is still open.
@@ -124,15 +133,35 @@ impl Lazy {
     where
         F: std::future::Future<Output = Result<Upstream, String>>,
     {
-        if let Some((up, alive)) = self.conn.borrow().as_ref() {
-            if alive.get() {
-                return Ok(up.clone());
-            }
+        if let Some(up) = self.usable() {
+            return Ok(up);
+        }
+        let _making = self.making.lock().await;
+        // another stream may have made one while this one waited
+        if let Some(up) = self.usable() {
+            return Ok(up);
         }
         let made = spawn_connection(connect.await?, conn_id, max_header_list).await?;
         *self.conn.borrow_mut() = Some(made.clone());
         Ok(made.0)
     }
+
+    fn usable(&self) -> Option<SendRequest<Bytes>> {
+        match self.conn.borrow().as_ref() {
+            Some((up, alive)) if alive.get() && takes_streams(up) => Some(up.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Whether an h2 connection still opens new streams: false once the upstream sent
+/// GOAWAY (nginx does after 1,000 requests by default) or the connection failed, while
+/// the streams it already has may still be running.
+pub fn takes_streams(up: &SendRequest<Bytes>) -> bool {
+    // a fresh clone has no stream waiting to open, so polling it registers no waker
+    let mut probe = up.clone();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    !matches!(probe.poll_ready(&mut cx), std::task::Poll::Ready(Err(_)))
 }
 
 /// The worker's h2 connections to upstreams that HTTP/1 clients reach over h2 (those
@@ -144,16 +173,29 @@ pub type H2Only = RefCell<FxHashMap<Key, Rc<Lazy>>>;
 pub enum StreamError {
     /// The upstream reset the stream: the client's is reset the same way.
     Reset(Reason),
+    /// The connection took no new stream (it was going away or had failed): nothing
+    /// was sent, so the request may go again on another connection. Where it does not,
+    /// the client's stream is refused (REFUSED_STREAM, retry-safe per RFC 9113 8.7).
+    NotSent(String),
     /// Anything else: the status and text of the answer.
     Answer(u16, String),
 }
 
 impl StreamError {
+    /// The reset a client's h2 stream gets for it, if it is one.
+    pub fn reset_reason(&self) -> Option<Reason> {
+        match self {
+            StreamError::Reset(r) => Some(*r),
+            StreamError::NotSent(_) => Some(Reason::REFUSED_STREAM),
+            StreamError::Answer(..) => None,
+        }
+    }
+
     /// The answer luring makes for it, with the reason hooks see as `msg.error`; None
     /// for a reset, which is passed on as one.
     pub fn flow_error(self) -> Option<crate::proxy::exchange::reply::FlowError> {
         match self {
-            StreamError::Reset(_) => None,
+            StreamError::Reset(_) | StreamError::NotSent(_) => None,
             StreamError::Answer(status, text) => Some(crate::proxy::exchange::reply::FlowError {
                 status,
                 reason: match status {
@@ -191,11 +233,9 @@ pub async fn start(
         set_length(&mut req.headers, b);
     }
     let head = upstream_head(req).map_err(|why| StreamError::Answer(502, why))?;
-    // the request never left: the client is told it may send it again (RFC 9113 8.7),
-    // on a new connection, as the session sends GOAWAY once its upstream is gone
     let not_sent = |e: h2::Error| {
         tracing::debug!("upstream HTTP/2 connection took no new stream: {e}");
-        StreamError::Reset(Reason::REFUSED_STREAM)
+        StreamError::NotSent(e.to_string())
     };
     let mut sender = upstream.ready().await.map_err(not_sent)?;
     let no_body = matches!(&req.body, Body::Full(b) if b.is_empty()) && req.trailers.is_none();

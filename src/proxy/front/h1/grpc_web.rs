@@ -222,6 +222,7 @@ async fn relay(
 fn stream_error(e: StreamError) -> String {
     match e {
         StreamError::Reset(reason) => format!("upstream reset the stream: {reason}"),
+        StreamError::NotSent(why) => format!("upstream took no new stream: {why}"),
         StreamError::Answer(_, text) => text,
     }
 }

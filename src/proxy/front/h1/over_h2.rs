@@ -78,80 +78,102 @@ pub(super) async fn exchange(
     asked: &mut Asked,
     key: &Key,
 ) -> Next {
-    let upstream = match sender(c, key).await {
-        Ok(s) => s,
-        Err(why) => return fail(c, 502, &why).await,
-    };
     req.headers.remove("expect");
-    let up2::Started {
-        response,
-        body: mut tx,
-        no_body,
-    } = match up2::start(upstream, req, false).await {
-        Ok(s) => s,
-        Err(e) => return fail_flow(c, hooks, req, flow_error(e)).await,
-    };
-    let streamed = !matches!(req.body, Body::Full(_)) && !asked.dec.is_done();
-    if streamed && std::mem::take(&mut asked.owe_continue) {
-        let _ = c.io.write(Bytes::from_static(reply::CONTINUE_100)).await;
-    }
-    let full = match std::mem::replace(&mut req.body, Body::Streaming) {
-        Body::Full(b) => Some(b),
-        _ => None,
-    };
-    let trailers = req.trailers.take();
-    tokio::pin!(response);
-    let t = c.w.timeouts.upstream;
-    let mut up_tap = c.io.new_tap();
-    let got = {
-        let mut src = H1Body {
-            stream: &c.io.stream,
-            buf: &mut c.io.buf,
-            dec: &mut asked.dec,
-            timeout: c.w.timeouts.body,
-            tap: up_tap.as_mut(),
+    // a request the upstream did not process goes again (see up2::RESENDS)
+    let mut resends = up2::RESENDS;
+    let (resp, rx) = loop {
+        let upstream = match sender(c, key).await {
+            Ok(s) => s,
+            Err(why) => return fail(c, 502, &why).await,
         };
-        let body = match (full, streamed) {
-            (Some(b), _) => Upload::Full(b, trailers),
-            (None, true) => Upload::Client(&mut src),
-            (None, false) => Upload::Empty,
-        };
-        let upload = upload(body, &mut tx, no_body);
-        tokio::pin!(upload);
-        // no deadline while the upload runs: a long upload is not a slow upstream
-        tokio::select! {
-            biased;
-            r = &mut response => Ok((Some(r), false)),
-            u = &mut upload => match u {
-                Ok(()) => Ok((tokio::time::timeout(t, &mut response).await.ok(), true)),
-                Err(RelayError::Sink(_)) => Ok((Some(response.await), false)),
-                Err(e) => Err(e),
-            },
-        }
-    };
-    c.io.put_tap(false, up_tap);
-    let got = match got {
-        Ok(got) => got,
-        Err(RelayError::Malformed(why)) => {
-            return fail(c, 400, &format!("bad request body: {why}")).await;
-        }
-        Err(e) => {
-            tracing::debug!(conn = c.info.conn_id, "client failed during upload: {e:?}");
-            return Next::Close;
-        }
-    };
-    let (resp, rx) = match got {
-        (Some(r), complete) => match up2::response_of(r) {
-            Ok(r) => {
-                asked.keep_alive &= complete;
-                r
+        let started = match up2::start(upstream, req, false).await {
+            // the connection stopped taking streams since it was chosen (the sender is
+            // then made again)
+            Err(StreamError::NotSent(_)) if resends > 0 => {
+                resends -= 1;
+                continue;
             }
+            r => r,
+        };
+        let up2::Started {
+            response,
+            body: mut tx,
+            no_body,
+        } = match started {
+            Ok(s) => s,
             Err(e) => return fail_flow(c, hooks, req, flow_error(e)).await,
-        },
-        (None, _) => {
-            let why = format!("upstream did not respond within {t:?}");
-            let e = up2::StreamError::Answer(504, why);
-            return fail_flow(c, hooks, req, flow_error(e)).await;
+        };
+        let streamed = !matches!(req.body, Body::Full(_)) && !asked.dec.is_done();
+        if streamed && std::mem::take(&mut asked.owe_continue) {
+            let _ = c.io.write(Bytes::from_static(reply::CONTINUE_100)).await;
+        }
+        let full = match std::mem::replace(&mut req.body, Body::Streaming) {
+            Body::Full(b) => Some(b),
+            _ => None,
+        };
+        let trailers = req.trailers.take();
+        // a body held whole, or none, can go again
+        let resendable = trailers.is_none() && !streamed;
+        let kept = full.clone().map_or(Body::Streaming, Body::Full);
+        tokio::pin!(response);
+        let t = c.w.timeouts.upstream;
+        let mut up_tap = c.io.new_tap();
+        let got = {
+            let mut src = H1Body {
+                stream: &c.io.stream,
+                buf: &mut c.io.buf,
+                dec: &mut asked.dec,
+                timeout: c.w.timeouts.body,
+                tap: up_tap.as_mut(),
+            };
+            let body = match (full, streamed) {
+                (Some(b), _) => Upload::Full(b, trailers),
+                (None, true) => Upload::Client(&mut src),
+                (None, false) => Upload::Empty,
+            };
+            let upload = upload(body, &mut tx, no_body);
+            tokio::pin!(upload);
+            // no deadline while the upload runs: a long upload is not a slow upstream
+            tokio::select! {
+                biased;
+                r = &mut response => Ok((Some(r), false)),
+                u = &mut upload => match u {
+                    Ok(()) => Ok((tokio::time::timeout(t, &mut response).await.ok(), true)),
+                    Err(RelayError::Sink(_)) => Ok((Some(response.await), false)),
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        c.io.put_tap(false, up_tap);
+        let got = match got {
+            Ok(got) => got,
+            Err(RelayError::Malformed(why)) => {
+                return fail(c, 400, &format!("bad request body: {why}")).await;
+            }
+            Err(e) => {
+                tracing::debug!(conn = c.info.conn_id, "client failed during upload: {e:?}");
+                return Next::Close;
+            }
+        };
+        match got {
+            (Some(r), complete) => match up2::response_of(r) {
+                Ok(r) => {
+                    asked.keep_alive &= complete;
+                    break r;
+                }
+                Err(StreamError::Reset(h2::Reason::REFUSED_STREAM))
+                    if resendable && resends > 0 =>
+                {
+                    resends -= 1;
+                    req.body = kept;
+                }
+                Err(e) => return fail_flow(c, hooks, req, flow_error(e)).await,
+            },
+            (None, _) => {
+                let why = format!("upstream did not respond within {t:?}");
+                let e = up2::StreamError::Answer(504, why);
+                return fail_flow(c, hooks, req, flow_error(e)).await;
+            }
         }
     };
     let mut body = Incoming::new(rx);
@@ -167,6 +189,11 @@ fn flow_error(e: StreamError) -> FlowError {
         StreamError::Reset(reason) => FlowError {
             status: 502,
             text: format!("upstream reset the stream: {reason}"),
+            reason: "upstream reset".into(),
+        },
+        StreamError::NotSent(why) => FlowError {
+            status: 502,
+            text: format!("upstream took no new stream: {why}"),
             reason: "upstream reset".into(),
         },
         e => e

@@ -3,10 +3,12 @@
 //! (RST_STREAM CANCEL) and the connection lives on; bodies stream frame by frame under
 //! h2's flow control unless a hook reads them.
 //!
-//! Upstream, a stream goes as a stream of one h2 connection when the upstream speaks
-//! h2 (end to end: trailers and gRPC pass as they are), or as an HTTP/1.1 request
-//! through the worker's pool (reverse mode in front of an HTTP/1.1 upstream, and
-//! requests a hook re-routed). When h2 is offered: docs/decisions.md, "HTTP/2".
+//! Upstream, a stream goes as a stream of the session's h2 connection when the upstream
+//! speaks h2 (end to end: trailers and gRPC pass as they are), or as an HTTP/1.1
+//! request through the worker's pool (reverse mode in front of an HTTP/1.1 upstream,
+//! and requests a hook re-routed). When h2 is offered: docs/decisions.md, "HTTP/2".
+//! The session's upstream connection may end before the client's (a GOAWAY after so
+//! many requests): the session then makes another (`Session::h2_upstream`).
 
 mod answer;
 mod metered;
@@ -72,13 +74,17 @@ struct Session {
     /// The pool key of `target`: a request re-routed elsewhere goes over HTTP/1.1.
     key: Key,
     upstream: UpstreamConn,
-    /// The h2c connection of [`UpstreamConn::Http1OrH2c`], once made.
+    /// An h2 connection the session makes itself: the h2c connection of
+    /// [`UpstreamConn::Http1OrH2c`], once made, or the one that takes over from an
+    /// [`UpstreamConn::H2`] connection that stopped taking streams.
     h2c: up2::Lazy,
     /// Streams in progress, and when the last one ended (idle timeout).
     open: Cell<usize>,
     last_end: Cell<Instant>,
     /// Bytes read from and written to HTTP/1.1 upstream legs (connection.on_disconnect).
     upstream_moved: Cell<(u64, u64)>,
+    /// The upstream chose HTTP/1.1 when its h2 connection was made again.
+    fell_back: Cell<bool>,
     /// The accept loop, parked while `open` is at the limit: woken when a stream ends.
     parked: RefCell<Option<Waker>>,
 }
@@ -103,6 +109,60 @@ impl Session {
         let max = up2::header_list_limit(self.w.cfg.max_head_size);
         self.h2c.sender(connect, self.info.conn_id, max).await
     }
+
+    /// The h2 connection a stream to the session's upstream goes on. The connection
+    /// the session began with serves while it takes streams; once the upstream sent
+    /// GOAWAY (nginx does after 1,000 requests by default) or the connection failed, a
+    /// new one is made and shared by the streams after it, so the client's connection
+    /// outlives its upstream's. An upstream that then chooses HTTP/1.1 gets the
+    /// streams over HTTP/1.1.
+    async fn h2_upstream(&self) -> H2Upstream {
+        let up = match &self.upstream {
+            UpstreamConn::H2(up) if up2::takes_streams(up) => return H2Upstream::H2(up.clone()),
+            UpstreamConn::H2(_) if self.fell_back.get() => return H2Upstream::Http1,
+            UpstreamConn::H2(_) => self.renewed_h2().await,
+            UpstreamConn::Http1OrH2c => self.h2c_sender().await,
+            UpstreamConn::Http1 => return H2Upstream::Http1,
+            UpstreamConn::Failed(e) => Err(e.text.clone()),
+        };
+        match up {
+            Ok(up) => H2Upstream::H2(up),
+            Err(_) if self.fell_back.get() => H2Upstream::Http1,
+            Err(why) => H2Upstream::Failed(why),
+        }
+    }
+
+    /// A new connection to the upstream of [`UpstreamConn::H2`] (TLS offering h2, or
+    /// h2c for a plaintext one), made through `h2c`.
+    async fn renewed_h2(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
+        let connect = async {
+            tracing::debug!(
+                conn = self.info.conn_id,
+                "upstream HTTP/2 connection takes no new streams: making another"
+            );
+            let alpn = crate::proxy::worker_tls::Alpn::H2OrHttp1;
+            let opened =
+                crate::proxy::hooks::open_upstream(&self.w, &self.info, &self.key, alpn, None);
+            let up = opened.await.map_err(|e| e.text().to_string())?;
+            if up.tls_info.is_some() && !crate::proxy::worker_tls::chose_h2(&up.stream) {
+                // the first stream over HTTP/1.1 takes it from the pool
+                self.w.pool.put_unused(self.key.clone(), up);
+                self.fell_back.set(true);
+                return Err("the upstream chose HTTP/1.1".to_string());
+            }
+            Ok(up)
+        };
+        let max = up2::header_list_limit(self.w.cfg.max_head_size);
+        self.h2c.sender(connect, self.info.conn_id, max).await
+    }
+}
+
+/// How a stream reaches the session's upstream over h2 (see [`Session::h2_upstream`]).
+enum H2Upstream {
+    H2(h2::client::SendRequest<Bytes>),
+    /// The upstream now speaks HTTP/1.1 only.
+    Http1,
+    Failed(String),
 }
 
 /// Serves an h2 client connection (TLS that chose h2, or h2c with prior knowledge),
@@ -147,7 +207,7 @@ async fn serve_via_h2(
     let legs = match made {
         Ok((send, conn)) => {
             let up = UpstreamConn::H2(send);
-            run(w, cio, up, Some(Box::pin(conn)), info, target).await
+            run(w, cio, up, Some((Box::pin(conn), &stream)), info, target).await
         }
         Err(e) => {
             let why = format!("HTTP/2 handshake with the upstream failed: {e}");
@@ -220,7 +280,7 @@ async fn run(
     w: Rc<Worker>,
     cio: &mut PollStream<'_>,
     upstream: UpstreamConn,
-    mut up_conn: Option<UpDriver<'_>>,
+    mut up_conn: Option<(UpDriver<'_>, &crate::io::Stream)>,
     info: &ConnInfo,
     target: Target2,
 ) -> (u64, u64) {
@@ -248,9 +308,9 @@ async fn run(
         open: Cell::new(0),
         last_end: Cell::new(Instant::now()),
         upstream_moved: Cell::new((0, 0)),
+        fell_back: Cell::new(false),
         parked: RefCell::new(None),
     });
-    let mut upstream_open = up_conn.is_some();
     let mut closing = false;
     let mut drain = w.draining.subscribe();
     let idle = w.timeouts.idle;
@@ -279,16 +339,20 @@ async fn run(
                 None => break,
             },
             r = std::future::poll_fn(|cx| match up_conn.as_mut() {
-                Some(c) => c.as_mut().poll(cx),
+                Some((c, _)) => c.as_mut().poll(cx),
                 None => Poll::Pending,
-            }), if upstream_open => {
-                upstream_open = false;
-                if let Err(e) = r {
-                    tracing::info!(conn, "upstream HTTP/2 connection ended: {e}");
+            }), if up_conn.is_some() => {
+                // its socket goes now, not when the client's connection ends
+                if let Some((driver, stream)) = up_conn.take() {
+                    drop(driver);
+                    stream.shutdown(Shutdown::Both);
                 }
-                // new streams could not be served: tell the client to open a new connection
-                srv.graceful_shutdown();
-                closing = true;
+                // the client's connection goes on: new streams go on a new upstream
+                // connection (Session::h2_upstream)
+                match r {
+                    Ok(()) => tracing::debug!(conn, "upstream HTTP/2 connection ended"),
+                    Err(e) => tracing::info!(conn, "upstream HTTP/2 connection ended: {e}"),
+                }
             }
             _ = flood.notified(), if !closing => {
                 srv.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
@@ -457,11 +521,10 @@ async fn exchange_stream(
     // a request a hook re-routed leaves this session's upstream: HTTP/1.1 to its own
     match &s.upstream {
         _ if Key::new(&req.scheme, &req.authority) != s.key => ex.via_h1(req, body, reply).await,
-        UpstreamConn::H2(up) => ex.via_h2(up.clone(), req, body, reply).await,
-        UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => match s.h2c_sender().await {
-            Ok(up) => ex.via_h2(up, req, body, reply).await,
-            Err(why) => reply.fail(502, &why),
-        },
+        UpstreamConn::H2(_) => ex.via_session_h2(req, body, reply, up2::RESENDS).await,
+        UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => {
+            ex.via_session_h2(req, body, reply, up2::RESENDS).await
+        }
         UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => ex.via_h1(req, body, reply).await,
         UpstreamConn::Failed(e) => ex.fail_flow(&req, reply, e.clone()).await,
     }
@@ -483,13 +546,12 @@ async fn gateway(
         grpc_web::Gateway::Call(p) => p,
     };
     let up = match &s.upstream {
-        UpstreamConn::H2(up) => up.clone(),
-        UpstreamConn::Http1OrH2c => match s.h2c_sender().await {
-            Ok(up) => up,
-            Err(why) => return reply.fail(502, &why),
-        },
-        UpstreamConn::Http1 => return reply.fail(502, "the upstream does not speak HTTP/2"),
         UpstreamConn::Failed(e) => return reply.fail(e.status, &e.text),
+        _ => match s.h2_upstream().await {
+            H2Upstream::H2(up) => up,
+            H2Upstream::Http1 => return reply.fail(502, "the upstream does not speak HTTP/2"),
+            H2Upstream::Failed(why) => return reply.fail(502, &why),
+        },
     };
     match grpc_web_h2::call(f, up, req, body, &mut reply.tx, call, protocol).await {
         grpc_web_h2::Done::Answer(r) => reply.answer(r, false),

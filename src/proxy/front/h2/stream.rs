@@ -1,7 +1,7 @@
 //! One stream's exchange with the upstream: over h2 (a stream of the session's upstream
 //! connection) or HTTP/1.1 (a pooled connection), then the response back to the client.
 
-use super::{stream_event, Reply, Session};
+use super::{stream_event, H2Upstream, Reply, Session};
 use crate::http::{Body, Request, Response};
 use crate::proto::http1::{response_body_kind, BodyDecoder, BodyKind};
 use crate::proxy::body_relay::{self, H1Body};
@@ -37,20 +37,48 @@ pub(super) struct Stream<'a> {
 }
 
 impl Stream<'_> {
+    /// Relays the request over h2 to the session's upstream ([`Session::h2_upstream`]).
+    /// A request the upstream did not process (its connection took no new stream, or
+    /// refused this one: REFUSED_STREAM, or above a GOAWAY's last stream) goes again,
+    /// up to `resends` times, when nothing of its body has been lost: RFC 9113 8.7
+    /// makes that safe.
+    pub(super) async fn via_session_h2(
+        &self,
+        req: Request,
+        body: Incoming,
+        reply: &mut Reply,
+        resends: u8,
+    ) {
+        match self.s.h2_upstream().await {
+            H2Upstream::H2(up) => self.via_h2(up, req, body, reply, resends).await,
+            H2Upstream::Http1 => self.via_h1(req, body, reply).await,
+            H2Upstream::Failed(why) => reply.fail(502, &why),
+        }
+    }
+
     /// Relays the request as a stream of an h2 upstream connection.
-    pub(super) async fn via_h2(
+    async fn via_h2(
         &self,
         upstream: h2::client::SendRequest<Bytes>,
         mut req: Request,
         mut body: Incoming,
         reply: &mut Reply,
+        resends: u8,
     ) {
+        let again = resends.checked_sub(1);
         let started = match reply
             .unless_reset(up2::start(upstream, &mut req, self.te_trailers))
             .await
         {
             None => return reply.record(|c| c.error(CLIENT_RESET)),
             Some(Ok(s)) => s,
+            Some(Err(up2::StreamError::NotSent(why))) if let Some(left) = again => {
+                tracing::debug!(
+                    conn = self.s.info.conn_id,
+                    "sending the stream again: {why}"
+                );
+                return Box::pin(self.via_session_h2(req, body, reply, left)).await;
+            }
             Some(Err(e)) => return self.stream_failed(&req, reply, e).await,
         };
         let up2::Started {
@@ -63,6 +91,11 @@ impl Stream<'_> {
             _ => None,
         };
         let trailers = req.trailers.take();
+        // a body held whole can be sent again if the upstream does not process it
+        let resend = match (&full, &trailers, again) {
+            (Some(b), None, Some(left)) => Some((b.clone(), left)),
+            _ => None,
+        };
         body.tap = reply.rec.as_ref().map(|r| r.new_tap());
         let mut up_dir = match (&self.call, &full) {
             (Some(c), None) => {
@@ -115,7 +148,18 @@ impl Stream<'_> {
             Ok(r) => r,
             Err(e) => {
                 stop.notify_one();
-                let body = upload.await.ok().map(|(_, b)| b);
+                let mut body = upload.await.ok().map(|(_, b)| b);
+                let refused = matches!(e, up2::StreamError::Reset(Reason::REFUSED_STREAM));
+                if let (true, Some((full, left))) = (refused, resend) {
+                    if let Some(b) = body.take() {
+                        tracing::debug!(
+                            conn = self.s.info.conn_id,
+                            "upstream refused the stream: sending it again"
+                        );
+                        req.body = Body::Full(full);
+                        return Box::pin(self.via_session_h2(req, b, reply, left)).await;
+                    }
+                }
                 match self.call.as_ref().and_then(|c| c.cancelled()) {
                     Some((status, message)) => {
                         reply.grpc_status(self.call.as_deref(), status, &message)
@@ -144,7 +188,7 @@ impl Stream<'_> {
     /// Answers a stream whose upstream failed: a reset passes on as one; an answer
     /// goes through [`Stream::fail_flow`].
     async fn stream_failed(&self, req: &Request, reply: &mut Reply, e: up2::StreamError) {
-        if let up2::StreamError::Reset(reason) = e {
+        if let Some(reason) = e.reset_reason() {
             reply.record(|c| c.error(format!("upstream reset the stream: {reason}")));
             return reply.tx.send_reset(reason);
         }
