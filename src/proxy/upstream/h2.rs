@@ -148,20 +148,24 @@ impl Lazy {
 
     fn usable(&self) -> Option<SendRequest<Bytes>> {
         match self.conn.borrow().as_ref() {
-            Some((up, alive)) if alive.get() && takes_streams(up) => Some(up.clone()),
+            Some((up, alive)) if alive.get() => taking_streams(up),
             _ => None,
         }
     }
 }
 
-/// Whether an h2 connection still opens new streams: false once the upstream sent
-/// GOAWAY (nginx does after 1,000 requests by default) or the connection failed, while
-/// the streams it already has may still be running.
-pub fn takes_streams(up: &SendRequest<Bytes>) -> bool {
-    // a fresh clone has no stream waiting to open, so polling it registers no waker
-    let mut probe = up.clone();
+/// A handle to `up` for a new stream, or None once the connection opens no new
+/// streams: the upstream sent GOAWAY (nginx does after 1,000 requests by default) or
+/// the connection failed, while the streams it already has may still be running.
+pub fn taking_streams(up: &SendRequest<Bytes>) -> Option<SendRequest<Bytes>> {
+    // a fresh handle has no stream waiting to open: its readiness is answered at once
+    // (an error once the connection has one) and registers no waker
+    let mut handle = up.clone();
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    !matches!(probe.poll_ready(&mut cx), std::task::Poll::Ready(Err(_)))
+    match handle.poll_ready(&mut cx) {
+        std::task::Poll::Ready(Err(_)) => None,
+        _ => Some(handle),
+    }
 }
 
 /// The worker's h2 connections to upstreams that HTTP/1 clients reach over h2 (those

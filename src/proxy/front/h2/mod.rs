@@ -118,9 +118,11 @@ impl Session {
     /// streams over HTTP/1.1.
     async fn h2_upstream(&self) -> H2Upstream {
         let up = match &self.upstream {
-            UpstreamConn::H2(up) if up2::takes_streams(up) => return H2Upstream::H2(up.clone()),
-            UpstreamConn::H2(_) if self.fell_back.get() => return H2Upstream::Http1,
-            UpstreamConn::H2(_) => self.renewed_h2().await,
+            UpstreamConn::H2(up) => match up2::taking_streams(up) {
+                Some(up) => return H2Upstream::H2(up),
+                None if self.fell_back.get() => return H2Upstream::Http1,
+                None => self.renewed_h2().await,
+            },
             UpstreamConn::Http1OrH2c => self.h2c_sender().await,
             UpstreamConn::Http1 => return H2Upstream::Http1,
             UpstreamConn::Failed(e) => Err(e.text.clone()),
