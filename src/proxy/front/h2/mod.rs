@@ -121,9 +121,11 @@ impl Session {
             UpstreamConn::H2(up) => match up2::taking_streams(up) {
                 Some(up) => return H2Upstream::H2(up),
                 None if self.fell_back.get() => return H2Upstream::Http1,
-                None => self.renewed_h2().await,
+                // boxed, as below: a connection's handshake would otherwise make this
+                // future, which every stream moves, several KiB
+                None => Box::pin(self.renewed_h2()).await,
             },
-            UpstreamConn::Http1OrH2c => self.h2c_sender().await,
+            UpstreamConn::Http1OrH2c => Box::pin(self.h2c_sender()).await,
             UpstreamConn::Http1 => return H2Upstream::Http1,
             UpstreamConn::Failed(e) => Err(e.text.clone()),
         };
@@ -511,7 +513,7 @@ async fn exchange_stream(
         Decision::Failed(why) => return reply.fail(400, &why),
     }
     if let Some(g) = grpc_web::gateway(&s.w.cfg, &s.w.mode, &req) {
-        return gateway(s, &f, g, req, body, reply, call.take()).await;
+        return Box::pin(gateway(s, &f, g, req, body, reply, call.take())).await;
     }
     let ex = Stream {
         s,
@@ -520,14 +522,20 @@ async fn exchange_stream(
         te_trailers,
         call: call.clone(),
     };
-    // a request a hook re-routed leaves this session's upstream: HTTP/1.1 to its own
+    // a request a hook re-routed leaves this session's upstream: HTTP/1.1 to its own.
+    // The HTTP/1.1 leg and the gateway are boxed: inline they would more than double
+    // the future of every stream (about 11 KB), which is copied as each level starts.
     match &s.upstream {
-        _ if Key::new(&req.scheme, &req.authority) != s.key => ex.via_h1(req, body, reply).await,
+        _ if Key::new(&req.scheme, &req.authority) != s.key => {
+            Box::pin(ex.via_h1(req, body, reply)).await
+        }
         UpstreamConn::H2(_) => ex.via_session_h2(req, body, reply, up2::RESENDS).await,
         UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => {
             ex.via_session_h2(req, body, reply, up2::RESENDS).await
         }
-        UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => ex.via_h1(req, body, reply).await,
+        UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => {
+            Box::pin(ex.via_h1(req, body, reply)).await
+        }
         UpstreamConn::Failed(e) => ex.fail_flow(&req, reply, e.clone()).await,
     }
 }

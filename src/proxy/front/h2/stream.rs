@@ -51,7 +51,7 @@ impl Stream<'_> {
     ) {
         match self.s.h2_upstream().await {
             H2Upstream::H2(up) => self.via_h2(up, req, body, reply, resends).await,
-            H2Upstream::Http1 => self.via_h1(req, body, reply).await,
+            H2Upstream::Http1 => Box::pin(self.via_h1(req, body, reply)).await,
             H2Upstream::Failed(why) => reply.fail(502, &why),
         }
     }
@@ -79,7 +79,7 @@ impl Stream<'_> {
                 );
                 return Box::pin(self.via_session_h2(req, body, reply, left)).await;
             }
-            Some(Err(e)) => return self.stream_failed(&req, reply, e).await,
+            Some(Err(e)) => return Box::pin(self.stream_failed(&req, reply, e)).await,
         };
         let up2::Started {
             response,
@@ -164,7 +164,7 @@ impl Stream<'_> {
                     Some((status, message)) => {
                         reply.grpc_status(self.call.as_deref(), status, &message)
                     }
-                    None => self.stream_failed(&req, reply, e).await,
+                    None => Box::pin(self.stream_failed(&req, reply, e)).await,
                 }
                 if let Some(b) = body {
                     h2_stream::discard(b);
@@ -223,6 +223,9 @@ impl Stream<'_> {
             None => {
                 let opened =
                     crate::proxy::hooks::open_upstream(w, &self.s.info, &key, Alpn::Http1, None);
+                // boxed: a new connection is rare beside the pool's, and inline its
+                // handshake's future would be most of this one's size
+                let opened = Box::pin(opened);
                 match reply.unless_reset(opened).await {
                     None => return reply.record(|c| c.error(CLIENT_RESET)),
                     Some(Ok(u)) => u,
@@ -253,7 +256,9 @@ impl Stream<'_> {
         let sent = async {
             match upload {
                 Ok(parts) => up1::send_ready(&mut up, head, parts, waits).await,
-                Err(streamed) => up1::send_streaming(&mut up, head, streamed, waits).await,
+                Err(streamed) => {
+                    Box::pin(up1::send_streaming(&mut up, head, streamed, waits)).await
+                }
             }
         };
         let Some(answer) = reply.unless_reset(sent).await else {
