@@ -11,6 +11,8 @@ use crate::proxy::exchange::route::Intercept;
 use crate::proxy::exchange::{Decision, Message, Source};
 use crate::proxy::upstream::{Key, Spare, Upstream};
 use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
 
 /// Where this connection's requests go, beyond what the mode says.
 #[derive(Default)]
@@ -157,21 +159,32 @@ pub(super) async fn answer(c: &ClientConn, resp: Response, asked: &Asked, close:
     Next::KeepAlive
 }
 
+/// A rare path's future, boxed: the error answers are awaited in many places of the
+/// exchange, and inline each would make the exchange's future (copied whole as it
+/// starts, for every request) larger by its size.
+type Rare<'a> = Pin<Box<dyn Future<Output = Next> + 'a>>;
+
 /// Answers with an error and closes.
-pub(super) async fn fail(c: &ClientConn, status: u16, text: &str) -> Next {
-    c.io.fail(c.info.conn_id, status, text).await;
-    Next::Close
+pub(super) fn fail<'a>(c: &'a ClientConn, status: u16, text: &'a str) -> Rare<'a> {
+    Box::pin(async move {
+        c.io.fail(c.info.conn_id, status, text).await;
+        Next::Close
+    })
 }
 
 /// Answers a flow that failed upstream, and closes: luring's error response goes
 /// through http.on_response first (`msg.error` says why), so a hook can log it, change
 /// it or answer with its own page.
-pub(super) async fn fail_flow(
-    c: &ClientConn,
-    hooks: Hooks<'_>,
-    req: &Request,
+pub(super) fn fail_flow<'a>(
+    c: &'a ClientConn,
+    hooks: Hooks<'a>,
+    req: &'a Request,
     e: FlowError,
-) -> Next {
+) -> Rare<'a> {
+    Box::pin(fail_flow_now(c, hooks, req, e))
+}
+
+async fn fail_flow_now(c: &ClientConn, hooks: Hooks<'_>, req: &Request, e: FlowError) -> Next {
     tracing::info!(conn = c.info.conn_id, status = e.status, "{}", e.text);
     let mut resp = e.response();
     let decision = {
