@@ -98,16 +98,38 @@ impl Session {
 
     /// The session's h2c connection to a plaintext upstream, made on first use (gRPC
     /// calls need h2 end to end).
-    async fn h2c_sender(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
+    async fn h2c_sender(&self) -> Result<h2::client::SendRequest<Bytes>, FlowError> {
         let (host, port) = (&self.key.host, self.key.port);
         let t = self.w.timeouts.connect;
         let connect = async {
             upstream::connect(self.w.backend, host, port, t, None)
                 .await
-                .map_err(|e| e.text().to_string())
+                .map_err(|e| e.flow_error())
+        };
+        self.made_h2(connect).await
+    }
+
+    /// The session's own h2 connection (`h2c`), made over what `connect` opens when
+    /// none that takes streams is open. A failure keeps its `msg.error` reason.
+    async fn made_h2<F>(&self, connect: F) -> Result<h2::client::SendRequest<Bytes>, FlowError>
+    where
+        F: Future<Output = Result<Upstream, FlowError>>,
+    {
+        let failed = Cell::new(None);
+        let connect = async {
+            connect.await.map_err(|f| {
+                let text = f.text.clone();
+                failed.set(Some(f));
+                text
+            })
         };
         let max = up2::header_list_limit(self.w.cfg.max_head_size);
-        self.h2c.sender(connect, self.info.conn_id, max).await
+        let made = self.h2c.sender(connect, self.info.conn_id, max).await;
+        made.map_err(|why| {
+            failed
+                .take()
+                .unwrap_or_else(|| FlowError::bad_response(why))
+        })
     }
 
     /// The h2 connection a stream to the session's upstream goes on. The connection
@@ -127,18 +149,18 @@ impl Session {
             },
             UpstreamConn::Http1OrH2c => Box::pin(self.h2c_sender()).await,
             UpstreamConn::Http1 => return H2Upstream::Http1,
-            UpstreamConn::Failed(e) => Err(e.text.clone()),
+            UpstreamConn::Failed(e) => Err(e.clone()),
         };
         match up {
             Ok(up) => H2Upstream::H2(up),
             Err(_) if self.fell_back.get() => H2Upstream::Http1,
-            Err(why) => H2Upstream::Failed(why),
+            Err(e) => H2Upstream::Failed(e),
         }
     }
 
     /// A new connection to the upstream of [`UpstreamConn::H2`] (TLS offering h2, or
     /// h2c for a plaintext one), made through `h2c`.
-    async fn renewed_h2(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
+    async fn renewed_h2(&self) -> Result<h2::client::SendRequest<Bytes>, FlowError> {
         let connect = async {
             tracing::debug!(
                 conn = self.info.conn_id,
@@ -147,17 +169,16 @@ impl Session {
             let alpn = crate::proxy::worker_tls::Alpn::H2OrHttp1;
             let opened =
                 crate::proxy::hooks::open_upstream(&self.w, &self.info, &self.key, alpn, None);
-            let up = opened.await.map_err(|e| e.text().to_string())?;
+            let up = opened.await.map_err(|e| e.flow_error())?;
             if up.tls_info.is_some() && !crate::proxy::worker_tls::chose_h2(&up.stream) {
                 // the first stream over HTTP/1.1 takes it from the pool
                 self.w.pool.put_unused(self.key.clone(), up);
                 self.fell_back.set(true);
-                return Err("the upstream chose HTTP/1.1".to_string());
+                return Err(FlowError::bad_response("the upstream chose HTTP/1.1"));
             }
             Ok(up)
         };
-        let max = up2::header_list_limit(self.w.cfg.max_head_size);
-        self.h2c.sender(connect, self.info.conn_id, max).await
+        self.made_h2(connect).await
     }
 }
 
@@ -166,7 +187,8 @@ enum H2Upstream {
     H2(h2::client::SendRequest<Bytes>),
     /// The upstream now speaks HTTP/1.1 only.
     Http1,
-    Failed(String),
+    /// No connection could be had: the stream's answer, through http.on_response.
+    Failed(FlowError),
 }
 
 /// Serves an h2 client connection (TLS that chose h2, or h2c with prior knowledge),
@@ -560,7 +582,7 @@ async fn gateway(
         _ => match s.h2_upstream().await {
             H2Upstream::H2(up) => up,
             H2Upstream::Http1 => return reply.fail(502, "the upstream does not speak HTTP/2"),
-            H2Upstream::Failed(why) => return reply.fail(502, &why),
+            H2Upstream::Failed(e) => return reply.fail(e.status, &e.text),
         },
     };
     match grpc_web_h2::call(f, up, req, body, &mut reply.tx, call, protocol).await {

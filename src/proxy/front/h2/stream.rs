@@ -52,7 +52,7 @@ impl Stream<'_> {
         match self.s.h2_upstream().await {
             H2Upstream::H2(up) => self.via_h2(up, req, body, reply, resends).await,
             H2Upstream::Http1 => Box::pin(self.via_h1(req, body, reply)).await,
-            H2Upstream::Failed(why) => reply.fail(502, &why),
+            H2Upstream::Failed(e) => self.fail_flow(&req, reply, e).await,
         }
     }
 
