@@ -579,6 +579,51 @@ fn upstream_goaway_between_requests_keeps_the_client_connection() {
 }
 
 #[test]
+fn upstream_gone_between_requests_is_a_502_through_the_response_hook() {
+    // the client's connection outlives its upstream: once the origin is gone, each
+    // new stream gets luring's 502, which http.on_response sees with msg.error
+    let pki = TestPki::new();
+    let origin = Hostile::start("goaway_after", &pki);
+    let up = format!("reverse:https://localhost:{}", origin.port);
+    let ca = pki.ca_pem.to_str().unwrap().to_string();
+    let dir = TempDir::new("h2-gone");
+    let plugin = dir.path("seen.lua");
+    std::fs::write(
+        &plugin,
+        "register_hook('http', 'on_response', function(msg)\n\
+         if msg.error then msg.headers:set('x-seen-error', msg.error) end\nend)\n",
+    )
+    .unwrap();
+    let plugin = plugin.to_str().unwrap().to_string();
+    let proxy = Proxy::start(&["--mode", &up, "--upstream-ca", &ca, "--plugin", &plugin]);
+    // 12 requests cross the origin's GOAWAY after 10; then the origin is killed
+    let port = proxy.port().to_string();
+    let pid = origin.child.id().to_string();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/h2_attacks/one_connection.py"
+    );
+    let out = run_cmd(
+        "python3",
+        &[script, &port, "12", &pid, "2"],
+        b"",
+        Duration::from_secs(60),
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 14, "{out:?}\n{}", proxy.stderr());
+    for l in &lines[..12] {
+        assert!(l.ends_with(" 200 -"), "{out:?}\n{}", proxy.stderr());
+    }
+    for l in &lines[12..] {
+        assert!(
+            l.ends_with(" 502 connect refused"),
+            "{out:?}\n{}",
+            proxy.stderr()
+        );
+    }
+}
+
+#[test]
 fn upstream_that_never_opens_its_window_gets_the_client_a_504() {
     let g = through_hostile("stalled_window", 4 << 20);
     // a whole 504 (the upload is read and dropped meanwhile), not a broken answer
