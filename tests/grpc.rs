@@ -500,3 +500,62 @@ fn streams_flow_message_by_message_at_flat_memory() {
         "peak RSS grew from {before} KiB to {after} KiB"
     );
 }
+
+/// A grpcio server that ends each of its connections after 300 ms (GOAWAY, then 200 ms
+/// of grace: `max_connection_age`, a common setting of gRPC servers). Prints its port.
+const AGED_SERVER_PY: &str = r#"
+import time
+from concurrent import futures
+import grpc
+server = grpc.server(futures.ThreadPoolExecutor(4), options=[
+    ("grpc.max_connection_age_ms", 300), ("grpc.max_connection_age_grace_ms", 200)])
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Echo", {
+    "Say": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)}),))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+time.sleep(60)
+"#;
+
+/// TARGET SECS: unary calls one after another on one channel for SECS seconds (at most
+/// 20,000); prints "ok N failed M" and the failures' codes.
+const CALLS_PY: &str = r#"
+import sys, time, grpc
+ch = grpc.insecure_channel(sys.argv[1])
+say = ch.unary_unary("/t.Echo/Say")
+ok, failed, codes = 0, 0, {}
+end = time.time() + float(sys.argv[2])
+while time.time() < end and ok + failed < 20000:
+    try:
+        say(b"x" * 100, timeout=5)
+        ok += 1
+    except grpc.RpcError as e:
+        failed += 1
+        codes[e.code().name] = codes.get(e.code().name, 0) + 1
+print("ok", ok, "failed", failed, codes)
+"#;
+
+#[test]
+fn calls_outlive_a_server_that_ends_its_connections() {
+    // the h2c connection luring makes for gRPC is made again after each GOAWAY, and
+    // a call that raced one goes again: no call fails
+    let server = Py::start(AGED_SERVER_PY, &[]);
+    let mode = format!("reverse:http://127.0.0.1:{}", server.port);
+    let p = Proxy::start(&["--mode", &mode]);
+    let target = format!("127.0.0.1:{}", p.port());
+    let out = run_cmd(
+        "python3",
+        &["-c", CALLS_PY, &target, "3"],
+        b"",
+        std::time::Duration::from_secs(60),
+    );
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert!(
+        words.len() >= 4 && words[0] == "ok" && words[2] == "failed",
+        "{out:?}"
+    );
+    let ok: usize = words[1].parse().unwrap();
+    assert_eq!(words[3], "0", "{out:?}\n{}", p.stderr());
+    // enough calls to span several of the server's connections (300 ms each)
+    assert!(ok >= 100, "{out:?}");
+}
