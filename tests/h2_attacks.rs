@@ -399,6 +399,17 @@ impl Hostile {
     }
 }
 
+impl Hostile {
+    /// luring in reverse mode in front of this origin, trusting its certificate.
+    fn proxy_before(&self, pki: &TestPki, extra: &[&str]) -> Proxy {
+        let up = format!("reverse:https://localhost:{}", self.port);
+        let ca = pki.ca_pem.to_str().unwrap().to_string();
+        let mut args = vec!["--mode", &up, "--upstream-ca", &ca];
+        args.extend_from_slice(extra);
+        Proxy::start(&args)
+    }
+}
+
 impl Drop for Hostile {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -420,18 +431,7 @@ struct Got {
 fn through_hostile(mode: &str, upload: usize) -> Got {
     let pki = TestPki::new();
     let origin = Hostile::start(mode, &pki);
-    let up = format!("reverse:https://localhost:{}", origin.port);
-    let ca = pki.ca_pem.to_str().unwrap().to_string();
-    let proxy = Proxy::start(&[
-        "--mode",
-        &up,
-        "--upstream-ca",
-        &ca,
-        "--upstream-timeout",
-        "2",
-        "--send-timeout",
-        "2",
-    ]);
+    let proxy = origin.proxy_before(&pki, &["--upstream-timeout", "2", "--send-timeout", "2"]);
     let url = format!("http://127.0.0.1:{}/x", proxy.port());
     let rss0 = proxy.vm_rss_kib().expect("rss");
     let body = TempDir::new("h2up");
@@ -552,9 +552,7 @@ fn upstream_goaway_between_requests_keeps_the_client_connection() {
     // and the streams the upstream did not take go again on a new one
     let pki = TestPki::new();
     let origin = Hostile::start("goaway_after", &pki);
-    let up = format!("reverse:https://localhost:{}", origin.port);
-    let ca = pki.ca_pem.to_str().unwrap().to_string();
-    let proxy = Proxy::start(&["--mode", &up, "--upstream-ca", &ca]);
+    let proxy = origin.proxy_before(&pki, &[]);
     let url = format!("http://127.0.0.1:{}/x", proxy.port());
     // h2load does not reconnect: a client connection that ended would fail the rest.
     // One stream at a time (-m1), then 10 at once racing each GOAWAY (streams above
@@ -584,8 +582,6 @@ fn upstream_gone_between_requests_is_a_502_through_the_response_hook() {
     // new stream gets luring's 502, which http.on_response sees with msg.error
     let pki = TestPki::new();
     let origin = Hostile::start("goaway_after", &pki);
-    let up = format!("reverse:https://localhost:{}", origin.port);
-    let ca = pki.ca_pem.to_str().unwrap().to_string();
     let dir = TempDir::new("h2-gone");
     let plugin = dir.path("seen.lua");
     std::fs::write(
@@ -595,7 +591,7 @@ fn upstream_gone_between_requests_is_a_502_through_the_response_hook() {
     )
     .unwrap();
     let plugin = plugin.to_str().unwrap().to_string();
-    let proxy = Proxy::start(&["--mode", &up, "--upstream-ca", &ca, "--plugin", &plugin]);
+    let proxy = origin.proxy_before(&pki, &["--plugin", &plugin]);
     // 12 requests cross the origin's GOAWAY after 10; then the origin is killed
     let port = proxy.port().to_string();
     let pid = origin.child.id().to_string();
