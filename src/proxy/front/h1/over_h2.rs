@@ -113,8 +113,8 @@ pub(super) async fn exchange(
         };
         let trailers = req.trailers.take();
         // a body held whole, or none, can go again
-        let resendable = trailers.is_none() && !streamed;
-        let kept = full.clone().map_or(Body::Streaming, Body::Full);
+        let kept = (trailers.is_none() && !streamed && resends > 0)
+            .then(|| full.clone().map_or(Body::Streaming, Body::Full));
         tokio::pin!(response);
         let t = c.w.timeouts.upstream;
         let mut up_tap = c.io.new_tap();
@@ -161,11 +161,9 @@ pub(super) async fn exchange(
                     asked.keep_alive &= complete;
                     break r;
                 }
-                Err(StreamError::Reset(h2::Reason::REFUSED_STREAM))
-                    if resendable && resends > 0 =>
-                {
+                Err(StreamError::Reset(h2::Reason::REFUSED_STREAM)) if let Some(body) = kept => {
                     resends -= 1;
-                    req.body = kept;
+                    req.body = body;
                 }
                 Err(e) => return fail_flow(c, hooks, req, flow_error(e)).await,
             },
