@@ -3,33 +3,33 @@
 //! A keep-alive connection sets a new deadline for every head it reads. With a fresh
 //! `tokio::time::timeout` per read, each one registers an entry in the timer wheel and
 //! removes it again, which took about 8% of the proxy's user-space instructions per
-//! request. A [`Deadline`] keeps one timer per connection instead: moving the deadline
-//! later is a write to a `Cell`; the timer, still set for the older and earlier instant,
-//! wakes there, sees the deadline has moved, and re-arms itself once. Only a deadline
-//! moved earlier touches the wheel at once.
+//! request. A [`Deadline`] is instead a time in a `Cell` and a place in the worker's
+//! coarse timer list (`timer_list`): moving the deadline later is a write to the cell;
+//! the entry, still filed for the older and earlier instant, fires there, and the
+//! waiting operation sees the deadline has moved and files it again once.
 //!
-//! The timer is made the first time a limited operation has to wait with a deadline
+//! The entry is made the first time a limited operation has to wait with a deadline
 //! set: a connection makes three deadlines, and one that closes after a single
-//! exchange may never wait on some of them (an allocation and a clock read saved
-//! each, about 700 instructions).
+//! exchange may never wait on some of them.
 
-use std::cell::{Cell, RefCell};
+use super::timer_list::{self, Timer};
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
-/// Far enough ahead to mean "no deadline", near enough not to overflow `Instant`.
-const NEVER: Duration = Duration::from_secs(86400 * 365);
+/// Far enough ahead to mean "no deadline" (a year, in milliseconds).
+const NEVER_MS: u64 = 86400 * 365 * 1000;
 
 /// One connection's (or one direction's) deadline: see the module docs.
 #[derive(Default)]
 pub struct Deadline {
-    /// None until armed: operations are not limited.
-    at: Cell<Option<Instant>>,
-    /// None until an operation waits with the deadline set.
-    timer: RefCell<Option<Pin<Box<Sleep>>>>,
+    /// None until armed: operations are not limited. Milliseconds of
+    /// [`timer_list::now_ms`]'s clock.
+    at: Cell<Option<u64>>,
+    timer: Timer,
 }
 
 /// The deadline passed before the operation completed.
@@ -44,17 +44,14 @@ impl Deadline {
 
     /// Sets the deadline to `after` from now.
     pub fn arm(&self, after: Duration) {
-        self.arm_at(Instant::now() + after.min(NEVER));
+        let after = u64::try_from(after.as_millis()).unwrap_or(NEVER_MS);
+        self.at
+            .set(Some(timer_list::now_ms() + after.min(NEVER_MS)));
     }
 
     /// Sets the deadline to `at`.
     pub fn arm_at(&self, at: Instant) {
-        self.at.set(Some(at));
-        if let Some(timer) = self.timer.borrow_mut().as_mut() {
-            if at < timer.deadline() {
-                timer.as_mut().reset(at);
-            }
-        }
+        self.arm(at.saturating_duration_since(Instant::now()));
     }
 
     /// Runs `fut` until it completes or the deadline passes. On [`Expired`] the future
@@ -88,21 +85,9 @@ impl<F: Future> Future for Limited<'_, F> {
             return Poll::Ready(Ok(v));
         }
         let d: &Deadline = this.deadline;
-        let Some(at) = d.at.get() else {
-            return Poll::Pending;
-        };
-        let mut timer = d.timer.borrow_mut();
-        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            let at = d.at.get().unwrap_or(at);
-            if timer.deadline() >= at {
-                return Poll::Ready(Err(Expired));
-            }
-            // the deadline moved later since the timer was set: follow it
-            timer.as_mut().reset(at);
+        match d.at.get() {
+            Some(at) if d.timer.poll_until(at, cx).is_ready() => Poll::Ready(Err(Expired)),
+            _ => Poll::Pending,
         }
     }
 }
@@ -111,20 +96,35 @@ impl<F: Future> Future for Limited<'_, F> {
 mod tests {
     use super::*;
 
+    /// Runs `f` as a worker does: a current-thread runtime with a local task set (the
+    /// timer list's driver is a local task). Real time: the list reads the coarse
+    /// clock, which tokio's paused clock does not move.
     fn run<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
-            .start_paused(true)
             .build()
-            .expect("runtime")
-            .block_on(f)
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, f)
+    }
+
+    /// What "at the deadline" means for a list of coarse ticks: not before it (less
+    /// the coarse clock's lag, a few ms), and within a generous bound after it.
+    fn assert_fired_near(elapsed: Duration, deadline: Duration) {
+        let early = Duration::from_millis(12);
+        let late = Duration::from_millis(300);
+        assert!(
+            elapsed + early >= deadline && elapsed <= deadline + late,
+            "fired after {elapsed:?}, deadline {deadline:?}"
+        );
     }
 
     #[test]
     fn unset_deadline_does_not_limit() {
         run(async {
             let d = Deadline::new();
-            let r = d.limit(tokio::time::sleep(Duration::from_secs(3600))).await;
+            let r = d
+                .limit(tokio::time::sleep(Duration::from_millis(100)))
+                .await;
             assert_eq!(r, Ok(()));
         });
     }
@@ -133,11 +133,11 @@ mod tests {
     fn expires_at_the_deadline() {
         run(async {
             let d = Deadline::new();
-            d.arm(Duration::from_secs(5));
+            d.arm(Duration::from_millis(150));
             let start = Instant::now();
             let r = d.limit(std::future::pending::<()>()).await;
             assert_eq!(r, Err(Expired));
-            assert_eq!(start.elapsed(), Duration::from_secs(5));
+            assert_fired_near(start.elapsed(), Duration::from_millis(150));
         });
     }
 
@@ -145,14 +145,17 @@ mod tests {
     fn a_deadline_moved_later_is_followed() {
         run(async {
             let d = Deadline::new();
-            d.arm(Duration::from_secs(5));
-            // the timer fires at 5 s, finds the deadline at 13 s and waits on
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            d.arm(Duration::from_secs(10));
+            d.arm(Duration::from_millis(100));
+            // filed for 100 ms by a wait that ended in time
+            let r = d.limit(tokio::time::sleep(Duration::from_millis(10))).await;
+            assert_eq!(r, Ok(()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // the entry fires at 100 ms, finds the deadline at 310 ms and waits on
+            d.arm(Duration::from_millis(250));
             let start = Instant::now();
             let r = d.limit(std::future::pending::<()>()).await;
             assert_eq!(r, Err(Expired));
-            assert_eq!(start.elapsed(), Duration::from_secs(10));
+            assert_fired_near(start.elapsed(), Duration::from_millis(250));
         });
     }
 
@@ -161,12 +164,66 @@ mod tests {
         run(async {
             let d = Deadline::new();
             d.arm(Duration::from_secs(60));
-            d.arm(Duration::from_secs(2));
+            let r = d.limit(tokio::time::sleep(Duration::from_millis(10))).await;
+            assert_eq!(r, Ok(()));
+            d.arm(Duration::from_millis(100));
             let start = Instant::now();
             let r = d.limit(std::future::pending::<()>()).await;
             assert_eq!(r, Err(Expired));
-            assert_eq!(start.elapsed(), Duration::from_secs(2));
+            assert_fired_near(start.elapsed(), Duration::from_millis(100));
         });
+    }
+
+    #[test]
+    fn deadlines_further_than_a_round_of_the_wheel_wait_their_round() {
+        run(async {
+            // 2.5 s: beyond the wheel's 256 ticks of 8 ms, so its slot comes round once
+            // before it is due
+            let d = Deadline::new();
+            d.arm(Duration::from_millis(2500));
+            let start = Instant::now();
+            let r = d.limit(std::future::pending::<()>()).await;
+            assert_eq!(r, Err(Expired));
+            assert_fired_near(start.elapsed(), Duration::from_millis(2500));
+        });
+    }
+
+    #[test]
+    fn many_deadlines_fire_each_at_its_time_beside_a_dropped_one() {
+        run(async {
+            let gone = Deadline::new();
+            gone.arm(Duration::from_millis(40));
+            let r = gone
+                .limit(tokio::time::sleep(Duration::from_millis(1)))
+                .await;
+            assert_eq!(r, Ok(()));
+            drop(gone);
+            let start = Instant::now();
+            let waits = (1..=20u64).map(|i| async move {
+                let d = Deadline::new();
+                d.arm(Duration::from_millis(10 * i));
+                let r = d.limit(std::future::pending::<()>()).await;
+                (i, r, start.elapsed())
+            });
+            for (i, r, elapsed) in futures_join_all(waits).await {
+                assert_eq!(r, Err(Expired));
+                assert_fired_near(elapsed, Duration::from_millis(10 * i));
+            }
+        });
+    }
+
+    /// Runs each future as a task of its own and collects their outputs in order.
+    async fn futures_join_all<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        let handles: Vec<_> = fs.map(tokio::task::spawn_local).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.expect("task"));
+        }
+        out
     }
 
     #[test]
@@ -176,11 +233,23 @@ mod tests {
             d.arm(Duration::from_secs(5));
             let r = d
                 .limit(async {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     7
                 })
                 .await;
             assert_eq!(r, Ok(7));
         });
+    }
+
+    #[test]
+    fn a_new_runtime_on_the_thread_gets_a_new_driver() {
+        for _ in 0..2 {
+            run(async {
+                let d = Deadline::new();
+                d.arm(Duration::from_millis(30));
+                let r = d.limit(std::future::pending::<()>()).await;
+                assert_eq!(r, Err(Expired));
+            });
+        }
     }
 }

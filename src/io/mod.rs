@@ -19,12 +19,14 @@ mod poll_stream;
 mod probe;
 mod ready;
 pub mod splice;
+mod timer_list;
 pub mod tls_stream;
 
 pub use deadline::{Deadline, Expired};
 pub use poll_stream::PollStream;
 pub use probe::{probe_uring, Backend, IoChoice};
 pub use splice::{can_splice, splice, Idle, SpliceError, UringTcp};
+pub use timer_list::now_ms as coarse_ms;
 pub use tls_stream::TlsStream;
 
 use bytes::{Bytes, BytesMut};
