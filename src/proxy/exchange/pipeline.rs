@@ -2,7 +2,7 @@
 //! and post_pipeline hooks (spec section 3).
 
 use crate::config::{parse_header_assignment, Config};
-use crate::http::{known_bit, known_names, Headers, Request, Response};
+use crate::http::{known_bit, known_names, Headers, Request, Response, SafeValue};
 use bytes::Bytes;
 
 /// One built-in processing step of a message event.
@@ -149,7 +149,7 @@ pub struct HostHeader {
     pub keep_client_host: bool,
     /// The last authority set, shared by the next request that goes to the same place
     /// (nearly all of a worker's requests, in reverse mode): no copy per request.
-    last: std::cell::RefCell<Bytes>,
+    last: std::cell::RefCell<SafeValue>,
 }
 
 impl HostHeader {
@@ -171,10 +171,10 @@ impl PipelineStep for HostHeader {
             return;
         }
         let mut last = self.last.borrow_mut();
-        if *last != req.authority.as_bytes() {
-            *last = Bytes::copy_from_slice(req.authority.as_bytes());
+        if last.as_bytes() != req.authority.as_bytes() {
+            *last = SafeValue::new(Bytes::copy_from_slice(req.authority.as_bytes()));
         }
-        req.headers.set("Host", last.clone());
+        req.headers.set_safe("Host", &last);
     }
 }
 

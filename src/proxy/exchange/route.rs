@@ -90,8 +90,14 @@ pub fn h1_request(
         version,
         headers,
     } = head;
+    // one pass over the fields: whether the first Host is valid, whether there is another
+    let (host_valid, second_host) = {
+        let mut hosts = headers.get_all("host");
+        let valid = hosts.next().map(|h| crate::http::is_valid_host(h));
+        (valid, hosts.next().is_some())
+    };
     // RFC 9112 section 3.2: two Host lines make the target ambiguous between hops
-    if headers.get_all("host").nth(1).is_some() {
+    if second_host {
         return Err((400, "more than one Host header".into()));
     }
     let is_connect = method.as_ref() == b"CONNECT";
@@ -102,10 +108,8 @@ pub fn h1_request(
             "request target * on a request other than OPTIONS".into(),
         ));
     }
-    match headers.get("host") {
-        Some(h) if !crate::http::is_valid_host(h) => {
-            return Err((400, "invalid Host header".into()))
-        }
+    match host_valid {
+        Some(false) => return Err((400, "invalid Host header".into())),
         // RFC 9112 3.2: an HTTP/1.1 request without Host is refused, whatever its target
         // (a CONNECT names its target in the request line and is let through)
         None if version == Version::Http11 && !is_connect => {
