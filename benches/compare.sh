@@ -22,7 +22,8 @@
 # With --rounds N every target is measured N times, interleaved, and the median is shown.
 # Prints a table: target, size, req/s, proxy CPU us/request
 # ((utime+stime) delta of the proxy process from /proc/PID/stat, in clock
-# ticks -> us, divided by the requests wrk completed), and ratios vs nginx-proxy.
+# ticks -> us, divided by the requests wrk completed), and ratios vs nginx-proxy and,
+# for CPU, vs the uring-l4 floor.
 # Figures are for comparison on one machine in one run, not absolutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -355,12 +356,16 @@ ratio() { # a b -> a/b or -
 }
 echo
 echo "luring reverse proxy vs nginx: wrk -t1 -c32 -d${DURATION}s ${WRK_ARGS[*]} on core 1, proxies on core 0, origin: $ORIGIN_KIND (core 1), median of $ROUNDS round(s)"
-printf '%-20s %-5s %10s %12s %12s %12s  %s\n' target size req/s "cpu-us/req" "rps/nginx" "cpu/nginx" notes
+# cpu/uring-l4: CPU per request against the io_uring L4 floor of the same run, the
+# ratio issue 17's 1 KiB targets are stated in (- when the floor row did not run)
+printf '%-20s %-5s %10s %12s %12s %12s %14s  %s\n' target size req/s "cpu-us/req" "rps/nginx" "cpu/nginx" \
+  "cpu/uring-l4" notes
 for size in $SIZES; do
   for name in "${NAMES[@]}"; do
-    printf '%-20s %-5s %10s %12s %12s %12s  %s\n' "$name" "$size" "${RPS[$name,$size]}" "${CPU[$name,$size]}" \
+    printf '%-20s %-5s %10s %12s %12s %12s %14s  %s\n' "$name" "$size" "${RPS[$name,$size]}" "${CPU[$name,$size]}" \
       "$(ratio "${RPS[$name,$size]}" "${RPS[nginx-proxy,$size]:-}")" \
-      "$(ratio "${CPU[$name,$size]}" "${CPU[nginx-proxy,$size]:-}")" "${NOTE[$name,$size]:-}"
+      "$(ratio "${CPU[$name,$size]}" "${CPU[nginx-proxy,$size]:-}")" \
+      "$(ratio "${CPU[$name,$size]}" "${CPU[uring-l4,$size]:-}")" "${NOTE[$name,$size]:-}"
   done
 done
 if (( METRICS )); then echo "(luring-uring+metrics answered $(wc -l < "$TMP/scrapes" 2>/dev/null || echo 0) scrapes)"; fi
