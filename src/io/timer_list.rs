@@ -85,6 +85,10 @@ impl Timer {
     pub fn poll_until(&self, at_ms: u64, cx: &mut Context<'_>) -> Poll<()> {
         LIST.with(|l| {
             let mut l = l.borrow_mut();
+            if !l.running {
+                l.running = true;
+                tokio::task::spawn_local(drive());
+            }
             let tick = at_ms.div_ceil(TICK_MS);
             // filed for that tick or an earlier one (a connection's next wait on a
             // deadline moved later): it fires then and the wait looks again, so neither
@@ -97,10 +101,6 @@ impl Timer {
             }
             if now_ms() >= at_ms {
                 return Poll::Ready(());
-            }
-            if !l.running {
-                l.running = true;
-                tokio::task::spawn_local(drive());
             }
             let key = match self.key.get() {
                 Some(k) => k,
