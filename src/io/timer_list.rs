@@ -9,12 +9,13 @@
 //! long (header, idle, upstream, body and send timeouts) and need no millisecond
 //! precision, so a worker keeps them here instead: filing one is a push onto a slot's
 //! list, moving it later is nothing at all, the clock is the coarse one, and one task
-//! per worker wakes every [`TICK_MS`] while anything is filed. A deadline fires between
-//! the instant it names and two ticks after it.
+//! per worker sleeps until the next tick that has anything filed. A deadline fires
+//! between the instant it names and two ticks ([`TICK_MS`]) after it.
 //!
 //! Everything is per thread: a worker's connections are its own, so no lock is taken.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -60,12 +61,16 @@ struct List {
     slots: Vec<Vec<(usize, u64)>>,
     /// Every tick up to this one has been handled.
     done: u64,
-    /// Pairs in the slots, stale ones included: the driver sleeps while there are none.
+    /// Pairs in the slots, stale ones included.
     queued: usize,
-    /// The driver task, when it waits for something to be filed.
+    /// The tick the driver sleeps until (`u64::MAX`: until something is filed).
+    wake_at: u64,
+    /// The driver task, while it sleeps.
     driver: Option<Waker>,
     /// A driver task is alive on this thread's runtime.
     running: bool,
+    /// Passes the driver has made (tests read it).
+    passes: u64,
 }
 
 thread_local! {
@@ -74,8 +79,10 @@ thread_local! {
         slots: (0..SLOTS).map(|_| Vec::new()).collect(),
         done: now_ms() / TICK_MS,
         queued: 0,
+        wake_at: u64::MAX,
         driver: None,
         running: false,
+        passes: 0,
     });
 }
 
@@ -119,7 +126,9 @@ impl Timer {
             e.filed = Some(tick);
             l.slots[tick as usize % SLOTS].push((key, tick));
             l.queued += 1;
-            if l.queued == 1 {
+            // due before the driver would wake: it plans again
+            if tick < l.wake_at {
+                l.wake_at = tick;
                 if let Some(d) = l.driver.take() {
                     d.wake();
                 }
@@ -150,6 +159,7 @@ impl List {
     /// Handles every tick up to `now`: wakes the entries filed for them, drops stale
     /// pairs, keeps pairs of later rounds.
     fn advance(&mut self, now: u64, wake: &mut Vec<Waker>) {
+        self.passes += 1;
         // after a stall longer than a round every slot is looked at once
         let from = (self.done + 1).max(now.saturating_sub(SLOTS as u64 - 1));
         for t in from..=now {
@@ -178,9 +188,20 @@ impl List {
         }
         self.done = self.done.max(now);
     }
+
+    /// The next tick whose slot holds anything (which may be only pairs of a later
+    /// round, or stale ones), None when nothing is filed.
+    fn next_busy(&self) -> Option<u64> {
+        if self.queued == 0 {
+            return None;
+        }
+        (self.done + 1..=self.done + SLOTS as u64)
+            .find(|&t| !self.slots[t as usize % SLOTS].is_empty())
+    }
 }
 
-/// The thread's driver: while anything is filed, wakes every tick and fires what is due.
+/// The thread's driver: sleeps until the next tick that has anything filed (or until
+/// something is filed for an earlier one), and wakes what has come due.
 async fn drive() {
     /// Marks the list driverless when the runtime drops this task (a worker's runtime
     /// ends; another may start on the thread later, as tests do).
@@ -191,16 +212,30 @@ async fn drive() {
                 let mut l = l.borrow_mut();
                 l.running = false;
                 l.driver = None;
+                l.wake_at = u64::MAX;
             });
         }
     }
     let _running = Running;
     let mut wake = Vec::new();
     loop {
+        let plan = LIST.with(|l| {
+            let mut l = l.borrow_mut();
+            l.wake_at = l.next_busy().unwrap_or(u64::MAX);
+            l.wake_at
+        });
+        let ms = (plan.saturating_mul(TICK_MS)).saturating_sub(now_ms());
+        let sleep = (plan != u64::MAX).then(|| tokio::time::sleep(Duration::from_millis(ms)));
+        let mut sleep = std::pin::pin!(sleep);
         std::future::poll_fn(|cx| {
+            if let Some(s) = sleep.as_mut().as_pin_mut() {
+                if s.poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
             LIST.with(|l| {
                 let mut l = l.borrow_mut();
-                if l.queued > 0 {
+                if l.wake_at < plan {
                     return Poll::Ready(());
                 }
                 l.driver = Some(cx.waker().clone());
@@ -208,10 +243,45 @@ async fn drive() {
             })
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(TICK_MS)).await;
         LIST.with(|l| l.borrow_mut().advance(now_ms() / TICK_MS, &mut wake));
         for w in wake.drain(..) {
             w.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passes() -> u64 {
+        LIST.with(|l| l.borrow().passes)
+    }
+
+    #[test]
+    fn the_driver_sleeps_until_the_next_filed_tick() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let timer = Timer::default();
+            let far = now_ms() + 1000;
+            // filed for a second from now; the test's own task waits beside it
+            let mut first = true;
+            std::future::poll_fn(|cx| {
+                if first {
+                    first = false;
+                    assert!(timer.poll_until(far, cx).is_pending());
+                }
+                Poll::Ready(())
+            })
+            .await;
+            let before = passes();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            // ticking every 8 ms would have made about 50 passes
+            let made = passes() - before;
+            assert!(made <= 2, "{made} passes while nothing was due");
+        });
     }
 }
