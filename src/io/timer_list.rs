@@ -1,11 +1,10 @@
 //! A worker's coarse timer list: the deadlines of its connections, woken to within a
 //! few milliseconds by one timer of the runtime's.
 //!
-//! A tokio timer per deadline cost a connection that lives for one request about 2,000
-//! user-space instructions (callgrind, `benches/instructions.sh --close`): each timer
-//! was allocated, inserted in tokio's wheel and removed from it, the runtime read the
-//! precise clock and turned its wheel at every park, and keep-alive connections paid a
-//! precise clock read for every deadline they moved. luring's deadlines are seconds
+//! A tokio timer per deadline cost a connection that lives for one request about 850
+//! user-space instructions more than this list does (callgrind, `benches/instructions.sh
+//! --close`): each timer was allocated, inserted in tokio's wheel and removed from it,
+//! and keep-alive connections paid a precise clock read for every deadline they moved. luring's deadlines are seconds
 //! long (header, idle, upstream, body and send timeouts) and need no millisecond
 //! precision, so a worker keeps them here instead: filing one is a push onto a slot's
 //! list, moving it later is nothing at all, the clock is the coarse one, and one task
