@@ -111,7 +111,8 @@ mod tests {
     /// the coarse clock's lag, a few ms), and within a generous bound after it.
     fn assert_fired_near(elapsed: Duration, deadline: Duration) {
         let early = Duration::from_millis(12);
-        let late = Duration::from_millis(300);
+        // generous: a loaded CI machine may run the woken task late
+        let late = Duration::from_millis(1000);
         assert!(
             elapsed + early >= deadline && elapsed <= deadline + late,
             "fired after {elapsed:?}, deadline {deadline:?}"
