@@ -162,8 +162,7 @@ fn fail(status: u16, text: &str) -> Done {
 /// An upstream stream's failure as an answer.
 fn stream_error(e: StreamError) -> Done {
     match e {
-        StreamError::Reset(reason) => fail(502, &format!("upstream reset the stream: {reason}")),
-        StreamError::NotSent(why) => fail(502, &format!("upstream took no new stream: {why}")),
         StreamError::Answer(status, text) => fail(status, &text),
+        e => fail(502, &e.to_string()),
     }
 }

@@ -212,6 +212,17 @@ impl StreamError {
     }
 }
 
+/// The text of a failed upstream stream, as logs, records and error pages give it.
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::Reset(reason) => write!(f, "upstream reset the stream: {reason}"),
+            StreamError::NotSent(why) => write!(f, "upstream took no new stream: {why}"),
+            StreamError::Answer(_, text) => f.write_str(text),
+        }
+    }
+}
+
 /// A request started as a stream of an upstream connection.
 pub struct Started {
     /// Resolves to the response head.

@@ -13,7 +13,7 @@ use crate::proxy::grpc::Call;
 use crate::proxy::grpc_web::{self as gw, Gateway, WebBody};
 use crate::proxy::h1_wire;
 use crate::proxy::h2_stream::{self, Incoming};
-use crate::proxy::upstream::h2::{self as up2, StreamError};
+use crate::proxy::upstream::h2 as up2;
 use crate::proxy::upstream::Key;
 use bytes::{Bytes, BytesMut};
 use std::rc::Rc;
@@ -70,7 +70,7 @@ pub(super) async fn serve(
     };
     let started = match up2::start(upstream, &mut req, true).await {
         Ok(s) => s,
-        Err(e) => return fail(c, 502, &stream_error(e)).await,
+        Err(e) => return fail(c, 502, &e.to_string()).await,
     };
     let up2::Started {
         response,
@@ -84,7 +84,7 @@ pub(super) async fn serve(
     }
     let (mut resp, rx) = match up2::response(response, c.w.timeouts.upstream).await {
         Ok(r) => r,
-        Err(e) => return fail(c, 502, &stream_error(e)).await,
+        Err(e) => return fail(c, 502, &e.to_string()).await,
     };
     gw::from_grpc_response(&mut resp, protocol, origin.as_ref());
     let mut incoming = Incoming::new(rx);
@@ -215,14 +215,5 @@ async fn relay(
         Next::KeepAlive
     } else {
         Next::Close
-    }
-}
-
-/// The text of a failed upstream stream.
-fn stream_error(e: StreamError) -> String {
-    match e {
-        StreamError::Reset(reason) => format!("upstream reset the stream: {reason}"),
-        StreamError::NotSent(why) => format!("upstream took no new stream: {why}"),
-        StreamError::Answer(_, text) => text,
     }
 }

@@ -184,14 +184,9 @@ pub(super) async fn exchange(
 /// The answer for a failed upstream stream (a reset becomes a 502 on HTTP/1).
 fn flow_error(e: StreamError) -> FlowError {
     match e {
-        StreamError::Reset(reason) => FlowError {
+        StreamError::Reset(_) | StreamError::NotSent(_) => FlowError {
             status: 502,
-            text: format!("upstream reset the stream: {reason}"),
-            reason: "upstream reset".into(),
-        },
-        StreamError::NotSent(why) => FlowError {
-            status: 502,
-            text: format!("upstream took no new stream: {why}"),
+            text: e.to_string(),
             reason: "upstream reset".into(),
         },
         e => e

@@ -577,13 +577,10 @@ async fn gateway(
         grpc_web::Gateway::Preflight(r) => return reply.answer(r, false),
         grpc_web::Gateway::Call(p) => p,
     };
-    let up = match &s.upstream {
-        UpstreamConn::Failed(e) => return reply.fail(e.status, &e.text),
-        _ => match s.h2_upstream().await {
-            H2Upstream::H2(up) => up,
-            H2Upstream::Http1 => return reply.fail(502, "the upstream does not speak HTTP/2"),
-            H2Upstream::Failed(e) => return reply.fail(e.status, &e.text),
-        },
+    let up = match s.h2_upstream().await {
+        H2Upstream::H2(up) => up,
+        H2Upstream::Http1 => return reply.fail(502, "the upstream does not speak HTTP/2"),
+        H2Upstream::Failed(e) => return reply.fail(e.status, &e.text),
     };
     match grpc_web_h2::call(f, up, req, body, &mut reply.tx, call, protocol).await {
         grpc_web_h2::Done::Answer(r) => reply.answer(r, false),
