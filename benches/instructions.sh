@@ -14,6 +14,7 @@
 #
 # usage: bash benches/instructions.sh [--bin PATH]... [--io uring|epoll] [--peers]
 #                                     [--plugin FILE] [--record] [--close] [--duration SECS]
+#                                     [--syscalls]
 # Default binary: target/release/luring. Give --bin twice to compare two builds.
 # Needs valgrind, wrk, nginx (origin) and curl; --peers needs haproxy too.
 set -euo pipefail
@@ -25,6 +26,7 @@ IO=uring
 DURATION=8
 EXTRA=()
 PEERS=0
+SYSCALLS=0
 WRK_ARGS=()
 while (( $# )); do
   case "$1" in
@@ -35,13 +37,15 @@ while (( $# )); do
     --peers) PEERS=1; shift ;;
     --close) WRK_ARGS=(-H 'Connection: close'); shift ;;
     --duration) DURATION=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --syscalls) SYSCALLS=1; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 (( ${#BINS[@]} )) || BINS=(target/release/luring)
 RECORD=${RECORD:-0}
-TOOLS=(valgrind wrk nginx curl)
+TOOLS=(wrk nginx curl)
+if (( SYSCALLS )); then TOOLS+=(perf); else TOOLS+=(valgrind); fi
 (( PEERS )) && TOOLS+=(haproxy)
 for t in "${TOOLS[@]}"; do
   command -v "$t" >/dev/null || { echo "$t is required" >&2; exit 1; }
@@ -218,6 +222,102 @@ row() {
   fi
   printf '%-40s %8d instructions/request (%d requests)\n' "$name" "$per" "$n"
 }
+
+# The kernel events --syscalls counts, as "label=tracepoint" (labels are the table's
+# rows; the first is the total).
+KERNEL_EVENTS=(
+  "system calls=raw_syscalls:sys_enter"
+  "  recvfrom=syscalls:sys_enter_recvfrom"
+  "  sendto=syscalls:sys_enter_sendto"
+  "  sendmsg=syscalls:sys_enter_sendmsg"
+  "  writev=syscalls:sys_enter_writev"
+  "  read=syscalls:sys_enter_read"
+  "  write=syscalls:sys_enter_write"
+  "  epoll_wait=syscalls:sys_enter_epoll_wait"
+  "  epoll_ctl=syscalls:sys_enter_epoll_ctl"
+  "  io_uring_enter=syscalls:sys_enter_io_uring_enter"
+  "  accept4=syscalls:sys_enter_accept4"
+  "  close=syscalls:sys_enter_close"
+  "  ioctl=syscalls:sys_enter_ioctl"
+  "  getsockopt=syscalls:sys_enter_getsockopt"
+  "  setsockopt=syscalls:sys_enter_setsockopt"
+  "io_uring operations=io_uring:io_uring_submit_req"
+  "  of which armed a poll=io_uring:io_uring_poll_arm"
+  "  task-work runs=io_uring:io_uring_task_work_run"
+  "context switches=context-switches"
+)
+
+# target -> COUNTS (one per KERNEL_EVENTS entry, per request, space-separated) and N
+measure_kernel() {
+  local target=$1 port out log i up=0 events
+  port=$(free_port)
+  out="$TMP/perf.$port"
+  log="$TMP/log.$port"
+  target_cmd "$target" "$port"
+  taskset -c 0 "${CMD[@]}" > "$log" 2>&1 &
+  local pid=$!
+  for i in $(seq 1 100); do
+    if curl -sf -o /dev/null --max-time 5 "http://127.0.0.1:$port/1k.bin"; then up=1; break; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if (( ! up )); then
+    echo "error: $target did not answer on 127.0.0.1:$port; its log ends:" >&2
+    tail -n 20 "$log" >&2
+    return 1
+  fi
+  events=$(printf '%s\n' "${KERNEL_EVENTS[@]}" | sed 's/^[^=]*=//' | paste -sd, -)
+  # counting starts before the load and ends after it: the requests are wrk's total
+  perf stat -x, -e "$events" -p "$pid" -o "$out" -- sleep "$((DURATION + 1))" 2> "$out.err" &
+  local perf_pid=$!
+  sleep 0.3
+  local res reqs
+  res=$(taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" "${WRK_ARGS[@]}" "http://127.0.0.1:$port/1k.bin")
+  wait "$perf_pid" || true
+  kill -"$STOP" "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  reqs=$(awk '/requests in/ { print $1 }' <<<"$res")
+  if grep -q 'Non-2xx' <<<"$res" || [[ -z "$reqs" || "$reqs" -eq 0 ]]; then
+    echo "error: $target: wrk did not complete its requests: $res" >&2
+    return 1
+  fi
+  # perf -x, lines: value,unit,event,...; "<not supported>" / "<not counted>" when the
+  # tracepoint is missing or not readable
+  if ! grep -q ',raw_syscalls:sys_enter' "$out" 2>/dev/null || grep -q '^<not' "$out"; then
+    echo "error: perf could not count the kernel's tracepoints (root, or a lower kernel.perf_event_paranoid):" >&2
+    cat "$out.err" "$out" 2>/dev/null | tail -n 5 >&2
+    return 1
+  fi
+  N=$reqs
+  COUNTS=$(awk -F, -v n="$reqs" 'NF > 2 && $1 ~ /^[0-9]+$/ { printf "%.2f ", $1 / n }' "$out")
+}
+
+if (( SYSCALLS )); then
+  NAMES=() COLUMNS=()
+  for bin in "${BINS[@]}"; do
+    measure_kernel "$bin" || exit 1
+    NAMES+=("$(basename "$bin")") COLUMNS+=("$COUNTS")
+  done
+  if (( PEERS )); then
+    measure_kernel nginx || exit 1
+    NAMES+=("nginx") COLUMNS+=("$COUNTS")
+    measure_kernel haproxy || exit 1
+    NAMES+=("haproxy") COLUMNS+=("$COUNTS")
+  fi
+  echo "kernel work per request (perf tracepoints): reverse proxy, --io $IO, wrk -c32 ${WRK_ARGS[*]}, 1 KiB${EXTRA:+, ${EXTRA[*]}}"
+  printf '%-26s' ""
+  printf '%16s' "${NAMES[@]}"
+  echo
+  for i in "${!KERNEL_EVENTS[@]}"; do
+    printf '%-26s' "${KERNEL_EVENTS[$i]%%=*}"
+    for c in "${COLUMNS[@]}"; do
+      read -r -a v <<<"$c"
+      printf '%16s' "${v[$i]:--}"
+    done
+    echo
+  done
+  exit 0
+fi
 
 echo "user-space instructions per request: luring reverse proxy, --io $IO, wrk -c32 ${WRK_ARGS[*]}, 1 KiB${EXTRA:+, ${EXTRA[*]}}$( (( RECORD )) && echo ", --record")"
 for bin in "${BINS[@]}"; do
