@@ -16,7 +16,8 @@
 #                                     [--plugin FILE] [--record] [--close] [--duration SECS]
 #                                     [--syscalls]
 # Default binary: target/release/luring. Give --bin twice to compare two builds.
-# Needs valgrind, wrk, nginx (origin) and curl; --peers needs haproxy too.
+# Needs valgrind (perf instead with --syscalls), wrk, nginx (origin) and curl; --peers
+# needs haproxy too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
