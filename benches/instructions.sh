@@ -39,7 +39,7 @@ while (( $# )); do
     --close) WRK_ARGS=(-H 'Connection: close'); shift ;;
     --duration) DURATION=$2; shift 2 ;;
     --syscalls) SYSCALLS=1; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
