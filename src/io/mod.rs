@@ -53,8 +53,9 @@ pub enum Stream {
 /// them (since Linux 5.10 it retries O_NONBLOCK files that support async), and
 /// [`splice`]'s own calls must never block the worker: splice(2) from a TCP socket
 /// waits according to the socket's O_NONBLOCK flag, whatever SPLICE_F_NONBLOCK says.
-/// One ioctl(FIONBIO) sets that flag alone, where fcntl takes two calls (F_GETFL,
-/// then F_SETFL with the flags read): one system call less per connection.
+/// Accepted sockets come non-blocking from the accept operation; connected ones get
+/// the flag here. One ioctl(FIONBIO) sets that flag alone, where fcntl takes two
+/// calls (F_GETFL, then F_SETFL with the flags read).
 fn set_nonblocking(fd: std::os::fd::RawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: FIONBIO reads one c_int from `on`, which outlives the call; the fd is
@@ -131,8 +132,9 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
         match self {
             Listener::Uring(l) => {
+                // non-blocking already: the accept operation asks for SOCK_NONBLOCK
+                // (vendor/tokio-uring/LURING-PATCH.md)
                 let (s, a) = l.accept().await?;
-                set_nonblocking(s.as_raw_fd())?;
                 Ok((Stream::Uring(UringTcp::new(s)), a))
             }
             Listener::Epoll(l) => {

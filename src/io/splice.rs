@@ -456,6 +456,24 @@ mod tests {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
+    /// splice(2) and the direct recv/send calls rely on O_NONBLOCK: accepted sockets
+    /// get it from the accept operation, connected ones from `set_nonblocking`.
+    #[test]
+    fn accepted_and_connected_sockets_are_non_blocking() {
+        for backend in backends() {
+            run_on_current_thread(backend, || async move {
+                let (src, _a, dst, _b) = pair(backend).await;
+                for s in [&src, &dst] {
+                    let fd = s.raw_fd().unwrap();
+                    // SAFETY: F_GETFL on an fd the stream owns.
+                    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+                    assert!(flags & libc::O_NONBLOCK != 0, "{backend:?}: fd {fd} blocks");
+                }
+            })
+            .unwrap();
+        }
+    }
+
     #[test]
     fn moves_an_exact_length_and_leaves_the_rest() {
         for backend in backends() {

@@ -58,6 +58,8 @@
 
 #![warn(missing_docs)]
 #![allow(clippy::thread_local_initializer_can_be_made_const)]
+// luring patch: newer compilers warn on code of 0.5.0 that this copy does not change
+#![allow(deprecated, unused_assignments, mismatched_lifetime_syntaxes)]
 
 macro_rules! syscall {
     ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{

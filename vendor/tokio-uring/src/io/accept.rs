@@ -30,7 +30,10 @@ impl Op<Accept> {
                         &mut accept.socketaddr.0 as *mut _ as *mut _,
                         &mut accept.socketaddr.1,
                     )
-                    .flags(libc::O_CLOEXEC)
+                    // luring patch: SOCK_NONBLOCK too, so that the accepted socket
+                    // needs no fcntl/ioctl of its own (luring's sockets are
+                    // non-blocking for splice and direct recv/send)
+                    .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
                     .build()
                 },
             )

@@ -39,6 +39,29 @@ impl<T: BoundedBufMut> Op<Read<T>> {
     }
 }
 
+impl<T: BoundedBufMut> Op<Read<T>> {
+    /// luring patch: a socket read as IORING_OP_RECV, which goes straight to the
+    /// socket's recvmsg where IORING_OP_READ first passes through the file read path
+    /// (kiocb set-up, rw_verify_area, security hooks, sock_read_iter).
+    pub(crate) fn recv(fd: &SharedFd, buf: T) -> io::Result<Op<Read<T>>> {
+        use io_uring::{opcode, types};
+
+        CONTEXT.with(|x| {
+            x.handle().expect("Not in a runtime context").submit_op(
+                Read {
+                    fd: fd.clone(),
+                    buf,
+                },
+                |read| {
+                    let ptr = read.buf.stable_mut_ptr();
+                    let len = read.buf.bytes_total();
+                    opcode::Recv::new(types::Fd(fd.raw_fd()), ptr, len as _).build()
+                },
+            )
+        })
+    }
+}
+
 impl<T> Completable for Read<T>
 where
     T: BoundedBufMut,

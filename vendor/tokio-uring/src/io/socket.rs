@@ -44,7 +44,8 @@ impl Socket {
     }
 
     pub(crate) fn write<T: BoundedBuf>(&self, buf: T) -> UnsubmittedWrite<T> {
-        UnsubmittedOneshot::write_at(&self.fd, buf, 0)
+        // luring patch: IORING_OP_SEND, not IORING_OP_WRITE (see `send`)
+        UnsubmittedOneshot::send(&self.fd, buf)
     }
 
     pub async fn write_all<T: BoundedBuf>(&self, buf: T) -> crate::BufResult<(), T> {
@@ -130,7 +131,8 @@ impl Socket {
     }
 
     pub async fn writev<T: BoundedBuf>(&self, buf: Vec<T>) -> crate::BufResult<usize, Vec<T>> {
-        let op = Op::writev_at(&self.fd, buf, 0).unwrap();
+        // luring patch: IORING_OP_SENDMSG, not IORING_OP_WRITEV (see `sendv`)
+        let op = Op::sendv(&self.fd, buf).unwrap();
         op.await
     }
 
@@ -169,7 +171,8 @@ impl Socket {
     }
 
     pub(crate) async fn read<T: BoundedBufMut>(&self, buf: T) -> crate::BufResult<usize, T> {
-        let op = Op::read_at(&self.fd, buf, 0).unwrap();
+        // luring patch: IORING_OP_RECV, not IORING_OP_READ (see `recv`)
+        let op = Op::recv(&self.fd, buf).unwrap();
         op.await
     }
 

@@ -57,3 +57,28 @@ impl<T: BoundedBuf> UnsubmittedWrite<T> {
         )
     }
 }
+
+impl<T: BoundedBuf> UnsubmittedWrite<T> {
+    /// luring patch: a socket write as IORING_OP_SEND (straight to the socket's
+    /// sendmsg, not through the file write path), with MSG_NOSIGNAL: a peer that has
+    /// gone gets EPIPE, never a signal.
+    pub(crate) fn send(fd: &SharedFd, buf: T) -> Self {
+        use io_uring::{opcode, types};
+
+        let ptr = buf.stable_ptr();
+        let len = buf.bytes_init();
+
+        Self::new(
+            WriteData {
+                _fd: fd.clone(),
+                buf,
+            },
+            WriteTransform {
+                _phantom: PhantomData,
+            },
+            opcode::Send::new(types::Fd(fd.raw_fd()), ptr, len as _)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+        )
+    }
+}
