@@ -43,8 +43,9 @@ pub fn probe_uring() -> Result<(), String> {
                 for (code, name) in [
                     (opcode::Accept::CODE, "accept"),
                     (opcode::Connect::CODE, "connect"),
-                    (opcode::Read::CODE, "read"),
-                    (opcode::Write::CODE, "write"),
+                    (opcode::Recv::CODE, "recv"),
+                    (opcode::Send::CODE, "send"),
+                    (opcode::SendMsg::CODE, "sendmsg"),
                 ] {
                     if !probe.is_supported(code) {
                         return Err(format!("kernel io_uring lacks the {name} operation"));
