@@ -37,6 +37,9 @@ pub enum HeadError {
     /// Not valid HTTP/1.x (answer 400); the text says what was wrong.
     #[error("malformed head: {0}")]
     Malformed(&'static str),
+    /// A well-formed request line of HTTP/2 or later (answer 505, as nginx does).
+    #[error("HTTP version {0}.x not supported")]
+    VersionNotSupported(u8),
 }
 
 /// Header slots kept on the stack; a head with more fields (under a larger
@@ -76,6 +79,13 @@ fn request_with<'b>(
     let n = match req.parse_with_uninit_headers(window, slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return partial(full_len, limits),
+        Err(httparse::Error::Version) => {
+            return match later_version(window) {
+                LaterVersion::Major(major) => Err(HeadError::VersionNotSupported(major)),
+                LaterVersion::Undecided => partial(full_len, limits),
+                LaterVersion::No => Err(HeadError::Malformed("unsupported HTTP version")),
+            }
+        }
         Err(e) => return Err(map_error(e, window, limits)),
     };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
@@ -253,6 +263,55 @@ pub(super) fn raw_reason(raw: &Bytes) -> Bytes {
     raw.slice(start + 13..end)
 }
 
+/// What a request line that httparse refused for its version says about it.
+enum LaterVersion {
+    /// Well formed, of HTTP/2 or later (`GET / HTTP/2.0`): RFC 9110 answers 505.
+    Major(u8),
+    /// The line has not ended and may still become such a line: wait for more.
+    Undecided,
+    /// Anything else: malformed.
+    No,
+}
+
+/// Looks at a request line refused for its version; only runs on the error path. A
+/// prefix of a line gets [`LaterVersion::Undecided`] or the whole line's answer.
+fn later_version(window: &[u8]) -> LaterVersion {
+    let Some(start) = window.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        return LaterVersion::No;
+    };
+    let rest = &window[start..];
+    let (line, ended) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (rest[..i].strip_suffix(b"\r").unwrap_or(&rest[..i]), true),
+        None => (rest.strip_suffix(b"\r").unwrap_or(rest), false),
+    };
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return LaterVersion::No;
+    };
+    if method.is_empty()
+        || !method.iter().all(|&b| is_tchar(b))
+        || target.is_empty()
+        || !target.iter().all(|&b| b.is_ascii_graphic())
+    {
+        return LaterVersion::No;
+    }
+    const FORM: &[u8] = b"HTTP/D.D";
+    let fits = version.len() <= FORM.len()
+        && version.iter().zip(FORM).all(|(&b, &f)| match f {
+            b'D' => b.is_ascii_digit(),
+            _ => b == f,
+        });
+    match version.get(5) {
+        Some(b'0' | b'1') | None if version.len() > 5 || ended => LaterVersion::No,
+        _ if !fits => LaterVersion::No,
+        Some(&major) if ended && version.len() == FORM.len() => LaterVersion::Major(major - b'0'),
+        _ if !ended => LaterVersion::Undecided,
+        _ => LaterVersion::No,
+    }
+}
+
 fn map_error(e: httparse::Error, window: &[u8], limits: &Limits) -> HeadError {
     match e {
         httparse::Error::TooManyHeaders => HeadError::TooManyHeaders(limits.max_headers),
@@ -333,27 +392,56 @@ pub fn encode_response_head(head: &ResponseHead, out: &mut BytesMut) {
 pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
+        101 => "Switching Protocols",
         200 => "OK",
         201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
         204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
         301 => "Moved Permanently",
         302 => "Found",
+        303 => "See Other",
         304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
+        402 => "Payment Required",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        429 => "Too Many Requests",
+        406 => "Not Acceptable",
         407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        418 => "I'm a teapot",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        507 => "Insufficient Storage",
+        511 => "Network Authentication Required",
         _ => "",
     }
 }

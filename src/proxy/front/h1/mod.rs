@@ -134,6 +134,11 @@ async fn read_head(c: &mut ClientConn, drain: &mut watch::Receiver<bool>) -> Opt
                     Box::pin(io.fail(conn, 431, &why)).await;
                     return None;
                 }
+                Err(e @ HeadError::VersionNotSupported(_)) => {
+                    let why = format!("request refused: {e}");
+                    Box::pin(io.fail(conn, 505, &why)).await;
+                    return None;
+                }
                 Err(e) => {
                     let why = format!("bad request: {e}");
                     Box::pin(io.fail(conn, 400, &why)).await;
