@@ -82,9 +82,18 @@ fn request_with<'b>(
         Err(httparse::Error::Version) => {
             return match later_version(window) {
                 LaterVersion::Major(major) => Err(HeadError::VersionNotSupported(major)),
+                LaterVersion::HigherMinor(at) => {
+                    // read as HTTP/1.1 (RFC 9112 2.3): parse a copy that says so
+                    let mut copy = window.to_vec();
+                    copy[at] = b'1';
+                    match parse_request_head(&copy, limits) {
+                        Ok(None) => partial(full_len, limits),
+                        r => r,
+                    }
+                }
                 LaterVersion::Undecided => partial(full_len, limits),
                 LaterVersion::No => Err(HeadError::Malformed("unsupported HTTP version")),
-            }
+            };
         }
         Err(e) => return Err(map_error(e, window, limits)),
     };
@@ -267,6 +276,9 @@ pub(super) fn raw_reason(raw: &Bytes) -> Bytes {
 enum LaterVersion {
     /// Well formed, of HTTP/2 or later (`GET / HTTP/2.0`): RFC 9110 answers 505.
     Major(u8),
+    /// Well formed, of HTTP/1.2 to 1.9: read as HTTP/1.1, as RFC 9112 asks (and nginx
+    /// does). The index of the minor digit in the window.
+    HigherMinor(usize),
     /// The line has not ended and may still become such a line: wait for more.
     Undecided,
     /// Anything else: malformed.
@@ -303,11 +315,20 @@ fn later_version(window: &[u8]) -> LaterVersion {
             b'D' => b.is_ascii_digit(),
             _ => b == f,
         });
-    match version.get(5) {
-        Some(b'0' | b'1') | None if version.len() > 5 || ended => LaterVersion::No,
-        _ if !fits => LaterVersion::No,
-        Some(&major) if ended && version.len() == FORM.len() => LaterVersion::Major(major - b'0'),
-        _ if !ended => LaterVersion::Undecided,
+    if !fits || version.get(5) == Some(&b'0') {
+        return LaterVersion::No;
+    }
+    if !ended {
+        return LaterVersion::Undecided;
+    }
+    match version {
+        [.., b'1', b'.', minor] if version.len() == FORM.len() && *minor >= b'2' => {
+            // the version is the line's last bytes
+            LaterVersion::HigherMinor(start + line.len() - 1)
+        }
+        [.., major, b'.', _] if version.len() == FORM.len() && *major >= b'2' => {
+            LaterVersion::Major(major - b'0')
+        }
         _ => LaterVersion::No,
     }
 }

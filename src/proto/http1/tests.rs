@@ -304,6 +304,16 @@ fn request_vectors() -> Vec<(&'static str, &'static [u8], Exp<RequestHead>)> {
             msg(req("GET", "/", Http10, &[]), BodyKind::Empty, &b""[..], &b""[..]),
         ),
         (
+            "HTTP/1.2 read as HTTP/1.1",
+            &b"\r\nPOST /x HTTP/1.2\r\nHost: h\r\nContent-Length: 2\r\n\r\nokGET"[..],
+            msg(req("POST", "/x", Http11, &[("Host", "h"), ("Content-Length", "2")]), BodyKind::Length(2), &b"ok"[..], &b"GET"[..]),
+        ),
+        (
+            "HTTP/1.9 read as HTTP/1.1",
+            &b"GET / HTTP/1.9\n\n"[..],
+            msg(req("GET", "/", Http11, &[]), BodyKind::Empty, &b""[..], &b""[..]),
+        ),
+        (
             "HTTP/1.0 with Content-Length",
             &b"POST /x HTTP/1.0\r\nContent-Length: 2\r\n\r\nok"[..],
             msg(req("POST", "/x", Http10, &[("Content-Length", "2")]), BodyKind::Length(2), &b"ok"[..], &b""[..]),
@@ -534,7 +544,8 @@ fn request_vectors() -> Vec<(&'static str, &'static [u8], Exp<RequestHead>)> {
         ("HTTP/2.0, bad method", &b"G(T / HTTP/2.0\r\n\r\n"[..], Exp::Head(M("bad request line"))),
         ("HTTP/2.0, space in target", &b"GET /a b HTTP/2.0\r\n\r\n"[..], Exp::Head(M("unsupported HTTP version"))),
         ("HTTP/20.0", &b"GET / HTTP/20.0\r\n\r\n"[..], Exp::Head(M("unsupported HTTP version"))),
-        ("HTTP/1.2", &b"GET / HTTP/1.2\r\n\r\n"[..], Exp::Head(M("unsupported HTTP version"))),
+        ("HTTP/1.0.1", &b"GET / HTTP/1.0.1\r\n\r\n"[..], Exp::Head(M("bad line ending"))),
+        ("HTTP/0.9 with a version", &b"GET / HTTP/0.9\r\n\r\n"[..], Exp::Head(M("unsupported HTTP version"))),
         ("HTTP/0.9", &b"GET /\r\n\r\n"[..], Exp::Head(M("bad request line"))),
         ("lower-case version", &b"GET / http/1.1\r\n\r\n"[..], Exp::Head(M("unsupported HTTP version"))),
         ("double space", &b"GET  / HTTP/1.1\r\n\r\n"[..], Exp::Head(M("bad request line"))),
