@@ -90,7 +90,10 @@ const ATTACKS: &[(&str, &str, Expect)] = &[
     // request lines
     ("double space in request line", "GET  $T HTTP/1.1\r\nHost: a\r\n\r\n$S", Head400),
     ("tab in request line", "GET\t$T HTTP/1.1\r\nHost: a\r\n\r\n$S", Head400),
-    ("unknown version", "GET $T HTTP/1.2\r\nHost: a\r\n\r\n$S", Head400),
+    ("unknown version", "GET $T HTTP/1.10\r\nHost: a\r\n\r\n$S", Head400),
+    // a later minor version is read as HTTP/1.1 (RFC 9112 2.3, as nginx and HAProxy
+    // do), with the same framing rules; the upstream is sent HTTP/1.1
+    ("minor version above 1", "POST $T HTTP/1.2\r\nHost: a\r\nContent-Length: 32\r\n\r\n$S", Served("content-length: 32")),
     ("lowercase version", "GET $T http/1.1\r\nHost: a\r\n\r\n$S", Head400),
     ("nul in target", "GET $T\0x HTTP/1.1\r\nHost: a\r\n\r\n$S", Head400),
     ("asterisk on get", "GET * HTTP/1.1\r\nHost: a\r\n\r\n$S", Head400),
