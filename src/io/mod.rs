@@ -465,7 +465,8 @@ impl Stream {
 pub fn run_on_current_thread<F, Fut>(backend: Backend, make: F) -> io::Result<Fut::Output>
 where
     F: FnOnce() -> Fut,
-    Fut: Future,
+    Fut: Future + 'static,
+    Fut::Output: 'static,
 {
     match backend {
         Backend::Uring => {
@@ -480,15 +481,36 @@ where
                 Ok(rt) => rt,
                 Err(_) => tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))?,
             };
-            Ok(rt.block_on(make()))
+            Ok(rt.block_on(as_task(make)))
         }
         Backend::Epoll => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let local = tokio::task::LocalSet::new();
-            Ok(local.block_on(&rt, make()))
+            Ok(local.block_on(&rt, as_task(make)))
         }
+    }
+}
+
+/// Runs `make()`'s future as a task of the worker's LocalSet and waits for it. Run as
+/// the runtime's own `block_on` future instead, every wake of it (each accept's
+/// completion, for a worker's accept loop) marks the runtime woken, and tokio then
+/// polls its driver once more without blocking before it polls the future: one
+/// `epoll_wait` per new connection that a task's wake, queued inside the set, avoids.
+async fn as_task<F, Fut>(make: F) -> Fut::Output
+where
+    F: FnOnce() -> Fut,
+    Fut: Future + 'static,
+    Fut::Output: 'static,
+{
+    match tokio::task::spawn_local(make()).await {
+        Ok(v) => v,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // the runtime is being dropped with the task unfinished: nothing waits
+            Err(e) => panic!("worker task ended without finishing: {e}"),
+        },
     }
 }
 
