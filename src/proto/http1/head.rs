@@ -321,14 +321,14 @@ fn later_version(window: &[u8]) -> LaterVersion {
     if !ended {
         return LaterVersion::Undecided;
     }
-    match version {
-        [.., b'1', b'.', minor] if version.len() == FORM.len() && *minor >= b'2' => {
-            // the version is the line's last bytes
-            LaterVersion::HigherMinor(start + line.len() - 1)
-        }
-        [.., major, b'.', _] if version.len() == FORM.len() && *major >= b'2' => {
-            LaterVersion::Major(major - b'0')
-        }
+    if version.len() != FORM.len() {
+        return LaterVersion::No;
+    }
+    // HTTP/M.m with digits (`fits`), M not 0
+    match (version[5], version[7]) {
+        // the minor digit is the line's last byte
+        (b'1', minor) if minor >= b'2' => LaterVersion::HigherMinor(start + line.len() - 1),
+        (major, _) if major >= b'2' => LaterVersion::Major(major - b'0'),
         _ => LaterVersion::No,
     }
 }
