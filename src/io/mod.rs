@@ -540,3 +540,53 @@ fn peek_one(fd: std::os::fd::RawFd) -> io::Result<usize> {
     }
     Ok(n as usize)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// The worker parks with an accept, then a read, outstanding, and a peer thread
+    /// lets each finish later: the completion must wake the parked worker (through the
+    /// ring's fd in epoll on the io_uring backend), not wait for some other event.
+    #[test]
+    fn completions_wake_a_parked_worker() {
+        let mut backends = vec![Backend::Epoll];
+        if probe_uring().is_ok() {
+            backends.push(Backend::Uring);
+        }
+        for backend in backends {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let peer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                s.write_all(b"ping").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut got = [0; 4];
+                s.read_exact(&mut got).map(|_| got)
+            });
+            let answered = run_on_current_thread(backend, move || async move {
+                let listener = Listener::from_std(backend, l).unwrap();
+                let echo = async {
+                    let (s, _) = listener.accept().await.unwrap();
+                    let (n, buf) = s.read(BytesMut::with_capacity(16)).await;
+                    assert_eq!(n.unwrap(), 4);
+                    s.write_all(buf.freeze()).await.unwrap();
+                };
+                // a lost wake-up shows as this timeout, not as a hung test
+                tokio::time::timeout(Duration::from_secs(10), echo)
+                    .await
+                    .is_ok()
+            })
+            .unwrap();
+            assert!(
+                answered,
+                "{backend:?}: a completion did not wake the worker"
+            );
+            assert_eq!(&peer.join().unwrap().unwrap(), b"ping", "{backend:?}");
+        }
+    }
+}
