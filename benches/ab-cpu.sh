@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Proxy CPU per request of two or more luring builds, A/B in one run: each build runs
 # alone (one worker on core 0; load and origin on core 1), rounds interleaved, and the
-# CPU per request ((utime+stime) / requests) of every round is printed per build.
+# CPU per request ((utime+stime) / requests) of every round is printed per build, then
+# the requests per second of the same rounds.
 # Instruction counts (instructions.sh) can move without CPU time moving: a change that
 # saves instructions may cost system calls. Measure both.
 #
 #   --load h1     wrk -c32 keep-alive, 1 KiB, reverse mode to a plain nginx origin
+#   --load h1one  the same over one connection (wrk -c1): each request waits for the
+#                 one before, so a late wake-up of the worker shows as fewer requests
+#                 per second
 #   --load h1close  the same with a new client connection per request (wrk sends
 #                 `Connection: close`; upstream connections stay pooled)
 #   --load h2c    h2load -c10 -m5 over h2c, the same origin (HTTP/1 upstream)
 #   --load h2tls  h2load -c10 -m5, h2 with TLS on both sides (an nginx h2 TLS origin)
 #
-# usage: bash benches/ab-cpu.sh [--load h1|h1close|h2c|h2tls] [--rounds N] BIN BIN...
+# usage: bash benches/ab-cpu.sh [--load h1|h1one|h1close|h2c|h2tls] [--rounds N] BIN BIN...
 # Needs nginx, wrk, h2load (nghttp2-client) and openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +34,7 @@ while (( $# )); do
   esac
 done
 (( ${#BINS[@]} >= 2 )) || { echo "give at least two builds" >&2; exit 2; }
-case $LOAD in h1|h1close|h2c|h2tls) ;; *) echo "unknown load: $LOAD" >&2; exit 2 ;; esac
+case $LOAD in h1|h1one|h1close|h2c|h2tls) ;; *) echo "unknown load: $LOAD" >&2; exit 2 ;; esac
 for t in nginx wrk h2load openssl taskset; do
   command -v "$t" >/dev/null || { echo "$t is required" >&2; exit 1; }
 done
@@ -73,6 +77,7 @@ load() {
   (( $2 )) && n=5000 secs=1
   case $LOAD in
     h1) taskset -c 1 wrk -t1 -c32 -d"${secs}s" "http://127.0.0.1:$port/1k.bin" ;;
+    h1one) taskset -c 1 wrk -t1 -c1 -d"${secs}s" "http://127.0.0.1:$port/1k.bin" ;;
     h1close) taskset -c 1 wrk -t1 -c32 -d"${secs}s" -H 'Connection: close' \
       "http://127.0.0.1:$port/1k.bin" ;;
     h2c) taskset -c 1 h2load -c10 -m5 -n "$n" "http://127.0.0.1:$port/1k.bin" ;;
@@ -83,12 +88,12 @@ load() {
 # the requests a load tool's output says were answered
 answered() {
   case $LOAD in
-    h1|h1close) awk '/requests in/ { print $1 }' ;;
+    h1|h1one|h1close) awk '/requests in/ { print $1 }' ;;
     *) awk '/^status codes:/ { print $3 }' ;;
   esac
 }
 
-declare -A CPU
+declare -A CPU RATE
 for r in $(seq 1 "$ROUNDS"); do
   for i in "${!BINS[@]}"; do
     port=$(free_port)
@@ -99,16 +104,25 @@ for r in $(seq 1 "$ROUNDS"); do
     wait_port "$port" || { echo "${BINS[$i]} did not start: $(head -c 300 "$W/luring.$i.log")" >&2; exit 1; }
     load "$port" 1 >/dev/null 2>&1
     c0=$(cpu_ticks "$pid")
+    t0=$(date +%s%N)
     out=$(load "$port" 0 2>&1)
+    t1=$(date +%s%N)
     c1=$(cpu_ticks "$pid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
     n=$(answered <<<"$out")
     [[ -n $n && $n -gt 0 ]] || { echo "no requests answered by ${BINS[$i]}: $out" >&2; exit 1; }
     CPU[$i]="${CPU[$i]:-} $(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$(getconf CLK_TCK)" \
       'BEGIN { printf "%.2f", d * 1e6 / hz / n }')"
+    RATE[$i]="${RATE[$i]:-} $(awk -v n="$n" -v ns=$((t1 - t0)) 'BEGIN { printf "%.0f", n * 1e9 / ns }')"
   done
 done
 echo "proxy CPU us per request, --load $LOAD, $ROUNDS round(s) interleaved"
 for i in "${!BINS[@]}"; do
   printf '%-50s %s\n' "${BINS[$i]}" "${CPU[$i]}"
+done
+# CPU per request alone can hide a build that stalls: fewer requests in the same time
+# cost less each (a DEFER_TASKRUN try did just that, docs/decisions.md)
+echo "requests per second, the same rounds"
+for i in "${!BINS[@]}"; do
+  printf '%-50s %s\n' "${BINS[$i]}" "${RATE[$i]}"
 done
