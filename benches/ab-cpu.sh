@@ -120,8 +120,8 @@ echo "proxy CPU us per request, --load $LOAD, $ROUNDS round(s) interleaved"
 for i in "${!BINS[@]}"; do
   printf '%-50s %s\n' "${BINS[$i]}" "${CPU[$i]}"
 done
-# CPU per request alone can hide a build that stalls: fewer requests in the same time
-# cost less each (a DEFER_TASKRUN try did just that, docs/decisions.md)
+# CPU per request alone can hide a build that stalls: it can look cheaper per request
+# while it answers far fewer (a DEFER_TASKRUN try did just that, docs/decisions.md)
 echo "requests per second, the same rounds"
 for i in "${!BINS[@]}"; do
   printf '%-50s %s\n' "${BINS[$i]}" "${RATE[$i]}"
