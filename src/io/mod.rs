@@ -541,6 +541,17 @@ fn peek_one(fd: std::os::fd::RawFd) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// The backends this machine can run, for tests that cover each: epoll, and io_uring
+/// when the kernel allows it.
+#[cfg(test)]
+pub(crate) fn test_backends() -> Vec<Backend> {
+    let mut b = vec![Backend::Epoll];
+    if probe_uring().is_ok() {
+        b.push(Backend::Uring);
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,11 +563,7 @@ mod tests {
     /// ring's fd in epoll on the io_uring backend), not wait for some other event.
     #[test]
     fn completions_wake_a_parked_worker() {
-        let mut backends = vec![Backend::Epoll];
-        if probe_uring().is_ok() {
-            backends.push(Backend::Uring);
-        }
-        for backend in backends {
+        for backend in test_backends() {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap();
             let peer = std::thread::spawn(move || {

@@ -400,7 +400,7 @@ pub async fn splice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{probe_uring, run_on_current_thread, Backend, Listener};
+    use crate::io::{run_on_current_thread, test_backends, Backend, Listener};
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
@@ -418,14 +418,6 @@ mod tests {
             .unwrap();
         let (peer_b, _) = far.accept().unwrap();
         (src, peer_a, dst, peer_b)
-    }
-
-    fn backends() -> Vec<Backend> {
-        let mut b = vec![Backend::Epoll];
-        if probe_uring().is_ok() {
-            b.push(Backend::Uring);
-        }
-        b
     }
 
     /// Writes `data` from a thread (closing after when `close`), so a move larger than
@@ -460,7 +452,7 @@ mod tests {
     /// get it from the accept operation, connected ones from `set_nonblocking`.
     #[test]
     fn accepted_and_connected_sockets_are_non_blocking() {
-        for backend in backends() {
+        for backend in test_backends() {
             run_on_current_thread(backend, || async move {
                 let (src, _a, dst, _b) = pair(backend).await;
                 for s in [&src, &dst] {
@@ -476,7 +468,7 @@ mod tests {
 
     #[test]
     fn moves_an_exact_length_and_leaves_the_rest() {
-        for backend in backends() {
+        for backend in test_backends() {
             run_on_current_thread(backend, || async move {
                 let (src, peer_a, dst, peer_b) = pair(backend).await;
                 let data = pattern(3 * 1024 * 1024 + 17);
@@ -507,7 +499,7 @@ mod tests {
 
     #[test]
     fn until_eof_and_early_eof() {
-        for backend in backends() {
+        for backend in test_backends() {
             run_on_current_thread(backend, || async move {
                 let (src, peer_a, dst, peer_b) = pair(backend).await;
                 let data = pattern(200_000);
@@ -550,7 +542,7 @@ mod tests {
 
     #[test]
     fn a_silent_source_times_out() {
-        for backend in backends() {
+        for backend in test_backends() {
             run_on_current_thread(backend, || async move {
                 let (src, _peer_a, dst, _peer_b) = pair(backend).await;
                 let r = splice(
