@@ -7,6 +7,8 @@
 //! Over TLS, large writes (DATA frames) are encrypted straight from the caller's
 //! buffers into rustls, small ones are joined first (one record for several frames),
 //! and the records are sent from rustls' own buffers (tls_stream): no write queue.
+//! Reads copy decrypted bytes from rustls straight into the caller's buffer; the
+//! operation in flight only reads ciphertext for rustls.
 //!
 //! Writes are behind: a flush returns once what was written is in a write operation
 //! or queued behind one (as a kernel send buffer would hold it), and the operation
@@ -14,6 +16,7 @@
 //! each write to complete let an h2 connection send one frame per turn of the event
 //! loop, and the frames that queue behind a write now go out together in the next.
 
+use super::tls_stream::ReadNow;
 use super::Stream;
 use bytes::{Buf, Bytes, BytesMut};
 use std::future::Future;
@@ -162,6 +165,9 @@ impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncRead for PollStrea
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if matches!(&*this.stream, Stream::Tls(_)) && this.ready.is_empty() {
+            return this.poll_read_tls(cx, out);
+        }
         loop {
             if !this.ready.is_empty() {
                 let n = this.ready.len().min(out.remaining());
@@ -192,6 +198,46 @@ impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> AsyncRead for PollStrea
 }
 
 impl<'a, S: Deref<Target = Stream> + Clone + Unpin + 'a> PollStream<'a, S> {
+    /// A read over TLS: plaintext goes from rustls straight into `out` (no buffer of
+    /// this view's own between them), and the operation in flight only reads
+    /// ciphertext for rustls.
+    fn poll_read_tls(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(op) = self.read.as_mut() {
+                let (res, _) = ready!(op.as_mut().poll(cx));
+                self.read = None;
+                res?;
+            }
+            let Stream::Tls(t) = &*self.stream else {
+                unreachable!("poll_read_tls on a plain stream")
+            };
+            let room = out.remaining();
+            if room == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            match t.read_now(room, |chunk| out.put_slice(chunk))? {
+                ReadNow::Took(n) => {
+                    self.bytes_read += n as u64;
+                    return Poll::Ready(Ok(()));
+                }
+                ReadNow::End => return Poll::Ready(Ok(())),
+                ReadNow::Nothing => {}
+            }
+            let s = self.stream.clone();
+            self.read = Some(Box::pin(async move {
+                let res = match &*s {
+                    Stream::Tls(t) => t.fill().await.map(|_| 0),
+                    _ => Err(super::detached()),
+                };
+                (res, BytesMut::new())
+            }));
+        }
+    }
+
     /// Queues `bufs` (unless [`WRITE_BEHIND`] bytes already wait) and says how many
     /// bytes were taken; they are sent at the next flush, or when the write in flight
     /// completes.
