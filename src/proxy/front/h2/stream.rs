@@ -107,35 +107,40 @@ impl Stream<'_> {
         // comes back to be read and dropped, so the client still gets the answer whole
         let stop = Rc::new(tokio::sync::Notify::new());
         let stopped = stop.clone();
-        let upload = crate::io::spawn(async move {
-            let work = async {
-                match (full, up_dir.as_mut()) {
-                    (Some(_), _) if no_body => Ok(()),
-                    (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref())
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    (None, Some(dir)) => match grpc::relay(&mut body, &mut tx, dir).await {
-                        Ok(grpc::Relayed::Cancelled(..)) => Err("cancelled by a hook".into()),
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(e),
-                    },
-                    (None, None) => h2_relay::relay_rest(&mut body, &mut tx, None)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
+        let upload = if no_body && full.is_some() {
+            // the request ended with its head (most requests): no task to send nothing
+            UploadTask::Done(body)
+        } else {
+            UploadTask::Running(crate::io::spawn(async move {
+                let work = async {
+                    match (full, up_dir.as_mut()) {
+                        (Some(_), _) if no_body => Ok(()),
+                        (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        (None, Some(dir)) => match grpc::relay(&mut body, &mut tx, dir).await {
+                            Ok(grpc::Relayed::Cancelled(..)) => Err("cancelled by a hook".into()),
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(e),
+                        },
+                        (None, None) => h2_relay::relay_rest(&mut body, &mut tx, None)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                    }
+                };
+                let r = tokio::select! {
+                    r = work => r,
+                    _ = stopped.notified() => Err("the upstream failed first".to_string()),
+                };
+                if r.is_err() {
+                    // also what a hook's msg:cancel sends the upstream
+                    tx.send_reset(Reason::CANCEL);
                 }
-            };
-            let r = tokio::select! {
-                r = work => r,
-                _ = stopped.notified() => Err("the upstream failed first".to_string()),
-            };
-            if r.is_err() {
-                // also what a hook's msg:cancel sends the upstream
-                tx.send_reset(Reason::CANCEL);
-            }
-            (r, body)
-        });
+                (r, body)
+            }))
+        };
         let waited = reply
             .unless_reset(up2::response(response, self.s.w.timeouts.upstream))
             .await;
@@ -148,7 +153,7 @@ impl Stream<'_> {
             Ok(r) => r,
             Err(e) => {
                 stop.notify_one();
-                let mut body = upload.await.ok().map(|(_, b)| b);
+                let mut body = upload.finish().await.map(|(_, b)| b);
                 let refused = matches!(e, up2::StreamError::Reset(Reason::REFUSED_STREAM));
                 if let (true, Some((full, left))) = (refused, resend) {
                     if let Some(b) = body.take() {
@@ -177,7 +182,7 @@ impl Stream<'_> {
         self.respond(&req, resp, Source::H2(&mut rbody), reply)
             .await;
         reply.put_tap(true, rbody.tap);
-        if let Ok((r, body)) = upload.await {
+        if let Some((r, body)) = upload.finish().await {
             reply.put_tap(false, body.tap);
             if let Err(why) = r {
                 reply.record(|c| c.error(format!("request body: {why}")));
@@ -564,6 +569,35 @@ async fn relay_h1(
             }
             Ok(_) => {}
             Err(_) => return Err(broken()),
+        }
+    }
+}
+
+/// How an h2 request's body goes upstream.
+// Not boxed: the body stream sits in the stream's future either way, and a box would
+// cost the allocation this saves.
+#[allow(clippy::large_enum_variant)]
+enum UploadTask {
+    /// Nothing to send: the request ended with its head. The client's body stream,
+    /// already at its end.
+    Done(Incoming),
+    /// A task relays it, and hands the client's body stream back with its outcome.
+    Running(tokio::task::JoinHandle<(Result<(), String>, Incoming)>),
+}
+
+impl UploadTask {
+    /// Stops the relay (the client reset the stream).
+    fn abort(&self) {
+        if let UploadTask::Running(t) = self {
+            t.abort();
+        }
+    }
+
+    /// The upload's outcome and the client's body stream; None when it was aborted.
+    async fn finish(self) -> Option<(Result<(), String>, Incoming)> {
+        match self {
+            UploadTask::Done(body) => Some((Ok(()), body)),
+            UploadTask::Running(t) => t.await.ok(),
         }
     }
 }
