@@ -103,15 +103,16 @@ impl Stream<'_> {
             }
             _ => None,
         };
-        // told to stop when the upstream failed before taking the whole body: the body
-        // comes back to be read and dropped, so the client still gets the answer whole
-        let stop = Rc::new(tokio::sync::Notify::new());
-        let stopped = stop.clone();
         let upload = if no_body && full.is_some() {
             // the request ended with its head (most requests): no task to send nothing
             UploadTask::Done(body)
         } else {
-            UploadTask::Running(crate::io::spawn(async move {
+            // told to stop when the upstream failed before taking the whole body: the
+            // body comes back to be read and dropped, so the client still gets the
+            // answer whole
+            let stop = Rc::new(tokio::sync::Notify::new());
+            let stopped = stop.clone();
+            let task = crate::io::spawn(async move {
                 let work = async {
                     match (full, up_dir.as_mut()) {
                         (Some(_), _) if no_body => Ok(()),
@@ -139,7 +140,8 @@ impl Stream<'_> {
                     tx.send_reset(Reason::CANCEL);
                 }
                 (r, body)
-            }))
+            });
+            UploadTask::Running(task, stop)
         };
         let waited = reply
             .unless_reset(up2::response(response, self.s.w.timeouts.upstream))
@@ -152,7 +154,7 @@ impl Stream<'_> {
         let (resp, rx) = match waited {
             Ok(r) => r,
             Err(e) => {
-                stop.notify_one();
+                upload.stop();
                 let mut body = upload.finish().await.map(|(_, b)| b);
                 let refused = matches!(e, up2::StreamError::Reset(Reason::REFUSED_STREAM));
                 if let (true, Some((full, left))) = (refused, resend) {
@@ -581,15 +583,26 @@ enum UploadTask {
     /// Nothing to send: the request ended with its head. The client's body stream,
     /// already at its end.
     Done(Incoming),
-    /// A task relays it, and hands the client's body stream back with its outcome.
-    Running(tokio::task::JoinHandle<(Result<(), String>, Incoming)>),
+    /// A task relays it, and hands the client's body stream back with its outcome;
+    /// told through the `Notify` to stop sending.
+    Running(
+        tokio::task::JoinHandle<(Result<(), String>, Incoming)>,
+        Rc<tokio::sync::Notify>,
+    ),
 }
 
 impl UploadTask {
-    /// Stops the relay (the client reset the stream).
+    /// Drops the relay (the client reset the stream).
     fn abort(&self) {
-        if let UploadTask::Running(t) = self {
+        if let UploadTask::Running(t, _) = self {
             t.abort();
+        }
+    }
+
+    /// Tells the relay to stop sending and hand the body stream back.
+    fn stop(&self) {
+        if let UploadTask::Running(_, stop) = self {
+            stop.notify_one();
         }
     }
 
@@ -597,7 +610,7 @@ impl UploadTask {
     async fn finish(self) -> Option<(Result<(), String>, Incoming)> {
         match self {
             UploadTask::Done(body) => Some((Ok(()), body)),
-            UploadTask::Running(t) => t.await.ok(),
+            UploadTask::Running(t, _) => t.await.ok(),
         }
     }
 }
