@@ -115,7 +115,6 @@ impl Stream<'_> {
             let task = crate::io::spawn(async move {
                 let work = async {
                     match (full, up_dir.as_mut()) {
-                        (Some(_), _) if no_body => Ok(()),
                         (Some(b), _) => h2_stream::send_full(&mut tx, b, trailers.as_ref())
                             .await
                             .map(|_| ())
