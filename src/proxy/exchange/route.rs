@@ -197,12 +197,12 @@ fn forward_target(target: &Bytes) -> Result<Target, Refusal> {
 /// The request of an h2 stream, routed to the session's `target`. Hooks and pipeline
 /// steps see the client's `:authority` as Host, as an HTTP/1 request carries it (it
 /// goes back into `:authority` upstream).
-pub fn h2_request(parts: &http::request::Parts, target: &Target2) -> Result<Request, Refusal> {
+pub fn h2_request(parts: http::request::Parts, target: &Target2) -> Result<Request, Refusal> {
     if parts.method == http::Method::CONNECT {
         return Err((501, "CONNECT over HTTP/2 is not supported".into()));
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut headers = crate::proxy::h2_stream::from_header_map(&parts.headers);
+    let mut headers = crate::proxy::h2_stream::from_h2_head(parts.headers);
     if let Some(a) = parts.uri.authority().filter(|_| !headers.contains("host")) {
         headers.add("host", a.as_str().to_string());
     }

@@ -4,7 +4,7 @@
 
 use crate::http::{Body, Request, Response, Version};
 use crate::io::PollStream;
-use crate::proxy::h2_stream::{from_header_map, set_length, upstream_head};
+use crate::proxy::h2_stream::{from_h2_head, set_length, upstream_head};
 use crate::proxy::upstream::connect::Upstream;
 use crate::proxy::upstream::pool::Key;
 use bytes::Bytes;
@@ -300,7 +300,7 @@ pub fn response_of(
         status: parts.status.as_u16(),
         reason: String::new(),
         version: Version::Http2,
-        headers: from_header_map(&parts.headers),
+        headers: from_h2_head(parts.headers),
         body: if ended {
             Body::Full(Bytes::new())
         } else {

@@ -483,7 +483,7 @@ async fn exchange_stream(
         tracing::info!(conn = s.info.conn_id, "malformed HTTP/2 request: {why}");
         return reply.tx.send_reset(Reason::PROTOCOL_ERROR);
     }
-    let mut req = match route::h2_request(&parts, &s.target) {
+    let mut req = match route::h2_request(parts, &s.target) {
         Ok(r) => r,
         Err((status, text)) => return reply.fail(status, &text),
     };
