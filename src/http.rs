@@ -218,6 +218,11 @@ impl Headers {
         self.h2_head.as_deref()
     }
 
+    /// [`Headers::h2_head`], taken out: for a head sent once (the list stays as it is).
+    pub fn take_h2_head(&mut self) -> Option<http::HeaderMap> {
+        self.h2_head.take().map(|m| *m)
+    }
+
     /// Forgets the h2 head form unless the field changed (`bit`, its [`known_bit`]) is
     /// one such a head leaves out.
     fn changed(&mut self, bit: u16) {

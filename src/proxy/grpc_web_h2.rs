@@ -110,12 +110,12 @@ pub async fn call(
 /// The response head, the upstream's DATA as gRPC-web, its trailers as the last frame.
 async fn relay(
     tx: &mut SendResponse<Bytes>,
-    resp: Response,
+    mut resp: Response,
     mut body: Incoming,
     out: &mut WebBody,
 ) -> Done {
     let status = resp.status;
-    let mut stx = match tx.send_response(h2_stream::response_head(&resp), false) {
+    let mut stx = match tx.send_response(h2_stream::response_head(&mut resp), false) {
         Ok(s) => s,
         Err(_) => return Done::Reset,
     };

@@ -202,13 +202,18 @@ pub fn set_length(h: &mut Headers, body: &Bytes) {
     }
 }
 
-/// Header fields of an h2 head in the version-agnostic form.
+/// Header fields of an h2 head in the version-agnostic form. Common names and values
+/// are static `Bytes`: no allocation, copy or free.
 pub fn from_header_map(map: &http::HeaderMap) -> Headers {
+    use crate::proto::http1::known;
+    let static_or_copy = |s: &[u8], table: fn(&[u8]) -> Option<&'static [u8]>| {
+        table(s).map_or_else(|| Bytes::copy_from_slice(s), Bytes::from_static)
+    };
     let mut h = Headers::with_capacity(map.len());
     for (name, value) in map {
         h.push_wire(
-            Bytes::copy_from_slice(name.as_str().as_bytes()),
-            Bytes::copy_from_slice(value.as_bytes()),
+            static_or_copy(name.as_str().as_bytes(), known::name),
+            static_or_copy(value.as_bytes(), known::value),
         );
     }
     h
@@ -220,6 +225,11 @@ pub fn from_h2_head(map: http::HeaderMap) -> Headers {
     let mut h = from_header_map(&map);
     h.keep_h2_head(map);
     h
+}
+
+/// The h2 head form of `h`: its kept map taken out, or [`to_header_map`] when it has none.
+fn into_head_map(h: &mut Headers) -> http::HeaderMap {
+    h.take_h2_head().unwrap_or_else(|| to_header_map(h, true))
 }
 
 /// Header fields in h2 form: names lower-cased; fields h2 forbids dropped when `head`
@@ -249,7 +259,7 @@ pub fn to_header_map(h: &Headers, head: bool) -> http::HeaderMap {
 /// The h2 head of a request going upstream; `Host` (set by the pipeline) becomes the
 /// `:authority`. The URI is put together from its parts: formatting it whole and
 /// parsing that again cost about 2,000 instructions a request.
-pub fn upstream_head(req: &Request) -> Result<http::Request<()>, String> {
+pub fn upstream_head(req: &mut Request) -> Result<http::Request<()>, String> {
     use http::uri::{Authority, PathAndQuery, Scheme};
     let bad = |e: &dyn std::fmt::Display| format!("cannot send the request over HTTP/2: {e}");
     let authority = match req.headers.get("host") {
@@ -271,16 +281,16 @@ pub fn upstream_head(req: &Request) -> Result<http::Request<()>, String> {
     *r.method_mut() = http::Method::from_bytes(&req.method).map_err(|e| bad(&e))?;
     *r.uri_mut() = http::Uri::from_parts(parts).map_err(|e| bad(&e))?;
     *r.version_mut() = http::Version::HTTP_2;
-    *r.headers_mut() = to_header_map(&req.headers, true);
+    *r.headers_mut() = into_head_map(&mut req.headers);
     Ok(r)
 }
 
 /// The h2 head of a response going to the client.
-pub fn response_head(resp: &Response) -> http::Response<()> {
+pub fn response_head(resp: &mut Response) -> http::Response<()> {
     let mut r = http::Response::new(());
     *r.status_mut() =
         http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    *r.headers_mut() = to_header_map(&resp.headers, true);
+    *r.headers_mut() = into_head_map(&mut resp.headers);
     r
 }
 

@@ -35,7 +35,7 @@
 
 mod body;
 mod head;
-mod known;
+pub(crate) mod known;
 mod wire_head;
 
 pub use body::{encode_chunk, encode_last_chunk, BodyDecoder, BodyError, BodyKind, Decoded, Scan};

@@ -241,7 +241,9 @@ pub async fn start(
     req: &mut Request,
     te_trailers: bool,
 ) -> Result<Started, StreamError> {
-    if te_trailers {
+    // (a client's own `te: trailers` is left as it is: setting it again would cost the
+    // head's kept h2 map)
+    if te_trailers && !req.headers.is_single("te", b"trailers") {
         req.headers.set("te", "trailers");
     }
     if let Body::Full(b) = &req.body {

@@ -114,7 +114,7 @@ impl Reply {
             .take()
             .filter(|_| !is_head && !reply::bodiless(r.status));
         let end = body.is_empty() && trailers.is_none();
-        let Ok(mut tx) = self.send_response(h2_stream::response_head(&r), end) else {
+        let Ok(mut tx) = self.send_response(h2_stream::response_head(&mut r), end) else {
             return;
         };
         if end {

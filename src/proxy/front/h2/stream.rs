@@ -415,7 +415,7 @@ impl Stream<'_> {
         let trailers = resp.trailers.take();
         let end_now =
             self.is_head || matches!(&full, Some(b) if b.is_empty() && trailers.is_none());
-        let mut tx = match reply.send_response(h2_stream::response_head(&resp), end_now) {
+        let mut tx = match reply.send_response(h2_stream::response_head(&mut resp), end_now) {
             Ok(tx) => tx,
             Err(e) => {
                 tracing::debug!(conn = s.info.conn_id, "client stream gone: {e}");
