@@ -79,15 +79,23 @@ impl Send {
 
     fn check_headers(fields: &http::HeaderMap) -> Result<(), UserError> {
         // 8.1.2.2. Connection-Specific Header Fields
-        if fields.contains_key(http::header::CONNECTION)
-            || fields.contains_key(http::header::TRANSFER_ENCODING)
-            || fields.contains_key(http::header::UPGRADE)
-            || fields.contains_key("keep-alive")
-            || fields.contains_key("proxy-connection")
-        {
-            tracing::debug!("illegal connection-specific headers found");
-            return Err(UserError::MalformedHeaders);
-        } else if let Some(te) = fields.get(http::header::TE) {
+        // luring patch: one pass over the field names, each compared with the
+        // forbidden ones, instead of a hashed lookup per forbidden name (two of them
+        // parsing the name from a string first): about 900 instructions a head before.
+        let mut te = false;
+        for name in fields.keys() {
+            if name == http::header::CONNECTION
+                || name == http::header::TRANSFER_ENCODING
+                || name == http::header::UPGRADE
+                || name == "keep-alive"
+                || name == "proxy-connection"
+            {
+                tracing::debug!("illegal connection-specific headers found");
+                return Err(UserError::MalformedHeaders);
+            }
+            te |= name == http::header::TE;
+        }
+        if let Some(te) = fields.get(http::header::TE).filter(|_| te) {
             if te != "trailers" {
                 tracing::debug!("illegal connection-specific headers found");
                 return Err(UserError::MalformedHeaders);
