@@ -134,6 +134,7 @@ fn safe_value(value: Bytes) -> Bytes {
 }
 
 /// The [`known_names`] bit of `name` (case-insensitive), 0 for any other name.
+#[inline]
 pub fn known_bit(name: &[u8]) -> u16 {
     use known_names::*;
     // Length and first letter rule out almost every other name before any comparison.
