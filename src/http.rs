@@ -44,8 +44,9 @@ pub struct Headers {
     /// recomputed on removal), so looking up an absent well-known name costs no scan.
     known: u16,
     /// The HTTP/2 head these fields were read from, kept while no change touches a
-    /// field such a head carries: the fields go back into an h2 head as a clone of it
-    /// instead of a field-by-field rebuild (about 600 instructions a field).
+    /// field such a head carries: the fields go back into an h2 head as that map (taken
+    /// out, or cloned) instead of a field-by-field rebuild (about 600 instructions a
+    /// field).
     h2_head: Option<Box<http::HeaderMap>>,
 }
 
