@@ -99,6 +99,13 @@ pub mod known_names {
         HOST | CONNECTION | PROXY_CONNECTION | KEEP_ALIVE | TRANSFER_ENCODING | UPGRADE;
 }
 
+/// True for a field an HTTP/2 head leaves out (RFC 9113 8.2.2): the connection-specific
+/// ones, Host (sent as `:authority`), and TE unless it says `trailers`. `bit` is the
+/// name's [`known_bit`].
+pub fn h2_head_leaves_out(bit: u16, value: &[u8]) -> bool {
+    bit & known_names::H2_DROPPED != 0 || (bit == known_names::TE && value != b"trailers")
+}
+
 /// True for a non-empty token (RFC 9110 5.1), the only thing a field name may be.
 fn is_field_name(name: &[u8]) -> bool {
     !name.is_empty() && name.iter().all(|&b| is_tchar(b))
@@ -208,8 +215,10 @@ impl Headers {
     /// Keeps `map`, the HTTP/2 head these fields were just read from in its order, for
     /// [`Headers::h2_head`]; a map holding a field an h2 head would leave out is not kept.
     pub fn keep_h2_head(&mut self, map: http::HeaderMap) {
-        let te_ok = || self.get_all("te").all(|v| v.as_ref() == b"trailers");
-        if !self.may_have(known_names::H2_DROPPED) && (!self.may_have(known_names::TE) || te_ok()) {
+        let leaves_out = |f: &Header| h2_head_leaves_out(known_bit(&f.name), &f.value);
+        if !self.may_have(known_names::H2_DROPPED | known_names::TE)
+            || !self.list.iter().any(leaves_out)
+        {
             self.h2_head = Some(Box::new(map));
         }
     }

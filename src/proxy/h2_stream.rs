@@ -3,24 +3,12 @@
 //! between the version-agnostic form and h2's.
 
 use crate::flows::capture::BodyTap;
-use crate::http::{Body, Headers, Request, Response};
+use crate::http::{h2_head_leaves_out, known_bit, Body, Headers, Request, Response};
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use std::cell::Cell;
 use std::task::Poll;
 use std::time::Duration;
-
-/// Fields that are meaningful on one HTTP/1 connection only and must not appear in
-/// HTTP/2 (RFC 9113 section 8.2.2); `te` is allowed with the value "trailers" only.
-const CONNECTION_SPECIFIC: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "te",
-];
 
 /// A body as it arrives on one stream.
 pub struct Incoming {
@@ -232,23 +220,20 @@ fn into_head_map(h: &mut Headers) -> http::HeaderMap {
     h.take_h2_head().unwrap_or_else(|| to_header_map(h, true))
 }
 
-/// Header fields in h2 form: names lower-cased; fields h2 forbids dropped when `head`
-/// (`te: trailers` is the one connection field h2 keeps).
+/// Header fields in h2 form: names lower-cased; when `head`, without the fields an h2
+/// head leaves out ([`h2_head_leaves_out`], the rule the kept map is checked by too).
 pub fn to_header_map(h: &Headers, head: bool) -> http::HeaderMap {
     if let Some(map) = h.h2_head().filter(|_| head) {
         return map.clone();
     }
     let mut map = http::HeaderMap::with_capacity(h.len());
     for f in h.iter() {
+        if head && h2_head_leaves_out(known_bit(&f.name), &f.value) {
+            continue;
+        }
         let Ok(name) = http::HeaderName::from_bytes(&f.name) else {
             continue;
         };
-        if head
-            && CONNECTION_SPECIFIC.contains(&name.as_str())
-            && !(name == http::header::TE && f.value.as_ref() == b"trailers")
-        {
-            continue;
-        }
         if let Ok(v) = http::HeaderValue::from_maybe_shared(f.value.clone()) {
             map.append(name, v);
         }
