@@ -13,7 +13,7 @@ use std::ptr::NonNull;
 use std::task::{Context, Poll};
 
 /// Size of a block: the largest future put in one must fit (checked at compile time).
-const BLOCK: usize = 8 * 1024;
+const BLOCK: usize = 16 * 1024;
 /// Alignment of a block.
 const ALIGN: usize = 64;
 /// Free blocks a thread keeps: as many as requests it usually has in flight at once;

@@ -146,7 +146,9 @@ impl Lazy {
         Ok(made.0)
     }
 
-    fn usable(&self) -> Option<SendRequest<Bytes>> {
+    /// A handle to the open connection if it still takes streams (no future: callers
+    /// check this before they make [`Lazy::sender`]'s, which is several KiB).
+    pub fn usable(&self) -> Option<SendRequest<Bytes>> {
         match self.conn.borrow().as_ref() {
             Some((up, alive)) if alive.get() => taking_streams(up),
             _ => None,

@@ -24,6 +24,7 @@ use crate::proxy::exchange::route::{self, Target2};
 use crate::proxy::exchange::{Decision, Flow, Message, Source};
 use crate::proxy::grpc;
 use crate::proxy::h2_stream::{self, Incoming};
+use crate::proxy::recycled::Recycled;
 use crate::proxy::upstream::h2::{self as up2};
 use crate::proxy::upstream::{self, Key, Upstream};
 use crate::proxy::worker::{Counters, Worker};
@@ -143,11 +144,19 @@ impl Session {
             UpstreamConn::H2(up) => match up2::taking_streams(up) {
                 Some(up) => return H2Upstream::H2(up),
                 None if self.fell_back.get() => return H2Upstream::Http1,
-                // boxed, as below: a connection's handshake would otherwise make this
-                // future, which every stream moves, several KiB
-                None => Box::pin(self.renewed_h2()).await,
+                // the one an earlier stream made, if it still takes streams; else a
+                // new one, boxed as below: a connection's handshake would otherwise make
+                // this future, which every stream moves, several KiB (and the check
+                // comes first: boxing that future copies all of it)
+                None => match self.h2c.usable() {
+                    Some(up) => Ok(up),
+                    None => Box::pin(self.renewed_h2()).await,
+                },
             },
-            UpstreamConn::Http1OrH2c => Box::pin(self.h2c_sender()).await,
+            UpstreamConn::Http1OrH2c => match self.h2c.usable() {
+                Some(up) => Ok(up),
+                None => Box::pin(self.h2c_sender()).await,
+            },
             UpstreamConn::Http1 => return H2Upstream::Http1,
             UpstreamConn::Failed(e) => Err(e.clone()),
         };
@@ -416,7 +425,10 @@ fn spawn_stream(
     Counters::bump(&session.w.counters.requests);
     session.open.set(session.open.get() + 1);
     let s = session.clone();
-    let fut = async move {
+    // made straight into a recycled block: boxing the finished future copied all of it
+    // (about 9 KB, though a fresh one holds only its captures) on every stream, and the
+    // task then holds only the block's pointer
+    let fut = Recycled::new(move || async move {
         // what the protocol label needs is read only when metrics are on
         let m = crate::metrics::clock().map(|t0| {
             let ctype = req.headers().get(http::header::CONTENT_TYPE);
@@ -454,10 +466,8 @@ fn spawn_stream(
         if let Some(w) = s.parked.take() {
             w.wake();
         }
-    };
-    // boxed before it is spawned: the task's future (about 11 KB) is then moved as a
-    // pointer, where spawning it by value copied all of it two or three times
-    crate::io::spawn(Box::pin(fut));
+    });
+    crate::io::spawn(fut);
 }
 
 /// One stream: the request event, then the exchange with the upstream over h2 or
