@@ -557,16 +557,16 @@ async fn exchange_stream(
     // a request a hook re-routed leaves this session's upstream: HTTP/1.1 to its own.
     // The HTTP/1.1 leg and the gateway are boxed: inline they would more than double
     // the future of every stream (about 11 KB), which is copied as each level starts.
+    // the worker's cached key: building one anew cost two allocations and a parse
+    let key = s.w.pool_key(&req.scheme, &req.authority);
     match &s.upstream {
-        _ if Key::new(&req.scheme, &req.authority) != s.key => {
-            Box::pin(ex.via_h1(req, body, reply)).await
-        }
+        _ if key != s.key => Box::pin(ex.via_h1(req, body, reply, key)).await,
         UpstreamConn::H2(_) => ex.via_session_h2(req, body, reply, up2::RESENDS).await,
         UpstreamConn::Http1OrH2c if is_grpc(&req.headers) => {
             ex.via_session_h2(req, body, reply, up2::RESENDS).await
         }
         UpstreamConn::Http1 | UpstreamConn::Http1OrH2c => {
-            Box::pin(ex.via_h1(req, body, reply)).await
+            Box::pin(ex.via_h1(req, body, reply, key)).await
         }
         UpstreamConn::Failed(e) => ex.fail_flow(&req, reply, e.clone()).await,
     }

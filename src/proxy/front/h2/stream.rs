@@ -51,7 +51,11 @@ impl Stream<'_> {
     ) {
         match self.s.h2_upstream().await {
             H2Upstream::H2(up) => self.via_h2(up, req, body, reply, resends).await,
-            H2Upstream::Http1 => Box::pin(self.via_h1(req, body, reply)).await,
+            H2Upstream::Http1 => {
+                // only a request to the session's own upstream comes this way
+                let key = self.s.key.clone();
+                Box::pin(self.via_h1(req, body, reply, key)).await
+            }
             H2Upstream::Failed(e) => self.fail_flow(&req, reply, e).await,
         }
     }
@@ -219,11 +223,16 @@ impl Stream<'_> {
         reply.answer(resp, self.is_head);
     }
 
-    /// Relays the request over HTTP/1.1 (a pooled or new connection to its authority),
-    /// and the HTTP/1 response back as h2.
-    pub(super) async fn via_h1(&self, mut req: Request, mut body: Incoming, reply: &mut Reply) {
+    /// Relays the request over HTTP/1.1 (a pooled or new connection to `key`, its
+    /// authority's), and the HTTP/1 response back as h2.
+    pub(super) async fn via_h1(
+        &self,
+        mut req: Request,
+        mut body: Incoming,
+        reply: &mut Reply,
+        key: Key,
+    ) {
         let w = &*self.s.w;
-        let key = Key::new(&req.scheme, &req.authority);
         let mut up = match upstream::reuse(w, &key) {
             Some(u) => u,
             None => {
