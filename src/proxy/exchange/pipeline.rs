@@ -204,4 +204,21 @@ mod tests {
             .collect();
         assert_eq!(names, ["Host", "Transfer-Encoding", "X-End"]);
     }
+
+    #[test]
+    fn every_listed_name_goes_however_many() {
+        // more names than are held inline, over two Connection fields
+        let mut h = Headers::new();
+        h.add("Connection", "close, A, b , C,D");
+        h.add("connection", "E,,f");
+        for n in ["a", "B", "c", "d", "e", "F", "G", "Close"] {
+            h.add(n, "1");
+        }
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.name).into_owned())
+            .collect();
+        assert_eq!(names, ["G"]);
+    }
 }
