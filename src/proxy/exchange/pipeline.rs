@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn every_listed_name_goes_however_many() {
-        // more names than are held inline, over two Connection fields
+        // several listed names, over two Connection fields, in any case
         let mut h = Headers::new();
         h.add("Connection", "close, A, b , C,D");
         h.add("connection", "E,,f");

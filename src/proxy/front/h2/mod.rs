@@ -144,10 +144,9 @@ impl Session {
             UpstreamConn::H2(up) => match up2::taking_streams(up) {
                 Some(up) => return H2Upstream::H2(up),
                 None if self.fell_back.get() => return H2Upstream::Http1,
-                // the one an earlier stream made, if it still takes streams; else a
-                // new one, boxed as below: a connection's handshake would otherwise make
-                // this future, which every stream moves, several KiB (and the check
-                // comes first: boxing that future copies all of it)
+                // the connection an earlier stream made, checked first (boxing the
+                // future that makes one copies all of it), else a new one: boxed, as
+                // below, or its handshake would make this future several KiB
                 None => match self.h2c.usable() {
                     Some(up) => Ok(up),
                     None => Box::pin(self.renewed_h2()).await,
@@ -554,11 +553,11 @@ async fn exchange_stream(
         te_trailers,
         call: call.clone(),
     };
+    // the worker's cached key: building one anew cost two allocations and a parse
+    let key = s.w.pool_key(&req.scheme, &req.authority);
     // a request a hook re-routed leaves this session's upstream: HTTP/1.1 to its own.
     // The HTTP/1.1 leg and the gateway are boxed: inline they would more than double
     // the future of every stream (about 11 KB), which is copied as each level starts.
-    // the worker's cached key: building one anew cost two allocations and a parse
-    let key = s.w.pool_key(&req.scheme, &req.authority);
     match &s.upstream {
         _ if key != s.key => Box::pin(ex.via_h1(req, body, reply, key)).await,
         UpstreamConn::H2(_) => ex.via_session_h2(req, body, reply, up2::RESENDS).await,
