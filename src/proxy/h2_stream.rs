@@ -231,14 +231,51 @@ pub fn to_header_map(h: &Headers, head: bool) -> http::HeaderMap {
         if head && h2_head_leaves_out(known_bit(&f.name), &f.value) {
             continue;
         }
-        let Ok(name) = http::HeaderName::from_bytes(&f.name) else {
-            continue;
+        let name = match common_name(&f.name) {
+            Some(n) => n,
+            None => match http::HeaderName::from_bytes(&f.name) {
+                Ok(n) => n,
+                Err(_) => continue,
+            },
         };
         if let Ok(v) = http::HeaderValue::from_maybe_shared(f.value.clone()) {
             map.append(name, v);
         }
     }
     map
+}
+
+/// The h2 name of a common field name in the spellings HTTP/1 peers use, without
+/// `HeaderName::from_bytes`'s lower-casing and lookup (about 150 instructions a field;
+/// an exact match costs a few dozen).
+fn common_name(name: &[u8]) -> Option<http::HeaderName> {
+    use http::header::*;
+    Some(match name {
+        b"Date" | b"date" => DATE,
+        b"Server" | b"server" => SERVER,
+        b"Content-Type" | b"content-type" => CONTENT_TYPE,
+        b"Content-Length" | b"content-length" => CONTENT_LENGTH,
+        b"Content-Encoding" | b"content-encoding" => CONTENT_ENCODING,
+        b"Last-Modified" | b"last-modified" => LAST_MODIFIED,
+        b"ETag" | b"Etag" | b"etag" => ETAG,
+        b"Accept-Ranges" | b"accept-ranges" => ACCEPT_RANGES,
+        b"Cache-Control" | b"cache-control" => CACHE_CONTROL,
+        b"Expires" | b"expires" => EXPIRES,
+        b"Vary" | b"vary" => VARY,
+        b"Age" | b"age" => AGE,
+        b"Location" | b"location" => LOCATION,
+        b"Set-Cookie" | b"set-cookie" => SET_COOKIE,
+        b"User-Agent" | b"user-agent" => USER_AGENT,
+        b"Accept" | b"accept" => ACCEPT,
+        b"Accept-Encoding" | b"accept-encoding" => ACCEPT_ENCODING,
+        b"Accept-Language" | b"accept-language" => ACCEPT_LANGUAGE,
+        b"Cookie" | b"cookie" => COOKIE,
+        b"Referer" | b"referer" => REFERER,
+        b"Origin" | b"origin" => ORIGIN,
+        b"Authorization" | b"authorization" => AUTHORIZATION,
+        b"TE" | b"te" => TE,
+        _ => return None,
+    })
 }
 
 /// The h2 head of a request going upstream; `Host` (set by the pipeline) becomes the
@@ -283,6 +320,57 @@ pub fn response_head(resp: &mut Response) -> http::Response<()> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn common_names_are_what_from_bytes_makes() {
+        let common = [
+            "date",
+            "server",
+            "content-type",
+            "content-length",
+            "content-encoding",
+            "last-modified",
+            "etag",
+            "accept-ranges",
+            "cache-control",
+            "expires",
+            "vary",
+            "age",
+            "location",
+            "set-cookie",
+            "user-agent",
+            "accept",
+            "accept-encoding",
+            "accept-language",
+            "cookie",
+            "referer",
+            "origin",
+            "authorization",
+            "te",
+        ];
+        let other = ["x-custom", "content-md5", "dates", "dat", "-", ""];
+        let title = |lower: &str| {
+            let words = lower.split('-').map(|w| {
+                let (first, rest) = w.split_at(w.len().min(1));
+                first.to_uppercase() + rest
+            });
+            words.collect::<Vec<_>>().join("-")
+        };
+        for lower in common.iter().chain(&other) {
+            let is_common = common.contains(lower);
+            assert_eq!(
+                common_name(lower.as_bytes()).is_some(),
+                is_common,
+                "{lower}"
+            );
+            for spelling in [title(lower), lower.to_uppercase(), "ETag".into()] {
+                let want = http::HeaderName::from_bytes(spelling.as_bytes()).ok();
+                if let Some(n) = common_name(spelling.as_bytes()) {
+                    assert_eq!(Some(n), want, "{spelling}");
+                }
+            }
+        }
+    }
 
     /// The h2 head form built field by field, bypassing the kept map.
     fn rebuilt(h: &Headers) -> http::HeaderMap {
