@@ -14,4 +14,6 @@ pub mod plugin;
 pub mod proto;
 pub mod proxy;
 pub mod runtime;
+#[doc(hidden)]
+pub mod scratch;
 pub mod tls;

@@ -11,11 +11,8 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Writes plugin files into a fresh directory; returns their paths in order.
 pub(super) fn files(srcs: &[(&str, &str)]) -> Vec<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "luring-plugin-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir =
+        crate::scratch::root().join(format!("plugin-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir_all(&dir).unwrap();
     srcs.iter()
         .map(|(name, src)| {

@@ -466,7 +466,7 @@ fn make_info(dir: &Confdir, der: &CertificateDer<'_>, key: &KeyPair) -> Result<C
 /// A fresh, empty directory under the system temp dir for tests.
 #[cfg(test)]
 pub(crate) fn test_dir(name: &str) -> Confdir {
-    let dir = std::env::temp_dir().join(format!("luring-tls-{}-{name}", std::process::id()));
+    let dir = crate::scratch::root().join(format!("tls-{name}"));
     let _ = fs::remove_dir_all(&dir);
     Confdir(dir)
 }

@@ -158,7 +158,9 @@ fn parse_listening(text: &str) -> Option<(SocketAddr, String)> {
 fn scratch_config_home() -> &'static std::path::Path {
     static HOME: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     HOME.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("luring-test-config-{}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        luring::scratch::sweep_stale(&tmp, "luring-test-config-");
+        let d = tmp.join(format!("luring-test-config-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("scratch config home");
         d
     })
