@@ -44,7 +44,7 @@ pub use head::{
     looks_like_request_start, parse_request_head, parse_response_head, reason, request_body_kind,
     response_body_kind, transfer_encoding_to_send, HeadError, Limits,
 };
-pub use wire_head::{parse_response_wire, ParsedResponse, WireHead};
+pub use wire_head::{parse_response_wire, plain_scan_agrees, ParsedResponse, WireHead};
 
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use super::head::{
     response_kind, version, Framing,
 };
 use super::{BodyKind, HeadError, Limits};
-use crate::http::{known_bit, known_names, ResponseHead, Version};
+use crate::http::{is_tchar, known_bit, known_names, ResponseHead, Version};
 use bytes::{Bytes, BytesMut};
 
 /// Hop-by-hop and framing lines a head may hold and still relay as bytes; more
@@ -70,6 +70,48 @@ pub struct WireHead {
     length_text: (u32, u32),
 }
 
+/// Length of the value at the start of `rest`, up to the CR that should end its line,
+/// if the value is plain: not empty, no whitespace at either end, and only visible
+/// ASCII, spaces, tabs and obs-text (httparse's field-value bytes) within.
+fn plain_value_len(rest: &[u8]) -> Option<usize> {
+    let edge = |b: u8| b > b' ' && b != 0x7f;
+    if !edge(*rest.first()?) {
+        return None;
+    }
+    let mut i = 1;
+    loop {
+        let stop = i + first_control(rest.get(i..)?)?;
+        match rest[stop] {
+            b'\r' => return edge(rest[stop - 1]).then_some(stop),
+            b'\t' => i = stop + 1,
+            _ => return None,
+        }
+    }
+}
+
+/// Index of the first byte of `s` below 0x20 or DEL, eight bytes at a time.
+fn first_control(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = s.chunks_exact(8);
+    let mut at = 0;
+    for word in words.by_ref() {
+        let x = u64::from_le_bytes(word.try_into().ok()?);
+        let del = x ^ (ONES * 0x7f);
+        // the classic has-less-than and has-zero tests: the lowest flagged byte is
+        // always a true one (borrows only run upwards)
+        let hit = (x.wrapping_sub(ONES * 0x20) & !x | del.wrapping_sub(ONES) & !del) & HIGH;
+        if hit != 0 {
+            return Some(at + hit.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let tail = words.remainder();
+    tail.iter()
+        .position(|&b| b < 0x20 || b == 0x7f)
+        .map(|i| at + i)
+}
+
 /// A parsed response head: as bytes ([`parse_response_wire`] keeps final heads so) or
 /// as a field list.
 #[derive(Debug)]
@@ -97,6 +139,10 @@ pub fn parse_response_wire(
     buf: &[u8],
     limits: &Limits,
 ) -> Result<Option<(ParsedResponse, usize)>, HeadError> {
+    let window = &buf[..buf.len().min(limits.max_head_size)];
+    if let Some((w, n)) = WireHead::scan_plain(window, limits) {
+        return Ok(Some((ParsedResponse::Wire(Box::new(w)), n)));
+    }
     parse_response_with(buf, limits, |res, window, n| {
         if res.code.unwrap_or_default() < 200 {
             ParsedResponse::Head(model_response(res, window, n))
@@ -106,132 +152,246 @@ pub fn parse_response_wire(
     })
 }
 
+/// One pass over a head's field lines, in order, gathering what relaying needs.
+struct Pass<'w> {
+    w: WireHead,
+    /// Lines taken so far, and where the next one starts if the lines are plain.
+    lines: usize,
+    next: usize,
+    /// Names listed in Connection (the first two).
+    listed: [&'w [u8]; 2],
+    n_listed: usize,
+    codings: u32,
+}
+
+impl<'w> Pass<'w> {
+    /// A pass for a head with this status line; `reason` is a byte range of the head.
+    fn new(minor: u8, status: u16, reason: (usize, usize)) -> Self {
+        Pass {
+            w: WireHead {
+                bytes: Bytes::new(),
+                version: version(minor),
+                status,
+                reason: (reason.0 as u32, reason.1 as u32),
+                fields: (0, 0),
+                marks: [Mark {
+                    start: 0,
+                    end: 0,
+                    line: Line::HopByHop,
+                }; MAX_MARKS],
+                n_marks: 0,
+                framing: Ok(Framing::default()),
+                close: false,
+                plain: true,
+                te_chunked: false,
+                lengths: 0,
+                length_text: (0, 0),
+            },
+            lines: 0,
+            next: 0,
+            listed: [b""; 2],
+            n_listed: 0,
+            codings: 0,
+        }
+    }
+
+    /// Whether a line starting at `start` follows the last one directly.
+    fn follows(&self, start: usize) -> bool {
+        self.lines == 0 || start == self.next
+    }
+
+    /// Takes the field line at `start` whose value is `value`, at `value_at`.
+    fn field(&mut self, start: usize, name: &'w [u8], value_at: usize, value: &'w [u8]) {
+        let w = &mut self.w;
+        if self.lines == 0 {
+            w.fields.0 = start as u32;
+        }
+        self.lines += 1;
+        let value_end = value_at + value.len();
+        self.next = value_end + 2;
+        let bit = known_bit(name);
+        if bit == 0 {
+            return;
+        }
+        let line = if bit & known_names::HOP_BY_HOP != 0 {
+            if bit & (known_names::CONNECTION | known_names::PROXY_CONNECTION) != 0 {
+                for t in value.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    if bit == known_names::CONNECTION && t.eq_ignore_ascii_case(b"close") {
+                        w.close = true;
+                    }
+                    let framing = known_names::TRANSFER_ENCODING | known_names::CONTENT_LENGTH;
+                    if t.is_empty() || known_bit(t) & (known_names::HOP_BY_HOP | framing) != 0 {
+                        continue;
+                    }
+                    // a name listed in Connection goes too (checked in finish)
+                    match self.listed.get_mut(self.n_listed) {
+                        Some(slot) => *slot = t,
+                        None => w.plain = false,
+                    }
+                    self.n_listed += 1;
+                }
+            }
+            Line::HopByHop
+        } else if bit == known_names::CONTENT_LENGTH {
+            if let Ok(f) = &mut w.framing {
+                if let Err(e) = f.content_length(value) {
+                    w.framing = Err(e);
+                }
+            }
+            w.lengths = w.lengths.saturating_add(1);
+            w.length_text = (value_at as u32, value_end as u32);
+            Line::Length
+        } else if bit == known_names::TRANSFER_ENCODING {
+            if let Ok(f) = &mut w.framing {
+                if let Err(e) = f.transfer_encoding(value) {
+                    w.framing = Err(e);
+                }
+            }
+            self.codings += 1;
+            w.te_chunked = self.codings == 1 && value == b"chunked";
+            Line::Coding
+        } else {
+            // request-only names (Host, Expect) relay as they are
+            return;
+        };
+        match w.marks.get_mut(usize::from(w.n_marks)) {
+            Some(m) => {
+                *m = Mark {
+                    start: start as u32,
+                    end: self.next as u32,
+                    line,
+                }
+            }
+            None => w.plain = false,
+        }
+        w.n_marks = w.n_marks.saturating_add(1);
+    }
+
+    /// The head `window[..n]` after its last line; `any_named` says whether a field of
+    /// the head has a name the given test accepts.
+    fn finish(
+        self,
+        window: &[u8],
+        n: usize,
+        any_named: impl FnOnce(&dyn Fn(&[u8]) -> bool) -> bool,
+    ) -> WireHead {
+        let end_of_fields = n - 2;
+        let follows = self.follows(end_of_fields);
+        let mut w = self.w;
+        if self.lines == 0 {
+            w.fields.0 = end_of_fields as u32;
+        }
+        w.fields.1 = end_of_fields as u32;
+        // u32 offsets; heads are far smaller under any sane max_head_size
+        w.plain &= n < u32::MAX as usize && follows;
+        // a field named in Connection would have to go as well: rare enough to take the
+        // field list for
+        if w.plain && self.n_listed > 0 {
+            let listed = &self.listed[..self.n_listed.min(2)];
+            w.plain = !any_named(&|name| listed.iter().any(|t| t.eq_ignore_ascii_case(name)));
+        }
+        w.bytes = Bytes::copy_from_slice(&window[..n]);
+        w
+    }
+}
+
 impl WireHead {
     /// One pass over httparse's fields for a complete head `window[..n]`.
     fn scan(res: &httparse::Response<'_, '_>, window: &[u8], n: usize) -> WireHead {
         let base = window.as_ptr() as usize;
         let at = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(base);
         let reason = res.reason.unwrap_or_default();
-        let mut w = WireHead {
-            bytes: Bytes::copy_from_slice(&window[..n]),
-            version: version(res.version.unwrap_or(1)),
-            status: res.code.unwrap_or_default(),
-            reason: (
-                at(reason.as_bytes()) as u32,
-                (at(reason.as_bytes()) + reason.len()) as u32,
-            ),
-            fields: (0, 0),
-            marks: [Mark {
-                start: 0,
-                end: 0,
-                line: Line::HopByHop,
-            }; MAX_MARKS],
-            n_marks: 0,
-            framing: Ok(Framing::default()),
-            close: false,
-            // u32 offsets; heads are far smaller under any sane max_head_size
-            plain: n < u32::MAX as usize && reason.is_ascii(),
-            te_chunked: false,
-            lengths: 0,
-            length_text: (0, 0),
+        let reason_at = match reason {
+            "" => (0, 0),
+            r => (at(r.as_bytes()), at(r.as_bytes()) + r.len()),
         };
-        if reason.is_empty() {
-            w.reason = (0, 0);
-            // httparse blanks a reason holding obs-text: such a head takes the field list
-            w.plain &= raw_reason(&w.bytes).is_empty();
-        }
-        let end_of_fields = n - 2;
-        let mut next = res
-            .headers
-            .first()
-            .map_or(end_of_fields, |h| at(h.name.as_bytes()));
-        w.fields.0 = next as u32;
-        let mut listed: [&[u8]; 2] = [b""; 2];
-        let mut n_listed = 0;
-        let mut codings = 0;
+        let mut pass = Pass::new(
+            res.version.unwrap_or(1),
+            res.code.unwrap_or_default(),
+            reason_at,
+        );
+        let mut plain = reason.is_ascii() && window.get(n - 2..n) == Some(b"\r\n");
         for h in res.headers.iter() {
             let name = h.name.as_bytes();
             let start = at(name);
             let name_end = start + name.len();
             let value_at = at(h.value);
             let value_end = value_at + h.value.len();
-            w.plain &= start == next
+            plain &= pass.follows(start)
                 && !h.value.is_empty()
                 && value_at == name_end + 2
                 && window.get(name_end..value_at) == Some(b": ")
                 && window.get(value_end..value_end + 2) == Some(b"\r\n");
-            next = value_end + 2;
-            let bit = known_bit(name);
-            if bit == 0 {
-                continue;
-            }
-            let line = if bit & known_names::HOP_BY_HOP != 0 {
-                if bit & (known_names::CONNECTION | known_names::PROXY_CONNECTION) != 0 {
-                    for t in h.value.split(|&b| b == b',') {
-                        let t = t.trim_ascii();
-                        if bit == known_names::CONNECTION && t.eq_ignore_ascii_case(b"close") {
-                            w.close = true;
-                        }
-                        let framing = known_names::TRANSFER_ENCODING | known_names::CONTENT_LENGTH;
-                        if t.is_empty() || known_bit(t) & (known_names::HOP_BY_HOP | framing) != 0 {
-                            continue;
-                        }
-                        // a name listed in Connection goes too (checked below)
-                        match listed.get_mut(n_listed) {
-                            Some(slot) => *slot = t,
-                            None => w.plain = false,
-                        }
-                        n_listed += 1;
-                    }
-                }
-                Line::HopByHop
-            } else if bit == known_names::CONTENT_LENGTH {
-                if let Ok(f) = &mut w.framing {
-                    if let Err(e) = f.content_length(h.value) {
-                        w.framing = Err(e);
-                    }
-                }
-                w.lengths = w.lengths.saturating_add(1);
-                w.length_text = (value_at as u32, value_end as u32);
-                Line::Length
-            } else if bit == known_names::TRANSFER_ENCODING {
-                if let Ok(f) = &mut w.framing {
-                    if let Err(e) = f.transfer_encoding(h.value) {
-                        w.framing = Err(e);
-                    }
-                }
-                codings += 1;
-                w.te_chunked = codings == 1 && h.value == b"chunked";
-                Line::Coding
-            } else {
-                // request-only names (Host, Expect) relay as they are
-                continue;
-            };
-            match w.marks.get_mut(usize::from(w.n_marks)) {
-                Some(m) => {
-                    *m = Mark {
-                        start: start as u32,
-                        end: next as u32,
-                        line,
-                    }
-                }
-                None => w.plain = false,
-            }
-            w.n_marks = w.n_marks.saturating_add(1);
+            pass.field(start, name, value_at, h.value);
         }
-        w.plain &= next == end_of_fields && window.get(end_of_fields..n) == Some(b"\r\n");
-        w.fields.1 = end_of_fields as u32;
-        // a field named in Connection would have to go as well: rare enough to take the
-        // field list for
-        if w.plain && n_listed > 0 {
-            let named = |name: &[u8]| {
-                listed[..n_listed.min(2)]
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(name))
-            };
-            w.plain = !res.headers.iter().any(|h| named(h.name.as_bytes()));
-        }
+        let mut w = pass.finish(window, n, |named| {
+            res.headers.iter().any(|h| named(h.name.as_bytes()))
+        });
+        // httparse blanks a reason holding obs-text: such a head takes the field list
+        w.plain &= plain && (!reason.is_empty() || raw_reason(&w.bytes).is_empty());
         w
+    }
+
+    /// The same pass without httparse, for the heads upstreams send nearly always:
+    /// `HTTP/1.x`, a final status, an ASCII reason and only `Name: value` CRLF lines
+    /// with no whitespace around the value. None for anything else (or an incomplete
+    /// head), which then takes the httparse path. A head this accepts parses there to
+    /// an equal `WireHead` (unit and fuzz tests), so the paths never disagree.
+    fn scan_plain(window: &[u8], limits: &Limits) -> Option<(WireHead, usize)> {
+        let line = window.get(..13)?;
+        let minor = match line[..9] {
+            [b'H', b'T', b'T', b'P', b'/', b'1', b'.', m @ (b'0' | b'1'), b' '] => m - b'0',
+            _ => return None,
+        };
+        let digit = |b: u8| b.is_ascii_digit().then(|| u16::from(b - b'0'));
+        let status = digit(line[9])? * 100 + digit(line[10])? * 10 + digit(line[11])?;
+        if status < 200 {
+            return None;
+        }
+        let (reason, mut p) = match line[12] {
+            b'\r' => ((0, 0), 12),
+            b' ' => {
+                let len = window[13..]
+                    .iter()
+                    .position(|&b| !(b' '..=b'~').contains(&b))?;
+                (len > 0).then_some(((13, 13 + len), 13 + len))?
+            }
+            _ => return None,
+        };
+        if window.get(p..p + 2)? != b"\r\n" {
+            return None;
+        }
+        p += 2;
+        let mut pass = Pass::new(minor, status, reason);
+        let fields_at = p;
+        while window.get(p..p + 2)? != b"\r\n" {
+            let name_len = window[p..].iter().position(|&b| !is_tchar(b))?;
+            let colon = p + name_len;
+            if name_len == 0
+                || window.get(colon..colon + 2)? != b": "
+                || pass.lines == limits.max_headers
+            {
+                return None;
+            }
+            let value_at = colon + 2;
+            let value_end = value_at + plain_value_len(&window[value_at..])?;
+            if window.get(value_end..value_end + 2)? != b"\r\n" {
+                return None;
+            }
+            pass.field(p, &window[p..colon], value_at, &window[value_at..value_end]);
+            p = value_end + 2;
+        }
+        let n = p + 2;
+        let fields = &window[fields_at..p];
+        let w = pass.finish(window, n, |named| {
+            fields.split(|&b| b == b'\n').any(|l| {
+                l.split(|&b| b == b':')
+                    .next()
+                    .is_some_and(|name| !name.is_empty() && named(name))
+            })
+        });
+        Some((w, n))
     }
 
     /// Length of the head as it arrived.
@@ -343,6 +503,115 @@ impl WireHead {
         match parse_response_with(&self.bytes, &limits, model_response)? {
             Some((head, _)) => Ok(head),
             None => Err(HeadError::Malformed("incomplete status line")),
+        }
+    }
+}
+
+/// Checks that the pass without httparse agrees with the httparse pass on `buf`: a head
+/// it accepts must parse there to an equal `WireHead` of the same length. Panics if not
+/// (for the fuzz targets and tests).
+#[doc(hidden)]
+pub fn plain_scan_agrees(buf: &[u8], limits: &Limits) {
+    let window = &buf[..buf.len().min(limits.max_head_size)];
+    let Some((fast, n)) = WireHead::scan_plain(window, limits) else {
+        return;
+    };
+    match parse_response_with(buf, limits, WireHead::scan) {
+        Ok(Some((slow, m))) => {
+            assert_eq!(m, n, "head length of {:?}", String::from_utf8_lossy(buf));
+            assert_eq!(format!("{slow:?}"), format!("{fast:?}"));
+        }
+        other => panic!(
+            "{:?} passed the plain scan, httparse says {other:?}",
+            String::from_utf8_lossy(buf)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_head_size: 4096,
+        max_headers: 8,
+    };
+
+    const HEADS: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 07 Dec 2026 19:00:00 GMT\r\nContent-Type: application/octet-stream\r\nContent-Length: 1024\r\nLast-Modified: Mon, 07 Dec 2026 18:00:00 GMT\r\nConnection: keep-alive\r\nETag: \"6760-400\"\r\nAccept-Ranges: bytes\r\n\r\nbody",
+        b"HTTP/1.0 404 Not Found\r\nConnection: close\r\nContent-Length: 3\r\n\r\n",
+        b"HTTP/1.1 204\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: a\tb \x80c\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: x-a, close\r\nX-A: 1\r\nContent-Length: 1\r\nContent-Length: 01\r\n\r\n",
+        b"HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: gzip, chunked\r\nKeep-Alive: timeout=5\r\nTE: x\r\nUpgrade: y\r\nTrailer: z\r\nProxy-Connection: a\r\nProxy-Authenticate: b\r\nX: c\r\nY: d\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    ];
+
+    #[test]
+    fn first_control_finds_the_first_in_every_position() {
+        let naive = |s: &[u8]| s.iter().position(|&b| b < 0x20 || b == 0x7f);
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    // a byte before it that borrows (0x00, 0x20, 0x80) must not hide it
+                    for before in [b'a', 0x20, 0x80, 0xff] {
+                        let mut s = vec![b'a'; len];
+                        s[..at].fill(before);
+                        s[at] = b;
+                        assert_eq!(first_control(&s), naive(&s), "{s:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_heads_skip_httparse() {
+        for h in [HEADS[0], HEADS[1], HEADS[2], HEADS[3], HEADS[4]] {
+            let Some((w, n)) = WireHead::scan_plain(h, &LIMITS) else {
+                panic!("{:?} took httparse", String::from_utf8_lossy(h));
+            };
+            assert_eq!(&h[..n], &w.bytes[..]);
+            plain_scan_agrees(h, &LIMITS);
+        }
+        // informational heads, more fields than allowed, whitespace around a value
+        for h in [
+            HEADS[6],
+            HEADS[5],
+            b"HTTP/1.1 200 OK\r\nA:  b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b \r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\n\r\n",
+            b"\r\nHTTP/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(WireHead::scan_plain(h, &LIMITS).is_none());
+        }
+    }
+
+    /// Every head above with each byte replaced by each of the bytes parsers trip on,
+    /// and cut short at each length: wherever the plain scan says yes, httparse agrees.
+    #[test]
+    fn plain_scan_agrees_with_httparse_under_mutation() {
+        let swaps = b" \t\r\n:;,\x00\x01\x7f\x80\xff0a\"";
+        for h in HEADS {
+            for len in 0..=h.len() {
+                plain_scan_agrees(&h[..len], &LIMITS);
+            }
+            for at in 0..h.len() {
+                for &b in swaps {
+                    let mut m = h.to_vec();
+                    m[at] = b;
+                    plain_scan_agrees(&m, &LIMITS);
+                    m.insert(at, b);
+                    plain_scan_agrees(&m, &LIMITS);
+                }
+            }
+            for limits in [(40, 8), (4096, 1), (4096, 0)] {
+                let l = Limits {
+                    max_head_size: limits.0,
+                    max_headers: limits.1,
+                };
+                plain_scan_agrees(h, &l);
+            }
         }
     }
 }
