@@ -19,6 +19,9 @@ const WAIT: Duration = Duration::from_secs(10);
 enum Expect {
     /// 400 and the connection closed; nothing reached the upstream.
     Head400,
+    /// 501 (a transfer coding luring does not know) and the connection closed; nothing
+    /// reached the upstream.
+    Head501,
     /// 400 and the connection closed; the head may have gone upstream (the fault is in
     /// the body), the smuggled request never.
     Body400,
@@ -58,6 +61,8 @@ const ATTACKS: &[(&str, &str, Expect)] = &[
     ("te CHUNKED", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n$X\r\n$S\r\n0\r\n\r\n", Served("transfer-encoding: chunked")),
     ("te OWS around", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \t chunked \t\r\n\r\n$X\r\n$S\r\n0\r\n\r\n", Served("transfer-encoding: chunked")),
     ("te empty list elements", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked,\r\n\r\n$X\r\n$S\r\n0\r\n\r\n", Served("transfer-encoding: chunked")),
+    ("te unknown coding before chunked", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked, chunked\r\n\r\n$X\r\n$S\r\n0\r\n\r\n", Head501),
+    ("te unknown coding field before chunked", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo\r\nTransfer-Encoding: gzip, chunked\r\n\r\n$X\r\n$S\r\n0\r\n\r\n", Head501),
     ("te gzip then chunked fields", "POST $T HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: Chunked\r\n\r\n$X\r\n$S\r\n0\r\n\r\n", Served("transfer-encoding: gzip, chunked")),
     // Content-Length
     ("cl lists disagree", "POST $T HTTP/1.1\r\nHost: a\r\nContent-Length: 0, 32\r\n\r\n$S", Head400),
@@ -151,10 +156,11 @@ fn attack_table(forward: bool, io: &[&str]) {
         // the peer may close while the rest is still being sent: that is a refusal too
         let _ = c.try_send(&expand(template, &target));
         match expect {
-            Head400 | Body400 => {
+            Head400 | Head501 | Body400 => {
                 let r = c.try_read_response_to("POST");
                 let r = r.unwrap_or_else(|e| panic!("{label} {name}: no answer ({e})"));
-                assert_eq!(r.status, 400, "{label} {name}: {}", r.head_str());
+                let status = if *expect == Head501 { 501 } else { 400 };
+                assert_eq!(r.status, status, "{label} {name}: {}", r.head_str());
                 assert!(r.has_token("connection", "close"), "{label} {name}");
                 assert!(
                     c.closed_within(WAIT),
@@ -220,7 +226,9 @@ fn attack_table(forward: bool, io: &[&str]) {
         let path = format!("/case-{i}");
         let n = seen.iter().filter(|r| r.target.ends_with(&path)).count();
         match expect {
-            Head400 => assert_eq!(n, 0, "{label} {name}: a refused request reached the origin"),
+            Head400 | Head501 => {
+                assert_eq!(n, 0, "{label} {name}: a refused request reached the origin")
+            }
             Body400 => assert!(n <= 1, "{label} {name}: sent {n} times"),
             Served(_) => assert_eq!(n, 1, "{label} {name}"),
         }

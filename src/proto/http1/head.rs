@@ -40,6 +40,10 @@ pub enum HeadError {
     /// A well-formed request line of HTTP/2 or later (answer 505, as nginx does).
     #[error("HTTP version {0}.x not supported")]
     VersionNotSupported(u8),
+    /// A request body in a transfer coding luring does not know (answer 501, RFC 9112
+    /// 6.1): the next hop could not be trusted to frame it as luring does.
+    #[error("transfer coding not implemented")]
+    CodingNotImplemented,
 }
 
 /// Header slots kept on the stack; a head with more fields (under a larger
@@ -593,6 +597,9 @@ pub fn request_body_kind(head: &RequestHead) -> Result<BodyKind, HeadError> {
                 "chunked is not the final transfer coding",
             ));
         }
+        if framing.unknown_coding {
+            return Err(HeadError::CodingNotImplemented);
+        }
         return Ok(BodyKind::Chunked);
     }
     Ok(match framing.length {
@@ -726,6 +733,11 @@ pub fn chunked_is_final(headers: &Headers) -> bool {
     Framing::of(headers).is_ok_and(|f| f.chunked_last)
 }
 
+/// Transfer codings of the HTTP registry that a request may carry (RFC 9112 7); any
+/// other (`xchunked`, `chunked-x`) is how smuggling probes look for a hop that reads it
+/// as chunked, so such requests are refused.
+const KNOWN_CODINGS: [&[u8]; 5] = [b"chunked", b"gzip", b"deflate", b"compress", b"identity"];
+
 /// What the framing fields of a head say.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Framing {
@@ -735,6 +747,8 @@ pub(super) struct Framing {
     pub(super) chunked_last: bool,
     /// The one Content-Length value, if present.
     pub(super) length: Option<u64>,
+    /// A coding other than the registered chunked, gzip, deflate, compress, identity.
+    pub(super) unknown_coding: bool,
 }
 
 impl Framing {
@@ -779,6 +793,7 @@ impl Framing {
                 return Err(HeadError::Malformed("invalid transfer coding"));
             }
             self.chunked_last = name.eq_ignore_ascii_case(b"chunked");
+            self.unknown_coding |= !KNOWN_CODINGS.iter().any(|c| name.eq_ignore_ascii_case(c));
             // chunked takes no parameters (RFC 9112 7.1); a parser that does not expect
             // them may not see chunked at all.
             if self.chunked_last && params {

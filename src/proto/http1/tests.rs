@@ -454,6 +454,11 @@ fn request_vectors() -> Vec<(&'static str, &'static [u8], Exp<RequestHead>)> {
             Exp::Kind(M("chunked is not the final transfer coding")),
         ),
         (
+            "an unregistered coding before chunked",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            Exp::Kind(HeadError::CodingNotImplemented),
+        ),
+        (
             "no chunked at all",
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"[..],
             Exp::Kind(M("chunked is not the final transfer coding")),

@@ -6,7 +6,7 @@ use super::over_h2;
 use super::state::*;
 use crate::flows::record::now_ns;
 use crate::http::{Body, Request, RequestHead, ResponseHead, Version};
-use crate::proto::http1::{request_body_kind, BodyDecoder};
+use crate::proto::http1::{request_body_kind, BodyDecoder, HeadError};
 use crate::proxy::body_relay::H1Body;
 use crate::proxy::conn::auth;
 use crate::proxy::conn::client::ClientConn;
@@ -26,6 +26,9 @@ pub(super) async fn exchange(c: &mut ClientConn, front: &mut Front, head: Reques
     let conn = c.info.conn_id;
     let kind = match request_body_kind(&head) {
         Ok(k) => k,
+        Err(e @ HeadError::CodingNotImplemented) => {
+            return Half::Over(fail(c, 501, &format!("request refused: {e}")).await)
+        }
         Err(e) => return Half::Over(fail(c, 400, &format!("bad request: {e}")).await),
     };
     let mut asked = Asked {
