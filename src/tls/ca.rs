@@ -463,7 +463,7 @@ fn make_info(dir: &Confdir, der: &CertificateDer<'_>, key: &KeyPair) -> Result<C
     })
 }
 
-/// A fresh, empty directory under the system temp dir for tests.
+/// A fresh, empty directory for tests, under this test process's scratch root.
 #[cfg(test)]
 pub(crate) fn test_dir(name: &str) -> Confdir {
     let dir = crate::scratch::root().join(format!("tls-{name}"));
