@@ -515,14 +515,29 @@ fn fields_len(headers: &Headers) -> usize {
 
 /// Appends `name: value CRLF` lines. [`Headers`] holds only fields that are safe to
 /// write (see [`Headers::add`]), so they are copied as they are.
+///
+/// The lines are written straight into the reserved room and the length set once:
+/// `extend_from_slice` per piece checked the capacity and moved the length four times a
+/// field.
 pub(crate) fn put_fields(out: &mut BytesMut, headers: &Headers) {
-    out.reserve(fields_len(headers));
+    let len = fields_len(headers);
+    out.reserve(len);
+    let start = out.len();
+    let room = &mut out.spare_capacity_mut()[..len];
+    let mut at = 0;
     for h in headers {
-        out.extend_from_slice(&h.name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(&h.value);
-        out.extend_from_slice(b"\r\n");
+        for piece in [&h.name[..], b": ", &h.value[..], b"\r\n"] {
+            // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and an initialised byte
+            // is a valid `MaybeUninit<u8>`.
+            let piece = unsafe { &*(piece as *const [u8] as *const [MaybeUninit<u8>]) };
+            room[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
     }
+    // `fields_len` counted these very pieces
+    assert_eq!(at, len);
+    // SAFETY: the `len` bytes after `start` were all written above.
+    unsafe { out.set_len(start + len) };
 }
 
 /// Appends a reason phrase with CR, LF and NUL replaced by SP.
