@@ -172,6 +172,7 @@ pub fn known_bit(name: &[u8]) -> u16 {
 /// Case-insensitive equality of a token (RFC 9110 5.6.2) with a lowercase name, eight
 /// bytes at a time. Setting bit 5 lowercases letters and leaves '-' and digits alone; the
 /// only other byte it maps onto a name byte is CR (onto '-'), which no token holds.
+#[inline]
 fn token_eq_lower(token: &[u8], lower: &[u8]) -> bool {
     const CASE: u64 = 0x2020_2020_2020_2020;
     let word = |s: &[u8], at: usize| {
@@ -263,18 +264,27 @@ impl Headers {
         self.known & bits != 0
     }
 
-    /// False when `name` is a well-known name that is certainly absent.
+    /// False when `name` is a well-known name that is certainly absent. Inlined into
+    /// small entry points (`get`, `get_all`, `remove`) so that for a name written in
+    /// the code the bit is found at compile time: looking it up from the bytes costs
+    /// more than the test it saves.
+    #[inline(always)]
     fn worth_scanning(&self, name: &[u8]) -> bool {
         let bit = known_bit(name);
         bit == 0 || self.known & bit != 0
     }
 
     /// First value of `name` (case-insensitive).
+    #[inline]
     pub fn get(&self, name: &str) -> Option<&Bytes> {
         if !self.worth_scanning(name.as_bytes()) {
             return None;
         }
-        let name = name.as_bytes();
+        self.find(name.as_bytes())
+    }
+
+    /// The first value of `name`, looked for field by field.
+    fn find(&self, name: &[u8]) -> Option<&Bytes> {
         // Bytes equal ignoring ASCII case are still equal with bit 5 set, so length and
         // first byte rule most fields out before the byte-wise comparison.
         let first = name.first().map_or(0, |&b| b | 0x20);
@@ -289,6 +299,7 @@ impl Headers {
     }
 
     /// Every value of `name` in wire order.
+    #[inline]
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Bytes> + 'a {
         let list = if self.worth_scanning(name.as_bytes()) {
             &self.list[..]
@@ -301,12 +312,14 @@ impl Headers {
     }
 
     /// True when `name` appears exactly once, with exactly `value`.
+    #[inline]
     pub fn is_single(&self, name: &str, value: &[u8]) -> bool {
         let mut values = self.get_all(name);
         values.next().is_some_and(|v| v.as_ref() == value) && values.next().is_none()
     }
 
     /// True when `name` is present.
+    #[inline]
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
@@ -381,10 +394,16 @@ impl Headers {
     }
 
     /// Removes every field called `name`; returns how many were removed.
+    #[inline]
     pub fn remove(&mut self, name: &str) -> usize {
         if !self.worth_scanning(name.as_bytes()) {
             return 0;
         }
+        self.remove_present(name)
+    }
+
+    /// [`Headers::remove`] of a name that may be present.
+    fn remove_present(&mut self, name: &str) -> usize {
         let before = self.list.len();
         self.list
             .retain(|h| !h.name.eq_ignore_ascii_case(name.as_bytes()));
@@ -425,11 +444,21 @@ impl Headers {
     }
 
     /// True when the comma-separated list in field `name` contains `token` (case-insensitive).
+    #[inline]
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.get_all(name).any(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
+        self.worth_scanning(name.as_bytes()) && self.lists_token(name.as_bytes(), token)
+    }
+
+    /// [`Headers::has_token`], field by field.
+    fn lists_token(&self, name: &[u8], token: &str) -> bool {
+        self.list
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .any(|h| {
+                h.value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            })
     }
 }
 
