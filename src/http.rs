@@ -265,9 +265,9 @@ impl Headers {
     }
 
     /// False when `name` is a well-known name that is certainly absent. Inlined into
-    /// small entry points (`get`, `get_all`, `remove`) so that for a name written in
-    /// the code the bit is found at compile time: looking it up from the bytes costs
-    /// more than the test it saves.
+    /// small entry points (`get`, `get_all`, `remove`, `has_token`) so that for a name
+    /// written in the code the bit is found at compile time: looking it up from the
+    /// bytes costs more than the test it saves.
     #[inline(always)]
     fn worth_scanning(&self, name: &[u8]) -> bool {
         let bit = known_bit(name);
