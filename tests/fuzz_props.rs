@@ -105,6 +105,11 @@ const HTTP_RESPONSE: &[&[u8]] = &[
     b"Transfer-Encoding: gzip\r\n",
     b"Transfer-Encoding : chunked\r\n",
     b"Set-Cookie: a=b\r\n",
+    b"Content-Type: application/octet-stream\r\n",
+    b"Date: Tue, 08 Dec 2026 00:00:00 GMT\r\n",
+    b"X-Name_With.Dots: a\tb \x80\r\n",
+    // a body behind the head, so lines get the 64-byte look of the plain scan
+    b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
     b"\r\n",
     b"\n",
     b"3\r\nabc\r\n",

@@ -34,6 +34,7 @@
 //!   trailers named Content-Length, Transfer-Encoding or Host.
 
 mod body;
+mod byte_scan;
 mod head;
 pub(crate) mod known;
 mod wire_head;

@@ -11,12 +11,13 @@
 //! pass cannot vouch for (an odd line, a name listed in Connection, a framing field
 //! the encoder would rewrite) is parsed again into a [`ResponseHead`] instead.
 
+use super::byte_scan::{first_control, plain_line, tchar_run};
 use super::head::{
     decimal, model_response, parse_response_with, put_status, raw_reason, reason as reason_phrase,
     response_kind, version, Framing,
 };
 use super::{BodyKind, HeadError, Limits};
-use crate::http::{is_tchar, known_bit, known_names, ResponseHead, Version};
+use crate::http::{known_bit, known_names, ResponseHead, Version};
 use bytes::{Bytes, BytesMut};
 
 /// Hop-by-hop and framing lines a head may hold and still relay as bytes; more
@@ -89,27 +90,21 @@ fn plain_value_len(rest: &[u8]) -> Option<usize> {
     }
 }
 
-/// Index of the first byte of `s` below 0x20 or DEL, eight bytes at a time.
-fn first_control(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut words = s.chunks_exact(8);
-    let mut at = 0;
-    for word in words.by_ref() {
-        let x = u64::from_le_bytes(word.try_into().ok()?);
-        let del = x ^ (ONES * 0x7f);
-        // the classic has-less-than and has-zero tests: the lowest flagged byte is
-        // always a true one (borrows only run upwards)
-        let hit = (x.wrapping_sub(ONES * 0x20) & !x | del.wrapping_sub(ONES) & !del) & HIGH;
-        if hit != 0 {
-            return Some(at + hit.trailing_zeros() as usize / 8);
-        }
-        at += 8;
+/// The plain field line at `window[p..]` as [`plain_line`] takes it (where
+/// its colon and its value's CR are), for any line that one leaves: a name of any token
+/// characters, a value with tabs or obs-text, a line longer than its look.
+fn plain_line_bytewise(window: &[u8], p: usize) -> Option<(usize, usize)> {
+    let name_len = tchar_run(&window[p..])?;
+    let colon = p + name_len;
+    if name_len == 0 || window.get(colon..colon + 2)? != b": " {
+        return None;
     }
-    let tail = words.remainder();
-    tail.iter()
-        .position(|&b| b < 0x20 || b == 0x7f)
-        .map(|i| at + i)
+    let value_at = colon + 2;
+    let value_end = value_at + plain_value_len(&window[value_at..])?;
+    if window.get(value_end..value_end + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((colon, value_end))
 }
 
 /// A parsed response head: as bytes ([`parse_response_wire`] keeps final heads so) or
@@ -366,19 +361,14 @@ impl WireHead {
         let mut pass = Pass::new(minor, status, reason);
         let fields_at = p;
         while window.get(p..p + 2)? != b"\r\n" {
-            let name_len = window[p..].iter().position(|&b| !is_tchar(b))?;
-            let colon = p + name_len;
-            if name_len == 0
-                || window.get(colon..colon + 2)? != b": "
-                || pass.lines == limits.max_headers
-            {
+            if pass.lines == limits.max_headers {
                 return None;
             }
+            let (colon, value_end) = match plain_line(window, p) {
+                Some(line) => line,
+                None => plain_line_bytewise(window, p)?,
+            };
             let value_at = colon + 2;
-            let value_end = value_at + plain_value_len(&window[value_at..])?;
-            if window.get(value_end..value_end + 2)? != b"\r\n" {
-                return None;
-            }
             pass.field(p, &window[p..colon], value_at, &window[value_at..value_end]);
             p = value_end + 2;
         }
@@ -587,6 +577,39 @@ mod tests {
         }
     }
 
+    /// What follows a head in the read buffer, in the tests that want bytes there.
+    const BODY: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef!";
+
+    /// `plain_line` takes a line only as `plain_line_bytewise` does: every byte value at
+    /// each of the first 48 places of field lines of several shapes.
+    #[test]
+    fn plain_line_takes_lines_as_the_bytewise_walk_does() {
+        let lines: [&[u8]; 5] = [
+            b"Content-Type: application/octet-stream\r\n",
+            b"Date: Tue, 08 Dec 2026 00:00:00 GMT\r\n",
+            b"X-A: b\r\n",
+            b"ETag: \"6938a1c2-400\"\r\nServer: nginx\r\n",
+            b"Access-Control-Allow-Credentials: true\r\n",
+        ];
+        let mut taken = 0;
+        for line in lines {
+            for at in 0..48.min(line.len() + 8) {
+                for b in 0..=255u8 {
+                    let mut w = [line, BODY].concat();
+                    w[at] = b;
+                    if let Some(fast) = plain_line(&w, 0) {
+                        taken += 1;
+                        assert_eq!(Some(fast), plain_line_bytewise(&w, 0), "{w:?}");
+                    }
+                }
+            }
+        }
+        // the look must take the usual lines, or the test above proves nothing
+        #[cfg(target_arch = "x86_64")]
+        assert!(taken > 10_000, "{taken}");
+        let _ = taken;
+    }
+
     /// Every head above with each byte replaced by each of the bytes parsers trip on,
     /// and cut short at each length: wherever the plain scan says yes, httparse agrees.
     #[test]
@@ -601,8 +624,12 @@ mod tests {
                     let mut m = h.to_vec();
                     m[at] = b;
                     plain_scan_agrees(&m, &LIMITS);
+                    // a body behind the head: every line is then long enough for
+                    // `plain_line`'s 64-byte look
+                    plain_scan_agrees(&[&m[..], BODY].concat(), &LIMITS);
                     m.insert(at, b);
                     plain_scan_agrees(&m, &LIMITS);
+                    plain_scan_agrees(&[&m[..], BODY].concat(), &LIMITS);
                 }
             }
             for limits in [(40, 8), (4096, 1), (4096, 0)] {
