@@ -13,8 +13,9 @@ use crate::flows::record::Record;
 use crate::http::{Headers, ResponseHead};
 use crate::proto::http1::{
     encode_chunk, encode_last_chunk, encode_request_head, encode_response_head, parse_request_head,
-    parse_response_head, parse_response_wire, plain_scan_agrees, request_body_kind,
-    response_body_kind, BodyDecoder, BodyError, BodyKind, HeadError, Limits, ParsedResponse,
+    parse_response_head, parse_response_wire, plain_request_agrees, plain_scan_agrees,
+    request_body_kind, response_body_kind, BodyDecoder, BodyError, BodyKind, HeadError, Limits,
+    ParsedResponse,
 };
 use crate::proto::{client_hello, grpc, protobuf, socks5, sse, ws};
 
@@ -69,6 +70,7 @@ pub fn http1_request(input: &[u8], classify: Classifier<'_>) {
         return;
     };
     let whole = parse_request_head(data, &HEAD_LIMITS);
+    plain_request_agrees(data, &HEAD_LIMITS);
     // A prefix of the bytes says "need more" or fails the same way: no split makes a
     // head parse differently.
     match &whole {

@@ -59,6 +59,11 @@ fn config() -> Config {
 
 const HTTP_REQUEST: &[&[u8]] = &[
     b"GET / HTTP/1.1\r\n",
+    b"GET /a/b?c=d&e=%20f HTTP/1.1\r\n",
+    b"OPTIONS * HTTP/1.1\r\n",
+    b"GET http://example.com:8080/x HTTP/1.1\r\n",
+    b"User-Agent: curl/8.5.0 (x86_64-pc-linux-gnu) libcurl/8.5.0 OpenSSL/3.0\r\n",
+    b"Accept: */*\r\n",
     b"POST /upload HTTP/1.1\r\n",
     b"PUT /x HTTP/1.0\r\n",
     b"Host: example.com\r\n",

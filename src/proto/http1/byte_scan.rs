@@ -32,7 +32,7 @@ pub(super) fn tchar_run(s: &[u8]) -> Option<usize> {
 /// Index of the first byte of `s` below 0x20 or DEL (a control byte: what ends a value's
 /// line, or makes the line not plain).
 #[inline]
-pub(super) fn first_control(s: &[u8]) -> Option<usize> {
+fn first_control(s: &[u8]) -> Option<usize> {
     let mut at = 0;
     #[cfg(target_arch = "x86_64")]
     while at + 16 <= s.len() {
@@ -46,21 +46,46 @@ pub(super) fn first_control(s: &[u8]) -> Option<usize> {
     first_control_words(&s[at..]).map(|i| at + i)
 }
 
+/// The plain field line at `window[p..]`: where its colon and its value's end (its CR)
+/// are, when the line is `Name: value` CRLF with a token name and a value that is not
+/// empty, has no whitespace at either end, and holds only visible ASCII, spaces, tabs
+/// and obs-text (httparse's field-value bytes); None for any other line, or when the
+/// window ends before the line does.
+#[inline]
+pub(super) fn field_line(window: &[u8], p: usize) -> Option<(usize, usize)> {
+    match plain_line(window, p) {
+        Some(line) => Some(line),
+        None => plain_line_bytewise(window, p),
+    }
+}
+
 /// How far [`plain_line`] looks: names up to 31 bytes, values up to 47.
 const LINE_LOOK: usize = 96;
 
 /// The usual field line at `window[p..]`, taken in 16-byte steps: a name of letters,
 /// digits and '-' of at most 31 bytes, then `: `, a value of at most 47 bytes with no
 /// control byte that neither starts nor ends with a space, and CRLF. Returns where the
-/// colon and the value's end (its CR) are, or None for any other line (or when fewer
-/// than `LINE_LOOK` bytes are left), which the caller then takes byte class by byte
-/// class: a line this takes is taken the same way there, and one it refuses may still
-/// be plain.
+/// colon and the value's end (its CR) are, or None for any other line, which the caller
+/// then takes byte class by byte class: a line this takes is taken the same way there,
+/// and one it refuses may still be plain.
 #[inline]
-pub(super) fn plain_line(window: &[u8], p: usize) -> Option<(usize, usize)> {
+fn plain_line(window: &[u8], p: usize) -> Option<(usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     {
-        let s = window.get(p..p + LINE_LOOK)?;
+        // Near the window's end (the last lines of a head with nothing behind it: most
+        // requests) the look is taken over a zero-padded copy. Zero is a control byte
+        // and none of the bytes a line is checked for, so the padding can only end a
+        // scan, and a line is taken only if its CRLF is in the window.
+        let mut padded: [u8; LINE_LOOK];
+        let s: &[u8] = match window.get(p..p + LINE_LOOK) {
+            Some(s) => s,
+            None => {
+                let rest = window.get(p..)?;
+                padded = [0; LINE_LOOK];
+                padded[..rest.len()].copy_from_slice(rest);
+                &padded
+            }
+        };
         let at = |i: usize| s[i..i + 16].as_ptr();
         // SAFETY (each call below): `at(i)` points at 16 bytes of `s`, checked by the
         // slice index.
@@ -103,6 +128,62 @@ pub(super) fn plain_line(window: &[u8], p: usize) -> Option<(usize, usize)> {
         let _ = (window, p);
         None
     }
+}
+
+/// Length of the value at the start of `rest`, up to the CR that should end its line,
+/// if the value is plain: not empty, no whitespace at either end, and only visible
+/// ASCII, spaces, tabs and obs-text (httparse's field-value bytes) within.
+fn plain_value_len(rest: &[u8]) -> Option<usize> {
+    let edge = |b: u8| b > b' ' && b != 0x7f;
+    if !edge(*rest.first()?) {
+        return None;
+    }
+    let mut i = 1;
+    loop {
+        let stop = i + first_control(rest.get(i..)?)?;
+        match rest[stop] {
+            b'\r' => return edge(rest[stop - 1]).then_some(stop),
+            b'\t' => i = stop + 1,
+            _ => return None,
+        }
+    }
+}
+
+/// The plain field line at `window[p..]` as [`plain_line`] takes it (where
+/// its colon and its value's CR are), for any line that one leaves: a name of any token
+/// characters, a value with tabs or obs-text, a line longer than its look.
+fn plain_line_bytewise(window: &[u8], p: usize) -> Option<(usize, usize)> {
+    let name_len = tchar_run(&window[p..])?;
+    let colon = p + name_len;
+    if name_len == 0 || window.get(colon..colon + 2)? != b": " {
+        return None;
+    }
+    let value_at = colon + 2;
+    let value_end = value_at + plain_value_len(&window[value_at..])?;
+    if window.get(value_end..value_end + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((colon, value_end))
+}
+
+/// Length of the run of visible ASCII bytes (0x21-0x7e) at the start of `s`: a
+/// request-target as clients send it. None when the whole slice is one.
+#[inline]
+pub(super) fn visible_run(s: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    #[cfg(target_arch = "x86_64")]
+    while at + 16 <= s.len() {
+        // SAFETY: as in `tchar_run`.
+        let visible = unsafe { sse2::visible(s.as_ptr().add(at)) };
+        if visible != 0xffff {
+            return Some(at + (!visible).trailing_zeros() as usize);
+        }
+        at += 16;
+    }
+    s[at..]
+        .iter()
+        .position(|&b| !(0x21..=0x7e).contains(&b))
+        .map(|i| at + i)
 }
 
 /// [`first_control`] eight bytes at a time, for what the 16-byte steps leave.
@@ -158,6 +239,16 @@ mod sse2 {
         _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(alpha, digit), dash)) as u32
     }
 
+    /// Bit i set when byte `p[i]` is visible ASCII (0x21-0x7e), for i in 0..16.
+    ///
+    /// # Safety
+    /// `p..p + 16` must be readable.
+    #[inline(always)]
+    pub(super) unsafe fn visible(p: *const u8) -> u32 {
+        let x = _mm_loadu_si128(p.cast());
+        _mm_movemask_epi8(at_most(_mm_sub_epi8(x, _mm_set1_epi8(0x21)), 0x7e - 0x21)) as u32
+    }
+
     /// Bit i set when byte `p[i]` is ':', for i in 0..16.
     ///
     /// # Safety
@@ -205,6 +296,11 @@ mod tests {
                     let mut name = vec![b'a'; len];
                     name[at] = b;
                     assert_eq!(tchar_run(&name), tchar_run_bytewise(&name), "{name:?}");
+                    assert_eq!(
+                        visible_run(&name),
+                        name.iter().position(|&b| !(0x21..=0x7e).contains(&b)),
+                        "{name:?}"
+                    );
                     let mut value = vec![b'v'; len];
                     value[at] = b;
                     assert_eq!(
@@ -215,6 +311,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn first_control_finds_the_first_in_every_position() {
+        let naive = |s: &[u8]| s.iter().position(|&b| b < 0x20 || b == 0x7f);
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    // a byte before it that borrows (0x00, 0x20, 0x80) must not hide it
+                    for before in [b'a', 0x20, 0x80, 0xff] {
+                        let mut s = vec![b'a'; len];
+                        s[..at].fill(before);
+                        s[at] = b;
+                        assert_eq!(first_control(&s), naive(&s), "{s:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// What follows a head in the read buffer, in the tests that want bytes there.
+    const BODY: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef!";
+
+    /// `plain_line` takes a line only as `plain_line_bytewise` does: every byte value at
+    /// each of the first 48 places of field lines of several shapes.
+    #[test]
+    fn plain_line_takes_lines_as_the_bytewise_walk_does() {
+        let lines: [&[u8]; 5] = [
+            b"Content-Type: application/octet-stream\r\n",
+            b"Date: Tue, 08 Dec 2026 00:00:00 GMT\r\n",
+            b"X-A: b\r\n",
+            b"ETag: \"6938a1c2-400\"\r\nServer: nginx\r\n",
+            b"Access-Control-Allow-Credentials: true\r\n",
+        ];
+        let mut taken = 0;
+        for line in lines {
+            for at in 0..48.min(line.len() + 8) {
+                for b in 0..=255u8 {
+                    let mut w = [line, BODY].concat();
+                    w[at] = b;
+                    // with bytes behind the line, with none (the look's zero-padded
+                    // copy), and cut short
+                    let alone = line.len().max(at + 1);
+                    for w in [&w[..], &w[..alone], &w[..alone / 2], &w[..alone - 1]] {
+                        if let Some(fast) = plain_line(w, 0) {
+                            taken += 1;
+                            assert_eq!(Some(fast), plain_line_bytewise(w, 0), "{w:?}");
+                        }
+                    }
+                }
+            }
+        }
+        // the look must take the usual lines, or the test above proves nothing
+        #[cfg(target_arch = "x86_64")]
+        assert!(taken > 10_000, "{taken}");
+        let _ = taken;
     }
 
     /// Names whose other token characters come after a run of letters, and values with

@@ -5,6 +5,7 @@ use std::mem::MaybeUninit;
 use crate::http::{is_tchar, known_names, Headers, RequestHead, ResponseHead, Version};
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::byte_scan::{field_line, tchar_run, visible_run};
 use super::{known, BodyKind};
 
 /// Limits applied while parsing a head.
@@ -63,6 +64,9 @@ pub fn parse_request_head(
     let window = &buf[..buf.len().min(limits.max_head_size)];
     let mut slots = [Slot::uninit(); STACK_HEADERS];
     let stack = limits.max_headers.min(STACK_HEADERS);
+    if let Some(plain) = scan_plain_request(window, &mut slots[..stack]) {
+        return Ok(Some(plain));
+    }
     match request_with(buf.len(), window, limits, &mut slots[..stack]) {
         // only a head with that many fields pays for slots on the heap
         Err(HeadError::TooManyHeaders(_)) if limits.max_headers > STACK_HEADERS => {
@@ -70,6 +74,86 @@ pub fn parse_request_head(
             request_with(buf.len(), window, limits, &mut slots)
         }
         r => r,
+    }
+}
+
+/// The parse of [`request_with`] without httparse, for request heads as clients send
+/// them nearly always: a token method, one space, a target of visible ASCII, one space,
+/// `HTTP/1.0` or `HTTP/1.1`, CRLF, then only plain `Name: value` CRLF lines (as
+/// `byte_scan::field_line` takes them), at most as many as `slots` holds. None for
+/// anything else (an empty line first, a bare LF, whitespace around a value, obs-text in
+/// the target, an incomplete head), which then goes to httparse. A head this takes
+/// parses there to an equal `RequestHead` ([`plain_request_agrees`]).
+pub(super) fn scan_plain_request<'b>(
+    window: &'b [u8],
+    slots: &mut [Slot<'b>],
+) -> Option<(RequestHead, usize)> {
+    let method_len = tchar_run(window)?;
+    if method_len == 0 || window[method_len] != b' ' {
+        return None;
+    }
+    let target_at = method_len + 1;
+    let target_len = visible_run(&window[target_at..])?;
+    let version_at = target_at + target_len + 1;
+    if target_len == 0 || window[version_at - 1] != b' ' {
+        return None;
+    }
+    let minor = match window.get(version_at..version_at + 10)? {
+        b"HTTP/1.1\r\n" => 1,
+        b"HTTP/1.0\r\n" => 0,
+        _ => return None,
+    };
+    let mut p = version_at + 10;
+    let mut fields = 0;
+    while window.get(p..p + 2)? != b"\r\n" {
+        let slot = slots.get_mut(fields)?;
+        let (colon, value_end) = field_line(window, p)?;
+        // SAFETY: `field_line` takes only token characters as a name, and those are
+        // ASCII.
+        let name = unsafe { std::str::from_utf8_unchecked(&window[p..colon]) };
+        slot.write(httparse::Header {
+            name,
+            value: &window[colon + 2..value_end],
+        });
+        fields += 1;
+        p = value_end + 2;
+    }
+    let n = p + 2;
+    // SAFETY: the first `fields` slots were written in the loop above.
+    let headers = unsafe {
+        std::slice::from_raw_parts(slots.as_ptr().cast::<httparse::Header<'b>>(), fields)
+    };
+    let raw = Bytes::copy_from_slice(&window[..n]);
+    let cut = Cutter {
+        base: window.as_ptr() as usize,
+        raw: &raw,
+    };
+    Some((
+        RequestHead {
+            method: cut.slice_or(&window[..method_len], known::method),
+            target: cut.slice(&window[target_at..target_at + target_len]),
+            version: version(minor),
+            headers: cut.headers(headers),
+        },
+        n,
+    ))
+}
+
+/// Checks that a head [`scan_plain_request`] takes parses to the same `RequestHead`
+/// through httparse (the fuzz targets and unit tests call it).
+pub fn plain_request_agrees(buf: &[u8], limits: &Limits) {
+    let window = &buf[..buf.len().min(limits.max_head_size)];
+    let mut slots = vec![Slot::uninit(); limits.max_headers];
+    let Some(fast) = scan_plain_request(window, &mut slots) else {
+        return;
+    };
+    let mut slots = vec![Slot::uninit(); limits.max_headers];
+    match request_with(buf.len(), window, limits, &mut slots) {
+        Ok(Some(slow)) => assert_eq!(slow, fast, "{:?}", String::from_utf8_lossy(buf)),
+        other => panic!(
+            "{:?} passed the plain scan, httparse says {other:?}",
+            String::from_utf8_lossy(buf)
+        ),
     }
 }
 

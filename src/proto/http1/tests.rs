@@ -1439,3 +1439,68 @@ fn framing_field_lookalikes_are_refused() {
         assert_eq!(request_body_kind(&head), Ok(kind), "{name}");
     }
 }
+
+/// Request heads as clients send them, for the plain request scan's tests.
+const PLAIN_REQUESTS: [&[u8]; 5] = [
+    b"GET /1k.bin HTTP/1.1\r\nHost: 127.0.0.1:18182\r\n\r\n",
+    b"GET /a/b?c=d HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n",
+    b"POST /upload HTTP/1.0\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello",
+    b"OPTIONS * HTTP/1.1\r\nX_Odd.Name: a\tb \x80c\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+    b"GET http://h:1/x HTTP/1.1\r\n\r\n",
+];
+
+/// The usual heads skip httparse; each of them, with every byte replaced by (and given
+/// before it) each byte parsers trip on, cut at every length, with and without a body
+/// behind it, and under tight limits: wherever the plain scan takes a head, httparse
+/// parses it to the same `RequestHead`.
+#[test]
+fn plain_request_scan_agrees_with_httparse_under_mutation() {
+    let limits = Limits {
+        max_head_size: 4096,
+        max_headers: 8,
+    };
+    let body = [b'x'; 100];
+    for h in PLAIN_REQUESTS {
+        let end = h.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut slots = vec![std::mem::MaybeUninit::uninit(); 8];
+        let (head, n) = super::head::scan_plain_request(h, &mut slots)
+            .unwrap_or_else(|| panic!("{:?} took httparse", String::from_utf8_lossy(h)));
+        assert_eq!(n, end);
+        assert_eq!(parse_request_head(h, &limits), Ok(Some((head, n))));
+        let swaps = b" \t\r\n:;,/?\x00\x01\x7f\x80\xff0a\"";
+        for len in 0..=h.len() {
+            plain_request_agrees(&h[..len], &limits);
+        }
+        for at in 0..h.len() {
+            for &b in swaps {
+                let mut m = h.to_vec();
+                m[at] = b;
+                plain_request_agrees(&m, &limits);
+                plain_request_agrees(&[&m[..], &body].concat(), &limits);
+                m.insert(at, b);
+                plain_request_agrees(&m, &limits);
+                plain_request_agrees(&[&m[..], &body].concat(), &limits);
+            }
+        }
+        for (size, fields) in [(30, 8), (4096, 1), (4096, 0)] {
+            let l = Limits {
+                max_head_size: size,
+                max_headers: fields,
+            };
+            plain_request_agrees(h, &l);
+            plain_request_agrees(&[h, &body].concat(), &l);
+        }
+    }
+    // an empty line first, a bare LF, whitespace around a value, a later version
+    for h in [
+        &b"\r\nGET / HTTP/1.1\r\n\r\n"[..],
+        b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost:  a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a \r\n\r\n",
+        b"GET  / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.2\r\n\r\n",
+    ] {
+        let mut slots = vec![std::mem::MaybeUninit::uninit(); 8];
+        assert!(super::head::scan_plain_request(h, &mut slots).is_none());
+    }
+}

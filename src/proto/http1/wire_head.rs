@@ -11,7 +11,7 @@
 //! pass cannot vouch for (an odd line, a name listed in Connection, a framing field
 //! the encoder would rewrite) is parsed again into a [`ResponseHead`] instead.
 
-use super::byte_scan::{first_control, plain_line, tchar_run};
+use super::byte_scan::field_line;
 use super::head::{
     decimal, model_response, parse_response_with, put_status, raw_reason, reason as reason_phrase,
     response_kind, version, Framing,
@@ -69,42 +69,6 @@ pub struct WireHead {
     /// Number of Content-Length fields, and the value's range of the last one.
     lengths: u8,
     length_text: (u32, u32),
-}
-
-/// Length of the value at the start of `rest`, up to the CR that should end its line,
-/// if the value is plain: not empty, no whitespace at either end, and only visible
-/// ASCII, spaces, tabs and obs-text (httparse's field-value bytes) within.
-fn plain_value_len(rest: &[u8]) -> Option<usize> {
-    let edge = |b: u8| b > b' ' && b != 0x7f;
-    if !edge(*rest.first()?) {
-        return None;
-    }
-    let mut i = 1;
-    loop {
-        let stop = i + first_control(rest.get(i..)?)?;
-        match rest[stop] {
-            b'\r' => return edge(rest[stop - 1]).then_some(stop),
-            b'\t' => i = stop + 1,
-            _ => return None,
-        }
-    }
-}
-
-/// The plain field line at `window[p..]` as [`plain_line`] takes it (where
-/// its colon and its value's CR are), for any line that one leaves: a name of any token
-/// characters, a value with tabs or obs-text, a line longer than its look.
-fn plain_line_bytewise(window: &[u8], p: usize) -> Option<(usize, usize)> {
-    let name_len = tchar_run(&window[p..])?;
-    let colon = p + name_len;
-    if name_len == 0 || window.get(colon..colon + 2)? != b": " {
-        return None;
-    }
-    let value_at = colon + 2;
-    let value_end = value_at + plain_value_len(&window[value_at..])?;
-    if window.get(value_end..value_end + 2)? != b"\r\n" {
-        return None;
-    }
-    Some((colon, value_end))
 }
 
 /// A parsed response head: as bytes ([`parse_response_wire`] keeps final heads so) or
@@ -364,10 +328,7 @@ impl WireHead {
             if pass.lines == limits.max_headers {
                 return None;
             }
-            let (colon, value_end) = match plain_line(window, p) {
-                Some(line) => line,
-                None => plain_line_bytewise(window, p)?,
-            };
+            let (colon, value_end) = field_line(window, p)?;
             let value_at = colon + 2;
             pass.field(p, &window[p..colon], value_at, &window[value_at..value_end]);
             p = value_end + 2;
@@ -538,24 +499,6 @@ mod tests {
     ];
 
     #[test]
-    fn first_control_finds_the_first_in_every_position() {
-        let naive = |s: &[u8]| s.iter().position(|&b| b < 0x20 || b == 0x7f);
-        for len in 0..20 {
-            for at in 0..len {
-                for b in 0..=255u8 {
-                    // a byte before it that borrows (0x00, 0x20, 0x80) must not hide it
-                    for before in [b'a', 0x20, 0x80, 0xff] {
-                        let mut s = vec![b'a'; len];
-                        s[..at].fill(before);
-                        s[at] = b;
-                        assert_eq!(first_control(&s), naive(&s), "{s:?}");
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
     fn plain_heads_skip_httparse() {
         for h in [HEADS[0], HEADS[1], HEADS[2], HEADS[3], HEADS[4]] {
             let Some((w, n)) = WireHead::scan_plain(h, &LIMITS) else {
@@ -579,36 +522,6 @@ mod tests {
 
     /// What follows a head in the read buffer, in the tests that want bytes there.
     const BODY: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef!";
-
-    /// `plain_line` takes a line only as `plain_line_bytewise` does: every byte value at
-    /// each of the first 48 places of field lines of several shapes.
-    #[test]
-    fn plain_line_takes_lines_as_the_bytewise_walk_does() {
-        let lines: [&[u8]; 5] = [
-            b"Content-Type: application/octet-stream\r\n",
-            b"Date: Tue, 08 Dec 2026 00:00:00 GMT\r\n",
-            b"X-A: b\r\n",
-            b"ETag: \"6938a1c2-400\"\r\nServer: nginx\r\n",
-            b"Access-Control-Allow-Credentials: true\r\n",
-        ];
-        let mut taken = 0;
-        for line in lines {
-            for at in 0..48.min(line.len() + 8) {
-                for b in 0..=255u8 {
-                    let mut w = [line, BODY].concat();
-                    w[at] = b;
-                    if let Some(fast) = plain_line(&w, 0) {
-                        taken += 1;
-                        assert_eq!(Some(fast), plain_line_bytewise(&w, 0), "{w:?}");
-                    }
-                }
-            }
-        }
-        // the look must take the usual lines, or the test above proves nothing
-        #[cfg(target_arch = "x86_64")]
-        assert!(taken > 10_000, "{taken}");
-        let _ = taken;
-    }
 
     /// Every head above with each byte replaced by each of the bytes parsers trip on,
     /// and cut short at each length: wherever the plain scan says yes, httparse agrees.
