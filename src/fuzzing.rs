@@ -13,9 +13,9 @@ use crate::flows::record::Record;
 use crate::http::{Headers, ResponseHead};
 use crate::proto::http1::{
     encode_chunk, encode_last_chunk, encode_request_head, encode_response_head, parse_request_head,
-    parse_response_head, parse_response_wire, plain_request_agrees, plain_scan_agrees,
-    request_body_kind, response_body_kind, BodyDecoder, BodyError, BodyKind, HeadError, Limits,
-    ParsedResponse,
+    parse_response_head, parse_response_wire, plain_request_agrees, plain_response_agrees,
+    plain_scan_agrees, request_body_kind, response_body_kind, BodyDecoder, BodyError, BodyKind,
+    HeadError, Limits, ParsedResponse,
 };
 use crate::proto::{client_hello, grpc, protobuf, socks5, sse, ws};
 
@@ -193,6 +193,7 @@ pub fn http1_response(input: &[u8]) {
     };
     let whole = parse_response_head(data, &HEAD_LIMITS);
     plain_scan_agrees(data, &HEAD_LIMITS);
+    plain_response_agrees(data, &HEAD_LIMITS);
     wire_agrees(method, data, &whole);
     match &whole {
         Ok(Some((_, n))) => {

@@ -239,6 +239,20 @@ fn response_with<'b, T>(
     slots: &mut [Slot<'b>],
     build: &impl Fn(&httparse::Response<'_, 'b>, &'b [u8], usize) -> T,
 ) -> Result<Option<(T, usize)>, HeadError> {
+    if let Some((res, n)) = scan_plain_response(window, slots) {
+        return Ok(Some((build(&res, window, n), n)));
+    }
+    httparse_response(full_len, window, limits, slots, build)
+}
+
+/// [`response_with`] through httparse alone.
+pub(super) fn httparse_response<'b, T>(
+    full_len: usize,
+    window: &'b [u8],
+    limits: &Limits,
+    slots: &mut [Slot<'b>],
+    build: &impl Fn(&httparse::Response<'_, 'b>, &'b [u8], usize) -> T,
+) -> Result<Option<(T, usize)>, HeadError> {
     let mut res = httparse::Response::new(&mut []);
     // Default config: obs-fold, whitespace before the colon and leading whitespace are all
     // rejected in responses too (RFC 9112 5.2 lets a proxy answer 502 instead of unfolding).
@@ -255,6 +269,96 @@ fn response_with<'b, T>(
         None => Err(HeadError::Malformed("incomplete status line")),
         Some(s) if s < 100 => Err(HeadError::Malformed("status code below 100")),
         Some(_) => Ok(Some((build(&res, window, n), n))),
+    }
+}
+
+/// The status line as upstreams send it nearly always: `HTTP/1.0` or `HTTP/1.1`, a
+/// three-digit status, and either no reason or one space and a non-empty reason of
+/// printable ASCII, then CRLF. Returns the minor version, the status, the reason's range
+/// and where the field lines start; None for any other line.
+pub(super) fn plain_status_line(window: &[u8]) -> Option<(u8, u16, (usize, usize), usize)> {
+    let line = window.get(..13)?;
+    let minor = match line[..9] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', m @ (b'0' | b'1'), b' '] => m - b'0',
+        _ => return None,
+    };
+    let digit = |b: u8| b.is_ascii_digit().then(|| u16::from(b - b'0'));
+    let status = digit(line[9])? * 100 + digit(line[10])? * 10 + digit(line[11])?;
+    let (reason, p) = match line[12] {
+        b'\r' => ((0, 0), 12),
+        b' ' => {
+            let len = window[13..]
+                .iter()
+                .position(|&b| !(b' '..=b'~').contains(&b))?;
+            (len > 0).then_some(((13, 13 + len), 13 + len))?
+        }
+        _ => return None,
+    };
+    if window.get(p..p + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((minor, status, reason, p + 2))
+}
+
+/// What httparse makes of a response head with a plain status line (at least 100) and
+/// only plain field lines (`byte_scan::field_line`), at most as many as `slots` holds,
+/// made without it: the parse a response hook's field list is built from. None for any
+/// other head, which httparse then parses; [`plain_response_agrees`] checks the two
+/// agree.
+pub(super) fn scan_plain_response<'h, 'b>(
+    window: &'b [u8],
+    slots: &'h mut [Slot<'b>],
+) -> Option<(httparse::Response<'h, 'b>, usize)> {
+    let (minor, status, reason, mut p) = plain_status_line(window)?;
+    if status < 100 {
+        return None;
+    }
+    let mut fields = 0;
+    while window.get(p..p + 2)? != b"\r\n" {
+        let slot = slots.get_mut(fields)?;
+        let (colon, value_end) = field_line(window, p)?;
+        slot.write(httparse::Header {
+            // SAFETY: `field_line` takes only token characters (ASCII) as a name.
+            name: unsafe { std::str::from_utf8_unchecked(&window[p..colon]) },
+            value: &window[colon + 2..value_end],
+        });
+        fields += 1;
+        p = value_end + 2;
+    }
+    // SAFETY: the first `fields` slots were written above, and `MaybeUninit<T>` has the
+    // layout of `T`.
+    let headers = unsafe {
+        std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<httparse::Header<'b>>(), fields)
+    };
+    let response = httparse::Response {
+        version: Some(minor),
+        code: Some(status),
+        // SAFETY: the reason is printable ASCII.
+        reason: Some(unsafe { std::str::from_utf8_unchecked(&window[reason.0..reason.1]) }),
+        headers,
+    };
+    Some((response, p + 2))
+}
+
+/// Checks that a head [`scan_plain_response`] takes is parsed by httparse to the same
+/// field-list head (the fuzz targets and unit tests call it).
+pub fn plain_response_agrees(buf: &[u8], limits: &Limits) {
+    let window = &buf[..buf.len().min(limits.max_head_size)];
+    let mut slots = vec![Slot::uninit(); limits.max_headers];
+    let Some((res, n)) = scan_plain_response(window, &mut slots) else {
+        return;
+    };
+    let fast = model_response(&res, window, n);
+    let mut slots = vec![Slot::uninit(); limits.max_headers];
+    match httparse_response(buf.len(), window, limits, &mut slots, &model_response) {
+        Ok(Some((slow, m))) => {
+            assert_eq!(m, n, "head length of {:?}", String::from_utf8_lossy(buf));
+            assert_eq!(slow, fast, "{:?}", String::from_utf8_lossy(buf));
+        }
+        other => panic!(
+            "{:?} passed the plain scan, httparse says {other:?}",
+            String::from_utf8_lossy(buf)
+        ),
     }
 }
 

@@ -43,7 +43,8 @@ pub use body::{encode_chunk, encode_last_chunk, BodyDecoder, BodyError, BodyKind
 pub use head::{
     chunked_is_final, decimal, encode_request_head, encode_request_parts, encode_response_head,
     looks_like_request_start, parse_request_head, parse_response_head, plain_request_agrees,
-    reason, request_body_kind, response_body_kind, transfer_encoding_to_send, HeadError, Limits,
+    plain_response_agrees, reason, request_body_kind, response_body_kind,
+    transfer_encoding_to_send, HeadError, Limits,
 };
 pub use wire_head::{parse_response_wire, plain_scan_agrees, ParsedResponse, WireHead};
 

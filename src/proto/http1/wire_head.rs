@@ -13,8 +13,8 @@
 
 use super::byte_scan::field_line;
 use super::head::{
-    decimal, model_response, parse_response_with, put_status, raw_reason, reason as reason_phrase,
-    response_kind, version, Framing,
+    decimal, httparse_response, model_response, parse_response_with, plain_status_line, put_status,
+    raw_reason, reason as reason_phrase, response_kind, version, Framing,
 };
 use super::{BodyKind, HeadError, Limits};
 use crate::http::{known_bit, known_names, ResponseHead, Version};
@@ -298,30 +298,10 @@ impl WireHead {
     /// head), which then takes the httparse path. A head this accepts parses there to
     /// an equal `WireHead` (unit and fuzz tests), so the paths never disagree.
     fn scan_plain(window: &[u8], limits: &Limits) -> Option<(WireHead, usize)> {
-        let line = window.get(..13)?;
-        let minor = match line[..9] {
-            [b'H', b'T', b'T', b'P', b'/', b'1', b'.', m @ (b'0' | b'1'), b' '] => m - b'0',
-            _ => return None,
-        };
-        let digit = |b: u8| b.is_ascii_digit().then(|| u16::from(b - b'0'));
-        let status = digit(line[9])? * 100 + digit(line[10])? * 10 + digit(line[11])?;
+        let (minor, status, reason, mut p) = plain_status_line(window)?;
         if status < 200 {
             return None;
         }
-        let (reason, mut p) = match line[12] {
-            b'\r' => ((0, 0), 12),
-            b' ' => {
-                let len = window[13..]
-                    .iter()
-                    .position(|&b| !(b' '..=b'~').contains(&b))?;
-                (len > 0).then_some(((13, 13 + len), 13 + len))?
-            }
-            _ => return None,
-        };
-        if window.get(p..p + 2)? != b"\r\n" {
-            return None;
-        }
-        p += 2;
         let mut pass = Pass::new(minor, status, reason);
         let fields_at = p;
         while window.get(p..p + 2)? != b"\r\n" {
@@ -467,7 +447,8 @@ pub fn plain_scan_agrees(buf: &[u8], limits: &Limits) {
     let Some((fast, n)) = WireHead::scan_plain(window, limits) else {
         return;
     };
-    match parse_response_with(buf, limits, WireHead::scan) {
+    let mut slots = vec![std::mem::MaybeUninit::uninit(); limits.max_headers];
+    match httparse_response(buf.len(), window, limits, &mut slots, &WireHead::scan) {
         Ok(Some((slow, m))) => {
             assert_eq!(m, n, "head length of {:?}", String::from_utf8_lossy(buf));
             assert_eq!(format!("{slow:?}"), format!("{fast:?}"));
@@ -520,6 +501,19 @@ mod tests {
         }
     }
 
+    /// The field-list parse skips httparse for the same heads, informational ones too.
+    #[test]
+    fn field_list_heads_skip_httparse() {
+        for h in [HEADS[0], HEADS[1], HEADS[2], HEADS[3], HEADS[4], HEADS[6]] {
+            let mut slots = vec![std::mem::MaybeUninit::uninit(); 8];
+            assert!(
+                super::super::head::scan_plain_response(h, &mut slots).is_some(),
+                "{:?} took httparse",
+                String::from_utf8_lossy(h)
+            );
+        }
+    }
+
     /// What follows a head in the read buffer, in the tests that want bytes there.
     const BODY: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef!";
 
@@ -527,22 +521,27 @@ mod tests {
     /// and cut short at each length: wherever the plain scan says yes, httparse agrees.
     #[test]
     fn plain_scan_agrees_with_httparse_under_mutation() {
+        // the scan for relaying as bytes and the one for the field list
+        let both_agree = |b: &[u8], l: &Limits| {
+            plain_scan_agrees(b, l);
+            super::super::plain_response_agrees(b, l);
+        };
         let swaps = b" \t\r\n:;,\x00\x01\x7f\x80\xff0a\"";
         for h in HEADS {
             for len in 0..=h.len() {
-                plain_scan_agrees(&h[..len], &LIMITS);
+                both_agree(&h[..len], &LIMITS);
             }
             for at in 0..h.len() {
                 for &b in swaps {
                     let mut m = h.to_vec();
                     m[at] = b;
-                    plain_scan_agrees(&m, &LIMITS);
+                    both_agree(&m, &LIMITS);
                     // a body behind the head: every line is then long enough for
                     // `plain_line`'s 64-byte look
-                    plain_scan_agrees(&[&m[..], BODY].concat(), &LIMITS);
+                    both_agree(&[&m[..], BODY].concat(), &LIMITS);
                     m.insert(at, b);
-                    plain_scan_agrees(&m, &LIMITS);
-                    plain_scan_agrees(&[&m[..], BODY].concat(), &LIMITS);
+                    both_agree(&m, &LIMITS);
+                    both_agree(&[&m[..], BODY].concat(), &LIMITS);
                 }
             }
             for limits in [(40, 8), (4096, 1), (4096, 0)] {
@@ -550,7 +549,7 @@ mod tests {
                     max_head_size: limits.0,
                     max_headers: limits.1,
                 };
-                plain_scan_agrees(h, &l);
+                both_agree(h, &l);
             }
         }
     }
