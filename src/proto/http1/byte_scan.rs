@@ -3,8 +3,8 @@
 //!
 //! A response head's field names and values are most of its bytes, and scanning them one
 //! byte (or one 8-byte word) per step was about half of the cost of taking in a plain
-//! head (docs/perf.md). Both scans return exactly what their byte-at-a-time definitions
-//! return; `tests` checks them against those definitions on every offset and length.
+//! head (docs/perf.md). Each scan returns exactly what its byte-at-a-time definition
+//! returns; `tests` checks them against those definitions on every offset and length.
 
 use crate::http::is_tchar;
 
@@ -114,7 +114,6 @@ fn plain_line(window: &[u8], p: usize) -> Option<(usize, usize)> {
                 return None;
             }
         }
-        let visible_edge = |b: u8| b > b' ' && b != 0x7f;
         if stop == v || s[stop] != b'\r' || s[stop + 1] != b'\n' {
             return None;
         }
@@ -130,19 +129,24 @@ fn plain_line(window: &[u8], p: usize) -> Option<(usize, usize)> {
     }
 }
 
+/// Whether `b` may start or end a plain value: a byte above space that is not DEL.
+#[inline]
+fn visible_edge(b: u8) -> bool {
+    b > b' ' && b != 0x7f
+}
+
 /// Length of the value at the start of `rest`, up to the CR that should end its line,
 /// if the value is plain: not empty, no whitespace at either end, and only visible
 /// ASCII, spaces, tabs and obs-text (httparse's field-value bytes) within.
 fn plain_value_len(rest: &[u8]) -> Option<usize> {
-    let edge = |b: u8| b > b' ' && b != 0x7f;
-    if !edge(*rest.first()?) {
+    if !visible_edge(*rest.first()?) {
         return None;
     }
     let mut i = 1;
     loop {
         let stop = i + first_control(rest.get(i..)?)?;
         match rest[stop] {
-            b'\r' => return edge(rest[stop - 1]).then_some(stop),
+            b'\r' => return visible_edge(rest[stop - 1]).then_some(stop),
             b'\t' => i = stop + 1,
             _ => return None,
         }

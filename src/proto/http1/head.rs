@@ -103,26 +103,7 @@ pub(super) fn scan_plain_request<'b>(
         b"HTTP/1.0\r\n" => 0,
         _ => return None,
     };
-    let mut p = version_at + 10;
-    let mut fields = 0;
-    while window.get(p..p + 2)? != b"\r\n" {
-        let slot = slots.get_mut(fields)?;
-        let (colon, value_end) = field_line(window, p)?;
-        // SAFETY: `field_line` takes only token characters as a name, and those are
-        // ASCII.
-        let name = unsafe { std::str::from_utf8_unchecked(&window[p..colon]) };
-        slot.write(httparse::Header {
-            name,
-            value: &window[colon + 2..value_end],
-        });
-        fields += 1;
-        p = value_end + 2;
-    }
-    let n = p + 2;
-    // SAFETY: the first `fields` slots were written in the loop above.
-    let headers = unsafe {
-        std::slice::from_raw_parts(slots.as_ptr().cast::<httparse::Header<'b>>(), fields)
-    };
+    let (headers, n) = plain_fields(window, version_at + 10, slots)?;
     let raw = Bytes::copy_from_slice(&window[..n]);
     let cut = Cutter {
         base: window.as_ptr() as usize,
@@ -137,6 +118,34 @@ pub(super) fn scan_plain_request<'b>(
         },
         n,
     ))
+}
+
+/// The plain field lines from `p` up to the blank line (`byte_scan::field_line`), as
+/// httparse would hand them out, in the first of `slots`; and where the head ends. None
+/// for a line that is not plain, more lines than `slots`, or no blank line yet.
+fn plain_fields<'h, 'b>(
+    window: &'b [u8],
+    mut p: usize,
+    slots: &'h mut [Slot<'b>],
+) -> Option<(&'h mut [httparse::Header<'b>], usize)> {
+    let mut fields = 0;
+    while window.get(p..p + 2)? != b"\r\n" {
+        let slot = slots.get_mut(fields)?;
+        let (colon, value_end) = field_line(window, p)?;
+        slot.write(httparse::Header {
+            // SAFETY: `field_line` takes only token characters (ASCII) as a name.
+            name: unsafe { std::str::from_utf8_unchecked(&window[p..colon]) },
+            value: &window[colon + 2..value_end],
+        });
+        fields += 1;
+        p = value_end + 2;
+    }
+    // SAFETY: the first `fields` slots were written above, and `MaybeUninit<T>` has the
+    // layout of `T`.
+    let headers = unsafe {
+        std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<httparse::Header<'b>>(), fields)
+    };
+    Some((headers, p + 2))
 }
 
 /// Checks that a head [`scan_plain_request`] takes parses to the same `RequestHead`
@@ -309,27 +318,11 @@ pub(super) fn scan_plain_response<'h, 'b>(
     window: &'b [u8],
     slots: &'h mut [Slot<'b>],
 ) -> Option<(httparse::Response<'h, 'b>, usize)> {
-    let (minor, status, reason, mut p) = plain_status_line(window)?;
+    let (minor, status, reason, p) = plain_status_line(window)?;
     if status < 100 {
         return None;
     }
-    let mut fields = 0;
-    while window.get(p..p + 2)? != b"\r\n" {
-        let slot = slots.get_mut(fields)?;
-        let (colon, value_end) = field_line(window, p)?;
-        slot.write(httparse::Header {
-            // SAFETY: `field_line` takes only token characters (ASCII) as a name.
-            name: unsafe { std::str::from_utf8_unchecked(&window[p..colon]) },
-            value: &window[colon + 2..value_end],
-        });
-        fields += 1;
-        p = value_end + 2;
-    }
-    // SAFETY: the first `fields` slots were written above, and `MaybeUninit<T>` has the
-    // layout of `T`.
-    let headers = unsafe {
-        std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<httparse::Header<'b>>(), fields)
-    };
+    let (headers, n) = plain_fields(window, p, slots)?;
     let response = httparse::Response {
         version: Some(minor),
         code: Some(status),
@@ -337,7 +330,7 @@ pub(super) fn scan_plain_response<'h, 'b>(
         reason: Some(unsafe { std::str::from_utf8_unchecked(&window[reason.0..reason.1]) }),
         headers,
     };
-    Some((response, p + 2))
+    Some((response, n))
 }
 
 /// Checks that a head [`scan_plain_response`] takes is parsed by httparse to the same
