@@ -103,21 +103,10 @@ pub(super) fn scan_plain_request<'b>(
         b"HTTP/1.0\r\n" => 0,
         _ => return None,
     };
-    let (headers, n) = plain_fields(window, version_at + 10, slots)?;
-    let raw = Bytes::copy_from_slice(&window[..n]);
-    let cut = Cutter {
-        base: window.as_ptr() as usize,
-        raw: &raw,
-    };
-    Some((
-        RequestHead {
-            method: cut.slice_or(&window[..method_len], known::method),
-            target: cut.slice(&window[target_at..target_at + target_len]),
-            version: version(minor),
-            headers: cut.headers(headers),
-        },
-        n,
-    ))
+    let (fields, n) = plain_fields(window, version_at + 10, slots)?;
+    let method = &window[..method_len];
+    let target = &window[target_at..target_at + target_len];
+    Some((model_request(window, n, method, target, minor, fields), n))
 }
 
 /// The plain field lines from `p` up to the blank line (`byte_scan::field_line`), as
@@ -197,20 +186,38 @@ fn request_with<'b>(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line"));
     };
+    let head = model_request(
+        window,
+        n,
+        method.as_bytes(),
+        target.as_bytes(),
+        minor,
+        req.headers,
+    );
+    Ok(Some((head, n)))
+}
+
+/// The request head model of a complete parse of `window[..n]`, whose parts (slices of
+/// `window`) come from httparse or from [`scan_plain_request`].
+fn model_request(
+    window: &[u8],
+    n: usize,
+    method: &[u8],
+    target: &[u8],
+    minor: u8,
+    fields: &[httparse::Header<'_>],
+) -> RequestHead {
     let raw = Bytes::copy_from_slice(&window[..n]);
     let cut = Cutter {
         base: window.as_ptr() as usize,
         raw: &raw,
     };
-    Ok(Some((
-        RequestHead {
-            method: cut.slice_or(method.as_bytes(), known::method),
-            target: cut.slice(target.as_bytes()),
-            version: version(minor),
-            headers: cut.headers(req.headers),
-        },
-        n,
-    )))
+    RequestHead {
+        method: cut.slice_or(method, known::method),
+        target: cut.slice(target),
+        version: version(minor),
+        headers: cut.headers(fields),
+    }
 }
 
 /// Parses a response head. `Ok(None)`: incomplete, read more.
